@@ -1,0 +1,372 @@
+//! Dataset index: ImageFolder (`root/<class>/<file>`) as torchvision builds it, or a CSV
+//! list file (`path,label`), with stable sample ids and a fingerprint.
+//!
+//! Order follows torchvision's `datasets.folder.make_dataset` (pytorch/vision,
+//! torchvision/datasets/folder.py): classes sorted by name give the label index; within a
+//! class, `sorted(os.walk(dir))` then `sorted(fnames)`; the sample id is the position in
+//! that order. So our sample `i` is torchvision's `dataset.samples[i]`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{DataError, Result};
+
+/// torchvision's `IMG_EXTENSIONS`. Files with other extensions are not samples; files
+/// with these extensions that we cannot decode (e.g. `.webp`) are samples that fail to
+/// decode, so sample ids agree with torchvision's.
+pub const IMG_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
+
+/// One image of a dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Stable index of the sample in the dataset order.
+    pub id: u32,
+    /// Path relative to the dataset root, `/`-separated.
+    pub path: String,
+    /// Hard label (class index).
+    pub label: u32,
+    /// File size in bytes when indexed.
+    pub bytes: u64,
+}
+
+/// How far paths may reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkPolicy {
+    /// Symlinks are followed only when their target stays inside the root (default).
+    #[default]
+    StayInside,
+    /// Symlinks may point anywhere (the user asked for it).
+    FollowAnywhere,
+}
+
+/// A dataset fingerprint: SHA-256 over the class list and every sample's relative path,
+/// byte size and label. Two indexes with equal fingerprints list the same files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Hex SHA-256 digest.
+    pub sha256: String,
+    /// Number of samples.
+    pub samples: u64,
+    /// Number of classes.
+    pub classes: u32,
+}
+
+/// An indexed dataset.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    root: PathBuf,
+    classes: Vec<String>,
+    samples: Vec<Sample>,
+    fingerprint: Fingerprint,
+}
+
+impl Dataset {
+    /// Index `path`: a directory in ImageFolder layout, or a `.csv` list file.
+    pub fn open(path: &Path, links: LinkPolicy) -> Result<Self> {
+        let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+        if meta.is_dir() {
+            Self::image_folder(path, links)
+        } else {
+            Self::list_file(path, links)
+        }
+    }
+
+    /// Index an ImageFolder root: each sub-directory is a class.
+    pub fn image_folder(root: &Path, links: LinkPolicy) -> Result<Self> {
+        let canon_root = root.canonicalize().map_err(|e| DataError::io(root, e))?;
+        let mut classes = Vec::new();
+        for entry in read_dir_sorted(root)? {
+            if entry.1.is_dir() {
+                classes.push(entry.0);
+            }
+        }
+        if classes.is_empty() {
+            return Err(DataError::dataset(
+                root,
+                "no class directories (expected root/<class>/<image>)",
+            ));
+        }
+        let mut samples = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)
+            walk(&root.join(class), class, &mut files)?;
+            files.sort();
+            for (dir, name) in files {
+                if !has_image_extension(&name) {
+                    continue;
+                }
+                let rel = format!("{dir}/{name}");
+                let full = root.join(&rel);
+                check_inside(&full, &canon_root, links)?;
+                let bytes = fs::metadata(&full)
+                    .map_err(|e| DataError::io(&full, e))?
+                    .len();
+                samples.push(Sample {
+                    id: sample_id(samples.len(), root)?,
+                    path: rel,
+                    label: label as u32,
+                    bytes,
+                });
+            }
+        }
+        if samples.is_empty() {
+            return Err(DataError::dataset(root, "no image files in any class directory"));
+        }
+        Ok(Self::build(root.to_path_buf(), classes, samples))
+    }
+
+    /// Index a CSV list file with columns `path,label` (a header line `path,label` is
+    /// optional). Paths are relative to the list file's directory. Labels are either all
+    /// integers (classes `0..=max`, named by their number) or all names (classes sorted
+    /// by name, as ImageFolder). Samples keep the file's order.
+    pub fn list_file(list: &Path, links: LinkPolicy) -> Result<Self> {
+        let root = list
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let root = if root.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            root
+        };
+        let canon_root = root.canonicalize().map_err(|e| DataError::io(&root, e))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .trim(csv::Trim::All)
+            .from_path(list)
+            .map_err(|e| DataError::dataset(list, e))?;
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for (i, rec) in reader.records().enumerate() {
+            let rec = rec.map_err(|e| DataError::dataset(list, e))?;
+            if rec.len() != 2 {
+                return Err(DataError::dataset(
+                    list,
+                    format!("line {}: expected 2 columns `path,label`, got {}", i + 1, rec.len()),
+                ));
+            }
+            if i == 0 && &rec[0] == "path" && &rec[1] == "label" {
+                continue;
+            }
+            rows.push((rec[0].to_string(), rec[1].to_string()));
+        }
+        if rows.is_empty() {
+            return Err(DataError::dataset(list, "no samples in list file"));
+        }
+        let numeric: Option<Vec<u32>> = rows.iter().map(|r| r.1.parse::<u32>().ok()).collect();
+        let (classes, labels): (Vec<String>, Vec<u32>) = match numeric {
+            Some(ls) => {
+                let max = *ls.iter().max().unwrap_or(&0);
+                ((0..=max).map(|c| c.to_string()).collect(), ls)
+            }
+            None => {
+                let names: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+                let classes: Vec<String> = names.into_iter().map(str::to_string).collect();
+                let labels = rows
+                    .iter()
+                    .map(|r| classes.binary_search(&r.1).unwrap_or(0) as u32)
+                    .collect();
+                (classes, labels)
+            }
+        };
+        let mut samples = Vec::with_capacity(rows.len());
+        for ((path, _), label) in rows.into_iter().zip(labels) {
+            let rel = safe_relative(&path).ok_or_else(|| {
+                DataError::dataset(
+                    list,
+                    format!("entry {path:?} must be a relative path without `..`"),
+                )
+            })?;
+            let full = root.join(&rel);
+            check_inside(&full, &canon_root, links)?;
+            let bytes = fs::metadata(&full)
+                .map_err(|e| DataError::io(&full, e))?
+                .len();
+            samples.push(Sample {
+                id: sample_id(samples.len(), list)?,
+                path: rel,
+                label,
+                bytes,
+            });
+        }
+        Ok(Self::build(root, classes, samples))
+    }
+
+    fn build(root: PathBuf, classes: Vec<String>, samples: Vec<Sample>) -> Self {
+        let fingerprint = fingerprint(&classes, &samples);
+        Dataset {
+            root,
+            classes,
+            samples,
+            fingerprint,
+        }
+    }
+
+    /// The dataset root; sample paths are relative to it.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Class names; the label is the index.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// All samples in id order.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the dataset has no samples (never true for an opened dataset).
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The sample with id `id`.
+    pub fn sample(&self, id: u32) -> Option<&Sample> {
+        self.samples.get(id as usize)
+    }
+
+    /// The absolute (root-joined) path of a sample.
+    pub fn full_path(&self, s: &Sample) -> PathBuf {
+        self.root.join(&s.path)
+    }
+
+    /// The fingerprint of this index.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+}
+
+fn sample_id(n: usize, at: &Path) -> Result<u32> {
+    u32::try_from(n).map_err(|_| DataError::dataset(at, "more than 2^32 samples"))
+}
+
+/// The fingerprint over classes and samples (format `meal-dataset-v1`, docs/DATA.md).
+pub fn fingerprint(classes: &[String], samples: &[Sample]) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(b"meal-dataset-v1\n");
+    for c in classes {
+        h.update(c.as_bytes());
+        h.update(b"\n");
+    }
+    h.update(b"\n");
+    for s in samples {
+        h.update(s.path.as_bytes());
+        h.update(b"\0");
+        h.update(s.bytes.to_le_bytes());
+        h.update(s.label.to_le_bytes());
+    }
+    Fingerprint {
+        sha256: hex::encode(h.finalize()),
+        samples: samples.len() as u64,
+        classes: classes.len() as u32,
+    }
+}
+
+fn has_image_extension(name: &str) -> bool {
+    match name.rsplit_once('.') {
+        Some((_, ext)) => IMG_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()),
+        None => false,
+    }
+}
+
+/// Entries of `dir` as (name, metadata following symlinks), sorted by name. Names
+/// that are not valid UTF-8 are refused: they could not be stored portably.
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|_| DataError::dataset(&path, "file name is not valid UTF-8"))?;
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            // A dangling symlink is no sample.
+            Err(_) if fs::symlink_metadata(&path).is_ok() => continue,
+            Err(e) => return Err(DataError::io(&path, e)),
+        };
+        out.push((name, meta));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Collect `(dir relative to root, file name)` of all files under `dir`.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, String)>) -> Result<()> {
+    for (name, meta) in read_dir_sorted(dir)? {
+        if meta.is_dir() {
+            walk(&dir.join(&name), &format!("{rel}/{name}"), out)?;
+        } else if meta.is_file() {
+            out.push((rel.to_string(), name));
+        }
+    }
+    Ok(())
+}
+
+/// `p` as a `/`-separated relative path with no `..`, root or prefix component.
+fn safe_relative(p: &str) -> Option<String> {
+    let path = Path::new(p);
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()> {
+    if links == LinkPolicy::FollowAnywhere {
+        return Ok(());
+    }
+    let canon = full.canonicalize().map_err(|e| DataError::io(full, e))?;
+    if !canon.starts_with(canon_root) {
+        return Err(DataError::dataset(
+            full,
+            format!(
+                "resolves to {} outside the dataset root {} (allow with --follow-links)",
+                canon.display(),
+                canon_root.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_checked() {
+        assert_eq!(safe_relative("a/b.jpg").as_deref(), Some("a/b.jpg"));
+        assert_eq!(safe_relative("./a/./b.jpg").as_deref(), Some("a/b.jpg"));
+        assert_eq!(safe_relative("../a.jpg"), None);
+        assert_eq!(safe_relative("a/../../b.jpg"), None);
+        assert_eq!(safe_relative("/etc/passwd"), None);
+        assert_eq!(safe_relative(""), None);
+    }
+
+    #[test]
+    fn extensions_are_case_insensitive() {
+        assert!(has_image_extension("x.JPG"));
+        assert!(has_image_extension("x.webp"));
+        assert!(!has_image_extension("x.txt"));
+        assert!(!has_image_extension("jpg"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Decoding JPEG (baseline, progressive) and PNG files to 8-bit RGB, as PIL's
+//! `Image.open(f).convert("RGB")` gives them.
+//!
+//! - JPEG through zune-jpeg in strict mode (a truncated or corrupt stream is an error,
+//!   not a grey tail). Grey is replicated; CMYK and YCCK become RGB as `c * k / 255`,
+//!   which is what PIL computes after reading Adobe-inverted CMYK (`CMYK;I`) and
+//!   converting with `r = (255 - k') - c' * (255 - k') / 255` (the two are equal for
+//!   8-bit values: see docs/DATA.md).
+//! - PNG through the `image` crate: grey and grey+alpha are replicated, alpha is dropped
+//!   (PIL's convert("RGB") drops it too, no compositing), palettes are expanded.
+//!   16-bit samples become 8-bit by the `image` crate's rounding (PIL takes the high
+//!   byte for RGB and clips grey; a documented difference).
+//!
+//! Any other format, an empty file, or a decoder error gives [`DataError::Decode`]
+//! naming the file. Decoding never panics on bad bytes (fuzzed by the tests' bad-file
+//! cases; the decoders themselves are safe Rust).
+
+use std::path::Path;
+
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+use zune_jpeg::JpegDecoder;
+
+use crate::error::{DataError, Result};
+
+/// Largest side we decode: 2^16 - 1 (JPEG's own limit), to bound memory on hostile files.
+const MAX_SIDE: usize = 65_535;
+/// Largest pixel count we decode (~ 268 MP, 805 MB of RGB): PIL's decompression-bomb
+/// error threshold is 2x its 89.5 MP warning; we allow a little more.
+const MAX_PIXELS: usize = 1 << 28;
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels (at least 1).
+    pub width: u32,
+    /// Height in pixels (at least 1).
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// The RGB triple at column `x`, row `y`.
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// Image container formats we recognise by their magic bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG / JFIF (`FF D8 FF`).
+    Jpeg,
+    /// PNG (`89 50 4E 47 0D 0A 1A 0A`).
+    Png,
+}
+
+/// The format of `bytes` by magic number, if we decode it.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else {
+        None
+    }
+}
+
+/// Read and decode the image at `path`.
+pub fn decode_file(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_bytes(&bytes, path)
+}
+
+/// Decode an in-memory image; `path` only names it in errors.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        return Err(DataError::decode(path, "empty file"));
+    }
+    match sniff(bytes) {
+        Some(Format::Jpeg) => decode_jpeg(bytes, path),
+        Some(Format::Png) => decode_png(bytes, path),
+        None => Err(DataError::decode(
+            path,
+            "unsupported or unrecognised format (JPEG and PNG are decoded)",
+        )),
+    }
+}
+
+fn check_dims(w: usize, h: usize, path: &Path) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(DataError::decode(path, format!("zero-sized image {w}x{h}")));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE || w.saturating_mul(h) > MAX_PIXELS {
+        return Err(DataError::decode(
+            path,
+            format!("image {w}x{h} is larger than the {MAX_PIXELS}-pixel limit"),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let opts = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    dec.decode_headers()
+        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| DataError::decode(path, "JPEG: no frame header"))?;
+    check_dims(w, h, path)?;
+    let colorspace = dec
+        .input_colorspace()
+        .ok_or_else(|| DataError::decode(path, "JPEG: no colour space"))?;
+    if !matches!(
+        colorspace,
+        ColorSpace::Luma | ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK
+    ) {
+        return Err(DataError::decode(
+            path,
+            format!("JPEG: unsupported colour space {colorspace:?}"),
+        ));
+    }
+    let n = dec
+        .output_buffer_size()
+        .ok_or_else(|| DataError::decode(path, "JPEG: image too large"))?;
+    if n != w * h * 3 {
+        return Err(DataError::decode(
+            path,
+            format!("JPEG: unexpected output size {n} for {w}x{h} RGB"),
+        ));
+    }
+    let mut data = vec![0u8; n];
+    dec.decode_into(&mut data)
+        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+    Ok(RgbImage {
+        width: w as u32,
+        height: h as u32,
+        data,
+    })
+}
+
+fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    limits.max_alloc = Some((MAX_PIXELS * 8) as u64);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| DataError::decode(path, format!("PNG: {e}")))?;
+    check_dims(img.width() as usize, img.height() as usize, path)?;
+    let rgb = img.into_rgb8();
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
+}

@@ -1,0 +1,85 @@
+//! The one error type of `meal-data`. Every variant names the file, flag or key at fault.
+
+use std::path::PathBuf;
+
+/// Errors of the data pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// An image file is empty, truncated, corrupt or of an unsupported format.
+    #[error("{path}: cannot decode image: {reason}")]
+    Decode {
+        /// The image file at fault.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A dataset root or list file is malformed or unsafe.
+    #[error("{path}: {reason}")]
+    Dataset {
+        /// The root, list file or entry at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A parameter (flag or config key) has an invalid value.
+    #[error("invalid {name}: {reason}")]
+    Param {
+        /// The flag or key, as the user spells it.
+        name: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// Resizing failed (a bug or an impossible geometry).
+    #[error("resize of {path}: {reason}")]
+    Resize {
+        /// The image being resized.
+        path: PathBuf,
+        /// What the resizer said.
+        reason: String,
+    },
+}
+
+impl DataError {
+    /// Shorthand for an [`DataError::Io`] error about `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for a [`DataError::Decode`] error about `path`.
+    pub fn decode(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        DataError::Decode {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Shorthand for a [`DataError::Dataset`] error about `path`.
+    pub fn dataset(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        DataError::Dataset {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Shorthand for a [`DataError::Param`] error.
+    pub fn param(name: &'static str, reason: impl std::fmt::Display) -> Self {
+        DataError::Param {
+            name,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Result alias of `meal-data`.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;

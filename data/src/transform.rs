@@ -1,0 +1,299 @@
+//! Replay of a crop record and the eval transform: cut, resize with PIL's antialiased
+//! filters, flip, normalise, and write into a caller's f32 CHW buffer.
+//!
+//! Resizing is fast_image_resize's convolution resampler, which implements PIL's
+//! `ImagingResample` (support widened by the downscale factor, 8-bit fixed-point
+//! coefficients, horizontal then vertical pass); parity is tested against PIL on
+//! committed fixtures (data/tests/resize_parity.rs). Normalisation is torchvision's
+//! `ToTensor` (`x / 255`) then `Normalize` (`(x - mean) / std`), in f32, in that order.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use serde::{Deserialize, Serialize};
+
+use crate::crop::{CropRecord, PixelBox};
+use crate::decode::RgbImage;
+use crate::error::{DataError, Result};
+
+/// ImageNet channel means (torchvision / timm `IMAGENET_DEFAULT_MEAN`).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (torchvision / timm `IMAGENET_DEFAULT_STD`).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// The eval transform's resize-to-crop ratio, 256/224 (torchvision reference scripts,
+/// MEAL V2 `test.py`): shorter side `int(256 / 224 * S)`, then a centre crop of S.
+pub const EVAL_RESIZE_RATIO: f64 = 256.0 / 224.0;
+
+/// Resampling filter, PIL's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// PIL `BILINEAR` (triangle, support 1): torchvision's default, the student's.
+    Bilinear,
+    /// PIL `BICUBIC` (Keys cubic, a = -0.5, support 2): timm's teachers.
+    Bicubic,
+}
+
+impl Filter {
+    fn alg(self) -> ResizeAlg {
+        match self {
+            Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+            // CatmullRom is the Keys cubic with a = -0.5, PIL's BICUBIC.
+            Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+        }
+    }
+}
+
+impl std::str::FromStr for Filter {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "bilinear" => Ok(Filter::Bilinear),
+            "bicubic" => Ok(Filter::Bicubic),
+            _ => Err(DataError::param(
+                "--filter",
+                format!("{s:?} (expected bilinear or bicubic)"),
+            )),
+        }
+    }
+}
+
+/// Per-channel normalisation, applied after scaling to `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    /// Channel means (R, G, B).
+    pub mean: [f32; 3],
+    /// Channel standard deviations (R, G, B).
+    pub std: [f32; 3],
+}
+
+impl Default for Normalize {
+    fn default() -> Self {
+        Normalize {
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+        }
+    }
+}
+
+impl Normalize {
+    /// For each channel, the normalised value of each 8-bit level, computed exactly as
+    /// torchvision does per pixel (`(v / 255 - mean) / std` in f32).
+    fn lut(&self) -> [[f32; 256]; 3] {
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                *out = (v as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        lut
+    }
+}
+
+/// What one crop becomes: output side, filter, normalisation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CropSpec {
+    /// Output side S (the tensor is 3 x S x S).
+    pub size: u32,
+    /// Resampling filter.
+    pub filter: Filter,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+impl CropSpec {
+    /// Floats one crop occupies in a CHW buffer: `3 * S * S`.
+    pub fn len(&self) -> usize {
+        3 * self.size as usize * self.size as usize
+    }
+
+    /// Whether the output is empty (size 0; refused by [`CropSpec::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// A checked spec.
+    pub fn new(size: u32, filter: Filter, normalize: Normalize) -> Result<Self> {
+        if size == 0 || size > 4096 {
+            return Err(DataError::param("--res", format!("{size} (expected 1..=4096)")));
+        }
+        if normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || normalize.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(DataError::param(
+                "--mean/--std",
+                "need finite means and positive standard deviations",
+            ));
+        }
+        Ok(CropSpec {
+            size,
+            filter,
+            normalize,
+        })
+    }
+}
+
+/// Reusable per-thread state: the resizer's buffers and the u8 scratch image.
+#[derive(Default)]
+pub struct Replayer {
+    resizer: Resizer,
+    scratch: Vec<u8>,
+    lut: Option<(Normalize, Box<[[f32; 256]; 3]>)>,
+}
+
+thread_local! {
+    static REPLAYER: RefCell<Replayer> = RefCell::new(Replayer::default());
+}
+
+/// Run `f` with this thread's [`Replayer`].
+pub fn with_replayer<T>(f: impl FnOnce(&mut Replayer) -> T) -> T {
+    REPLAYER.with(|r| f(&mut r.borrow_mut()))
+}
+
+impl Replayer {
+    /// Resize the pixel box `b` of `img` to `out_w` x `out_h` into the scratch buffer.
+    fn resize(
+        &mut self,
+        img: &RgbImage,
+        b: PixelBox,
+        out_w: u32,
+        out_h: u32,
+        filter: Filter,
+        path: &Path,
+    ) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| DataError::Resize {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
+        let n = out_w as usize * out_h as usize * 3;
+        self.scratch.resize(n, 0);
+        let mut dst = Image::from_slice_u8(out_w, out_h, &mut self.scratch, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
+        let opts = ResizeOptions::new().resize_alg(filter.alg()).crop(
+            b.left as f64,
+            b.top as f64,
+            b.width as f64,
+            b.height as f64,
+        );
+        self.resizer
+            .resize(&src, &mut dst, &opts)
+            .map_err(|e| err(&e))
+    }
+
+    fn lut(&mut self, n: &Normalize) -> &[[f32; 256]; 3] {
+        if self.lut.as_ref().map(|(k, _)| k != n).unwrap_or(true) {
+            self.lut = Some((*n, Box::new(n.lut())));
+        }
+        &self.lut.as_ref().expect("set above").1
+    }
+
+    /// Write the `S x S` window at (`x0`, `y0`) of the scratch image (of width
+    /// `src_w`) into `out` as normalised CHW f32, mirrored if `flip`.
+    fn emit(&mut self, src_w: u32, x0: u32, y0: u32, s: u32, flip: bool, n: &Normalize, out: &mut [f32]) {
+        let scratch = std::mem::take(&mut self.scratch);
+        let lut = self.lut(n);
+        let s = s as usize;
+        let plane = s * s;
+        let (r_out, rest) = out.split_at_mut(plane);
+        let (g_out, b_out) = rest.split_at_mut(plane);
+        for y in 0..s {
+            let row_start = ((y0 as usize + y) * src_w as usize + x0 as usize) * 3;
+            let row = &scratch[row_start..row_start + s * 3];
+            let o = y * s;
+            for x in 0..s {
+                let xs = if flip { s - 1 - x } else { x };
+                let p = &row[xs * 3..xs * 3 + 3];
+                r_out[o + x] = lut[0][p[0] as usize];
+                g_out[o + x] = lut[1][p[1] as usize];
+                b_out[o + x] = lut[2][p[2] as usize];
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Replay `rec` on `img`: cut its box, resize to `spec.size` square, flip, normalise,
+    /// write `3 * S * S` floats (CHW) into `out`. `path` names the image in errors.
+    pub fn replay(
+        &mut self,
+        img: &RgbImage,
+        rec: &CropRecord,
+        spec: &CropSpec,
+        out: &mut [f32],
+        path: &Path,
+    ) -> Result<()> {
+        check_out(out, spec, path)?;
+        let b = rec.to_pixels(img.width, img.height);
+        self.resize(img, b, spec.size, spec.size, spec.filter, path)?;
+        self.emit(spec.size, 0, 0, spec.size, rec.flip, &spec.normalize, out);
+        Ok(())
+    }
+
+    /// The eval transform: resize the shorter side to `int(256 / 224 * S)` (the longer
+    /// side `int(new_short * long / short)`, torchvision `Resize`), centre-crop S
+    /// (torchvision `CenterCrop`: offset `int(round((n - S) / 2))`), normalise into `out`.
+    pub fn eval(&mut self, img: &RgbImage, spec: &CropSpec, out: &mut [f32], path: &Path) -> Result<()> {
+        check_out(out, spec, path)?;
+        let (new_w, new_h) = eval_resize_dims(img.width, img.height, spec.size);
+        let full = PixelBox {
+            top: 0,
+            left: 0,
+            height: img.height,
+            width: img.width,
+        };
+        self.resize(img, full, new_w, new_h, spec.filter, path)?;
+        let s = spec.size;
+        let top = ((new_h - s) as f64 / 2.0).round_ties_even() as u32;
+        let left = ((new_w - s) as f64 / 2.0).round_ties_even() as u32;
+        self.emit(new_w, left, top, s, false, &spec.normalize, out);
+        Ok(())
+    }
+}
+
+fn check_out(out: &[f32], spec: &CropSpec, path: &Path) -> Result<()> {
+    if out.len() != spec.len() {
+        return Err(DataError::Resize {
+            path: path.to_path_buf(),
+            reason: format!("output buffer holds {} floats, need {}", out.len(), spec.len()),
+        });
+    }
+    Ok(())
+}
+
+/// Image size after the eval transform's resize, for a `w` x `h` image and crop `s`.
+/// Computed in f64 exactly as Python's `int(256 / 224 * s)` and
+/// `int(new_short * long / short)`.
+pub fn eval_resize_dims(w: u32, h: u32, s: u32) -> (u32, u32) {
+    let short_target = (EVAL_RESIZE_RATIO * s as f64) as u32;
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (short_target as f64 * long as f64 / short as f64) as u32;
+    if w <= h {
+        (short_target, new_long.max(1))
+    } else {
+        (new_long.max(1), short_target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_dims_follow_torchvision() {
+        // 500x375 at S=224: short 256, long int(256*500/375) = 341
+        assert_eq!(eval_resize_dims(500, 375, 224), (341, 256));
+        assert_eq!(eval_resize_dims(375, 500, 224), (256, 341));
+        assert_eq!(eval_resize_dims(100, 100, 112), (128, 128));
+    }
+
+    #[test]
+    fn lut_matches_formula() {
+        let n = Normalize::default();
+        let lut = n.lut();
+        assert_eq!(lut[0][0], (0.0 - 0.485f32) / 0.229);
+        assert_eq!(lut[2][255], (1.0 - 0.406f32) / 0.225);
+    }
+}
