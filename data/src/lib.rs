@@ -16,6 +16,7 @@ pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod loader;
+pub mod resample;
 pub mod synth;
 pub mod transform;
 

@@ -1,22 +1,20 @@
 //! Replay of a crop record and the eval transform: cut, resize with PIL's antialiased
 //! filters, flip, normalise, and write into a caller's f32 CHW buffer.
 //!
-//! Resizing is fast_image_resize's convolution resampler, which implements PIL's
-//! `ImagingResample` (support widened by the downscale factor, 8-bit fixed-point
-//! coefficients, horizontal then vertical pass); parity is tested against PIL on
-//! committed fixtures (data/tests/resize_parity.rs). Normalisation is torchvision's
+//! Resizing is [`crate::resample`], PIL's `ImagingResample` transcribed (support widened
+//! by the downscale factor, 22-bit fixed-point coefficients, horizontal then vertical
+//! pass); parity is tested against PIL on committed fixtures (data/tests/resize_parity.rs). Normalisation is torchvision's
 //! `ToTensor` (`x / 255`) then `Normalize` (`(x - mean) / std`), in f32, in that order.
 
 use std::cell::RefCell;
 use std::path::Path;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use serde::{Deserialize, Serialize};
 
 use crate::crop::{CropRecord, PixelBox};
 use crate::decode::RgbImage;
 use crate::error::{DataError, Result};
+use crate::resample::{resize_rgb8, Kernel};
 
 /// ImageNet channel means (torchvision / timm `IMAGENET_DEFAULT_MEAN`).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -37,11 +35,10 @@ pub enum Filter {
 }
 
 impl Filter {
-    fn alg(self) -> ResizeAlg {
+    fn kernel(self) -> Kernel {
         match self {
-            Filter::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-            // CatmullRom is the Keys cubic with a = -0.5, PIL's BICUBIC.
-            Filter::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+            Filter::Bilinear => Kernel::Triangle,
+            Filter::Bicubic => Kernel::Cubic,
         }
     }
 }
@@ -138,7 +135,7 @@ impl CropSpec {
 /// Reusable per-thread state: the resizer's buffers and the u8 scratch image.
 #[derive(Default)]
 pub struct Replayer {
-    resizer: Resizer,
+    tmp: Vec<u8>,
     scratch: Vec<u8>,
     lut: Option<(Normalize, Box<[[f32; 256]; 3]>)>,
 }
@@ -154,34 +151,18 @@ pub fn with_replayer<T>(f: impl FnOnce(&mut Replayer) -> T) -> T {
 
 impl Replayer {
     /// Resize the pixel box `b` of `img` to `out_w` x `out_h` into the scratch buffer.
-    fn resize(
-        &mut self,
-        img: &RgbImage,
-        b: PixelBox,
-        out_w: u32,
-        out_h: u32,
-        filter: Filter,
-        path: &Path,
-    ) -> Result<()> {
-        let err = |e: &dyn std::fmt::Display| DataError::Resize {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3)
-            .map_err(|e| err(&e))?;
-        let n = out_w as usize * out_h as usize * 3;
-        self.scratch.resize(n, 0);
-        let mut dst = Image::from_slice_u8(out_w, out_h, &mut self.scratch, PixelType::U8x3)
-            .map_err(|e| err(&e))?;
-        let opts = ResizeOptions::new().resize_alg(filter.alg()).crop(
-            b.left as f64,
-            b.top as f64,
-            b.width as f64,
-            b.height as f64,
+    fn resize(&mut self, img: &RgbImage, b: PixelBox, out_w: u32, out_h: u32, filter: Filter) {
+        self.scratch.resize(out_w as usize * out_h as usize * 3, 0);
+        resize_rgb8(
+            &img.data,
+            img.width as usize,
+            (b.left as usize, b.top as usize, b.width as usize, b.height as usize),
+            out_w as usize,
+            out_h as usize,
+            filter.kernel(),
+            &mut self.tmp,
+            &mut self.scratch,
         );
-        self.resizer
-            .resize(&src, &mut dst, &opts)
-            .map_err(|e| err(&e))
     }
 
     fn lut(&mut self, n: &Normalize) -> &[[f32; 256]; 3] {
@@ -227,7 +208,7 @@ impl Replayer {
     ) -> Result<()> {
         check_out(out, spec, path)?;
         let b = rec.to_pixels(img.width, img.height);
-        self.resize(img, b, spec.size, spec.size, spec.filter, path)?;
+        self.resize(img, b, spec.size, spec.size, spec.filter);
         self.emit(spec.size, 0, 0, spec.size, rec.flip, &spec.normalize, out);
         Ok(())
     }
@@ -244,7 +225,7 @@ impl Replayer {
             height: img.height,
             width: img.width,
         };
-        self.resize(img, full, new_w, new_h, spec.filter, path)?;
+        self.resize(img, full, new_w, new_h, spec.filter);
         let s = spec.size;
         let top = ((new_h - s) as f64 / 2.0).round_ties_even() as u32;
         let left = ((new_w - s) as f64 / 2.0).round_ties_even() as u32;
