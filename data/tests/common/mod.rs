@@ -35,3 +35,19 @@ pub fn diff(a: &[u8], b: &[u8]) -> (f64, u8) {
     }
     (sum as f64 / a.len() as f64, max)
 }
+
+/// A tiny synthetic ImageFolder (train split only) under `dir`: 10 classes x `per_class`.
+pub fn tiny_dataset(dir: &Path, per_class: u32) -> std::sync::Arc<meal_data::Dataset> {
+    let cfg = meal_data::synth::SynthConfig {
+        seed: 5,
+        train_per_class: per_class,
+        val_per_class: 0,
+        min_side: 24,
+        max_side: 40,
+        quality: 90,
+    };
+    meal_data::synth::generate(dir, &cfg, || {}).unwrap();
+    std::sync::Arc::new(
+        meal_data::Dataset::open(&dir.join("train"), meal_data::LinkPolicy::StayInside).unwrap(),
+    )
+}

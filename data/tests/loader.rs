@@ -1,0 +1,183 @@
+//! The batch loader: determinism across thread counts, batch layout (images x crops),
+//! rows equal to replaying each crop alone, bad-file policies, eval mode.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use meal_data::{
+    decode_file, epoch_order, BadFilePolicy, Batch, CropMode, CropSampler, CropSpec, Dataset,
+    Filter, Loader, LoaderConfig, Normalize, PoolCrops, Replayer, RrcParams,
+};
+
+fn config(threads: usize, crops: CropMode, policy: BadFilePolicy) -> LoaderConfig {
+    LoaderConfig {
+        images_per_batch: 4,
+        spec: CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap(),
+        crops,
+        prefetch: 2,
+        threads,
+        policy,
+        drop_last: false,
+    }
+}
+
+fn pool(pass: u64) -> CropMode {
+    let sampler = CropSampler::new(11, RrcParams::default());
+    CropMode::Plan(Arc::new(PoolCrops::pass(sampler, 5, 3, pass).unwrap()))
+}
+
+fn load(ds: &Arc<Dataset>, order: Vec<u32>, cfg: LoaderConfig) -> Vec<Batch> {
+    Loader::new(Arc::clone(ds), order, cfg)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn same_batches_with_one_and_two_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 3);
+    let order = epoch_order(ds.len(), 42, 1, true);
+    let a = load(&ds, order.clone(), config(1, pool(1), BadFilePolicy::Fail));
+    let b = load(&ds, order, config(2, pool(1), BadFilePolicy::Fail));
+    assert_eq!(a.len(), 8, "30 images in batches of 4");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.rows, y.rows);
+        assert!(x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+    // Another epoch: another order, the same crops of each image for the same pass.
+    let c = load(&ds, epoch_order(ds.len(), 42, 2, true), config(2, pool(1), BadFilePolicy::Fail));
+    let first = |bs: &[Batch]| bs[0].rows.iter().map(|r| r.sample_id).collect::<Vec<_>>();
+    assert_ne!(first(&a), first(&c));
+    let find = |bs: &[Batch], id| bs.iter().flat_map(|b| &b.rows).filter(|r| r.sample_id == id).copied().collect::<Vec<_>>();
+    assert_eq!(find(&a, 7), find(&c, 7));
+}
+
+#[test]
+fn rows_are_images_times_crops_and_equal_replaying_each_crop_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 2);
+    let cfg = config(2, pool(2), BadFilePolicy::Fail);
+    let spec = cfg.spec;
+    let batches = load(&ds, epoch_order(ds.len(), 3, 0, true), cfg);
+    let sampler = CropSampler::new(11, RrcParams::default());
+    let mut r = Replayer::default();
+    let mut seen = 0;
+    for b in &batches {
+        assert_eq!(b.data.len(), b.rows.len() * spec.len());
+        for (i, row) in b.rows.iter().enumerate() {
+            // pass 2 of a pool of 5 with 3 crops per pass: ids 6, 7, 8 mod 5 = 1, 2, 3
+            assert_eq!(row.crop_id, [1, 2, 3][i % 3], "crop ids of pass 2");
+            if i % 3 > 0 {
+                assert_eq!(row.sample_id, b.rows[i - 1].sample_id, "an image's crops are contiguous");
+            }
+            let s = ds.sample(row.sample_id).unwrap();
+            assert_eq!(row.label, s.label);
+            let img = decode_file(&ds.full_path(s)).unwrap();
+            assert_eq!((row.image_width, row.image_height), (img.width, img.height));
+            assert_eq!(row.record, sampler.crop(s.id, row.crop_id, img.width, img.height));
+            let mut alone = vec![0f32; spec.len()];
+            r.replay(&img, &row.record, &spec, &mut alone, Path::new(&s.path)).unwrap();
+            assert_eq!(&b.data[i * spec.len()..(i + 1) * spec.len()], alone.as_slice());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, ds.len() * 3);
+}
+
+#[test]
+fn bad_files_are_skipped_and_listed_or_fail_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 2);
+    let bad = ds.sample(5).unwrap().clone();
+    let bytes = std::fs::read(ds.full_path(&bad)).unwrap();
+    std::fs::write(ds.full_path(&bad), &bytes[..bytes.len() / 3]).unwrap();
+    let order: Vec<u32> = (0..ds.len() as u32).collect();
+
+    let loader = Loader::new(Arc::clone(&ds), order.clone(), config(2, pool(0), BadFilePolicy::Skip)).unwrap();
+    let mut batches = Vec::new();
+    let mut it = loader;
+    for b in it.by_ref() {
+        batches.push(b.unwrap());
+    }
+    let report = it.report();
+    assert_eq!(report.images as usize, ds.len() - 1);
+    assert_eq!(report.crops as usize, (ds.len() - 1) * 3);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].path, bad.path);
+    assert!(report.skipped[0].reason.contains(&bad.path), "{}", report.skipped[0].reason);
+    // The batch holding the bad image is shorter and its data stays aligned with rows.
+    let b1 = &batches[1];
+    assert_eq!(b1.rows.len(), 9);
+    assert!(b1.rows.iter().all(|r| r.sample_id != 5));
+    assert_eq!(b1.data.len(), 9 * 3 * 16 * 16);
+    let clean = load(&ds, vec![6, 7], config(1, pool(0), BadFilePolicy::Fail));
+    assert_eq!(&b1.data[3 * 768..], clean[0].data.as_slice(), "rows after the gap moved up");
+
+    let mut failing = Loader::new(ds.clone(), order, config(2, pool(0), BadFilePolicy::Fail)).unwrap();
+    let first_err = failing.by_ref().find_map(|b| b.err()).expect("fail policy yields the error");
+    assert!(first_err.to_string().contains(&bad.path), "{first_err}");
+    assert!(failing.next().is_none(), "the loader stops after a fatal error");
+}
+
+#[test]
+fn eval_mode_is_one_centre_crop_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 1);
+    let cfg = config(2, CropMode::Eval, BadFilePolicy::Fail);
+    let spec = cfg.spec;
+    let batches = load(&ds, epoch_order(ds.len(), 0, 0, false), cfg);
+    let rows: Vec<u32> = batches.iter().flat_map(|b| b.rows.iter().map(|r| r.sample_id)).collect();
+    assert_eq!(rows, (0..10).collect::<Vec<_>>(), "unshuffled order");
+    let s = ds.sample(4).unwrap();
+    let img = decode_file(&ds.full_path(s)).unwrap();
+    let mut want = vec![0f32; spec.len()];
+    Replayer::default().eval(&img, &spec, &mut want, Path::new("x")).unwrap();
+    assert_eq!(&batches[1].data[0..spec.len()], want.as_slice());
+}
+
+#[test]
+fn epoch_order_is_a_seeded_permutation() {
+    let a = epoch_order(1000, 1, 0, true);
+    let mut s = a.clone();
+    s.sort();
+    assert_eq!(s, (0..1000).collect::<Vec<_>>());
+    assert_eq!(a, epoch_order(1000, 1, 0, true));
+    assert_ne!(a, epoch_order(1000, 1, 1, true));
+    assert_ne!(a, epoch_order(1000, 2, 0, true));
+    assert_eq!(epoch_order(5, 1, 0, false), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn bad_config_is_refused_with_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 1);
+    let mut cfg = config(1, pool(0), BadFilePolicy::Fail);
+    cfg.images_per_batch = 0;
+    let e = Loader::new(ds.clone(), vec![0], cfg).err().unwrap().to_string();
+    assert!(e.contains("--batch"), "{e}");
+    let e = Loader::new(ds, vec![999], config(1, pool(0), BadFilePolicy::Fail)).err().unwrap().to_string();
+    assert!(e.contains("999"), "{e}");
+    let e = CropSpec::new(0, Filter::Bilinear, Normalize::default()).unwrap_err().to_string();
+    assert!(e.contains("--res"), "{e}");
+}
+
+#[test]
+fn synth_is_byte_identical_for_a_seed() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let da = common::tiny_dataset(a.path(), 2);
+    let db = common::tiny_dataset(b.path(), 2);
+    assert_eq!(da.fingerprint(), db.fingerprint());
+    for s in da.samples() {
+        assert_eq!(
+            std::fs::read(da.full_path(s)).unwrap(),
+            std::fs::read(db.full_path(s)).unwrap(),
+            "{}",
+            s.path
+        );
+    }
+    assert_eq!(da.classes().len(), 10);
+}
