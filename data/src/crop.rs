@@ -181,13 +181,10 @@ impl RrcParams {
         let finite = [scale.0, scale.1, ratio.0, ratio.1]
             .iter()
             .all(|v| v.is_finite());
-        if !finite || !(scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+        if !(finite && scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
             return Err(DataError::param(
                 "--scale",
-                format!(
-                    "need 0 < min <= max <= 1, got {}..{}",
-                    scale.0, scale.1
-                ),
+                format!("need 0 < min <= max <= 1, got {}..{}", scale.0, scale.1),
             ));
         }
         if !(ratio.0 > 0.0 && ratio.0 <= ratio.1) {

@@ -116,7 +116,10 @@ impl Dataset {
             }
         }
         if samples.is_empty() {
-            return Err(DataError::dataset(root, "no image files in any class directory"));
+            return Err(DataError::dataset(
+                root,
+                "no image files in any class directory",
+            ));
         }
         Ok(Self::build(root.to_path_buf(), classes, samples))
     }
@@ -147,7 +150,11 @@ impl Dataset {
             if rec.len() != 2 {
                 return Err(DataError::dataset(
                     list,
-                    format!("line {}: expected 2 columns `path,label`, got {}", i + 1, rec.len()),
+                    format!(
+                        "line {}: expected 2 columns `path,label`, got {}",
+                        i + 1,
+                        rec.len()
+                    ),
                 ));
             }
             if i == 0 && &rec[0] == "path" && &rec[1] == "label" {

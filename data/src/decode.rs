@@ -121,7 +121,11 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         .ok_or_else(|| DataError::decode(path, "JPEG: no colour space"))?;
     if !matches!(
         colorspace,
-        ColorSpace::Luma | ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK
+        ColorSpace::Luma
+            | ColorSpace::YCbCr
+            | ColorSpace::RGB
+            | ColorSpace::CMYK
+            | ColorSpace::YCCK
     ) {
         return Err(DataError::decode(
             path,
@@ -148,7 +152,8 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 }
 
 fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);

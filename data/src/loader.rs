@@ -263,7 +263,11 @@ impl Loader {
             .chunks(cfg.images_per_batch)
             .map(<[u32]>::to_vec)
             .collect();
-        if cfg.drop_last && chunks.last().is_some_and(|c| c.len() < cfg.images_per_batch) {
+        if cfg.drop_last
+            && chunks
+                .last()
+                .is_some_and(|c| c.len() < cfg.images_per_batch)
+        {
             chunks.pop();
         }
         let batches = chunks.len();

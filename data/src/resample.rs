@@ -203,7 +203,10 @@ pub fn resize_rgb8(
                 *a += v as i32 * c;
             }
         }
-        for (o, &a) in out[yy * width_vals..(yy + 1) * width_vals].iter_mut().zip(&acc) {
+        for (o, &a) in out[yy * width_vals..(yy + 1) * width_vals]
+            .iter_mut()
+            .zip(&acc)
+        {
             *o = clip8(a);
         }
     }
@@ -224,7 +227,10 @@ mod tests {
                         .map(|&w| w as i64)
                         .sum();
                     let one = 1i64 << PRECISION_BITS;
-                    assert!((s - one).abs() <= c.ksize as i64, "{n_in}->{n_out} {k:?} {xx}: {s}");
+                    assert!(
+                        (s - one).abs() <= c.ksize as i64,
+                        "{n_in}->{n_out} {k:?} {xx}: {s}"
+                    );
                 }
             }
         }

@@ -80,7 +80,11 @@ impl Draw {
         lo + ((self.u() * (hi_incl - lo + 1) as f64) as u32).min(hi_incl - lo)
     }
     fn colour(&mut self) -> [f64; 3] {
-        [self.range(0.0, 255.0), self.range(0.0, 255.0), self.range(0.0, 255.0)]
+        [
+            self.range(0.0, 255.0),
+            self.range(0.0, 255.0),
+            self.range(0.0, 255.0),
+        ]
     }
 }
 
@@ -100,8 +104,13 @@ fn inside(shape: usize, u: f64, v: f64) -> bool {
 
 /// Render one image as RGB8.
 fn render(class: &str, rng: &mut Draw, cfg: &SynthConfig) -> (u32, u32, Vec<u8>) {
-    let (shape_name, texture) = class.split_once('_').expect("class names are shape_texture");
-    let shape = SHAPES.iter().position(|s| *s == shape_name).expect("known shape");
+    let (shape_name, texture) = class
+        .split_once('_')
+        .expect("class names are shape_texture");
+    let shape = SHAPES
+        .iter()
+        .position(|s| *s == shape_name)
+        .expect("known shape");
     let dots = texture == "dots";
     let w = rng.int(cfg.min_side, cfg.max_side);
     let h = rng.int(cfg.min_side, cfg.max_side);
@@ -151,7 +160,10 @@ fn render(class: &str, rng: &mut Draw, cfg: &SynthConfig) -> (u32, u32, Vec<u8>)
             }
             for &(k, qx, qy, qr, qa, qc) in &clutter {
                 let (dx, dy) = ((px - qx) / qr, (py - qy) / qr);
-                let (u, v) = (dx * qa.cos() + dy * qa.sin(), -dx * qa.sin() + dy * qa.cos());
+                let (u, v) = (
+                    dx * qa.cos() + dy * qa.sin(),
+                    -dx * qa.sin() + dy * qa.cos(),
+                );
                 if inside(k, u, v) {
                     col = qc;
                 }
@@ -161,7 +173,10 @@ fn render(class: &str, rng: &mut Draw, cfg: &SynthConfig) -> (u32, u32, Vec<u8>)
             if inside(shape, u, v) {
                 let (tu, tv) = (u * tc + v * ts, -u * ts + v * tc);
                 let on = if dots {
-                    let (fu, fv) = ((tu * freq).rem_euclid(1.0) - 0.5, (tv * freq).rem_euclid(1.0) - 0.5);
+                    let (fu, fv) = (
+                        (tu * freq).rem_euclid(1.0) - 0.5,
+                        (tv * freq).rem_euclid(1.0) - 0.5,
+                    );
                     fu * fu + fv * fv < 0.09
                 } else {
                     (tu * freq * std::f64::consts::PI).sin() > 0.0
@@ -198,17 +213,26 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     if cfg.min_side < 8 || cfg.min_side > cfg.max_side || cfg.max_side > 4096 {
         return Err(DataError::param(
             "--min-side/--max-side",
-            format!("need 8 <= min <= max <= 4096, got {}..{}", cfg.min_side, cfg.max_side),
+            format!(
+                "need 8 <= min <= max <= 4096, got {}..{}",
+                cfg.min_side, cfg.max_side
+            ),
         ));
     }
     if !(1..=100).contains(&cfg.quality) {
-        return Err(DataError::param("--quality", format!("{} (expected 1..=100)", cfg.quality)));
+        return Err(DataError::param(
+            "--quality",
+            format!("{} (expected 1..=100)", cfg.quality),
+        ));
     }
     let classes = class_names();
     let mut jobs: Vec<(u64, &str, usize, u32)> = Vec::new(); // (split id, split, class, index)
-    for (split_id, split, n) in [(0u64, "train", cfg.train_per_class), (1, "val", cfg.val_per_class)] {
-        for c in 0..classes.len() {
-            let dir = out.join(split).join(&classes[c]);
+    for (split_id, split, n) in [
+        (0u64, "train", cfg.train_per_class),
+        (1, "val", cfg.val_per_class),
+    ] {
+        for (c, class) in classes.iter().enumerate() {
+            let dir = out.join(split).join(class);
             fs::create_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
             for i in 0..n {
                 jobs.push((split_id, split, c, i));
@@ -267,8 +291,8 @@ mod tests {
     #[test]
     fn shapes_are_distinct_regions() {
         // The centre is inside every shape but the ring; the ring holds (0.8, 0).
-        for k in 0..5 {
-            assert_eq!(inside(k, 0.0, 0.0), SHAPES[k] != "ring", "{}", SHAPES[k]);
+        for (k, name) in SHAPES.iter().enumerate() {
+            assert_eq!(inside(k, 0.0, 0.0), *name != "ring", "{name}");
         }
         assert!(inside(2, 0.8, 0.0));
         assert!(!inside(3, 0.9, 0.9));

@@ -114,7 +114,10 @@ impl CropSpec {
     /// A checked spec.
     pub fn new(size: u32, filter: Filter, normalize: Normalize) -> Result<Self> {
         if size == 0 || size > 4096 {
-            return Err(DataError::param("--res", format!("{size} (expected 1..=4096)")));
+            return Err(DataError::param(
+                "--res",
+                format!("{size} (expected 1..=4096)"),
+            ));
         }
         if normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || normalize.mean.iter().any(|m| !m.is_finite())
@@ -156,7 +159,12 @@ impl Replayer {
         resize_rgb8(
             &img.data,
             img.width as usize,
-            (b.left as usize, b.top as usize, b.width as usize, b.height as usize),
+            (
+                b.left as usize,
+                b.top as usize,
+                b.width as usize,
+                b.height as usize,
+            ),
             out_w as usize,
             out_h as usize,
             filter.kernel(),
@@ -174,7 +182,17 @@ impl Replayer {
 
     /// Write the `S x S` window at (`x0`, `y0`) of the scratch image (of width
     /// `src_w`) into `out` as normalised CHW f32, mirrored if `flip`.
-    fn emit(&mut self, src_w: u32, x0: u32, y0: u32, s: u32, flip: bool, n: &Normalize, out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)] // a private helper; the window is 4 numbers
+    fn emit(
+        &mut self,
+        src_w: u32,
+        x0: u32,
+        y0: u32,
+        s: u32,
+        flip: bool,
+        n: &Normalize,
+        out: &mut [f32],
+    ) {
         let scratch = std::mem::take(&mut self.scratch);
         let lut = self.lut(n);
         let s = s as usize;
@@ -216,7 +234,13 @@ impl Replayer {
     /// The eval transform: resize the shorter side to `int(256 / 224 * S)` (the longer
     /// side `int(new_short * long / short)`, torchvision `Resize`), centre-crop S
     /// (torchvision `CenterCrop`: offset `int(round((n - S) / 2))`), normalise into `out`.
-    pub fn eval(&mut self, img: &RgbImage, spec: &CropSpec, out: &mut [f32], path: &Path) -> Result<()> {
+    pub fn eval(
+        &mut self,
+        img: &RgbImage,
+        spec: &CropSpec,
+        out: &mut [f32],
+        path: &Path,
+    ) -> Result<()> {
         check_out(out, spec, path)?;
         let (new_w, new_h) = eval_resize_dims(img.width, img.height, spec.size);
         let full = PixelBox {
@@ -238,7 +262,11 @@ fn check_out(out: &[f32], spec: &CropSpec, path: &Path) -> Result<()> {
     if out.len() != spec.len() {
         return Err(DataError::Resize {
             path: path.to_path_buf(),
-            reason: format!("output buffer holds {} floats, need {}", out.len(), spec.len()),
+            reason: format!(
+                "output buffer holds {} floats, need {}",
+                out.len(),
+                spec.len()
+            ),
         });
     }
     Ok(())

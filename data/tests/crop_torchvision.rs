@@ -24,7 +24,10 @@ fn matches_torchvision_on_injected_draws() {
     let fx = common::json("rrc_cases.json");
     let cases = fx["cases"].as_array().expect("cases");
     assert!(cases.len() >= 500, "fixture too small");
-    assert!(fx["n_fallback"].as_u64().unwrap() > 20, "fixture must exercise the fallback");
+    assert!(
+        fx["n_fallback"].as_u64().unwrap() > 20,
+        "fixture must exercise the fallback"
+    );
     for (i, c) in cases.iter().enumerate() {
         let num = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("case {i}: {k}"));
         let pair = |k: &str| (c[k][0].as_f64().unwrap(), c[k][1].as_f64().unwrap());

@@ -23,15 +23,29 @@ fn image_folder_order_equals_torchvision() {
         write(dir.path(), rel, rel.as_bytes());
     }
     let ds = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap();
-    let classes: Vec<&str> = fx["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let classes: Vec<&str> = fx["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     assert_eq!(ds.classes(), classes.as_slice());
     let want: Vec<(String, u32)> = fx["samples"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s[0].as_str().unwrap().to_string(), s[1].as_u64().unwrap() as u32))
+        .map(|s| {
+            (
+                s[0].as_str().unwrap().to_string(),
+                s[1].as_u64().unwrap() as u32,
+            )
+        })
         .collect();
-    let got: Vec<(String, u32)> = ds.samples().iter().map(|s| (s.path.clone(), s.label)).collect();
+    let got: Vec<(String, u32)> = ds
+        .samples()
+        .iter()
+        .map(|s| (s.path.clone(), s.label))
+        .collect();
     assert_eq!(got, want);
     for (i, s) in ds.samples().iter().enumerate() {
         assert_eq!(s.id as usize, i);
@@ -47,19 +61,43 @@ fn fingerprint_tells_changed_datasets() {
         write(root, "x/1.jpg", b"abc");
         write(root, "y/2.jpg", b"defg");
     }
-    let fa = Dataset::open(a.path(), LinkPolicy::StayInside).unwrap().fingerprint().clone();
-    let fb = Dataset::open(b.path(), LinkPolicy::StayInside).unwrap().fingerprint().clone();
+    let fa = Dataset::open(a.path(), LinkPolicy::StayInside)
+        .unwrap()
+        .fingerprint()
+        .clone();
+    let fb = Dataset::open(b.path(), LinkPolicy::StayInside)
+        .unwrap()
+        .fingerprint()
+        .clone();
     assert_eq!(fa, fb, "same files at another root: same fingerprint");
     assert_eq!((fa.samples, fa.classes), (2, 2));
     write(b.path(), "y/2.jpg", b"defgh");
-    let f2 = Dataset::open(b.path(), LinkPolicy::StayInside).unwrap().fingerprint().clone();
-    assert_ne!(fa.sha256, f2.sha256, "a changed size changes the fingerprint");
+    let f2 = Dataset::open(b.path(), LinkPolicy::StayInside)
+        .unwrap()
+        .fingerprint()
+        .clone();
+    assert_ne!(
+        fa.sha256, f2.sha256,
+        "a changed size changes the fingerprint"
+    );
     write(b.path(), "y/3.jpg", b"defgh");
-    let f3 = Dataset::open(b.path(), LinkPolicy::StayInside).unwrap().fingerprint().clone();
-    assert_ne!(f2.sha256, f3.sha256, "an added file changes the fingerprint");
+    let f3 = Dataset::open(b.path(), LinkPolicy::StayInside)
+        .unwrap()
+        .fingerprint()
+        .clone();
+    assert_ne!(
+        f2.sha256, f3.sha256,
+        "an added file changes the fingerprint"
+    );
     fs::rename(b.path().join("y"), b.path().join("z")).unwrap();
-    let f4 = Dataset::open(b.path(), LinkPolicy::StayInside).unwrap().fingerprint().clone();
-    assert_ne!(f3.sha256, f4.sha256, "a renamed class changes the fingerprint");
+    let f4 = Dataset::open(b.path(), LinkPolicy::StayInside)
+        .unwrap()
+        .fingerprint()
+        .clone();
+    assert_ne!(
+        f3.sha256, f4.sha256,
+        "a renamed class changes the fingerprint"
+    );
 }
 
 #[test]
@@ -72,8 +110,16 @@ fn list_files_numeric_and_named_labels() {
     fs::write(&list, "path,label\nimgs/b.jpg,2\nimgs/a.jpg,0\n./c.png,2\n").unwrap();
     let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
     assert_eq!(ds.classes(), ["0", "1", "2"]);
-    let got: Vec<(&str, u32)> = ds.samples().iter().map(|s| (s.path.as_str(), s.label)).collect();
-    assert_eq!(got, [("imgs/b.jpg", 2), ("imgs/a.jpg", 0), ("c.png", 2)], "file order kept");
+    let got: Vec<(&str, u32)> = ds
+        .samples()
+        .iter()
+        .map(|s| (s.path.as_str(), s.label))
+        .collect();
+    assert_eq!(
+        got,
+        [("imgs/b.jpg", 2), ("imgs/a.jpg", 0), ("c.png", 2)],
+        "file order kept"
+    );
     fs::write(&list, "imgs/b.jpg,zebra\nimgs/a.jpg,ant\n").unwrap();
     let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
     assert_eq!(ds.classes(), ["ant", "zebra"]);
@@ -93,10 +139,15 @@ fn list_file_errors_name_the_file_and_entry() {
         ("", "no samples"),
     ] {
         fs::write(&list, body).unwrap();
-        let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err().to_string();
+        let e = Dataset::open(&list, LinkPolicy::StayInside)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{body:?}: {e}");
         if needle != "missing.jpg" {
-            assert!(e.contains("l.csv"), "{body:?}: error must name the list file: {e}");
+            assert!(
+                e.contains("l.csv"),
+                "{body:?}: error must name the list file: {e}"
+            );
         }
     }
 }
@@ -108,25 +159,49 @@ fn symlinks_may_not_leave_the_root_unless_asked() {
     write(outside.path(), "secret.jpg", b"s");
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "cls/ok.jpg", b"o");
-    std::os::unix::fs::symlink(outside.path().join("secret.jpg"), dir.path().join("cls/link.jpg")).unwrap();
-    let e = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap_err().to_string();
-    assert!(e.contains("link.jpg") && e.contains("outside the dataset root"), "{e}");
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.jpg"),
+        dir.path().join("cls/link.jpg"),
+    )
+    .unwrap();
+    let e = Dataset::open(dir.path(), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("link.jpg") && e.contains("outside the dataset root"),
+        "{e}"
+    );
     let ds = Dataset::open(dir.path(), LinkPolicy::FollowAnywhere).unwrap();
     assert_eq!(ds.len(), 2);
     // A link that stays inside is fine.
     fs::remove_file(dir.path().join("cls/link.jpg")).unwrap();
-    std::os::unix::fs::symlink(dir.path().join("cls/ok.jpg"), dir.path().join("cls/alias.jpg")).unwrap();
-    assert_eq!(Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap().len(), 2);
+    std::os::unix::fs::symlink(
+        dir.path().join("cls/ok.jpg"),
+        dir.path().join("cls/alias.jpg"),
+    )
+    .unwrap();
+    assert_eq!(
+        Dataset::open(dir.path(), LinkPolicy::StayInside)
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn empty_roots_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap_err().to_string();
+    let e = Dataset::open(dir.path(), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no class directories"), "{e}");
     write(dir.path(), "cls/readme.txt", b"x");
-    let e = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap_err().to_string();
+    let e = Dataset::open(dir.path(), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no image files"), "{e}");
-    let e = Dataset::open(&dir.path().join("nope"), LinkPolicy::StayInside).unwrap_err().to_string();
+    let e = Dataset::open(&dir.path().join("nope"), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope"), "{e}");
 }

@@ -44,10 +44,16 @@ fn expect_decode_error(bytes: &[u8], name: &str) {
     let path = Path::new(name);
     match decode_bytes(bytes, path) {
         Err(e @ DataError::Decode { .. }) => {
-            assert!(e.to_string().contains(name), "error must name the file: {e}");
+            assert!(
+                e.to_string().contains(name),
+                "error must name the file: {e}"
+            );
         }
         Err(e) => panic!("{name}: unexpected error kind {e}"),
-        Ok(img) => panic!("{name}: decoded {}x{} from bad bytes", img.width, img.height),
+        Ok(img) => panic!(
+            "{name}: decoded {}x{} from bad bytes",
+            img.width, img.height
+        ),
     }
 }
 
@@ -71,7 +77,13 @@ fn bad_files_are_errors_naming_the_file() {
 
 #[test]
 fn truncations_and_bit_flips_never_panic() {
-    for name in ["src_baseline.jpg", "src_progressive.jpg", "src_cmyk.jpg", "src_rgba.png", "src_palette.png"] {
+    for name in [
+        "src_baseline.jpg",
+        "src_progressive.jpg",
+        "src_cmyk.jpg",
+        "src_rgba.png",
+        "src_palette.png",
+    ] {
         let bytes = std::fs::read(common::fixtures().join(name)).unwrap();
         // Every truncation point of the first 1 KiB, then every 17th byte.
         let cuts = (1..bytes.len().min(1024)).chain((1024..bytes.len()).step_by(17));

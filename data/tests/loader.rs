@@ -45,13 +45,27 @@ fn same_batches_with_one_and_two_threads() {
     assert_eq!(a.len(), 8, "30 images in batches of 4");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.rows, y.rows);
-        assert!(x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert!(x
+            .data
+            .iter()
+            .zip(&y.data)
+            .all(|(p, q)| p.to_bits() == q.to_bits()));
     }
     // Another epoch: another order, the same crops of each image for the same pass.
-    let c = load(&ds, epoch_order(ds.len(), 42, 2, true), config(2, pool(1), BadFilePolicy::Fail));
+    let c = load(
+        &ds,
+        epoch_order(ds.len(), 42, 2, true),
+        config(2, pool(1), BadFilePolicy::Fail),
+    );
     let first = |bs: &[Batch]| bs[0].rows.iter().map(|r| r.sample_id).collect::<Vec<_>>();
     assert_ne!(first(&a), first(&c));
-    let find = |bs: &[Batch], id| bs.iter().flat_map(|b| &b.rows).filter(|r| r.sample_id == id).copied().collect::<Vec<_>>();
+    let find = |bs: &[Batch], id| {
+        bs.iter()
+            .flat_map(|b| &b.rows)
+            .filter(|r| r.sample_id == id)
+            .copied()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(find(&a, 7), find(&c, 7));
 }
 
@@ -71,16 +85,27 @@ fn rows_are_images_times_crops_and_equal_replaying_each_crop_alone() {
             // pass 2 of a pool of 5 with 3 crops per pass: ids 6, 7, 8 mod 5 = 1, 2, 3
             assert_eq!(row.crop_id, [1, 2, 3][i % 3], "crop ids of pass 2");
             if i % 3 > 0 {
-                assert_eq!(row.sample_id, b.rows[i - 1].sample_id, "an image's crops are contiguous");
+                assert_eq!(
+                    row.sample_id,
+                    b.rows[i - 1].sample_id,
+                    "an image's crops are contiguous"
+                );
             }
             let s = ds.sample(row.sample_id).unwrap();
             assert_eq!(row.label, s.label);
             let img = decode_file(&ds.full_path(s)).unwrap();
             assert_eq!((row.image_width, row.image_height), (img.width, img.height));
-            assert_eq!(row.record, sampler.crop(s.id, row.crop_id, img.width, img.height));
+            assert_eq!(
+                row.record,
+                sampler.crop(s.id, row.crop_id, img.width, img.height)
+            );
             let mut alone = vec![0f32; spec.len()];
-            r.replay(&img, &row.record, &spec, &mut alone, Path::new(&s.path)).unwrap();
-            assert_eq!(&b.data[i * spec.len()..(i + 1) * spec.len()], alone.as_slice());
+            r.replay(&img, &row.record, &spec, &mut alone, Path::new(&s.path))
+                .unwrap();
+            assert_eq!(
+                &b.data[i * spec.len()..(i + 1) * spec.len()],
+                alone.as_slice()
+            );
             seen += 1;
         }
     }
@@ -96,7 +121,12 @@ fn bad_files_are_skipped_and_listed_or_fail_naming_the_file() {
     std::fs::write(ds.full_path(&bad), &bytes[..bytes.len() / 3]).unwrap();
     let order: Vec<u32> = (0..ds.len() as u32).collect();
 
-    let loader = Loader::new(Arc::clone(&ds), order.clone(), config(2, pool(0), BadFilePolicy::Skip)).unwrap();
+    let loader = Loader::new(
+        Arc::clone(&ds),
+        order.clone(),
+        config(2, pool(0), BadFilePolicy::Skip),
+    )
+    .unwrap();
     let mut batches = Vec::new();
     let mut it = loader;
     for b in it.by_ref() {
@@ -107,19 +137,34 @@ fn bad_files_are_skipped_and_listed_or_fail_naming_the_file() {
     assert_eq!(report.crops as usize, (ds.len() - 1) * 3);
     assert_eq!(report.skipped.len(), 1);
     assert_eq!(report.skipped[0].path, bad.path);
-    assert!(report.skipped[0].reason.contains(&bad.path), "{}", report.skipped[0].reason);
+    assert!(
+        report.skipped[0].reason.contains(&bad.path),
+        "{}",
+        report.skipped[0].reason
+    );
     // The batch holding the bad image is shorter and its data stays aligned with rows.
     let b1 = &batches[1];
     assert_eq!(b1.rows.len(), 9);
     assert!(b1.rows.iter().all(|r| r.sample_id != 5));
     assert_eq!(b1.data.len(), 9 * 3 * 16 * 16);
     let clean = load(&ds, vec![6, 7], config(1, pool(0), BadFilePolicy::Fail));
-    assert_eq!(&b1.data[3 * 768..], clean[0].data.as_slice(), "rows after the gap moved up");
+    assert_eq!(
+        &b1.data[3 * 768..],
+        clean[0].data.as_slice(),
+        "rows after the gap moved up"
+    );
 
-    let mut failing = Loader::new(ds.clone(), order, config(2, pool(0), BadFilePolicy::Fail)).unwrap();
-    let first_err = failing.by_ref().find_map(|b| b.err()).expect("fail policy yields the error");
+    let mut failing =
+        Loader::new(ds.clone(), order, config(2, pool(0), BadFilePolicy::Fail)).unwrap();
+    let first_err = failing
+        .by_ref()
+        .find_map(|b| b.err())
+        .expect("fail policy yields the error");
     assert!(first_err.to_string().contains(&bad.path), "{first_err}");
-    assert!(failing.next().is_none(), "the loader stops after a fatal error");
+    assert!(
+        failing.next().is_none(),
+        "the loader stops after a fatal error"
+    );
 }
 
 #[test]
@@ -129,12 +174,17 @@ fn eval_mode_is_one_centre_crop_per_image() {
     let cfg = config(2, CropMode::Eval, BadFilePolicy::Fail);
     let spec = cfg.spec;
     let batches = load(&ds, epoch_order(ds.len(), 0, 0, false), cfg);
-    let rows: Vec<u32> = batches.iter().flat_map(|b| b.rows.iter().map(|r| r.sample_id)).collect();
+    let rows: Vec<u32> = batches
+        .iter()
+        .flat_map(|b| b.rows.iter().map(|r| r.sample_id))
+        .collect();
     assert_eq!(rows, (0..10).collect::<Vec<_>>(), "unshuffled order");
     let s = ds.sample(4).unwrap();
     let img = decode_file(&ds.full_path(s)).unwrap();
     let mut want = vec![0f32; spec.len()];
-    Replayer::default().eval(&img, &spec, &mut want, Path::new("x")).unwrap();
+    Replayer::default()
+        .eval(&img, &spec, &mut want, Path::new("x"))
+        .unwrap();
     assert_eq!(&batches[1].data[0..spec.len()], want.as_slice());
 }
 
@@ -156,11 +206,19 @@ fn bad_config_is_refused_with_the_flag() {
     let ds = common::tiny_dataset(dir.path(), 1);
     let mut cfg = config(1, pool(0), BadFilePolicy::Fail);
     cfg.images_per_batch = 0;
-    let e = Loader::new(ds.clone(), vec![0], cfg).err().unwrap().to_string();
+    let e = Loader::new(ds.clone(), vec![0], cfg)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("--batch"), "{e}");
-    let e = Loader::new(ds, vec![999], config(1, pool(0), BadFilePolicy::Fail)).err().unwrap().to_string();
+    let e = Loader::new(ds, vec![999], config(1, pool(0), BadFilePolicy::Fail))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("999"), "{e}");
-    let e = CropSpec::new(0, Filter::Bilinear, Normalize::default()).unwrap_err().to_string();
+    let e = CropSpec::new(0, Filter::Bilinear, Normalize::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--res"), "{e}");
 }
 

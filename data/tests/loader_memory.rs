@@ -72,5 +72,8 @@ fn peak_memory_is_flat_in_dataset_size() {
     // in flight: the batch being built, `prefetch` queued, one held: ~4 batches, plus
     // the per-epoch order (4 B an image)
     assert!(large <= 6 * batch_bytes, "peak {large} B exceeds 6 batches");
-    assert!(large <= small + small / 4 + 16 * n_large, "peak grew with the dataset: {small} -> {large}");
+    assert!(
+        large <= small + small / 4 + 16 * n_large,
+        "peak grew with the dataset: {small} -> {large}"
+    );
 }

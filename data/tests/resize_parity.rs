@@ -47,8 +47,10 @@ fn replay_and_eval_match_pil() {
                 height: g("height"),
                 width: g("width"),
             };
-            let rec = CropRecord::from_pixels(b, c["flip"].as_bool().unwrap(), src.width, src.height);
-            r.replay(&src, &rec, &spec, &mut out, Path::new(file)).unwrap();
+            let rec =
+                CropRecord::from_pixels(b, c["flip"].as_bool().unwrap(), src.width, src.height);
+            r.replay(&src, &rec, &spec, &mut out, Path::new(file))
+                .unwrap();
         } else {
             r.eval(&src, &spec, &mut out, Path::new(file)).unwrap();
         }
@@ -111,14 +113,24 @@ fn replay_geometry_on_a_gradient() {
             data.extend([x as u8, y as u8, 7]);
         }
     }
-    let img = meal_data::RgbImage { width: w, height: h, data };
+    let img = meal_data::RgbImage {
+        width: w,
+        height: h,
+        data,
+    };
     let spec = CropSpec::new(32, Filter::Bilinear, UNIT).unwrap();
     let mut r = Replayer::default();
     for flip in [false, true] {
-        let b = PixelBox { top: 40, left: 100, height: 32, width: 32 };
+        let b = PixelBox {
+            top: 40,
+            left: 100,
+            height: 32,
+            width: 32,
+        };
         let rec = CropRecord::from_pixels(b, flip, w, h);
         let mut out = vec![0f32; spec.len()];
-        r.replay(&img, &rec, &spec, &mut out, Path::new("gradient")).unwrap();
+        r.replay(&img, &rec, &spec, &mut out, Path::new("gradient"))
+            .unwrap();
         let px = |c: usize, y: usize, x: usize| (out[c * 1024 + y * 32 + x] * 255.0).round() as u32;
         for y in 0..32 {
             for x in 0..32 {
@@ -130,12 +142,18 @@ fn replay_geometry_on_a_gradient() {
         }
     }
     // A 2x downscale of a linear ramp stays linear: column 2k,2k+1 average.
-    let b = PixelBox { top: 0, left: 0, height: 64, width: 64 };
+    let b = PixelBox {
+        top: 0,
+        left: 0,
+        height: 64,
+        width: 64,
+    };
     let rec = CropRecord::from_pixels(b, false, w, h);
     let mut out = vec![0f32; spec.len()];
-    r.replay(&img, &rec, &spec, &mut out, Path::new("gradient")).unwrap();
-    for x in 0..32 {
-        let v = out[x] * 255.0; // row 0, R channel
+    r.replay(&img, &rec, &spec, &mut out, Path::new("gradient"))
+        .unwrap();
+    for (x, v) in out[..32].iter().enumerate() {
+        let v = v * 255.0; // row 0, R channel
         assert!((v - (2.0 * x as f32 + 0.5)).abs() <= 0.51, "x={x}: {v}");
     }
 }

@@ -15,7 +15,11 @@ use meal_data::{
 };
 
 #[derive(Parser)]
-#[command(name = "meal-data", version, about = "Datasets and the input pipeline of MEAL V2 distillation")]
+#[command(
+    name = "meal-data",
+    version,
+    about = "Datasets and the input pipeline of MEAL V2 distillation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -84,8 +88,7 @@ enum Cmd {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -109,8 +112,10 @@ fn main() -> Result<()> {
             };
             let total = (train_per_class as u64 + val_per_class as u64) * 10;
             let bar = ProgressBar::new(total).with_style(
-                ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} images, {per_sec}, ETA {eta}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{msg} {bar:40} {pos}/{len} images, {per_sec}, ETA {eta}",
+                )
+                .expect("valid template"),
             );
             bar.set_message("synth");
             let t = Instant::now();
@@ -173,7 +178,11 @@ fn main() -> Result<()> {
                     drop_last: false,
                 };
                 let t = Instant::now();
-                let loader = Loader::new(Arc::clone(&ds), epoch_order(ds.len(), 0, pass as u64, true), cfg)?;
+                let loader = Loader::new(
+                    Arc::clone(&ds),
+                    epoch_order(ds.len(), 0, pass as u64, true),
+                    cfg,
+                )?;
                 let mut n = 0usize;
                 for b in loader {
                     n += b?.len();

@@ -1,0 +1,44 @@
+# The user's entry points. `make test` is exactly what CI runs (.ci/run).
+CARGO ?= cargo
+DEMO  ?= demo
+DATA  ?= $(DEMO)/data
+THREADS ?= 2
+
+.PHONY: all build test fmt-check clippy unit demo-data bench bench-rust bench-data teachers precompute train eval clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+## test: formatting, lints and every test (tests are built optimised: [profile.test])
+test: fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+## demo-data: the synthetic demo dataset (ImageFolder of JPEGs) under $(DATA)
+demo-data: $(DATA)/synth.json
+
+$(DATA)/synth.json:
+	$(CARGO) run --release -p meal-data --bin meal-data -- synth --out $(DATA)
+
+## bench: input-pipeline throughput, ours beside PIL + torchvision (BENCHMARKS.md)
+bench:
+	bash bench/data_pipeline.sh
+
+# Stages not built yet; each says so instead of pretending (see the open issues).
+teachers precompute train eval:
+	@echo "make $@: not implemented yet - the model, label-store, precompute and student issues add it." >&2
+	@echo "What exists today: make demo-data, make bench, make test." >&2
+	@exit 1
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DEMO) bench/out
