@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::crop::{CropRecord, PixelBox};
 use crate::decode::RgbImage;
 use crate::error::{DataError, Result};
-use crate::resample::{resize_rgb8, Kernel};
+use crate::resample::{resize_rgb8, Kernel, Scratch};
 
 /// ImageNet channel means (torchvision / timm `IMAGENET_DEFAULT_MEAN`).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -138,7 +138,7 @@ impl CropSpec {
 /// Reusable per-thread state: the resizer's buffers and the u8 scratch image.
 #[derive(Default)]
 pub struct Replayer {
-    tmp: Vec<u8>,
+    tmp: Scratch,
     scratch: Vec<u8>,
     lut: Option<(Normalize, Box<[[f32; 256]; 3]>)>,
 }
