@@ -56,7 +56,7 @@ fn loader_peak(per_class: u32) -> (usize, usize) {
         let b = b.unwrap();
         rows += b.len();
         // a slow consumer lets the prefetch queue fill up
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(15));
     }
     assert_eq!(rows, ds.len() * 4);
     (PEAK.load(Ordering::Relaxed) - base, ds.len())
@@ -69,11 +69,19 @@ fn peak_memory_is_flat_in_dataset_size() {
     assert_eq!((n_small, n_large), (160, 800));
     let batch_bytes = 8 * 4 * 3 * 64 * 64 * 4;
     eprintln!("loader peak: {small} B for {n_small} images, {large} B for {n_large} ({batch_bytes} B a batch)");
-    // in flight: the batch being built, `prefetch` queued, one held: ~4 batches, plus
-    // the per-epoch order (4 B an image)
-    assert!(large <= 6 * batch_bytes, "peak {large} B exceeds 6 batches");
+    // In flight: the batch being built, `prefetch` (2) queued, one held by the consumer;
+    // plus the per-epoch order (4 B an image).
+    for (peak, n) in [(small, n_small), (large, n_large)] {
+        assert!(
+            peak <= 5 * batch_bytes,
+            "{n} images: peak {peak} B exceeds 5 batches"
+        );
+    }
+    // Whether the queue is full at the peak depends on timing (the slow consumer makes
+    // it likely): allow two batches of difference, far below the 80 extra batches the
+    // larger epoch produces.
     assert!(
-        large <= small + small / 4 + 16 * n_large,
+        large <= small + 2 * batch_bytes + 16 * n_large,
         "peak grew with the dataset: {small} -> {large}"
     );
 }
