@@ -1,9 +1,14 @@
 //! `meal-common`: what both MEAL V2 stages share.
 //!
-//! Today: device selection ([`device`]). The models (timm-compatible ResNet family,
-//! discriminator), fast ops and the soft-label store land here next (see the open
-//! issues); `meal-data` holds the image pipeline.
+//! - [`device`]: `cpu` / `cuda:N` selection.
+//! - [`models`]: timm-compatible ResNet family (one builder, presets as data, timm
+//!   state-dict names, train/eval modes), the MEAL V2 discriminator, weight I/O.
+//!
+//! The fast ops and the soft-label store land here next (see the open issues).
 
 pub mod device;
+pub mod error;
+pub mod models;
 
 pub use device::{parse_device, DeviceError};
+pub use error::ModelError;

@@ -1,0 +1,324 @@
+//! The layers of the ResNet family, with PyTorch's semantics, on any candle device.
+//!
+//! In eval mode every layer reads its weights detached, so a teacher's forward pass
+//! builds no autograd graph; in train mode BatchNorm uses batch statistics and updates
+//! its running statistics as `torch.nn.BatchNorm2d` does.
+
+use candle_core::{DType, Tensor, Var, D};
+
+use super::params::{Init, Kind, ParamBuilder};
+use crate::error::Result;
+
+/// PyTorch's BatchNorm defaults (torch.nn.BatchNorm2d): momentum 0.1, eps 1e-5.
+pub const BN_MOMENTUM: f64 = 0.1;
+/// See [`BN_MOMENTUM`].
+pub const BN_EPS: f64 = 1e-5;
+
+/// A weight as the forward pass should see it: tracked in train mode, detached in eval.
+fn w(v: &Var, train: bool) -> Tensor {
+    if train {
+        v.as_tensor().clone()
+    } else {
+        v.as_detached_tensor()
+    }
+}
+
+/// 2-D convolution without dilation (the ResNet family uses none at output stride 32).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Var,
+    bias: Option<Var>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+impl Conv2d {
+    /// A `k x k` convolution `cin -> cout`, weights named `name.weight` (and `.bias`),
+    /// initialised as timm does (Kaiming normal, fan-out, ReLU gain).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pb: &mut ParamBuilder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let fan_out = cout * k * k / groups;
+        let std = (2.0 / fan_out as f64).sqrt();
+        let weight = pb.tensor(
+            &format!("{name}.weight"),
+            &[cout, cin / groups, k, k],
+            Init::Normal(std),
+            Kind::Param,
+        )?;
+        let bias = if bias {
+            Some(pb.tensor(
+                &format!("{name}.bias"),
+                &[cout],
+                Init::Const(0.0),
+                Kind::Param,
+            )?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    /// Apply to an NCHW tensor.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.conv2d(
+            &w(&self.weight, train),
+            self.padding,
+            self.stride,
+            1,
+            self.groups,
+        )?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(&w(b, train).reshape((1, (), 1, 1))?)?,
+            None => y,
+        })
+    }
+}
+
+/// `torch.nn.BatchNorm2d` with affine weights and running statistics.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+}
+
+impl BatchNorm2d {
+    /// A BatchNorm over `c` channels named `name.{weight,bias,running_mean,running_var,
+    /// num_batches_tracked}`.
+    pub fn new(pb: &mut ParamBuilder, name: &str, c: usize) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: pb.tensor(
+                &format!("{name}.weight"),
+                &[c],
+                Init::Const(1.0),
+                Kind::Param,
+            )?,
+            bias: pb.tensor(&format!("{name}.bias"), &[c], Init::Const(0.0), Kind::Param)?,
+            running_mean: pb.tensor(
+                &format!("{name}.running_mean"),
+                &[c],
+                Init::Const(0.0),
+                Kind::Buffer,
+            )?,
+            running_var: pb.tensor(
+                &format!("{name}.running_var"),
+                &[c],
+                Init::Const(1.0),
+                Kind::Buffer,
+            )?,
+            num_batches_tracked: pb.counter(&format!("{name}.num_batches_tracked"))?,
+        })
+    }
+
+    /// Train mode: normalise by the batch's biased variance, then update the running
+    /// mean and the running *unbiased* variance with momentum 0.1 (PyTorch). Eval mode:
+    /// normalise by the running statistics.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let shape = (1, c, 1, 1);
+        let gamma = w(&self.weight, train).reshape(shape)?;
+        let beta = w(&self.bias, train).reshape(shape)?;
+        if train {
+            let (n, _, h, wd) = x.dims4()?;
+            let count = (n * h * wd) as f64;
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
+            let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+            let y = xc
+                .broadcast_mul(&(inv_std.broadcast_mul(&gamma))?)?
+                .broadcast_add(&beta)?;
+            // running stats: no gradient flows into them
+            let m = BN_MOMENTUM;
+            let bm = mean.detach().flatten_all()?;
+            let unbiased = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let bv = (var.detach().flatten_all()? * unbiased)?;
+            let rm = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (bm * m)?)?;
+            let rv = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (bv * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            let nb = (self.num_batches_tracked.as_detached_tensor()
+                + Tensor::ones((), DType::I64, x.device())?)?;
+            self.num_batches_tracked.set(&nb)?;
+            Ok(y)
+        } else {
+            let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
+                .sqrt()?
+                .recip()?;
+            let scale = (inv_std.reshape(shape)? * &gamma)?;
+            let shift = (beta
+                - self
+                    .running_mean
+                    .as_detached_tensor()
+                    .reshape(shape)?
+                    .mul(&scale)?)?;
+            Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+        }
+    }
+}
+
+/// A fully connected layer `y = x W^T + b` (PyTorch's default init).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Var,
+    bias: Var,
+}
+
+impl Linear {
+    /// `cin -> cout`, tensors `name.weight` [cout, cin] and `name.bias` [cout].
+    pub fn new(pb: &mut ParamBuilder, name: &str, cin: usize, cout: usize) -> Result<Self> {
+        // torch.nn.Linear.reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
+        let a = 1.0 / (cin as f64).sqrt();
+        Ok(Linear {
+            weight: pb.tensor(
+                &format!("{name}.weight"),
+                &[cout, cin],
+                Init::Uniform(a),
+                Kind::Param,
+            )?,
+            bias: pb.tensor(
+                &format!("{name}.bias"),
+                &[cout],
+                Init::Uniform(a),
+                Kind::Param,
+            )?,
+        })
+    }
+
+    /// Apply to `[N, cin]`.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(x.matmul(&w(&self.weight, train).t()?)?
+            .broadcast_add(&w(&self.bias, train))?)
+    }
+}
+
+/// timm's `make_divisible` (timm/layers/helpers.py) as SEModule calls it
+/// (`round_limit=0`): the nearest multiple of `divisor`, at least `divisor`.
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    (((v + d / 2.0) as usize) / divisor * divisor).max(divisor)
+}
+
+/// timm's `SEModule` (squeeze-excite): mean over H, W; 1x1 conv to
+/// `make_divisible(C / 16, 8)` channels; ReLU; 1x1 conv back; sigmoid gate.
+#[derive(Clone, Debug)]
+pub struct SqueezeExcite {
+    fc1: Conv2d,
+    fc2: Conv2d,
+}
+
+/// timm's SEModule reduction ratio and channel divisor.
+const SE_RD_RATIO: f64 = 1.0 / 16.0;
+const SE_RD_DIVISOR: usize = 8;
+
+impl SqueezeExcite {
+    /// An SE module on `c` channels named `name.fc1`, `name.fc2`.
+    pub fn new(pb: &mut ParamBuilder, name: &str, c: usize) -> Result<Self> {
+        let rd = make_divisible(c as f64 * SE_RD_RATIO, SE_RD_DIVISOR);
+        Ok(SqueezeExcite {
+            fc1: Conv2d::new(pb, &format!("{name}.fc1"), c, rd, 1, 1, 0, 1, true)?,
+            fc2: Conv2d::new(pb, &format!("{name}.fc2"), rd, c, 1, 1, 0, 1, true)?,
+        })
+    }
+
+    /// Gate `x` by its channel attention.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let s = x.mean_keepdim((2, 3))?;
+        let s = self.fc1.forward(&s, train)?.relu()?;
+        let g = candle_nn::ops::sigmoid(&self.fc2.forward(&s, train)?)?;
+        Ok(x.broadcast_mul(&g)?)
+    }
+}
+
+/// `nn.MaxPool2d(3, stride=2, padding=1)` built from differentiable ops (slices and
+/// `maximum`), because candle's max-pool backward fails when kernel != stride.
+/// Padding is -inf, so padded positions are never the maximum.
+pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    let x = pool_axis_3_2_1(x, 2)?;
+    pool_axis_3_2_1(&x, 3)
+}
+
+/// Max over windows of 3, stride 2, padding 1 along `axis`.
+fn pool_axis_3_2_1(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let n = x.dim(axis)?;
+    let out = (n - 1) / 2 + 1; // floor((n + 2 - 3) / 2) + 1
+    let total = 2 * out + 2; // padded length: xp[2o], xp[2o+1], xp[2o+2] for o < out
+    let mut pad_shape = x.dims().to_vec();
+    pad_shape[axis] = 1;
+    let left =
+        Tensor::full(f32::NEG_INFINITY, pad_shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+    pad_shape[axis] = total - n - 1;
+    let right =
+        Tensor::full(f32::NEG_INFINITY, pad_shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+    let xp = Tensor::cat(&[&left, x, &right], axis)?;
+    let mut pairs = xp.dims().to_vec();
+    pairs[axis] = out;
+    pairs.insert(axis + 1, 2);
+    let a = xp.narrow(axis, 0, 2 * out)?.reshape(pairs.as_slice())?;
+    let b = xp.narrow(axis, 2, 2 * out)?.reshape(pairs.as_slice())?;
+    let even = a.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)?;
+    let odd = a.narrow(axis + 1, 1, 1)?.squeeze(axis + 1)?;
+    let next = b.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)?;
+    Ok(even.maximum(&odd)?.maximum(&next)?)
+}
+
+/// `nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)`: odd sides get a
+/// last window of one row/column, averaged over its real elements only.
+pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (ho, wo) = (h.div_ceil(2), wd.div_ceil(2));
+    let x = if h % 2 == 1 {
+        x.pad_with_zeros(2, 0, 1)?
+    } else {
+        x.clone()
+    };
+    let x = if wd % 2 == 1 {
+        x.pad_with_zeros(3, 0, 1)?
+    } else {
+        x
+    };
+    let sums = x.reshape((n, c, ho, 2, wo, 2))?.sum(5)?.sum(3)?;
+    if h % 2 == 0 && wd % 2 == 0 {
+        return Ok((sums * 0.25)?);
+    }
+    let count = |len: usize, out: usize| -> Vec<f32> {
+        (0..out)
+            .map(|i| if 2 * i + 1 < len { 2.0 } else { 1.0 })
+            .collect()
+    };
+    let (rh, rw) = (count(h, ho), count(wd, wo));
+    let inv: Vec<f32> = rh
+        .iter()
+        .flat_map(|a| rw.iter().map(move |b| 1.0 / (a * b)))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, 1, ho, wo), x.device())?.to_dtype(x.dtype())?;
+    Ok(sums.broadcast_mul(&inv)?)
+}
+
+/// Global average pool: `[N, C, H, W]` to `[N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
+}
