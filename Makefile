@@ -4,7 +4,8 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test fmt-check clippy unit demo-data bench bench-rust bench-data teachers precompute train eval clean
+.PHONY: all build test test-full fmt-check clippy unit demo-data bench bench-models teachers precompute train eval clean
+FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
 
@@ -23,6 +24,12 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
+## test-full: the opt-in checks - full-size presets and a save/load round trip through
+## timm (needs python3 with torch, timm, safetensors; writes ~2 GB to $(FULL_FIXTURES))
+test-full:
+	python3 common/tests/fixtures/make_model_fixtures.py --full $(FULL_FIXTURES)
+	MEAL_FULL_FIXTURES=$(FULL_FIXTURES) $(CARGO) test --workspace -- --ignored
+
 ## demo-data: the synthetic demo dataset (ImageFolder of JPEGs) under $(DATA)
 demo-data: $(DATA)/synth.json
 
@@ -32,6 +39,10 @@ $(DATA)/synth.json:
 ## bench: input-pipeline throughput, ours beside PIL + torchvision (BENCHMARKS.md)
 bench:
 	bash bench/data_pipeline.sh
+
+## bench-models: teacher inference and student train step, ours beside PyTorch (slow)
+bench-models:
+	bash bench/models.sh
 
 # Stages not built yet; each says so instead of pretending (see the open issues).
 teachers precompute train eval:

@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod error;
+pub mod loss;
 pub mod models;
 
 pub use device::{parse_device, DeviceError};

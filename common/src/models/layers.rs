@@ -140,9 +140,17 @@ impl BatchNorm2d {
         if train {
             let (n, _, h, wd) = x.dims4()?;
             let count = (n * h * wd) as f64;
-            let mean = x.mean_keepdim((0, 2, 3))?;
+            // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
+            // (acc_type<float> is double): deep nets in train mode are sensitive to it.
+            let x64 = x.to_dtype(DType::F64)?;
+            let mean64 = x64.mean_keepdim((0, 2, 3))?;
+            let var = x64
+                .broadcast_sub(&mean64)?
+                .sqr()?
+                .mean_keepdim((0, 2, 3))?
+                .to_dtype(x.dtype())?;
+            let mean = mean64.to_dtype(x.dtype())?;
             let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
             let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
             let y = xc
                 .broadcast_mul(&(inv_std.broadcast_mul(&gamma))?)?

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""PyTorch peer of `cargo bench -p meal-common --bench models`: the same work with timm.
+
+usage: models_torch.py infer|train ARCH RES BATCH ITERS   (threads: torch.set_num_threads(2))
+train = train-mode forward, soft CE to random teacher probs + discriminator BCE on
+[softmax(student); teacher], one backward, SGD (plain, as the Rust side today).
+"""
+import sys
+import time
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def main():
+    mode, arch, res, batch, iters = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+    torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
+    m = timm.create_model(arch, pretrained=False, num_classes=1000)
+    disc = nn.Sequential(nn.Linear(1000, 125), nn.ReLU(), nn.Linear(125, 15), nn.ReLU(), nn.Linear(15, 2), nn.ReLU())
+    x = torch.randn(batch, 3, res, res)
+    teacher = torch.softmax(torch.randn(batch, 1000), 1)
+    targets = torch.cat([torch.tensor([[1.0, 0.0]]).expand(batch, 2), torch.tensor([[0.0, 1.0]]).expand(batch, 2)])
+    opt = torch.optim.SGD(list(m.parameters()) + list(disc.parameters()), lr=0.01)
+
+    def step():
+        if mode == "infer":
+            m.eval()
+            with torch.no_grad():
+                torch.softmax(m(x), 1).sum().item()
+        else:
+            m.train()
+            logits = m(x)
+            kd = -(teacher * F.log_softmax(logits, 1)).sum(1).mean()
+            d = disc(torch.cat([torch.softmax(logits, 1), teacher]))
+            loss = kd + F.binary_cross_entropy_with_logits(d, targets)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    dt = (time.perf_counter() - t) / iters
+    print(f"torch {mode} {arch} res {res} batch {batch}: {batch / dt:.2f} img/s ({dt:.3f} s/step, "
+          f"{torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
