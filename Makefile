@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full fmt-check clippy unit demo-data bench bench-models teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit demo-data bench bench-models bench-store teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -12,8 +12,12 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 
-## test: formatting, lints and every test (tests are built optimised: [profile.test])
-test: fmt-check clippy unit
+## test: formatting, lints and every test (tests are built optimised: [profile.test]).
+## The label-store test reads shards with pyarrow, DuckDB and Polars: pydeps installs them.
+test: fmt-check clippy pydeps unit
+
+pydeps:
+	@python3 -c "import pyarrow, duckdb, polars" 2>/dev/null || python3 -m pip install -q pyarrow duckdb polars
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -39,6 +43,10 @@ $(DATA)/synth.json:
 ## bench: input-pipeline throughput, ours beside PIL + torchvision (BENCHMARKS.md)
 bench:
 	bash bench/data_pipeline.sh
+
+## bench-store: label-store bytes per crop and read speed
+bench-store:
+	$(CARGO) bench -p meal-common --bench store
 
 ## bench-models: teacher inference and student train step, ours beside PyTorch (slow)
 bench-models:

@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod loss;
 pub mod models;
+pub mod store;
 
 pub use device::{parse_device, DeviceError};
 pub use error::ModelError;

@@ -1,0 +1,307 @@
+//! `manifest.json`: what a store holds, how it was made, and which shards are done.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use meal_data::Fingerprint;
+use serde::{Deserialize, Serialize};
+
+use super::label::Encoding;
+use super::StoreError;
+
+/// The `format` field of every manifest.
+pub const FORMAT_NAME: &str = "meal-soft-labels";
+/// The format version this code writes and reads (docs/FORMAT.md).
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Shard file format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardFormat {
+    /// Apache Parquet (readable by pyarrow, DuckDB, Polars).
+    Parquet,
+    /// safetensors (dense encoding only).
+    Safetensors,
+}
+
+impl ShardFormat {
+    /// File extension of a shard.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ShardFormat::Parquet => "parquet",
+            ShardFormat::Safetensors => "safetensors",
+        }
+    }
+}
+
+impl std::str::FromStr for ShardFormat {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "parquet" => Ok(ShardFormat::Parquet),
+            "safetensors" => Ok(ShardFormat::Safetensors),
+            _ => Err(StoreError::Param {
+                name: "--format",
+                reason: format!("{s:?} (expected parquet or safetensors)"),
+            }),
+        }
+    }
+}
+
+/// The crop pool: how each image's crops were drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CropPool {
+    /// Crops per image P.
+    pub crops_per_image: u32,
+    /// RandomResizedCrop area range.
+    pub scale: [f64; 2],
+    /// RandomResizedCrop aspect-ratio range.
+    pub ratio: [f64; 2],
+    /// The pool's seed (meal-data's counter-based crop RNG).
+    pub seed: u64,
+}
+
+/// One teacher of the ensemble.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeacherInfo {
+    /// Architecture preset.
+    pub arch: String,
+    /// Weights file name (no directory).
+    pub weights: String,
+    /// SHA-256 of the weights file.
+    pub sha256: String,
+    /// Input side the crops were resized to.
+    pub input_size: u32,
+    /// Resize filter (`bilinear`, `bicubic`).
+    pub filter: String,
+    /// Normalisation mean.
+    pub mean: [f32; 3],
+    /// Normalisation std.
+    pub std: [f32; 3],
+}
+
+/// Everything that determines a store's contents: a resumed or merged store must have
+/// the same config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// The dataset's fingerprint (meal-data).
+    pub dataset: Fingerprint,
+    /// Class names, label order.
+    pub classes: Vec<String>,
+    /// The crop pool.
+    pub crop_pool: CropPool,
+    /// The teachers.
+    pub teachers: Vec<TeacherInfo>,
+    /// How teacher outputs are combined: `mean_softmax` (MEAL V2, temperature 1).
+    pub ensemble: String,
+    /// Label encoding.
+    pub encoding: Encoding,
+    /// Shard format.
+    pub format: ShardFormat,
+    /// Samples (images) per shard; shard `s` holds sample ids `s*S .. (s+1)*S`.
+    pub samples_per_shard: u32,
+    /// Images per Parquet row group.
+    pub images_per_row_group: u32,
+}
+
+/// Running sums over the rows of a shard (so resumed stores keep exact totals).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardStats {
+    /// Rows (crops).
+    pub rows: u64,
+    /// Rows whose ensemble argmax equals the image's hard label.
+    pub top1_agree: u64,
+    /// Sum of the ensemble entropies (nats).
+    pub entropy_sum: f64,
+    /// Sum of the probability mass kept by top-k (1 per row for dense).
+    pub kept_mass_sum: f64,
+    /// Sum of KL(dense || decoded) (nats; 0 for dense up to float16 rounding).
+    pub kl_sum: f64,
+}
+
+impl ShardStats {
+    /// Add another shard's sums.
+    pub fn add(&mut self, o: &ShardStats) {
+        self.rows += o.rows;
+        self.top1_agree += o.top1_agree;
+        self.entropy_sum += o.entropy_sum;
+        self.kept_mass_sum += o.kept_mass_sum;
+        self.kl_sum += o.kl_sum;
+    }
+}
+
+/// One finished shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Shard index.
+    pub index: u32,
+    /// File name in the store directory.
+    pub file: String,
+    /// First sample id covered.
+    pub first_sample: u32,
+    /// One past the last sample id covered.
+    pub end_sample: u32,
+    /// Images with rows (skipped images have none).
+    pub images: u32,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Sums for the store's statistics.
+    pub stats: ShardStats,
+}
+
+/// Whether every shard of the store (or of this worker's part) is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Some shards are missing: resume, or wait for the other workers.
+    Partial,
+    /// All shards present.
+    Complete,
+}
+
+/// Store-level statistics (from the shards' sums).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Rows.
+    pub rows: u64,
+    /// Images with rows.
+    pub images: u64,
+    /// Ensemble top-1 agreement with the hard labels.
+    pub top1_agreement: f64,
+    /// Mean entropy of the ensemble distribution (nats).
+    pub mean_entropy: f64,
+    /// Mean probability mass kept by the encoding.
+    pub mean_kept_mass: f64,
+    /// Mean KL(dense || decoded) (nats).
+    pub mean_kl: f64,
+}
+
+/// The manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// Format version.
+    pub format_version: u32,
+    /// Producer and its version.
+    pub producer: String,
+    /// What the store is.
+    pub config: StoreConfig,
+    /// `[i, n]` when written by worker i of n (before a merge).
+    pub worker: Option<[u32; 2]>,
+    /// Finished shards, by index.
+    pub shards: Vec<ShardInfo>,
+    /// Partial or complete.
+    pub state: State,
+    /// Statistics (complete stores).
+    pub summary: Option<Summary>,
+}
+
+impl Manifest {
+    /// Read and check the manifest of `dir`.
+    pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
+        Self::read_file(&dir.join(MANIFEST))
+    }
+
+    /// Read and check a manifest file (`manifest.json` or a worker's).
+    pub fn read_file(path: &Path) -> Result<Manifest, StoreError> {
+        let path = path.to_path_buf();
+        let text = fs::read_to_string(&path).map_err(|e| StoreError::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| StoreError::corrupt(&path, format!("not JSON: {e}")))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(StoreError::corrupt(
+                &path,
+                format!("not a {FORMAT_NAME} manifest"),
+            ));
+        }
+        let version = v
+            .get("format_version")
+            .and_then(|f| f.as_u64())
+            .unwrap_or(0);
+        if version != FORMAT_VERSION as u64 {
+            return Err(StoreError::Version {
+                path,
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_value(v).map_err(|e| StoreError::corrupt(&path, e))
+    }
+
+    /// Write atomically: temporary file, fsync, rename, fsync of the directory.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        write_atomic(dir, name, &json, &mut |_| Ok(()))
+    }
+}
+
+/// Write `bytes` to `dir/name` atomically. `hook(step)` runs before each step (0: write
+/// the temporary file, 1: fsync it, 2: rename, 3: fsync the directory) and may fail, to
+/// inject crashes in tests; a failure at step 0 leaves half the bytes written.
+pub(crate) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    hook: &mut dyn FnMut(u32) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    if let Err(e) = hook(0) {
+        let _ = f.write_all(&bytes[..bytes.len() / 2]);
+        return Err(e);
+    }
+    f.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    hook(1)?;
+    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    drop(f);
+    hook(2)?;
+    fs::rename(&tmp, &dst).map_err(|e| StoreError::io(&dst, e))?;
+    hook(3)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The keys (dotted paths) at which two configs differ.
+pub fn config_diff(a: &StoreConfig, b: &StoreConfig) -> Vec<String> {
+    fn walk(p: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let q = if p.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{p}.{k}")
+                    };
+                    walk(
+                        &q,
+                        x.get(k).unwrap_or(&serde_json::Value::Null),
+                        y.get(k).unwrap_or(&serde_json::Value::Null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(p.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::to_value(a).expect("serialises"),
+        &serde_json::to_value(b).expect("serialises"),
+        &mut out,
+    );
+    out
+}

@@ -1,0 +1,176 @@
+//! Reading a store: validated at open (manifest, version, every shard present at its
+//! recorded size and well-formed), checksums on [`LabelStore::verify`], random access to
+//! any sample's crops from memory-mapped shards.
+
+use std::path::{Path, PathBuf};
+
+use meal_data::Fingerprint;
+
+use super::label::SoftLabel;
+use super::manifest::{Manifest, State, MANIFEST};
+use super::shard::{CropLabel, ShardReader};
+use super::{sha256_hex, StoreError};
+
+/// An opened, validated store.
+pub struct LabelStore {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<ShardReader>,
+    per_shard: u32,
+}
+
+/// What [`LabelStore::verify`] checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyReport {
+    /// Shards whose checksum matched.
+    pub shards: usize,
+    /// Rows read.
+    pub rows: u64,
+    /// Largest |sum of decoded probabilities - 1| over all rows.
+    pub max_sum_error: f64,
+}
+
+/// Largest |sum - 1| a valid row may show: float16 rounds each of up to 65536
+/// probabilities by at most 2^-11 of its value, so the sum stays within ~1e-3; we allow 1e-2.
+pub const PROB_SUM_TOLERANCE: f64 = 1e-2;
+
+impl LabelStore {
+    /// Open the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let manifest = Manifest::read(dir)?;
+        let mpath = dir.join(MANIFEST);
+        if manifest.state != State::Complete {
+            return Err(StoreError::Mismatch {
+                path: mpath,
+                reason: "the store is partial: resume meal-precompute, or merge the workers' parts"
+                    .into(),
+            });
+        }
+        let classes = manifest.config.classes.len();
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        for (i, s) in manifest.shards.iter().enumerate() {
+            if s.index as usize != i {
+                return Err(StoreError::corrupt(
+                    &mpath,
+                    format!("shard list has a gap or duplicate at {i}"),
+                ));
+            }
+            let path = dir.join(&s.file);
+            let len = std::fs::metadata(&path)
+                .map_err(|e| StoreError::io(&path, e))?
+                .len();
+            if len != s.bytes {
+                return Err(StoreError::corrupt(
+                    &path,
+                    format!(
+                        "{len} bytes, the manifest says {} (truncated or replaced?)",
+                        s.bytes
+                    ),
+                ));
+            }
+            let r = ShardReader::open(&path, manifest.config.encoding, classes)?;
+            if r.rows() as u64 != s.stats.rows {
+                return Err(StoreError::corrupt(
+                    &path,
+                    format!("{} rows, the manifest says {}", r.rows(), s.stats.rows),
+                ));
+            }
+            if let Some(bad) = r
+                .samples()
+                .find(|id| !(s.first_sample..s.end_sample).contains(id))
+            {
+                return Err(StoreError::corrupt(
+                    &path,
+                    format!("sample {bad} outside the shard's range"),
+                ));
+            }
+            shards.push(r);
+        }
+        Ok(LabelStore {
+            dir: dir.to_path_buf(),
+            per_shard: manifest.config.samples_per_shard,
+            manifest,
+            shards,
+        })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.manifest.config.classes.len()
+    }
+
+    /// Refuse a store made from another dataset (fingerprint or classes differ).
+    pub fn check_dataset(&self, fp: &Fingerprint, classes: &[String]) -> Result<(), StoreError> {
+        let c = &self.manifest.config;
+        if &c.dataset != fp || c.classes != classes {
+            return Err(StoreError::Mismatch {
+                path: self.dir.join(MANIFEST),
+                reason: format!(
+                    "label store is for another dataset (store: {} samples, {} classes, fingerprint {}; data: {} samples, {} classes, fingerprint {})",
+                    c.dataset.samples, c.classes.len(), c.dataset.sha256, fp.samples, classes.len(), fp.sha256
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The stored crops of `sample` (empty when it was skipped at precompute time).
+    pub fn crops(&self, sample: u32) -> Result<Vec<CropLabel>, StoreError> {
+        let s = (sample / self.per_shard) as usize;
+        match self.shards.get(s) {
+            Some(r) => r.crops(sample, self.manifest.config.encoding, self.num_classes()),
+            None => Err(StoreError::Param {
+                name: "sample_id",
+                reason: format!(
+                    "{sample} beyond the store's {} samples",
+                    self.manifest.config.dataset.samples
+                ),
+            }),
+        }
+    }
+
+    /// Dense f32 probabilities of a stored label (top-k: marginal smoothing).
+    pub fn dense(&self, label: &SoftLabel) -> Vec<f32> {
+        label.to_dense(self.num_classes())
+    }
+
+    /// Check every shard's checksum, row count and that each row's probabilities sum
+    /// to 1 (within [`PROB_SUM_TOLERANCE`]).
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut rows = 0u64;
+        let mut max_err = 0f64;
+        for (info, r) in self.manifest.shards.iter().zip(&self.shards) {
+            let path = self.dir.join(&info.file);
+            let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            if sha256_hex(&bytes) != info.sha256 {
+                return Err(StoreError::corrupt(&path, "checksum mismatch"));
+            }
+            let mut ids: Vec<u32> = r.samples().copied().collect();
+            ids.sort();
+            for id in ids {
+                for c in self.crops(id)? {
+                    let sum: f64 = self.dense(&c.label).iter().map(|&p| p as f64).sum();
+                    let e = (sum - 1.0).abs();
+                    if !e.is_finite() || e > PROB_SUM_TOLERANCE {
+                        return Err(StoreError::corrupt(
+                            &path,
+                            format!("sample {id} crop {}: probabilities sum to {sum}", c.crop_id),
+                        ));
+                    }
+                    max_err = max_err.max(e);
+                    rows += 1;
+                }
+            }
+        }
+        Ok(VerifyReport {
+            shards: self.shards.len(),
+            rows,
+            max_sum_error: max_err,
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! Writing a store: shard by shard, each atomic, the manifest rewritten atomically after
+//! each, so a crash at any instant leaves a store that resumes with no row lost or
+//! duplicated. Workers `i of n` write the shards `s` with `s % n == i`; [`merge`] joins.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use meal_data::{CropRecord, Sample};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+use super::label::{Encoding, SoftLabel};
+use super::manifest::{
+    config_diff, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, StoreConfig,
+    Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
+};
+use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows, ShardReader};
+use super::{sha256_hex, StoreError};
+
+/// One crop's ensemble probabilities, before encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CropProbs {
+    /// Crop index in the pool.
+    pub crop_id: u16,
+    /// The crop.
+    pub record: CropRecord,
+    /// Dense ensemble probabilities (length = number of classes).
+    pub probs: Vec<f32>,
+}
+
+/// An image's crops with their probabilities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageProbs {
+    /// Sample id.
+    pub sample_id: u32,
+    /// Decoded width.
+    pub width: u32,
+    /// Decoded height.
+    pub height: u32,
+    /// The crops.
+    pub crops: Vec<CropProbs>,
+}
+
+type Hook = Box<dyn FnMut(u32) -> Result<(), StoreError> + Send>;
+
+/// The store writer.
+pub struct StoreWriter {
+    dir: PathBuf,
+    manifest: Manifest,
+    manifest_name: String,
+    labels: Vec<u32>,
+    paths: Vec<String>,
+    hook: Option<Hook>,
+    step: u32,
+}
+
+fn manifest_name(worker: Option<[u32; 2]>) -> String {
+    match worker {
+        None => MANIFEST.to_string(),
+        Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
+    }
+}
+
+impl StoreWriter {
+    /// Create the store in `dir`, or resume the partial one there. A store there with
+    /// another config is refused, naming the keys that differ. `samples` are the
+    /// dataset's samples (their count and hard labels); `worker` is `[i, n]` or `None`.
+    pub fn open(
+        dir: &Path,
+        config: StoreConfig,
+        samples: &[Sample],
+        worker: Option<[u32; 2]>,
+    ) -> Result<Self, StoreError> {
+        if let Some([i, n]) = worker {
+            if n == 0 || i >= n {
+                return Err(StoreError::Param {
+                    name: "--worker",
+                    reason: format!("{i}/{n} (expected I/N with I < N)"),
+                });
+            }
+        }
+        if config.samples_per_shard == 0 {
+            return Err(StoreError::Param {
+                name: "samples_per_shard",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if config.format == ShardFormat::Safetensors && config.encoding != Encoding::Dense {
+            return Err(StoreError::Param {
+                name: "--format",
+                reason: "safetensors shards hold the dense encoding only".into(),
+            });
+        }
+        if config.classes.len() > u16::MAX as usize + 1 {
+            return Err(StoreError::Param {
+                name: "classes",
+                reason: "more than 65536 classes".into(),
+            });
+        }
+        if config.dataset.samples != samples.len() as u64 {
+            return Err(StoreError::Param {
+                name: "dataset",
+                reason: "config fingerprint and samples disagree".into(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let name = manifest_name(worker);
+        let path = dir.join(&name);
+        let manifest = if path.exists() {
+            let m = read_manifest_file(dir, &name)?;
+            let diff = config_diff(&m.config, &config);
+            if !diff.is_empty() {
+                return Err(StoreError::Mismatch {
+                    path,
+                    reason: format!(
+                        "the store there was made with another config; differing keys: {}",
+                        diff.join(", ")
+                    ),
+                });
+            }
+            m
+        } else {
+            let m = Manifest {
+                format: FORMAT_NAME.into(),
+                format_version: FORMAT_VERSION,
+                producer: format!("meal-v2-rs {}", env!("CARGO_PKG_VERSION")),
+                config,
+                worker,
+                shards: Vec::new(),
+                state: State::Partial,
+                summary: None,
+            };
+            m.write(dir, &name)?;
+            m
+        };
+        // leftovers of a crash inside a write: temporary files are never read
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(StoreWriter {
+            dir: dir.to_path_buf(),
+            manifest,
+            manifest_name: name,
+            labels: samples.iter().map(|s| s.label).collect(),
+            paths: samples.iter().map(|s| s.path.clone()).collect(),
+            hook: None,
+            step: 0,
+        })
+    }
+
+    /// For tests: `hook(step)` runs before every file-system step of the writer (four
+    /// per atomic file) and may fail to simulate a crash there.
+    #[doc(hidden)]
+    pub fn set_hook(&mut self, hook: impl FnMut(u32) -> Result<(), StoreError> + Send + 'static) {
+        self.hook = Some(Box::new(hook));
+    }
+
+    /// The manifest as it stands.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Number of shards of the whole store.
+    pub fn num_shards(&self) -> u32 {
+        (self.labels.len() as u32).div_ceil(self.manifest.config.samples_per_shard)
+    }
+
+    /// Sample ids of shard `s`.
+    pub fn shard_samples(&self, s: u32) -> std::ops::Range<u32> {
+        let per = self.manifest.config.samples_per_shard;
+        s * per..((s + 1) * per).min(self.labels.len() as u32)
+    }
+
+    /// Shards this writer (worker) still has to write, in order.
+    pub fn pending_shards(&self) -> Vec<u32> {
+        let (i, n) = self.manifest.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
+        (0..self.num_shards())
+            .filter(|s| s % n == i && !self.manifest.shards.iter().any(|x| x.index == *s))
+            .collect()
+    }
+
+    fn run_hook(&mut self) -> impl FnMut(u32) -> Result<(), StoreError> + '_ {
+        move |_| {
+            let step = self.step;
+            self.step += 1;
+            match &mut self.hook {
+                Some(h) => h(step),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Encode and write shard `index` from its images (sample order; samples of the
+    /// shard left out are skipped images), then record it in the manifest.
+    pub fn write_shard(
+        &mut self,
+        index: u32,
+        mut images: Vec<ImageProbs>,
+    ) -> Result<(), StoreError> {
+        let range = self.shard_samples(index);
+        if index >= self.num_shards() || !self.pending_shards().contains(&index) {
+            return Err(StoreError::Param {
+                name: "shard",
+                reason: format!("shard {index} is not pending for this writer"),
+            });
+        }
+        images.sort_by_key(|i| i.sample_id);
+        let cfg = &self.manifest.config;
+        let classes = cfg.classes.len();
+        let mut stats = ShardStats::default();
+        let mut rows = Vec::with_capacity(images.len());
+        for im in &images {
+            if !range.contains(&im.sample_id) {
+                return Err(StoreError::Param {
+                    name: "sample_id",
+                    reason: format!("{} is outside shard {index} ({range:?})", im.sample_id),
+                });
+            }
+            let mut crops = Vec::with_capacity(im.crops.len());
+            for c in &im.crops {
+                if c.probs.len() != classes || c.probs.iter().any(|p| !p.is_finite()) {
+                    return Err(StoreError::Param {
+                        name: "probs",
+                        reason: format!(
+                            "sample {} crop {}: need {classes} finite probabilities",
+                            im.sample_id, c.crop_id
+                        ),
+                    });
+                }
+                let label = SoftLabel::encode(&c.probs, cfg.encoding);
+                row_stats(
+                    &mut stats,
+                    &c.probs,
+                    &label,
+                    self.labels[im.sample_id as usize],
+                    classes,
+                );
+                crops.push(CropLabel {
+                    crop_id: c.crop_id,
+                    record: c.record,
+                    label,
+                });
+            }
+            rows.push(ImageRows {
+                sample_id: im.sample_id,
+                width: im.width,
+                height: im.height,
+                crops,
+            });
+        }
+        let bytes = match cfg.format {
+            ShardFormat::Parquet => encode_parquet(
+                &rows,
+                cfg.encoding,
+                classes,
+                cfg.images_per_row_group as usize,
+            )?,
+            ShardFormat::Safetensors => encode_safetensors(&rows, classes)?,
+        };
+        let file = format!("shard-{index:06}.{}", cfg.format.extension());
+        let info = ShardInfo {
+            index,
+            file: file.clone(),
+            first_sample: range.start,
+            end_sample: range.end,
+            images: rows.iter().filter(|r| !r.crops.is_empty()).count() as u32,
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            stats,
+        };
+        let dir = self.dir.clone();
+        write_atomic(&dir, &file, &bytes, &mut self.run_hook())?;
+        let mut m = self.manifest.clone();
+        m.shards.push(info);
+        m.shards.sort_by_key(|s| s.index);
+        let json = serde_json::to_vec_pretty(&m).expect("serialises");
+        let name = self.manifest_name.clone();
+        write_atomic(&dir, &name, &json, &mut self.run_hook())?;
+        self.manifest = m;
+        Ok(())
+    }
+
+    /// Close: when this writer's shards are all written, mark its manifest complete
+    /// (single writer: with the summary and `images.parquet`). Returns the manifest.
+    pub fn finish(mut self) -> Result<Manifest, StoreError> {
+        if !self.pending_shards().is_empty() {
+            return Err(StoreError::Param {
+                name: "shard",
+                reason: format!("{} shards still pending", self.pending_shards().len()),
+            });
+        }
+        if self.manifest.worker.is_none() {
+            write_images(&self.dir, &self.manifest, &self.paths, &self.labels)?;
+            self.manifest.summary = Some(summary(&self.manifest));
+        }
+        self.manifest.state = State::Complete;
+        let json = serde_json::to_vec_pretty(&self.manifest).expect("serialises");
+        let (dir, name) = (self.dir.clone(), self.manifest_name.clone());
+        write_atomic(&dir, &name, &json, &mut self.run_hook())?;
+        Ok(self.manifest)
+    }
+}
+
+fn read_manifest_file(dir: &Path, name: &str) -> Result<Manifest, StoreError> {
+    Manifest::read_file(&dir.join(name))
+}
+
+fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classes: usize) {
+    s.rows += 1;
+    let argmax = p
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    s.top1_agree += (argmax as u32 == hard) as u64;
+    s.entropy_sum += p
+        .iter()
+        .filter(|&&v| v > 0.0)
+        .map(|&v| -(v as f64) * (v as f64).ln())
+        .sum::<f64>();
+    s.kept_mass_sum += match label {
+        SoftLabel::Dense(_) => 1.0,
+        SoftLabel::TopK { probs, .. } => probs.iter().map(|&v| v as f64).sum(),
+    };
+    let q = label.to_dense(classes);
+    s.kl_sum += p
+        .iter()
+        .zip(&q)
+        .filter(|(&a, _)| a > 0.0)
+        .map(|(&a, &b)| (a as f64) * ((a as f64) / (b as f64).max(1e-30)).ln())
+        .sum::<f64>();
+}
+
+fn summary(m: &Manifest) -> Summary {
+    let mut t = ShardStats::default();
+    for s in &m.shards {
+        t.add(&s.stats);
+    }
+    let n = t.rows.max(1) as f64;
+    Summary {
+        rows: t.rows,
+        images: m.shards.iter().map(|s| s.images as u64).sum(),
+        top1_agreement: t.top1_agree as f64 / n,
+        mean_entropy: t.entropy_sum / n,
+        mean_kept_mass: t.kept_mass_sum / n,
+        mean_kl: t.kl_sum / n,
+    }
+}
+
+/// `images.parquet`: one row per image with rows (sample_id, path, label, width,
+/// height), class names in the key-value metadata `meal.classes`.
+fn write_images(
+    dir: &Path,
+    m: &Manifest,
+    paths: &[String],
+    labels: &[u32],
+) -> Result<(), StoreError> {
+    let mut imgs: Vec<[u32; 3]> = Vec::new();
+    for s in &m.shards {
+        let r = ShardReader::open(
+            &dir.join(&s.file),
+            m.config.encoding,
+            m.config.classes.len(),
+        )?;
+        imgs.extend_from_slice(r.images());
+    }
+    imgs.sort();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("sample_id", DataType::UInt32, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::UInt32, false),
+        Field::new("width", DataType::UInt32, false),
+        Field::new("height", DataType::UInt32, false),
+    ]));
+    let col = |f: &dyn Fn(&[u32; 3]) -> u32| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(imgs.iter().map(f)))
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            col(&|i| i[0]),
+            Arc::new(StringArray::from_iter_values(
+                imgs.iter().map(|i| paths[i[0] as usize].as_str()),
+            )),
+            col(&|i| labels[i[0] as usize]),
+            col(&|i| i[1]),
+            col(&|i| i[2]),
+        ],
+    )
+    .map_err(StoreError::arrow)?;
+    let props = WriterProperties::builder()
+        .set_created_by(format!("meal-v2-rs {}", env!("CARGO_PKG_VERSION")))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "meal.classes".to_string(),
+            serde_json::to_string(&m.config.classes).expect("serialises"),
+        )]))
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(StoreError::parquet)?;
+    w.write(&batch).map_err(StoreError::parquet)?;
+    w.close().map_err(StoreError::parquet)?;
+    write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))
+}
+
+/// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
+/// their configs differ (naming the keys) or a shard is missing.
+pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|e| StoreError::io(dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(StoreError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: "no worker manifests to merge".into(),
+        });
+    }
+    let parts: Vec<Manifest> = names
+        .iter()
+        .map(|n| read_manifest_file(dir, n))
+        .collect::<Result<_, _>>()?;
+    let first = &parts[0];
+    let n = first.worker.map(|w| w[1]).unwrap_or(1);
+    for (p, name) in parts.iter().zip(&names) {
+        let diff = config_diff(&first.config, &p.config);
+        if !diff.is_empty() {
+            return Err(StoreError::Mismatch {
+                path: dir.join(name),
+                reason: format!("config differs from {}: {}", names[0], diff.join(", ")),
+            });
+        }
+        if p.worker.map(|w| w[1]) != Some(n) {
+            return Err(StoreError::Mismatch {
+                path: dir.join(name),
+                reason: format!("not a worker of {n}"),
+            });
+        }
+    }
+    let mut m = first.clone();
+    m.worker = None;
+    m.shards = parts
+        .iter()
+        .flat_map(|p| p.shards.iter().cloned())
+        .collect();
+    m.shards.sort_by_key(|s| s.index);
+    let total = (samples.len() as u32).div_ceil(m.config.samples_per_shard);
+    let have: Vec<u32> = m.shards.iter().map(|s| s.index).collect();
+    let missing: Vec<u32> = (0..total).filter(|s| !have.contains(s)).collect();
+    if !missing.is_empty() || have.len() != total as usize {
+        return Err(StoreError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: format!("shards missing or duplicated: missing {missing:?}"),
+        });
+    }
+    let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
+    let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
+    write_images(dir, &m, &paths, &labels)?;
+    m.summary = Some(summary(&m));
+    m.state = State::Complete;
+    m.write(dir, MANIFEST)?;
+    Ok(m)
+}
