@@ -3,8 +3,10 @@
 //! - [`device`]: `cpu` / `cuda:N` selection.
 //! - [`models`]: timm-compatible ResNet family (one builder, presets as data, timm
 //!   state-dict names, train/eval modes), the MEAL V2 discriminator, weight I/O.
+//! - [`store`]: the soft-label store (docs/FORMAT.md).
+//! - [`loss`]: MEAL V2's losses.
 //!
-//! The fast ops and the soft-label store land here next (see the open issues).
+//! The fast CPU ops land here next (see the open issues).
 
 pub mod device;
 pub mod error;
