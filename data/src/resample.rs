@@ -189,7 +189,7 @@ fn clip8(v: i32) -> u8 {
 /// (row stride `src_w * 3`) to `out_w` x `out_h`, into `out` (`out_w * out_h * 3`
 /// bytes), exactly as PIL's `img.crop(box).resize((out_w, out_h), filter)`.
 ///
-/// Both passes run as [`pass_lines`] over contiguous lines: the horizontal one on the
+/// Both passes run as `pass_lines` over contiguous lines: the horizontal one on the
 /// box transposed (columns become lines) and transposed back, which costs two byte
 /// shuffles but lets every multiply-add vectorise.
 #[allow(clippy::too_many_arguments)]

@@ -196,7 +196,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `cin -> cout`, tensors `name.weight` [cout, cin] and `name.bias` [cout].
+    /// `cin -> cout`, tensors `name.weight` `[cout, cin]` and `name.bias` `[cout]`.
     pub fn new(pb: &mut ParamBuilder, name: &str, cin: usize, cout: usize) -> Result<Self> {
         // torch.nn.Linear.reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both
         let a = 1.0 / (cin as f64).sqrt();

@@ -213,8 +213,8 @@ pub fn encode_parquet(
     Ok(out)
 }
 
-/// A safetensors shard (dense): `prob` [N, C] f16, `sample_id` [N] u32, `crop_id` [N] u16,
-/// `box` [N, 4] f32 (top, left, height, width), `flip` [N] u8.
+/// A safetensors shard (dense): `prob` `[N, C]` f16, `sample_id` `[N]` u32, `crop_id` `[N]` u16,
+/// `box` `[N, 4]` f32 (top, left, height, width), `flip` `[N]` u8.
 pub fn encode_safetensors(images: &[ImageRows], classes: usize) -> Result<Vec<u8>, StoreError> {
     use safetensors::tensor::{Dtype, TensorView};
     let n: usize = images.iter().map(|i| i.crops.len()).sum();
