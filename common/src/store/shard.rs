@@ -274,6 +274,15 @@ pub struct ShardReader {
     index: HashMap<u32, (usize, usize, usize)>,
     images: Vec<[u32; 3]>,
     rows: usize,
+    /// Sequential-scan cache: after two requests in a row from one row group, that
+    /// whole group is decoded once and later requests are served from it.
+    cache: std::sync::Mutex<RowGroupCache>,
+}
+
+#[derive(Default)]
+struct RowGroupCache {
+    last: Option<usize>,
+    decoded: Option<(usize, Vec<CropLabel>)>,
 }
 
 enum Kind {
@@ -370,6 +379,7 @@ impl ShardReader {
             index,
             images,
             rows,
+            cache: Default::default(),
         })
     }
 
@@ -437,6 +447,7 @@ impl ShardReader {
             index,
             images,
             rows: n,
+            cache: Default::default(),
         })
     }
 
@@ -498,7 +509,29 @@ impl ShardReader {
                     })
                     .collect())
             }
-            Kind::Parquet(arm) => self.parquet_rows(arm, rg, first, n, enc),
+            Kind::Parquet(arm) => {
+                let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((g, rows)) = &c.decoded {
+                    if *g == rg {
+                        return Ok(rows[first..first + n].to_vec());
+                    }
+                }
+                if c.last == Some(rg) {
+                    let all = self.parquet_rows(arm, rg, 0, usize::MAX, enc)?;
+                    if first + n > all.len() {
+                        return Err(StoreError::corrupt(
+                            &self.path,
+                            "row group shorter than its index",
+                        ));
+                    }
+                    let out = all[first..first + n].to_vec();
+                    c.decoded = Some((rg, all));
+                    return Ok(out);
+                }
+                c.last = Some(rg);
+                drop(c);
+                self.parquet_rows(arm, rg, first, n, enc)
+            }
         }
     }
 
@@ -518,7 +551,7 @@ impl ShardReader {
                 .with_row_selection(sel)
                 .build()
                 .map_err(|e| corrupt(&e))?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(1 << 16));
         for b in reader {
             let b = b.map_err(|e| corrupt(&e))?;
             let col = |i: usize| b.column(i).clone();
