@@ -111,7 +111,9 @@ fn main() -> anyhow::Result<()> {
         let mut order: Vec<u32> = (0..images).collect();
         let mut x = 0x9E37_79B9u64;
         for i in (1..order.len()).rev() {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             order.swap(i, (x >> 33) as usize % (i + 1));
         }
         let t = Instant::now();
