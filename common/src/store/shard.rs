@@ -451,6 +451,11 @@ impl ShardReader {
         })
     }
 
+    /// The shard file's bytes (memory-mapped).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Rows in the shard.
     pub fn rows(&self) -> usize {
         self.rows
