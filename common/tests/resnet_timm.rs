@@ -3,63 +3,13 @@
 //! path, eval logits, train-mode logits, running statistics after one train forward,
 //! and gradients of the soft cross-entropy loss.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
-use meal_common::models::{read_state_dict, Block, LoadOptions, ResNet, ResNetConfig, Stem};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The configs of the fixture cases, as the script builds them with timm's ResNet.
-fn case_config(name: &str) -> ResNetConfig {
-    let d = ResNetConfig::default();
-    match name {
-        "basic_plain" => ResNetConfig {
-            block: Block::Basic,
-            layers: vec![2, 1, 1, 1],
-            channels: vec![8, 16, 16, 32],
-            num_classes: 10,
-            ..d
-        },
-        "bottleneck_deep_avgdown" => ResNetConfig {
-            layers: vec![1, 2, 1, 1],
-            channels: vec![8, 8, 16, 16],
-            stem_width: 8,
-            stem: Stem::Deep,
-            avg_down: true,
-            num_classes: 10,
-            ..d
-        },
-        "senet_like" => ResNetConfig {
-            layers: vec![1, 1, 2, 1],
-            channels: vec![16, 16, 32, 32],
-            cardinality: 4,
-            base_width: 16,
-            stem_width: 8,
-            stem: Stem::Deep,
-            down_kernel_size: 3,
-            block_reduce_first: 2,
-            se: true,
-            num_classes: 10,
-            ..d
-        },
-        "basic_tiered_se" => ResNetConfig {
-            block: Block::Basic,
-            layers: vec![1, 1, 1, 1],
-            channels: vec![8, 16, 16, 16],
-            stem_width: 16,
-            stem: Stem::DeepTiered,
-            avg_down: true,
-            se: true,
-            num_classes: 7,
-            ..d
-        },
-        _ => unreachable!(),
-    }
-}
+use common::{case_config, fixtures, rel_err};
+use meal_common::models::{read_state_dict, LoadOptions, ResNet};
 
 const CASES: [&str; 4] = [
     "basic_plain",
@@ -67,30 +17,6 @@ const CASES: [&str; 4] = [
     "senet_like",
     "basic_tiered_se",
 ];
-
-/// max |a - b| / max(max |b|, 1e-6)
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale.max(1e-6)
-}
 
 fn load_case(name: &str) -> (ResNet, HashMap<String, Tensor>) {
     let dev = Device::Cpu;

@@ -1,34 +1,14 @@
 //! Checks that need Python with torch and timm, or large fixtures: opt-in
 //! (`make test-full`), reported as ignored by a plain `cargo test`, never as passed.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
+use common::rel_err;
 use meal_common::models::{read_state_dict, LoadOptions, ResNet};
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / s.max(1e-6)
-}
 
 /// Save a resnet18 (10 classes) from Rust, load it strictly in timm with
 /// `pretrained_cfg_overlay=dict(file=...)`, and compare timm's eval logits with ours.

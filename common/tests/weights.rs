@@ -1,26 +1,23 @@
 //! Weight files: strict loading errors, `.pth` checkpoints, fresh classifiers, saving in
 //! timm's names, presets by name, the discriminator.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use common::{case_config, fixtures, max_abs};
+use meal_common::models::ResNetConfig;
 use meal_common::models::{
     preset, read_state_dict, state_dict, Discriminator, LoadOptions, ResNet,
 };
 use meal_common::ModelError;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The basic_plain fixture model's config (see resnet_timm.rs).
+/// The basic_plain fixture model with `num_classes` outputs.
 fn basic_plain(num_classes: usize) -> ResNet {
-    let c = meal_common::models::ResNetConfig {
-        block: meal_common::models::Block::Basic,
-        layers: vec![2, 1, 1, 1],
-        channels: vec![8, 16, 16, 32],
+    let c = ResNetConfig {
         num_classes,
-        ..Default::default()
+        ..case_config("basic_plain")
     };
     ResNet::new(&c, &Device::Cpu, 3).unwrap()
 }
@@ -30,16 +27,9 @@ fn same_tensors(a: &ResNet, b: &ResNet) {
     assert_eq!(sa.len(), sb.len());
     for (k, ta) in &sa {
         let tb = &sb[k];
-        let d = (ta.to_dtype(DType::F64).unwrap() - tb.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = max_abs(
+            &(ta.to_dtype(DType::F64).unwrap() - tb.to_dtype(DType::F64).unwrap()).unwrap(),
+        );
         assert_eq!(d, 0.0, "{k}");
     }
 }

@@ -111,7 +111,7 @@ impl StoreWriter {
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let manifest = if path.exists() {
-            let m = read_manifest_file(dir, &name)?;
+            let m = Manifest::read_file(&path)?;
             let diff = config_diff(&m.config, &config);
             if !diff.is_empty() {
                 return Err(StoreError::Mismatch {
@@ -309,10 +309,6 @@ impl StoreWriter {
     }
 }
 
-fn read_manifest_file(dir: &Path, name: &str) -> Result<Manifest, StoreError> {
-    Manifest::read_file(&dir.join(name))
-}
-
 fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classes: usize) {
     s.rows += 1;
     let argmax = p
@@ -429,7 +425,7 @@ pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
     }
     let parts: Vec<Manifest> = names
         .iter()
-        .map(|n| read_manifest_file(dir, n))
+        .map(|n| Manifest::read_file(&dir.join(n)))
         .collect::<Result<_, _>>()?;
     let first = &parts[0];
     let n = first.worker.map(|w| w[1]).unwrap_or(1);
