@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod loss;
 pub mod models;
+pub mod optim;
 pub mod store;
 
 pub use device::{parse_device, DeviceError};

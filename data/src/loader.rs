@@ -128,6 +128,9 @@ pub struct LoaderConfig {
     pub images_per_batch: usize,
     /// Output size, filter and normalisation.
     pub spec: CropSpec,
+    /// More outputs of the same crops, each at its own size/filter/normalisation (teachers
+    /// with different input configs): [`Batch::extra`] holds one buffer per entry.
+    pub extra_specs: Vec<CropSpec>,
     /// How crops are made.
     pub crops: CropMode,
     /// Finished batches that may wait for the consumer.
@@ -179,6 +182,9 @@ pub struct Batch {
     pub data: Vec<f32>,
     /// What each row is, in order (an image's crops are contiguous).
     pub rows: Vec<Row>,
+    /// The same rows replayed at each of [`LoaderConfig::extra_specs`], in that order
+    /// (`rows.len() * 3 * s * s` floats each).
+    pub extra: Vec<Vec<f32>>,
     /// Files of this batch that were skipped.
     pub skipped: Vec<Skipped>,
 }
@@ -337,8 +343,12 @@ enum ImageOut {
 
 fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> Result<Batch> {
     let c = cfg.crops.crops_per_image();
-    let per_crop = cfg.spec.len();
-    let per_image = c * per_crop;
+    // an image's slot: its C crops at the main spec, then its C crops at each extra spec
+    let lens: Vec<usize> = std::iter::once(cfg.spec.len())
+        .chain(cfg.extra_specs.iter().map(CropSpec::len))
+        .map(|l| l * c)
+        .collect();
+    let per_image: usize = lens.iter().sum();
     let mut data = vec![0f32; ids.len() * per_image];
     let outs: Vec<Result<ImageOut>> = data
         .par_chunks_mut(per_image)
@@ -375,11 +385,27 @@ fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> R
         }
     }
     data.truncate(write * per_image);
+    let extra = if lens.len() == 1 {
+        Vec::new()
+    } else {
+        // de-interleave the per-image slots into one buffer per spec
+        let mut bufs: Vec<Vec<f32>> = lens.iter().map(|l| Vec::with_capacity(l * write)).collect();
+        for slot in data.chunks_exact(per_image) {
+            let mut at = 0;
+            for (b, &l) in bufs.iter_mut().zip(&lens) {
+                b.extend_from_slice(&slot[at..at + l]);
+                at += l;
+            }
+        }
+        data = bufs.remove(0);
+        bufs
+    };
     Ok(Batch {
         index,
         size: cfg.spec.size,
         data,
         rows,
+        extra,
         skipped,
     })
 }
@@ -403,7 +429,14 @@ fn load_image(ds: &Dataset, s: &Sample, cfg: &LoaderConfig, slot: &mut [f32]) ->
     };
     match &cfg.crops {
         CropMode::Eval => {
-            with_replayer(|r| r.eval(&img, &cfg.spec, slot, &path))?;
+            let (main, rest) = slot.split_at_mut(per_crop);
+            with_replayer(|r| r.eval(&img, &cfg.spec, main, &path))?;
+            let mut rest = rest;
+            for spec in &cfg.extra_specs {
+                let (out, tail) = rest.split_at_mut(spec.len());
+                with_replayer(|r| r.eval(&img, spec, out, &path))?;
+                rest = tail;
+            }
             let full = CropRecord {
                 top: 0.0,
                 left: 0.0,
@@ -425,12 +458,22 @@ fn load_image(ds: &Dataset, s: &Sample, cfg: &LoaderConfig, slot: &mut [f32]) ->
                     ),
                 ));
             }
-            let mut rows = Vec::with_capacity(crops.len());
-            for ((crop_id, rec), out) in crops.into_iter().zip(slot.chunks_exact_mut(per_crop)) {
-                with_replayer(|r| r.replay(&img, &rec, &cfg.spec, out, &path))?;
-                rows.push(row(crop_id, rec));
+            let c = crops.len();
+            let (main, mut rest) = slot.split_at_mut(c * per_crop);
+            for ((_, rec), out) in crops.iter().zip(main.chunks_exact_mut(per_crop)) {
+                with_replayer(|r| r.replay(&img, rec, &cfg.spec, out, &path))?;
             }
-            Ok(rows)
+            for spec in &cfg.extra_specs {
+                let (part, tail) = rest.split_at_mut(c * spec.len());
+                for ((_, rec), out) in crops.iter().zip(part.chunks_exact_mut(spec.len())) {
+                    with_replayer(|r| r.replay(&img, rec, spec, out, &path))?;
+                }
+                rest = tail;
+            }
+            Ok(crops
+                .into_iter()
+                .map(|(crop_id, rec)| row(crop_id, rec))
+                .collect())
         }
     }
 }

@@ -15,6 +15,7 @@ fn config(threads: usize, crops: CropMode, policy: BadFilePolicy) -> LoaderConfi
     LoaderConfig {
         images_per_batch: 4,
         spec: CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap(),
+        extra_specs: Vec::new(),
         crops,
         prefetch: 2,
         threads,
@@ -73,7 +74,18 @@ fn same_batches_with_one_and_two_threads() {
 fn rows_are_images_times_crops_and_equal_replaying_each_crop_alone() {
     let dir = tempfile::tempdir().unwrap();
     let ds = common::tiny_dataset(dir.path(), 2);
-    let cfg = config(2, pool(2), BadFilePolicy::Fail);
+    let mut cfg = config(2, pool(2), BadFilePolicy::Fail);
+    // a second output of the same crops at another size, filter and normalisation
+    let extra = CropSpec::new(
+        11,
+        Filter::Bicubic,
+        Normalize {
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        },
+    )
+    .unwrap();
+    cfg.extra_specs = vec![extra];
     let spec = cfg.spec;
     let batches = load(&ds, epoch_order(ds.len(), 3, 0, true), cfg);
     let sampler = CropSampler::new(11, RrcParams::default());
@@ -104,6 +116,13 @@ fn rows_are_images_times_crops_and_equal_replaying_each_crop_alone() {
                 .unwrap();
             assert_eq!(
                 &b.data[i * spec.len()..(i + 1) * spec.len()],
+                alone.as_slice()
+            );
+            let mut alone = vec![0f32; extra.len()];
+            r.replay(&img, &row.record, &extra, &mut alone, Path::new(&s.path))
+                .unwrap();
+            assert_eq!(
+                &b.extra[0][i * extra.len()..(i + 1) * extra.len()],
                 alone.as_slice()
             );
             seen += 1;

@@ -43,6 +43,7 @@ fn loader_peak(per_class: u32) -> (usize, usize) {
     let cfg = LoaderConfig {
         images_per_batch: 8,
         spec: CropSpec::new(64, Filter::Bilinear, Normalize::default()).unwrap(),
+        extra_specs: Vec::new(),
         crops: CropMode::Plan(Arc::new(PoolCrops::pass(sampler, 4, 4, 0).unwrap())),
         prefetch: 2,
         threads: 2,

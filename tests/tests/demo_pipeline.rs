@@ -38,6 +38,7 @@ fn demo_dataset_through_the_loader() {
         LoaderConfig {
             images_per_batch: 8,
             spec,
+            extra_specs: Vec::new(),
             crops: CropMode::Plan(Arc::new(plan)),
             prefetch: 2,
             threads: 2,
@@ -78,6 +79,7 @@ fn demo_dataset_through_the_loader() {
         LoaderConfig {
             images_per_batch: 16,
             spec,
+            extra_specs: Vec::new(),
             crops: CropMode::Eval,
             prefetch: 1,
             threads: 2,

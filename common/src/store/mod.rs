@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use label::{Encoding, SoftLabel};
 pub use manifest::{config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, TeacherInfo};
-pub use reader::{LabelStore, VerifyReport};
+pub use reader::{ImageInfo, LabelStore, VerifyReport};
 pub use shard::{CropLabel, ImageRows};
 pub use writer::{merge, CropProbs, ImageProbs, StoreWriter};
 

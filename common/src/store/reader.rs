@@ -19,6 +19,21 @@ pub struct LabelStore {
     per_shard: u32,
 }
 
+/// One row of `images.parquet`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Sample id.
+    pub sample_id: u32,
+    /// Path relative to the data root.
+    pub path: String,
+    /// Hard label.
+    pub label: u32,
+    /// Decoded width.
+    pub width: u32,
+    /// Decoded height.
+    pub height: u32,
+}
+
 /// What [`LabelStore::verify`] checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifyReport {
@@ -97,6 +112,53 @@ impl LabelStore {
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The rows of `images.parquet` (every stored image with its path and hard label).
+    pub fn images(&self) -> Result<Vec<ImageInfo>, StoreError> {
+        use arrow::array::{StringArray, UInt32Array};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let path = self.dir.join("images.parquet");
+        let f = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(&path, e.to_string());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| bad(&e))?
+            .build()
+            .map_err(|e| bad(&e))?;
+        let mut out = Vec::new();
+        for b in reader {
+            let b = b.map_err(|e| bad(&e))?;
+            let u32s = |name: &str| -> Result<&UInt32Array, StoreError> {
+                b.column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+                    .ok_or_else(|| bad(&format!("column {name} missing or not uint32")))
+            };
+            let (ids, labels, ws, hs) = (
+                u32s("sample_id")?,
+                u32s("label")?,
+                u32s("width")?,
+                u32s("height")?,
+            );
+            let paths = b
+                .column_by_name("path")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| bad(&"column path missing or not utf8"))?;
+            for i in 0..b.num_rows() {
+                out.push(ImageInfo {
+                    sample_id: ids.value(i),
+                    path: paths.value(i).to_string(),
+                    label: labels.value(i),
+                    width: ws.value(i),
+                    height: hs.value(i),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Number of classes.

@@ -171,6 +171,7 @@ fn main() -> Result<()> {
                 let cfg = LoaderConfig {
                     images_per_batch: batch,
                     spec,
+                    extra_specs: Vec::new(),
                     crops: CropMode::Plan(Arc::new(plan)),
                     prefetch: 2,
                     threads,
