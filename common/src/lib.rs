@@ -9,6 +9,7 @@
 //! The fast CPU ops land here next (see the open issues).
 
 pub mod device;
+pub mod ensemble;
 pub mod error;
 pub mod loss;
 pub mod models;

@@ -251,20 +251,6 @@ impl Loader {
         if cfg.images_per_batch == 0 {
             return Err(DataError::param("--batch", "must be at least 1 image"));
         }
-        if cfg.crops.crops_per_image() == 0 {
-            return Err(DataError::param("--crops-per-image", "must be at least 1"));
-        }
-        if let Some(bad) = order.iter().find(|&&id| dataset.sample(id).is_none()) {
-            return Err(DataError::param(
-                "order",
-                format!("sample id {bad} not in a dataset of {}", dataset.len()),
-            ));
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.threads.max(1))
-            .thread_name(|i| format!("meal-decode-{i}"))
-            .build()
-            .map_err(|e| DataError::param("--threads", e))?;
         let mut chunks: Vec<Vec<u32>> = order
             .chunks(cfg.images_per_batch)
             .map(<[u32]>::to_vec)
@@ -276,6 +262,35 @@ impl Loader {
         {
             chunks.pop();
         }
+        Self::from_batches(dataset, chunks, cfg)
+    }
+
+    /// Start loading explicit batches: `chunks[i]` are the sample ids of batch `i`
+    /// (`images_per_batch` and `drop_last` are not used). Precompute aligns batches to
+    /// shards this way, so a resumed run computes every shard exactly as a fresh one.
+    pub fn from_batches(
+        dataset: Arc<Dataset>,
+        chunks: Vec<Vec<u32>>,
+        cfg: LoaderConfig,
+    ) -> Result<Self> {
+        if cfg.crops.crops_per_image() == 0 {
+            return Err(DataError::param("--crops-per-image", "must be at least 1"));
+        }
+        if let Some(bad) = chunks
+            .iter()
+            .flatten()
+            .find(|&&id| dataset.sample(id).is_none())
+        {
+            return Err(DataError::param(
+                "order",
+                format!("sample id {bad} not in a dataset of {}", dataset.len()),
+            ));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1))
+            .thread_name(|i| format!("meal-decode-{i}"))
+            .build()
+            .map_err(|e| DataError::param("--threads", e))?;
         let batches = chunks.len();
         let (tx, rx) = sync_channel(cfg.prefetch);
         let report = Arc::new(Mutex::new(LoadReport::default()));

@@ -1,19 +1,137 @@
-//! `meal-precompute`: Stage 1 of MEAL V2 distillation: run the teacher ensemble once over a fixed crop pool and write the soft-label store.
-//!
-//! Not implemented yet: this binary only parses `--help`/`--version` and exits with
-//! an error saying so. The data pipeline it will wire up lives in `meal-data`.
+//! `meal-precompute`: stage 1 of MEAL V2 distillation. Thin CLI over the library.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use meal_data::{Dataset, LinkPolicy};
+use meal_precompute::{config::RunArgs, inspect, run};
 
 #[derive(Parser)]
 #[command(
     name = "meal-precompute",
     version,
-    about = "Stage 1 of MEAL V2 distillation: run the teacher ensemble once over a fixed crop pool and write the soft-label store (not implemented yet)"
+    about = "Stage 1 of MEAL V2 distillation: run the teacher ensemble once over a fixed pool of \
+             RandomResizedCrop crops per image and write each crop's mean softmax to a label store.",
+    after_help = "Examples:\n  meal-precompute run --data demo/data/train --teacher demo_resnet10=t1.safetensors \\\n      --teacher demo_resnet14=t2.safetensors --out labels --crops-per-image 8\n  meal-precompute run --config precompute.toml --worker 0/2   (and 1/2 elsewhere; then merge)\n  meal-precompute merge --data demo/data/train --out labels\n  meal-precompute inspect labels --histogram labels.png\n  meal-precompute verify labels"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!("meal-precompute is not implemented yet (tracked by the meal-precompute issue); see README.md")
+#[derive(Subcommand)]
+enum Cmd {
+    /// Label a dataset (resumes a partial store of the same config in --out).
+    Run(Box<RunArgs>),
+    /// Join the parts written by `run --worker I/N` into one complete store.
+    Merge {
+        /// The dataset the parts were made from.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The store directory holding the workers' manifests and shards.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Summary, per-class table, sample rows and an entropy/confidence histogram.
+    Inspect {
+        /// The store directory.
+        store: PathBuf,
+        /// Sample rows to print.
+        #[arg(long, default_value_t = 8)]
+        rows: usize,
+        /// Write the histograms (entropy left, top-1 probability right) to this PNG.
+        #[arg(long, value_name = "PNG")]
+        histogram: Option<PathBuf>,
+    },
+    /// Check checksums, row counts and that every label sums to 1.
+    Verify {
+        /// The store directory.
+        store: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Run(args) => {
+            let s = args.resolve()?;
+            // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS
+            std::env::set_var("RAYON_NUM_THREADS", s.threads.to_string());
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupt: stopping after this batch (press again to quit now)");
+            })
+            .context("installing the Ctrl-C handler")?;
+            let r = run::run(&s, &stop)?;
+            run::write_report(&s.out, s.worker, &r)?;
+            println!(
+                "{} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
+                r.images,
+                r.crops,
+                r.seconds,
+                r.images as f64 / r.seconds,
+                r.crops as f64 / r.seconds,
+                r.shards_written,
+                r.shards_present,
+                r.bytes_written
+            );
+            for t in &r.teachers {
+                println!("  teacher {:<16} top-1 agreement {:.4}  ({})", t.arch, t.top1_agreement, t.weights);
+            }
+            println!(
+                "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",
+                r.ensemble_top1_agreement, r.mean_entropy
+            );
+            if !r.skipped.is_empty() {
+                println!("  skipped {} files:", r.skipped.len());
+                for s in &r.skipped {
+                    println!("    {}: {}", s.path, s.reason);
+                }
+            }
+            if r.complete {
+                println!("store complete: {}", s.out.display());
+            } else if s.worker.is_some() {
+                println!("worker part done; run `meal-precompute merge` when all parts are");
+            } else {
+                println!("store partial (limit or interrupt): rerun the same command to continue");
+            }
+            if stop.load(Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        }
+        Cmd::Merge { data, out } => {
+            let ds = Dataset::open(&data, LinkPolicy::default())
+                .with_context(|| format!("--data {}", data.display()))?;
+            let m = meal_common::store::merge(&out, ds.samples())
+                .with_context(|| format!("merge {}", out.display()))?;
+            println!("merged {} shards into {}", m.shards.len(), out.display());
+        }
+        Cmd::Inspect {
+            store,
+            rows,
+            histogram,
+        } => {
+            let ins = inspect::inspect(&store, rows)?;
+            print!("{}", ins.text);
+            if let Some(p) = histogram {
+                inspect::write_histograms(&ins, ins.classes.len(), &p)?;
+                println!("\nhistograms written to {}", p.display());
+            }
+        }
+        Cmd::Verify { store } => println!("{}", inspect::verify(&store)?),
+    }
+    Ok(())
 }

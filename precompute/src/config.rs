@@ -1,0 +1,385 @@
+//! Settings of a precompute run: command-line flags over an optional TOML file with the
+//! same keys (snake_case of the flag), over the defaults named here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use meal_common::models::input_config;
+use meal_common::store::{Encoding, ShardFormat};
+use meal_data::{BadFilePolicy, Filter, Normalize};
+use serde::Deserialize;
+
+/// Default pool size P (crops drawn per image). FKD draws hundreds for ImageNet; the
+/// student cycles through the pool, so P bounds the augmentation diversity.
+pub const DEFAULT_CROPS_PER_IMAGE: u32 = 8;
+/// Default teacher forward batch (crops).
+pub const DEFAULT_BATCH: usize = 64;
+/// Default images per shard (ImageNet: ~1250 shards of ~25 MB at P = 500, top-10).
+pub const DEFAULT_SAMPLES_PER_SHARD: u32 = 1024;
+/// Default images per Parquet row group.
+pub const DEFAULT_IMAGES_PER_ROW_GROUP: u32 = 64;
+/// Up to this many classes the default encoding is dense; above it `topk:10`.
+pub const DENSE_DEFAULT_MAX_CLASSES: usize = 32;
+
+/// A `MIN,MAX` pair (`--scale 0.08,1`; in TOML `scale = [0.08, 1.0]`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct Pair(pub [f64; 2]);
+
+impl std::str::FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<&str> = s.split(',').collect();
+        let num = |x: &str| {
+            x.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?}: expected MIN,MAX (two numbers)"))
+        };
+        match v.as_slice() {
+            [a, b] => Ok(Pair([num(a)?, num(b)?])),
+            _ => Err(format!("{s:?}: expected MIN,MAX (two numbers)")),
+        }
+    }
+}
+
+/// The flags of `meal-precompute run`, also the keys of its TOML config file.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// TOML file with any of these keys (snake_case); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The images: an ImageFolder directory (class per sub-folder) or a CSV list file.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// A teacher, repeatable: `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic]
+    /// [,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict (.safetensors or
+    /// .pth); the input config defaults to the preset's timm pretrained config.
+    #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
+    #[serde(default)]
+    pub teacher: Vec<String>,
+    /// Where the label store goes (resumed when it holds a partial store of this config).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Pool size P: crops drawn and labelled per image [default: 8].
+    #[arg(long, value_name = "P")]
+    pub crops_per_image: Option<u32>,
+    /// RandomResizedCrop scale range [default: 0.08,1].
+    #[arg(long, value_name = "MIN,MAX")]
+    pub scale: Option<Pair>,
+    /// RandomResizedCrop aspect-ratio range [default: 0.75,1.3333333333333333].
+    #[arg(long, value_name = "MIN,MAX")]
+    pub ratio: Option<Pair>,
+    /// Seed of the crop pool [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Label encoding: dense | topk:K | topk:K:f32 [default: dense up to 32 classes,
+    /// else topk:10].
+    #[arg(long, value_name = "ENC")]
+    pub encoding: Option<String>,
+    /// Shard format: parquet | safetensors (dense only) [default: parquet].
+    #[arg(long, value_name = "FMT")]
+    pub format: Option<String>,
+    /// Crops per teacher forward [default: 64].
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// CPU threads for decoding and for the teachers [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// cpu or cuda:N [default: cpu].
+    #[arg(long, value_name = "DEV")]
+    pub device: Option<String>,
+    /// Run part I of N (0-based) of the shards; join the parts with `merge`.
+    #[arg(long, value_name = "I/N")]
+    pub worker: Option<String>,
+    /// Stop after the shards covering the first N images (a quick try; the store stays
+    /// partial and a later run without --limit completes it).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// What to do with an unreadable image: skip (listed in the report) | fail [default: skip].
+    #[arg(long, value_name = "POLICY")]
+    pub on_bad_file: Option<String>,
+    /// Images per shard [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub samples_per_shard: Option<u32>,
+    /// Images per Parquet row group [default: 64].
+    #[arg(long, value_name = "N")]
+    pub images_per_row_group: Option<u32>,
+}
+
+/// One teacher as asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherArg {
+    /// Preset name.
+    pub arch: String,
+    /// Weights file.
+    pub weights: PathBuf,
+    /// Input side.
+    pub size: u32,
+    /// Resize filter.
+    pub filter: Filter,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
+    let v: Vec<f32> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--teacher {spec:?}: {key}= needs three numbers R:G:B"))?;
+    match v.as_slice() {
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => bail!("--teacher {spec:?}: {key}= needs three numbers R:G:B"),
+    }
+}
+
+impl std::str::FromStr for TeacherArg {
+    type Err = anyhow::Error;
+    fn from_str(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(',');
+        let head = parts.next().unwrap_or_default();
+        let Some((arch, weights)) = head.split_once('=') else {
+            bail!("--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]");
+        };
+        if arch.is_empty() || weights.is_empty() {
+            bail!("--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]");
+        }
+        meal_common::models::preset(arch).with_context(|| format!("--teacher {spec:?}"))?;
+        let d = input_config(arch);
+        let mut t = TeacherArg {
+            arch: arch.to_string(),
+            weights: PathBuf::from(weights),
+            size: d.size,
+            filter: d.filter,
+            normalize: d.normalize,
+        };
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("--teacher {spec:?}: {kv:?} is not key=value");
+            };
+            match k {
+                "size" => {
+                    t.size = v
+                        .parse()
+                        .ok()
+                        .filter(|&s| s > 0)
+                        .with_context(|| format!("--teacher {spec:?}: size={v} is not a side"))?
+                }
+                "filter" => t.filter = v.parse().with_context(|| format!("--teacher {spec:?}"))?,
+                "mean" => t.normalize.mean = triple(v, k, spec)?,
+                "std" => t.normalize.std = triple(v, k, spec)?,
+                _ => bail!("--teacher {spec:?}: unknown key {k:?} (size, filter, mean, std)"),
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Resolved settings of a run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Dataset root or list file.
+    pub data: PathBuf,
+    /// Store directory.
+    pub out: PathBuf,
+    /// Teachers.
+    pub teachers: Vec<TeacherArg>,
+    /// Pool size P.
+    pub crops_per_image: u32,
+    /// RRC scale.
+    pub scale: [f64; 2],
+    /// RRC ratio.
+    pub ratio: [f64; 2],
+    /// Crop seed.
+    pub seed: u64,
+    /// Encoding (`None`: by class count, see [`DENSE_DEFAULT_MAX_CLASSES`]).
+    pub encoding: Option<Encoding>,
+    /// Shard format.
+    pub format: ShardFormat,
+    /// Crops per forward.
+    pub batch: usize,
+    /// CPU threads.
+    pub threads: usize,
+    /// Device spec.
+    pub device: String,
+    /// `[i, n]` worker part.
+    pub worker: Option<[u32; 2]>,
+    /// Stop after the shards covering this many images.
+    pub limit: Option<usize>,
+    /// Bad-file policy.
+    pub policy: BadFilePolicy,
+    /// Images per shard.
+    pub samples_per_shard: u32,
+    /// Images per row group.
+    pub images_per_row_group: u32,
+}
+
+/// Parse `I/N`.
+pub fn parse_worker(s: &str) -> Result<[u32; 2]> {
+    let bad = || anyhow::anyhow!("--worker {s:?}: expected I/N with 0 <= I < N");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u32, u32) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok([i, n])
+}
+
+fn read_file(path: &Path) -> Result<RunArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("--config {}", path.display()))
+}
+
+impl RunArgs {
+    /// These flags over the `--config` file (if any) over the defaults.
+    pub fn resolve(self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => RunArgs::default(),
+        };
+        let cli = self;
+        macro_rules! pick {
+            ($f:ident) => {
+                cli.$f.clone().or(file.$f.clone())
+            };
+        }
+        let data = pick!(data).context("--data is required (an ImageFolder or list file)")?;
+        let out = pick!(out).context("--out is required (the label store directory)")?;
+        let teacher_specs = if cli.teacher.is_empty() {
+            file.teacher.clone()
+        } else {
+            cli.teacher.clone()
+        };
+        if teacher_specs.is_empty() {
+            bail!("at least one --teacher ARCH=WEIGHTS is required");
+        }
+        let teachers = teacher_specs
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<TeacherArg>>>()?;
+        let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
+        if crops_per_image == 0 || crops_per_image > u16::MAX as u32 + 1 {
+            bail!("--crops-per-image {crops_per_image}: must be 1..=65536");
+        }
+        let encoding = match pick!(encoding) {
+            Some(e) => Some(e.parse::<Encoding>()?),
+            None => None,
+        };
+        let format = match pick!(format) {
+            Some(f) => f.parse::<ShardFormat>()?,
+            None => ShardFormat::Parquet,
+        };
+        let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
+        if batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        let threads = pick!(threads).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        let worker = match pick!(worker) {
+            Some(w) => Some(parse_worker(&w)?),
+            None => None,
+        };
+        let policy = match pick!(on_bad_file) {
+            Some(p) => p.parse::<BadFilePolicy>()?,
+            None => BadFilePolicy::Skip,
+        };
+        let samples_per_shard = pick!(samples_per_shard).unwrap_or(DEFAULT_SAMPLES_PER_SHARD);
+        let images_per_row_group =
+            pick!(images_per_row_group).unwrap_or(DEFAULT_IMAGES_PER_ROW_GROUP);
+        if samples_per_shard == 0 || images_per_row_group == 0 {
+            bail!("--samples-per-shard and --images-per-row-group must be at least 1");
+        }
+        Ok(Settings {
+            data,
+            out,
+            teachers,
+            crops_per_image,
+            scale: pick!(scale).map(|p| p.0).unwrap_or([
+                meal_data::crop::DEFAULT_SCALE.0,
+                meal_data::crop::DEFAULT_SCALE.1,
+            ]),
+            ratio: pick!(ratio).map(|p| p.0).unwrap_or([
+                meal_data::crop::DEFAULT_RATIO.0,
+                meal_data::crop::DEFAULT_RATIO.1,
+            ]),
+            seed: pick!(seed).unwrap_or(0),
+            encoding,
+            format,
+            batch,
+            threads,
+            device: pick!(device).unwrap_or_else(|| "cpu".into()),
+            worker,
+            limit: pick!(limit),
+            policy,
+            samples_per_shard,
+            images_per_row_group,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_args_parse_with_defaults_and_overrides() {
+        let t: TeacherArg = "resnet152s=/w/a.safetensors".parse().unwrap();
+        assert_eq!((t.size, t.filter), (224, Filter::Bicubic));
+        let t: TeacherArg = "demo_tiny=a.pth,size=32,filter=bicubic,mean=0.5:0.5:0.5"
+            .parse()
+            .unwrap();
+        assert_eq!((t.size, t.filter), (32, Filter::Bicubic));
+        assert_eq!(t.normalize.mean, [0.5; 3]);
+        for bad in [
+            "resnet152s",
+            "nope=a.pth",
+            "demo_tiny=a.pth,size=0",
+            "demo_tiny=a.pth,colour=red",
+            "demo_tiny=a.pth,mean=1:2",
+        ] {
+            let e = bad.parse::<TeacherArg>().unwrap_err();
+            assert!(format!("{e:#}").contains("--teacher"), "{bad}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\nseed = 5\nscale = [0.2, 1.0]\ncrops_per_image = 3\n",
+        )
+        .unwrap();
+        let s = RunArgs {
+            config: Some(f.clone()),
+            seed: Some(9),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((s.seed, s.crops_per_image, s.scale), (9, 3, [0.2, 1.0]));
+        assert_eq!(s.teachers.len(), 1);
+        std::fs::write(&f, "dat = \"typo\"\n").unwrap();
+        let e = RunArgs {
+            config: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("c.toml"), "{e:#}");
+        assert_eq!(parse_worker("1/2").unwrap(), [1, 2]);
+        assert!(parse_worker("2/2").is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! `inspect` and `verify`: what is in a store, and whether it is intact.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use meal_common::store::LabelStore;
+
+/// Bins of each histogram in the PNG.
+pub const HIST_BINS: usize = 40;
+
+/// Per-class figures over the stored crops.
+#[derive(Clone, Debug, Default)]
+pub struct ClassRow {
+    /// Images of the class.
+    pub images: u64,
+    /// Crops of the class.
+    pub crops: u64,
+    /// Crops whose ensemble top-1 is the class.
+    pub agree: u64,
+    /// Sum of the top-1 probability.
+    pub conf_sum: f64,
+    /// Sum of the entropy (nats).
+    pub ent_sum: f64,
+}
+
+/// Everything `inspect` prints and plots.
+pub struct Inspection {
+    /// The text report.
+    pub text: String,
+    /// Per class, in class order.
+    pub classes: Vec<ClassRow>,
+    /// Entropy of each crop's decoded distribution.
+    pub entropies: Vec<f32>,
+    /// Top-1 probability of each crop.
+    pub confidences: Vec<f32>,
+}
+
+/// Read the whole store (`rows` sample rows printed) and summarise it.
+pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
+    let store = LabelStore::open(dir).with_context(|| format!("inspect {}", dir.display()))?;
+    let m = store.manifest();
+    let c = &m.config;
+    let mut t = String::new();
+    let _ = writeln!(t, "store        {}", dir.display());
+    let _ = writeln!(
+        t,
+        "format       {} v{} ({}), {:?}, {} shards, {}",
+        m.format,
+        m.format_version,
+        m.producer,
+        m.state,
+        m.shards.len(),
+        c.encoding
+    );
+    let _ = writeln!(
+        t,
+        "dataset      {} samples, {} classes, fingerprint {}",
+        c.dataset.samples,
+        c.classes.len(),
+        &c.dataset.sha256[..16.min(c.dataset.sha256.len())]
+    );
+    let p = &c.crop_pool;
+    let _ = writeln!(
+        t,
+        "crop pool    {} per image, scale {:?}, ratio {:?}, seed {}",
+        p.crops_per_image, p.scale, p.ratio, p.seed
+    );
+    for tc in &c.teachers {
+        let _ = writeln!(
+            t,
+            "teacher      {} ({}, sha256 {}), {} px {} mean {:?} std {:?}",
+            tc.arch,
+            tc.weights,
+            &tc.sha256[..12.min(tc.sha256.len())],
+            tc.input_size,
+            tc.filter,
+            tc.mean,
+            tc.std
+        );
+    }
+    if let Some(s) = &m.summary {
+        let _ = writeln!(
+            t,
+            "summary      {} images, {} crops; ensemble top-1 agreement {:.4}; mean entropy {:.4} nats; kept mass {:.4}; mean KL {:.3e}",
+            s.images, s.rows, s.top1_agreement, s.mean_entropy, s.mean_kept_mass, s.mean_kl
+        );
+    }
+    let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    let _ = writeln!(
+        t,
+        "bytes        {} in shards ({:.1} B per crop)",
+        bytes,
+        bytes as f64 / m.summary.as_ref().map(|s| s.rows).unwrap_or(1).max(1) as f64
+    );
+
+    let images = store.images()?;
+    let nc = c.classes.len();
+    let mut classes = vec![ClassRow::default(); nc];
+    let (mut entropies, mut confidences) = (Vec::new(), Vec::new());
+    let mut sample_rows = String::new();
+    let mut printed = 0;
+    for im in &images {
+        let row = classes
+            .get_mut(im.label as usize)
+            .with_context(|| format!("images.parquet: label {} out of range", im.label))?;
+        row.images += 1;
+        for cl in store.crops(im.sample_id)? {
+            let d = store.dense(&cl.label);
+            let mut order: Vec<usize> = (0..d.len()).collect();
+            order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
+            let ent: f64 = d
+                .iter()
+                .filter(|&&v| v > 0.0)
+                .map(|&v| -(v as f64) * (v as f64).ln())
+                .sum();
+            row.crops += 1;
+            row.agree += (order[0] as u32 == im.label) as u64;
+            row.conf_sum += d[order[0]] as f64;
+            row.ent_sum += ent;
+            entropies.push(ent as f32);
+            confidences.push(d[order[0]]);
+            if printed < rows {
+                let r = cl.record;
+                let top: Vec<String> = order
+                    .iter()
+                    .take(3)
+                    .map(|&k| format!("{}:{:.3}", c.classes[k], d[k]))
+                    .collect();
+                let _ = writeln!(
+                    sample_rows,
+                    "  {:>7} {:>5}  {:<28} box t{:.3} l{:.3} h{:.3} w{:.3}{}  {}",
+                    im.sample_id,
+                    cl.crop_id,
+                    truncate(&im.path, 28),
+                    r.top,
+                    r.left,
+                    r.height,
+                    r.width,
+                    if r.flip { " flip" } else { "     " },
+                    top.join(" ")
+                );
+                printed += 1;
+            }
+        }
+    }
+    let w = c.classes.iter().map(|n| n.chars().count()).max().unwrap_or(5).clamp(5, 40);
+    let _ = writeln!(
+        t,
+        "\n  {:<w$} {:>6} {:>7}  {:>11}  {:>9}  {:>12}",
+        "class", "images", "crops", "top-1 agree", "mean conf", "mean entropy"
+    );
+    for (name, r) in c.classes.iter().zip(&classes) {
+        let n = r.crops.max(1) as f64;
+        let _ = writeln!(
+            t,
+            "  {:<w$} {:>6} {:>7}  {:>11.4}  {:>9.4}  {:>12.4}",
+            truncate(name, w),
+            r.images,
+            r.crops,
+            r.agree as f64 / n,
+            r.conf_sum / n,
+            r.ent_sum / n
+        );
+    }
+    if rows > 0 {
+        let _ = writeln!(t, "\nsample rows (sample, crop, path, box, flip, top-3)");
+        t.push_str(&sample_rows);
+    }
+    Ok(Inspection {
+        text: t,
+        classes,
+        entropies,
+        confidences,
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}
+
+/// Counts of `v` in `bins` equal bins over `[lo, hi]`.
+pub fn histogram(v: &[f32], lo: f32, hi: f32, bins: usize) -> Vec<u64> {
+    let mut h = vec![0u64; bins];
+    let w = (hi - lo).max(f32::MIN_POSITIVE);
+    for &x in v {
+        let b = (((x - lo) / w) * bins as f32).floor();
+        let b = (b.max(0.0) as usize).min(bins - 1);
+        h[b] += 1;
+    }
+    h
+}
+
+/// Write the entropy histogram (left panel, 0 to ln C nats) and the confidence
+/// histogram (right panel, top-1 probability 0 to 1) as a PNG.
+pub fn write_histograms(ins: &Inspection, classes: usize, path: &Path) -> Result<()> {
+    let max_ent = (classes.max(2) as f32).ln();
+    let panels = [
+        (histogram(&ins.entropies, 0.0, max_ent, HIST_BINS), [70u8, 110, 200]),
+        (histogram(&ins.confidences, 0.0, 1.0, HIST_BINS), [220u8, 120, 50]),
+    ];
+    let (pw, ph, pad) = (400u32, 240u32, 20u32);
+    let mut img = image::RgbImage::from_pixel(2 * pw + 3 * pad, ph + 2 * pad, image::Rgb([255; 3]));
+    for (i, (h, colour)) in panels.iter().enumerate() {
+        let x0 = pad + i as u32 * (pw + pad);
+        let top = h.iter().copied().max().unwrap_or(1).max(1) as f64;
+        let bw = pw / HIST_BINS as u32;
+        for (b, &n) in h.iter().enumerate() {
+            let bh = ((n as f64 / top) * (ph - 1) as f64).round() as u32;
+            for x in x0 + b as u32 * bw..x0 + (b as u32 + 1) * bw - 1 {
+                for y in pad + ph - bh..pad + ph {
+                    img.put_pixel(x, y, image::Rgb(*colour));
+                }
+            }
+        }
+        // axes
+        for x in x0..x0 + pw {
+            img.put_pixel(x, pad + ph, image::Rgb([0; 3]));
+        }
+        for y in pad..=pad + ph {
+            img.put_pixel(x0, y, image::Rgb([0; 3]));
+        }
+    }
+    img.save(path)
+        .with_context(|| format!("--histogram {}", path.display()))?;
+    Ok(())
+}
+
+/// Verify checksums, row counts and probability sums; returns the text report.
+pub fn verify(dir: &Path) -> Result<String> {
+    let store = LabelStore::open(dir).with_context(|| format!("verify {}", dir.display()))?;
+    let r = store
+        .verify()
+        .with_context(|| format!("verify {}", dir.display()))?;
+    let want = store.manifest().summary.as_ref().map(|s| s.rows);
+    if let Some(w) = want {
+        if w != r.rows {
+            anyhow::bail!(
+                "verify {}: manifest says {w} rows, shards hold {}",
+                dir.display(),
+                r.rows
+            );
+        }
+    }
+    let images = store.images()?.len() as u64;
+    let stored: u64 = store.manifest().shards.iter().map(|s| s.images as u64).sum();
+    if images != stored {
+        anyhow::bail!(
+            "verify {}: images.parquet lists {images} images, the shards {stored}",
+            dir.display()
+        );
+    }
+    Ok(format!(
+        "ok: {} shards (checksums match), {} images, {} rows, max |sum(p) - 1| = {:.2e}",
+        r.shards, images, r.rows, r.max_sum_error
+    ))
+}

@@ -1,0 +1,12 @@
+//! `meal-precompute`, stage 1 of the pipeline: the teacher ensemble run once over a fixed
+//! crop pool per image, its mean softmax written to a soft-label store (docs/FORMAT.md).
+//!
+//! - [`config`]: flags, TOML config file, defaults.
+//! - [`run`]: the job (decode once, crops, ensemble, shards; resume, workers).
+//! - [`inspect`]: `inspect` and `verify` of a store.
+//! - [`hub`]: `--teacher timm/NAME` weights from the Hugging Face hub.
+
+pub mod config;
+pub mod hub;
+pub mod inspect;
+pub mod run;

@@ -1,0 +1,338 @@
+//! The precompute job: decode each image once, draw its pool of crops, run the teacher
+//! ensemble over them, write the mean softmax of each crop to the store, shard by shard.
+//!
+//! Decoding runs ahead on the loader's pool (bounded prefetch) while the teachers compute.
+//! A shard is written as soon as all its images are labelled; the store writer makes each
+//! write atomic, so an interrupted run resumes at the first missing shard.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use meal_common::ensemble::{Ensemble, Teacher, ENSEMBLE_RULE};
+use meal_common::store::{CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter};
+use meal_data::{
+    CropMode, CropSampler, CropSpec, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops,
+    RrcParams, Skipped,
+};
+use serde::Serialize;
+
+use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
+
+/// Per-teacher agreement with the hard labels.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherReport {
+    /// Preset name.
+    pub arch: String,
+    /// Weights file.
+    pub weights: String,
+    /// Fraction of this run's crops whose top-1 is the image's hard label.
+    pub top1_agreement: f64,
+}
+
+/// What a run did (this run only; a resumed store's earlier shards are not counted).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Images labelled.
+    pub images: u64,
+    /// Crops labelled.
+    pub crops: u64,
+    /// Shards written.
+    pub shards_written: u32,
+    /// Shards already present (resume).
+    pub shards_present: u32,
+    /// Images left out, with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Per teacher.
+    pub teachers: Vec<TeacherReport>,
+    /// The ensemble's top-1 agreement with the hard labels over this run's crops.
+    pub ensemble_top1_agreement: f64,
+    /// Mean entropy (nats) of the ensemble's distributions over this run's crops.
+    pub mean_entropy: f64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Bytes of shards written by this run.
+    pub bytes_written: u64,
+    /// Whether this writer's part is complete.
+    pub complete: bool,
+}
+
+/// The store config `s` asks for on `ds` with `ens` (what a resume must match).
+pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
+    let encoding = s.encoding.unwrap_or(if ds.classes().len() <= DENSE_DEFAULT_MAX_CLASSES {
+        Encoding::Dense
+    } else {
+        Encoding::TopK { k: 10, f32: false }
+    });
+    StoreConfig {
+        dataset: ds.fingerprint().clone(),
+        classes: ds.classes().to_vec(),
+        crop_pool: CropPool {
+            crops_per_image: s.crops_per_image,
+            scale: s.scale,
+            ratio: s.ratio,
+            seed: s.seed,
+        },
+        teachers: ens.teachers().iter().map(|t| t.info.clone()).collect(),
+        ensemble: ENSEMBLE_RULE.into(),
+        encoding,
+        format: s.format,
+        samples_per_shard: s.samples_per_shard,
+        images_per_row_group: s.images_per_row_group,
+    }
+}
+
+/// Load the teachers of `s` for a dataset of `classes` classes.
+pub fn load_ensemble(s: &Settings, classes: usize, device: &candle_core::Device) -> Result<Ensemble> {
+    let mut teachers = Vec::new();
+    for t in &s.teachers {
+        let spec = CropSpec::new(t.size, t.filter, t.normalize)
+            .with_context(|| format!("--teacher {}", t.arch))?;
+        let weights = crate::hub::resolve(&t.weights)?;
+        let teacher = Teacher::load(&t.arch, &weights, classes, spec, device)
+            .with_context(|| format!("--teacher {}={}", t.arch, t.weights.display()))?;
+        teachers.push(teacher);
+    }
+    Ok(Ensemble::new(teachers)?)
+}
+
+fn entropy(p: &[f32]) -> f64 {
+    p.iter()
+        .filter(|&&v| v > 0.0)
+        .map(|&v| -(v as f64) * (v as f64).ln())
+        .sum()
+}
+
+fn argmax(p: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in p.iter().enumerate() {
+        if v > p[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the
+/// run ends there, keeping every shard written so far (a resumable partial store).
+pub fn run(s: &Settings, stop: &std::sync::atomic::AtomicBool) -> Result<RunReport> {
+    run_with(s, stop, &mut |_| {})
+}
+
+/// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests).
+pub fn run_with(
+    s: &Settings,
+    stop: &std::sync::atomic::AtomicBool,
+    on_shard: &mut dyn FnMut(u32),
+) -> Result<RunReport> {
+    let t0 = Instant::now();
+    let device = meal_common::parse_device(&s.device).context("--device")?;
+    let ds = Arc::new(
+        Dataset::open(&s.data, LinkPolicy::default())
+            .with_context(|| format!("--data {}", s.data.display()))?,
+    );
+    if ds.is_empty() {
+        bail!("--data {}: no images", s.data.display());
+    }
+    let ens = load_ensemble(s, ds.classes().len(), &device)?;
+    let config = store_config(s, &ds, &ens);
+    let mut writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
+        .with_context(|| format!("--out {}", s.out.display()))?;
+    let all_pending = writer.pending_shards();
+    let (wi, wn) = s.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
+    let owned = (0..writer.num_shards()).filter(|x| x % wn == wi).count() as u32;
+    let present = owned - all_pending.len() as u32;
+    let pending: Vec<u32> = all_pending
+        .iter()
+        .copied()
+        .filter(|&sh| match s.limit {
+            Some(l) => (writer.shard_samples(sh).start as usize) < l,
+            None => true,
+        })
+        .collect();
+    // batches never straddle shards: a shard's crops meet the same batch neighbours in a
+    // fresh, a resumed or a worker run (byte-identical shards)
+    let images_per_batch = (s.batch / s.crops_per_image as usize).max(1);
+    let chunks: Vec<Vec<u32>> = pending
+        .iter()
+        .flat_map(|&sh| {
+            let ids: Vec<u32> = writer.shard_samples(sh).collect();
+            ids.chunks(images_per_batch)
+                .map(<[u32]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let total_images: usize = chunks.iter().map(Vec::len).sum();
+    let mut expected: BTreeMap<u32, usize> = pending
+        .iter()
+        .map(|&sh| (sh, writer.shard_samples(sh).len()))
+        .collect();
+    tracing::info!(
+        "{} images, {} classes, {} teachers; {} shards to write ({} present)",
+        ds.len(),
+        ds.classes().len(),
+        ens.teachers().len(),
+        pending.len(),
+        present
+    );
+
+    let params = RrcParams::new((s.scale[0], s.scale[1]), (s.ratio[0], s.ratio[1]))?;
+    let sampler = CropSampler::new(s.seed, params);
+    let plan = PoolCrops::pass(sampler, s.crops_per_image, s.crops_per_image, 0)?;
+    let specs = ens.specs();
+    let loader = Loader::from_batches(
+        Arc::clone(&ds),
+        chunks,
+        LoaderConfig {
+            images_per_batch,
+            spec: specs[0],
+            extra_specs: specs[1..].to_vec(),
+            crops: CropMode::Plan(Arc::new(plan)),
+            prefetch: 2,
+            threads: s.threads,
+            policy: s.policy,
+            drop_last: false,
+        },
+    )?;
+
+    let bar = ProgressBar::new(total_images as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    if std::env::var_os("MEAL_NO_PROGRESS").is_some() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+
+    let classes = ens.num_classes();
+    let per_shard = s.samples_per_shard;
+    let mut buckets: BTreeMap<u32, Vec<ImageProbs>> = BTreeMap::new();
+    let mut done: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut teacher_agree = vec![0u64; ens.teachers().len()];
+    let (mut crops, mut ens_agree, mut ent_sum) = (0u64, 0u64, 0f64);
+    let mut images = 0u64;
+    let mut skipped = Vec::new();
+    let mut shards_written = 0u32;
+    let mut bytes_written = 0u64;
+    for batch in loader {
+        let batch = batch?;
+        let rows = batch.rows.len();
+        let mut inputs: Vec<&[f32]> = vec![&batch.data];
+        inputs.extend(batch.extra.iter().map(Vec::as_slice));
+        let out = ens.soft_labels(&inputs, rows, s.batch)?;
+        for (r, row) in batch.rows.iter().enumerate() {
+            let p = &out.probs[r * classes..(r + 1) * classes];
+            for (t, top) in out.teacher_top1.iter().enumerate() {
+                teacher_agree[t] += (top[r] == row.label) as u64;
+            }
+            ens_agree += (argmax(p) == row.label) as u64;
+            ent_sum += entropy(p);
+        }
+        crops += rows as u64;
+        // group rows into images (an image's crops are contiguous)
+        let mut r = 0;
+        while r < rows {
+            let row = batch.rows[r];
+            let mut end = r;
+            while end < rows && batch.rows[end].sample_id == row.sample_id {
+                end += 1;
+            }
+            let im = ImageProbs {
+                sample_id: row.sample_id,
+                width: row.image_width,
+                height: row.image_height,
+                crops: (r..end)
+                    .map(|k| CropProbs {
+                        crop_id: batch.rows[k].crop_id as u16,
+                        record: batch.rows[k].record,
+                        probs: out.probs[k * classes..(k + 1) * classes].to_vec(),
+                    })
+                    .collect(),
+            };
+            let sh = row.sample_id / per_shard;
+            buckets.entry(sh).or_default().push(im);
+            *done.entry(sh).or_default() += 1;
+            images += 1;
+            r = end;
+        }
+        for sk in &batch.skipped {
+            *done.entry(sk.sample_id / per_shard).or_default() += 1;
+            skipped.push(sk.clone());
+        }
+        bar.inc((batch.rows.len() / s.crops_per_image as usize + batch.skipped.len()) as u64);
+        bar.set_message(format!(
+            "{:.0} crops/s",
+            crops as f64 / t0.elapsed().as_secs_f64()
+        ));
+        // write every shard that is complete
+        let complete: Vec<u32> = expected
+            .iter()
+            .filter(|(sh, n)| done.get(sh).copied().unwrap_or(0) == **n)
+            .map(|(sh, _)| *sh)
+            .collect();
+        for sh in complete {
+            let imgs = buckets.remove(&sh).unwrap_or_default();
+            writer
+                .write_shard(sh, imgs)
+                .with_context(|| format!("writing shard {sh} to {}", s.out.display()))?;
+            let info = writer.manifest().shards.iter().find(|x| x.index == sh);
+            bytes_written += info.map(|i| i.bytes).unwrap_or(0);
+            shards_written += 1;
+            on_shard(sh);
+            expected.remove(&sh);
+            done.remove(&sh);
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // the shard in progress is recomputed on resume; written shards are kept
+            tracing::warn!("interrupted: the store is left partial; rerun to resume");
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let complete = writer.pending_shards().is_empty();
+    if complete {
+        writer.finish().context("finishing the store")?;
+    }
+    let n = crops.max(1) as f64;
+    Ok(RunReport {
+        images,
+        crops,
+        shards_written,
+        shards_present: present,
+        skipped,
+        teachers: ens
+            .teachers()
+            .iter()
+            .zip(&teacher_agree)
+            .map(|(t, &a)| TeacherReport {
+                arch: t.info.arch.clone(),
+                weights: t.info.weights.clone(),
+                top1_agreement: a as f64 / n,
+            })
+            .collect(),
+        ensemble_top1_agreement: ens_agree as f64 / n,
+        mean_entropy: ent_sum / n,
+        seconds: t0.elapsed().as_secs_f64(),
+        bytes_written,
+        complete,
+    })
+}
+
+/// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`).
+pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) -> Result<()> {
+    let name = match worker {
+        None => "report.json".to_string(),
+        Some([i, n]) => format!("report.worker-{i}-of-{n}.json"),
+    };
+    let path = out.join(name);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

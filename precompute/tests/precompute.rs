@@ -1,0 +1,328 @@
+//! meal-precompute end to end on a tiny dataset with two tiny random-weight teachers at
+//! different input configs: stored labels equal the ensemble computed directly on the
+//! replayed crops; interrupt + resume and two workers + merge give the bytes of one
+//! uninterrupted run; bad images are skipped and reported (or fail); a changed dataset
+//! or config is refused; inspect and verify read the result.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor, D};
+use meal_common::ensemble::{Ensemble, Teacher};
+use meal_common::models::ResNet;
+use meal_common::store::LabelStore;
+use meal_data::{decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams};
+use meal_precompute::config::{Pair, RunArgs, Settings};
+use meal_precompute::{inspect, run};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    t1: PathBuf,
+    t2: PathBuf,
+}
+
+fn fixture(per_class: u32) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let cfg = meal_data::synth::SynthConfig {
+        seed: 3,
+        train_per_class: per_class,
+        val_per_class: 0,
+        min_side: 24,
+        max_side: 40,
+        quality: 90,
+    };
+    meal_data::synth::generate(&root.join("data"), &cfg, || {}).unwrap();
+    let t1 = root.join("t1.safetensors");
+    let t2 = root.join("t2.safetensors");
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1)
+        .unwrap()
+        .save(&t1)
+        .unwrap();
+    ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 2)
+        .unwrap()
+        .save(&t2)
+        .unwrap();
+    Fixture {
+        data: root.join("data/train"),
+        root,
+        _dir: dir,
+        t1,
+        t2,
+    }
+}
+
+fn args(f: &Fixture, out: &str) -> RunArgs {
+    RunArgs {
+        data: Some(f.data.clone()),
+        out: Some(f.root.join(out)),
+        teacher: vec![
+            format!("demo_tiny={},size=16", f.t1.display()),
+            format!(
+                "demo_resnet10={},size=20,filter=bicubic,mean=0.5:0.5:0.5,std=0.25:0.25:0.25",
+                f.t2.display()
+            ),
+        ],
+        crops_per_image: Some(3),
+        scale: Some(Pair([0.25, 1.0])),
+        seed: Some(7),
+        batch: Some(8),
+        threads: Some(2),
+        samples_per_shard: Some(7),
+        images_per_row_group: Some(3),
+        ..Default::default()
+    }
+}
+
+fn go(s: &Settings) -> run::RunReport {
+    run::run(s, &AtomicBool::new(false)).unwrap()
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("shard-") || n == "images.parquet" || n == "manifest.json")
+        .map(|n| {
+            let b = std::fs::read(dir.join(&n)).unwrap();
+            (n, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stored_labels_are_the_ensemble_of_the_replayed_crops() {
+    let f = fixture(3);
+    let s = args(&f, "labels").resolve().unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!((r.images, r.crops, r.shards_written), (30, 90, 5));
+    let store = LabelStore::open(&s.out).unwrap();
+    let v = store.verify().unwrap();
+    assert_eq!(v.rows, 90);
+    // the reference: each teacher alone, batch 1, on the crop replayed at its own spec
+    let dev = Device::Cpu;
+    let m1 = ResNet::from_preset("demo_tiny", 10, &dev, 0).unwrap();
+    m1.load_weights(&f.t1, Default::default()).unwrap();
+    let m2 = ResNet::from_preset("demo_resnet10", 10, &dev, 0).unwrap();
+    m2.load_weights(&f.t2, Default::default()).unwrap();
+    let spec1 = CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap();
+    let spec2 = CropSpec::new(
+        20,
+        Filter::Bicubic,
+        Normalize {
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        },
+    )
+    .unwrap();
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let sampler = CropSampler::new(7, RrcParams::new((0.25, 1.0), (0.75, 4.0 / 3.0)).unwrap());
+    let mut rep = Replayer::default();
+    let mut worst = 0f32;
+    for smp in ds.samples() {
+        let img = decode_file(&ds.full_path(smp)).unwrap();
+        let crops = store.crops(smp.id).unwrap();
+        assert_eq!(crops.len(), 3);
+        for (k, c) in crops.iter().enumerate() {
+            assert_eq!(c.crop_id as usize, k);
+            assert_eq!(c.record, sampler.crop(smp.id, k as u32, img.width, img.height));
+            let mut mean = vec![0f32; 10];
+            for (m, spec) in [(&m1, &spec1), (&m2, &spec2)] {
+                let mut x = vec![0f32; spec.len()];
+                rep.replay(&img, &c.record, spec, &mut x, Path::new(&smp.path))
+                    .unwrap();
+                let s = spec.size as usize;
+                let x = Tensor::from_vec(x, (1, 3, s, s), &dev).unwrap();
+                let p = candle_nn::ops::softmax(&m.forward_t(&x, false).unwrap(), D::Minus1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                for (a, b) in mean.iter_mut().zip(p) {
+                    *a += b / 2.0;
+                }
+            }
+            let got = store.dense(&c.label);
+            for (g, w) in got.iter().zip(&mean) {
+                // dense labels are float16: relative rounding 2^-11
+                let e = (g - w).abs();
+                assert!(e <= w * 1e-3 + 1e-6, "sample {} crop {k}: {g} vs {w}", smp.id);
+                worst = worst.max(e);
+            }
+        }
+    }
+    assert!(worst > 0.0, "float16 storage should round something");
+    // the report's agreement figures are over the same 90 crops
+    assert_eq!(r.teachers.len(), 2);
+    assert!((0.0..=1.0).contains(&r.ensemble_top1_agreement));
+    let m = store.manifest();
+    assert_eq!(m.config.teachers[1].filter, "bicubic");
+    assert_eq!(m.config.teachers[1].input_size, 20);
+}
+
+#[test]
+fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
+    let f = fixture(1);
+    let dev = Device::Cpu;
+    let spec = CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap();
+    let ens = Ensemble::new(vec![
+        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev).unwrap(),
+        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev).unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(ens.specs().len(), 1, "teachers with one spec share the buffer");
+    let rows = 11;
+    let x: Vec<f32> = (0..rows * spec.len())
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let all = ens.soft_labels(&[&x], rows, 11).unwrap();
+    let ones = ens.soft_labels(&[&x], rows, 1).unwrap();
+    let threes = ens.soft_labels(&[&x], rows, 3).unwrap();
+    for other in [&ones, &threes] {
+        let d = all
+            .probs
+            .iter()
+            .zip(&other.probs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-5, "batch composition moved a label by {d}");
+    }
+}
+
+#[test]
+fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
+    let f = fixture(3);
+    let whole = args(&f, "whole").resolve().unwrap();
+    go(&whole);
+    let reference = files(&whole.out);
+    assert_eq!(reference.len(), 5 + 2);
+
+    // interrupt after the second shard (as Ctrl-C does), plus the debris a kill -9 in
+    // the middle of a shard write leaves: a half-written temporary file
+    let part = args(&f, "resumed").resolve().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut n = 0;
+    let r = run::run_with(&part, &stop, &mut |_| {
+        n += 1;
+        if n == 2 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(!r.complete);
+    assert_eq!(r.shards_written, 2);
+    std::fs::write(part.out.join("shard-000002.parquet.tmp"), b"PAR1 half a shard").unwrap();
+    assert!(LabelStore::open(&part.out).is_err(), "a partial store is not readable");
+    let r = go(&part);
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (2, 3));
+    assert_eq!(files(&part.out), reference, "resumed store differs from one run");
+
+    // --limit: a quick try leaves a partial store that a full run completes
+    let mut a = args(&f, "limited");
+    a.limit = Some(8);
+    let r = go(&a.resolve().unwrap());
+    assert_eq!((r.shards_written, r.images, r.complete), (2, 14, false));
+    go(&args(&f, "limited").resolve().unwrap());
+    assert_eq!(files(&f.root.join("limited")), reference);
+
+    // two workers, then merge
+    for w in ["0/2", "1/2"] {
+        let mut a = args(&f, "workers");
+        a.worker = Some(w.into());
+        let r = go(&a.resolve().unwrap());
+        assert!(r.complete, "worker {w} part");
+    }
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_common::store::merge(&f.root.join("workers"), ds.samples()).unwrap();
+    assert_eq!(files(&f.root.join("workers")), reference, "merged store differs");
+}
+
+#[test]
+fn changed_config_or_dataset_is_refused_on_resume() {
+    let f = fixture(2);
+    let mut a = args(&f, "labels");
+    a.limit = Some(7);
+    go(&a.resolve().unwrap());
+    let mut b = args(&f, "labels");
+    b.seed = Some(8);
+    b.crops_per_image = Some(4);
+    let e = run::run(&b.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("seed") && msg.contains("crops_per_image"), "{msg}");
+    // another teacher weights file: refused by its checksum
+    let mut c = args(&f, "labels");
+    c.teacher[0] = format!("demo_tiny={},size=16", f.t2.with_file_name("t3.safetensors").display());
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 9)
+        .unwrap()
+        .save(&f.t2.with_file_name("t3.safetensors"))
+        .unwrap();
+    let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("teachers"), "{e:#}");
+    // the dataset changed: one more image
+    let first = meal_data::synth::class_names()[0].clone();
+    let src = f.data.join(&first).read_dir().unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(src, f.data.join(&first).join("extra.jpg")).unwrap();
+    let e = run::run(&args(&f, "labels").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("dataset"), "{e:#}");
+}
+
+#[test]
+fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[4].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let s = args(&f, "labels").resolve().unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].path, bad.path);
+    assert_eq!(r.images, 19);
+    let store = LabelStore::open(&s.out).unwrap();
+    assert!(store.crops(bad.id).unwrap().is_empty());
+    assert_eq!(store.crops(5).unwrap().len(), 3);
+    let v = inspect::verify(&s.out).unwrap();
+    assert!(v.contains("19 images"), "{v}");
+
+    let mut a = args(&f, "strict");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+}
+
+#[test]
+fn inspect_and_verify_read_the_store_and_catch_corruption() {
+    let f = fixture(2);
+    let s = args(&f, "labels").resolve().unwrap();
+    go(&s);
+    let ins = inspect::inspect(&s.out, 4).unwrap();
+    for name in meal_data::synth::class_names() {
+        assert!(ins.text.contains(&name), "{}", ins.text);
+    }
+    assert_eq!(ins.entropies.len(), 60);
+    assert_eq!(ins.classes.iter().map(|c| c.crops).sum::<u64>(), 60);
+    assert!(ins.classes.iter().all(|c| c.images == 2));
+    let png = f.root.join("h.png");
+    inspect::write_histograms(&ins, 10, &png).unwrap();
+    let img = image::open(&png).unwrap();
+    assert!(img.width() > 400);
+    let h = inspect::histogram(&ins.confidences, 0.0, 1.0, inspect::HIST_BINS);
+    assert_eq!(h.iter().sum::<u64>(), 60);
+    assert!(inspect::verify(&s.out).unwrap().starts_with("ok"));
+    // flip one byte in the middle of a shard
+    let shard = s.out.join("shard-000001.parquet");
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&shard, b).unwrap();
+    let e = inspect::verify(&s.out).unwrap_err();
+    assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
+}
