@@ -13,6 +13,7 @@ use meal_common::loss::{bce_with_logits, soft_cross_entropy};
 use meal_common::models::{trainable, Discriminator, ResNet};
 
 fn main() -> anyhow::Result<()> {
+    meal_common::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -2,14 +2,14 @@
 //! input config, softmax at temperature 1, arithmetic mean over teachers
 //! (szq0214/MEAL-V2 `train.py`: `torch.stack([F.softmax(t(x), 1) ...]).mean(0)`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
-use meal_data::CropSpec;
+use meal_data::{CropSpec, Filter, Normalize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
-use crate::models::{LoadOptions, ResNet};
+use crate::models::{input_config, LoadOptions, ResNet};
 use crate::store::TeacherInfo;
 
 /// The ensemble rule written to manifests.
@@ -58,6 +58,103 @@ impl Teacher {
     }
 }
 
+/// One teacher as asked for on a command line:
+/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`, the input
+/// config defaulting to the preset's timm pretrained config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherArg {
+    /// Preset name.
+    pub arch: String,
+    /// Weights file.
+    pub weights: PathBuf,
+    /// Input side.
+    pub size: u32,
+    /// Resize filter.
+    pub filter: Filter,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
+    let bad = || {
+        ModelError::Config(format!(
+            "--teacher {spec:?}: {key}= needs three numbers R:G:B"
+        ))
+    };
+    let v: Vec<f32> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    match v.as_slice() {
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(bad()),
+    }
+}
+
+impl std::str::FromStr for TeacherArg {
+    type Err = ModelError;
+    fn from_str(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(',');
+        let head = parts.next().unwrap_or_default();
+        let Some((arch, weights)) = head.split_once('=') else {
+            return Err(ModelError::Config(format!(
+                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+            )));
+        };
+        if arch.is_empty() || weights.is_empty() {
+            return Err(ModelError::Config(format!(
+                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+            )));
+        }
+        crate::models::preset(arch)
+            .map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?;
+        let d = input_config(arch);
+        let mut t = TeacherArg {
+            arch: arch.to_string(),
+            weights: PathBuf::from(weights),
+            size: d.size,
+            filter: d.filter,
+            normalize: d.normalize,
+        };
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(ModelError::Config(format!(
+                    "--teacher {spec:?}: {kv:?} is not key=value"
+                )));
+            };
+            match k {
+                "size" => {
+                    t.size = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                        ModelError::Config(format!("--teacher {spec:?}: size={v} is not a side"))
+                    })?
+                }
+                "filter" => {
+                    t.filter = v
+                        .parse()
+                        .map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?
+                }
+                "mean" => t.normalize.mean = triple(v, k, spec)?,
+                "std" => t.normalize.std = triple(v, k, spec)?,
+                _ => {
+                    return Err(ModelError::Config(format!(
+                        "--teacher {spec:?}: unknown key {k:?} (size, filter, mean, std)"
+                    )))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl TeacherArg {
+    /// The crop spec of its inputs.
+    pub fn spec(&self) -> Result<CropSpec> {
+        CropSpec::new(self.size, self.filter, self.normalize)
+            .map_err(|e| ModelError::Config(format!("teacher {}: {e}", self.arch)))
+    }
+}
+
 /// What the ensemble makes of a batch of crops.
 #[derive(Clone, Debug)]
 pub struct EnsembleOut {
@@ -80,7 +177,9 @@ impl Ensemble {
     /// An ensemble of at least one teacher, all with the same number of classes.
     pub fn new(teachers: Vec<Teacher>) -> Result<Self> {
         let Some(first) = teachers.first() else {
-            return Err(ModelError::Config("an ensemble needs at least one teacher".into()));
+            return Err(ModelError::Config(
+                "an ensemble needs at least one teacher".into(),
+            ));
         };
         let classes = first.model.config().num_classes;
         let mut specs: Vec<CropSpec> = Vec::new();
@@ -179,5 +278,31 @@ impl Ensemble {
             probs: sum,
             teacher_top1,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_args_parse_with_defaults_and_overrides() {
+        let t: TeacherArg = "resnet152s=/w/a.safetensors".parse().unwrap();
+        assert_eq!((t.size, t.filter), (224, Filter::Bicubic));
+        let t: TeacherArg = "demo_tiny=a.pth,size=32,filter=bicubic,mean=0.5:0.5:0.5"
+            .parse()
+            .unwrap();
+        assert_eq!((t.size, t.filter), (32, Filter::Bicubic));
+        assert_eq!(t.normalize.mean, [0.5; 3]);
+        for bad in [
+            "resnet152s",
+            "nope=a.pth",
+            "demo_tiny=a.pth,size=0",
+            "demo_tiny=a.pth,colour=red",
+            "demo_tiny=a.pth,mean=1:2",
+        ] {
+            let e = bad.parse::<TeacherArg>().unwrap_err();
+            assert!(e.to_string().contains("--teacher"), "{bad}: {e:#}");
+        }
     }
 }

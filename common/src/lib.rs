@@ -13,8 +13,9 @@ pub mod ensemble;
 pub mod error;
 pub mod loss;
 pub mod models;
+pub mod ops;
 pub mod optim;
 pub mod store;
 
-pub use device::{parse_device, DeviceError};
+pub use device::{parse_device, tune_allocator, DeviceError};
 pub use error::ModelError;

@@ -177,11 +177,10 @@ impl Sgd {
 
     /// Save the momentum buffers as safetensors (keys are parameter names).
     pub fn save_state(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.bufs, path)
-            .map_err(|e| ModelError::Io {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
+        candle_core::safetensors::save(&self.bufs, path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// Restore buffers saved by [`Sgd::save_state`]; a buffer for an unknown parameter or
@@ -194,11 +193,10 @@ impl Sgd {
             .map(|(_, v)| v.device().clone())
             .next()
             .unwrap_or(candle_core::Device::Cpu);
-        let map = candle_core::safetensors::load(path, &dev)
-            .map_err(|e| ModelError::Io {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let map = candle_core::safetensors::load(path, &dev).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let shapes: HashMap<&str, &Var> = self
             .groups
             .iter()

@@ -15,7 +15,10 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn fixture() -> Value {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sgd_trajectory.json");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sgd_trajectory.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -50,7 +53,10 @@ fn grads(w: &Var, b: &Var, g: &Value) -> candle_core::backprop::GradStore {
         w.as_tensor(),
         Tensor::from_vec(floats(&g["w"]), (3, 4), &dev).unwrap(),
     );
-    store.insert(b.as_tensor(), Tensor::from_vec(floats(&g["b"]), 4, &dev).unwrap());
+    store.insert(
+        b.as_tensor(),
+        Tensor::from_vec(floats(&g["b"]), 4, &dev).unwrap(),
+    );
     store
 }
 

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use meal_common::models::input_config;
 use meal_common::store::{Encoding, ShardFormat};
-use meal_data::{BadFilePolicy, Filter, Normalize};
+use meal_data::BadFilePolicy;
 use serde::Deserialize;
 
 /// Default pool size P (crops drawn per image). FKD draws hundreds for ImageNet; the
@@ -107,74 +106,7 @@ pub struct RunArgs {
     pub images_per_row_group: Option<u32>,
 }
 
-/// One teacher as asked for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TeacherArg {
-    /// Preset name.
-    pub arch: String,
-    /// Weights file.
-    pub weights: PathBuf,
-    /// Input side.
-    pub size: u32,
-    /// Resize filter.
-    pub filter: Filter,
-    /// Normalisation.
-    pub normalize: Normalize,
-}
-
-fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
-    let v: Vec<f32> = s
-        .split(':')
-        .map(|x| x.trim().parse::<f32>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--teacher {spec:?}: {key}= needs three numbers R:G:B"))?;
-    match v.as_slice() {
-        [a, b, c] => Ok([*a, *b, *c]),
-        _ => bail!("--teacher {spec:?}: {key}= needs three numbers R:G:B"),
-    }
-}
-
-impl std::str::FromStr for TeacherArg {
-    type Err = anyhow::Error;
-    fn from_str(spec: &str) -> Result<Self> {
-        let mut parts = spec.split(',');
-        let head = parts.next().unwrap_or_default();
-        let Some((arch, weights)) = head.split_once('=') else {
-            bail!("--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]");
-        };
-        if arch.is_empty() || weights.is_empty() {
-            bail!("--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]");
-        }
-        meal_common::models::preset(arch).with_context(|| format!("--teacher {spec:?}"))?;
-        let d = input_config(arch);
-        let mut t = TeacherArg {
-            arch: arch.to_string(),
-            weights: PathBuf::from(weights),
-            size: d.size,
-            filter: d.filter,
-            normalize: d.normalize,
-        };
-        for kv in parts {
-            let Some((k, v)) = kv.split_once('=') else {
-                bail!("--teacher {spec:?}: {kv:?} is not key=value");
-            };
-            match k {
-                "size" => {
-                    t.size = v
-                        .parse()
-                        .ok()
-                        .filter(|&s| s > 0)
-                        .with_context(|| format!("--teacher {spec:?}: size={v} is not a side"))?
-                }
-                "filter" => t.filter = v.parse().with_context(|| format!("--teacher {spec:?}"))?,
-                "mean" => t.normalize.mean = triple(v, k, spec)?,
-                "std" => t.normalize.std = triple(v, k, spec)?,
-                _ => bail!("--teacher {spec:?}: unknown key {k:?} (size, filter, mean, std)"),
-            }
-        }
-        Ok(t)
-    }
-}
+pub use meal_common::ensemble::TeacherArg;
 
 /// Resolved settings of a run.
 #[derive(Clone, Debug)]
@@ -260,7 +192,7 @@ impl RunArgs {
         }
         let teachers = teacher_specs
             .iter()
-            .map(|s| s.parse())
+            .map(|s| s.parse::<TeacherArg>().map_err(anyhow::Error::from))
             .collect::<Result<Vec<TeacherArg>>>()?;
         let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
         if crops_per_image == 0 || crops_per_image > u16::MAX as u32 + 1 {
@@ -331,27 +263,6 @@ impl RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn teacher_args_parse_with_defaults_and_overrides() {
-        let t: TeacherArg = "resnet152s=/w/a.safetensors".parse().unwrap();
-        assert_eq!((t.size, t.filter), (224, Filter::Bicubic));
-        let t: TeacherArg = "demo_tiny=a.pth,size=32,filter=bicubic,mean=0.5:0.5:0.5"
-            .parse()
-            .unwrap();
-        assert_eq!((t.size, t.filter), (32, Filter::Bicubic));
-        assert_eq!(t.normalize.mean, [0.5; 3]);
-        for bad in [
-            "resnet152s",
-            "nope=a.pth",
-            "demo_tiny=a.pth,size=0",
-            "demo_tiny=a.pth,colour=red",
-            "demo_tiny=a.pth,mean=1:2",
-        ] {
-            let e = bad.parse::<TeacherArg>().unwrap_err();
-            assert!(format!("{e:#}").contains("--teacher"), "{bad}: {e:#}");
-        }
-    }
 
     #[test]
     fn flags_override_the_file() {

@@ -144,7 +144,13 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
             }
         }
     }
-    let w = c.classes.iter().map(|n| n.chars().count()).max().unwrap_or(5).clamp(5, 40);
+    let w = c
+        .classes
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 40);
     let _ = writeln!(
         t,
         "\n  {:<w$} {:>6} {:>7}  {:>11}  {:>9}  {:>12}",
@@ -179,7 +185,14 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
-        let tail: String = s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }
@@ -201,8 +214,14 @@ pub fn histogram(v: &[f32], lo: f32, hi: f32, bins: usize) -> Vec<u64> {
 pub fn write_histograms(ins: &Inspection, classes: usize, path: &Path) -> Result<()> {
     let max_ent = (classes.max(2) as f32).ln();
     let panels = [
-        (histogram(&ins.entropies, 0.0, max_ent, HIST_BINS), [70u8, 110, 200]),
-        (histogram(&ins.confidences, 0.0, 1.0, HIST_BINS), [220u8, 120, 50]),
+        (
+            histogram(&ins.entropies, 0.0, max_ent, HIST_BINS),
+            [70u8, 110, 200],
+        ),
+        (
+            histogram(&ins.confidences, 0.0, 1.0, HIST_BINS),
+            [220u8, 120, 50],
+        ),
     ];
     let (pw, ph, pad) = (400u32, 240u32, 20u32);
     let mut img = image::RgbImage::from_pixel(2 * pw + 3 * pad, ph + 2 * pad, image::Rgb([255; 3]));
@@ -248,7 +267,12 @@ pub fn verify(dir: &Path) -> Result<String> {
         }
     }
     let images = store.images()?.len() as u64;
-    let stored: u64 = store.manifest().shards.iter().map(|s| s.images as u64).sum();
+    let stored: u64 = store
+        .manifest()
+        .shards
+        .iter()
+        .map(|s| s.images as u64)
+        .sum();
     if images != stored {
         anyhow::bail!(
             "verify {}: images.parquet lists {images} images, the shards {stored}",

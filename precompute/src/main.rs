@@ -54,6 +54,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    meal_common::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -89,7 +90,10 @@ fn main() -> Result<()> {
                 r.bytes_written
             );
             for t in &r.teachers {
-                println!("  teacher {:<16} top-1 agreement {:.4}  ({})", t.arch, t.top1_agreement, t.weights);
+                println!(
+                    "  teacher {:<16} top-1 agreement {:.4}  ({})",
+                    t.arch, t.top1_agreement, t.weights
+                );
             }
             println!(
                 "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",

@@ -62,11 +62,13 @@ pub struct RunReport {
 
 /// The store config `s` asks for on `ds` with `ens` (what a resume must match).
 pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
-    let encoding = s.encoding.unwrap_or(if ds.classes().len() <= DENSE_DEFAULT_MAX_CLASSES {
-        Encoding::Dense
-    } else {
-        Encoding::TopK { k: 10, f32: false }
-    });
+    let encoding = s
+        .encoding
+        .unwrap_or(if ds.classes().len() <= DENSE_DEFAULT_MAX_CLASSES {
+            Encoding::Dense
+        } else {
+            Encoding::TopK { k: 10, f32: false }
+        });
     StoreConfig {
         dataset: ds.fingerprint().clone(),
         classes: ds.classes().to_vec(),
@@ -86,7 +88,11 @@ pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
 }
 
 /// Load the teachers of `s` for a dataset of `classes` classes.
-pub fn load_ensemble(s: &Settings, classes: usize, device: &candle_core::Device) -> Result<Ensemble> {
+pub fn load_ensemble(
+    s: &Settings,
+    classes: usize,
+    device: &candle_core::Device,
+) -> Result<Ensemble> {
     let mut teachers = Vec::new();
     for t in &s.teachers {
         let spec = CropSpec::new(t.size, t.filter, t.normalize)

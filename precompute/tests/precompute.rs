@@ -11,7 +11,9 @@ use candle_core::{Device, Tensor, D};
 use meal_common::ensemble::{Ensemble, Teacher};
 use meal_common::models::ResNet;
 use meal_common::store::LabelStore;
-use meal_data::{decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams};
+use meal_data::{
+    decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams,
+};
 use meal_precompute::config::{Pair, RunArgs, Settings};
 use meal_precompute::{inspect, run};
 
@@ -131,7 +133,10 @@ fn stored_labels_are_the_ensemble_of_the_replayed_crops() {
         assert_eq!(crops.len(), 3);
         for (k, c) in crops.iter().enumerate() {
             assert_eq!(c.crop_id as usize, k);
-            assert_eq!(c.record, sampler.crop(smp.id, k as u32, img.width, img.height));
+            assert_eq!(
+                c.record,
+                sampler.crop(smp.id, k as u32, img.width, img.height)
+            );
             let mut mean = vec![0f32; 10];
             for (m, spec) in [(&m1, &spec1), (&m2, &spec2)] {
                 let mut x = vec![0f32; spec.len()];
@@ -153,7 +158,11 @@ fn stored_labels_are_the_ensemble_of_the_replayed_crops() {
             for (g, w) in got.iter().zip(&mean) {
                 // dense labels are float16: relative rounding 2^-11
                 let e = (g - w).abs();
-                assert!(e <= w * 1e-3 + 1e-6, "sample {} crop {k}: {g} vs {w}", smp.id);
+                assert!(
+                    e <= w * 1e-3 + 1e-6,
+                    "sample {} crop {k}: {g} vs {w}",
+                    smp.id
+                );
                 worst = worst.max(e);
             }
         }
@@ -177,7 +186,11 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
         Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev).unwrap(),
     ])
     .unwrap();
-    assert_eq!(ens.specs().len(), 1, "teachers with one spec share the buffer");
+    assert_eq!(
+        ens.specs().len(),
+        1,
+        "teachers with one spec share the buffer"
+    );
     let rows = 11;
     let x: Vec<f32> = (0..rows * spec.len())
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -218,12 +231,23 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     .unwrap();
     assert!(!r.complete);
     assert_eq!(r.shards_written, 2);
-    std::fs::write(part.out.join("shard-000002.parquet.tmp"), b"PAR1 half a shard").unwrap();
-    assert!(LabelStore::open(&part.out).is_err(), "a partial store is not readable");
+    std::fs::write(
+        part.out.join("shard-000002.parquet.tmp"),
+        b"PAR1 half a shard",
+    )
+    .unwrap();
+    assert!(
+        LabelStore::open(&part.out).is_err(),
+        "a partial store is not readable"
+    );
     let r = go(&part);
     assert!(r.complete);
     assert_eq!((r.shards_present, r.shards_written), (2, 3));
-    assert_eq!(files(&part.out), reference, "resumed store differs from one run");
+    assert_eq!(
+        files(&part.out),
+        reference,
+        "resumed store differs from one run"
+    );
 
     // --limit: a quick try leaves a partial store that a full run completes
     let mut a = args(&f, "limited");
@@ -242,7 +266,11 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     }
     let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
     meal_common::store::merge(&f.root.join("workers"), ds.samples()).unwrap();
-    assert_eq!(files(&f.root.join("workers")), reference, "merged store differs");
+    assert_eq!(
+        files(&f.root.join("workers")),
+        reference,
+        "merged store differs"
+    );
 }
 
 #[test]
@@ -256,10 +284,16 @@ fn changed_config_or_dataset_is_refused_on_resume() {
     b.crops_per_image = Some(4);
     let e = run::run(&b.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("seed") && msg.contains("crops_per_image"), "{msg}");
+    assert!(
+        msg.contains("seed") && msg.contains("crops_per_image"),
+        "{msg}"
+    );
     // another teacher weights file: refused by its checksum
     let mut c = args(&f, "labels");
-    c.teacher[0] = format!("demo_tiny={},size=16", f.t2.with_file_name("t3.safetensors").display());
+    c.teacher[0] = format!(
+        "demo_tiny={},size=16",
+        f.t2.with_file_name("t3.safetensors").display()
+    );
     ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 9)
         .unwrap()
         .save(&f.t2.with_file_name("t3.safetensors"))
@@ -268,9 +302,21 @@ fn changed_config_or_dataset_is_refused_on_resume() {
     assert!(format!("{e:#}").contains("teachers"), "{e:#}");
     // the dataset changed: one more image
     let first = meal_data::synth::class_names()[0].clone();
-    let src = f.data.join(&first).read_dir().unwrap().next().unwrap().unwrap().path();
+    let src = f
+        .data
+        .join(&first)
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::copy(src, f.data.join(&first).join("extra.jpg")).unwrap();
-    let e = run::run(&args(&f, "labels").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let e = run::run(
+        &args(&f, "labels").resolve().unwrap(),
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("dataset"), "{e:#}");
 }
 

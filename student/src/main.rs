@@ -1,21 +1,156 @@
-//! `meal-student`: Stage 2 of MEAL V2 distillation: train the student and the discriminator from the cached soft labels.
-//!
-//! Not implemented yet: this binary only parses `--help`/`--version` and exits with
-//! an error saying so. The data pipeline it will wire up lives in `meal-data`.
+//! `meal-student`: stage 2 of MEAL V2 distillation. Thin CLI over the library.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use meal_common::models::{input_config, LoadOptions, ResNet};
+use meal_data::{CropSpec, Dataset, Filter, LinkPolicy, Normalize};
+use meal_student::config::TrainArgs;
+use meal_student::{eval, train};
 
 #[derive(Parser)]
 #[command(
     name = "meal-student",
     version,
-    about = "Stage 2 of MEAL V2 distillation: train the student and the discriminator from the cached soft labels (not implemented yet)"
+    about = "Stage 2 of MEAL V2 distillation: train a student (and the discriminator) on the \
+             soft labels of a label store, replaying its crops; or train on hard labels; or evaluate.",
+    after_help = "Examples:\n  meal-student train --data demo/data/train --val demo/data/val --labels labels \\\n      --arch demo_resnet10 --init baseline/student.safetensors --epochs 10 --out runs/kd\n  meal-student train --data demo/data/train --loss ce --arch demo_resnet14 --epochs 8 --out runs/t1\n  meal-student train --out runs/kd --resume ...same flags...\n  meal-student eval --data demo/data/val --arch demo_resnet10 --weights runs/kd/student.safetensors"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _ = Cli::parse();
-    anyhow::bail!(
-        "meal-student is not implemented yet (tracked by the meal-student issue); see README.md"
-    )
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train (MEAL V2 KD from a label store, online KD, or hard-label CE).
+    Train(Box<TrainArgs>),
+    /// Top-1 / top-5 of a model with the eval transform.
+    Eval {
+        /// Images (ImageFolder or list file).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Architecture (preset name).
+        #[arg(long)]
+        arch: String,
+        /// Weights (timm state dict, .safetensors or .pth).
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Input side [default: the preset's].
+        #[arg(long)]
+        res: Option<u32>,
+        /// CPU threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Also print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    meal_common::tune_allocator();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Train(args) => {
+            let s = args.resolve()?;
+            std::env::set_var("RAYON_NUM_THREADS", s.threads.to_string());
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&stop);
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupt: checkpointing after this step (press again to quit now)");
+            })
+            .context("installing the Ctrl-C handler")?;
+            let out = s.out.clone();
+            let r = train::train(s, &stop)?;
+            if let Some(m) = r.history.last() {
+                println!(
+                    "epoch {}: loss {:.4}, train top-1 {:.4}{}",
+                    m.epoch + 1,
+                    m.loss,
+                    m.train_top1,
+                    m.val_top1
+                        .map(|v| format!(
+                            ", val top-1 {v:.4}, top-5 {:.4}",
+                            m.val_top5.unwrap_or(0.0)
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+            if r.interrupted {
+                println!(
+                    "stopped after step {}; continue with --resume (checkpoint in {})",
+                    r.steps,
+                    out.display()
+                );
+                if stop.load(Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            } else {
+                println!(
+                    "weights: {}  (metrics.jsonl, summary.csv, curves.png beside it)",
+                    r.weights.display()
+                );
+            }
+        }
+        Cmd::Eval {
+            data,
+            arch,
+            weights,
+            res,
+            threads,
+            device,
+            json,
+        } => {
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            let dev = meal_common::parse_device(&device).context("--device")?;
+            let ds = Arc::new(
+                Dataset::open(&data, LinkPolicy::default())
+                    .with_context(|| format!("--data {}", data.display()))?,
+            );
+            if ds.is_empty() {
+                bail!("--data {}: no images", data.display());
+            }
+            let model =
+                ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;
+            model
+                .load_weights(&weights, LoadOptions::default())
+                .with_context(|| format!("--weights {}", weights.display()))?;
+            let size = res.unwrap_or_else(|| input_config(&arch).size);
+            let spec =
+                CropSpec::new(size, Filter::Bilinear, Normalize::default()).context("--res")?;
+            let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
+            println!(
+                "{}: {} images, top-1 {:.4}, top-5 {:.4}",
+                weights.display(),
+                acc.images,
+                acc.top1,
+                acc.top5
+            );
+            if json {
+                println!("{}", serde_json::to_string(&acc)?);
+            }
+        }
+    }
+    Ok(())
 }

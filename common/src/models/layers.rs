@@ -77,11 +77,11 @@ impl Conv2d {
 
     /// Apply to an NCHW tensor.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = x.conv2d(
+        let y = crate::ops::conv2d(
+            x,
             &w(&self.weight, train),
-            self.padding,
             self.stride,
-            1,
+            self.padding,
             self.groups,
         )?;
         Ok(match &self.bias {
@@ -140,6 +140,39 @@ impl BatchNorm2d {
         if train {
             let (n, _, h, wd) = x.dims4()?;
             let count = (n * h * wd) as f64;
+            if let Some((y, mean, var)) = crate::ops::batch_norm_train(
+                x,
+                &w(&self.weight, true),
+                &w(&self.bias, true),
+                BN_EPS,
+            )? {
+                let dev = x.device();
+                let m = BN_MOMENTUM;
+                let unbiased = if count > 1.0 {
+                    count / (count - 1.0)
+                } else {
+                    1.0
+                };
+                let upd = |run: &Var, batch: Vec<f64>, k: f64| -> Result<()> {
+                    let old = run
+                        .as_detached_tensor()
+                        .to_dtype(DType::F64)?
+                        .to_vec1::<f64>()?;
+                    let new: Vec<f32> = old
+                        .iter()
+                        .zip(&batch)
+                        .map(|(o, b)| ((1.0 - m) * o + m * b * k) as f32)
+                        .collect();
+                    run.set(&Tensor::from_vec(new, batch.len(), dev)?)?;
+                    Ok(())
+                };
+                upd(&self.running_mean, mean, 1.0)?;
+                upd(&self.running_var, var, unbiased)?;
+                let nb = (self.num_batches_tracked.as_detached_tensor()
+                    + Tensor::ones((), DType::I64, dev)?)?;
+                self.num_batches_tracked.set(&nb)?;
+                return Ok(y);
+            }
             // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
             // (acc_type<float> is double): deep nets in train mode are sensitive to it.
             let x64 = x.to_dtype(DType::F64)?;

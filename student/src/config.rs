@@ -1,0 +1,303 @@
+//! Settings of `meal-student train`: flags over an optional TOML file with the same keys
+//! (snake_case of the flag) over the defaults, which follow MEAL V2 (REFERENCE.md §1:
+//! SGD lr 0.01, momentum 0.9, weight decay 0, lr x0.1 at epoch 100).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use meal_common::models::input_config;
+use meal_common::optim::LrSchedule;
+use meal_data::{BadFilePolicy, Filter, Normalize};
+use serde::{Deserialize, Serialize};
+
+/// MEAL V2's learning rate.
+pub const DEFAULT_LR: f64 = 0.01;
+/// MEAL V2's momentum.
+pub const DEFAULT_MOMENTUM: f64 = 0.9;
+/// MEAL V2's step schedule: every 100 epochs ...
+pub const DEFAULT_LR_STEP: u32 = 100;
+/// ... times 0.1.
+pub const DEFAULT_LR_GAMMA: f64 = 0.1;
+/// Default rows (crops) per step.
+pub const DEFAULT_BATCH: usize = 64;
+/// Default crops of each decoded image per pass.
+pub const DEFAULT_CROPS_PER_IMAGE: u32 = 2;
+
+/// The flags of `meal-student train`, also the keys of its TOML config.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainArgs {
+    /// TOML file with any of these keys (snake_case); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Training images: ImageFolder directory or CSV list file.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Validation images, evaluated after every epoch (optional).
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    /// The label store from meal-precompute (needed by --loss kd unless --online-teacher).
+    #[arg(long, value_name = "STORE")]
+    pub labels: Option<PathBuf>,
+    /// Student architecture (a preset name) [default: resnet50].
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Initial weights (timm state dict, .safetensors or .pth); MEAL V2 starts from a
+    /// pretrained student. A classifier of another class count is re-initialised.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub init: Option<PathBuf>,
+    /// Student input side [default: the preset's (224; demo presets 64)].
+    #[arg(long, value_name = "PX")]
+    pub res: Option<u32>,
+    /// Epochs (passes over the images).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Crops per step (images x crops per image) [default: 64].
+    #[arg(long, value_name = "ROWS")]
+    pub batch: Option<usize>,
+    /// Crops of each decoded image per pass [default: 2]; pass e takes the next C crops
+    /// of each image's stored pool, cycling.
+    #[arg(long, value_name = "C")]
+    pub crops_per_image: Option<u32>,
+    /// Base learning rate [default: 0.01].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// step | cosine | constant [default: step].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Epochs between decays of the step schedule [default: 100].
+    #[arg(long, value_name = "EPOCHS")]
+    pub lr_steps: Option<u32>,
+    /// Decay factor of the step schedule [default: 0.1].
+    #[arg(long)]
+    pub lr_gamma: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: Option<bool>,
+    /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
+    #[arg(long)]
+    pub wd: Option<f64>,
+    /// The discriminator: on | off [default: on for kd, off for ce].
+    #[arg(long)]
+    pub disc: Option<String>,
+    /// The discriminator's own learning rate [default: --lr, which is what upstream
+    /// ends up using: its separate rate is overwritten every epoch].
+    #[arg(long)]
+    pub disc_lr: Option<f64>,
+    /// kd (soft labels of the store or the online teachers) | ce (hard labels)
+    /// [default: kd].
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Run these teachers every step instead of reading the store (comparisons and
+    /// checks); same syntax as meal-precompute's --teacher. Repeatable.
+    #[arg(long = "online-teacher", value_name = "ARCH=WEIGHTS")]
+    #[serde(default)]
+    pub online_teacher: Vec<String>,
+    /// cpu or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the epoch order, fresh crops (ce) and initialisation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run directory: checkpoints, metrics.jsonl, summary.csv, curves.png.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    #[serde(default)]
+    pub resume: bool,
+    /// Unreadable images: skip | fail [default: skip].
+    #[arg(long)]
+    pub on_bad_file: Option<String>,
+    /// Stop after this many steps in total (a quick try; checkpoints as on Ctrl-C).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+}
+
+/// Which loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Soft cross-entropy to the ensemble's probabilities (+ discriminator).
+    Kd,
+    /// Cross-entropy to the hard labels (teachers, baselines).
+    Ce,
+}
+
+/// Resolved settings (also saved in checkpoints: a resume must match them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Training data.
+    pub data: PathBuf,
+    /// Validation data.
+    pub val: Option<PathBuf>,
+    /// Label store.
+    pub labels: Option<PathBuf>,
+    /// Student preset.
+    pub arch: String,
+    /// Initial weights.
+    pub init: Option<PathBuf>,
+    /// Input side.
+    pub res: u32,
+    /// Epochs.
+    pub epochs: u32,
+    /// Rows per step.
+    pub batch: usize,
+    /// Crops per image per pass.
+    pub crops_per_image: u32,
+    /// Base lr.
+    pub lr: f64,
+    /// Schedule.
+    pub schedule: LrSchedule,
+    /// Momentum.
+    pub momentum: f64,
+    /// Nesterov.
+    pub nesterov: bool,
+    /// Weight decay.
+    pub wd: f64,
+    /// Discriminator on.
+    pub disc: bool,
+    /// Discriminator lr.
+    pub disc_lr: f64,
+    /// Loss.
+    pub loss: LossKind,
+    /// Online teacher specs (as given).
+    pub online_teacher: Vec<String>,
+    /// Device.
+    pub device: String,
+    /// Threads.
+    pub threads: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Resume.
+    #[serde(skip)]
+    pub resume: bool,
+    /// Bad-file policy.
+    pub policy: BadFilePolicy,
+    /// Step limit.
+    #[serde(skip)]
+    pub max_steps: Option<u64>,
+}
+
+impl Settings {
+    /// The student's input spec: its side, bilinear (torchvision's default for training),
+    /// ImageNet mean/std.
+    pub fn spec(&self) -> meal_data::CropSpec {
+        meal_data::CropSpec::new(self.res, Filter::Bilinear, Normalize::default())
+            .expect("side checked at resolve")
+    }
+}
+
+fn read_file(path: &Path) -> Result<TrainArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("--config {}", path.display()))
+}
+
+impl TrainArgs {
+    /// These flags over the `--config` file over the defaults.
+    pub fn resolve(self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => TrainArgs::default(),
+        };
+        let cli = self;
+        macro_rules! pick {
+            ($f:ident) => {
+                cli.$f.clone().or(file.$f.clone())
+            };
+        }
+        let data = pick!(data).context("--data is required")?;
+        let out = pick!(out).context("--out is required (the run directory)")?;
+        let arch = pick!(arch).unwrap_or_else(|| "resnet50".into());
+        meal_common::models::preset(&arch).context("--arch")?;
+        let loss = match pick!(loss).as_deref() {
+            None | Some("kd") => LossKind::Kd,
+            Some("ce") => LossKind::Ce,
+            Some(o) => bail!("--loss {o:?}: expected kd or ce"),
+        };
+        let online_teacher = if cli.online_teacher.is_empty() {
+            file.online_teacher.clone()
+        } else {
+            cli.online_teacher.clone()
+        };
+        let labels = pick!(labels);
+        if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {
+            bail!("--loss kd needs --labels STORE (from meal-precompute) or --online-teacher");
+        }
+        let res = pick!(res).unwrap_or_else(|| input_config(&arch).size);
+        if res == 0 {
+            bail!("--res must be at least 1");
+        }
+        let epochs = pick!(epochs).context("--epochs is required")?;
+        let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
+        let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
+        if batch == 0 || crops_per_image == 0 || batch % crops_per_image as usize != 0 {
+            bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
+        }
+        let lr = pick!(lr).unwrap_or(DEFAULT_LR);
+        let schedule = match pick!(schedule).as_deref() {
+            None | Some("step") => LrSchedule::Step {
+                step: pick!(lr_steps).unwrap_or(DEFAULT_LR_STEP),
+                gamma: pick!(lr_gamma).unwrap_or(DEFAULT_LR_GAMMA),
+            },
+            Some("cosine") => LrSchedule::Cosine { epochs },
+            Some("constant") => LrSchedule::Constant,
+            Some(o) => bail!("--schedule {o:?}: expected step, cosine or constant"),
+        };
+        let disc = match pick!(disc).as_deref() {
+            None => loss == LossKind::Kd,
+            Some("on") => true,
+            Some("off") => false,
+            Some(o) => bail!("--disc {o:?}: expected on or off"),
+        };
+        if disc && loss == LossKind::Ce {
+            bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
+        }
+        let threads = pick!(threads).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let policy = match pick!(on_bad_file) {
+            Some(p) => p.parse::<BadFilePolicy>()?,
+            None => BadFilePolicy::Skip,
+        };
+        Ok(Settings {
+            data,
+            val: pick!(val),
+            labels,
+            arch,
+            init: pick!(init),
+            res,
+            epochs,
+            batch,
+            crops_per_image,
+            lr,
+            schedule,
+            momentum: pick!(momentum).unwrap_or(DEFAULT_MOMENTUM),
+            nesterov: pick!(nesterov).unwrap_or(false),
+            wd: pick!(wd).unwrap_or(0.0),
+            disc,
+            disc_lr: pick!(disc_lr).unwrap_or(lr),
+            loss,
+            online_teacher,
+            device: pick!(device).unwrap_or_else(|| "cpu".into()),
+            threads: threads.max(1),
+            seed: pick!(seed).unwrap_or(0),
+            out,
+            resume: cli.resume || file.resume,
+            policy,
+            max_steps: pick!(max_steps),
+        })
+    }
+}

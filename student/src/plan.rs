@@ -1,0 +1,76 @@
+//! Which crops a pass replays: the stored pool of each image (exact box and flip), or
+//! fresh RandomResizedCrop draws when there is no store (hard-label runs, online KD).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use meal_common::store::LabelStore;
+use meal_data::{CropPlan, CropRecord, CropSampler, DataError, PoolCrops, RrcParams, Sample};
+
+/// Size of the virtual pool of fresh crops: large enough that passes never cycle.
+pub const FRESH_POOL: u32 = 1 << 30;
+
+/// Pass `pass` of `count` crops per image over the crops stored for each image: pass e
+/// takes stored crops `e*C .. e*C + C` modulo the image's pool size (docs/STUDENT.md).
+pub struct StorePlan {
+    /// The store.
+    pub store: Arc<LabelStore>,
+    /// Crops per image per pass.
+    pub count: u32,
+    /// The pass (epoch).
+    pub pass: u64,
+}
+
+impl CropPlan for StorePlan {
+    fn crops_per_image(&self) -> usize {
+        self.count as usize
+    }
+    fn crops(
+        &self,
+        sample: &Sample,
+        _width: u32,
+        _height: u32,
+    ) -> meal_data::Result<Vec<(u32, CropRecord)>> {
+        let stored = self
+            .store
+            .crops(sample.id)
+            .map_err(|e| DataError::dataset(Path::new(&sample.path), e))?;
+        if stored.is_empty() {
+            return Err(DataError::dataset(
+                Path::new(&sample.path),
+                "no crops in the label store (skipped at precompute time)",
+            ));
+        }
+        let p = stored.len() as u64;
+        let first = self.pass * self.count as u64;
+        Ok((0..self.count as u64)
+            .map(|k| {
+                let c = &stored[((first + k) % p) as usize];
+                (c.crop_id as u32, c.record)
+            })
+            .collect())
+    }
+}
+
+/// The plan of pass `pass`: the store's crops when there is a store, else fresh draws
+/// (a different set every pass) from `seed`.
+pub fn pass_plan(
+    store: Option<&Arc<LabelStore>>,
+    seed: u64,
+    count: u32,
+    pass: u64,
+) -> meal_data::Result<Arc<dyn CropPlan>> {
+    Ok(match store {
+        Some(s) => Arc::new(StorePlan {
+            store: Arc::clone(s),
+            count,
+            pass,
+        }),
+        None => Arc::new(PoolCrops::pass(
+            CropSampler::new(seed, RrcParams::default()),
+            FRESH_POOL,
+            count,
+            pass,
+        )?),
+    })
+}
