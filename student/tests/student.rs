@@ -1,0 +1,231 @@
+//! meal-student on a tiny dataset: one offline KD step equals one online KD step on the
+//! same crops; a hard-label run learns; resume equals an uninterrupted run; a store of
+//! another dataset is refused; a non-finite loss stops the run keeping the checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use meal_common::models::{read_state_dict, ResNet};
+use meal_student::config::TrainArgs;
+use meal_student::train::{train, TrainReport};
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    teachers: Vec<String>,
+    labels: PathBuf,
+}
+
+fn synth(dir: &Path, per_class: u32, seed: u64) {
+    let cfg = meal_data::synth::SynthConfig {
+        seed,
+        train_per_class: per_class,
+        val_per_class: 1,
+        min_side: 28,
+        max_side: 40,
+        quality: 90,
+    };
+    meal_data::synth::generate(dir, &cfg, || {}).unwrap();
+}
+
+fn fixture() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    synth(&root.join("data"), 2, 4);
+    let mut teachers = Vec::new();
+    for (i, arch) in ["demo_tiny", "demo_resnet10"].iter().enumerate() {
+        let p = root.join(format!("t{i}.safetensors"));
+        ResNet::from_preset(arch, 10, &Device::Cpu, 10 + i as u64)
+            .unwrap()
+            .save(&p)
+            .unwrap();
+        teachers.push(format!("{arch}={},size={}", p.display(), 24 + 4 * i));
+    }
+    let labels = root.join("labels");
+    let s = meal_precompute::config::RunArgs {
+        data: Some(root.join("data/train")),
+        out: Some(labels.clone()),
+        teacher: teachers.clone(),
+        crops_per_image: Some(4),
+        threads: Some(2),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    Fx {
+        data: root.join("data/train"),
+        root,
+        _dir: dir,
+        teachers,
+        labels,
+    }
+}
+
+fn args(f: &Fx, out: &str) -> TrainArgs {
+    TrainArgs {
+        data: Some(f.data.clone()),
+        labels: Some(f.labels.clone()),
+        arch: Some("demo_tiny".into()),
+        res: Some(24),
+        epochs: Some(2),
+        batch: Some(8),
+        crops_per_image: Some(2),
+        lr: Some(0.05),
+        threads: Some(2),
+        seed: Some(3),
+        out: Some(f.root.join(out)),
+        ..Default::default()
+    }
+}
+
+fn go(a: TrainArgs) -> anyhow::Result<TrainReport> {
+    train(a.resolve()?, &AtomicBool::new(false))
+}
+
+fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
+    let sd = read_state_dict(p, &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = sd
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn one_offline_kd_step_equals_one_online_step() {
+    let f = fixture();
+    let mut off = args(&f, "off");
+    off.max_steps = Some(1);
+    let mut on = args(&f, "on");
+    on.max_steps = Some(1);
+    on.online_teacher = f.teachers.clone(); // the store still says which crops to replay
+    let a = go(off).unwrap();
+    let b = go(on).unwrap();
+    assert!(a.interrupted && b.interrupted);
+    let (la, lb) = (a.step_losses[0], b.step_losses[0]);
+    // the store holds float16 probabilities: the losses agree to its precision
+    assert!((la - lb).abs() < 2e-3 * la.abs(), "offline {la} vs online {lb}");
+    let wa = weights(&f.root.join("off/checkpoint/student.safetensors"));
+    let wb = weights(&f.root.join("on/checkpoint/student.safetensors"));
+    let init = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 3).unwrap();
+    let p0 = f.root.join("init.safetensors");
+    init.save(&p0).unwrap();
+    let w0 = weights(&p0);
+    let moved = max_diff(&wa, &w0);
+    let gap = max_diff(&wa, &wb);
+    assert!(moved > 1e-3, "the step changed the weights by {moved}");
+    assert!(gap < moved * 1e-2, "offline and online steps differ by {gap} (step moved {moved})");
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
+    let f = fixture();
+    let whole = go(args(&f, "whole")).unwrap();
+    assert_eq!(whole.history.len(), 2);
+    assert!(!whole.interrupted);
+    // stop in the middle of the first epoch (2 steps per epoch here), then resume
+    let mut a = args(&f, "resumed");
+    a.max_steps = Some(1);
+    let r = go(a).unwrap();
+    assert!(r.interrupted);
+    let mut bad = args(&f, "resumed");
+    bad.resume = true;
+    bad.lr = Some(0.02);
+    let e = go(bad).unwrap_err();
+    assert!(format!("{e:#}").contains("lr"), "{e:#}");
+    let mut b = args(&f, "resumed");
+    b.resume = true;
+    let r = go(b).unwrap();
+    assert!(!r.interrupted);
+    assert_eq!(r.steps, whole.steps);
+    let (x, y) = (
+        std::fs::read(f.root.join("whole/student.safetensors")).unwrap(),
+        std::fs::read(f.root.join("resumed/student.safetensors")).unwrap(),
+    );
+    assert!(x == y, "resumed weights differ from the uninterrupted run");
+    for (p, q) in whole.history.iter().zip(&r.history) {
+        assert_eq!((p.epoch, p.loss, p.kd, p.disc, p.crops), (q.epoch, q.loss, q.kd, q.disc, q.crops));
+    }
+    // the logs a person reads
+    let jsonl = std::fs::read_to_string(f.root.join("resumed/metrics.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    let csv = std::fs::read_to_string(f.root.join("resumed/summary.csv")).unwrap();
+    assert!(csv.starts_with("epoch,lr,loss"));
+    assert!(image::open(f.root.join("resumed/curves.png")).is_ok());
+    // a fresh run into a used directory is refused
+    let e = go(args(&f, "whole")).unwrap_err();
+    assert!(format!("{e:#}").contains("--resume"), "{e:#}");
+}
+
+#[test]
+fn a_store_of_another_dataset_is_refused() {
+    let f = fixture();
+    synth(&f.root.join("other"), 3, 4);
+    let mut a = args(&f, "x");
+    a.data = Some(f.root.join("other/train"));
+    let e = go(a).unwrap_err();
+    assert!(format!("{e:#}").contains("another dataset"), "{e:#}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run() {
+    let f = fixture();
+    // initial weights with one NaN (a corrupt checkpoint): the first step's loss is NaN
+    let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0).unwrap();
+    let fc = m.entries().iter().find(|e| e.name == "fc.weight").unwrap();
+    let mut v = fc.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    fc.var
+        .set(&candle_core::Tensor::from_vec(v, fc.shape.as_slice(), &Device::Cpu).unwrap())
+        .unwrap();
+    let p = f.root.join("nan.safetensors");
+    m.save(&p).unwrap();
+    let mut a = args(&f, "nan");
+    a.init = Some(p);
+    let e = go(a).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("non-finite") && msg.contains("checkpoint"), "{msg}");
+    assert!(!f.root.join("nan/student.safetensors").exists(), "no weights written after NaN");
+}
+
+#[test]
+fn a_hard_label_run_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), 6, 9);
+    let data = dir.path().join("train");
+    let a = TrainArgs {
+        data: Some(data.clone()),
+        val: Some(data),
+        loss: Some("ce".into()),
+        arch: Some("demo_resnet10".into()),
+        res: Some(32),
+        epochs: Some(30),
+        batch: Some(10),
+        crops_per_image: Some(1),
+        lr: Some(0.1),
+        schedule: Some("cosine".into()),
+        threads: Some(2),
+        seed: Some(1),
+        out: Some(dir.path().join("ce")),
+        ..Default::default()
+    };
+    let r = go(a).unwrap();
+    let first = &r.history[0];
+    let last = r.history.last().unwrap();
+    assert!(last.loss < first.loss * 0.85, "loss {} -> {}", first.loss, last.loss);
+    let acc = last.val_top1.unwrap();
+    // deterministic (fixed seeds and threads); 60 images, chance is 0.1
+    assert!(acc >= 0.3, "top-1 {acc} on the training images (chance 0.1)");
+}
