@@ -52,12 +52,81 @@ bench-store:
 bench-models:
 	bash bench/models.sh
 
-# Stages not built yet; each says so instead of pretending (see the open issues).
-teachers precompute train eval:
-	@echo "make $@: not implemented yet - the model, label-store, precompute and student issues add it." >&2
-	@echo "What exists today: make demo-data, make bench, make test." >&2
-	@exit 1
+## ---- the demo chain: make teachers -> make precompute -> make train -> make eval ----
+## Every stage is resumable: rerunning a target continues an interrupted run
+## (--resume / the store's resume) and skips finished ones (.done markers).
+RUNS    ?= runs
+RES     ?= 32
+POOL    ?= 8
+SCALE   ?= 0.35,1
+TEACHER_A ?= demo_resnet14
+TEACHER_B ?= demo_resnet10
+STUDENT ?= demo_tiny
+TEACHER_EPOCHS ?= 5
+PRE_EPOCHS ?= 2
+KD_EPOCHS ?= 5
+BATCH   ?= 32
+LABELS  ?= $(RUNS)/labels
+TEACHERS ?= $(TEACHER_A)=$(RUNS)/teacher_a/student.safetensors,size=$(RES) $(TEACHER_B)=$(RUNS)/teacher_b/student.safetensors,size=$(RES)
+BIN     := target/release
+STUDENT_BIN := $(BIN)/meal-student
+PRECOMPUTE_BIN := $(BIN)/meal-precompute
+COMMON  = --data $(DATA)/train --val $(DATA)/val --res $(RES) --batch $(BATCH) --crops-per-image 2 --threads $(THREADS) --schedule cosine
+resume  = $(if $(wildcard $(1)/checkpoint),--resume)
+
+.PHONY: release baseline
+release:
+	$(CARGO) build --release -p meal-data -p meal-precompute -p meal-student
+
+## teachers: two small teachers trained on the demo's hard labels
+teachers: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done
+
+$(RUNS)/teacher_%/.done: | release demo-data
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(TEACHER_EPOCHS) \
+	  --arch $(if $(filter a,$*),$(TEACHER_A),$(TEACHER_B)) --seed $(if $(filter a,$*),1,2) \
+	  --out $(RUNS)/teacher_$* $(call resume,$(RUNS)/teacher_$*)
+	touch $@
+
+## precompute: the teachers' ensemble over a pool of POOL crops per image -> LABELS
+precompute: $(LABELS)/.done
+
+$(LABELS)/.done: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done | release
+	$(PRECOMPUTE_BIN) run --data $(DATA)/train $(addprefix --teacher ,$(TEACHERS)) \
+	  --out $(LABELS) --crops-per-image $(POOL) --scale $(SCALE) --threads $(THREADS)
+	$(PRECOMPUTE_BIN) verify $(LABELS)
+	touch $@
+
+## baseline: the student's short hard-label pre-training, then the same student
+## trained on hard labels for KD_EPOCHS more (the comparison row)
+$(RUNS)/pretrain/.done: | release demo-data
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(PRE_EPOCHS) \
+	  --arch $(STUDENT) --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
+	touch $@
+
+$(RUNS)/baseline/.done: $(RUNS)/pretrain/.done
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(KD_EPOCHS) \
+	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
+	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
+	touch $@
+
+baseline: $(RUNS)/baseline/.done
+
+## train: MEAL V2 distillation of the student from LABELS (runs the whole chain)
+train: $(RUNS)/kd/.done
+	@$(MAKE) --no-print-directory eval
+
+$(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done
+	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --lr 0.05 --epochs $(KD_EPOCHS) \
+	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
+	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
+	touch $@
+
+## eval: top-1 on the demo val split of each teacher, the ensemble, the hard-label and
+## the distilled student -> $(RUNS)/results.md
+eval: | release
+	@bash bench/demo_results.sh "$(STUDENT_BIN)" "$(DATA)/val" "$(RUNS)" "$(RES)" "$(THREADS)" \
+	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)"
 
 clean:
 	$(CARGO) clean
-	rm -rf $(DEMO) bench/out
+	rm -rf $(DEMO) $(RUNS) bench/out

@@ -6,11 +6,32 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
 use meal_data::{CropSpec, Filter, Normalize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
 use crate::models::{input_config, LoadOptions, ResNet};
 use crate::store::TeacherInfo;
+
+/// A `MIN,MAX` pair (`--scale 0.08,1`; in TOML `scale = [0.08, 1.0]`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct Pair(pub [f64; 2]);
+
+impl std::str::FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<&str> = s.split(',').collect();
+        let num = |x: &str| {
+            x.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?}: expected MIN,MAX (two numbers)"))
+        };
+        match v.as_slice() {
+            [a, b] => Ok(Pair([num(a)?, num(b)?])),
+            _ => Err(format!("{s:?}: expected MIN,MAX (two numbers)")),
+        }
+    }
+}
 
 /// The ensemble rule written to manifests.
 pub const ENSEMBLE_RULE: &str = "mean_softmax";

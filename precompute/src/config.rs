@@ -20,26 +20,6 @@ pub const DEFAULT_IMAGES_PER_ROW_GROUP: u32 = 64;
 /// Up to this many classes the default encoding is dense; above it `topk:10`.
 pub const DENSE_DEFAULT_MAX_CLASSES: usize = 32;
 
-/// A `MIN,MAX` pair (`--scale 0.08,1`; in TOML `scale = [0.08, 1.0]`).
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-pub struct Pair(pub [f64; 2]);
-
-impl std::str::FromStr for Pair {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let v: Vec<&str> = s.split(',').collect();
-        let num = |x: &str| {
-            x.trim()
-                .parse::<f64>()
-                .map_err(|_| format!("{s:?}: expected MIN,MAX (two numbers)"))
-        };
-        match v.as_slice() {
-            [a, b] => Ok(Pair([num(a)?, num(b)?])),
-            _ => Err(format!("{s:?}: expected MIN,MAX (two numbers)")),
-        }
-    }
-}
-
 /// The flags of `meal-precompute run`, also the keys of its TOML config file.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,7 +86,7 @@ pub struct RunArgs {
     pub images_per_row_group: Option<u32>,
 }
 
-pub use meal_common::ensemble::TeacherArg;
+pub use meal_common::ensemble::{Pair, TeacherArg};
 
 /// Resolved settings of a run.
 #[derive(Clone, Debug)]

@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// of each image's stored pool, cycling.
     #[arg(long, value_name = "C")]
     pub crops_per_image: Option<u32>,
+    /// RandomResizedCrop scale range of fresh crops (runs without a store; with one,
+    /// the stored crops are replayed) [default: 0.08,1].
+    #[arg(long, value_name = "MIN,MAX")]
+    pub scale: Option<meal_common::ensemble::Pair>,
     /// Base learning rate [default: 0.01].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -152,6 +156,8 @@ pub struct Settings {
     pub batch: usize,
     /// Crops per image per pass.
     pub crops_per_image: u32,
+    /// RRC scale of fresh crops.
+    pub scale: [f64; 2],
     /// Base lr.
     pub lr: f64,
     /// Schedule.
@@ -282,6 +288,10 @@ impl TrainArgs {
             epochs,
             batch,
             crops_per_image,
+            scale: pick!(scale).map(|p| p.0).unwrap_or([
+                meal_data::crop::DEFAULT_SCALE.0,
+                meal_data::crop::DEFAULT_SCALE.1,
+            ]),
             lr,
             schedule,
             momentum: pick!(momentum).unwrap_or(DEFAULT_MOMENTUM),

@@ -1,11 +1,13 @@
-//! Top-1 / top-5 with the eval transform (resize to `S / 0.875`, centre crop S).
+//! Top-1 / top-5 with the eval transform (resize to `S / 0.875`, centre crop S), of one
+//! model or of an ensemble (mean softmax, each member at its own input config).
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use meal_common::ensemble::Ensemble;
 use meal_common::models::ResNet;
-use meal_data::{BadFilePolicy, CropMode, CropSpec, Dataset, Loader, LoaderConfig};
+use meal_data::{BadFilePolicy, Batch, CropMode, CropSpec, Dataset, Loader, LoaderConfig};
 use serde::{Deserialize, Serialize};
 
 /// Images per eval batch.
@@ -22,20 +24,19 @@ pub struct Accuracy {
     pub top5: f64,
 }
 
-/// Evaluate `model` on `ds` at `spec`.
-pub fn evaluate(
-    model: &ResNet,
+/// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits.
+fn eval_loop(
     ds: &Arc<Dataset>,
-    spec: CropSpec,
+    specs: &[CropSpec],
+    classes: usize,
     threads: usize,
-    device: &Device,
+    mut scores: impl FnMut(&Batch) -> Result<Vec<f32>>,
 ) -> Result<Accuracy> {
-    if ds.classes().len() != model.config().num_classes {
+    if ds.classes().len() != classes {
         bail!(
-            "{}: {} classes, the model has {}",
+            "{}: {} classes, the model has {classes}",
             ds.root().display(),
-            ds.classes().len(),
-            model.config().num_classes
+            ds.classes().len()
         );
     }
     let loader = Loader::new(
@@ -43,8 +44,8 @@ pub fn evaluate(
         (0..ds.len() as u32).collect(),
         LoaderConfig {
             images_per_batch: EVAL_BATCH,
-            spec,
-            extra_specs: Vec::new(),
+            spec: specs[0],
+            extra_specs: specs[1..].to_vec(),
             crops: CropMode::Eval,
             prefetch: 2,
             threads,
@@ -52,18 +53,15 @@ pub fn evaluate(
             drop_last: false,
         },
     )?;
-    let k = 5.min(model.config().num_classes);
+    let k = 5.min(classes);
     let (mut n, mut c1, mut c5) = (0u64, 0u64, 0u64);
-    let s = spec.size as usize;
     for b in loader {
         let b = b.with_context(|| format!("evaluating on {}", ds.root().display()))?;
         if b.is_empty() {
             continue;
         }
-        let x = Tensor::from_vec(b.data, (b.rows.len(), 3, s, s), device)?;
-        let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
-        let rows = logits.to_vec2::<f32>()?;
-        for (r, l) in b.rows.iter().zip(rows) {
+        let s = scores(&b)?;
+        for (r, l) in b.rows.iter().zip(s.chunks_exact(classes)) {
             let target = l[r.label as usize];
             // rank = how many classes score strictly higher (ties favour the label)
             let rank = l.iter().filter(|&&v| v > target).count();
@@ -77,5 +75,30 @@ pub fn evaluate(
         images: n,
         top1: c1 as f64 / d,
         top5: c5 as f64 / d,
+    })
+}
+
+/// Evaluate `model` on `ds` at `spec`.
+pub fn evaluate(
+    model: &ResNet,
+    ds: &Arc<Dataset>,
+    spec: CropSpec,
+    threads: usize,
+    device: &Device,
+) -> Result<Accuracy> {
+    let s = spec.size as usize;
+    eval_loop(ds, &[spec], model.config().num_classes, threads, |b| {
+        let x = Tensor::from_slice(&b.data, (b.rows.len(), 3, s, s), device)?;
+        let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    })
+}
+
+/// Evaluate the mean softmax of an ensemble, each member at its own spec.
+pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, threads: usize) -> Result<Accuracy> {
+    eval_loop(ds, ens.specs(), ens.num_classes(), threads, |b| {
+        let mut inputs: Vec<&[f32]> = vec![&b.data];
+        inputs.extend(b.extra.iter().map(Vec::as_slice));
+        Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
     })
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use meal_common::ensemble::{Ensemble, Teacher, TeacherArg};
 use meal_common::models::{input_config, LoadOptions, ResNet};
 use meal_data::{CropSpec, Dataset, Filter, LinkPolicy, Normalize};
 use meal_student::config::TrainArgs;
@@ -28,17 +29,21 @@ struct Cli {
 enum Cmd {
     /// Train (MEAL V2 KD from a label store, online KD, or hard-label CE).
     Train(Box<TrainArgs>),
-    /// Top-1 / top-5 of a model with the eval transform.
+    /// Top-1 / top-5 of a model (or of an ensemble) with the eval transform.
     Eval {
         /// Images (ImageFolder or list file).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Architecture (preset name).
-        #[arg(long)]
-        arch: String,
+        #[arg(long, required_unless_present = "teacher")]
+        arch: Option<String>,
         /// Weights (timm state dict, .safetensors or .pth).
-        #[arg(long, value_name = "FILE")]
-        weights: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "teacher")]
+        weights: Option<PathBuf>,
+        /// Evaluate the mean softmax of these models instead (repeatable; the syntax of
+        /// meal-precompute's --teacher).
+        #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"])]
+        teacher: Vec<String>,
         /// Input side [default: the preset's].
         #[arg(long)]
         res: Option<u32>,
@@ -112,6 +117,7 @@ fn main() -> Result<()> {
             data,
             arch,
             weights,
+            teacher,
             res,
             threads,
             device,
@@ -131,21 +137,36 @@ fn main() -> Result<()> {
             if ds.is_empty() {
                 bail!("--data {}: no images", data.display());
             }
-            let model =
-                ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;
-            model
-                .load_weights(&weights, LoadOptions::default())
-                .with_context(|| format!("--weights {}", weights.display()))?;
-            let size = res.unwrap_or_else(|| input_config(&arch).size);
-            let spec =
-                CropSpec::new(size, Filter::Bilinear, Normalize::default()).context("--res")?;
-            let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
+            let (what, acc) = if teacher.is_empty() {
+                let (Some(arch), Some(weights)) = (arch, weights) else {
+                    bail!("eval needs --arch and --weights (or --teacher ...)");
+                };
+                let model =
+                    ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;
+                model
+                    .load_weights(&weights, LoadOptions::default())
+                    .with_context(|| format!("--weights {}", weights.display()))?;
+                let size = res.unwrap_or_else(|| input_config(&arch).size);
+                let spec =
+                    CropSpec::new(size, Filter::Bilinear, Normalize::default()).context("--res")?;
+                let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
+                (weights.display().to_string(), acc)
+            } else {
+                let mut ts = Vec::new();
+                for spec in &teacher {
+                    let t: TeacherArg = spec.parse()?;
+                    ts.push(
+                        Teacher::load(&t.arch, &t.weights, ds.classes().len(), t.spec()?, &dev)
+                            .with_context(|| format!("--teacher {spec}"))?,
+                    );
+                }
+                let ens = Ensemble::new(ts)?;
+                let acc = eval::evaluate_ensemble(&ens, &ds, threads)?;
+                (format!("ensemble of {}", teacher.len()), acc)
+            };
             println!(
-                "{}: {} images, top-1 {:.4}, top-5 {:.4}",
-                weights.display(),
-                acc.images,
-                acc.top1,
-                acc.top5
+                "{what}: {} images, top-1 {:.4}, top-5 {:.4}",
+                acc.images, acc.top1, acc.top5
             );
             if json {
                 println!("{}", serde_json::to_string(&acc)?);

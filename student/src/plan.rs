@@ -57,6 +57,7 @@ impl CropPlan for StorePlan {
 pub fn pass_plan(
     store: Option<&Arc<LabelStore>>,
     seed: u64,
+    scale: [f64; 2],
     count: u32,
     pass: u64,
 ) -> meal_data::Result<Arc<dyn CropPlan>> {
@@ -67,7 +68,10 @@ pub fn pass_plan(
             pass,
         }),
         None => Arc::new(PoolCrops::pass(
-            CropSampler::new(seed, RrcParams::default()),
+            CropSampler::new(
+                seed,
+                RrcParams::new((scale[0], scale[1]), meal_data::crop::DEFAULT_RATIO)?,
+            ),
             FRESH_POOL,
             count,
             pass,

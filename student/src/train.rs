@@ -271,6 +271,7 @@ impl Run {
         let plan = pass_plan(
             self.store.as_ref(),
             self.s.seed,
+            self.s.scale,
             self.s.crops_per_image,
             epoch as u64,
         )?;
