@@ -62,10 +62,11 @@ SCALE   ?= 0.35,1
 TEACHER_A ?= demo_resnet14
 TEACHER_B ?= demo_resnet10
 STUDENT ?= demo_tiny
-TEACHER_EPOCHS ?= 5
-PRE_EPOCHS ?= 2
-KD_EPOCHS ?= 5
+TEACHER_EPOCHS ?= 15
+PRE_EPOCHS ?= 3
+KD_EPOCHS ?= 8
 BATCH   ?= 32
+LR      ?= 0.02
 LABELS  ?= $(RUNS)/labels
 TEACHERS ?= $(TEACHER_A)=$(RUNS)/teacher_a/student.safetensors,size=$(RES) $(TEACHER_B)=$(RUNS)/teacher_b/student.safetensors,size=$(RES)
 BIN     := target/release
@@ -82,7 +83,7 @@ release:
 teachers: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done
 
 $(RUNS)/teacher_%/.done: | release demo-data
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(TEACHER_EPOCHS) \
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(TEACHER_EPOCHS) \
 	  --arch $(if $(filter a,$*),$(TEACHER_A),$(TEACHER_B)) --seed $(if $(filter a,$*),1,2) \
 	  --out $(RUNS)/teacher_$* $(call resume,$(RUNS)/teacher_$*)
 	touch $@
@@ -99,12 +100,12 @@ $(LABELS)/.done: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done | release
 ## baseline: the student's short hard-label pre-training, then the same student
 ## trained on hard labels for KD_EPOCHS more (the comparison row)
 $(RUNS)/pretrain/.done: | release demo-data
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(PRE_EPOCHS) \
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(PRE_EPOCHS) \
 	  --arch $(STUDENT) --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
 	touch $@
 
 $(RUNS)/baseline/.done: $(RUNS)/pretrain/.done
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr 0.05 --scale $(SCALE) --epochs $(KD_EPOCHS) \
+	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(KD_EPOCHS) \
 	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
 	touch $@
@@ -116,7 +117,7 @@ train: $(RUNS)/kd/.done
 	@$(MAKE) --no-print-directory eval
 
 $(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done
-	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --lr 0.05 --epochs $(KD_EPOCHS) \
+	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --lr $(LR) --epochs $(KD_EPOCHS) \
 	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
 	touch $@

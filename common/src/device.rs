@@ -47,6 +47,23 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     })
 }
 
+/// Keep freed memory in the process instead of returning it to the OS after every op.
+///
+/// candle allocates a fresh buffer for every tensor; with glibc's defaults large buffers
+/// are `mmap`ed and unmapped each time, and a profile of a train step showed ~20% of the
+/// time in page faults clearing new pages. Raising the mmap and trim thresholds (what
+/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` do) made the demo train step
+/// 1.3-1.4x faster. Call once at program start; a no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,22 +84,5 @@ mod tests {
     fn cuda_without_the_feature_is_refused_clearly() {
         let e = parse_device("cuda:0").unwrap_err().to_string();
         assert!(e.contains("--features cuda"), "{e}");
-    }
-}
-
-/// Keep freed memory in the process instead of returning it to the OS after every op.
-///
-/// candle allocates a fresh buffer for every tensor; with glibc's defaults large buffers
-/// are `mmap`ed and unmapped each time, and a profile of a train step showed ~20% of the
-/// time in page faults clearing new pages. Raising the mmap and trim thresholds (what
-/// `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` do) made the demo train step
-/// 1.3-1.4x faster. Call once at program start; a no-op off glibc.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }

@@ -212,145 +212,6 @@ pub fn conv2d(
         .contiguous()?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Var};
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    /// Forward and both gradients equal candle's reference conv2d (itself checked
-    /// against PyTorch by the model fixtures) over odd sizes, strides, paddings,
-    /// different H/W parity and batch 1.
-    #[test]
-    fn matches_candle_conv_forward_and_backward() {
-        let dev = Device::Cpu;
-        for &(b, c, h, w, co, k, s, p) in &[
-            (1, 3, 7, 9, 4, 3, 1, 1),
-            (2, 3, 8, 7, 5, 3, 2, 1),
-            (2, 4, 9, 6, 3, 1, 2, 0),
-            (3, 2, 5, 5, 2, 1, 1, 0),
-            (1, 3, 11, 10, 4, 7, 2, 3),
-            (2, 2, 4, 5, 3, 3, 2, 0),
-        ] {
-            let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
-            let wt =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
-            let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
-            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims());
-            assert!(
-                max_abs(&ours, &theirs) < 1e-4,
-                "forward {b} {c} {h} {w} k{k} s{s} p{p}"
-            );
-            // a loss that weights every output differently
-            let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            // candle's own backward fails for stride 2 when H and W differ in parity
-            // (REFERENCE.md §5); those shapes are checked by finite differences below
-            let Ok(g2) = (theirs * &r).unwrap().sum_all().unwrap().backward() else {
-                assert!(s == 2 && h % 2 != w % 2, "candle failed on {b} {c} {h} {w}");
-                continue;
-            };
-            for v in [&x, &wt] {
-                let a = g1.get(v.as_tensor()).unwrap();
-                let e = g2.get(v.as_tensor()).unwrap();
-                assert!(max_abs(a, e) < 1e-3, "grad {b} {c} {h} {w} k{k} s{s} p{p}");
-            }
-        }
-    }
-
-    /// Both gradients against central finite differences (stride 2, H and W of
-    /// different parity, padding: the shape candle cannot back-propagate).
-    #[test]
-    fn gradients_match_finite_differences() {
-        let dev = Device::Cpu;
-        let x0: Vec<f32> = (0..2 * 2 * 5 * 4)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
-            .collect();
-        let wt = Tensor::randn(0f32, 1.0, (3, 2, 3, 3), &dev).unwrap();
-        let r = Tensor::randn(0f32, 1.0, (2, 3, 3, 2), &dev).unwrap();
-        let f = |v: &[f32]| -> f64 {
-            let x = Tensor::from_slice(v, (2, 2, 5, 4), &dev).unwrap();
-            let y = conv2d(&x, &wt, 2, 1, 1).unwrap();
-            (y * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64
-        };
-        let x = Var::from_tensor(&Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap()).unwrap();
-        let y = conv2d(x.as_tensor(), &wt, 2, 1, 1).unwrap();
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g = g
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let eps = 1e-2f32;
-        for i in (0..x0.len()).step_by(3) {
-            let (mut a, mut b) = (x0.clone(), x0.clone());
-            a[i] += eps;
-            b[i] -= eps;
-            let fd = (f(&a) - f(&b)) / (2.0 * eps as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 1e-2,
-                "x[{i}]: fd {fd} vs {}",
-                g[i]
-            );
-        }
-        // weight gradient
-        let xt = Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap();
-        let w0 = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let fw = |v: &[f32]| -> f64 {
-            let w = Tensor::from_slice(v, (3, 2, 3, 3), &dev).unwrap();
-            let y = conv2d(&xt, &w, 2, 1, 1).unwrap();
-            (y * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap() as f64
-        };
-        let wv = Var::from_tensor(&wt).unwrap();
-        let y = conv2d(&xt, wv.as_tensor(), 2, 1, 1).unwrap();
-        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g = g
-            .get(wv.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        for i in (0..w0.len()).step_by(2) {
-            let (mut a, mut b) = (w0.clone(), w0.clone());
-            a[i] += eps;
-            b[i] -= eps;
-            let fd = (fw(&a) - fw(&b)) / (2.0 * eps as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 1e-2,
-                "w[{i}]: fd {fd} vs {}",
-                g[i]
-            );
-        }
-    }
-}
-
 /// Per-channel batch statistics of the last train-mode [`batch_norm_train`] call.
 pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
@@ -519,6 +380,16 @@ impl candle_core::CustomOp3 for BnBackward {
     }
 }
 
+/// What [`batch_norm_train`] returns.
+pub struct BnOut {
+    /// The normalised output.
+    pub y: Tensor,
+    /// Batch mean per channel.
+    pub mean: Vec<f64>,
+    /// Batch biased variance per channel.
+    pub var: Vec<f64>,
+}
+
 /// Train-mode batch norm of NCHW `x` with per-channel `gamma`, `beta` (`[C]`). Returns
 /// the output and the batch mean and biased variance per channel. On CPU with f32 the
 /// fused op above; elsewhere `None` (the caller keeps its generic path).
@@ -527,7 +398,7 @@ pub fn batch_norm_train(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-) -> Result<Option<(Tensor, Vec<f64>, Vec<f64>)>> {
+) -> Result<Option<BnOut>> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
         return Ok(None);
     }
@@ -545,5 +416,144 @@ pub fn batch_norm_train(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))?;
-    Ok(Some((y, mean, var)))
+    Ok(Some(BnOut { y, mean, var }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Forward and both gradients equal candle's reference conv2d (itself checked
+    /// against PyTorch by the model fixtures) over odd sizes, strides, paddings,
+    /// different H/W parity and batch 1.
+    #[test]
+    fn matches_candle_conv_forward_and_backward() {
+        let dev = Device::Cpu;
+        for &(b, c, h, w, co, k, s, p) in &[
+            (1, 3, 7, 9, 4, 3, 1, 1),
+            (2, 3, 8, 7, 5, 3, 2, 1),
+            (2, 4, 9, 6, 3, 1, 2, 0),
+            (3, 2, 5, 5, 2, 1, 1, 0),
+            (1, 3, 11, 10, 4, 7, 2, 3),
+            (2, 2, 4, 5, 3, 3, 2, 0),
+        ] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+            let wt =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
+            let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
+            let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(
+                max_abs(&ours, &theirs) < 1e-4,
+                "forward {b} {c} {h} {w} k{k} s{s} p{p}"
+            );
+            // a loss that weights every output differently
+            let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            // candle's own backward fails for stride 2 when H and W differ in parity
+            // (REFERENCE.md §5); those shapes are checked by finite differences below
+            let Ok(g2) = (theirs * &r).unwrap().sum_all().unwrap().backward() else {
+                assert!(s == 2 && h % 2 != w % 2, "candle failed on {b} {c} {h} {w}");
+                continue;
+            };
+            for v in [&x, &wt] {
+                let a = g1.get(v.as_tensor()).unwrap();
+                let e = g2.get(v.as_tensor()).unwrap();
+                assert!(max_abs(a, e) < 1e-3, "grad {b} {c} {h} {w} k{k} s{s} p{p}");
+            }
+        }
+    }
+
+    /// Both gradients against central finite differences (stride 2, H and W of
+    /// different parity, padding: the shape candle cannot back-propagate).
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let x0: Vec<f32> = (0..2 * 2 * 5 * 4)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        let wt = Tensor::randn(0f32, 1.0, (3, 2, 3, 3), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (2, 3, 3, 2), &dev).unwrap();
+        let f = |v: &[f32]| -> f64 {
+            let x = Tensor::from_slice(v, (2, 2, 5, 4), &dev).unwrap();
+            let y = conv2d(&x, &wt, 2, 1, 1).unwrap();
+            (y * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let x = Var::from_tensor(&Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap()).unwrap();
+        let y = conv2d(x.as_tensor(), &wt, 2, 1, 1).unwrap();
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let eps = 1e-2f32;
+        for i in (0..x0.len()).step_by(3) {
+            let (mut a, mut b) = (x0.clone(), x0.clone());
+            a[i] += eps;
+            b[i] -= eps;
+            let fd = (f(&a) - f(&b)) / (2.0 * eps as f64);
+            assert!(
+                (fd - g[i] as f64).abs() < 1e-2,
+                "x[{i}]: fd {fd} vs {}",
+                g[i]
+            );
+        }
+        // weight gradient
+        let xt = Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap();
+        let w0 = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let fw = |v: &[f32]| -> f64 {
+            let w = Tensor::from_slice(v, (3, 2, 3, 3), &dev).unwrap();
+            let y = conv2d(&xt, &w, 2, 1, 1).unwrap();
+            (y * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let wv = Var::from_tensor(&wt).unwrap();
+        let y = conv2d(&xt, wv.as_tensor(), 2, 1, 1).unwrap();
+        let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = g
+            .get(wv.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for i in (0..w0.len()).step_by(2) {
+            let (mut a, mut b) = (w0.clone(), w0.clone());
+            a[i] += eps;
+            b[i] -= eps;
+            let fd = (fw(&a) - fw(&b)) / (2.0 * eps as f64);
+            assert!(
+                (fd - g[i] as f64).abs() < 1e-2,
+                "w[{i}]: fd {fd} vs {}",
+                g[i]
+            );
+        }
+    }
 }

@@ -247,7 +247,7 @@ impl TrainArgs {
         let epochs = pick!(epochs).context("--epochs is required")?;
         let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
         let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
-        if batch == 0 || crops_per_image == 0 || batch % crops_per_image as usize != 0 {
+        if batch == 0 || crops_per_image == 0 || !batch.is_multiple_of(crops_per_image as usize) {
             bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
         }
         let lr = pick!(lr).unwrap_or(DEFAULT_LR);

@@ -67,6 +67,9 @@ pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     write_atomic(&dir.join("summary.csv"), csv.as_bytes())
 }
 
+/// One plotted series: `(epoch index, value)` points and a colour.
+type Line = (Vec<(usize, f64)>, [u8; 3]);
+
 fn line(img: &mut image::RgbImage, a: (i64, i64), b: (i64, i64), c: [u8; 3]) {
     // Bresenham
     let (mut x0, mut y0) = a;
@@ -113,7 +116,7 @@ pub fn plot_curves(history: &[EpochMetrics], path: &Path) -> Result<()> {
             .filter_map(|(i, m)| f(m).map(|v| (i, v)))
             .collect()
     };
-    let panels: Vec<Vec<(Vec<(usize, f64)>, [u8; 3])>> = vec![
+    let panels: Vec<Vec<Line>> = vec![
         vec![
             (series(&|m| Some(m.loss)), [40, 90, 200]),
             (series(&|m| Some(m.kd)), [230, 130, 40]),

@@ -116,7 +116,10 @@ fn one_offline_kd_step_equals_one_online_step() {
     assert!(a.interrupted && b.interrupted);
     let (la, lb) = (a.step_losses[0], b.step_losses[0]);
     // the store holds float16 probabilities: the losses agree to its precision
-    assert!((la - lb).abs() < 2e-3 * la.abs(), "offline {la} vs online {lb}");
+    assert!(
+        (la - lb).abs() < 2e-3 * la.abs(),
+        "offline {la} vs online {lb}"
+    );
     let wa = weights(&f.root.join("off/checkpoint/student.safetensors"));
     let wb = weights(&f.root.join("on/checkpoint/student.safetensors"));
     let init = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 3).unwrap();
@@ -126,7 +129,10 @@ fn one_offline_kd_step_equals_one_online_step() {
     let moved = max_diff(&wa, &w0);
     let gap = max_diff(&wa, &wb);
     assert!(moved > 1e-3, "the step changed the weights by {moved}");
-    assert!(gap < moved * 1e-2, "offline and online steps differ by {gap} (step moved {moved})");
+    assert!(
+        gap < moved * 1e-2,
+        "offline and online steps differ by {gap} (step moved {moved})"
+    );
 }
 
 #[test]
@@ -156,7 +162,10 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     );
     assert!(x == y, "resumed weights differ from the uninterrupted run");
     for (p, q) in whole.history.iter().zip(&r.history) {
-        assert_eq!((p.epoch, p.loss, p.kd, p.disc, p.crops), (q.epoch, q.loss, q.kd, q.disc, q.crops));
+        assert_eq!(
+            (p.epoch, p.loss, p.kd, p.disc, p.crops),
+            (q.epoch, q.loss, q.kd, q.disc, q.crops)
+        );
     }
     // the logs a person reads
     let jsonl = std::fs::read_to_string(f.root.join("resumed/metrics.jsonl")).unwrap();
@@ -185,7 +194,13 @@ fn a_non_finite_loss_stops_the_run() {
     // initial weights with one NaN (a corrupt checkpoint): the first step's loss is NaN
     let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0).unwrap();
     let fc = m.entries().iter().find(|e| e.name == "fc.weight").unwrap();
-    let mut v = fc.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut v = fc
+        .var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     v[3] = f32::NAN;
     fc.var
         .set(&candle_core::Tensor::from_vec(v, fc.shape.as_slice(), &Device::Cpu).unwrap())
@@ -196,8 +211,14 @@ fn a_non_finite_loss_stops_the_run() {
     a.init = Some(p);
     let e = go(a).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("non-finite") && msg.contains("checkpoint"), "{msg}");
-    assert!(!f.root.join("nan/student.safetensors").exists(), "no weights written after NaN");
+    assert!(
+        msg.contains("non-finite") && msg.contains("checkpoint"),
+        "{msg}"
+    );
+    assert!(
+        !f.root.join("nan/student.safetensors").exists(),
+        "no weights written after NaN"
+    );
 }
 
 #[test]
@@ -224,8 +245,16 @@ fn a_hard_label_run_learns() {
     let r = go(a).unwrap();
     let first = &r.history[0];
     let last = r.history.last().unwrap();
-    assert!(last.loss < first.loss * 0.85, "loss {} -> {}", first.loss, last.loss);
+    assert!(
+        last.loss < first.loss * 0.85,
+        "loss {} -> {}",
+        first.loss,
+        last.loss
+    );
     let acc = last.val_top1.unwrap();
     // deterministic (fixed seeds and threads); 60 images, chance is 0.1
-    assert!(acc >= 0.3, "top-1 {acc} on the training images (chance 0.1)");
+    assert!(
+        acc >= 0.3,
+        "top-1 {acc} on the training images (chance 0.1)"
+    );
 }

@@ -140,7 +140,7 @@ impl BatchNorm2d {
         if train {
             let (n, _, h, wd) = x.dims4()?;
             let count = (n * h * wd) as f64;
-            if let Some((y, mean, var)) = crate::ops::batch_norm_train(
+            if let Some(crate::ops::BnOut { y, mean, var }) = crate::ops::batch_norm_train(
                 x,
                 &w(&self.weight, true),
                 &w(&self.bias, true),
