@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """PyTorch peer of `cargo bench -p meal-common --bench models`: the same work with timm.
 
-usage: models_torch.py infer|train ARCH RES BATCH ITERS   (threads: torch.set_num_threads(2))
-train = train-mode forward, soft CE to random teacher probs + discriminator BCE on
-[softmax(student); teacher], one backward, SGD (plain, as the Rust side today).
+usage: models_torch.py infer|train|online|ce ARCH RES BATCH ITERS   (threads: $THREADS, default 2)
+train = the offline KD step: train-mode forward, soft CE to cached teacher probs +
+discriminator BCE on [softmax(student); teacher], one backward, SGD momentum 0.9.
+online = the same with the teachers (resnet152s + senet154, eval mode, mean softmax) run
+on the batch every step. ce = the pure student step: hard-label CE, no discriminator.
 """
 import sys
 import time
@@ -22,18 +24,32 @@ def main():
     x = torch.randn(batch, 3, res, res)
     teacher = torch.softmax(torch.randn(batch, 1000), 1)
     targets = torch.cat([torch.tensor([[1.0, 0.0]]).expand(batch, 2), torch.tensor([[0.0, 1.0]]).expand(batch, 2)])
-    opt = torch.optim.SGD(list(m.parameters()) + list(disc.parameters()), lr=0.01)
+    opt = torch.optim.SGD(list(m.parameters()) + list(disc.parameters()), lr=0.01, momentum=0.9)
+    teachers = []
+    if mode == "online":
+        teachers = [timm.create_model(a, pretrained=False, num_classes=1000).eval() for a in ("resnet152s", "senet154")]
+    hard = torch.randint(0, 1000, (batch,))
 
     def step():
         if mode == "infer":
             m.eval()
             with torch.no_grad():
                 torch.softmax(m(x), 1).sum().item()
+        elif mode == "ce":
+            m.train()
+            loss = F.cross_entropy(m(x), hard)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         else:
+            t = teacher
+            if teachers:
+                with torch.no_grad():
+                    t = torch.stack([torch.softmax(tm(x), 1) for tm in teachers]).mean(0)
             m.train()
             logits = m(x)
-            kd = -(teacher * F.log_softmax(logits, 1)).sum(1).mean()
-            d = disc(torch.cat([torch.softmax(logits, 1), teacher]))
+            kd = -(t * F.log_softmax(logits, 1)).sum(1).mean()
+            d = disc(torch.cat([torch.softmax(logits, 1), t]))
             loss = kd + F.binary_cross_entropy_with_logits(d, targets)
             opt.zero_grad()
             loss.backward()

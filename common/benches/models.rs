@@ -1,16 +1,19 @@
 //! Model throughput, the Rust side of `bench/models.sh`:
 //!   cargo bench -p meal-common --bench models -- infer ARCH RES BATCH ITERS
-//!   cargo bench -p meal-common --bench models -- train ARCH RES BATCH ITERS
-//! `infer`: eval-mode forward (teacher). `train`: MEAL V2 student step - train-mode
-//! forward, soft CE to random teacher probabilities + discriminator BCE on
-//! [softmax(student); teacher], one backward, plain SGD over student and discriminator
-//! (momentum arrives with the fast-kernels issue). Threads: RAYON_NUM_THREADS.
+//!   cargo bench -p meal-common --bench models -- train|online|ce ARCH RES BATCH ITERS
+//! `infer`: eval-mode forward (teacher). `train`: the offline MEAL V2 student step -
+//! train-mode forward, soft CE to cached teacher probabilities + discriminator BCE on
+//! [softmax(student); teacher], one backward, SGD momentum 0.9 over student and
+//! discriminator. `online`: the same with the teachers (resnet152s + senet154, eval
+//! mode, mean softmax) run on the batch every step. `ce`: the pure student step
+//! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 use meal_common::loss::{bce_with_logits, soft_cross_entropy};
-use meal_common::models::{trainable, Discriminator, ResNet};
+use meal_common::models::{Discriminator, ResNet};
+use meal_common::optim::{split_decay, Sgd, SgdConfig};
 
 fn main() -> anyhow::Result<()> {
     meal_common::tune_allocator();
@@ -19,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| a != "--bench")
         .collect();
     if args.len() != 5 {
-        anyhow::bail!("usage: models infer|train ARCH RES BATCH ITERS");
+        anyhow::bail!("usage: models infer|train|online|ce ARCH RES BATCH ITERS");
     }
     let (mode, arch) = (args[0].as_str(), args[1].as_str());
     let res: usize = args[2].parse()?;
@@ -41,10 +44,23 @@ fn main() -> anyhow::Result<()> {
         ],
         0,
     )?;
-    let mut vars = trainable(model.entries());
-    vars.extend(trainable(disc.entries()));
-    let lr = 0.01;
-    let step = || -> anyhow::Result<()> {
+    let (a, b) = split_decay(model.entries(), "s.", 0.01, 0.0);
+    let (c, d) = split_decay(disc.entries(), "d.", 0.01, 0.0);
+    let mut opt = Sgd::new(vec![a, b, c, d], SgdConfig::default())?;
+    let teachers = if mode == "online" {
+        vec![
+            ResNet::from_preset("resnet152s", classes, &dev, 2)?,
+            ResNet::from_preset("senet154", classes, &dev, 3)?,
+        ]
+    } else {
+        vec![]
+    };
+    let mut hard = vec![0f32; batch * classes];
+    for i in 0..batch {
+        hard[i * classes + (i * 37) % classes] = 1.0;
+    }
+    let hard = Tensor::from_vec(hard, (batch, classes), &dev)?;
+    let mut step = || -> anyhow::Result<()> {
         match mode {
             "infer" => {
                 let y = model.forward_t(&x, false)?;
@@ -53,18 +69,27 @@ fn main() -> anyhow::Result<()> {
                     .sum_all()?
                     .to_scalar::<f32>()?;
             }
+            "ce" => {
+                let loss = soft_cross_entropy(&model.forward_t(&x, true)?, &hard)?;
+                opt.step(&loss.backward()?, 1.0)?;
+            }
             _ => {
-                let logits = model.forward_t(&x, true)?;
-                let kd = soft_cross_entropy(&logits, &teacher)?;
-                let sp = candle_nn::ops::softmax(&logits, D::Minus1)?;
-                let d = disc.forward(&Tensor::cat(&[&sp, &teacher], 0)?)?;
-                let loss = (kd + bce_with_logits(&d, &targets)?)?;
-                let grads = loss.backward()?;
-                for (_, v) in &vars {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        v.set(&(v.as_tensor() - (g * lr)?)?)?;
+                let mut t = teacher.clone();
+                if !teachers.is_empty() {
+                    let mut sum =
+                        candle_nn::ops::softmax(&teachers[0].forward_t(&x, false)?, D::Minus1)?;
+                    for tm in &teachers[1..] {
+                        sum =
+                            (sum + candle_nn::ops::softmax(&tm.forward_t(&x, false)?, D::Minus1)?)?;
                     }
+                    t = (sum / teachers.len() as f64)?;
                 }
+                let logits = model.forward_t(&x, true)?;
+                let kd = soft_cross_entropy(&logits, &t)?;
+                let sp = candle_nn::ops::softmax(&logits, D::Minus1)?;
+                let d = disc.forward(&Tensor::cat(&[&sp, &t], 0)?)?;
+                let loss = (kd + bce_with_logits(&d, &targets)?)?;
+                opt.step(&loss.backward()?, 1.0)?;
             }
         }
         Ok(())
