@@ -212,7 +212,8 @@ pub fn conv2d(
         .contiguous()?)
 }
 
-/// Per-channel batch statistics of the last train-mode [`batch_norm_train`] call.
+/// Per-channel batch statistics of a train-mode [`batch_norm_train`] call, shared by
+/// its forward (which computes them), the caller (running statistics) and its backward.
 pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
 /// Train-mode BatchNorm over `(x, gamma, beta)`: batch mean and biased variance per
@@ -227,6 +228,8 @@ struct BnTrain {
 /// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
 struct BnBackward {
     eps: f64,
+    /// The forward's batch mean and variance (recomputed from `x` only if absent).
+    stats: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 /// Mean and biased variance of each channel of contiguous NCHW `x`.
@@ -308,8 +311,13 @@ impl candle_core::CustomOp3 for BnTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
         let n = b * c * h * w;
-        let packed =
-            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &BnBackward { eps: self.eps })?;
+        // the forward's statistics: no second pass over x
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let op = BnBackward {
+            eps: self.eps,
+            stats,
+        };
+        let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
         Ok((
             Some(packed.narrow(0, 0, n)?.reshape((b, c, h, w))?),
             Some(packed.narrow(0, n, c)?),
@@ -337,7 +345,14 @@ impl candle_core::CustomOp3 for BnBackward {
         let dy = contiguous_f32(s3, l3)?;
         let (b, c, hw) = dims_nchw(l1)?;
         let m = (b * hw) as f64;
-        let (mean, var) = channel_stats(x, b, c, hw);
+        let computed;
+        let (mean, var) = match &self.stats {
+            Some((mean, var)) => (mean, var),
+            None => {
+                computed = channel_stats(x, b, c, hw);
+                (&computed.0, &computed.1)
+            }
+        };
         // per channel: sum(dy), sum(dy * xhat)
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -411,10 +426,11 @@ pub fn batch_norm_train(
             stats: stats.clone(),
         },
     )?;
+    // cloned, not taken: the op keeps them for its backward
     let (mean, var) = stats
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .take()
+        .clone()
         .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))?;
     Ok(Some(BnOut { y, mean, var }))
 }
