@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor, D};
 use meal_data::{CropSpec, Filter, Normalize};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::error::{ModelError, Result};
 use crate::models::{input_config, LoadOptions, ResNet};
@@ -69,7 +68,7 @@ impl Teacher {
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default(),
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            sha256: crate::store::sha256_hex(&bytes),
             input_size: spec.size,
             filter: format!("{:?}", spec.filter).to_lowercase(),
             mean: spec.normalize.mean,

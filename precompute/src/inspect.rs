@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use meal_common::store::LabelStore;
+use meal_common::store::{entropy, LabelStore};
 
 /// Bins of each histogram in the PNG.
 pub const HIST_BINS: usize = 40;
@@ -109,11 +109,7 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
             let d = store.dense(&cl.label);
             let mut order: Vec<usize> = (0..d.len()).collect();
             order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
-            let ent: f64 = d
-                .iter()
-                .filter(|&&v| v > 0.0)
-                .map(|&v| -(v as f64) * (v as f64).ln())
-                .sum();
+            let ent = entropy(&d);
             row.crops += 1;
             row.agree += (order[0] as u32 == im.label) as u64;
             row.conf_sum += d[order[0]] as f64;

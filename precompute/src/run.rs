@@ -13,7 +13,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use meal_common::ensemble::{Ensemble, Teacher, ENSEMBLE_RULE};
-use meal_common::store::{CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter};
+use meal_common::store::{
+    entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
+};
 use meal_data::{
     CropMode, CropSampler, CropSpec, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops,
     RrcParams, Skipped,
@@ -103,23 +105,6 @@ pub fn load_ensemble(
         teachers.push(teacher);
     }
     Ok(Ensemble::new(teachers)?)
-}
-
-fn entropy(p: &[f32]) -> f64 {
-    p.iter()
-        .filter(|&&v| v > 0.0)
-        .map(|&v| -(v as f64) * (v as f64).ln())
-        .sum()
-}
-
-fn argmax(p: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in p.iter().enumerate() {
-        if v > p[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the
@@ -236,27 +221,25 @@ pub fn run_with(
             for (t, top) in out.teacher_top1.iter().enumerate() {
                 teacher_agree[t] += (top[r] == row.label) as u64;
             }
-            ens_agree += (argmax(p) == row.label) as u64;
+            ens_agree += (top1(p) as u32 == row.label) as u64;
             ent_sum += entropy(p);
         }
         crops += rows as u64;
         // group rows into images (an image's crops are contiguous)
-        let mut r = 0;
-        while r < rows {
-            let row = batch.rows[r];
-            let mut end = r;
-            while end < rows && batch.rows[end].sample_id == row.sample_id {
-                end += 1;
-            }
+        let mut k = 0; // first row of the group
+        for group in batch.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
+            let row = group[0];
             let im = ImageProbs {
                 sample_id: row.sample_id,
                 width: row.image_width,
                 height: row.image_height,
-                crops: (r..end)
-                    .map(|k| CropProbs {
-                        crop_id: batch.rows[k].crop_id as u16,
-                        record: batch.rows[k].record,
-                        probs: out.probs[k * classes..(k + 1) * classes].to_vec(),
+                crops: group
+                    .iter()
+                    .zip(out.probs[k * classes..].chunks_exact(classes))
+                    .map(|(r, p)| CropProbs {
+                        crop_id: r.crop_id as u16,
+                        record: r.record,
+                        probs: p.to_vec(),
                     })
                     .collect(),
             };
@@ -264,7 +247,7 @@ pub fn run_with(
             buckets.entry(sh).or_default().push(im);
             *done.entry(sh).or_default() += 1;
             images += 1;
-            r = end;
+            k += group.len();
         }
         for sk in &batch.skipped {
             *done.entry(sk.sample_id / per_shard).or_default() += 1;

@@ -315,20 +315,19 @@ impl Run {
                 t = ens.soft_labels(&inputs, n, n)?.probs;
             }
             (LossKind::Kd, None, Some(store)) => {
-                let mut i = 0;
-                while i < n {
-                    let id = b.rows[i].sample_id;
+                // an image's crops are contiguous: read its stored labels once
+                let mut rows = t.chunks_exact_mut(c);
+                for group in b.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
+                    let id = group[0].sample_id;
                     let crops = store.crops(id)?;
-                    while i < n && b.rows[i].sample_id == id {
-                        let want = b.rows[i].crop_id;
+                    for (r, out) in group.iter().zip(rows.by_ref()) {
                         let cl = crops
                             .iter()
-                            .find(|x| x.crop_id as u32 == want)
+                            .find(|x| x.crop_id as u32 == r.crop_id)
                             .with_context(|| {
-                                format!("sample {id} crop {want} missing from the store")
+                                format!("sample {id} crop {} missing from the store", r.crop_id)
                             })?;
-                        t[i * c..(i + 1) * c].copy_from_slice(&store.dense(&cl.label));
-                        i += 1;
+                        out.copy_from_slice(&store.dense(&cl.label));
                     }
                 }
             }

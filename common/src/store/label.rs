@@ -66,6 +66,23 @@ impl std::str::FromStr for Encoding {
     }
 }
 
+/// Shannon entropy of a distribution in nats (`0 ln 0 = 0`).
+pub fn entropy(p: &[f32]) -> f64 {
+    p.iter()
+        .filter(|&&v| v > 0.0)
+        .map(|&v| -(v as f64) * (v as f64).ln())
+        .sum()
+}
+
+/// Index of the largest probability (the first one on ties).
+pub fn top1(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
 /// A decoded soft label.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SoftLabel {

@@ -10,7 +10,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use label::{Encoding, SoftLabel};
+pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, TeacherInfo};
 pub use reader::{ImageInfo, LabelStore, VerifyReport};
 pub use shard::{CropLabel, ImageRows};

@@ -13,7 +13,7 @@ use meal_data::{CropRecord, Sample};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use super::label::{Encoding, SoftLabel};
+use super::label::{entropy, top1, Encoding, SoftLabel};
 use super::manifest::{
     config_diff, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, StoreConfig,
     Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
@@ -311,18 +311,8 @@ impl StoreWriter {
 
 fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classes: usize) {
     s.rows += 1;
-    let argmax = p
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    s.top1_agree += (argmax as u32 == hard) as u64;
-    s.entropy_sum += p
-        .iter()
-        .filter(|&&v| v > 0.0)
-        .map(|&v| -(v as f64) * (v as f64).ln())
-        .sum::<f64>();
+    s.top1_agree += (top1(p) as u32 == hard) as u64;
+    s.entropy_sum += entropy(p);
     s.kept_mass_sum += match label {
         SoftLabel::Dense(_) => 1.0,
         SoftLabel::TopK { probs, .. } => probs.iter().map(|&v| v as f64).sum(),
