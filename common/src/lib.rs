@@ -8,6 +8,7 @@
 //!
 //! The fast CPU ops land here next (see the open issues).
 
+pub mod cli;
 pub mod device;
 pub mod ensemble;
 pub mod error;

@@ -1,7 +1,7 @@
 //! Settings of a precompute run: command-line flags over an optional TOML file with the
 //! same keys (snake_case of the flag), over the defaults named here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use meal_common::store::{Encoding, ShardFormat};
@@ -141,17 +141,12 @@ pub fn parse_worker(s: &str) -> Result<[u32; 2]> {
     Ok([i, n])
 }
 
-fn read_file(path: &Path) -> Result<RunArgs> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("--config {}", path.display()))
-}
-
 impl RunArgs {
     /// These flags over the `--config` file (if any) over the defaults.
     pub fn resolve(self) -> Result<Settings> {
         let file = match &self.config {
-            Some(p) => read_file(p)?,
+            Some(p) => meal_common::cli::read_toml(p)
+                .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
             None => RunArgs::default(),
         };
         let cli = self;
@@ -190,11 +185,7 @@ impl RunArgs {
         if batch == 0 {
             bail!("--batch must be at least 1");
         }
-        let threads = pick!(threads).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let threads = pick!(threads).unwrap_or_else(meal_common::cli::default_threads);
         if threads == 0 {
             bail!("--threads must be at least 1");
         }

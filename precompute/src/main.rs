@@ -1,8 +1,7 @@
 //! `meal-precompute`: stage 1 of MEAL V2 distillation. Thin CLI over the library.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -55,27 +54,13 @@ enum Cmd {
 
 fn main() -> Result<()> {
     meal_common::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meal_common::cli::init_logging();
     match Cli::parse().cmd {
         Cmd::Run(args) => {
             let s = args.resolve()?;
-            // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS
-            std::env::set_var("RAYON_NUM_THREADS", s.threads.to_string());
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&stop);
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\ninterrupt: stopping after this batch (press again to quit now)");
-            })
-            .context("installing the Ctrl-C handler")?;
+            meal_common::cli::use_threads(s.threads);
+            let stop = meal_common::cli::interrupt_flag("stopping after this batch")
+                .context("installing the Ctrl-C handler")?;
             let r = run::run(&s, &stop)?;
             run::write_report(&s.out, s.worker, &r)?;
             println!(

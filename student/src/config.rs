@@ -2,7 +2,7 @@
 //! (snake_case of the flag) over the defaults, which follow MEAL V2 (REFERENCE.md §1:
 //! SGD lr 0.01, momentum 0.9, weight decay 0, lr x0.1 at epoch 100).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use meal_common::models::input_config;
@@ -203,17 +203,12 @@ impl Settings {
     }
 }
 
-fn read_file(path: &Path) -> Result<TrainArgs> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("--config {}", path.display()))
-}
-
 impl TrainArgs {
     /// These flags over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Settings> {
         let file = match &self.config {
-            Some(p) => read_file(p)?,
+            Some(p) => meal_common::cli::read_toml(p)
+                .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
             None => TrainArgs::default(),
         };
         let cli = self;
@@ -269,11 +264,7 @@ impl TrainArgs {
         if disc && loss == LossKind::Ce {
             bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
         }
-        let threads = pick!(threads).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let threads = pick!(threads).unwrap_or_else(meal_common::cli::default_threads);
         let policy = match pick!(on_bad_file) {
             Some(p) => p.parse::<BadFilePolicy>()?,
             None => BadFilePolicy::Skip,

@@ -1,14 +1,13 @@
 //! `meal-student`: stage 2 of MEAL V2 distillation. Thin CLI over the library.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use meal_common::ensemble::{Ensemble, Teacher, TeacherArg};
 use meal_common::models::{input_config, LoadOptions, ResNet};
-use meal_data::{CropSpec, Dataset, Filter, LinkPolicy, Normalize};
+use meal_data::{CropSpec, Filter, Normalize};
 use meal_student::config::TrainArgs;
 use meal_student::{eval, train};
 
@@ -61,26 +60,13 @@ enum Cmd {
 
 fn main() -> Result<()> {
     meal_common::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meal_common::cli::init_logging();
     match Cli::parse().cmd {
         Cmd::Train(args) => {
             let s = args.resolve()?;
-            std::env::set_var("RAYON_NUM_THREADS", s.threads.to_string());
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&stop);
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!("\ninterrupt: checkpointing after this step (press again to quit now)");
-            })
-            .context("installing the Ctrl-C handler")?;
+            meal_common::cli::use_threads(s.threads);
+            let stop = meal_common::cli::interrupt_flag("checkpointing after this step")
+                .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
             let r = train::train(s, &stop)?;
             if let Some(m) = r.history.last() {
@@ -123,20 +109,10 @@ fn main() -> Result<()> {
             device,
             json,
         } => {
-            let threads = threads.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+            let threads = threads.unwrap_or_else(meal_common::cli::default_threads);
+            meal_common::cli::use_threads(threads);
             let dev = meal_common::parse_device(&device).context("--device")?;
-            let ds = Arc::new(
-                Dataset::open(&data, LinkPolicy::default())
-                    .with_context(|| format!("--data {}", data.display()))?,
-            );
-            if ds.is_empty() {
-                bail!("--data {}: no images", data.display());
-            }
+            let ds = train::open_dataset(&data, "--data")?;
             let (what, acc) = if teacher.is_empty() {
                 let (Some(arch), Some(weights)) = (arch, weights) else {
                     bail!("eval needs --arch and --weights (or --teacher ...)");

@@ -147,7 +147,8 @@ struct Run {
     usable: Vec<u32>,
 }
 
-fn open_dataset(p: &Path, flag: &str) -> Result<Arc<Dataset>> {
+/// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
+pub fn open_dataset(p: &Path, flag: &str) -> Result<Arc<Dataset>> {
     let ds = Dataset::open(p, LinkPolicy::default())
         .with_context(|| format!("{flag} {}", p.display()))?;
     if ds.is_empty() {
