@@ -33,7 +33,7 @@ impl CropPlan for StorePlan {
     ) -> meal_data::Result<Vec<(u32, CropRecord)>> {
         let stored = self
             .store
-            .crops(sample.id)
+            .view(sample.id)
             .map_err(|e| DataError::dataset(Path::new(&sample.path), e))?;
         if stored.is_empty() {
             return Err(DataError::dataset(
@@ -45,8 +45,8 @@ impl CropPlan for StorePlan {
         let first = self.pass * self.count as u64;
         Ok((0..self.count as u64)
             .map(|k| {
-                let c = &stored[((first + k) % p) as usize];
-                (c.crop_id as u32, c.record)
+                let i = ((first + k) % p) as usize;
+                (stored.crop_id(i) as u32, stored.record(i))
             })
             .collect())
     }

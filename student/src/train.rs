@@ -320,15 +320,15 @@ impl Run {
                 let mut rows = t.chunks_exact_mut(c);
                 for group in b.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
                     let id = group[0].sample_id;
-                    let crops = store.crops(id)?;
+                    let crops = store.view(id)?;
                     for (r, out) in group.iter().zip(rows.by_ref()) {
-                        let cl = crops
-                            .iter()
-                            .find(|x| x.crop_id as u32 == r.crop_id)
+                        let i = u16::try_from(r.crop_id)
+                            .ok()
+                            .and_then(|c| crops.position(c))
                             .with_context(|| {
                                 format!("sample {id} crop {} missing from the store", r.crop_id)
                             })?;
-                        out.copy_from_slice(&store.dense(&cl.label));
+                        crops.dense_into(i, out);
                     }
                 }
             }

@@ -294,10 +294,19 @@ impl SqueezeExcite {
     }
 }
 
-/// `nn.MaxPool2d(3, stride=2, padding=1)` built from differentiable ops (slices and
-/// `maximum`), because candle's max-pool backward fails when kernel != stride.
-/// Padding is -inf, so padded positions are never the maximum.
+/// `nn.MaxPool2d(3, stride=2, padding=1)`: on CPU our op ([`crate::ops::max_pool2d`]);
+/// elsewhere built from differentiable ops (slices and `maximum`), because candle's
+/// max-pool backward fails when kernel != stride. Padding is -inf, so padded positions
+/// are never the maximum.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
+    if let Some(y) = crate::ops::max_pool2d(x, 3, 2, 1)? {
+        return Ok(y);
+    }
+    max_pool_3x3_s2_p1_generic(x)
+}
+
+/// The device-generic [`max_pool_3x3_s2_p1`] (two separable 1-D maxima).
+pub fn max_pool_3x3_s2_p1_generic(x: &Tensor) -> Result<Tensor> {
     let x = pool_axis_3_2_1(x, 2)?;
     pool_axis_3_2_1(&x, 3)
 }

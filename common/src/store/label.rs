@@ -122,21 +122,28 @@ impl SoftLabel {
     /// (szq0214/FKD, utils_FKD.py): the mass `1 - sum(top-k)` is spread evenly over the
     /// other `C - k` classes (clamped at 0 when rounding made the sum exceed 1).
     pub fn to_dense(&self, num_classes: usize) -> Vec<f32> {
+        let mut out = vec![0.0; num_classes];
+        self.dense_into(&mut out);
+        out
+    }
+
+    /// [`SoftLabel::to_dense`] into `out` (one value per class; classes beyond it are
+    /// ignored).
+    pub fn dense_into(&self, out: &mut [f32]) {
         match self {
-            SoftLabel::Dense(p) => p.clone(),
+            SoftLabel::Dense(p) => {
+                let n = p.len().min(out.len());
+                out[..n].copy_from_slice(&p[..n]);
+                out[n..].fill(0.0);
+            }
             SoftLabel::TopK { classes, probs } => {
                 let kept: f32 = probs.iter().sum();
-                let others = num_classes.saturating_sub(classes.len());
-                let fill = if others > 0 {
-                    ((1.0 - kept) / others as f32).max(0.0)
-                } else {
-                    0.0
-                };
-                let mut out = vec![fill; num_classes];
+                out.fill(super::crops::smoothing_fill(kept, out.len(), classes.len()));
                 for (&c, &p) in classes.iter().zip(probs) {
-                    out[c as usize] = p;
+                    if let Some(o) = out.get_mut(c as usize) {
+                        *o = p;
+                    }
                 }
-                out
             }
         }
     }

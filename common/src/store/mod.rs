@@ -2,18 +2,22 @@
 //! `images.parquet` and Parquet or safetensors shards, written crash-safely and read
 //! through memory maps.
 
+pub mod crops;
 pub mod label;
 pub mod manifest;
 pub mod reader;
 pub mod shard;
+pub mod shard_read;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use crops::Crops;
 pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, TeacherInfo};
 pub use reader::{ImageInfo, LabelStore, VerifyReport};
 pub use shard::{CropLabel, ImageRows};
+pub use shard_read::ShardReader;
 pub use writer::{merge, CropProbs, ImageProbs, StoreWriter};
 
 /// Errors of the label store; each names the file, flag or key at fault.

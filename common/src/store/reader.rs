@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use meal_data::Fingerprint;
 
+use super::crops::Crops;
 use super::label::SoftLabel;
 use super::manifest::{Manifest, State, MANIFEST};
-use super::shard::{CropLabel, ShardReader};
+use super::shard::CropLabel;
+use super::shard_read::ShardReader;
 use super::{sha256_hex, StoreError};
 
 /// An opened, validated store.
@@ -52,6 +54,13 @@ pub const PROB_SUM_TOLERANCE: f64 = 1e-2;
 impl LabelStore {
     /// Open the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, true)
+    }
+
+    /// [`LabelStore::open`]; with `map_pages == false` every Parquet shard is decoded
+    /// through arrow's reader instead of addressed in its mapped pages (slower; for
+    /// comparing the two paths).
+    pub fn open_with(dir: &Path, map_pages: bool) -> Result<Self, StoreError> {
         let manifest = Manifest::read(dir)?;
         let mpath = dir.join(MANIFEST);
         if manifest.state != State::Complete {
@@ -83,7 +92,7 @@ impl LabelStore {
                     ),
                 ));
             }
-            let r = ShardReader::open(&path, manifest.config.encoding, classes)?;
+            let r = ShardReader::open_with(&path, manifest.config.encoding, classes, map_pages)?;
             if r.rows() as u64 != s.stats.rows {
                 return Err(StoreError::corrupt(
                     &path,
@@ -181,11 +190,12 @@ impl LabelStore {
         Ok(())
     }
 
-    /// The stored crops of `sample` (empty when it was skipped at precompute time).
-    pub fn crops(&self, sample: u32) -> Result<Vec<CropLabel>, StoreError> {
+    /// The stored crops of `sample`, read from the mapped shard on access (empty when
+    /// it was skipped at precompute time).
+    pub fn view(&self, sample: u32) -> Result<Crops<'_>, StoreError> {
         let s = (sample / self.per_shard) as usize;
         match self.shards.get(s) {
-            Some(r) => r.crops(sample, self.manifest.config.encoding, self.num_classes()),
+            Some(r) => r.crops(sample),
             None => Err(StoreError::Param {
                 name: "sample_id",
                 reason: format!(
@@ -194,6 +204,16 @@ impl LabelStore {
                 ),
             }),
         }
+    }
+
+    /// The stored crops of `sample`, owned ([`LabelStore::view`] without the borrow).
+    pub fn crops(&self, sample: u32) -> Result<Vec<CropLabel>, StoreError> {
+        Ok(self.view(sample)?.into_vec())
+    }
+
+    /// Whether every shard is read from its mapped pages (see [`ShardReader::is_mapped`]).
+    pub fn is_mapped(&self) -> bool {
+        self.shards.iter().all(ShardReader::is_mapped)
     }
 
     /// Dense f32 probabilities of a stored label (top-k: marginal smoothing).
@@ -212,16 +232,20 @@ impl LabelStore {
             if sha256_hex(r.bytes()) != info.sha256 {
                 return Err(StoreError::corrupt(&path, "checksum mismatch"));
             }
-            let mut ids: Vec<u32> = r.samples().copied().collect();
-            ids.sort();
-            for id in ids {
-                for c in self.crops(id)? {
-                    let sum: f64 = self.dense(&c.label).iter().map(|&p| p as f64).sum();
+            let mut dense = vec![0f32; self.num_classes()];
+            for id in r.samples() {
+                let crops = self.view(id)?;
+                for i in 0..crops.len() {
+                    crops.dense_into(i, &mut dense);
+                    let sum: f64 = dense.iter().map(|&p| p as f64).sum();
                     let e = (sum - 1.0).abs();
                     if !e.is_finite() || e > PROB_SUM_TOLERANCE {
                         return Err(StoreError::corrupt(
                             &path,
-                            format!("sample {id} crop {}: probabilities sum to {sum}", c.crop_id),
+                            format!(
+                                "sample {id} crop {}: probabilities sum to {sum}",
+                                crops.crop_id(i)
+                            ),
                         ));
                     }
                     max_err = max_err.max(e);

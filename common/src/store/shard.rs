@@ -2,23 +2,17 @@
 //! from a memory map.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, UInt16Array,
+    ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, UInt16Array,
     UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
 use half::f16;
 use meal_data::CropRecord;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
-};
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
 use super::label::{Encoding, SoftLabel};
@@ -51,7 +45,7 @@ pub struct ImageRows {
     pub crops: Vec<CropLabel>,
 }
 
-fn schema(enc: Encoding, classes: usize) -> Schema {
+pub(crate) fn schema(enc: Encoding, classes: usize) -> Schema {
     let mut fields = vec![
         Field::new("sample_id", DataType::UInt32, false),
         Field::new("crop_id", DataType::UInt16, false),
@@ -190,6 +184,11 @@ pub fn encode_parquet(
         .set_dictionary_enabled(false)
         .set_column_dictionary_enabled("sample_id".into(), true)
         .set_column_dictionary_enabled("crop_id".into(), true)
+        // One data page per column chunk: a sample's values then never straddle pages,
+        // so the reader addresses every row in the map (shard_read.rs). A row group is
+        // buffered whole by the writer anyway, so larger pages cost no memory.
+        .set_data_page_size_limit(usize::MAX)
+        .set_data_page_row_count_limit(usize::MAX)
         .set_max_row_group_row_count(None)
         .set_max_row_group_bytes(None)
         .set_created_by(format!("meal-v2-rs {}", env!("CARGO_PKG_VERSION")))
@@ -263,363 +262,4 @@ pub fn encode_safetensors(images: &[ImageRows], classes: usize) -> Result<Vec<u8
         .into_iter()
         .collect();
     safetensors::serialize(views, Some(meta)).map_err(err)
-}
-
-/// An opened shard: its mapped bytes and where each sample's rows are.
-pub struct ShardReader {
-    path: PathBuf,
-    bytes: Bytes,
-    kind: Kind,
-    /// sample id -> (row group, first row in it, rows)
-    index: HashMap<u32, (usize, usize, usize)>,
-    images: Vec<[u32; 3]>,
-    rows: usize,
-    /// Sequential-scan cache: after two requests in a row from one row group, that
-    /// whole group is decoded once and later requests are served from it.
-    cache: std::sync::Mutex<RowGroupCache>,
-}
-
-#[derive(Default)]
-struct RowGroupCache {
-    last: Option<usize>,
-    decoded: Option<(usize, Vec<CropLabel>)>,
-}
-
-enum Kind {
-    /// the footer, parsed once at open
-    Parquet(ArrowReaderMetadata),
-    /// byte offsets (in the file) of prob, sample_id, crop_id, box, flip
-    Safetensors {
-        prob: usize,
-        crop: usize,
-        bx: usize,
-        flip: usize,
-    },
-}
-
-impl ShardReader {
-    /// Map and index a shard file.
-    pub fn open(path: &Path, enc: Encoding, classes: usize) -> Result<Self, StoreError> {
-        let f = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
-        // SAFETY: the store's files are written once (temporary name, then rename) and
-        // never modified in place; a concurrent writer would replace, not mutate, them.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| StoreError::io(path, e))?;
-        let bytes = Bytes::from_owner(map);
-        if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-            Self::open_safetensors(path, bytes, classes)
-        } else {
-            Self::open_parquet(path, bytes, enc, classes)
-        }
-    }
-
-    fn open_parquet(
-        path: &Path,
-        bytes: Bytes,
-        enc: Encoding,
-        classes: usize,
-    ) -> Result<Self, StoreError> {
-        let corrupt = |e: &dyn std::fmt::Display| StoreError::corrupt(path, e);
-        let arm = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default())
-            .map_err(|e| corrupt(&e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), arm.clone());
-        let want = schema(enc, classes);
-        if builder.schema().fields() != want.fields() {
-            return Err(corrupt(&format!(
-                "schema {:?} is not the store's ({enc}, {classes} classes)",
-                builder.schema()
-            )));
-        }
-        let meta = builder.metadata().clone();
-        let images = meta
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| {
-                kv.iter()
-                    .find(|k| k.key == IMAGES_KEY)
-                    .and_then(|k| k.value.clone())
-            })
-            .ok_or_else(|| corrupt(&"no meal.images metadata"))?;
-        let images: Vec<[u32; 3]> = serde_json::from_str(&images).map_err(|e| corrupt(&e))?;
-        let mask = ProjectionMask::leaves(builder.parquet_schema(), [0]);
-        let mut index = HashMap::new();
-        let mut rows = 0;
-        for rg in 0..meta.num_row_groups() {
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), arm.clone())
-                    .with_projection(mask.clone())
-                    .with_row_groups(vec![rg])
-                    .build()
-                    .map_err(|e| corrupt(&e))?;
-            let mut offset = 0;
-            for b in reader {
-                let b = b.map_err(|e| corrupt(&e))?;
-                let ids = b
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<UInt32Array>()
-                    .ok_or_else(|| corrupt(&"sample_id is not u32"))?;
-                for id in ids.values().iter() {
-                    let e = index.entry(*id).or_insert((rg, offset, 0));
-                    if e.0 != rg || e.1 + e.2 != offset {
-                        return Err(corrupt(&format!(
-                            "rows of sample {id} are not contiguous in one row group"
-                        )));
-                    }
-                    e.2 += 1;
-                    offset += 1;
-                }
-            }
-            rows += offset;
-        }
-        Ok(ShardReader {
-            path: path.to_path_buf(),
-            bytes,
-            kind: Kind::Parquet(arm),
-            index,
-            images,
-            rows,
-            cache: Default::default(),
-        })
-    }
-
-    fn open_safetensors(path: &Path, bytes: Bytes, classes: usize) -> Result<Self, StoreError> {
-        use safetensors::tensor::Dtype;
-        let corrupt = |e: &dyn std::fmt::Display| StoreError::corrupt(path, e);
-        let (header, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(&e))?;
-        let base = 8 + header;
-        let info = |name: &str, dt: Dtype, inner: usize| -> Result<(usize, usize), StoreError> {
-            let t = meta
-                .info(name)
-                .ok_or_else(|| corrupt(&format!("no tensor {name}")))?;
-            let n = *t.shape.first().unwrap_or(&0);
-            if t.dtype != dt || t.shape.iter().skip(1).product::<usize>() != inner {
-                return Err(corrupt(&format!(
-                    "tensor {name} is {:?} {:?}",
-                    t.dtype, t.shape
-                )));
-            }
-            Ok((base + t.data_offsets.0, n))
-        };
-        let (prob, n) = info("prob", Dtype::F16, classes)?;
-        let (sid, n2) = info("sample_id", Dtype::U32, 1)?;
-        let (crop, n3) = info("crop_id", Dtype::U16, 1)?;
-        let (bx, n4) = info("box", Dtype::F32, 4)?;
-        let (flip, n5) = info("flip", Dtype::U8, 1)?;
-        if [n2, n3, n4, n5].iter().any(|&m| m != n)
-            || base
-                + meta
-                    .tensors()
-                    .values()
-                    .map(|t| t.data_offsets.1)
-                    .max()
-                    .unwrap_or(0)
-                > bytes.len()
-        {
-            return Err(corrupt(&"tensor lengths disagree or exceed the file"));
-        }
-        let images = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(IMAGES_KEY).cloned())
-            .ok_or_else(|| corrupt(&"no meal.images metadata"))?;
-        let images: Vec<[u32; 3]> = serde_json::from_str(&images).map_err(|e| corrupt(&e))?;
-        let mut index: HashMap<u32, (usize, usize, usize)> = HashMap::new();
-        for r in 0..n {
-            let o = sid + 4 * r;
-            let id = u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-            let e = index.entry(id).or_insert((0, r, 0));
-            if e.1 + e.2 != r {
-                return Err(corrupt(&format!("rows of sample {id} are not contiguous")));
-            }
-            e.2 += 1;
-        }
-        Ok(ShardReader {
-            path: path.to_path_buf(),
-            bytes,
-            kind: Kind::Safetensors {
-                prob,
-                crop,
-                bx,
-                flip,
-            },
-            index,
-            images,
-            rows: n,
-            cache: Default::default(),
-        })
-    }
-
-    /// The shard file's bytes (memory-mapped).
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// Rows in the shard.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// `[sample_id, width, height]` of every image the shard covers with rows.
-    pub fn images(&self) -> &[[u32; 3]] {
-        &self.images
-    }
-
-    /// Sample ids with rows in this shard.
-    pub fn samples(&self) -> impl Iterator<Item = &u32> {
-        self.index.keys()
-    }
-
-    /// The rows of `sample`, or an empty list when the shard has none for it.
-    pub fn crops(
-        &self,
-        sample: u32,
-        enc: Encoding,
-        classes: usize,
-    ) -> Result<Vec<CropLabel>, StoreError> {
-        let Some(&(rg, first, n)) = self.index.get(&sample) else {
-            return Ok(Vec::new());
-        };
-        match &self.kind {
-            &Kind::Safetensors {
-                prob,
-                crop,
-                bx,
-                flip,
-            } => {
-                let b = &self.bytes;
-                let f32_at =
-                    |o: usize| f32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-                Ok((first..first + n)
-                    .map(|r| {
-                        let p0 = prob + r * classes * 2;
-                        let probs = (0..classes)
-                            .map(|c| {
-                                f16::from_le_bytes([b[p0 + 2 * c], b[p0 + 2 * c + 1]]).to_f32()
-                            })
-                            .collect();
-                        let o = bx + 16 * r;
-                        CropLabel {
-                            crop_id: u16::from_le_bytes([b[crop + 2 * r], b[crop + 2 * r + 1]]),
-                            record: CropRecord {
-                                top: f32_at(o),
-                                left: f32_at(o + 4),
-                                height: f32_at(o + 8),
-                                width: f32_at(o + 12),
-                                flip: b[flip + r] != 0,
-                            },
-                            label: SoftLabel::Dense(probs),
-                        }
-                    })
-                    .collect())
-            }
-            Kind::Parquet(arm) => {
-                let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((g, rows)) = &c.decoded {
-                    if *g == rg {
-                        return Ok(rows[first..first + n].to_vec());
-                    }
-                }
-                if c.last == Some(rg) {
-                    let all = self.parquet_rows(arm, rg, 0, usize::MAX, enc)?;
-                    if first + n > all.len() {
-                        return Err(StoreError::corrupt(
-                            &self.path,
-                            "row group shorter than its index",
-                        ));
-                    }
-                    let out = all[first..first + n].to_vec();
-                    c.decoded = Some((rg, all));
-                    return Ok(out);
-                }
-                c.last = Some(rg);
-                drop(c);
-                self.parquet_rows(arm, rg, first, n, enc)
-            }
-        }
-    }
-
-    fn parquet_rows(
-        &self,
-        arm: &ArrowReaderMetadata,
-        rg: usize,
-        first: usize,
-        n: usize,
-        enc: Encoding,
-    ) -> Result<Vec<CropLabel>, StoreError> {
-        let corrupt = |e: &dyn std::fmt::Display| StoreError::corrupt(&self.path, e);
-        let sel = RowSelection::from(vec![RowSelector::skip(first), RowSelector::select(n)]);
-        let reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(self.bytes.clone(), arm.clone())
-                .with_row_groups(vec![rg])
-                .with_row_selection(sel)
-                .build()
-                .map_err(|e| corrupt(&e))?;
-        let mut out = Vec::with_capacity(n.min(1 << 16));
-        for b in reader {
-            let b = b.map_err(|e| corrupt(&e))?;
-            let col = |i: usize| b.column(i).clone();
-            macro_rules! down {
-                ($a:expr, $t:ty) => {
-                    $a.as_any()
-                        .downcast_ref::<$t>()
-                        .ok_or_else(|| corrupt(&"unexpected column type"))?
-                };
-            }
-            let (c1, c2, c3, c4, c5, c6) = (col(1), col(2), col(3), col(4), col(5), col(6));
-            let crop = down!(c1, UInt16Array);
-            let (top, left, h, w) = (
-                down!(c2, Float32Array),
-                down!(c3, Float32Array),
-                down!(c4, Float32Array),
-                down!(c5, Float32Array),
-            );
-            let flip = down!(c6, BooleanArray);
-            let values = |i: usize| -> Result<ArrayRef, StoreError> {
-                Ok(down!(b.column(i), FixedSizeListArray).values().clone())
-            };
-            let floats = |a: &ArrayRef| -> Result<Vec<f32>, StoreError> {
-                if let Some(x) = a.as_any().downcast_ref::<Float16Array>() {
-                    Ok(x.values().iter().map(|v| v.to_f32()).collect())
-                } else if let Some(x) = a.as_any().downcast_ref::<Float32Array>() {
-                    Ok(x.values().to_vec())
-                } else {
-                    Err(corrupt(&"probabilities are not float16/float32"))
-                }
-            };
-            let (labels_a, labels_b) = match enc {
-                Encoding::Dense => (floats(&values(7)?)?, Vec::new()),
-                Encoding::TopK { .. } => {
-                    let v = values(7)?;
-                    let cls = down!(v, UInt16Array).values().to_vec();
-                    (floats(&values(8)?)?, cls)
-                }
-            };
-            let rows = b.num_rows();
-            let width = labels_a.len().checked_div(rows).unwrap_or(0);
-            for r in 0..rows {
-                let probs = labels_a[r * width..(r + 1) * width].to_vec();
-                let label = match enc {
-                    Encoding::Dense => SoftLabel::Dense(probs),
-                    Encoding::TopK { .. } => SoftLabel::TopK {
-                        classes: labels_b[r * width..(r + 1) * width].to_vec(),
-                        probs,
-                    },
-                };
-                out.push(CropLabel {
-                    crop_id: crop.value(r),
-                    record: CropRecord {
-                        top: top.value(r),
-                        left: left.value(r),
-                        height: h.value(r),
-                        width: w.value(r),
-                        flip: flip.value(r),
-                    },
-                    label,
-                });
-            }
-        }
-        Ok(out)
-    }
 }

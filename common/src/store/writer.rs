@@ -18,7 +18,8 @@ use super::manifest::{
     config_diff, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, StoreConfig,
     Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
 };
-use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows, ShardReader};
+use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
+use super::shard_read::ShardReader;
 use super::{sha256_hex, StoreError};
 
 /// One crop's ensemble probabilities, before encoding.

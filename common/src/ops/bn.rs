@@ -1,0 +1,230 @@
+//! Fused train-mode BatchNorm.
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use crate::error::Result;
+
+/// Per-channel batch statistics of a train-mode [`batch_norm_train`] call, shared by
+/// its forward (which computes them), the caller (running statistics) and its backward.
+pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
+
+/// Train-mode BatchNorm over `(x, gamma, beta)`: batch mean and biased variance per
+/// channel accumulated in f64 (PyTorch's CPU kernel uses double), one pass to normalise;
+/// backward in one fused pass (the closed form below) instead of candle's chain of
+/// broadcasts and strided reductions.
+struct BnTrain {
+    eps: f64,
+    stats: BnStats,
+}
+
+/// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
+struct BnBackward {
+    eps: f64,
+    /// The forward's batch mean and variance (recomputed from `x` only if absent).
+    stats: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+/// Mean and biased variance of each channel of contiguous NCHW `x`.
+fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0f64, 0f64);
+            for i in 0..b {
+                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
+                    s += v as f64;
+                }
+            }
+            let m = s / (b * hw) as f64;
+            for i in 0..b {
+                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
+                    let d = v as f64 - m;
+                    s2 += d * d;
+                }
+            }
+            (m, s2 / (b * hw) as f64)
+        })
+        .unzip()
+}
+
+fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    match l.dims() {
+        [b, c, h, w] => Ok((*b, *c, h * w)),
+        d => candle_core::bail!("batch_norm: expected NCHW, got {d:?}"),
+    }
+}
+
+impl candle_core::CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "meal-bn-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1)?;
+        let (gamma, beta) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
+        let (b, c, hw) = dims_nchw(l1)?;
+        let (mean, var) = channel_stats(x, b, c, hw);
+        let coef: Vec<(f32, f32)> = (0..c)
+            .map(|ch| {
+                let inv = 1.0 / (var[ch] + self.eps).sqrt();
+                let scale = gamma[ch] as f64 * inv;
+                (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
+            })
+            .collect();
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(bc, (o, xi))| {
+                let (sc, sh) = coef[bc % c];
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = v * sc + sh;
+                }
+            });
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, h, w) = x.dims4()?;
+        let n = b * c * h * w;
+        // the forward's statistics: no second pass over x
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let op = BnBackward {
+            eps: self.eps,
+            stats,
+        };
+        let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
+        Ok((
+            Some(packed.narrow(0, 0, n)?.reshape((b, c, h, w))?),
+            Some(packed.narrow(0, n, c)?),
+            Some(packed.narrow(0, n + c, c)?),
+        ))
+    }
+}
+
+impl candle_core::CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "meal-bn-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1)?;
+        let gamma = contiguous_f32(s2, l2)?;
+        let dy = contiguous_f32(s3, l3)?;
+        let (b, c, hw) = dims_nchw(l1)?;
+        let m = (b * hw) as f64;
+        let computed;
+        let (mean, var) = match &self.stats {
+            Some((mean, var)) => (mean, var),
+            None => {
+                computed = channel_stats(x, b, c, hw);
+                (&computed.0, &computed.1)
+            }
+        };
+        // per channel: sum(dy), sum(dy * xhat)
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let inv = 1.0 / (var[ch] + self.eps).sqrt();
+                let (mut sd, mut sdx) = (0f64, 0f64);
+                for i in 0..b {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
+                        sd += g as f64;
+                        sdx += g as f64 * (v as f64 - mean[ch]) * inv;
+                    }
+                }
+                (sd, sdx)
+            })
+            .collect();
+        // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy xhat))
+        let mut out = vec![0f32; x.len() + 2 * c];
+        let (dx, dgb) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(bc, o)| {
+                let ch = bc % c;
+                let inv = 1.0 / (var[ch] + self.eps).sqrt();
+                let (sd, sdx) = sums[ch];
+                let k = gamma[ch] as f64 * inv;
+                let (a, bb) = (sd / m, sdx / m);
+                let r = bc * hw..(bc + 1) * hw;
+                for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
+                    let xhat = (v as f64 - mean[ch]) * inv;
+                    *o = (k * (g as f64 - a - xhat * bb)) as f32;
+                }
+            });
+        for ch in 0..c {
+            dgb[ch] = sums[ch].1 as f32;
+            dgb[c + ch] = sums[ch].0 as f32;
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// What [`batch_norm_train`] returns.
+pub struct BnOut {
+    /// The normalised output.
+    pub y: Tensor,
+    /// Batch mean per channel.
+    pub mean: Vec<f64>,
+    /// Batch biased variance per channel.
+    pub var: Vec<f64>,
+}
+
+/// Train-mode batch norm of NCHW `x` with per-channel `gamma`, `beta` (`[C]`). Returns
+/// the output and the batch mean and biased variance per channel. On CPU with f32 the
+/// fused op above; elsewhere `None` (the caller keeps its generic path).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Option<BnOut>> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
+        return Ok(None);
+    }
+    let stats: BnStats = Default::default();
+    let y = x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BnTrain {
+            eps,
+            stats: stats.clone(),
+        },
+    )?;
+    // cloned, not taken: the op keeps them for its backward
+    let (mean, var) = stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))?;
+    Ok(Some(BnOut { y, mean, var }))
+}
