@@ -17,7 +17,10 @@ fn gradients_with_fan_in_subtraction_and_views() {
     // f = sum((x - y) * x) + sum(x^T * w): x reaches f three times (fan-in), y through
     // a subtraction (first gradient negated), and x^T's gradient is a transposed view
     let xs = x.as_tensor();
-    let f = ((xs - y.as_tensor()).unwrap() * xs).unwrap().sum_all().unwrap();
+    let f = ((xs - y.as_tensor()).unwrap() * xs)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let g = (xs.t().unwrap() * &w).unwrap().sum_all().unwrap();
     let grads = (f + g).unwrap().backward().unwrap();
     let (xv, yv, wv) = (vec(xs), vec(y.as_tensor()), vec(&w.t().unwrap()));

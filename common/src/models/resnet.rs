@@ -252,7 +252,7 @@ impl ResBlock {
         for (i, (c, b)) in self.convs.iter().enumerate() {
             y = b.forward(&c.forward(&y, train)?, train)?;
             if i < last {
-                y = y.relu()?;
+                y = crate::ops::relu(&y)?;
             }
         }
         if let Some(se) = &self.se {
@@ -262,7 +262,7 @@ impl ResBlock {
             Some(d) => d.forward(x, train)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        crate::ops::relu(&(y + shortcut)?)
     }
 }
 
@@ -412,10 +412,10 @@ impl ResNet {
         for (i, (conv, bn)) in self.stem.iter().enumerate() {
             y = conv.forward(&y, train)?;
             if let Some(bn) = bn {
-                y = bn.forward(&y, train)?.relu()?;
+                y = crate::ops::relu(&bn.forward(&y, train)?)?;
             }
             if i == last {
-                y = self.bn1.forward(&y, train)?.relu()?;
+                y = crate::ops::relu(&self.bn1.forward(&y, train)?)?;
             }
         }
         y = max_pool_3x3_s2_p1(&y)?;

@@ -153,7 +153,21 @@ impl CustomOp1 for Col2Im {
                                 continue;
                             }
                             let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                            for (ox, v) in row[oy * g.wo..(oy + 1) * g.wo].iter().enumerate() {
+                            let src = &row[oy * g.wo..(oy + 1) * g.wo];
+                            if g.stride == 1 {
+                                // a contiguous run, as in Im2Col (vectorises)
+                                let lo = g.pad.saturating_sub(kx);
+                                let hi = (g.w + g.pad - kx).min(g.wo);
+                                if lo < hi {
+                                    let s0 = lo + kx - g.pad;
+                                    for (d, v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi])
+                                    {
+                                        *d += v;
+                                    }
+                                }
+                                continue;
+                            }
+                            for (ox, v) in src.iter().enumerate() {
                                 let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                                 if ix >= 0 && ix < g.w as isize {
                                     dst[ix as usize] += v;
@@ -234,6 +248,8 @@ mod tests {
             (3, 2, 5, 5, 2, 1, 1, 0),
             (1, 3, 11, 10, 4, 7, 2, 3),
             (2, 2, 4, 5, 3, 3, 2, 0),
+            (2, 3, 6, 5, 4, 3, 1, 1),
+            (2, 2, 5, 6, 3, 5, 1, 1),
         ] {
             let x =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();

@@ -4,16 +4,19 @@
 //! - [`batch_norm_train`] (bn.rs): fused train-mode BatchNorm, forward and backward.
 //! - [`max_pool2d`] (pool.rs): max-pool with padding and kernel != stride, whose
 //!   backward routes each gradient to its window's first maximum.
+//! - [`relu`] (relu.rs): ReLU whose backward is one pass over the output.
 //!
 //! Each falls back to candle's generic ops off CPU or for non-f32 tensors.
 
 mod bn;
 mod conv;
 mod pool;
+mod relu;
 
 pub use bn::{batch_norm_train, BnOut, BnStats};
 pub use conv::conv2d;
 pub use pool::max_pool2d;
+pub use relu::relu;
 
 use candle_core::{CpuStorage, Layout};
 
