@@ -205,7 +205,16 @@ pub fn conv2d(
         ))
         .into());
     }
-    let cols = if kh == 1 && stride == 1 && padding == 0 {
+    let pointwise = kh == 1 && stride == 1 && padding == 0;
+    if pointwise && g.h * g.w >= g.c && g.b > 1 {
+        // Per image, y_b = W x_b straight from NCHW: no layout copy of the input or
+        // output. The weight gradient sums B products of weight size, which is less
+        // memory than the copies when an image's plane (H*W) is at least C.
+        let x3 = x.contiguous()?.reshape((g.b, g.c, g.h * g.w))?;
+        let w3 = w.reshape((1, co, g.c))?.broadcast_as((g.b, co, g.c))?;
+        return Ok(w3.matmul(&x3)?.reshape((g.b, co, g.h, g.w))?);
+    }
+    let cols = if pointwise {
         x.transpose(0, 1)?.reshape((g.c, g.b * g.h * g.w))?
     } else {
         x.contiguous()?.apply_op1(Im2Col(g))?
