@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
 /// Per-channel batch statistics of a train-mode [`batch_norm_train`] call, shared by
@@ -81,16 +81,13 @@ impl candle_core::CustomOp3 for BnTrain {
                 (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
             })
             .collect();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(bc, (o, xi))| {
-                let (sc, sh) = coef[bc % c];
-                for (o, &v) in o.iter_mut().zip(xi) {
-                    *o = v * sc + sh;
-                }
-            });
+        let hw1 = hw.max(1);
+        let out = par_fill(x.len(), hw1, |bc, o| {
+            let (sc, sh) = coef[bc % c];
+            for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
+                o.write(v * sc + sh);
+            }
+        });
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
 #[derive(Clone, Copy, Debug)]
@@ -61,16 +61,14 @@ impl CustomOp1 for Pool {
         let x = contiguous_f32(s, l)?;
         let (planes, h, w) = dims(l)?;
         let (ho, wo) = (self.out(h), self.out(w));
-        let mut out = vec![0f32; planes * ho * wo];
-        out.par_chunks_mut(ho * wo)
-            .zip(x.par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        o[oy * wo + ox] = plane[self.argmax(plane, h, w, oy, ox)];
-                    }
+        let out = par_fill(planes * ho * wo, ho * wo, |pl, o| {
+            let plane = &x[pl * h * w..(pl + 1) * h * w];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    o[oy * wo + ox].write(plane[self.argmax(plane, h, w, oy, ox)]);
                 }
-            });
+            }
+        });
         let mut shape = l.dims().to_vec();
         shape[2] = ho;
         shape[3] = wo;

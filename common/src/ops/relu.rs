@@ -6,9 +6,8 @@
 //! where the output is positive, zero elsewhere, in one pass.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
 /// Elements per parallel task: large enough that task overhead is noise.
@@ -26,15 +25,12 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| {
-                for (o, &v) in o.iter_mut().zip(i) {
-                    // NaN stays NaN, as torch.relu
-                    *o = if v > 0.0 || v.is_nan() { v } else { 0.0 };
-                }
-            });
+        let y = par_fill(x.len(), CHUNK, |k, o| {
+            for (o, &v) in o.iter_mut().zip(&x[k * CHUNK..]) {
+                // NaN stays NaN, as torch.relu
+                o.write(if v > 0.0 || v.is_nan() { v } else { 0.0 });
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -70,14 +66,12 @@ impl CustomOp2 for ReluBackward {
                 l1.dims()
             );
         }
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(o, (y, g))| {
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = if y > 0.0 { g } else { 0.0 };
-                }
-            });
+        let dx = par_fill(y.len(), CHUNK, |k, o| {
+            let (y, g) = (&y[k * CHUNK..], &dy[k * CHUNK..]);
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                o.write(if y > 0.0 { g } else { 0.0 });
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
