@@ -133,6 +133,26 @@ impl BatchNorm2d {
     /// mean and the running *unbiased* variance with momentum 0.1 (PyTorch). Eval mode:
     /// normalise by the running statistics.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
+
+    /// [`BatchNorm2d::forward`] then ReLU, fused into one op on CPU (the pre-activation
+    /// is then never a tensor the graph keeps).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let y = self.forward_inner(x, train, relu)?;
+        Ok(match y {
+            (y, true) => y,
+            (y, false) if relu => crate::ops::relu(&y)?,
+            (y, false) => y,
+        })
+    }
+
+    /// The output, and whether `relu` was fused into it.
+    fn forward_inner(&self, x: &Tensor, train: bool, relu: bool) -> Result<(Tensor, bool)> {
         let c = x.dim(1)?;
         let shape = (1, c, 1, 1);
         let gamma = w(&self.weight, train).reshape(shape)?;
@@ -145,6 +165,7 @@ impl BatchNorm2d {
                 &w(&self.weight, true),
                 &w(&self.bias, true),
                 BN_EPS,
+                relu,
             )? {
                 let dev = x.device();
                 let m = BN_MOMENTUM;
@@ -171,7 +192,7 @@ impl BatchNorm2d {
                 let nb = (self.num_batches_tracked.as_detached_tensor()
                     + Tensor::ones((), DType::I64, dev)?)?;
                 self.num_batches_tracked.set(&nb)?;
-                return Ok(y);
+                return Ok((y, true));
             }
             // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
             // (acc_type<float> is double): deep nets in train mode are sensitive to it.
@@ -204,8 +225,27 @@ impl BatchNorm2d {
             let nb = (self.num_batches_tracked.as_detached_tensor()
                 + Tensor::ones((), DType::I64, x.device())?)?;
             self.num_batches_tracked.set(&nb)?;
-            Ok(y)
+            Ok((y, false))
         } else {
+            if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 {
+                let v = |t: &Var| -> Result<Vec<f64>> {
+                    Ok(t.as_detached_tensor()
+                        .to_dtype(DType::F64)?
+                        .to_vec1::<f64>()?)
+                };
+                let (g, b) = (v(&self.weight)?, v(&self.bias)?);
+                let (m, var) = (v(&self.running_mean)?, v(&self.running_var)?);
+                let scale: Vec<f64> = g
+                    .iter()
+                    .zip(&var)
+                    .map(|(g, v)| g / (v + BN_EPS).sqrt())
+                    .collect();
+                let shift: Vec<f32> = (0..c).map(|i| (b[i] - m[i] * scale[i]) as f32).collect();
+                let scale: Vec<f32> = scale.iter().map(|&s| s as f32).collect();
+                if let Some(y) = crate::ops::channel_affine(x, scale, shift, relu)? {
+                    return Ok((y, true));
+                }
+            }
             let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
                 .sqrt()?
                 .recip()?;
@@ -216,7 +256,7 @@ impl BatchNorm2d {
                     .as_detached_tensor()
                     .reshape(shape)?
                     .mul(&scale)?)?;
-            Ok(x.broadcast_mul(&scale)?.broadcast_add(&shift)?)
+            Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
         }
     }
 }

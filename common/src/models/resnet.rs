@@ -250,10 +250,12 @@ impl ResBlock {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            y = b.forward(&c.forward(&y, train)?, train)?;
-            if i < last {
-                y = crate::ops::relu(&y)?;
-            }
+            let z = c.forward(&y, train)?;
+            y = if i < last {
+                b.forward_relu(&z, train)?
+            } else {
+                b.forward(&z, train)?
+            };
         }
         if let Some(se) = &self.se {
             y = se.forward(&y, train)?;
@@ -412,10 +414,10 @@ impl ResNet {
         for (i, (conv, bn)) in self.stem.iter().enumerate() {
             y = conv.forward(&y, train)?;
             if let Some(bn) = bn {
-                y = crate::ops::relu(&bn.forward(&y, train)?)?;
+                y = bn.forward_relu(&y, train)?;
             }
             if i == last {
-                y = crate::ops::relu(&self.bn1.forward(&y, train)?)?;
+                y = self.bn1.forward_relu(&y, train)?;
             }
         }
         y = max_pool_3x3_s2_p1(&y)?;

@@ -17,6 +17,8 @@ pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>
 struct BnTrain {
     eps: f64,
     stats: BnStats,
+    /// `max(y, 0)` fused in: the pre-activation is then not a graph node (memory).
+    relu: bool,
 }
 
 /// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
@@ -81,11 +83,16 @@ impl candle_core::CustomOp3 for BnTrain {
                 (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
             })
             .collect();
-        let hw1 = hw.max(1);
+        let (hw1, relu) = (hw.max(1), self.relu);
         let out = par_fill(x.len(), hw1, |bc, o| {
             let (sc, sh) = coef[bc % c];
             for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
-                o.write(v * sc + sh);
+                let y = v * sc + sh;
+                o.write(if relu && !(y > 0.0 || y.is_nan()) {
+                    0.0
+                } else {
+                    y
+                });
             }
         });
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
@@ -97,10 +104,16 @@ impl candle_core::CustomOp3 for BnTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
+        // through the fused ReLU first: the gradient where the output is positive
+        let grad = if self.relu {
+            res.apply_op2_no_bwd(&grad.contiguous()?, &super::relu::ReluBackward)?
+        } else {
+            grad.clone()
+        };
         let n = b * c * h * w;
         // the forward's statistics: no second pass over x
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -204,6 +217,7 @@ pub fn batch_norm_train(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<Option<BnOut>> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
         return Ok(None);
@@ -215,6 +229,7 @@ pub fn batch_norm_train(
         BnTrain {
             eps,
             stats: stats.clone(),
+            relu,
         },
     )?;
     // cloned, not taken: the op keeps them for its backward
@@ -224,4 +239,165 @@ pub fn batch_norm_train(
         .clone()
         .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))?;
     Ok(Some(BnOut { y, mean, var }))
+}
+
+/// Eval-mode BatchNorm as one per-channel `x * scale + shift` pass (optionally with
+/// the ReLU after it), instead of a broadcast multiply, a broadcast add and a ReLU.
+/// Its backward (for gradients through a frozen network) is `dy * scale`, masked by the
+/// ReLU.
+struct ChannelAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+}
+
+/// `dx` of [`ChannelAffine`] from `(y, dy)`.
+struct ChannelAffineBackward {
+    scale: Vec<f32>,
+    relu: bool,
+}
+
+impl candle_core::CustomOp1 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "meal-channel-affine"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (_, c, hw) = dims_nchw(l)?;
+        if self.scale.len() != c {
+            candle_core::bail!(
+                "batch_norm: {} channels, {} statistics",
+                c,
+                self.scale.len()
+            );
+        }
+        let hw1 = hw.max(1);
+        let out = par_fill(x.len(), hw1, |bc, o| {
+            let (sc, sh) = (self.scale[bc % c], self.shift[bc % c]);
+            for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
+                let y = v * sc + sh;
+                o.write(if self.relu && !(y > 0.0 || y.is_nan()) {
+                    0.0
+                } else {
+                    y
+                });
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = ChannelAffineBackward {
+            scale: self.scale.clone(),
+            relu: self.relu,
+        };
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+impl candle_core::CustomOp2 for ChannelAffineBackward {
+    fn name(&self) -> &'static str {
+        "meal-channel-affine-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, dy) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (_, c, hw) = dims_nchw(l1)?;
+        if y.len() != dy.len() {
+            candle_core::bail!(
+                "batch_norm backward: gradient {:?} for {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let hw1 = hw.max(1);
+        let dx = par_fill(y.len(), hw1, |bc, o| {
+            let sc = self.scale[bc % c];
+            let (y, g) = (&y[bc * hw1..], &dy[bc * hw1..]);
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                o.write(if self.relu && y <= 0.0 { 0.0 } else { g * sc });
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `x * scale[c] + shift[c]` per channel of NCHW `x`, then `max(., 0)` when `relu`: on
+/// CPU with f32 one fused pass; elsewhere `None` (the caller keeps its generic path).
+pub fn channel_affine(
+    x: &Tensor,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op1(ChannelAffine {
+        scale,
+        shift,
+        relu,
+    })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn v(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        let worst = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(a.len() == b.len() && worst < tol, "differ by {worst}");
+    }
+
+    /// The fused BN + ReLU (train) and affine + ReLU (eval) equal the unfused ops,
+    /// forward and backward.
+    #[test]
+    fn fused_relu_equals_bn_then_relu() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap()).unwrap();
+        let g = Var::from_tensor(&Tensor::randn(1f32, 0.5, 4, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, 4, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &dev).unwrap();
+        let run = |fused: bool| {
+            let (xs, gs, bs) = (x.as_tensor(), g.as_tensor(), b.as_tensor());
+            let y = if fused {
+                batch_norm_train(xs, gs, bs, 1e-5, true).unwrap().unwrap().y
+            } else {
+                let y = batch_norm_train(xs, gs, bs, 1e-5, false).unwrap().unwrap().y;
+                crate::ops::relu(&y).unwrap()
+            };
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = |t: &Tensor| v(grads.get(t).unwrap());
+            (v(&y), gr(xs), gr(gs), gr(bs))
+        };
+        let (a, b2) = (run(true), run(false));
+        close(&a.0, &b2.0, 1e-6);
+        close(&a.1, &b2.1, 1e-5);
+        close(&a.2, &b2.2, 1e-4);
+        close(&a.3, &b2.3, 1e-4);
+        assert!(a.0.iter().any(|&y| y == 0.0) && a.0.iter().any(|&y| y > 0.0));
+
+        let (scale, shift) = (vec![0.5f32, -1.0, 2.0, 0.1], vec![0.1f32, 0.2, -0.3, 0.0]);
+        let xs = x.as_tensor();
+        let fused = channel_affine(xs, scale.clone(), shift.clone(), true).unwrap().unwrap();
+        let sc = Tensor::from_slice(&scale, (1, 4, 1, 1), &dev).unwrap();
+        let sh = Tensor::from_slice(&shift, (1, 4, 1, 1), &dev).unwrap();
+        let plain = xs.broadcast_mul(&sc).unwrap().broadcast_add(&sh).unwrap().relu().unwrap();
+        close(&v(&fused), &v(&plain), 1e-6);
+        let g1 = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        close(&v(g1.get(xs).unwrap()), &v(g2.get(xs).unwrap()), 1e-6);
+    }
 }

@@ -13,7 +13,7 @@ mod conv;
 mod pool;
 mod relu;
 
-pub use bn::{batch_norm_train, BnOut, BnStats};
+pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
 pub use conv::conv2d;
 pub use pool::max_pool2d;
 pub use relu::relu;

@@ -16,7 +16,7 @@ const CHUNK: usize = 1 << 16;
 struct Relu;
 
 /// `dx` of [`Relu`] from `(y, dy)`.
-struct ReluBackward;
+pub(crate) struct ReluBackward;
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
