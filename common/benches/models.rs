@@ -16,7 +16,10 @@ use meal_common::models::{Discriminator, ResNet};
 use meal_common::optim::{split_decay, Sgd, SgdConfig};
 
 fn main() -> anyhow::Result<()> {
-    meal_common::tune_allocator();
+    // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
+    if std::env::var_os("MEAL_NO_TUNE").is_none() {
+        meal_common::tune_allocator();
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -154,7 +154,8 @@ impl Sgd {
                 };
                 if momentum != 0.0 {
                     let buf = match self.bufs.get(name) {
-                        None => d.copy()?,
+                        // a compact copy: `copy()` would clone all of a view's storage
+                        None => d.force_contiguous()?,
                         Some(b) => ((b * momentum)? + (&d * (1.0 - dampening))?)?,
                     };
                     d = if nesterov {

@@ -122,10 +122,12 @@ impl candle_core::CustomOp3 for BnTrain {
             stats,
         };
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
+        // gamma's and beta's gradients are copied out: as views they would keep the
+        // whole packed buffer (dx included) alive until the optimizer step
         Ok((
             Some(packed.narrow(0, 0, n)?.reshape((b, c, h, w))?),
-            Some(packed.narrow(0, n, c)?),
-            Some(packed.narrow(0, n + c, c)?),
+            Some(packed.narrow(0, n, c)?.force_contiguous()?),
+            Some(packed.narrow(0, n + c, c)?.force_contiguous()?),
         ))
     }
 }
@@ -357,7 +359,11 @@ mod tests {
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {
-        let worst = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         assert!(a.len() == b.len() && worst < tol, "differ by {worst}");
     }
 
@@ -375,7 +381,10 @@ mod tests {
             let y = if fused {
                 batch_norm_train(xs, gs, bs, 1e-5, true).unwrap().unwrap().y
             } else {
-                let y = batch_norm_train(xs, gs, bs, 1e-5, false).unwrap().unwrap().y;
+                let y = batch_norm_train(xs, gs, bs, 1e-5, false)
+                    .unwrap()
+                    .unwrap()
+                    .y;
                 crate::ops::relu(&y).unwrap()
             };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -391,13 +400,31 @@ mod tests {
 
         let (scale, shift) = (vec![0.5f32, -1.0, 2.0, 0.1], vec![0.1f32, 0.2, -0.3, 0.0]);
         let xs = x.as_tensor();
-        let fused = channel_affine(xs, scale.clone(), shift.clone(), true).unwrap().unwrap();
+        let fused = channel_affine(xs, scale.clone(), shift.clone(), true)
+            .unwrap()
+            .unwrap();
         let sc = Tensor::from_slice(&scale, (1, 4, 1, 1), &dev).unwrap();
         let sh = Tensor::from_slice(&shift, (1, 4, 1, 1), &dev).unwrap();
-        let plain = xs.broadcast_mul(&sc).unwrap().broadcast_add(&sh).unwrap().relu().unwrap();
+        let plain = xs
+            .broadcast_mul(&sc)
+            .unwrap()
+            .broadcast_add(&sh)
+            .unwrap()
+            .relu()
+            .unwrap();
         close(&v(&fused), &v(&plain), 1e-6);
-        let g1 = (&fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (&plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (&fused * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&plain * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         close(&v(g1.get(xs).unwrap()), &v(g2.get(xs).unwrap()), 1e-6);
     }
 }
