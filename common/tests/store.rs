@@ -91,6 +91,21 @@ fn write_all(
     Ok(())
 }
 
+/// Run a Python script; its output is the failure message.
+fn run_python(script: &str) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// File name -> (size, a cheap content hash), to compare stores without printing bytes.
 fn files(dir: &Path) -> BTreeMap<String, (usize, u64)> {
     std::fs::read_dir(dir)
@@ -558,17 +573,7 @@ print("ok", rows)
 "#,
         rows = (ds.len() - 1) * POOL as usize
     );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(&script);
 }
 
 #[test]
@@ -604,17 +609,7 @@ pq.write_table(load("/shard-000002.parquet"), d + "/shard-000002.parquet", compr
 pq.write_table(load("/shard-000003.parquet"), d + "/shard-000003.snappy", compression="snappy")
 "#
     );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(&script);
     record_shard(&dir, "shard-000002.parquet");
     let st = LabelStore::open(&dir).unwrap();
     for id in 0..ds.len() as u32 {
