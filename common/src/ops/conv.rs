@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
 /// Geometry of an `im2col` over NCHW input.
@@ -61,49 +61,59 @@ impl Geom {
 /// kernel tap for every (image, output position), zero in the padding. Images side by
 /// side make the convolution one GEMM whose weight gradient needs no reduction.
 fn im2col(g: &Geom, x: &[f32]) -> Vec<f32> {
+    use std::mem::MaybeUninit;
+    fn zero(o: &mut [MaybeUninit<f32>]) {
+        for v in o {
+            v.write(0.0);
+        }
+    }
     let g = *g;
-    let (rows, cols) = (g.rows(), g.cols());
+    let cols = g.cols();
     let bn = g.b * cols;
-    let mut out = vec![0f32; rows * bn];
-    // one task per channel: its k*k rows of the column matrix
-    out.par_chunks_mut(g.k * g.k * bn)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            for ky in 0..g.k {
-                for kx in 0..g.k {
-                    let row = &mut dst[(ky * g.k + kx) * bn..(ky * g.k + kx + 1) * bn];
-                    for b in 0..g.b {
-                        let plane = &x[(b * g.c + c) * g.h * g.w..(b * g.c + c + 1) * g.h * g.w];
-                        let row = &mut row[b * cols..(b + 1) * cols];
-                        for oy in 0..g.ho {
-                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                            if iy < 0 || iy >= g.h as isize {
-                                continue; // stays zero
-                            }
-                            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                            let o = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                            if g.stride == 1 {
-                                // a contiguous run of the source row
-                                let lo = g.pad.saturating_sub(kx);
-                                let hi = (g.w + g.pad - kx).min(g.wo);
-                                if lo < hi {
-                                    let s0 = lo + kx - g.pad;
-                                    o[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                                }
-                                continue;
-                            }
-                            for (ox, v) in o.iter_mut().enumerate() {
-                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                if ix >= 0 && ix < g.w as isize {
-                                    *v = src[ix as usize];
+    // one task per channel: its k*k rows of the column matrix; every element is written
+    // once (padding as explicit zeros), so the buffer is not zeroed first
+    par_fill(g.rows() * bn, g.k * g.k * bn, |c, dst| {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = &mut dst[(ky * g.k + kx) * bn..(ky * g.k + kx + 1) * bn];
+                for b in 0..g.b {
+                    let plane = &x[(b * g.c + c) * g.h * g.w..(b * g.c + c + 1) * g.h * g.w];
+                    let row = &mut row[b * cols..(b + 1) * cols];
+                    for oy in 0..g.ho {
+                        let o = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            zero(o);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        if g.stride == 1 {
+                            // a contiguous run of the source row, zeros either side
+                            let lo = g.pad.saturating_sub(kx).min(g.wo);
+                            let hi = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(lo);
+                            zero(&mut o[..lo]);
+                            if lo < hi {
+                                let s0 = lo + kx - g.pad;
+                                for (d, &v) in o[lo..hi].iter_mut().zip(&src[s0..]) {
+                                    d.write(v);
                                 }
                             }
+                            zero(&mut o[hi..]);
+                            continue;
+                        }
+                        for (ox, v) in o.iter_mut().enumerate() {
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            v.write(if ix >= 0 && ix < g.w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            });
                         }
                     }
                 }
             }
-        });
-    out
+        }
+    })
 }
 
 /// The adjoint of [`im2col`]: scatter-add `[C*k*k, B*Ho*Wo]` back to `[B, C, H, W]`.
@@ -130,7 +140,7 @@ fn col2im(g: &Geom, cols_m: &[f32]) -> Vec<f32> {
                         if g.stride == 1 {
                             // a contiguous run, as in Im2Col (vectorises)
                             let lo = g.pad.saturating_sub(kx);
-                            let hi = (g.w + g.pad - kx).min(g.wo);
+                            let hi = (g.w + g.pad).saturating_sub(kx).min(g.wo);
                             if lo < hi {
                                 let s0 = lo + kx - g.pad;
                                 for (d, v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
@@ -531,6 +541,8 @@ mod tests {
             (2, 3, 28, 29, 4, 1, 1, 0),
             (2, 2, 58, 56, 3, 3, 2, 1),
             (1, 3, 5, 4, 2, 1, 1, 0),
+            // kernel wider than the image: taps that see only padding
+            (1, 1, 3, 1, 2, 5, 1, 2),
         ] {
             let x =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
