@@ -264,7 +264,7 @@ impl ResBlock {
             Some(d) => d.forward(x, train)?,
             None => x.clone(),
         };
-        crate::ops::relu(&(y + shortcut)?)
+        crate::ops::add_relu(&y, &shortcut)
     }
 }
 

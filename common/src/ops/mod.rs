@@ -4,7 +4,8 @@
 //! - [`batch_norm_train`] (bn.rs): fused train-mode BatchNorm, forward and backward.
 //! - [`max_pool2d`] (pool.rs): max-pool with padding and kernel != stride, whose
 //!   backward routes each gradient to its window's first maximum.
-//! - [`relu`] (relu.rs): ReLU whose backward is one pass over the output.
+//! - [`relu`], [`add_relu`] (relu.rs): ReLU (and a residual join + ReLU) whose backward
+//!   is one pass over the output.
 //!
 //! Each falls back to candle's generic ops off CPU or for non-f32 tensors.
 
@@ -16,7 +17,7 @@ mod relu;
 pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
 pub use conv::conv2d;
 pub use pool::max_pool2d;
-pub use relu::relu;
+pub use relu::{add_relu, relu};
 
 use candle_core::{CpuStorage, Layout};
 

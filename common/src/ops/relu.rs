@@ -76,6 +76,57 @@ impl CustomOp2 for ReluBackward {
     }
 }
 
+/// `max(a + b, 0)` (a residual join) as one op: one pass, and the sum is never a
+/// tensor the graph keeps. Both inputs get the same gradient: `dy` where the output is
+/// positive.
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "meal-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add_relu: {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let y = par_fill(a.len(), CHUNK, |k, o| {
+            let (a, b) = (&a[k * CHUNK..], &b[k * CHUNK..]);
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                let v = a + b;
+                o.write(if v > 0.0 || v.is_nan() { v } else { 0.0 });
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `max(a + b, 0)`: on CPU with f32 one fused op, elsewhere candle's add and ReLU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !a.device().is_cpu() || a.dtype() != candle_core::DType::F32 || a.dims() != b.dims() {
+        return relu(&(a + b)?);
+    }
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
+}
+
 /// `max(x, 0)`: on CPU with f32 our op (one-pass backward), elsewhere candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
@@ -123,5 +174,23 @@ mod tests {
         let nan = relu(&Tensor::new(&[f32::NAN, -1.0, 2.0], &dev).unwrap()).unwrap();
         let nan = v(&nan);
         assert!(nan[0].is_nan() && nan[1] == 0.0 && nan[2] == 2.0);
+    }
+
+    #[test]
+    fn add_relu_equals_add_then_relu() {
+        let dev = Device::Cpu;
+        let n = 2 * CHUNK + 5;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, n, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, n, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let v = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        let fused = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+        let plain = relu(&(a.as_tensor() + b.as_tensor()).unwrap()).unwrap();
+        assert_eq!(v(&fused), v(&plain));
+        let g1 = (fused * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [a.as_tensor(), b.as_tensor()] {
+            assert_eq!(v(g1.get(t).unwrap()), v(g2.get(t).unwrap()));
+        }
     }
 }
