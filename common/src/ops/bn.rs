@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::relu::relu_of;
 use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
@@ -51,6 +52,26 @@ fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64
         .unzip()
 }
 
+/// `x * scale[c] + shift[c]` per channel of contiguous NCHW `x` (`c` channels of `hw`
+/// values), then ReLU when `relu`: the forward of both the train and eval BatchNorm ops.
+fn affine_fill(
+    x: &[f32],
+    c: usize,
+    hw: usize,
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let hw1 = hw.max(1);
+    par_fill(x.len(), hw1, |bc, o| {
+        let (sc, sh) = (scale[bc % c], shift[bc % c]);
+        for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
+            let y = v * sc + sh;
+            o.write(if relu { relu_of(y) } else { y });
+        }
+    })
+}
+
 fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     match l.dims() {
         [b, c, h, w] => Ok((*b, *c, h * w)),
@@ -76,25 +97,14 @@ impl candle_core::CustomOp3 for BnTrain {
         let (gamma, beta) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
         let (b, c, hw) = dims_nchw(l1)?;
         let (mean, var) = channel_stats(x, b, c, hw);
-        let coef: Vec<(f32, f32)> = (0..c)
+        let (scale, shift): (Vec<f32>, Vec<f32>) = (0..c)
             .map(|ch| {
                 let inv = 1.0 / (var[ch] + self.eps).sqrt();
                 let scale = gamma[ch] as f64 * inv;
                 (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
             })
-            .collect();
-        let (hw1, relu) = (hw.max(1), self.relu);
-        let out = par_fill(x.len(), hw1, |bc, o| {
-            let (sc, sh) = coef[bc % c];
-            for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
-                let y = v * sc + sh;
-                o.write(if relu && !(y > 0.0 || y.is_nan()) {
-                    0.0
-                } else {
-                    y
-                });
-            }
-        });
+            .unzip();
+        let out = affine_fill(x, c, hw, &scale, &shift, self.relu);
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -274,18 +284,7 @@ impl candle_core::CustomOp1 for ChannelAffine {
                 self.scale.len()
             );
         }
-        let hw1 = hw.max(1);
-        let out = par_fill(x.len(), hw1, |bc, o| {
-            let (sc, sh) = (self.scale[bc % c], self.shift[bc % c]);
-            for (o, &v) in o.iter_mut().zip(&x[bc * hw1..]) {
-                let y = v * sc + sh;
-                o.write(if self.relu && !(y > 0.0 || y.is_nan()) {
-                    0.0
-                } else {
-                    y
-                });
-            }
-        });
+        let out = affine_fill(x, c, hw, &self.scale, &self.shift, self.relu);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 

@@ -51,6 +51,13 @@ impl Geom {
     fn rows(&self) -> usize {
         self.c * self.k * self.k
     }
+    /// At stride 1, the output columns `lo..hi` (`lo <= hi`) of kernel column `kx` that
+    /// see the input row (from input column `lo + kx - pad`); the rest see padding.
+    fn run(&self, kx: usize) -> (usize, usize) {
+        let lo = self.pad.saturating_sub(kx).min(self.wo);
+        let hi = (self.w + self.pad).saturating_sub(kx).min(self.wo).max(lo);
+        (lo, hi)
+    }
     /// Columns (`ho * wo`).
     fn cols(&self) -> usize {
         self.ho * self.wo
@@ -89,8 +96,7 @@ fn im2col(g: &Geom, x: &[f32]) -> Vec<f32> {
                         let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                         if g.stride == 1 {
                             // a contiguous run of the source row, zeros either side
-                            let lo = g.pad.saturating_sub(kx).min(g.wo);
-                            let hi = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(lo);
+                            let (lo, hi) = g.run(kx);
                             zero(&mut o[..lo]);
                             if lo < hi {
                                 let s0 = lo + kx - g.pad;
@@ -139,8 +145,7 @@ fn col2im(g: &Geom, cols_m: &[f32]) -> Vec<f32> {
                         let src = &row[oy * g.wo..(oy + 1) * g.wo];
                         if g.stride == 1 {
                             // a contiguous run, as in Im2Col (vectorises)
-                            let lo = g.pad.saturating_sub(kx);
-                            let hi = (g.w + g.pad).saturating_sub(kx).min(g.wo);
+                            let (lo, hi) = g.run(kx);
                             if lo < hi {
                                 let s0 = lo + kx - g.pad;
                                 for (d, v) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {

@@ -18,6 +18,16 @@ struct Relu;
 /// `dx` of [`Relu`] from `(y, dy)`.
 pub(crate) struct ReluBackward;
 
+/// `max(v, 0)` with NaN kept, as `torch.relu`.
+#[inline]
+pub(crate) fn relu_of(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
+}
+
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
         "meal-relu"
@@ -27,8 +37,7 @@ impl CustomOp1 for Relu {
         let x = contiguous_f32(s, l)?;
         let y = par_fill(x.len(), CHUNK, |k, o| {
             for (o, &v) in o.iter_mut().zip(&x[k * CHUNK..]) {
-                // NaN stays NaN, as torch.relu
-                o.write(if v > 0.0 || v.is_nan() { v } else { 0.0 });
+                o.write(relu_of(v));
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -100,8 +109,7 @@ impl CustomOp2 for AddRelu {
         let y = par_fill(a.len(), CHUNK, |k, o| {
             let (a, b) = (&a[k * CHUNK..], &b[k * CHUNK..]);
             for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                let v = a + b;
-                o.write(if v > 0.0 || v.is_nan() { v } else { 0.0 });
+                o.write(relu_of(a + b));
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
