@@ -1,6 +1,7 @@
 //! Fast ops where stock candle is slow or broken on CPU (shared/REFERENCE.md §5).
 //!
-//! - [`conv2d`] (conv.rs): im2col + GEMM, with col2im as the input gradient.
+//! - [`conv2d`] (conv/): im2col + GEMM, with col2im as the input gradient; GEMMs
+//!   through the `gemm` crate (gemm.rs).
 //! - [`batch_norm_train`] (bn.rs): fused train-mode BatchNorm, forward and backward.
 //! - [`max_pool2d`] (pool.rs): max-pool with padding and kernel != stride, whose
 //!   backward routes each gradient to its window's first maximum.
@@ -11,6 +12,7 @@
 
 mod bn;
 mod conv;
+mod gemm;
 mod pool;
 mod relu;
 
@@ -38,12 +40,31 @@ pub(crate) fn par_fill(
     chunk: usize,
     fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
+    fill_chunks(n, chunk, true, fill)
+}
+
+/// [`par_fill`], or the same chunks in order on this thread when not `parallel` (inside
+/// a task that is itself one of many parallel ones).
+pub(crate) fn fill_chunks(
+    n: usize,
+    chunk: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
     use rayon::prelude::*;
     let mut v: Vec<f32> = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| fill(i, c));
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if parallel {
+        spare
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    } else {
+        spare
+            .chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    }
     // SAFETY: the `n` elements were initialised by `fill` (its contract above).
     unsafe { v.set_len(n) };
     v
