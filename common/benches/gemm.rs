@@ -33,8 +33,25 @@ fn main() {
         let run = |c: &mut [f32]| unsafe {
             // row-major: c[m,n] = a[m,k] * b[k,n]
             gemm::gemm(
-                m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize,
-                b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, par,
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
             )
         };
         for _ in 0..3 {

@@ -20,6 +20,9 @@ struct BnTrain {
     stats: BnStats,
     /// `max(y, 0)` fused in: the pre-activation is then not a graph node (memory).
     relu: bool,
+    /// The forward's per-channel scale and shift: the backward recomputes the ReLU's
+    /// mask from them and `x` (bit for bit the forward's), instead of a masking pass.
+    affine: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 /// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
@@ -27,6 +30,24 @@ struct BnBackward {
     eps: f64,
     /// The forward's batch mean and variance (recomputed from `x` only if absent).
     stats: Option<(Vec<f64>, Vec<f64>)>,
+    /// The fused ReLU's forward scale and shift: `dy` counts only where
+    /// `x * scale + shift > 0`.
+    relu: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Sums over a channel's values with eight f64 accumulators: one accumulator is bound by
+/// the add latency (these loops were ~6% of a ResNet-50 step before).
+#[inline]
+fn sum8(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let tail: f64 = (full..n).map(f).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Mean and biased variance of each channel of contiguous NCHW `x`.
@@ -34,19 +55,18 @@ fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s, mut s2) = (0f64, 0f64);
-            for i in 0..b {
-                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
-                    s += v as f64;
-                }
-            }
+            let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+            let s: f64 = (0..b).map(|i| sum8(hw, |j| plane(i)[j] as f64)).sum();
             let m = s / (b * hw) as f64;
-            for i in 0..b {
-                for &v in &x[(i * c + ch) * hw..(i * c + ch + 1) * hw] {
-                    let d = v as f64 - m;
-                    s2 += d * d;
-                }
-            }
+            let s2: f64 = (0..b)
+                .map(|i| {
+                    let p = plane(i);
+                    sum8(hw, |j| {
+                        let d = p[j] as f64 - m;
+                        d * d
+                    })
+                })
+                .sum();
             (m, s2 / (b * hw) as f64)
         })
         .unzip()
@@ -106,6 +126,9 @@ impl candle_core::CustomOp3 for BnTrain {
             .unzip();
         let out = affine_fill(x, c, hw, &scale, &shift, self.relu);
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
+        if self.relu {
+            *self.affine.lock().unwrap_or_else(|p| p.into_inner()) = Some((scale, shift));
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -118,11 +141,18 @@ impl candle_core::CustomOp3 for BnTrain {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
-        // through the fused ReLU first: the gradient where the output is positive
-        let grad = if self.relu {
-            res.apply_op2_no_bwd(&grad.contiguous()?, &super::relu::ReluBackward)?
-        } else {
-            grad.clone()
+        let affine = self
+            .affine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // through the fused ReLU: masked inside the backward when the forward's affine
+        // is known, else by a pass of its own first
+        let grad = match (self.relu, &affine) {
+            (true, None) => {
+                res.apply_op2_no_bwd(&grad.contiguous()?, &super::relu::ReluBackward)?
+            }
+            _ => grad.clone(),
         };
         let n = b * c * h * w;
         // the forward's statistics: no second pass over x
@@ -130,6 +160,7 @@ impl candle_core::CustomOp3 for BnTrain {
         let op = BnBackward {
             eps: self.eps,
             stats,
+            relu: if self.relu { affine } else { None },
         };
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
         // gamma's and beta's gradients are copied out: as views they would keep the
@@ -169,6 +200,13 @@ impl candle_core::CustomOp3 for BnBackward {
                 (&computed.0, &computed.1)
             }
         };
+        // dy where the fused ReLU passed it
+        let relu = self.relu.as_ref();
+        let gate = |ch: usize, g: f32, v: f32| match relu {
+            // the forward's `relu_of(v * sc + sh)` is positive (NaN is not)
+            Some((sc, sh)) if !(v * sc[ch] + sh[ch] > 0.0) => 0.0,
+            _ => g,
+        };
         // per channel: sum(dy), sum(dy * xhat)
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -177,35 +215,43 @@ impl candle_core::CustomOp3 for BnBackward {
                 let (mut sd, mut sdx) = (0f64, 0f64);
                 for i in 0..b {
                     let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
-                        sd += g as f64;
-                        sdx += g as f64 * (v as f64 - mean[ch]) * inv;
-                    }
+                    let (dy, x) = (&dy[r.clone()], &x[r]);
+                    sd += sum8(hw, |j| gate(ch, dy[j], x[j]) as f64);
+                    sdx += sum8(hw, |j| {
+                        gate(ch, dy[j], x[j]) as f64 * (x[j] as f64 - mean[ch])
+                    });
                 }
-                (sd, sdx)
+                (sd, sdx * inv)
             })
             .collect();
-        // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy xhat))
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, dgb) = out.split_at_mut(x.len());
-        dx.par_chunks_mut(hw.max(1))
+        // dx = gamma * inv / M * (M dy - sum(dy) - xhat * sum(dy xhat)), in f32 as
+        // PyTorch's CPU kernel: k * dy - k * mean(dy) - (x - mean) * (k * inv * mean(dy xhat))
+        let n = x.len();
+        let hw1 = hw.max(1);
+        let mut out: Vec<f32> = Vec::with_capacity(n + 2 * c);
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(hw1)
             .enumerate()
             .for_each(|(bc, o)| {
                 let ch = bc % c;
                 let inv = 1.0 / (var[ch] + self.eps).sqrt();
                 let (sd, sdx) = sums[ch];
                 let k = gamma[ch] as f64 * inv;
-                let (a, bb) = (sd / m, sdx / m);
-                let r = bc * hw..(bc + 1) * hw;
+                let (ka, kb, mf) = (
+                    (k * sd / m) as f32,
+                    (k * inv * sdx / m) as f32,
+                    mean[ch] as f32,
+                );
+                let k = k as f32;
+                let r = bc * hw1..(bc + 1) * hw1;
                 for ((o, &g), &v) in o.iter_mut().zip(&dy[r.clone()]).zip(&x[r]) {
-                    let xhat = (v as f64 - mean[ch]) * inv;
-                    *o = (k * (g as f64 - a - xhat * bb)) as f32;
+                    o.write(k * gate(ch, g, v) - ka - (v - mf) * kb);
                 }
             });
-        for ch in 0..c {
-            dgb[ch] = sums[ch].1 as f32;
-            dgb[c + ch] = sums[ch].0 as f32;
-        }
+        // SAFETY: the n elements of dx were written above
+        unsafe { out.set_len(n) };
+        out.extend(sums.iter().map(|s| s.1 as f32));
+        out.extend(sums.iter().map(|s| s.0 as f32));
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -242,6 +288,7 @@ pub fn batch_norm_train(
             eps,
             stats: stats.clone(),
             relu,
+            affine: Default::default(),
         },
     )?;
     // cloned, not taken: the op keeps them for its backward

@@ -142,10 +142,7 @@ impl CustomOp2 for Conv {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // the network's input image needs no gradient: skip its GEMM and col2im
         let need_dx = x.track_op();
-        let op = ConvBackward {
-            g: self.0,
-            need_dx,
-        };
+        let op = ConvBackward { g: self.0, need_dx };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         if !need_dx {
             return Ok((None, Some(packed.reshape(w.dims())?)));
@@ -244,7 +241,14 @@ fn per_image_backward(
             }
             let wt = (w.as_ptr(), (1, rows));
             if g.pointwise() {
-                sgemm((rows, p, co), dxb.as_mut_ptr(), (p, 1), wt, (dy_b, (p, 1)), inner);
+                sgemm(
+                    (rows, p, co),
+                    dxb.as_mut_ptr(),
+                    (p, 1),
+                    wt,
+                    (dy_b, (p, 1)),
+                    inner,
+                );
             } else {
                 let dcols = sgemm_new((rows, p, co), wt, (dy_b, (p, 1)), inner);
                 col2im_image(g, &dcols, dxb, inner);

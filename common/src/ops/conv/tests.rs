@@ -39,10 +39,8 @@ fn matches_candle_conv_forward_and_backward() {
         // kernel wider than the image: taps that see only padding
         (1, 1, 3, 1, 2, 5, 1, 2),
     ] {
-        let x =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
-        let wt =
-            Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
         let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
         let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
         assert_eq!(ours.dims(), theirs.dims());
@@ -161,7 +159,10 @@ fn input_without_gradient_gets_none_and_the_same_weight_gradient() {
         let y2 = conv2d(xv.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
         let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g2.get(xv.as_tensor()).is_some());
-        let (a, e) = (g1.get(wt.as_tensor()).unwrap(), g2.get(wt.as_tensor()).unwrap());
+        let (a, e) = (
+            g1.get(wt.as_tensor()).unwrap(),
+            g2.get(wt.as_tensor()).unwrap(),
+        );
         assert_eq!(max_abs(a, e), 0.0, "{b} {c} {h} {w} k{k} s{s}");
     }
 }
@@ -171,39 +172,44 @@ fn input_without_gradient_gets_none_and_the_same_weight_gradient() {
 #[test]
 fn same_bits_on_any_thread_count() {
     let dev = Device::Cpu;
-    let run = |(b, c, h, w, co, k, s, p): (usize, usize, usize, usize, usize, usize, usize, usize)| {
-        let x = Var::from_tensor(
-            &Tensor::arange(0u32, (b * c * h * w) as u32, &dev)
-                .unwrap()
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .affine(0.37, 0.0)
-                .unwrap()
-                .sin()
-                .unwrap()
-                .reshape((b, c, h, w))
-                .unwrap(),
-        )
-        .unwrap();
-        let wt = Var::from_tensor(
-            &Tensor::arange(0u32, (co * c * k * k) as u32, &dev)
-                .unwrap()
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .affine(0.11, 0.5)
-                .unwrap()
-                .cos()
-                .unwrap()
-                .reshape((co, c, k, k))
-                .unwrap(),
-        )
-        .unwrap();
-        let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
-        let r = y.sin().unwrap();
-        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        [&y, g.get(x.as_tensor()).unwrap(), g.get(wt.as_tensor()).unwrap()]
+    let run =
+        |(b, c, h, w, co, k, s, p): (usize, usize, usize, usize, usize, usize, usize, usize)| {
+            let x = Var::from_tensor(
+                &Tensor::arange(0u32, (b * c * h * w) as u32, &dev)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .affine(0.37, 0.0)
+                    .unwrap()
+                    .sin()
+                    .unwrap()
+                    .reshape((b, c, h, w))
+                    .unwrap(),
+            )
+            .unwrap();
+            let wt = Var::from_tensor(
+                &Tensor::arange(0u32, (co * c * k * k) as u32, &dev)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .affine(0.11, 0.5)
+                    .unwrap()
+                    .cos()
+                    .unwrap()
+                    .reshape((co, c, k, k))
+                    .unwrap(),
+            )
+            .unwrap();
+            let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
+            let r = y.sin().unwrap();
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                &y,
+                g.get(x.as_tensor()).unwrap(),
+                g.get(wt.as_tensor()).unwrap(),
+            ]
             .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-    };
+        };
     for shape in [
         (4, 3, 30, 29, 8, 3, 1, 1),
         (3, 16, 28, 28, 24, 1, 1, 0),
