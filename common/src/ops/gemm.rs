@@ -49,20 +49,3 @@ pub(crate) unsafe fn sgemm(
         par,
     )
 }
-
-/// A fresh `m x n` row-major matrix `lhs * rhs` (see [`sgemm`]).
-///
-/// # Safety
-/// As [`sgemm`]: both inputs must address their whole strided matrices.
-pub(crate) unsafe fn sgemm_new(
-    (m, n, k): (usize, usize, usize),
-    lhs: Mat,
-    rhs: Mat,
-    parallel: bool,
-) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(m * n);
-    sgemm((m, n, k), v.as_mut_ptr(), (n, 1), lhs, rhs, parallel);
-    // SAFETY: the GEMM wrote all m*n elements (it does not read dst)
-    v.set_len(m * n);
-    v
-}

@@ -21,15 +21,26 @@ pub(super) struct Geom {
     pub pad: usize,
     pub ho: usize,
     pub wo: usize,
+    /// Channel groups: group `i` sees input channels `i*c/groups..` only.
+    pub groups: usize,
 }
 
 impl Geom {
-    pub fn new(dims: &[usize], k: usize, stride: usize, pad: usize) -> candle_core::Result<Self> {
+    pub fn new(
+        dims: &[usize],
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> candle_core::Result<Self> {
         let [b, c, h, w] = *dims else {
             candle_core::bail!("im2col: expected NCHW, got {dims:?}")
         };
         if h + 2 * pad < k || w + 2 * pad < k || stride == 0 {
             candle_core::bail!("im2col: {h}x{w} input, kernel {k}, padding {pad}, stride {stride}");
+        }
+        if groups == 0 || c % groups != 0 {
+            candle_core::bail!("conv2d: {c} input channels in {groups} groups");
         }
         Ok(Geom {
             b,
@@ -41,11 +52,17 @@ impl Geom {
             pad,
             ho: (h + 2 * pad - k) / stride + 1,
             wo: (w + 2 * pad - k) / stride + 1,
+            groups,
         })
     }
     /// Rows of the column matrix of one image (`c * k * k`).
     pub fn rows(&self) -> usize {
         self.c * self.k * self.k
+    }
+    /// Rows of one group's block of the column matrix (`c / groups * k * k`): also the
+    /// length of a weight row.
+    pub fn group_rows(&self) -> usize {
+        self.rows() / self.groups
     }
     /// Columns of one image (`ho * wo`).
     pub fn cols(&self) -> usize {

@@ -31,7 +31,7 @@ fn matches_candle_conv_forward_and_backward() {
         (2, 2, 4, 5, 3, 3, 2, 0),
         (2, 3, 6, 5, 4, 3, 1, 1),
         (2, 2, 5, 6, 3, 5, 1, 1),
-        // planes of at least PER_IMAGE_MIN outputs: one GEMM per image
+        // planes of at least PER_IMAGE_MIN outputs: one GEMM per image (the rest: batch)
         (2, 2, 30, 29, 3, 3, 1, 1),
         (2, 3, 28, 29, 4, 1, 1, 0),
         (2, 2, 58, 56, 3, 3, 2, 1),
@@ -172,49 +172,60 @@ fn input_without_gradient_gets_none_and_the_same_weight_gradient() {
 #[test]
 fn same_bits_on_any_thread_count() {
     let dev = Device::Cpu;
-    let run =
-        |(b, c, h, w, co, k, s, p): (usize, usize, usize, usize, usize, usize, usize, usize)| {
-            let x = Var::from_tensor(
-                &Tensor::arange(0u32, (b * c * h * w) as u32, &dev)
-                    .unwrap()
-                    .to_dtype(candle_core::DType::F32)
-                    .unwrap()
-                    .affine(0.37, 0.0)
-                    .unwrap()
-                    .sin()
-                    .unwrap()
-                    .reshape((b, c, h, w))
-                    .unwrap(),
-            )
-            .unwrap();
-            let wt = Var::from_tensor(
-                &Tensor::arange(0u32, (co * c * k * k) as u32, &dev)
-                    .unwrap()
-                    .to_dtype(candle_core::DType::F32)
-                    .unwrap()
-                    .affine(0.11, 0.5)
-                    .unwrap()
-                    .cos()
-                    .unwrap()
-                    .reshape((co, c, k, k))
-                    .unwrap(),
-            )
-            .unwrap();
-            let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
-            let r = y.sin().unwrap();
-            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            [
-                &y,
-                g.get(x.as_tensor()).unwrap(),
-                g.get(wt.as_tensor()).unwrap(),
-            ]
-            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        };
+    type Shape9 = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+    let run = |(b, c, h, w, co, k, s, p, groups): Shape9| {
+        let x = Var::from_tensor(
+            &Tensor::arange(0u32, (b * c * h * w) as u32, &dev)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .affine(0.37, 0.0)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape((b, c, h, w))
+                .unwrap(),
+        )
+        .unwrap();
+        let wt = Var::from_tensor(
+            &Tensor::arange(0u32, (co * c / groups * k * k) as u32, &dev)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .affine(0.11, 0.5)
+                .unwrap()
+                .cos()
+                .unwrap()
+                .reshape((co, c / groups, k, k))
+                .unwrap(),
+        )
+        .unwrap();
+        let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p, groups).unwrap();
+        let r = y.sin().unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        [
+            &y,
+            g.get(x.as_tensor()).unwrap(),
+            g.get(wt.as_tensor()).unwrap(),
+        ]
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
     for shape in [
-        (4, 3, 30, 29, 8, 3, 1, 1),
-        (3, 16, 28, 28, 24, 1, 1, 0),
-        (4, 8, 12, 11, 16, 3, 2, 1),
-        (5, 16, 7, 7, 8, 1, 1, 0),
+        (4, 3, 30, 29, 8, 3, 1, 1, 1),
+        (3, 16, 28, 28, 24, 1, 1, 0, 1),
+        (4, 8, 12, 11, 16, 3, 2, 1, 1),
+        (5, 16, 7, 7, 8, 1, 1, 0, 1),
+        (4, 8, 16, 15, 8, 3, 1, 1, 4),
     ] {
         let on = |n: usize| {
             rayon::ThreadPoolBuilder::new()
@@ -228,4 +239,48 @@ fn same_bits_on_any_thread_count() {
             assert!(one == on(n), "{shape:?}: 1 vs {n} threads differ");
         }
     }
+}
+
+/// Grouped convolutions (depthwise included) equal candle's grouped conv2d, forward and
+/// both gradients, on the per-image and the batch paths.
+#[test]
+fn grouped_matches_candle_forward_and_backward() {
+    let dev = Device::Cpu;
+    for &(b, c, h, w, co, k, s, p, groups) in &[
+        (2, 4, 9, 8, 6, 3, 1, 1, 2),
+        (2, 6, 30, 29, 6, 3, 1, 1, 3),
+        (1, 8, 7, 7, 8, 3, 1, 1, 8),
+        (3, 4, 5, 6, 4, 1, 1, 0, 2),
+        (2, 6, 28, 28, 12, 1, 1, 0, 3),
+        (2, 4, 8, 8, 8, 3, 2, 1, 4),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap())
+            .unwrap();
+        let what = format!("{b} {c} {h} {w} co{co} k{k} s{s} p{p} g{groups}");
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, groups).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, groups)
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_abs(&ours, &theirs) < 1e-4, "forward {what}");
+        let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &wt] {
+            let a = g1.get(v.as_tensor()).unwrap();
+            let e = g2.get(v.as_tensor()).unwrap();
+            assert!(max_abs(a, e) < 1e-3, "grad {what}");
+        }
+    }
+    // channels that do not split into the groups are an error, not a panic
+    let x = Tensor::zeros((1, 6, 5, 5), candle_core::DType::F32, &dev).unwrap();
+    let wt = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    assert!(conv2d(&x, &wt, 1, 1, 4).is_err());
 }
