@@ -60,7 +60,8 @@ fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 /// `relu_of` kept positive; NaN is not).
 #[inline(always)]
 fn gated<const RELU: bool>(g: f32, v: f32, sc: f32, sh: f32) -> f32 {
-    if RELU && !(v * sc + sh > 0.0) {
+    let pass = v * sc + sh > 0.0;
+    if RELU && !pass {
         0.0
     } else {
         g
