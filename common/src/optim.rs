@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::models::{Entry, Kind};
+use crate::ops::{sgd_fast, sgd_step, SgdStep};
 
 /// Optimizer hyper-parameters shared by all groups.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,6 +148,19 @@ impl Sgd {
                 let Some(grad) = grads.get(var.as_tensor()) else {
                     continue;
                 };
+                let buf = self.bufs.get(name);
+                if buf.is_some() && sgd_fast(var.as_tensor(), grad, buf) {
+                    // in place, one pass per tensor (ops/sgd.rs), same arithmetic
+                    let step = SgdStep {
+                        lr: lr as f32,
+                        weight_decay: g.weight_decay as f32,
+                        momentum: momentum as f32,
+                        dampening: dampening as f32,
+                        nesterov,
+                    };
+                    sgd_step(var.as_tensor(), grad, buf, step)?;
+                    continue;
+                }
                 let mut d = if g.weight_decay != 0.0 {
                     (grad + (var.as_tensor() * g.weight_decay)?)?
                 } else {

@@ -8,6 +8,8 @@
 //! - [`relu`], [`add_relu`] (relu.rs): ReLU (and a residual join + ReLU) whose backward
 //!   is one pass over the output.
 //!
+//! - [`sgd_step`] (sgd.rs): the SGD update in place, one pass per tensor.
+//!
 //! Each falls back to candle's generic ops off CPU or for non-f32 tensors.
 
 mod bn;
@@ -15,11 +17,13 @@ mod conv;
 mod gemm;
 mod pool;
 mod relu;
+mod sgd;
 
 pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
 pub use conv::conv2d;
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
+pub use sgd::{sgd_fast, sgd_step, SgdStep};
 
 use candle_core::{CpuStorage, Layout};
 
