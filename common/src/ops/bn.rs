@@ -91,27 +91,48 @@ fn grad_plane<const RELU: bool>(
     }
 }
 
-/// Mean and biased variance of each channel of contiguous NCHW `x`.
+/// Mean and biased variance of each channel of contiguous NCHW `x`, in one pass: sums
+/// of `x - s` and its square in f64, shifted by the channel's first value `s` so that a
+/// large mean does not cancel the variance away.
 fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-            let s: f64 = (0..b)
-                .map(|i| sum8(plane(i), plane(i), |v, _| v as f64))
-                .sum();
-            let m = s / (b * hw) as f64;
-            let s2: f64 = (0..b)
-                .map(|i| {
-                    sum8(plane(i), plane(i), |v, _| {
-                        let d = v as f64 - m;
-                        d * d
-                    })
-                })
-                .sum();
-            (m, s2 / (b * hw) as f64)
+            let n = (b * hw) as f64;
+            let shift = if hw > 0 { plane(0)[0] } else { 0.0 };
+            let (mut s, mut s2) = (0f64, 0f64);
+            for i in 0..b {
+                let (a, q) = sum8_2(plane(i), |v| v as f64 - shift as f64);
+                s += a;
+                s2 += q;
+            }
+            let m = s / n;
+            ((shift as f64) + m, (s2 / n - m * m).max(0.0))
         })
         .unzip()
+}
+
+/// `(sum f(x), sum f(x)^2)` with eight pairs of f64 accumulators.
+#[inline(always)]
+fn sum8_2(x: &[f32], f: impl Fn(f32) -> f64) -> (f64, f64) {
+    let (mut a, mut q) = ([0f64; 8], [0f64; 8]);
+    let c = x.chunks_exact(8);
+    let (mut ta, mut tq) = (0f64, 0f64);
+    for &v in c.remainder() {
+        let d = f(v);
+        ta += d;
+        tq += d * d;
+    }
+    for u in c {
+        let u: &[f32; 8] = u.try_into().unwrap();
+        for l in 0..8 {
+            let d = f(u[l]);
+            a[l] += d;
+            q[l] += d * d;
+        }
+    }
+    (a.iter().sum::<f64>() + ta, q.iter().sum::<f64>() + tq)
 }
 
 /// `x * scale[c] + shift[c]` per channel of contiguous NCHW `x` (`c` channels of `hw`
@@ -517,5 +538,42 @@ mod tests {
             .backward()
             .unwrap();
         close(&v(g1.get(xs).unwrap()), &v(g2.get(xs).unwrap()), 1e-6);
+    }
+
+    /// The one-pass shifted statistics equal a two-pass f64 reference, also where the
+    /// mean is 1e5 standard deviations from zero (an unshifted sum of squares would
+    /// cancel the variance away in f64 there) and for planes not a multiple of 8.
+    #[test]
+    fn one_pass_statistics_equal_two_pass() {
+        let (b, c, hw) = (3, 2, 13);
+        let x: Vec<f32> = (0..b * c * hw)
+            .map(|i| {
+                let ch = (i / hw) % c;
+                let noise = ((i * 7919 % 101) as f32 - 50.0) / 50.0;
+                if ch == 0 {
+                    1000.0 + 0.01 * noise
+                } else {
+                    noise
+                }
+            })
+            .collect();
+        let (mean, var) = channel_stats(&x, b, c, hw);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..b)
+                .flat_map(|i| x[(i * c + ch) * hw..(i * c + ch + 1) * hw].iter())
+                .map(|&v| v as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let v = vals.iter().map(|u| (u - m) * (u - m)).sum::<f64>() / vals.len() as f64;
+            assert!(
+                (mean[ch] - m).abs() <= 1e-12 * m.abs().max(1.0),
+                "mean {ch}"
+            );
+            assert!(
+                (var[ch] - v).abs() <= 1e-9 * v,
+                "var {ch}: {} vs {v}",
+                var[ch]
+            );
+        }
     }
 }
