@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit demo-data bench bench-models bench-store teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -47,6 +47,11 @@ bench:
 ## bench-store: label-store bytes per crop and read speed
 bench-store:
 	$(CARGO) bench -p meal-common --bench store
+
+## bench-gemm: the GEMM under our convolutions (gemm crate) beside torch.mm, 1 and 2 threads
+bench-gemm:
+	for t in 1 2; do RAYON_NUM_THREADS=$$t $(CARGO) bench -q -p meal-common --bench gemm; \
+	  python3 bench/gemm_torch.py $$t || echo "torch side skipped: pip install torch"; done
 
 ## bench-models: teacher inference and student train step, ours beside PyTorch (slow)
 bench-models:

@@ -35,25 +35,28 @@ struct BnBackward {
     relu: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Sums of `f(a[i], b[i])` with eight f64 accumulators over 8-wide chunks: one
-/// accumulator is bound by the add latency (these loops were ~6% of a ResNet-50 step).
+/// The two sums of `f(a[i], b[i])` with eight pairs of f64 accumulators over 8-wide
+/// chunks, in one pass: one accumulator is bound by the add latency (these loops were ~6%
+/// of a ResNet-50 step).
 #[inline(always)]
-fn sum8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
+fn sums8(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    let (mut s, mut t) = ([0f64; 8], [0f64; 8]);
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&u, &v)| f(u, v))
-        .sum();
+    let (mut ts, mut tt) = (0f64, 0f64);
+    for (&u, &v) in ca.remainder().iter().zip(cb.remainder()) {
+        let (p, q) = f(u, v);
+        ts += p;
+        tt += q;
+    }
     for (u, v) in ca.zip(cb) {
         let (u, v): (&[f32; 8], &[f32; 8]) = (u.try_into().unwrap(), v.try_into().unwrap());
         for l in 0..8 {
-            acc[l] += f(u[l], v[l]);
+            let (p, q) = f(u[l], v[l]);
+            s[l] += p;
+            t[l] += q;
         }
     }
-    acc.iter().sum::<f64>() + tail
+    (s.iter().sum::<f64>() + ts, t.iter().sum::<f64>() + tt)
 }
 
 /// `dy` where the fused ReLU let it through: `x * sc + sh > 0` (what the forward's
@@ -70,12 +73,10 @@ fn gated<const RELU: bool>(g: f32, v: f32, sc: f32, sh: f32) -> f32 {
 
 /// `(sum(dy), sum(dy * (x - mean)))` over one plane, `dy` gated by the fused ReLU.
 fn grad_sums<const RELU: bool>(dy: &[f32], x: &[f32], mean: f64, sc: f32, sh: f32) -> (f64, f64) {
-    (
-        sum8(dy, x, |g, v| gated::<RELU>(g, v, sc, sh) as f64),
-        sum8(dy, x, |g, v| {
-            gated::<RELU>(g, v, sc, sh) as f64 * (v as f64 - mean)
-        }),
-    )
+    sums8(dy, x, |g, v| {
+        let g = gated::<RELU>(g, v, sc, sh) as f64;
+        (g, g * (v as f64 - mean))
+    })
 }
 
 /// One plane of the input gradient: `k * dy - ka - (x - mean) * kb`, `dy` gated.
@@ -103,7 +104,10 @@ fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64
             let shift = if hw > 0 { plane(0)[0] } else { 0.0 };
             let (mut s, mut s2) = (0f64, 0f64);
             for i in 0..b {
-                let (a, q) = sum8_2(plane(i), |v| v as f64 - shift as f64);
+                let (a, q) = sums8(plane(i), plane(i), |v, _| {
+                    let d = v as f64 - shift as f64;
+                    (d, d * d)
+                });
                 s += a;
                 s2 += q;
             }
@@ -111,28 +115,6 @@ fn channel_stats(x: &[f32], b: usize, c: usize, hw: usize) -> (Vec<f64>, Vec<f64
             ((shift as f64) + m, (s2 / n - m * m).max(0.0))
         })
         .unzip()
-}
-
-/// `(sum f(x), sum f(x)^2)` with eight pairs of f64 accumulators.
-#[inline(always)]
-fn sum8_2(x: &[f32], f: impl Fn(f32) -> f64) -> (f64, f64) {
-    let (mut a, mut q) = ([0f64; 8], [0f64; 8]);
-    let c = x.chunks_exact(8);
-    let (mut ta, mut tq) = (0f64, 0f64);
-    for &v in c.remainder() {
-        let d = f(v);
-        ta += d;
-        tq += d * d;
-    }
-    for u in c {
-        let u: &[f32; 8] = u.try_into().unwrap();
-        for l in 0..8 {
-            let d = f(u[l]);
-            a[l] += d;
-            q[l] += d * d;
-        }
-    }
-    (a.iter().sum::<f64>() + ta, q.iter().sum::<f64>() + tq)
 }
 
 /// `x * scale[c] + shift[c]` per channel of contiguous NCHW `x` (`c` channels of `hw`
