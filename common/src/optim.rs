@@ -144,22 +144,25 @@ impl Sgd {
         } = self.config;
         for g in &self.groups {
             let lr = g.lr * scale;
+            let step = SgdStep {
+                lr: lr as f32,
+                weight_decay: g.weight_decay as f32,
+                momentum: momentum as f32,
+                dampening: dampening as f32,
+                nesterov,
+            };
             for (name, var) in &g.params {
                 let Some(grad) = grads.get(var.as_tensor()) else {
                     continue;
                 };
-                let buf = self.bufs.get(name);
-                if buf.is_some() && sgd_fast(var.as_tensor(), grad, buf) {
-                    // in place, one pass per tensor (ops/sgd.rs), same arithmetic
-                    let step = SgdStep {
-                        lr: lr as f32,
-                        weight_decay: g.weight_decay as f32,
-                        momentum: momentum as f32,
-                        dampening: dampening as f32,
-                        nesterov,
-                    };
-                    sgd_step(var.as_tensor(), grad, buf, step)?;
-                    continue;
+                // a buffer exists from the second momentum step on (or was loaded: used
+                // only with momentum): then in place, one pass per tensor (ops/sgd.rs),
+                // same arithmetic
+                if let Some(buf) = self.bufs.get(name).filter(|_| momentum != 0.0) {
+                    if sgd_fast(var.as_tensor(), grad, buf) {
+                        sgd_step(var.as_tensor(), grad, buf, step)?;
+                        continue;
+                    }
                 }
                 let mut d = if g.weight_decay != 0.0 {
                     (grad + (var.as_tensor() * g.weight_decay)?)?

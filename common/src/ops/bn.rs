@@ -200,30 +200,27 @@ impl candle_core::CustomOp3 for BnTrain {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
-        let affine = self
+        // the fused ReLU's forward scale and shift (set by every forward with `relu`):
+        // the backward masks `dy` with them
+        let relu = self
             .affine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        // through the fused ReLU: masked inside the backward when the forward's affine
-        // is known, else by a pass of its own first
-        let grad = match (self.relu, &affine) {
-            (true, None) => {
-                res.apply_op2_no_bwd(&grad.contiguous()?, &super::relu::ReluBackward)?
-            }
-            _ => grad.clone(),
-        };
+        if self.relu && relu.is_none() {
+            candle_core::bail!("batch_norm backward: the forward's ReLU affine is missing");
+        }
         let n = b * c * h * w;
         // the forward's statistics: no second pass over x
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let op = BnBackward {
             eps: self.eps,
             stats,
-            relu: if self.relu { affine } else { None },
+            relu,
         };
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
         // gamma's and beta's gradients are copied out: as views they would keep the

@@ -16,7 +16,7 @@ const CHUNK: usize = 1 << 16;
 struct Relu;
 
 /// `dx` of [`Relu`] from `(y, dy)`.
-pub(crate) struct ReluBackward;
+struct ReluBackward;
 
 /// `max(v, 0)` with NaN kept, as `torch.relu`.
 #[inline]

@@ -16,7 +16,8 @@ pub struct SgdStep {
     pub lr: f32,
     /// Weight decay (L2 added to the gradient).
     pub weight_decay: f32,
-    /// Momentum (0: plain SGD, and the buffer is not touched).
+    /// Momentum (non-zero: without momentum there is no buffer, and the generic path
+    /// in optim.rs runs).
     pub momentum: f32,
     /// Dampening of the gradient in the buffer.
     pub dampening: f32,
@@ -32,18 +33,26 @@ struct ParamUpdate(SgdStep);
 
 const CHUNK: usize = 1 << 14;
 
-fn mut_f32<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+/// The tensor written in place and the two read, as contiguous f32 slices of one length.
+fn operands<'a>(
+    (s1, l1): (&'a mut CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a mut [f32], &'a [f32], &'a [f32])> {
+    let (b, c) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
+    let a = match (s1, l1.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((i, j))) => &mut v[i..j],
         _ => candle_core::bail!("meal sgd: contiguous f32 only"),
+    };
+    if a.len() != b.len() || a.len() != c.len() {
+        candle_core::bail!(
+            "meal sgd: tensor sizes {}, {}, {} differ",
+            a.len(),
+            b.len(),
+            c.len()
+        );
     }
-}
-
-fn same_len(a: usize, b: usize, c: usize) -> candle_core::Result<()> {
-    if a != b || a != c {
-        candle_core::bail!("meal sgd: parameter, gradient and buffer sizes {a}, {b}, {c}");
-    }
-    Ok(())
+    Ok((a, b, c))
 }
 
 impl InplaceOp3 for BufUpdate {
@@ -60,9 +69,7 @@ impl InplaceOp3 for BufUpdate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (g, p) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        let buf = mut_f32(s1, l1)?;
-        same_len(p.len(), g.len(), buf.len())?;
+        let (buf, g, p) = operands((s1, l1), (s2, l2), (s3, l3))?;
         let SgdStep {
             weight_decay: wd,
             momentum: m,
@@ -95,9 +102,7 @@ impl InplaceOp3 for ParamUpdate {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (g, buf) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        let p = mut_f32(s1, l1)?;
-        same_len(p.len(), g.len(), buf.len())?;
+        let (p, g, buf) = operands((s1, l1), (s2, l2), (s3, l3))?;
         let SgdStep {
             lr,
             weight_decay: wd,
@@ -108,13 +113,7 @@ impl InplaceOp3 for ParamUpdate {
         p.par_chunks_mut(CHUNK).enumerate().for_each(|(i, p)| {
             let o = i * CHUNK;
             for ((p, &g), &b) in p.iter_mut().zip(&g[o..]).zip(&buf[o..]) {
-                let d = if m == 0.0 {
-                    g + *p * wd
-                } else if nesterov {
-                    (g + *p * wd) + b * m
-                } else {
-                    b
-                };
+                let d = if nesterov { (g + *p * wd) + b * m } else { b };
                 *p -= d * lr;
             }
         });
@@ -122,39 +121,21 @@ impl InplaceOp3 for ParamUpdate {
     }
 }
 
-/// Whether [`sgd_step`] applies: CPU, f32, contiguous, same shapes.
-pub fn sgd_fast(p: &Tensor, g: &Tensor, buf: Option<&Tensor>) -> bool {
+/// Whether [`sgd_step`] applies: CPU, f32, contiguous, one shape.
+pub fn sgd_fast(p: &Tensor, g: &Tensor, buf: &Tensor) -> bool {
     let ok = |t: &Tensor| {
         t.device().is_cpu()
             && t.dtype() == candle_core::DType::F32
             && t.is_contiguous()
             && t.shape() == p.shape()
     };
-    ok(p) && ok(g) && buf.is_none_or(ok)
+    ok(p) && ok(g) && ok(buf)
 }
 
-/// One SGD step in place on `p` (and on `buf`, which must be `Some` when momentum is
-/// non-zero): the buffer update then the parameter update, one pass each. Callers check
-/// [`sgd_fast`] first.
-pub fn sgd_step(
-    p: &Tensor,
-    g: &Tensor,
-    buf: Option<&Tensor>,
-    step: SgdStep,
-) -> crate::error::Result<()> {
-    match buf {
-        Some(b) if step.momentum != 0.0 => {
-            b.inplace_op3(g, p, &BufUpdate(step))?;
-            p.inplace_op3(g, b, &ParamUpdate(step))?;
-        }
-        _ => {
-            let plain = SgdStep {
-                momentum: 0.0,
-                ..step
-            };
-            // the buffer operand is unused without momentum
-            p.inplace_op3(g, g, &ParamUpdate(plain))?;
-        }
-    }
+/// One SGD step with momentum in place on `p` and its buffer `buf`: the buffer update,
+/// then the parameter update, one pass each. Callers check [`sgd_fast`] first.
+pub fn sgd_step(p: &Tensor, g: &Tensor, buf: &Tensor, step: SgdStep) -> crate::error::Result<()> {
+    buf.inplace_op3(g, p, &BufUpdate(step))?;
+    p.inplace_op3(g, buf, &ParamUpdate(step))?;
     Ok(())
 }
