@@ -31,7 +31,7 @@ unit:
 ## test-full: the opt-in checks - full-size presets and a save/load round trip through
 ## timm (needs python3 with torch, timm, safetensors; writes ~2 GB to $(FULL_FIXTURES))
 test-full:
-	python3 common/tests/fixtures/make_model_fixtures.py --full $(FULL_FIXTURES)
+	python3 models/tests/fixtures/make_model_fixtures.py --full $(FULL_FIXTURES)
 	MEAL_FULL_FIXTURES=$(FULL_FIXTURES) $(CARGO) test --workspace -- --ignored
 
 ## demo-data: the synthetic demo dataset (ImageFolder of JPEGs) under $(DATA)
@@ -46,11 +46,11 @@ bench:
 
 ## bench-store: label-store bytes per crop and read speed
 bench-store:
-	$(CARGO) bench -p meal-common --bench store
+	$(CARGO) bench -p meal-store --bench store
 
 ## bench-gemm: the GEMM under our convolutions (gemm crate) beside torch.mm, 1 and 2 threads
 bench-gemm:
-	for t in 1 2; do RAYON_NUM_THREADS=$$t $(CARGO) bench -q -p meal-common --bench gemm; \
+	for t in 1 2; do RAYON_NUM_THREADS=$$t $(CARGO) bench -q -p meal-models --bench gemm; \
 	  python3 bench/gemm_torch.py $$t || echo "torch side skipped: pip install torch"; done
 
 ## bench-models: teacher inference and student train step, ours beside PyTorch (slow)

@@ -1,4 +1,4 @@
-"""torch.mm (MKL) GFLOP/s on the GEMM shapes of common/benches/gemm.rs, the PyTorch side
+"""torch.mm (MKL) GFLOP/s on the GEMM shapes of models/benches/gemm.rs, the PyTorch side
 of `make bench-gemm`. Usage: python3 bench/gemm_torch.py [THREADS]"""
 import sys
 import time
@@ -6,7 +6,7 @@ import time
 import torch
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
-# (m, n, k), as in common/benches/gemm.rs
+# (m, n, k), as in models/benches/gemm.rs
 SHAPES = [(64, 3136, 576), (256, 3136, 64), (64, 3136, 256), (128, 784, 1152),
           (256, 1568, 2304), (512, 392, 4608), (64, 576, 3136), (576, 3136, 64),
           (2048, 392, 512)]

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 export RAYON_NUM_THREADS=$threads THREADS=$threads
-bin=$(cargo bench -p meal-common --bench models --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+bin=$(cargo bench -p meal-models --bench models --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 have_torch=0
 python3 -c "import torch, timm" 2>/dev/null && have_torch=1
 echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peer of `cargo bench -p meal-common --bench models`: the same work with timm.
+"""PyTorch peer of `cargo bench -p meal-models --bench models`: the same work with timm.
 
 usage: models_torch.py infer|train|online|ce ARCH RES BATCH ITERS   (threads: $THREADS, default 2)
 train = the offline KD step: train-mode forward, soft CE to cached teacher probs +

@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from safetensors.torch import load_file
 from torchvision.datasets import ImageFolder
 
-DEMO = {  # meal_common::models::resnet presets demo_*: deep stem of width 16
+DEMO = {  # meal_models::resnet presets demo_*: deep stem of width 16
     "demo_resnet10": (R.BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128)),
     "demo_resnet14": (R.Bottleneck, (1, 1, 1, 1), (16, 32, 64, 128)),
     "demo_tiny": (R.BasicBlock, (1, 1, 1, 1), (8, 8, 16, 16)),

@@ -1,5 +1,6 @@
 //! `meal-data`: images to tensors for the MEAL V2 pipeline.
 //!
+//! - [`atomic`]: crash-safe file replacement (write, sync, rename), used by every stage.
 //! - [`dataset`]: the index (ImageFolder or CSV list), stable sample ids, fingerprint.
 //! - [`decode`]: JPEG/PNG to RGB8 as PIL's `convert("RGB")`.
 //! - [`crop`]: torchvision's RandomResizedCrop sampling from a counter-based RNG, and the
@@ -11,6 +12,7 @@
 //!
 //! docs/DATA.md describes the behaviour and the choices made.
 
+pub mod atomic;
 pub mod crop;
 pub mod dataset;
 pub mod decode;

@@ -265,14 +265,16 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
 
 /// Write an RGB8 image as a baseline JPEG, atomically (temp file then rename).
 pub fn write_jpeg(path: &Path, w: u32, h: u32, rgb: &[u8], quality: u8) -> Result<()> {
-    let tmp = path.with_extension("jpg.tmp");
-    {
-        let f = fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    crate::atomic::replace_with(path, |tmp| {
+        let f = fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
         let mut enc = JpegEncoder::new_with_quality(BufWriter::new(f), quality);
         enc.encode(rgb, w, h, image::ExtendedColorType::Rgb8)
-            .map_err(|e| DataError::decode(&tmp, format!("JPEG encode: {e}")))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+            .map_err(|e| DataError::decode(tmp, format!("JPEG encode: {e}")))
+    })
+    .map_err(|e| match e {
+        crate::atomic::AtomicError::Write(e) => e,
+        crate::atomic::AtomicError::Io(p, e) => DataError::io(&p, e),
+    })
 }
 
 #[cfg(test)]

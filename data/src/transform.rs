@@ -20,9 +20,9 @@ use crate::resample::{resize_rgb8, Kernel, Scratch};
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (torchvision / timm `IMAGENET_DEFAULT_STD`).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// The eval transform's resize-to-crop ratio, 256/224 (torchvision reference scripts,
-/// MEAL V2 `test.py`): shorter side `int(256 / 224 * S)`, then a centre crop of S.
-pub const EVAL_RESIZE_RATIO: f64 = 256.0 / 224.0;
+/// The default eval crop fraction, 224/256 = 0.875 (torchvision reference scripts,
+/// MEAL V2 `test.py`: shorter side 256, then a centre crop of 224).
+pub const DEFAULT_CROP_PCT: f64 = 0.875;
 
 /// Resampling filter, PIL's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,14 +68,17 @@ pub struct Normalize {
 
 impl Default for Normalize {
     fn default() -> Self {
-        Normalize {
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
+        Normalize::IMAGENET
     }
 }
 
 impl Normalize {
+    /// ImageNet's mean and std (the default).
+    pub const IMAGENET: Normalize = Normalize {
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+
     /// For each channel, the normalised value of each 8-bit level, computed exactly as
     /// torchvision does per pixel (`(v / 255 - mean) / std` in f32).
     fn lut(&self) -> [[f32; 256]; 3] {
@@ -89,7 +92,8 @@ impl Normalize {
     }
 }
 
-/// What one crop becomes: output side, filter, normalisation.
+/// What one crop becomes: output side, filter, normalisation, and for the eval
+/// transform the centre-crop fraction.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CropSpec {
     /// Output side S (the tensor is 3 x S x S).
@@ -98,6 +102,14 @@ pub struct CropSpec {
     pub filter: Filter,
     /// Normalisation.
     pub normalize: Normalize,
+    /// Eval only: the shorter side is resized to `floor(S / crop_pct)` before the
+    /// centre crop (timm `transforms_imagenet_eval`, torchvision `Resize(int(S / pct))`).
+    #[serde(default = "default_crop_pct")]
+    pub crop_pct: f64,
+}
+
+fn default_crop_pct() -> f64 {
+    DEFAULT_CROP_PCT
 }
 
 impl CropSpec {
@@ -131,6 +143,21 @@ impl CropSpec {
             size,
             filter,
             normalize,
+            crop_pct: DEFAULT_CROP_PCT,
+        })
+    }
+
+    /// The same spec with eval crop fraction `pct` (in (0, 1]).
+    pub fn with_crop_pct(self, pct: f64) -> Result<Self> {
+        if !(pct > 0.0 && pct <= 1.0) {
+            return Err(DataError::param(
+                "crop_pct",
+                format!("{pct} (expected a fraction in (0, 1])"),
+            ));
+        }
+        Ok(CropSpec {
+            crop_pct: pct,
+            ..self
         })
     }
 }
@@ -231,7 +258,7 @@ impl Replayer {
         Ok(())
     }
 
-    /// The eval transform: resize the shorter side to `int(256 / 224 * S)` (the longer
+    /// The eval transform: resize the shorter side to `floor(S / crop_pct)` (the longer
     /// side `int(new_short * long / short)`, torchvision `Resize`), centre-crop S
     /// (torchvision `CenterCrop`: offset `int(round((n - S) / 2))`), normalise into `out`.
     pub fn eval(
@@ -242,7 +269,7 @@ impl Replayer {
         path: &Path,
     ) -> Result<()> {
         check_out(out, spec, path)?;
-        let (new_w, new_h) = eval_resize_dims(img.width, img.height, spec.size);
+        let (new_w, new_h) = eval_resize_dims(img.width, img.height, spec.size, spec.crop_pct);
         let full = PixelBox {
             top: 0,
             left: 0,
@@ -272,11 +299,11 @@ fn check_out(out: &[f32], spec: &CropSpec, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Image size after the eval transform's resize, for a `w` x `h` image and crop `s`.
-/// Computed in f64 exactly as Python's `int(256 / 224 * s)` and
-/// `int(new_short * long / short)`.
-pub fn eval_resize_dims(w: u32, h: u32, s: u32) -> (u32, u32) {
-    let short_target = (EVAL_RESIZE_RATIO * s as f64) as u32;
+/// Image size after the eval transform's resize, for a `w` x `h` image, crop `s` and
+/// crop fraction `crop_pct`. Computed in f64 exactly as Python's
+/// `math.floor(s / crop_pct)` (timm) and `int(new_short * long / short)` (torchvision).
+pub fn eval_resize_dims(w: u32, h: u32, s: u32, crop_pct: f64) -> (u32, u32) {
+    let short_target = (s as f64 / crop_pct).floor() as u32;
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     let new_long = (short_target as f64 * long as f64 / short as f64) as u32;
     if w <= h {
@@ -293,9 +320,11 @@ mod tests {
     #[test]
     fn eval_dims_follow_torchvision() {
         // 500x375 at S=224: short 256, long int(256*500/375) = 341
-        assert_eq!(eval_resize_dims(500, 375, 224), (341, 256));
-        assert_eq!(eval_resize_dims(375, 500, 224), (256, 341));
-        assert_eq!(eval_resize_dims(100, 100, 112), (128, 128));
+        assert_eq!(eval_resize_dims(500, 375, 224, 0.875), (341, 256));
+        assert_eq!(eval_resize_dims(375, 500, 224, 0.875), (256, 341));
+        assert_eq!(eval_resize_dims(100, 100, 112, 0.875), (128, 128));
+        // timm resnet50.a1_in1k: crop_pct 0.95 -> floor(224 / 0.95) = 235
+        assert_eq!(eval_resize_dims(500, 375, 224, 0.95), (313, 235));
     }
 
     #[test]

@@ -71,6 +71,37 @@ fn replay_and_eval_match_pil() {
     );
 }
 
+/// The eval transform honours crop_pct: torchvision's `Resize(int(S / crop_pct))` +
+/// `CenterCrop(S)` (fixtures/make_crop_pct_fixtures.py) at 0.95 (timm's resnet50), 0.9,
+/// 1.0 and 0.5, bit for bit.
+#[test]
+fn eval_with_crop_pct_matches_torchvision() {
+    let fx = common::json("eval_crop_pct.json");
+    let src = common::image(fx["source"].as_str().unwrap());
+    let mut r = Replayer::default();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 24);
+    for c in cases {
+        let file = c["file"].as_str().unwrap();
+        let want = common::image(file);
+        let size = c["size"].as_u64().unwrap() as u32;
+        let filter: Filter = c["filter"].as_str().unwrap().parse().unwrap();
+        let pct = c["crop_pct"].as_f64().unwrap();
+        let spec = CropSpec::new(size, filter, UNIT)
+            .unwrap()
+            .with_crop_pct(pct)
+            .unwrap();
+        let mut out = vec![0f32; spec.len()];
+        r.eval(&src, &spec, &mut out, Path::new(file)).unwrap();
+        let (mean, max) = common::diff(&to_hwc_u8(&out, size as usize), &want.data);
+        assert_eq!(max, 0, "{file} ({c}): mean {mean:.4} levels, max {max}");
+    }
+    assert!(CropSpec::new(16, Filter::Bilinear, UNIT)
+        .unwrap()
+        .with_crop_pct(0.0)
+        .is_err());
+}
+
 #[test]
 fn normalised_tensor_matches_torchvision() {
     let src = common::image("src_rgb.png");

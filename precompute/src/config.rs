@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use meal_common::store::{Encoding, ShardFormat};
 use meal_data::BadFilePolicy;
+use meal_store::{Encoding, ShardFormat};
 use serde::Deserialize;
 
 /// Default pool size P (crops drawn per image). FKD draws hundreds for ImageNet; the
@@ -86,7 +86,7 @@ pub struct RunArgs {
     pub images_per_row_group: Option<u32>,
 }
 
-pub use meal_common::ensemble::{Pair, TeacherArg};
+pub use meal_models::ensemble::{Pair, TeacherArg};
 
 /// Resolved settings of a run.
 #[derive(Clone, Debug)]
@@ -145,7 +145,7 @@ impl RunArgs {
     /// These flags over the `--config` file (if any) over the defaults.
     pub fn resolve(self) -> Result<Settings> {
         let file = match &self.config {
-            Some(p) => meal_common::cli::read_toml(p)
+            Some(p) => meal_cli::read_toml(p)
                 .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
             None => RunArgs::default(),
         };
@@ -185,7 +185,7 @@ impl RunArgs {
         if batch == 0 {
             bail!("--batch must be at least 1");
         }
-        let threads = pick!(threads).unwrap_or_else(meal_common::cli::default_threads);
+        let threads = pick!(threads).unwrap_or_else(meal_cli::default_threads);
         if threads == 0 {
             bail!("--threads must be at least 1");
         }

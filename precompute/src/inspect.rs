@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use meal_common::store::{entropy, LabelStore};
+use meal_store::{entropy, LabelStore};
 
 /// Bins of each histogram in the PNG.
 pub const HIST_BINS: usize = 40;

@@ -53,13 +53,13 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    meal_common::tune_allocator();
-    meal_common::cli::init_logging();
+    meal_models::tune_allocator();
+    meal_cli::init_logging();
     match Cli::parse().cmd {
         Cmd::Run(args) => {
             let s = args.resolve()?;
-            meal_common::cli::use_threads(s.threads);
-            let stop = meal_common::cli::interrupt_flag("stopping after this batch")
+            meal_cli::use_threads(s.threads);
+            let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
             let r = run::run(&s, &stop)?;
             run::write_report(&s.out, s.worker, &r)?;
@@ -104,7 +104,7 @@ fn main() -> Result<()> {
         Cmd::Merge { data, out } => {
             let ds = Dataset::open(&data, LinkPolicy::default())
                 .with_context(|| format!("--data {}", data.display()))?;
-            let m = meal_common::store::merge(&out, ds.samples())
+            let m = meal_store::merge(&out, ds.samples())
                 .with_context(|| format!("merge {}", out.display()))?;
             println!("merged {} shards into {}", m.shards.len(), out.display());
         }

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use meal_common::ensemble::{Ensemble, Teacher, ENSEMBLE_RULE};
-use meal_common::store::{
-    entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
-};
 use meal_data::{
     CropMode, CropSampler, CropSpec, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops,
     RrcParams, Skipped,
+};
+use meal_models::ensemble::{Ensemble, Teacher, ENSEMBLE_RULE};
+use meal_store::{
+    entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
 };
 use serde::Serialize;
 
@@ -120,7 +119,7 @@ pub fn run_with(
     on_shard: &mut dyn FnMut(u32),
 ) -> Result<RunReport> {
     let t0 = Instant::now();
-    let device = meal_common::parse_device(&s.device).context("--device")?;
+    let device = meal_models::parse_device(&s.device).context("--device")?;
     let ds = Arc::new(
         Dataset::open(&s.data, LinkPolicy::default())
             .with_context(|| format!("--data {}", s.data.display()))?,
@@ -189,16 +188,10 @@ pub fn run_with(
         },
     )?;
 
-    let bar = ProgressBar::new(total_images as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
-        )
-        .expect("valid template"),
+    let bar = meal_cli::progress_bar(
+        total_images as u64,
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
     );
-    if std::env::var_os("MEAL_NO_PROGRESS").is_some() {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
 
     let classes = ens.num_classes();
     let per_shard = s.samples_per_shard;
@@ -319,9 +312,6 @@ pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) ->
         Some([i, n]) => format!("report.worker-{i}-of-{n}.json"),
     };
     let path = out.join(name);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(report)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    meal_data::atomic::write(&path, &serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

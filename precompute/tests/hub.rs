@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::Device;
-use meal_common::models::ResNet;
+use meal_models::ResNet;
 use meal_precompute::hub::{fetch, is_hub_id, HubConfig, WEIGHTS_FILE};
 
 /// Serve `body` at `/{repo}/resolve/main/model.safetensors` with the headers the hub
@@ -129,7 +129,7 @@ fn hub_teachers_download_cache_and_offline() {
     .resolve()
     .unwrap();
     meal_precompute::run::run(&s, &std::sync::atomic::AtomicBool::new(false)).unwrap();
-    let m = meal_common::store::Manifest::read(&dir.path().join("labels")).unwrap();
+    let m = meal_store::Manifest::read(&dir.path().join("labels")).unwrap();
     use sha2::Digest;
     assert_eq!(
         m.config.teachers[0].sha256,

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor, D};
-use meal_common::ensemble::{Ensemble, Teacher};
-use meal_common::models::ResNet;
-use meal_common::store::LabelStore;
 use meal_data::{
     decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams,
 };
+use meal_models::ensemble::{Ensemble, Teacher};
+use meal_models::ResNet;
 use meal_precompute::config::{Pair, RunArgs, Settings};
 use meal_precompute::{inspect, run};
+use meal_store::LabelStore;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -265,7 +265,7 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
         assert!(r.complete, "worker {w} part");
     }
     let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
-    meal_common::store::merge(&f.root.join("workers"), ds.samples()).unwrap();
+    meal_store::merge(&f.root.join("workers"), ds.samples()).unwrap();
     assert_eq!(
         files(&f.root.join("workers")),
         reference,

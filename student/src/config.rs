@@ -1,13 +1,13 @@
 //! Settings of `meal-student train`: flags over an optional TOML file with the same keys
-//! (snake_case of the flag) over the defaults, which follow MEAL V2 (REFERENCE.md §1:
+//! (snake_case of the flag) over the defaults, which follow MEAL V2 (szq0214/MEAL-V2 `train.py`:
 //! SGD lr 0.01, momentum 0.9, weight decay 0, lr x0.1 at epoch 100).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use meal_common::models::input_config;
-use meal_common::optim::LrSchedule;
 use meal_data::{BadFilePolicy, Filter, Normalize};
+use meal_models::input_config;
+use meal_models::optim::LrSchedule;
 use serde::{Deserialize, Serialize};
 
 /// MEAL V2's learning rate.
@@ -63,7 +63,7 @@ pub struct TrainArgs {
     /// RandomResizedCrop scale range of fresh crops (runs without a store; with one,
     /// the stored crops are replayed) [default: 0.08,1].
     #[arg(long, value_name = "MIN,MAX")]
-    pub scale: Option<meal_common::ensemble::Pair>,
+    pub scale: Option<meal_models::ensemble::Pair>,
     /// Base learning rate [default: 0.01].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -207,7 +207,7 @@ impl TrainArgs {
     /// These flags over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Settings> {
         let file = match &self.config {
-            Some(p) => meal_common::cli::read_toml(p)
+            Some(p) => meal_cli::read_toml(p)
                 .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
             None => TrainArgs::default(),
         };
@@ -220,7 +220,7 @@ impl TrainArgs {
         let data = pick!(data).context("--data is required")?;
         let out = pick!(out).context("--out is required (the run directory)")?;
         let arch = pick!(arch).unwrap_or_else(|| "resnet50".into());
-        meal_common::models::preset(&arch).context("--arch")?;
+        meal_models::preset(&arch).context("--arch")?;
         let loss = match pick!(loss).as_deref() {
             None | Some("kd") => LossKind::Kd,
             Some("ce") => LossKind::Ce,
@@ -235,7 +235,10 @@ impl TrainArgs {
         if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {
             bail!("--loss kd needs --labels STORE (from meal-precompute) or --online-teacher");
         }
-        let res = pick!(res).unwrap_or_else(|| input_config(&arch).size);
+        let res = match pick!(res) {
+            Some(r) => r,
+            None => input_config(&arch).context("--arch")?.size,
+        };
         if res == 0 {
             bail!("--res must be at least 1");
         }
@@ -264,7 +267,7 @@ impl TrainArgs {
         if disc && loss == LossKind::Ce {
             bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
         }
-        let threads = pick!(threads).unwrap_or_else(meal_common::cli::default_threads);
+        let threads = pick!(threads).unwrap_or_else(meal_cli::default_threads);
         let policy = match pick!(on_bad_file) {
             Some(p) => p.parse::<BadFilePolicy>()?,
             None => BadFilePolicy::Skip,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use meal_common::ensemble::Ensemble;
-use meal_common::models::ResNet;
 use meal_data::{BadFilePolicy, Batch, CropMode, CropSpec, Dataset, Loader, LoaderConfig};
+use meal_models::ensemble::Ensemble;
+use meal_models::ResNet;
 use serde::{Deserialize, Serialize};
 
 /// Images per eval batch.

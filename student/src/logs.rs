@@ -33,9 +33,7 @@ pub struct EpochMetrics {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    meal_data::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Rewrite `metrics.jsonl` and `summary.csv` in `dir` from the whole history (so a

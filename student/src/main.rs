@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use meal_common::ensemble::{Ensemble, Teacher, TeacherArg};
-use meal_common::models::{input_config, LoadOptions, ResNet};
-use meal_data::{CropSpec, Filter, Normalize};
+use meal_models::ensemble::{Ensemble, Teacher, TeacherArg};
+use meal_models::{input_config, LoadOptions, ResNet};
+
 use meal_student::config::TrainArgs;
 use meal_student::{eval, train};
 
@@ -59,13 +59,13 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    meal_common::tune_allocator();
-    meal_common::cli::init_logging();
+    meal_models::tune_allocator();
+    meal_cli::init_logging();
     match Cli::parse().cmd {
         Cmd::Train(args) => {
             let s = args.resolve()?;
-            meal_common::cli::use_threads(s.threads);
-            let stop = meal_common::cli::interrupt_flag("checkpointing after this step")
+            meal_cli::use_threads(s.threads);
+            let stop = meal_cli::interrupt_flag("checkpointing after this step")
                 .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
             let r = train::train(s, &stop)?;
@@ -109,9 +109,9 @@ fn main() -> Result<()> {
             device,
             json,
         } => {
-            let threads = threads.unwrap_or_else(meal_common::cli::default_threads);
-            meal_common::cli::use_threads(threads);
-            let dev = meal_common::parse_device(&device).context("--device")?;
+            let threads = threads.unwrap_or_else(meal_cli::default_threads);
+            meal_cli::use_threads(threads);
+            let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data")?;
             let (what, acc) = if teacher.is_empty() {
                 let (Some(arch), Some(weights)) = (arch, weights) else {
@@ -122,9 +122,11 @@ fn main() -> Result<()> {
                 model
                     .load_weights(&weights, LoadOptions::default())
                     .with_context(|| format!("--weights {}", weights.display()))?;
-                let size = res.unwrap_or_else(|| input_config(&arch).size);
-                let spec =
-                    CropSpec::new(size, Filter::Bilinear, Normalize::default()).context("--res")?;
+                // the preset's eval transform (filter, crop_pct, mean/std), as timm's
+                // validate.py resolves it; --res changes only the side
+                let input = input_config(&arch).context("--arch")?;
+                let size = res.unwrap_or(input.size);
+                let spec = input.spec_at(size).context("--res")?;
                 let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
                 (weights.display().to_string(), acc)
             } else {

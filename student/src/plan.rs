@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use meal_common::store::LabelStore;
 use meal_data::{CropPlan, CropRecord, CropSampler, DataError, PoolCrops, RrcParams, Sample};
+use meal_store::LabelStore;
 
 /// Size of the virtual pool of fresh crops: large enough that passes never cycle.
 pub const FRESH_POOL: u32 = 1 << 30;

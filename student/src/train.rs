@@ -14,15 +14,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use indicatif::{ProgressBar, ProgressStyle};
-use meal_common::ensemble::{Ensemble, Teacher, TeacherArg};
-use meal_common::loss::{bce_with_logits, soft_cross_entropy};
-use meal_common::models::{
+use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
+use meal_models::ensemble::{Ensemble, Teacher, TeacherArg};
+use meal_models::loss::{bce_with_logits, soft_cross_entropy};
+use meal_models::optim::{split_decay, Sgd, SgdConfig};
+use meal_models::{
     load_into, read_state_dict, save_safetensors, Discriminator, LoadOptions, ResNet,
 };
-use meal_common::optim::{split_decay, Sgd, SgdConfig};
-use meal_common::store::LabelStore;
-use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
+use meal_store::LabelStore;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LossKind, Settings};
@@ -159,7 +158,7 @@ pub fn open_dataset(p: &Path, flag: &str) -> Result<Arc<Dataset>> {
 
 impl Run {
     fn new(s: Settings) -> Result<Self> {
-        let dev = meal_common::parse_device(&s.device).context("--device")?;
+        let dev = meal_models::parse_device(&s.device).context("--device")?;
         let ds = open_dataset(&s.data, "--data")?;
         let classes = ds.classes().len();
         let val = match &s.val {
@@ -172,8 +171,8 @@ impl Run {
             }
             None => None,
         };
-        let store = match (&s.labels, s.loss) {
-            (Some(l), _) => {
+        let store = match &s.labels {
+            Some(l) => {
                 let st =
                     LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
                 st.check_dataset(ds.fingerprint(), ds.classes())
@@ -182,7 +181,7 @@ impl Run {
                     })?;
                 Some(Arc::new(st))
             }
-            (None, _) => None,
+            None => None,
         };
         let online = if s.online_teacher.is_empty() {
             None
@@ -338,30 +337,23 @@ impl Run {
     }
 
     fn save_checkpoint(&self, state: &State) -> Result<()> {
-        let out = &self.s.out;
-        let tmp = out.join(format!("{CHECKPOINT}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        self.student.save(&tmp.join(STUDENT_FILE))?;
-        if let Some(d) = &self.disc {
-            save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
-        }
-        self.opt.save_state(&tmp.join("optim.safetensors"))?;
-        std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        for f in std::fs::read_dir(&tmp)?.flatten() {
-            std::fs::File::open(f.path())?.sync_all()?;
-        }
-        // swap directories: old -> .old, tmp -> checkpoint, drop .old
-        let dst = out.join(CHECKPOINT);
-        let old = out.join(format!("{CHECKPOINT}.old"));
-        let _ = std::fs::remove_dir_all(&old);
-        if dst.exists() {
-            std::fs::rename(&dst, &old).with_context(|| format!("replacing {}", dst.display()))?;
-        }
-        std::fs::rename(&tmp, &dst).with_context(|| format!("writing {}", dst.display()))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
+        // load_checkpoint falls back to .old after a crash between the two renames
+        let dst = self.s.out.join(CHECKPOINT);
+        meal_data::atomic::replace_with(&dst, |tmp| -> Result<()> {
+            std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            self.student.save(&tmp.join(STUDENT_FILE))?;
+            if let Some(d) = &self.disc {
+                save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
+            }
+            self.opt.save_state(&tmp.join("optim.safetensors"))?;
+            std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)
+                .with_context(|| format!("writing {}", tmp.display()))
+        })
+        .map_err(|e| match e {
+            meal_data::atomic::AtomicError::Write(e) => e,
+            e => anyhow::anyhow!("saving the checkpoint: {e}"),
+        })
     }
 
     fn load_checkpoint(&mut self) -> Result<State> {
@@ -483,22 +475,15 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     };
     let mut step_losses = Vec::new();
     let mut interrupted = false;
-    let quiet = std::env::var_os("MEAL_NO_PROGRESS").is_some();
     while state.epoch < s.epochs && !interrupted {
         let epoch = state.epoch;
         let factor = s.schedule.factor(epoch);
         let lr = s.lr * factor;
         let per_epoch = run.batches_per_epoch();
-        let bar = ProgressBar::new(per_epoch as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {prefix} {bar:25} {pos}/{len} steps [{elapsed_precise} ETA {eta}] {msg}",
-            )
-            .expect("valid template"),
+        let bar = meal_cli::progress_bar(
+            per_epoch as u64,
+            "epoch {prefix} {bar:25} {pos}/{len} steps [{elapsed_precise} ETA {eta}] {msg}",
         );
-        if quiet {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
         bar.set_prefix(format!("{}/{}", epoch + 1, s.epochs));
         bar.set_position(state.batch as u64);
         let loader = run.loader(epoch, state.batch)?;

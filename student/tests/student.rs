@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
-use meal_common::models::{read_state_dict, ResNet};
+use meal_models::{read_state_dict, ResNet};
 use meal_student::config::TrainArgs;
 use meal_student::train::{train, TrainReport};
 

@@ -6,9 +6,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use meal_common::models::{LoadOptions, ResNet};
-use meal_common::store::LabelStore;
 use meal_data::{CropSpec, Dataset, Filter, LinkPolicy, Normalize};
+use meal_models::{LoadOptions, ResNet};
+use meal_store::LabelStore;
 use meal_student::config::TrainArgs;
 
 #[test]
@@ -34,7 +34,7 @@ fn teachers_precompute_distil_evaluate() {
         batch: Some(10),
         crops_per_image: Some(2),
         lr: Some(0.02),
-        scale: Some(meal_common::ensemble::Pair([0.35, 1.0])),
+        scale: Some(meal_models::ensemble::Pair([0.35, 1.0])),
         threads: Some(2),
         out: Some(root.join(out)),
         ..Default::default()
@@ -63,7 +63,7 @@ fn teachers_precompute_distil_evaluate() {
             ),
         ],
         crops_per_image: Some(4),
-        scale: Some(meal_common::ensemble::Pair([0.35, 1.0])),
+        scale: Some(meal_models::ensemble::Pair([0.35, 1.0])),
         threads: Some(2),
         ..Default::default()
     }

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use meal_data::synth::{generate, SynthConfig};
 use meal_data::{
     epoch_order, BadFilePolicy, CropMode, CropSampler, CropSpec, Dataset, Filter, LinkPolicy,
@@ -86,12 +85,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    meal_cli::init_logging();
     match Cli::parse().cmd {
         Cmd::Synth {
             out,
@@ -111,11 +105,9 @@ fn main() -> Result<()> {
                 quality,
             };
             let total = (train_per_class as u64 + val_per_class as u64) * 10;
-            let bar = ProgressBar::new(total).with_style(
-                ProgressStyle::with_template(
-                    "{msg} {bar:40} {pos}/{len} images, {per_sec}, ETA {eta}",
-                )
-                .expect("valid template"),
+            let bar = meal_cli::progress_bar(
+                total,
+                "{msg} {bar:40} {pos}/{len} images, {per_sec}, ETA {eta}",
             );
             bar.set_message("synth");
             let t = Instant::now();

@@ -1,0 +1,66 @@
+//! Process set-up both binaries share: logging, thread count, Ctrl-C, TOML configs.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Log to stderr at `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The default `--threads`: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Run candle's CPU kernels on `n` threads: they size their pools from
+/// `RAYON_NUM_THREADS`. Call before any tensor work.
+pub fn use_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+}
+
+/// A flag set by the first Ctrl-C (after printing `message`, what the program will do);
+/// a second Ctrl-C exits at once with status 130.
+pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: {message} (press again to quit now)");
+    })?;
+    Ok(stop)
+}
+
+/// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
+/// the error text says what is wrong, the caller names the flag and file.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    toml::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
+/// environment sets `MEAL_NO_PROGRESS` (CI logs, scripts) so every long loop of both
+/// binaries honours one switch.
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    // a bad template is a programming error in this crate's callers, caught by any run;
+    // fall back to the default style rather than panic
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    if std::env::var_os("MEAL_NO_PROGRESS").is_some() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}

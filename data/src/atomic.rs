@@ -1,0 +1,149 @@
+//! Crash-safe file replacement: write a temporary sibling, flush it to disk, rename it
+//! over the target, then sync the directory, so a reader sees the old file or the new
+//! one, never a torn one (the usual POSIX recipe; rename(2) is atomic within a directory).
+//! Every file the pipeline replaces in place goes through here.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The temporary sibling used for `path`: `NAME.tmp` in the same directory.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Replace `path` by what `write` puts at the temporary path it is given (a file, or a
+/// directory of files), atomically. On error the temporary is removed and `path` is left
+/// as it was. Returns the error with the path it concerns.
+pub fn replace_with<E>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), AtomicError<E>> {
+    let tmp = tmp_path(path);
+    remove_any(&tmp);
+    if let Err(e) = write(&tmp) {
+        remove_any(&tmp);
+        return Err(AtomicError::Write(e));
+    }
+    let io_err = |p: &Path, e| AtomicError::Io(p.to_path_buf(), e);
+    sync_tree(&tmp).map_err(|e| io_err(&tmp, e))?;
+    if tmp.is_dir() && path.exists() {
+        // rename(2) will not replace a non-empty directory: move the old one aside first
+        let old = path.with_file_name({
+            let mut n = path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
+            n.push(".old");
+            n
+        });
+        remove_any(&old);
+        fs::rename(path, &old).map_err(|e| io_err(path, e))?;
+        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        remove_any(&old);
+    } else {
+        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    }
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Replace `path` by `bytes`, atomically.
+pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with(path, |tmp| fs::write(tmp, bytes)).map_err(AtomicError::into_io)
+}
+
+/// An error of [`replace_with`].
+#[derive(Debug)]
+pub enum AtomicError<E> {
+    /// The caller's writer failed.
+    Write(E),
+    /// Syncing or renaming failed at this path.
+    Io(PathBuf, io::Error),
+}
+
+impl AtomicError<io::Error> {
+    /// Both cases as one `io::Error` (the path goes into the message of the second).
+    pub fn into_io(self) -> io::Error {
+        match self {
+            AtomicError::Write(e) => e,
+            AtomicError::Io(p, e) => io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+        }
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for AtomicError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AtomicError::Write(e) => e.fmt(f),
+            AtomicError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for AtomicError<E> {}
+
+fn remove_any(p: &Path) {
+    if p.is_dir() {
+        let _ = fs::remove_dir_all(p);
+    } else {
+        let _ = fs::remove_file(p);
+    }
+}
+
+fn sync_tree(p: &Path) -> io::Result<()> {
+    if p.is_dir() {
+        for f in fs::read_dir(p)? {
+            sync_tree(&f?.path())?;
+        }
+        Ok(())
+    } else {
+        fs::File::open(p)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_files_and_directories_and_keeps_the_old_on_error() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.json");
+        write(&f, b"one").unwrap();
+        write(&f, b"two").unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+        let r: Result<(), AtomicError<io::Error>> = replace_with(&f, |tmp| {
+            fs::write(tmp, b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(r.is_err());
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+        assert!(!tmp_path(&f).exists());
+
+        let dir = d.path().join("ckpt");
+        for v in [b"1", b"2"] {
+            replace_with(&dir, |tmp| {
+                fs::create_dir(tmp)?;
+                fs::write(tmp.join("x"), v)
+            })
+            .unwrap();
+        }
+        assert_eq!(fs::read(dir.join("x")).unwrap(), b"2");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+}

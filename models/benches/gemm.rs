@@ -1,0 +1,69 @@
+//! The GEMM ceiling under our convolutions: the `gemm` crate on the per-image and
+//! batch GEMM shapes of a ResNet-50 step at 224 px, in GFLOP/s. `bench/gemm_torch.py`
+//! times `torch.mm` (MKL) on the same shapes. Threads: RAYON_NUM_THREADS.
+//!   cargo bench -p meal-models --bench gemm
+
+use std::time::Instant;
+
+/// (m, n, k): forward per-image 3x3 / 1x1 of layer1, layer2 3x3, batch GEMMs of
+/// layer3/4 (batch 8), a weight gradient (long k), an input gradient (tall m).
+const SHAPES: &[(usize, usize, usize)] = &[
+    (64, 3136, 576),
+    (256, 3136, 64),
+    (64, 3136, 256),
+    (128, 784, 1152),
+    (256, 1568, 2304),
+    (512, 392, 4608),
+    (64, 576, 3136),
+    (576, 3136, 64),
+    (2048, 392, 512),
+];
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    for &(m, n, k) in SHAPES {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32) * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32) * 0.1).collect();
+        let mut c = vec![0f32; m * n];
+        let run = |c: &mut [f32]| unsafe {
+            // row-major: c[m,n] = a[m,k] * b[k,n]
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        };
+        for _ in 0..3 {
+            run(&mut c);
+        }
+        let iters = (2e9 / (m * n * k) as f64).max(3.0) as usize;
+        let t = Instant::now();
+        for _ in 0..iters {
+            run(&mut c);
+        }
+        let dt = t.elapsed().as_secs_f64() / iters as f64;
+        let gf = 2.0 * (m * n * k) as f64 / dt / 1e9;
+        println!("gemm m{m} n{n} k{k}: {gf:.1} GFLOP/s");
+    }
+}

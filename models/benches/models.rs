@@ -1,0 +1,113 @@
+//! Model throughput, the Rust side of `bench/models.sh`:
+//!   cargo bench -p meal-models --bench models -- infer ARCH RES BATCH ITERS
+//!   cargo bench -p meal-models --bench models -- train|online|ce ARCH RES BATCH ITERS
+//! `infer`: eval-mode forward (teacher). `train`: the offline MEAL V2 student step -
+//! train-mode forward, soft CE to cached teacher probabilities + discriminator BCE on
+//! [softmax(student); teacher], one backward, SGD momentum 0.9 over student and
+//! discriminator. `online`: the same with the teachers (resnet152s + senet154, eval
+//! mode, mean softmax) run on the batch every step. `ce`: the pure student step
+//! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use meal_models::loss::{bce_with_logits, soft_cross_entropy};
+use meal_models::optim::{split_decay, Sgd, SgdConfig};
+use meal_models::{Discriminator, ResNet};
+
+fn main() -> anyhow::Result<()> {
+    // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
+    if std::env::var_os("MEAL_NO_TUNE").is_none() {
+        meal_models::tune_allocator();
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.len() != 5 {
+        anyhow::bail!("usage: models infer|train|online|ce ARCH RES BATCH ITERS");
+    }
+    let (mode, arch) = (args[0].as_str(), args[1].as_str());
+    let res: usize = args[2].parse()?;
+    let batch: usize = args[3].parse()?;
+    let iters: usize = args[4].parse()?;
+    let dev = Device::Cpu;
+    let classes = 1000;
+    let model = ResNet::from_preset(arch, classes, &dev, 0)?;
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, res, res), &dev)?;
+    let disc = Discriminator::new(classes, true, &dev, 1)?;
+    let teacher = candle_nn::ops::softmax(
+        &Tensor::randn(0f32, 1.0, (batch, classes), &dev)?,
+        D::Minus1,
+    )?;
+    let targets = Tensor::cat(
+        &[
+            Tensor::new(&[1f32, 0.0], &dev)?.broadcast_as((batch, 2))?,
+            Tensor::new(&[0f32, 1.0], &dev)?.broadcast_as((batch, 2))?,
+        ],
+        0,
+    )?;
+    let (a, b) = split_decay(model.entries(), "s.", 0.01, 0.0);
+    let (c, d) = split_decay(disc.entries(), "d.", 0.01, 0.0);
+    let mut opt = Sgd::new(vec![a, b, c, d], SgdConfig::default())?;
+    let teachers = if mode == "online" {
+        vec![
+            ResNet::from_preset("resnet152s", classes, &dev, 2)?,
+            ResNet::from_preset("senet154", classes, &dev, 3)?,
+        ]
+    } else {
+        vec![]
+    };
+    let mut hard = vec![0f32; batch * classes];
+    for i in 0..batch {
+        hard[i * classes + (i * 37) % classes] = 1.0;
+    }
+    let hard = Tensor::from_vec(hard, (batch, classes), &dev)?;
+    let mut step = || -> anyhow::Result<()> {
+        match mode {
+            "infer" => {
+                let y = model.forward_t(&x, false)?;
+                let _ = candle_nn::ops::softmax(&y, D::Minus1)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()?;
+            }
+            "ce" => {
+                let loss = soft_cross_entropy(&model.forward_t(&x, true)?, &hard)?;
+                opt.step(&loss.backward()?, 1.0)?;
+            }
+            _ => {
+                let mut t = teacher.clone();
+                if !teachers.is_empty() {
+                    let mut sum =
+                        candle_nn::ops::softmax(&teachers[0].forward_t(&x, false)?, D::Minus1)?;
+                    for tm in &teachers[1..] {
+                        sum =
+                            (sum + candle_nn::ops::softmax(&tm.forward_t(&x, false)?, D::Minus1)?)?;
+                    }
+                    t = (sum / teachers.len() as f64)?;
+                }
+                let logits = model.forward_t(&x, true)?;
+                let kd = soft_cross_entropy(&logits, &t)?;
+                let sp = candle_nn::ops::softmax(&logits, D::Minus1)?;
+                let d = disc.forward(&Tensor::cat(&[&sp, &t], 0)?)?;
+                let loss = (kd + bce_with_logits(&d, &targets)?)?;
+                opt.step(&loss.backward()?, 1.0)?;
+            }
+        }
+        Ok(())
+    };
+    step()?; // warm-up
+    let t = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    let dt = t.elapsed().as_secs_f64() / iters as f64;
+    println!(
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads)",
+        batch as f64 / dt,
+        dt,
+        candle_core::utils::get_num_threads()
+    );
+    Ok(())
+}

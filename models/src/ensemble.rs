@@ -1,0 +1,342 @@
+//! The teacher ensemble of MEAL V2: each teacher in eval mode on the crop at its own
+//! input config, softmax at temperature 1, arithmetic mean over teachers
+//! (szq0214/MEAL-V2 `train.py`: `torch.stack([F.softmax(t(x), 1) ...]).mean(0)`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, D};
+use meal_data::{CropSpec, Filter, Normalize};
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+use crate::{input_config, LoadOptions, ResNet};
+use meal_store::TeacherInfo;
+
+/// A `MIN,MAX` pair (`--scale 0.08,1`; in TOML `scale = [0.08, 1.0]`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct Pair(pub [f64; 2]);
+
+impl std::str::FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<&str> = s.split(',').collect();
+        let num = |x: &str| {
+            x.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?}: expected MIN,MAX (two numbers)"))
+        };
+        match v.as_slice() {
+            [a, b] => Ok(Pair([num(a)?, num(b)?])),
+            _ => Err(format!("{s:?}: expected MIN,MAX (two numbers)")),
+        }
+    }
+}
+
+/// The ensemble rule written to manifests.
+pub const ENSEMBLE_RULE: &str = "mean_softmax";
+
+/// One teacher: the model, the crop spec its inputs are made with, and what the
+/// manifest records about it.
+pub struct Teacher {
+    /// The network (run in eval mode).
+    pub model: ResNet,
+    /// Size, filter and normalisation of its inputs.
+    pub spec: CropSpec,
+    /// Arch, weights file name and checksum, input config.
+    pub info: TeacherInfo,
+}
+
+impl Teacher {
+    /// Build preset `arch` with `classes` outputs on `device` and load `weights`
+    /// strictly (safetensors or `.pth`); the file's sha256 goes to `info`.
+    pub fn load(
+        arch: &str,
+        weights: &Path,
+        classes: usize,
+        spec: CropSpec,
+        device: &Device,
+    ) -> Result<Self> {
+        let model = ResNet::from_preset(arch, classes, device, 0)?;
+        model.load_weights(weights, LoadOptions::default())?;
+        let bytes = std::fs::read(weights).map_err(|e| ModelError::Io {
+            path: weights.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let info = TeacherInfo {
+            arch: arch.to_string(),
+            weights: weights
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            sha256: meal_store::sha256_hex(&bytes),
+            input_size: spec.size,
+            filter: format!("{:?}", spec.filter).to_lowercase(),
+            mean: spec.normalize.mean,
+            std: spec.normalize.std,
+        };
+        Ok(Teacher { model, spec, info })
+    }
+}
+
+/// One teacher as asked for on a command line:
+/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`, the input
+/// config defaulting to the preset's timm pretrained config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherArg {
+    /// Preset name.
+    pub arch: String,
+    /// Weights file.
+    pub weights: PathBuf,
+    /// Input side.
+    pub size: u32,
+    /// Resize filter.
+    pub filter: Filter,
+    /// Normalisation.
+    pub normalize: Normalize,
+    /// Eval centre-crop fraction (used when the ensemble is evaluated).
+    pub crop_pct: f64,
+}
+
+fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
+    let bad = || {
+        ModelError::Config(format!(
+            "--teacher {spec:?}: {key}= needs three numbers R:G:B"
+        ))
+    };
+    let v: Vec<f32> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    match v.as_slice() {
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(bad()),
+    }
+}
+
+impl std::str::FromStr for TeacherArg {
+    type Err = ModelError;
+    fn from_str(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(',');
+        let head = parts.next().unwrap_or_default();
+        let Some((arch, weights)) = head.split_once('=') else {
+            return Err(ModelError::Config(format!(
+                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+            )));
+        };
+        if arch.is_empty() || weights.is_empty() {
+            return Err(ModelError::Config(format!(
+                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+            )));
+        }
+        crate::preset(arch).map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?;
+        let d = input_config(arch)?;
+        let mut t = TeacherArg {
+            arch: arch.to_string(),
+            weights: PathBuf::from(weights),
+            size: d.size,
+            filter: d.filter,
+            normalize: d.normalize,
+            crop_pct: d.crop_pct,
+        };
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(ModelError::Config(format!(
+                    "--teacher {spec:?}: {kv:?} is not key=value"
+                )));
+            };
+            match k {
+                "size" => {
+                    t.size = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                        ModelError::Config(format!("--teacher {spec:?}: size={v} is not a side"))
+                    })?
+                }
+                "filter" => {
+                    t.filter = v
+                        .parse()
+                        .map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?
+                }
+                "crop_pct" => {
+                    t.crop_pct = v
+                        .parse()
+                        .ok()
+                        .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
+                        .ok_or_else(|| {
+                            ModelError::Config(format!(
+                                "--teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
+                            ))
+                        })?
+                }
+                "mean" => t.normalize.mean = triple(v, k, spec)?,
+                "std" => t.normalize.std = triple(v, k, spec)?,
+                _ => {
+                    return Err(ModelError::Config(format!(
+                        "--teacher {spec:?}: unknown key {k:?} (size, filter, crop_pct, mean, std)"
+                    )))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl TeacherArg {
+    /// The crop spec of its inputs.
+    pub fn spec(&self) -> Result<CropSpec> {
+        CropSpec::new(self.size, self.filter, self.normalize)
+            .and_then(|s| s.with_crop_pct(self.crop_pct))
+            .map_err(|e| ModelError::Config(format!("teacher {}: {e}", self.arch)))
+    }
+}
+
+/// What the ensemble makes of a batch of crops.
+#[derive(Clone, Debug)]
+pub struct EnsembleOut {
+    /// `rows x classes` mean of the teachers' softmax, row-major.
+    pub probs: Vec<f32>,
+    /// For each teacher, its top-1 class per row.
+    pub teacher_top1: Vec<Vec<u32>>,
+}
+
+/// The teachers and the distinct crop specs they need (the loader makes one buffer per
+/// spec; teachers sharing a spec share the buffer).
+pub struct Ensemble {
+    teachers: Vec<Teacher>,
+    specs: Vec<CropSpec>,
+    spec_of: Vec<usize>,
+    classes: usize,
+}
+
+impl Ensemble {
+    /// An ensemble of at least one teacher, all with the same number of classes.
+    pub fn new(teachers: Vec<Teacher>) -> Result<Self> {
+        let Some(first) = teachers.first() else {
+            return Err(ModelError::Config(
+                "an ensemble needs at least one teacher".into(),
+            ));
+        };
+        let classes = first.model.config().num_classes;
+        let mut specs: Vec<CropSpec> = Vec::new();
+        let mut spec_of = Vec::new();
+        for t in &teachers {
+            if t.model.config().num_classes != classes {
+                return Err(ModelError::Config(format!(
+                    "teacher {} has {} classes, {} has {classes}",
+                    t.info.arch,
+                    t.model.config().num_classes,
+                    first.info.arch
+                )));
+            }
+            let i = match specs.iter().position(|s| *s == t.spec) {
+                Some(i) => i,
+                None => {
+                    specs.push(t.spec);
+                    specs.len() - 1
+                }
+            };
+            spec_of.push(i);
+        }
+        Ok(Ensemble {
+            teachers,
+            specs,
+            spec_of,
+            classes,
+        })
+    }
+
+    /// The distinct input specs, in first-use order.
+    pub fn specs(&self) -> &[CropSpec] {
+        &self.specs
+    }
+
+    /// The teachers.
+    pub fn teachers(&self) -> &[Teacher] {
+        &self.teachers
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Run every teacher over `rows` crops. `inputs[i]` holds the crops made with
+    /// `specs()[i]` (NCHW f32); the forward runs `batch` crops at a time. A crop's
+    /// output does not depend on which others share its forward beyond float rounding.
+    pub fn soft_labels(&self, inputs: &[&[f32]], rows: usize, batch: usize) -> Result<EnsembleOut> {
+        if inputs.len() != self.specs.len() {
+            return Err(ModelError::Config(format!(
+                "{} input buffers for {} crop specs",
+                inputs.len(),
+                self.specs.len()
+            )));
+        }
+        let c = self.classes;
+        let mut sum = vec![0f32; rows * c];
+        let mut teacher_top1 = Vec::with_capacity(self.teachers.len());
+        let batch = batch.max(1);
+        for (t, &si) in self.teachers.iter().zip(&self.spec_of) {
+            let spec = &self.specs[si];
+            let per = spec.len();
+            let s = spec.size as usize;
+            if inputs[si].len() != rows * per {
+                return Err(ModelError::Config(format!(
+                    "input buffer {si} holds {} floats, need {}",
+                    inputs[si].len(),
+                    rows * per
+                )));
+            }
+            let dev = t.model.entries()[0].var.device().clone();
+            let mut top1 = Vec::with_capacity(rows);
+            for start in (0..rows).step_by(batch) {
+                let n = batch.min(rows - start);
+                let x = Tensor::from_slice(
+                    &inputs[si][start * per..(start + n) * per],
+                    (n, 3, s, s),
+                    &dev,
+                )?;
+                let logits = t.model.forward_t(&x, false)?;
+                let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
+                top1.extend(p.argmax(D::Minus1)?.to_vec1::<u32>()?);
+                let p = p.flatten_all()?.to_vec1::<f32>()?;
+                for (acc, v) in sum[start * c..(start + n) * c].iter_mut().zip(&p) {
+                    *acc += v;
+                }
+            }
+            teacher_top1.push(top1);
+        }
+        let k = self.teachers.len() as f32;
+        for v in &mut sum {
+            *v /= k;
+        }
+        Ok(EnsembleOut {
+            probs: sum,
+            teacher_top1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_args_parse_with_defaults_and_overrides() {
+        let t: TeacherArg = "resnet152s=/w/a.safetensors".parse().unwrap();
+        assert_eq!((t.size, t.filter), (224, Filter::Bicubic));
+        let t: TeacherArg = "demo_tiny=a.pth,size=32,filter=bicubic,mean=0.5:0.5:0.5"
+            .parse()
+            .unwrap();
+        assert_eq!((t.size, t.filter), (32, Filter::Bicubic));
+        assert_eq!(t.normalize.mean, [0.5; 3]);
+        for bad in [
+            "resnet152s",
+            "nope=a.pth",
+            "demo_tiny=a.pth,size=0",
+            "demo_tiny=a.pth,colour=red",
+            "demo_tiny=a.pth,mean=1:2",
+        ] {
+            let e = bad.parse::<TeacherArg>().unwrap_err();
+            assert!(e.to_string().contains("--teacher"), "{bad}: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The error type of the model code.
+
+use std::path::PathBuf;
+
+/// Errors of model building, running and weight I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// An unknown preset name; lists the known ones.
+    #[error("unknown architecture {name:?}; known presets: {known}")]
+    UnknownArch {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated known names.
+        known: String,
+    },
+    /// An architecture configuration that timm would refuse.
+    #[error("invalid architecture config: {0}")]
+    Config(String),
+    /// A weights file does not match the model (strict loading).
+    #[error("{path}: weights do not match {arch}:{details}")]
+    Mismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// The model's name.
+        arch: String,
+        /// Missing, unexpected and mis-shaped tensors, one per line.
+        details: String,
+    },
+    /// A weights file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file at fault.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A tensor operation failed (shapes, device).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// An input transform that cannot be built (side, crop fraction).
+    #[error(transparent)]
+    Data(#[from] meal_data::DataError),
+}
+
+/// Result alias of the model code.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,286 @@
+//! The conv op against candle's conv2d and finite differences.
+
+use super::*;
+use candle_core::{Device, Var};
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Forward and both gradients equal candle's reference conv2d (itself checked
+/// against PyTorch by the model fixtures) over odd sizes, strides, paddings,
+/// different H/W parity and batch 1.
+#[test]
+fn matches_candle_conv_forward_and_backward() {
+    let dev = Device::Cpu;
+    for &(b, c, h, w, co, k, s, p) in &[
+        (1, 3, 7, 9, 4, 3, 1, 1),
+        (2, 3, 8, 7, 5, 3, 2, 1),
+        (2, 4, 9, 6, 3, 1, 2, 0),
+        (3, 2, 5, 5, 2, 1, 1, 0),
+        (1, 3, 11, 10, 4, 7, 2, 3),
+        (2, 2, 4, 5, 3, 3, 2, 0),
+        (2, 3, 6, 5, 4, 3, 1, 1),
+        (2, 2, 5, 6, 3, 5, 1, 1),
+        // planes of at least PER_IMAGE_MIN outputs: one GEMM per image (the rest: batch)
+        (2, 2, 30, 29, 3, 3, 1, 1),
+        (2, 3, 28, 29, 4, 1, 1, 0),
+        (2, 2, 58, 56, 3, 3, 2, 1),
+        (1, 3, 5, 4, 2, 1, 1, 0),
+        // kernel wider than the image: taps that see only padding
+        (1, 1, 3, 1, 2, 5, 1, 2),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
+        let theirs = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(
+            max_abs(&ours, &theirs) < 1e-4,
+            "forward {b} {c} {h} {w} k{k} s{s} p{p}"
+        );
+        // a loss that weights every output differently
+        let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        // candle's own backward fails for stride 2 when H and W differ in parity
+        // (candle-core 0.11.1 `src/backprop.rs`); those shapes are checked by finite differences below
+        let Ok(g2) = (theirs * &r).unwrap().sum_all().unwrap().backward() else {
+            assert!(s == 2 && h % 2 != w % 2, "candle failed on {b} {c} {h} {w}");
+            continue;
+        };
+        for v in [&x, &wt] {
+            let a = g1.get(v.as_tensor()).unwrap();
+            let e = g2.get(v.as_tensor()).unwrap();
+            assert!(max_abs(a, e) < 1e-3, "grad {b} {c} {h} {w} k{k} s{s} p{p}");
+        }
+    }
+}
+
+/// Both gradients against central finite differences (stride 2, H and W of
+/// different parity, padding: the shape candle cannot back-propagate).
+#[test]
+fn gradients_match_finite_differences() {
+    let dev = Device::Cpu;
+    let x0: Vec<f32> = (0..2 * 2 * 5 * 4)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let wt = Tensor::randn(0f32, 1.0, (3, 2, 3, 3), &dev).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (2, 3, 3, 2), &dev).unwrap();
+    let f = |v: &[f32]| -> f64 {
+        let x = Tensor::from_slice(v, (2, 2, 5, 4), &dev).unwrap();
+        let y = conv2d(&x, &wt, 2, 1, 1).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let x = Var::from_tensor(&Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap()).unwrap();
+    let y = conv2d(x.as_tensor(), &wt, 2, 1, 1).unwrap();
+    let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let eps = 1e-2f32;
+    for i in (0..x0.len()).step_by(3) {
+        let (mut a, mut b) = (x0.clone(), x0.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (f(&a) - f(&b)) / (2.0 * eps as f64);
+        assert!(
+            (fd - g[i] as f64).abs() < 1e-2,
+            "x[{i}]: fd {fd} vs {}",
+            g[i]
+        );
+    }
+    // weight gradient
+    let xt = Tensor::from_slice(&x0, (2, 2, 5, 4), &dev).unwrap();
+    let w0 = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let fw = |v: &[f32]| -> f64 {
+        let w = Tensor::from_slice(v, (3, 2, 3, 3), &dev).unwrap();
+        let y = conv2d(&xt, &w, 2, 1, 1).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let wv = Var::from_tensor(&wt).unwrap();
+    let y = conv2d(&xt, wv.as_tensor(), 2, 1, 1).unwrap();
+    let g = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = g
+        .get(wv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for i in (0..w0.len()).step_by(2) {
+        let (mut a, mut b) = (w0.clone(), w0.clone());
+        a[i] += eps;
+        b[i] -= eps;
+        let fd = (fw(&a) - fw(&b)) / (2.0 * eps as f64);
+        assert!(
+            (fd - g[i] as f64).abs() < 1e-2,
+            "w[{i}]: fd {fd} vs {}",
+            g[i]
+        );
+    }
+}
+
+/// The network's input needs no gradient: the backward leaves it out, and the weight
+/// gradient is the one computed alongside an input gradient.
+#[test]
+fn input_without_gradient_gets_none_and_the_same_weight_gradient() {
+    let dev = Device::Cpu;
+    for &(b, c, h, w, co, k, s, p) in &[(2, 3, 30, 29, 4, 7, 2, 3), (3, 2, 6, 5, 3, 3, 1, 1)] {
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c, k, k), &dev).unwrap()).unwrap();
+        let y = conv2d(&x, wt.as_tensor(), s, p, 1).unwrap();
+        let r = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g1.get(&x).is_none());
+        let xv = Var::from_tensor(&x).unwrap();
+        let y2 = conv2d(xv.as_tensor(), wt.as_tensor(), s, p, 1).unwrap();
+        let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(g2.get(xv.as_tensor()).is_some());
+        let (a, e) = (
+            g1.get(wt.as_tensor()).unwrap(),
+            g2.get(wt.as_tensor()).unwrap(),
+        );
+        assert_eq!(max_abs(a, e), 0.0, "{b} {c} {h} {w} k{k} s{s}");
+    }
+}
+
+/// Forward and gradients are bit-identical on 1, 2 and 3 threads (images in parallel or
+/// in turn, per-image or batch GEMMs): a rerun on other hardware gives the same numbers.
+#[test]
+fn same_bits_on_any_thread_count() {
+    let dev = Device::Cpu;
+    type Shape9 = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+    let run = |(b, c, h, w, co, k, s, p, groups): Shape9| {
+        let x = Var::from_tensor(
+            &Tensor::arange(0u32, (b * c * h * w) as u32, &dev)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .affine(0.37, 0.0)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .reshape((b, c, h, w))
+                .unwrap(),
+        )
+        .unwrap();
+        let wt = Var::from_tensor(
+            &Tensor::arange(0u32, (co * c / groups * k * k) as u32, &dev)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .affine(0.11, 0.5)
+                .unwrap()
+                .cos()
+                .unwrap()
+                .reshape((co, c / groups, k, k))
+                .unwrap(),
+        )
+        .unwrap();
+        let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p, groups).unwrap();
+        let r = y.sin().unwrap();
+        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        [
+            &y,
+            g.get(x.as_tensor()).unwrap(),
+            g.get(wt.as_tensor()).unwrap(),
+        ]
+        .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
+    for shape in [
+        (4, 3, 30, 29, 8, 3, 1, 1, 1),
+        (3, 16, 28, 28, 24, 1, 1, 0, 1),
+        (4, 8, 12, 11, 16, 3, 2, 1, 1),
+        (5, 16, 7, 7, 8, 1, 1, 0, 1),
+        (4, 8, 16, 15, 8, 3, 1, 1, 4),
+    ] {
+        let on = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+                .install(|| run(shape))
+        };
+        let one = on(1);
+        for n in [2, 3] {
+            assert!(one == on(n), "{shape:?}: 1 vs {n} threads differ");
+        }
+    }
+}
+
+/// Grouped convolutions (depthwise included) equal candle's grouped conv2d, forward and
+/// both gradients, on the per-image and the batch paths.
+#[test]
+fn grouped_matches_candle_forward_and_backward() {
+    let dev = Device::Cpu;
+    for &(b, c, h, w, co, k, s, p, groups) in &[
+        (2, 4, 9, 8, 6, 3, 1, 1, 2),
+        (2, 6, 30, 29, 6, 3, 1, 1, 3),
+        (1, 8, 7, 7, 8, 3, 1, 1, 8),
+        (3, 4, 5, 6, 4, 1, 1, 0, 2),
+        (2, 6, 28, 28, 12, 1, 1, 0, 3),
+        (2, 4, 8, 8, 8, 3, 2, 1, 4),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap())
+            .unwrap();
+        let what = format!("{b} {c} {h} {w} co{co} k{k} s{s} p{p} g{groups}");
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p, groups).unwrap();
+        let theirs = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), p, s, 1, groups)
+            .unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_abs(&ours, &theirs) < 1e-4, "forward {what}");
+        let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &wt] {
+            let a = g1.get(v.as_tensor()).unwrap();
+            let e = g2.get(v.as_tensor()).unwrap();
+            assert!(max_abs(a, e) < 1e-3, "grad {what}");
+        }
+    }
+    // channels that do not split into the groups are an error, not a panic
+    let x = Tensor::zeros((1, 6, 5, 5), candle_core::DType::F32, &dev).unwrap();
+    let wt = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    assert!(conv2d(&x, &wt, 1, 1, 4).is_err());
+}

@@ -1,0 +1,76 @@
+//! Fast ops where stock candle is slow or broken on CPU (measured in BENCHMARKS.md;
+//! docs/MODELS.md lists which layers run as these ops).
+//!
+//! - [`conv2d`] (conv/): im2col + GEMM, with col2im as the input gradient; GEMMs
+//!   through the `gemm` crate (gemm.rs).
+//! - [`batch_norm_train`] (bn.rs): fused train-mode BatchNorm, forward and backward.
+//! - [`max_pool2d`] (pool.rs): max-pool with padding and kernel != stride, whose
+//!   backward routes each gradient to its window's first maximum.
+//! - [`relu`], [`add_relu`] (relu.rs): ReLU (and a residual join + ReLU) whose backward
+//!   is one pass over the output.
+//!
+//! - [`sgd_step`] (sgd.rs): the SGD update in place, one pass per tensor.
+//!
+//! Each falls back to candle's generic ops off CPU or for non-f32 tensors.
+
+mod bn;
+mod conv;
+mod gemm;
+mod pool;
+mod relu;
+mod sgd;
+
+pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
+pub use conv::conv2d;
+pub use pool::max_pool2d;
+pub use relu::{add_relu, relu};
+pub use sgd::{sgd_fast, sgd_step, SgdStep};
+
+use candle_core::{CpuStorage, Layout};
+
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("meal op: non-contiguous input"),
+        _ => candle_core::bail!("meal op: f32 only"),
+    }
+}
+
+/// `n` floats written by `fill(chunk_index, chunk)` over chunks of `chunk` elements in
+/// parallel, without zeroing them first: for outputs an op writes whole, the memset of
+/// `vec![0.0; n]` was ~4% of a ResNet-50 step. `fill` must write every element of its
+/// chunk (checked in debug builds by the caller's tests, which compare every value).
+pub(crate) fn par_fill(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    fill_chunks(n, chunk, true, fill)
+}
+
+/// [`par_fill`], or the same chunks in order on this thread when not `parallel` (inside
+/// a task that is itself one of many parallel ones).
+pub(crate) fn fill_chunks(
+    n: usize,
+    chunk: usize,
+    parallel: bool,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    let spare = &mut v.spare_capacity_mut()[..n];
+    if parallel {
+        spare
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    } else {
+        spare
+            .chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(i, c)| fill(i, c));
+    }
+    // SAFETY: the `n` elements were initialised by `fill` (its contract above).
+    unsafe { v.set_len(n) };
+    v
+}

@@ -1,0 +1,182 @@
+//! Weights in timm's names: load a state dict from safetensors or a PyTorch `.pth`
+//! (zip) file with strict checking, and save one that timm loads strictly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::params::{Entry, Kind};
+use crate::error::{ModelError, Result};
+
+/// Read every tensor of a state-dict file: `.safetensors`, or a PyTorch zip checkpoint
+/// (`.pth`, `.pt`, `.bin`; a `state_dict` or `model` key inside is unwrapped by name
+/// prefix only if needed).
+pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let io = |e: candle_core::Error| ModelError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !path.exists() {
+        return Err(ModelError::Io {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
+    let map: HashMap<String, Tensor> = if ext == "safetensors" {
+        candle_core::safetensors::load(path, device).map_err(io)?
+    } else {
+        let mut v = candle_core::pickle::read_all(path).map_err(io)?;
+        if v.is_empty() {
+            // checkpoints that wrap the state dict, e.g. {"state_dict": {...}}
+            for key in ["state_dict", "model", "state_dict_ema"] {
+                v = candle_core::pickle::read_all_with_key(path, Some(key)).unwrap_or_default();
+                if !v.is_empty() {
+                    break;
+                }
+            }
+        }
+        if v.is_empty() {
+            return Err(ModelError::Io {
+                path: path.to_path_buf(),
+                reason: "no tensors found (expected a PyTorch state dict)".into(),
+            });
+        }
+        v.into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device).map_err(io)?)))
+            .collect::<Result<_>>()?
+    };
+    // DataParallel checkpoints prefix every name with `module.`
+    Ok(map
+        .into_iter()
+        .map(|(k, t)| {
+            (
+                k.strip_prefix("module.").map(str::to_string).unwrap_or(k),
+                t,
+            )
+        })
+        .collect())
+}
+
+/// How strictly [`load_into`] matches a state dict to the model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Keep the model's fresh classifier (`fc.*`) when the file's class count differs
+    /// (fine-tuning a pretrained model on another label set).
+    pub fresh_classifier: bool,
+}
+
+/// Copy `sd` into the model's tensors. Strict: every model tensor must be present with
+/// its shape, and no other tensor may be in the file; `num_batches_tracked` may be
+/// missing (PyTorch tolerates that too). All problems are reported in one error.
+/// Returns the names left at their fresh values.
+pub fn load_into(
+    entries: &[Entry],
+    sd: &HashMap<String, Tensor>,
+    opts: LoadOptions,
+    path: &Path,
+    arch: &str,
+) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    let mut shape = Vec::new();
+    let mut fresh = Vec::new();
+    let fc_mismatch = opts.fresh_classifier
+        && entries.iter().any(|e| {
+            e.name.starts_with("fc.") && sd.get(&e.name).is_some_and(|t| t.dims() != e.var.dims())
+        });
+    for e in entries {
+        match sd.get(&e.name) {
+            None if e.name.ends_with("num_batches_tracked") => {}
+            None => missing.push(e.name.clone()),
+            Some(_) if fc_mismatch && e.name.starts_with("fc.") => fresh.push(e.name.clone()),
+            Some(t) if t.dims() != e.var.dims() => shape.push(format!(
+                "{}: file {:?}, model {:?}",
+                e.name,
+                t.dims(),
+                e.var.dims()
+            )),
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let mut unexpected: Vec<&String> = sd.keys().filter(|k| !known.contains(k.as_str())).collect();
+    unexpected.sort();
+    missing.sort();
+    if !(missing.is_empty() && unexpected.is_empty() && shape.is_empty()) {
+        let mut details = String::new();
+        let mut list = |title: &str, items: &[String]| {
+            if !items.is_empty() {
+                details.push_str(&format!(
+                    "\n  {title} ({}): {}",
+                    items.len(),
+                    items.join(", ")
+                ));
+            }
+        };
+        list("missing", &missing);
+        list(
+            "unexpected",
+            &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        list("wrong shape", &shape);
+        return Err(ModelError::Mismatch {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+            details,
+        });
+    }
+    for e in entries {
+        if fresh.contains(&e.name) {
+            continue;
+        }
+        if let Some(t) = sd.get(&e.name) {
+            let t = t.to_dtype(e.var.dtype())?.to_device(e.var.device())?;
+            e.var.set(&t)?;
+        }
+    }
+    Ok(fresh)
+}
+
+/// The model's tensors as a state dict (timm names, f32; counters i64).
+pub fn state_dict(entries: &[Entry]) -> BTreeMap<String, Tensor> {
+    entries
+        .iter()
+        .map(|e| (e.name.clone(), e.var.as_detached_tensor()))
+        .collect()
+}
+
+/// Save the state dict as safetensors, written to a temporary file and renamed.
+pub fn save_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
+    let sd = state_dict(entries);
+    let map: HashMap<String, Tensor> = sd
+        .into_iter()
+        .map(|(k, t)| {
+            let t = if t.dtype() == DType::I64 {
+                t
+            } else {
+                t.to_dtype(DType::F32)?
+            };
+            Ok((k, t.to_device(&Device::Cpu)?))
+        })
+        .collect::<Result<_>>()?;
+    meal_data::atomic::replace_with(path, |tmp| candle_core::safetensors::save(&map, tmp)).map_err(
+        |e| ModelError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    )
+}
+
+/// The trainable tensors (for the optimizer), in state-dict order.
+pub fn trainable(entries: &[Entry]) -> Vec<(String, candle_core::Var)> {
+    entries
+        .iter()
+        .filter(|e| e.kind == Kind::Param)
+        .map(|e| (e.name.clone(), e.var.clone()))
+        .collect()
+}

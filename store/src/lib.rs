@@ -1,0 +1,104 @@
+//! The soft-label store (docs/FORMAT.md): a directory of `manifest.json`,
+//! `images.parquet` and Parquet or safetensors shards, written crash-safely and read
+//! through memory maps.
+
+pub mod crops;
+pub mod label;
+pub mod manifest;
+pub mod reader;
+pub mod shard;
+pub mod shard_read;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use crops::Crops;
+pub use label::{entropy, top1, Encoding, SoftLabel};
+pub use manifest::{config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, TeacherInfo};
+pub use reader::{ImageInfo, LabelStore, VerifyReport};
+pub use shard::{CropLabel, ImageRows};
+pub use shard_read::ShardReader;
+pub use writer::{merge, CropProbs, ImageProbs, StoreWriter};
+
+/// Errors of the label store; each names the file, flag or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file is truncated, corrupt or not what the manifest says.
+    #[error("{path}: corrupt label store file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A manifest of another format version.
+    #[error("{path}: format version {found}, this build reads version {supported}")]
+    Version {
+        /// The manifest.
+        path: PathBuf,
+        /// Its version.
+        found: u64,
+        /// Ours.
+        supported: u32,
+    },
+    /// The store was made from another dataset or with another config.
+    #[error("{path}: {reason}")]
+    Mismatch {
+        /// The store's manifest.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// A bad parameter.
+    #[error("invalid {name}: {reason}")]
+    Param {
+        /// Flag or key.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A crash injected by a test hook.
+    #[error("injected failure at step {0}")]
+    Injected(u32),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+    pub(crate) fn arrow(e: arrow::error::ArrowError) -> Self {
+        StoreError::Param {
+            name: "arrow",
+            reason: e.to_string(),
+        }
+    }
+    pub(crate) fn parquet(e: parquet::errors::ParquetError) -> Self {
+        StoreError::Param {
+            name: "parquet",
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// SHA-256 of a byte slice, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
