@@ -1,4 +1,7 @@
-//! Process set-up both binaries share: logging, thread count, Ctrl-C, TOML configs.
+//! What the binaries share: logging, thread count, Ctrl-C, TOML configs, progress bars
+//! and plots ([`plot`]).
+
+pub mod plot;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

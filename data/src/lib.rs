@@ -1,6 +1,7 @@
 //! `meal-data`: images to tensors for the MEAL V2 pipeline.
 //!
 //! - [`atomic`]: crash-safe file replacement (write, sync, rename), used by every stage.
+//! - [`dirlock`]: an exclusive lock on an output directory (store, run).
 //! - [`dataset`]: the index (ImageFolder or CSV list), stable sample ids, fingerprint.
 //! - [`decode`]: JPEG/PNG to RGB8 as PIL's `convert("RGB")`.
 //! - [`crop`]: torchvision's RandomResizedCrop sampling from a counter-based RNG, and the
@@ -16,6 +17,7 @@ pub mod atomic;
 pub mod crop;
 pub mod dataset;
 pub mod decode;
+pub mod dirlock;
 pub mod error;
 pub mod loader;
 pub mod resample;

@@ -100,7 +100,7 @@ pub struct TeacherArg {
 fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
     let bad = || {
         ModelError::Config(format!(
-            "--teacher {spec:?}: {key}= needs three numbers R:G:B"
+            "teacher {spec:?}: {key}= needs three numbers R:G:B"
         ))
     };
     let v: Vec<f32> = s
@@ -121,15 +121,15 @@ impl std::str::FromStr for TeacherArg {
         let head = parts.next().unwrap_or_default();
         let Some((arch, weights)) = head.split_once('=') else {
             return Err(ModelError::Config(format!(
-                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+                "teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
             )));
         };
         if arch.is_empty() || weights.is_empty() {
             return Err(ModelError::Config(format!(
-                "--teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
+                "teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
             )));
         }
-        crate::preset(arch).map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?;
+        crate::preset(arch).map_err(|e| ModelError::Config(format!("teacher {spec:?}: {e}")))?;
         let d = input_config(arch)?;
         let mut t = TeacherArg {
             arch: arch.to_string(),
@@ -142,19 +142,19 @@ impl std::str::FromStr for TeacherArg {
         for kv in parts {
             let Some((k, v)) = kv.split_once('=') else {
                 return Err(ModelError::Config(format!(
-                    "--teacher {spec:?}: {kv:?} is not key=value"
+                    "teacher {spec:?}: {kv:?} is not key=value"
                 )));
             };
             match k {
                 "size" => {
                     t.size = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
-                        ModelError::Config(format!("--teacher {spec:?}: size={v} is not a side"))
+                        ModelError::Config(format!("teacher {spec:?}: size={v} is not a side"))
                     })?
                 }
                 "filter" => {
                     t.filter = v
                         .parse()
-                        .map_err(|e| ModelError::Config(format!("--teacher {spec:?}: {e}")))?
+                        .map_err(|e| ModelError::Config(format!("teacher {spec:?}: {e}")))?
                 }
                 "crop_pct" => {
                     t.crop_pct = v
@@ -163,7 +163,7 @@ impl std::str::FromStr for TeacherArg {
                         .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
                         .ok_or_else(|| {
                             ModelError::Config(format!(
-                                "--teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
+                                "teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
                             ))
                         })?
                 }
@@ -171,7 +171,7 @@ impl std::str::FromStr for TeacherArg {
                 "std" => t.normalize.std = triple(v, k, spec)?,
                 _ => {
                     return Err(ModelError::Config(format!(
-                        "--teacher {spec:?}: unknown key {k:?} (size, filter, crop_pct, mean, std)"
+                        "teacher {spec:?}: unknown key {k:?} (size, filter, crop_pct, mean, std)"
                     )))
                 }
             }
@@ -208,6 +208,22 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
+    /// Load the teachers `args` say (preset, weights, input config) with `classes`
+    /// outputs on `device`: the one way both binaries build an ensemble. An error names
+    /// the teacher (the caller adds its flag).
+    pub fn load(args: &[TeacherArg], classes: usize, device: &Device) -> Result<Self> {
+        let mut teachers = Vec::with_capacity(args.len());
+        for t in args {
+            let named = |e: ModelError| {
+                ModelError::Config(format!("teacher {}={}: {e}", t.arch, t.weights.display()))
+            };
+            let spec = t.spec().map_err(named)?;
+            teachers
+                .push(Teacher::load(&t.arch, &t.weights, classes, spec, device).map_err(named)?);
+        }
+        Self::new(teachers)
+    }
+
     /// An ensemble of at least one teacher, all with the same number of classes.
     pub fn new(teachers: Vec<Teacher>) -> Result<Self> {
         let Some(first) = teachers.first() else {
@@ -336,7 +352,7 @@ mod tests {
             "demo_tiny=a.pth,mean=1:2",
         ] {
             let e = bad.parse::<TeacherArg>().unwrap_err();
-            assert!(e.to_string().contains("--teacher"), "{bad}: {e:#}");
+            assert!(e.to_string().contains(bad), "{bad}: {e:#}");
         }
     }
 }

@@ -167,8 +167,9 @@ impl RunArgs {
         }
         let teachers = teacher_specs
             .iter()
-            .map(|s| s.parse::<TeacherArg>().map_err(anyhow::Error::from))
-            .collect::<Result<Vec<TeacherArg>>>()?;
+            .map(|s| s.parse::<TeacherArg>())
+            .collect::<Result<Vec<TeacherArg>, _>>()
+            .context("--teacher")?;
         let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
         if crops_per_image == 0 || crops_per_image > u16::MAX as u32 + 1 {
             bail!("--crops-per-image {crops_per_image}: must be 1..=65536");

@@ -206,44 +206,30 @@ pub fn histogram(v: &[f32], lo: f32, hi: f32, bins: usize) -> Vec<u64> {
 }
 
 /// Write the entropy histogram (left panel, 0 to ln C nats) and the confidence
-/// histogram (right panel, top-1 probability 0 to 1) as a PNG.
-pub fn write_histograms(ins: &Inspection, classes: usize, path: &Path) -> Result<()> {
+/// histogram (right panel, top-1 probability 0 to 1) as a PNG titled with the store.
+pub fn write_histograms(ins: &Inspection, classes: usize, title: &str, path: &Path) -> Result<()> {
+    use meal_cli::plot::{histograms, HistPanel};
     let max_ent = (classes.max(2) as f32).ln();
-    let panels = [
-        (
-            histogram(&ins.entropies, 0.0, max_ent, HIST_BINS),
-            [70u8, 110, 200],
-        ),
-        (
-            histogram(&ins.confidences, 0.0, 1.0, HIST_BINS),
-            [220u8, 120, 50],
-        ),
-    ];
-    let (pw, ph, pad) = (400u32, 240u32, 20u32);
-    let mut img = image::RgbImage::from_pixel(2 * pw + 3 * pad, ph + 2 * pad, image::Rgb([255; 3]));
-    for (i, (h, colour)) in panels.iter().enumerate() {
-        let x0 = pad + i as u32 * (pw + pad);
-        let top = h.iter().copied().max().unwrap_or(1).max(1) as f64;
-        let bw = pw / HIST_BINS as u32;
-        for (b, &n) in h.iter().enumerate() {
-            let bh = ((n as f64 / top) * (ph - 1) as f64).round() as u32;
-            for x in x0 + b as u32 * bw..x0 + (b as u32 + 1) * bw - 1 {
-                for y in pad + ph - bh..pad + ph {
-                    img.put_pixel(x, y, image::Rgb(*colour));
-                }
-            }
-        }
-        // axes
-        for x in x0..x0 + pw {
-            img.put_pixel(x, pad + ph, image::Rgb([0; 3]));
-        }
-        for y in pad..=pad + ph {
-            img.put_pixel(x0, y, image::Rgb([0; 3]));
-        }
-    }
-    img.save(path)
-        .with_context(|| format!("--histogram {}", path.display()))?;
-    Ok(())
+    let png = histograms(
+        title,
+        &[
+            HistPanel {
+                title: format!("label entropy ({} crops)", ins.entropies.len()),
+                x_label: format!("entropy, nats (uniform over {classes} classes = {max_ent:.2})"),
+                lo: 0.0,
+                hi: max_ent as f64,
+                counts: histogram(&ins.entropies, 0.0, max_ent, HIST_BINS),
+            },
+            HistPanel {
+                title: "teacher confidence".into(),
+                x_label: "top-1 probability".into(),
+                lo: 0.0,
+                hi: 1.0,
+                counts: histogram(&ins.confidences, 0.0, 1.0, HIST_BINS),
+            },
+        ],
+    )?;
+    meal_data::atomic::write(path, &png).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Verify checksums, row counts and probability sums; returns the text report.

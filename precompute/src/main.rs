@@ -104,8 +104,8 @@ fn main() -> Result<()> {
         Cmd::Merge { data, out } => {
             let ds = Dataset::open(&data, LinkPolicy::default())
                 .with_context(|| format!("--data {}", data.display()))?;
-            let m = meal_store::merge(&out, ds.samples())
-                .with_context(|| format!("merge {}", out.display()))?;
+            let m =
+                meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;
             println!("merged {} shards into {}", m.shards.len(), out.display());
         }
         Cmd::Inspect {
@@ -116,7 +116,9 @@ fn main() -> Result<()> {
             let ins = inspect::inspect(&store, rows)?;
             print!("{}", ins.text);
             if let Some(p) = histogram {
-                inspect::write_histograms(&ins, ins.classes.len(), &p)?;
+                let title = format!("meal-precompute inspect: {}", store.display());
+                inspect::write_histograms(&ins, ins.classes.len(), &title, &p)
+                    .with_context(|| "--histogram".to_string())?;
                 println!("\nhistograms written to {}", p.display());
             }
         }

@@ -12,10 +12,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use meal_data::{
-    CropMode, CropSampler, CropSpec, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops,
-    RrcParams, Skipped,
+    CropMode, CropSampler, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
-use meal_models::ensemble::{Ensemble, Teacher, ENSEMBLE_RULE};
+use meal_models::ensemble::{Ensemble, ENSEMBLE_RULE};
 use meal_store::{
     entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
 };
@@ -94,16 +93,12 @@ pub fn load_ensemble(
     classes: usize,
     device: &candle_core::Device,
 ) -> Result<Ensemble> {
-    let mut teachers = Vec::new();
-    for t in &s.teachers {
-        let spec = CropSpec::new(t.size, t.filter, t.normalize)
-            .with_context(|| format!("--teacher {}", t.arch))?;
-        let weights = crate::hub::resolve(&t.weights)?;
-        let teacher = Teacher::load(&t.arch, &weights, classes, spec, device)
-            .with_context(|| format!("--teacher {}={}", t.arch, t.weights.display()))?;
-        teachers.push(teacher);
+    // hub names (ORG/NAME) become local files first
+    let mut args = s.teachers.clone();
+    for t in &mut args {
+        t.weights = crate::hub::resolve(&t.weights)?;
     }
-    Ok(Ensemble::new(teachers)?)
+    Ensemble::load(&args, classes, device).context("--teacher")
 }
 
 /// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the

@@ -265,7 +265,7 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
         assert!(r.complete, "worker {w} part");
     }
     let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
-    meal_store::merge(&f.root.join("workers"), ds.samples()).unwrap();
+    meal_store::merge(&f.root.join("workers"), &ds).unwrap();
     assert_eq!(
         files(&f.root.join("workers")),
         reference,
@@ -357,9 +357,9 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     assert_eq!(ins.classes.iter().map(|c| c.crops).sum::<u64>(), 60);
     assert!(ins.classes.iter().all(|c| c.images == 2));
     let png = f.root.join("h.png");
-    inspect::write_histograms(&ins, 10, &png).unwrap();
+    inspect::write_histograms(&ins, 10, "labels", &png).unwrap();
     let img = image::open(&png).unwrap();
-    assert!(img.width() > 400);
+    assert_eq!((img.width(), img.height()), (960, 400));
     let h = inspect::histogram(&ins.confidences, 0.0, 1.0, inspect::HIST_BINS);
     assert_eq!(h.iter().sum::<u64>(), 60);
     assert!(inspect::verify(&s.out).unwrap().starts_with("ok"));

@@ -47,7 +47,7 @@ impl std::str::FromStr for Encoding {
     type Err = StoreError;
     fn from_str(s: &str) -> Result<Self, StoreError> {
         let bad = || StoreError::Param {
-            name: "--encoding",
+            name: "encoding",
             reason: format!("{s:?} (expected dense, topk:K or topk:K:f32)"),
         };
         if s == "dense" {
@@ -163,7 +163,7 @@ mod tests {
                 s.parse::<Encoding>()
                     .unwrap_err()
                     .to_string()
-                    .contains("--encoding"),
+                    .contains("encoding"),
                 "{s}"
             );
         }

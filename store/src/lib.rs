@@ -65,6 +65,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Another process writes the store.
+    #[error(transparent)]
+    Locked(#[from] meal_data::dirlock::LockError),
     /// A crash injected by a test hook.
     #[error("injected failure at step {0}")]
     Injected(u32),

@@ -44,7 +44,7 @@ impl std::str::FromStr for ShardFormat {
             "parquet" => Ok(ShardFormat::Parquet),
             "safetensors" => Ok(ShardFormat::Safetensors),
             _ => Err(StoreError::Param {
-                name: "--format",
+                name: "format",
                 reason: format!("{s:?} (expected parquet or safetensors)"),
             }),
         }

@@ -141,7 +141,7 @@ fn batch(
                     }
                     _ => {
                         return Err(StoreError::Param {
-                            name: "--encoding",
+                            name: "encoding",
                             reason: format!("row is not top-{k}"),
                         })
                     }

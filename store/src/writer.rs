@@ -9,7 +9,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use meal_data::{CropRecord, Sample};
+use meal_data::dirlock::{DirLock, LOCK_FILE};
+use meal_data::{CropRecord, Dataset, Sample};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -57,6 +58,17 @@ pub struct StoreWriter {
     paths: Vec<String>,
     hook: Option<Hook>,
     step: u32,
+    /// Held while writing: a second writer of the same store (or worker part) is refused.
+    _lock: DirLock,
+}
+
+/// One lock per writer: the whole store, or one worker's part (workers share the
+/// directory by design; merge takes the whole-store lock).
+fn lock_name(worker: Option<[u32; 2]>) -> String {
+    match worker {
+        None => LOCK_FILE.to_string(),
+        Some([i, n]) => format!("{LOCK_FILE}.worker-{i}-of-{n}"),
+    }
 }
 
 fn manifest_name(worker: Option<[u32; 2]>) -> String {
@@ -79,7 +91,7 @@ impl StoreWriter {
         if let Some([i, n]) = worker {
             if n == 0 || i >= n {
                 return Err(StoreError::Param {
-                    name: "--worker",
+                    name: "worker",
                     reason: format!("{i}/{n} (expected I/N with I < N)"),
                 });
             }
@@ -92,7 +104,7 @@ impl StoreWriter {
         }
         if config.format == ShardFormat::Safetensors && config.encoding != Encoding::Dense {
             return Err(StoreError::Param {
-                name: "--format",
+                name: "format",
                 reason: "safetensors shards hold the dense encoding only".into(),
             });
         }
@@ -109,6 +121,7 @@ impl StoreWriter {
             });
         }
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let lock = DirLock::acquire_named(dir, &lock_name(worker))?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let manifest = if path.exists() {
@@ -154,6 +167,7 @@ impl StoreWriter {
             paths: samples.iter().map(|s| s.path.clone()).collect(),
             hook: None,
             step: 0,
+            _lock: lock,
         })
     }
 
@@ -400,7 +414,9 @@ fn write_images(
 
 /// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
 /// their configs differ (naming the keys) or a shard is missing.
-pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
+pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
+    let samples = dataset.samples();
+    let _lock = DirLock::acquire(dir)?;
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| StoreError::io(dir, e))?
         .flatten()
@@ -411,7 +427,7 @@ pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
     if names.is_empty() {
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
-            reason: "no worker manifests to merge".into(),
+            reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
         });
     }
     let parts: Vec<Manifest> = names
@@ -419,7 +435,24 @@ pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
         .map(|n| Manifest::read_file(&dir.join(n)))
         .collect::<Result<_, _>>()?;
     let first = &parts[0];
+    // the images.parquet written below comes from `dataset`: it must be the dataset the
+    // workers labelled, or paths and labels would shift against the shards
+    let c = &first.config;
+    if &c.dataset != dataset.fingerprint() || c.classes != dataset.classes() {
+        return Err(StoreError::Mismatch {
+            path: dir.join(&names[0]),
+            reason: format!(
+                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {})",
+                c.dataset.samples,
+                c.dataset.sha256,
+                dataset.root().display(),
+                dataset.fingerprint().samples,
+                dataset.fingerprint().sha256
+            ),
+        });
+    }
     let n = first.worker.map(|w| w[1]).unwrap_or(1);
+    let mut seen = vec![false; n as usize];
     for (p, name) in parts.iter().zip(&names) {
         let diff = config_diff(&first.config, &p.config);
         if !diff.is_empty() {
@@ -428,12 +461,48 @@ pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
                 reason: format!("config differs from {}: {}", names[0], diff.join(", ")),
             });
         }
-        if p.worker.map(|w| w[1]) != Some(n) {
+        match p.worker {
+            Some([i, m]) if m == n && i < n => seen[i as usize] = true,
+            Some([i, m]) => {
+                return Err(StoreError::Mismatch {
+                    path: dir.join(name),
+                    reason: format!(
+                        "written by worker {i} of {m}, but {} is worker {} of {n}",
+                        names[0],
+                        first.worker.map(|w| w[0]).unwrap_or(0)
+                    ),
+                })
+            }
+            None => {
+                return Err(StoreError::Mismatch {
+                    path: dir.join(name),
+                    reason: "not a worker manifest".into(),
+                })
+            }
+        }
+        if p.state != State::Complete {
             return Err(StoreError::Mismatch {
                 path: dir.join(name),
-                reason: format!("not a worker of {n}"),
+                reason: format!(
+                    "worker {} of {n} has not finished ({} shards written): rerun it, then merge",
+                    p.worker.map(|w| w[0]).unwrap_or(0),
+                    p.shards.len()
+                ),
             });
         }
+    }
+    let absent: Vec<String> = (0..n)
+        .filter(|&i| !seen[i as usize])
+        .map(|i| i.to_string())
+        .collect();
+    if !absent.is_empty() {
+        return Err(StoreError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "worker {} of {n} is missing (no manifest.worker-I-of-{n}.json): run it, then merge",
+                absent.join(", ")
+            ),
+        });
     }
     let mut m = first.clone();
     m.worker = None;
@@ -445,11 +514,38 @@ pub fn merge(dir: &Path, samples: &[Sample]) -> Result<Manifest, StoreError> {
     let total = (samples.len() as u32).div_ceil(m.config.samples_per_shard);
     let have: Vec<u32> = m.shards.iter().map(|s| s.index).collect();
     let missing: Vec<u32> = (0..total).filter(|s| !have.contains(s)).collect();
-    if !missing.is_empty() || have.len() != total as usize {
+    let duplicated: Vec<u32> = have
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    if !missing.is_empty() || !duplicated.is_empty() {
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
-            reason: format!("shards missing or duplicated: missing {missing:?}"),
+            reason: format!(
+                "the workers' shards do not cover the dataset once: missing shards {missing:?}, listed twice {duplicated:?}"
+            ),
         });
+    }
+    // every worker shard is checked against its manifest while merging: a damaged or
+    // replaced file fails here, not at training time
+    for s in &m.shards {
+        let path = dir.join(&s.file);
+        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        if bytes.len() as u64 != s.bytes || sha256_hex(&bytes) != s.sha256 {
+            return Err(StoreError::corrupt(
+                &path,
+                format!(
+                    "does not match its worker manifest ({} bytes, checksum {}): rerun that worker",
+                    bytes.len(),
+                    if sha256_hex(&bytes) == s.sha256 {
+                        "ok"
+                    } else {
+                        "differs"
+                    }
+                ),
+            ));
+        }
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();

@@ -481,7 +481,7 @@ fn other_datasets_and_configs_are_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("--format"), "{e}");
+    assert!(e.contains("format"), "{e}");
 }
 
 #[test]
@@ -502,7 +502,7 @@ fn workers_and_merge_equal_a_single_run() {
         "no manifest.json before the merge"
     );
     write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
-    merge(&split, ds.samples()).unwrap();
+    merge(&split, &ds).unwrap();
     let (a, b) = (files(&single), files(&split));
     for (name, bytes) in &a {
         assert_eq!(b.get(name), Some(bytes), "{name}");
@@ -518,8 +518,80 @@ fn workers_and_merge_equal_a_single_run() {
     let mut cfg2 = cfg.clone();
     cfg2.ensemble = "mean_logits".into();
     write_all(&bad, &ds, &cfg2, Some([1, 2])).unwrap();
-    let e = merge(&bad, ds.samples()).unwrap_err().to_string();
+    let e = merge(&bad, &ds).unwrap_err().to_string();
     assert!(e.contains("ensemble") && e.contains("worker-1-of-2"), "{e}");
+}
+
+/// Merge refuses another dataset (a renamed image changes the fingerprint), a missing
+/// worker (named), and a worker shard that no longer matches its manifest.
+#[test]
+fn merge_checks_the_dataset_the_workers_and_their_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    // worker 1 has not run: say so
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(e.contains("worker 1 of 2 is missing"), "{e}");
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+
+    // the same images with one renamed: another fingerprint, refused
+    let other = tmp.path().join("renamed");
+    copy_tree(&tmp.path().join("train"), &other);
+    let class0 = std::fs::read_dir(&other)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let img = std::fs::read_dir(&class0)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::rename(&img, img.with_file_name("zz_renamed.jpg")).unwrap();
+    let ds2 = Dataset::open(&other, LinkPolicy::StayInside).unwrap();
+    let e = merge(&split, &ds2).unwrap_err().to_string();
+    assert!(e.contains("another dataset"), "{e}");
+    assert!(!split.join("manifest.json").exists());
+
+    // a worker's shard replaced after its manifest was written
+    let shard = std::fs::read_dir(&split)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "parquet") && p != &split.join("images.parquet")
+        })
+        .unwrap();
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains(&*shard.file_name().unwrap().to_string_lossy())
+            && e.contains("checksum differs"),
+        "{e}"
+    );
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    merge(&split, &ds).unwrap();
+    LabelStore::open(&split).unwrap().verify().unwrap();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }
 
 #[test]

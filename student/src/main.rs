@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use meal_models::ensemble::{Ensemble, Teacher, TeacherArg};
+use meal_models::ensemble::{Ensemble, TeacherArg};
 use meal_models::{input_config, LoadOptions, ResNet};
 
 use meal_student::config::TrainArgs;
@@ -130,15 +130,12 @@ fn main() -> Result<()> {
                 let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
-                let mut ts = Vec::new();
-                for spec in &teacher {
-                    let t: TeacherArg = spec.parse()?;
-                    ts.push(
-                        Teacher::load(&t.arch, &t.weights, ds.classes().len(), t.spec()?, &dev)
-                            .with_context(|| format!("--teacher {spec}"))?,
-                    );
-                }
-                let ens = Ensemble::new(ts)?;
+                let args = teacher
+                    .iter()
+                    .map(|t| t.parse::<TeacherArg>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("--teacher")?;
+                let ens = Ensemble::load(&args, ds.classes().len(), &dev).context("--teacher")?;
                 let acc = eval::evaluate_ensemble(&ens, &ds, threads)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
-use meal_models::ensemble::{Ensemble, Teacher, TeacherArg};
+use meal_models::ensemble::{Ensemble, TeacherArg};
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{
@@ -186,15 +186,13 @@ impl Run {
         let online = if s.online_teacher.is_empty() {
             None
         } else {
-            let mut ts = Vec::new();
-            for spec in &s.online_teacher {
-                let t: TeacherArg = spec.parse()?;
-                ts.push(
-                    Teacher::load(&t.arch, &t.weights, classes, t.spec()?, &dev)
-                        .with_context(|| format!("--online-teacher {spec}"))?,
-                );
-            }
-            Some(Ensemble::new(ts)?)
+            let args = s
+                .online_teacher
+                .iter()
+                .map(|t| t.parse::<TeacherArg>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("--online-teacher")?;
+            Some(Ensemble::load(&args, classes, &dev).context("--online-teacher")?)
         };
         let student = ResNet::from_preset(&s.arch, classes, &dev, s.seed)?;
         if let Some(init) = &s.init {
@@ -580,7 +578,9 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         write_tables(&s.out, &state.history)?;
     }
     if !interrupted {
-        plot_curves(&state.history, &s.out.join("curves.png"))?;
+        let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
+        let run_name = run_name.unwrap_or_else(|| s.out.display().to_string());
+        plot_curves(&run_name, &state.history, &s.out.join("curves.png"))?;
     }
     Ok(TrainReport {
         history: state.history,

@@ -172,7 +172,8 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert_eq!(jsonl.lines().count(), 2);
     let csv = std::fs::read_to_string(f.root.join("resumed/summary.csv")).unwrap();
     assert!(csv.starts_with("epoch,lr,loss"));
-    assert!(image::open(f.root.join("resumed/curves.png")).is_ok());
+    let curves = image::open(f.root.join("resumed/curves.png")).unwrap();
+    assert_eq!((curves.width(), curves.height()), (1440, 400));
     // a fresh run into a used directory is refused
     let e = go(args(&f, "whole")).unwrap_err();
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");

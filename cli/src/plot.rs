@@ -1,0 +1,277 @@
+//! Plots a person can read: titled panels with labelled, ticked axes and a legend, drawn
+//! with `plotters` on its bitmap backend in an embedded font (DejaVu Sans, fonts/), so
+//! no system fonts are needed. Each function returns PNG bytes; the caller writes them
+//! (atomically, through `meal_data::atomic`).
+
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+/// The font family name the panels use (registered once from the embedded file).
+const FONT: &str = "sans-serif";
+static FONT_ONCE: Once = Once::new();
+
+fn register_font() {
+    FONT_ONCE.call_once(|| {
+        // the bytes are a valid TrueType file checked in with the crate; a failure here
+        // would only leave text undrawn, never corrupt a plot
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../fonts/DejaVuSans.ttf"),
+        );
+    });
+}
+
+/// Errors of drawing or encoding a plot.
+#[derive(Debug)]
+pub struct PlotError(pub String);
+
+impl std::fmt::Display for PlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plot: {}", self.0)
+    }
+}
+
+impl std::error::Error for PlotError {}
+
+fn err(e: impl std::fmt::Display) -> PlotError {
+    PlotError(e.to_string())
+}
+
+/// One named series of `(x, y)` points.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// The points, in x order.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One panel of line series.
+#[derive(Clone, Debug)]
+pub struct LinePanel {
+    /// Panel title.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Fixed y range, or `None` to fit the data.
+    pub y_range: Option<(f64, f64)>,
+    /// The lines.
+    pub series: Vec<Series>,
+}
+
+/// One histogram panel: `counts` of equal bins over `[lo, hi]`.
+#[derive(Clone, Debug)]
+pub struct HistPanel {
+    /// Panel title.
+    pub title: String,
+    /// X axis label (what was binned).
+    pub x_label: String,
+    /// Range of the bins.
+    pub lo: f64,
+    /// Range of the bins.
+    pub hi: f64,
+    /// Count per bin.
+    pub counts: Vec<u64>,
+}
+
+/// Panel size in pixels.
+const PANEL: (u32, u32) = (480, 360);
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(127, 127, 127),
+];
+
+fn fit(points: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = points
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    // a constant series gets +-10% of its value (or +-1 at zero) so it sits mid-panel
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else if lo != 0.0 {
+        lo.abs() * 0.1
+    } else {
+        1.0
+    };
+    (lo - pad, hi + pad)
+}
+
+fn encode(buf: Vec<u8>, w: u32, h: u32) -> Result<Vec<u8>, PlotError> {
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| err("buffer size"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(err)?;
+    Ok(png)
+}
+
+/// Panels of line series side by side under one `title`, as PNG bytes.
+pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
+    register_font();
+    let (w, h) = (PANEL.0 * panels.len().max(1) as u32, PANEL.1 + 40);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, (FONT, 22).into_font()).map_err(err)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for (p, area) in panels.iter().zip(areas.iter()) {
+            let all = || p.series.iter().flat_map(|s| s.points.iter());
+            let (x0, x1) = fit(all().map(|q| q.0));
+            let (y0, y1) = p.y_range.unwrap_or_else(|| fit(all().map(|q| q.1)));
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, (FONT, 17).into_font())
+                .margin(10)
+                .x_label_area_size(38)
+                .y_label_area_size(58)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(&p.x_label)
+                .y_desc(&p.y_label)
+                .label_style((FONT, 12).into_font())
+                .axis_desc_style((FONT, 14).into_font())
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(err)?;
+            for (i, s) in p.series.iter().enumerate() {
+                let c = COLOURS[i % COLOURS.len()];
+                let pts: Vec<(f64, f64)> = s
+                    .points
+                    .iter()
+                    .copied()
+                    .filter(|q| q.1.is_finite())
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                    .map_err(err)?
+                    .label(&s.name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 13).into_font())
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    encode(buf, w, h)
+}
+
+/// Histogram panels side by side under one `title`, as PNG bytes.
+pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotError> {
+    register_font();
+    let (w, h) = (PANEL.0 * panels.len().max(1) as u32, PANEL.1 + 40);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, (FONT, 22).into_font()).map_err(err)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for (i, (p, area)) in panels.iter().zip(areas.iter()).enumerate() {
+            let top = p.counts.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.05;
+            let bw = (p.hi - p.lo) / p.counts.len().max(1) as f64;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, (FONT, 17).into_font())
+                .margin(10)
+                .x_label_area_size(38)
+                .y_label_area_size(58)
+                .build_cartesian_2d(p.lo..p.hi, 0f64..top)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc(&p.x_label)
+                .y_desc("crops")
+                .label_style((FONT, 12).into_font())
+                .axis_desc_style((FONT, 14).into_font())
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(err)?;
+            let c = COLOURS[i % COLOURS.len()];
+            chart
+                .draw_series(p.counts.iter().enumerate().map(|(b, &n)| {
+                    let x = p.lo + b as f64 * bw;
+                    Rectangle::new([(x, 0.0), (x + bw, n as f64)], c.filled())
+                }))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    encode(buf, w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(png: &[u8]) -> image::RgbImage {
+        image::load_from_memory(png).unwrap().to_rgb8()
+    }
+
+    /// The expected size, and ink where the text goes: the title band and the axis label
+    /// areas are not blank (a missing font would leave them white).
+    #[test]
+    fn line_panels_have_text_and_lines() {
+        let s = |name: &str, k: f64| Series {
+            name: name.into(),
+            points: (0..10).map(|i| (i as f64, k * i as f64)).collect(),
+        };
+        let panel = |t: &str| LinePanel {
+            title: t.into(),
+            x_label: "epoch".into(),
+            y_label: "value".into(),
+            y_range: None,
+            series: vec![s("a", 1.0), s("b", 2.0)],
+        };
+        let img = decode(&lines("run", &[panel("loss"), panel("lr")]).unwrap());
+        assert_eq!(img.dimensions(), (2 * PANEL.0, PANEL.1 + 40));
+        let ink = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 != [255; 3])
+                .count()
+        };
+        assert!(ink(0, img.width(), 0, 30) > 50, "title not drawn");
+        assert!(ink(0, 50, 60, PANEL.1) > 50, "y axis labels not drawn");
+        let coloured = img
+            .pixels()
+            .filter(|p| p.0 == [COLOURS[1].0, COLOURS[1].1, COLOURS[1].2])
+            .count();
+        assert!(coloured > 100, "second series not drawn ({coloured} px)");
+    }
+
+    #[test]
+    fn histogram_panels_have_the_expected_size() {
+        let p = HistPanel {
+            title: "entropy".into(),
+            x_label: "nats".into(),
+            lo: 0.0,
+            hi: 2.3,
+            counts: vec![1, 5, 9, 3, 0, 2],
+        };
+        let img = decode(&histograms("labels", &[p.clone(), p]).unwrap());
+        assert_eq!(img.dimensions(), (2 * PANEL.0, PANEL.1 + 40));
+    }
+}

@@ -1,0 +1,114 @@
+//! An exclusive advisory lock on an output directory (a label store, a run), so that two
+//! processes never write the same directory: the second is refused with the first's
+//! process id. `flock(2)` on `DIR/.lock`: the kernel drops the lock when the process
+//! exits or crashes, so a stale lock file never blocks a rerun.
+
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The lock file's name inside the locked directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Why a directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live process holds it.
+    #[error("{dir} is in use by process {pid} (another run writes it; wait for it or use another directory)")]
+    Busy {
+        /// The directory.
+        dir: PathBuf,
+        /// The holder's process id, as it wrote it (`?` if unreadable).
+        pid: String,
+    },
+    /// The lock file could not be created or locked.
+    #[error("{path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Held while alive; dropping it (or the process ending) releases the directory.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+    path: PathBuf,
+}
+
+impl DirLock {
+    /// Create `dir` if needed and lock it exclusively, without waiting.
+    pub fn acquire(dir: &Path) -> Result<DirLock, LockError> {
+        Self::acquire_named(dir, LOCK_FILE)
+    }
+
+    /// As [`DirLock::acquire`] with lock file `name`: writers that share a directory by
+    /// design (one store's workers) each lock their own part.
+    pub fn acquire_named(dir: &Path, name: &str) -> Result<DirLock, LockError> {
+        let path = dir.join(name);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor this function owns.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(LockError::Busy {
+                    dir: dir.to_path_buf(),
+                    pid: if pid.is_empty() {
+                        "?".into()
+                    } else {
+                        pid.into()
+                    },
+                });
+            }
+            return Err(io(e));
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(DirLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_pid_until_release() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("run");
+        let a = DirLock::acquire(&dir).unwrap();
+        // flock locks belong to the open file description: a second open in the same
+        // process conflicts as a second process would
+        let e = DirLock::acquire(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("in use by process") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        drop(a);
+        let _b = DirLock::acquire(&dir).unwrap();
+    }
+}
