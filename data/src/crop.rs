@@ -178,18 +178,17 @@ impl Default for RrcParams {
 impl RrcParams {
     /// Checked parameters: `0 < scale.0 <= scale.1 <= 1`, `0 < ratio.0 <= ratio.1`.
     pub fn new(scale: (f64, f64), ratio: (f64, f64)) -> Result<Self> {
-        let finite = [scale.0, scale.1, ratio.0, ratio.1]
-            .iter()
-            .all(|v| v.is_finite());
-        if !(finite && scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+        // each range checked on its own, so the error names the one at fault
+        let finite = |a: f64, b: f64| a.is_finite() && b.is_finite();
+        if !(finite(scale.0, scale.1) && scale.0 > 0.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
             return Err(DataError::param(
-                "--scale",
+                "scale",
                 format!("need 0 < min <= max <= 1, got {}..{}", scale.0, scale.1),
             ));
         }
-        if !(ratio.0 > 0.0 && ratio.0 <= ratio.1) {
+        if !(finite(ratio.0, ratio.1) && ratio.0 > 0.0 && ratio.0 <= ratio.1) {
             return Err(DataError::param(
-                "--ratio",
+                "ratio",
                 format!("need 0 < min <= max, got {}..{}", ratio.0, ratio.1),
             ));
         }
@@ -352,8 +351,8 @@ mod tests {
     #[test]
     fn bad_params_are_refused_with_the_flag() {
         let e = RrcParams::new((0.5, 0.1), DEFAULT_RATIO).unwrap_err();
-        assert!(e.to_string().contains("--scale"), "{e}");
+        assert!(e.to_string().contains("scale"), "{e}");
         let e = RrcParams::new(DEFAULT_SCALE, (0.0, 1.0)).unwrap_err();
-        assert!(e.to_string().contains("--ratio"), "{e}");
+        assert!(e.to_string().contains("ratio"), "{e}");
     }
 }

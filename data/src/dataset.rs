@@ -71,19 +71,25 @@ impl Dataset {
     pub fn open(path: &Path, links: LinkPolicy) -> Result<Self> {
         let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
         if meta.is_dir() {
-            Self::image_folder(path, links)
-        } else {
-            Self::list_file(path, links)
+            return Self::image_folder(path, links);
         }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+        if name.as_deref().is_some_and(has_image_extension) {
+            return Err(DataError::dataset(
+                path,
+                "is an image file; expected an ImageFolder directory (root/<class>/<image>) or a CSV list file of `path,label` rows",
+            ));
+        }
+        Self::list_file(path, links)
     }
 
     /// Index an ImageFolder root: each sub-directory is a class.
     pub fn image_folder(root: &Path, links: LinkPolicy) -> Result<Self> {
         let canon_root = root.canonicalize().map_err(|e| DataError::io(root, e))?;
         let mut classes = Vec::new();
-        for entry in read_dir_sorted(root)? {
-            if entry.1.is_dir() {
-                classes.push(entry.0);
+        for (name, meta) in read_dir_sorted(root)? {
+            if meta.is_some_and(|m| m.is_dir()) {
+                classes.push(name);
             }
         }
         if classes.is_empty() {
@@ -95,7 +101,12 @@ impl Dataset {
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)
-            walk(&root.join(class), class, &mut files)?;
+            walk(
+                &root.join(class),
+                class,
+                &mut vec![canon_root.clone()],
+                &mut files,
+            )?;
             files.sort();
             for (dir, name) in files {
                 if !has_image_extension(&name) {
@@ -103,10 +114,15 @@ impl Dataset {
                 }
                 let rel = format!("{dir}/{name}");
                 let full = root.join(&rel);
-                check_inside(&full, &canon_root, links)?;
-                let bytes = fs::metadata(&full)
-                    .map_err(|e| DataError::io(&full, e))?
-                    .len();
+                let bytes = match fs::metadata(&full) {
+                    Ok(m) => {
+                        check_inside(&full, &canon_root, links)?;
+                        m.len()
+                    }
+                    // a dangling symlink: kept, so the loader reports it as unreadable
+                    Err(_) if fs::symlink_metadata(&full).is_ok() => 0,
+                    Err(e) => return Err(DataError::io(&full, e)),
+                };
                 samples.push(Sample {
                     id: sample_id(samples.len(), root)?,
                     path: rel,
@@ -290,7 +306,10 @@ fn has_image_extension(name: &str) -> bool {
 
 /// Entries of `dir` as (name, metadata following symlinks), sorted by name. Names
 /// that are not valid UTF-8 are refused: they could not be stored portably.
-fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
+/// The entries of `dir` sorted by name, with their (followed) metadata; `None` for a
+/// dangling symlink, which is still listed (as a sample it is reported unreadable by the
+/// loader, like any other bad file, instead of vanishing from the index).
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
@@ -300,9 +319,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
             .into_string()
             .map_err(|_| DataError::dataset(&path, "file name is not valid UTF-8"))?;
         let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            // A dangling symlink is no sample.
-            Err(_) if fs::symlink_metadata(&path).is_ok() => continue,
+            Ok(m) => Some(m),
+            Err(_) if fs::symlink_metadata(&path).is_ok() => None,
             Err(e) => return Err(DataError::io(&path, e)),
         };
         out.push((name, meta));
@@ -311,15 +329,36 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, fs::Metadata)>> {
     Ok(out)
 }
 
-/// Collect `(dir relative to root, file name)` of all files under `dir`.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, String)>) -> Result<()> {
+/// Collect `(dir relative to root, file name)` of all files under `dir` (and dangling
+/// symlinks). `above` holds the canonical directories from the root down to `dir`: a
+/// symlinked directory that leads back to one of them is a loop, refused (it would
+/// list the same files again and again).
+fn walk(
+    dir: &Path,
+    rel: &str,
+    above: &mut Vec<PathBuf>,
+    out: &mut Vec<(String, String)>,
+) -> Result<()> {
+    let canon = dir.canonicalize().map_err(|e| DataError::io(dir, e))?;
+    if let Some(a) = above.iter().find(|a| **a == canon) {
+        return Err(DataError::dataset(
+            dir,
+            format!(
+                "symlink loop: this directory is {}, which contains it",
+                a.display()
+            ),
+        ));
+    }
+    above.push(canon);
     for (name, meta) in read_dir_sorted(dir)? {
-        if meta.is_dir() {
-            walk(&dir.join(&name), &format!("{rel}/{name}"), out)?;
-        } else if meta.is_file() {
-            out.push((rel.to_string(), name));
+        match meta {
+            Some(m) if m.is_dir() => walk(&dir.join(&name), &format!("{rel}/{name}"), above, out)?,
+            Some(m) if m.is_file() => out.push((rel.to_string(), name)),
+            Some(_) => {}
+            None => out.push((rel.to_string(), name)),
         }
     }
+    above.pop();
     Ok(())
 }
 
@@ -346,7 +385,7 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
         return Err(DataError::dataset(
             full,
             format!(
-                "resolves to {} outside the dataset root {} (allow with --follow-links)",
+                "resolves to {} outside the dataset root {} (links that leave the root are refused unless following links is asked for: --follow-links)",
                 canon.display(),
                 canon_root.display()
             ),

@@ -40,7 +40,7 @@ impl std::str::FromStr for BadFilePolicy {
             "skip" => Ok(BadFilePolicy::Skip),
             "fail" => Ok(BadFilePolicy::Fail),
             _ => Err(DataError::param(
-                "--on-bad-file",
+                "bad-file policy",
                 format!("{s:?} (expected skip or fail)"),
             )),
         }
@@ -75,7 +75,7 @@ impl PoolCrops {
     pub fn pass(sampler: CropSampler, pool: u32, count: u32, pass: u64) -> Result<Self> {
         if pool == 0 || count == 0 {
             return Err(DataError::param(
-                "--crops-per-image",
+                "crops per image",
                 "pool size and crops per image must be at least 1",
             ));
         }
@@ -249,7 +249,7 @@ impl Loader {
     /// Start loading the samples of `dataset` listed in `order`.
     pub fn new(dataset: Arc<Dataset>, order: Vec<u32>, cfg: LoaderConfig) -> Result<Self> {
         if cfg.images_per_batch == 0 {
-            return Err(DataError::param("--batch", "must be at least 1 image"));
+            return Err(DataError::param("batch", "must be at least 1 image"));
         }
         let mut chunks: Vec<Vec<u32>> = order
             .chunks(cfg.images_per_batch)
@@ -274,7 +274,7 @@ impl Loader {
         cfg: LoaderConfig,
     ) -> Result<Self> {
         if cfg.crops.crops_per_image() == 0 {
-            return Err(DataError::param("--crops-per-image", "must be at least 1"));
+            return Err(DataError::param("crops per image", "must be at least 1"));
         }
         if let Some(bad) = chunks
             .iter()
@@ -290,7 +290,7 @@ impl Loader {
             .num_threads(cfg.threads.max(1))
             .thread_name(|i| format!("meal-decode-{i}"))
             .build()
-            .map_err(|e| DataError::param("--threads", e))?;
+            .map_err(|e| DataError::param("threads", e))?;
         let batches = chunks.len();
         let (tx, rx) = sync_channel(cfg.prefetch);
         let report = Arc::new(Mutex::new(LoadReport::default()));

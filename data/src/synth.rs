@@ -212,7 +212,7 @@ pub struct SynthSummary {
 pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Result<SynthSummary> {
     if cfg.min_side < 8 || cfg.min_side > cfg.max_side || cfg.max_side > 4096 {
         return Err(DataError::param(
-            "--min-side/--max-side",
+            "min/max side",
             format!(
                 "need 8 <= min <= max <= 4096, got {}..{}",
                 cfg.min_side, cfg.max_side
@@ -221,7 +221,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     }
     if !(1..=100).contains(&cfg.quality) {
         return Err(DataError::param(
-            "--quality",
+            "quality",
             format!("{} (expected 1..=100)", cfg.quality),
         ));
     }

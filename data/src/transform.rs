@@ -50,7 +50,7 @@ impl std::str::FromStr for Filter {
             "bilinear" => Ok(Filter::Bilinear),
             "bicubic" => Ok(Filter::Bicubic),
             _ => Err(DataError::param(
-                "--filter",
+                "filter",
                 format!("{s:?} (expected bilinear or bicubic)"),
             )),
         }
@@ -127,7 +127,7 @@ impl CropSpec {
     pub fn new(size: u32, filter: Filter, normalize: Normalize) -> Result<Self> {
         if size == 0 || size > 4096 {
             return Err(DataError::param(
-                "--res",
+                "size",
                 format!("{size} (expected 1..=4096)"),
             ));
         }
@@ -135,7 +135,7 @@ impl CropSpec {
             || normalize.mean.iter().any(|m| !m.is_finite())
         {
             return Err(DataError::param(
-                "--mean/--std",
+                "mean/std",
                 "need finite means and positive standard deviations",
             ));
         }

@@ -188,6 +188,44 @@ fn symlinks_may_not_leave_the_root_unless_asked() {
     );
 }
 
+/// A dangling symlink stays in the index (the loader then reports it unreadable, like any
+/// bad file) instead of vanishing; a symlinked directory leading back up is a loop,
+/// refused instead of listing the same images again and again.
+#[cfg(unix)]
+#[test]
+fn dangling_links_are_listed_and_link_loops_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cls/ok.jpg", b"o");
+    std::os::unix::fs::symlink(
+        dir.path().join("cls/gone.jpg"),
+        dir.path().join("cls/dead.jpg"),
+    )
+    .unwrap();
+    let ds = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap();
+    let paths: Vec<&str> = ds.samples().iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["cls/dead.jpg", "cls/ok.jpg"]);
+    assert_eq!(ds.samples()[0].bytes, 0);
+    std::os::unix::fs::symlink(dir.path().join("cls"), dir.path().join("cls/again")).unwrap();
+    let e = Dataset::open(dir.path(), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("symlink loop") && e.contains("again"), "{e}");
+}
+
+/// `--data some.jpg` says it is an image, not a list file.
+#[test]
+fn an_image_given_as_the_dataset_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "x.jpg", b"\xff\xd8 not utf-8 \xfe");
+    let e = Dataset::open(&dir.path().join("x.jpg"), LinkPolicy::StayInside)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is an image file") && e.contains("ImageFolder"),
+        "{e}"
+    );
+}
+
 #[test]
 fn empty_roots_are_refused() {
     let dir = tempfile::tempdir().unwrap();

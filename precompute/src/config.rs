@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use meal_data::BadFilePolicy;
+use meal_data::{BadFilePolicy, LinkPolicy};
 use meal_store::{Encoding, ShardFormat};
 use serde::Deserialize;
 
@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// What to do with an unreadable image: skip (listed in the report) | fail [default: skip].
     #[arg(long, value_name = "POLICY")]
     pub on_bad_file: Option<String>,
+    /// Follow symlinks that lead outside the dataset root (refused by default).
+    #[arg(long)]
+    #[serde(default)]
+    pub follow_links: bool,
     /// Images per shard [default: 1024].
     #[arg(long, value_name = "N")]
     pub samples_per_shard: Option<u32>,
@@ -121,6 +125,8 @@ pub struct Settings {
     pub limit: Option<usize>,
     /// Bad-file policy.
     pub policy: BadFilePolicy,
+    /// How far symlinks in the dataset may reach.
+    pub links: LinkPolicy,
     /// Images per shard.
     pub samples_per_shard: u32,
     /// Images per row group.
@@ -175,11 +181,11 @@ impl RunArgs {
             bail!("--crops-per-image {crops_per_image}: must be 1..=65536");
         }
         let encoding = match pick!(encoding) {
-            Some(e) => Some(e.parse::<Encoding>()?),
+            Some(e) => Some(e.parse::<Encoding>().context("--encoding")?),
             None => None,
         };
         let format = match pick!(format) {
-            Some(f) => f.parse::<ShardFormat>()?,
+            Some(f) => f.parse::<ShardFormat>().context("--format")?,
             None => ShardFormat::Parquet,
         };
         let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
@@ -195,7 +201,7 @@ impl RunArgs {
             None => None,
         };
         let policy = match pick!(on_bad_file) {
-            Some(p) => p.parse::<BadFilePolicy>()?,
+            Some(p) => p.parse::<BadFilePolicy>().context("--on-bad-file")?,
             None => BadFilePolicy::Skip,
         };
         let samples_per_shard = pick!(samples_per_shard).unwrap_or(DEFAULT_SAMPLES_PER_SHARD);
@@ -204,19 +210,29 @@ impl RunArgs {
         if samples_per_shard == 0 || images_per_row_group == 0 {
             bail!("--samples-per-shard and --images-per-row-group must be at least 1");
         }
+        let scale = pick!(scale).map(|p| p.0).unwrap_or([
+            meal_data::crop::DEFAULT_SCALE.0,
+            meal_data::crop::DEFAULT_SCALE.1,
+        ]);
+        let ratio = pick!(ratio).map(|p| p.0).unwrap_or([
+            meal_data::crop::DEFAULT_RATIO.0,
+            meal_data::crop::DEFAULT_RATIO.1,
+        ]);
+        // each range under its own flag
+        meal_data::RrcParams::new((scale[0], scale[1]), meal_data::crop::DEFAULT_RATIO)
+            .context("--scale")?;
+        meal_data::RrcParams::new(meal_data::crop::DEFAULT_SCALE, (ratio[0], ratio[1]))
+            .context("--ratio")?;
+        if pick!(limit) == Some(0) {
+            bail!("--limit must be at least 1 (images)");
+        }
         Ok(Settings {
             data,
             out,
             teachers,
             crops_per_image,
-            scale: pick!(scale).map(|p| p.0).unwrap_or([
-                meal_data::crop::DEFAULT_SCALE.0,
-                meal_data::crop::DEFAULT_SCALE.1,
-            ]),
-            ratio: pick!(ratio).map(|p| p.0).unwrap_or([
-                meal_data::crop::DEFAULT_RATIO.0,
-                meal_data::crop::DEFAULT_RATIO.1,
-            ]),
+            scale,
+            ratio,
             seed: pick!(seed).unwrap_or(0),
             encoding,
             format,
@@ -226,6 +242,11 @@ impl RunArgs {
             worker,
             limit: pick!(limit),
             policy,
+            links: if cli.follow_links || file.follow_links {
+                LinkPolicy::FollowAnywhere
+            } else {
+                LinkPolicy::StayInside
+            },
             samples_per_shard,
             images_per_row_group,
         })

@@ -33,6 +33,9 @@ enum Cmd {
         /// The store directory holding the workers' manifests and shards.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Follow symlinks that lead outside the dataset root (as the workers did).
+        #[arg(long)]
+        follow_links: bool,
     },
     /// Summary, per-class table, sample rows and an entropy/confidence histogram.
     Inspect {
@@ -90,19 +93,35 @@ fn main() -> Result<()> {
                     println!("    {}: {}", s.path, s.reason);
                 }
             }
-            if r.complete {
-                println!("store complete: {}", s.out.display());
-            } else if s.worker.is_some() {
-                println!("worker part done; run `meal-precompute merge` when all parts are");
-            } else {
-                println!("store partial (limit or interrupt): rerun the same command to continue");
+            match (r.complete, s.worker) {
+                (true, None) => println!("store complete: {}", s.out.display()),
+                (true, Some([i, n])) => println!(
+                    "worker {i} of {n}: its part is complete; when every worker's part is, run `meal-precompute merge --data {} --out {}`",
+                    s.data.display(),
+                    s.out.display()
+                ),
+                (false, Some([i, n])) => println!(
+                    "worker {i} of {n}: its part is partial (limit or interrupt): rerun the same command to continue"
+                ),
+                (false, None) => {
+                    println!("store partial (limit or interrupt): rerun the same command to continue")
+                }
             }
             if stop.load(Ordering::SeqCst) {
                 std::process::exit(130);
             }
         }
-        Cmd::Merge { data, out } => {
-            let ds = Dataset::open(&data, LinkPolicy::default())
+        Cmd::Merge {
+            data,
+            out,
+            follow_links,
+        } => {
+            let links = if follow_links {
+                LinkPolicy::FollowAnywhere
+            } else {
+                LinkPolicy::StayInside
+            };
+            let ds = Dataset::open(&data, links)
                 .with_context(|| format!("--data {}", data.display()))?;
             let m =
                 meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;

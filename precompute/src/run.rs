@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use meal_data::{
-    CropMode, CropSampler, Dataset, LinkPolicy, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
+    CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
 use meal_models::ensemble::{Ensemble, ENSEMBLE_RULE};
 use meal_store::{
@@ -116,8 +116,7 @@ pub fn run_with(
     let t0 = Instant::now();
     let device = meal_models::parse_device(&s.device).context("--device")?;
     let ds = Arc::new(
-        Dataset::open(&s.data, LinkPolicy::default())
-            .with_context(|| format!("--data {}", s.data.display()))?,
+        Dataset::open(&s.data, s.links).with_context(|| format!("--data {}", s.data.display()))?,
     );
     if ds.is_empty() {
         bail!("--data {}: no images", s.data.display());

@@ -257,6 +257,30 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     go(&args(&f, "limited").resolve().unwrap());
     assert_eq!(files(&f.root.join("limited")), reference);
 
+    // a listed shard deleted, another truncated, of a partial and of a complete store:
+    // the rerun recomputes them (shards are deterministic) instead of failing forever
+    let mut a = args(&f, "damaged");
+    a.limit = Some(15);
+    go(&a.resolve().unwrap());
+    let d = f.root.join("damaged");
+    std::fs::remove_file(d.join("shard-000001.parquet")).unwrap();
+    let r = go(&args(&f, "damaged").resolve().unwrap());
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (2, 3));
+    assert_eq!(files(&d), reference);
+    let s2 = d.join("shard-000002.parquet");
+    let len = std::fs::metadata(&s2).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s2)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let r = go(&args(&f, "damaged").resolve().unwrap());
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (4, 1));
+    assert_eq!(files(&d), reference);
+
     // two workers, then merge
     for w in ["0/2", "1/2"] {
         let mut a = args(&f, "workers");

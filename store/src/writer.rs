@@ -108,6 +108,20 @@ impl StoreWriter {
                 reason: "safetensors shards hold the dense encoding only".into(),
             });
         }
+        if let Encoding::TopK { k, .. } = config.encoding {
+            // refused before any file is written: a manifest with an impossible encoding
+            // would block the corrected command
+            if k == 0 || k as usize > config.classes.len() {
+                return Err(StoreError::Param {
+                    name: "encoding",
+                    reason: format!(
+                        "top-{k} of {} classes (k must be 1..={})",
+                        config.classes.len(),
+                        config.classes.len()
+                    ),
+                });
+            }
+        }
         if config.classes.len() > u16::MAX as usize + 1 {
             return Err(StoreError::Param {
                 name: "classes",
@@ -125,7 +139,7 @@ impl StoreWriter {
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let manifest = if path.exists() {
-            let m = Manifest::read_file(&path)?;
+            let mut m = Manifest::read_file(&path)?;
             let diff = config_diff(&m.config, &config);
             if !diff.is_empty() {
                 return Err(StoreError::Mismatch {
@@ -135,6 +149,24 @@ impl StoreWriter {
                         diff.join(", ")
                     ),
                 });
+            }
+            // shards are deterministic: one that is missing, truncated or altered since
+            // it was listed is dropped from the manifest and written again
+            let before = m.shards.len();
+            m.shards.retain(|s| {
+                let p = dir.join(&s.file);
+                let ok = fs::read(&p)
+                    .map(|b| b.len() as u64 == s.bytes && sha256_hex(&b) == s.sha256)
+                    .unwrap_or(false);
+                if !ok {
+                    tracing::warn!("{}: missing or damaged; it will be recomputed", p.display());
+                }
+                ok
+            });
+            if m.shards.len() != before {
+                m.state = State::Partial;
+                m.summary = None;
+                m.write(dir, &name)?;
             }
             m
         } else {

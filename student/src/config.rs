@@ -82,6 +82,11 @@ pub struct TrainArgs {
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: Option<bool>,
+    /// Follow symlinks in --data/--val that lead outside the dataset root (refused by
+    /// default).
+    #[arg(long)]
+    #[serde(default)]
+    pub follow_links: bool,
     /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
     #[arg(long)]
     pub wd: Option<f64>,
@@ -166,6 +171,9 @@ pub struct Settings {
     pub momentum: f64,
     /// Nesterov.
     pub nesterov: bool,
+    /// Follow symlinks out of the dataset roots.
+    #[serde(default)]
+    pub follow_links: bool,
     /// Weight decay.
     pub wd: f64,
     /// Discriminator on.
@@ -272,8 +280,48 @@ impl TrainArgs {
             bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
         }
         let threads = pick!(threads).unwrap_or_else(meal_cli::default_threads);
+        // every flag checked here, before any work, under its own name
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("--lr {lr}: must be a positive number");
+        }
+        if let Some(d) = pick!(disc_lr) {
+            if !(d.is_finite() && d > 0.0) {
+                bail!("--disc-lr {d}: must be a positive number");
+            }
+        }
+        if let LrSchedule::Step { step, gamma } = schedule {
+            if step == 0 {
+                bail!("--lr-steps must be at least 1 (epochs between decays)");
+            }
+            if !(gamma.is_finite() && gamma > 0.0 && gamma <= 1.0) {
+                bail!("--lr-gamma {gamma}: must be in (0, 1]");
+            }
+        }
+        let momentum = pick!(momentum).unwrap_or(DEFAULT_MOMENTUM);
+        if !(0.0..1.0).contains(&momentum) {
+            bail!("--momentum {momentum}: must be in [0, 1)");
+        }
+        let wd = pick!(wd).unwrap_or(0.0);
+        if !(wd.is_finite() && wd >= 0.0) {
+            bail!("--wd {wd}: must be a non-negative number");
+        }
+        if pick!(max_steps) == Some(0) {
+            bail!("--max-steps must be at least 1");
+        }
+        let scale = pick!(scale).map(|p| p.0).unwrap_or([
+            meal_data::crop::DEFAULT_SCALE.0,
+            meal_data::crop::DEFAULT_SCALE.1,
+        ]);
+        meal_data::RrcParams::new((scale[0], scale[1]), meal_data::crop::DEFAULT_RATIO)
+            .context("--scale")?;
         let policy = match pick!(on_bad_file) {
-            Some(p) => p.parse::<BadFilePolicy>()?,
+            Some(p) => p.parse::<BadFilePolicy>().context("--on-bad-file")?,
             None => BadFilePolicy::Skip,
         };
         Ok(Settings {
@@ -286,21 +334,19 @@ impl TrainArgs {
             epochs,
             batch,
             crops_per_image,
-            scale: pick!(scale).map(|p| p.0).unwrap_or([
-                meal_data::crop::DEFAULT_SCALE.0,
-                meal_data::crop::DEFAULT_SCALE.1,
-            ]),
+            scale,
             lr,
             schedule,
-            momentum: pick!(momentum).unwrap_or(DEFAULT_MOMENTUM),
+            momentum,
             nesterov: pick!(nesterov).unwrap_or(false),
-            wd: pick!(wd).unwrap_or(0.0),
+            follow_links: cli.follow_links || file.follow_links,
+            wd,
             disc,
             disc_lr: pick!(disc_lr).unwrap_or(lr),
             loss,
             online_teacher,
             device: pick!(device).unwrap_or_else(|| "cpu".into()),
-            threads: threads.max(1),
+            threads,
             seed: pick!(seed).unwrap_or(0),
             out,
             resume: cli.resume || file.resume,

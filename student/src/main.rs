@@ -55,6 +55,9 @@ enum Cmd {
         /// Also print the result as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Follow symlinks that lead outside the dataset root.
+        #[arg(long)]
+        follow_links: bool,
     },
 }
 
@@ -108,11 +111,12 @@ fn main() -> Result<()> {
             threads,
             device,
             json,
+            follow_links,
         } => {
             let threads = threads.unwrap_or_else(meal_cli::default_threads);
             meal_cli::use_threads(threads);
             let dev = meal_models::parse_device(&device).context("--device")?;
-            let ds = train::open_dataset(&data, "--data")?;
+            let ds = train::open_dataset(&data, "--data", follow_links)?;
             let (what, acc) = if teacher.is_empty() {
                 let (Some(arch), Some(weights)) = (arch, weights) else {
                     bail!("eval needs --arch and --weights (or --teacher ...)");

@@ -66,7 +66,38 @@ pub struct State {
     pub acc: EpochAcc,
     /// Finished epochs.
     pub history: Vec<EpochMetrics>,
+    /// What the inputs were, by content (checked on resume instead of their paths).
+    #[serde(default)]
+    pub inputs: Option<Inputs>,
 }
+
+/// The run's inputs by content: a resume must see the same images, labels and initial
+/// weights, wherever they now lie (docs/PIPELINE.md, "Resume").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// Fingerprint of the training set (paths relative to its root, labels, sizes).
+    pub data: String,
+    /// Fingerprint of the validation set.
+    pub val: Option<String>,
+    /// SHA-256 of the label store's manifest (which lists every shard's checksum).
+    pub labels: Option<String>,
+    /// SHA-256 of the initial weights file.
+    pub init: Option<String>,
+}
+
+/// Settings a resume may change: where things are (inputs are compared by content
+/// instead), how many threads, the device, and the step limit (not serialised). The
+/// result equals an uninterrupted run with any of these changed (tested for threads).
+const RESUME_MAY_CHANGE: [&str; 8] = [
+    "data",
+    "val",
+    "labels",
+    "init",
+    "out",
+    "threads",
+    "device",
+    "follow_links",
+];
 
 /// What a `train` call did.
 #[derive(Clone, Debug)]
@@ -146,10 +177,25 @@ struct Run {
     usable: Vec<u32>,
 }
 
+/// The name of the first parameter or buffer holding a NaN or an infinity.
+fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
+    for e in entries {
+        let t = e.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
+        if t.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(e.name.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
-pub fn open_dataset(p: &Path, flag: &str) -> Result<Arc<Dataset>> {
-    let ds = Dataset::open(p, LinkPolicy::default())
-        .with_context(|| format!("{flag} {}", p.display()))?;
+pub fn open_dataset(p: &Path, flag: &str, follow_links: bool) -> Result<Arc<Dataset>> {
+    let links = if follow_links {
+        LinkPolicy::FollowAnywhere
+    } else {
+        LinkPolicy::StayInside
+    };
+    let ds = Dataset::open(p, links).with_context(|| format!("{flag} {}", p.display()))?;
     if ds.is_empty() {
         bail!("{flag} {}: no images", p.display());
     }
@@ -157,13 +203,87 @@ pub fn open_dataset(p: &Path, flag: &str) -> Result<Arc<Dataset>> {
 }
 
 impl Run {
+    /// The error for a non-finite loss: where it happened, whether the labels of the
+    /// batch or the weights held the bad value, what checkpoint exists and how to go on.
+    fn non_finite(
+        &self,
+        total: f64,
+        b: &Batch,
+        target: &Tensor,
+        epoch: u32,
+        batch: usize,
+        step: u64,
+    ) -> anyhow::Error {
+        let at = format!(
+            "non-finite loss ({total}) at epoch {} batch {} (step {} of the run)",
+            epoch + 1,
+            batch + 1,
+            step + 1
+        );
+        let c = self.ds.classes().len();
+        if let Ok(t) = target.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
+            if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+                let r = &b.rows[i / c];
+                let from = match &self.s.labels {
+                    Some(l) => format!("the label store {}", l.display()),
+                    None => "the online teachers".into(),
+                };
+                return anyhow::anyhow!(
+                    "{at}: the target of sample {} crop {} from {from} is not finite (meal-precompute verify checks a store); no weights were written for this step",
+                    r.sample_id,
+                    r.crop_id
+                );
+            }
+        }
+        let ckpt = self.s.out.join(CHECKPOINT).join("state.json");
+        let saved = std::fs::read_to_string(&ckpt)
+            .ok()
+            .and_then(|t| serde_json::from_str::<State>(&t).ok());
+        match saved {
+            Some(st) => anyhow::anyhow!(
+                "{at}: the training diverged. The last checkpoint (epoch {}, step {}) is in {}: resume it with the same settings, or start a new run from its weights with a lower --lr: --init {}",
+                st.epoch + 1,
+                st.step,
+                ckpt.parent().unwrap_or(&self.s.out).display(),
+                self.s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
+            ),
+            None => anyhow::anyhow!(
+                "{at}: the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with a lower --lr (now {})",
+                self.s.lr
+            ),
+        }
+    }
+
+    /// The inputs' identities by content.
+    fn inputs(&self) -> Result<Inputs> {
+        let sha_file = |p: &Path, flag: &str| -> Result<String> {
+            let bytes = std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))?;
+            Ok(meal_store::sha256_hex(&bytes))
+        };
+        Ok(Inputs {
+            data: self.ds.fingerprint().sha256.clone(),
+            val: self.val.as_ref().map(|v| v.fingerprint().sha256.clone()),
+            labels: match &self.s.labels {
+                Some(l) => Some(sha_file(
+                    &l.join(meal_store::manifest::MANIFEST),
+                    "--labels",
+                )?),
+                None => None,
+            },
+            init: match &self.s.init {
+                Some(p) => Some(sha_file(p, "--init")?),
+                None => None,
+            },
+        })
+    }
+
     fn new(s: Settings) -> Result<Self> {
         let dev = meal_models::parse_device(&s.device).context("--device")?;
-        let ds = open_dataset(&s.data, "--data")?;
+        let ds = open_dataset(&s.data, "--data", s.follow_links)?;
         let classes = ds.classes().len();
         let val = match &s.val {
             Some(v) => {
-                let vd = open_dataset(v, "--val")?;
+                let vd = open_dataset(v, "--val", s.follow_links)?;
                 if vd.classes() != ds.classes() {
                     bail!("--val {}: its classes differ from --data's", v.display());
                 }
@@ -206,6 +326,13 @@ impl Run {
                 .with_context(|| format!("--init {}", init.display()))?;
             if !fresh.is_empty() {
                 tracing::info!("--init: classifier re-initialised for {classes} classes");
+            }
+            // a NaN in the initial weights would only show as a non-finite loss later
+            if let Some(name) = first_non_finite(student.entries())? {
+                bail!(
+                    "--init {}: tensor {name} holds non-finite values (NaN or inf)",
+                    init.display()
+                );
             }
         }
         let disc = if s.disc {
@@ -377,20 +504,43 @@ impl Run {
             serde_json::to_value(&state.settings)?,
             serde_json::to_value(&self.s)?,
         );
-        if a != b {
-            let diff: Vec<String> = match (a, b) {
-                (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
-                    .iter()
-                    .filter(|(k, v)| y.get(*k) != Some(*v))
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-                _ => vec![],
-            };
+        let diff: Vec<String> = match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
+                .iter()
+                .filter(|(k, v)| !RESUME_MAY_CHANGE.contains(&k.as_str()) && y.get(*k) != Some(*v))
+                .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+                .collect(),
+            _ => vec![],
+        };
+        if !diff.is_empty() {
             bail!(
-                "--resume: {} was made with other settings; differing keys: {}",
+                "--resume: {} was made with other settings: {} differ(s) (to change them, start a new run with --init {})",
                 sp.display(),
-                diff.join(", ")
+                diff.join(", "),
+                dir.join(STUDENT_FILE).display()
             );
+        }
+        let now = self.inputs()?;
+        if let Some(was) = &state.inputs {
+            let mut changed = Vec::new();
+            if was.data != now.data {
+                changed.push("--data (other images or labels)");
+            }
+            if was.val != now.val {
+                changed.push("--val (other images)");
+            }
+            if was.labels != now.labels {
+                changed.push("--labels (another label store)");
+            }
+            if was.init != now.init {
+                changed.push("--init (other weights)");
+            }
+            if !changed.is_empty() {
+                bail!(
+                    "--resume: the inputs differ by content from the checkpointed run's: {}",
+                    changed.join(", ")
+                );
+            }
         }
         let sd = read_state_dict(&dir.join(STUDENT_FILE), &self.dev)?;
         load_into(
@@ -436,6 +586,9 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, val: Option<Accuracy>) -> EpochM
 /// checkpoint to resume from.
 pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     std::fs::create_dir_all(&s.out).with_context(|| format!("--out {}", s.out.display()))?;
+    // one process per run directory; released on exit or crash
+    let _lock = meal_data::dirlock::DirLock::acquire(&s.out)
+        .with_context(|| format!("--out {}", s.out.display()))?;
     let mut run = Run::new(s)?;
     let s = run.s.clone();
     if run.batches_per_epoch() == 0 {
@@ -469,6 +622,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             step: 0,
             acc: EpochAcc::default(),
             history: Vec::new(),
+            inputs: Some(run.inputs()?),
         }
     };
     let mut step_losses = Vec::new();
@@ -499,12 +653,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             let l = step_loss(&run.student, run.disc.as_ref(), &x, &target)?;
             let total = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !total.is_finite() {
-                bail!(
-                    "non-finite loss ({total}) at epoch {} step {}: stopping; the last good checkpoint is in {} (try a lower --lr)",
-                    epoch + 1,
-                    state.batch + 1,
-                    s.out.join(CHECKPOINT).display()
-                );
+                return Err(run.non_finite(total, &b, &target, epoch, state.batch, state.step));
             }
             let grads = l.total.backward()?;
             run.opt.step(&grads, factor)?;

@@ -179,6 +179,90 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
 }
 
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_tree(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Resume compares inputs by content: moved data, a renamed run directory, a trailing
+/// slash and another thread count are accepted and give the uninterrupted run's bytes;
+/// another label store at the same path, or images added to the data, are refused.
+#[test]
+fn resume_checks_inputs_by_content_not_by_path() {
+    let f = fixture();
+    let whole = go(args(&f, "whole")).unwrap();
+    let mut a = args(&f, "part");
+    a.max_steps = Some(1);
+    assert!(go(a).unwrap().interrupted);
+    // move the run and the data, resume with other spellings and one thread
+    std::fs::rename(f.root.join("part"), f.root.join("moved")).unwrap();
+    let data2 = f.root.join("data-copy");
+    copy_tree(&f.data, &data2);
+    let labels2 = f.root.join("labels-copy");
+    copy_tree(&f.labels, &labels2);
+    let mut b = args(&f, "moved/");
+    b.data = Some(PathBuf::from(format!("{}/./", data2.display())));
+    b.labels = Some(labels2.clone());
+    b.threads = Some(1);
+    b.resume = true;
+    b.max_steps = Some(2);
+    assert!(go(b).unwrap().interrupted);
+    // another store at the same path: refused, by content
+    let other = f.root.join("other-labels");
+    let s = meal_precompute::config::RunArgs {
+        data: Some(f.data.clone()),
+        out: Some(other.clone()),
+        teacher: f.teachers[..1].to_vec(),
+        crops_per_image: Some(4),
+        threads: Some(2),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    std::fs::rename(&labels2, f.root.join("labels-aside")).unwrap();
+    std::fs::rename(&other, &labels2).unwrap();
+    let mut c = args(&f, "moved");
+    c.data = Some(data2.clone());
+    c.labels = Some(labels2.clone());
+    c.resume = true;
+    let e = format!("{:#}", go(c).unwrap_err());
+    assert!(e.contains("--labels (another label store)"), "{e}");
+    std::fs::rename(&labels2, &other).unwrap();
+    std::fs::rename(f.root.join("labels-aside"), &labels2).unwrap();
+    // the rest of the run, back on the original paths: the uninterrupted run's bytes
+    let mut d = args(&f, "moved");
+    d.resume = true;
+    let r = go(d).unwrap();
+    assert!(!r.interrupted);
+    assert_eq!(r.steps, whole.steps);
+    assert!(
+        std::fs::read(f.root.join("whole/student.safetensors")).unwrap()
+            == std::fs::read(f.root.join("moved/student.safetensors")).unwrap(),
+        "a resume across moves and thread counts changed the result"
+    );
+}
+
+/// Two trainings into one run directory: the second is refused, naming the first's pid.
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let f = fixture();
+    let out = f.root.join("busy");
+    let _held = meal_data::dirlock::DirLock::acquire(&out).unwrap();
+    let e = format!("{:#}", go(args(&f, "busy")).unwrap_err());
+    assert!(
+        e.contains("in use by process") && e.contains(&std::process::id().to_string()),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_store_of_another_dataset_is_refused() {
     let f = fixture();
@@ -212,14 +296,26 @@ fn a_non_finite_loss_stops_the_run() {
     a.init = Some(p);
     let e = go(a).unwrap_err();
     let msg = format!("{e:#}");
+    // refused before training, naming the file and the tensor
     assert!(
-        msg.contains("non-finite") && msg.contains("checkpoint"),
+        msg.contains("non-finite") && msg.contains("nan.safetensors") && msg.contains("fc.weight"),
         "{msg}"
     );
     assert!(
         !f.root.join("nan/student.safetensors").exists(),
         "no weights written after NaN"
     );
+    // a diverging lr: says where, that no checkpoint exists yet, and what to change
+    let mut a = args(&f, "diverged");
+    a.lr = Some(1e12);
+    let msg = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        msg.contains("non-finite loss")
+            && msg.contains("before any checkpoint")
+            && msg.contains("--lr"),
+        "{msg}"
+    );
+    assert!(!f.root.join("diverged/checkpoint").exists(), "{msg}");
 }
 
 #[test]
