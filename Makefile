@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -14,7 +14,7 @@ build:
 
 ## test: formatting, lints and every test (tests are built optimised: [profile.test]).
 ## The label-store test reads shards with pyarrow, DuckDB and Polars: pydeps installs them.
-test: fmt-check clippy pydeps unit
+test: fmt-check clippy vendor-check pydeps unit
 
 pydeps:
 	@python3 -c "import pyarrow, duckdb, polars" 2>/dev/null || python3 -m pip install -q pyarrow duckdb polars
@@ -27,6 +27,25 @@ clippy:
 
 unit:
 	$(CARGO) test --workspace
+
+## vendor-check: vendor/candle-core equals the crates.io release plus vendor/candle-core.patch
+vendor-check:
+	bash vendor/check.sh
+
+## ---- the CUDA build (no GPU needed to compile; scripts/cuda-toolchain.sh) ----
+## build-cuda: release binaries with --features cuda in target/cuda (CUDA 13.0 toolchain
+## from PyPI wheels into .cuda-pip/). One binary for CPU and GPU: it starts without a
+## driver and opens the NVIDIA libraries only when --device cuda:N is asked for.
+CUDA_TARGET ?= target/cuda
+CUDA_ENV = eval "$$(bash scripts/cuda-toolchain.sh)" && export CARGO_TARGET_DIR=$(CUDA_TARGET)
+build-cuda:
+	$(CUDA_ENV) && $(CARGO) build --release --features cuda -p meal-precompute -p meal-student
+
+## check-cuda: what CI runs - the cuda build type-checks with clippy, and the cuda build's
+## device tests pass on this GPU-less machine (CPU works; cuda:0 is a clear error)
+check-cuda:
+	$(CUDA_ENV) && $(CARGO) clippy --features cuda -p meal-models -p meal-precompute -p meal-student -- -D warnings
+	$(CUDA_ENV) && $(CARGO) test --features cuda -p meal-models --lib device
 
 ## test-full: the opt-in checks - full-size presets and a save/load round trip through
 ## timm (needs python3 with torch, timm, safetensors; writes ~2 GB to $(FULL_FIXTURES))
@@ -135,4 +154,4 @@ eval: | release
 
 clean:
 	$(CARGO) clean
-	rm -rf $(DEMO) $(RUNS) bench/out
+	rm -rf $(DEMO) $(RUNS) bench/out .cuda-pip

@@ -50,3 +50,9 @@ impl Discriminator {
         &self.entries
     }
 }
+
+impl candle_core::Module for Discriminator {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Discriminator::forward(self, xs).map_err(candle_core::Error::wrap)
+    }
+}

@@ -23,6 +23,47 @@ fn w(v: &Var, train: bool) -> Tensor {
     }
 }
 
+/// How a [`Conv2d`] slides and what it carries besides its weight (candle-nn's
+/// `Conv2dConfig` pattern). `ConvConfig::new(k, stride)` pads as timm's
+/// `get_padding(k, stride)` does (timm/layers/padding.py), which every layer of the
+/// ResNet family uses; `.groups(g)` and `.bias()` change the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvConfig {
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Groups (channels split into this many independent convolutions).
+    pub groups: usize,
+    /// Whether there is a bias.
+    pub bias: bool,
+}
+
+impl ConvConfig {
+    /// A `kernel x kernel` convolution at `stride`, timm's padding, one group, no bias.
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        ConvConfig {
+            kernel,
+            stride,
+            padding: ((stride - 1) + (kernel - 1)) / 2,
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// The same with `groups` groups.
+    pub fn groups(self, groups: usize) -> Self {
+        ConvConfig { groups, ..self }
+    }
+
+    /// The same with a bias.
+    pub fn bias(self) -> Self {
+        ConvConfig { bias: true, ..self }
+    }
+}
+
 /// 2-D convolution without dilation (the ResNet family uses none at output stride 32).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
@@ -34,20 +75,22 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// A `k x k` convolution `cin -> cout`, weights named `name.weight` (and `.bias`),
-    /// initialised as timm does (Kaiming normal, fan-out, ReLU gain).
-    #[allow(clippy::too_many_arguments)]
+    /// A convolution `cin -> cout` as `cfg` says, weights named `name.weight` (and
+    /// `.bias`), initialised as timm does (Kaiming normal, fan-out, ReLU gain).
     pub fn new(
         pb: &mut ParamBuilder,
         name: &str,
         cin: usize,
         cout: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
-        bias: bool,
+        cfg: ConvConfig,
     ) -> Result<Self> {
+        let ConvConfig {
+            kernel: k,
+            stride,
+            padding,
+            groups,
+            bias,
+        } = cfg;
         let fan_out = cout * k * k / groups;
         let std = (2.0 / fan_out as f64).sqrt();
         let weight = pb.tensor(
@@ -320,8 +363,20 @@ impl SqueezeExcite {
     pub fn new(pb: &mut ParamBuilder, name: &str, c: usize) -> Result<Self> {
         let rd = make_divisible(c as f64 * SE_RD_RATIO, SE_RD_DIVISOR);
         Ok(SqueezeExcite {
-            fc1: Conv2d::new(pb, &format!("{name}.fc1"), c, rd, 1, 1, 0, 1, true)?,
-            fc2: Conv2d::new(pb, &format!("{name}.fc2"), rd, c, 1, 1, 0, 1, true)?,
+            fc1: Conv2d::new(
+                pb,
+                &format!("{name}.fc1"),
+                c,
+                rd,
+                ConvConfig::new(1, 1).bias(),
+            )?,
+            fc2: Conv2d::new(
+                pb,
+                &format!("{name}.fc2"),
+                rd,
+                c,
+                ConvConfig::new(1, 1).bias(),
+            )?,
         })
     }
 
@@ -412,3 +467,16 @@ pub fn avg_pool_2x2_ceil(x: &Tensor) -> Result<Tensor> {
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
 }
+
+/// candle's train/eval module trait for the layers and networks of this crate: the same
+/// `forward_t(x, train)` as their own methods, so they compose with candle-nn code.
+macro_rules! module_t {
+    ($($t:ty),*) => {$(
+        impl candle_core::ModuleT for $t {
+            fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+                self.forward(xs, train).map_err(candle_core::Error::wrap)
+            }
+        }
+    )*};
+}
+module_t!(Conv2d, BatchNorm2d, Linear, SqueezeExcite);

@@ -6,8 +6,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use super::layers::{
-    avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1, BatchNorm2d, Conv2d, Linear,
-    SqueezeExcite,
+    avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1, BatchNorm2d, Conv2d, ConvConfig,
+    Linear, SqueezeExcite,
 };
 use super::params::{Entry, ParamBuilder};
 use super::weights::{load_into, read_state_dict, save_safetensors, LoadOptions};
@@ -235,11 +235,6 @@ pub fn preset(name: &str) -> Result<Preset> {
         })
 }
 
-/// timm's `get_padding(kernel, stride)` without dilation.
-fn get_padding(k: usize, stride: usize) -> usize {
-    ((stride - 1) + (k - 1)) / 2
-}
-
 #[derive(Clone, Debug)]
 enum Downsample {
     /// `downsample.0` conv (k, stride), `downsample.1` BN.
@@ -377,20 +372,26 @@ impl ResNet {
                 (c.stem_width, c.stem_width)
             };
             stem.push((
-                Conv2d::new(&mut pb, "conv1.0", c.in_chans, s0, 3, 2, 1, 1, false)?,
+                Conv2d::new(&mut pb, "conv1.0", c.in_chans, s0, ConvConfig::new(3, 2))?,
                 Some(BatchNorm2d::new(&mut pb, "conv1.1", s0)?),
             ));
             stem.push((
-                Conv2d::new(&mut pb, "conv1.3", s0, s1, 3, 1, 1, 1, false)?,
+                Conv2d::new(&mut pb, "conv1.3", s0, s1, ConvConfig::new(3, 1))?,
                 Some(BatchNorm2d::new(&mut pb, "conv1.4", s1)?),
             ));
             stem.push((
-                Conv2d::new(&mut pb, "conv1.6", s1, inplanes0, 3, 1, 1, 1, false)?,
+                Conv2d::new(&mut pb, "conv1.6", s1, inplanes0, ConvConfig::new(3, 1))?,
                 None,
             ));
         } else {
             stem.push((
-                Conv2d::new(&mut pb, "conv1", c.in_chans, inplanes0, 7, 2, 3, 1, false)?,
+                Conv2d::new(
+                    &mut pb,
+                    "conv1",
+                    c.in_chans,
+                    inplanes0,
+                    ConvConfig::new(7, 2),
+                )?,
                 None,
             ));
         }
@@ -474,11 +475,11 @@ fn build_block(
             let first = planes / c.block_reduce_first;
             vec![
                 (
-                    Conv2d::new(pb, "conv1", inplanes, first, 3, stride, 1, 1, false)?,
+                    Conv2d::new(pb, "conv1", inplanes, first, ConvConfig::new(3, stride))?,
                     BatchNorm2d::new(pb, "bn1", first)?,
                 ),
                 (
-                    Conv2d::new(pb, "conv2", first, out, 3, 1, 1, 1, false)?,
+                    Conv2d::new(pb, "conv2", first, out, ConvConfig::new(3, 1))?,
                     BatchNorm2d::new(pb, "bn2", out)?,
                 ),
             ]
@@ -488,7 +489,7 @@ fn build_block(
             let first = width / c.block_reduce_first;
             vec![
                 (
-                    Conv2d::new(pb, "conv1", inplanes, first, 1, 1, 0, 1, false)?,
+                    Conv2d::new(pb, "conv1", inplanes, first, ConvConfig::new(1, 1))?,
                     BatchNorm2d::new(pb, "bn1", first)?,
                 ),
                 (
@@ -497,16 +498,12 @@ fn build_block(
                         "conv2",
                         first,
                         width,
-                        3,
-                        stride,
-                        1,
-                        c.cardinality,
-                        false,
+                        ConvConfig::new(3, stride).groups(c.cardinality),
                     )?,
                     BatchNorm2d::new(pb, "bn2", width)?,
                 ),
                 (
-                    Conv2d::new(pb, "conv3", width, out, 1, 1, 0, 1, false)?,
+                    Conv2d::new(pb, "conv3", width, out, ConvConfig::new(1, 1))?,
                     BatchNorm2d::new(pb, "bn3", out)?,
                 ),
             ]
@@ -522,7 +519,7 @@ fn build_block(
     } else if c.avg_down {
         Some(Downsample::Avg {
             pool: stride != 1,
-            conv: Conv2d::new(pb, "downsample.1", inplanes, out, 1, 1, 0, 1, false)?,
+            conv: Conv2d::new(pb, "downsample.1", inplanes, out, ConvConfig::new(1, 1))?,
             bn: BatchNorm2d::new(pb, "downsample.2", out)?,
         })
     } else {
@@ -533,11 +530,7 @@ fn build_block(
                 "downsample.0",
                 inplanes,
                 out,
-                k,
-                stride,
-                get_padding(k, stride),
-                1,
-                false,
+                ConvConfig::new(k, stride),
             )?,
             BatchNorm2d::new(pb, "downsample.1", out)?,
         ))
@@ -547,4 +540,10 @@ fn build_block(
         se,
         downsample,
     })
+}
+
+impl candle_core::ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        ResNet::forward_t(self, xs, train).map_err(candle_core::Error::wrap)
+    }
 }

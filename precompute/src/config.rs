@@ -56,8 +56,8 @@ pub struct RunArgs {
     /// else topk:10].
     #[arg(long, value_name = "ENC")]
     pub encoding: Option<String>,
-    /// Shard format: parquet | safetensors (dense only) [default: parquet].
-    #[arg(long, value_name = "FMT")]
+    /// Shard format (safetensors: dense encoding only) [default: parquet].
+    #[arg(long, value_parser = ["parquet", "safetensors"])]
     pub format: Option<String>,
     /// Crops per teacher forward [default: 64].
     #[arg(long, value_name = "N")]
@@ -75,8 +75,9 @@ pub struct RunArgs {
     /// partial and a later run without --limit completes it).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// What to do with an unreadable image: skip (listed in the report) | fail [default: skip].
-    #[arg(long, value_name = "POLICY")]
+    /// What to do with an unreadable image: skip it (listed in the report) or fail
+    /// [default: skip].
+    #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
     /// Follow symlinks that lead outside the dataset root (refused by default).
     #[arg(long)]

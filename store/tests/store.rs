@@ -362,6 +362,9 @@ fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
         }
         if !crashed {
             assert!(w.finish().is_err(), "step {crash_at} must fail somewhere");
+        } else {
+            // the crashed process ends: its directory lock goes with it
+            drop(w);
         }
         // a crashed store reads as complete only when the crash came after the final
         // manifest's rename (the commit point), and then it is already the full store

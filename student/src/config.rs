@@ -67,8 +67,8 @@ pub struct TrainArgs {
     /// Base learning rate [default: 0.01].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// step | cosine | constant [default: step].
-    #[arg(long)]
+    /// Learning-rate schedule [default: step].
+    #[arg(long, value_parser = ["step", "cosine", "constant"])]
     pub schedule: Option<String>,
     /// Epochs between decays of the step schedule [default: 100].
     #[arg(long, value_name = "EPOCHS")]
@@ -90,16 +90,16 @@ pub struct TrainArgs {
     /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
     #[arg(long)]
     pub wd: Option<f64>,
-    /// The discriminator: on | off [default: on for kd, off for ce].
-    #[arg(long)]
+    /// The discriminator [default: on for kd, off for ce].
+    #[arg(long, value_parser = ["on", "off"])]
     pub disc: Option<String>,
     /// The discriminator's own learning rate [default: --lr, which is what upstream
     /// ends up using: its separate rate is overwritten every epoch].
     #[arg(long)]
     pub disc_lr: Option<f64>,
-    /// kd (soft labels of the store or the online teachers) | ce (hard labels)
+    /// kd: the soft labels of the store or the online teachers; ce: hard labels
     /// [default: kd].
-    #[arg(long)]
+    #[arg(long, value_parser = ["kd", "ce"])]
     pub loss: Option<String>,
     /// Run these teachers every step instead of reading the store (comparisons and
     /// checks); same syntax as meal-precompute's --teacher. Repeatable.
@@ -122,8 +122,8 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub resume: bool,
-    /// Unreadable images: skip | fail [default: skip].
-    #[arg(long)]
+    /// Unreadable images: skip them (listed in the log) or fail [default: skip].
+    #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
     /// Stop after this many steps in total (a quick try; checkpoints as on Ctrl-C).
     #[arg(long)]
