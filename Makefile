@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -41,11 +41,19 @@ CUDA_ENV = eval "$$(bash scripts/cuda-toolchain.sh)" && export CARGO_TARGET_DIR=
 build-cuda:
 	$(CUDA_ENV) && $(CARGO) build --release --features cuda -p meal-precompute -p meal-student
 
-## check-cuda: what CI runs - the cuda build type-checks with clippy, and the cuda build's
-## device tests pass on this GPU-less machine (CPU works; cuda:0 is a clear error)
+## gpu-bundle: the stripped, compressed cuda binaries + bench/gpu_check.sh in bench/out/gpu/,
+## ready for the device machine (no Rust there): bash bench/out/gpu/gpu_check.sh
+gpu-bundle:
+	bash bench/gpu_bundle.sh
+
+## check-cuda: what CI runs after `make test` - the workspace with the cuda feature passes
+## clippy, and its unit tests pass on this GPU-less machine (the device test: CPU works,
+## cuda:0 is an error naming libcuda.so.1). Same target dir as `make test`: only candle
+## and our crates are rebuilt.
+CUDA_CHECK_ENV = eval "$$(bash scripts/cuda-toolchain.sh)"
 check-cuda:
-	$(CUDA_ENV) && $(CARGO) clippy --features cuda -p meal-models -p meal-precompute -p meal-student -- -D warnings
-	$(CUDA_ENV) && $(CARGO) test --features cuda -p meal-models --lib device
+	$(CUDA_CHECK_ENV) && $(CARGO) clippy --workspace --features meal-models/cuda -- -D warnings
+	$(CUDA_CHECK_ENV) && $(CARGO) test --workspace --features meal-models/cuda --lib
 
 ## test-full: the opt-in checks - full-size presets and a save/load round trip through
 ## timm (needs python3 with torch, timm, safetensors; writes ~2 GB to $(FULL_FIXTURES))

@@ -2,6 +2,8 @@
 """PyTorch peer of `cargo bench -p meal-models --bench models`: the same work with timm.
 
 usage: models_torch.py infer|train|online|ce ARCH RES BATCH ITERS   (threads: $THREADS, default 2)
+MEAL_DEVICE=cuda:0 runs on the GPU with channels_last; MEAL_DTYPE=bf16|f16 runs under
+autocast in that dtype (infer and the train steps), as a tuned PyTorch user would.
 train = the offline KD step: train-mode forward, soft CE to cached teacher probs +
 discriminator BCE on [softmax(student); teacher], one backward, SGD momentum 0.9.
 online = the same with the teachers (resnet152s + senet154, eval mode, mean softmax) run
@@ -19,18 +21,28 @@ import torch.nn.functional as F
 def main():
     mode, arch, res, batch, iters = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
     torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
-    m = timm.create_model(arch, pretrained=False, num_classes=1000)
-    disc = nn.Sequential(nn.Linear(1000, 125), nn.ReLU(), nn.Linear(125, 15), nn.ReLU(), nn.Linear(15, 2), nn.ReLU())
-    x = torch.randn(batch, 3, res, res)
-    teacher = torch.softmax(torch.randn(batch, 1000), 1)
-    targets = torch.cat([torch.tensor([[1.0, 0.0]]).expand(batch, 2), torch.tensor([[0.0, 1.0]]).expand(batch, 2)])
+    import os
+    dev = torch.device(os.environ.get("MEAL_DEVICE", "cpu"))
+    amp = {"bf16": torch.bfloat16, "f16": torch.float16}.get(os.environ.get("MEAL_DTYPE", "f32"))
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    m = timm.create_model(arch, pretrained=False, num_classes=1000).to(dev, memory_format=fmt)
+    disc = nn.Sequential(nn.Linear(1000, 125), nn.ReLU(), nn.Linear(125, 15), nn.ReLU(), nn.Linear(15, 2), nn.ReLU()).to(dev)
+    x = torch.randn(batch, 3, res, res, device=dev).to(memory_format=fmt)
+    teacher = torch.softmax(torch.randn(batch, 1000, device=dev), 1)
+    targets = torch.cat([torch.tensor([[1.0, 0.0]]).expand(batch, 2), torch.tensor([[0.0, 1.0]]).expand(batch, 2)]).to(dev)
     opt = torch.optim.SGD(list(m.parameters()) + list(disc.parameters()), lr=0.01, momentum=0.9)
     teachers = []
     if mode == "online":
-        teachers = [timm.create_model(a, pretrained=False, num_classes=1000).eval() for a in ("resnet152s", "senet154")]
-    hard = torch.randint(0, 1000, (batch,))
+        teachers = [timm.create_model(a, pretrained=False, num_classes=1000).to(dev, memory_format=fmt).eval()
+                    for a in ("resnet152s", "senet154")]
+    hard = torch.randint(0, 1000, (batch,), device=dev)
+    ctx = (lambda: torch.autocast(dev.type, dtype=amp)) if amp else __import__("contextlib").nullcontext
 
     def step():
+        with ctx():
+            inner()
+
+    def inner():
         if mode == "infer":
             m.eval()
             with torch.no_grad():
@@ -41,6 +53,7 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            loss.item()  # one sync per step, as ours reads its loss
         else:
             t = teacher
             if teachers:
@@ -54,6 +67,7 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            loss.item()  # one sync per step, as ours reads its loss
 
     step()
     t = time.perf_counter()
@@ -61,7 +75,7 @@ def main():
         step()
     dt = (time.perf_counter() - t) / iters
     print(f"torch {mode} {arch} res {res} batch {batch}: {batch / dt:.2f} img/s ({dt:.3f} s/step, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, {dev} {os.environ.get('MEAL_DTYPE', 'f32')})")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@
 //! [softmax(student); teacher], one backward, SGD momentum 0.9 over student and
 //! discriminator. `online`: the same with the teachers (resnet152s + senet154, eval
 //! mode, mean softmax) run on the batch every step. `ce`: the pure student step
-//! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS.
+//! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
+//! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
+//! `bf16`, `f16`; softmax in f32). Each step ends by reading a scalar, so GPU work is
+//! synchronised before the clock stops.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, ResNet};
@@ -31,9 +34,15 @@ fn main() -> anyhow::Result<()> {
     let res: usize = args[2].parse()?;
     let batch: usize = args[3].parse()?;
     let iters: usize = args[4].parse()?;
-    let dev = Device::Cpu;
+    let dev = meal_models::parse_device(&std::env::var("MEAL_DEVICE").unwrap_or("cpu".into()))?;
+    let dtype =
+        meal_models::ensemble::parse_dtype(&std::env::var("MEAL_DTYPE").unwrap_or("f32".into()))?;
     let classes = 1000;
-    let model = ResNet::from_preset(arch, classes, &dev, 0)?;
+    let model = if mode == "infer" {
+        ResNet::from_preset_as(arch, classes, &dev, dtype)?
+    } else {
+        ResNet::from_preset(arch, classes, &dev, 0)?
+    };
     let x = Tensor::randn(0f32, 1.0, (batch, 3, res, res), &dev)?;
     let disc = Discriminator::new(classes, true, &dev, 1)?;
     let teacher = candle_nn::ops::softmax(
@@ -66,7 +75,9 @@ fn main() -> anyhow::Result<()> {
     let mut step = || -> anyhow::Result<()> {
         match mode {
             "infer" => {
-                let y = model.forward_t(&x, false)?;
+                let y = model
+                    .forward_t(&x.to_dtype(dtype)?, false)?
+                    .to_dtype(DType::F32)?;
                 let _ = candle_nn::ops::softmax(&y, D::Minus1)?
                     .to_dtype(DType::F32)?
                     .sum_all()?
@@ -75,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             "ce" => {
                 let loss = soft_cross_entropy(&model.forward_t(&x, true)?, &hard)?;
                 opt.step(&loss.backward()?, 1.0)?;
+                loss.to_scalar::<f32>()?;
             }
             _ => {
                 let mut t = teacher.clone();
@@ -93,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 let d = disc.forward(&Tensor::cat(&[&sp, &t], 0)?)?;
                 let loss = (kd + bce_with_logits(&d, &targets)?)?;
                 opt.step(&loss.backward()?, 1.0)?;
+                loss.to_scalar::<f32>()?;
             }
         }
         Ok(())
@@ -104,10 +117,12 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads)",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {})",
         batch as f64 / dt,
         dt,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        dev.location(),
+        meal_models::ensemble::dtype_name(dtype)
     );
     Ok(())
 }

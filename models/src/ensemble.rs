@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use meal_data::{CropSpec, Filter, Normalize};
 use serde::Deserialize;
 
@@ -32,6 +32,38 @@ impl std::str::FromStr for Pair {
     }
 }
 
+/// The name of a teacher dtype as flags and manifests spell it.
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F32 => "f32",
+        _ => "other",
+    }
+}
+
+/// Parse a teacher dtype: `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        o => Err(ModelError::Config(format!(
+            "dtype {o:?}: expected f32, bf16 or f16"
+        ))),
+    }
+}
+
+/// The teachers' default dtype on `device`: bf16 on a GPU (tensor cores; softmax stays
+/// f32), f32 on CPU, where candle's bf16 matmul widens to f32 and is slower.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
 /// The ensemble rule written to manifests.
 pub const ENSEMBLE_RULE: &str = "mean_softmax";
 
@@ -55,8 +87,9 @@ impl Teacher {
         classes: usize,
         spec: CropSpec,
         device: &Device,
+        dtype: DType,
     ) -> Result<Self> {
-        let model = ResNet::from_preset(arch, classes, device, 0)?;
+        let model = ResNet::from_preset_as(arch, classes, device, dtype)?;
         model.load_weights(weights, LoadOptions::default())?;
         let bytes = std::fs::read(weights).map_err(|e| ModelError::Io {
             path: weights.to_path_buf(),
@@ -73,6 +106,7 @@ impl Teacher {
             filter: format!("{:?}", spec.filter).to_lowercase(),
             mean: spec.normalize.mean,
             std: spec.normalize.std,
+            dtype: dtype_name(dtype).to_string(),
         };
         Ok(Teacher { model, spec, info })
     }
@@ -211,15 +245,21 @@ impl Ensemble {
     /// Load the teachers `args` say (preset, weights, input config) with `classes`
     /// outputs on `device`: the one way both binaries build an ensemble. An error names
     /// the teacher (the caller adds its flag).
-    pub fn load(args: &[TeacherArg], classes: usize, device: &Device) -> Result<Self> {
+    pub fn load(
+        args: &[TeacherArg],
+        classes: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let mut teachers = Vec::with_capacity(args.len());
         for t in args {
             let named = |e: ModelError| {
                 ModelError::Config(format!("teacher {}={}: {e}", t.arch, t.weights.display()))
             };
             let spec = t.spec().map_err(named)?;
-            teachers
-                .push(Teacher::load(&t.arch, &t.weights, classes, spec, device).map_err(named)?);
+            teachers.push(
+                Teacher::load(&t.arch, &t.weights, classes, spec, device, dtype).map_err(named)?,
+            );
         }
         Self::new(teachers)
     }
@@ -310,7 +350,12 @@ impl Ensemble {
                     (n, 3, s, s),
                     &dev,
                 )?;
-                let logits = t.model.forward_t(&x, false)?;
+                let x = match t.model.dtype() {
+                    DType::F32 => x,
+                    d => x.to_dtype(d)?,
+                };
+                // softmax (and the mean over teachers) in f32 whatever the model ran in
+                let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
                 let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 top1.extend(p.argmax(D::Minus1)?.to_vec1::<u32>()?);
                 let p = p.flatten_all()?.to_vec1::<f32>()?;

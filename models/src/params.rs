@@ -47,6 +47,7 @@ pub struct ParamBuilder {
     prefix: Vec<String>,
     entries: Vec<Entry>,
     dry: bool,
+    dtype: DType,
 }
 
 impl ParamBuilder {
@@ -61,7 +62,14 @@ impl ParamBuilder {
             prefix: Vec::new(),
             entries: Vec::new(),
             dry: false,
+            dtype: DType::F32,
         }
+    }
+
+    /// The same builder making its float tensors in `dtype` (initial values are drawn
+    /// in f32 and rounded, so the stream does not depend on the dtype).
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        ParamBuilder { dtype, ..self }
     }
 
     /// A builder that records names and shapes only; its tensors are 1-element
@@ -130,7 +138,13 @@ impl ParamBuilder {
                 })
                 .collect(),
         };
-        let var = Var::from_tensor(&Tensor::from_vec(data, shape, &self.device)?)?;
+        let t = Tensor::from_vec(data, shape, &self.device)?;
+        let t = if self.dtype == DType::F32 {
+            t
+        } else {
+            t.to_dtype(self.dtype)?
+        };
+        let var = Var::from_tensor(&t)?;
         self.entries.push(Entry {
             name: self.full_name(name),
             var: var.clone(),

@@ -321,6 +321,32 @@ impl ResNet {
         Ok(m)
     }
 
+    /// The preset `name` for inference in `dtype` (teachers: bf16/f16 on a GPU); the
+    /// weights to load are converted to `dtype` by [`ResNet::load_weights`].
+    pub fn from_preset_as(
+        name: &str,
+        num_classes: usize,
+        device: &Device,
+        dtype: candle_core::DType,
+    ) -> Result<Self> {
+        let config = ResNetConfig {
+            num_classes,
+            ..preset(name)?.config
+        };
+        let mut m = Self::build(&config, ParamBuilder::new(device, 0).with_dtype(dtype))?;
+        m.name = name.to_string();
+        Ok(m)
+    }
+
+    /// The dtype of its parameters.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.entries()
+            .iter()
+            .find(|e| e.kind == crate::Kind::Param)
+            .map(|e| e.var.dtype())
+            .unwrap_or(candle_core::DType::F32)
+    }
+
     /// The preset name (`custom` when built from a config).
     pub fn name(&self) -> &str {
         &self.name

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// cpu or cuda:N [default: cpu].
     #[arg(long, value_name = "DEV")]
     pub device: Option<String>,
+    /// The teachers' dtype; softmax and the ensemble mean are f32 whatever it is
+    /// [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    pub dtype: Option<String>,
     /// Run part I of N (0-based) of the shards; join the parts with `merge`.
     #[arg(long, value_name = "I/N")]
     pub worker: Option<String>,
@@ -120,6 +124,8 @@ pub struct Settings {
     pub threads: usize,
     /// Device spec.
     pub device: String,
+    /// Teacher dtype (`None`: by device, [`meal_models::ensemble::default_dtype`]).
+    pub dtype: Option<candle_core::DType>,
     /// `[i, n]` worker part.
     pub worker: Option<[u32; 2]>,
     /// Stop after the shards covering this many images.
@@ -240,6 +246,10 @@ impl RunArgs {
             batch,
             threads,
             device: pick!(device).unwrap_or_else(|| "cpu".into()),
+            dtype: match pick!(dtype) {
+                Some(d) => Some(meal_models::ensemble::parse_dtype(&d).context("--dtype")?),
+                None => None,
+            },
             worker,
             limit: pick!(limit),
             policy,

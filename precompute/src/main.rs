@@ -87,6 +87,12 @@ fn main() -> Result<()> {
                 "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",
                 r.ensemble_top1_agreement, r.mean_entropy
             );
+            if let Some(c) = &r.dtype_check {
+                println!(
+                    "  teachers in {}: against f32 on the first {} crops, max |p - p_f32| {:.2e}, mean total variation {:.2e}, top-1 agreement {:.4}",
+                    r.dtype, c.crops, c.max_abs_diff, c.mean_tv, c.top1_agreement
+                );
+            }
             if !r.skipped.is_empty() {
                 println!("  skipped {} files:", r.skipped.len());
                 for s in &r.skipped {

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use meal_data::{
     CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
-use meal_models::ensemble::{Ensemble, ENSEMBLE_RULE};
+use meal_models::ensemble::{default_dtype, dtype_name, Ensemble, ENSEMBLE_RULE};
 use meal_store::{
     entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
 };
@@ -58,6 +59,45 @@ pub struct RunReport {
     pub bytes_written: u64,
     /// Whether this writer's part is complete.
     pub complete: bool,
+    /// The dtype the teachers ran in.
+    pub dtype: String,
+    /// With a dtype other than f32: the first batch labelled again in f32, compared.
+    pub dtype_check: Option<DtypeCheck>,
+}
+
+/// How far labels made in a lower precision are from f32 labels of the same crops.
+#[derive(Clone, Debug, Serialize)]
+pub struct DtypeCheck {
+    /// Crops compared (the run's first batch).
+    pub crops: usize,
+    /// Largest absolute difference of an ensemble probability.
+    pub max_abs_diff: f64,
+    /// Mean over crops of the total variation distance (half the L1 distance).
+    pub mean_tv: f64,
+    /// Fraction of crops whose ensemble top-1 class is the same.
+    pub top1_agreement: f64,
+}
+
+/// Compare labels `low` (rows x classes) with the f32 labels `f32s` of the same crops.
+pub fn compare_labels(low: &[f32], f32s: &[f32], classes: usize) -> DtypeCheck {
+    let rows = low.len() / classes.max(1);
+    let (mut max, mut tv, mut agree) = (0f64, 0f64, 0usize);
+    for (a, b) in low.chunks_exact(classes).zip(f32s.chunks_exact(classes)) {
+        let mut l1 = 0f64;
+        for (x, y) in a.iter().zip(b) {
+            let d = (*x as f64 - *y as f64).abs();
+            max = max.max(d);
+            l1 += d;
+        }
+        tv += l1 / 2.0;
+        agree += (top1(a) == top1(b)) as usize;
+    }
+    DtypeCheck {
+        crops: rows,
+        max_abs_diff: max,
+        mean_tv: tv / rows.max(1) as f64,
+        top1_agreement: agree as f64 / rows.max(1) as f64,
+    }
 }
 
 /// The store config `s` asks for on `ds` with `ens` (what a resume must match).
@@ -98,7 +138,8 @@ pub fn load_ensemble(
     for t in &mut args {
         t.weights = crate::hub::resolve(&t.weights)?;
     }
-    Ensemble::load(&args, classes, device).context("--teacher")
+    let dtype = s.dtype.unwrap_or_else(|| default_dtype(device));
+    Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }
 
 /// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the
@@ -197,12 +238,22 @@ pub fn run_with(
     let mut skipped = Vec::new();
     let mut shards_written = 0u32;
     let mut bytes_written = 0u64;
+    let dtype = ens.teachers()[0].model.dtype();
+    let mut dtype_check = None;
     for batch in loader {
         let batch = batch?;
         let rows = batch.rows.len();
         let mut inputs: Vec<&[f32]> = vec![&batch.data];
         inputs.extend(batch.extra.iter().map(Vec::as_slice));
         let out = ens.soft_labels(&inputs, rows, s.batch)?;
+        if dtype_check.is_none() && dtype != DType::F32 {
+            // the first batch again in f32: the label error the dtype costs, reported
+            let mut f32_args = s.clone();
+            f32_args.dtype = Some(DType::F32);
+            let reference = load_ensemble(&f32_args, ds.classes().len(), &device)?
+                .soft_labels(&inputs, rows, s.batch)?;
+            dtype_check = Some(compare_labels(&out.probs, &reference.probs, classes));
+        }
         for (r, row) in batch.rows.iter().enumerate() {
             let p = &out.probs[r * classes..(r + 1) * classes];
             for (t, top) in out.teacher_top1.iter().enumerate() {
@@ -296,6 +347,8 @@ pub fn run_with(
         seconds: t0.elapsed().as_secs_f64(),
         bytes_written,
         complete,
+        dtype: dtype_name(dtype).to_string(),
+        dtype_check,
     })
 }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use meal_data::{
     decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams,
 };
@@ -182,8 +182,8 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
     let dev = Device::Cpu;
     let spec = CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap();
     let ens = Ensemble::new(vec![
-        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev).unwrap(),
-        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev).unwrap(),
+        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev, DType::F32).unwrap(),
     ])
     .unwrap();
     assert_eq!(
@@ -395,4 +395,60 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     std::fs::write(&shard, b).unwrap();
     let e = inspect::verify(&s.out).unwrap_err();
     assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
+}
+
+/// `--dtype bf16` on CPU: the teachers run in bf16 (softmax in f32), the manifest says
+/// so, and the report measures the labels against f32 on the first batch; the stored
+/// labels stay within bf16's reach of an f32 store of the same crops.
+#[test]
+fn bf16_teachers_label_close_to_f32_and_report_the_error() {
+    let f = fixture(2);
+    let mut a = args(&f, "f32");
+    a.dtype = Some("f32".into());
+    let s32 = a.resolve().unwrap();
+    let r32 = go(&s32);
+    assert!(r32.dtype_check.is_none() && r32.dtype == "f32");
+    let mut b = args(&f, "bf16");
+    b.dtype = Some("bf16".into());
+    let s16 = b.resolve().unwrap();
+    let r16 = go(&s16);
+    assert_eq!(r16.dtype, "bf16");
+    let c = r16
+        .dtype_check
+        .clone()
+        .expect("a bf16 run reports its error against f32");
+    assert_eq!(c.crops, 6); // the first batch: 8 / 3 = 2 images of 3 crops
+                            // bf16 keeps 8 significant bits: probabilities move by ~1e-2 at most on these tiny
+                            // random teachers, and the distributions by less than that on average
+    assert!(c.max_abs_diff > 0.0 && c.max_abs_diff < 0.05, "{c:?}");
+    assert!(c.mean_tv < 0.02, "{c:?}");
+    let m = meal_store::Manifest::read(&s16.out).unwrap();
+    assert!(m.config.teachers.iter().all(|t| t.dtype == "bf16"));
+    // the stores agree within the same bound, crop by crop
+    let (x, y) = (
+        LabelStore::open(&s32.out).unwrap(),
+        LabelStore::open(&s16.out).unwrap(),
+    );
+    let mut worst = 0f32;
+    let (mut p, mut q) = (vec![0f32; 10], vec![0f32; 10]);
+    for id in 0..20 {
+        let (a, b) = (x.view(id).unwrap(), y.view(id).unwrap());
+        assert_eq!(a.len(), b.len());
+        for i in 0..a.len() {
+            a.dense_into(i, &mut p);
+            b.dense_into(i, &mut q);
+            for (u, v) in p.iter().zip(&q) {
+                worst = worst.max((u - v).abs());
+            }
+        }
+    }
+    assert!(
+        worst > 0.0 && worst < 0.05,
+        "worst |p_bf16 - p_f32| = {worst}"
+    );
+    // a resume with another dtype is refused: the labels would differ
+    let mut c2 = args(&f, "bf16");
+    c2.dtype = Some("f32".into());
+    let e = run::run(&c2.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("teachers"), "{e:#}");
 }

@@ -81,6 +81,14 @@ pub struct TeacherInfo {
     pub mean: [f32; 3],
     /// Normalisation std.
     pub std: [f32; 3],
+    /// The dtype the teacher ran in (`f32`, `bf16`, `f16`; softmax and the mean are
+    /// always f32). Stores written before this field ran f32.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
 }
 
 /// Everything that determines a store's contents: a resumed or merged store must have

@@ -139,7 +139,9 @@ fn main() -> Result<()> {
                     .map(|t| t.parse::<TeacherArg>())
                     .collect::<Result<Vec<_>, _>>()
                     .context("--teacher")?;
-                let ens = Ensemble::load(&args, ds.classes().len(), &dev).context("--teacher")?;
+                let dtype = meal_models::ensemble::default_dtype(&dev);
+                let ens =
+                    Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
                 let acc = eval::evaluate_ensemble(&ens, &ds, threads)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };

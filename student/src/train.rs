@@ -312,7 +312,8 @@ impl Run {
                 .map(|t| t.parse::<TeacherArg>())
                 .collect::<Result<Vec<_>, _>>()
                 .context("--online-teacher")?;
-            Some(Ensemble::load(&args, classes, &dev).context("--online-teacher")?)
+            let dtype = meal_models::ensemble::default_dtype(&dev);
+            Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };
         let student = ResNet::from_preset(&s.arch, classes, &dev, s.seed)?;
         if let Some(init) = &s.init {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build what bench/gpu_check.sh runs on a GPU machine that has no Rust toolchain: the
+# cuda build of meal-data, meal-precompute, meal-student and the models bench, stripped
+# and xz-compressed into bench/out/gpu/ (well under 60 MB in all). Run here, on a CPU
+# machine: `make gpu-bundle`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(bash scripts/cuda-toolchain.sh)"
+export CARGO_TARGET_DIR=${CUDA_TARGET:-target/cuda}
+cargo build --release --features cuda -p meal-data -p meal-precompute -p meal-student
+bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 |
+    sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+out=bench/out/gpu
+rm -rf "$out" && mkdir -p "$out"
+for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench"; do
+    name=$(basename "$b" | sed 's/-[0-9a-f]\{16\}$//')
+    strip -o "$out/$name" "$b"
+    xz -T0 -6 "$out/$name"
+done
+cp bench/models_torch.py bench/gpu_check.sh "$out/"
+du -ch "$out"/* | tail -1
+ls -l "$out"

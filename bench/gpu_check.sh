@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The device check (README, "The CUDA build"): on a machine with one NVIDIA GPU, a CUDA 13
+# driver, Python with PyTorch + timm and the cu13 NVIDIA wheels, no network and no Rust.
+# It runs the binaries `make gpu-bundle` packed into bench/out/gpu/ and prints, in this
+# order: the GPU; our binaries opening cuda:0; teacher inference (resnet152s, senet154 at
+# 224, f32 and bf16) and the ResNet-50 KD train step, each beside PyTorch (timm,
+# channels_last, autocast) in the same run; a tiny precompute + train on demo data with
+# --device cuda:0, and the GPU store against a CPU store of the same crops.
+# Every step has its own time limit; the whole script stays under 8 minutes.
+#   bash bench/out/gpu/gpu_check.sh        (results also in $OUT or bench/out/gpu-run)
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$here/../gpu-run}
+mkdir -p "$out"
+exec > >(tee "$out/gpu_check.log") 2>&1
+bin=$(mktemp -d)
+for f in "$here"/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
+# the cu13 libraries of the Python environment (cuBLAS, cuRAND, NVRTC) for dlopen
+libs=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+print(":".join(sorted({os.path.dirname(p) for r in roots
+                       for p in glob.glob(os.path.join(r, "nvidia", "**", "lib*.so*"), recursive=True)})))
+PY
+)
+export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export MEAL_NO_PROGRESS=1 RAYON_NUM_THREADS=$(nproc)
+step() { local limit=$1; shift; echo; echo "## $*"; timeout "$limit" "$@"; echo "(exit $?)"; }
+
+echo "# $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
+python3 -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)"
+
+# 1. one binary for CPU and GPU: the cuda build opens cuda:0 here
+step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-class 5
+
+# 2. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
+export MEAL_DEVICE=cuda:0
+for dt in f32 bf16; do
+    export MEAL_DTYPE=$dt
+    step 60 "$bin/models" infer resnet152s 224 64 10
+    step 60 python3 "$here/models_torch.py" infer resnet152s 224 64 10
+    step 60 "$bin/models" infer senet154 224 64 5
+    step 60 python3 "$here/models_torch.py" infer senet154 224 64 5
+done
+export MEAL_DTYPE=f32
+step 90 "$bin/models" train resnet50 224 32 5
+MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
+step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
+
+# 3. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
+S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"
+step 90 "$S" train --data "$D/train" --val "$D/val" --arch demo_resnet10 --res 32 --epochs 2 \
+    --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device cuda:0 --out "$out/teacher"
+for dev in cuda:0 cpu; do
+    for dt in bf16 f32; do
+        step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
+            --crops-per-image 4 --device "$dev" --dtype "$dt" --out "$out/labels-${dev%%:*}-$dt"
+    done
+done
+step 60 "$P" verify "$out/labels-cuda-bf16"
+step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-cuda-bf16" --arch demo_tiny \
+    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device cuda:0 --out "$out/kd"
+# the GPU store against the CPU store of the same crops (f32: float rounding only)
+step 60 python3 - "$out" <<'PY'
+import sys
+try:
+    import pyarrow.parquet as pq
+except ImportError:
+    sys.exit("store comparison skipped: no pyarrow here")
+import glob, os
+o = sys.argv[1]
+for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
+    worst = 0.0
+    for a in sorted(glob.glob(f"{o}/labels-cuda-{dt}/shard-*.parquet")):
+        b = a.replace(f"labels-cuda-{dt}", f"labels-cpu-{dt}")
+        pa, pb = pq.read_table(a).column("prob").to_pylist(), pq.read_table(b).column("prob").to_pylist()
+        worst = max([worst] + [abs(x - y) for ra, rb in zip(pa, pb) for x, y in zip(ra, rb)])
+    print(f"{dt}: max |p_gpu - p_cpu| = {worst:.2e} (bound {tol})", "ok" if worst <= tol else "FAIL")
+PY
+rm -rf "$bin"
