@@ -397,34 +397,34 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
 }
 
-/// `--dtype bf16` on CPU: the teachers run in bf16 (softmax in f32), the manifest says
-/// so, and the report measures the labels against f32 on the first batch; the stored
-/// labels stay within bf16's reach of an f32 store of the same crops.
+/// A lower teacher precision (`--dtype f16` here; bf16 has no CPU convolution in candle
+/// and is refused on CPU): softmax stays f32, the manifest records the dtype, the report
+/// measures the labels against f32 on the first batch, and the stored labels stay within
+/// the dtype's reach of an f32 store of the same crops.
 #[test]
-fn bf16_teachers_label_close_to_f32_and_report_the_error() {
+fn lower_precision_teachers_label_close_to_f32_and_report_the_error() {
     let f = fixture(2);
     let mut a = args(&f, "f32");
     a.dtype = Some("f32".into());
     let s32 = a.resolve().unwrap();
     let r32 = go(&s32);
     assert!(r32.dtype_check.is_none() && r32.dtype == "f32");
-    let mut b = args(&f, "bf16");
-    b.dtype = Some("bf16".into());
+    let mut b = args(&f, "f16");
+    b.dtype = Some("f16".into());
     let s16 = b.resolve().unwrap();
     let r16 = go(&s16);
-    assert_eq!(r16.dtype, "bf16");
+    assert_eq!(r16.dtype, "f16");
     let c = r16
         .dtype_check
         .clone()
-        .expect("a bf16 run reports its error against f32");
+        .expect("an f16 run reports its error against f32");
     assert_eq!(c.crops, 6); // the first batch: 8 / 3 = 2 images of 3 crops
-                            // bf16 keeps 8 significant bits: probabilities move by ~1e-2 at most on these tiny
-                            // random teachers, and the distributions by less than that on average
-    assert!(c.max_abs_diff > 0.0 && c.max_abs_diff < 0.05, "{c:?}");
-    assert!(c.mean_tv < 0.02, "{c:?}");
+                            // f16 keeps 11 significant bits: probabilities move by ~1e-3 on these tiny random
+                            // teachers; the bound is an order above that, far below a changed label
+    assert!(c.max_abs_diff > 0.0 && c.max_abs_diff < 1e-2, "{c:?}");
+    assert!(c.mean_tv < 1e-2 && c.top1_agreement > 0.8, "{c:?}");
     let m = meal_store::Manifest::read(&s16.out).unwrap();
-    assert!(m.config.teachers.iter().all(|t| t.dtype == "bf16"));
-    // the stores agree within the same bound, crop by crop
+    assert!(m.config.teachers.iter().all(|t| t.dtype == "f16"));
     let (x, y) = (
         LabelStore::open(&s32.out).unwrap(),
         LabelStore::open(&s16.out).unwrap(),
@@ -443,12 +443,18 @@ fn bf16_teachers_label_close_to_f32_and_report_the_error() {
         }
     }
     assert!(
-        worst > 0.0 && worst < 0.05,
-        "worst |p_bf16 - p_f32| = {worst}"
+        worst > 0.0 && worst < 1e-2,
+        "worst |p_f16 - p_f32| = {worst}"
     );
     // a resume with another dtype is refused: the labels would differ
-    let mut c2 = args(&f, "bf16");
+    let mut c2 = args(&f, "f16");
     c2.dtype = Some("f32".into());
     let e = run::run(&c2.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     assert!(format!("{e:#}").contains("teachers"), "{e:#}");
+    // bf16 on CPU: refused up front, saying why and what to use
+    let mut d = args(&f, "bf16");
+    d.dtype = Some("bf16".into());
+    let e = run::run(&d.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("--dtype bf16") && e.contains("GPU"), "{e}");
 }
