@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda clippy-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -46,14 +46,17 @@ build-cuda:
 gpu-bundle:
 	bash bench/gpu_bundle.sh
 
-## check-cuda: what CI runs after `make test` - the workspace with the cuda feature passes
-## clippy, and its unit tests pass on this GPU-less machine (the device test: CPU works,
-## cuda:0 is an error naming libcuda.so.1). Same target dir as `make test`: only candle
-## and our crates are rebuilt.
+## check-cuda: what CI runs after `make test` - the workspace builds with the cuda feature
+## and its unit tests pass on this GPU-less machine (the device test: CPU works, cuda:0 is
+## an error naming libcuda.so.1). Same target dir as `make test`: only candle, the CUDA
+## kernels (nvcc) and our crates are rebuilt. clippy-cuda is the lint of the same build
+## (not in CI: it runs nvcc over candle's kernels a second time, ~10 min on 2 cores).
 CUDA_CHECK_ENV = eval "$$(bash scripts/cuda-toolchain.sh)"
 check-cuda:
-	$(CUDA_CHECK_ENV) && $(CARGO) clippy --workspace --features meal-models/cuda -- -D warnings
 	$(CUDA_CHECK_ENV) && $(CARGO) test --workspace --features meal-models/cuda --lib
+
+clippy-cuda:
+	$(CUDA_CHECK_ENV) && $(CARGO) clippy --workspace --features meal-models/cuda -- -D warnings
 
 ## test-full: the opt-in checks - full-size presets and a save/load round trip through
 ## timm (needs python3 with torch, timm, safetensors; writes ~2 GB to $(FULL_FIXTURES))

@@ -110,7 +110,25 @@ fn fit(points: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn encode(buf: Vec<u8>, w: u32, h: u32) -> Result<Vec<u8>, PlotError> {
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A white canvas of `n` panels side by side under `title`; `draw` fills the panels,
+/// and the canvas comes back as PNG bytes.
+fn canvas(
+    title: &str,
+    n: usize,
+    draw: impl FnOnce(&[Area<'_>]) -> Result<(), PlotError>,
+) -> Result<Vec<u8>, PlotError> {
+    register_font();
+    let (w, h) = (PANEL.0 * n.max(1) as u32, PANEL.1 + 40);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, (FONT, 22).into_font()).map_err(err)?;
+        draw(&root.split_evenly((1, n.max(1))))?;
+        root.present().map_err(err)?;
+    }
     let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| err("buffer size"))?;
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -120,15 +138,8 @@ fn encode(buf: Vec<u8>, w: u32, h: u32) -> Result<Vec<u8>, PlotError> {
 
 /// Panels of line series side by side under one `title`, as PNG bytes.
 pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
-    register_font();
-    let (w, h) = (PANEL.0 * panels.len().max(1) as u32, PANEL.1 + 40);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let root = root.titled(title, (FONT, 22).into_font()).map_err(err)?;
-        let areas = root.split_evenly((1, panels.len().max(1)));
-        for (p, area) in panels.iter().zip(areas.iter()) {
+    canvas(title, panels.len(), |areas| {
+        for (p, area) in panels.iter().zip(areas) {
             let all = || p.series.iter().flat_map(|s| s.points.iter());
             let (x0, x1) = fit(all().map(|q| q.0));
             let (y0, y1) = p.y_range.unwrap_or_else(|| fit(all().map(|q| q.1)));
@@ -175,22 +186,14 @@ pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
                 .draw()
                 .map_err(err)?;
         }
-        root.present().map_err(err)?;
-    }
-    encode(buf, w, h)
+        Ok(())
+    })
 }
 
 /// Histogram panels side by side under one `title`, as PNG bytes.
 pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotError> {
-    register_font();
-    let (w, h) = (PANEL.0 * panels.len().max(1) as u32, PANEL.1 + 40);
-    let mut buf = vec![255u8; (w * h * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let root = root.titled(title, (FONT, 22).into_font()).map_err(err)?;
-        let areas = root.split_evenly((1, panels.len().max(1)));
-        for (i, (p, area)) in panels.iter().zip(areas.iter()).enumerate() {
+    canvas(title, panels.len(), |areas| {
+        for (i, (p, area)) in panels.iter().zip(areas).enumerate() {
             let top = p.counts.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.05;
             let bw = (p.hi - p.lo) / p.counts.len().max(1) as f64;
             let mut chart = ChartBuilder::on(area)
@@ -217,9 +220,8 @@ pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotErro
                 }))
                 .map_err(err)?;
         }
-        root.present().map_err(err)?;
-    }
-    encode(buf, w, h)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

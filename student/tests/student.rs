@@ -44,17 +44,7 @@ fn fixture() -> Fx {
         teachers.push(format!("{arch}={},size={}", p.display(), 24 + 4 * i));
     }
     let labels = root.join("labels");
-    let s = meal_precompute::config::RunArgs {
-        data: Some(root.join("data/train")),
-        out: Some(labels.clone()),
-        teacher: teachers.clone(),
-        crops_per_image: Some(4),
-        threads: Some(2),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    precompute(&root.join("data/train"), &labels, &teachers);
     Fx {
         data: root.join("data/train"),
         root,
@@ -62,6 +52,21 @@ fn fixture() -> Fx {
         teachers,
         labels,
     }
+}
+
+/// A label store of `data` by `teachers` at `out` (4 crops per image).
+fn precompute(data: &Path, out: &Path, teachers: &[String]) {
+    let s = meal_precompute::config::RunArgs {
+        data: Some(data.to_path_buf()),
+        out: Some(out.to_path_buf()),
+        teacher: teachers.to_vec(),
+        crops_per_image: Some(4),
+        threads: Some(2),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
 }
 
 fn args(f: &Fx, out: &str) -> TrainArgs {
@@ -179,18 +184,6 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_tree(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Resume compares inputs by content: moved data, a renamed run directory, a trailing
 /// slash and another thread count are accepted and give the uninterrupted run's bytes;
 /// another label store at the same path, or images added to the data, are refused.
@@ -201,12 +194,12 @@ fn resume_checks_inputs_by_content_not_by_path() {
     let mut a = args(&f, "part");
     a.max_steps = Some(1);
     assert!(go(a).unwrap().interrupted);
-    // move the run and the data, resume with other spellings and one thread
+    // move the run, the data and the store, resume with other spellings and one thread
     std::fs::rename(f.root.join("part"), f.root.join("moved")).unwrap();
-    let data2 = f.root.join("data-copy");
-    copy_tree(&f.data, &data2);
-    let labels2 = f.root.join("labels-copy");
-    copy_tree(&f.labels, &labels2);
+    let data2 = f.root.join("data-moved");
+    std::fs::rename(&f.data, &data2).unwrap();
+    let labels2 = f.root.join("labels-moved");
+    std::fs::rename(&f.labels, &labels2).unwrap();
     let mut b = args(&f, "moved/");
     b.data = Some(PathBuf::from(format!("{}/./", data2.display())));
     b.labels = Some(labels2.clone());
@@ -216,17 +209,7 @@ fn resume_checks_inputs_by_content_not_by_path() {
     assert!(go(b).unwrap().interrupted);
     // another store at the same path: refused, by content
     let other = f.root.join("other-labels");
-    let s = meal_precompute::config::RunArgs {
-        data: Some(f.data.clone()),
-        out: Some(other.clone()),
-        teacher: f.teachers[..1].to_vec(),
-        crops_per_image: Some(4),
-        threads: Some(2),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    precompute(&data2, &other, &f.teachers[..1]);
     std::fs::rename(&labels2, f.root.join("labels-aside")).unwrap();
     std::fs::rename(&other, &labels2).unwrap();
     let mut c = args(&f, "moved");
@@ -236,7 +219,8 @@ fn resume_checks_inputs_by_content_not_by_path() {
     let e = format!("{:#}", go(c).unwrap_err());
     assert!(e.contains("--labels (another label store)"), "{e}");
     std::fs::rename(&labels2, &other).unwrap();
-    std::fs::rename(f.root.join("labels-aside"), &labels2).unwrap();
+    std::fs::rename(f.root.join("labels-aside"), &f.labels).unwrap();
+    std::fs::rename(&data2, &f.data).unwrap();
     // the rest of the run, back on the original paths: the uninterrupted run's bytes
     let mut d = args(&f, "moved");
     d.resume = true;
