@@ -3,7 +3,8 @@
 # print the environment that `cargo build --features cuda` needs. No GPU, driver or system
 # CUDA is needed to compile: candle-kernels runs nvcc on its .cu files at build time, and
 # cudarc is built with dynamic loading (vendor/README.md), so nothing links against
-# libcuda, cuBLAS, cuRAND or NVRTC; they are opened at run time where a GPU is present.
+# libcuda, cuBLAS, cuRAND or NVRTC; they are opened at run time where a GPU is present
+# (candle-kernels' moe library gets the static CUDA runtime, see below).
 #
 #   bash scripts/cuda-toolchain.sh            install (idempotent), then print the env
 #   source <(bash scripts/cuda-toolchain.sh)  install and export the env in this shell
@@ -22,12 +23,20 @@ if [ ! -x "$D/nvidia/cu13/bin/nvcc" ]; then
 fi
 C=$D/nvidia/cu13
 [ -x "$C/bin/nvcc" ] || { echo "no nvcc at $C/bin/nvcc after install" >&2; exit 1; }
+# candle-kernels links a static library of its own (moe) with `-lcudart`, whose
+# constructors register its kernels with the CUDA runtime. Linked dynamically, every
+# binary would need libcudart.so.13 to start; so `-lcudart` is pointed, by a linker
+# script, at the static runtime (what nvcc does by default): a static cudart registers
+# kernels without touching the driver, and loads libcuda only on the first CUDA call.
+rm -f "$C/lib/libcudart.so"
+echo "INPUT($C/lib/libcudart_static.a)" > "$C/lib/libcudart.so"
 # nvcc finds cicc and libdevice through the nvvm wheel's layout
 [ -e "$C/nvvm" ] || ln -s "$D/nvidia/nvvm" "$C/nvvm" 2>/dev/null || true
 cat <<ENV
 export CUDA_HOME=$C
 export CUDA_PATH=$C
 export PATH=$C/bin:\$PATH
+export LIBRARY_PATH=$C/lib\${LIBRARY_PATH:+:\$LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}
 export CUDARC_CUDA_VERSION=13000
 ENV
