@@ -45,6 +45,17 @@ pub enum LinkPolicy {
     FollowAnywhere,
 }
 
+impl LinkPolicy {
+    /// The policy of a `--follow-links` switch: follow anywhere when set.
+    pub fn follow_if(follow: bool) -> Self {
+        if follow {
+            LinkPolicy::FollowAnywhere
+        } else {
+            LinkPolicy::StayInside
+        }
+    }
+}
+
 /// A dataset fingerprint: SHA-256 over the class list and every sample's relative path,
 /// byte size and label. Two indexes with equal fingerprints list the same files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

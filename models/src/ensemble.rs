@@ -215,6 +215,11 @@ impl std::str::FromStr for TeacherArg {
 }
 
 impl TeacherArg {
+    /// Parse every spec of a repeated flag; the first bad one is the error.
+    pub fn parse_all(specs: &[String]) -> Result<Vec<TeacherArg>> {
+        specs.iter().map(|s| s.parse()).collect()
+    }
+
     /// The crop spec of its inputs.
     pub fn spec(&self) -> Result<CropSpec> {
         CropSpec::new(self.size, self.filter, self.normalize)

@@ -178,11 +178,7 @@ impl RunArgs {
         if teacher_specs.is_empty() {
             bail!("at least one --teacher ARCH=WEIGHTS is required");
         }
-        let teachers = teacher_specs
-            .iter()
-            .map(|s| s.parse::<TeacherArg>())
-            .collect::<Result<Vec<TeacherArg>, _>>()
-            .context("--teacher")?;
+        let teachers = TeacherArg::parse_all(&teacher_specs).context("--teacher")?;
         let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
         if crops_per_image == 0 || crops_per_image > u16::MAX as u32 + 1 {
             bail!("--crops-per-image {crops_per_image}: must be 1..=65536");
@@ -253,11 +249,7 @@ impl RunArgs {
             worker,
             limit: pick!(limit),
             policy,
-            links: if cli.follow_links || file.follow_links {
-                LinkPolicy::FollowAnywhere
-            } else {
-                LinkPolicy::StayInside
-            },
+            links: LinkPolicy::follow_if(cli.follow_links || file.follow_links),
             samples_per_shard,
             images_per_row_group,
         })

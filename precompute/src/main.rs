@@ -122,11 +122,7 @@ fn main() -> Result<()> {
             out,
             follow_links,
         } => {
-            let links = if follow_links {
-                LinkPolicy::FollowAnywhere
-            } else {
-                LinkPolicy::StayInside
-            };
+            let links = LinkPolicy::follow_if(follow_links);
             let ds = Dataset::open(&data, links)
                 .with_context(|| format!("--data {}", data.display()))?;
             let m =

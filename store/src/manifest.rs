@@ -162,6 +162,28 @@ pub struct ShardInfo {
     pub stats: ShardStats,
 }
 
+impl ShardInfo {
+    /// Whether the file in `dir` is the one listed: its size and SHA-256 (one read of
+    /// the file). A missing file is an I/O error, another file a corrupt-file error.
+    pub fn check(&self, dir: &Path) -> Result<(), StoreError> {
+        let path = dir.join(&self.file);
+        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let same_sum = super::sha256_hex(&bytes) == self.sha256;
+        if bytes.len() as u64 != self.bytes || !same_sum {
+            return Err(StoreError::corrupt(
+                &path,
+                format!(
+                    "does not match its manifest ({} bytes, listed {}; checksum {})",
+                    bytes.len(),
+                    self.bytes,
+                    if same_sum { "ok" } else { "differs" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether every shard of the store (or of this worker's part) is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

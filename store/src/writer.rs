@@ -153,15 +153,12 @@ impl StoreWriter {
             // shards are deterministic: one that is missing, truncated or altered since
             // it was listed is dropped from the manifest and written again
             let before = m.shards.len();
-            m.shards.retain(|s| {
-                let p = dir.join(&s.file);
-                let ok = fs::read(&p)
-                    .map(|b| b.len() as u64 == s.bytes && sha256_hex(&b) == s.sha256)
-                    .unwrap_or(false);
-                if !ok {
-                    tracing::warn!("{}: missing or damaged; it will be recomputed", p.display());
+            m.shards.retain(|s| match s.check(dir) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("{e}; it will be recomputed");
+                    false
                 }
-                ok
             });
             if m.shards.len() != before {
                 m.state = State::Partial;
@@ -562,22 +559,13 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     // every worker shard is checked against its manifest while merging: a damaged or
     // replaced file fails here, not at training time
     for s in &m.shards {
-        let path = dir.join(&s.file);
-        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-        if bytes.len() as u64 != s.bytes || sha256_hex(&bytes) != s.sha256 {
-            return Err(StoreError::corrupt(
-                &path,
-                format!(
-                    "does not match its worker manifest ({} bytes, checksum {}): rerun that worker",
-                    bytes.len(),
-                    if sha256_hex(&bytes) == s.sha256 {
-                        "ok"
-                    } else {
-                        "differs"
-                    }
-                ),
-            ));
-        }
+        s.check(dir).map_err(|e| match e {
+            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+                path,
+                reason: format!("{reason}: rerun that worker"),
+            },
+            e => e,
+        })?;
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();

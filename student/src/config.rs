@@ -240,10 +240,8 @@ impl TrainArgs {
             cli.online_teacher.clone()
         };
         let labels = pick!(labels);
-        for t in &online_teacher {
-            t.parse::<meal_models::ensemble::TeacherArg>()
-                .context("--online-teacher")?;
-        }
+        meal_models::ensemble::TeacherArg::parse_all(&online_teacher)
+            .context("--online-teacher")?;
         if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {
             bail!("--loss kd needs --labels STORE (from meal-precompute) or --online-teacher");
         }

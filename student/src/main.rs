@@ -134,11 +134,7 @@ fn main() -> Result<()> {
                 let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
-                let args = teacher
-                    .iter()
-                    .map(|t| t.parse::<TeacherArg>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .context("--teacher")?;
+                let args = TeacherArg::parse_all(&teacher).context("--teacher")?;
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;

@@ -190,11 +190,7 @@ fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
 
 /// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
 pub fn open_dataset(p: &Path, flag: &str, follow_links: bool) -> Result<Arc<Dataset>> {
-    let links = if follow_links {
-        LinkPolicy::FollowAnywhere
-    } else {
-        LinkPolicy::StayInside
-    };
+    let links = LinkPolicy::follow_if(follow_links);
     let ds = Dataset::open(p, links).with_context(|| format!("{flag} {}", p.display()))?;
     if ds.is_empty() {
         bail!("{flag} {}: no images", p.display());
@@ -306,12 +302,7 @@ impl Run {
         let online = if s.online_teacher.is_empty() {
             None
         } else {
-            let args = s
-                .online_teacher
-                .iter()
-                .map(|t| t.parse::<TeacherArg>())
-                .collect::<Result<Vec<_>, _>>()
-                .context("--online-teacher")?;
+            let args = TeacherArg::parse_all(&s.online_teacher).context("--online-teacher")?;
             let dtype = meal_models::ensemble::default_dtype(&dev);
             Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };

@@ -124,11 +124,7 @@ fn main() -> Result<()> {
             );
         }
         Cmd::Index { data, follow_links } => {
-            let links = if follow_links {
-                LinkPolicy::FollowAnywhere
-            } else {
-                LinkPolicy::StayInside
-            };
+            let links = LinkPolicy::follow_if(follow_links);
             let ds = Dataset::open(&data, links)?;
             let mut per_class = vec![0u64; ds.classes().len()];
             for s in ds.samples() {
