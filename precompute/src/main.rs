@@ -67,21 +67,38 @@ fn main() -> Result<()> {
             let r = run::run(&s, &stop)?;
             run::write_report(&s.out, s.worker, &r)?;
             println!(
-                "{} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
-                r.images,
-                r.crops,
+                "this run: {} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
+                r.images_labelled,
+                r.crops_labelled,
                 r.seconds,
-                r.images as f64 / r.seconds,
-                r.crops as f64 / r.seconds,
+                r.images_labelled as f64 / r.seconds,
+                r.crops_labelled as f64 / r.seconds,
                 r.shards_written,
                 r.shards_present,
                 r.bytes_written
             );
+            println!(
+                "the store{}: {} images, {} crops in {} shards",
+                if s.worker.is_some() {
+                    " (this worker's part)"
+                } else {
+                    ""
+                },
+                r.images,
+                r.crops,
+                r.shards
+            );
             for t in &r.teachers {
-                println!(
-                    "  teacher {:<16} top-1 agreement {:.4}  ({})",
-                    t.arch, t.top1_agreement, t.weights
-                );
+                match t.top1_agreement {
+                    Some(a) => println!(
+                        "  teacher {:<16} top-1 agreement {a:.4}  ({})",
+                        t.arch, t.weights
+                    ),
+                    None => println!(
+                        "  teacher {:<16} top-1 agreement not recorded by older shards  ({})",
+                        t.arch, t.weights
+                    ),
+                }
             }
             println!(
                 "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",

@@ -13,11 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use meal_data::{
-    CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
+    Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
-use meal_models::ensemble::{default_dtype, dtype_name, Ensemble, ENSEMBLE_RULE};
+use meal_models::ensemble::{default_dtype, dtype_name, Ensemble, EnsembleOut, ENSEMBLE_RULE};
 use meal_store::{
-    entropy, top1, CropPool, CropProbs, Encoding, ImageProbs, StoreConfig, StoreWriter,
+    top1, CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
 };
 use serde::Serialize;
 
@@ -30,38 +30,47 @@ pub struct TeacherReport {
     pub arch: String,
     /// Weights file.
     pub weights: String,
-    /// Fraction of this run's crops whose top-1 is the image's hard label.
-    pub top1_agreement: f64,
+    /// Fraction of the store's crops whose top-1 is the image's hard label (`None` for a
+    /// store whose older shards do not record it).
+    pub top1_agreement: Option<f64>,
 }
 
-/// What a run did (this run only; a resumed store's earlier shards are not counted).
+/// What the store holds after a run, and what this run did. The store-wide figures are
+/// summed from the manifest's per-shard records, so a resumed, rerun or worker store
+/// reports every shard (and every skipped file), not just the last invocation's.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
-    /// Images labelled.
+    /// Images with labels in the store (this worker's part for a worker).
     pub images: u64,
-    /// Crops labelled.
+    /// Crops labelled in the store.
     pub crops: u64,
-    /// Shards written.
-    pub shards_written: u32,
-    /// Shards already present (resume).
-    pub shards_present: u32,
-    /// Images left out, with reasons.
+    /// Shards in the store.
+    pub shards: u32,
+    /// Images left out of the store as unreadable, with reasons.
     pub skipped: Vec<Skipped>,
-    /// Per teacher.
+    /// Per teacher, over the store.
     pub teachers: Vec<TeacherReport>,
-    /// The ensemble's top-1 agreement with the hard labels over this run's crops.
+    /// The ensemble's top-1 agreement with the hard labels over the store's crops.
     pub ensemble_top1_agreement: f64,
-    /// Mean entropy (nats) of the ensemble's distributions over this run's crops.
+    /// Mean entropy (nats) of the ensemble's distributions over the store's crops.
     pub mean_entropy: f64,
-    /// Wall time in seconds.
+    /// Whether this writer's part is complete.
+    pub complete: bool,
+    /// Images labelled by this run.
+    pub images_labelled: u64,
+    /// Crops labelled by this run.
+    pub crops_labelled: u64,
+    /// Shards written by this run.
+    pub shards_written: u32,
+    /// Shards already present when this run started (resume).
+    pub shards_present: u32,
+    /// This run's wall time in seconds.
     pub seconds: f64,
     /// Bytes of shards written by this run.
     pub bytes_written: u64,
-    /// Whether this writer's part is complete.
-    pub complete: bool,
     /// The dtype the teachers ran in.
     pub dtype: String,
-    /// With a dtype other than f32: the first batch labelled again in f32, compared.
+    /// With a dtype other than f32: this run's first batch labelled again in f32, compared.
     pub dtype_check: Option<DtypeCheck>,
 }
 
@@ -153,13 +162,22 @@ pub fn run(s: &Settings, stop: &std::sync::atomic::AtomicBool) -> Result<RunRepo
     run_with(s, stop, &mut |_| {})
 }
 
-/// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests).
-pub fn run_with(
-    s: &Settings,
-    stop: &std::sync::atomic::AtomicBool,
-    on_shard: &mut dyn FnMut(u32),
-) -> Result<RunReport> {
-    let t0 = Instant::now();
+/// What a run will do: the open dataset, teachers and store, and its batches.
+struct Plan {
+    ds: Arc<Dataset>,
+    ens: Ensemble,
+    device: candle_core::Device,
+    writer: StoreWriter,
+    /// Shards of this writer already in the store.
+    present: u32,
+    /// Shards to write, with the number of samples (images) each covers.
+    expected: BTreeMap<u32, usize>,
+    /// Sample ids per batch; batches never straddle shards.
+    chunks: Vec<Vec<u32>>,
+    images_per_batch: usize,
+}
+
+fn plan(s: &Settings) -> Result<Plan> {
     let device = meal_models::parse_device(&s.device).context("--device")?;
     let ds = Arc::new(
         Dataset::open(&s.data, s.links).with_context(|| format!("--data {}", s.data.display()))?,
@@ -169,7 +187,7 @@ pub fn run_with(
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
     let config = store_config(s, &ds, &ens);
-    let mut writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
+    let writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
         .with_context(|| format!("--out {}", s.out.display()))?;
     let all_pending = writer.pending_shards();
     let (wi, wn) = s.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
@@ -195,8 +213,7 @@ pub fn run_with(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let total_images: usize = chunks.iter().map(Vec::len).sum();
-    let mut expected: BTreeMap<u32, usize> = pending
+    let expected = pending
         .iter()
         .map(|&sh| (sh, writer.shard_samples(sh).len()))
         .collect();
@@ -208,10 +225,112 @@ pub fn run_with(
         pending.len(),
         present
     );
+    Ok(Plan {
+        ds,
+        ens,
+        device,
+        writer,
+        present,
+        expected,
+        chunks,
+        images_per_batch,
+    })
+}
 
+/// The shards being filled: each image's crops and the shard's notes, until every
+/// sample of the shard is labelled or skipped.
+#[derive(Default)]
+struct Pending {
+    images: BTreeMap<u32, Vec<ImageProbs>>,
+    notes: BTreeMap<u32, ShardNotes>,
+    /// Samples accounted for (labelled or skipped) per shard.
+    done: BTreeMap<u32, usize>,
+}
+
+impl Pending {
+    /// Add one batch's labels: group rows into images (an image's crops are
+    /// contiguous) and count each teacher's agreement with the hard label.
+    fn add(&mut self, batch: &Batch, out: &EnsembleOut, classes: usize, per_shard: u32) {
+        let teachers = out.teacher_top1.len();
+        let mut k = 0; // first row of the group
+        for group in batch.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
+            let row = group[0];
+            let sh = row.sample_id / per_shard;
+            let notes = self.notes.entry(sh).or_default();
+            notes.teacher_top1_agree.resize(teachers, 0);
+            for (t, top) in out.teacher_top1.iter().enumerate() {
+                notes.teacher_top1_agree[t] += top[k..k + group.len()]
+                    .iter()
+                    .filter(|&&c| c == row.label)
+                    .count() as u64;
+            }
+            self.images.entry(sh).or_default().push(ImageProbs {
+                sample_id: row.sample_id,
+                width: row.image_width,
+                height: row.image_height,
+                crops: group
+                    .iter()
+                    .zip(out.probs[k * classes..].chunks_exact(classes))
+                    .map(|(r, p)| CropProbs {
+                        crop_id: r.crop_id as u16,
+                        record: r.record,
+                        probs: p.to_vec(),
+                    })
+                    .collect(),
+            });
+            *self.done.entry(sh).or_default() += 1;
+            k += group.len();
+        }
+        for sk in &batch.skipped {
+            let sh = sk.sample_id / per_shard;
+            self.notes.entry(sh).or_default().skipped.push(sk.clone());
+            *self.done.entry(sh).or_default() += 1;
+        }
+    }
+
+    /// Take the shards of `expected` whose samples are all accounted for.
+    fn take_complete(
+        &mut self,
+        expected: &mut BTreeMap<u32, usize>,
+    ) -> Vec<(u32, Vec<ImageProbs>, ShardNotes)> {
+        let complete: Vec<u32> = expected
+            .iter()
+            .filter(|(sh, n)| self.done.get(sh).copied().unwrap_or(0) == **n)
+            .map(|(sh, _)| *sh)
+            .collect();
+        complete
+            .into_iter()
+            .map(|sh| {
+                expected.remove(&sh);
+                self.done.remove(&sh);
+                let images = self.images.remove(&sh).unwrap_or_default();
+                (sh, images, self.notes.remove(&sh).unwrap_or_default())
+            })
+            .collect()
+    }
+}
+
+/// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests).
+pub fn run_with(
+    s: &Settings,
+    stop: &std::sync::atomic::AtomicBool,
+    on_shard: &mut dyn FnMut(u32),
+) -> Result<RunReport> {
+    let t0 = Instant::now();
+    let Plan {
+        ds,
+        ens,
+        device,
+        mut writer,
+        present,
+        mut expected,
+        chunks,
+        images_per_batch,
+    } = plan(s)?;
+    let total_images: usize = chunks.iter().map(Vec::len).sum();
     let params = RrcParams::new((s.scale[0], s.scale[1]), (s.ratio[0], s.ratio[1]))?;
     let sampler = CropSampler::new(s.seed, params);
-    let plan = PoolCrops::pass(sampler, s.crops_per_image, s.crops_per_image, 0)?;
+    let crop_plan = PoolCrops::pass(sampler, s.crops_per_image, s.crops_per_image, 0)?;
     let specs = ens.specs();
     let loader = Loader::from_batches(
         Arc::clone(&ds),
@@ -220,29 +339,21 @@ pub fn run_with(
             images_per_batch,
             spec: specs[0],
             extra_specs: specs[1..].to_vec(),
-            crops: CropMode::Plan(Arc::new(plan)),
+            crops: CropMode::Plan(Arc::new(crop_plan)),
             prefetch: 2,
             threads: s.threads,
             policy: s.policy,
             drop_last: false,
         },
     )?;
-
     let bar = meal_cli::progress_bar(
         total_images as u64,
         "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
     );
 
     let classes = ens.num_classes();
-    let per_shard = s.samples_per_shard;
-    let mut buckets: BTreeMap<u32, Vec<ImageProbs>> = BTreeMap::new();
-    let mut done: BTreeMap<u32, usize> = BTreeMap::new();
-    let mut teacher_agree = vec![0u64; ens.teachers().len()];
-    let (mut crops, mut ens_agree, mut ent_sum) = (0u64, 0u64, 0f64);
-    let mut images = 0u64;
-    let mut skipped = Vec::new();
-    let mut shards_written = 0u32;
-    let mut bytes_written = 0u64;
+    let mut pending = Pending::default();
+    let (mut images, mut crops, mut shards_written, mut bytes_written) = (0u64, 0u64, 0u32, 0u64);
     let dtype = ens.teachers()[0].model.dtype();
     let mut dtype_check = None;
     for batch in loader {
@@ -259,65 +370,22 @@ pub fn run_with(
                 .soft_labels(&inputs, rows, s.batch)?;
             dtype_check = Some(compare_labels(&out.probs, &reference.probs, classes));
         }
-        for (r, row) in batch.rows.iter().enumerate() {
-            let p = &out.probs[r * classes..(r + 1) * classes];
-            for (t, top) in out.teacher_top1.iter().enumerate() {
-                teacher_agree[t] += (top[r] == row.label) as u64;
-            }
-            ens_agree += (top1(p) as u32 == row.label) as u64;
-            ent_sum += entropy(p);
-        }
+        pending.add(&batch, &out, classes, s.samples_per_shard);
         crops += rows as u64;
-        // group rows into images (an image's crops are contiguous)
-        let mut k = 0; // first row of the group
-        for group in batch.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
-            let row = group[0];
-            let im = ImageProbs {
-                sample_id: row.sample_id,
-                width: row.image_width,
-                height: row.image_height,
-                crops: group
-                    .iter()
-                    .zip(out.probs[k * classes..].chunks_exact(classes))
-                    .map(|(r, p)| CropProbs {
-                        crop_id: r.crop_id as u16,
-                        record: r.record,
-                        probs: p.to_vec(),
-                    })
-                    .collect(),
-            };
-            let sh = row.sample_id / per_shard;
-            buckets.entry(sh).or_default().push(im);
-            *done.entry(sh).or_default() += 1;
-            images += 1;
-            k += group.len();
-        }
-        for sk in &batch.skipped {
-            *done.entry(sk.sample_id / per_shard).or_default() += 1;
-            skipped.push(sk.clone());
-        }
-        bar.inc((batch.rows.len() / s.crops_per_image as usize + batch.skipped.len()) as u64);
+        images += (rows / s.crops_per_image as usize) as u64;
+        bar.inc((rows / s.crops_per_image as usize + batch.skipped.len()) as u64);
         bar.set_message(format!(
             "{:.0} crops/s",
             crops as f64 / t0.elapsed().as_secs_f64()
         ));
-        // write every shard that is complete
-        let complete: Vec<u32> = expected
-            .iter()
-            .filter(|(sh, n)| done.get(sh).copied().unwrap_or(0) == **n)
-            .map(|(sh, _)| *sh)
-            .collect();
-        for sh in complete {
-            let imgs = buckets.remove(&sh).unwrap_or_default();
+        for (sh, imgs, notes) in pending.take_complete(&mut expected) {
             writer
-                .write_shard(sh, imgs)
+                .write_shard_with(sh, imgs, notes)
                 .with_context(|| format!("writing shard {sh} to {}", s.out.display()))?;
             let info = writer.manifest().shards.iter().find(|x| x.index == sh);
             bytes_written += info.map(|i| i.bytes).unwrap_or(0);
             shards_written += 1;
             on_shard(sh);
-            expected.remove(&sh);
-            done.remove(&sh);
         }
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             // the shard in progress is recomputed on resume; written shards are kept
@@ -327,34 +395,60 @@ pub fn run_with(
     }
     bar.finish_and_clear();
     let complete = writer.pending_shards().is_empty();
-    if complete {
-        writer.finish().context("finishing the store")?;
-    }
-    let n = crops.max(1) as f64;
+    let manifest = if complete {
+        writer.finish().context("finishing the store")?
+    } else {
+        writer.manifest().clone()
+    };
     Ok(RunReport {
-        images,
-        crops,
+        images_labelled: images,
+        crops_labelled: crops,
         shards_written,
         shards_present: present,
-        skipped,
-        teachers: ens
-            .teachers()
-            .iter()
-            .zip(&teacher_agree)
-            .map(|(t, &a)| TeacherReport {
-                arch: t.info.arch.clone(),
-                weights: t.info.weights.clone(),
-                top1_agreement: a as f64 / n,
-            })
-            .collect(),
-        ensemble_top1_agreement: ens_agree as f64 / n,
-        mean_entropy: ent_sum / n,
         seconds: t0.elapsed().as_secs_f64(),
         bytes_written,
-        complete,
         dtype: dtype_name(dtype).to_string(),
         dtype_check,
+        ..store_report(&manifest, complete)
     })
+}
+
+/// The store-wide part of a [`RunReport`], from the manifest's per-shard records (the
+/// run's own fields zero).
+pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
+    let totals = meal_store::summary(m);
+    let teachers = &m.config.teachers;
+    let per_teacher = (totals.teacher_top1_agreement.len() == teachers.len()
+        && m.shards
+            .iter()
+            .all(|s| s.stats.rows == 0 || s.stats.teacher_top1_agree.len() == teachers.len()))
+    .then_some(&totals.teacher_top1_agreement);
+    RunReport {
+        images: totals.images,
+        crops: totals.rows,
+        shards: m.shards.len() as u32,
+        skipped: m.shards.iter().flat_map(|s| s.skipped.clone()).collect(),
+        teachers: teachers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| TeacherReport {
+                arch: t.arch.clone(),
+                weights: t.weights.clone(),
+                top1_agreement: per_teacher.map(|v| v[i]),
+            })
+            .collect(),
+        ensemble_top1_agreement: totals.top1_agreement,
+        mean_entropy: totals.mean_entropy,
+        complete,
+        images_labelled: 0,
+        crops_labelled: 0,
+        shards_written: 0,
+        shards_present: 0,
+        seconds: 0.0,
+        bytes_written: 0,
+        dtype: String::new(),
+        dtype_check: None,
+    }
 }
 
 /// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`).

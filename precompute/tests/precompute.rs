@@ -344,6 +344,50 @@ fn changed_config_or_dataset_is_refused_on_resume() {
     assert!(format!("{e:#}").contains("dataset"), "{e:#}");
 }
 
+/// The report is built from the whole store, not the last invocation: after an
+/// interrupted run and its resume it lists the skipped files of both runs, and a rerun
+/// of a complete store reports the store as it is (not zeros).
+#[test]
+fn the_report_covers_the_whole_store_across_resumes_and_reruns() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // shards of 7 samples: one bad image in shard 0, one in shard 2
+    let bad = [ds.samples()[1].clone(), ds.samples()[15].clone()];
+    for b in &bad {
+        std::fs::write(ds.full_path(b), b"\xff\xd8\xff not a jpeg").unwrap();
+    }
+    let one_go = go(&args(&f, "one_go").resolve().unwrap());
+    assert_eq!((one_go.images, one_go.skipped.len()), (18, 2));
+
+    let s = args(&f, "resumed").resolve().unwrap();
+    let stop = AtomicBool::new(false);
+    let first = run::run_with(&s, &stop, &mut |_| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .unwrap();
+    assert!(!first.complete);
+    assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
+    let resumed = go(&s);
+    assert!(resumed.complete);
+    assert!(resumed.shards_written < 3 && resumed.images_labelled < 18);
+    let rerun = go(&s);
+    assert_eq!((rerun.shards_written, rerun.images_labelled), (0, 0));
+    for r in [&resumed, &rerun] {
+        let mut paths: Vec<&str> = r.skipped.iter().map(|k| k.path.as_str()).collect();
+        paths.sort();
+        let mut want = vec![bad[0].path.as_str(), bad[1].path.as_str()];
+        want.sort();
+        assert_eq!(paths, want);
+        assert_eq!((r.images, r.crops, r.shards), (18, 54, 3));
+        assert_eq!(r.ensemble_top1_agreement, one_go.ensemble_top1_agreement);
+        assert_eq!(r.mean_entropy, one_go.mean_entropy);
+        for (t, u) in r.teachers.iter().zip(&one_go.teachers) {
+            assert!(t.top1_agreement.is_some());
+            assert_eq!(t.top1_agreement, u.top1_agreement);
+        }
+    }
+}
+
 #[test]
 fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     let f = fixture(2);

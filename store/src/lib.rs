@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 
 pub use crops::Crops;
 pub use label::{entropy, top1, Encoding, SoftLabel};
-pub use manifest::{config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, TeacherInfo};
+pub use manifest::{
+    config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
+};
 pub use reader::{ImageInfo, LabelStore, VerifyReport};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
-pub use writer::{merge, CropProbs, ImageProbs, StoreWriter};
+pub use writer::{merge, summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
 
 /// Errors of the label store; each names the file, flag or key at fault.
 #[derive(Debug, thiserror::Error)]

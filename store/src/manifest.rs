@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use meal_data::Fingerprint;
+use meal_data::{Fingerprint, Skipped};
 use serde::{Deserialize, Serialize};
 
 use super::label::Encoding;
@@ -128,6 +128,10 @@ pub struct ShardStats {
     pub kept_mass_sum: f64,
     /// Sum of KL(dense || decoded) (nats; 0 for dense up to float16 rounding).
     pub kl_sum: f64,
+    /// Per teacher (store order): rows whose teacher argmax equals the hard label
+    /// (empty in stores written before this field, or when the writer gave none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teacher_top1_agree: Vec<u64>,
 }
 
 impl ShardStats {
@@ -138,6 +142,17 @@ impl ShardStats {
         self.entropy_sum += o.entropy_sum;
         self.kept_mass_sum += o.kept_mass_sum;
         self.kl_sum += o.kl_sum;
+        if self.teacher_top1_agree.len() < o.teacher_top1_agree.len() {
+            self.teacher_top1_agree
+                .resize(o.teacher_top1_agree.len(), 0);
+        }
+        for (a, b) in self
+            .teacher_top1_agree
+            .iter_mut()
+            .zip(&o.teacher_top1_agree)
+        {
+            *a += b;
+        }
     }
 }
 
@@ -160,6 +175,10 @@ pub struct ShardInfo {
     pub sha256: String,
     /// Sums for the store's statistics.
     pub stats: ShardStats,
+    /// The shard's images left out as unreadable (so a resumed or merged store still
+    /// lists every one, not just those of the last run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
 }
 
 impl ShardInfo {
@@ -209,6 +228,13 @@ pub struct Summary {
     pub mean_kept_mass: f64,
     /// Mean KL(dense || decoded) (nats).
     pub mean_kl: f64,
+    /// Per teacher (store order): top-1 agreement with the hard labels (empty when
+    /// the shards do not record it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teacher_top1_agreement: Vec<f64>,
+    /// Images left out as unreadable.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// The manifest.

@@ -10,7 +10,7 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use meal_data::dirlock::{DirLock, LOCK_FILE};
-use meal_data::{CropRecord, Dataset, Sample};
+use meal_data::{CropRecord, Dataset, Sample, Skipped};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -45,6 +45,16 @@ pub struct ImageProbs {
     pub height: u32,
     /// The crops.
     pub crops: Vec<CropProbs>,
+}
+
+/// What the caller knows about a shard beyond its rows: the images it left out and
+/// each teacher's top-1 agreement with the hard labels over the shard's rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardNotes {
+    /// Images of the shard left out as unreadable.
+    pub skipped: Vec<Skipped>,
+    /// Per teacher (store order): rows whose teacher argmax is the hard label.
+    pub teacher_top1_agree: Vec<u64>,
 }
 
 type Hook = Box<dyn FnMut(u32) -> Result<(), StoreError> + Send>;
@@ -244,10 +254,17 @@ impl StoreWriter {
 
     /// Encode and write shard `index` from its images (sample order; samples of the
     /// shard left out are skipped images), then record it in the manifest.
-    pub fn write_shard(
+    pub fn write_shard(&mut self, index: u32, images: Vec<ImageProbs>) -> Result<(), StoreError> {
+        self.write_shard_with(index, images, ShardNotes::default())
+    }
+
+    /// [`Self::write_shard`], recording `notes` with the shard in the manifest, so the
+    /// store's report covers every run that wrote it.
+    pub fn write_shard_with(
         &mut self,
         index: u32,
         mut images: Vec<ImageProbs>,
+        notes: ShardNotes,
     ) -> Result<(), StoreError> {
         let range = self.shard_samples(index);
         if index >= self.num_shards() || !self.pending_shards().contains(&index) {
@@ -259,7 +276,16 @@ impl StoreWriter {
         images.sort_by_key(|i| i.sample_id);
         let cfg = &self.manifest.config;
         let classes = cfg.classes.len();
-        let mut stats = ShardStats::default();
+        if let Some(sk) = notes.skipped.iter().find(|s| !range.contains(&s.sample_id)) {
+            return Err(StoreError::Param {
+                name: "skipped",
+                reason: format!("{} is outside shard {index} ({range:?})", sk.sample_id),
+            });
+        }
+        let mut stats = ShardStats {
+            teacher_top1_agree: notes.teacher_top1_agree,
+            ..ShardStats::default()
+        };
         let mut rows = Vec::with_capacity(images.len());
         for im in &images {
             if !range.contains(&im.sample_id) {
@@ -319,6 +345,7 @@ impl StoreWriter {
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
             stats,
+            skipped: notes.skipped,
         };
         let dir = self.dir.clone();
         write_atomic(&dir, &file, &bytes, &mut self.run_hook())?;
@@ -370,7 +397,8 @@ fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classe
         .sum::<f64>();
 }
 
-fn summary(m: &Manifest) -> Summary {
+/// The store's statistics, summed over the shards of `m`.
+pub fn summary(m: &Manifest) -> Summary {
     let mut t = ShardStats::default();
     for s in &m.shards {
         t.add(&s.stats);
@@ -383,6 +411,8 @@ fn summary(m: &Manifest) -> Summary {
         mean_entropy: t.entropy_sum / n,
         mean_kept_mass: t.kept_mass_sum / n,
         mean_kl: t.kl_sum / n,
+        teacher_top1_agreement: t.teacher_top1_agree.iter().map(|&a| a as f64 / n).collect(),
+        skipped: m.shards.iter().map(|s| s.skipped.len() as u64).sum(),
     }
 }
 
