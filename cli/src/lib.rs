@@ -52,6 +52,44 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Strin
     toml::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// Flags over a `--config` file: the two layers of a command's arguments (`T` is the
+/// clap struct, also deserialised from the TOML file), read field by field with the
+/// command line winning, as cargo's and ripgrep's config files work.
+pub struct Layers<T> {
+    /// What the command line gave.
+    pub cli: T,
+    /// What the config file gave (all `None` without one).
+    pub file: T,
+}
+
+impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
+    /// Read the config file at `config` (if any) under `cli`; the error names the file.
+    pub fn new(cli: T, config: Option<&Path>) -> Result<Self, String> {
+        let file = match config {
+            Some(p) => read_toml(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            None => T::default(),
+        };
+        Ok(Layers { cli, file })
+    }
+
+    /// An optional value: the command line's, else the file's.
+    pub fn pick<V: Clone>(&self, field: impl Fn(&T) -> &Option<V>) -> Option<V> {
+        field(&self.cli)
+            .clone()
+            .or_else(|| field(&self.file).clone())
+    }
+
+    /// A repeatable flag: the command line's values if it gave any, else the file's.
+    pub fn list<V: Clone>(&self, field: impl Fn(&T) -> &Vec<V>) -> Vec<V> {
+        let cli = field(&self.cli);
+        if cli.is_empty() {
+            field(&self.file).clone()
+        } else {
+            cli.clone()
+        }
+    }
+}
+
 /// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
 /// environment sets `MEAL_NO_PROGRESS` (CI logs, scripts) so every long loop of both
 /// binaries honours one switch.

@@ -194,113 +194,120 @@ impl BatchNorm2d {
         })
     }
 
+    /// The running statistics' exponential moving average with this batch's `mean` and
+    /// biased `var` (`[C]`, over `count` values each), in f64 as PyTorch's CPU kernel
+    /// accumulates; the variance is stored unbiased (torch.nn.BatchNorm2d). No gradient
+    /// flows into the running statistics.
+    fn update_running_stats(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
+        let m = BN_MOMENTUM;
+        let unbiased = if count > 1.0 {
+            count / (count - 1.0)
+        } else {
+            1.0
+        };
+        let upd = |run: &Var, batch: &Tensor, k: f64| -> Result<()> {
+            let old = run.as_detached_tensor();
+            let new = ((old.to_dtype(DType::F64)? * (1.0 - m))?
+                + (batch.detach().to_dtype(DType::F64)? * (m * k))?)?;
+            run.set(&new.to_dtype(old.dtype())?)?;
+            Ok(())
+        };
+        upd(&self.running_mean, mean, 1.0)?;
+        upd(&self.running_var, var, unbiased)?;
+        let nb = (self.num_batches_tracked.as_detached_tensor()
+            + Tensor::ones((), DType::I64, mean.device())?)?;
+        self.num_batches_tracked.set(&nb)?;
+        Ok(())
+    }
+
     /// The output, and whether `relu` was fused into it.
     fn forward_inner(&self, x: &Tensor, train: bool, relu: bool) -> Result<(Tensor, bool)> {
+        if train {
+            self.forward_train(x, relu)
+        } else {
+            self.forward_eval(x, relu)
+        }
+    }
+
+    /// Train mode: normalise with the batch statistics (our fused CPU op where it
+    /// applies, else candle ops) and update the running statistics.
+    fn forward_train(&self, x: &Tensor, relu: bool) -> Result<(Tensor, bool)> {
+        let shape = (1, x.dim(1)?, 1, 1);
+        let gamma = w(&self.weight, true).reshape(shape)?;
+        let beta = w(&self.bias, true).reshape(shape)?;
+        let (n, _, h, wd) = x.dims4()?;
+        let count = (n * h * wd) as f64;
+        if let Some(crate::ops::BnOut { y, mean, var }) = crate::ops::batch_norm_train(
+            x,
+            &w(&self.weight, true),
+            &w(&self.bias, true),
+            BN_EPS,
+            relu,
+        )? {
+            let dev = x.device();
+            let c = mean.len();
+            self.update_running_stats(
+                &Tensor::from_vec(mean, c, dev)?,
+                &Tensor::from_vec(var, c, dev)?,
+                count,
+            )?;
+            return Ok((y, true));
+        }
+        // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
+        // (acc_type<float> is double): deep nets in train mode are sensitive to it.
+        let x64 = x.to_dtype(DType::F64)?;
+        let mean64 = x64.mean_keepdim((0, 2, 3))?;
+        let var = x64
+            .broadcast_sub(&mean64)?
+            .sqr()?
+            .mean_keepdim((0, 2, 3))?
+            .to_dtype(x.dtype())?;
+        let mean = mean64.to_dtype(x.dtype())?;
+        let xc = x.broadcast_sub(&mean)?;
+        let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+        let y = xc
+            .broadcast_mul(&(inv_std.broadcast_mul(&gamma))?)?
+            .broadcast_add(&beta)?;
+        self.update_running_stats(&mean.flatten_all()?, &var.flatten_all()?, count)?;
+        Ok((y, false))
+    }
+
+    /// Eval mode: the running statistics folded into a per-channel affine.
+    fn forward_eval(&self, x: &Tensor, relu: bool) -> Result<(Tensor, bool)> {
         let c = x.dim(1)?;
         let shape = (1, c, 1, 1);
-        let gamma = w(&self.weight, train).reshape(shape)?;
-        let beta = w(&self.bias, train).reshape(shape)?;
-        if train {
-            let (n, _, h, wd) = x.dims4()?;
-            let count = (n * h * wd) as f64;
-            if let Some(crate::ops::BnOut { y, mean, var }) = crate::ops::batch_norm_train(
-                x,
-                &w(&self.weight, true),
-                &w(&self.bias, true),
-                BN_EPS,
-                relu,
-            )? {
-                let dev = x.device();
-                let m = BN_MOMENTUM;
-                let unbiased = if count > 1.0 {
-                    count / (count - 1.0)
-                } else {
-                    1.0
-                };
-                let upd = |run: &Var, batch: Vec<f64>, k: f64| -> Result<()> {
-                    let old = run
-                        .as_detached_tensor()
-                        .to_dtype(DType::F64)?
-                        .to_vec1::<f64>()?;
-                    let new: Vec<f32> = old
-                        .iter()
-                        .zip(&batch)
-                        .map(|(o, b)| ((1.0 - m) * o + m * b * k) as f32)
-                        .collect();
-                    run.set(&Tensor::from_vec(new, batch.len(), dev)?)?;
-                    Ok(())
-                };
-                upd(&self.running_mean, mean, 1.0)?;
-                upd(&self.running_var, var, unbiased)?;
-                let nb = (self.num_batches_tracked.as_detached_tensor()
-                    + Tensor::ones((), DType::I64, dev)?)?;
-                self.num_batches_tracked.set(&nb)?;
+        let gamma = w(&self.weight, false).reshape(shape)?;
+        let beta = w(&self.bias, false).reshape(shape)?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 {
+            let v = |t: &Var| -> Result<Vec<f64>> {
+                Ok(t.as_detached_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?)
+            };
+            let (g, b) = (v(&self.weight)?, v(&self.bias)?);
+            let (m, var) = (v(&self.running_mean)?, v(&self.running_var)?);
+            let scale: Vec<f64> = g
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| g / (v + BN_EPS).sqrt())
+                .collect();
+            let shift: Vec<f32> = (0..c).map(|i| (b[i] - m[i] * scale[i]) as f32).collect();
+            let scale: Vec<f32> = scale.iter().map(|&s| s as f32).collect();
+            if let Some(y) = crate::ops::channel_affine(x, scale, shift, relu)? {
                 return Ok((y, true));
             }
-            // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
-            // (acc_type<float> is double): deep nets in train mode are sensitive to it.
-            let x64 = x.to_dtype(DType::F64)?;
-            let mean64 = x64.mean_keepdim((0, 2, 3))?;
-            let var = x64
-                .broadcast_sub(&mean64)?
-                .sqr()?
-                .mean_keepdim((0, 2, 3))?
-                .to_dtype(x.dtype())?;
-            let mean = mean64.to_dtype(x.dtype())?;
-            let xc = x.broadcast_sub(&mean)?;
-            let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
-            let y = xc
-                .broadcast_mul(&(inv_std.broadcast_mul(&gamma))?)?
-                .broadcast_add(&beta)?;
-            // running stats: no gradient flows into them
-            let m = BN_MOMENTUM;
-            let bm = mean.detach().flatten_all()?;
-            let unbiased = if count > 1.0 {
-                count / (count - 1.0)
-            } else {
-                1.0
-            };
-            let bv = (var.detach().flatten_all()? * unbiased)?;
-            let rm = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (bm * m)?)?;
-            let rv = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (bv * m)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            let nb = (self.num_batches_tracked.as_detached_tensor()
-                + Tensor::ones((), DType::I64, x.device())?)?;
-            self.num_batches_tracked.set(&nb)?;
-            Ok((y, false))
-        } else {
-            if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 {
-                let v = |t: &Var| -> Result<Vec<f64>> {
-                    Ok(t.as_detached_tensor()
-                        .to_dtype(DType::F64)?
-                        .to_vec1::<f64>()?)
-                };
-                let (g, b) = (v(&self.weight)?, v(&self.bias)?);
-                let (m, var) = (v(&self.running_mean)?, v(&self.running_var)?);
-                let scale: Vec<f64> = g
-                    .iter()
-                    .zip(&var)
-                    .map(|(g, v)| g / (v + BN_EPS).sqrt())
-                    .collect();
-                let shift: Vec<f32> = (0..c).map(|i| (b[i] - m[i] * scale[i]) as f32).collect();
-                let scale: Vec<f32> = scale.iter().map(|&s| s as f32).collect();
-                if let Some(y) = crate::ops::channel_affine(x, scale, shift, relu)? {
-                    return Ok((y, true));
-                }
-            }
-            let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
-                .sqrt()?
-                .recip()?;
-            let scale = (inv_std.reshape(shape)? * &gamma)?;
-            let shift = (beta
-                - self
-                    .running_mean
-                    .as_detached_tensor()
-                    .reshape(shape)?
-                    .mul(&scale)?)?;
-            Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
         }
+        let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
+            .sqrt()?
+            .recip()?;
+        let scale = (inv_std.reshape(shape)? * &gamma)?;
+        let shift = (beta
+            - self
+                .running_mean
+                .as_detached_tensor()
+                .reshape(shape)?
+                .mul(&scale)?)?;
+        Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
     }
 }
 

@@ -157,67 +157,66 @@ pub fn parse_worker(s: &str) -> Result<[u32; 2]> {
 impl RunArgs {
     /// These flags over the `--config` file (if any) over the defaults.
     pub fn resolve(self) -> Result<Settings> {
-        let file = match &self.config {
-            Some(p) => meal_cli::read_toml(p)
-                .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
-            None => RunArgs::default(),
-        };
-        let cli = self;
-        macro_rules! pick {
-            ($f:ident) => {
-                cli.$f.clone().or(file.$f.clone())
-            };
-        }
-        let data = pick!(data).context("--data is required (an ImageFolder or list file)")?;
-        let out = pick!(out).context("--out is required (the label store directory)")?;
-        let teacher_specs = if cli.teacher.is_empty() {
-            file.teacher.clone()
-        } else {
-            cli.teacher.clone()
-        };
+        let config = self.config.clone();
+        let l = meal_cli::Layers::new(self, config.as_deref())
+            .map_err(|e| anyhow::anyhow!("--config {e}"))?;
+        let data = l
+            .pick(|a| &a.data)
+            .context("--data is required (an ImageFolder or list file)")?;
+        let out = l
+            .pick(|a| &a.out)
+            .context("--out is required (the label store directory)")?;
+        let teacher_specs = l.list(|a| &a.teacher);
         if teacher_specs.is_empty() {
             bail!("at least one --teacher ARCH=WEIGHTS is required");
         }
         let teachers = TeacherArg::parse_all(&teacher_specs).context("--teacher")?;
-        let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
+        let crops_per_image = l
+            .pick(|a| &a.crops_per_image)
+            .unwrap_or(DEFAULT_CROPS_PER_IMAGE);
         if crops_per_image == 0 || crops_per_image > u16::MAX as u32 + 1 {
             bail!("--crops-per-image {crops_per_image}: must be 1..=65536");
         }
-        let encoding = match pick!(encoding) {
+        let encoding = match l.pick(|a| &a.encoding) {
             Some(e) => Some(e.parse::<Encoding>().context("--encoding")?),
             None => None,
         };
-        let format = match pick!(format) {
+        let format = match l.pick(|a| &a.format) {
             Some(f) => f.parse::<ShardFormat>().context("--format")?,
             None => ShardFormat::Parquet,
         };
-        let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
+        let batch = l.pick(|a| &a.batch).unwrap_or(DEFAULT_BATCH);
         if batch == 0 {
             bail!("--batch must be at least 1");
         }
-        let threads = pick!(threads).unwrap_or_else(meal_cli::default_threads);
+        let threads = l
+            .pick(|a| &a.threads)
+            .unwrap_or_else(meal_cli::default_threads);
         if threads == 0 {
             bail!("--threads must be at least 1");
         }
-        let worker = match pick!(worker) {
+        let worker = match l.pick(|a| &a.worker) {
             Some(w) => Some(parse_worker(&w)?),
             None => None,
         };
-        let policy = match pick!(on_bad_file) {
+        let policy = match l.pick(|a| &a.on_bad_file) {
             Some(p) => p.parse::<BadFilePolicy>().context("--on-bad-file")?,
             None => BadFilePolicy::Skip,
         };
-        let samples_per_shard = pick!(samples_per_shard).unwrap_or(DEFAULT_SAMPLES_PER_SHARD);
-        let images_per_row_group =
-            pick!(images_per_row_group).unwrap_or(DEFAULT_IMAGES_PER_ROW_GROUP);
+        let samples_per_shard = l
+            .pick(|a| &a.samples_per_shard)
+            .unwrap_or(DEFAULT_SAMPLES_PER_SHARD);
+        let images_per_row_group = l
+            .pick(|a| &a.images_per_row_group)
+            .unwrap_or(DEFAULT_IMAGES_PER_ROW_GROUP);
         if samples_per_shard == 0 || images_per_row_group == 0 {
             bail!("--samples-per-shard and --images-per-row-group must be at least 1");
         }
-        let scale = pick!(scale).map(|p| p.0).unwrap_or([
+        let scale = l.pick(|a| &a.scale).map(|p| p.0).unwrap_or([
             meal_data::crop::DEFAULT_SCALE.0,
             meal_data::crop::DEFAULT_SCALE.1,
         ]);
-        let ratio = pick!(ratio).map(|p| p.0).unwrap_or([
+        let ratio = l.pick(|a| &a.ratio).map(|p| p.0).unwrap_or([
             meal_data::crop::DEFAULT_RATIO.0,
             meal_data::crop::DEFAULT_RATIO.1,
         ]);
@@ -226,7 +225,7 @@ impl RunArgs {
             .context("--scale")?;
         meal_data::RrcParams::new(meal_data::crop::DEFAULT_SCALE, (ratio[0], ratio[1]))
             .context("--ratio")?;
-        if pick!(limit) == Some(0) {
+        if l.pick(|a| &a.limit) == Some(0) {
             bail!("--limit must be at least 1 (images)");
         }
         Ok(Settings {
@@ -236,20 +235,20 @@ impl RunArgs {
             crops_per_image,
             scale,
             ratio,
-            seed: pick!(seed).unwrap_or(0),
+            seed: l.pick(|a| &a.seed).unwrap_or(0),
             encoding,
             format,
             batch,
             threads,
-            device: pick!(device).unwrap_or_else(|| "cpu".into()),
-            dtype: match pick!(dtype) {
+            device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
+            dtype: match l.pick(|a| &a.dtype) {
                 Some(d) => Some(meal_models::ensemble::parse_dtype(&d).context("--dtype")?),
                 None => None,
             },
             worker,
-            limit: pick!(limit),
+            limit: l.pick(|a| &a.limit),
             policy,
-            links: LinkPolicy::follow_if(cli.follow_links || file.follow_links),
+            links: LinkPolicy::follow_if(l.cli.follow_links || l.file.follow_links),
             samples_per_shard,
             images_per_row_group,
         })

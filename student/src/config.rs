@@ -214,61 +214,53 @@ impl Settings {
 impl TrainArgs {
     /// These flags over the `--config` file over the defaults.
     pub fn resolve(self) -> Result<Settings> {
-        let file = match &self.config {
-            Some(p) => meal_cli::read_toml(p)
-                .map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?,
-            None => TrainArgs::default(),
-        };
-        let cli = self;
-        macro_rules! pick {
-            ($f:ident) => {
-                cli.$f.clone().or(file.$f.clone())
-            };
-        }
-        let data = pick!(data).context("--data is required")?;
-        let out = pick!(out).context("--out is required (the run directory)")?;
-        let arch = pick!(arch).unwrap_or_else(|| "resnet50".into());
+        let config = self.config.clone();
+        let l = meal_cli::Layers::new(self, config.as_deref())
+            .map_err(|e| anyhow::anyhow!("--config {e}"))?;
+        let data = l.pick(|a| &a.data).context("--data is required")?;
+        let out = l
+            .pick(|a| &a.out)
+            .context("--out is required (the run directory)")?;
+        let arch = l.pick(|a| &a.arch).unwrap_or_else(|| "resnet50".into());
         meal_models::preset(&arch).context("--arch")?;
-        let loss = match pick!(loss).as_deref() {
+        let loss = match l.pick(|a| &a.loss).as_deref() {
             None | Some("kd") => LossKind::Kd,
             Some("ce") => LossKind::Ce,
             Some(o) => bail!("--loss {o:?}: expected kd or ce"),
         };
-        let online_teacher = if cli.online_teacher.is_empty() {
-            file.online_teacher.clone()
-        } else {
-            cli.online_teacher.clone()
-        };
-        let labels = pick!(labels);
+        let online_teacher = l.list(|a| &a.online_teacher);
+        let labels = l.pick(|a| &a.labels);
         meal_models::ensemble::TeacherArg::parse_all(&online_teacher)
             .context("--online-teacher")?;
         if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {
             bail!("--loss kd needs --labels STORE (from meal-precompute) or --online-teacher");
         }
-        let res = match pick!(res) {
+        let res = match l.pick(|a| &a.res) {
             Some(r) => r,
             None => input_config(&arch).context("--arch")?.size,
         };
         if res == 0 {
             bail!("--res must be at least 1");
         }
-        let epochs = pick!(epochs).context("--epochs is required")?;
-        let batch = pick!(batch).unwrap_or(DEFAULT_BATCH);
-        let crops_per_image = pick!(crops_per_image).unwrap_or(DEFAULT_CROPS_PER_IMAGE);
+        let epochs = l.pick(|a| &a.epochs).context("--epochs is required")?;
+        let batch = l.pick(|a| &a.batch).unwrap_or(DEFAULT_BATCH);
+        let crops_per_image = l
+            .pick(|a| &a.crops_per_image)
+            .unwrap_or(DEFAULT_CROPS_PER_IMAGE);
         if batch == 0 || crops_per_image == 0 || !batch.is_multiple_of(crops_per_image as usize) {
             bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
         }
-        let lr = pick!(lr).unwrap_or(DEFAULT_LR);
-        let schedule = match pick!(schedule).as_deref() {
+        let lr = l.pick(|a| &a.lr).unwrap_or(DEFAULT_LR);
+        let schedule = match l.pick(|a| &a.schedule).as_deref() {
             None | Some("step") => LrSchedule::Step {
-                step: pick!(lr_steps).unwrap_or(DEFAULT_LR_STEP),
-                gamma: pick!(lr_gamma).unwrap_or(DEFAULT_LR_GAMMA),
+                step: l.pick(|a| &a.lr_steps).unwrap_or(DEFAULT_LR_STEP),
+                gamma: l.pick(|a| &a.lr_gamma).unwrap_or(DEFAULT_LR_GAMMA),
             },
             Some("cosine") => LrSchedule::Cosine { epochs },
             Some("constant") => LrSchedule::Constant,
             Some(o) => bail!("--schedule {o:?}: expected step, cosine or constant"),
         };
-        let disc = match pick!(disc).as_deref() {
+        let disc = match l.pick(|a| &a.disc).as_deref() {
             None => loss == LossKind::Kd,
             Some("on") => true,
             Some("off") => false,
@@ -277,7 +269,9 @@ impl TrainArgs {
         if disc && loss == LossKind::Ce {
             bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
         }
-        let threads = pick!(threads).unwrap_or_else(meal_cli::default_threads);
+        let threads = l
+            .pick(|a| &a.threads)
+            .unwrap_or_else(meal_cli::default_threads);
         // every flag checked here, before any work, under its own name
         if threads == 0 {
             bail!("--threads must be at least 1");
@@ -288,7 +282,7 @@ impl TrainArgs {
         if !(lr.is_finite() && lr > 0.0) {
             bail!("--lr {lr}: must be a positive number");
         }
-        if let Some(d) = pick!(disc_lr) {
+        if let Some(d) = l.pick(|a| &a.disc_lr) {
             if !(d.is_finite() && d > 0.0) {
                 bail!("--disc-lr {d}: must be a positive number");
             }
@@ -301,33 +295,33 @@ impl TrainArgs {
                 bail!("--lr-gamma {gamma}: must be in (0, 1]");
             }
         }
-        let momentum = pick!(momentum).unwrap_or(DEFAULT_MOMENTUM);
+        let momentum = l.pick(|a| &a.momentum).unwrap_or(DEFAULT_MOMENTUM);
         if !(0.0..1.0).contains(&momentum) {
             bail!("--momentum {momentum}: must be in [0, 1)");
         }
-        let wd = pick!(wd).unwrap_or(0.0);
+        let wd = l.pick(|a| &a.wd).unwrap_or(0.0);
         if !(wd.is_finite() && wd >= 0.0) {
             bail!("--wd {wd}: must be a non-negative number");
         }
-        if pick!(max_steps) == Some(0) {
+        if l.pick(|a| &a.max_steps) == Some(0) {
             bail!("--max-steps must be at least 1");
         }
-        let scale = pick!(scale).map(|p| p.0).unwrap_or([
+        let scale = l.pick(|a| &a.scale).map(|p| p.0).unwrap_or([
             meal_data::crop::DEFAULT_SCALE.0,
             meal_data::crop::DEFAULT_SCALE.1,
         ]);
         meal_data::RrcParams::new((scale[0], scale[1]), meal_data::crop::DEFAULT_RATIO)
             .context("--scale")?;
-        let policy = match pick!(on_bad_file) {
+        let policy = match l.pick(|a| &a.on_bad_file) {
             Some(p) => p.parse::<BadFilePolicy>().context("--on-bad-file")?,
             None => BadFilePolicy::Skip,
         };
         Ok(Settings {
             data,
-            val: pick!(val),
+            val: l.pick(|a| &a.val),
             labels,
             arch,
-            init: pick!(init),
+            init: l.pick(|a| &a.init),
             res,
             epochs,
             batch,
@@ -336,20 +330,20 @@ impl TrainArgs {
             lr,
             schedule,
             momentum,
-            nesterov: pick!(nesterov).unwrap_or(false),
-            follow_links: cli.follow_links || file.follow_links,
+            nesterov: l.pick(|a| &a.nesterov).unwrap_or(false),
+            follow_links: l.cli.follow_links || l.file.follow_links,
             wd,
             disc,
-            disc_lr: pick!(disc_lr).unwrap_or(lr),
+            disc_lr: l.pick(|a| &a.disc_lr).unwrap_or(lr),
             loss,
             online_teacher,
-            device: pick!(device).unwrap_or_else(|| "cpu".into()),
+            device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
             threads,
-            seed: pick!(seed).unwrap_or(0),
+            seed: l.pick(|a| &a.seed).unwrap_or(0),
             out,
-            resume: cli.resume || file.resume,
+            resume: l.cli.resume || l.file.resume,
             policy,
-            max_steps: pick!(max_steps),
+            max_steps: l.pick(|a| &a.max_steps),
         })
     }
 }
