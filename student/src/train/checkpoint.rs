@@ -1,0 +1,191 @@
+//! Checkpoints and resume: the state saved at each epoch's end (and on Ctrl-C), the
+//! directory swap that makes a save atomic, and the checks a resume makes (same settings
+//! but where things lie, same inputs by content).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use meal_models::{load_into, read_state_dict, save_safetensors, LoadOptions};
+use serde::{Deserialize, Serialize};
+
+use super::run::Run;
+use super::{EpochAcc, CHECKPOINT, STUDENT_FILE};
+use crate::config::Settings;
+use crate::logs::EpochMetrics;
+
+/// `state.json` of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// The run's settings.
+    pub settings: Settings,
+    /// Epoch in progress (== epochs when done).
+    pub epoch: u32,
+    /// Batches of that epoch already done.
+    pub batch: usize,
+    /// Steps done in total.
+    pub step: u64,
+    /// Running sums of the epoch in progress.
+    pub acc: EpochAcc,
+    /// Finished epochs.
+    pub history: Vec<EpochMetrics>,
+    /// What the inputs were, by content (checked on resume instead of their paths).
+    #[serde(default)]
+    pub inputs: Option<Inputs>,
+}
+
+/// The run's inputs by content: a resume must see the same images, labels and initial
+/// weights, wherever they now lie (docs/PIPELINE.md, "Resume").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// Fingerprint of the training set (paths relative to its root, labels, sizes).
+    pub data: String,
+    /// Fingerprint of the validation set.
+    pub val: Option<String>,
+    /// SHA-256 of the label store's manifest (which lists every shard's checksum).
+    pub labels: Option<String>,
+    /// SHA-256 of the initial weights file.
+    pub init: Option<String>,
+}
+
+/// Settings a resume may change: where things are (inputs are compared by content
+/// instead), how many threads, the device, and the step limit (not serialised). The
+/// result equals an uninterrupted run with any of these changed (tested for threads).
+const RESUME_MAY_CHANGE: [&str; 8] = [
+    "data",
+    "val",
+    "labels",
+    "init",
+    "out",
+    "threads",
+    "device",
+    "follow_links",
+];
+
+impl Run {
+    /// The inputs' identities by content.
+    pub(super) fn inputs(&self) -> Result<Inputs> {
+        let sha_file = |p: &Path, flag: &str| -> Result<String> {
+            let bytes = std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))?;
+            Ok(meal_store::sha256_hex(&bytes))
+        };
+        Ok(Inputs {
+            data: self.ds.fingerprint().sha256.clone(),
+            val: self.val.as_ref().map(|v| v.fingerprint().sha256.clone()),
+            labels: match &self.s.labels {
+                Some(l) => Some(sha_file(
+                    &l.join(meal_store::manifest::MANIFEST),
+                    "--labels",
+                )?),
+                None => None,
+            },
+            init: match &self.s.init {
+                Some(p) => Some(sha_file(p, "--init")?),
+                None => None,
+            },
+        })
+    }
+
+    pub(super) fn save_checkpoint(&self, state: &State) -> Result<()> {
+        // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
+        // load_checkpoint falls back to .old after a crash between the two renames
+        let dst = self.s.out.join(CHECKPOINT);
+        meal_data::atomic::replace_with(&dst, |tmp| -> Result<()> {
+            std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            self.student.save(&tmp.join(STUDENT_FILE))?;
+            if let Some(d) = &self.disc {
+                save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
+            }
+            self.opt.save_state(&tmp.join("optim.safetensors"))?;
+            std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)
+                .with_context(|| format!("writing {}", tmp.display()))
+        })
+        .map_err(|e| match e {
+            meal_data::atomic::AtomicError::Write(e) => e,
+            e => anyhow::anyhow!("saving the checkpoint: {e}"),
+        })
+    }
+
+    pub(super) fn load_checkpoint(&mut self) -> Result<State> {
+        let out = &self.s.out;
+        let mut dir = out.join(CHECKPOINT);
+        if !dir.join("state.json").exists()
+            && out.join(format!("{CHECKPOINT}.old/state.json")).exists()
+        {
+            // a crash between the two renames of save_checkpoint
+            dir = out.join(format!("{CHECKPOINT}.old"));
+        }
+        let sp = dir.join("state.json");
+        let text = std::fs::read_to_string(&sp).with_context(|| {
+            format!(
+                "--resume: no checkpoint in {} ({})",
+                out.display(),
+                sp.display()
+            )
+        })?;
+        let state: State =
+            serde_json::from_str(&text).with_context(|| format!("--resume: {}", sp.display()))?;
+        let (a, b) = (
+            serde_json::to_value(&state.settings)?,
+            serde_json::to_value(&self.s)?,
+        );
+        let diff: Vec<String> = match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
+                .iter()
+                .filter(|(k, v)| !RESUME_MAY_CHANGE.contains(&k.as_str()) && y.get(*k) != Some(*v))
+                .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+                .collect(),
+            _ => vec![],
+        };
+        if !diff.is_empty() {
+            bail!(
+                "--resume: {} was made with other settings: {} differ(s) (to change them, start a new run with --init {})",
+                sp.display(),
+                diff.join(", "),
+                dir.join(STUDENT_FILE).display()
+            );
+        }
+        let now = self.inputs()?;
+        if let Some(was) = &state.inputs {
+            let mut changed = Vec::new();
+            if was.data != now.data {
+                changed.push("--data (other images or labels)");
+            }
+            if was.val != now.val {
+                changed.push("--val (other images)");
+            }
+            if was.labels != now.labels {
+                changed.push("--labels (another label store)");
+            }
+            if was.init != now.init {
+                changed.push("--init (other weights)");
+            }
+            if !changed.is_empty() {
+                bail!(
+                    "--resume: the inputs differ by content from the checkpointed run's: {}",
+                    changed.join(", ")
+                );
+            }
+        }
+        let sd = read_state_dict(&dir.join(STUDENT_FILE), &self.dev)?;
+        load_into(
+            self.student.entries(),
+            &sd,
+            LoadOptions::default(),
+            &dir.join(STUDENT_FILE),
+            &self.s.arch,
+        )?;
+        if let Some(d) = &self.disc {
+            let p = dir.join("disc.safetensors");
+            let sd = read_state_dict(&p, &self.dev)?;
+            load_into(
+                d.entries(),
+                &sd,
+                LoadOptions::default(),
+                &p,
+                "discriminator",
+            )?;
+        }
+        self.opt.load_state(&dir.join("optim.safetensors"))?;
+        Ok(state)
+    }
+}

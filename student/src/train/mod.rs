@@ -1,0 +1,305 @@
+//! The training loop: MEAL V2's step on cached (or online) soft labels, checkpoints,
+//! resume, per-epoch evaluation and logs.
+//!
+//! Step (szq0214/MEAL-V2 `train.py`, `loss.py`): student logits on the replayed crops;
+//! `kd = soft CE(logits, teacher probs)`; the discriminator sees
+//! `[softmax(logits); teacher probs]` with targets `[1, 0]` for student rows and `[0, 1]`
+//! for teacher rows, `d = BCE-with-logits`; `loss = kd + d`, one backward, one SGD step
+//! over student and discriminator together. `--loss ce`: cross-entropy to hard labels.
+
+mod checkpoint;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor, D};
+use meal_data::Batch;
+use meal_models::loss::{bce_with_logits, soft_cross_entropy};
+use meal_models::{Discriminator, ResNet};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::eval::{evaluate, Accuracy};
+use crate::logs::{plot_curves, write_tables, EpochMetrics};
+pub use checkpoint::{Inputs, State};
+pub use run::open_dataset;
+use run::Run;
+
+/// Name of the checkpoint directory inside the run directory.
+pub const CHECKPOINT: &str = "checkpoint";
+/// The latest student weights (timm names), refreshed every epoch.
+pub const STUDENT_FILE: &str = "student.safetensors";
+
+/// Sums over the steps of the current epoch (saved with mid-epoch checkpoints).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochAcc {
+    /// Sum of total loss x rows.
+    pub loss: f64,
+    /// Sum of KD part x rows.
+    pub kd: f64,
+    /// Sum of discriminator part x rows.
+    pub disc: f64,
+    /// Rows whose top-1 is the hard label.
+    pub correct: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Seconds spent in steps.
+    pub seconds: f64,
+}
+
+/// What a `train` call did.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// Finished epochs' metrics (whole run, including before a resume).
+    pub history: Vec<EpochMetrics>,
+    /// Steps done in total.
+    pub steps: u64,
+    /// Stopped early (Ctrl-C or --max-steps) with a checkpoint to resume from.
+    pub interrupted: bool,
+    /// The loss of each step this call ran (for checks).
+    pub step_losses: Vec<f64>,
+    /// The latest student weights.
+    pub weights: PathBuf,
+}
+
+/// The parts of one step's loss.
+pub struct StepLoss {
+    /// Total (what is back-propagated).
+    pub total: Tensor,
+    /// KD or CE part.
+    pub kd: Tensor,
+    /// Discriminator part.
+    pub disc: Option<Tensor>,
+    /// Student logits.
+    pub logits: Tensor,
+}
+
+/// MEAL V2's loss for student inputs `x` and target distributions `target` (`[N, C]`;
+/// one-hot rows for cross-entropy).
+pub fn step_loss(
+    student: &ResNet,
+    disc: Option<&Discriminator>,
+    x: &Tensor,
+    target: &Tensor,
+) -> Result<StepLoss> {
+    let logits = student.forward_t(x, true)?;
+    let kd = soft_cross_entropy(&logits, target)?;
+    let (total, d) = match disc {
+        Some(disc) => {
+            let n = logits.dim(0)?;
+            let dev = logits.device();
+            let sp = candle_nn::ops::softmax(&logits, D::Minus1)?;
+            let out = disc.forward(&Tensor::cat(&[&sp, target], 0)?)?;
+            let t = Tensor::cat(
+                &[
+                    Tensor::new(&[1f32, 0.0], dev)?.broadcast_as((n, 2))?,
+                    Tensor::new(&[0f32, 1.0], dev)?.broadcast_as((n, 2))?,
+                ],
+                0,
+            )?;
+            let d = bce_with_logits(&out, &t)?;
+            ((&kd + &d)?, Some(d))
+        }
+        None => (kd.clone(), None),
+    };
+    Ok(StepLoss {
+        total,
+        kd,
+        disc: d,
+        logits,
+    })
+}
+
+fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, val: Option<Accuracy>) -> EpochMetrics {
+    let n = acc.rows.max(1) as f64;
+    EpochMetrics {
+        epoch,
+        lr,
+        loss: acc.loss / n,
+        kd: acc.kd / n,
+        disc: acc.disc / n,
+        train_top1: acc.correct as f64 / n,
+        val_top1: val.map(|v| v.top1),
+        val_top5: val.map(|v| v.top5),
+        crops: acc.rows,
+        crops_per_s: acc.rows as f64 / acc.seconds.max(1e-9),
+    }
+}
+
+/// The state to start from: the checkpoint of `--resume`, or a fresh one (refusing a
+/// run directory that already holds a run).
+fn start(run: &mut Run, s: &Settings) -> Result<State> {
+    if s.resume {
+        let st = run.load_checkpoint()?;
+        tracing::info!(
+            "resuming at epoch {} batch {} (step {})",
+            st.epoch,
+            st.batch,
+            st.step
+        );
+        return Ok(st);
+    }
+    if s.out.join(CHECKPOINT).exists() {
+        bail!(
+            "--out {} already holds a run; pass --resume to continue it or choose another directory",
+            s.out.display()
+        );
+    }
+    Ok(State {
+        settings: s.clone(),
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        acc: EpochAcc::default(),
+        history: Vec::new(),
+        inputs: Some(run.inputs()?),
+    })
+}
+
+/// One optimisation step on batch `b` at `lr_factor` of the base rate; adds to the
+/// epoch's sums and returns the step's loss.
+fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f64> {
+    let t0 = Instant::now();
+    let n = b.rows.len();
+    let size = run.s.res as usize;
+    let target = run.targets(b)?;
+    let x = Tensor::from_slice(&b.data, (n, 3, size, size), &run.dev)?;
+    let l = step_loss(&run.student, run.disc.as_ref(), &x, &target)?;
+    let total = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !total.is_finite() {
+        return Err(run.non_finite(total, b, &target, state.epoch, state.batch, state.step));
+    }
+    let grads = l.total.backward()?;
+    run.opt.step(&grads, lr_factor)?;
+    let kd = l.kd.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let d = match &l.disc {
+        Some(d) => d.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        None => 0.0,
+    };
+    let pred = l.logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let acc = &mut state.acc;
+    acc.correct += pred
+        .iter()
+        .zip(&b.rows)
+        .filter(|(p, r)| **p == r.label)
+        .count() as u64;
+    acc.loss += total * n as f64;
+    acc.kd += kd * n as f64;
+    acc.disc += d * n as f64;
+    acc.rows += n as u64;
+    acc.seconds += t0.elapsed().as_secs_f64();
+    state.batch += 1;
+    state.step += 1;
+    Ok(total)
+}
+
+/// The end of an epoch: evaluate, log, checkpoint, refresh the weights and tables.
+fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
+    let s = &run.s;
+    let val = match &run.val {
+        Some(v) => Some(evaluate(&run.student, v, s.spec(), s.threads, &run.dev)?),
+        None => None,
+    };
+    let m = metrics(state.epoch, lr, &state.acc, val);
+    tracing::info!(
+        "epoch {}/{}: loss {:.4} (kd {:.4}, disc {:.4}), train top-1 {:.3}{}, {:.1} crops/s",
+        state.epoch + 1,
+        s.epochs,
+        m.loss,
+        m.kd,
+        m.disc,
+        m.train_top1,
+        m.val_top1
+            .map(|v| format!(", val top-1 {v:.3} top-5 {:.3}", m.val_top5.unwrap_or(0.0)))
+            .unwrap_or_default(),
+        m.crops_per_s
+    );
+    state.history.push(m);
+    state.epoch += 1;
+    state.batch = 0;
+    state.acc = EpochAcc::default();
+    run.save_checkpoint(state)?;
+    run.student.save(&s.out.join(STUDENT_FILE))?;
+    write_tables(&s.out, &state.history)
+}
+
+/// Train as `s` says; `stop` (Ctrl-C) ends the run after the current step with a
+/// checkpoint to resume from.
+pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
+    std::fs::create_dir_all(&s.out).with_context(|| format!("--out {}", s.out.display()))?;
+    // one process per run directory; released on exit or crash
+    let _lock = meal_data::dirlock::DirLock::acquire(&s.out)
+        .with_context(|| format!("--out {}", s.out.display()))?;
+    let mut run = Run::new(s)?;
+    let s = run.s.clone();
+    if run.batches_per_epoch() == 0 {
+        bail!(
+            "--batch {}: more images per step ({}) than the {} usable images",
+            s.batch,
+            run.images_per_batch(),
+            run.usable.len()
+        );
+    }
+    let mut state = start(&mut run, &s)?;
+    let mut step_losses = Vec::new();
+    let mut interrupted = false;
+    while state.epoch < s.epochs && !interrupted {
+        let epoch = state.epoch;
+        let factor = s.schedule.factor(epoch);
+        let lr = s.lr * factor;
+        let per_epoch = run.batches_per_epoch();
+        let bar = meal_cli::progress_bar(
+            per_epoch as u64,
+            "epoch {prefix} {bar:25} {pos}/{len} steps [{elapsed_precise} ETA {eta}] {msg}",
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, s.epochs));
+        bar.set_position(state.batch as u64);
+        for b in run.loader(epoch, state.batch)? {
+            let b = b?;
+            if b.is_empty() {
+                state.batch += 1;
+                continue;
+            }
+            let total = step(&mut run, &b, &mut state, factor)?;
+            step_losses.push(total);
+            bar.set_position(state.batch as u64);
+            bar.set_message(format!(
+                "loss {total:.4} lr {lr:.2e} {:.1} img/s",
+                state.acc.rows as f64 / state.acc.seconds.max(1e-9)
+            ));
+            let limit = s.max_steps.is_some_and(|m| state.step >= m);
+            if stop.load(Ordering::Relaxed) || limit {
+                interrupted = state.batch < per_epoch || epoch + 1 < s.epochs;
+                if interrupted {
+                    break;
+                }
+            }
+        }
+        bar.finish_and_clear();
+        if interrupted && state.batch < per_epoch {
+            run.save_checkpoint(&state)?;
+            tracing::warn!(
+                "stopped at epoch {} step {}; checkpoint saved, continue with --resume",
+                epoch + 1,
+                state.batch
+            );
+            break;
+        }
+        end_epoch(&run, &mut state, lr)?;
+    }
+    if !interrupted {
+        let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
+        let run_name = run_name.unwrap_or_else(|| s.out.display().to_string());
+        plot_curves(&run_name, &state.history, &s.out.join("curves.png"))?;
+    }
+    Ok(TrainReport {
+        history: state.history,
+        steps: state.step,
+        interrupted,
+        step_losses,
+        weights: s.out.join(STUDENT_FILE),
+    })
+}

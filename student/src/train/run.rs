@@ -1,0 +1,305 @@
+//! A run's parts: the datasets, label source, student, discriminator and optimiser, and
+//! what each step reads from them (the loader of a pass, the targets of a batch).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
+use meal_models::ensemble::{Ensemble, TeacherArg};
+use meal_models::optim::{split_decay, Sgd, SgdConfig};
+use meal_models::{Discriminator, LoadOptions, ResNet};
+use meal_store::LabelStore;
+
+use super::{State, CHECKPOINT, STUDENT_FILE};
+use crate::config::{LossKind, Settings};
+use crate::plan::pass_plan;
+
+/// Everything a run holds.
+pub(super) struct Run {
+    pub(super) s: Settings,
+    pub(super) dev: Device,
+    pub(super) ds: Arc<Dataset>,
+    pub(super) val: Option<Arc<Dataset>>,
+    pub(super) store: Option<Arc<LabelStore>>,
+    pub(super) online: Option<Ensemble>,
+    pub(super) student: ResNet,
+    pub(super) disc: Option<Discriminator>,
+    pub(super) opt: Sgd,
+    /// Sample ids that can be trained on (with stored crops when replaying a store).
+    pub(super) usable: Vec<u32>,
+}
+
+/// The name of the first parameter or buffer holding a NaN or an infinity.
+fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
+    for e in entries {
+        let t = e.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
+        if t.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(e.name.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
+pub fn open_dataset(p: &Path, flag: &str, follow_links: bool) -> Result<Arc<Dataset>> {
+    let links = LinkPolicy::follow_if(follow_links);
+    let ds = Dataset::open(p, links).with_context(|| format!("{flag} {}", p.display()))?;
+    if ds.is_empty() {
+        bail!("{flag} {}: no images", p.display());
+    }
+    Ok(Arc::new(ds))
+}
+
+/// The training set and the validation set (same classes).
+fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>)> {
+    let ds = open_dataset(&s.data, "--data", s.follow_links)?;
+    let val = match &s.val {
+        Some(v) => {
+            let vd = open_dataset(v, "--val", s.follow_links)?;
+            if vd.classes() != ds.classes() {
+                bail!("--val {}: its classes differ from --data's", v.display());
+            }
+            Some(vd)
+        }
+        None => None,
+    };
+    Ok((ds, val))
+}
+
+/// The label store of `--labels`, checked to label `ds`.
+fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
+    let Some(l) = &s.labels else {
+        return Ok(None);
+    };
+    let st = LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
+    st.check_dataset(ds.fingerprint(), ds.classes())
+        .with_context(|| format!("--labels {} with --data {}", l.display(), s.data.display()))?;
+    Ok(Some(Arc::new(st)))
+}
+
+/// The student, from `--init` when given (a classifier of another class count is
+/// re-initialised; non-finite weights are refused).
+fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
+    let student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
+    if let Some(init) = &s.init {
+        let fresh = student
+            .load_weights(
+                init,
+                LoadOptions {
+                    fresh_classifier: true,
+                },
+            )
+            .with_context(|| format!("--init {}", init.display()))?;
+        if !fresh.is_empty() {
+            tracing::info!("--init: classifier re-initialised for {classes} classes");
+        }
+        // a NaN in the initial weights would only show as a non-finite loss later
+        if let Some(name) = first_non_finite(student.entries())? {
+            bail!(
+                "--init {}: tensor {name} holds non-finite values (NaN or inf)",
+                init.display()
+            );
+        }
+    }
+    Ok(student)
+}
+
+/// SGD over the student and the discriminator (at its own rate), with weight decay
+/// off for BatchNorm and bias parameters (`split_decay`).
+fn optimizer(s: &Settings, student: &ResNet, disc: Option<&Discriminator>) -> Result<Sgd> {
+    let (a, b) = split_decay(student.entries(), "student.", s.lr, s.wd);
+    let mut groups = vec![a, b];
+    if let Some(d) = disc {
+        let (a, b) = split_decay(d.entries(), "disc.", s.disc_lr, s.wd);
+        groups.extend([a, b]);
+    }
+    Ok(Sgd::new(
+        groups,
+        SgdConfig {
+            momentum: s.momentum,
+            dampening: 0.0,
+            nesterov: s.nesterov,
+        },
+    )?)
+}
+
+impl Run {
+    /// The error for a non-finite loss: where it happened, whether the labels of the
+    /// batch or the weights held the bad value, what checkpoint exists and how to go on.
+    pub(super) fn non_finite(
+        &self,
+        total: f64,
+        b: &Batch,
+        target: &Tensor,
+        epoch: u32,
+        batch: usize,
+        step: u64,
+    ) -> anyhow::Error {
+        let at = format!(
+            "non-finite loss ({total}) at epoch {} batch {} (step {} of the run)",
+            epoch + 1,
+            batch + 1,
+            step + 1
+        );
+        let c = self.ds.classes().len();
+        if let Ok(t) = target.flatten_all().and_then(|t| t.to_vec1::<f32>()) {
+            if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+                let r = &b.rows[i / c];
+                let from = match &self.s.labels {
+                    Some(l) => format!("the label store {}", l.display()),
+                    None => "the online teachers".into(),
+                };
+                return anyhow::anyhow!(
+                    "{at}: the target of sample {} crop {} from {from} is not finite (meal-precompute verify checks a store); no weights were written for this step",
+                    r.sample_id,
+                    r.crop_id
+                );
+            }
+        }
+        let ckpt = self.s.out.join(CHECKPOINT).join("state.json");
+        let saved = std::fs::read_to_string(&ckpt)
+            .ok()
+            .and_then(|t| serde_json::from_str::<State>(&t).ok());
+        match saved {
+            Some(st) => anyhow::anyhow!(
+                "{at}: the training diverged. The last checkpoint (epoch {}, step {}) is in {}: resume it with the same settings, or start a new run from its weights with a lower --lr: --init {}",
+                st.epoch + 1,
+                st.step,
+                ckpt.parent().unwrap_or(&self.s.out).display(),
+                self.s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
+            ),
+            None => anyhow::anyhow!(
+                "{at}: the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with a lower --lr (now {})",
+                self.s.lr
+            ),
+        }
+    }
+
+    pub(super) fn new(s: Settings) -> Result<Self> {
+        let dev = meal_models::parse_device(&s.device).context("--device")?;
+        let (ds, val) = open_datasets(&s)?;
+        let classes = ds.classes().len();
+        let store = open_store(&s, &ds)?;
+        let online = if s.online_teacher.is_empty() {
+            None
+        } else {
+            let args = TeacherArg::parse_all(&s.online_teacher).context("--online-teacher")?;
+            let dtype = meal_models::ensemble::default_dtype(&dev);
+            Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
+        };
+        let student = load_student(&s, classes, &dev)?;
+        let disc = if s.disc {
+            Some(Discriminator::new(
+                classes,
+                true,
+                &dev,
+                s.seed.wrapping_add(1),
+            )?)
+        } else {
+            None
+        };
+        let opt = optimizer(&s, &student, disc.as_ref())?;
+        let usable: Vec<u32> = match &store {
+            Some(st) => st.images()?.iter().map(|i| i.sample_id).collect(),
+            None => (0..ds.len() as u32).collect(),
+        };
+        if usable.len() < ds.len() {
+            tracing::warn!(
+                "{} images have no stored labels (skipped at precompute time) and are left out",
+                ds.len() - usable.len()
+            );
+        }
+        Ok(Run {
+            s,
+            dev,
+            ds,
+            val,
+            store,
+            online,
+            student,
+            disc,
+            opt,
+            usable,
+        })
+    }
+
+    pub(super) fn images_per_batch(&self) -> usize {
+        self.s.batch / self.s.crops_per_image as usize
+    }
+
+    pub(super) fn loader(&self, epoch: u32, skip_batches: usize) -> Result<Loader> {
+        let order: Vec<u32> = epoch_order(self.usable.len(), self.s.seed, epoch as u64, true)
+            .into_iter()
+            .map(|i| self.usable[i as usize])
+            .skip(skip_batches * self.images_per_batch())
+            .collect();
+        let plan = pass_plan(
+            self.store.as_ref(),
+            self.s.seed,
+            self.s.scale,
+            self.s.crops_per_image,
+            epoch as u64,
+        )?;
+        Ok(Loader::new(
+            Arc::clone(&self.ds),
+            order,
+            LoaderConfig {
+                images_per_batch: self.images_per_batch(),
+                spec: self.s.spec(),
+                extra_specs: self
+                    .online
+                    .as_ref()
+                    .map(|e| e.specs().to_vec())
+                    .unwrap_or_default(),
+                crops: CropMode::Plan(plan),
+                prefetch: 2,
+                threads: self.s.threads,
+                policy: self.s.policy,
+                drop_last: true,
+            },
+        )?)
+    }
+
+    pub(super) fn batches_per_epoch(&self) -> usize {
+        self.usable.len() / self.images_per_batch()
+    }
+
+    /// The target distributions of a batch's rows.
+    pub(super) fn targets(&self, b: &Batch) -> Result<Tensor> {
+        let c = self.ds.classes().len();
+        let n = b.rows.len();
+        let mut t = vec![0f32; n * c];
+        match (self.s.loss, &self.online, &self.store) {
+            (LossKind::Ce, _, _) => {
+                for (i, r) in b.rows.iter().enumerate() {
+                    t[i * c + r.label as usize] = 1.0;
+                }
+            }
+            (LossKind::Kd, Some(ens), _) => {
+                let inputs: Vec<&[f32]> = b.extra.iter().map(Vec::as_slice).collect();
+                t = ens.soft_labels(&inputs, n, n)?.probs;
+            }
+            (LossKind::Kd, None, Some(store)) => {
+                // an image's crops are contiguous: read its stored labels once
+                let mut rows = t.chunks_exact_mut(c);
+                for group in b.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
+                    let id = group[0].sample_id;
+                    let crops = store.view(id)?;
+                    for (r, out) in group.iter().zip(rows.by_ref()) {
+                        let i = u16::try_from(r.crop_id)
+                            .ok()
+                            .and_then(|c| crops.position(c))
+                            .with_context(|| {
+                                format!("sample {id} crop {} missing from the store", r.crop_id)
+                            })?;
+                        crops.dense_into(i, out);
+                    }
+                }
+            }
+            (LossKind::Kd, None, None) => bail!("--loss kd without labels or online teachers"),
+        }
+        Ok(Tensor::from_vec(t, (n, c), &self.dev)?)
+    }
+}
