@@ -64,11 +64,6 @@ test-full:
 	python3 models/tests/fixtures/make_model_fixtures.py --full $(FULL_FIXTURES)
 	MEAL_FULL_FIXTURES=$(FULL_FIXTURES) $(CARGO) test --workspace -- --ignored
 
-## demo-data: the synthetic demo dataset (ImageFolder of JPEGs) under $(DATA)
-demo-data: $(DATA)/synth.json
-
-$(DATA)/synth.json:
-	$(CARGO) run --release -p meal-data --bin meal-data -- synth --out $(DATA)
 
 ## bench: input-pipeline throughput, ours beside PIL + torchvision (BENCHMARKS.md)
 bench:
@@ -87,61 +82,70 @@ bench-gemm:
 bench-models:
 	bash bench/models.sh
 
-## ---- the demo chain: make teachers -> make precompute -> make train -> make eval ----
+## ---- the demo: shipped teachers -> make precompute -> make train -> make eval ----
+## The teachers come trained (assets/demo-teachers, as real users bring pretrained
+## teachers); `make teachers` retrains them and checks the result against the shipped
+## files. The student trains on DEMO_PER_CLASS images per class of the same generator.
 ## Every stage is resumable: rerunning a target continues an interrupted run
 ## (--resume / the store's resume) and skips finished ones (.done markers).
 RUNS    ?= runs
-RES     ?= 32
-POOL    ?= 8
-SCALE   ?= 0.35,1
+RES     ?= 64
+DEMO_PER_CLASS ?= 40
+POOL    ?= 80
+SCALE   ?= 0.08,1
 TEACHER_A ?= demo_resnet14
 TEACHER_B ?= demo_resnet10
-STUDENT ?= demo_tiny
-TEACHER_EPOCHS ?= 15
-PRE_EPOCHS ?= 3
-KD_EPOCHS ?= 8
+TEACHERS_DIR ?= assets/demo-teachers
+STUDENT ?= demo_resnet10
+PRE_EPOCHS ?= 10
+KD_EPOCHS ?= 20
+CROPS   ?= 4
 BATCH   ?= 32
 LR      ?= 0.02
+WD      ?= 5e-4
 LABELS  ?= $(RUNS)/labels
-TEACHERS ?= $(TEACHER_A)=$(RUNS)/teacher_a/student.safetensors,size=$(RES) $(TEACHER_B)=$(RUNS)/teacher_b/student.safetensors,size=$(RES)
+TEACHERS ?= $(TEACHER_A)=$(TEACHERS_DIR)/teacher_a.safetensors,size=$(RES) $(TEACHER_B)=$(TEACHERS_DIR)/teacher_b.safetensors,size=$(RES)
 BIN     := target/release
 STUDENT_BIN := $(BIN)/meal-student
 PRECOMPUTE_BIN := $(BIN)/meal-precompute
-COMMON  = --data $(DATA)/train --val $(DATA)/val --res $(RES) --batch $(BATCH) --crops-per-image 2 --threads $(THREADS) --schedule cosine
+COMMON  = --data $(DATA)/train --val $(DATA)/val --res $(RES) --batch $(BATCH) --crops-per-image $(CROPS) \
+  --threads $(THREADS) --schedule cosine --lr $(LR) --wd $(WD) --arch $(STUDENT)
 resume  = $(if $(wildcard $(1)/checkpoint),--resume)
 
-.PHONY: release baseline
+.PHONY: release baseline replicate
 release:
 	$(CARGO) build --release -p meal-data -p meal-precompute -p meal-student
 
-## teachers: two small teachers trained on the demo's hard labels
-teachers: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done
+## demo-data: the student's demo dataset (DEMO_PER_CLASS train + 50 val images per class)
+demo-data: $(DATA)/synth.json
 
-$(RUNS)/teacher_%/.done: | release demo-data
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(TEACHER_EPOCHS) \
-	  --arch $(if $(filter a,$*),$(TEACHER_A),$(TEACHER_B)) --seed $(if $(filter a,$*),1,2) \
-	  --out $(RUNS)/teacher_$* $(call resume,$(RUNS)/teacher_$*)
-	touch $@
+$(DATA)/synth.json: | release
+	$(BIN)/meal-data synth --out $(DATA) --train-per-class $(DEMO_PER_CLASS)
 
-## precompute: the teachers' ensemble over a pool of POOL crops per image -> LABELS
+## teachers: retrain the two shipped teachers (160 images per class, ~6 min on 2 cores)
+## into $(RUNS)/teachers and compare them with assets/demo-teachers (bytes, val top-1)
+teachers: | release
+	bash scripts/demo_teachers.sh $(BIN) $(DEMO)/teacher-data $(RUNS)/teachers $(TEACHERS_DIR)
+
+## precompute: the shipped teachers' ensemble over a pool of POOL crops per image -> LABELS
 precompute: $(LABELS)/.done
 
-$(LABELS)/.done: $(RUNS)/teacher_a/.done $(RUNS)/teacher_b/.done | release
+$(LABELS)/.done: | release demo-data
 	$(PRECOMPUTE_BIN) run --data $(DATA)/train $(addprefix --teacher ,$(TEACHERS)) \
 	  --out $(LABELS) --crops-per-image $(POOL) --scale $(SCALE) --threads $(THREADS)
 	$(PRECOMPUTE_BIN) verify $(LABELS)
 	touch $@
 
-## baseline: the student's short hard-label pre-training, then the same student
-## trained on hard labels for KD_EPOCHS more (the comparison row)
+## the student's hard-label pre-training (MEAL V2 starts from a pretrained student),
+## then the same student trained KD_EPOCHS more on hard labels (the comparison row)
 $(RUNS)/pretrain/.done: | release demo-data
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(PRE_EPOCHS) \
-	  --arch $(STUDENT) --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
+	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(PRE_EPOCHS) \
+	  --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
 	touch $@
 
 $(RUNS)/baseline/.done: $(RUNS)/pretrain/.done
-	$(STUDENT_BIN) train $(COMMON) --loss ce --lr $(LR) --scale $(SCALE) --epochs $(KD_EPOCHS) \
-	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
+	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(KD_EPOCHS) \
+	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
 	touch $@
 
@@ -152,16 +156,21 @@ train: $(RUNS)/kd/.done
 	@$(MAKE) --no-print-directory eval
 
 $(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done
-	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --lr $(LR) --epochs $(KD_EPOCHS) \
-	  --arch $(STUDENT) --seed 4 --init $(RUNS)/pretrain/student.safetensors \
+	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --epochs $(KD_EPOCHS) \
+	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
 	touch $@
 
-## eval: top-1 on the demo val split of each teacher, the ensemble, the hard-label and
-## the distilled student -> $(RUNS)/results.md
+## eval: top-1 on the demo val split of each teacher, the ensemble, the pre-trained,
+## the hard-label and the distilled student -> $(RUNS)/results.md
 eval: | release
 	@bash bench/demo_results.sh "$(STUDENT_BIN)" "$(DATA)/val" "$(RUNS)" "$(RES)" "$(THREADS)" \
-	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)"
+	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)" "$(TEACHERS_DIR)"
+
+## replicate: the paper's claims at small scale over several seeds -> docs/REPLICATION.md
+## (tens of minutes on 2 cores; not part of test or train)
+replicate: | release
+	bash scripts/replicate.sh
 
 clean:
 	$(CARGO) clean

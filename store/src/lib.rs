@@ -5,8 +5,10 @@
 pub mod crops;
 pub mod label;
 pub mod manifest;
+pub mod merge;
 pub mod reader;
 pub mod shard;
+mod shard_pages;
 pub mod shard_read;
 pub mod writer;
 
@@ -17,10 +19,11 @@ pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{
     config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
 };
+pub use merge::merge;
 pub use reader::{ImageInfo, LabelStore, VerifyReport};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
-pub use writer::{merge, summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
+pub use writer::{summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
 
 /// Errors of the label store; each names the file, flag or key at fault.
 #[derive(Debug, thiserror::Error)]

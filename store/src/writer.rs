@@ -1,6 +1,6 @@
 //! Writing a store: shard by shard, each atomic, the manifest rewritten atomically after
 //! each, so a crash at any instant leaves a store that resumes with no row lost or
-//! duplicated. Workers `i of n` write the shards `s` with `s % n == i`; [`merge`] joins.
+//! duplicated. Workers `i of n` write the shards `s` with `s % n == i`; [`crate::merge`] joins.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use arrow::array::{ArrayRef, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use meal_data::dirlock::{DirLock, LOCK_FILE};
-use meal_data::{CropRecord, Dataset, Sample, Skipped};
+use meal_data::{CropRecord, Sample, Skipped};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
@@ -418,7 +418,7 @@ pub fn summary(m: &Manifest) -> Summary {
 
 /// `images.parquet`: one row per image with rows (sample_id, path, label, width,
 /// height), class names in the key-value metadata `meal.classes`.
-fn write_images(
+pub(crate) fn write_images(
     dir: &Path,
     m: &Manifest,
     paths: &[String],
@@ -469,139 +469,4 @@ fn write_images(
     w.write(&batch).map_err(StoreError::parquet)?;
     w.close().map_err(StoreError::parquet)?;
     write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))
-}
-
-/// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
-/// their configs differ (naming the keys) or a shard is missing.
-pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
-    let samples = dataset.samples();
-    let _lock = DirLock::acquire(dir)?;
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| StoreError::io(dir, e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
-        .collect();
-    names.sort();
-    if names.is_empty() {
-        return Err(StoreError::Mismatch {
-            path: dir.to_path_buf(),
-            reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
-        });
-    }
-    let parts: Vec<Manifest> = names
-        .iter()
-        .map(|n| Manifest::read_file(&dir.join(n)))
-        .collect::<Result<_, _>>()?;
-    let first = &parts[0];
-    // the images.parquet written below comes from `dataset`: it must be the dataset the
-    // workers labelled, or paths and labels would shift against the shards
-    let c = &first.config;
-    if &c.dataset != dataset.fingerprint() || c.classes != dataset.classes() {
-        return Err(StoreError::Mismatch {
-            path: dir.join(&names[0]),
-            reason: format!(
-                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {})",
-                c.dataset.samples,
-                c.dataset.sha256,
-                dataset.root().display(),
-                dataset.fingerprint().samples,
-                dataset.fingerprint().sha256
-            ),
-        });
-    }
-    let n = first.worker.map(|w| w[1]).unwrap_or(1);
-    let mut seen = vec![false; n as usize];
-    for (p, name) in parts.iter().zip(&names) {
-        let diff = config_diff(&first.config, &p.config);
-        if !diff.is_empty() {
-            return Err(StoreError::Mismatch {
-                path: dir.join(name),
-                reason: format!("config differs from {}: {}", names[0], diff.join(", ")),
-            });
-        }
-        match p.worker {
-            Some([i, m]) if m == n && i < n => seen[i as usize] = true,
-            Some([i, m]) => {
-                return Err(StoreError::Mismatch {
-                    path: dir.join(name),
-                    reason: format!(
-                        "written by worker {i} of {m}, but {} is worker {} of {n}",
-                        names[0],
-                        first.worker.map(|w| w[0]).unwrap_or(0)
-                    ),
-                })
-            }
-            None => {
-                return Err(StoreError::Mismatch {
-                    path: dir.join(name),
-                    reason: "not a worker manifest".into(),
-                })
-            }
-        }
-        if p.state != State::Complete {
-            return Err(StoreError::Mismatch {
-                path: dir.join(name),
-                reason: format!(
-                    "worker {} of {n} has not finished ({} shards written): rerun it, then merge",
-                    p.worker.map(|w| w[0]).unwrap_or(0),
-                    p.shards.len()
-                ),
-            });
-        }
-    }
-    let absent: Vec<String> = (0..n)
-        .filter(|&i| !seen[i as usize])
-        .map(|i| i.to_string())
-        .collect();
-    if !absent.is_empty() {
-        return Err(StoreError::Mismatch {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "worker {} of {n} is missing (no manifest.worker-I-of-{n}.json): run it, then merge",
-                absent.join(", ")
-            ),
-        });
-    }
-    let mut m = first.clone();
-    m.worker = None;
-    m.shards = parts
-        .iter()
-        .flat_map(|p| p.shards.iter().cloned())
-        .collect();
-    m.shards.sort_by_key(|s| s.index);
-    let total = (samples.len() as u32).div_ceil(m.config.samples_per_shard);
-    let have: Vec<u32> = m.shards.iter().map(|s| s.index).collect();
-    let missing: Vec<u32> = (0..total).filter(|s| !have.contains(s)).collect();
-    let duplicated: Vec<u32> = have
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
-    if !missing.is_empty() || !duplicated.is_empty() {
-        return Err(StoreError::Mismatch {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "the workers' shards do not cover the dataset once: missing shards {missing:?}, listed twice {duplicated:?}"
-            ),
-        });
-    }
-    // every worker shard is checked against its manifest while merging: a damaged or
-    // replaced file fails here, not at training time
-    for s in &m.shards {
-        s.check(dir).map_err(|e| match e {
-            StoreError::Corrupt { path, reason } => StoreError::Corrupt {
-                path,
-                reason: format!("{reason}: rerun that worker"),
-            },
-            e => e,
-        })?;
-    }
-    let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
-    let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
-    write_images(dir, &m, &paths, &labels)?;
-    m.summary = Some(summary(&m));
-    m.state = State::Complete;
-    m.write(dir, MANIFEST)?;
-    Ok(m)
 }
