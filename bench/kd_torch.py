@@ -33,9 +33,11 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def demo_resnet(block, classes=10):
-    # models/src/resnet.rs presets(): demo_* = [1,1,1,1], channels 16..128, deep stem 16
+    # models/src/resnet.rs presets(): demo_* = [1,1,1,1], channels 16..128, deep stem 16.
+    # Our builder initialises every BatchNorm weight to 1 (no zero_init_last), so the
+    # student starts from the same kind of init here.
     return ResNet(block=block, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128),
-                  stem_width=16, stem_type="deep", num_classes=classes)
+                  stem_width=16, stem_type="deep", num_classes=classes, zero_init_last=False)
 
 
 class Crops:
