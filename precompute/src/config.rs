@@ -65,8 +65,9 @@ pub struct RunArgs {
     /// CPU threads for decoding and for the teachers [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// cpu or cuda:N [default: cpu].
-    #[arg(long, value_name = "DEV")]
+    /// cpu or cuda:N [default: cpu]; a list (cuda:0,cuda:1) runs one worker per device
+    /// in this process and merges their parts when all are done.
+    #[arg(long, value_name = "DEV[,DEV...]")]
     pub device: Option<String>,
     /// The teachers' dtype; softmax and the ensemble mean are f32 whatever it is
     /// [default: bf16 on CUDA, f32 on CPU].
@@ -122,7 +123,7 @@ pub struct Settings {
     pub batch: usize,
     /// CPU threads.
     pub threads: usize,
-    /// Device spec.
+    /// Device spec: one device, or a comma-separated list (one worker per device).
     pub device: String,
     /// Teacher dtype (`None`: by device, [`meal_models::ensemble::default_dtype`]).
     pub dtype: Option<candle_core::DType>,
@@ -152,6 +153,16 @@ pub fn parse_worker(s: &str) -> Result<[u32; 2]> {
         return Err(bad());
     }
     Ok([i, n])
+}
+
+impl Settings {
+    /// The devices of `--device`, in order (one for a plain run).
+    pub fn devices(&self) -> Vec<String> {
+        self.device
+            .split(',')
+            .map(|d| d.trim().to_string())
+            .collect()
+    }
 }
 
 impl RunArgs {
@@ -228,6 +239,14 @@ impl RunArgs {
         if l.pick(|a| &a.limit) == Some(0) {
             bail!("--limit must be at least 1 (images)");
         }
+        let device = l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into());
+        let devices: Vec<&str> = device.split(',').map(str::trim).collect();
+        if devices.iter().any(|d| d.is_empty()) {
+            bail!("--device {device:?}: an empty name in the list");
+        }
+        if devices.len() > 1 && worker.is_some() {
+            bail!("--device {device}: a list of devices runs one worker per device itself; use it without --worker");
+        }
         Ok(Settings {
             data,
             out,
@@ -240,7 +259,7 @@ impl RunArgs {
             format,
             batch,
             threads,
-            device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
+            device,
             dtype: match l.pick(|a| &a.dtype) {
                 Some(d) => Some(meal_models::ensemble::parse_dtype(&d).context("--dtype")?),
                 None => None,

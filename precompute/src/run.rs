@@ -310,12 +310,17 @@ impl Pending {
     }
 }
 
-/// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests).
+/// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests;
+/// not called when `--device` lists several devices).
 pub fn run_with(
     s: &Settings,
     stop: &std::sync::atomic::AtomicBool,
     on_shard: &mut dyn FnMut(u32),
 ) -> Result<RunReport> {
+    let devices = s.devices();
+    if devices.len() > 1 {
+        return run_devices(s, &devices, stop);
+    }
     let t0 = Instant::now();
     let Plan {
         ds,
@@ -411,6 +416,96 @@ pub fn run_with(
         dtype_check,
         ..store_report(&manifest, complete)
     })
+}
+
+/// One worker per device (`--device cuda:0,cuda:1`), as `--worker i/n` runs would be,
+/// in threads of this process, each with its own teachers on its device and a share of
+/// the CPU threads; when every part is complete they are merged (the same bytes as one
+/// run on one device, tested on CPU). Like worker runs, an interrupted or failed part
+/// resumes on the next run.
+fn run_devices(
+    s: &Settings,
+    devices: &[String],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<RunReport> {
+    let t0 = Instant::now();
+    let n = devices.len() as u32;
+    let threads = (s.threads / devices.len()).max(1);
+    let results: Vec<Result<RunReport>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut part = s.clone();
+                part.worker = Some([i as u32, n]);
+                part.device = d.clone();
+                part.threads = threads;
+                scope.spawn(move || run_with(&part, stop, &mut |_| {}))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a device's worker panicked")))
+            })
+            .collect()
+    });
+    let mut parts = Vec::new();
+    for (r, d) in results.into_iter().zip(devices) {
+        parts.push(r.with_context(|| format!("the worker on --device {d}"))?);
+    }
+    let mut report = if parts.iter().all(|r| r.complete) {
+        let ds = Dataset::open(&s.data, s.links)
+            .with_context(|| format!("--data {}", s.data.display()))?;
+        let m = meal_store::merge(&s.out, &ds)
+            .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
+        store_report(&m, true)
+    } else {
+        combine_parts(&parts)
+    };
+    report.images_labelled = parts.iter().map(|r| r.images_labelled).sum();
+    report.crops_labelled = parts.iter().map(|r| r.crops_labelled).sum();
+    report.shards_written = parts.iter().map(|r| r.shards_written).sum();
+    report.shards_present = parts.iter().map(|r| r.shards_present).sum();
+    report.bytes_written = parts.iter().map(|r| r.bytes_written).sum();
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.dtype = parts[0].dtype.clone();
+    report.dtype_check = parts.iter().find_map(|r| r.dtype_check.clone());
+    Ok(report)
+}
+
+/// The store-wide figures of unfinished worker parts, summed (agreements weighted by
+/// crops).
+fn combine_parts(parts: &[RunReport]) -> RunReport {
+    let crops: u64 = parts.iter().map(|r| r.crops).sum();
+    let w = |f: &dyn Fn(&RunReport) -> f64| {
+        parts.iter().map(|r| f(r) * r.crops as f64).sum::<f64>() / crops.max(1) as f64
+    };
+    let teachers = parts[0]
+        .teachers
+        .iter()
+        .enumerate()
+        .map(|(t, first)| TeacherReport {
+            top1_agreement: parts
+                .iter()
+                .map(|r| r.teachers[t].top1_agreement.map(|a| a * r.crops as f64))
+                .sum::<Option<f64>>()
+                .map(|a| a / crops.max(1) as f64),
+            ..first.clone()
+        })
+        .collect();
+    RunReport {
+        images: parts.iter().map(|r| r.images).sum(),
+        crops,
+        shards: parts.iter().map(|r| r.shards).sum(),
+        skipped: parts.iter().flat_map(|r| r.skipped.clone()).collect(),
+        teachers,
+        ensemble_top1_agreement: w(&|r| r.ensemble_top1_agreement),
+        mean_entropy: w(&|r| r.mean_entropy),
+        complete: false,
+        ..parts[0].clone()
+    }
 }
 
 /// The store-wide part of a [`RunReport`], from the manifest's per-shard records (the

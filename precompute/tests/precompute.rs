@@ -344,6 +344,32 @@ fn changed_config_or_dataset_is_refused_on_resume() {
     assert!(format!("{e:#}").contains("dataset"), "{e:#}");
 }
 
+/// `--device cpu,cpu`: one worker per device in one process, merged at the end, gives
+/// the bytes of a run on one device; a rerun finds every part done.
+#[test]
+fn a_device_list_runs_one_worker_per_device_and_merges() {
+    let f = fixture(3);
+    go(&args(&f, "reference").resolve().unwrap());
+    let reference = files(&f.root.join("reference"));
+    let mut a = args(&f, "devices");
+    a.device = Some("cpu,cpu".into());
+    let s = a.resolve().unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!((r.images, r.crops, r.shards_written), (30, 90, 5));
+    assert_eq!(files(&s.out), reference, "two-device store differs from one run");
+    let again = go(&s);
+    assert!(again.complete);
+    assert_eq!((again.shards_written, again.images), (0, 30));
+    assert_eq!(files(&s.out), reference);
+    // a device list and --worker do not mix
+    let mut a = args(&f, "both");
+    a.device = Some("cpu,cpu".into());
+    a.worker = Some("0/2".into());
+    let e = a.resolve().unwrap_err();
+    assert!(format!("{e:#}").contains("--worker"), "{e:#}");
+}
+
 /// The report is built from the whole store, not the last invocation: after an
 /// interrupted run and its resume it lists the skipped files of both runs, and a rerun
 /// of a complete store reports the store as it is (not zeros).
