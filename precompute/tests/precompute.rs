@@ -357,7 +357,11 @@ fn a_device_list_runs_one_worker_per_device_and_merges() {
     let r = go(&s);
     assert!(r.complete);
     assert_eq!((r.images, r.crops, r.shards_written), (30, 90, 5));
-    assert_eq!(files(&s.out), reference, "two-device store differs from one run");
+    assert_eq!(
+        files(&s.out),
+        reference,
+        "two-device store differs from one run"
+    );
     let again = go(&s);
     assert!(again.complete);
     assert_eq!((again.shards_written, again.images), (0, 30));
