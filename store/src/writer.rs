@@ -81,6 +81,26 @@ fn lock_name(worker: Option<[u32; 2]>) -> String {
     }
 }
 
+/// Whether `file` is a temporary file (`.NAME.tmp`, manifest::write_atomic) of the writer
+/// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
+/// single writer anything.
+fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
+    let Some(inner) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some([i, n]) = worker else {
+        return true;
+    };
+    if inner == manifest {
+        return true;
+    }
+    inner
+        .strip_prefix("shard-")
+        .and_then(|r| r.split('.').next())
+        .and_then(|idx| idx.parse::<u32>().ok())
+        .is_some_and(|idx| idx % n == i)
+}
+
 fn manifest_name(worker: Option<[u32; 2]>) -> String {
     match worker {
         None => MANIFEST.to_string(),
@@ -190,10 +210,12 @@ impl StoreWriter {
             m.write(dir, &name)?;
             m
         };
-        // leftovers of a crash inside a write: temporary files are never read
+        // leftovers of a crash inside a write: temporary files are never read. Only this
+        // writer's own: another worker sharing the directory may be writing its files
+        // at this very moment.
         if let Ok(rd) = fs::read_dir(dir) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                if owns_tmp(&e.file_name().to_string_lossy(), worker, &name) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -469,4 +491,31 @@ pub(crate) fn write_images(
     w.write(&batch).map_err(StoreError::parquet)?;
     w.close().map_err(StoreError::parquet)?;
     write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_writer_removes_only_its_own_temporary_files() {
+        let w1 = Some([1, 2]);
+        let m1 = manifest_name(w1);
+        // worker 1 of 2 owns odd shards and its manifest
+        assert!(owns_tmp(".shard-000003.parquet.tmp", w1, &m1));
+        assert!(owns_tmp(&format!(".{m1}.tmp"), w1, &m1));
+        // worker 0's files, in flight while worker 1 opens, are left alone
+        assert!(!owns_tmp(".shard-000002.parquet.tmp", w1, &m1));
+        assert!(!owns_tmp(
+            &format!(".{}.tmp", manifest_name(Some([0, 2]))),
+            w1,
+            &m1
+        ));
+        assert!(!owns_tmp(".images.parquet.tmp", w1, &m1));
+        // not temporary files at all
+        assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
+        // a single writer owns every temporary file
+        assert!(owns_tmp(".images.parquet.tmp", None, MANIFEST));
+        assert!(owns_tmp(".shard-000002.parquet.tmp", None, MANIFEST));
+    }
 }
