@@ -81,13 +81,15 @@ fn lock_name(worker: Option<[u32; 2]>) -> String {
     }
 }
 
-/// Whether `file` is a temporary file (`.NAME.tmp`, manifest::write_atomic) of the writer
+/// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
 /// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
 /// single writer anything.
 fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
-    let Some(inner) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".tmp")) else {
+    // our writes use `.NAME.tmp`; a bare `NAME.tmp` (other tools, older versions) counts
+    let Some(inner) = file.strip_suffix(".tmp") else {
         return false;
     };
+    let inner = inner.strip_prefix('.').unwrap_or(inner);
     let Some([i, n]) = worker else {
         return true;
     };
@@ -512,6 +514,8 @@ mod tests {
             &m1
         ));
         assert!(!owns_tmp(".images.parquet.tmp", w1, &m1));
+        assert!(owns_tmp("shard-000003.parquet.tmp", w1, &m1));
+        assert!(!owns_tmp("shard-000002.parquet.tmp", w1, &m1));
         // not temporary files at all
         assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
         // a single writer owns every temporary file
