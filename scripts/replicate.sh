@@ -58,7 +58,7 @@ for s in $SEEDS; do
     rm -rf "$d"; mkdir -p "$OUT/pretrain"
     echo "$BIN/meal-student train $COMMON --seed $((s * 10)) --epochs $PRE --loss ce --scale $SCALE --wd $WD --out $d > $d.log 2>&1 && touch $d/.done"
   fi
-done | xargs -P "$JOBS" -I{} bash -c {}
+done | xargs -P "$JOBS" -I{} bash -c {} || echo "some pre-trainings failed: $OUT/pretrain/s*.log" >&2
 
 # 2. every row x seed, JOBS at a time
 L="$OUT/labels"
@@ -81,7 +81,8 @@ kd_pool8 $s --loss kd --labels $L/p8 --wd $WD $I
 kd_pool32 $s --loss kd --labels $L/p32 --wd $WD $I
 kd_online $s --loss kd --online-teacher $TA --online-teacher $TB --scale $SCALE --wd $WD $I
 JOBS
-done | xargs -P "$JOBS" -I{} bash -c 'job {}'
+done | xargs -P "$JOBS" -I{} bash -c 'job {}' \
+  || echo "some runs failed (their rows report fewer seeds): $OUT/ROW/sSEED.log" >&2
 
 T1=$(date +%s)
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install -q matplotlib

@@ -82,7 +82,7 @@ lines = [
     f"Command: `make replicate` ({SETTINGS}); {SECONDS / 60:.0f} min wall on this machine "
     f"({os.cpu_count()} cores, two runs side by side, one thread each).",
     "",
-    "| row | val top-1 % (mean ± std over seeds) | seeds | paired Δ vs | Δ mean ± std | step-time s/run | label bytes |",
+    "| row | val top-1 % (mean ± std over seeds) | seeds | paired Δ vs | Δ mean ± std | train steps s/run | label bytes |",
     "|---|---|---|---|---|---|---|",
 ]
 bytes_of = {"kd": "ens", "kd_teacher_a": "a", "kd_teacher_b": "b", "kd_top5": "top5",
@@ -107,7 +107,26 @@ per_seed = ", ".join(
     f"{s}: hard {res['hard'][s]:.1f} / KD {res['kd'][s]:.1f}"
     for s in sorted(set(res["hard"]) & set(res["kd"]))
 )
-lines += ["", f"Headline per seed: {per_seed}.", "", f"![rows]({os.path.basename(PNG)})"]
+def paired(a, b):
+    common = sorted(set(res[a]) & set(res[b]))
+    d = [res[a][s] - res[b][s] for s in common]
+    if len(d) < 2:
+        return "-"
+    return f"{statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f} ({len(d)} seeds)"
+
+
+lines += [
+    "",
+    f"Headline per seed: {per_seed}.",
+    f"KD with online teachers - hard labels, paired (the like-for-like of bench/kd_torch.py): "
+    f"{paired('kd_online', 'hard')}. KD from random init - hard labels from random init: "
+    f"{paired('kd_random_init', 'hard_random_init')}.",
+    "",
+    "train steps s/run: the seconds spent in training steps (no evaluation), with two runs "
+    "sharing the 2 cores and other work on the machine: relative, not absolute, costs.",
+    "",
+    f"![rows]({os.path.basename(PNG)})",
+]
 
 try:
     import matplotlib
