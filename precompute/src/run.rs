@@ -321,6 +321,15 @@ pub fn run_with(
     if devices.len() > 1 {
         return run_devices(s, &devices, stop);
     }
+    run_part(s, stop, on_shard).map(|(report, _)| report)
+}
+
+/// One writer's run on one device: the report and the writer's manifest afterwards.
+fn run_part(
+    s: &Settings,
+    stop: &std::sync::atomic::AtomicBool,
+    on_shard: &mut dyn FnMut(u32),
+) -> Result<(RunReport, Manifest)> {
     let t0 = Instant::now();
     let Plan {
         ds,
@@ -405,7 +414,7 @@ pub fn run_with(
     } else {
         writer.manifest().clone()
     };
-    Ok(RunReport {
+    let report = RunReport {
         images_labelled: images,
         crops_labelled: crops,
         shards_written,
@@ -415,7 +424,8 @@ pub fn run_with(
         dtype: dtype_name(dtype).to_string(),
         dtype_check,
         ..store_report(&manifest, complete)
-    })
+    };
+    Ok((report, manifest))
 }
 
 /// One worker per device (`--device cuda:0,cuda:1`), as `--worker i/n` runs would be,
@@ -431,7 +441,7 @@ fn run_devices(
     let t0 = Instant::now();
     let n = devices.len() as u32;
     let threads = (s.threads / devices.len()).max(1);
-    let results: Vec<Result<RunReport>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(RunReport, Manifest)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
             .enumerate()
@@ -440,7 +450,7 @@ fn run_devices(
                 part.worker = Some([i as u32, n]);
                 part.device = d.clone();
                 part.threads = threads;
-                scope.spawn(move || run_with(&part, stop, &mut |_| {}))
+                scope.spawn(move || run_part(&part, stop, &mut |_| {}))
             })
             .collect();
         handles
@@ -452,8 +462,11 @@ fn run_devices(
             .collect()
     });
     let mut parts = Vec::new();
+    let mut manifests = Vec::new();
     for (r, d) in results.into_iter().zip(devices) {
-        parts.push(r.with_context(|| format!("the worker on --device {d}"))?);
+        let (report, manifest) = r.with_context(|| format!("the worker on --device {d}"))?;
+        parts.push(report);
+        manifests.push(manifest);
     }
     let mut report = if parts.iter().all(|r| r.complete) {
         let ds = Dataset::open(&s.data, s.links)
@@ -462,7 +475,11 @@ fn run_devices(
             .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
         store_report(&m, true)
     } else {
-        combine_parts(&parts)
+        // unfinished parts: the store so far is their shards together
+        let mut m = manifests[0].clone();
+        m.shards = manifests.iter().flat_map(|m| m.shards.clone()).collect();
+        m.shards.sort_by_key(|sh| sh.index);
+        store_report(&m, false)
     };
     report.images_labelled = parts.iter().map(|r| r.images_labelled).sum();
     report.crops_labelled = parts.iter().map(|r| r.crops_labelled).sum();
@@ -473,39 +490,6 @@ fn run_devices(
     report.dtype = parts[0].dtype.clone();
     report.dtype_check = parts.iter().find_map(|r| r.dtype_check.clone());
     Ok(report)
-}
-
-/// The store-wide figures of unfinished worker parts, summed (agreements weighted by
-/// crops).
-fn combine_parts(parts: &[RunReport]) -> RunReport {
-    let crops: u64 = parts.iter().map(|r| r.crops).sum();
-    let w = |f: &dyn Fn(&RunReport) -> f64| {
-        parts.iter().map(|r| f(r) * r.crops as f64).sum::<f64>() / crops.max(1) as f64
-    };
-    let teachers = parts[0]
-        .teachers
-        .iter()
-        .enumerate()
-        .map(|(t, first)| TeacherReport {
-            top1_agreement: parts
-                .iter()
-                .map(|r| r.teachers[t].top1_agreement.map(|a| a * r.crops as f64))
-                .sum::<Option<f64>>()
-                .map(|a| a / crops.max(1) as f64),
-            ..first.clone()
-        })
-        .collect();
-    RunReport {
-        images: parts.iter().map(|r| r.images).sum(),
-        crops,
-        shards: parts.iter().map(|r| r.shards).sum(),
-        skipped: parts.iter().flat_map(|r| r.skipped.clone()).collect(),
-        teachers,
-        ensemble_top1_agreement: w(&|r| r.ensemble_top1_agreement),
-        mean_entropy: w(&|r| r.mean_entropy),
-        complete: false,
-        ..parts[0].clone()
-    }
 }
 
 /// The store-wide part of a [`RunReport`], from the manifest's per-shard records (the

@@ -354,6 +354,15 @@ fn a_device_list_runs_one_worker_per_device_and_merges() {
     let mut a = args(&f, "devices");
     a.device = Some("cpu,cpu".into());
     let s = a.resolve().unwrap();
+    // --limit 8: shard 0 (worker 0) and shard 1 (worker 1) only; both parts stay
+    // partial and the report's store figures are their shards together
+    let mut limited = args(&f, "devices_limited");
+    limited.device = Some("cpu,cpu".into());
+    limited.limit = Some(8);
+    let early = go(&limited.resolve().unwrap());
+    assert!(!early.complete);
+    assert_eq!((early.shards, early.images, early.crops), (2, 14, 42));
+    assert_eq!((early.shards_written, early.images_labelled), (2, 14));
     let r = go(&s);
     assert!(r.complete);
     assert_eq!((r.images, r.crops, r.shards_written), (30, 90, 5));
