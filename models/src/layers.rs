@@ -232,9 +232,6 @@ impl BatchNorm2d {
     /// Train mode: normalise with the batch statistics (our fused CPU op where it
     /// applies, else candle ops) and update the running statistics.
     fn forward_train(&self, x: &Tensor, relu: bool) -> Result<(Tensor, bool)> {
-        let shape = (1, x.dim(1)?, 1, 1);
-        let gamma = w(&self.weight, true).reshape(shape)?;
-        let beta = w(&self.bias, true).reshape(shape)?;
         let (n, _, h, wd) = x.dims4()?;
         let count = (n * h * wd) as f64;
         if let Some(crate::ops::BnOut { y, mean, var }) = crate::ops::batch_norm_train(
@@ -253,6 +250,9 @@ impl BatchNorm2d {
             )?;
             return Ok((y, true));
         }
+        let shape = (1, x.dim(1)?, 1, 1);
+        let gamma = w(&self.weight, true).reshape(shape)?;
+        let beta = w(&self.bias, true).reshape(shape)?;
         // Batch statistics accumulated in f64, as PyTorch's CPU kernel does
         // (acc_type<float> is double): deep nets in train mode are sensitive to it.
         let x64 = x.to_dtype(DType::F64)?;
@@ -275,9 +275,6 @@ impl BatchNorm2d {
     /// Eval mode: the running statistics folded into a per-channel affine.
     fn forward_eval(&self, x: &Tensor, relu: bool) -> Result<(Tensor, bool)> {
         let c = x.dim(1)?;
-        let shape = (1, c, 1, 1);
-        let gamma = w(&self.weight, false).reshape(shape)?;
-        let beta = w(&self.bias, false).reshape(shape)?;
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 {
             let v = |t: &Var| -> Result<Vec<f64>> {
                 Ok(t.as_detached_tensor()
@@ -297,6 +294,9 @@ impl BatchNorm2d {
                 return Ok((y, true));
             }
         }
+        let shape = (1, c, 1, 1);
+        let gamma = w(&self.weight, false).reshape(shape)?;
+        let beta = w(&self.bias, false).reshape(shape)?;
         let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
             .sqrt()?
             .recip()?;
