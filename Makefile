@@ -169,8 +169,11 @@ eval: | release
 
 ## replicate: the paper's claims at small scale over several seeds -> docs/REPLICATION.md
 ## (tens of minutes on 2 cores; not part of test or train)
+## (the demo's recipe, passed from the variables above: one place to change it)
 replicate: | release
-	bash scripts/replicate.sh
+	BIN=$(BIN) DATA=$(DATA) TDIR=$(TEACHERS_DIR) RES=$(RES) POOL=$(POOL) SCALE=$(SCALE) \
+	  STUDENT=$(STUDENT) PRE=$(PRE_EPOCHS) EPOCHS=$(KD_EPOCHS) CROPS=$(CROPS) \
+	  BATCH=$(BATCH) LR=$(LR) WD=$(WD) DEMO_PER_CLASS=$(DEMO_PER_CLASS) bash scripts/replicate.sh
 
 clean:
 	$(CARGO) clean

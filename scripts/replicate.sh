@@ -9,20 +9,21 @@
 #   top-5 / top-1 labels vs dense, crop pools of 2 / 8 / 32 vs 80, online teachers
 #   (fresh crops every step, no store).
 set -euo pipefail
+# the defaults are the demo's (Makefile), which `make replicate` passes in
 BIN=${BIN:-target/release}
 OUT=${OUT:-runs/replicate}
 SEEDS=${SEEDS:-"1 2 3"}
 JOBS=${JOBS:-2}
 DATA=${DATA:-demo/data}
 TDIR=${TDIR:-assets/demo-teachers}
-RES=64 POOL=${POOL:-80} SCALE=${SCALE:-0.08,1} STUDENT=${STUDENT:-demo_resnet10}
+RES=${RES:-64} POOL=${POOL:-80} SCALE=${SCALE:-0.08,1} STUDENT=${STUDENT:-demo_resnet10}
 PRE=${PRE:-10} EPOCHS=${EPOCHS:-20} CROPS=${CROPS:-4} BATCH=${BATCH:-32} LR=${LR:-0.02} WD=${WD:-5e-4}
 TA="demo_resnet14=$TDIR/teacher_a.safetensors,size=$RES"
 TB="demo_resnet10=$TDIR/teacher_b.safetensors,size=$RES"
 export MEAL_NO_PROGRESS=1
 mkdir -p "$OUT"
 T0=$(date +%s)
-[ -f "$DATA/synth.json" ] || "$BIN/meal-data" synth --out "$DATA" --train-per-class 40
+[ -f "$DATA/synth.json" ] || "$BIN/meal-data" synth --out "$DATA" --train-per-class "${DEMO_PER_CLASS:-40}"
 
 # label stores: the crop pool's seed is fixed (0), as one precompute serves many students
 store() { # name, then precompute args
