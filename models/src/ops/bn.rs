@@ -155,7 +155,36 @@ fn affine_fill(
     })
 }
 
-fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+/// The per-channel `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`
+/// of a train-mode BatchNorm, in f64 and then rounded (the CPU and CUDA forwards).
+pub(super) fn scale_shift(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    (0..mean.len())
+        .map(|ch| {
+            let inv = 1.0 / (var[ch] + eps).sqrt();
+            let scale = gamma[ch] as f64 * inv;
+            (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
+        })
+        .unzip()
+}
+
+impl BnTrain {
+    /// Keep the forward's statistics (for the caller and the backward) and, with the
+    /// fused ReLU, its affine (for the backward's gate).
+    fn keep(&self, stats: (Vec<f64>, Vec<f64>), affine: (Vec<f32>, Vec<f32>)) {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        if self.relu {
+            *self.affine.lock().unwrap_or_else(|p| p.into_inner()) = Some(affine);
+        }
+    }
+}
+
+pub(super) fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     match l.dims() {
         [b, c, h, w] => Ok((*b, *c, h * w)),
         d => candle_core::bail!("batch_norm: expected NCHW, got {d:?}"),
@@ -180,19 +209,25 @@ impl candle_core::CustomOp3 for BnTrain {
         let (gamma, beta) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
         let (b, c, hw) = dims_nchw(l1)?;
         let (mean, var) = channel_stats(x, b, c, hw);
-        let (scale, shift): (Vec<f32>, Vec<f32>) = (0..c)
-            .map(|ch| {
-                let inv = 1.0 / (var[ch] + self.eps).sqrt();
-                let scale = gamma[ch] as f64 * inv;
-                (scale as f32, (beta[ch] as f64 - mean[ch] * scale) as f32)
-            })
-            .unzip();
+        let (scale, shift) = scale_shift(gamma, beta, &mean, &var, self.eps);
         let out = affine_fill(x, c, hw, &scale, &shift, self.relu);
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some((mean, var));
-        if self.relu {
-            *self.affine.lock().unwrap_or_else(|p| p.into_inner()) = Some((scale, shift));
-        }
+        self.keep((mean, var), (scale, shift));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let f = super::cuda::bn_train(self.eps, self.relu, (s1, l1), (s2, l2), (s3, l3))?;
+        self.keep(f.stats, f.affine);
+        Ok((f.y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -318,6 +353,26 @@ impl candle_core::CustomOp3 for BnBackward {
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::bn_backward(
+            self.eps,
+            self.stats.as_ref(),
+            self.relu.as_ref(),
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+        )
+    }
 }
 
 /// What [`batch_norm_train`] returns.
@@ -340,7 +395,7 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<Option<BnOut>> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
+    if !super::ours(x) || x.rank() != 4 {
         return Ok(None);
     }
     let stats: BnStats = Default::default();

@@ -11,10 +11,14 @@
 //!
 //! - [`sgd_step`] (sgd.rs): the SGD update in place, one pass per tensor.
 //!
-//! Each falls back to candle's generic ops off CPU or for non-f32 tensors.
+//! Each falls back to candle's generic ops for non-f32 tensors. With the `cuda` feature
+//! the conv, BatchNorm, max-pool and SGD ops also run on CUDA devices (cuda/: our
+//! kernels and cuBLAS, unless `MEAL_CUDA_OPS=0`); elsewhere candle's ops run.
 
 mod bn;
 mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod gemm;
 mod pool;
 mod relu;
@@ -26,7 +30,23 @@ pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
 pub use sgd::{sgd_fast, sgd_step, SgdStep};
 
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, Layout, Tensor};
+
+/// Whether our op takes `t`: f32 on the CPU, or on a CUDA device with the `cuda` feature
+/// (unless `MEAL_CUDA_OPS=0`).
+pub(crate) fn ours(t: &Tensor) -> bool {
+    t.dtype() == candle_core::DType::F32 && (t.device().is_cpu() || on_cuda(t))
+}
+
+#[cfg(feature = "cuda")]
+fn on_cuda(t: &Tensor) -> bool {
+    t.device().is_cuda() && cuda::enabled()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(_: &Tensor) -> bool {
+    false
+}
 
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {

@@ -75,6 +75,15 @@ impl CustomOp1 for Pool {
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::pool_forward((self.k, self.stride, self.pad), (s, l))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -126,12 +135,24 @@ impl CustomOp2 for PoolBackward {
             });
         Ok((CpuStorage::F32(dx), Shape::from(l1.dims())))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let p = self.0;
+        super::cuda::pool_backward((p.k, p.stride, p.pad), (s1, l1), (s2, l2))
+    }
 }
 
 /// `nn.MaxPool2d(k, stride, padding)` over NCHW `x` (padding is never the maximum).
 /// On CPU with f32 our op; elsewhere `None` (the caller keeps its generic path).
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Option<Tensor>> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() != 4 {
+    if !super::ours(x) || x.rank() != 4 {
         return Ok(None);
     }
     let (_, _, h, w) = x.dims4()?;

@@ -86,6 +86,19 @@ impl InplaceOp3 for BufUpdate {
         });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        super::cuda::sgd_buffer(&self.0, (s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
 impl InplaceOp3 for ParamUpdate {
@@ -119,13 +132,26 @@ impl InplaceOp3 for ParamUpdate {
         });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        super::cuda::sgd_param(&self.0, (s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
 /// Whether [`sgd_step`] applies: CPU, f32, contiguous, one shape.
 pub fn sgd_fast(p: &Tensor, g: &Tensor, buf: &Tensor) -> bool {
     let ok = |t: &Tensor| {
-        t.device().is_cpu()
-            && t.dtype() == candle_core::DType::F32
+        super::ours(t)
+            && t.device().same_device(p.device())
             && t.is_contiguous()
             && t.shape() == p.shape()
     };

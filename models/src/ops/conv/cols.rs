@@ -11,7 +11,7 @@ use super::super::fill_chunks;
 
 /// Geometry of an `im2col` over NCHW input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Geom {
+pub(crate) struct Geom {
     pub b: usize,
     pub c: usize,
     pub h: usize,

@@ -8,10 +8,10 @@
 //! Large planes (early layers) take one GEMM per image. With at least as many images as
 //! threads the images run in parallel, each GEMM on one thread: the `gemm` crate splits
 //! a matrix of 64 output rows badly over two threads. Small planes take one GEMM over
-//! the batch. Grouped convolutions, non-f32 tensors and non-CPU devices keep candle's
-//! `conv2d`.
+//! the batch. Non-f32 tensors keep candle's `conv2d`; on CUDA
+//! (feature `cuda`) the same op runs ops/cuda/conv.rs, for one group.
 
-mod cols;
+pub(super) mod cols;
 #[cfg(test)]
 mod tests;
 
@@ -224,6 +224,17 @@ impl CustomOp2 for Conv {
         Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::conv_forward(&self.0, (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -289,6 +300,19 @@ impl candle_core::CustomOp3 for ConvBackward {
             Plan::Batch => batch_backward(&g, (x, w, dy), dx, dw),
         }
         Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::conv_backward(&self.g, self.need_dx, (s1, l1), (s2, l2), (s3, l3))
     }
 }
 
@@ -389,7 +413,8 @@ pub fn conv2d(
     groups: usize,
 ) -> Result<Tensor> {
     let (co, ci, kh, kw) = w.dims4()?;
-    let fast = x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && kh == kw;
+    // on CUDA our op has one group (grouped convolutions keep candle's there)
+    let fast = super::ours(x) && kh == kw && (x.device().is_cpu() || groups == 1);
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }

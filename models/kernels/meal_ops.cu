@@ -1,0 +1,276 @@
+// The CUDA twins of our CPU ops (models/src/ops): the column gather/scatter and layout
+// swaps around the convolution GEMMs (cuBLAS), train-mode BatchNorm(+ReLU) forward and
+// backward, max-pool with the first-maximum rule, and the in-place SGD update. f32 only.
+// Compiled to PTX at build time by models/build.rs (nvcc, as candle-kernels does) and
+// loaded once per device by models/src/ops/cuda.rs. Each kernel keeps the CPU op's
+// semantics (tie and NaN rules, f64 statistics); models/src/ops/cuda_tests.rs compares
+// every one with its CPU twin on a GPU.
+#include <stddef.h>
+
+#define GRID_STRIDE(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
+         i += (size_t)blockDim.x * gridDim.x)
+
+// ---- layout ------------------------------------------------------------------------
+
+// dst[j][i][q] = src[i][j][q] for src [a, b, p]: NCHW <-> [C, B*HW] (the batch GEMM's
+// column layout) in either direction.
+extern "C" __global__ void meal_swap01(const float* src, float* dst, size_t a, size_t b,
+                                       size_t p) {
+    size_t n = a * b * p;
+    GRID_STRIDE(t, n) {
+        size_t q = t % p, r = t / p;
+        size_t i = r % a, j = r / a;
+        dst[t] = src[(i * b + j) * p + q];
+    }
+}
+
+// ---- convolution columns -----------------------------------------------------------
+
+// cols [c*k*k, nb*ho*wo] of the nb NCHW images at x: row (ch*k + ky)*k + kx (the weight's
+// [co, ci, kh, kw] order), column img*ho*wo + oy*wo + ox; zero where the window is in
+// the padding. As models/src/ops/conv/cols.rs `im2col`.
+extern "C" __global__ void meal_im2col(const float* x, float* cols, int nb, int c, int h,
+                                       int w, int k, int stride, int pad, int ho, int wo) {
+    size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
+    size_t n = (size_t)c * k * k * ncol;
+    GRID_STRIDE(t, n) {
+        size_t col = t % ncol, row = t / ncol;
+        int kx = (int)(row % k), ky = (int)((row / k) % k), ch = (int)(row / ((size_t)k * k));
+        size_t img = col / p, pp = col % p;
+        int oy = (int)(pp / wo), ox = (int)(pp % wo);
+        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        float v = 0.f;
+        if (iy >= 0 && iy < h && ix >= 0 && ix < w)
+            v = x[((img * c + ch) * h + iy) * w + ix];
+        cols[t] = v;
+    }
+}
+
+// The adjoint of meal_im2col: dx (nb NCHW images) as the sum of the column entries that
+// read each input position. One thread per input element gathers its at most k*k
+// entries in (ky, kx) order: no atomics, so the result does not depend on scheduling.
+extern "C" __global__ void meal_col2im(const float* dcols, float* dx, int nb, int c, int h,
+                                       int w, int k, int stride, int pad, int ho, int wo) {
+    size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
+    size_t n = (size_t)nb * c * h * w;
+    GRID_STRIDE(t, n) {
+        int ix = (int)(t % w), iy = (int)((t / w) % h);
+        int ch = (int)((t / ((size_t)w * h)) % c);
+        size_t img = t / ((size_t)w * h * c);
+        float s = 0.f;
+        for (int ky = 0; ky < k; ++ky) {
+            int yy = iy + pad - ky;
+            if (yy < 0 || yy % stride != 0) continue;
+            int oy = yy / stride;
+            if (oy >= ho) continue;
+            for (int kx = 0; kx < k; ++kx) {
+                int xx = ix + pad - kx;
+                if (xx < 0 || xx % stride != 0) continue;
+                int ox = xx / stride;
+                if (ox >= wo) continue;
+                size_t row = ((size_t)ch * k + ky) * k + kx;
+                s += dcols[row * ncol + img * p + (size_t)oy * wo + ox];
+            }
+        }
+        dx[t] = s;
+    }
+}
+
+// ---- BatchNorm ---------------------------------------------------------------------
+
+#define BN_THREADS 256
+
+// Sum of v over the block (blockDim.x == BN_THREADS); the result in thread 0.
+__device__ double block_sum(double v, double* shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = BN_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+// Mean and biased variance of each channel of NCHW x (one block per channel): sums of
+// x - x[0, ch, 0] and its square in f64, as the CPU op (bn.rs `channel_stats`).
+extern "C" __global__ void meal_bn_stats(const float* x, double* mean, double* var, int b,
+                                         int c, int hw) {
+    __shared__ double sh[BN_THREADS];
+    int ch = blockIdx.x;
+    size_t n = (size_t)b * hw;
+    double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
+    double s = 0.0, s2 = 0.0;
+    for (size_t t = threadIdx.x; t < n; t += BN_THREADS) {
+        size_t i = t / hw, q = t % hw;
+        double d = (double)x[(i * c + ch) * hw + q] - shift;
+        s += d;
+        s2 += d * d;
+    }
+    s = block_sum(s, sh);
+    s2 = block_sum(s2, sh);
+    if (threadIdx.x == 0) {
+        double m = n > 0 ? s / (double)n : 0.0;
+        mean[ch] = shift + m;
+        double v = n > 0 ? s2 / (double)n - m * m : 0.0;
+        var[ch] = v > 0.0 ? v : 0.0;
+    }
+}
+
+__device__ __forceinline__ float relu_of(float v) { return (v > 0.f || isnan(v)) ? v : 0.f; }
+
+// y = x * scale[ch] + shift[ch], then ReLU when relu (NaN passes, as relu.rs `relu_of`).
+extern "C" __global__ void meal_bn_affine(const float* x, const float* scale,
+                                          const float* shift, float* y, size_t n, int c,
+                                          int hw, int relu) {
+    GRID_STRIDE(t, n) {
+        int ch = (int)((t / hw) % c);
+        float v = x[t] * scale[ch] + shift[ch];
+        y[t] = relu ? relu_of(v) : v;
+    }
+}
+
+// dy where the fused ReLU let it through (x * scale + shift > 0), as bn.rs `gated`.
+__device__ __forceinline__ float gated(float g, float v, const float* scale,
+                                       const float* shift, int ch, int relu) {
+    return (relu && !(v * scale[ch] + shift[ch] > 0.f)) ? 0.f : g;
+}
+
+// Per channel (one block each): sums[ch] = sum(dy), sums[c + ch] = sum(dy * (x - mean)),
+// dy gated by the fused ReLU.
+extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
+                                             const double* mean, const float* scale,
+                                             const float* shift, int relu, int b, int c,
+                                             int hw, double* sums) {
+    __shared__ double sh[BN_THREADS];
+    int ch = blockIdx.x;
+    size_t n = (size_t)b * hw;
+    float m = (float)mean[ch];
+    double sd = 0.0, sdx = 0.0;
+    for (size_t t = threadIdx.x; t < n; t += BN_THREADS) {
+        size_t i = t / hw, q = t % hw;
+        size_t at = (i * c + ch) * hw + q;
+        float v = x[at];
+        float g = gated(dy[at], v, scale, shift, ch, relu);
+        sd += (double)g;
+        sdx += (double)(g * (v - m));
+    }
+    sd = block_sum(sd, sh);
+    sdx = block_sum(sdx, sh);
+    if (threadIdx.x == 0) {
+        sums[ch] = sd;
+        sums[c + ch] = sdx;
+    }
+}
+
+// out = [dx..., dgamma..., dbeta...]: dx = k*dy - k*sd/m - (x - mean) * k*inv*sdx/m with
+// k = gamma*inv, inv = 1/sqrt(var + eps), m = b*hw (bn.rs BnBackward); dgamma = sdx*inv,
+// dbeta = sd.
+extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
+                                              const double* mean, const double* var,
+                                              const float* gamma, const double* sums,
+                                              const float* scale, const float* shift,
+                                              int relu, double eps, int b, int c, int hw,
+                                              float* out) {
+    size_t n = (size_t)b * c * hw;
+    double m = (double)b * hw;
+    GRID_STRIDE(t, n) {
+        int ch = (int)((t / hw) % c);
+        double inv = 1.0 / sqrt(var[ch] + eps);
+        double k = (double)gamma[ch] * inv;
+        double sd = sums[ch], sdx = sums[c + ch] * inv;
+        float kf = (float)k, ka = (float)(k * sd / m), kb = (float)(k * inv * sdx / m);
+        float v = x[t];
+        float g = gated(dy[t], v, scale, shift, ch, relu);
+        out[t] = kf * g - ka - (v - (float)mean[ch]) * kb;
+    }
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (tid < (size_t)c) {
+        double inv = 1.0 / sqrt(var[tid] + eps);
+        out[n + tid] = (float)(sums[c + tid] * inv);
+        out[n + c + tid] = (float)sums[tid];
+    }
+}
+
+// ---- max-pool ----------------------------------------------------------------------
+
+// Index within the plane of the first maximum of output (oy, ox)'s window, row-major
+// window order, `v > best || isnan(v)` (pool.rs `Pool::argmax`, PyTorch's CPU rule).
+__device__ int pool_argmax(const float* plane, int h, int w, int k, int stride, int pad,
+                           int oy, int ox) {
+    int y0 = oy * stride - pad, x0 = ox * stride - pad;
+    int ya = y0 > 0 ? y0 : 0, yb = y0 + k < h ? y0 + k : h;
+    int xa = x0 > 0 ? x0 : 0, xb = x0 + k < w ? x0 + k : w;
+    float best = -INFINITY;
+    int at = ya * w + xa;
+    for (int y = ya; y < yb; ++y)
+        for (int xx = xa; xx < xb; ++xx) {
+            float v = plane[y * w + xx];
+            if (v > best || isnan(v)) {
+                best = v;
+                at = y * w + xx;
+            }
+        }
+    return at;
+}
+
+extern "C" __global__ void meal_maxpool_fwd(const float* x, float* y, size_t planes, int h,
+                                            int w, int ho, int wo, int k, int stride,
+                                            int pad) {
+    size_t po = (size_t)ho * wo, n = planes * po;
+    GRID_STRIDE(t, n) {
+        size_t pl = t / po, q = t % po;
+        const float* plane = x + pl * h * w;
+        y[t] = plane[pool_argmax(plane, h, w, k, stride, pad, (int)(q / wo), (int)(q % wo))];
+    }
+}
+
+// dx of the max-pool: one thread per input element sums, in (oy, ox) order as the CPU
+// op adds, the dy of every window whose first maximum it is.
+extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, float* dx,
+                                            size_t planes, int h, int w, int ho, int wo,
+                                            int k, int stride, int pad) {
+    size_t pi = (size_t)h * w, n = planes * pi;
+    GRID_STRIDE(t, n) {
+        size_t pl = t / pi;
+        int q = (int)(t % pi), iy = q / w, ix = q % w;
+        const float* plane = x + pl * pi;
+        const float* g = dy + pl * ho * wo;
+        // windows oy*stride - pad <= iy < oy*stride - pad + k
+        int oy0 = iy + pad - k + 1, ox0 = ix + pad - k + 1;
+        oy0 = oy0 > 0 ? (oy0 + stride - 1) / stride : 0;
+        ox0 = ox0 > 0 ? (ox0 + stride - 1) / stride : 0;
+        int oy1 = (iy + pad) / stride, ox1 = (ix + pad) / stride;
+        oy1 = oy1 < ho - 1 ? oy1 : ho - 1;
+        ox1 = ox1 < wo - 1 ? ox1 : wo - 1;
+        float s = 0.f;
+        for (int oy = oy0; oy <= oy1; ++oy)
+            for (int ox = ox0; ox <= ox1; ++ox)
+                if (pool_argmax(plane, h, w, k, stride, pad, oy, ox) == q)
+                    s += g[oy * wo + ox];
+        dx[t] = s;
+    }
+}
+
+// ---- SGD ---------------------------------------------------------------------------
+
+// buf = buf * momentum + (g + p * wd) * (1 - dampening)   (sgd.rs BufUpdate)
+extern "C" __global__ void meal_sgd_buffer(float* buf, const float* g, const float* p,
+                                           size_t n, float wd, float momentum, float keep) {
+    GRID_STRIDE(t, n) {
+        float d = g[t] + p[t] * wd;
+        buf[t] = buf[t] * momentum + d * keep;
+    }
+}
+
+// p -= lr * (nesterov ? (g + p * wd) + buf * momentum : buf)   (sgd.rs ParamUpdate)
+extern "C" __global__ void meal_sgd_param(float* p, const float* g, const float* buf,
+                                          size_t n, float lr, float wd, float momentum,
+                                          int nesterov) {
+    GRID_STRIDE(t, n) {
+        float d = nesterov ? (g[t] + p[t] * wd) + buf[t] * momentum : buf[t];
+        p[t] -= d * lr;
+    }
+}

@@ -1,0 +1,162 @@
+//! Train-mode BatchNorm(+ReLU) on CUDA, as bn.rs on CPU: per-channel mean and biased
+//! variance in f64 (one block per channel), the scale and shift computed on the host
+//! from them exactly as the CPU op does (the caller needs the statistics on the host
+//! for the running averages anyway), one affine(+ReLU) pass. The backward: the two
+//! per-channel sums, then one pass for `dx`, `dgamma`, `dbeta`.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::{Layout, Shape};
+
+use super::{func, grid, int, per_channel, view};
+use crate::ops::bn::{dims_nchw, scale_shift};
+
+/// What the CUDA forward hands back to `BnTrain`: the output, the batch statistics and
+/// (for the fused ReLU) the affine the backward gates with.
+pub(crate) struct BnForward {
+    pub y: CudaStorage,
+    pub stats: (Vec<f64>, Vec<f64>),
+    pub affine: (Vec<f32>, Vec<f32>),
+}
+
+/// Per-channel mean and biased variance of NCHW `x` on the device.
+fn stats(
+    dev: &CudaDevice,
+    (s, l): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaSlice<f64>, CudaSlice<f64>)> {
+    let (b, c, hw) = dims_nchw(l)?;
+    let x = view(s, l)?;
+    let (mut mean, mut var) = (dev.alloc_zeros::<f64>(c)?, dev.alloc_zeros::<f64>(c)?);
+    if c > 0 {
+        let f = func(dev, "meal_bn_stats")?;
+        let (b, c, hw) = (int(b)?, int(c)?, int(hw)?);
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        l.arg(&x)
+            .arg(&mut mean)
+            .arg(&mut var)
+            .arg(&b)
+            .arg(&c)
+            .arg(&hw);
+        // SAFETY: x is [b, c, hw]; mean and var hold c values, one block per channel.
+        unsafe { l.launch(per_channel(c as usize)) }.w()?;
+    }
+    Ok((mean, var))
+}
+
+/// The forward of `BnTrain` on CUDA over `(x, gamma, beta)`.
+pub(crate) fn bn_train(
+    eps: f64,
+    relu: bool,
+    x: (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+) -> candle_core::Result<BnForward> {
+    let dev = x.0.device.clone();
+    let (b, c, hw) = dims_nchw(x.1)?;
+    let (mean, var) = stats(&dev, x)?;
+    let (mean, var) = (dev.clone_dtoh(&mean)?, dev.clone_dtoh(&var)?);
+    let gamma = dev.clone_dtoh(&view(s2, l2)?)?;
+    let beta = dev.clone_dtoh(&view(s3, l3)?)?;
+    if gamma.len() != c || beta.len() != c {
+        candle_core::bail!("batch_norm: {c} channels, {} weights", gamma.len());
+    }
+    let (scale, shift) = scale_shift(&gamma, &beta, &mean, &var, eps);
+    let (sc, sh) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
+    let n = b * c * hw;
+    // SAFETY: written whole by the affine kernel
+    let mut y = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = func(&dev, "meal_bn_affine")?;
+        let xv = view(x.0, x.1)?;
+        let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        l.arg(&xv)
+            .arg(&sc)
+            .arg(&sh)
+            .arg(&mut y)
+            .arg(&n)
+            .arg(&c)
+            .arg(&hw)
+            .arg(&relu);
+        // SAFETY: x and y hold n values, scale and shift c.
+        unsafe { l.launch(grid(n)) }.w()?;
+    }
+    Ok(BnForward {
+        y: CudaStorage::wrap_cuda_slice(y, dev),
+        stats: (mean, var),
+        affine: (scale, shift),
+    })
+}
+
+/// The backward of `BnTrain` on CUDA from `(x, gamma, dy)`: `[dx..., dgamma...,
+/// dbeta...]` as the CPU `BnBackward` packs them.
+pub(crate) fn bn_backward(
+    eps: f64,
+    stats_in: Option<&(Vec<f64>, Vec<f64>)>,
+    relu: Option<&(Vec<f32>, Vec<f32>)>,
+    x: (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = x.0.device.clone();
+    let (b, c, hw) = dims_nchw(x.1)?;
+    let n = b * c * hw;
+    let (xv, gamma, dy) = (view(x.0, x.1)?, view(s2, l2)?, view(s3, l3)?);
+    if dy.len() != n || gamma.len() != c {
+        candle_core::bail!(
+            "batch_norm backward: gradient {:?}, weight {:?} for {:?}",
+            l3.dims(),
+            l2.dims(),
+            x.1.dims()
+        );
+    }
+    let (mean, var) = match stats_in {
+        Some((m, v)) => (dev.clone_htod(m)?, dev.clone_htod(v)?),
+        None => stats(&dev, x)?,
+    };
+    // without the ReLU the gate's scale/shift are not read: zeros stand in
+    let (sc, sh) = match relu {
+        Some((sc, sh)) => (dev.clone_htod(sc)?, dev.clone_htod(sh)?),
+        None => (
+            dev.alloc_zeros::<f32>(c.max(1))?,
+            dev.alloc_zeros::<f32>(c.max(1))?,
+        ),
+    };
+    let gate = relu.is_some() as i32;
+    let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
+    if c > 0 {
+        let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
+        let (bi, ci, hwi) = (int(b)?, int(c)?, int(hw)?);
+        let stream = dev.cuda_stream();
+        let f = func(&dev, "meal_bn_grad_sums")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&dy).arg(&xv).arg(&mean).arg(&sc).arg(&sh).arg(&gate);
+        l.arg(&bi).arg(&ci).arg(&hwi).arg(&mut sums);
+        // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; sums 2c.
+        unsafe { l.launch(per_channel(c)) }.w()?;
+        let f = func(&dev, "meal_bn_grad_input")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&dy)
+            .arg(&xv)
+            .arg(&mean)
+            .arg(&var)
+            .arg(&gamma)
+            .arg(&sums);
+        l.arg(&sc)
+            .arg(&sh)
+            .arg(&gate)
+            .arg(&eps)
+            .arg(&bi)
+            .arg(&ci)
+            .arg(&hwi);
+        l.arg(&mut out);
+        // SAFETY: out holds n + 2c values; the grid covers max(n, c) threads.
+        unsafe { l.launch(grid(n.max(c))) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from(n + 2 * c),
+    ))
+}

@@ -1,0 +1,210 @@
+//! Convolution on CUDA (one group): the CPU op's batch plan (conv/mod.rs) with cuBLAS
+//! GEMMs. Images go in chunks whose column matrix stays under [`CHUNK_ELEMS`]:
+//!
+//! - forward: `cols = im2col(x)`, `t = w * cols` (`[Co, nb*P]`), `y = swap(t)` (NCHW);
+//! - backward: `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
+//!   `dx = col2im(dcols)`.
+//!
+//! The chunks run in image order and `dw` accumulates them in that order, so a result
+//! does not depend on anything but the shapes.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::{Layout, Shape};
+
+use super::{func, grid, int, sgemm, view};
+use crate::ops::conv::cols::Geom;
+
+/// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
+/// stage at batch 256 would need 1.8 GB at once). The tests use small chunks, so that
+/// their small convolutions run over several (and the weight gradient accumulates).
+#[cfg(not(test))]
+const CHUNK_ELEMS: usize = 1 << 26;
+#[cfg(test)]
+const CHUNK_ELEMS: usize = 1 << 12;
+
+/// Images per chunk.
+fn chunk(g: &Geom) -> usize {
+    (CHUNK_ELEMS / (g.rows() * g.cols()).max(1)).clamp(1, g.b.max(1))
+}
+
+/// `im2col` of the `nb` images at `x` into `cols` (`[rows, nb*P]`).
+fn im2col(
+    dev: &CudaDevice,
+    g: &Geom,
+    nb: usize,
+    x: &CudaView<f32>,
+    cols: &mut CudaViewMut<f32>,
+) -> candle_core::Result<()> {
+    cols_kernel(dev, "meal_im2col", g, nb, x, cols, g.rows() * nb * g.cols())
+}
+
+/// `col2im` of `dcols` (`[rows, nb*P]`) into the `nb` images at `dx` (written whole).
+fn col2im(
+    dev: &CudaDevice,
+    g: &Geom,
+    nb: usize,
+    dcols: &CudaView<f32>,
+    dx: &mut CudaViewMut<f32>,
+) -> candle_core::Result<()> {
+    cols_kernel(dev, "meal_col2im", g, nb, dcols, dx, nb * g.image())
+}
+
+fn cols_kernel(
+    dev: &CudaDevice,
+    name: &str,
+    g: &Geom,
+    nb: usize,
+    src: &CudaView<f32>,
+    dst: &mut CudaViewMut<f32>,
+    n: usize,
+) -> candle_core::Result<()> {
+    let f = func(dev, name)?;
+    let a = [nb, g.c, g.h, g.w, g.k, g.stride, g.pad, g.ho, g.wo]
+        .map(int)
+        .into_iter()
+        .collect::<candle_core::Result<Vec<i32>>>()?;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(src).arg(dst);
+    for v in &a {
+        b.arg(v);
+    }
+    // SAFETY: src and dst hold the element counts the geometry gives (the callers'
+    // slices), the kernel writes each of its n outputs once.
+    unsafe { b.launch(grid(n)) }.w()?;
+    Ok(())
+}
+
+/// `dst[j][i][q] = src[i][j][q]` for `src` `[a, b, p]`.
+pub(crate) fn swap01(
+    dev: &CudaDevice,
+    src: &CudaView<f32>,
+    dst: &mut CudaViewMut<f32>,
+    (a, b, p): (usize, usize, usize),
+) -> candle_core::Result<()> {
+    let n = a * b * p;
+    if n == 0 {
+        return Ok(());
+    }
+    let f = func(dev, "meal_swap01")?;
+    let stream = dev.cuda_stream();
+    let mut l = stream.launch_builder(&f);
+    l.arg(src).arg(dst).arg(&a).arg(&b).arg(&p);
+    // SAFETY: src and dst hold a*b*p elements.
+    unsafe { l.launch(grid(n)) }.w()?;
+    Ok(())
+}
+
+/// The forward of `Conv` (conv/mod.rs) on CUDA: NCHW `y` `[B, Co, Ho, Wo]`.
+pub(crate) fn conv_forward(
+    g: &Geom,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device.clone();
+    let (x, w) = (view(s1, l1)?, view(s2, l2)?);
+    let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
+    if g.groups != 1 || w.len() != co * rows || x.len() != g.b * img {
+        candle_core::bail!(
+            "meal conv2d (cuda): weight {:?} for input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    // SAFETY: written whole below (every chunk's swap writes its images' outputs)
+    let mut y = unsafe { dev.alloc::<f32>(g.b * co * p)? };
+    let nbmax = chunk(g);
+    let mut cols = unsafe { dev.alloc::<f32>(rows * nbmax * p)? };
+    let mut t = unsafe { dev.alloc::<f32>(co * nbmax * p)? };
+    for b0 in (0..g.b).step_by(nbmax) {
+        let nb = nbmax.min(g.b - b0);
+        let (nc, nt) = (rows * nb * p, co * nb * p);
+        im2col(
+            &dev,
+            g,
+            nb,
+            &x.slice(b0 * img..(b0 + nb) * img),
+            &mut cols.slice_mut(..nc),
+        )?;
+        sgemm(
+            &dev,
+            (co, nb * p, rows),
+            (&w, false),
+            (&cols.slice(..nc), false),
+            0.0,
+            &mut t.slice_mut(..nt),
+        )?;
+        let yb = b0 * co * p..(b0 + nb) * co * p;
+        swap01(&dev, &t.slice(..nt), &mut y.slice_mut(yb), (co, nb, p))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev),
+        Shape::from((g.b, co, g.ho, g.wo)),
+    ))
+}
+
+/// The backward of `Conv` on CUDA from `(x, w, dy)`: `[dx..., dw...]` packed as the
+/// CPU op packs them (`dw` alone when `!need_dx`).
+pub(crate) fn conv_backward(
+    g: &Geom,
+    need_dx: bool,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device.clone();
+    let (x, w, dy) = (view(s1, l1)?, view(s2, l2)?, view(s3, l3)?);
+    let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
+    if g.groups != 1 || dy.len() != g.b * co * p || w.len() != co * rows {
+        candle_core::bail!(
+            "meal conv2d backward (cuda): gradient {:?}, weight {:?}, input {:?}",
+            l3.dims(),
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    let nx = if need_dx { g.b * img } else { 0 };
+    let nw = co * rows;
+    let mut out = dev.alloc_zeros::<f32>(nx + nw)?;
+    let nbmax = chunk(g);
+    // SAFETY: each chunk writes the part of these it then reads
+    let mut cols = unsafe { dev.alloc::<f32>(rows * nbmax * p)? };
+    let mut dyt = unsafe { dev.alloc::<f32>(co * nbmax * p)? };
+    for b0 in (0..g.b).step_by(nbmax) {
+        let nb = nbmax.min(g.b - b0);
+        let (nc, nt) = (rows * nb * p, co * nb * p);
+        im2col(
+            &dev,
+            g,
+            nb,
+            &x.slice(b0 * img..(b0 + nb) * img),
+            &mut cols.slice_mut(..nc),
+        )?;
+        let dyb = b0 * co * p..(b0 + nb) * co * p;
+        swap01(&dev, &dy.slice(dyb), &mut dyt.slice_mut(..nt), (nb, co, p))?;
+        let beta = if b0 == 0 { 0.0 } else { 1.0 };
+        sgemm(
+            &dev,
+            (co, rows, nb * p),
+            (&dyt.slice(..nt), false),
+            (&cols.slice(..nc), true),
+            beta,
+            &mut out.slice_mut(nx..nx + nw),
+        )?;
+        if need_dx {
+            // the column buffer, read above, now takes the column gradient
+            sgemm(
+                &dev,
+                (rows, nb * p, co),
+                (&w, true),
+                (&dyt.slice(..nt), false),
+                0.0,
+                &mut cols.slice_mut(..nc),
+            )?;
+            let dxb = b0 * img..(b0 + nb) * img;
+            col2im(&dev, g, nb, &cols.slice(..nc), &mut out.slice_mut(dxb))?;
+        }
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)))
+}

@@ -1,0 +1,129 @@
+//! The CUDA side of our ops (feature `cuda`): the same algorithms as the CPU ops, as the
+//! `cuda_fwd` of the same candle custom ops, so the graph and the backward wiring are
+//! shared and only the arithmetic moves to the GPU.
+//!
+//! - Convolution (conv.rs): `im2col` into a `[C*k*k, B*Ho*Wo]` column matrix, cuBLAS
+//!   SGEMMs for the output, the weight gradient and the column gradient, `col2im` for
+//!   the input gradient. candle 0.11 back-propagates a CUDA convolution into its input
+//!   with a naive direct `conv_transpose2d` kernel (candle-kernels `conv.cu`).
+//! - Train-mode BatchNorm(+ReLU) (bn.rs): f64 per-channel statistics, one affine pass;
+//!   the backward's two per-channel sums, then one pass.
+//! - Max-pool (pool.rs): the forward and a gather backward with the CPU op's first-maximum
+//!   rule (candle's max-pool backward fails when kernel != stride).
+//! - SGD (sgd.rs): the in-place momentum-buffer and parameter updates.
+//!
+//! The kernels are models/kernels/meal_ops.cu, compiled to PTX by build.rs and loaded
+//! once per device. `MEAL_CUDA_OPS=0` turns them off (candle's generic ops then run, as
+//! without the feature): the escape hatch and the A/B switch of the device benchmark.
+//! tests.rs compares every op with its CPU twin wherever a GPU is present.
+
+mod bn;
+mod conv;
+mod pool;
+mod sgd;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use bn::{bn_backward, bn_train};
+pub(crate) use conv::{conv_backward, conv_forward};
+pub(crate) use pool::{pool_backward, pool_forward};
+pub(crate) use sgd::{sgd_buffer, sgd_param};
+
+use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaView, CudaViewMut, LaunchConfig,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::Layout;
+
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+}
+
+/// Threads per block of the elementwise (grid-stride) kernels.
+const THREADS: u32 = 256;
+/// Threads per block of the per-channel reductions (`BN_THREADS` in meal_ops.cu).
+pub(crate) const REDUCE_THREADS: u32 = 256;
+
+/// Whether our CUDA ops run (default) or candle's generic ops (`MEAL_CUDA_OPS=0`).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MEAL_CUDA_OPS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Kernel `name` of meal_ops.cu on `dev` (the module is loaded on first use).
+/// Launch it with `dev.cuda_stream().launch_builder(&f)`: candle's own stream, so it is
+/// ordered with candle's kernels and cuBLAS calls.
+pub(crate) fn func(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunction> {
+    Ok(dev
+        .get_or_load_custom_func(name, "meal_ops", ptx::MEAL_OPS)?
+        .into_cuda_function())
+}
+
+/// A grid-stride launch over `n` elements (`n > 0`): at most 65535 blocks, each thread
+/// then loops.
+pub(crate) fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 65535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block of [`REDUCE_THREADS`] per channel.
+pub(crate) fn per_channel(c: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c as u32, 1, 1),
+        block_dim: (REDUCE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The contiguous f32 elements of `(s, l)`.
+pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+        None => candle_core::bail!("meal op: non-contiguous input"),
+    }
+}
+
+/// `i32` kernel argument (cuBLAS and the kernels index planes and rows in `int`).
+pub(crate) fn int(v: usize) -> candle_core::Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("meal op: {v} exceeds i32")))
+}
+
+/// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS (column-major: `c^T =
+/// op(b)^T * op(a)^T`). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)` is
+/// `[k, n]`, stored `[n, k]` when `b_t`.
+pub(crate) fn sgemm(
+    dev: &CudaDevice,
+    (m, n, k): (usize, usize, usize),
+    (a, a_t): (&CudaView<f32>, bool),
+    (b, b_t): (&CudaView<f32>, bool),
+    beta: f32,
+    c: &mut CudaViewMut<f32>,
+) -> candle_core::Result<()> {
+    let op = |t: bool| {
+        if t {
+            cublasOperation_t::CUBLAS_OP_T
+        } else {
+            cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let cfg = GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: int(n)?,
+        n: int(m)?,
+        k: int(k)?,
+        alpha: 1.0f32,
+        lda: int(if b_t { k } else { n })?,
+        ldb: int(if a_t { m } else { k })?,
+        beta,
+        ldc: int(n)?,
+    };
+    // SAFETY: the callers pass views of exactly [m,k]/[k,n]/[m,n] elements (checked by
+    // the kernels' shapes in conv.rs); cuBLAS runs on the device's stream.
+    unsafe { dev.cublas_handle().gemm(cfg, b, a, c) }.w()
+}

@@ -1,0 +1,93 @@
+//! Max-pool on CUDA, as pool.rs on CPU: the forward writes each window's first maximum;
+//! the backward gathers, for each input position, the gradient of every window whose
+//! first maximum it is (in window order, as the CPU op adds; no atomics).
+
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::{Layout, Shape};
+
+use super::{func, grid, int, view};
+
+/// Kernel size, stride and padding.
+pub(crate) type PoolGeom = (usize, usize, usize);
+
+fn planes(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+    match l.dims() {
+        [b, c, h, w] => Ok((b * c, *h, *w)),
+        d => candle_core::bail!("max_pool2d: expected NCHW, got {d:?}"),
+    }
+}
+
+fn out(n: usize, (k, stride, pad): PoolGeom) -> usize {
+    (n + 2 * pad - k) / stride + 1
+}
+
+/// The forward of the max-pool on CUDA.
+pub(crate) fn pool_forward(
+    pg: PoolGeom,
+    (s, l): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s.device.clone();
+    let (np, h, w) = planes(l)?;
+    let (ho, wo) = (out(h, pg), out(w, pg));
+    let n = np * ho * wo;
+    let x = view(s, l)?;
+    // SAFETY: written whole by the kernel
+    let mut y = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = func(&dev, "meal_maxpool_fwd")?;
+        let a = [h, w, ho, wo, pg.0, pg.1, pg.2].map(int);
+        let a = a.into_iter().collect::<candle_core::Result<Vec<i32>>>()?;
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&x).arg(&mut y).arg(&np);
+        for v in &a {
+            lb.arg(v);
+        }
+        // SAFETY: x holds np*h*w values, y np*ho*wo.
+        unsafe { lb.launch(grid(n)) }.w()?;
+    }
+    let mut shape = l.dims().to_vec();
+    shape[2] = ho;
+    shape[3] = wo;
+    Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from(shape)))
+}
+
+/// `dx` of the max-pool on CUDA from `(x, dy)`.
+pub(crate) fn pool_backward(
+    pg: PoolGeom,
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s1.device.clone();
+    let (np, h, w) = planes(l1)?;
+    let (ho, wo) = (out(h, pg), out(w, pg));
+    if planes(l2)? != (np, ho, wo) {
+        candle_core::bail!(
+            "max_pool2d backward: gradient {:?} for input {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    let (x, dy) = (view(s1, l1)?, view(s2, l2)?);
+    let n = np * h * w;
+    // SAFETY: written whole by the kernel
+    let mut dx = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = func(&dev, "meal_maxpool_bwd")?;
+        let a = [h, w, ho, wo, pg.0, pg.1, pg.2].map(int);
+        let a = a.into_iter().collect::<candle_core::Result<Vec<i32>>>()?;
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&x).arg(&dy).arg(&mut dx).arg(&np);
+        for v in &a {
+            lb.arg(v);
+        }
+        // SAFETY: x and dx hold np*h*w values, dy np*ho*wo.
+        unsafe { lb.launch(grid(n)) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev),
+        Shape::from(l1.dims()),
+    ))
+}

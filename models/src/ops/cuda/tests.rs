@@ -1,0 +1,200 @@
+//! Every CUDA op against its CPU twin on the same inputs, forward and gradients.
+//!
+//! They need a GPU, and libtest cannot skip at run time, so they are `#[ignore]`d with
+//! that reason: `cargo test` without a GPU reports them as ignored, never as passed (CI
+//! builds them in `make check-cuda`). On a GPU machine run them with `--ignored`
+//! (bench/gpu_check.sh does); there a missing device fails them with the reason.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::ops::{batch_norm_train, conv2d, max_pool2d, sgd_step, SgdStep};
+
+/// The first CUDA device; a test asked to run without one fails with the reason.
+fn gpu(test: &str) -> Device {
+    crate::device::parse_device("cuda:0")
+        .unwrap_or_else(|e| panic!("{test} runs on a GPU and none opened here: {e}"))
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_device(&Device::Cpu)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("tensor to host")
+}
+
+/// `|a - b| <= tol * max(1, max|b|)` elementwise (NaN only where the other is NaN).
+fn close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let (a, b) = (host(a), host(b));
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * scale;
+        assert!(
+            ok,
+            "{what}[{i}]: cuda {x} vs cpu {y} (tolerance {tol} x {scale})"
+        );
+    }
+}
+
+/// `f(inputs)` and the gradients of `sum(f(inputs) * r)` on `dev`, from host values.
+fn run(
+    dev: &Device,
+    inputs: &[Tensor],
+    r: &Tensor,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let loss = (&y * r.to_device(dev).unwrap()).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let g = ts.iter().map(|t| grads.get(t).unwrap().clone()).collect();
+    (y, g)
+}
+
+/// `f` on the GPU and on the CPU: outputs and gradients within `tol`.
+fn twin(gpu: &Device, name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, tol: f32) {
+    let y_cpu = f(inputs);
+    let r = Tensor::randn(0f32, 1.0, y_cpu.dims(), &Device::Cpu).unwrap();
+    let (y0, g0) = run(&Device::Cpu, inputs, &r, f);
+    let (y1, g1) = run(gpu, inputs, &r, f);
+    assert!(y1.device().is_cuda(), "{name}: output left the GPU");
+    close(&format!("{name} y"), &y1, &y0, tol);
+    for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+        close(&format!("{name} d{i}"), a, b, tol);
+    }
+}
+
+fn randn(dims: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn conv2d_equals_the_cpu_op() {
+    let dev = gpu("conv2d_equals_the_cpu_op");
+    // (batch, cin, h, w, cout, kernel, stride, padding): 3x3 s1/s2, 1x1 s1/s2, the 7x7
+    // stem; the tests' small chunks split every batch (conv.rs CHUNK_ELEMS)
+    for (b, ci, h, w, co, k, s, p) in [
+        (5, 3, 9, 7, 4, 3, 1, 1),
+        (3, 6, 10, 10, 5, 3, 2, 1),
+        (4, 8, 6, 5, 7, 1, 1, 0),
+        (3, 8, 9, 9, 6, 1, 2, 0),
+        (2, 3, 23, 21, 8, 7, 2, 3),
+    ] {
+        let name = format!("conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p}");
+        let f = move |t: &[Tensor]| conv2d(&t[0], &t[1], s, p, 1).unwrap();
+        twin(
+            &dev,
+            &name,
+            &[randn(&[b, ci, h, w]), randn(&[co, ci, k, k])],
+            &f,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn batch_norm_equals_the_cpu_op() {
+    let dev = gpu("batch_norm_equals_the_cpu_op");
+    for relu in [false, true] {
+        // a large mean as well: the shifted sums must keep the variance
+        for offset in [0f32, 100.0] {
+            let x = (randn(&[4, 5, 6, 7]) + offset as f64).unwrap();
+            let gamma = ((randn(&[5]) * 0.5).unwrap() + 1.0).unwrap();
+            let beta = (randn(&[5]) * 0.5).unwrap();
+            let f = move |t: &[Tensor]| {
+                batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu)
+                    .unwrap()
+                    .expect("our op takes f32 NCHW")
+                    .y
+            };
+            let name = format!("batch norm relu={relu} offset={offset}");
+            twin(
+                &dev,
+                &name,
+                &[x.clone(), gamma.clone(), beta.clone()],
+                &f,
+                1e-4,
+            );
+            // the statistics handed to the running averages
+            let on = |d: &Device| {
+                let t = |v: &Tensor| v.to_device(d).unwrap();
+                let o = batch_norm_train(&t(&x), &t(&gamma), &t(&beta), 1e-5, relu)
+                    .unwrap()
+                    .unwrap();
+                (o.mean, o.var)
+            };
+            let ((m0, v0), (m1, v1)) = (on(&Device::Cpu), on(&dev));
+            for (a, b) in m1.iter().zip(&m0).chain(v1.iter().zip(&v0)) {
+                assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    "{name}: statistic {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
+    let dev = gpu("max_pool_equals_the_cpu_op_with_ties_and_nan");
+    // values rounded to halves: many ties, which must go to the first maximum
+    let x = (randn(&[2, 3, 11, 10]) * 2.0).unwrap().round().unwrap();
+    let f = |t: &[Tensor]| {
+        max_pool2d(&t[0], 3, 2, 1)
+            .unwrap()
+            .expect("our op takes f32")
+    };
+    twin(&dev, "max-pool 3x3 s2 p1", &[x.clone()], &f, 0.0);
+    let f2 = |t: &[Tensor]| {
+        max_pool2d(&t[0], 2, 2, 0)
+            .unwrap()
+            .expect("our op takes f32")
+    };
+    twin(&dev, "max-pool 2x2 s2", &[x.clone()], &f2, 0.0);
+    // a NaN propagates to every window that holds it
+    let mut v = host(&x);
+    v[17] = f32::NAN;
+    let xn = Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap();
+    let y0 = max_pool2d(&xn, 3, 2, 1).unwrap().unwrap();
+    let y1 = max_pool2d(&xn.to_device(&dev).unwrap(), 3, 2, 1)
+        .unwrap()
+        .unwrap();
+    close("max-pool with NaN", &y1, &y0, 0.0);
+    assert!(host(&y1).iter().any(|v| v.is_nan()));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn sgd_step_equals_the_cpu_op() {
+    let dev = gpu("sgd_step_equals_the_cpu_op");
+    for nesterov in [false, true] {
+        let step = SgdStep {
+            lr: 0.1,
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov,
+        };
+        let (p, g) = (randn(&[1000, 7]), randn(&[1000, 7]));
+        let on = |d: &Device| {
+            let p = p.to_device(d).unwrap().copy().unwrap();
+            let buf = Tensor::zeros(p.dims(), DType::F32, d).unwrap();
+            for k in 0..3 {
+                let g = (g.to_device(d).unwrap() * (1.0 + k as f64)).unwrap();
+                assert!(crate::ops::sgd_fast(&p, &g, &buf));
+                sgd_step(&p, &g, &buf, step).unwrap();
+            }
+            (p, buf)
+        };
+        let ((p0, b0), (p1, b1)) = (on(&Device::Cpu), on(&dev));
+        close(&format!("sgd p nesterov={nesterov}"), &p1, &p0, 1e-6);
+        close(&format!("sgd buf nesterov={nesterov}"), &b1, &b0, 1e-6);
+    }
+}
