@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build what bench/gpu_check.sh runs on a GPU machine that has no Rust toolchain: the
-# cuda build of meal-data, meal-precompute, meal-student and the models bench, stripped
+# cuda build of meal-data, meal-precompute, meal-student, the models bench and the
+# CUDA-op tests (meal-models' unit tests), stripped
 # and xz-compressed into bench/out/gpu/ (well under 60 MB in all). Run here, on a CPU
 # machine: `make gpu-bundle`.
 set -euo pipefail
@@ -8,11 +9,16 @@ cd "$(dirname "$0")/.."
 eval "$(bash scripts/cuda-toolchain.sh)"
 export CARGO_TARGET_DIR=${CUDA_TARGET:-target/cuda}
 cargo build --release --features cuda -p meal-data -p meal-precompute -p meal-student
-bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+exe() { sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
+bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 | exe)
+# the CUDA-op tests (models/src/ops/cuda/tests.rs, run there with --ignored)
+optests=$(cargo test --release --features cuda -p meal-models --lib --no-run 2>&1 | exe)
+[ -x "$bench" ] && [ -x "$optests" ] || { echo "bench or test binary not built" >&2; exit 1; }
+cp "$optests" "$CARGO_TARGET_DIR/meal_ops_tests"
 out=bench/out/gpu
 rm -rf "$out" && mkdir -p "$out"
-for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench"; do
+for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench" \
+    "$CARGO_TARGET_DIR/meal_ops_tests"; do
     name=$(basename "$b" | sed 's/-[0-9a-f]\{16\}$//')
     strip -o "$out/$name" "$b"
     xz -T0 -6 "$out/$name"

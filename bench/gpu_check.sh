@@ -2,7 +2,8 @@
 # The device check (README, "The CUDA build"): on a machine with one NVIDIA GPU, a CUDA 13
 # driver, Python with PyTorch + timm and the cu13 NVIDIA wheels, no network and no Rust.
 # It runs the binaries `make gpu-bundle` packed into bench/out/gpu/ and prints, in this
-# order: the GPU; our binaries opening cuda:0; teacher inference (resnet152s, senet154 at
+# order: the GPU; our binaries opening cuda:0; our CUDA ops against their CPU twins;
+# teacher inference (resnet152s, senet154 at
 # 224, f32 and bf16) and the ResNet-50 KD train step, each beside PyTorch (timm,
 # channels_last, autocast) in the same run; a tiny precompute + train on demo data with
 # --device cuda:0, and the GPU store against a CPU store of the same crops.
@@ -33,7 +34,10 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.
 # 1. one binary for CPU and GPU: the cuda build opens cuda:0 here
 step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-class 5
 
-# 2. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
+# 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests.rs; ignored off a GPU)
+step 120 "$bin/meal_ops_tests" --ignored --test-threads 1 ops::cuda
+
+# 3. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
 export MEAL_DEVICE=cuda:0
 for dt in f32 bf16; do
     export MEAL_DTYPE=$dt
@@ -44,10 +48,12 @@ for dt in f32 bf16; do
 done
 export MEAL_DTYPE=f32
 step 90 "$bin/models" train resnet50 224 32 5
+# the same step on candle's CUDA ops (naive convolution backward): what ours replace
+MEAL_CUDA_OPS=0 step 120 "$bin/models" train resnet50 224 32 3
 MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 
-# 3. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
+# 4. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
 S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"
 step 90 "$S" train --data "$D/train" --val "$D/val" --arch demo_resnet10 --res 32 --epochs 2 \
     --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device cuda:0 --out "$out/teacher"
