@@ -1,0 +1,260 @@
+// models/kernels/meal_ops.cu compiled as C++ (emulate.h) and every kernel checked against
+// its definition, written here as plain loops: the gather/scatter of the convolution
+// columns, the layout swap, BatchNorm statistics, affine and gradients (two-pass f64
+// formulas), the max-pool's first-maximum rule (ties, NaN) and its gradient, and the SGD
+// updates. The elementwise kernels run on 3 blocks of 32 threads, fewer threads than
+// elements, so their grid-stride loops are exercised; the reductions on 256 threads
+// per channel block as on the GPU. Run by models/tests/kernels_on_cpu.rs; exit status
+// 1 on any mismatch.
+#include "emulate.h"
+
+#include "../../kernels/meal_ops.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <string>
+
+static int checks = 0, failures = 0;
+static std::mt19937 rng(7);
+
+static std::vector<float> randn(size_t n, float scale = 1.f, float offset = 0.f) {
+    std::normal_distribution<float> d(0.f, 1.f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng) * scale + offset;
+    return v;
+}
+
+// |got - want| <= tol * max(1, max|want|), NaN only where the other is NaN.
+template <class T>
+static void expect(const std::string& what, const std::vector<T>& got,
+                   const std::vector<T>& want, double tol) {
+    ++checks;
+    double scale = 1.0, worst = 0.0;
+    for (auto w : want)
+        if (!std::isnan((double)w)) scale = std::max(scale, std::fabs((double)w));
+    size_t bad = got.size() == want.size() ? got.size() : 0;
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+        double g = got[i], w = want[i];
+        if (std::isnan(g) || std::isnan(w)) {
+            if (!(std::isnan(g) && std::isnan(w))) bad = i;
+            continue;
+        }
+        double d = std::fabs(g - w);
+        worst = std::max(worst, d);
+        if (d > tol * scale && bad == got.size()) bad = i;
+    }
+    if (bad != got.size() || got.size() != want.size()) {
+        ++failures;
+        printf("FAIL %s: at %zu got %g want %g (sizes %zu/%zu, tolerance %g x %g)\n", what.c_str(),
+               bad, bad < got.size() ? (double)got[bad] : 0.0,
+               bad < want.size() ? (double)want[bad] : 0.0, got.size(), want.size(), tol, scale);
+    } else {
+        printf("ok   %s (worst %.1e)\n", what.c_str(), worst);
+    }
+}
+
+struct Geom {
+    int nb, c, h, w, k, s, p;
+    int ho() const { return (h + 2 * p - k) / s + 1; }
+    int wo() const { return (w + 2 * p - k) / s + 1; }
+    std::string name() const {
+        char b[96];
+        snprintf(b, sizeof b, "%dx%dx%dx%d k%d s%d p%d", nb, c, h, w, k, s, p);
+        return b;
+    }
+};
+
+static void check_cols(const Geom& g) {
+    size_t rows = (size_t)g.c * g.k * g.k, P = (size_t)g.ho() * g.wo(), ncol = g.nb * P;
+    size_t nx = (size_t)g.nb * g.c * g.h * g.w;
+    auto x = randn(nx);
+    std::vector<float> cols(rows * ncol, -7.f), want(rows * ncol), dref(nx, 0.f);
+    launch(3, 32, [&] {
+        meal_im2col(x.data(), cols.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(), g.wo());
+    });
+    auto y = randn(rows * ncol);
+    for (int ch = 0; ch < g.c; ++ch)
+        for (int ky = 0; ky < g.k; ++ky)
+            for (int kx = 0; kx < g.k; ++kx)
+                for (int img = 0; img < g.nb; ++img)
+                    for (int oy = 0; oy < g.ho(); ++oy)
+                        for (int ox = 0; ox < g.wo(); ++ox) {
+                            size_t row = ((size_t)ch * g.k + ky) * g.k + kx;
+                            size_t at = row * ncol + img * P + (size_t)oy * g.wo() + ox;
+                            int iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
+                            bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+                            size_t xi = (((size_t)img * g.c + ch) * g.h + iy) * g.w + ix;
+                            want[at] = in ? x[xi] : 0.f;
+                            if (in) dref[xi] += y[at];  // the scatter-add adjoint
+                        }
+    expect("im2col " + g.name(), cols, want, 0.0);
+    std::vector<float> dx(nx, -7.f);
+    launch(3, 32, [&] {
+        meal_col2im(y.data(), dx.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(), g.wo());
+    });
+    expect("col2im " + g.name(), dx, dref, 1e-6);
+}
+
+static void check_swap() {
+    size_t a = 3, b = 4, p = 5;
+    auto src = randn(a * b * p);
+    std::vector<float> dst(a * b * p, -7.f), want(a * b * p);
+    launch(3, 32, [&] { meal_swap01(src.data(), dst.data(), a, b, p); });
+    for (size_t i = 0; i < a; ++i)
+        for (size_t j = 0; j < b; ++j)
+            for (size_t q = 0; q < p; ++q) want[(j * a + i) * p + q] = src[(i * b + j) * p + q];
+    expect("swap01 3x4x5", dst, want, 0.0);
+}
+
+static void check_bn(int b, int c, int hw, float offset, int relu) {
+    size_t n = (size_t)b * c * hw;
+    double eps = 1e-5, m = (double)b * hw;
+    auto x = randn(n, 1.f, offset), dy = randn(n), gamma = randn(c, .5f, 1.f), beta = randn(c, .5f);
+    std::string tag = " relu=" + std::to_string(relu) + " offset=" + std::to_string((int)offset);
+    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
+    // statistics: two-pass f64
+    std::vector<double> mean(c, -7), var(c, -7), mref(c), vref(c);
+    launch(c, BN_THREADS, [&] { meal_bn_stats(x.data(), mean.data(), var.data(), b, c, hw); });
+    for (int ch = 0; ch < c; ++ch) {
+        double s = 0, s2 = 0;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) s += x[at(i, ch, q)];
+        mref[ch] = s / m;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) s2 += (x[at(i, ch, q)] - mref[ch]) * (x[at(i, ch, q)] - mref[ch]);
+        vref[ch] = s2 / m;
+    }
+    expect("bn mean" + tag, mean, mref, 1e-12);
+    expect("bn var" + tag, var, vref, 1e-9);
+    // forward: the host's scale/shift (bn.rs scale_shift), then the affine(+ReLU)
+    std::vector<float> scale(c), shift(c);
+    for (int ch = 0; ch < c; ++ch) {
+        double inv = 1.0 / std::sqrt(var[ch] + eps), sc = gamma[ch] * inv;
+        scale[ch] = (float)sc;
+        shift[ch] = (float)(beta[ch] - mean[ch] * sc);
+    }
+    x[3] = NAN;  // NaN passes the ReLU (relu.rs relu_of)
+    std::vector<float> y(n, -7.f), yref(n);
+    launch(3, 32, [&] {
+        meal_bn_affine(x.data(), scale.data(), shift.data(), y.data(), n, c, hw, relu);
+    });
+    for (size_t t = 0; t < n; ++t) {
+        int ch = (int)((t / hw) % c);
+        float v = x[t] * scale[ch] + shift[ch];
+        yref[t] = relu && !(v > 0.f) && !std::isnan(v) ? 0.f : v;
+    }
+    expect("bn affine" + tag, y, yref, 1e-6);
+    x[3] = 0.5f;
+    // backward against dx = gamma*inv*(g - mean(g) - xhat*mean(g*xhat)), g gated by the ReLU
+    std::vector<double> sums(2 * c, -7);
+    std::vector<float> out(n + 2 * c, -7.f), oref(n + 2 * c);
+    launch(c, BN_THREADS, [&] {
+        meal_bn_grad_sums(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu, b, c,
+                          hw, sums.data());
+    });
+    launch(3, 32, [&] {
+        meal_bn_grad_input(dy.data(), x.data(), mean.data(), var.data(), gamma.data(), sums.data(),
+                           scale.data(), shift.data(), relu, eps, b, c, hw, out.data());
+    });
+    for (int ch = 0; ch < c; ++ch) {
+        double inv = 1.0 / std::sqrt(vref[ch] + eps), sg = 0, sgx = 0;
+        auto g = [&](size_t t) {
+            return relu && !(x[t] * scale[ch] + shift[ch] > 0.f) ? 0.0 : (double)dy[t];
+        };
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                sg += g(t);
+                sgx += g(t) * (x[t] - mref[ch]) * inv;
+            }
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                double xhat = (x[t] - mref[ch]) * inv;
+                oref[t] = (float)(gamma[ch] * inv * (g(t) - sg / m - xhat * sgx / m));
+            }
+        oref[n + ch] = (float)sgx;
+        oref[n + c + ch] = (float)sg;
+    }
+    expect("bn backward" + tag, out, oref, 1e-4);
+}
+
+static int first_max(const float* plane, int h, int w, int k, int s, int p, int oy, int ox) {
+    int at = -1;
+    float best = 0.f;
+    for (int y = oy * s - p; y < oy * s - p + k; ++y)
+        for (int x = ox * s - p; x < ox * s - p + k; ++x) {
+            if (y < 0 || y >= h || x < 0 || x >= w) continue;
+            float v = plane[y * w + x];
+            if (at < 0 || v > best || std::isnan(v)) {
+                if (at < 0 || !std::isnan(best)) {
+                    best = v;
+                    at = y * w + x;
+                }
+            }
+        }
+    return at;
+}
+
+static void check_pool(int planes, int h, int w, int k, int s, int p, bool nan) {
+    int ho = (h + 2 * p - k) / s + 1, wo = (w + 2 * p - k) / s + 1;
+    auto x = randn((size_t)planes * h * w, 2.f);
+    for (auto& v : x) v = std::round(v);  // many ties: the first maximum wins
+    if (nan) x[17] = NAN;
+    std::vector<float> y((size_t)planes * ho * wo, -7.f), yref(y.size());
+    std::vector<float> dx(x.size(), -7.f), dref(x.size(), 0.f);
+    auto dy = randn(y.size());
+    launch(3, 32, [&] { meal_maxpool_fwd(x.data(), y.data(), planes, h, w, ho, wo, k, s, p); });
+    launch(3, 32, [&] {
+        meal_maxpool_bwd(x.data(), dy.data(), dx.data(), planes, h, w, ho, wo, k, s, p);
+    });
+    for (int pl = 0; pl < planes; ++pl)
+        for (int oy = 0; oy < ho; ++oy)
+            for (int ox = 0; ox < wo; ++ox) {
+                const float* plane = x.data() + (size_t)pl * h * w;
+                int a = first_max(plane, h, w, k, s, p, oy, ox);
+                size_t o = ((size_t)pl * ho + oy) * wo + ox;
+                yref[o] = plane[a];
+                dref[(size_t)pl * h * w + a] += dy[o];
+            }
+    char name[64];
+    snprintf(name, sizeof name, "max-pool %dx%dx%d k%d s%d p%d%s", planes, h, w, k, s, p,
+             nan ? " NaN" : "");
+    expect(std::string(name), y, yref, 0.0);
+    expect(std::string(name) + " backward", dx, dref, 0.0);
+}
+
+static void check_sgd(int nesterov) {
+    size_t n = 1000;
+    float lr = 0.1f, wd = 1e-4f, mom = 0.9f, damp = 0.1f, keep = 1.f - damp;
+    auto p = randn(n), g = randn(n), buf = randn(n);
+    auto pref = p, bref = buf;
+    launch(3, 32, [&] { meal_sgd_buffer(buf.data(), g.data(), p.data(), n, wd, mom, keep); });
+    launch(3, 32, [&] { meal_sgd_param(p.data(), g.data(), buf.data(), n, lr, wd, mom, nesterov); });
+    for (size_t i = 0; i < n; ++i) {
+        bref[i] = bref[i] * mom + (g[i] + pref[i] * wd) * keep;
+        float d = nesterov ? (g[i] + pref[i] * wd) + bref[i] * mom : bref[i];
+        pref[i] -= d * lr;
+    }
+    std::string tag = " nesterov=" + std::to_string(nesterov);
+    expect("sgd buffer" + tag, buf, bref, 1e-6);
+    expect("sgd param" + tag, p, pref, 1e-6);
+}
+
+int main() {
+    for (Geom g : {Geom{3, 2, 7, 6, 3, 1, 1}, Geom{2, 3, 9, 8, 3, 2, 1}, Geom{2, 4, 6, 5, 1, 1, 0},
+                   Geom{2, 4, 7, 7, 1, 2, 0}, Geom{2, 3, 13, 11, 7, 2, 3}, Geom{2, 2, 8, 8, 2, 2, 0}})
+        check_cols(g);
+    check_swap();
+    for (int relu = 0; relu < 2; ++relu)
+        for (float offset : {0.f, 100.f}) check_bn(3, 5, 42, offset, relu);
+    check_bn(2, 3, 1, 0.f, 1);  // 1x1 planes (the SE block's squeeze)
+    check_pool(6, 11, 10, 3, 2, 1, false);
+    check_pool(6, 11, 10, 3, 2, 1, true);
+    check_pool(6, 8, 8, 2, 2, 0, false);
+    check_sgd(0);
+    check_sgd(1);
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures ? 1 : 0;
+}

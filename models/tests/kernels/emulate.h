@@ -1,0 +1,46 @@
+// A CPU emulation of the CUDA execution model, enough to run models/kernels/meal_ops.cu
+// as C++ on a machine without a GPU: each block's threads are std::threads, a block's
+// `__shared__` arrays are function statics (blocks run one after another), and
+// `__syncthreads()` is a std::barrier over the block. It checks the kernels' index
+// arithmetic, bounds and reductions (models/tests/kernels/check.cpp); the GPU run of
+// the same kernels is models/src/ops/cuda/tests.rs.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <thread>
+#include <vector>
+
+struct Dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+inline std::barrier<>* block_barrier = nullptr;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+using std::isnan;
+using std::sqrt;
+
+// Run `kernel` as `<<<grid, block>>>`.
+template <class F>
+void launch(unsigned grid, unsigned block, F kernel) {
+    gridDim.x = grid;
+    blockDim.x = block;
+    for (unsigned b = 0; b < grid; ++b) {
+        std::barrier<> bar(block);
+        block_barrier = &bar;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block; ++t)
+            threads.emplace_back([&, b, t] {
+                blockIdx.x = b;
+                threadIdx.x = t;
+                kernel();
+            });
+        for (auto& th : threads) th.join();
+    }
+}
