@@ -75,8 +75,9 @@ fn main() -> anyhow::Result<()> {
     let mut step = || -> anyhow::Result<()> {
         match mode {
             "infer" => {
+                // the model's own dtype: f32 for a CPU bf16 model (bf16 products only)
                 let y = model
-                    .forward_t(&x.to_dtype(dtype)?, false)?
+                    .forward_t(&x.to_dtype(model.dtype())?, false)?
                     .to_dtype(DType::F32)?;
                 let _ = candle_nn::ops::softmax(&y, D::Minus1)?
                     .to_dtype(DType::F32)?

@@ -34,6 +34,9 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// What this machine cannot run (a CPU feature it lacks).
+    #[error("not supported on this machine: {0}")]
+    Unsupported(String),
     /// A tensor operation failed (shapes, device).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -72,6 +72,8 @@ pub struct Conv2d {
     stride: usize,
     padding: usize,
     groups: usize,
+    /// How its products are computed on the CPU (bf16 for a CPU bf16 teacher).
+    precision: crate::ops::Precision,
 }
 
 impl Conv2d {
@@ -115,17 +117,19 @@ impl Conv2d {
             stride,
             padding,
             groups,
+            precision: pb.conv_precision(),
         })
     }
 
     /// Apply to an NCHW tensor.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = crate::ops::conv2d(
+        let y = crate::ops::conv2d_in(
             x,
             &w(&self.weight, train),
             self.stride,
             self.padding,
             self.groups,
+            self.precision,
         )?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&w(b, train).reshape((1, (), 1, 1))?)?,

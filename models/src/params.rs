@@ -48,6 +48,7 @@ pub struct ParamBuilder {
     entries: Vec<Entry>,
     dry: bool,
     dtype: DType,
+    conv_precision: crate::ops::Precision,
 }
 
 impl ParamBuilder {
@@ -63,6 +64,7 @@ impl ParamBuilder {
             entries: Vec::new(),
             dry: false,
             dtype: DType::F32,
+            conv_precision: Default::default(),
         }
     }
 
@@ -70,6 +72,20 @@ impl ParamBuilder {
     /// in f32 and rounded, so the stream does not depend on the dtype).
     pub fn with_dtype(self, dtype: DType) -> Self {
         ParamBuilder { dtype, ..self }
+    }
+
+    /// The same builder whose convolutions multiply in `p` on the CPU (bf16 products
+    /// over f32 weights: the CPU's bf16 teachers).
+    pub fn with_conv_precision(self, conv_precision: crate::ops::Precision) -> Self {
+        ParamBuilder {
+            conv_precision,
+            ..self
+        }
+    }
+
+    /// The precision the convolutions built from here multiply in.
+    pub fn conv_precision(&self) -> crate::ops::Precision {
+        self.conv_precision
     }
 
     /// A builder that records names and shapes only; its tensors are 1-element

@@ -333,12 +333,26 @@ impl ResNet {
             num_classes,
             ..preset(name)?.config
         };
-        let mut m = Self::build(&config, ParamBuilder::new(device, 0).with_dtype(dtype))?;
+        let pb = ParamBuilder::new(device, 0);
+        // bf16 on the CPU: f32 weights, convolutions in bf16 products (ops::bf16), as
+        // PyTorch's CPU autocast; candle's CPU convolution has no bf16 kernel
+        let pb = if device.is_cpu() && dtype == candle_core::DType::BF16 {
+            if !crate::ops::bf16::available() {
+                return Err(crate::error::ModelError::Unsupported(
+                    "bf16 on the CPU needs AVX512-BF16, which this CPU lacks (use f32)".into(),
+                ));
+            }
+            pb.with_conv_precision(crate::ops::Precision::Bf16)
+        } else {
+            pb.with_dtype(dtype)
+        };
+        let mut m = Self::build(&config, pb)?;
         m.name = name.to_string();
         Ok(m)
     }
 
-    /// The dtype of its parameters.
+    /// The dtype of its parameters (f32 for a CPU bf16 model, whose convolutions
+    /// multiply in bf16 over f32 weights).
     pub fn dtype(&self) -> candle_core::DType {
         self.entries()
             .iter()

@@ -148,10 +148,9 @@ pub fn load_ensemble(
         t.weights = crate::hub::resolve(&t.weights)?;
     }
     let dtype = s.dtype.unwrap_or_else(|| default_dtype(device));
-    if device.is_cpu() && dtype == DType::BF16 {
-        // candle-core 0.11's CPU convolution calls a matmul with no bf16 kernel
-        // (cpu_backend MatMul), so a bf16 teacher cannot run on CPU at all
-        bail!("--dtype bf16: candle's CPU convolution has no bf16 kernel; on CPU use f32 (the default) or f16, and bf16 on a GPU");
+    if device.is_cpu() && dtype == DType::BF16 && !meal_models::ops::bf16::available() {
+        // on the CPU, bf16 teachers multiply with AVX512-BF16 (meal_models::ops::bf16)
+        bail!("--dtype bf16 on the CPU needs AVX512-BF16, which this CPU lacks: use f32 (the default), or bf16 on a GPU");
     }
     Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }

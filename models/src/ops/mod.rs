@@ -15,6 +15,7 @@
 //! the conv, BatchNorm, max-pool and SGD ops also run on CUDA devices (cuda/: our
 //! kernels and cuBLAS, unless `MEAL_CUDA_OPS=0`); elsewhere candle's ops run.
 
+pub mod bf16;
 mod bn;
 mod conv;
 #[cfg(feature = "cuda")]
@@ -25,7 +26,7 @@ mod relu;
 mod sgd;
 
 pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_in, Precision};
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
 pub use sgd::{sgd_fast, sgd_step, SgdStep};

@@ -11,6 +11,7 @@
 //! the batch. Non-f32 tensors keep candle's `conv2d`; on CUDA
 //! (feature `cuda`) the same op runs ops/cuda/conv.rs, for one group.
 
+mod bf16;
 pub(super) mod cols;
 #[cfg(test)]
 mod tests;
@@ -79,7 +80,7 @@ fn batch_cols(g: &Geom, x: &[f32]) -> Vec<f32> {
 /// Convolution of `(x, w)` as one op: the column matrix lives only inside the forward
 /// and the backward (recomputed there), so the graph keeps `x`, `w` and `y` alone,
 /// as PyTorch's convolution does, not the 9x-larger columns and a transposed copy.
-struct Conv(Geom);
+struct Conv(Geom, Precision);
 
 /// `[dx..., dw...]` of [`Conv`] from `(x, w, dy)`; `[dw...]` alone when the input needs
 /// no gradient (the network's input image).
@@ -197,6 +198,10 @@ impl CustomOp2 for Conv {
         let g = self.0;
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let (p, co, img) = (g.cols(), l2.dims()[0], g.image());
+        if self.1 == Precision::Bf16 {
+            let y = bf16::forward(&g, x, w, co);
+            return Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))));
+        }
         let y = match Plan::of(&g) {
             Plan::PerImage { outer } => fill_chunks(g.b * co * p, co * p, outer, |b, yb| {
                 let cols = image_cols(&g, &x[b * img..(b + 1) * img], !outer);
@@ -243,6 +248,9 @@ impl CustomOp2 for Conv {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // the network's input image needs no gradient: skip its GEMM and col2im
+        if self.1 == Precision::Bf16 {
+            candle_core::bail!("conv2d in bf16: inference only, no backward");
+        }
         let need_dx = x.track_op();
         let op = ConvBackward { g: self.0, need_dx };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
@@ -402,6 +410,18 @@ fn batch_backward(g: &Geom, (x, w, dy): (&[f32], &[f32], &[f32]), dx: &mut [f32]
     }
 }
 
+/// How a convolution multiplies on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 products and sums.
+    #[default]
+    F32,
+    /// Inputs and weights rounded to bf16, products summed in f32 (PyTorch's CPU
+    /// autocast), on CPUs with AVX512-BF16 ([`super::bf16`]); inference only. Other
+    /// devices ignore it (their models hold bf16 weights instead).
+    Bf16,
+}
+
 /// 2-D convolution of NCHW `x` with `w` (`[Co, C/groups, k, k]`), square kernel,
 /// `stride`, zero `padding`, no dilation. Same result as `x.conv2d(w, padding, stride, 1,
 /// groups)`; on CPU with f32, our [`Conv`] op (see the module docs).
@@ -412,6 +432,29 @@ pub fn conv2d(
     padding: usize,
     groups: usize,
 ) -> Result<Tensor> {
+    conv2d_in(x, w, stride, padding, groups, Precision::F32)
+}
+
+/// [`conv2d`] with the CPU products in `precision`: [`Precision::Bf16`] on a CPU without
+/// AVX512-BF16 is an error that says so.
+pub fn conv2d_in(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    precision: Precision,
+) -> Result<Tensor> {
+    let precision = if x.device().is_cpu() {
+        precision
+    } else {
+        Precision::F32
+    };
+    if precision == Precision::Bf16 && !super::bf16::available() {
+        return Err(crate::error::ModelError::Unsupported(
+            "bf16 convolutions on the CPU need AVX512-BF16, which this CPU lacks".into(),
+        ));
+    }
     let (co, ci, kh, kw) = w.dims4()?;
     // on CUDA our op has one group (grouped convolutions keep candle's there)
     let fast = super::ours(x) && kh == kw && (x.device().is_cpu() || groups == 1);
@@ -427,5 +470,6 @@ pub fn conv2d(
         ))
         .into());
     }
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Conv(g))?)
+    Ok(x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv(g, precision))?)
 }

@@ -1,7 +1,7 @@
 //! The conv op against candle's conv2d and finite differences.
 
 use super::*;
-use candle_core::{Device, Var};
+use candle_core::{DType, Device, Var};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
@@ -283,4 +283,50 @@ fn grouped_matches_candle_forward_and_backward() {
     let x = Tensor::zeros((1, 6, 5, 5), candle_core::DType::F32, &dev).unwrap();
     let wt = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &dev).unwrap();
     assert!(conv2d(&x, &wt, 1, 1, 4).is_err());
+}
+
+/// `Precision::Bf16` (where the CPU has AVX512-BF16) equals the f32 op on inputs and
+/// weights rounded to bf16: bf16 products are exact in f32, so only the order of the f32
+/// sums differs. Both plans (per image, batch), strides, 1x1, the 7x7 stem and groups.
+/// Where the CPU lacks AVX512-BF16 the same call is refused, naming the feature.
+#[test]
+fn bf16_products_equal_f32_over_rounded_operands_or_are_refused() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 9), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+    if !crate::ops::bf16::available() {
+        let e = conv2d_in(&x, &w, 1, 1, 1, Precision::Bf16).unwrap_err();
+        assert!(e.to_string().contains("AVX512-BF16"), "{e}");
+        return;
+    }
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    for &(b, c, h, co, k, s, p, groups) in &[
+        (3, 8, 16, 6, 3, 1, 1, 1),
+        (3, 8, 16, 6, 3, 2, 1, 1),
+        (4, 8, 6, 10, 3, 1, 1, 1),
+        (3, 8, 15, 5, 1, 1, 0, 1),
+        (2, 3, 23, 8, 7, 2, 3, 1),
+        (3, 8, 14, 6, 3, 1, 1, 2),
+        (1, 5, 7, 33, 3, 1, 1, 1),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap();
+        let want = conv2d(&round(&x), &round(&w), s, p, groups).unwrap();
+        let got = conv2d_in(&x, &w, s, p, groups, Precision::Bf16).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let tol = 1e-5 * scale.to_scalar::<f32>().unwrap().max(1.0);
+        let d = max_abs(&got, &want);
+        assert!(
+            d <= tol,
+            "{b}x{c}x{h} -> {co} k{k} s{s} p{p} g{groups}: {d} > {tol}"
+        );
+        // and it is a bf16 result, not the f32 one
+        assert!(max_abs(&got, &conv2d(&x, &w, s, p, groups).unwrap()) > 0.0);
+    }
 }
