@@ -42,20 +42,21 @@ pub struct PackedA {
 }
 
 impl PackedA {
-    /// Pack `m` rows of `k` values of `w` (row `i` at `w[i * ld..]`).
+    /// Pack `m` rows of `k` values of `w` (row `i` at `w[i * ld..]`): each row rounded
+    /// to bf16 pairs in one vector pass, then laid into its panel.
     pub fn new(w: &[f32], m: usize, k: usize, ld: usize) -> Self {
+        use rayon::prelude::*;
         let kp = k.div_ceil(2);
         let panels = m.div_ceil(MR);
         let mut data = vec![0u32; panels * kp * MR];
-        use rayon::prelude::*;
         data.par_chunks_mut(kp * MR)
             .enumerate()
             .for_each(|(ib, panel)| {
+                let mut pairs = vec![0u32; kp];
                 for i in 0..MR.min(m - ib * MR) {
-                    let row = &w[(ib * MR + i) * ld..][..k];
-                    for (p, pair) in row.chunks(2).enumerate() {
-                        let hi = pair.get(1).map_or(0, |&v| bf(v));
-                        panel[p * MR + i] = bf(pair[0]) | hi << 16;
+                    row_pairs(&w[(ib * MR + i) * ld..][..k], &mut pairs);
+                    for (p, &v) in pairs.iter().enumerate() {
+                        panel[p * MR + i] = v;
                     }
                 }
             });
@@ -63,56 +64,79 @@ impl PackedA {
     }
 }
 
-/// Rows `[k, n]` of `b` (row `r` at `b[r * ld..]`) packed in [`NR`]-column panels.
-fn pack_b(b: &[f32], k: usize, n: usize, ld: usize) -> Vec<u32> {
-    let kp = k.div_ceil(2);
-    let panels = n.div_ceil(NR);
-    let mut out = vec![0u32; panels * kp * NR];
-    for (j, panel) in out.chunks_mut(kp * NR).enumerate() {
-        let (c0, w) = (j * NR, NR.min(n - j * NR));
-        for p in 0..kp {
-            let lo = &b[2 * p * ld + c0..][..w];
-            let dst = &mut panel[p * NR..][..w];
-            if 2 * p + 1 < k {
-                let hi = &b[(2 * p + 1) * ld + c0..][..w];
-                pack_pairs(lo, hi, dst);
-            } else {
-                for (d, &v) in dst.iter_mut().zip(lo) {
-                    *d = bf(v);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// `dst[i] = bf(lo[i]) | bf(hi[i]) << 16`.
-fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+/// `row` as bf16 pairs: `pairs[p] = bf(row[2p]) | bf(row[2p + 1]) << 16` (0 past the end).
+fn row_pairs(row: &[f32], pairs: &mut [u32]) {
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if available() {
-        // SAFETY: the features were detected above; the slices have dst.len() elements.
-        unsafe { x86::pack_pairs(lo, hi, dst) };
-        return;
+        // SAFETY: the features were detected above.
+        done = unsafe { x86::row_pairs(row, pairs) };
     }
-    for ((d, &l), &h) in dst.iter_mut().zip(lo).zip(hi) {
-        *d = bf(l) | bf(h) << 16;
+    for p in done..pairs.len() {
+        let hi = row.get(2 * p + 1).map_or(0, |&v| bf(v));
+        pairs[p] = bf(row[2 * p]) | hi << 16;
     }
+}
+
+/// Rows `[k, n]` of `b` (row `r` at `b[r * ld..]`) packed in [`NR`]-column panels,
+/// `[n/NR][k/2][NR]`, zero-padded: each pair of rows read in order, 16 columns at a time
+/// stored into their panel; pairs in parallel when `parallel`.
+fn pack_b(b: &[f32], k: usize, n: usize, ld: usize, parallel: bool) -> Vec<u32> {
+    use rayon::prelude::*;
+    let kp = k.div_ceil(2);
+    let len = n.div_ceil(NR) * kp * NR;
+    let mut out: Vec<u32> = Vec::with_capacity(len);
+    let optr = out.as_mut_ptr() as usize;
+    let pair = |p: usize| {
+        let lo = &b[2 * p * ld..][..n];
+        let hi = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ld..][..n]);
+        let at = |c: usize| ((c / NR) * kp + p) * NR + c % NR;
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: features detected; every store is slot at(c..c+16) of pair p, inside
+            // `out` and written by this p alone.
+            done = unsafe { x86::pack_pair_row(lo, hi, (optr as *mut u32).add(p * NR), kp * NR) };
+        }
+        for c in done..n.div_ceil(NR) * NR {
+            let v = if c < n {
+                bf(lo[c]) | hi.map_or(0, |h| bf(h[c])) << 16
+            } else {
+                0
+            };
+            // SAFETY: as above
+            unsafe { *(optr as *mut u32).add(at(c)) = v };
+        }
+    };
+    if parallel {
+        (0..kp).into_par_iter().for_each(pair);
+    } else {
+        (0..kp).for_each(pair);
+    }
+    // SAFETY: every slot of every pair was written above (columns up to the padded width)
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Row-major `c[m, n] = a * b` (`c` row stride `ldc`, written whole), `a` packed, `b`
 /// rows `[k, n]` with row stride `ldb`, in bf16 products with f32 sums. Column panels
 /// in parallel (rayon) when `parallel`.
 ///
+/// # Safety
+/// `c` is valid for writes of `(m - 1) * ldc + n` floats (it may be uninitialised) and
+/// nothing else accesses them meanwhile.
+///
 /// # Panics
-/// Where [`available`] is false (the callers check it first), or when `b` or `c` is
-/// shorter than the shapes say.
-pub fn gemm(
+/// Where [`available`] is false (the callers check it first), or when `b` is shorter
+/// than the shape says.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
     a: &PackedA,
     b: &[f32],
     k: usize,
     n: usize,
     ldb: usize,
-    c: &mut [f32],
+    c: *mut f32,
     ldc: usize,
     parallel: bool,
 ) {
@@ -123,31 +147,32 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(c.len() >= (m - 1) * ldc + n && b.len() >= (k.max(1) - 1) * ldb + n);
-    let bp = pack_b(b, k, n, ldb);
+    assert!(
+        b.len() >= (k.max(1) - 1) * ldb + n,
+        "bf16 GEMM: b too short"
+    );
+    let bp = pack_b(b, k, n, ldb, parallel);
     let kp = a.kp;
-    let cptr = c.as_mut_ptr() as usize;
+    let cptr = c as usize;
     let panel = |j: usize| {
         let (c0, w) = (j * NR, NR.min(n - j * NR));
         let bpan = &bp[j * kp * NR..][..kp * NR];
         let mut tile = [0f32; MR * NR];
         for ib in 0..m.div_ceil(MR) {
             let apan = &a.data[ib * kp * MR..][..kp * MR];
+            let rows = MR.min(m - ib * MR);
+            let at = (cptr as *mut f32).add(ib * MR * ldc + c0);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: available() was asserted; the panels hold kp * MR and kp * NR values.
-            unsafe {
-                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), &mut tile)
-            };
-            for i in 0..MR.min(m - ib * MR) {
-                // SAFETY: row ib*MR+i < m, columns c0..c0+w < n: inside c (asserted), and
-                // each column panel writes only its own columns.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (cptr as *mut f32).add((ib * MR + i) * ldc + c0),
-                        w,
-                    )
-                };
-                dst.copy_from_slice(&tile[i * NR..i * NR + w]);
+            if rows == MR && w == NR {
+                // a whole tile: stored straight into c (rows ib*MR.., columns c0..c0+NR,
+                // this panel's own)
+                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), at, ldc);
+                continue;
+            } else {
+                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), tile.as_mut_ptr(), NR);
+            }
+            for i in 0..rows {
+                std::ptr::copy_nonoverlapping(tile.as_ptr().add(i * NR), at.add(i * ldc), w);
             }
         }
     };
@@ -164,14 +189,10 @@ mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// `tile[MR][NR] = sum_p a[p][i] . b[p][j]` over `kp` bf16 pairs.
+    /// `out[i * ld + j] = sum_p a[p][i] . b[p][j]` for the `MR x NR` tile, over `kp`
+    /// bf16 pairs.
     #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn kernel(
-        kp: usize,
-        a: *const u32,
-        b: *const u32,
-        tile: &mut [f32; MR * NR],
-    ) {
+    pub(super) unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, out: *mut f32, ld: usize) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kp {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
@@ -185,32 +206,49 @@ mod x86 {
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR), acc[0]);
-            _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + 16), acc[1]);
+            _mm512_storeu_ps(out.add(i * ld), acc[0]);
+            _mm512_storeu_ps(out.add(i * ld + 16), acc[1]);
         }
     }
 
-    /// [`super::pack_pairs`] 16 at a time: both rows rounded by `vcvtneps2bf16`, widened
-    /// to 32 bits and joined.
+    /// [`super::row_pairs`] 8 pairs (16 values) at a time; returns the pairs done.
     #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn pack_pairs(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
-        let n = dst.len();
-        let mut i = 0;
-        while i + 16 <= n {
+    pub(super) unsafe fn row_pairs(row: &[f32], pairs: &mut [u32]) -> usize {
+        let mut p = 0;
+        while 2 * p + 16 <= row.len() && p + 8 <= pairs.len() {
+            let v: __m256i =
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(row.as_ptr().add(2 * p))));
+            _mm256_storeu_si256(pairs.as_mut_ptr().add(p) as *mut __m256i, v);
+            p += 8;
+        }
+        p
+    }
+
+    /// Columns `0..16*q` of one pair of rows into their panels (`dst` points at this
+    /// pair's slots of the first panel, `panel` is a panel's length); returns the
+    /// columns done.
+    #[target_feature(enable = "avx512bf16,avx512f")]
+    pub(super) unsafe fn pack_pair_row(
+        lo: &[f32],
+        hi: Option<&[f32]>,
+        dst: *mut u32,
+        panel: usize,
+    ) -> usize {
+        let n = lo.len();
+        let mut c = 0;
+        while c + 16 <= n {
             let l: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(i))));
-            let h: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(i))));
-            let v = _mm512_or_si512(
-                _mm512_cvtepu16_epi32(l),
-                _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16),
-            );
-            _mm512_storeu_si512(dst.as_mut_ptr().add(i) as *mut _, v);
-            i += 16;
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(c))));
+            let mut v = _mm512_cvtepu16_epi32(l);
+            if let Some(hi) = hi {
+                let h: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(c))));
+                v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            }
+            _mm512_storeu_si512(dst.add((c / NR) * panel + c % NR) as *mut _, v);
+            c += 16;
         }
-        for j in i..n {
-            dst[j] = super::bf(lo[j]) | super::bf(hi[j]) << 16;
-        }
+        c
     }
 }
 
@@ -231,8 +269,10 @@ mod tests {
             // before reaching it, their own tests check that)
             let a = PackedA::new(&[1.0; 4], 2, 2, 2);
             let mut c = [0f32; 4];
-            let r =
-                std::panic::catch_unwind(move || gemm(&a, &[1.0; 4], 2, 2, 2, &mut c, 2, false));
+            // SAFETY: c holds the 2x2 result
+            let r = std::panic::catch_unwind(move || unsafe {
+                gemm(&a, &[1.0; 4], 2, 2, 2, c.as_mut_ptr(), 2, false)
+            });
             assert!(r.is_err());
             return;
         }
@@ -247,16 +287,9 @@ mod tests {
             let b: Vec<f32> = (0..k * ldb).map(|_| rnd()).collect();
             let mut c = vec![f32::NAN; m * ldc];
             for parallel in [false, true] {
-                gemm(
-                    &PackedA::new(&a, m, k, lda),
-                    &b,
-                    k,
-                    n,
-                    ldb,
-                    &mut c,
-                    ldc,
-                    parallel,
-                );
+                let pa = PackedA::new(&a, m, k, lda);
+                // SAFETY: c holds m rows of ldc
+                unsafe { gemm(&pa, &b, k, n, ldb, c.as_mut_ptr(), ldc, parallel) };
                 for i in 0..m {
                     for j in 0..n {
                         let want: f64 = (0..k)

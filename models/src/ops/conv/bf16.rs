@@ -16,39 +16,31 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
     match Plan::of(g) {
         Plan::PerImage { outer } => fill_chunks(g.b * co * p, co * p, outer, |b, yb| {
             let cols = image_cols(g, &x[b * img..(b + 1) * img], !outer);
-            for v in yb.iter_mut() {
-                v.write(0.0);
-            }
-            // SAFETY: every element was initialised just above
-            let yb: &mut [f32] =
-                unsafe { std::slice::from_raw_parts_mut(yb.as_mut_ptr().cast(), yb.len()) };
+            let y: *mut f32 = yb.as_mut_ptr().cast();
             for (i, a) in packs.iter().enumerate() {
-                gemm(
-                    a,
-                    &cols[i * rg * p..],
-                    rg,
-                    p,
-                    p,
-                    &mut yb[i * cog * p..],
-                    p,
-                    !outer,
-                );
+                // SAFETY: group i's rows of image b's [co, p] output block (the groups
+                // write it whole)
+                unsafe {
+                    gemm(
+                        a,
+                        &cols[i * rg * p..],
+                        rg,
+                        p,
+                        p,
+                        y.add(i * cog * p),
+                        p,
+                        !outer,
+                    )
+                };
             }
         }),
         Plan::Batch => {
             let (all, bn) = (batch_cols(g, x), g.b * p);
             let mut t = vec![0f32; co * bn];
             for (i, a) in packs.iter().enumerate() {
-                gemm(
-                    a,
-                    &all[i * rg * bn..],
-                    rg,
-                    bn,
-                    bn,
-                    &mut t[i * cog * bn..],
-                    bn,
-                    true,
-                );
+                // SAFETY: group i's rows of t [co, bn]
+                let ti = unsafe { t.as_mut_ptr().add(i * cog * bn) };
+                unsafe { gemm(a, &all[i * rg * bn..], rg, bn, bn, ti, bn, true) };
             }
             cbn_to_nchw(&t, g.b, co, p)
         }
