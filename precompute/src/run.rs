@@ -367,7 +367,9 @@ fn run_part(
     let classes = ens.num_classes();
     let mut pending = Pending::default();
     let (mut images, mut crops, mut shards_written, mut bytes_written) = (0u64, 0u64, 0u32, 0u64);
-    let dtype = ens.teachers()[0].model.dtype();
+    // the dtype asked for (on the CPU, bf16 teachers keep f32 weights: model.dtype()
+    // would say f32)
+    let dtype = meal_models::ensemble::parse_dtype(&ens.teachers()[0].info.dtype)?;
     let mut dtype_check = None;
     for batch in loader {
         let batch = batch?;
