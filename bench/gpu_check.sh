@@ -57,7 +57,7 @@ step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"
 step 90 "$S" train --data "$D/train" --val "$D/val" --arch demo_resnet10 --res 32 --epochs 2 \
     --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device cuda:0 --out "$out/teacher"
-# (no bf16 on CPU: candle's CPU convolution has none; the CPU store is the f32 reference)
+# (the CPU store is the f32 reference of both GPU stores)
 for run in cuda:0/bf16 cuda:0/f32 cpu/f32; do
     dev=${run%/*}; dt=${run#*/}
     step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
