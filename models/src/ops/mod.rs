@@ -17,6 +17,7 @@
 
 pub mod bf16;
 mod bn;
+mod colmajor;
 mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -93,8 +93,8 @@ pub(crate) fn int(v: usize) -> candle_core::Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("meal op: {v} exceeds i32")))
 }
 
-/// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS (column-major: `c^T =
-/// op(b)^T * op(a)^T`). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)` is
+/// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS (the column-major call
+/// of `ops::colmajor`, tested there). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)` is
 /// `[k, n]`, stored `[n, k]` when `b_t`.
 pub(crate) fn sgemm(
     dev: &CudaDevice,
@@ -111,17 +111,18 @@ pub(crate) fn sgemm(
             cublasOperation_t::CUBLAS_OP_N
         }
     };
+    let g = super::colmajor::row_major(m, n, k, a_t, b_t);
     let cfg = GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: int(n)?,
-        n: int(m)?,
-        k: int(k)?,
+        transa: op(g.trans_a),
+        transb: op(g.trans_b),
+        m: int(g.m)?,
+        n: int(g.n)?,
+        k: int(g.k)?,
         alpha: 1.0f32,
-        lda: int(if b_t { k } else { n })?,
-        ldb: int(if a_t { m } else { k })?,
+        lda: int(g.lda)?,
+        ldb: int(g.ldb)?,
         beta,
-        ldc: int(n)?,
+        ldc: int(g.ldc)?,
     };
     // SAFETY: the callers pass views of exactly [m,k]/[k,n]/[m,n] elements (checked by
     // the kernels' shapes in conv.rs); cuBLAS runs on the device's stream.
