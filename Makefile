@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda clippy-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda clippy-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm bench-bf16 teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -77,6 +77,10 @@ bench-store:
 bench-gemm:
 	for t in 1 2; do RAYON_NUM_THREADS=$$t $(CARGO) bench -q -p meal-models --bench gemm; \
 	  python3 bench/gemm_torch.py $$t || echo "torch side skipped: pip install torch"; done
+
+## bench-bf16: CPU teacher inference in f32 and bf16 (AVX512-BF16), ours beside PyTorch autocast
+bench-bf16:
+	bash bench/bf16_cpu.sh
 
 ## bench-models: teacher inference and student train step, ours beside PyTorch (slow)
 bench-models:
