@@ -2,13 +2,13 @@
 //! docs/MODELS.md lists which layers run as these ops).
 //!
 //! - [`conv2d`] (conv/): im2col + GEMM, with col2im as the input gradient; GEMMs
-//!   through the `gemm` crate (gemm.rs).
+//!   through the `gemm` crate (gemm.rs), or with bf16 products on CPUs with AVX512-BF16
+//!   ([`conv2d_in`] with [`Precision::Bf16`], the GEMM of bf16.rs; inference only).
 //! - [`batch_norm_train`] (bn.rs): fused train-mode BatchNorm, forward and backward.
 //! - [`max_pool2d`] (pool.rs): max-pool with padding and kernel != stride, whose
 //!   backward routes each gradient to its window's first maximum.
 //! - [`relu`], [`add_relu`] (relu.rs): ReLU (and a residual join + ReLU) whose backward
 //!   is one pass over the output.
-//!
 //! - [`sgd_step`] (sgd.rs): the SGD update in place, one pass per tensor.
 //!
 //! Each falls back to candle's generic ops for non-f32 tensors. With the `cuda` feature
