@@ -70,7 +70,40 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     let r = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
     std::panic::set_hook(hook);
     match r {
-        Ok(Ok(d)) => Ok(d),
+        Ok(Ok(d)) => {
+            if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
+                if let Device::Cuda(c) = &d {
+                    // cudarc records and waits on an event for every kernel argument, to
+                    // order uses across streams; each device here runs on its one stream
+                    // (a device list opens one device per worker, and no tensor crosses
+                    // them), so that ordering is the stream's own. On an H200 the
+                    // events cost more than the kernels of small layers
+                    // (BENCHMARKS.md, "GPU"). `MEAL_CUDA_EVENT_TRACKING=1` keeps them.
+                    // SAFETY: single-stream use, as above.
+                    unsafe { c.disable_event_tracking() };
+                }
+            }
+            if std::env::var("MEAL_CUDA_TF32").is_ok_and(|v| v.trim() == "1") {
+                if let Device::Cuda(c) = &d {
+                    // f32 GEMMs on TF32 tensor cores (10-bit mantissa products), as
+                    // PyTorch's cuDNN convolutions by default (torch.backends.cudnn.
+                    // allow_tf32): opt-in here, f32 stays exact by default
+                    use candle_core::cuda_backend::cudarc::cublas::sys;
+                    candle_core::cuda_backend::set_gemm_reduced_precision_f32(true);
+                    // SAFETY: the handle is the device's live cuBLAS handle.
+                    let st = unsafe {
+                        sys::cublasSetMathMode(
+                            *c.cublas_handle().handle(),
+                            sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+                        )
+                    };
+                    if st != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                        return Err(format!("MEAL_CUDA_TF32: cublasSetMathMode failed: {st:?}"));
+                    }
+                }
+            }
+            Ok(d)
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(p) => Err(p
             .downcast_ref::<String>()

@@ -311,6 +311,10 @@ impl BatchNorm2d {
                 .as_detached_tensor()
                 .reshape(shape)?
                 .mul(&scale)?)?;
+        // on CUDA: one pass of our kernel over device-side scale and shift
+        if let Some(y) = crate::ops::channel_affine_dev(x, &scale, &shift, relu)? {
+            return Ok((y, true));
+        }
         Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
     }
 }

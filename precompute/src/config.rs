@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DEV[,DEV...]")]
     pub device: Option<String>,
     /// The teachers' dtype; softmax and the ensemble mean are f32 whatever it is
-    /// [default: bf16 on CUDA, f32 on CPU].
+    /// [default: f32; bf16 on CUDA is slower today, see BENCHMARKS.md "GPU"].
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
     /// Run part I of N (0-based) of the shards; join the parts with `merge`.

@@ -513,6 +513,73 @@ pub fn channel_affine(
     })?))
 }
 
+/// Eval-mode BatchNorm(+ReLU) with the scale and shift as tensors on the device of `x`
+/// (`y = x * scale[c] + shift[c]`, then ReLU): on CUDA one pass of our kernel with no
+/// copy of the statistics to the host (the host-side [`channel_affine`] would wait for
+/// four copies per layer), instead of candle's broadcast multiply and add.
+struct DeviceAffine {
+    relu: bool,
+}
+
+impl candle_core::CustomOp3 for DeviceAffine {
+    fn name(&self) -> &'static str {
+        "meal-device-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1)?;
+        let (scale, shift) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
+        let (_, c, hw) = dims_nchw(l1)?;
+        if scale.len() != c || shift.len() != c {
+            candle_core::bail!("batch_norm: {c} channels, {} statistics", scale.len());
+        }
+        let out = affine_fill(x, c, hw, scale, shift, self.relu);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::device_affine(self.relu, (s1, l1), (s2, l2), (s3, l3))
+    }
+}
+
+/// [`DeviceAffine`] of NCHW `x` with per-channel `scale` and `shift` (any shape of `C`
+/// values), where it applies: our op on CUDA for f32 outside a gradient graph (it has
+/// no backward); `None` elsewhere (the caller keeps its generic path).
+pub fn channel_affine_dev(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Option<Tensor>> {
+    if x.device().is_cpu() || !super::ours(x) || x.rank() != 4 || x.track_op() {
+        return Ok(None);
+    }
+    let flat =
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(x.dtype())?.flatten_all()?.contiguous()?) };
+    Ok(Some(x.contiguous()?.apply_op3_no_bwd(
+        &flat(scale)?,
+        &flat(shift)?,
+        &DeviceAffine { relu },
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

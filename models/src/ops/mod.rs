@@ -26,7 +26,7 @@ mod pool;
 mod relu;
 mod sgd;
 
-pub use bn::{batch_norm_train, channel_affine, BnOut, BnStats};
+pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut, BnStats};
 pub use conv::{conv2d, conv2d_in, Precision};
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};

@@ -4,7 +4,7 @@
 //! for the running averages anyway), one affine(+ReLU) pass. The backward: the two
 //! per-channel sums, then one pass for `dx`, `dgamma`, `dbeta`.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{Layout, Shape};
 
@@ -53,7 +53,7 @@ pub(crate) fn bn_train(
     (s3, l3): (&CudaStorage, &Layout),
 ) -> candle_core::Result<BnForward> {
     let dev = x.0.device.clone();
-    let (b, c, hw) = dims_nchw(x.1)?;
+    let (_, c, _) = dims_nchw(x.1)?;
     let (mean, var) = stats(&dev, x)?;
     let (mean, var) = (dev.clone_dtoh(&mean)?, dev.clone_dtoh(&var)?);
     let gamma = dev.clone_dtoh(&view(s2, l2)?)?;
@@ -63,31 +63,53 @@ pub(crate) fn bn_train(
     }
     let (scale, shift) = scale_shift(&gamma, &beta, &mean, &var, eps);
     let (sc, sh) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
-    let n = b * c * hw;
-    // SAFETY: written whole by the affine kernel
-    let mut y = unsafe { dev.alloc::<f32>(n)? };
-    if n > 0 {
-        let f = func(&dev, "meal_bn_affine")?;
-        let xv = view(x.0, x.1)?;
-        let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
-        let stream = dev.cuda_stream();
-        let mut l = stream.launch_builder(&f);
-        l.arg(&xv)
-            .arg(&sc)
-            .arg(&sh)
-            .arg(&mut y)
-            .arg(&n)
-            .arg(&c)
-            .arg(&hw)
-            .arg(&relu);
-        // SAFETY: x and y hold n values, scale and shift c.
-        unsafe { l.launch(grid(n)) }.w()?;
-    }
+    let y = affine(&dev, relu, x, &sc.slice(..), &sh.slice(..))?;
     Ok(BnForward {
-        y: CudaStorage::wrap_cuda_slice(y, dev),
+        y,
         stats: (mean, var),
         affine: (scale, shift),
     })
+}
+
+/// `x * scale[c] + shift[c]` (then ReLU) over NCHW `x`, one pass.
+fn affine(
+    dev: &CudaDevice,
+    relu: bool,
+    (s, l): (&CudaStorage, &Layout),
+    sc: &CudaView<f32>,
+    sh: &CudaView<f32>,
+) -> candle_core::Result<CudaStorage> {
+    let (b, c, hw) = dims_nchw(l)?;
+    let n = b * c * hw;
+    if sc.len() != c || sh.len() != c {
+        candle_core::bail!("batch_norm: {c} channels, {} statistics", sc.len());
+    }
+    // SAFETY: written whole by the affine kernel
+    let mut y = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = func(dev, "meal_bn_affine")?;
+        let xv = view(s, l)?;
+        let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&xv).arg(sc).arg(sh).arg(&mut y).arg(&n);
+        lb.arg(&c).arg(&hw).arg(&relu);
+        // SAFETY: x and y hold n values, scale and shift c.
+        unsafe { lb.launch(grid(n)) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The forward of `DeviceAffine` (eval BatchNorm) on CUDA over `(x, scale, shift)`.
+pub(crate) fn device_affine(
+    relu: bool,
+    x: (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+    (s3, l3): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = x.0.device.clone();
+    let y = affine(&dev, relu, x, &view(s2, l2)?, &view(s3, l3)?)?;
+    Ok((y, x.1.shape().clone()))
 }
 
 /// The backward of `BnTrain` on CUDA from `(x, gamma, dy)`: `[dx..., dgamma...,

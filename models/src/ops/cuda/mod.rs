@@ -24,7 +24,7 @@ mod sgd;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use bn::{bn_backward, bn_train};
+pub(crate) use bn::{bn_backward, bn_train, device_affine};
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};

@@ -7,7 +7,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::ops::{batch_norm_train, conv2d, max_pool2d, sgd_step, SgdStep};
+use crate::ops::{
+    batch_norm_train, channel_affine, channel_affine_dev, conv2d, max_pool2d, sgd_step, SgdStep,
+};
 
 /// The first CUDA device; a test asked to run without one fails with the reason.
 fn gpu(test: &str) -> Device {
@@ -196,5 +198,23 @@ fn sgd_step_equals_the_cpu_op() {
         let ((p0, b0), (p1, b1)) = (on(&Device::Cpu), on(&dev));
         close(&format!("sgd p nesterov={nesterov}"), &p1, &p0, 1e-6);
         close(&format!("sgd buf nesterov={nesterov}"), &b1, &b0, 1e-6);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn eval_batch_norm_on_the_device_equals_the_cpu_op() {
+    let dev = gpu("eval_batch_norm_on_the_device_equals_the_cpu_op");
+    let x = randn(&[3, 6, 5, 7]);
+    let (scale, shift) = (host(&randn(&[6])), host(&randn(&[6])));
+    for relu in [false, true] {
+        let want = channel_affine(&x, scale.clone(), shift.clone(), relu)
+            .unwrap()
+            .unwrap();
+        let t = |v: &[f32]| Tensor::from_slice(v, (1, 6, 1, 1), &dev).unwrap();
+        let got = channel_affine_dev(&x.to_device(&dev).unwrap(), &t(&scale), &t(&shift), relu)
+            .unwrap()
+            .expect("our op on CUDA outside a graph");
+        close(&format!("eval batch norm relu={relu}"), &got, &want, 1e-6);
     }
 }
