@@ -184,6 +184,23 @@ impl BnTrain {
     }
 }
 
+/// The eval-mode BatchNorm ops' CPU forward: [`affine_fill`] of NCHW `x` (layout `l`)
+/// with one scale and shift per channel.
+fn affine_op(
+    x: &[f32],
+    l: &Layout,
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (_, c, hw) = dims_nchw(l)?;
+    if scale.len() != c || shift.len() != c {
+        candle_core::bail!("batch_norm: {c} channels, {} statistics", scale.len());
+    }
+    let out = affine_fill(x, c, hw, scale, shift, relu);
+    Ok((CpuStorage::F32(out), l.shape().clone()))
+}
+
 pub(super) fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     match l.dims() {
         [b, c, h, w] => Ok((*b, *c, h * w)),
@@ -440,17 +457,13 @@ impl candle_core::CustomOp1 for ChannelAffine {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (_, c, hw) = dims_nchw(l)?;
-        if self.scale.len() != c {
-            candle_core::bail!(
-                "batch_norm: {} channels, {} statistics",
-                c,
-                self.scale.len()
-            );
-        }
-        let out = affine_fill(x, c, hw, &self.scale, &self.shift, self.relu);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        affine_op(
+            contiguous_f32(s, l)?,
+            l,
+            &self.scale,
+            &self.shift,
+            self.relu,
+        )
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -535,14 +548,8 @@ impl candle_core::CustomOp3 for DeviceAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
         let (scale, shift) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        let (_, c, hw) = dims_nchw(l1)?;
-        if scale.len() != c || shift.len() != c {
-            candle_core::bail!("batch_norm: {c} channels, {} statistics", scale.len());
-        }
-        let out = affine_fill(x, c, hw, scale, shift, self.relu);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        affine_op(contiguous_f32(s1, l1)?, l1, scale, shift, self.relu)
     }
 
     #[cfg(feature = "cuda")]

@@ -44,15 +44,16 @@ fn operands<'a>(
         (CpuStorage::F32(v), Some((i, j))) => &mut v[i..j],
         _ => candle_core::bail!("meal sgd: contiguous f32 only"),
     };
-    if a.len() != b.len() || a.len() != c.len() {
-        candle_core::bail!(
-            "meal sgd: tensor sizes {}, {}, {} differ",
-            a.len(),
-            b.len(),
-            c.len()
-        );
-    }
+    same_len(a.len(), b.len(), c.len())?;
     Ok((a, b, c))
+}
+
+/// The three tensors of an SGD update (CPU or CUDA) hold one number of values.
+pub(super) fn same_len(a: usize, b: usize, c: usize) -> candle_core::Result<()> {
+    if a != b || a != c {
+        candle_core::bail!("meal sgd: tensor sizes {a}, {b}, {c} differ");
+    }
+    Ok(())
 }
 
 impl InplaceOp3 for BufUpdate {

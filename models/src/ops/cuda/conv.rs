@@ -12,7 +12,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKerne
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{Layout, Shape};
 
-use super::{func, grid, int, sgemm, view};
+use super::{func, grid, ints, sgemm, view};
 use crate::ops::conv::cols::Geom;
 
 /// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
@@ -60,10 +60,7 @@ fn cols_kernel(
     n: usize,
 ) -> candle_core::Result<()> {
     let f = func(dev, name)?;
-    let a = [nb, g.c, g.h, g.w, g.k, g.stride, g.pad, g.ho, g.wo]
-        .map(int)
-        .into_iter()
-        .collect::<candle_core::Result<Vec<i32>>>()?;
+    let a = ints([nb, g.c, g.h, g.w, g.k, g.stride, g.pad, g.ho, g.wo])?;
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&f);
     b.arg(src).arg(dst);

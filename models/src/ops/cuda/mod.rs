@@ -93,6 +93,11 @@ pub(crate) fn int(v: usize) -> candle_core::Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("meal op: {v} exceeds i32")))
 }
 
+/// [`int`] of each of `v`, in order (a kernel's geometry arguments).
+pub(crate) fn ints<const N: usize>(v: [usize; N]) -> candle_core::Result<Vec<i32>> {
+    v.into_iter().map(int).collect()
+}
+
 /// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS (the column-major call
 /// of `ops::colmajor`, tested there). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)` is
 /// `[k, n]`, stored `[n, k]` when `b_t`.

@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{Layout, Shape};
 
-use super::{func, grid, int, view};
+use super::{func, grid, ints, view};
 
 /// Kernel size, stride and padding.
 pub(crate) type PoolGeom = (usize, usize, usize);
@@ -36,8 +36,7 @@ pub(crate) fn pool_forward(
     let mut y = unsafe { dev.alloc::<f32>(n)? };
     if n > 0 {
         let f = func(&dev, "meal_maxpool_fwd")?;
-        let a = [h, w, ho, wo, pg.0, pg.1, pg.2].map(int);
-        let a = a.into_iter().collect::<candle_core::Result<Vec<i32>>>()?;
+        let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
         lb.arg(&x).arg(&mut y).arg(&np);
@@ -75,8 +74,7 @@ pub(crate) fn pool_backward(
     let mut dx = unsafe { dev.alloc::<f32>(n)? };
     if n > 0 {
         let f = func(&dev, "meal_maxpool_bwd")?;
-        let a = [h, w, ho, wo, pg.0, pg.1, pg.2].map(int);
-        let a = a.into_iter().collect::<candle_core::Result<Vec<i32>>>()?;
+        let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
         lb.arg(&x).arg(&dy).arg(&mut dx).arg(&np);

@@ -23,14 +23,7 @@ fn operands<'a>(
         Some((i, j)) => s1.as_cuda_slice_mut::<f32>()?.slice_mut(i..j),
         None => candle_core::bail!("meal sgd: contiguous f32 only"),
     };
-    if a.len() != b.len() || a.len() != c.len() {
-        candle_core::bail!(
-            "meal sgd: tensor sizes {}, {}, {} differ",
-            a.len(),
-            b.len(),
-            c.len()
-        );
-    }
+    crate::ops::sgd::same_len(a.len(), b.len(), c.len())?;
     Ok((a, b, c))
 }
 
