@@ -30,6 +30,6 @@ pub use decode::{decode_bytes, decode_file, RgbImage};
 pub use error::{DataError, Result};
 pub use loader::{
     epoch_order, BadFilePolicy, Batch, CropMode, CropPlan, LoadReport, Loader, LoaderConfig,
-    PoolCrops, Row, Skipped,
+    PixelFormat, PoolCrops, Row, Skipped,
 };
-pub use transform::{CropSpec, Filter, Normalize, Replayer};
+pub use transform::{CropPixel, CropSpec, Filter, Normalize, Replayer};

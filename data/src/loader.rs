@@ -20,7 +20,7 @@ use crate::crop::{expand_seed, CropRecord, CropSampler, DOMAIN_SHUFFLE};
 use crate::dataset::{Dataset, Sample};
 use crate::decode::decode_file;
 use crate::error::{DataError, Result};
-use crate::transform::{with_replayer, CropSpec};
+use crate::transform::{with_replayer, CropPixel, CropSpec};
 
 /// What to do with a file that cannot be decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +141,20 @@ pub struct LoaderConfig {
     pub policy: BadFilePolicy,
     /// Drop a last batch with fewer images than `images_per_batch`.
     pub drop_last: bool,
+    /// Normalised f32 crops, or their raw 8-bit levels.
+    pub pixels: PixelFormat,
+}
+
+/// How the loader writes crops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// Normalised f32, the network's input ([`Batch::data`], [`Batch::extra`]).
+    #[default]
+    Normalized,
+    /// The raw 8-bit levels ([`Batch::levels`]), to be normalised where the network runs
+    /// with [`crate::Normalize::lut`]: a quarter of the bytes to move to a GPU, and the
+    /// same floats as [`PixelFormat::Normalized`].
+    Levels,
 }
 
 /// One row of a batch: which crop of which image.
@@ -171,20 +185,24 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A batch: `rows.len()` crops as an f32 NCHW tensor of `[rows, 3, size, size]`.
+/// A batch: `rows.len()` crops as an NCHW tensor of `[rows, 3, size, size]`, f32 in
+/// `data` (and `extra`) or 8-bit in `levels`, as [`LoaderConfig::pixels`] asks.
 #[derive(Clone, Debug)]
 pub struct Batch {
     /// Position of the batch in the epoch.
     pub index: usize,
     /// Side of each crop.
     pub size: u32,
-    /// `rows.len() * 3 * size * size` floats.
+    /// `rows.len() * 3 * size * size` floats ([`PixelFormat::Normalized`]; else empty).
     pub data: Vec<f32>,
     /// What each row is, in order (an image's crops are contiguous).
     pub rows: Vec<Row>,
     /// The same rows replayed at each of [`LoaderConfig::extra_specs`], in that order
-    /// (`rows.len() * 3 * s * s` floats each).
+    /// (`rows.len() * 3 * s * s` floats each; [`PixelFormat::Normalized`]).
     pub extra: Vec<Vec<f32>>,
+    /// [`PixelFormat::Levels`]: the crops' 8-bit levels, one buffer per spec (the main
+    /// spec, then each extra spec), `rows.len() * 3 * s * s` bytes each; else empty.
+    pub levels: Vec<Vec<u8>>,
     /// Files of this batch that were skipped.
     pub skipped: Vec<Skipped>,
 }
@@ -357,6 +375,34 @@ enum ImageOut {
 }
 
 fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> Result<Batch> {
+    let mut batch = Batch {
+        index,
+        size: cfg.spec.size,
+        data: Vec::new(),
+        rows: Vec::new(),
+        extra: Vec::new(),
+        levels: Vec::new(),
+        skipped: Vec::new(),
+    };
+    match cfg.pixels {
+        PixelFormat::Normalized => {
+            let mut bufs = fill::<f32>(ds, ids, cfg, &mut batch)?;
+            batch.data = bufs.remove(0);
+            batch.extra = bufs;
+        }
+        PixelFormat::Levels => batch.levels = fill::<u8>(ds, ids, cfg, &mut batch)?,
+    }
+    Ok(batch)
+}
+
+/// Decode and crop the images `ids` into one buffer per spec (the main spec first);
+/// their rows and skipped files go to `batch`.
+fn fill<P: CropPixel>(
+    ds: &Dataset,
+    ids: &[u32],
+    cfg: &LoaderConfig,
+    batch: &mut Batch,
+) -> Result<Vec<Vec<P>>> {
     let c = cfg.crops.crops_per_image();
     // an image's slot: its C crops at the main spec, then its C crops at each extra spec
     let lens: Vec<usize> = std::iter::once(cfg.spec.len())
@@ -364,7 +410,7 @@ fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> R
         .map(|l| l * c)
         .collect();
     let per_image: usize = lens.iter().sum();
-    let mut data = vec![0f32; ids.len() * per_image];
+    let mut data = vec![P::default(); ids.len() * per_image];
     let outs: Vec<Result<ImageOut>> = data
         .par_chunks_mut(per_image)
         .zip(ids.par_iter())
@@ -384,8 +430,7 @@ fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> R
             }
         })
         .collect();
-    let mut rows = Vec::with_capacity(ids.len() * c);
-    let mut skipped = Vec::new();
+    batch.rows.reserve(ids.len() * c);
     let mut write = 0; // compaction cursor, in images
     for (read, out) in outs.into_iter().enumerate() {
         match out? {
@@ -394,35 +439,25 @@ fn build_batch(ds: &Dataset, ids: &[u32], index: usize, cfg: &LoaderConfig) -> R
                     data.copy_within(read * per_image..(read + 1) * per_image, write * per_image);
                 }
                 write += 1;
-                rows.extend(r);
+                batch.rows.extend(r);
             }
-            ImageOut::Skipped(s) => skipped.push(s),
+            ImageOut::Skipped(s) => batch.skipped.push(s),
         }
     }
     data.truncate(write * per_image);
-    let extra = if lens.len() == 1 {
-        Vec::new()
-    } else {
-        // de-interleave the per-image slots into one buffer per spec
-        let mut bufs: Vec<Vec<f32>> = lens.iter().map(|l| Vec::with_capacity(l * write)).collect();
-        for slot in data.chunks_exact(per_image) {
-            let mut at = 0;
-            for (b, &l) in bufs.iter_mut().zip(&lens) {
-                b.extend_from_slice(&slot[at..at + l]);
-                at += l;
-            }
+    if lens.len() == 1 {
+        return Ok(vec![data]);
+    }
+    // de-interleave the per-image slots into one buffer per spec
+    let mut bufs: Vec<Vec<P>> = lens.iter().map(|l| Vec::with_capacity(l * write)).collect();
+    for slot in data.chunks_exact(per_image) {
+        let mut at = 0;
+        for (b, &l) in bufs.iter_mut().zip(&lens) {
+            b.extend_from_slice(&slot[at..at + l]);
+            at += l;
         }
-        data = bufs.remove(0);
-        bufs
-    };
-    Ok(Batch {
-        index,
-        size: cfg.spec.size,
-        data,
-        rows,
-        extra,
-        skipped,
-    })
+    }
+    Ok(bufs)
 }
 
 /// Errors that are about the file (skippable), not about our configuration.
@@ -430,7 +465,12 @@ fn is_bad_file(e: &DataError) -> bool {
     matches!(e, DataError::Decode { .. } | DataError::Io { .. })
 }
 
-fn load_image(ds: &Dataset, s: &Sample, cfg: &LoaderConfig, slot: &mut [f32]) -> Result<Vec<Row>> {
+fn load_image<P: CropPixel>(
+    ds: &Dataset,
+    s: &Sample,
+    cfg: &LoaderConfig,
+    slot: &mut [P],
+) -> Result<Vec<Row>> {
     let path = ds.full_path(s);
     let img = decode_file(&path)?;
     let per_crop = cfg.spec.len();

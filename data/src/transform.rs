@@ -5,6 +5,9 @@
 //! by the downscale factor, 22-bit fixed-point coefficients, horizontal then vertical
 //! pass); parity is tested against PIL on committed fixtures (data/tests/resize_parity.rs). Normalisation is torchvision's
 //! `ToTensor` (`x / 255`) then `Normalize` (`(x - mean) / std`), in f32, in that order.
+//! A crop can also be written as its raw 8-bit levels ([`CropPixel`] for `u8`), to be
+//! normalised later by the same table ([`Normalize::lut`]) where the network runs:
+//! a quarter of the bytes to copy to a GPU.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -80,8 +83,9 @@ impl Normalize {
     };
 
     /// For each channel, the normalised value of each 8-bit level, computed exactly as
-    /// torchvision does per pixel (`(v / 255 - mean) / std` in f32).
-    fn lut(&self) -> [[f32; 256]; 3] {
+    /// torchvision does per pixel (`(v / 255 - mean) / std` in f32). Whoever normalises
+    /// raw levels later uses this table, so both routes give the same floats.
+    pub fn lut(&self) -> [[f32; 256]; 3] {
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, out) in table.iter_mut().enumerate() {
@@ -162,6 +166,27 @@ impl CropSpec {
     }
 }
 
+/// What one element of a crop is written as: `f32`, the normalised network input, or
+/// `u8`, the raw 8-bit level (normalised later with [`Normalize::lut`]).
+pub trait CropPixel: Copy + Default + Send + Sync + 'static {
+    /// The element for 8-bit level `v` of channel `c` (`lut` is the spec's table).
+    fn from_level(lut: &[[f32; 256]; 3], c: usize, v: u8) -> Self;
+}
+
+impl CropPixel for f32 {
+    #[inline(always)]
+    fn from_level(lut: &[[f32; 256]; 3], c: usize, v: u8) -> Self {
+        lut[c][v as usize]
+    }
+}
+
+impl CropPixel for u8 {
+    #[inline(always)]
+    fn from_level(_: &[[f32; 256]; 3], _: usize, v: u8) -> Self {
+        v
+    }
+}
+
 /// Reusable per-thread state: the resizer's buffers and the u8 scratch image.
 #[derive(Default)]
 pub struct Replayer {
@@ -208,9 +233,9 @@ impl Replayer {
     }
 
     /// Write the `S x S` window at (`x0`, `y0`) of the scratch image (of width
-    /// `src_w`) into `out` as normalised CHW f32, mirrored if `flip`.
+    /// `src_w`) into `out` as CHW [`CropPixel`]s, mirrored if `flip`.
     #[allow(clippy::too_many_arguments)] // a private helper; the window is 4 numbers
-    fn emit(
+    fn emit<P: CropPixel>(
         &mut self,
         src_w: u32,
         x0: u32,
@@ -218,7 +243,7 @@ impl Replayer {
         s: u32,
         flip: bool,
         n: &Normalize,
-        out: &mut [f32],
+        out: &mut [P],
     ) {
         let scratch = std::mem::take(&mut self.scratch);
         let lut = self.lut(n);
@@ -233,22 +258,22 @@ impl Replayer {
             for x in 0..s {
                 let xs = if flip { s - 1 - x } else { x };
                 let p = &row[xs * 3..xs * 3 + 3];
-                r_out[o + x] = lut[0][p[0] as usize];
-                g_out[o + x] = lut[1][p[1] as usize];
-                b_out[o + x] = lut[2][p[2] as usize];
+                r_out[o + x] = P::from_level(lut, 0, p[0]);
+                g_out[o + x] = P::from_level(lut, 1, p[1]);
+                b_out[o + x] = P::from_level(lut, 2, p[2]);
             }
         }
         self.scratch = scratch;
     }
 
     /// Replay `rec` on `img`: cut its box, resize to `spec.size` square, flip, normalise,
-    /// write `3 * S * S` floats (CHW) into `out`. `path` names the image in errors.
-    pub fn replay(
+    /// write `3 * S * S` values (CHW) into `out`. `path` names the image in errors.
+    pub fn replay<P: CropPixel>(
         &mut self,
         img: &RgbImage,
         rec: &CropRecord,
         spec: &CropSpec,
-        out: &mut [f32],
+        out: &mut [P],
         path: &Path,
     ) -> Result<()> {
         check_out(out, spec, path)?;
@@ -261,11 +286,11 @@ impl Replayer {
     /// The eval transform: resize the shorter side to `floor(S / crop_pct)` (the longer
     /// side `int(new_short * long / short)`, torchvision `Resize`), centre-crop S
     /// (torchvision `CenterCrop`: offset `int(round((n - S) / 2))`), normalise into `out`.
-    pub fn eval(
+    pub fn eval<P: CropPixel>(
         &mut self,
         img: &RgbImage,
         spec: &CropSpec,
-        out: &mut [f32],
+        out: &mut [P],
         path: &Path,
     ) -> Result<()> {
         check_out(out, spec, path)?;
@@ -285,12 +310,12 @@ impl Replayer {
     }
 }
 
-fn check_out(out: &[f32], spec: &CropSpec, path: &Path) -> Result<()> {
+fn check_out<P>(out: &[P], spec: &CropSpec, path: &Path) -> Result<()> {
     if out.len() != spec.len() {
         return Err(DataError::Resize {
             path: path.to_path_buf(),
             reason: format!(
-                "output buffer holds {} floats, need {}",
+                "output buffer holds {} values, need {}",
                 out.len(),
                 spec.len()
             ),

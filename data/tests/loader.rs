@@ -21,6 +21,7 @@ fn config(threads: usize, crops: CropMode, policy: BadFilePolicy) -> LoaderConfi
         threads,
         policy,
         drop_last: false,
+        pixels: meal_data::PixelFormat::Normalized,
     }
 }
 
@@ -205,6 +206,55 @@ fn eval_mode_is_one_centre_crop_per_image() {
         .eval(&img, &spec, &mut want, Path::new("x"))
         .unwrap();
     assert_eq!(&batches[1].data[0..spec.len()], want.as_slice());
+}
+
+/// `levels` (one buffer per spec) through each spec's table, as a device would do it.
+fn through_tables(levels: &[u8], spec: &CropSpec) -> Vec<f32> {
+    let lut = spec.normalize.lut();
+    let plane = (spec.size * spec.size) as usize;
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| lut[(i / plane) % 3][v as usize])
+        .collect()
+}
+
+#[test]
+fn raw_levels_through_the_table_are_the_normalized_crops() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 2);
+    // a bad file too: the skipped image's slot must go from the bytes as from the floats
+    let bad = ds.sample(2).unwrap().clone();
+    std::fs::write(ds.full_path(&bad), b"not an image").unwrap();
+    let extra = CropSpec::new(
+        9,
+        Filter::Bicubic,
+        Normalize {
+            mean: [0.5, 0.4, 0.3],
+            std: [0.2, 0.3, 0.25],
+        },
+    )
+    .unwrap();
+    for mode in [pool(1), CropMode::Eval] {
+        let mut cfg = config(2, mode, BadFilePolicy::Skip);
+        cfg.extra_specs = vec![extra];
+        let spec = cfg.spec;
+        let order = epoch_order(ds.len(), 5, 0, true);
+        let floats = load(&ds, order.clone(), cfg.clone());
+        cfg.pixels = meal_data::PixelFormat::Levels;
+        let bytes = load(&ds, order, cfg);
+        assert_eq!(floats.len(), bytes.len());
+        for (f, b) in floats.iter().zip(&bytes) {
+            assert_eq!(f.rows, b.rows);
+            assert_eq!(f.skipped, b.skipped);
+            assert!(b.data.is_empty() && b.extra.is_empty() && f.levels.is_empty());
+            assert_eq!(b.levels.len(), 2, "one buffer per spec");
+            assert_eq!(b.levels[0].len(), b.rows.len() * spec.len());
+            assert_eq!(through_tables(&b.levels[0], &spec), f.data);
+            assert_eq!(through_tables(&b.levels[1], &extra), f.extra[0]);
+        }
+        assert_eq!(floats.iter().map(|b| b.skipped.len()).sum::<usize>(), 1);
+    }
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn loader_peak(per_class: u32) -> (usize, usize) {
         threads: 2,
         policy: BadFilePolicy::Fail,
         drop_last: false,
+        pixels: meal_data::PixelFormat::Normalized,
     };
     let base = LIVE.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);

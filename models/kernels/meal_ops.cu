@@ -1,11 +1,16 @@
 // The CUDA twins of our CPU ops (models/src/ops): the column gather/scatter and layout
 // swaps around the convolution GEMMs (cuBLAS), train-mode BatchNorm(+ReLU) forward and
-// backward, max-pool with the first-maximum rule, and the in-place SGD update. f32 only.
+// backward, max-pool with the first-maximum rule, the in-place SGD update, and the
+// inference side of bf16 teachers (eval BatchNorm) and of 8-bit input batches. f32
+// unless a kernel's name says bf16.
 // Compiled to PTX at build time by models/build.rs (nvcc, as candle-kernels does) and
 // loaded once per device by models/src/ops/cuda.rs. Each kernel keeps the CPU op's
 // semantics (tie and NaN rules, f64 statistics); models/src/ops/cuda_tests.rs compares
 // every one with its CPU twin on a GPU.
 #include <stddef.h>
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#endif
 
 #define GRID_STRIDE(i, n) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
@@ -129,6 +134,18 @@ extern "C" __global__ void meal_bn_affine(const float* x, const float* scale,
         int ch = (int)((t / hw) % c);
         float v = x[t] * scale[ch] + shift[ch];
         y[t] = relu ? relu_of(v) : v;
+    }
+}
+
+// meal_bn_affine over bf16 x and y (eval BatchNorm of a bf16 teacher): the affine in
+// f32 with f32 scale and shift, rounded to bf16 once (to nearest even).
+extern "C" __global__ void meal_bn_affine_bf16(const __nv_bfloat16* x, const float* scale,
+                                               const float* shift, __nv_bfloat16* y, size_t n,
+                                               int c, int hw, int relu) {
+    GRID_STRIDE(t, n) {
+        int ch = (int)((t / hw) % c);
+        float v = __bfloat162float(x[t]) * scale[ch] + shift[ch];
+        y[t] = __float2bfloat16(relu ? relu_of(v) : v);
     }
 }
 
@@ -273,4 +290,20 @@ extern "C" __global__ void meal_sgd_param(float* p, const float* g, const float*
         float d = nesterov ? (g[t] + p[t] * wd) + buf[t] * momentum : buf[t];
         p[t] -= d * lr;
     }
+}
+
+// ---- input normalisation -------------------------------------------------------------
+
+// y = lut[ch][x] over n values of NCHW 8-bit crops x (3 channels of hw pixels): the
+// loader's levels normalised on the device. lut is meal-data's `Normalize::lut` (3 x 256
+// floats), so y equals the loader's own normalised crops bit for bit.
+extern "C" __global__ void meal_levels_f32(const unsigned char* x, const float* lut, float* y,
+                                           size_t n, size_t hw) {
+    GRID_STRIDE(t, n) { y[t] = lut[((t / hw) % 3) * 256 + x[t]]; }
+}
+
+// meal_levels_f32 rounded to bf16 (the input of a bf16 teacher).
+extern "C" __global__ void meal_levels_bf16(const unsigned char* x, const float* lut,
+                                            __nv_bfloat16* y, size_t n, size_t hw) {
+    GRID_STRIDE(t, n) { y[t] = __float2bfloat16(lut[((t / hw) % 3) * 256 + x[t]]); }
 }

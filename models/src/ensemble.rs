@@ -227,6 +227,56 @@ impl TeacherArg {
     }
 }
 
+/// The crops of one input spec, as the loader wrote them ([`meal_data::PixelFormat`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Crops<'a> {
+    /// Normalised f32, NCHW.
+    Normalized(&'a [f32]),
+    /// 8-bit levels, NCHW: normalised on the teachers' device
+    /// ([`crate::ops::normalize_levels`]), a quarter of the bytes to copy there.
+    Levels(&'a [u8]),
+}
+
+impl Crops<'_> {
+    /// Values held (floats or bytes).
+    pub fn len(&self) -> usize {
+        match self {
+            Crops::Normalized(v) => v.len(),
+            Crops::Levels(v) => v.len(),
+        }
+    }
+
+    /// Whether no values are held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every buffer of a loader batch, in spec order: its levels if it has them, else
+    /// its normalised crops.
+    pub fn of_batch(b: &meal_data::Batch) -> Vec<Crops<'_>> {
+        if b.levels.is_empty() {
+            std::iter::once(&b.data)
+                .chain(&b.extra)
+                .map(|v| Crops::Normalized(v))
+                .collect()
+        } else {
+            b.levels.iter().map(|v| Crops::Levels(v)).collect()
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for Crops<'a> {
+    fn from(v: &'a [f32]) -> Self {
+        Crops::Normalized(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Crops<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Crops::Levels(v)
+    }
+}
+
 /// What the ensemble makes of a batch of crops.
 #[derive(Clone, Debug)]
 pub struct EnsembleOut {
@@ -320,9 +370,16 @@ impl Ensemble {
     }
 
     /// Run every teacher over `rows` crops. `inputs[i]` holds the crops made with
-    /// `specs()[i]` (NCHW f32); the forward runs `batch` crops at a time. A crop's
-    /// output does not depend on which others share its forward beyond float rounding.
-    pub fn soft_labels(&self, inputs: &[&[f32]], rows: usize, batch: usize) -> Result<EnsembleOut> {
+    /// `specs()[i]` (NCHW, normalised f32 or 8-bit levels); the forward runs `batch`
+    /// crops at a time. A crop's output does not depend on which others share its
+    /// forward beyond float rounding, nor on which form its crops came in (levels are
+    /// normalised on the teachers' device with the spec's table, to the same floats).
+    pub fn soft_labels(
+        &self,
+        inputs: &[Crops<'_>],
+        rows: usize,
+        batch: usize,
+    ) -> Result<EnsembleOut> {
         if inputs.len() != self.specs.len() {
             return Err(ModelError::Config(format!(
                 "{} input buffers for {} crop specs",
@@ -340,7 +397,7 @@ impl Ensemble {
             let s = spec.size as usize;
             if inputs[si].len() != rows * per {
                 return Err(ModelError::Config(format!(
-                    "input buffer {si} holds {} floats, need {}",
+                    "input buffer {si} holds {} values, need {}",
                     inputs[si].len(),
                     rows * per
                 )));
@@ -349,14 +406,19 @@ impl Ensemble {
             let mut top1 = Vec::with_capacity(rows);
             for start in (0..rows).step_by(batch) {
                 let n = batch.min(rows - start);
-                let x = Tensor::from_slice(
-                    &inputs[si][start * per..(start + n) * per],
-                    (n, 3, s, s),
-                    &dev,
-                )?;
-                let x = match t.model.dtype() {
-                    DType::F32 => x,
-                    d => x.to_dtype(d)?,
+                let (lo, hi, shape) = (start * per, (start + n) * per, (n, 3, s, s));
+                let x = match inputs[si] {
+                    Crops::Normalized(v) => {
+                        let x = Tensor::from_slice(&v[lo..hi], shape, &dev)?;
+                        match t.model.dtype() {
+                            DType::F32 => x,
+                            d => x.to_dtype(d)?,
+                        }
+                    }
+                    Crops::Levels(v) => {
+                        let x = Tensor::from_slice(&v[lo..hi], shape, &dev)?;
+                        crate::ops::normalize_levels(&x, &spec.normalize, t.model.dtype())?
+                    }
                 };
                 // softmax (and the mean over teachers) in f32 whatever the model ran in
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;

@@ -15,7 +15,9 @@ use candle_core::DType;
 use meal_data::{
     Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
-use meal_models::ensemble::{default_dtype, dtype_name, Ensemble, EnsembleOut, ENSEMBLE_RULE};
+use meal_models::ensemble::{
+    default_dtype, dtype_name, Crops, Ensemble, EnsembleOut, ENSEMBLE_RULE,
+};
 use meal_store::{
     top1, CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
 };
@@ -357,6 +359,9 @@ fn run_part(
             threads: s.threads,
             policy: s.policy,
             drop_last: false,
+            // 8-bit crops, normalised by the teachers' device: a quarter of the bytes
+            // to copy to a GPU, the same floats (Normalize::lut on both sides)
+            pixels: meal_data::PixelFormat::Levels,
         },
     )?;
     let bar = meal_cli::progress_bar(
@@ -374,8 +379,7 @@ fn run_part(
     for batch in loader {
         let batch = batch?;
         let rows = batch.rows.len();
-        let mut inputs: Vec<&[f32]> = vec![&batch.data];
-        inputs.extend(batch.extra.iter().map(Vec::as_slice));
+        let inputs = Crops::of_batch(&batch);
         let out = ens.soft_labels(&inputs, rows, s.batch)?;
         if dtype_check.is_none() && dtype != DType::F32 {
             // the first batch again in f32: the label error the dtype costs, reported

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, D};
 use meal_data::{
     decode_file, CropSampler, CropSpec, Dataset, Filter, LinkPolicy, Normalize, Replayer, RrcParams,
 };
-use meal_models::ensemble::{Ensemble, Teacher};
+use meal_models::ensemble::{Crops, Ensemble, Teacher};
 use meal_models::ResNet;
 use meal_precompute::config::{Pair, RunArgs, Settings};
 use meal_precompute::{inspect, run};
@@ -195,9 +195,10 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
     let x: Vec<f32> = (0..rows * spec.len())
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();
-    let all = ens.soft_labels(&[&x], rows, 11).unwrap();
-    let ones = ens.soft_labels(&[&x], rows, 1).unwrap();
-    let threes = ens.soft_labels(&[&x], rows, 3).unwrap();
+    let x = [Crops::from(x.as_slice())];
+    let all = ens.soft_labels(&x, rows, 11).unwrap();
+    let ones = ens.soft_labels(&x, rows, 1).unwrap();
+    let threes = ens.soft_labels(&x, rows, 3).unwrap();
     for other in [&ones, &threes] {
         let d = all
             .probs
@@ -207,6 +208,49 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
             .fold(0f32, f32::max);
         assert!(d <= 1e-5, "batch composition moved a label by {d}");
     }
+}
+
+#[test]
+fn eight_bit_crops_give_the_labels_of_their_normalized_floats() {
+    // precompute hands the teachers 8-bit levels (normalised on their device); the labels
+    // must be those of the loader's own f32 crops, bit for bit
+    let f = fixture(1);
+    let dev = Device::Cpu;
+    let norm = Normalize {
+        mean: [0.5, 0.4, 0.3],
+        std: [0.2, 0.3, 0.25],
+    };
+    let spec = CropSpec::new(16, Filter::Bilinear, norm).unwrap();
+    let ens = Ensemble::new(vec![
+        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev, DType::F32).unwrap(),
+    ])
+    .unwrap();
+    let rows = 5;
+    let levels: Vec<u8> = (0..rows * spec.len())
+        .map(|i| ((i * 7919) % 256) as u8)
+        .collect();
+    let lut = norm.lut();
+    let plane = spec.len() / 3;
+    let floats: Vec<f32> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| lut[(i / plane) % 3][v as usize])
+        .collect();
+    let a = ens.soft_labels(&[Crops::Levels(&levels)], rows, 2).unwrap();
+    let b = ens
+        .soft_labels(&[Crops::Normalized(&floats)], rows, 2)
+        .unwrap();
+    assert!(a
+        .probs
+        .iter()
+        .zip(&b.probs)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_eq!(a.teacher_top1, b.teacher_top1);
+    let e = ens
+        .soft_labels(&[Crops::Levels(&levels[1..])], rows, 2)
+        .unwrap_err();
+    assert!(e.to_string().contains("need"), "{e}");
 }
 
 #[test]

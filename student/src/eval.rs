@@ -51,6 +51,7 @@ fn eval_loop(
             threads,
             policy: BadFilePolicy::Skip,
             drop_last: false,
+            pixels: meal_data::PixelFormat::Normalized,
         },
     )?;
     let k = 5.min(classes);
@@ -97,8 +98,7 @@ pub fn evaluate(
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
 pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, threads: usize) -> Result<Accuracy> {
     eval_loop(ds, ens.specs(), ens.num_classes(), threads, |b| {
-        let mut inputs: Vec<&[f32]> = vec![&b.data];
-        inputs.extend(b.extra.iter().map(Vec::as_slice));
+        let inputs = meal_models::ensemble::Crops::of_batch(b);
         Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
     })
 }

@@ -44,6 +44,7 @@ fn demo_dataset_through_the_loader() {
             threads: 2,
             policy: BadFilePolicy::Fail,
             drop_last: true,
+            pixels: meal_data::PixelFormat::Normalized,
         },
     )
     .unwrap();
@@ -85,6 +86,7 @@ fn demo_dataset_through_the_loader() {
             threads: 2,
             policy: BadFilePolicy::Fail,
             drop_last: false,
+            pixels: meal_data::PixelFormat::Normalized,
         },
     )
     .unwrap();

@@ -165,6 +165,7 @@ fn time_pass(ds: &Arc<Dataset>, a: &BenchArgs, spec: CropSpec, pass: u64) -> Res
         threads: a.threads,
         policy: BadFilePolicy::Fail,
         drop_last: false,
+        pixels: meal_data::PixelFormat::Normalized,
     };
     let t = Instant::now();
     let loader = Loader::new(Arc::clone(ds), epoch_order(ds.len(), 0, pass, true), cfg)?;

@@ -1,6 +1,6 @@
 //! Fused train-mode BatchNorm.
 
-use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::relu::relu_of;
@@ -549,7 +549,20 @@ impl candle_core::CustomOp3 for DeviceAffine {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (scale, shift) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        affine_op(contiguous_f32(s1, l1)?, l1, scale, shift, self.relu)
+        match (s1, l1.contiguous_offsets()) {
+            // the CPU twin of the bf16 kernel: the f32 affine of the widened input,
+            // rounded once
+            (CpuStorage::BF16(v), Some((a, b))) => {
+                let x: Vec<f32> = v[a..b].iter().map(|x| x.to_f32()).collect();
+                let (y, shape) = affine_op(&x, l1, scale, shift, self.relu)?;
+                let y = match y {
+                    CpuStorage::F32(y) => y.into_iter().map(half::bf16::from_f32).collect(),
+                    _ => candle_core::bail!("meal-device-affine: f32 expected"),
+                };
+                Ok((CpuStorage::BF16(y), shape))
+            }
+            _ => affine_op(contiguous_f32(s1, l1)?, l1, scale, shift, self.relu),
+        }
     }
 
     #[cfg(feature = "cuda")]
@@ -567,24 +580,40 @@ impl candle_core::CustomOp3 for DeviceAffine {
 }
 
 /// [`DeviceAffine`] of NCHW `x` with per-channel `scale` and `shift` (any shape of `C`
-/// values), where it applies: our op on CUDA for f32 outside a gradient graph (it has
-/// no backward); `None` elsewhere (the caller keeps its generic path).
+/// values), where it applies: our op on CUDA for f32 or bf16 `x` outside a gradient
+/// graph (it has no backward), the affine in f32; `None` elsewhere (the caller keeps
+/// its generic path).
 pub fn channel_affine_dev(
     x: &Tensor,
     scale: &Tensor,
     shift: &Tensor,
     relu: bool,
 ) -> Result<Option<Tensor>> {
-    if x.device().is_cpu() || !super::ours(x) || x.rank() != 4 || x.track_op() {
+    let dtype_ok = matches!(x.dtype(), DType::F32 | DType::BF16);
+    if x.device().is_cpu() || !dtype_ok || !super::on_cuda(x) || x.rank() != 4 || x.track_op() {
         return Ok(None);
     }
     let flat =
-        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(x.dtype())?.flatten_all()?.contiguous()?) };
+        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.contiguous()?) };
     Ok(Some(x.contiguous()?.apply_op3_no_bwd(
         &flat(scale)?,
         &flat(shift)?,
         &DeviceAffine { relu },
     )?))
+}
+
+/// [`DeviceAffine`]'s CPU forward over CPU tensors: the twin the GPU tests compare the
+/// CUDA op with (the public [`channel_affine_dev`] declines the CPU).
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn device_affine_cpu(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.flatten_all()?) };
+    Ok(x.contiguous()?
+        .apply_op3_no_bwd(&flat(scale)?, &flat(shift)?, &DeviceAffine { relu })?)
 }
 
 #[cfg(test)]

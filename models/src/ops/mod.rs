@@ -10,6 +10,8 @@
 //! - [`relu`], [`add_relu`] (relu.rs): ReLU (and a residual join + ReLU) whose backward
 //!   is one pass over the output.
 //! - [`sgd_step`] (sgd.rs): the SGD update in place, one pass per tensor.
+//! - [`normalize_levels`] (levels.rs): the loader's 8-bit crops normalised where the
+//!   network runs (a quarter of the bytes to copy to a GPU).
 //!
 //! Each falls back to candle's generic ops for non-f32 tensors. With the `cuda` feature
 //! the conv, BatchNorm, max-pool and SGD ops also run on CUDA devices (cuda/: our
@@ -22,12 +24,14 @@ mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod gemm;
+mod levels;
 mod pool;
 mod relu;
 mod sgd;
 
 pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut, BnStats};
 pub use conv::{conv2d, conv2d_in, Precision};
+pub use levels::normalize_levels;
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
 pub use sgd::{sgd_fast, sgd_step, SgdStep};

@@ -242,6 +242,83 @@ static void check_sgd(int nesterov) {
     expect("sgd param" + tag, p, pref, 1e-6);
 }
 
+static std::vector<float> widen(const std::vector<__nv_bfloat16>& v) {
+    std::vector<float> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+    return out;
+}
+
+// The emulated f32 -> bf16 rounding on known values, bit for bit: ties to even,
+// carries into the exponent, overflow to infinity, subnormals, NaN.
+static void check_bf16_rounding() {
+    struct Case {
+        float in;
+        uint16_t want;
+    };
+    // 1 + 2^-8 ties down to 1 (even); 1 + 3*2^-8 ties up to 1 + 2^-6; 1 + 2^-7 is exact;
+    // just under 2 carries to 2; the largest finite f32 rounds to infinity; 1e-40
+    // (0x000116c2) keeps 0x0001; NaN stays a quiet NaN
+    const Case cases[] = {{1.f, 0x3f80},         {1.00390625f, 0x3f80}, {1.01171875f, 0x3f82},
+                          {1.0078125f, 0x3f81},  {1.9999999f, 0x4000},  {-2.5f, 0xc020},
+                          {3.4028235e38f, 0x7f80}, {1e-40f, 0x0001},    {NAN, 0x7fc0}};
+    ++checks;
+    for (const Case& c : cases) {
+        uint16_t got = __float2bfloat16(c.in).bits;
+        if (got != c.want) {
+            ++failures;
+            printf("FAIL bf16 rounding of %g: got 0x%04x want 0x%04x\n", c.in, got, c.want);
+            return;
+        }
+    }
+    printf("ok   bf16 rounding (%zu values)\n", sizeof cases / sizeof cases[0]);
+}
+
+// Eval BatchNorm over bf16: the f32 affine of the widened input, rounded once.
+static void check_bn_affine_bf16(int relu) {
+    int b = 3, c = 5, hw = 42;
+    size_t n = (size_t)b * c * hw;
+    auto xf = randn(n, 3.f);
+    auto scale = randn(c), shift = randn(c);
+    std::vector<__nv_bfloat16> x(n), y(n, __nv_bfloat16{0x7fc0});
+    for (size_t i = 0; i < n; ++i) x[i] = __float2bfloat16(xf[i]);
+    x[5] = __float2bfloat16(NAN);
+    launch(3, 32, [&] {
+        meal_bn_affine_bf16(x.data(), scale.data(), shift.data(), y.data(), n, c, hw, relu);
+    });
+    std::vector<float> want(n);
+    for (size_t t = 0; t < n; ++t) {
+        int ch = (int)((t / hw) % c);
+        float v = __bfloat162float(x[t]) * scale[ch] + shift[ch];
+        want[t] = __bfloat162float(
+            __float2bfloat16(relu && !(v > 0.f) && !std::isnan(v) ? 0.f : v));
+    }
+    expect("bn affine bf16 relu=" + std::to_string(relu), widen(y), want, 0.0);
+}
+
+// 8-bit crops through the normalisation table, to f32 and to bf16.
+static void check_levels() {
+    int b = 2, hw = 37;
+    size_t n = (size_t)b * 3 * hw;
+    std::vector<unsigned char> x(n);
+    for (size_t i = 0; i < n; ++i) x[i] = (unsigned char)((i * 97 + 13) % 256);
+    x[0] = 0;
+    x[1] = 255;
+    auto lut = randn(3 * 256);
+    std::vector<float> y(n, -7.f), want(n), wantb(n);
+    std::vector<__nv_bfloat16> yb(n);
+    launch(3, 32, [&] { meal_levels_f32(x.data(), lut.data(), y.data(), n, hw); });
+    launch(3, 32, [&] { meal_levels_bf16(x.data(), lut.data(), yb.data(), n, hw); });
+    for (int i = 0; i < b; ++i)
+        for (int ch = 0; ch < 3; ++ch)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = ((size_t)i * 3 + ch) * hw + q;
+                want[t] = lut[ch * 256 + x[t]];
+                wantb[t] = __bfloat162float(__float2bfloat16(want[t]));
+            }
+    expect("levels f32", y, want, 0.0);
+    expect("levels bf16", widen(yb), wantb, 0.0);
+}
+
 int main() {
     for (Geom g : {Geom{3, 2, 7, 6, 3, 1, 1}, Geom{2, 3, 9, 8, 3, 2, 1}, Geom{2, 4, 6, 5, 1, 1, 0},
                    Geom{2, 4, 7, 7, 1, 2, 0}, Geom{2, 3, 13, 11, 7, 2, 3}, Geom{2, 2, 8, 8, 2, 2, 0}})
@@ -255,6 +332,10 @@ int main() {
     check_pool(6, 8, 8, 2, 2, 0, false);
     check_sgd(0);
     check_sgd(1);
+    check_bf16_rounding();
+    check_bn_affine_bf16(0);
+    check_bn_affine_bf16(1);
+    check_levels();
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -8,6 +8,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -25,6 +27,25 @@ inline std::barrier<>* block_barrier = nullptr;
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 using std::isnan;
 using std::sqrt;
+
+// cuda_bf16.h's type and conversions: the upper 16 bits of an f32, rounded to nearest
+// even; a NaN stays a (quiet) NaN.
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline float __bfloat162float(__nv_bfloat16 v) {
+    uint32_t u = (uint32_t)v.bits << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {(uint16_t)((u >> 16) | 0x40u)};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return {(uint16_t)(u >> 16)};
+}
 
 // Run `kernel` as `<<<grid, block>>>`.
 template <class F>

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
-use meal_models::ensemble::{Ensemble, TeacherArg};
+use meal_models::ensemble::{Crops, Ensemble, TeacherArg};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, LoadOptions, ResNet};
 use meal_store::LabelStore;
@@ -258,6 +258,7 @@ impl Run {
                 threads: self.s.threads,
                 policy: self.s.policy,
                 drop_last: true,
+                pixels: meal_data::PixelFormat::Normalized,
             },
         )?)
     }
@@ -278,7 +279,7 @@ impl Run {
                 }
             }
             (LossKind::Kd, Some(ens), _) => {
-                let inputs: Vec<&[f32]> = b.extra.iter().map(Vec::as_slice).collect();
+                let inputs: Vec<Crops> = b.extra.iter().map(|v| Crops::Normalized(v)).collect();
                 t = ens.soft_labels(&inputs, n, n)?.probs;
             }
             (LossKind::Kd, None, Some(store)) => {

@@ -4,11 +4,13 @@
 //! for the running averages anyway), one affine(+ReLU) pass. The backward: the two
 //! per-channel sums, then one pass for `dx`, `dgamma`, `dbeta`.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
-use candle_core::{Layout, Shape};
+use candle_core::{DType, Layout, Shape};
+use half::bf16;
 
-use super::{func, grid, int, per_channel, view};
+use super::{func, grid, int, per_channel, view, view_of};
 use crate::ops::bn::{dims_nchw, scale_shift};
 
 /// What the CUDA forward hands back to `BnTrain`: the output, the batch statistics and
@@ -100,7 +102,37 @@ fn affine(
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
 
-/// The forward of `DeviceAffine` (eval BatchNorm) on CUDA over `(x, scale, shift)`.
+/// [`affine`] over bf16 `x` (f32 scale and shift, one rounding to bf16).
+fn affine_bf16(
+    dev: &CudaDevice,
+    relu: bool,
+    (s, l): (&CudaStorage, &Layout),
+    sc: &CudaView<f32>,
+    sh: &CudaView<f32>,
+) -> candle_core::Result<CudaStorage> {
+    let (b, c, hw) = dims_nchw(l)?;
+    let n = b * c * hw;
+    if sc.len() != c || sh.len() != c {
+        candle_core::bail!("batch_norm: {c} channels, {} statistics", sc.len());
+    }
+    // SAFETY: written whole by the affine kernel
+    let mut y = unsafe { dev.alloc::<bf16>(n)? };
+    if n > 0 {
+        let f = func(dev, "meal_bn_affine_bf16")?;
+        let xv = view_of::<bf16>(s, l)?;
+        let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&xv).arg(sc).arg(sh).arg(&mut y).arg(&n);
+        lb.arg(&c).arg(&hw).arg(&relu);
+        // SAFETY: x and y hold n values, scale and shift c.
+        unsafe { lb.launch(grid(n)) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The forward of `DeviceAffine` (eval BatchNorm) on CUDA over `(x, scale, shift)`:
+/// f32 or bf16 `x`, f32 scale and shift.
 pub(crate) fn device_affine(
     relu: bool,
     x: (&CudaStorage, &Layout),
@@ -108,7 +140,11 @@ pub(crate) fn device_affine(
     (s3, l3): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let dev = x.0.device.clone();
-    let y = affine(&dev, relu, x, &view(s2, l2)?, &view(s3, l3)?)?;
+    let (sc, sh) = (view(s2, l2)?, view(s3, l3)?);
+    let y = match x.0.dtype() {
+        DType::BF16 => affine_bf16(&dev, relu, x, &sc, &sh)?,
+        _ => affine(&dev, relu, x, &sc, &sh)?,
+    };
     Ok((y, x.1.shape().clone()))
 }
 

@@ -11,6 +11,8 @@
 //! - Max-pool (pool.rs): the forward and a gather backward with the CPU op's first-maximum
 //!   rule (candle's max-pool backward fails when kernel != stride).
 //! - SGD (sgd.rs): the in-place momentum-buffer and parameter updates.
+//! - Inference of bf16 teachers and 8-bit batches: eval BatchNorm over bf16 (bn.rs), and
+//!   the loader's 8-bit crops normalised through its table (levels.rs).
 //!
 //! The kernels are models/kernels/meal_ops.cu, compiled to PTX by build.rs and loaded
 //! once per device. `MEAL_CUDA_OPS=0` turns them off (candle's generic ops then run, as
@@ -19,6 +21,7 @@
 
 mod bn;
 mod conv;
+mod levels;
 mod pool;
 mod sgd;
 #[cfg(test)]
@@ -26,6 +29,7 @@ mod tests;
 
 pub(crate) use bn::{bn_backward, bn_train, device_affine};
 pub(crate) use conv::{conv_backward, conv_forward};
+pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
 
@@ -33,7 +37,7 @@ use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, Ge
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaView, CudaViewMut, LaunchConfig,
 };
-use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::Layout;
 
 mod ptx {
@@ -82,8 +86,16 @@ pub(crate) fn per_channel(c: usize) -> LaunchConfig {
 
 /// The contiguous f32 elements of `(s, l)`.
 pub(crate) fn view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
+    view_of::<f32>(s, l)
+}
+
+/// The contiguous `T` elements of `(s, l)` (an error if the storage holds another dtype).
+pub(crate) fn view_of<'a, T: CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<CudaView<'a, T>> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+        Some((a, b)) => Ok(s.as_cuda_slice::<T>()?.slice(a..b)),
         None => candle_core::bail!("meal op: non-contiguous input"),
     }
 }

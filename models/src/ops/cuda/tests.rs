@@ -218,3 +218,60 @@ fn eval_batch_norm_on_the_device_equals_the_cpu_op() {
         close(&format!("eval batch norm relu={relu}"), &got, &want, 1e-6);
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn bf16_eval_batch_norm_equals_the_cpu_twin() {
+    let dev = gpu("bf16_eval_batch_norm_equals_the_cpu_twin");
+    let x = randn(&[3, 6, 5, 7]).to_dtype(DType::BF16).unwrap();
+    let (scale, shift) = (randn(&[6]), randn(&[6]));
+    for relu in [false, true] {
+        // the CPU forward of the same op: the f32 affine of the widened input, rounded once
+        let want = channel_affine_dev_cpu(&x, &scale, &shift, relu);
+        let on = |t: &Tensor| t.to_device(&dev).unwrap();
+        let got = channel_affine_dev(&on(&x), &on(&scale), &on(&shift), relu)
+            .unwrap()
+            .expect("our op on CUDA for bf16 outside a graph");
+        assert_eq!(got.dtype(), DType::BF16);
+        // one bf16 rounding on each side; a fused multiply-add may round the f32
+        // affine differently, moving the result by at most one bf16 step (2^-7 relative)
+        close(
+            &format!("bf16 eval batch norm relu={relu}"),
+            &got.to_dtype(DType::F32).unwrap(),
+            &want.to_dtype(DType::F32).unwrap(),
+            1.0 / 64.0,
+        );
+    }
+}
+
+/// The CPU forward of the device affine op (its twin for bf16), called directly: the
+/// public entry point declines CPU tensors.
+fn channel_affine_dev_cpu(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool) -> Tensor {
+    crate::ops::bn::device_affine_cpu(x, scale, shift, relu).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
+    let dev = gpu("eight_bit_crops_normalise_on_the_device_as_on_the_cpu");
+    let levels: Vec<u8> = (0..2 * 3 * 9 * 11)
+        .map(|i| ((i * 97 + 5) % 256) as u8)
+        .collect();
+    let x = Tensor::from_vec(levels, (2, 3, 9, 11), &Device::Cpu).unwrap();
+    let norm = meal_data::Normalize {
+        mean: [0.5, 0.4, 0.3],
+        std: [0.2, 0.3, 0.25],
+    };
+    for dtype in [DType::F32, DType::BF16] {
+        let want = crate::ops::normalize_levels(&x, &norm, dtype).unwrap();
+        let got = crate::ops::normalize_levels(&x.to_device(&dev).unwrap(), &norm, dtype).unwrap();
+        assert_eq!(got.dtype(), dtype);
+        // a table lookup (and one rounding to bf16): equal bit for bit
+        close(
+            &format!("levels to {dtype:?}"),
+            &got.to_dtype(DType::F32).unwrap(),
+            &want.to_dtype(DType::F32).unwrap(),
+            0.0,
+        );
+    }
+}
