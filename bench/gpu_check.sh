@@ -6,7 +6,8 @@
 # teacher inference (resnet152s, senet154 at
 # 224, f32 and bf16) and the ResNet-50 KD train step, each beside PyTorch (timm,
 # channels_last, autocast) in the same run; a tiny precompute + train on demo data with
-# --device cuda:0, and the GPU store against a CPU store of the same crops.
+# --device cuda:0, and the GPU store against a CPU store of the same crops; precompute
+# at 224 against the teacher's pure inference speed.
 # Every step has its own time limit; the whole script stays under 8 minutes.
 #   bash bench/out/gpu/gpu_check.sh        (results also in $OUT or bench/out/gpu-run)
 set -uo pipefail
@@ -87,4 +88,11 @@ for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
         worst = max([worst] + [abs(x - y) for ra, rb in zip(pa, pb) for x, y in zip(ra, rb)])
     print(f"{dt}: max |p_gpu - p_cpu| = {worst:.2e} (bound {tol})", "ok" if worst <= tol else "FAIL")
 PY
+
+# 5. precompute against pure teacher inference (resnet152s at 224, 600 JPEGs x 4 crops):
+# the goal is >= 0.9x (bench/precompute_vs_infer.sh)
+cp "$here/precompute_vs_infer.sh" "$bin/"
+for dt in f32 bf16; do
+    step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" cuda:0 "$dt" 60 4 64
+done
 rm -rf "$bin"

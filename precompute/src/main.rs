@@ -77,6 +77,13 @@ fn main() -> Result<()> {
                 r.shards_present,
                 r.bytes_written
             );
+            if r.labelling_seconds > 0.0 {
+                println!(
+                    "labelling loop (without set-up and dtype check): {:.1} s, {:.1} crops/s",
+                    r.labelling_seconds,
+                    r.crops_labelled as f64 / r.labelling_seconds
+                );
+            }
             println!(
                 "the store{}: {} images, {} crops in {} shards",
                 if s.worker.is_some() {

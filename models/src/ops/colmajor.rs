@@ -36,6 +36,54 @@ pub(crate) fn row_major(m: usize, n: usize, k: usize, a_t: bool, b_t: bool) -> C
     }
 }
 
+/// A strided-batched call ([`ColMajor`] per batch entry; entry `j` reads its first
+/// operand at `j * stride_a`, its second at `j * stride_b` and writes at `j * stride_c`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct Batched {
+    pub call: ColMajor,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+/// The convolution forward of a chunk of `nb` images as one strided-batched call that
+/// writes NCHW directly: `y_j [co, p] = w [co, rows] * B_j [rows, p]`, where `B_j` is
+/// image `j`'s block of the column matrix (`[rows, nb*p]`, row stride `nb*p`, block
+/// offset `j*p`), or with `direct` (a 1x1 stride-1 unpadded convolution, `rows = c`)
+/// image `j` itself (`[c, p]` at `j*c*p`): no im2col and no layout swap. The call's
+/// first operand is `B` (cols or x), the second `w` (shared: stride 0), the output `y`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn conv_forward_batched(
+    co: usize,
+    rows: usize,
+    p: usize,
+    nb: usize,
+    direct: bool,
+) -> Batched {
+    let (ld_b, stride_b) = if direct { (p, rows * p) } else { (nb * p, p) };
+    Batched {
+        // row-major y_j[co, p] = w[co, rows] * B_j[rows, p] is column-major
+        // y_j^T[p, co] = B_j^T[p, rows] * w^T[rows, co]; a row-major matrix with row
+        // stride s is a column-major one with leading dimension s
+        call: ColMajor {
+            trans_a: false,
+            trans_b: false,
+            m: p,
+            n: co,
+            k: rows,
+            lda: ld_b,
+            ldb: rows,
+            ldc: p,
+        },
+        batch: nb,
+        stride_a: stride_b,
+        stride_b: 0,
+        stride_c: co * p,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +131,72 @@ mod tests {
                 for j in 0..n {
                     let want: f32 = (0..k).map(|l| oa(i, l) * ob(l, j)).sum();
                     assert_eq!(c[i * n + j], want, "a_t={a_t} b_t={b_t} [{i},{j}]");
+                }
+            }
+        }
+    }
+
+    /// cuBLAS `sgemmStridedBatched` semantics over whole buffers.
+    fn batched_gemm(g: Batched, a: &[f32], b: &[f32], c: &mut [f32]) {
+        for j in 0..g.batch {
+            let (ao, bo, co) = (j * g.stride_a, j * g.stride_b, j * g.stride_c);
+            // each entry's C is written in place inside the whole buffer
+            let mut cj = c[co..].to_vec();
+            col_major_gemm(g.call, &a[ao..], &b[bo..], &mut cj);
+            let n = cj.len();
+            c[co..co + n].copy_from_slice(&cj);
+        }
+    }
+
+    /// The batched forward call against a direct convolution: through im2col (3x3,
+    /// stride 2, padding 1) and straight from the input (1x1 stride 1).
+    #[test]
+    fn the_batched_conv_call_writes_nchw_directly() {
+        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
+        for (k, stride, pad) in [(3usize, 2usize, 1usize), (1, 1, 0)] {
+            let (nb, c, h, w, co) = (3, 2, 5, 4, 4);
+            let ho = (h + 2 * pad - k) / stride + 1;
+            let wo = (w + 2 * pad - k) / stride + 1;
+            let (p, rows) = (ho * wo, c * k * k);
+            let x: Vec<f32> = (0..nb * c * h * w).map(val).collect();
+            let wt: Vec<f32> = (0..co * rows).map(|i| val(i + 50)).collect();
+            let px = |i: usize, ch: usize, y: isize, xx: isize| {
+                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                    0.0
+                } else {
+                    x[((i * c + ch) * h + y as usize) * w + xx as usize]
+                }
+            };
+            let tap = |oy: usize, ky: usize| (oy * stride + ky) as isize - pad as isize;
+            // the column matrix as meal_im2col lays it out: row (ch*k + ky)*k + kx,
+            // column img*p + oy*wo + ox
+            let mut cols = vec![0f32; rows * nb * p];
+            for (r, row) in cols.chunks_mut(nb * p).enumerate() {
+                let (ch, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                for (col, v) in row.iter_mut().enumerate() {
+                    let (i, oy, ox) = (col / p, (col % p) / wo, col % wo);
+                    *v = px(i, ch, tap(oy, ky), tap(ox, kx));
+                }
+            }
+            let direct = k == 1 && stride == 1 && pad == 0;
+            let g = conv_forward_batched(co, rows, p, nb, direct);
+            let mut y = vec![f32::NAN; nb * co * p];
+            batched_gemm(g, if direct { &x } else { &cols }, &wt, &mut y);
+            for i in 0..nb {
+                for o in 0..co {
+                    for q in 0..p {
+                        let (oy, ox) = (q / wo, q % wo);
+                        let mut want = 0f32;
+                        for ch in 0..c {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    want += wt[((o * c + ch) * k + ky) * k + kx]
+                                        * px(i, ch, tap(oy, ky), tap(ox, kx));
+                                }
+                            }
+                        }
+                        assert_eq!(y[(i * co + o) * p + q], want, "k={k} [{i},{o},{q}]");
+                    }
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! Convolution on CUDA (one group): the CPU op's batch plan (conv/mod.rs) with cuBLAS
 //! GEMMs. Images go in chunks whose column matrix stays under [`CHUNK_ELEMS`]:
 //!
-//! - forward: `cols = im2col(x)`, `t = w * cols` (`[Co, nb*P]`), `y = swap(t)` (NCHW);
+//! - forward: `cols = im2col(x)` (skipped for 1x1 stride-1 unpadded convolutions, whose
+//!   input is its own column matrix), then one strided-batched GEMM `y_j = w * cols_j`
+//!   per chunk that writes NCHW directly (`colmajor::conv_forward_batched`, tested on
+//!   the CPU);
 //! - backward: `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
 //!   `dx = col2im(dcols)`.
 //!
@@ -12,7 +15,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKerne
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{Layout, Shape};
 
-use super::{func, grid, ints, sgemm, view};
+use super::{func, grid, ints, sgemm, sgemm_batched, view};
 use crate::ops::conv::cols::Geom;
 
 /// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
@@ -109,31 +112,37 @@ pub(crate) fn conv_forward(
             l1.dims()
         );
     }
-    // SAFETY: written whole below (every chunk's swap writes its images' outputs)
+    // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
     let mut y = unsafe { dev.alloc::<f32>(g.b * co * p)? };
-    let nbmax = chunk(g);
-    let mut cols = unsafe { dev.alloc::<f32>(rows * nbmax * p)? };
-    let mut t = unsafe { dev.alloc::<f32>(co * nbmax * p)? };
+    if g.b * co * p == 0 {
+        return Ok((
+            CudaStorage::wrap_cuda_slice(y, dev),
+            Shape::from((g.b, co, g.ho, g.wo)),
+        ));
+    }
+    // a 1x1 stride-1 unpadded convolution reads its input as the column matrix
+    let direct = g.pointwise();
+    let nbmax = if direct { g.b } else { chunk(g) };
+    let mut cols = if direct {
+        None
+    } else {
+        // SAFETY: each chunk's im2col writes the part its GEMM reads
+        Some(unsafe { dev.alloc::<f32>(rows * nbmax * p)? })
+    };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
-        let (nc, nt) = (rows * nb * p, co * nb * p);
-        im2col(
-            &dev,
-            g,
-            nb,
-            &x.slice(b0 * img..(b0 + nb) * img),
-            &mut cols.slice_mut(..nc),
-        )?;
-        sgemm(
-            &dev,
-            (co, nb * p, rows),
-            (&w, false),
-            (&cols.slice(..nc), false),
-            0.0,
-            &mut t.slice_mut(..nt),
-        )?;
+        let xb = x.slice(b0 * img..(b0 + nb) * img);
         let yb = b0 * co * p..(b0 + nb) * co * p;
-        swap01(&dev, &t.slice(..nt), &mut y.slice_mut(yb), (co, nb, p))?;
+        // one strided-batched GEMM writes the chunk's NCHW outputs (no layout swap)
+        let call = super::super::colmajor::conv_forward_batched(co, rows, p, nb, direct);
+        match cols.as_mut() {
+            None => sgemm_batched(&dev, call, &xb, &w, &mut y.slice_mut(yb))?,
+            Some(cols) => {
+                let nc = rows * nb * p;
+                im2col(&dev, g, nb, &xb, &mut cols.slice_mut(..nc))?;
+                sgemm_batched(&dev, call, &cols.slice(..nc), &w, &mut y.slice_mut(yb))?;
+            }
+        }
     }
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev),

@@ -33,7 +33,9 @@ pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
 
-use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use candle_core::cuda_backend::cudarc::cublas::{
+    sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig,
+};
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaView, CudaViewMut, LaunchConfig,
 };
@@ -145,3 +147,56 @@ pub(crate) fn sgemm(
     // the kernels' shapes in conv.rs); cuBLAS runs on the device's stream.
     unsafe { dev.cublas_handle().gemm(cfg, b, a, c) }.w()
 }
+
+/// The strided-batched column-major call `g` (of `ops::colmajor`, tested there) with
+/// alpha 1, beta 0, untransposed operands: `c_j = a_j * b_j` for each entry `j`. Each
+/// operand's last element is checked to lie inside its view first (cuBLAS would not).
+pub(crate) fn sgemm_batched(
+    dev: &CudaDevice,
+    g: super::colmajor::Batched,
+    a: &CudaView<f32>,
+    b: &CudaView<f32>,
+    c: &mut CudaViewMut<f32>,
+) -> candle_core::Result<()> {
+    let d = g.call;
+    if d.trans_a || d.trans_b {
+        candle_core::bail!("meal sgemm_batched: untransposed operands only");
+    }
+    if g.batch == 0 || d.m == 0 || d.n == 0 || d.k == 0 {
+        candle_core::bail!("meal sgemm_batched: empty call {g:?}");
+    }
+    // the element one past the last an operand of [rows, cols] (leading dim ld) reads
+    let end = |stride: usize, rows: usize, cols: usize, ld: usize| {
+        (g.batch - 1) * stride + (rows - 1) + (cols - 1) * ld + 1
+    };
+    let ends = [
+        (end(g.stride_a, d.m, d.k, d.lda), a.len()),
+        (end(g.stride_b, d.k, d.n, d.ldb), b.len()),
+        (end(g.stride_c, d.m, d.n, d.ldc), c.len()),
+    ];
+    if ends.iter().any(|&(need, have)| need > have) {
+        candle_core::bail!("meal sgemm_batched: {g:?} reaches past its buffers {ends:?}");
+    }
+    let cfg = StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: int(d.m)?,
+            n: int(d.n)?,
+            k: int(d.k)?,
+            alpha: 1.0f32,
+            lda: int(d.lda)?,
+            ldb: int(d.ldb)?,
+            beta: 0.0f32,
+            ldc: int(d.ldc)?,
+        },
+        batch_size: int(g.batch)?,
+        stride_a: g.stride_a as i64,
+        stride_b: g.stride_b as i64,
+        stride_c: g.stride_c as i64,
+    };
+    // SAFETY: every entry's reads and writes lie inside the views (checked above); cuBLAS
+    // runs on the device's stream.
+    unsafe { dev.cublas_handle().gemm_strided_batched(cfg, a, b, c) }.w()
+}
+
