@@ -32,11 +32,19 @@ extern "C" __global__ void meal_swap01(const float* src, float* dst, size_t a, s
 
 // ---- convolution columns -----------------------------------------------------------
 
+template <class T>
+__device__ __forceinline__ T zero_of();
+template <>
+__device__ __forceinline__ float zero_of<float>() { return 0.f; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero_of<__nv_bfloat16>() { return __float2bfloat16(0.f); }
+
 // cols [c*k*k, nb*ho*wo] of the nb NCHW images at x: row (ch*k + ky)*k + kx (the weight's
 // [co, ci, kh, kw] order), column img*ho*wo + oy*wo + ox; zero where the window is in
-// the padding. As models/src/ops/conv/cols.rs `im2col`.
-extern "C" __global__ void meal_im2col(const float* x, float* cols, int nb, int c, int h,
-                                       int w, int k, int stride, int pad, int ho, int wo) {
+// the padding. As models/src/ops/conv/cols.rs `im2col`. f32 and bf16 (a copy: exact).
+template <class T>
+__device__ __forceinline__ void im2col(const T* x, T* cols, int nb, int c, int h, int w, int k,
+                                       int stride, int pad, int ho, int wo) {
     size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
     size_t n = (size_t)c * k * k * ncol;
     GRID_STRIDE(t, n) {
@@ -45,11 +53,22 @@ extern "C" __global__ void meal_im2col(const float* x, float* cols, int nb, int 
         size_t img = col / p, pp = col % p;
         int oy = (int)(pp / wo), ox = (int)(pp % wo);
         int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-        float v = 0.f;
+        T v = zero_of<T>();
         if (iy >= 0 && iy < h && ix >= 0 && ix < w)
             v = x[((img * c + ch) * h + iy) * w + ix];
         cols[t] = v;
     }
+}
+
+extern "C" __global__ void meal_im2col(const float* x, float* cols, int nb, int c, int h,
+                                       int w, int k, int stride, int pad, int ho, int wo) {
+    im2col(x, cols, nb, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void meal_im2col_bf16(const __nv_bfloat16* x, __nv_bfloat16* cols, int nb,
+                                            int c, int h, int w, int k, int stride, int pad,
+                                            int ho, int wo) {
+    im2col(x, cols, nb, c, h, w, k, stride, pad, ho, wo);
 }
 
 // The adjoint of meal_im2col: dx (nb NCHW images) as the sum of the column entries that

@@ -55,10 +55,11 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 /// The teachers' default dtype on `device`: f32 everywhere for now. On CUDA a bf16
-/// teacher runs candle's generic bf16 ops, measured at 0.6x of our f32 CUDA ops on an
-/// H200 (ResNet-152 at 224, BENCHMARKS.md "GPU"), so bf16 would be slower and less
-/// exact; on the CPU, bf16 (AVX512-BF16 only) is opt-in so that a store's dtype does not
-/// depend on the machine that started it.
+/// teacher ran candle's generic bf16 ops, measured at 0.6x of our f32 CUDA ops on an
+/// H200 (ResNet-152 at 224, BENCHMARKS.md "GPU"); its convolutions and BatchNorms now
+/// run our ops (tensor-core GEMMs), not yet measured on a GPU, so f32 stays the default
+/// until a device run shows bf16 faster. On the CPU, bf16 (AVX512-BF16 only) is opt-in
+/// so that a store's dtype does not depend on the machine that started it.
 pub fn default_dtype(_device: &Device) -> DType {
     DType::F32
 }

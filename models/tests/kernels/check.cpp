@@ -65,6 +65,12 @@ struct Geom {
     }
 };
 
+static std::vector<float> widen(const std::vector<__nv_bfloat16>& v) {
+    std::vector<float> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+    return out;
+}
+
 static void check_cols(const Geom& g) {
     size_t rows = (size_t)g.c * g.k * g.k, P = (size_t)g.ho() * g.wo(), ncol = g.nb * P;
     size_t nx = (size_t)g.nb * g.c * g.h * g.w;
@@ -89,6 +95,17 @@ static void check_cols(const Geom& g) {
                             if (in) dref[xi] += y[at];  // the scatter-add adjoint
                         }
     expect("im2col " + g.name(), cols, want, 0.0);
+    // the bf16 instantiation: the same copy of the rounded input
+    std::vector<__nv_bfloat16> xb(nx), colsb(rows * ncol, __nv_bfloat16{0x7fc0});
+    for (size_t i = 0; i < nx; ++i) xb[i] = __float2bfloat16(x[i]);
+    launch(3, 32, [&] {
+        meal_im2col_bf16(xb.data(), colsb.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(),
+                         g.wo());
+    });
+    std::vector<float> wantb(rows * ncol);
+    for (size_t i = 0; i < wantb.size(); ++i)
+        wantb[i] = __bfloat162float(__float2bfloat16(want[i]));
+    expect("im2col bf16 " + g.name(), widen(colsb), wantb, 0.0);
     std::vector<float> dx(nx, -7.f);
     launch(3, 32, [&] {
         meal_col2im(y.data(), dx.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(), g.wo());
@@ -242,11 +259,6 @@ static void check_sgd(int nesterov) {
     expect("sgd param" + tag, p, pref, 1e-6);
 }
 
-static std::vector<float> widen(const std::vector<__nv_bfloat16>& v) {
-    std::vector<float> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
-    return out;
-}
 
 // The emulated f32 -> bf16 rounding on known values, bit for bit: ties to even,
 // carries into the exponent, overflow to infinity, subnormals, NaN.

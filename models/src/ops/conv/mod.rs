@@ -19,7 +19,7 @@ mod tests;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use self::cols::{cbn_to_nchw, col2im, col2im_image, im2col, im2col_image, nchw_to_cbn, Geom};
@@ -456,8 +456,14 @@ pub fn conv2d_in(
         ));
     }
     let (co, ci, kh, kw) = w.dims4()?;
-    // on CUDA our op has one group (grouped convolutions keep candle's there)
-    let fast = super::ours(x) && kh == kw && (x.device().is_cpu() || groups == 1);
+    // on CUDA our op has one group (grouped convolutions keep candle's there), and takes
+    // bf16 for inference (a bf16 teacher: tensor-core GEMMs, no backward)
+    let bf16_infer = x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && super::on_cuda(x)
+        && !x.track_op()
+        && !w.track_op();
+    let fast = (super::ours(x) || bf16_infer) && kh == kw && (x.device().is_cpu() || groups == 1);
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }
@@ -470,6 +476,10 @@ pub fn conv2d_in(
         ))
         .into());
     }
-    Ok(x.contiguous()?
-        .apply_op2(&w.contiguous()?, Conv(g, precision))?)
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(if bf16_infer {
+        x.apply_op2_no_bwd(&w, &Conv(g, precision))?
+    } else {
+        x.apply_op2(&w, Conv(g, precision))?
+    })
 }

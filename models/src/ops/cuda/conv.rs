@@ -11,11 +11,14 @@
 //! The chunks run in image order and `dw` accumulates them in that order, so a result
 //! does not depend on anything but the shapes.
 
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm};
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
-use candle_core::{Layout, Shape};
+use candle_core::{DType, Layout, Shape};
+use half::bf16;
 
-use super::{func, grid, ints, sgemm, sgemm_batched, view};
+use super::{func, gemm_batched, grid, ints, sgemm, view, view_of, Elem};
 use crate::ops::conv::cols::Geom;
 
 /// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
@@ -32,14 +35,15 @@ fn chunk(g: &Geom) -> usize {
 }
 
 /// `im2col` of the `nb` images at `x` into `cols` (`[rows, nb*P]`).
-fn im2col(
+fn im2col<T: Elem>(
     dev: &CudaDevice,
     g: &Geom,
     nb: usize,
-    x: &CudaView<f32>,
-    cols: &mut CudaViewMut<f32>,
+    x: &CudaView<T>,
+    cols: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
-    cols_kernel(dev, "meal_im2col", g, nb, x, cols, g.rows() * nb * g.cols())
+    let name = format!("meal_im2col{}", T::SUFFIX);
+    cols_kernel(dev, &name, g, nb, x, cols, g.rows() * nb * g.cols())
 }
 
 /// `col2im` of `dcols` (`[rows, nb*P]`) into the `nb` images at `dx` (written whole).
@@ -53,13 +57,13 @@ fn col2im(
     cols_kernel(dev, "meal_col2im", g, nb, dcols, dx, nb * g.image())
 }
 
-fn cols_kernel(
+fn cols_kernel<T: Elem>(
     dev: &CudaDevice,
     name: &str,
     g: &Geom,
     nb: usize,
-    src: &CudaView<f32>,
-    dst: &mut CudaViewMut<f32>,
+    src: &CudaView<T>,
+    dst: &mut CudaViewMut<T>,
     n: usize,
 ) -> candle_core::Result<()> {
     let f = func(dev, name)?;
@@ -96,14 +100,30 @@ pub(crate) fn swap01(
     Ok(())
 }
 
-/// The forward of `Conv` (conv/mod.rs) on CUDA: NCHW `y` `[B, Co, Ho, Wo]`.
+/// The forward of `Conv` (conv/mod.rs) on CUDA: NCHW `y` `[B, Co, Ho, Wo]`, f32 or bf16
+/// (bf16 products summed in f32 by cuBLAS, as PyTorch's autocast convolutions).
 pub(crate) fn conv_forward(
+    g: &Geom,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    match (x.0.dtype(), w.0.dtype()) {
+        (DType::F32, DType::F32) => forward::<f32>(g, x, w),
+        (DType::BF16, DType::BF16) => forward::<bf16>(g, x, w),
+        (a, b) => candle_core::bail!("meal conv2d (cuda): input {a:?} with weight {b:?}"),
+    }
+}
+
+fn forward<T: Elem>(
     g: &Geom,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
+) -> candle_core::Result<(CudaStorage, Shape)>
+where
+    CudaBlas: Gemm<T>,
+{
     let dev = s1.device.clone();
-    let (x, w) = (view(s1, l1)?, view(s2, l2)?);
+    let (x, w) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
     if g.groups != 1 || w.len() != co * rows || x.len() != g.b * img {
         candle_core::bail!(
@@ -113,7 +133,7 @@ pub(crate) fn conv_forward(
         );
     }
     // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
-    let mut y = unsafe { dev.alloc::<f32>(g.b * co * p)? };
+    let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
     if g.b * co * p == 0 {
         return Ok((
             CudaStorage::wrap_cuda_slice(y, dev),
@@ -127,7 +147,7 @@ pub(crate) fn conv_forward(
         None
     } else {
         // SAFETY: each chunk's im2col writes the part its GEMM reads
-        Some(unsafe { dev.alloc::<f32>(rows * nbmax * p)? })
+        Some(unsafe { dev.alloc::<T>(rows * nbmax * p)? })
     };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
@@ -136,11 +156,11 @@ pub(crate) fn conv_forward(
         // one strided-batched GEMM writes the chunk's NCHW outputs (no layout swap)
         let call = super::super::colmajor::conv_forward_batched(co, rows, p, nb, direct);
         match cols.as_mut() {
-            None => sgemm_batched(&dev, call, &xb, &w, &mut y.slice_mut(yb))?,
+            None => gemm_batched(&dev, call, &xb, &w, &mut y.slice_mut(yb))?,
             Some(cols) => {
                 let nc = rows * nb * p;
                 im2col(&dev, g, nb, &xb, &mut cols.slice_mut(..nc))?;
-                sgemm_batched(&dev, call, &cols.slice(..nc), &w, &mut y.slice_mut(yb))?;
+                gemm_batched(&dev, call, &cols.slice(..nc), &w, &mut y.slice_mut(yb))?;
             }
         }
     }

@@ -11,8 +11,9 @@
 //! - Max-pool (pool.rs): the forward and a gather backward with the CPU op's first-maximum
 //!   rule (candle's max-pool backward fails when kernel != stride).
 //! - SGD (sgd.rs): the in-place momentum-buffer and parameter updates.
-//! - Inference of bf16 teachers and 8-bit batches: eval BatchNorm over bf16 (bn.rs), and
-//!   the loader's 8-bit crops normalised through its table (levels.rs).
+//! - Inference of bf16 teachers and 8-bit batches: the convolution forward in bf16
+//!   (conv.rs: cuBLAS `GemmEx`, f32 sums, tensor cores), eval BatchNorm over bf16
+//!   (bn.rs), and the loader's 8-bit crops normalised through its table (levels.rs).
 //!
 //! The kernels are models/kernels/meal_ops.cu, compiled to PTX by build.rs and loaded
 //! once per device. `MEAL_CUDA_OPS=0` turns them off (candle's generic ops then run, as
@@ -34,10 +35,10 @@ pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
 
 use candle_core::cuda_backend::cudarc::cublas::{
-    sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig,
+    sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaView, CudaViewMut, LaunchConfig,
+    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::Layout;
@@ -148,22 +149,47 @@ pub(crate) fn sgemm(
     unsafe { dev.cublas_handle().gemm(cfg, b, a, c) }.w()
 }
 
+/// An element type our CUDA GEMMs and layout kernels take: f32, or bf16 (cuBLAS
+/// `GemmEx` with f32 accumulation, tensor cores).
+pub(crate) trait Elem: CudaDType + DeviceRepr + Copy + 'static {
+    /// 1 and 0 (the GEMM's alpha and beta).
+    const ONE: Self;
+    const ZERO: Self;
+    /// The kernel name suffix of this type's instantiation (`meal_im2col{SUFFIX}`).
+    const SUFFIX: &'static str;
+}
+
+impl Elem for f32 {
+    const ONE: Self = 1.0;
+    const ZERO: Self = 0.0;
+    const SUFFIX: &'static str = "";
+}
+
+impl Elem for half::bf16 {
+    const ONE: Self = half::bf16::ONE;
+    const ZERO: Self = half::bf16::ZERO;
+    const SUFFIX: &'static str = "_bf16";
+}
+
 /// The strided-batched column-major call `g` (of `ops::colmajor`, tested there) with
 /// alpha 1, beta 0, untransposed operands: `c_j = a_j * b_j` for each entry `j`. Each
 /// operand's last element is checked to lie inside its view first (cuBLAS would not).
-pub(crate) fn sgemm_batched(
+pub(crate) fn gemm_batched<T: Elem>(
     dev: &CudaDevice,
     g: super::colmajor::Batched,
-    a: &CudaView<f32>,
-    b: &CudaView<f32>,
-    c: &mut CudaViewMut<f32>,
-) -> candle_core::Result<()> {
+    a: &CudaView<T>,
+    b: &CudaView<T>,
+    c: &mut CudaViewMut<T>,
+) -> candle_core::Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
     let d = g.call;
     if d.trans_a || d.trans_b {
-        candle_core::bail!("meal sgemm_batched: untransposed operands only");
+        candle_core::bail!("meal gemm_batched: untransposed operands only");
     }
     if g.batch == 0 || d.m == 0 || d.n == 0 || d.k == 0 {
-        candle_core::bail!("meal sgemm_batched: empty call {g:?}");
+        candle_core::bail!("meal gemm_batched: empty call {g:?}");
     }
     // the element one past the last an operand of [rows, cols] (leading dim ld) reads
     let end = |stride: usize, rows: usize, cols: usize, ld: usize| {
@@ -175,7 +201,7 @@ pub(crate) fn sgemm_batched(
         (end(g.stride_c, d.m, d.n, d.ldc), c.len()),
     ];
     if ends.iter().any(|&(need, have)| need > have) {
-        candle_core::bail!("meal sgemm_batched: {g:?} reaches past its buffers {ends:?}");
+        candle_core::bail!("meal gemm_batched: {g:?} reaches past its buffers {ends:?}");
     }
     let cfg = StridedBatchedConfig {
         gemm: GemmConfig {
@@ -184,10 +210,10 @@ pub(crate) fn sgemm_batched(
             m: int(d.m)?,
             n: int(d.n)?,
             k: int(d.k)?,
-            alpha: 1.0f32,
+            alpha: T::ONE,
             lda: int(d.lda)?,
             ldb: int(d.ldb)?,
-            beta: 0.0f32,
+            beta: T::ZERO,
             ldc: int(d.ldc)?,
         },
         batch_size: int(g.batch)?,
@@ -199,4 +225,3 @@ pub(crate) fn sgemm_batched(
     // runs on the device's stream.
     unsafe { dev.cublas_handle().gemm_strided_batched(cfg, a, b, c) }.w()
 }
-

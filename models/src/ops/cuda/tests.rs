@@ -153,13 +153,19 @@ fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
             .unwrap()
             .expect("our op takes f32")
     };
-    twin(&dev, "max-pool 3x3 s2 p1", &[x.clone()], &f, 0.0);
+    twin(
+        &dev,
+        "max-pool 3x3 s2 p1",
+        std::slice::from_ref(&x),
+        &f,
+        0.0,
+    );
     let f2 = |t: &[Tensor]| {
         max_pool2d(&t[0], 2, 2, 0)
             .unwrap()
             .expect("our op takes f32")
     };
-    twin(&dev, "max-pool 2x2 s2", &[x.clone()], &f2, 0.0);
+    twin(&dev, "max-pool 2x2 s2", std::slice::from_ref(&x), &f2, 0.0);
     // a NaN propagates to every window that holds it
     let mut v = host(&x);
     v[17] = f32::NAN;
@@ -272,6 +278,33 @@ fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
             &got.to_dtype(DType::F32).unwrap(),
             &want.to_dtype(DType::F32).unwrap(),
             0.0,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
+    let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
+    // through im2col (3x3 s2, the 7x7 stem) and straight from the input (1x1 s1)
+    for (b, ci, h, w, co, k, s, p) in [
+        (3, 6, 10, 10, 5, 3, 2, 1),
+        (4, 8, 6, 5, 7, 1, 1, 0),
+        (2, 3, 23, 21, 8, 7, 2, 3),
+    ] {
+        let round = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let (x, wt) = (round(randn(&[b, ci, h, w])), round(randn(&[co, ci, k, k])));
+        let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want = conv2d(&widen(&x), &widen(&wt), s, p, 1).unwrap();
+        let on = |t: &Tensor| t.to_device(&dev).unwrap();
+        let got = conv2d(&on(&x), &on(&wt), s, p, 1).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        // exact products, f32 sums in another order, one rounding to bf16 (2^-8 relative)
+        close(
+            &format!("bf16 conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p}"),
+            &widen(&got),
+            &want,
+            1.0 / 64.0,
         );
     }
 }
