@@ -11,13 +11,15 @@ export CARGO_TARGET_DIR=${CUDA_TARGET:-target/cuda}
 cargo build --release --features cuda -p meal-data -p meal-precompute -p meal-student
 exe() { sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
 bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 | exe)
+# each op alone at ResNet-50's shapes (models/benches/ops.rs)
+opsbench=$(cargo bench --features cuda -p meal-models --bench ops --no-run 2>&1 | exe)
 # the CUDA-op tests (models/src/ops/cuda/tests.rs, run there with --ignored)
 optests=$(cargo test --release --features cuda -p meal-models --lib --no-run 2>&1 | exe)
-[ -x "$bench" ] && [ -x "$optests" ] || { echo "bench or test binary not built" >&2; exit 1; }
+[ -x "$bench" ] && [ -x "$opsbench" ] && [ -x "$optests" ] || { echo "bench or test binary not built" >&2; exit 1; }
 cp "$optests" "$CARGO_TARGET_DIR/meal_ops_tests"
 out=bench/out/gpu
 rm -rf "$out" && mkdir -p "$out"
-for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench" \
+for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench" "$opsbench" \
     "$CARGO_TARGET_DIR/meal_ops_tests"; do
     name=$(basename "$b" | sed 's/-[0-9a-f]\{16\}$//')
     strip -o "$out/$name" "$b"
