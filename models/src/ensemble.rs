@@ -252,6 +252,40 @@ impl Crops<'_> {
         self.len() == 0
     }
 
+    /// Crops `rows` (each `3 x S x S` of `spec`) as an NCHW tensor of `dtype` on `dev`:
+    /// normalised floats copied as they are, 8-bit levels copied as bytes and normalised
+    /// there with the spec's table (the same floats).
+    pub fn tensor(
+        &self,
+        rows: std::ops::Range<usize>,
+        spec: &CropSpec,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let (per, s) = (spec.len(), spec.size as usize);
+        let (lo, hi, shape) = (rows.start * per, rows.end * per, (rows.len(), 3, s, s));
+        if hi > self.len() || lo > hi {
+            return Err(ModelError::Config(format!(
+                "crops {rows:?} of {per} values each: the buffer holds {}",
+                self.len()
+            )));
+        }
+        Ok(match *self {
+            Crops::Normalized(v) => {
+                let x = Tensor::from_slice(&v[lo..hi], shape, dev)?;
+                if dtype == DType::F32 {
+                    x
+                } else {
+                    x.to_dtype(dtype)?
+                }
+            }
+            Crops::Levels(v) => {
+                let x = Tensor::from_slice(&v[lo..hi], shape, dev)?;
+                crate::ops::normalize_levels(&x, &spec.normalize, dtype)?
+            }
+        })
+    }
+
     /// Every buffer of a loader batch, in spec order: its levels if it has them, else
     /// its normalised crops.
     pub fn of_batch(b: &meal_data::Batch) -> Vec<Crops<'_>> {
@@ -395,7 +429,6 @@ impl Ensemble {
         for (t, &si) in self.teachers.iter().zip(&self.spec_of) {
             let spec = &self.specs[si];
             let per = spec.len();
-            let s = spec.size as usize;
             if inputs[si].len() != rows * per {
                 return Err(ModelError::Config(format!(
                     "input buffer {si} holds {} values, need {}",
@@ -407,20 +440,7 @@ impl Ensemble {
             let mut top1 = Vec::with_capacity(rows);
             for start in (0..rows).step_by(batch) {
                 let n = batch.min(rows - start);
-                let (lo, hi, shape) = (start * per, (start + n) * per, (n, 3, s, s));
-                let x = match inputs[si] {
-                    Crops::Normalized(v) => {
-                        let x = Tensor::from_slice(&v[lo..hi], shape, &dev)?;
-                        match t.model.dtype() {
-                            DType::F32 => x,
-                            d => x.to_dtype(d)?,
-                        }
-                    }
-                    Crops::Levels(v) => {
-                        let x = Tensor::from_slice(&v[lo..hi], shape, &dev)?;
-                        crate::ops::normalize_levels(&x, &spec.normalize, t.model.dtype())?
-                    }
-                };
+                let x = inputs[si].tensor(start..start + n, spec, t.model.dtype(), &dev)?;
                 // softmax (and the mean over teachers) in f32 whatever the model ran in
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
                 let p = candle_nn::ops::softmax(&logits, D::Minus1)?;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device};
 use meal_data::{BadFilePolicy, Batch, CropMode, CropSpec, Dataset, Loader, LoaderConfig};
-use meal_models::ensemble::Ensemble;
+use meal_models::ensemble::{Crops, Ensemble};
 use meal_models::ResNet;
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +51,7 @@ fn eval_loop(
             threads,
             policy: BadFilePolicy::Skip,
             drop_last: false,
-            pixels: meal_data::PixelFormat::Normalized,
+            pixels: meal_data::PixelFormat::Levels,
         },
     )?;
     let k = 5.min(classes);
@@ -87,9 +87,8 @@ pub fn evaluate(
     threads: usize,
     device: &Device,
 ) -> Result<Accuracy> {
-    let s = spec.size as usize;
     eval_loop(ds, &[spec], model.config().num_classes, threads, |b| {
-        let x = Tensor::from_slice(&b.data, (b.rows.len(), 3, s, s), device)?;
+        let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
         let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     })
@@ -98,7 +97,7 @@ pub fn evaluate(
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
 pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, threads: usize) -> Result<Accuracy> {
     eval_loop(ds, ens.specs(), ens.num_classes(), threads, |b| {
-        let inputs = meal_models::ensemble::Crops::of_batch(b);
+        let inputs = Crops::of_batch(b);
         Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
     })
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use meal_data::Batch;
+use meal_models::ensemble::Crops;
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::{Discriminator, ResNet};
 use serde::{Deserialize, Serialize};
@@ -164,9 +165,9 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
 fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f64> {
     let t0 = Instant::now();
     let n = b.rows.len();
-    let size = run.s.res as usize;
     let target = run.targets(b)?;
-    let x = Tensor::from_slice(&b.data, (n, 3, size, size), &run.dev)?;
+    // the batch's 8-bit crops, normalised on the training device
+    let x = Crops::of_batch(b)[0].tensor(0..n, &run.s.spec(), DType::F32, &run.dev)?;
     let l = step_loss(&run.student, run.disc.as_ref(), &x, &target)?;
     let total = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !total.is_finite() {

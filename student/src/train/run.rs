@@ -258,7 +258,9 @@ impl Run {
                 threads: self.s.threads,
                 policy: self.s.policy,
                 drop_last: true,
-                pixels: meal_data::PixelFormat::Normalized,
+                // 8-bit crops, normalised on the training device (a quarter of the bytes
+                // to copy to a GPU; the same floats)
+                pixels: meal_data::PixelFormat::Levels,
             },
         )?)
     }
@@ -279,7 +281,8 @@ impl Run {
                 }
             }
             (LossKind::Kd, Some(ens), _) => {
-                let inputs: Vec<Crops> = b.extra.iter().map(|v| Crops::Normalized(v)).collect();
+                // the online teachers' specs follow the student's
+                let inputs = Crops::of_batch(b).split_off(1);
                 t = ens.soft_labels(&inputs, n, n)?.probs;
             }
             (LossKind::Kd, None, Some(store)) => {
