@@ -12,9 +12,13 @@
 #include <cuda_bf16.h>
 #endif
 
+// Index arithmetic is 32-bit: the host launches no kernel over more than 2^31 elements
+// (ops/cuda/mod.rs `grid`), so `i + stride` cannot wrap. A 64-bit division is a software
+// routine on the GPU, several times the cost of a 32-bit one, and the layout kernels
+// divide for every element; addresses are still formed in 64 bits (`size_t` products).
 #define GRID_STRIDE(i, n) \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
-         i += (size_t)blockDim.x * gridDim.x)
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(n); \
+         i += blockDim.x * gridDim.x)
 
 // ---- layout ------------------------------------------------------------------------
 
@@ -22,11 +26,11 @@
 // column layout) in either direction.
 extern "C" __global__ void meal_swap01(const float* src, float* dst, size_t a, size_t b,
                                        size_t p) {
-    size_t n = a * b * p;
+    unsigned n = (unsigned)(a * b * p), ua = (unsigned)a, up = (unsigned)p;
     GRID_STRIDE(t, n) {
-        size_t q = t % p, r = t / p;
-        size_t i = r % a, j = r / a;
-        dst[t] = src[(i * b + j) * p + q];
+        unsigned r = t / up, q = t - r * up;
+        unsigned j = r / ua, i = r - j * ua;
+        dst[t] = src[((size_t)i * b + j) * p + q];
     }
 }
 
@@ -45,17 +49,16 @@ __device__ __forceinline__ __nv_bfloat16 zero_of<__nv_bfloat16>() { return __flo
 template <class T>
 __device__ __forceinline__ void im2col(const T* x, T* cols, int nb, int c, int h, int w, int k,
                                        int stride, int pad, int ho, int wo) {
-    size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
-    size_t n = (size_t)c * k * k * ncol;
+    unsigned p = (unsigned)ho * wo, ncol = (unsigned)nb * p;
+    unsigned n = (unsigned)c * k * k * ncol, uk = (unsigned)k, uwo = (unsigned)wo;
     GRID_STRIDE(t, n) {
-        size_t col = t % ncol, row = t / ncol;
-        int kx = (int)(row % k), ky = (int)((row / k) % k), ch = (int)(row / ((size_t)k * k));
-        size_t img = col / p, pp = col % p;
-        int oy = (int)(pp / wo), ox = (int)(pp % wo);
-        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        unsigned row = t / ncol, col = t - row * ncol;
+        unsigned rk = row / uk, kx = row - rk * uk, ch = rk / uk, ky = rk - ch * uk;
+        unsigned img = col / p, pp = col - img * p, oy = pp / uwo, ox = pp - oy * uwo;
+        int iy = (int)(oy * stride + ky) - pad, ix = (int)(ox * stride + kx) - pad;
         T v = zero_of<T>();
         if (iy >= 0 && iy < h && ix >= 0 && ix < w)
-            v = x[((img * c + ch) * h + iy) * w + ix];
+            v = x[(((size_t)img * c + ch) * h + iy) * w + ix];
         cols[t] = v;
     }
 }
@@ -77,11 +80,10 @@ extern "C" __global__ void meal_im2col_bf16(const __nv_bfloat16* x, __nv_bfloat1
 extern "C" __global__ void meal_col2im(const float* dcols, float* dx, int nb, int c, int h,
                                        int w, int k, int stride, int pad, int ho, int wo) {
     size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
-    size_t n = (size_t)nb * c * h * w;
+    unsigned n = (unsigned)nb * c * h * w, uw = (unsigned)w, uh = (unsigned)h, uc = (unsigned)c;
     GRID_STRIDE(t, n) {
-        int ix = (int)(t % w), iy = (int)((t / w) % h);
-        int ch = (int)((t / ((size_t)w * h)) % c);
-        size_t img = t / ((size_t)w * h * c);
+        unsigned r = t / uw, r2 = r / uh, img = r2 / uc;
+        int ix = (int)(t - r * uw), iy = (int)(r - r2 * uh), ch = (int)(r2 - img * uc);
         float s = 0.f;
         for (int ky = 0; ky < k; ++ky) {
             int yy = iy + pad - ky;
@@ -124,12 +126,12 @@ extern "C" __global__ void meal_bn_stats(const float* x, double* mean, double* v
                                          int c, int hw) {
     __shared__ double sh[BN_THREADS];
     int ch = blockIdx.x;
-    size_t n = (size_t)b * hw;
+    unsigned n = (unsigned)b * hw, uhw = (unsigned)hw;
     double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
     double s = 0.0, s2 = 0.0;
-    for (size_t t = threadIdx.x; t < n; t += BN_THREADS) {
-        size_t i = t / hw, q = t % hw;
-        double d = (double)x[(i * c + ch) * hw + q] - shift;
+    for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
+        unsigned i = t / uhw, q = t - i * uhw;
+        double d = (double)x[((size_t)i * c + ch) * hw + q] - shift;
         s += d;
         s2 += d * d;
     }
@@ -150,7 +152,7 @@ extern "C" __global__ void meal_bn_affine(const float* x, const float* scale,
                                           const float* shift, float* y, size_t n, int c,
                                           int hw, int relu) {
     GRID_STRIDE(t, n) {
-        int ch = (int)((t / hw) % c);
+        int ch = (int)((t / (unsigned)hw) % (unsigned)c);
         float v = x[t] * scale[ch] + shift[ch];
         y[t] = relu ? relu_of(v) : v;
     }
@@ -162,7 +164,7 @@ extern "C" __global__ void meal_bn_affine_bf16(const __nv_bfloat16* x, const flo
                                                const float* shift, __nv_bfloat16* y, size_t n,
                                                int c, int hw, int relu) {
     GRID_STRIDE(t, n) {
-        int ch = (int)((t / hw) % c);
+        int ch = (int)((t / (unsigned)hw) % (unsigned)c);
         float v = __bfloat162float(x[t]) * scale[ch] + shift[ch];
         y[t] = __float2bfloat16(relu ? relu_of(v) : v);
     }
@@ -182,12 +184,12 @@ extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
                                              int hw, double* sums) {
     __shared__ double sh[BN_THREADS];
     int ch = blockIdx.x;
-    size_t n = (size_t)b * hw;
+    unsigned n = (unsigned)b * hw, uhw = (unsigned)hw;
     float m = (float)mean[ch];
     double sd = 0.0, sdx = 0.0;
-    for (size_t t = threadIdx.x; t < n; t += BN_THREADS) {
-        size_t i = t / hw, q = t % hw;
-        size_t at = (i * c + ch) * hw + q;
+    for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
+        unsigned i = t / uhw, q = t - i * uhw;
+        size_t at = ((size_t)i * c + ch) * hw + q;
         float v = x[at];
         float g = gated(dy[at], v, scale, shift, ch, relu);
         sd += (double)g;
@@ -210,10 +212,10 @@ extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
                                               const float* scale, const float* shift,
                                               int relu, double eps, int b, int c, int hw,
                                               float* out) {
-    size_t n = (size_t)b * c * hw;
+    unsigned n = (unsigned)b * c * hw;
     double m = (double)b * hw;
     GRID_STRIDE(t, n) {
-        int ch = (int)((t / hw) % c);
+        int ch = (int)((t / (unsigned)hw) % (unsigned)c);
         double inv = 1.0 / sqrt(var[ch] + eps);
         double k = (double)gamma[ch] * inv;
         double sd = sums[ch], sdx = sums[c + ch] * inv;
@@ -222,8 +224,8 @@ extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
         float g = gated(dy[t], v, scale, shift, ch, relu);
         out[t] = kf * g - ka - (v - (float)mean[ch]) * kb;
     }
-    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (tid < (size_t)c) {
+    unsigned tid = blockIdx.x * blockDim.x + threadIdx.x;
+    if (tid < (unsigned)c) {
         double inv = 1.0 / sqrt(var[tid] + eps);
         out[n + tid] = (float)(sums[c + tid] * inv);
         out[n + c + tid] = (float)sums[tid];
@@ -255,11 +257,11 @@ __device__ int pool_argmax(const float* plane, int h, int w, int k, int stride, 
 extern "C" __global__ void meal_maxpool_fwd(const float* x, float* y, size_t planes, int h,
                                             int w, int ho, int wo, int k, int stride,
                                             int pad) {
-    size_t po = (size_t)ho * wo, n = planes * po;
+    unsigned po = (unsigned)ho * wo, n = (unsigned)(planes * po), uwo = (unsigned)wo;
     GRID_STRIDE(t, n) {
-        size_t pl = t / po, q = t % po;
-        const float* plane = x + pl * h * w;
-        y[t] = plane[pool_argmax(plane, h, w, k, stride, pad, (int)(q / wo), (int)(q % wo))];
+        unsigned pl = t / po, q = t - pl * po, oy = q / uwo;
+        const float* plane = x + (size_t)pl * h * w;
+        y[t] = plane[pool_argmax(plane, h, w, k, stride, pad, (int)oy, (int)(q - oy * uwo))];
     }
 }
 
@@ -268,12 +270,12 @@ extern "C" __global__ void meal_maxpool_fwd(const float* x, float* y, size_t pla
 extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, float* dx,
                                             size_t planes, int h, int w, int ho, int wo,
                                             int k, int stride, int pad) {
-    size_t pi = (size_t)h * w, n = planes * pi;
+    unsigned pi = (unsigned)h * w, n = (unsigned)(planes * pi);
     GRID_STRIDE(t, n) {
-        size_t pl = t / pi;
-        int q = (int)(t % pi), iy = q / w, ix = q % w;
-        const float* plane = x + pl * pi;
-        const float* g = dy + pl * ho * wo;
+        unsigned pl = t / pi;
+        int q = (int)(t - pl * pi), iy = q / w, ix = q - iy * w;
+        const float* plane = x + (size_t)pl * pi;
+        const float* g = dy + (size_t)pl * ho * wo;
         // windows oy*stride - pad <= iy < oy*stride - pad + k
         int oy0 = iy + pad - k + 1, ox0 = ix + pad - k + 1;
         oy0 = oy0 > 0 ? (oy0 + stride - 1) / stride : 0;
@@ -318,11 +320,11 @@ extern "C" __global__ void meal_sgd_param(float* p, const float* g, const float*
 // floats), so y equals the loader's own normalised crops bit for bit.
 extern "C" __global__ void meal_levels_f32(const unsigned char* x, const float* lut, float* y,
                                            size_t n, size_t hw) {
-    GRID_STRIDE(t, n) { y[t] = lut[((t / hw) % 3) * 256 + x[t]]; }
+    GRID_STRIDE(t, n) { y[t] = lut[((t / (unsigned)hw) % 3u) * 256 + x[t]]; }
 }
 
 // meal_levels_f32 rounded to bf16 (the input of a bf16 teacher).
 extern "C" __global__ void meal_levels_bf16(const unsigned char* x, const float* lut,
                                             __nv_bfloat16* y, size_t n, size_t hw) {
-    GRID_STRIDE(t, n) { y[t] = __float2bfloat16(lut[((t / hw) % 3) * 256 + x[t]]); }
+    GRID_STRIDE(t, n) { y[t] = __float2bfloat16(lut[((t / (unsigned)hw) % 3u) * 256 + x[t]]); }
 }

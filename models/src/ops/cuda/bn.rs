@@ -10,7 +10,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{func, grid, int, per_channel, view, view_of};
+use super::{fits, func, grid, int, per_channel, view, view_of};
 use crate::ops::bn::{dims_nchw, scale_shift};
 
 /// What the CUDA forward hands back to `BnTrain`: the output, the batch statistics and
@@ -30,6 +30,8 @@ fn stats(
     let x = view(s, l)?;
     let (mut mean, mut var) = (dev.alloc_zeros::<f64>(c)?, dev.alloc_zeros::<f64>(c)?);
     if c > 0 {
+        // each channel's block counts its b*hw values in 32 bits
+        fits(b * hw)?;
         let f = func(dev, "meal_bn_stats")?;
         let (b, c, hw) = (int(b)?, int(c)?, int(hw)?);
         let stream = dev.cuda_stream();
@@ -97,7 +99,7 @@ fn affine(
         lb.arg(&xv).arg(sc).arg(sh).arg(&mut y).arg(&n);
         lb.arg(&c).arg(&hw).arg(&relu);
         // SAFETY: x and y hold n values, scale and shift c.
-        unsafe { lb.launch(grid(n)) }.w()?;
+        unsafe { lb.launch(grid(n)?) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
@@ -126,7 +128,7 @@ fn affine_bf16(
         lb.arg(&xv).arg(sc).arg(sh).arg(&mut y).arg(&n);
         lb.arg(&c).arg(&hw).arg(&relu);
         // SAFETY: x and y hold n values, scale and shift c.
-        unsafe { lb.launch(grid(n)) }.w()?;
+        unsafe { lb.launch(grid(n)?) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
@@ -185,6 +187,7 @@ pub(crate) fn bn_backward(
     let gate = relu.is_some() as i32;
     let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
     if c > 0 {
+        fits(b * hw)?;
         let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
         let (bi, ci, hwi) = (int(b)?, int(c)?, int(hw)?);
         let stream = dev.cuda_stream();
@@ -211,7 +214,7 @@ pub(crate) fn bn_backward(
             .arg(&hwi);
         l.arg(&mut out);
         // SAFETY: out holds n + 2c values; the grid covers max(n, c) threads.
-        unsafe { l.launch(grid(n.max(c))) }.w()?;
+        unsafe { l.launch(grid(n.max(c))?) }.w()?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),

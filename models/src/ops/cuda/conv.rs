@@ -76,7 +76,7 @@ fn cols_kernel<T: Elem>(
     }
     // SAFETY: src and dst hold the element counts the geometry gives (the callers'
     // slices), the kernel writes each of its n outputs once.
-    unsafe { b.launch(grid(n)) }.w()?;
+    unsafe { b.launch(grid(n)?) }.w()?;
     Ok(())
 }
 
@@ -96,7 +96,7 @@ pub(crate) fn swap01(
     let mut l = stream.launch_builder(&f);
     l.arg(src).arg(dst).arg(&a).arg(&b).arg(&p);
     // SAFETY: src and dst hold a*b*p elements.
-    unsafe { l.launch(grid(n)) }.w()?;
+    unsafe { l.launch(grid(n)?) }.w()?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ pub(crate) fn normalize_levels(
                 let mut lb = stream.launch_builder(&f);
                 lb.arg(&x).arg(&lut).arg(&mut y).arg(&n).arg(&hw);
                 // SAFETY: x and y hold n values, the table 768.
-                unsafe { lb.launch(grid(n)) }.w()?;
+                unsafe { lb.launch(grid(n)?) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(y, dev.clone())
         }
@@ -51,7 +51,7 @@ pub(crate) fn normalize_levels(
                 let mut lb = stream.launch_builder(&f);
                 lb.arg(&x).arg(&lut).arg(&mut y).arg(&n).arg(&hw);
                 // SAFETY: x and y hold n values, the table 768.
-                unsafe { lb.launch(grid(n)) }.w()?;
+                unsafe { lb.launch(grid(n)?) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(y, dev.clone())
         }

@@ -67,15 +67,28 @@ pub(crate) fn func(dev: &CudaDevice, name: &str) -> candle_core::Result<CudaFunc
         .into_cuda_function())
 }
 
-/// A grid-stride launch over `n` elements (`n > 0`): at most 65535 blocks, each thread
-/// then loops.
-pub(crate) fn grid(n: usize) -> LaunchConfig {
+/// The most elements one launch covers: the kernels index in 32 bits (meal_ops.cu
+/// `GRID_STRIDE`), and below 2^31 a grid-stride step cannot wrap.
+pub(crate) const MAX_ELEMS: usize = 1 << 31;
+
+/// An error unless `n` elements fit one launch ([`MAX_ELEMS`]).
+pub(crate) fn fits(n: usize) -> candle_core::Result<()> {
+    if n > MAX_ELEMS {
+        candle_core::bail!("meal op: {n} elements in one launch, more than 2^31 (8 GB of f32)");
+    }
+    Ok(())
+}
+
+/// A grid-stride launch over `n` elements (`0 < n <=` [`MAX_ELEMS`]): at most 65535
+/// blocks, each thread then loops.
+pub(crate) fn grid(n: usize) -> candle_core::Result<LaunchConfig> {
+    fits(n)?;
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65535) as u32;
-    LaunchConfig {
+    Ok(LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
-    }
+    })
 }
 
 /// One block of [`REDUCE_THREADS`] per channel.

@@ -44,7 +44,7 @@ pub(crate) fn pool_forward(
             lb.arg(v);
         }
         // SAFETY: x holds np*h*w values, y np*ho*wo.
-        unsafe { lb.launch(grid(n)) }.w()?;
+        unsafe { lb.launch(grid(n)?) }.w()?;
     }
     let mut shape = l.dims().to_vec();
     shape[2] = ho;
@@ -82,7 +82,7 @@ pub(crate) fn pool_backward(
             lb.arg(v);
         }
         // SAFETY: x and dx hold np*h*w values, dy np*ho*wo.
-        unsafe { lb.launch(grid(n)) }.w()?;
+        unsafe { lb.launch(grid(n)?) }.w()?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev),

@@ -47,7 +47,7 @@ pub(crate) fn sgd_buffer(
     l.arg(&mut buf).arg(&g).arg(&p).arg(&n);
     l.arg(&step.weight_decay).arg(&step.momentum).arg(&keep);
     // SAFETY: the three hold n values each (checked in operands).
-    unsafe { l.launch(grid(n)) }.w()?;
+    unsafe { l.launch(grid(n)?) }.w()?;
     Ok(())
 }
 
@@ -74,6 +74,6 @@ pub(crate) fn sgd_param(
         .arg(&step.momentum)
         .arg(&nesterov);
     // SAFETY: the three hold n values each (checked in operands).
-    unsafe { l.launch(grid(n)) }.w()?;
+    unsafe { l.launch(grid(n)?) }.w()?;
     Ok(())
 }
