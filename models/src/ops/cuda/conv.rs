@@ -132,6 +132,14 @@ where
             l1.dims()
         );
     }
+    if rows == 0 {
+        // no input channels: the sums are empty (cuBLAS refuses k = 0)
+        let y = dev.alloc_zeros::<T>(g.b * co * p)?;
+        return Ok((
+            CudaStorage::wrap_cuda_slice(y, dev),
+            Shape::from((g.b, co, g.ho, g.wo)),
+        ));
+    }
     // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
     let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
     if g.b * co * p == 0 {

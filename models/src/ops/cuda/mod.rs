@@ -38,7 +38,7 @@ use candle_core::cuda_backend::cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
+    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::Layout;
@@ -164,7 +164,7 @@ pub(crate) fn sgemm(
 
 /// An element type our CUDA GEMMs and layout kernels take: f32, or bf16 (cuBLAS
 /// `GemmEx` with f32 accumulation, tensor cores).
-pub(crate) trait Elem: CudaDType + DeviceRepr + Copy + 'static {
+pub(crate) trait Elem: CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static {
     /// 1 and 0 (the GEMM's alpha and beta).
     const ONE: Self;
     const ZERO: Self;
