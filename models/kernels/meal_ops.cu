@@ -318,12 +318,12 @@ extern "C" __global__ void meal_sgd_param(float* p, const float* g, const float*
 // y = lut[ch][x] over n values of NCHW 8-bit crops x (3 channels of hw pixels): the
 // loader's levels normalised on the device. lut is meal-data's `Normalize::lut` (3 x 256
 // floats), so y equals the loader's own normalised crops bit for bit.
-extern "C" __global__ void meal_levels_f32(const unsigned char* x, const float* lut, float* y,
-                                           size_t n, size_t hw) {
+extern "C" __global__ void meal_levels(const unsigned char* x, const float* lut, float* y,
+                                       size_t n, size_t hw) {
     GRID_STRIDE(t, n) { y[t] = lut[((t / (unsigned)hw) % 3u) * 256 + x[t]]; }
 }
 
-// meal_levels_f32 rounded to bf16 (the input of a bf16 teacher).
+// meal_levels rounded to bf16 (the input of a bf16 teacher).
 extern "C" __global__ void meal_levels_bf16(const unsigned char* x, const float* lut,
                                             __nv_bfloat16* y, size_t n, size_t hw) {
     GRID_STRIDE(t, n) { y[t] = __float2bfloat16(lut[((t / (unsigned)hw) % 3u) * 256 + x[t]]); }

@@ -445,9 +445,9 @@ impl Ensemble {
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
                 let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 // one copy to the host per chunk (on a GPU: one wait); the top-1 is taken
-                // there, the first maximum of each row
+                // there, by the store's rule (the first maximum)
                 let p = p.flatten_all()?.to_vec1::<f32>()?;
-                top1.extend(p.chunks_exact(c.max(1)).map(first_max));
+                top1.extend(p.chunks_exact(c.max(1)).map(|r| meal_store::top1(r) as u32));
                 for (acc, v) in sum[start * c..(start + n) * c].iter_mut().zip(&p) {
                     *acc += v;
                 }
@@ -465,28 +465,9 @@ impl Ensemble {
     }
 }
 
-/// The index of the first maximum of `row` (NaN never wins after the first value).
-fn first_max(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate().skip(1) {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top1_is_the_first_maximum() {
-        assert_eq!(first_max(&[0.1, 0.7, 0.2]), 1);
-        assert_eq!(first_max(&[0.4, 0.1, 0.4]), 0, "ties go to the first");
-        assert_eq!(first_max(&[0.2, f32::NAN, 0.5]), 2);
-        assert_eq!(first_max(&[0.9]), 0);
-    }
 
     #[test]
     fn teacher_args_parse_with_defaults_and_overrides() {

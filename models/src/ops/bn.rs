@@ -192,13 +192,12 @@ fn affine_op(
     scale: &[f32],
     shift: &[f32],
     relu: bool,
-) -> candle_core::Result<(CpuStorage, Shape)> {
+) -> candle_core::Result<Vec<f32>> {
     let (_, c, hw) = dims_nchw(l)?;
     if scale.len() != c || shift.len() != c {
         candle_core::bail!("batch_norm: {c} channels, {} statistics", scale.len());
     }
-    let out = affine_fill(x, c, hw, scale, shift, relu);
-    Ok((CpuStorage::F32(out), l.shape().clone()))
+    Ok(affine_fill(x, c, hw, scale, shift, relu))
 }
 
 pub(super) fn dims_nchw(l: &Layout) -> candle_core::Result<(usize, usize, usize)> {
@@ -457,13 +456,9 @@ impl candle_core::CustomOp1 for ChannelAffine {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        affine_op(
-            contiguous_f32(s, l)?,
-            l,
-            &self.scale,
-            &self.shift,
-            self.relu,
-        )
+        let x = contiguous_f32(s, l)?;
+        let y = affine_op(x, l, &self.scale, &self.shift, self.relu)?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -549,20 +544,23 @@ impl candle_core::CustomOp3 for DeviceAffine {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (scale, shift) = (contiguous_f32(s2, l2)?, contiguous_f32(s3, l3)?);
-        match (s1, l1.contiguous_offsets()) {
+        let y = match (s1, l1.contiguous_offsets()) {
             // the CPU twin of the bf16 kernel: the f32 affine of the widened input,
             // rounded once
             (CpuStorage::BF16(v), Some((a, b))) => {
                 let x: Vec<f32> = v[a..b].iter().map(|x| x.to_f32()).collect();
-                let (y, shape) = affine_op(&x, l1, scale, shift, self.relu)?;
-                let y = match y {
-                    CpuStorage::F32(y) => y.into_iter().map(half::bf16::from_f32).collect(),
-                    _ => candle_core::bail!("meal-device-affine: f32 expected"),
-                };
-                Ok((CpuStorage::BF16(y), shape))
+                let y = affine_op(&x, l1, scale, shift, self.relu)?;
+                CpuStorage::BF16(y.into_iter().map(half::bf16::from_f32).collect())
             }
-            _ => affine_op(contiguous_f32(s1, l1)?, l1, scale, shift, self.relu),
-        }
+            _ => CpuStorage::F32(affine_op(
+                contiguous_f32(s1, l1)?,
+                l1,
+                scale,
+                shift,
+                self.relu,
+            )?),
+        };
+        Ok((y, l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -590,7 +588,7 @@ pub fn channel_affine_dev(
     relu: bool,
 ) -> Result<Option<Tensor>> {
     let dtype_ok = matches!(x.dtype(), DType::F32 | DType::BF16);
-    if x.device().is_cpu() || !dtype_ok || !super::on_cuda(x) || x.rank() != 4 || x.track_op() {
+    if !dtype_ok || !super::on_cuda(x) || x.rank() != 4 || x.track_op() {
         return Ok(None);
     }
     let flat =

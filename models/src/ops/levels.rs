@@ -9,6 +9,18 @@ use meal_data::Normalize;
 
 use crate::error::Result;
 
+/// The pixels per channel plane of `[B, 3, H, W]` crops (layout `l`), checking that
+/// the table holds 3 x 256 values (`lut_len`): both forwards' shape check.
+pub(super) fn plane(l: &Layout, lut_len: usize) -> candle_core::Result<usize> {
+    if lut_len != 3 * 256 {
+        candle_core::bail!("normalize_levels: a table of {lut_len} values, need 768");
+    }
+    match l.dims() {
+        [_, 3, h, w] => Ok(h * w),
+        d => candle_core::bail!("normalize_levels: expected [B, 3, H, W] u8, got {d:?}"),
+    }
+}
+
 /// The lookup as a candle op over `(x: u8 [B, 3, H, W], lut: f32 [768])`.
 struct Levels {
     out: DType,
@@ -26,21 +38,12 @@ impl candle_core::CustomOp2 for Levels {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let hw = match l1.dims() {
-            [_, 3, h, w] => h * w,
-            d => candle_core::bail!("normalize_levels: expected [B, 3, H, W] u8, got {d:?}"),
-        };
         let x = match (s1, l1.contiguous_offsets()) {
             (CpuStorage::U8(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("normalize_levels: contiguous u8 input only"),
         };
         let lut = super::contiguous_f32(s2, l2)?;
-        if lut.len() != 3 * 256 {
-            candle_core::bail!(
-                "normalize_levels: a table of {} values, need 768",
-                lut.len()
-            );
-        }
+        let hw = plane(l1, lut.len())?;
         let at = |i: usize, v: u8| lut[((i / hw.max(1)) % 3) * 256 + v as usize];
         let out = match self.out {
             DType::F32 => CpuStorage::F32(x.iter().enumerate().map(|(i, &v)| at(i, v)).collect()),

@@ -318,7 +318,7 @@ static void check_levels() {
     auto lut = randn(3 * 256);
     std::vector<float> y(n, -7.f), want(n), wantb(n);
     std::vector<__nv_bfloat16> yb(n);
-    launch(3, 32, [&] { meal_levels_f32(x.data(), lut.data(), y.data(), n, hw); });
+    launch(3, 32, [&] { meal_levels(x.data(), lut.data(), y.data(), n, hw); });
     launch(3, 32, [&] { meal_levels_bf16(x.data(), lut.data(), yb.data(), n, hw); });
     for (int i = 0; i < b; ++i)
         for (int ch = 0; ch < 3; ++ch)

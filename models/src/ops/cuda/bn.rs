@@ -10,7 +10,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{fits, func, grid, int, per_channel, view, view_of};
+use super::{fits, func, grid, int, per_channel, view, view_of, Elem};
 use crate::ops::bn::{dims_nchw, scale_shift};
 
 /// What the CUDA forward hands back to `BnTrain`: the output, the batch statistics and
@@ -67,7 +67,7 @@ pub(crate) fn bn_train(
     }
     let (scale, shift) = scale_shift(&gamma, &beta, &mean, &var, eps);
     let (sc, sh) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
-    let y = affine(&dev, relu, x, &sc.slice(..), &sh.slice(..))?;
+    let y = affine::<f32>(&dev, relu, x, &sc.slice(..), &sh.slice(..))?;
     Ok(BnForward {
         y,
         stats: (mean, var),
@@ -75,8 +75,9 @@ pub(crate) fn bn_train(
     })
 }
 
-/// `x * scale[c] + shift[c]` (then ReLU) over NCHW `x`, one pass.
-fn affine(
+/// `x * scale[c] + shift[c]` (then ReLU) over NCHW `x` of f32 or bf16, one pass (the
+/// affine in f32 from f32 scale and shift; bf16 rounded once).
+fn affine<T: Elem>(
     dev: &CudaDevice,
     relu: bool,
     (s, l): (&CudaStorage, &Layout),
@@ -89,39 +90,10 @@ fn affine(
         candle_core::bail!("batch_norm: {c} channels, {} statistics", sc.len());
     }
     // SAFETY: written whole by the affine kernel
-    let mut y = unsafe { dev.alloc::<f32>(n)? };
+    let mut y = unsafe { dev.alloc::<T>(n)? };
     if n > 0 {
-        let f = func(dev, "meal_bn_affine")?;
-        let xv = view(s, l)?;
-        let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
-        let stream = dev.cuda_stream();
-        let mut lb = stream.launch_builder(&f);
-        lb.arg(&xv).arg(sc).arg(sh).arg(&mut y).arg(&n);
-        lb.arg(&c).arg(&hw).arg(&relu);
-        // SAFETY: x and y hold n values, scale and shift c.
-        unsafe { lb.launch(grid(n)?) }.w()?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
-}
-
-/// [`affine`] over bf16 `x` (f32 scale and shift, one rounding to bf16).
-fn affine_bf16(
-    dev: &CudaDevice,
-    relu: bool,
-    (s, l): (&CudaStorage, &Layout),
-    sc: &CudaView<f32>,
-    sh: &CudaView<f32>,
-) -> candle_core::Result<CudaStorage> {
-    let (b, c, hw) = dims_nchw(l)?;
-    let n = b * c * hw;
-    if sc.len() != c || sh.len() != c {
-        candle_core::bail!("batch_norm: {c} channels, {} statistics", sc.len());
-    }
-    // SAFETY: written whole by the affine kernel
-    let mut y = unsafe { dev.alloc::<bf16>(n)? };
-    if n > 0 {
-        let f = func(dev, "meal_bn_affine_bf16")?;
-        let xv = view_of::<bf16>(s, l)?;
+        let f = func(dev, &format!("meal_bn_affine{}", T::SUFFIX))?;
+        let xv = view_of::<T>(s, l)?;
         let (c, hw, relu) = (int(c)?, int(hw)?, relu as i32);
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
@@ -144,8 +116,8 @@ pub(crate) fn device_affine(
     let dev = x.0.device.clone();
     let (sc, sh) = (view(s2, l2)?, view(s3, l3)?);
     let y = match x.0.dtype() {
-        DType::BF16 => affine_bf16(&dev, relu, x, &sc, &sh)?,
-        _ => affine(&dev, relu, x, &sc, &sh)?,
+        DType::BF16 => affine::<bf16>(&dev, relu, x, &sc, &sh)?,
+        _ => affine::<f32>(&dev, relu, x, &sc, &sh)?,
     };
     Ok((y, x.1.shape().clone()))
 }

@@ -3,12 +3,13 @@
 //! computes exactly the floats the loader would have (the table is meal-data's
 //! `Normalize::lut`).
 
-use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{func, grid, view, view_of};
+use super::{func, grid, view, view_of, Elem};
+use crate::ops::levels::plane;
 
 /// `lut[c][x]` over NCHW u8 `x` (3 channels), as f32 or bf16 (`out`).
 pub(crate) fn normalize_levels(
@@ -16,46 +17,34 @@ pub(crate) fn normalize_levels(
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = s1.device.clone();
-    let hw = match l1.dims() {
-        [_, 3, h, w] => h * w,
-        d => candle_core::bail!("normalize_levels: expected [B, 3, H, W] u8, got {d:?}"),
-    };
     let (x, lut) = (view_of::<u8>(s1, l1)?, view(s2, l2)?);
-    if lut.len() != 3 * 256 {
-        candle_core::bail!(
-            "normalize_levels: a table of {} values, need 768",
-            lut.len()
-        );
-    }
-    let n = x.len();
-    let stream = dev.cuda_stream();
+    let hw = plane(l1, lut.len())?;
+    let dev = &s1.device;
     let storage = match out {
-        DType::F32 => {
-            // SAFETY: written whole by the kernel
-            let mut y = unsafe { dev.alloc::<f32>(n)? };
-            if n > 0 {
-                let f = func(&dev, "meal_levels_f32")?;
-                let mut lb = stream.launch_builder(&f);
-                lb.arg(&x).arg(&lut).arg(&mut y).arg(&n).arg(&hw);
-                // SAFETY: x and y hold n values, the table 768.
-                unsafe { lb.launch(grid(n)?) }.w()?;
-            }
-            CudaStorage::wrap_cuda_slice(y, dev.clone())
-        }
-        DType::BF16 => {
-            // SAFETY: written whole by the kernel
-            let mut y = unsafe { dev.alloc::<bf16>(n)? };
-            if n > 0 {
-                let f = func(&dev, "meal_levels_bf16")?;
-                let mut lb = stream.launch_builder(&f);
-                lb.arg(&x).arg(&lut).arg(&mut y).arg(&n).arg(&hw);
-                // SAFETY: x and y hold n values, the table 768.
-                unsafe { lb.launch(grid(n)?) }.w()?;
-            }
-            CudaStorage::wrap_cuda_slice(y, dev.clone())
-        }
+        DType::F32 => lookup::<f32>(dev, &x, &lut, hw)?,
+        DType::BF16 => lookup::<bf16>(dev, &x, &lut, hw)?,
         d => candle_core::bail!("normalize_levels: to {d:?} (f32 or bf16)"),
     };
     Ok((storage, l1.shape().clone()))
+}
+
+/// One launch of `meal_levels{T::SUFFIX}` over the `n` values of `x`.
+fn lookup<T: Elem>(
+    dev: &CudaDevice,
+    x: &CudaView<u8>,
+    lut: &CudaView<f32>,
+    hw: usize,
+) -> candle_core::Result<CudaStorage> {
+    let n = x.len();
+    // SAFETY: written whole by the kernel
+    let mut y = unsafe { dev.alloc::<T>(n)? };
+    if n > 0 {
+        let f = func(dev, &format!("meal_levels{}", T::SUFFIX))?;
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(x).arg(lut).arg(&mut y).arg(&n).arg(&hw);
+        // SAFETY: x and y hold n values, the table 768 (checked by `plane`).
+        unsafe { lb.launch(grid(n)?) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
