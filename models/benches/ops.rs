@@ -3,7 +3,7 @@
 //! alone, and the convolutions' achieved TFLOP/s (2 * B*Co*Ho*Wo * Ci*k*k per GEMM; the
 //! backward has two). Where a step's time goes, op by op, when no GPU profiler is at
 //! hand; `MEAL_CUDA_OPS=0` gives candle's ops on the same shapes, `MEAL_DTYPE=bf16` adds
-//! the bf16 inference convolutions.
+//! the bf16 inference convolutions; SENet-154's grouped convolutions run forward only.
 //!   cargo bench -p meal-models --bench ops -- [BATCH] [ITERS]
 
 use std::time::Instant;
@@ -104,6 +104,40 @@ fn main() -> anyhow::Result<()> {
             let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
             let t = time(&dev, iters, &mut || {
                 conv2d(&xb, &wb, st, p, 1)?;
+                Ok(())
+            })?;
+            line += &format!(
+                ", bf16 fwd {:7.3} ms ({:5.1} TFLOP/s)",
+                t * 1e3,
+                flops / t / 1e12
+            );
+        }
+        println!("{line}");
+    }
+    // SENet-154's grouped 3x3 convolutions (64 groups), forward only: a teacher's
+    // inference (on CUDA one batched GEMM over the groups; candle's runs one per group)
+    for (ci, s, co) in [
+        (128, 56, 256),
+        (256, 28, 512),
+        (512, 14, 1024),
+        (1024, 7, 2048),
+    ] {
+        let groups = 64;
+        let (x, w) = (randn(&[batch, ci, s, s])?, randn(&[co, ci / groups, 3, 3])?);
+        let flops = 2.0 * (batch * co * s * s * (ci / groups) * 9) as f64;
+        let fwd = time(&dev, iters, &mut || {
+            conv2d(&x, &w, 1, 1, groups)?;
+            Ok(())
+        })?;
+        let mut line = format!(
+            "conv {ci:>4}->{co:<4} k3 s1 @{s:<3} g{groups}: fwd {:7.3} ms ({:5.1} TFLOP/s)",
+            fwd * 1e3,
+            flops / fwd / 1e12
+        );
+        if bf16 {
+            let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+            let t = time(&dev, iters, &mut || {
+                conv2d(&xb, &wb, 1, 1, groups)?;
                 Ok(())
             })?;
             line += &format!(

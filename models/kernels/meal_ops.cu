@@ -23,15 +23,25 @@
 // ---- layout ------------------------------------------------------------------------
 
 // dst[j][i][q] = src[i][j][q] for src [a, b, p]: NCHW <-> [C, B*HW] (the batch GEMM's
-// column layout) in either direction.
-extern "C" __global__ void meal_swap01(const float* src, float* dst, size_t a, size_t b,
-                                       size_t p) {
+// column layout) in either direction. f32 and bf16 (a copy: exact).
+template <class T>
+__device__ __forceinline__ void swap01(const T* src, T* dst, size_t a, size_t b, size_t p) {
     unsigned n = (unsigned)(a * b * p), ua = (unsigned)a, up = (unsigned)p;
     GRID_STRIDE(t, n) {
         unsigned r = t / up, q = t - r * up;
         unsigned j = r / ua, i = r - j * ua;
         dst[t] = src[((size_t)i * b + j) * p + q];
     }
+}
+
+extern "C" __global__ void meal_swap01(const float* src, float* dst, size_t a, size_t b,
+                                       size_t p) {
+    swap01(src, dst, a, b, p);
+}
+
+extern "C" __global__ void meal_swap01_bf16(const __nv_bfloat16* src, __nv_bfloat16* dst,
+                                            size_t a, size_t b, size_t p) {
+    swap01(src, dst, a, b, p);
 }
 
 // ---- convolution columns -----------------------------------------------------------

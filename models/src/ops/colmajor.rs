@@ -84,6 +84,42 @@ pub(crate) fn conv_forward_batched(
     }
 }
 
+/// The forward of a grouped convolution over a chunk of `nb` images as one
+/// strided-batched call over the `groups` groups, each
+/// `yt_i [cog, nb*p] = w_i [cog, rg] * cols_i [rg, nb*p]`: group `i`'s rows of the column matrix (`[groups*rg, nb*p]`, as
+/// meal_im2col lays it out), of the weight (`[groups*cog, rg]`) and of the output
+/// `yt` (`[groups*cog, nb*p]`, channel-major; a layout swap then makes it NCHW) are
+/// contiguous blocks at `i` times a fixed stride. One call instead of one per group
+/// (candle's grouped convolution runs a convolution per group, then concatenates).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn conv_forward_grouped(
+    cog: usize,
+    rg: usize,
+    p: usize,
+    nb: usize,
+    groups: usize,
+) -> Batched {
+    let n = nb * p;
+    Batched {
+        // row-major yt_i[cog, n] = w_i[cog, rg] * cols_i[rg, n] is column-major
+        // yt_i^T[n, cog] = cols_i^T[n, rg] * w_i^T[rg, cog]
+        call: ColMajor {
+            trans_a: false,
+            trans_b: false,
+            m: n,
+            n: cog,
+            k: rg,
+            lda: n,
+            ldb: rg,
+            ldc: n,
+        },
+        batch: groups,
+        stride_a: rg * n,
+        stride_b: cog * rg,
+        stride_c: cog * n,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +232,66 @@ mod tests {
                             }
                         }
                         assert_eq!(y[(i * co + o) * p + q], want, "k={k} [{i},{o},{q}]");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The grouped call, then the layout swap, against a direct grouped convolution
+    /// (3x3 stride 2 padding 1 and 1x1, two and three groups).
+    #[test]
+    fn the_grouped_conv_call_is_a_grouped_convolution() {
+        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
+        for (k, stride, pad, groups) in [(3usize, 2usize, 1usize, 2usize), (1, 1, 0, 3)] {
+            let (nb, cg, h, w, cog) = (3, 2, 5, 4, 2);
+            let (c, co) = (cg * groups, cog * groups);
+            let ho = (h + 2 * pad - k) / stride + 1;
+            let wo = (w + 2 * pad - k) / stride + 1;
+            let (p, rg) = (ho * wo, cg * k * k);
+            let x: Vec<f32> = (0..nb * c * h * w).map(val).collect();
+            let wt: Vec<f32> = (0..co * rg).map(|i| val(i + 50)).collect();
+            let px = |i: usize, ch: usize, y: isize, xx: isize| {
+                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                    0.0
+                } else {
+                    x[((i * c + ch) * h + y as usize) * w + xx as usize]
+                }
+            };
+            let tap = |oy: usize, ky: usize| (oy * stride + ky) as isize - pad as isize;
+            // meal_im2col's layout over all c channels: row (ch*k + ky)*k + kx
+            let mut cols = vec![0f32; c * k * k * nb * p];
+            for (r, row) in cols.chunks_mut(nb * p).enumerate() {
+                let (ch, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                for (col, v) in row.iter_mut().enumerate() {
+                    let (i, oy, ox) = (col / p, (col % p) / wo, col % wo);
+                    *v = px(i, ch, tap(oy, ky), tap(ox, kx));
+                }
+            }
+            let mut yt = vec![f32::NAN; co * nb * p];
+            batched_gemm(
+                conv_forward_grouped(cog, rg, p, nb, groups),
+                &cols,
+                &wt,
+                &mut yt,
+            );
+            for i in 0..nb {
+                for o in 0..co {
+                    let gi = o / cog;
+                    for q in 0..p {
+                        let (oy, ox) = (q / wo, q % wo);
+                        let mut want = 0f32;
+                        for cl in 0..cg {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    want += wt[((o * cg + cl) * k + ky) * k + kx]
+                                        * px(i, gi * cg + cl, tap(oy, ky), tap(ox, kx));
+                                }
+                            }
+                        }
+                        // yt is [co, nb*p]: the swap to NCHW reads (o, i*p + q)
+                        let got = yt[o * nb * p + i * p + q];
+                        assert_eq!(got, want, "k={k} groups={groups} [{i},{o},{q}]");
                     }
                 }
             }

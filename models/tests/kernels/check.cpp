@@ -122,6 +122,13 @@ static void check_swap() {
         for (size_t j = 0; j < b; ++j)
             for (size_t q = 0; q < p; ++q) want[(j * a + i) * p + q] = src[(i * b + j) * p + q];
     expect("swap01 3x4x5", dst, want, 0.0);
+    // the bf16 instantiation (the grouped convolution's output of a bf16 teacher)
+    std::vector<__nv_bfloat16> srcb(a * b * p), dstb(a * b * p);
+    std::vector<float> wantb(a * b * p);
+    for (size_t i = 0; i < srcb.size(); ++i) srcb[i] = __float2bfloat16(src[i]);
+    for (size_t i = 0; i < wantb.size(); ++i) wantb[i] = __bfloat162float(__float2bfloat16(want[i]));
+    launch(3, 32, [&] { meal_swap01_bf16(srcb.data(), dstb.data(), a, b, p); });
+    expect("swap01 bf16 3x4x5", widen(dstb), wantb, 0.0);
 }
 
 static void check_bn(int b, int c, int hw, float offset, int relu) {

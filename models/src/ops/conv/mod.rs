@@ -9,7 +9,7 @@
 //! threads the images run in parallel, each GEMM on one thread: the `gemm` crate splits
 //! a matrix of 64 output rows badly over two threads. Small planes take one GEMM over
 //! the batch. Non-f32 tensors keep candle's `conv2d`; on CUDA
-//! (feature `cuda`) the same op runs ops/cuda/conv.rs, for one group.
+//! (feature `cuda`) the same op runs ops/cuda/conv.rs (grouped ones for inference only).
 
 mod bf16;
 pub(super) mod cols;
@@ -456,14 +456,13 @@ pub fn conv2d_in(
         ));
     }
     let (co, ci, kh, kw) = w.dims4()?;
-    // on CUDA our op has one group (grouped convolutions keep candle's there), and takes
-    // bf16 for inference (a bf16 teacher: tensor-core GEMMs, no backward)
-    let bf16_infer = x.dtype() == DType::BF16
-        && w.dtype() == DType::BF16
-        && super::on_cuda(x)
-        && !x.track_op()
-        && !w.track_op();
-    let fast = (super::ours(x) || bf16_infer) && kh == kw && (x.device().is_cpu() || groups == 1);
+    // on CUDA our op takes bf16 and grouped convolutions for inference only (a teacher:
+    // tensor-core GEMMs; one batched GEMM over the groups), without a backward; a
+    // grouped convolution that needs gradients keeps candle's there
+    let infer = super::on_cuda(x) && !x.track_op() && !w.track_op();
+    let bf16_infer = infer && x.dtype() == DType::BF16 && w.dtype() == DType::BF16;
+    let fast =
+        (super::ours(x) || bf16_infer) && kh == kw && (x.device().is_cpu() || groups == 1 || infer);
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }
@@ -477,7 +476,7 @@ pub fn conv2d_in(
         .into());
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    Ok(if bf16_infer {
+    Ok(if infer {
         x.apply_op2_no_bwd(&w, &Conv(g, precision))?
     } else {
         x.apply_op2(&w, Conv(g, precision))?

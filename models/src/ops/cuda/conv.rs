@@ -1,11 +1,14 @@
-//! Convolution on CUDA (one group): the CPU op's batch plan (conv/mod.rs) with cuBLAS
+//! Convolution on CUDA: the CPU op's batch plan (conv/mod.rs) with cuBLAS
 //! GEMMs. Images go in chunks whose column matrix stays under [`CHUNK_ELEMS`]:
 //!
 //! - forward: `cols = im2col(x)` (skipped for 1x1 stride-1 unpadded convolutions, whose
 //!   input is its own column matrix), then one strided-batched GEMM `y_j = w * cols_j`
 //!   per chunk that writes NCHW directly (`colmajor::conv_forward_batched`, tested on
 //!   the CPU);
-//! - backward: `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
+//! - grouped forward (inference: SENet-154's teachers): `im2col` over all channels, one
+//!   strided-batched GEMM over the groups into `[Co, nb*P]`, a layout swap to NCHW;
+//! - backward (one group; a grouped convolution that needs gradients keeps candle's):
+//!   `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
 //!   `dx = col2im(dcols)`.
 //!
 //! The chunks run in image order and `dw` accumulates them in that order, so a result
@@ -81,21 +84,24 @@ fn cols_kernel<T: Elem>(
 }
 
 /// `dst[j][i][q] = src[i][j][q]` for `src` `[a, b, p]`.
-pub(crate) fn swap01(
+pub(crate) fn swap01<T: Elem>(
     dev: &CudaDevice,
-    src: &CudaView<f32>,
-    dst: &mut CudaViewMut<f32>,
+    src: &CudaView<T>,
+    dst: &mut CudaViewMut<T>,
     (a, b, p): (usize, usize, usize),
 ) -> candle_core::Result<()> {
     let n = a * b * p;
     if n == 0 {
         return Ok(());
     }
-    let f = func(dev, "meal_swap01")?;
+    if src.len() < n || dst.len() < n {
+        candle_core::bail!("meal swap01: [{a}, {b}, {p}] past its buffers");
+    }
+    let f = func(dev, &format!("meal_swap01{}", T::SUFFIX))?;
     let stream = dev.cuda_stream();
     let mut l = stream.launch_builder(&f);
     l.arg(src).arg(dst).arg(&a).arg(&b).arg(&p);
-    // SAFETY: src and dst hold a*b*p elements.
+    // SAFETY: src and dst hold at least a*b*p elements (checked above).
     unsafe { l.launch(grid(n)?) }.w()?;
     Ok(())
 }
@@ -125,7 +131,7 @@ where
     let dev = s1.device.clone();
     let (x, w) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
-    if g.groups != 1 || w.len() != co * rows || x.len() != g.b * img {
+    if g.groups == 0 || co % g.groups != 0 || w.len() != co * rows || x.len() != g.b * img {
         candle_core::bail!(
             "meal conv2d (cuda): weight {:?} for input {:?}",
             l2.dims(),
@@ -143,6 +149,13 @@ where
     // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
     let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
     if g.b * co * p == 0 {
+        return Ok((
+            CudaStorage::wrap_cuda_slice(y, dev),
+            Shape::from((g.b, co, g.ho, g.wo)),
+        ));
+    }
+    if g.groups > 1 {
+        grouped(&dev, g, co, &x, &w, &mut y)?;
         return Ok((
             CudaStorage::wrap_cuda_slice(y, dev),
             Shape::from((g.b, co, g.ho, g.wo)),
@@ -176,6 +189,45 @@ where
         CudaStorage::wrap_cuda_slice(y, dev),
         Shape::from((g.b, co, g.ho, g.wo)),
     ))
+}
+
+/// The forward of a grouped convolution into `y` (NCHW, written whole): per chunk,
+/// `im2col` over all channels, one strided-batched GEMM over the groups into the
+/// channel-major `yt` (`colmajor::conv_forward_grouped`, tested on the CPU), then the
+/// layout swap to NCHW.
+fn grouped<T: Elem>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    y: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+) -> candle_core::Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    let (rows, p, img) = (g.rows(), g.cols(), g.image());
+    let (rg, cog) = (rows / g.groups, co / g.groups);
+    let nbmax = chunk(g);
+    // SAFETY: each chunk's im2col and GEMM write the parts they then read
+    let mut cols = unsafe { dev.alloc::<T>(rows * nbmax * p)? };
+    let mut yt = unsafe { dev.alloc::<T>(co * nbmax * p)? };
+    for b0 in (0..g.b).step_by(nbmax) {
+        let nb = nbmax.min(g.b - b0);
+        let (nc, nt) = (rows * nb * p, co * nb * p);
+        im2col(
+            dev,
+            g,
+            nb,
+            &x.slice(b0 * img..(b0 + nb) * img),
+            &mut cols.slice_mut(..nc),
+        )?;
+        let call = super::super::colmajor::conv_forward_grouped(cog, rg, p, nb, g.groups);
+        gemm_batched(dev, call, &cols.slice(..nc), w, &mut yt.slice_mut(..nt))?;
+        let yb = b0 * co * p..(b0 + nb) * co * p;
+        swap01(dev, &yt.slice(..nt), &mut y.slice_mut(yb), (co, nb, p))?;
+    }
+    Ok(())
 }
 
 /// The backward of `Conv` on CUDA from `(x, w, dy)`: `[dx..., dw...]` packed as the

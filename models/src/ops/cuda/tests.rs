@@ -308,3 +308,32 @@ fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn grouped_conv2d_inference_equals_the_cpu_op() {
+    let dev = gpu("grouped_conv2d_inference_equals_the_cpu_op");
+    // SENet-154's grouped 3x3 (stride 1 and 2), a 1x1 grouped one, and depthwise; batches
+    // over several chunks of the test build's small CHUNK_ELEMS
+    for (b, ci, h, w, co, k, s, p, groups) in [
+        (3, 8, 9, 9, 12, 3, 1, 1, 4),
+        (4, 6, 10, 11, 6, 3, 2, 1, 3),
+        (2, 6, 5, 5, 9, 1, 1, 0, 3),
+        (2, 4, 7, 7, 4, 3, 1, 1, 4),
+    ] {
+        let what = format!("grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
+        let (x, wt) = (randn(&[b, ci, h, w]), randn(&[co, ci / groups, k, k]));
+        let want = conv2d(&x, &wt, s, p, groups).unwrap();
+        let on = |t: &Tensor| t.to_device(&dev).unwrap();
+        let got = conv2d(&on(&x), &on(&wt), s, p, groups).unwrap();
+        close(&format!("{what} f32"), &got, &want, 1e-4);
+        // bf16: the f32 CPU op on the rounded inputs, one rounding of the f32 sums
+        let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let (xr, wr) = (widen(&round(&x)), widen(&round(&wt)));
+        let want = conv2d(&xr, &wr, s, p, groups).unwrap();
+        let got = conv2d(&on(&round(&x)), &on(&round(&wt)), s, p, groups).unwrap();
+        assert_eq!(got.dtype(), DType::BF16, "{what}");
+        close(&format!("{what} bf16"), &widen(&got), &want, 1.0 / 64.0);
+    }
+}
