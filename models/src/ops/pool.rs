@@ -25,7 +25,9 @@ impl Pool {
         (n + 2 * self.pad - self.k) / self.stride + 1
     }
 
-    /// Index (within the plane) of the first maximum of output `(oy, ox)`'s window.
+    /// Index (within the plane) of the first maximum of output `(oy, ox)`'s window in
+    /// row-major order, an element taken when `v > best || v.is_nan()` (PyTorch's CPU
+    /// rule; so the last NaN).
     #[inline]
     fn argmax(&self, plane: &[f32], h: usize, w: usize, oy: usize, ox: usize) -> usize {
         let y0 = (oy * self.stride) as isize - self.pad as isize;
@@ -42,6 +44,34 @@ impl Pool {
             }
         }
         at
+    }
+
+    /// The values of output row `oy` into `acc` (`wo` long): each output takes the
+    /// updates of [`Pool::argmax`] in the same order, so bit for bit its value, but a
+    /// tap at a time across the whole output row, a branch-free select the compiler
+    /// vectorises (the per-output loop was ~5% of a bf16 ResNet-152 forward on the CPU,
+    /// and ran 3.5x slower). The backward keeps `argmax`: it needs the index.
+    fn row_max(&self, plane: &[f32], h: usize, w: usize, oy: usize, acc: &mut [f32]) {
+        let y0 = (oy * self.stride) as isize - self.pad as isize;
+        let (ya, yb) = (y0.max(0) as usize, ((y0 + self.k as isize) as usize).min(h));
+        acc.fill(f32::NEG_INFINITY);
+        for y in ya..yb {
+            let row = &plane[y * w..(y + 1) * w];
+            for kx in 0..self.k {
+                // the outputs whose tap kx lies inside the row: ox*stride + kx - pad in [0, w)
+                let lo = self.pad.saturating_sub(kx).div_ceil(self.stride);
+                let hi = ((w + self.pad).saturating_sub(kx)).div_ceil(self.stride);
+                let hi = hi.min(acc.len());
+                if lo >= hi {
+                    continue;
+                }
+                let first = lo * self.stride + kx - self.pad;
+                let taps = row[first..].iter().step_by(self.stride);
+                for (a, &v) in acc[lo..hi].iter_mut().zip(taps) {
+                    *a = if v > *a || v.is_nan() { v } else { *a };
+                }
+            }
+        }
     }
 }
 
@@ -63,9 +93,11 @@ impl CustomOp1 for Pool {
         let (ho, wo) = (self.out(h), self.out(w));
         let out = par_fill(planes * ho * wo, ho * wo, |pl, o| {
             let plane = &x[pl * h * w..(pl + 1) * h * w];
+            let mut acc = vec![0f32; wo];
             for oy in 0..ho {
-                for ox in 0..wo {
-                    o[oy * wo + ox].write(plane[self.argmax(plane, h, w, oy, ox)]);
+                self.row_max(plane, h, w, oy, &mut acc);
+                for (o, &v) in o[oy * wo..(oy + 1) * wo].iter_mut().zip(&acc) {
+                    o.write(v);
                 }
             }
         });
@@ -222,6 +254,8 @@ mod tests {
             (1, 2, 5, 5, 2, 2, 0),
             (2, 1, 6, 7, 3, 1, 1),
             (1, 1, 4, 3, 3, 3, 1),
+            (1, 2, 9, 8, 5, 2, 2),
+            (1, 1, 5, 6, 2, 1, 0),
         ] {
             let n = b * c * h * w;
             // values on a coarse grid, so windows hold ties
