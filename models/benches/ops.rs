@@ -9,7 +9,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use meal_models::ops::{batch_norm_train, channel_affine_dev, conv2d, max_pool2d};
+use meal_models::ops::{
+    batch_norm_train, channel_affine_dev, conv2d, conv2d_in, max_pool2d, Precision,
+};
 
 /// Seconds per call of `f` (after one warm-up call), the device synchronised around.
 fn time(
@@ -50,6 +52,31 @@ fn backward_time(
         Ok(())
     })?;
     Ok((both - fwd).max(0.0))
+}
+
+/// The operands of a bf16 inference convolution: on the CPU the f32 tensors themselves
+/// (bf16 products of f32 tensors, `Precision::Bf16`, AVX512-BF16), elsewhere bf16 ones.
+fn bf16_operands(x: &Tensor, w: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    Ok(if x.device().is_cpu() {
+        (x.clone(), w.clone())
+    } else {
+        (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?)
+    })
+}
+
+/// The bf16 inference convolution of operands from [`bf16_operands`].
+fn conv_bf16(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> anyhow::Result<Tensor> {
+    Ok(if x.device().is_cpu() {
+        conv2d_in(x, w, stride, pad, groups, Precision::Bf16)?
+    } else {
+        conv2d(x, w, stride, pad, groups)?
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,9 +128,9 @@ fn main() -> anyhow::Result<()> {
             2.0 * flops / bwd / 1e12
         );
         if bf16 {
-            let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+            let (xb, wb) = bf16_operands(&x, &w)?;
             let t = time(&dev, iters, &mut || {
-                conv2d(&xb, &wb, st, p, 1)?;
+                conv_bf16(&xb, &wb, st, p, 1)?;
                 Ok(())
             })?;
             line += &format!(
@@ -135,9 +162,9 @@ fn main() -> anyhow::Result<()> {
             flops / fwd / 1e12
         );
         if bf16 {
-            let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+            let (xb, wb) = bf16_operands(&x, &w)?;
             let t = time(&dev, iters, &mut || {
-                conv2d(&xb, &wb, 1, 1, groups)?;
+                conv_bf16(&xb, &wb, 1, 1, groups)?;
                 Ok(())
             })?;
             line += &format!(

@@ -78,53 +78,123 @@ fn row_pairs(row: &[f32], pairs: &mut [u32]) {
     }
 }
 
-/// Rows `[k, n]` of `b` (row `r` at `b[r * ld..]`) packed in [`NR`]-column panels,
-/// `[n/NR][k/2][NR]`, zero-padded: each pair of rows read in order, 16 columns at a time
-/// stored into their panel; pairs in parallel when `parallel`.
-fn pack_b(b: &[f32], k: usize, n: usize, ld: usize, parallel: bool) -> Vec<u32> {
+/// The columns operand `[k, n]` packed in [`NR`]-column panels, `[n/NR][k/2][NR]`,
+/// zero-padded (from [`pack_b`] or [`pack_rows`]).
+pub struct PackedB {
+    data: Vec<u32>,
+    n: usize,
+    kp: usize,
+}
+
+/// Pair `p` of rows (`lo`, and `hi` unless `k` is odd and this is the last pair), `n`
+/// columns, into its slots of every panel of `out` (`kp` pairs per panel).
+///
+/// # Safety
+/// `out` is valid for writes of `n.div_ceil(NR) * kp * NR` values, and no other thread
+/// writes pair `p`'s slots meanwhile.
+unsafe fn pack_pair(lo: &[f32], hi: Option<&[f32]>, out: *mut u32, p: usize, kp: usize, n: usize) {
+    let at = |c: usize| ((c / NR) * kp + p) * NR + c % NR;
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: features detected; every store is slot at(c..c+16) of pair p, inside
+        // `out` (the caller's contract)
+        done = x86::pack_pair_row(&lo[..n], hi.map(|h| &h[..n]), out.add(p * NR), kp * NR);
+    }
+    for c in done..n.div_ceil(NR) * NR {
+        let v = if c < n {
+            bf(lo[c]) | hi.map_or(0, |h| bf(h[c])) << 16
+        } else {
+            0
+        };
+        // SAFETY: as above
+        *out.add(at(c)) = v;
+    }
+}
+
+/// `k` rows of `n` columns packed pair by pair (pairs in parallel when `parallel`):
+/// `pair(scratch, p, out)` packs pair `p` into `out` with [`pack_pair`], `scratch` its
+/// task's own (from `init`).
+fn pack_pairs<S>(
+    k: usize,
+    n: usize,
+    parallel: bool,
+    init: impl Fn() -> S + Sync + Send,
+    pair: impl Fn(&mut S, usize, *mut u32) + Sync + Send,
+) -> PackedB {
     use rayon::prelude::*;
     let kp = k.div_ceil(2);
     let len = n.div_ceil(NR) * kp * NR;
-    let mut out: Vec<u32> = Vec::with_capacity(len);
-    let optr = out.as_mut_ptr() as usize;
-    let pair = |p: usize| {
-        let lo = &b[2 * p * ld..][..n];
-        let hi = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ld..][..n]);
-        let at = |c: usize| ((c / NR) * kp + p) * NR + c % NR;
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if available() {
-            // SAFETY: features detected; every store is slot at(c..c+16) of pair p, inside
-            // `out` and written by this p alone.
-            done = unsafe { x86::pack_pair_row(lo, hi, (optr as *mut u32).add(p * NR), kp * NR) };
-        }
-        for c in done..n.div_ceil(NR) * NR {
-            let v = if c < n {
-                bf(lo[c]) | hi.map_or(0, |h| bf(h[c])) << 16
-            } else {
-                0
-            };
-            // SAFETY: as above
-            unsafe { *(optr as *mut u32).add(at(c)) = v };
-        }
-    };
+    let mut data: Vec<u32> = Vec::with_capacity(len);
+    let optr = data.as_mut_ptr() as usize;
     if parallel {
-        (0..kp).into_par_iter().for_each(pair);
+        (0..kp)
+            .into_par_iter()
+            .for_each_init(&init, |s, p| pair(s, p, optr as *mut u32));
     } else {
-        (0..kp).for_each(pair);
+        let mut s = init();
+        (0..kp).for_each(|p| pair(&mut s, p, optr as *mut u32));
     }
     // SAFETY: every slot of every pair was written above (columns up to the padded width)
-    unsafe { out.set_len(len) };
-    out
+    unsafe { data.set_len(len) };
+    PackedB { data, n, kp }
+}
+
+/// Rows `[k, n]` of `b` (row `r` at `b[r * ld..]`) packed: each pair of rows read in
+/// order, 16 columns at a time stored into their panel; pairs in parallel when
+/// `parallel`.
+///
+/// # Panics
+/// When `b` is shorter than the shape says.
+pub fn pack_b(b: &[f32], k: usize, n: usize, ld: usize, parallel: bool) -> PackedB {
+    let kp = k.div_ceil(2);
+    assert!(
+        k == 0 || b.len() >= (k - 1) * ld + n,
+        "bf16 GEMM: b too short"
+    );
+    pack_pairs(
+        k,
+        n,
+        parallel,
+        || (),
+        |_, p, out| {
+            let lo = &b[2 * p * ld..][..n];
+            let hi = (2 * p + 1 < k).then(|| &b[(2 * p + 1) * ld..][..n]);
+            // SAFETY: `out` holds the panels of pack_pairs, pair p is this call's alone
+            unsafe { pack_pair(lo, hi, out, p, kp, n) };
+        },
+    )
+}
+
+/// `k` rows of `n` columns packed from `row(r, buf)`, which writes row `r`'s `n` values
+/// into `buf`: rows made on the fly (a convolution's column matrix, from its input),
+/// never stored whole in f32. Pairs in parallel when `parallel`, each task with its own
+/// two row buffers (in cache while they are packed).
+pub fn pack_rows(
+    k: usize,
+    n: usize,
+    parallel: bool,
+    row: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> PackedB {
+    let kp = k.div_ceil(2);
+    let bufs = || (vec![0f32; n], vec![0f32; n]);
+    pack_pairs(k, n, parallel, bufs, |(lo, hi), p, out| {
+        row(2 * p, lo);
+        let hi = (2 * p + 1 < k).then(|| {
+            row(2 * p + 1, hi);
+            &hi[..]
+        });
+        // SAFETY: `out` holds the panels of pack_pairs, pair p is this call's alone
+        unsafe { pack_pair(lo, hi, out, p, kp, n) };
+    })
 }
 
 /// Row-major `c[m, n] = a * b` (`c` row stride `ldc`, written whole), `a` packed, `b`
-/// rows `[k, n]` with row stride `ldb`, in bf16 products with f32 sums. Column panels
-/// in parallel (rayon) when `parallel`.
+/// rows `[k, n]` with row stride `ldb`, in bf16 products with f32 sums: [`pack_b`], then
+/// [`gemm_packed`].
 ///
 /// # Safety
-/// `c` is valid for writes of `(m - 1) * ldc + n` floats (it may be uninitialised) and
-/// nothing else accesses them meanwhile.
+/// As [`gemm_packed`].
 ///
 /// # Panics
 /// Where [`available`] is false (the callers check it first), or when `b` is shorter
@@ -140,19 +210,31 @@ pub unsafe fn gemm(
     ldc: usize,
     parallel: bool,
 ) {
+    assert!(available(), "bf16 GEMM on a CPU without AVX512-BF16");
+    if a.m == 0 || n == 0 {
+        return;
+    }
+    gemm_packed(a, &pack_b(b, k, n, ldb, parallel), c, ldc, parallel)
+}
+
+/// Row-major `c[m, n] = a * b` (`c` row stride `ldc`, written whole) of packed operands,
+/// in bf16 products with f32 sums. Column panels in parallel (rayon) when `parallel`.
+///
+/// # Safety
+/// `c` is valid for writes of `(m - 1) * ldc + n` floats (it may be uninitialised) and
+/// nothing else accesses them meanwhile.
+///
+/// # Panics
+/// Where [`available`] is false, or when the operands' `k` differ.
+pub unsafe fn gemm_packed(a: &PackedA, bp: &PackedB, c: *mut f32, ldc: usize, parallel: bool) {
     use rayon::prelude::*;
     assert!(available(), "bf16 GEMM on a CPU without AVX512-BF16");
-    assert_eq!(a.kp, k.div_ceil(2), "bf16 GEMM: packed k differs");
-    let m = a.m;
+    assert_eq!(a.kp, bp.kp, "bf16 GEMM: packed k differs");
+    let (m, n, kp) = (a.m, bp.n, a.kp);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        b.len() >= (k.max(1) - 1) * ldb + n,
-        "bf16 GEMM: b too short"
-    );
-    let bp = pack_b(b, k, n, ldb, parallel);
-    let kp = a.kp;
+    let bp = &bp.data;
     let cptr = c as usize;
     let panel = |j: usize| {
         let (c0, w) = (j * NR, NR.min(n - j * NR));

@@ -1,11 +1,48 @@
 //! The forward of [`super::Conv`] with bf16 products (`Precision::Bf16`): the same plans
-//! and column matrices as the f32 op, the GEMMs of `ops::bf16` (weights packed once per
-//! call, per group: `co * rows` values, negligible beside the GEMM).
+//! as the f32 op, the GEMMs of `ops::bf16` (weights packed once per call, per group:
+//! `co * rows` values, negligible beside the GEMM). The column matrix is never written
+//! in f32: its rows are made from the input pair by pair and packed to bf16 at once
+//! (`bf16::pack_rows`), where the f32 op's `im2col` writes all of it and the packing
+//! then reads it back (that pair of passes was ~18% of a bf16 ResNet-152 forward).
 
-use super::cols::{cbn_to_nchw, Geom};
-use super::{batch_cols, image_cols, Plan};
-use crate::ops::bf16::{gemm, PackedA};
+use std::mem::MaybeUninit;
+
+use super::cols::{cbn_to_nchw, im2col_row, Geom};
+use super::Plan;
+use crate::ops::bf16::{gemm_packed, pack_b, pack_rows, PackedA, PackedB};
 use crate::ops::fill_chunks;
+
+/// Row `r` of the column matrix of one image `x` (`[C, H, W]`) into `out` (`ho*wo`).
+fn image_row(g: &Geom, x: &[f32], r: usize, out: &mut [f32]) {
+    let (kk, plane) = (g.k * g.k, g.h * g.w);
+    let (ch, t) = (r / kk, r % kk);
+    // SAFETY: MaybeUninit<f32> has f32's layout, and im2col_row writes only f32 values
+    // (all of them), so `out` stays initialised
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    im2col_row(g, &x[ch * plane..(ch + 1) * plane], t / g.k, t % g.k, out);
+}
+
+/// Group `i`'s rows of one image's column matrix (`[rg, ho*wo]`), packed: the input's
+/// own rows when pointwise.
+fn image_cols(g: &Geom, x: &[f32], i: usize, parallel: bool) -> PackedB {
+    let (rg, p) = (g.group_rows(), g.cols());
+    if g.pointwise() {
+        pack_b(&x[i * rg * p..], rg, p, p, parallel)
+    } else {
+        pack_rows(rg, p, parallel, |r, out| image_row(g, x, i * rg + r, out))
+    }
+}
+
+/// Group `i`'s rows of the batch's column matrix (`[rg, B*ho*wo]`, images side by
+/// side), packed.
+fn batch_cols(g: &Geom, x: &[f32], i: usize) -> PackedB {
+    let (rg, p, img) = (g.group_rows(), g.cols(), g.image());
+    pack_rows(rg, g.b * p, true, |r, out| {
+        for (j, o) in out.chunks_mut(p).enumerate() {
+            image_row(g, &x[j * img..(j + 1) * img], i * rg + r, o);
+        }
+    })
+}
 
 /// NCHW `y` `[B, Co, Ho, Wo]` of `x` and `w` (`[Co, rows/groups]`).
 pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
@@ -15,32 +52,22 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
         .collect();
     match Plan::of(g) {
         Plan::PerImage { outer } => fill_chunks(g.b * co * p, co * p, outer, |b, yb| {
-            let cols = image_cols(g, &x[b * img..(b + 1) * img], !outer);
+            let xb = &x[b * img..(b + 1) * img];
             let y: *mut f32 = yb.as_mut_ptr().cast();
             for (i, a) in packs.iter().enumerate() {
+                let cols = image_cols(g, xb, i, !outer);
                 // SAFETY: group i's rows of image b's [co, p] output block (the groups
                 // write it whole)
-                unsafe {
-                    gemm(
-                        a,
-                        &cols[i * rg * p..],
-                        rg,
-                        p,
-                        p,
-                        y.add(i * cog * p),
-                        p,
-                        !outer,
-                    )
-                };
+                unsafe { gemm_packed(a, &cols, y.add(i * cog * p), p, !outer) };
             }
         }),
         Plan::Batch => {
-            let (all, bn) = (batch_cols(g, x), g.b * p);
+            let bn = g.b * p;
             let mut t = vec![0f32; co * bn];
             for (i, a) in packs.iter().enumerate() {
+                let cols = batch_cols(g, x, i);
                 // SAFETY: group i's rows of t [co, bn]
-                let ti = unsafe { t.as_mut_ptr().add(i * cog * bn) };
-                unsafe { gemm(a, &all[i * rg * bn..], rg, bn, bn, ti, bn, true) };
+                unsafe { gemm_packed(a, &cols, t.as_mut_ptr().add(i * cog * bn), bn, true) };
             }
             cbn_to_nchw(&t, g.b, co, p)
         }

@@ -105,32 +105,43 @@ fn im2col_channel(g: &Geom, plane: &[f32], dst: &mut [MaybeUninit<f32>], rs: usi
     for ky in 0..g.k {
         for kx in 0..g.k {
             let r = (ky * g.k + kx) * rs;
-            let row = &mut dst[r..r + cols];
-            for oy in 0..g.ho {
-                let o = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                let Some(iy) = g.in_row(oy, ky) else {
-                    zero(o);
-                    continue;
-                };
-                let src = &plane[iy * g.w..(iy + 1) * g.w];
-                if g.stride == 1 {
-                    // a contiguous run of the source row, zeros either side
-                    let (lo, hi) = g.run(kx);
-                    zero(&mut o[..lo]);
-                    if lo < hi {
-                        let s0 = lo + kx - g.pad;
-                        for (d, &v) in o[lo..hi].iter_mut().zip(&src[s0..]) {
-                            d.write(v);
-                        }
-                    }
-                    zero(&mut o[hi..]);
-                    continue;
-                }
-                for (ox, v) in o.iter_mut().enumerate() {
-                    let ix = (ox * g.stride + kx).wrapping_sub(g.pad);
-                    v.write(if ix < g.w { src[ix] } else { 0.0 });
+            im2col_row(g, plane, ky, kx, &mut dst[r..r + cols]);
+        }
+    }
+}
+
+/// One row of the column matrix: the channel `plane` under kernel tap `(ky, kx)` at
+/// every output position (`ho*wo` values in `row`, all written; zeros in the padding).
+pub(super) fn im2col_row(
+    g: &Geom,
+    plane: &[f32],
+    ky: usize,
+    kx: usize,
+    row: &mut [MaybeUninit<f32>],
+) {
+    for oy in 0..g.ho {
+        let o = &mut row[oy * g.wo..(oy + 1) * g.wo];
+        let Some(iy) = g.in_row(oy, ky) else {
+            zero(o);
+            continue;
+        };
+        let src = &plane[iy * g.w..(iy + 1) * g.w];
+        if g.stride == 1 {
+            // a contiguous run of the source row, zeros either side
+            let (lo, hi) = g.run(kx);
+            zero(&mut o[..lo]);
+            if lo < hi {
+                let s0 = lo + kx - g.pad;
+                for (d, &v) in o[lo..hi].iter_mut().zip(&src[s0..]) {
+                    d.write(v);
                 }
             }
+            zero(&mut o[hi..]);
+            continue;
+        }
+        for (ox, v) in o.iter_mut().enumerate() {
+            let ix = (ox * g.stride + kx).wrapping_sub(g.pad);
+            v.write(if ix < g.w { src[ix] } else { 0.0 });
         }
     }
 }

@@ -313,6 +313,9 @@ fn bf16_products_equal_f32_over_rounded_operands_or_are_refused() {
         (2, 3, 23, 8, 7, 2, 3, 1),
         (3, 8, 14, 6, 3, 1, 1, 2),
         (1, 5, 7, 33, 3, 1, 1, 1),
+        (3, 6, 6, 4, 1, 2, 0, 2),
+        (3, 8, 5, 6, 1, 1, 0, 1),
+        (2, 6, 14, 6, 3, 1, 1, 3),
     ] {
         let x = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap();
