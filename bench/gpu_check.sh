@@ -52,15 +52,15 @@ step 90 "$bin/models" train resnet50 224 32 5
 # the same step on candle's CUDA ops (naive convolution backward): what ours replace
 MEAL_CUDA_OPS=0 step 120 "$bin/models" train resnet50 224 32 3
 MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
-# where the step's time goes: each op alone at ResNet-50's shapes (models/benches/ops.rs),
-# ours and candle's, bf16 inference convolutions too
-MEAL_DTYPE=bf16 step 90 "$bin/ops" 32 10
-MEAL_CUDA_OPS=0 step 90 "$bin/ops" 32 5
 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 # where the step's time goes: each op alone at ResNet-50's shapes (models/benches/ops.rs),
 # ours and candle's, bf16 inference convolutions too
 MEAL_DTYPE=bf16 step 90 "$bin/ops" 32 10
 MEAL_CUDA_OPS=0 step 90 "$bin/ops" 32 5
+# and inside the model: each of our ops' time per step, the device synchronised around
+# each (ops::profile); the rest of the step is candle's ops, launches and copies
+MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 224 32 3
+MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s 224 64 3
 
 # 4. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
 S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"

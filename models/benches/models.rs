@@ -9,7 +9,8 @@
 //! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
 //! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
 //! `bf16`, `f16`; softmax in f32). Each step ends by reading a scalar, so GPU work is
-//! synchronised before the clock stops.
+//! synchronised before the clock stops. `MEAL_OP_PROFILE=1` adds the time of each of our
+//! ops on CUDA per step (`ops::profile`).
 
 use std::time::Instant;
 
@@ -112,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     step()?; // warm-up
+    meal_models::ops::profile::take();
     let t = Instant::now();
     for _ in 0..iters {
         step()?;
@@ -125,5 +127,28 @@ fn main() -> anyhow::Result<()> {
         dev.location(),
         meal_models::ensemble::dtype_name(dtype)
     );
+    if meal_models::ops::profile::enabled() {
+        // our ops' share of the (profiled, so slower) step; the rest is candle's
+        let ops = meal_models::ops::profile::take();
+        if ops.is_empty() {
+            println!("profile: none of our ops ran on a CUDA device");
+        }
+        let ours: f64 = ops.iter().map(|o| o.seconds).sum::<f64>() / iters as f64;
+        println!(
+            "profile (MEAL_OP_PROFILE=1, device synchronised around each of our ops): our ops {:.1} ms of {:.1} ms per step ({:.0}%), the rest candle's ops, launches and copies",
+            ours * 1e3,
+            dt * 1e3,
+            100.0 * ours / dt
+        );
+        for o in ops {
+            println!(
+                "  {:<28} {:>5} calls/step {:8.2} ms/step {:5.1}%",
+                o.op,
+                o.calls / iters as u64,
+                o.seconds / iters as f64 * 1e3,
+                100.0 * o.seconds / iters as f64 / dt
+            );
+        }
+    }
     Ok(())
 }

@@ -241,7 +241,9 @@ impl candle_core::CustomOp3 for BnTrain {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let f = super::cuda::bn_train(self.eps, self.relu, (s1, l1), (s2, l2), (s3, l3))?;
+        let f = super::profile::on_cuda("batch-norm train forward", s1, || {
+            super::cuda::bn_train(self.eps, self.relu, (s1, l1), (s2, l2), (s3, l3))
+        })?;
         self.keep(f.stats, f.affine);
         Ok((f.y, l1.shape().clone()))
     }
@@ -380,14 +382,16 @@ impl candle_core::CustomOp3 for BnBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::bn_backward(
-            self.eps,
-            self.stats.as_ref(),
-            self.relu.as_ref(),
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-        )
+        super::profile::on_cuda("batch-norm backward", s1, || {
+            super::cuda::bn_backward(
+                self.eps,
+                self.stats.as_ref(),
+                self.relu.as_ref(),
+                (s1, l1),
+                (s2, l2),
+                (s3, l3),
+            )
+        })
     }
 }
 
@@ -573,7 +577,9 @@ impl candle_core::CustomOp3 for DeviceAffine {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::device_affine(self.relu, (s1, l1), (s2, l2), (s3, l3))
+        super::profile::on_cuda("batch-norm eval (affine)", s1, || {
+            super::cuda::device_affine(self.relu, (s1, l1), (s2, l2), (s3, l3))
+        })
     }
 }
 

@@ -66,7 +66,9 @@ impl candle_core::CustomOp2 for Levels {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::normalize_levels(self.out, (s1, l1), (s2, l2))
+        super::profile::on_cuda("8-bit input levels", s1, || {
+            super::cuda::normalize_levels(self.out, (s1, l1), (s2, l2))
+        })
     }
 }
 

@@ -26,6 +26,7 @@ pub mod cuda;
 mod gemm;
 mod levels;
 mod pool;
+pub mod profile;
 mod relu;
 mod sgd;
 

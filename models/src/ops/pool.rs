@@ -113,7 +113,9 @@ impl CustomOp1 for Pool {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::pool_forward((self.k, self.stride, self.pad), (s, l))
+        super::profile::on_cuda("max-pool forward", s, || {
+            super::cuda::pool_forward((self.k, self.stride, self.pad), (s, l))
+        })
     }
 
     fn bwd(
@@ -177,7 +179,9 @@ impl CustomOp2 for PoolBackward {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let p = self.0;
-        super::cuda::pool_backward((p.k, p.stride, p.pad), (s1, l1), (s2, l2))
+        super::profile::on_cuda("max-pool backward", s1, || {
+            super::cuda::pool_backward((p.k, p.stride, p.pad), (s1, l1), (s2, l2))
+        })
     }
 }
 

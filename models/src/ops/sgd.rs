@@ -98,7 +98,10 @@ impl InplaceOp3 for BufUpdate {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        super::cuda::sgd_buffer(&self.0, (s1, l1), (s2, l2), (s3, l3))
+        let dev = candle_core::backend::BackendStorage::device(&*s1).clone();
+        super::profile::on_device("sgd", &dev, || {
+            super::cuda::sgd_buffer(&self.0, (s1, l1), (s2, l2), (s3, l3))
+        })
     }
 }
 
@@ -144,7 +147,10 @@ impl InplaceOp3 for ParamUpdate {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        super::cuda::sgd_param(&self.0, (s1, l1), (s2, l2), (s3, l3))
+        let dev = candle_core::backend::BackendStorage::device(&*s1).clone();
+        super::profile::on_device("sgd", &dev, || {
+            super::cuda::sgd_param(&self.0, (s1, l1), (s2, l2), (s3, l3))
+        })
     }
 }
 

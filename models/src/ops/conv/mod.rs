@@ -237,7 +237,9 @@ impl CustomOp2 for Conv {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::conv_forward(&self.0, (s1, l1), (s2, l2))
+        super::profile::on_cuda("conv forward", s1, || {
+            super::cuda::conv_forward(&self.0, (s1, l1), (s2, l2))
+        })
     }
 
     fn bwd(
@@ -320,7 +322,9 @@ impl candle_core::CustomOp3 for ConvBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::conv_backward(&self.g, self.need_dx, (s1, l1), (s2, l2), (s3, l3))
+        super::profile::on_cuda("conv backward", s1, || {
+            super::cuda::conv_backward(&self.g, self.need_dx, (s1, l1), (s2, l2), (s3, l3))
+        })
     }
 }
 
