@@ -27,6 +27,7 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("MEAL_OP_PROFILE").is_ok_and(|v| v == "1"))
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn add(op: &'static str, dt: Duration) {
     let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     match t.iter_mut().find(|e| e.op == op) {
@@ -68,13 +69,24 @@ pub(crate) fn on_device<R>(
     f: impl FnOnce() -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     use candle_core::backend::BackendDevice;
+    timed(op, || dev.synchronize(), f)
+}
+
+/// `f`, timed as `op` with `sync()` before and after it, when profiling; `f` alone
+/// otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn timed<R, E>(
+    op: &'static str,
+    sync: impl Fn() -> Result<(), E>,
+    f: impl FnOnce() -> Result<R, E>,
+) -> Result<R, E> {
     if !enabled() {
         return f();
     }
-    dev.synchronize()?;
+    sync()?;
     let t = Instant::now();
     let r = f()?;
-    dev.synchronize()?;
+    sync()?;
     add(op, t.elapsed());
     Ok(r)
 }
