@@ -130,27 +130,61 @@ __device__ double block_sum(double v, double* shared) {
     return r;
 }
 
-// Mean and biased variance of each channel of NCHW x (one block per channel): sums of
-// x - x[0, ch, 0] and its square in f64, as the CPU op (bn.rs `channel_stats`).
-extern "C" __global__ void meal_bn_stats(const float* x, double* mean, double* var, int b,
-                                         int c, int hw) {
+// The per-channel reductions run `splits` blocks per channel (block ch*splits + s sums
+// images [s*b/splits, (s+1)*b/splits) of channel ch), so that layers with few channels
+// still fill the GPU (one block per channel left 64 of an H200's 132 SMs busy on
+// ResNet's first stages, each with 8 warps to hide its memory latency). `splits`
+// depends on the shape alone (ops/cuda/bn.rs `splits`), and a finishing kernel adds a
+// channel's partial sums in block order: the result does not depend on scheduling.
+
+// The images of block s of `splits` over b images: [*i0, *i1).
+__device__ __forceinline__ void split_range(unsigned b, unsigned splits, unsigned s,
+                                            unsigned* i0, unsigned* i1) {
+    *i0 = (unsigned)(((unsigned long long)s * b) / splits);
+    *i1 = (unsigned)(((unsigned long long)(s + 1) * b) / splits);
+}
+
+// Partial sums of x - x[0, ch, 0] and of its square in f64 (as the CPU op, bn.rs
+// `channel_stats`, shifts by the channel's first value): part[ch*splits + s] and
+// part[(c + ch)*splits + s].
+extern "C" __global__ void meal_bn_stats(const float* x, double* part, int b, int c, int hw,
+                                         int splits) {
     __shared__ double sh[BN_THREADS];
-    int ch = blockIdx.x;
-    unsigned n = (unsigned)b * hw, uhw = (unsigned)hw;
+    unsigned ch = blockIdx.x / (unsigned)splits, sp = blockIdx.x - ch * (unsigned)splits;
+    unsigned i0, i1, uhw = (unsigned)hw;
+    split_range((unsigned)b, (unsigned)splits, sp, &i0, &i1);
+    unsigned n = (i1 - i0) * uhw;
     double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
     double s = 0.0, s2 = 0.0;
     for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
         unsigned i = t / uhw, q = t - i * uhw;
-        double d = (double)x[((size_t)i * c + ch) * hw + q] - shift;
+        double d = (double)x[((size_t)(i0 + i) * c + ch) * hw + q] - shift;
         s += d;
         s2 += d * d;
     }
     s = block_sum(s, sh);
     s2 = block_sum(s2, sh);
     if (threadIdx.x == 0) {
-        double m = n > 0 ? s / (double)n : 0.0;
+        part[(size_t)ch * splits + sp] = s;
+        part[((size_t)c + ch) * splits + sp] = s2;
+    }
+}
+
+// Mean and biased variance of each channel from meal_bn_stats's partial sums.
+extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* part,
+                                                double* mean, double* var, int b, int c,
+                                                int hw, int splits) {
+    GRID_STRIDE(ch, c) {
+        double s = 0.0, s2 = 0.0;
+        for (int sp = 0; sp < splits; ++sp) {
+            s += part[(size_t)ch * splits + sp];
+            s2 += part[((size_t)c + ch) * splits + sp];
+        }
+        double n = (double)b * hw;
+        double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
+        double m = n > 0 ? s / n : 0.0;
         mean[ch] = shift + m;
-        double v = n > 0 ? s2 / (double)n - m * m : 0.0;
+        double v = n > 0 ? s2 / n - m * m : 0.0;
         var[ch] = v > 0.0 ? v : 0.0;
     }
 }
@@ -186,20 +220,23 @@ __device__ __forceinline__ float gated(float g, float v, const float* scale,
     return (relu && !(v * scale[ch] + shift[ch] > 0.f)) ? 0.f : g;
 }
 
-// Per channel (one block each): sums[ch] = sum(dy), sums[c + ch] = sum(dy * (x - mean)),
-// dy gated by the fused ReLU.
+// Partial sums per block of `splits` per channel (as meal_bn_stats): sum(dy) at
+// part[ch*splits + s], sum(dy * (x - mean)) at part[(c + ch)*splits + s], dy gated by
+// the fused ReLU.
 extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
                                              const double* mean, const float* scale,
                                              const float* shift, int relu, int b, int c,
-                                             int hw, double* sums) {
+                                             int hw, int splits, double* part) {
     __shared__ double sh[BN_THREADS];
-    int ch = blockIdx.x;
-    unsigned n = (unsigned)b * hw, uhw = (unsigned)hw;
+    unsigned ch = blockIdx.x / (unsigned)splits, sp = blockIdx.x - ch * (unsigned)splits;
+    unsigned i0, i1, uhw = (unsigned)hw;
+    split_range((unsigned)b, (unsigned)splits, sp, &i0, &i1);
+    unsigned n = (i1 - i0) * uhw;
     float m = (float)mean[ch];
     double sd = 0.0, sdx = 0.0;
     for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
         unsigned i = t / uhw, q = t - i * uhw;
-        size_t at = ((size_t)i * c + ch) * hw + q;
+        size_t at = ((size_t)(i0 + i) * c + ch) * hw + q;
         float v = x[at];
         float g = gated(dy[at], v, scale, shift, ch, relu);
         sd += (double)g;
@@ -208,6 +245,21 @@ extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
     sd = block_sum(sd, sh);
     sdx = block_sum(sdx, sh);
     if (threadIdx.x == 0) {
+        part[(size_t)ch * splits + sp] = sd;
+        part[((size_t)c + ch) * splits + sp] = sdx;
+    }
+}
+
+// sums[ch] = sum(dy), sums[c + ch] = sum(dy * (x - mean)): meal_bn_grad_sums's partial
+// sums added in block order.
+extern "C" __global__ void meal_bn_grad_finish(const double* part, int c, int splits,
+                                               double* sums) {
+    GRID_STRIDE(ch, c) {
+        double sd = 0.0, sdx = 0.0;
+        for (int sp = 0; sp < splits; ++sp) {
+            sd += part[(size_t)ch * splits + sp];
+            sdx += part[((size_t)c + ch) * splits + sp];
+        }
         sums[ch] = sd;
         sums[c + ch] = sdx;
     }

@@ -131,15 +131,21 @@ static void check_swap() {
     expect("swap01 bf16 3x4x5", widen(dstb), wantb, 0.0);
 }
 
-static void check_bn(int b, int c, int hw, float offset, int relu) {
+// splits: blocks per channel of the reductions (ops/cuda/bn.rs `splits`)
+static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     size_t n = (size_t)b * c * hw;
     double eps = 1e-5, m = (double)b * hw;
     auto x = randn(n, 1.f, offset), dy = randn(n), gamma = randn(c, .5f, 1.f), beta = randn(c, .5f);
-    std::string tag = " relu=" + std::to_string(relu) + " offset=" + std::to_string((int)offset);
+    std::string tag = " relu=" + std::to_string(relu) + " offset=" + std::to_string((int)offset) +
+                      " splits=" + std::to_string(splits);
     auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
     // statistics: two-pass f64
     std::vector<double> mean(c, -7), var(c, -7), mref(c), vref(c);
-    launch(c, BN_THREADS, [&] { meal_bn_stats(x.data(), mean.data(), var.data(), b, c, hw); });
+    std::vector<double> part(2 * c * splits, -7);
+    launch(c * splits, BN_THREADS, [&] { meal_bn_stats(x.data(), part.data(), b, c, hw, splits); });
+    launch(1, 32, [&] {
+        meal_bn_stats_finish(x.data(), part.data(), mean.data(), var.data(), b, c, hw, splits);
+    });
     for (int ch = 0; ch < c; ++ch) {
         double s = 0, s2 = 0;
         for (int i = 0; i < b; ++i)
@@ -173,10 +179,12 @@ static void check_bn(int b, int c, int hw, float offset, int relu) {
     // backward against dx = gamma*inv*(g - mean(g) - xhat*mean(g*xhat)), g gated by the ReLU
     std::vector<double> sums(2 * c, -7);
     std::vector<float> out(n + 2 * c, -7.f), oref(n + 2 * c);
-    launch(c, BN_THREADS, [&] {
+    std::fill(part.begin(), part.end(), -7);
+    launch(c * splits, BN_THREADS, [&] {
         meal_bn_grad_sums(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu, b, c,
-                          hw, sums.data());
+                          hw, splits, part.data());
     });
+    launch(1, 32, [&] { meal_bn_grad_finish(part.data(), c, splits, sums.data()); });
     launch(3, 32, [&] {
         meal_bn_grad_input(dy.data(), x.data(), mean.data(), var.data(), gamma.data(), sums.data(),
                            scale.data(), shift.data(), relu, eps, b, c, hw, out.data());
@@ -344,8 +352,10 @@ int main() {
         check_cols(g);
     check_swap();
     for (int relu = 0; relu < 2; ++relu)
-        for (float offset : {0.f, 100.f}) check_bn(3, 5, 42, offset, relu);
-    check_bn(2, 3, 1, 0.f, 1);  // 1x1 planes (the SE block's squeeze)
+        for (float offset : {0.f, 100.f}) check_bn(3, 5, 42, offset, relu, 1);
+    check_bn(5, 3, 20, 100.f, 1, 2);  // uneven splits (2 and 3 images)
+    check_bn(3, 4, 9, 0.f, 0, 3);     // a split per image
+    check_bn(2, 3, 1, 0.f, 1, 1);     // 1x1 planes (the SE block's squeeze)
     check_pool(6, 11, 10, 3, 2, 1, false);
     check_pool(6, 11, 10, 3, 2, 1, true);
     check_pool(6, 8, 8, 2, 2, 0, false);

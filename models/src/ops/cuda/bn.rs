@@ -1,11 +1,12 @@
 //! Train-mode BatchNorm(+ReLU) on CUDA, as bn.rs on CPU: per-channel mean and biased
-//! variance in f64 (one block per channel), the scale and shift computed on the host
+//! variance in f64 (several blocks per channel, [`splits`], then their partial sums
+//! added in order), the scale and shift computed on the host
 //! from them exactly as the CPU op does (the caller needs the statistics on the host
 //! for the running averages anyway), one affine(+ReLU) pass. The backward: the two
 //! per-channel sums, then one pass for `dx`, `dgamma`, `dbeta`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
@@ -21,6 +22,26 @@ pub(crate) struct BnForward {
     pub affine: (Vec<f32>, Vec<f32>),
 }
 
+/// Blocks per channel of the reductions (statistics and gradient sums): about
+/// [`REDUCE_BLOCKS`] in all, at most one per image. From the shape alone, so a result
+/// does not depend on the GPU it ran on.
+pub(crate) fn splits(b: usize, c: usize) -> usize {
+    (REDUCE_BLOCKS / c.max(1)).clamp(1, b.max(1))
+}
+
+/// Blocks the reductions aim for: several per SM of a large GPU (an H200 has 132).
+const REDUCE_BLOCKS: usize = 1024;
+
+/// `splits` blocks of [`super::REDUCE_THREADS`] per channel for `c` channels (the
+/// grid's x dimension takes up to 2^31 - 1 blocks).
+fn per_split(c: usize, splits: usize) -> candle_core::Result<LaunchConfig> {
+    let blocks = c * splits;
+    if blocks > i32::MAX as usize {
+        candle_core::bail!("batch_norm: {c} channels x {splits} blocks per channel");
+    }
+    Ok(per_channel(blocks))
+}
+
 /// Per-channel mean and biased variance of NCHW `x` on the device.
 fn stats(
     dev: &CudaDevice,
@@ -30,20 +51,24 @@ fn stats(
     let x = view(s, l)?;
     let (mut mean, mut var) = (dev.alloc_zeros::<f64>(c)?, dev.alloc_zeros::<f64>(c)?);
     if c > 0 {
-        // each channel's block counts its b*hw values in 32 bits
+        // each block counts its images' values in 32 bits
         fits(b * hw)?;
-        let f = func(dev, "meal_bn_stats")?;
-        let (b, c, hw) = (int(b)?, int(c)?, int(hw)?);
+        let sp = splits(b, c);
+        // SAFETY: written whole by meal_bn_stats (one value per block and sum)
+        let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+        let (b, c, hw, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
         let stream = dev.cuda_stream();
+        let f = func(dev, "meal_bn_stats")?;
         let mut l = stream.launch_builder(&f);
-        l.arg(&x)
-            .arg(&mut mean)
-            .arg(&mut var)
-            .arg(&b)
-            .arg(&c)
-            .arg(&hw);
-        // SAFETY: x is [b, c, hw]; mean and var hold c values, one block per channel.
-        unsafe { l.launch(per_channel(c as usize)) }.w()?;
+        l.arg(&x).arg(&mut part).arg(&b).arg(&c).arg(&hw).arg(&spi);
+        // SAFETY: x is [b, c, hw]; part holds 2 * c * splits values, one per block and sum.
+        unsafe { l.launch(per_split(c as usize, sp)?) }.w()?;
+        let f = func(dev, "meal_bn_stats_finish")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&x).arg(&part).arg(&mut mean).arg(&mut var);
+        l.arg(&b).arg(&c).arg(&hw).arg(&spi);
+        // SAFETY: mean and var hold c values, written once per channel.
+        unsafe { l.launch(grid(c as usize)?) }.w()?;
     }
     Ok((mean, var))
 }
@@ -161,14 +186,22 @@ pub(crate) fn bn_backward(
     if c > 0 {
         fits(b * hw)?;
         let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
-        let (bi, ci, hwi) = (int(b)?, int(c)?, int(hw)?);
+        let sp = splits(b, c);
+        // SAFETY: written whole by meal_bn_grad_sums (one value per block and sum)
+        let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+        let (bi, ci, hwi, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
         let stream = dev.cuda_stream();
         let f = func(&dev, "meal_bn_grad_sums")?;
         let mut l = stream.launch_builder(&f);
         l.arg(&dy).arg(&xv).arg(&mean).arg(&sc).arg(&sh).arg(&gate);
-        l.arg(&bi).arg(&ci).arg(&hwi).arg(&mut sums);
-        // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; sums 2c.
-        unsafe { l.launch(per_channel(c)) }.w()?;
+        l.arg(&bi).arg(&ci).arg(&hwi).arg(&spi).arg(&mut part);
+        // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; part 2 * c * splits.
+        unsafe { l.launch(per_split(c, sp)?) }.w()?;
+        let f = func(&dev, "meal_bn_grad_finish")?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&part).arg(&ci).arg(&spi).arg(&mut sums);
+        // SAFETY: sums holds 2c values, written once per channel.
+        unsafe { l.launch(grid(c)?) }.w()?;
         let f = func(&dev, "meal_bn_grad_input")?;
         let mut l = stream.launch_builder(&f);
         l.arg(&dy)
