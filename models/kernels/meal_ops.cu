@@ -189,6 +189,22 @@ extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* pa
     }
 }
 
+// The per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale of a
+// train-mode BatchNorm, in f64 and then rounded: bn.rs `scale_shift` operation for
+// operation (the _rn intrinsics round each step and are never fused into an FMA), so the
+// GPU forward applies the very floats the CPU op would.
+extern "C" __global__ void meal_bn_scale_shift(const float* gamma, const float* beta,
+                                               const double* mean, const double* var,
+                                               double eps, int c, float* scale,
+                                               float* shift) {
+    GRID_STRIDE(ch, c) {
+        double inv = __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(var[ch], eps)));
+        double sc = __dmul_rn((double)gamma[ch], inv);
+        scale[ch] = (float)sc;
+        shift[ch] = (float)__dsub_rn((double)beta[ch], __dmul_rn(mean[ch], sc));
+    }
+}
+
 __device__ __forceinline__ float relu_of(float v) { return (v > 0.f || isnan(v)) ? v : 0.f; }
 
 // y = x * scale[ch] + shift[ch], then ReLU when relu (NaN passes, as relu.rs `relu_of`).

@@ -245,13 +245,7 @@ impl BatchNorm2d {
             BN_EPS,
             relu,
         )? {
-            let dev = x.device();
-            let c = mean.len();
-            self.update_running_stats(
-                &Tensor::from_vec(mean, c, dev)?,
-                &Tensor::from_vec(var, c, dev)?,
-                count,
-            )?;
+            self.update_running_stats(&mean, &var, count)?;
             return Ok((y, true));
         }
         let shape = (1, x.dim(1)?, 1, 1);

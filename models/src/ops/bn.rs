@@ -7,9 +7,27 @@ use super::relu::relu_of;
 use super::{contiguous_f32, par_fill};
 use crate::error::Result;
 
-/// Per-channel batch statistics of a train-mode [`batch_norm_train`] call, shared by
-/// its forward (which computes them), the caller (running statistics) and its backward.
-pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
+/// What a train-mode forward keeps, where it ran: the batch mean and biased variance per
+/// channel (for the caller's running statistics and for the backward) and the f32 scale
+/// and shift it applied (the fused ReLU's gate in the backward). On CUDA they stay on the
+/// device: the forward never waits for the GPU to hand them to the host (a wait per
+/// BatchNorm, 53 per ResNet-50 forward, each draining the GPU's queue).
+#[derive(Clone)]
+pub(crate) enum Kept {
+    /// Computed on the CPU.
+    Host {
+        mean: Vec<f64>,
+        var: Vec<f64>,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
+    /// Computed on a CUDA device.
+    #[cfg(feature = "cuda")]
+    Device(std::sync::Arc<super::cuda::DeviceKept>),
+}
+
+/// A forward's [`Kept`], shared by the op (for its backward) and [`batch_norm_train`].
+type KeptCell = std::sync::Arc<std::sync::Mutex<Option<Kept>>>;
 
 /// Train-mode BatchNorm over `(x, gamma, beta)`: batch mean and biased variance per
 /// channel accumulated in f64 (PyTorch's CPU kernel uses double), one pass to normalise;
@@ -17,22 +35,21 @@ pub type BnStats = std::sync::Arc<std::sync::Mutex<Option<(Vec<f64>, Vec<f64>)>>
 /// broadcasts and strided reductions.
 struct BnTrain {
     eps: f64,
-    stats: BnStats,
-    /// `max(y, 0)` fused in: the pre-activation is then not a graph node (memory).
+    kept: KeptCell,
+    /// `max(y, 0)` fused in: the pre-activation is then not a graph node (memory). The
+    /// backward recomputes the ReLU's mask from the kept scale and shift and `x` (bit
+    /// for bit the forward's), instead of a masking pass.
     relu: bool,
-    /// The forward's per-channel scale and shift: the backward recomputes the ReLU's
-    /// mask from them and `x` (bit for bit the forward's), instead of a masking pass.
-    affine: std::sync::Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
 /// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
 struct BnBackward {
     eps: f64,
-    /// The forward's batch mean and variance (recomputed from `x` only if absent).
-    stats: Option<(Vec<f64>, Vec<f64>)>,
-    /// The fused ReLU's forward scale and shift: `dy` counts only where
-    /// `x * scale + shift > 0`.
-    relu: Option<(Vec<f32>, Vec<f32>)>,
+    /// The forward's statistics and affine (the statistics recomputed from `x` only if
+    /// absent).
+    kept: Option<Kept>,
+    /// The fused ReLU: `dy` counts only where `x * scale + shift > 0`.
+    relu: bool,
 }
 
 /// The two sums of `f(a[i], b[i])` with eight pairs of f64 accumulators over 8-wide
@@ -156,7 +173,8 @@ fn affine_fill(
 }
 
 /// The per-channel `scale = gamma / sqrt(var + eps)` and `shift = beta - mean * scale`
-/// of a train-mode BatchNorm, in f64 and then rounded (the CPU and CUDA forwards).
+/// of a train-mode BatchNorm, in f64 and then rounded (the CPU forward; CUDA's kernel
+/// `meal_bn_scale_shift` does the same operations).
 pub(super) fn scale_shift(
     gamma: &[f32],
     beta: &[f32],
@@ -174,13 +192,9 @@ pub(super) fn scale_shift(
 }
 
 impl BnTrain {
-    /// Keep the forward's statistics (for the caller and the backward) and, with the
-    /// fused ReLU, its affine (for the backward's gate).
-    fn keep(&self, stats: (Vec<f64>, Vec<f64>), affine: (Vec<f32>, Vec<f32>)) {
-        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
-        if self.relu {
-            *self.affine.lock().unwrap_or_else(|p| p.into_inner()) = Some(affine);
-        }
+    /// Keep the forward's statistics and affine (for the caller and the backward).
+    fn keep(&self, kept: Kept) {
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
     }
 }
 
@@ -227,7 +241,12 @@ impl candle_core::CustomOp3 for BnTrain {
         let (mean, var) = channel_stats(x, b, c, hw);
         let (scale, shift) = scale_shift(gamma, beta, &mean, &var, self.eps);
         let out = affine_fill(x, c, hw, &scale, &shift, self.relu);
-        self.keep((mean, var), (scale, shift));
+        self.keep(Kept::Host {
+            mean,
+            var,
+            scale,
+            shift,
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -241,11 +260,11 @@ impl candle_core::CustomOp3 for BnTrain {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let f = super::profile::on_cuda("batch-norm train forward", s1, || {
+        let (y, kept) = super::profile::on_cuda("batch-norm train forward", s1, || {
             super::cuda::bn_train(self.eps, self.relu, (s1, l1), (s2, l2), (s3, l3))
         })?;
-        self.keep(f.stats, f.affine);
-        Ok((f.y, l1.shape().clone()))
+        self.keep(Kept::Device(std::sync::Arc::new(kept)));
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -257,23 +276,17 @@ impl candle_core::CustomOp3 for BnTrain {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c, h, w) = x.dims4()?;
-        // the fused ReLU's forward scale and shift (set by every forward with `relu`):
-        // the backward masks `dy` with them
-        let relu = self
-            .affine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if self.relu && relu.is_none() {
+        let n = b * c * h * w;
+        // the forward's statistics (no second pass over x) and, with the fused ReLU, the
+        // scale and shift the backward masks `dy` with
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if self.relu && kept.is_none() {
             candle_core::bail!("batch_norm backward: the forward's ReLU affine is missing");
         }
-        let n = b * c * h * w;
-        // the forward's statistics: no second pass over x
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let op = BnBackward {
             eps: self.eps,
-            stats,
-            relu,
+            kept,
+            relu: self.relu,
         };
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
         // gamma's and beta's gradients are copied out: as views they would keep the
@@ -306,15 +319,26 @@ impl candle_core::CustomOp3 for BnBackward {
         let (b, c, hw) = dims_nchw(l1)?;
         let m = (b * hw) as f64;
         let computed;
-        let (mean, var) = match &self.stats {
-            Some((mean, var)) => (mean, var),
+        let (mean, var, relu) = match &self.kept {
+            Some(Kept::Host {
+                mean,
+                var,
+                scale,
+                shift,
+            }) => (mean, var, self.relu.then_some((scale, shift))),
+            #[cfg(feature = "cuda")]
+            Some(Kept::Device(_)) => {
+                candle_core::bail!("batch_norm backward on the CPU of a CUDA forward")
+            }
             None => {
                 computed = channel_stats(x, b, c, hw);
-                (&computed.0, &computed.1)
+                (&computed.0, &computed.1, None)
             }
         };
+        if self.relu && relu.is_none() {
+            candle_core::bail!("batch_norm backward: the forward's ReLU affine is missing");
+        }
         // the fused ReLU's forward scale and shift, per channel
-        let relu = self.relu.as_ref();
         let gate = |ch: usize| relu.map_or((1.0, 0.0), |(sc, sh)| (sc[ch], sh[ch]));
         // per channel: sum(dy), sum(dy * xhat)
         let sums: Vec<(f64, f64)> = (0..c)
@@ -383,14 +407,14 @@ impl candle_core::CustomOp3 for BnBackward {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         super::profile::on_cuda("batch-norm backward", s1, || {
-            super::cuda::bn_backward(
-                self.eps,
-                self.stats.as_ref(),
-                self.relu.as_ref(),
-                (s1, l1),
-                (s2, l2),
-                (s3, l3),
-            )
+            let kept = match &self.kept {
+                Some(Kept::Device(k)) => Some(k.as_ref()),
+                Some(Kept::Host { .. }) => {
+                    candle_core::bail!("batch_norm backward on CUDA of a CPU forward")
+                }
+                None => None,
+            };
+            super::cuda::bn_backward(self.eps, kept, self.relu, (s1, l1), (s2, l2), (s3, l3))
         })
     }
 }
@@ -399,10 +423,55 @@ impl candle_core::CustomOp3 for BnBackward {
 pub struct BnOut {
     /// The normalised output.
     pub y: Tensor,
-    /// Batch mean per channel.
-    pub mean: Vec<f64>,
-    /// Batch biased variance per channel.
-    pub var: Vec<f64>,
+    /// Batch mean per channel (f64 `[C]`, on `x`'s device).
+    pub mean: Tensor,
+    /// Batch biased variance per channel (f64 `[C]`, on `x`'s device).
+    pub var: Tensor,
+}
+
+/// The statistics a [`BnTrain`] forward kept, as one f64 tensor `[2, C]` (mean, then
+/// variance) on its device: on CUDA a device copy, so the caller's running statistics
+/// update without the host waiting for the GPU. Applied to the forward's input (for
+/// its device), without a backward.
+struct KeptStats(KeptCell);
+
+impl KeptStats {
+    fn kept(&self) -> candle_core::Result<Kept> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))
+    }
+}
+
+impl candle_core::CustomOp1 for KeptStats {
+    fn name(&self) -> &'static str {
+        "meal-bn-kept-stats"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match self.kept()? {
+            Kept::Host { mean, var, .. } => {
+                let c = mean.len();
+                Ok((CpuStorage::F64([mean, var].concat()), Shape::from((2, c))))
+            }
+            #[cfg(feature = "cuda")]
+            Kept::Device(_) => candle_core::bail!("batch_norm: CUDA statistics read on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        match self.kept()? {
+            Kept::Device(k) => super::cuda::kept_stats(s, &k),
+            Kept::Host { .. } => candle_core::bail!("batch_norm: CPU statistics read on CUDA"),
+        }
+    }
 }
 
 /// Train-mode batch norm of NCHW `x` with per-channel `gamma`, `beta` (`[C]`). Returns
@@ -418,24 +487,24 @@ pub fn batch_norm_train(
     if !super::ours(x) || x.rank() != 4 {
         return Ok(None);
     }
-    let stats: BnStats = Default::default();
-    let y = x.contiguous()?.apply_op3(
+    let kept: KeptCell = Default::default();
+    let x = x.contiguous()?;
+    let y = x.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
         BnTrain {
             eps,
-            stats: stats.clone(),
+            kept: kept.clone(),
             relu,
-            affine: Default::default(),
         },
     )?;
-    // cloned, not taken: the op keeps them for its backward
-    let (mean, var) = stats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .ok_or_else(|| candle_core::Error::Msg("batch_norm: statistics not computed".into()))?;
-    Ok(Some(BnOut { y, mean, var }))
+    // a copy, not taken: the op keeps them for its backward
+    let stats = x.apply_op1_no_bwd(&KeptStats(kept))?;
+    Ok(Some(BnOut {
+        y,
+        mean: stats.get(0)?,
+        var: stats.get(1)?,
+    }))
 }
 
 /// Eval-mode BatchNorm as one per-channel `x * scale + shift` pass (optionally with

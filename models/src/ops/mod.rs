@@ -30,7 +30,7 @@ pub mod profile;
 mod relu;
 mod sgd;
 
-pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut, BnStats};
+pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut};
 pub use conv::{conv2d, conv2d_in, Precision};
 pub use levels::normalize_levels;
 pub use pool::max_pool2d;

@@ -157,13 +157,20 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     }
     expect("bn mean" + tag, mean, mref, 1e-12);
     expect("bn var" + tag, var, vref, 1e-9);
-    // forward: the host's scale/shift (bn.rs scale_shift), then the affine(+ReLU)
-    std::vector<float> scale(c), shift(c);
+    // forward: scale/shift on the device, bit for bit the host's (bn.rs scale_shift)
+    std::vector<float> scale(c, -7.f), shift(c, -7.f), scref(c), shref(c);
+    launch(1, 32, [&] {
+        meal_bn_scale_shift(gamma.data(), beta.data(), mean.data(), var.data(), eps, c,
+                            scale.data(), shift.data());
+    });
     for (int ch = 0; ch < c; ++ch) {
-        double inv = 1.0 / std::sqrt(var[ch] + eps), sc = gamma[ch] * inv;
-        scale[ch] = (float)sc;
-        shift[ch] = (float)(beta[ch] - mean[ch] * sc);
+        double inv = 1.0 / std::sqrt(var[ch] + eps), sc = (double)gamma[ch] * inv;
+        scref[ch] = (float)sc;
+        shref[ch] = (float)((double)beta[ch] - mean[ch] * sc);
     }
+    expect("bn scale" + tag, scale, scref, 0.0);
+    expect("bn shift" + tag, shift, shref, 0.0);
+    // then the affine(+ReLU)
     x[3] = NAN;  // NaN passes the ReLU (relu.rs relu_of)
     std::vector<float> y(n, -7.f), yref(n);
     launch(3, 32, [&] {

@@ -47,6 +47,15 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     return {(uint16_t)(u >> 16)};
 }
 
+// The f64 intrinsics that round each operation to nearest (and are never fused into an
+// FMA on the device): on the host, the plain IEEE operations (no FMA contraction on the
+// default x86-64 target).
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+
 // Run `kernel` as `<<<grid, block>>>`.
 template <class F>
 void launch(unsigned grid, unsigned block, F kernel) {

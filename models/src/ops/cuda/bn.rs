@@ -1,9 +1,9 @@
 //! Train-mode BatchNorm(+ReLU) on CUDA, as bn.rs on CPU: per-channel mean and biased
 //! variance in f64 (several blocks per channel, [`splits`], then their partial sums
-//! added in order), the scale and shift computed on the host
-//! from them exactly as the CPU op does (the caller needs the statistics on the host
-//! for the running averages anyway), one affine(+ReLU) pass. The backward: the two
-//! per-channel sums, then one pass for `dx`, `dgamma`, `dbeta`.
+//! added in order), the scale and shift from them with the CPU op's f64 arithmetic, one
+//! affine(+ReLU) pass; all on the device, kept there for the backward and the caller's
+//! running statistics. The backward: the two per-channel sums, then one pass for `dx`,
+//! `dgamma`, `dbeta`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
@@ -12,14 +12,15 @@ use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
 use super::{fits, func, grid, int, per_channel, view, view_of, Elem};
-use crate::ops::bn::{dims_nchw, scale_shift};
+use crate::ops::bn::dims_nchw;
 
-/// What the CUDA forward hands back to `BnTrain`: the output, the batch statistics and
-/// (for the fused ReLU) the affine the backward gates with.
-pub(crate) struct BnForward {
-    pub y: CudaStorage,
-    pub stats: (Vec<f64>, Vec<f64>),
-    pub affine: (Vec<f32>, Vec<f32>),
+/// What the CUDA forward keeps on the device (`bn.rs` `Kept::Device`): the batch
+/// statistics and the affine it applied.
+pub(crate) struct DeviceKept {
+    mean: CudaSlice<f64>,
+    var: CudaSlice<f64>,
+    scale: CudaSlice<f32>,
+    shift: CudaSlice<f32>,
 }
 
 /// Blocks per channel of the reductions (statistics and gradient sums): about
@@ -73,31 +74,66 @@ fn stats(
     Ok((mean, var))
 }
 
-/// The forward of `BnTrain` on CUDA over `(x, gamma, beta)`.
+/// The forward of `BnTrain` on CUDA over `(x, gamma, beta)`: the output and what the
+/// backward needs, all computed and kept on the device (no copy to the host, so the
+/// host never waits for the GPU here). The scale and shift are `bn.rs` `scale_shift`'s
+/// f64 arithmetic, operation for operation (kernel `meal_bn_scale_shift`).
 pub(crate) fn bn_train(
     eps: f64,
     relu: bool,
     x: (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
-) -> candle_core::Result<BnForward> {
+) -> candle_core::Result<(CudaStorage, DeviceKept)> {
     let dev = x.0.device.clone();
     let (_, c, _) = dims_nchw(x.1)?;
-    let (mean, var) = stats(&dev, x)?;
-    let (mean, var) = (dev.clone_dtoh(&mean)?, dev.clone_dtoh(&var)?);
-    let gamma = dev.clone_dtoh(&view(s2, l2)?)?;
-    let beta = dev.clone_dtoh(&view(s3, l3)?)?;
+    let (gamma, beta) = (view(s2, l2)?, view(s3, l3)?);
     if gamma.len() != c || beta.len() != c {
         candle_core::bail!("batch_norm: {c} channels, {} weights", gamma.len());
     }
-    let (scale, shift) = scale_shift(&gamma, &beta, &mean, &var, eps);
-    let (sc, sh) = (dev.clone_htod(&scale)?, dev.clone_htod(&shift)?);
-    let y = affine::<f32>(&dev, relu, x, &sc.slice(..), &sh.slice(..))?;
-    Ok(BnForward {
+    let (mean, var) = stats(&dev, x)?;
+    let (mut scale, mut shift) = (dev.alloc_zeros::<f32>(c)?, dev.alloc_zeros::<f32>(c)?);
+    if c > 0 {
+        let f = func(&dev, "meal_bn_scale_shift")?;
+        let ci = int(c)?;
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        l.arg(&gamma)
+            .arg(&beta)
+            .arg(&mean)
+            .arg(&var)
+            .arg(&eps)
+            .arg(&ci);
+        l.arg(&mut scale).arg(&mut shift);
+        // SAFETY: gamma, beta, mean, var, scale and shift hold c values each.
+        unsafe { l.launch(grid(c)?) }.w()?;
+    }
+    let y = affine::<f32>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?;
+    Ok((
         y,
-        stats: (mean, var),
-        affine: (scale, shift),
-    })
+        DeviceKept {
+            mean,
+            var,
+            scale,
+            shift,
+        },
+    ))
+}
+
+/// The kept statistics as one f64 `[2, C]` tensor's storage (mean, then variance), a
+/// device copy on `s`'s device.
+pub(crate) fn kept_stats(
+    s: &CudaStorage,
+    k: &DeviceKept,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = s.device.clone();
+    let c = k.mean.len();
+    // SAFETY: written whole by the two copies below
+    let mut out = unsafe { dev.alloc::<f64>(2 * c)? };
+    let stream = dev.cuda_stream();
+    stream.memcpy_dtod(&k.mean, &mut out.slice_mut(..c)).w()?;
+    stream.memcpy_dtod(&k.var, &mut out.slice_mut(c..)).w()?;
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((2, c))))
 }
 
 /// `x * scale[c] + shift[c]` (then ReLU) over NCHW `x` of f32 or bf16, one pass (the
@@ -148,11 +184,12 @@ pub(crate) fn device_affine(
 }
 
 /// The backward of `BnTrain` on CUDA from `(x, gamma, dy)`: `[dx..., dgamma...,
-/// dbeta...]` as the CPU `BnBackward` packs them.
+/// dbeta...]` as the CPU `BnBackward` packs them, with the forward's kept statistics
+/// and (for the fused ReLU's gate) affine.
 pub(crate) fn bn_backward(
     eps: f64,
-    stats_in: Option<&(Vec<f64>, Vec<f64>)>,
-    relu: Option<&(Vec<f32>, Vec<f32>)>,
+    kept: Option<&DeviceKept>,
+    relu: bool,
     x: (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
@@ -169,19 +206,30 @@ pub(crate) fn bn_backward(
             x.1.dims()
         );
     }
-    let (mean, var) = match stats_in {
-        Some((m, v)) => (dev.clone_htod(m)?, dev.clone_htod(v)?),
-        None => stats(&dev, x)?,
+    let computed;
+    let (mean, var) = match kept {
+        Some(k) => (&k.mean, &k.var),
+        None => {
+            computed = stats(&dev, x)?;
+            (&computed.0, &computed.1)
+        }
     };
     // without the ReLU the gate's scale/shift are not read: zeros stand in
-    let (sc, sh) = match relu {
-        Some((sc, sh)) => (dev.clone_htod(sc)?, dev.clone_htod(sh)?),
-        None => (
-            dev.alloc_zeros::<f32>(c.max(1))?,
-            dev.alloc_zeros::<f32>(c.max(1))?,
-        ),
+    let zeros;
+    let (sc, sh) = match (relu, kept) {
+        (true, Some(k)) => (&k.scale, &k.shift),
+        (true, None) => {
+            candle_core::bail!("batch_norm backward: the forward's ReLU affine is missing")
+        }
+        (false, _) => {
+            zeros = (
+                dev.alloc_zeros::<f32>(c.max(1))?,
+                dev.alloc_zeros::<f32>(c.max(1))?,
+            );
+            (&zeros.0, &zeros.1)
+        }
     };
-    let gate = relu.is_some() as i32;
+    let gate = relu as i32;
     let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
     if c > 0 {
         fits(b * hw)?;
@@ -193,7 +241,7 @@ pub(crate) fn bn_backward(
         let stream = dev.cuda_stream();
         let f = func(&dev, "meal_bn_grad_sums")?;
         let mut l = stream.launch_builder(&f);
-        l.arg(&dy).arg(&xv).arg(&mean).arg(&sc).arg(&sh).arg(&gate);
+        l.arg(&dy).arg(&xv).arg(mean).arg(sc).arg(sh).arg(&gate);
         l.arg(&bi).arg(&ci).arg(&hwi).arg(&spi).arg(&mut part);
         // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; part 2 * c * splits.
         unsafe { l.launch(per_split(c, sp)?) }.w()?;
@@ -206,12 +254,12 @@ pub(crate) fn bn_backward(
         let mut l = stream.launch_builder(&f);
         l.arg(&dy)
             .arg(&xv)
-            .arg(&mean)
-            .arg(&var)
+            .arg(mean)
+            .arg(var)
             .arg(&gamma)
             .arg(&sums);
-        l.arg(&sc)
-            .arg(&sh)
+        l.arg(sc)
+            .arg(sh)
             .arg(&gate)
             .arg(&eps)
             .arg(&bi)

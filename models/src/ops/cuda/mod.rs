@@ -28,7 +28,7 @@ mod sgd;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use bn::{bn_backward, bn_train, device_affine};
+pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};

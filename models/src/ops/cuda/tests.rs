@@ -129,7 +129,18 @@ fn batch_norm_equals_the_cpu_op() {
                 let o = batch_norm_train(&t(&x), &t(&gamma), &t(&beta), 1e-5, relu)
                     .unwrap()
                     .unwrap();
-                (o.mean, o.var)
+                // the GPU's stay on the GPU (no wait for a copy to the host)
+                assert_eq!(
+                    o.mean.device().is_cuda(),
+                    d.is_cuda(),
+                    "{name}: statistics' device"
+                );
+                let host = |t: &Tensor| {
+                    t.to_device(&Device::Cpu)
+                        .and_then(|t| t.to_vec1::<f64>())
+                        .expect("statistics to host")
+                };
+                (host(&o.mean), host(&o.var))
             };
             let ((m0, v0), (m1, v1)) = (on(&Device::Cpu), on(&dev));
             for (a, b) in m1.iter().zip(&m0).chain(v1.iter().zip(&v0)) {
