@@ -142,9 +142,9 @@ fn main() -> anyhow::Result<()> {
         );
         for o in ops {
             println!(
-                "  {:<28} {:>5} calls/step {:8.2} ms/step {:5.1}%",
+                "  {:<28} {:>7.1} calls/step {:8.2} ms/step {:5.1}%",
                 o.op,
-                o.calls / iters as u64,
+                o.calls as f64 / iters as f64,
                 o.seconds / iters as f64 * 1e3,
                 100.0 * o.seconds / iters as f64 / dt
             );

@@ -154,7 +154,7 @@ extern "C" __global__ void meal_bn_stats(const float* x, double* part, int b, in
     unsigned i0, i1, uhw = (unsigned)hw;
     split_range((unsigned)b, (unsigned)splits, sp, &i0, &i1);
     unsigned n = (i1 - i0) * uhw;
-    double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
+    double shift = (b > 0 && hw > 0) ? (double)x[(size_t)ch * hw] : 0.0;
     double s = 0.0, s2 = 0.0;
     for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
         unsigned i = t / uhw, q = t - i * uhw;
@@ -181,7 +181,7 @@ extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* pa
             s2 += part[((size_t)c + ch) * splits + sp];
         }
         double n = (double)b * hw;
-        double shift = hw > 0 ? (double)x[(size_t)ch * hw] : 0.0;
+        double shift = (b > 0 && hw > 0) ? (double)x[(size_t)ch * hw] : 0.0;
         double m = n > 0 ? s / n : 0.0;
         mean[ch] = shift + m;
         double v = n > 0 ? s2 / n - m * m : 0.0;

@@ -29,7 +29,11 @@ pub fn enabled() -> bool {
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn add(op: &'static str, dt: Duration) {
-    let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    add_to(&TABLE, op, dt)
+}
+
+fn add_to(table: &Mutex<Vec<OpTime>>, op: &'static str, dt: Duration) {
+    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
     match t.iter_mut().find(|e| e.op == op) {
         Some(e) => {
             e.calls += 1;
@@ -45,7 +49,11 @@ fn add(op: &'static str, dt: Duration) {
 
 /// The table since the last call (emptied), the slowest op first.
 pub fn take() -> Vec<OpTime> {
-    let mut t = std::mem::take(&mut *TABLE.lock().unwrap_or_else(|e| e.into_inner()));
+    take_from(&TABLE)
+}
+
+fn take_from(table: &Mutex<Vec<OpTime>>) -> Vec<OpTime> {
+    let mut t = std::mem::take(&mut *table.lock().unwrap_or_else(|e| e.into_inner()));
     t.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     t
 }
@@ -98,16 +106,17 @@ mod tests {
     /// Calls add up by name; `take` sorts by time and empties the table.
     #[test]
     fn the_table_sums_by_name_and_empties() {
-        take();
-        add("a", Duration::from_millis(2));
-        add("b", Duration::from_millis(5));
-        add("a", Duration::from_millis(4));
-        let t = take();
+        // a table of its own (the global one may be filling from other tests' GPU ops)
+        let table = Mutex::new(Vec::new());
+        add_to(&table, "a", Duration::from_millis(2));
+        add_to(&table, "b", Duration::from_millis(5));
+        add_to(&table, "a", Duration::from_millis(4));
+        let t = take_from(&table);
         assert_eq!(
             t.iter().map(|e| (e.op, e.calls)).collect::<Vec<_>>(),
             [("a", 2), ("b", 1)]
         );
         assert!((t[0].seconds - 0.006).abs() < 1e-9);
-        assert!(take().is_empty());
+        assert!(take_from(&table).is_empty());
     }
 }

@@ -76,6 +76,16 @@ impl Geom {
     pub fn pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// Whether a weight of `w_len` values with `co` output channels (`[co, c/groups, k,
+    /// k]`: co rows of one group's column rows) and an input of `x_len` values fit this
+    /// geometry (the CUDA forward's check of its buffers).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn fits(&self, co: usize, w_len: usize, x_len: usize) -> bool {
+        self.groups > 0
+            && co.is_multiple_of(self.groups)
+            && w_len == co * self.group_rows()
+            && x_len == self.b * self.image()
+    }
     /// At stride 1, the output columns `lo..hi` (`lo <= hi`) of kernel column `kx` that
     /// see the input row (from input column `lo + kx - pad`); the rest see padding.
     fn run(&self, kx: usize) -> (usize, usize) {

@@ -333,3 +333,20 @@ fn bf16_products_equal_f32_over_rounded_operands_or_are_refused() {
         assert!(max_abs(&got, &conv2d(&x, &w, s, p, groups).unwrap()) > 0.0);
     }
 }
+
+/// The buffer check of the CUDA forward: a grouped weight holds `co * c/groups * k * k`
+/// values (not `co * c * k * k`), one group's input channels per output row.
+#[test]
+fn geometry_fits_grouped_and_plain_operands() {
+    let g = Geom::new(&[2, 8, 5, 5], 3, 1, 1, 4).unwrap();
+    let (x, co) = (2 * 8 * 5 * 5, 12);
+    assert!(g.fits(co, co * 2 * 9, x));
+    assert!(!g.fits(co, co * 8 * 9, x), "the ungrouped weight length");
+    assert!(
+        !g.fits(10, 10 * 2 * 9, x),
+        "co not a multiple of the groups"
+    );
+    assert!(!g.fits(co, co * 2 * 9, x - 1), "a short input");
+    let g = Geom::new(&[2, 8, 5, 5], 3, 1, 1, 1).unwrap();
+    assert!(g.fits(co, co * 8 * 9, x));
+}

@@ -131,7 +131,7 @@ where
     let dev = s1.device.clone();
     let (x, w) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
-    if g.groups == 0 || co % g.groups != 0 || w.len() != co * rows || x.len() != g.b * img {
+    if !g.fits(co, w.len(), x.len()) {
         candle_core::bail!(
             "meal conv2d (cuda): weight {:?} for input {:?}",
             l2.dims(),
