@@ -121,6 +121,37 @@ impl Conv2d {
         })
     }
 
+    /// `bn(self(x))`, then ReLU when `relu`: in eval mode with bf16 products on the CPU
+    /// one op, the BatchNorm folded into the convolution's store (`ops::conv2d_affine`,
+    /// the same floats without a pass of its own); otherwise the two layers in turn.
+    pub fn forward_bn(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm2d,
+        relu: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        let fold = !train
+            && self.bias.is_none()
+            && self.precision == crate::ops::Precision::Bf16
+            && x.device().is_cpu();
+        if fold {
+            let (scale, shift) = bn.cpu_eval_affine()?;
+            if let Some(y) = crate::ops::conv2d_affine(
+                x,
+                &w(&self.weight, false),
+                self.stride,
+                self.padding,
+                self.groups,
+                self.precision,
+                (scale, shift, relu),
+            )? {
+                return Ok(y);
+            }
+        }
+        bn.forward_act(&self.forward(x, train)?, train, relu)
+    }
+
     /// Apply to an NCHW tensor.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = crate::ops::conv2d_in(
@@ -270,24 +301,32 @@ impl BatchNorm2d {
         Ok((y, false))
     }
 
+    /// The eval-mode affine per channel, computed on the host in f64 and rounded:
+    /// `scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`.
+    fn cpu_eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let v = |t: &Var| -> Result<Vec<f64>> {
+            Ok(t.as_detached_tensor()
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?)
+        };
+        let (g, b) = (v(&self.weight)?, v(&self.bias)?);
+        let (m, var) = (v(&self.running_mean)?, v(&self.running_var)?);
+        let scale: Vec<f64> = g
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| g / (v + BN_EPS).sqrt())
+            .collect();
+        let shift: Vec<f32> = (0..scale.len())
+            .map(|i| (b[i] - m[i] * scale[i]) as f32)
+            .collect();
+        Ok((scale.iter().map(|&s| s as f32).collect(), shift))
+    }
+
     /// Eval mode: the running statistics folded into a per-channel affine.
     fn forward_eval(&self, x: &Tensor, relu: bool) -> Result<(Tensor, bool)> {
         let c = x.dim(1)?;
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 {
-            let v = |t: &Var| -> Result<Vec<f64>> {
-                Ok(t.as_detached_tensor()
-                    .to_dtype(DType::F64)?
-                    .to_vec1::<f64>()?)
-            };
-            let (g, b) = (v(&self.weight)?, v(&self.bias)?);
-            let (m, var) = (v(&self.running_mean)?, v(&self.running_var)?);
-            let scale: Vec<f64> = g
-                .iter()
-                .zip(&var)
-                .map(|(g, v)| g / (v + BN_EPS).sqrt())
-                .collect();
-            let shift: Vec<f32> = (0..c).map(|i| (b[i] - m[i] * scale[i]) as f32).collect();
-            let scale: Vec<f32> = scale.iter().map(|&s| s as f32).collect();
+            let (scale, shift) = self.cpu_eval_affine()?;
             if let Some(y) = crate::ops::channel_affine(x, scale, shift, relu)? {
                 return Ok((y, true));
             }

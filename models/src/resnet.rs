@@ -250,14 +250,14 @@ enum Downsample {
 impl Downsample {
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         match self {
-            Downsample::Conv(c, b) => b.forward(&c.forward(x, train)?, train),
+            Downsample::Conv(c, b) => c.forward_bn(x, b, false, train),
             Downsample::Avg { pool, conv, bn } => {
                 let x = if *pool {
                     avg_pool_2x2_ceil(x)?
                 } else {
                     x.clone()
                 };
-                bn.forward(&conv.forward(&x, train)?, train)
+                conv.forward_bn(&x, bn, false, train)
             }
         }
     }
@@ -275,12 +275,7 @@ impl ResBlock {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, b)) in self.convs.iter().enumerate() {
-            let z = c.forward(&y, train)?;
-            y = if i < last {
-                b.forward_relu(&z, train)?
-            } else {
-                b.forward(&z, train)?
-            };
+            y = c.forward_bn(&y, b, i < last, train)?;
         }
         if let Some(se) = &self.se {
             y = se.forward(&y, train)?;
@@ -478,11 +473,12 @@ impl ResNet {
         let last = self.stem.len() - 1;
         let mut y = x.clone();
         for (i, (conv, bn)) in self.stem.iter().enumerate() {
-            y = conv.forward(&y, train)?;
-            if let Some(bn) = bn {
-                y = bn.forward_relu(&y, train)?;
-            }
-            if i == last {
+            y = match bn {
+                Some(bn) => conv.forward_bn(&y, bn, true, train)?,
+                None if i == last => conv.forward_bn(&y, &self.bn1, true, train)?,
+                None => conv.forward(&y, train)?,
+            };
+            if i == last && bn.is_some() {
                 y = self.bn1.forward_relu(&y, train)?;
             }
         }

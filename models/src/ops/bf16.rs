@@ -78,6 +78,21 @@ fn row_pairs(row: &[f32], pairs: &mut [u32]) {
     }
 }
 
+/// A per-row affine applied to the GEMM's sums before they are stored, `c[i][j] =
+/// relu?(sum * scale[i] + shift[i])`: an eval-mode BatchNorm (+ReLU) after a
+/// convolution, folded into its store instead of a pass of its own over the output. The
+/// same operations as the separate pass (`ops::bn` `affine_fill`: a product, then a sum,
+/// then the ReLU that keeps NaN), so the same floats.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Per row of `c`.
+    pub scale: &'a [f32],
+    /// Per row of `c`.
+    pub shift: &'a [f32],
+    /// `max(., 0)` after it (NaN kept).
+    pub relu: bool,
+}
+
 /// The columns operand `[k, n]` packed in [`NR`]-column panels, `[n/NR][k/2][NR]`,
 /// zero-padded (from [`pack_b`] or [`pack_rows`]).
 pub struct PackedB {
@@ -214,23 +229,39 @@ pub unsafe fn gemm(
     if a.m == 0 || n == 0 {
         return;
     }
-    gemm_packed(a, &pack_b(b, k, n, ldb, parallel), c, ldc, parallel)
+    gemm_packed(a, &pack_b(b, k, n, ldb, parallel), c, ldc, parallel, None)
 }
 
 /// Row-major `c[m, n] = a * b` (`c` row stride `ldc`, written whole) of packed operands,
-/// in bf16 products with f32 sums. Column panels in parallel (rayon) when `parallel`.
+/// in bf16 products with f32 sums, through `epi` when given. Column panels in parallel
+/// (rayon) when `parallel`.
 ///
 /// # Safety
 /// `c` is valid for writes of `(m - 1) * ldc + n` floats (it may be uninitialised) and
 /// nothing else accesses them meanwhile.
 ///
 /// # Panics
-/// Where [`available`] is false, or when the operands' `k` differ.
-pub unsafe fn gemm_packed(a: &PackedA, bp: &PackedB, c: *mut f32, ldc: usize, parallel: bool) {
+/// Where [`available`] is false, when the operands' `k` differ, or when `epi` has fewer
+/// than `m` rows.
+pub unsafe fn gemm_packed(
+    a: &PackedA,
+    bp: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    parallel: bool,
+    epi: Option<Epilogue>,
+) {
     use rayon::prelude::*;
     assert!(available(), "bf16 GEMM on a CPU without AVX512-BF16");
     assert_eq!(a.kp, bp.kp, "bf16 GEMM: packed k differs");
     let (m, n, kp) = (a.m, bp.n, a.kp);
+    if let Some(e) = epi {
+        assert!(
+            e.scale.len() >= m && e.shift.len() >= m,
+            "bf16 GEMM: epilogue for {} rows, {m} wanted",
+            e.scale.len().min(e.shift.len())
+        );
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -244,14 +275,21 @@ pub unsafe fn gemm_packed(a: &PackedA, bp: &PackedB, c: *mut f32, ldc: usize, pa
             let apan = &a.data[ib * kp * MR..][..kp * MR];
             let rows = MR.min(m - ib * MR);
             let at = (cptr as *mut f32).add(ib * MR * ldc + c0);
+            // this panel's rows of the epilogue (padded: the kernel reads MR of each)
+            let mut rows_epi = [[0f32; MR]; 2];
+            let e = epi.map(|e| {
+                rows_epi[0][..rows].copy_from_slice(&e.scale[ib * MR..][..rows]);
+                rows_epi[1][..rows].copy_from_slice(&e.shift[ib * MR..][..rows]);
+                (&rows_epi, e.relu)
+            });
             #[cfg(target_arch = "x86_64")]
             if rows == MR && w == NR {
                 // a whole tile: stored straight into c (rows ib*MR.., columns c0..c0+NR,
                 // this panel's own)
-                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), at, ldc);
+                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), at, ldc, e);
                 continue;
             } else {
-                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), tile.as_mut_ptr(), NR);
+                x86::kernel(kp, apan.as_ptr(), bpan.as_ptr(), tile.as_mut_ptr(), NR, e);
             }
             for i in 0..rows {
                 std::ptr::copy_nonoverlapping(tile.as_ptr().add(i * NR), at.add(i * ldc), w);
@@ -272,9 +310,18 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// `out[i * ld + j] = sum_p a[p][i] . b[p][j]` for the `MR x NR` tile, over `kp`
-    /// bf16 pairs.
+    /// bf16 pairs; with `epi` (`[scale, shift]` of the tile's rows, and the ReLU) through
+    /// the affine first: `sum * scale[i] + shift[i]`, a product then a sum as the
+    /// separate pass computes it (no FMA), then the ReLU that keeps NaN.
     #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, out: *mut f32, ld: usize) {
+    pub(super) unsafe fn kernel(
+        kp: usize,
+        a: *const u32,
+        b: *const u32,
+        out: *mut f32,
+        ld: usize,
+        epi: Option<(&[[f32; MR]; 2], bool)>,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for p in 0..kp {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
@@ -285,6 +332,19 @@ mod x86 {
                     std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
                 acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        if let Some((e, relu)) = epi {
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let (sc, sh) = (_mm512_set1_ps(e[0][i]), _mm512_set1_ps(e[1][i]));
+                for v in acc.iter_mut() {
+                    *v = _mm512_add_ps(_mm512_mul_ps(*v, sc), sh);
+                    if relu {
+                        // kept where v > 0 or v is NaN (not-less-or-equal, unordered)
+                        let keep = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(*v, _mm512_setzero_ps());
+                        *v = _mm512_maskz_mov_ps(keep, *v);
+                    }
+                }
             }
         }
         for (i, acc) in acc.iter().enumerate() {

@@ -31,7 +31,7 @@ mod relu;
 mod sgd;
 
 pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut};
-pub use conv::{conv2d, conv2d_in, Precision};
+pub use conv::{conv2d, conv2d_affine, conv2d_in, Precision};
 pub use levels::normalize_levels;
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};

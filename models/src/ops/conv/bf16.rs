@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use super::cols::{cbn_to_nchw, im2col_row, Geom};
 use super::Plan;
-use crate::ops::bf16::{gemm_packed, pack_b, pack_rows, PackedA, PackedB};
+use crate::ops::bf16::{gemm_packed, pack_b, pack_rows, Epilogue, PackedA, PackedB};
 use crate::ops::fill_chunks;
 
 /// Row `r` of the column matrix of one image `x` (`[C, H, W]`) into `out` (`ho*wo`).
@@ -44,8 +44,35 @@ fn batch_cols(g: &Geom, x: &[f32], i: usize) -> PackedB {
     })
 }
 
-/// NCHW `y` `[B, Co, Ho, Wo]` of `x` and `w` (`[Co, rows/groups]`).
-pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
+/// An eval-mode BatchNorm (+ReLU) folded into the convolution's store: per output
+/// channel `scale`, `shift`, and the ReLU (`ops::bf16::Epilogue`).
+#[derive(Clone, Debug)]
+pub(crate) struct Affine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+    pub relu: bool,
+}
+
+impl Affine {
+    /// Output channels `rows` of it.
+    fn rows(&self, rows: std::ops::Range<usize>) -> Epilogue<'_> {
+        Epilogue {
+            scale: &self.scale[rows.clone()],
+            shift: &self.shift[rows],
+            relu: self.relu,
+        }
+    }
+}
+
+/// NCHW `y` `[B, Co, Ho, Wo]` of `x` and `w` (`[Co, rows/groups]`), through `affine`
+/// (`co` values each) when given.
+pub(super) fn forward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    co: usize,
+    affine: Option<&Affine>,
+) -> Vec<f32> {
     let (p, img, rg, cog) = (g.cols(), g.image(), g.group_rows(), co / g.groups);
     let packs: Vec<PackedA> = (0..g.groups)
         .map(|i| PackedA::new(&w[i * cog * rg..], cog, rg, rg))
@@ -56,9 +83,10 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
             let y: *mut f32 = yb.as_mut_ptr().cast();
             for (i, a) in packs.iter().enumerate() {
                 let cols = image_cols(g, xb, i, !outer);
+                let epi = affine.map(|e| e.rows(i * cog..(i + 1) * cog));
                 // SAFETY: group i's rows of image b's [co, p] output block (the groups
                 // write it whole)
-                unsafe { gemm_packed(a, &cols, y.add(i * cog * p), p, !outer) };
+                unsafe { gemm_packed(a, &cols, y.add(i * cog * p), p, !outer, epi) };
             }
         }),
         Plan::Batch => {
@@ -66,8 +94,9 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], co: usize) -> Vec<f32> {
             let mut t = vec![0f32; co * bn];
             for (i, a) in packs.iter().enumerate() {
                 let cols = batch_cols(g, x, i);
+                let epi = affine.map(|e| e.rows(i * cog..(i + 1) * cog));
                 // SAFETY: group i's rows of t [co, bn]
-                unsafe { gemm_packed(a, &cols, t.as_mut_ptr().add(i * cog * bn), bn, true) };
+                unsafe { gemm_packed(a, &cols, t.as_mut_ptr().add(i * cog * bn), bn, true, epi) };
             }
             cbn_to_nchw(&t, g.b, co, p)
         }

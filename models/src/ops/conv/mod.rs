@@ -199,7 +199,7 @@ impl CustomOp2 for Conv {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let (p, co, img) = (g.cols(), l2.dims()[0], g.image());
         if self.1 == Precision::Bf16 {
-            let y = bf16::forward(&g, x, w, co);
+            let y = bf16::forward(&g, x, w, co, None);
             return Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))));
         }
         let y = match Plan::of(&g) {
@@ -485,4 +485,76 @@ pub fn conv2d_in(
     } else {
         x.apply_op2(&w, Conv(g, precision))?
     })
+}
+
+/// A bf16 convolution with an eval-mode BatchNorm (+ReLU) folded into its store
+/// ([`conv2d_affine`]): inference only, CPU only.
+struct ConvAffine(Geom, bf16::Affine);
+
+impl CustomOp2 for ConvAffine {
+    fn name(&self) -> &'static str {
+        "meal-conv2d-bf16-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (g, co) = (self.0, l2.dims()[0]);
+        if self.1.scale.len() != co || self.1.shift.len() != co {
+            candle_core::bail!(
+                "conv2d_affine: {co} output channels, {} scales",
+                self.1.scale.len()
+            );
+        }
+        let y = bf16::forward(&g, x, w, co, Some(&self.1));
+        Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))))
+    }
+}
+
+/// `relu?(conv2d(x, w) * scale[c] + shift[c])` with bf16 products ([`Precision::Bf16`]):
+/// an eval-mode BatchNorm (+ReLU) folded into the convolution's store, the same floats
+/// as [`conv2d_in`] followed by [`super::channel_affine`] without their second pass over
+/// the output. `None` (the caller keeps the two ops) unless `x` and `w` are f32 on a CPU
+/// with AVX512-BF16, `precision` is bf16 and neither tracks gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_affine(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    precision: Precision,
+    (scale, shift, relu): (Vec<f32>, Vec<f32>, bool),
+) -> Result<Option<Tensor>> {
+    let (co, ci, kh, kw) = w.dims4()?;
+    let eligible = precision == Precision::Bf16
+        && super::bf16::available()
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && !x.track_op()
+        && !w.track_op()
+        && kh == kw;
+    if !eligible {
+        return Ok(None);
+    }
+    let g = Geom::new(x.dims(), kh, stride, padding, groups)?;
+    if g.c != ci * groups || co % groups != 0 || scale.len() != co || shift.len() != co {
+        return Err(candle_core::Error::Msg(format!(
+            "conv2d_affine: input has {} channels, weight {:?} in {groups} groups, {} scales",
+            g.c,
+            w.dims(),
+            scale.len()
+        ))
+        .into());
+    }
+    let op = ConvAffine(g, bf16::Affine { scale, shift, relu });
+    Ok(Some(
+        x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?,
+    ))
 }

@@ -350,3 +350,67 @@ fn geometry_fits_grouped_and_plain_operands() {
     let g = Geom::new(&[2, 8, 5, 5], 3, 1, 1, 1).unwrap();
     assert!(g.fits(co, co * 8 * 9, x));
 }
+
+/// The BatchNorm folded into a bf16 convolution's store equals the convolution and then
+/// the eval affine (+ReLU) pass, bit for bit (NaN where NaN): both plans, groups, tiles
+/// cut by the output's edges, with and without the ReLU, a NaN in the input. Where the
+/// CPU lacks AVX512-BF16 the fold declines (`None`) and the caller keeps the two ops.
+#[test]
+fn bf16_conv_with_folded_affine_equals_conv_then_affine() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 9, 9), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+    let affine = (vec![1.0; 3], vec![0.0; 3], true);
+    let folded = conv2d_affine(&x, &w, 1, 1, 1, Precision::Bf16, affine.clone()).unwrap();
+    if !crate::ops::bf16::available() {
+        assert!(folded.is_none());
+        return;
+    }
+    // f32 products are not folded (their GEMM has no epilogue)
+    assert!(conv2d_affine(&x, &w, 1, 1, 1, Precision::F32, affine).unwrap().is_none());
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() }).collect()
+    };
+    for &(b, c, h, co, k, s, p, groups) in &[
+        (3, 8, 16, 30, 3, 1, 1, 1),
+        (4, 8, 6, 10, 3, 1, 1, 1),
+        (3, 8, 14, 6, 3, 2, 1, 2),
+        (2, 6, 15, 17, 1, 1, 0, 1),
+    ] {
+        let mut xv = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        xv[5] = f32::NAN;
+        let x = Tensor::from_vec(xv, (b, c, h, h), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap();
+        let scale: Vec<f32> = (0..co).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let shift: Vec<f32> = (0..co).map(|i| i as f32 * 0.3 - 1.0).collect();
+        for relu in [false, true] {
+            let conv = conv2d_in(&x, &w, s, p, groups, Precision::Bf16).unwrap();
+            let want = crate::ops::channel_affine(&conv, scale.clone(), shift.clone(), relu)
+                .unwrap()
+                .expect("the CPU affine op");
+            let got = conv2d_affine(
+                &x,
+                &w,
+                s,
+                p,
+                groups,
+                Precision::Bf16,
+                (scale.clone(), shift.clone(), relu),
+            )
+            .unwrap()
+            .expect("folded on this CPU");
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{b}x{c}x{h} -> {co} k{k} s{s} p{p} g{groups} relu={relu}"
+            );
+        }
+    }
+}
