@@ -40,7 +40,10 @@ fn main() -> anyhow::Result<()> {
         meal_models::ensemble::parse_dtype(&std::env::var("MEAL_DTYPE").unwrap_or("f32".into()))?;
     let classes = 1000;
     let model = if mode == "infer" {
-        ResNet::from_preset_as(arch, classes, &dev, dtype)?
+        // as a teacher: its BatchNorms' eval affine computed once (Teacher::load)
+        let m = ResNet::from_preset_as(arch, classes, &dev, dtype)?;
+        m.freeze_batch_norms()?;
+        m
     } else {
         ResNet::from_preset(arch, classes, &dev, 0)?
     };
@@ -61,10 +64,12 @@ fn main() -> anyhow::Result<()> {
     let (c, d) = split_decay(disc.entries(), "d.", 0.01, 0.0);
     let mut opt = Sgd::new(vec![a, b, c, d], SgdConfig::default())?;
     let teachers = if mode == "online" {
-        vec![
+        let t = vec![
             ResNet::from_preset("resnet152s", classes, &dev, 2)?,
             ResNet::from_preset("senet154", classes, &dev, 3)?,
-        ]
+        ];
+        t.iter().try_for_each(|m| m.freeze_batch_norms())?;
+        t
     } else {
         vec![]
     };

@@ -91,6 +91,8 @@ impl Teacher {
     ) -> Result<Self> {
         let model = ResNet::from_preset_as(arch, classes, device, dtype)?;
         model.load_weights(weights, LoadOptions::default())?;
+        // a teacher's weights never change: its BatchNorms' eval affine once, not per batch
+        model.freeze_batch_norms()?;
         let bytes = std::fs::read(weights).map_err(|e| ModelError::Io {
             path: weights.to_path_buf(),
             reason: e.to_string(),

@@ -177,6 +177,18 @@ pub struct BatchNorm2d {
     running_mean: Var,
     running_var: Var,
     num_batches_tracked: Var,
+    /// The eval affine computed once ([`BatchNorm2d::freeze`]), for a network whose
+    /// weights no longer change (a teacher).
+    frozen: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Frozen>>>>,
+}
+
+/// A frozen BatchNorm's eval affine: on the host (for the CPU ops) and on the weights'
+/// device, f32.
+#[derive(Debug)]
+struct Frozen {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    on_device: (Tensor, Tensor),
 }
 
 impl BatchNorm2d {
@@ -204,7 +216,41 @@ impl BatchNorm2d {
                 Kind::Buffer,
             )?,
             num_batches_tracked: pb.counter(&format!("{name}.num_batches_tracked"))?,
+            frozen: Default::default(),
         })
+    }
+
+    /// Compute the eval affine now (`cpu_eval_affine`: f64 on the host, rounded to f32)
+    /// and use it for every eval forward until [`BatchNorm2d::thaw`]: for a teacher,
+    /// whose weights are loaded once. An eval forward otherwise recomputes it each time
+    /// (on a GPU ~6 small kernels per BatchNorm, in the weights' dtype). Train mode
+    /// ignores it.
+    pub fn freeze(&self) -> Result<()> {
+        let (scale, shift) = self.compute_eval_affine()?;
+        let dev = self.weight.device();
+        let on_device = (
+            Tensor::from_slice(&scale, scale.len(), dev)?,
+            Tensor::from_slice(&shift, shift.len(), dev)?,
+        );
+        *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::sync::Arc::new(Frozen {
+                scale,
+                shift,
+                on_device,
+            }));
+        Ok(())
+    }
+
+    /// Forget a [`BatchNorm2d::freeze`] (its weights are about to change).
+    pub fn thaw(&self) {
+        *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn frozen(&self) -> Option<std::sync::Arc<Frozen>> {
+        self.frozen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Train mode: normalise by the batch's biased variance, then update the running
@@ -301,9 +347,17 @@ impl BatchNorm2d {
         Ok((y, false))
     }
 
-    /// The eval-mode affine per channel, computed on the host in f64 and rounded:
-    /// `scale = gamma / sqrt(running_var + eps)`, `shift = beta - running_mean * scale`.
+    /// The eval-mode affine per channel (the frozen one if any), computed on the host
+    /// in f64 and rounded: `scale = gamma / sqrt(running_var + eps)`, `shift = beta -
+    /// running_mean * scale`.
     fn cpu_eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        match self.frozen() {
+            Some(f) => Ok((f.scale.clone(), f.shift.clone())),
+            None => self.compute_eval_affine(),
+        }
+    }
+
+    fn compute_eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let v = |t: &Var| -> Result<Vec<f64>> {
             Ok(t.as_detached_tensor()
                 .to_dtype(DType::F64)?
@@ -330,6 +384,19 @@ impl BatchNorm2d {
             if let Some(y) = crate::ops::channel_affine(x, scale, shift, relu)? {
                 return Ok((y, true));
             }
+        }
+        if let Some(f) = self.frozen() {
+            // on CUDA: one pass of our kernel over the frozen device-side scale and shift
+            let (scale, shift) = &f.on_device;
+            if let Some(y) = crate::ops::channel_affine_dev(x, scale, shift, relu)? {
+                return Ok((y, true));
+            }
+            let shape = (1, c, 1, 1);
+            let (scale, shift) = (
+                scale.to_dtype(x.dtype())?.reshape(shape)?,
+                shift.to_dtype(x.dtype())?.reshape(shape)?,
+            );
+            return Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false));
         }
         let shape = (1, c, 1, 1);
         let gamma = w(&self.weight, false).reshape(shape)?;

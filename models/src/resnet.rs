@@ -367,9 +367,31 @@ impl ResNet {
         Ok(m.entries.into_iter().map(|e| (e.name, e.shape)).collect())
     }
 
+    /// Every BatchNorm of the network.
+    fn batch_norms(&self) -> Vec<&BatchNorm2d> {
+        let mut all: Vec<&BatchNorm2d> = self.stem.iter().filter_map(|(_, b)| b.as_ref()).collect();
+        all.push(&self.bn1);
+        for block in self.stages.iter().flatten() {
+            all.extend(block.convs.iter().map(|(_, b)| b));
+            match &block.downsample {
+                Some(Downsample::Conv(_, b)) | Some(Downsample::Avg { bn: b, .. }) => all.push(b),
+                None => {}
+            }
+        }
+        all
+    }
+
+    /// Freeze every BatchNorm's eval affine ([`BatchNorm2d::freeze`]): for a teacher
+    /// whose weights are loaded, so that eval forwards stop recomputing it. A later
+    /// [`ResNet::load_weights`] thaws them.
+    pub fn freeze_batch_norms(&self) -> Result<()> {
+        self.batch_norms().iter().try_for_each(|b| b.freeze())
+    }
+
     /// Load a timm state dict (safetensors or `.pth`) strictly; see [`LoadOptions`].
     /// Returns the names kept fresh (the classifier under `fresh_classifier`).
     pub fn load_weights(&self, path: &Path, opts: LoadOptions) -> Result<Vec<String>> {
+        self.batch_norms().iter().for_each(|b| b.thaw());
         let device = self.entries[0].var.device().clone();
         let sd = read_state_dict(path, &device)?;
         load_into(&self.entries, &sd, opts, path, &self.name)
@@ -581,5 +603,43 @@ fn build_block(
 impl candle_core::ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         ResNet::forward_t(self, xs, train).map_err(candle_core::Error::wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Frozen BatchNorms give the unfrozen eval forward bit for bit, keep their affine
+    /// while the running statistics move on (train mode ignores them), and a weight
+    /// load thaws them.
+    #[test]
+    fn frozen_batch_norms_give_the_same_eval_forward_until_a_load() {
+        let dev = Device::Cpu;
+        let m = ResNet::from_preset("demo_resnet10", 10, &dev, 0).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+        // move the running statistics off their initial values
+        m.forward_t(&x, true).unwrap();
+        let plain = m.forward_t(&x, false).unwrap();
+        m.freeze_batch_norms().unwrap();
+        let frozen = m.forward_t(&x, false).unwrap();
+        assert_eq!(bits(&frozen), bits(&plain));
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("m.safetensors");
+        m.save(&saved).unwrap();
+        // a train step moves the statistics; the frozen affine stays
+        m.forward_t(&x.affine(2.0, 1.0).unwrap(), true).unwrap();
+        assert_eq!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
+        // the saved weights loaded back: thawed, the saved network's forward again...
+        m.load_weights(&saved, LoadOptions::default()).unwrap();
+        assert_eq!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
+        // ...and live: the next train step's statistics show in the eval forward
+        m.forward_t(&x.affine(2.0, 1.0).unwrap(), true).unwrap();
+        assert_ne!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
     }
 }

@@ -367,10 +367,14 @@ fn bf16_conv_with_folded_affine_equals_conv_then_affine() {
         return;
     }
     // f32 products are not folded (their GEMM has no epilogue)
-    assert!(conv2d_affine(&x, &w, 1, 1, 1, Precision::F32, affine).unwrap().is_none());
+    assert!(conv2d_affine(&x, &w, 1, 1, 1, Precision::F32, affine)
+        .unwrap()
+        .is_none());
     let bits = |t: &Tensor| -> Vec<u32> {
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        v.iter().map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() }).collect()
+        v.iter()
+            .map(|v| if v.is_nan() { u32::MAX } else { v.to_bits() })
+            .collect()
     };
     for &(b, c, h, co, k, s, p, groups) in &[
         (3, 8, 16, 30, 3, 1, 1, 1),

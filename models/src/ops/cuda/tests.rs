@@ -348,3 +348,20 @@ fn grouped_conv2d_inference_equals_the_cpu_op() {
         close(&format!("{what} bf16"), &widen(&got), &want, 1.0 / 64.0);
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn frozen_teacher_forward_equals_the_cpu_one() {
+    let dev = gpu("frozen_teacher_forward_equals_the_cpu_one");
+    let x = randn(&[2, 3, 32, 32]);
+    let on = |d: &Device| {
+        let m = crate::ResNet::from_preset("demo_resnet10", 10, d, 0).unwrap();
+        // running statistics off their initial values, then frozen as a teacher's
+        m.forward_t(&x.to_device(d).unwrap(), true).unwrap();
+        m.freeze_batch_norms().unwrap();
+        m.forward_t(&x.to_device(d).unwrap(), false).unwrap()
+    };
+    let (cpu, gpu_y) = (on(&Device::Cpu), on(&dev));
+    assert!(gpu_y.device().is_cuda());
+    close("frozen eval logits", &gpu_y, &cpu, 1e-3);
+}
