@@ -48,7 +48,9 @@ for dt in f32 bf16; do
     step 60 python3 "$here/models_torch.py" infer senet154 224 64 5
 done
 export MEAL_DTYPE=f32
+# the student's default: TF32 GEMMs (meal-student --tf32 true), then exact f32
 step 90 "$bin/models" train resnet50 224 32 5
+MEAL_CUDA_TF32=0 step 90 "$bin/models" train resnet50 224 32 5
 # the same step on candle's CUDA ops (naive convolution backward): what ours replace
 MEAL_CUDA_OPS=0 step 120 "$bin/models" train resnet50 224 32 3
 MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5

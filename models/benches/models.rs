@@ -8,7 +8,9 @@
 //! mode, mean softmax) run on the batch every step. `ce`: the pure student step
 //! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
 //! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
-//! `bf16`, `f16`; softmax in f32). Each step ends by reading a scalar, so GPU work is
+//! `bf16`, `f16`; softmax in f32). On a GPU the train modes run their f32 GEMMs on TF32 as
+//! `meal-student` does by default, `infer` in exact f32 as precompute does;
+//! `MEAL_CUDA_TF32=0|1` sets it for all. Each step ends by reading a scalar, so GPU work is
 //! synchronised before the clock stops. `MEAL_OP_PROFILE=1` adds the time of each of our
 //! ops on CUDA per step (`ops::profile`).
 
@@ -38,6 +40,14 @@ fn main() -> anyhow::Result<()> {
     let dev = meal_models::parse_device(&std::env::var("MEAL_DEVICE").unwrap_or("cpu".into()))?;
     let dtype =
         meal_models::ensemble::parse_dtype(&std::env::var("MEAL_DTYPE").unwrap_or("f32".into()))?;
+    // TF32 GEMMs on a GPU as meal-student trains by default (`--tf32`); teachers exact
+    // f32 as precompute runs them; MEAL_CUDA_TF32=0|1 sets it for every mode
+    let tf32 = match std::env::var("MEAL_CUDA_TF32").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => mode != "infer",
+    };
+    meal_models::set_tf32(&dev, tf32)?;
     let classes = 1000;
     let model = if mode == "infer" {
         // as a teacher: its BatchNorms' eval affine computed once (Teacher::load)
@@ -125,12 +135,13 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {})",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{})",
         batch as f64 / dt,
         dt,
         candle_core::utils::get_num_threads(),
         dev.location(),
-        meal_models::ensemble::dtype_name(dtype)
+        meal_models::ensemble::dtype_name(dtype),
+        if tf32 && dev.is_cuda() { ", tf32" } else { "" }
     );
     if meal_models::ops::profile::enabled() {
         // our ops' share of the (profiled, so slower) step; the rest is candle's

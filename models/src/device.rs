@@ -84,23 +84,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
                 }
             }
             if std::env::var("MEAL_CUDA_TF32").is_ok_and(|v| v.trim() == "1") {
-                if let Device::Cuda(c) = &d {
-                    // f32 GEMMs on TF32 tensor cores (10-bit mantissa products), as
-                    // PyTorch's cuDNN convolutions by default (torch.backends.cudnn.
-                    // allow_tf32): opt-in here, f32 stays exact by default
-                    use candle_core::cuda_backend::cudarc::cublas::sys;
-                    candle_core::cuda_backend::set_gemm_reduced_precision_f32(true);
-                    // SAFETY: the handle is the device's live cuBLAS handle.
-                    let st = unsafe {
-                        sys::cublasSetMathMode(
-                            *c.cublas_handle().handle(),
-                            sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
-                        )
-                    };
-                    if st != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                        return Err(format!("MEAL_CUDA_TF32: cublasSetMathMode failed: {st:?}"));
-                    }
-                }
+                tf32_on_cuda(&d, true).map_err(|e| format!("MEAL_CUDA_TF32: {e}"))?;
             }
             Ok(d)
         }
@@ -111,6 +95,43 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "opening the CUDA device failed".into())),
     }
+}
+
+/// Run `device`'s f32 GEMMs (our convolutions' and candle's matmuls) on TF32 tensor
+/// cores (10-bit mantissa products, f32 sums) when `on`, as PyTorch runs its cuDNN
+/// convolutions by default (`torch.backends.cudnn.allow_tf32`); exact f32 otherwise.
+/// Nothing to do on the CPU. candle's switch is process-wide: the last call wins for
+/// every CUDA device of the process.
+pub fn set_tf32(device: &Device, on: bool) -> Result<(), DeviceError> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return tf32_on_cuda(device, on).map_err(|reason| DeviceError::Unavailable {
+            spec: format!("{:?}", device.location()),
+            reason,
+        });
+    }
+    let _ = (device, on);
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn tf32_on_cuda(d: &Device, on: bool) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::cublas::sys;
+    let Device::Cuda(c) = d else {
+        return Ok(());
+    };
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    let mode = if on {
+        sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+    } else {
+        sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+    };
+    // SAFETY: the handle is the device's live cuBLAS handle.
+    let st = unsafe { sys::cublasSetMathMode(*c.cublas_handle().handle(), mode) };
+    if st != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(format!("cublasSetMathMode failed: {st:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -25,7 +25,7 @@ pub mod pretrained;
 pub mod resnet;
 pub mod weights;
 
-pub use device::{parse_device, tune_allocator, DeviceError};
+pub use device::{parse_device, set_tf32, tune_allocator, DeviceError};
 pub use discriminator::Discriminator;
 pub use error::ModelError;
 pub use params::{Entry, Kind};

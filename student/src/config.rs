@@ -109,6 +109,12 @@ pub struct TrainArgs {
     /// cpu or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// On a GPU, f32 convolutions and matmuls on TF32 tensor cores (10-bit mantissa
+    /// products, f32 sums), as PyTorch runs its convolutions by default
+    /// (torch.backends.cudnn.allow_tf32); false: exact f32. No effect on the CPU
+    /// [default: true].
+    #[arg(long)]
+    pub tf32: Option<bool>,
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -186,6 +192,9 @@ pub struct Settings {
     pub online_teacher: Vec<String>,
     /// Device.
     pub device: String,
+    /// TF32 GEMMs on a GPU (absent from runs made before the flag: they ran in f32).
+    #[serde(default)]
+    pub tf32: bool,
     /// Threads.
     pub threads: usize,
     /// Seed.
@@ -338,6 +347,7 @@ impl TrainArgs {
             loss,
             online_teacher,
             device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
+            tf32: l.pick(|a| &a.tf32).unwrap_or(true),
             threads,
             seed: l.pick(|a| &a.seed).unwrap_or(0),
             out,

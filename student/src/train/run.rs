@@ -179,6 +179,7 @@ impl Run {
 
     pub(super) fn new(s: Settings) -> Result<Self> {
         let dev = meal_models::parse_device(&s.device).context("--device")?;
+        meal_models::set_tf32(&dev, s.tf32).context("--tf32")?;
         let (ds, val) = open_datasets(&s)?;
         let classes = ds.classes().len();
         let store = open_store(&s, &ds)?;
