@@ -169,11 +169,14 @@ fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f
     // the batch's 8-bit crops, normalised on the training device
     let x = Crops::of_batch(b)[0].tensor(0..n, &run.s.spec(), DType::F32, &run.dev)?;
     let l = step_loss(&run.student, run.disc.as_ref(), &x, &target)?;
+    // the backward is queued before the loss is read: on a GPU reading it waits for the
+    // device, and waiting between forward and backward left the GPU idle while the host
+    // queued the backward; no update is applied before the loss is known to be finite
+    let grads = l.total.backward()?;
     let total = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !total.is_finite() {
         return Err(run.non_finite(total, b, &target, state.epoch, state.batch, state.step));
     }
-    let grads = l.total.backward()?;
     run.opt.step(&grads, lr_factor)?;
     let kd = l.kd.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let d = match &l.disc {
