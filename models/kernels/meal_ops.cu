@@ -312,10 +312,15 @@ extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
 
 // ---- max-pool ----------------------------------------------------------------------
 
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 // Index within the plane of the first maximum of output (oy, ox)'s window, row-major
-// window order, `v > best || isnan(v)` (pool.rs `Pool::argmax`, PyTorch's CPU rule).
-__device__ int pool_argmax(const float* plane, int h, int w, int k, int stride, int pad,
-                           int oy, int ox) {
+// window order, `v > best || isnan(v)` (pool.rs `Pool::argmax`, PyTorch's CPU rule); over
+// f32 or bf16 (compared widened to f32: exact, so the same order).
+template <class T>
+__device__ int pool_argmax_of(const T* plane, int h, int w, int k, int stride, int pad, int oy,
+                              int ox) {
     int y0 = oy * stride - pad, x0 = ox * stride - pad;
     int ya = y0 > 0 ? y0 : 0, yb = y0 + k < h ? y0 + k : h;
     int xa = x0 > 0 ? x0 : 0, xb = x0 + k < w ? x0 + k : w;
@@ -323,7 +328,7 @@ __device__ int pool_argmax(const float* plane, int h, int w, int k, int stride, 
     int at = ya * w + xa;
     for (int y = ya; y < yb; ++y)
         for (int xx = xa; xx < xb; ++xx) {
-            float v = plane[y * w + xx];
+            float v = widen(plane[y * w + xx]);
             if (v > best || isnan(v)) {
                 best = v;
                 at = y * w + xx;
@@ -332,15 +337,28 @@ __device__ int pool_argmax(const float* plane, int h, int w, int k, int stride, 
     return at;
 }
 
-extern "C" __global__ void meal_maxpool_fwd(const float* x, float* y, size_t planes, int h,
-                                            int w, int ho, int wo, int k, int stride,
-                                            int pad) {
+template <class T>
+__device__ __forceinline__ void maxpool_fwd(const T* x, T* y, size_t planes, int h, int w,
+                                            int ho, int wo, int k, int stride, int pad) {
     unsigned po = (unsigned)ho * wo, n = (unsigned)(planes * po), uwo = (unsigned)wo;
     GRID_STRIDE(t, n) {
         unsigned pl = t / po, q = t - pl * po, oy = q / uwo;
-        const float* plane = x + (size_t)pl * h * w;
-        y[t] = plane[pool_argmax(plane, h, w, k, stride, pad, (int)oy, (int)(q - oy * uwo))];
+        const T* plane = x + (size_t)pl * h * w;
+        y[t] = plane[pool_argmax_of(plane, h, w, k, stride, pad, (int)oy, (int)(q - oy * uwo))];
     }
+}
+
+extern "C" __global__ void meal_maxpool_fwd(const float* x, float* y, size_t planes, int h,
+                                            int w, int ho, int wo, int k, int stride,
+                                            int pad) {
+    maxpool_fwd(x, y, planes, h, w, ho, wo, k, stride, pad);
+}
+
+// The bf16 forward (a bf16 teacher's stem; inference only): the same windows and rule.
+extern "C" __global__ void meal_maxpool_fwd_bf16(const __nv_bfloat16* x, __nv_bfloat16* y,
+                                                 size_t planes, int h, int w, int ho, int wo,
+                                                 int k, int stride, int pad) {
+    maxpool_fwd(x, y, planes, h, w, ho, wo, k, stride, pad);
 }
 
 // dx of the max-pool: one thread per input element sums, in (oy, ox) order as the CPU
@@ -364,10 +382,44 @@ extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, flo
         float s = 0.f;
         for (int oy = oy0; oy <= oy1; ++oy)
             for (int ox = ox0; ox <= ox1; ++ox)
-                if (pool_argmax(plane, h, w, k, stride, pad, oy, ox) == q)
+                if (pool_argmax_of(plane, h, w, k, stride, pad, oy, ox) == q)
                     s += g[oy * wo + ox];
         dx[t] = s;
     }
+}
+
+// ---- ReLU --------------------------------------------------------------------------
+
+// y = relu(x) (NaN kept, relu.rs `relu_of`); f32 and bf16 (a select: exact).
+template <class T>
+__device__ __forceinline__ void relu_fwd(const T* x, T* y, size_t n) {
+    GRID_STRIDE(t, n) {
+        float v = widen(x[t]);
+        y[t] = (v > 0.f || isnan(v)) ? x[t] : zero_of<T>();
+    }
+}
+
+extern "C" __global__ void meal_relu(const float* x, float* y, size_t n) { relu_fwd(x, y, n); }
+
+extern "C" __global__ void meal_relu_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, size_t n) {
+    relu_fwd(x, y, n);
+}
+
+// y = relu(a + b), a residual join (relu.rs `AddRelu`): the sum in f32, rounded to bf16
+// once for bf16.
+extern "C" __global__ void meal_add_relu(const float* a, const float* b, float* y, size_t n) {
+    GRID_STRIDE(t, n) y[t] = relu_of(a[t] + b[t]);
+}
+
+extern "C" __global__ void meal_add_relu_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b,
+                                              __nv_bfloat16* y, size_t n) {
+    GRID_STRIDE(t, n) y[t] = __float2bfloat16(relu_of(__bfloat162float(a[t]) + __bfloat162float(b[t])));
+}
+
+// dx = dy where the output y is positive, else 0 (relu.rs `ReluBackward`, PyTorch's
+// threshold_backward).
+extern "C" __global__ void meal_relu_grad(const float* y, const float* dy, float* dx, size_t n) {
+    GRID_STRIDE(t, n) dx[t] = y[t] > 0.f ? dy[t] : 0.f;
 }
 
 // ---- SGD ---------------------------------------------------------------------------

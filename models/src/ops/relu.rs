@@ -1,4 +1,4 @@
-//! ReLU with a one-pass backward.
+//! ReLU with a one-pass backward (CPU and, with the `cuda` feature, CUDA: cuda/relu.rs).
 //!
 //! candle's ReLU backward is `grad * (x >= 0).to_dtype()` over `zeros_like(x)`: four
 //! passes and three allocations per activation (a fifth of a ResNet step's non-GEMM
@@ -43,6 +43,15 @@ impl CustomOp1 for Relu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::profile::on_cuda("relu", s, || super::cuda::relu_forward((s, l), None))
+    }
+
     fn bwd(
         &self,
         _arg: &Tensor,
@@ -83,6 +92,19 @@ impl CustomOp2 for ReluBackward {
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::profile::on_cuda("relu backward", s1, || {
+            super::cuda::relu_backward((s1, l1), (s2, l2))
+        })
+    }
 }
 
 /// `max(a + b, 0)` (a residual join) as one op: one pass, and the sum is never a
@@ -115,6 +137,19 @@ impl CustomOp2 for AddRelu {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::profile::on_cuda("add + relu", s1, || {
+            super::cuda::relu_forward((s1, l1), Some((s2, l2)))
+        })
+    }
+
     fn bwd(
         &self,
         _a: &Tensor,
@@ -127,17 +162,30 @@ impl CustomOp2 for AddRelu {
     }
 }
 
-/// `max(a + b, 0)`: on CPU with f32 one fused op, elsewhere candle's add and ReLU.
+/// Whether our ReLU ops take `x`: f32 where [`super::ours`] (CPU, or CUDA with our ops
+/// on), and bf16 on CUDA outside a gradient graph (a teacher's inference: no bf16
+/// backward).
+fn ours(x: &Tensor) -> bool {
+    super::ours(x) || (x.dtype() == candle_core::DType::BF16 && super::on_cuda(x) && !x.track_op())
+}
+
+/// `max(a + b, 0)`: one fused op (on CPU and CUDA, f32; bf16 inference on CUDA), elsewhere
+/// candle's add and ReLU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !a.device().is_cpu() || a.dtype() != candle_core::DType::F32 || a.dims() != b.dims() {
+    let fused = ours(a)
+        && ours(b)
+        && a.dtype() == b.dtype()
+        && a.dims() == b.dims()
+        && a.device().same_device(b.device());
+    if !fused {
         return relu(&(a + b)?);
     }
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
 }
 
-/// `max(x, 0)`: on CPU with f32 our op (one-pass backward), elsewhere candle's.
+/// `max(x, 0)`: our op (one-pass backward) where [`ours`] says, elsewhere candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+    if !ours(x) {
         return Ok(x.relu()?);
     }
     Ok(x.contiguous()?.apply_op1(Relu)?)

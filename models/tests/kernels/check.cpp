@@ -262,6 +262,48 @@ static void check_pool(int planes, int h, int w, int k, int s, int p, bool nan) 
              nan ? " NaN" : "");
     expect(std::string(name), y, yref, 0.0);
     expect(std::string(name) + " backward", dx, dref, 0.0);
+    // the bf16 forward: the same windows and rule over the rounded input (integers here:
+    // exact in bf16), so the f32 forward's values
+    std::vector<__nv_bfloat16> xb(x.size()), yb(y.size());
+    for (size_t i = 0; i < x.size(); ++i) xb[i] = __float2bfloat16(x[i]);
+    launch(3, 32, [&] { meal_maxpool_fwd_bf16(xb.data(), yb.data(), planes, h, w, ho, wo, k, s, p); });
+    expect(std::string(name) + " bf16", widen(yb), yref, 0.0);
+}
+
+// ReLU, the residual join + ReLU, the ReLU's gradient; f32 and bf16.
+static void check_relu() {
+    size_t n = 300;
+    auto a = randn(n), b = randn(n), dy = randn(n);
+    a[5] = NAN;
+    a[6] = -0.f;
+    std::vector<float> y(n, -7.f), s(n, -7.f), dx(n, -7.f), yref(n), sref(n), dref(n);
+    launch(3, 32, [&] { meal_relu(a.data(), y.data(), n); });
+    launch(3, 32, [&] { meal_add_relu(a.data(), b.data(), s.data(), n); });
+    launch(3, 32, [&] { meal_relu_grad(s.data(), dy.data(), dx.data(), n); });
+    auto relu = [](float v) { return (v > 0.f || std::isnan(v)) ? v : 0.f; };
+    for (size_t i = 0; i < n; ++i) {
+        yref[i] = relu(a[i]);
+        sref[i] = relu(a[i] + b[i]);
+        dref[i] = sref[i] > 0.f ? dy[i] : 0.f;
+    }
+    expect("relu", y, yref, 0.0);
+    expect("add_relu", s, sref, 0.0);
+    expect("relu grad", dx, dref, 0.0);
+    std::vector<__nv_bfloat16> ab(n), bb(n), yb(n), sb(n);
+    for (size_t i = 0; i < n; ++i) {
+        ab[i] = __float2bfloat16(a[i]);
+        bb[i] = __float2bfloat16(b[i]);
+    }
+    launch(3, 32, [&] { meal_relu_bf16(ab.data(), yb.data(), n); });
+    launch(3, 32, [&] { meal_add_relu_bf16(ab.data(), bb.data(), sb.data(), n); });
+    std::vector<float> ybref(n), sbref(n);
+    for (size_t i = 0; i < n; ++i) {
+        float x = __bfloat162float(ab[i]), z = __bfloat162float(bb[i]);
+        ybref[i] = relu(x);
+        sbref[i] = __bfloat162float(__float2bfloat16(relu(x + z)));
+    }
+    expect("relu bf16", widen(yb), ybref, 0.0);
+    expect("add_relu bf16", widen(sb), sbref, 0.0);
 }
 
 static void check_sgd(int nesterov) {
@@ -366,6 +408,7 @@ int main() {
     check_pool(6, 11, 10, 3, 2, 1, false);
     check_pool(6, 11, 10, 3, 2, 1, true);
     check_pool(6, 8, 8, 2, 2, 0, false);
+    check_relu();
     check_sgd(0);
     check_sgd(1);
     check_bf16_rounding();

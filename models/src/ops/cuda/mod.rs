@@ -24,6 +24,7 @@ mod bn;
 mod conv;
 mod levels;
 mod pool;
+mod relu;
 mod sgd;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};
+pub(crate) use relu::{relu_backward, relu_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
 
 use candle_core::cuda_backend::cudarc::cublas::{

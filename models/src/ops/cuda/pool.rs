@@ -2,11 +2,13 @@
 //! the backward gathers, for each input position, the gradient of every window whose
 //! first maximum it is (in window order, as the CPU op adds; no atomics).
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
-use candle_core::{Layout, Shape};
+use candle_core::{DType, Layout, Shape};
+use half::bf16;
 
-use super::{func, grid, ints, view};
+use super::{func, grid, ints, view, view_of, Elem};
 
 /// Kernel size, stride and padding.
 pub(crate) type PoolGeom = (usize, usize, usize);
@@ -27,15 +29,32 @@ pub(crate) fn pool_forward(
     pg: PoolGeom,
     (s, l): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dev = s.device.clone();
     let (np, h, w) = planes(l)?;
     let (ho, wo) = (out(h, pg), out(w, pg));
+    let y = match s.dtype() {
+        DType::F32 => forward::<f32>(pg, (s, l), (np, h, w), (ho, wo))?,
+        DType::BF16 => forward::<bf16>(pg, (s, l), (np, h, w), (ho, wo))?,
+        d => candle_core::bail!("max_pool2d (cuda): {d:?} (f32 or bf16)"),
+    };
+    let mut shape = l.dims().to_vec();
+    shape[2] = ho;
+    shape[3] = wo;
+    Ok((y, Shape::from(shape)))
+}
+
+fn forward<T: Elem>(
+    pg: PoolGeom,
+    (s, l): (&CudaStorage, &Layout),
+    (np, h, w): (usize, usize, usize),
+    (ho, wo): (usize, usize),
+) -> candle_core::Result<CudaStorage> {
+    let dev = s.device.clone();
     let n = np * ho * wo;
-    let x = view(s, l)?;
+    let x = view_of::<T>(s, l)?;
     // SAFETY: written whole by the kernel
-    let mut y = unsafe { dev.alloc::<f32>(n)? };
+    let mut y = unsafe { dev.alloc::<T>(n)? };
     if n > 0 {
-        let f = func(&dev, "meal_maxpool_fwd")?;
+        let f = func(&dev, &format!("meal_maxpool_fwd{}", T::SUFFIX))?;
         let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
@@ -46,10 +65,7 @@ pub(crate) fn pool_forward(
         // SAFETY: x holds np*h*w values, y np*ho*wo.
         unsafe { lb.launch(grid(n)?) }.w()?;
     }
-    let mut shape = l.dims().to_vec();
-    shape[2] = ho;
-    shape[3] = wo;
-    Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from(shape)))
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
 /// `dx` of the max-pool on CUDA from `(x, dy)`.

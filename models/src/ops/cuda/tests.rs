@@ -365,3 +365,44 @@ fn frozen_teacher_forward_equals_the_cpu_one() {
     assert!(gpu_y.device().is_cuda());
     close("frozen eval logits", &gpu_y, &cpu, 1e-3);
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn relu_and_residual_join_equal_the_cpu_ops() {
+    let dev = gpu("relu_and_residual_join_equal_the_cpu_ops");
+    let (a, b) = (randn(&[2, 3, 5, 7]), randn(&[2, 3, 5, 7]));
+    let relu = |t: &[Tensor]| crate::ops::relu(&t[0]).unwrap();
+    twin(&dev, "relu", std::slice::from_ref(&a), &relu, 0.0);
+    let join = |t: &[Tensor]| crate::ops::add_relu(&t[0], &t[1]).unwrap();
+    twin(&dev, "add_relu", &[a.clone(), b.clone()], &join, 0.0);
+    // bf16 (a teacher's inference): the f32 CPU ops on the rounded inputs, rounded once
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let on = |t: &Tensor| round(t).to_device(&dev).unwrap();
+    let got = crate::ops::relu(&on(&a)).unwrap();
+    assert_eq!(got.dtype(), DType::BF16);
+    close(
+        "relu bf16",
+        &widen(&got),
+        &crate::ops::relu(&widen(&round(&a))).unwrap(),
+        0.0,
+    );
+    let got = crate::ops::add_relu(&on(&a), &on(&b)).unwrap();
+    let want = crate::ops::add_relu(&widen(&round(&a)), &widen(&round(&b))).unwrap();
+    close("add_relu bf16", &widen(&got), &widen(&round(&want)), 0.0);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn bf16_max_pool_equals_the_f32_cpu_op_on_rounded_inputs() {
+    let dev = gpu("bf16_max_pool_equals_the_f32_cpu_op_on_rounded_inputs");
+    let x = randn(&[2, 3, 11, 10]).to_dtype(DType::BF16).unwrap();
+    let got = max_pool2d(&x.to_device(&dev).unwrap(), 3, 2, 1)
+        .unwrap()
+        .expect("our op takes bf16 on CUDA for inference");
+    assert_eq!(got.dtype(), DType::BF16);
+    let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let want = max_pool2d(&widen(&x), 3, 2, 1).unwrap().unwrap();
+    // a selection: the same values
+    close("bf16 max-pool", &widen(&got), &want, 0.0);
+}

@@ -1,0 +1,96 @@
+//! ReLU and the residual join + ReLU on CUDA, as relu.rs on CPU: one pass forward (f32,
+//! or bf16 for a teacher's inference), and the ReLU's gradient in one pass from the
+//! output (candle's ReLU backward is four passes and three allocations, and its residual
+//! join two ops).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+use candle_core::{DType, Layout, Shape};
+use half::bf16;
+
+use super::{func, grid, view, view_of, Elem};
+
+/// `relu(x)` or, with `b`, `relu(x + b)`, elementwise over f32 or bf16 of one shape.
+pub(crate) fn relu_forward(
+    (s1, l1): (&CudaStorage, &Layout),
+    b: Option<(&CudaStorage, &Layout)>,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    if let Some((_, l2)) = b {
+        if l2.shape() != l1.shape() {
+            candle_core::bail!("add_relu: {:?} and {:?}", l1.dims(), l2.dims());
+        }
+    }
+    let y = match s1.dtype() {
+        DType::F32 => forward::<f32>(&s1.device, (s1, l1), b)?,
+        DType::BF16 => forward::<bf16>(&s1.device, (s1, l1), b)?,
+        d => candle_core::bail!("meal relu (cuda): {d:?} (f32 or bf16)"),
+    };
+    Ok((y, l1.shape().clone()))
+}
+
+fn forward<T: Elem>(
+    dev: &CudaDevice,
+    (s1, l1): (&CudaStorage, &Layout),
+    b: Option<(&CudaStorage, &Layout)>,
+) -> candle_core::Result<CudaStorage> {
+    let x = view_of::<T>(s1, l1)?;
+    let n = x.len();
+    // SAFETY: written whole by the kernel
+    let mut y = unsafe { dev.alloc::<T>(n)? };
+    if n > 0 {
+        let stream = dev.cuda_stream();
+        match b {
+            None => {
+                let f = func(dev, &format!("meal_relu{}", T::SUFFIX))?;
+                let mut lb = stream.launch_builder(&f);
+                lb.arg(&x).arg(&mut y).arg(&n);
+                // SAFETY: x and y hold n values.
+                unsafe { lb.launch(grid(n)?) }.w()?;
+            }
+            Some((s2, l2)) => {
+                let bv = view_of::<T>(s2, l2)?;
+                if bv.len() != n {
+                    candle_core::bail!("add_relu: {n} and {} values", bv.len());
+                }
+                let f = func(dev, &format!("meal_add_relu{}", T::SUFFIX))?;
+                let mut lb = stream.launch_builder(&f);
+                lb.arg(&x).arg(&bv).arg(&mut y).arg(&n);
+                // SAFETY: x, b and y hold n values.
+                unsafe { lb.launch(grid(n)?) }.w()?;
+            }
+        }
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// `dx = dy` where the output `y` is positive, else 0 (f32).
+pub(crate) fn relu_backward(
+    (s1, l1): (&CudaStorage, &Layout),
+    (s2, l2): (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let (y, dy) = (view(s1, l1)?, view(s2, l2)?);
+    let n = y.len();
+    if dy.len() != n {
+        candle_core::bail!(
+            "relu backward: gradient {:?} for {:?}",
+            l2.dims(),
+            l1.dims()
+        );
+    }
+    // SAFETY: written whole by the kernel
+    let mut dx = unsafe { dev.alloc::<f32>(n)? };
+    if n > 0 {
+        let f = func(dev, "meal_relu_grad")?;
+        let stream = dev.cuda_stream();
+        let mut lb = stream.launch_builder(&f);
+        lb.arg(&y).arg(&dy).arg(&mut dx).arg(&n);
+        // SAFETY: y, dy and dx hold n values.
+        unsafe { lb.launch(grid(n)?) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        l1.shape().clone(),
+    ))
+}
