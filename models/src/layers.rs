@@ -504,8 +504,9 @@ impl SqueezeExcite {
     }
 }
 
-/// `nn.MaxPool2d(3, stride=2, padding=1)`: on CPU our op ([`crate::ops::max_pool2d`]);
-/// elsewhere built from differentiable ops (slices and `maximum`), because candle's
+/// `nn.MaxPool2d(3, stride=2, padding=1)`: our op where it applies
+/// ([`crate::ops::max_pool2d`]: f32 on CPU and CUDA, bf16 inference on CUDA); elsewhere
+/// built from differentiable ops (slices and `maximum`), because candle's
 /// max-pool backward fails when kernel != stride. Padding is -inf, so padded positions
 /// are never the maximum.
 pub fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {

@@ -186,7 +186,8 @@ impl CustomOp2 for PoolBackward {
 }
 
 /// `nn.MaxPool2d(k, stride, padding)` over NCHW `x` (padding is never the maximum).
-/// On CPU with f32 our op; elsewhere `None` (the caller keeps its generic path).
+/// Our op for f32 (CPU, or CUDA with our ops on) and for bf16 on CUDA outside a gradient
+/// graph; elsewhere `None` (the caller keeps its generic path).
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Option<Tensor>> {
     // f32 (CPU, or CUDA with our ops on); bf16 on CUDA outside a gradient graph (a
     // teacher's stem: the forward has a bf16 kernel, the backward none)
