@@ -34,7 +34,7 @@ const BF16_SHAPES: &[(usize, usize, usize)] = &[
     (512, 392, 4608),
 ];
 
-/// Seconds per call of `f` (three warm-up calls, then about 2 GFLOP of calls).
+/// Seconds per call of `f` (three warm-up calls, then about 4 GFLOP of calls).
 fn per_call(flop: f64, f: &mut dyn FnMut()) -> f64 {
     for _ in 0..3 {
         f();
@@ -88,7 +88,9 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32) * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32) * 0.1).collect();
         let mut c = vec![0f32; m * n];
-        let run = |c: &mut [f32]| unsafe {
+        let flop = 2.0 * (m * n * k) as f64;
+        // SAFETY: a, b and c hold the shapes given
+        let dt = per_call(flop, &mut || unsafe {
             // row-major: c[m,n] = a[m,k] * b[k,n]
             gemm::gemm(
                 m,
@@ -111,17 +113,7 @@ fn main() {
                 false,
                 par,
             )
-        };
-        for _ in 0..3 {
-            run(&mut c);
-        }
-        let iters = (2e9 / (m * n * k) as f64).max(3.0) as usize;
-        let t = Instant::now();
-        for _ in 0..iters {
-            run(&mut c);
-        }
-        let dt = t.elapsed().as_secs_f64() / iters as f64;
-        let gf = 2.0 * (m * n * k) as f64 / dt / 1e9;
-        println!("gemm m{m} n{n} k{k}: {gf:.1} GFLOP/s");
+        });
+        println!("gemm m{m} n{n} k{k}: {:.1} GFLOP/s", flop / dt / 1e9);
     }
 }

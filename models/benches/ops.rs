@@ -54,29 +54,33 @@ fn backward_time(
     Ok((both - fwd).max(0.0))
 }
 
-/// The operands of a bf16 inference convolution: on the CPU the f32 tensors themselves
-/// (bf16 products of f32 tensors, `Precision::Bf16`, AVX512-BF16), elsewhere bf16 ones.
-fn bf16_operands(x: &Tensor, w: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
-    Ok(if x.device().is_cpu() {
-        (x.clone(), w.clone())
+/// `", bf16 fwd .. ms (.. TFLOP/s)"`: the bf16 inference convolution of `x` and `w` (f32)
+/// timed. On the CPU bf16 products of the f32 tensors (`Precision::Bf16`, AVX512-BF16),
+/// elsewhere bf16 tensors (converted before the clock starts).
+fn bf16_fwd(
+    dev: &Device,
+    iters: usize,
+    (x, w): (&Tensor, &Tensor),
+    (stride, pad, groups): (usize, usize, usize),
+    flops: f64,
+) -> anyhow::Result<String> {
+    let t = if x.device().is_cpu() {
+        time(dev, iters, &mut || {
+            conv2d_in(x, w, stride, pad, groups, Precision::Bf16)?;
+            Ok(())
+        })?
     } else {
-        (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?)
-    })
-}
-
-/// The bf16 inference convolution of operands from [`bf16_operands`].
-fn conv_bf16(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> anyhow::Result<Tensor> {
-    Ok(if x.device().is_cpu() {
-        conv2d_in(x, w, stride, pad, groups, Precision::Bf16)?
-    } else {
-        conv2d(x, w, stride, pad, groups)?
-    })
+        let (x, w) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+        time(dev, iters, &mut || {
+            conv2d(&x, &w, stride, pad, groups)?;
+            Ok(())
+        })?
+    };
+    Ok(format!(
+        ", bf16 fwd {:7.3} ms ({:5.1} TFLOP/s)",
+        t * 1e3,
+        flops / t / 1e12
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,16 +132,7 @@ fn main() -> anyhow::Result<()> {
             2.0 * flops / bwd / 1e12
         );
         if bf16 {
-            let (xb, wb) = bf16_operands(&x, &w)?;
-            let t = time(&dev, iters, &mut || {
-                conv_bf16(&xb, &wb, st, p, 1)?;
-                Ok(())
-            })?;
-            line += &format!(
-                ", bf16 fwd {:7.3} ms ({:5.1} TFLOP/s)",
-                t * 1e3,
-                flops / t / 1e12
-            );
+            line += &bf16_fwd(&dev, iters, (&x, &w), (st, p, 1), flops)?;
         }
         println!("{line}");
     }
@@ -162,16 +157,7 @@ fn main() -> anyhow::Result<()> {
             flops / fwd / 1e12
         );
         if bf16 {
-            let (xb, wb) = bf16_operands(&x, &w)?;
-            let t = time(&dev, iters, &mut || {
-                conv_bf16(&xb, &wb, 1, 1, groups)?;
-                Ok(())
-            })?;
-            line += &format!(
-                ", bf16 fwd {:7.3} ms ({:5.1} TFLOP/s)",
-                t * 1e3,
-                flops / t / 1e12
-            );
+            line += &bf16_fwd(&dev, iters, (&x, &w), (1, 1, groups), flops)?;
         }
         println!("{line}");
     }

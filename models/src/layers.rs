@@ -385,36 +385,35 @@ impl BatchNorm2d {
                 return Ok((y, true));
             }
         }
-        if let Some(f) = self.frozen() {
-            // on CUDA: one pass of our kernel over the frozen device-side scale and shift
-            let (scale, shift) = &f.on_device;
-            if let Some(y) = crate::ops::channel_affine_dev(x, scale, shift, relu)? {
-                return Ok((y, true));
-            }
-            let shape = (1, c, 1, 1);
-            let (scale, shift) = (
-                scale.to_dtype(x.dtype())?.reshape(shape)?,
-                shift.to_dtype(x.dtype())?.reshape(shape)?,
-            );
-            return Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false));
-        }
         let shape = (1, c, 1, 1);
-        let gamma = w(&self.weight, false).reshape(shape)?;
-        let beta = w(&self.bias, false).reshape(shape)?;
-        let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
-            .sqrt()?
-            .recip()?;
-        let scale = (inv_std.reshape(shape)? * &gamma)?;
-        let shift = (beta
-            - self
-                .running_mean
-                .as_detached_tensor()
-                .reshape(shape)?
-                .mul(&scale)?)?;
+        let frozen = self.frozen();
+        let (scale, shift) = match &frozen {
+            Some(f) => (f.on_device.0.reshape(shape)?, f.on_device.1.reshape(shape)?),
+            None => {
+                let gamma = w(&self.weight, false).reshape(shape)?;
+                let beta = w(&self.bias, false).reshape(shape)?;
+                let inv_std = (self.running_var.as_detached_tensor() + BN_EPS)?
+                    .sqrt()?
+                    .recip()?;
+                let scale = (inv_std.reshape(shape)? * &gamma)?;
+                let shift = (beta
+                    - self
+                        .running_mean
+                        .as_detached_tensor()
+                        .reshape(shape)?
+                        .mul(&scale)?)?;
+                (scale, shift)
+            }
+        };
         // on CUDA: one pass of our kernel over device-side scale and shift
         if let Some(y) = crate::ops::channel_affine_dev(x, &scale, &shift, relu)? {
             return Ok((y, true));
         }
+        // the frozen affine is f32: in x's dtype for candle's broadcasts
+        let (scale, shift) = match frozen {
+            Some(_) => (scale.to_dtype(x.dtype())?, shift.to_dtype(x.dtype())?),
+            None => (scale, shift),
+        };
         Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
     }
 }

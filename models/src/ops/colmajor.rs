@@ -184,53 +184,104 @@ mod tests {
         }
     }
 
+    /// `nb` NCHW images of `c` channels and `h x w` pixels under a `k x k` kernel with
+    /// `stride` and `pad`: the reference both conv tests below read.
+    struct Input {
+        x: Vec<f32>,
+        nb: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    }
+
+    impl Input {
+        fn new(nb: usize, c: usize, (k, stride, pad): (usize, usize, usize)) -> Self {
+            let (h, w) = (5, 4);
+            let x = (0..nb * c * h * w).map(val).collect();
+            Input {
+                x,
+                nb,
+                c,
+                h,
+                w,
+                k,
+                stride,
+                pad,
+            }
+        }
+        fn ho(&self) -> usize {
+            (self.h + 2 * self.pad - self.k) / self.stride + 1
+        }
+        fn wo(&self) -> usize {
+            (self.w + 2 * self.pad - self.k) / self.stride + 1
+        }
+        /// The input of image `i`, channel `ch` under tap `(ky, kx)` of output `q`
+        /// (0 in the padding).
+        fn at(&self, i: usize, ch: usize, q: usize, ky: usize, kx: usize) -> f32 {
+            let (oy, ox) = (q / self.wo(), q % self.wo());
+            let y = (oy * self.stride + ky) as isize - self.pad as isize;
+            let xx = (ox * self.stride + kx) as isize - self.pad as isize;
+            if y < 0 || xx < 0 || y >= self.h as isize || xx >= self.w as isize {
+                0.0
+            } else {
+                self.x[((i * self.c + ch) * self.h + y as usize) * self.w + xx as usize]
+            }
+        }
+        /// The column matrix as meal_im2col lays it out: row (ch*k + ky)*k + kx, column
+        /// img*p + oy*wo + ox.
+        fn cols(&self) -> Vec<f32> {
+            let (k, p) = (self.k, self.ho() * self.wo());
+            let mut cols = vec![0f32; self.c * k * k * self.nb * p];
+            for (r, row) in cols.chunks_mut(self.nb * p).enumerate() {
+                let (ch, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                for (col, v) in row.iter_mut().enumerate() {
+                    *v = self.at(col / p, ch, col % p, ky, kx);
+                }
+            }
+            cols
+        }
+        /// Output channel `o` at `q` of image `i` by definition: weight row `o` over
+        /// the `cg` input channels from `c0`.
+        fn direct(&self, wt: &[f32], o: usize, c0: usize, cg: usize, i: usize, q: usize) -> f32 {
+            let k = self.k;
+            let mut sum = 0f32;
+            for cl in 0..cg {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        sum +=
+                            wt[((o * cg + cl) * k + ky) * k + kx] * self.at(i, c0 + cl, q, ky, kx);
+                    }
+                }
+            }
+            sum
+        }
+    }
+
+    fn val(i: usize) -> f32 {
+        ((i * 7919) % 23) as f32 - 11.0
+    }
+
     /// The batched forward call against a direct convolution: through im2col (3x3,
     /// stride 2, padding 1) and straight from the input (1x1 stride 1).
     #[test]
     fn the_batched_conv_call_writes_nchw_directly() {
-        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
-        for (k, stride, pad) in [(3usize, 2usize, 1usize), (1, 1, 0)] {
-            let (nb, c, h, w, co) = (3, 2, 5, 4, 4);
-            let ho = (h + 2 * pad - k) / stride + 1;
-            let wo = (w + 2 * pad - k) / stride + 1;
-            let (p, rows) = (ho * wo, c * k * k);
-            let x: Vec<f32> = (0..nb * c * h * w).map(val).collect();
+        for geom @ (k, stride, pad) in [(3usize, 2usize, 1usize), (1, 1, 0)] {
+            let (nb, c, co) = (3, 2, 4);
+            let input = Input::new(nb, c, geom);
+            let (p, rows) = (input.ho() * input.wo(), c * k * k);
             let wt: Vec<f32> = (0..co * rows).map(|i| val(i + 50)).collect();
-            let px = |i: usize, ch: usize, y: isize, xx: isize| {
-                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                    0.0
-                } else {
-                    x[((i * c + ch) * h + y as usize) * w + xx as usize]
-                }
-            };
-            let tap = |oy: usize, ky: usize| (oy * stride + ky) as isize - pad as isize;
-            // the column matrix as meal_im2col lays it out: row (ch*k + ky)*k + kx,
-            // column img*p + oy*wo + ox
-            let mut cols = vec![0f32; rows * nb * p];
-            for (r, row) in cols.chunks_mut(nb * p).enumerate() {
-                let (ch, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                for (col, v) in row.iter_mut().enumerate() {
-                    let (i, oy, ox) = (col / p, (col % p) / wo, col % wo);
-                    *v = px(i, ch, tap(oy, ky), tap(ox, kx));
-                }
-            }
             let direct = k == 1 && stride == 1 && pad == 0;
             let g = conv_forward_batched(co, rows, p, nb, direct);
             let mut y = vec![f32::NAN; nb * co * p];
-            batched_gemm(g, if direct { &x } else { &cols }, &wt, &mut y);
+            let cols = input.cols();
+            batched_gemm(g, if direct { &input.x } else { &cols }, &wt, &mut y);
             for i in 0..nb {
                 for o in 0..co {
                     for q in 0..p {
-                        let (oy, ox) = (q / wo, q % wo);
-                        let mut want = 0f32;
-                        for ch in 0..c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    want += wt[((o * c + ch) * k + ky) * k + kx]
-                                        * px(i, ch, tap(oy, ky), tap(ox, kx));
-                                }
-                            }
-                        }
+                        let want = input.direct(&wt, o, 0, c, i, q);
                         assert_eq!(y[(i * co + o) * p + q], want, "k={k} [{i},{o},{q}]");
                     }
                 }
@@ -242,53 +293,19 @@ mod tests {
     /// (3x3 stride 2 padding 1 and 1x1, two and three groups).
     #[test]
     fn the_grouped_conv_call_is_a_grouped_convolution() {
-        let val = |i: usize| ((i * 7919) % 23) as f32 - 11.0;
-        for (k, stride, pad, groups) in [(3usize, 2usize, 1usize, 2usize), (1, 1, 0, 3)] {
-            let (nb, cg, h, w, cog) = (3, 2, 5, 4, 2);
-            let (c, co) = (cg * groups, cog * groups);
-            let ho = (h + 2 * pad - k) / stride + 1;
-            let wo = (w + 2 * pad - k) / stride + 1;
-            let (p, rg) = (ho * wo, cg * k * k);
-            let x: Vec<f32> = (0..nb * c * h * w).map(val).collect();
+        for (geom, groups) in [((3usize, 2usize, 1usize), 2usize), ((1, 1, 0), 3)] {
+            let (nb, cg, cog) = (3, 2, 2);
+            let (c, co, k) = (cg * groups, cog * groups, geom.0);
+            let input = Input::new(nb, c, geom);
+            let (p, rg) = (input.ho() * input.wo(), cg * k * k);
             let wt: Vec<f32> = (0..co * rg).map(|i| val(i + 50)).collect();
-            let px = |i: usize, ch: usize, y: isize, xx: isize| {
-                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                    0.0
-                } else {
-                    x[((i * c + ch) * h + y as usize) * w + xx as usize]
-                }
-            };
-            let tap = |oy: usize, ky: usize| (oy * stride + ky) as isize - pad as isize;
-            // meal_im2col's layout over all c channels: row (ch*k + ky)*k + kx
-            let mut cols = vec![0f32; c * k * k * nb * p];
-            for (r, row) in cols.chunks_mut(nb * p).enumerate() {
-                let (ch, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                for (col, v) in row.iter_mut().enumerate() {
-                    let (i, oy, ox) = (col / p, (col % p) / wo, col % wo);
-                    *v = px(i, ch, tap(oy, ky), tap(ox, kx));
-                }
-            }
             let mut yt = vec![f32::NAN; co * nb * p];
-            batched_gemm(
-                conv_forward_grouped(cog, rg, p, nb, groups),
-                &cols,
-                &wt,
-                &mut yt,
-            );
+            let call = conv_forward_grouped(cog, rg, p, nb, groups);
+            batched_gemm(call, &input.cols(), &wt, &mut yt);
             for i in 0..nb {
                 for o in 0..co {
-                    let gi = o / cog;
                     for q in 0..p {
-                        let (oy, ox) = (q / wo, q % wo);
-                        let mut want = 0f32;
-                        for cl in 0..cg {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    want += wt[((o * cg + cl) * k + ky) * k + kx]
-                                        * px(i, gi * cg + cl, tap(oy, ky), tap(ox, kx));
-                                }
-                            }
-                        }
+                        let want = input.direct(&wt, o, (o / cog) * cg, cg, i, q);
                         // yt is [co, nb*p]: the swap to NCHW reads (o, i*p + q)
                         let got = yt[o * nb * p + i * p + q];
                         assert_eq!(got, want, "k={k} groups={groups} [{i},{o},{q}]");

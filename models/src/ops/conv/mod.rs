@@ -79,8 +79,10 @@ fn batch_cols(g: &Geom, x: &[f32]) -> Vec<f32> {
 
 /// Convolution of `(x, w)` as one op: the column matrix lives only inside the forward
 /// and the backward (recomputed there), so the graph keeps `x`, `w` and `y` alone,
-/// as PyTorch's convolution does, not the 9x-larger columns and a transposed copy.
-struct Conv(Geom, Precision);
+/// as PyTorch's convolution does, not the 9x-larger columns and a transposed copy. The
+/// third field, only with bf16 products on the CPU ([`conv2d_affine`], no backward): an
+/// eval BatchNorm (+ReLU) folded into the store.
+struct Conv(Geom, Precision, Option<bf16::Affine>);
 
 /// `[dx..., dw...]` of [`Conv`] from `(x, w, dy)`; `[dw...]` alone when the input needs
 /// no gradient (the network's input image).
@@ -199,7 +201,7 @@ impl CustomOp2 for Conv {
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         let (p, co, img) = (g.cols(), l2.dims()[0], g.image());
         if self.1 == Precision::Bf16 {
-            let y = bf16::forward(&g, x, w, co, None);
+            let y = bf16::forward(&g, x, w, co, self.2.as_ref());
             return Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))));
         }
         let y = match Plan::of(&g) {
@@ -459,7 +461,7 @@ pub fn conv2d_in(
             "bf16 convolutions on the CPU need AVX512-BF16, which this CPU lacks".into(),
         ));
     }
-    let (co, ci, kh, kw) = w.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
     // on CUDA our op takes bf16 and grouped convolutions for inference only (a teacher:
     // tensor-core GEMMs; one batched GEMM over the groups), without a backward; a
     // grouped convolution that needs gradients keeps candle's there
@@ -470,7 +472,20 @@ pub fn conv2d_in(
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }
-    let g = Geom::new(x.dims(), kh, stride, padding, groups)?;
+    let g = geometry(x, w, stride, padding, groups)?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    Ok(if infer {
+        x.apply_op2_no_bwd(&w, &Conv(g, precision, None))?
+    } else {
+        x.apply_op2(&w, Conv(g, precision, None))?
+    })
+}
+
+/// The geometry of convolving `x` with `w` (`[Co, C/groups, k, k]`), refused where the
+/// weight does not fit the input's channels in `groups` groups.
+fn geometry(x: &Tensor, w: &Tensor, stride: usize, padding: usize, groups: usize) -> Result<Geom> {
+    let (co, ci, k, _) = w.dims4()?;
+    let g = Geom::new(x.dims(), k, stride, padding, groups)?;
     if g.c != ci * groups || co % groups != 0 {
         return Err(candle_core::Error::Msg(format!(
             "conv2d: input has {} channels, weight {:?} in {groups} groups",
@@ -479,41 +494,7 @@ pub fn conv2d_in(
         ))
         .into());
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    Ok(if infer {
-        x.apply_op2_no_bwd(&w, &Conv(g, precision))?
-    } else {
-        x.apply_op2(&w, Conv(g, precision))?
-    })
-}
-
-/// A bf16 convolution with an eval-mode BatchNorm (+ReLU) folded into its store
-/// ([`conv2d_affine`]): inference only, CPU only.
-struct ConvAffine(Geom, bf16::Affine);
-
-impl CustomOp2 for ConvAffine {
-    fn name(&self) -> &'static str {
-        "meal-conv2d-bf16-affine"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let (g, co) = (self.0, l2.dims()[0]);
-        if self.1.scale.len() != co || self.1.shift.len() != co {
-            candle_core::bail!(
-                "conv2d_affine: {co} output channels, {} scales",
-                self.1.scale.len()
-            );
-        }
-        let y = bf16::forward(&g, x, w, co, Some(&self.1));
-        Ok((CpuStorage::F32(y), Shape::from((g.b, co, g.ho, g.wo))))
-    }
+    Ok(g)
 }
 
 /// `relu?(conv2d(x, w) * scale[c] + shift[c])` with bf16 products ([`Precision::Bf16`]):
@@ -531,7 +512,7 @@ pub fn conv2d_affine(
     precision: Precision,
     (scale, shift, relu): (Vec<f32>, Vec<f32>, bool),
 ) -> Result<Option<Tensor>> {
-    let (co, ci, kh, kw) = w.dims4()?;
+    let (co, _, kh, kw) = w.dims4()?;
     let eligible = precision == Precision::Bf16
         && super::bf16::available()
         && x.device().is_cpu()
@@ -543,17 +524,16 @@ pub fn conv2d_affine(
     if !eligible {
         return Ok(None);
     }
-    let g = Geom::new(x.dims(), kh, stride, padding, groups)?;
-    if g.c != ci * groups || co % groups != 0 || scale.len() != co || shift.len() != co {
+    let g = geometry(x, w, stride, padding, groups)?;
+    if scale.len() != co || shift.len() != co {
         return Err(candle_core::Error::Msg(format!(
-            "conv2d_affine: input has {} channels, weight {:?} in {groups} groups, {} scales",
-            g.c,
-            w.dims(),
-            scale.len()
+            "conv2d_affine: {co} output channels, {} scales and {} shifts",
+            scale.len(),
+            shift.len()
         ))
         .into());
     }
-    let op = ConvAffine(g, bf16::Affine { scale, shift, relu });
+    let op = Conv(g, precision, Some(bf16::Affine { scale, shift, relu }));
     Ok(Some(
         x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?,
     ))

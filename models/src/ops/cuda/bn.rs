@@ -214,14 +214,15 @@ pub(crate) fn bn_backward(
             (&computed.0, &computed.1)
         }
     };
-    // without the ReLU the gate's scale/shift are not read: zeros stand in
+    // the gate's scale/shift: the forward's; without the ReLU they are not read, and
+    // where no forward kept them zeros stand in
     let zeros;
     let (sc, sh) = match (relu, kept) {
-        (true, Some(k)) => (&k.scale, &k.shift),
+        (_, Some(k)) => (&k.scale, &k.shift),
         (true, None) => {
             candle_core::bail!("batch_norm backward: the forward's ReLU affine is missing")
         }
-        (false, _) => {
+        (false, None) => {
             zeros = (
                 dev.alloc_zeros::<f32>(c.max(1))?,
                 dev.alloc_zeros::<f32>(c.max(1))?,

@@ -16,7 +16,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm};
-use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
@@ -130,7 +130,7 @@ where
 {
     let dev = s1.device.clone();
     let (x, w) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
-    let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
+    let (co, rows, p) = (l2.dims()[0], g.rows(), g.cols());
     if !g.fits(co, w.len(), x.len()) {
         candle_core::bail!(
             "meal conv2d (cuda): weight {:?} for input {:?}",
@@ -138,29 +138,42 @@ where
             l1.dims()
         );
     }
-    if rows == 0 {
+    let y = if rows == 0 {
         // no input channels: the sums are empty (cuBLAS refuses k = 0)
-        let y = dev.alloc_zeros::<T>(g.b * co * p)?;
-        return Ok((
-            CudaStorage::wrap_cuda_slice(y, dev),
-            Shape::from((g.b, co, g.ho, g.wo)),
-        ));
-    }
-    // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
-    let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
-    if g.b * co * p == 0 {
-        return Ok((
-            CudaStorage::wrap_cuda_slice(y, dev),
-            Shape::from((g.b, co, g.ho, g.wo)),
-        ));
-    }
-    if g.groups > 1 {
-        grouped(&dev, g, co, &x, &w, &mut y)?;
-        return Ok((
-            CudaStorage::wrap_cuda_slice(y, dev),
-            Shape::from((g.b, co, g.ho, g.wo)),
-        ));
-    }
+        dev.alloc_zeros::<T>(g.b * co * p)?
+    } else {
+        // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
+        let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
+        if g.b * co * p > 0 {
+            if g.groups > 1 {
+                grouped(&dev, g, co, &x, &w, &mut y)?;
+            } else {
+                ungrouped(&dev, g, co, &x, &w, &mut y)?;
+            }
+        }
+        y
+    };
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev),
+        Shape::from((g.b, co, g.ho, g.wo)),
+    ))
+}
+
+/// The forward of a one-group convolution into `y` (NCHW, written whole): per chunk of
+/// images one strided-batched GEMM over `im2col`'s columns, or over the input itself
+/// for a 1x1 stride-1 unpadded convolution.
+fn ungrouped<T: Elem>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    y: &mut CudaSlice<T>,
+) -> candle_core::Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    let (rows, p, img) = (g.rows(), g.cols(), g.image());
     // a 1x1 stride-1 unpadded convolution reads its input as the column matrix
     let direct = g.pointwise();
     let nbmax = if direct { g.b } else { chunk(g) };
@@ -177,18 +190,15 @@ where
         // one strided-batched GEMM writes the chunk's NCHW outputs (no layout swap)
         let call = super::super::colmajor::conv_forward_batched(co, rows, p, nb, direct);
         match cols.as_mut() {
-            None => gemm_batched(&dev, call, &xb, &w, &mut y.slice_mut(yb))?,
+            None => gemm_batched(dev, call, &xb, w, &mut y.slice_mut(yb))?,
             Some(cols) => {
                 let nc = rows * nb * p;
-                im2col(&dev, g, nb, &xb, &mut cols.slice_mut(..nc))?;
-                gemm_batched(&dev, call, &cols.slice(..nc), &w, &mut y.slice_mut(yb))?;
+                im2col(dev, g, nb, &xb, &mut cols.slice_mut(..nc))?;
+                gemm_batched(dev, call, &cols.slice(..nc), w, &mut y.slice_mut(yb))?;
             }
         }
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev),
-        Shape::from((g.b, co, g.ho, g.wo)),
-    ))
+    Ok(())
 }
 
 /// The forward of a grouped convolution into `y` (NCHW, written whole): per chunk,
@@ -201,7 +211,7 @@ fn grouped<T: Elem>(
     co: usize,
     x: &CudaView<T>,
     w: &CudaView<T>,
-    y: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+    y: &mut CudaSlice<T>,
 ) -> candle_core::Result<()>
 where
     CudaBlas: Gemm<T>,
