@@ -4,7 +4,8 @@
 # It runs the binaries `make gpu-bundle` packed into bench/out/gpu/ and prints, in this
 # order: the GPU; our binaries opening cuda:0; our CUDA ops against their CPU twins;
 # teacher inference (resnet152s, senet154 at
-# 224, f32 and bf16) and the ResNet-50 KD train step, each beside PyTorch (timm,
+# 224, f32 and bf16) and the ResNet-50 KD train step (TF32, and mixed precision), each
+# beside PyTorch (timm,
 # channels_last, autocast) in the same run; a tiny precompute + train on demo data with
 # --device cuda:0, and the GPU store against a CPU store of the same crops; precompute
 # at 224 against the teacher's pure inference speed.
@@ -48,11 +49,11 @@ for dt in f32 bf16; do
     step 60 python3 "$here/models_torch.py" infer senet154 224 64 5
 done
 export MEAL_DTYPE=f32
-# the student's default: TF32 GEMMs (meal-student --tf32 true), then exact f32
+# the student's default: TF32 GEMMs (meal-student --tf32 true); then mixed precision
+# (meal-student --amp true) beside PyTorch's AMP step. (Exact f32 and candle's own CUDA
+# ops were measured at stop 19: 408-434 img/s, and 3.2x slower than ours.)
 step 90 "$bin/models" train resnet50 224 32 5
-MEAL_CUDA_TF32=0 step 90 "$bin/models" train resnet50 224 32 5
-# the same step on candle's CUDA ops (naive convolution backward): what ours replace
-MEAL_CUDA_OPS=0 step 120 "$bin/models" train resnet50 224 32 3
+MEAL_DTYPE=bf16 step 90 "$bin/models" train resnet50 224 32 5
 MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 # where the step's time goes: each op alone at ResNet-50's shapes (models/benches/ops.rs),
@@ -62,6 +63,7 @@ MEAL_CUDA_OPS=0 step 90 "$bin/ops" 32 5
 # and inside the model: each of our ops' time per step, the device synchronised around
 # each (ops::profile); the rest of the step is candle's ops, launches and copies
 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 224 32 3
+MEAL_DTYPE=bf16 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 224 32 3
 MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s 224 64 3
 
 # 4. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
@@ -81,6 +83,10 @@ step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student
 step 60 "$P" verify "$out/labels-2dev"
 step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-cuda-bf16" --arch demo_tiny \
     --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device cuda:0 --out "$out/kd"
+# the same KD student under mixed precision (--amp true)
+step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-cuda-bf16" --arch demo_tiny \
+    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device cuda:0 --amp true \
+    --out "$out/kd-amp"
 # the GPU stores against the CPU f32 store of the same crops (f32: float rounding only)
 step 60 python3 - "$out" <<'PY'
 import sys

@@ -8,7 +8,8 @@
 //! mode, mean softmax) run on the batch every step. `ce`: the pure student step
 //! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
 //! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
-//! `bf16`, `f16`; softmax in f32). On a GPU the train modes run their f32 GEMMs on TF32 as
+//! `bf16`, `f16`; softmax in f32); for the train modes on a GPU MEAL_DTYPE=bf16 is
+//! mixed precision (`meal-student --amp true`: `ResNet::set_autocast`). On a GPU the train modes run their f32 GEMMs on TF32 as
 //! `meal-student` does by default, `infer` in exact f32 as precompute does;
 //! `MEAL_CUDA_TF32=0|1` sets it for all. Each step ends by reading a scalar, so GPU work is
 //! synchronised before the clock stops. `MEAL_OP_PROFILE=1` adds the time of each of our
@@ -55,7 +56,14 @@ fn main() -> anyhow::Result<()> {
         m.freeze_batch_norms()?;
         m
     } else {
-        ResNet::from_preset(arch, classes, &dev, 0)?
+        let mut m = ResNet::from_preset(arch, classes, &dev, 0)?;
+        if dtype != DType::F32 {
+            if !dev.is_cuda() {
+                anyhow::bail!("MEAL_DTYPE={dtype:?} for {mode}: mixed precision trains on a GPU");
+            }
+            m.set_autocast(Some(dtype));
+        }
+        m
     };
     let x = Tensor::randn(0f32, 1.0, (batch, 3, res, res), &dev)?;
     let disc = Discriminator::new(classes, true, &dev, 1)?;

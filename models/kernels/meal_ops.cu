@@ -1,8 +1,9 @@
 // The CUDA twins of our CPU ops (models/src/ops): the column gather/scatter and layout
 // swaps around the convolution GEMMs (cuBLAS), train-mode BatchNorm(+ReLU) forward and
 // backward, max-pool with the first-maximum rule, the in-place SGD update, and the
-// inference side of bf16 teachers (eval BatchNorm) and of 8-bit input batches. f32
-// unless a kernel's name says bf16.
+// inference side of bf16 teachers (eval BatchNorm) and of 8-bit input batches; the
+// bf16 twins (`_bf16`) also serve mixed-precision training (bf16 activations, f32
+// weights and statistics). f32 unless a kernel's name says bf16.
 // Compiled to PTX at build time by models/build.rs (nvcc, as candle-kernels does) and
 // loaded once per device by models/src/ops/cuda.rs. Each kernel keeps the CPU op's
 // semantics (tie and NaN rules, f64 statistics); models/src/ops/cuda_tests.rs compares
@@ -53,6 +54,17 @@ __device__ __forceinline__ float zero_of<float>() { return 0.f; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 zero_of<__nv_bfloat16>() { return __float2bfloat16(0.f); }
 
+// A value widened to f32 (exact), and an f32 rounded to T (to nearest even for bf16): the
+// bf16 kernels of mixed-precision training read bf16, compute in f32 and round once.
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T>
+__device__ __forceinline__ T narrow_to(float v);
+template <>
+__device__ __forceinline__ float narrow_to<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 narrow_to<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
 // cols [c*k*k, nb*ho*wo] of the nb NCHW images at x: row (ch*k + ky)*k + kx (the weight's
 // [co, ci, kh, kw] order), column img*ho*wo + oy*wo + ox; zero where the window is in
 // the padding. As models/src/ops/conv/cols.rs `im2col`. f32 and bf16 (a copy: exact).
@@ -87,8 +99,10 @@ extern "C" __global__ void meal_im2col_bf16(const __nv_bfloat16* x, __nv_bfloat1
 // The adjoint of meal_im2col: dx (nb NCHW images) as the sum of the column entries that
 // read each input position. One thread per input element gathers its at most k*k
 // entries in (ky, kx) order: no atomics, so the result does not depend on scheduling.
-extern "C" __global__ void meal_col2im(const float* dcols, float* dx, int nb, int c, int h,
-                                       int w, int k, int stride, int pad, int ho, int wo) {
+// f32 and bf16 (summed in f32, rounded once).
+template <class T>
+__device__ __forceinline__ void col2im(const T* dcols, T* dx, int nb, int c, int h, int w, int k,
+                                       int stride, int pad, int ho, int wo) {
     size_t p = (size_t)ho * wo, ncol = (size_t)nb * p;
     unsigned n = (unsigned)nb * c * h * w, uw = (unsigned)w, uh = (unsigned)h, uc = (unsigned)c;
     GRID_STRIDE(t, n) {
@@ -106,11 +120,28 @@ extern "C" __global__ void meal_col2im(const float* dcols, float* dx, int nb, in
                 int ox = xx / stride;
                 if (ox >= wo) continue;
                 size_t row = ((size_t)ch * k + ky) * k + kx;
-                s += dcols[row * ncol + img * p + (size_t)oy * wo + ox];
+                s += widen(dcols[row * ncol + img * p + (size_t)oy * wo + ox]);
             }
         }
-        dx[t] = s;
+        dx[t] = narrow_to<T>(s);
     }
+}
+
+extern "C" __global__ void meal_col2im(const float* dcols, float* dx, int nb, int c, int h,
+                                       int w, int k, int stride, int pad, int ho, int wo) {
+    col2im(dcols, dx, nb, c, h, w, k, stride, pad, ho, wo);
+}
+
+extern "C" __global__ void meal_col2im_bf16(const __nv_bfloat16* dcols, __nv_bfloat16* dx, int nb,
+                                            int c, int h, int w, int k, int stride, int pad,
+                                            int ho, int wo) {
+    col2im(dcols, dx, nb, c, h, w, k, stride, pad, ho, wo);
+}
+
+// f32 -> bf16, rounded to nearest even (a mixed-precision weight gradient summed in f32
+// over the chunks of a batch, then stored in the weight's bf16).
+extern "C" __global__ void meal_to_bf16(const float* x, __nv_bfloat16* y, size_t n) {
+    GRID_STRIDE(t, n) y[t] = __float2bfloat16(x[t]);
 }
 
 // ---- BatchNorm ---------------------------------------------------------------------
@@ -146,19 +177,20 @@ __device__ __forceinline__ void split_range(unsigned b, unsigned splits, unsigne
 
 // Partial sums of x - x[0, ch, 0] and of its square in f64 (as the CPU op, bn.rs
 // `channel_stats`, shifts by the channel's first value): part[ch*splits + s] and
-// part[(c + ch)*splits + s].
-extern "C" __global__ void meal_bn_stats(const float* x, double* part, int b, int c, int hw,
+// part[(c + ch)*splits + s]. Over f32 or bf16 x (widened: exact).
+template <class T>
+__device__ __forceinline__ void bn_stats(const T* x, double* part, int b, int c, int hw,
                                          int splits) {
     __shared__ double sh[BN_THREADS];
     unsigned ch = blockIdx.x / (unsigned)splits, sp = blockIdx.x - ch * (unsigned)splits;
     unsigned i0, i1, uhw = (unsigned)hw;
     split_range((unsigned)b, (unsigned)splits, sp, &i0, &i1);
     unsigned n = (i1 - i0) * uhw;
-    double shift = (b > 0 && hw > 0) ? (double)x[(size_t)ch * hw] : 0.0;
+    double shift = (b > 0 && hw > 0) ? (double)widen(x[(size_t)ch * hw]) : 0.0;
     double s = 0.0, s2 = 0.0;
     for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
         unsigned i = t / uhw, q = t - i * uhw;
-        double d = (double)x[((size_t)(i0 + i) * c + ch) * hw + q] - shift;
+        double d = (double)widen(x[((size_t)(i0 + i) * c + ch) * hw + q]) - shift;
         s += d;
         s2 += d * d;
     }
@@ -170,10 +202,20 @@ extern "C" __global__ void meal_bn_stats(const float* x, double* part, int b, in
     }
 }
 
+extern "C" __global__ void meal_bn_stats(const float* x, double* part, int b, int c, int hw,
+                                         int splits) {
+    bn_stats(x, part, b, c, hw, splits);
+}
+
+extern "C" __global__ void meal_bn_stats_bf16(const __nv_bfloat16* x, double* part, int b, int c,
+                                              int hw, int splits) {
+    bn_stats(x, part, b, c, hw, splits);
+}
+
 // Mean and biased variance of each channel from meal_bn_stats's partial sums.
-extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* part,
-                                                double* mean, double* var, int b, int c,
-                                                int hw, int splits) {
+template <class T>
+__device__ __forceinline__ void bn_stats_finish(const T* x, const double* part, double* mean,
+                                                double* var, int b, int c, int hw, int splits) {
     GRID_STRIDE(ch, c) {
         double s = 0.0, s2 = 0.0;
         for (int sp = 0; sp < splits; ++sp) {
@@ -181,12 +223,24 @@ extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* pa
             s2 += part[((size_t)c + ch) * splits + sp];
         }
         double n = (double)b * hw;
-        double shift = (b > 0 && hw > 0) ? (double)x[(size_t)ch * hw] : 0.0;
+        double shift = (b > 0 && hw > 0) ? (double)widen(x[(size_t)ch * hw]) : 0.0;
         double m = n > 0 ? s / n : 0.0;
         mean[ch] = shift + m;
         double v = n > 0 ? s2 / n - m * m : 0.0;
         var[ch] = v > 0.0 ? v : 0.0;
     }
+}
+
+extern "C" __global__ void meal_bn_stats_finish(const float* x, const double* part,
+                                                double* mean, double* var, int b, int c,
+                                                int hw, int splits) {
+    bn_stats_finish(x, part, mean, var, b, c, hw, splits);
+}
+
+extern "C" __global__ void meal_bn_stats_finish_bf16(const __nv_bfloat16* x, const double* part,
+                                                     double* mean, double* var, int b, int c,
+                                                     int hw, int splits) {
+    bn_stats_finish(x, part, mean, var, b, c, hw, splits);
 }
 
 // The per-channel scale = gamma / sqrt(var + eps) and shift = beta - mean * scale of a
@@ -238,11 +292,11 @@ __device__ __forceinline__ float gated(float g, float v, const float* scale,
 
 // Partial sums per block of `splits` per channel (as meal_bn_stats): sum(dy) at
 // part[ch*splits + s], sum(dy * (x - mean)) at part[(c + ch)*splits + s], dy gated by
-// the fused ReLU.
-extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
-                                             const double* mean, const float* scale,
-                                             const float* shift, int relu, int b, int c,
-                                             int hw, int splits, double* part) {
+// the fused ReLU. Over f32 or bf16 dy and x (widened).
+template <class T>
+__device__ __forceinline__ void bn_grad_sums(const T* dy, const T* x, const double* mean,
+                                             const float* scale, const float* shift, int relu,
+                                             int b, int c, int hw, int splits, double* part) {
     __shared__ double sh[BN_THREADS];
     unsigned ch = blockIdx.x / (unsigned)splits, sp = blockIdx.x - ch * (unsigned)splits;
     unsigned i0, i1, uhw = (unsigned)hw;
@@ -253,8 +307,8 @@ extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
     for (unsigned t = threadIdx.x; t < n; t += BN_THREADS) {
         unsigned i = t / uhw, q = t - i * uhw;
         size_t at = ((size_t)(i0 + i) * c + ch) * hw + q;
-        float v = x[at];
-        float g = gated(dy[at], v, scale, shift, ch, relu);
+        float v = widen(x[at]);
+        float g = gated(widen(dy[at]), v, scale, shift, ch, relu);
         sd += (double)g;
         sdx += (double)(g * (v - m));
     }
@@ -264,6 +318,20 @@ extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
         part[(size_t)ch * splits + sp] = sd;
         part[((size_t)c + ch) * splits + sp] = sdx;
     }
+}
+
+extern "C" __global__ void meal_bn_grad_sums(const float* dy, const float* x,
+                                             const double* mean, const float* scale,
+                                             const float* shift, int relu, int b, int c,
+                                             int hw, int splits, double* part) {
+    bn_grad_sums(dy, x, mean, scale, shift, relu, b, c, hw, splits, part);
+}
+
+extern "C" __global__ void meal_bn_grad_sums_bf16(const __nv_bfloat16* dy, const __nv_bfloat16* x,
+                                                  const double* mean, const float* scale,
+                                                  const float* shift, int relu, int b, int c,
+                                                  int hw, int splits, double* part) {
+    bn_grad_sums(dy, x, mean, scale, shift, relu, b, c, hw, splits, part);
 }
 
 // sums[ch] = sum(dy), sums[c + ch] = sum(dy * (x - mean)): meal_bn_grad_sums's partial
@@ -281,15 +349,15 @@ extern "C" __global__ void meal_bn_grad_finish(const double* part, int c, int sp
     }
 }
 
-// out = [dx..., dgamma..., dbeta...]: dx = k*dy - k*sd/m - (x - mean) * k*inv*sdx/m with
-// k = gamma*inv, inv = 1/sqrt(var + eps), m = b*hw (bn.rs BnBackward); dgamma = sdx*inv,
-// dbeta = sd.
-extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
-                                              const double* mean, const double* var,
-                                              const float* gamma, const double* sums,
-                                              const float* scale, const float* shift,
-                                              int relu, double eps, int b, int c, int hw,
-                                              float* out) {
+// dx = k*dy - k*sd/m - (x - mean) * k*inv*sdx/m with k = gamma*inv, inv = 1/sqrt(var +
+// eps), m = b*hw (bn.rs BnBackward), in f32 (rounded once to T); dgb = [dgamma...,
+// dbeta...] in f32: dgamma = sdx*inv, dbeta = sd.
+template <class T>
+__device__ __forceinline__ void bn_grad_input(const T* dy, const T* x, const double* mean,
+                                              const double* var, const float* gamma,
+                                              const double* sums, const float* scale,
+                                              const float* shift, int relu, double eps, int b,
+                                              int c, int hw, T* dx, float* dgb) {
     unsigned n = (unsigned)b * c * hw;
     double m = (double)b * hw;
     GRID_STRIDE(t, n) {
@@ -298,22 +366,42 @@ extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
         double k = (double)gamma[ch] * inv;
         double sd = sums[ch], sdx = sums[c + ch] * inv;
         float kf = (float)k, ka = (float)(k * sd / m), kb = (float)(k * inv * sdx / m);
-        float v = x[t];
-        float g = gated(dy[t], v, scale, shift, ch, relu);
-        out[t] = kf * g - ka - (v - (float)mean[ch]) * kb;
+        float v = widen(x[t]);
+        float g = gated(widen(dy[t]), v, scale, shift, ch, relu);
+        dx[t] = narrow_to<T>(kf * g - ka - (v - (float)mean[ch]) * kb);
     }
     unsigned tid = blockIdx.x * blockDim.x + threadIdx.x;
     if (tid < (unsigned)c) {
         double inv = 1.0 / sqrt(var[tid] + eps);
-        out[n + tid] = (float)(sums[c + tid] * inv);
-        out[n + c + tid] = (float)sums[tid];
+        dgb[tid] = (float)(sums[c + tid] * inv);
+        dgb[c + tid] = (float)sums[tid];
     }
 }
 
-// ---- max-pool ----------------------------------------------------------------------
+// f32: out = [dx..., dgamma..., dbeta...] (the CPU op's packing).
+extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
+                                              const double* mean, const double* var,
+                                              const float* gamma, const double* sums,
+                                              const float* scale, const float* shift,
+                                              int relu, double eps, int b, int c, int hw,
+                                              float* out) {
+    bn_grad_input(dy, x, mean, var, gamma, sums, scale, shift, relu, eps, b, c, hw, out,
+                  out + (size_t)b * c * hw);
+}
 
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+// bf16 dy and x (mixed-precision training): dx in bf16, dgamma and dbeta in f32 (the
+// weights' dtype).
+extern "C" __global__ void meal_bn_grad_input_bf16(const __nv_bfloat16* dy,
+                                                   const __nv_bfloat16* x, const double* mean,
+                                                   const double* var, const float* gamma,
+                                                   const double* sums, const float* scale,
+                                                   const float* shift, int relu, double eps,
+                                                   int b, int c, int hw, __nv_bfloat16* dx,
+                                                   float* dgb) {
+    bn_grad_input(dy, x, mean, var, gamma, sums, scale, shift, relu, eps, b, c, hw, dx, dgb);
+}
+
+// ---- max-pool ----------------------------------------------------------------------
 
 // Index within the plane of the first maximum of output (oy, ox)'s window, row-major
 // window order, `v > best || isnan(v)` (pool.rs `Pool::argmax`, PyTorch's CPU rule); over
@@ -362,16 +450,18 @@ extern "C" __global__ void meal_maxpool_fwd_bf16(const __nv_bfloat16* x, __nv_bf
 }
 
 // dx of the max-pool: one thread per input element sums, in (oy, ox) order as the CPU
-// op adds, the dy of every window whose first maximum it is.
-extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, float* dx,
-                                            size_t planes, int h, int w, int ho, int wo,
-                                            int k, int stride, int pad) {
+// op adds, the dy of every window whose first maximum it is. f32, and bf16 (summed in
+// f32, rounded once).
+template <class T>
+__device__ __forceinline__ void maxpool_bwd(const T* x, const T* dy, T* dx, size_t planes,
+                                            int h, int w, int ho, int wo, int k, int stride,
+                                            int pad) {
     unsigned pi = (unsigned)h * w, n = (unsigned)(planes * pi);
     GRID_STRIDE(t, n) {
         unsigned pl = t / pi;
         int q = (int)(t - pl * pi), iy = q / w, ix = q - iy * w;
-        const float* plane = x + (size_t)pl * pi;
-        const float* g = dy + (size_t)pl * ho * wo;
+        const T* plane = x + (size_t)pl * pi;
+        const T* g = dy + (size_t)pl * ho * wo;
         // windows oy*stride - pad <= iy < oy*stride - pad + k
         int oy0 = iy + pad - k + 1, ox0 = ix + pad - k + 1;
         oy0 = oy0 > 0 ? (oy0 + stride - 1) / stride : 0;
@@ -383,9 +473,21 @@ extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, flo
         for (int oy = oy0; oy <= oy1; ++oy)
             for (int ox = ox0; ox <= ox1; ++ox)
                 if (pool_argmax_of(plane, h, w, k, stride, pad, oy, ox) == q)
-                    s += g[oy * wo + ox];
-        dx[t] = s;
+                    s += widen(g[oy * wo + ox]);
+        dx[t] = narrow_to<T>(s);
     }
+}
+
+extern "C" __global__ void meal_maxpool_bwd(const float* x, const float* dy, float* dx,
+                                            size_t planes, int h, int w, int ho, int wo,
+                                            int k, int stride, int pad) {
+    maxpool_bwd(x, dy, dx, planes, h, w, ho, wo, k, stride, pad);
+}
+
+extern "C" __global__ void meal_maxpool_bwd_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy,
+                                                 __nv_bfloat16* dx, size_t planes, int h, int w,
+                                                 int ho, int wo, int k, int stride, int pad) {
+    maxpool_bwd(x, dy, dx, planes, h, w, ho, wo, k, stride, pad);
 }
 
 // ---- ReLU --------------------------------------------------------------------------
@@ -417,9 +519,19 @@ extern "C" __global__ void meal_add_relu_bf16(const __nv_bfloat16* a, const __nv
 }
 
 // dx = dy where the output y is positive, else 0 (relu.rs `ReluBackward`, PyTorch's
-// threshold_backward).
+// threshold_backward); f32 and bf16 (a select: exact).
+template <class T>
+__device__ __forceinline__ void relu_grad(const T* y, const T* dy, T* dx, size_t n) {
+    GRID_STRIDE(t, n) dx[t] = widen(y[t]) > 0.f ? dy[t] : zero_of<T>();
+}
+
 extern "C" __global__ void meal_relu_grad(const float* y, const float* dy, float* dx, size_t n) {
-    GRID_STRIDE(t, n) dx[t] = y[t] > 0.f ? dy[t] : 0.f;
+    relu_grad(y, dy, dx, n);
+}
+
+extern "C" __global__ void meal_relu_grad_bf16(const __nv_bfloat16* y, const __nv_bfloat16* dy,
+                                               __nv_bfloat16* dx, size_t n) {
+    relu_grad(y, dy, dx, n);
 }
 
 // ---- SGD ---------------------------------------------------------------------------

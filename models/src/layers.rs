@@ -23,6 +23,17 @@ fn w(v: &Var, train: bool) -> Tensor {
     }
 }
 
+/// [`w`] in the dtype of the activations `x` it meets, under mixed precision
+/// ([`crate::ResNet::set_autocast`]): an f32 weight meeting bf16 or f16 activations is
+/// cast for this use, as PyTorch's autocast casts a convolution's weight (its
+/// gradient, in the activations' dtype, is cast back to f32 by the cast's backward).
+/// Otherwise the weight as it is.
+fn w_as(v: &Var, train: bool, x: &Tensor) -> Result<Tensor> {
+    let t = w(v, train);
+    let autocast = t.dtype() == DType::F32 && matches!(x.dtype(), DType::BF16 | DType::F16);
+    Ok(if autocast { t.to_dtype(x.dtype())? } else { t })
+}
+
 /// How a [`Conv2d`] slides and what it carries besides its weight (candle-nn's
 /// `Conv2dConfig` pattern). `ConvConfig::new(k, stride)` pads as timm's
 /// `get_padding(k, stride)` does (timm/layers/padding.py), which every layer of the
@@ -152,18 +163,19 @@ impl Conv2d {
         bn.forward_act(&self.forward(x, train)?, train, relu)
     }
 
-    /// Apply to an NCHW tensor.
+    /// Apply to an NCHW tensor (f32 weights meeting bf16/f16 activations are cast to
+    /// theirs: mixed precision).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = crate::ops::conv2d_in(
             x,
-            &w(&self.weight, train),
+            &w_as(&self.weight, train, x)?,
             self.stride,
             self.padding,
             self.groups,
             self.precision,
         )?;
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&w(b, train).reshape((1, (), 1, 1))?)?,
+            Some(b) => y.broadcast_add(&w_as(b, train, x)?.reshape((1, (), 1, 1))?)?,
             None => y,
         })
     }
@@ -325,6 +337,13 @@ impl BatchNorm2d {
             self.update_running_stats(&mean, &var, count)?;
             return Ok((y, true));
         }
+        let wdt = self.weight.dtype();
+        if x.dtype() != wdt {
+            // mixed precision without our CUDA op (on the CPU, or MEAL_CUDA_OPS=0): the
+            // BatchNorm in the weights' f32, its output back in the activations' dtype
+            let (y, fused) = self.forward_train(&x.to_dtype(wdt)?, relu)?;
+            return Ok((y.to_dtype(x.dtype())?, fused));
+        }
         let shape = (1, x.dim(1)?, 1, 1);
         let gamma = w(&self.weight, true).reshape(shape)?;
         let beta = w(&self.bias, true).reshape(shape)?;
@@ -409,11 +428,9 @@ impl BatchNorm2d {
         if let Some(y) = crate::ops::channel_affine_dev(x, &scale, &shift, relu)? {
             return Ok((y, true));
         }
-        // the frozen affine is f32: in x's dtype for candle's broadcasts
-        let (scale, shift) = match frozen {
-            Some(_) => (scale.to_dtype(x.dtype())?, shift.to_dtype(x.dtype())?),
-            None => (scale, shift),
-        };
+        // the frozen affine is f32, and so are a mixed-precision network's weights: in
+        // x's dtype for candle's broadcasts
+        let (scale, shift) = (scale.to_dtype(x.dtype())?, shift.to_dtype(x.dtype())?);
         Ok((x.broadcast_mul(&scale)?.broadcast_add(&shift)?, false))
     }
 }
@@ -444,6 +461,11 @@ impl Linear {
                 Kind::Param,
             )?,
         })
+    }
+
+    /// The dtype of its weights.
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
     }
 
     /// Apply to `[N, cin]`.

@@ -297,6 +297,8 @@ pub struct ResNet {
     stages: Vec<Vec<ResBlock>>,
     fc: Linear,
     entries: Vec<Entry>,
+    /// Mixed precision ([`ResNet::set_autocast`]): the activations' dtype.
+    autocast: Option<candle_core::DType>,
 }
 
 impl ResNet {
@@ -480,6 +482,7 @@ impl ResNet {
             stages,
             fc,
             entries: pb.finish(),
+            autocast: None,
         })
     }
 
@@ -488,12 +491,31 @@ impl ResNet {
         &self.config
     }
 
+    /// Mixed precision as PyTorch's autocast runs a ResNet (`Some(DType::BF16)`): the
+    /// input and every activation in that dtype, the f32 weights cast to it at each use
+    /// (their gradients come back in f32), BatchNorm statistics and the running ones in
+    /// f32/f64, the pooled features and the classifier in the weights' f32, so the
+    /// logits and the loss are f32. `None` (the default): all in the weights' dtype.
+    /// On CUDA every layer of the ResNet-50 step then runs our bf16 ops (tensor-core
+    /// GEMMs); elsewhere candle's generic ops run it.
+    pub fn set_autocast(&mut self, dtype: Option<candle_core::DType>) {
+        self.autocast = dtype;
+    }
+
+    /// The dtype of [`ResNet::set_autocast`].
+    pub fn autocast(&self) -> Option<candle_core::DType> {
+        self.autocast
+    }
+
     /// Logits `[N, num_classes]` of an NCHW batch. `train`: BatchNorm on batch
     /// statistics (and running-stat update) with an autograd graph; otherwise running
     /// statistics and detached weights (no graph).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let last = self.stem.len() - 1;
-        let mut y = x.clone();
+        let mut y = match self.autocast {
+            Some(dt) => x.to_dtype(dt)?,
+            None => x.clone(),
+        };
         for (i, (conv, bn)) in self.stem.iter().enumerate() {
             y = match bn {
                 Some(bn) => conv.forward_bn(&y, bn, true, train)?,
@@ -510,6 +532,8 @@ impl ResNet {
                 y = b.forward(&y, train)?;
             }
         }
+        // mixed precision: the pooled features and the classifier in the weights' dtype
+        let y = y.to_dtype(self.fc.dtype())?;
         self.fc.forward(&global_avg_pool(&y)?, train)
     }
 
@@ -613,6 +637,108 @@ mod tests {
     fn bits(t: &Tensor) -> Vec<u32> {
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    fn vals(t: &Tensor) -> Vec<f32> {
+        let t = t.to_dtype(candle_core::DType::F32).unwrap();
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// `max|a - b| / max|b|`.
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (vals(a), vals(b));
+        let scale = b.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        worst / scale
+    }
+
+    fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+        let (a, b) = (vals(a), vals(b));
+        let dot = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| *p as f64 * *q as f64)
+                .sum::<f64>()
+        };
+        dot(&a, &b) / (dot(&a, &a) * dot(&b, &b)).sqrt()
+    }
+
+    /// Mixed precision (`set_autocast`) wires the network as PyTorch's autocast: half
+    /// precision activations, f32 logits and f32 gradients for the f32 weights, running
+    /// statistics updated; its logits and gradients follow the f32 network's within
+    /// half precision. Here in f16 through candle's generic ops (candle's CPU matmul has
+    /// no bf16); the layers' wiring is the same for bf16, which runs our ops on a GPU
+    /// (ops/cuda/tests.rs).
+    #[test]
+    fn mixed_precision_follows_the_f32_network() {
+        use candle_core::DType;
+        let dev = Device::Cpu;
+        // fixed inputs (candle's CPU randn is not seeded)
+        let fixed = |n: usize, k: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i as f32 * k).sin() * 1.7).fract() * 2.0)
+                .collect()
+        };
+        let x = Tensor::from_vec(fixed(4 * 3 * 32 * 32, 0.37), (4, 3, 32, 32), &dev).unwrap();
+        let r = Tensor::from_vec(fixed(40, 1.3), (4, 10), &dev).unwrap();
+        let step = |amp: bool| {
+            let mut m = ResNet::from_preset("demo_resnet10", 10, &dev, 0).unwrap();
+            m.set_autocast(amp.then_some(DType::F16));
+            let logits = m.forward_t(&x, true).unwrap();
+            let grads = (&logits * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grad_of = |name: &str| {
+                // the stem's first convolution, or the entry of that name
+                let e = m.entries().iter().find(|e| match name {
+                    "stem" => e.shape.len() == 4,
+                    _ => e.name == name,
+                });
+                let e = e.unwrap_or_else(|| panic!("no entry {name}"));
+                grads.get(e.var.as_tensor()).unwrap().clone()
+            };
+            let running = m
+                .entries()
+                .iter()
+                .find(|e| e.name.ends_with("running_mean"))
+                .unwrap()
+                .var
+                .as_tensor()
+                .clone();
+            (logits, grad_of("stem"), grad_of("fc.weight"), running)
+        };
+        let (l32, c32, f32_, r32) = step(false);
+        let (l16, c16, f16, r16) = step(true);
+        assert_eq!(l16.dtype(), DType::F32, "logits in f32");
+        assert_eq!(c16.dtype(), DType::F32, "the f32 weights' gradients in f32");
+        assert_eq!(r16.dtype(), DType::F32, "running statistics stay f32");
+        // candle's CPU convolutions sum in f16 (up to ~600 products per output here), so
+        // the errors are those of f16 sums, not of f16 values: the values within a few
+        // percent, the gradients' directions within a few degrees
+        for (what, a, b, tol) in [
+            ("logits", &l16, &l32, 0.05),
+            ("running mean", &r16, &r32, 0.05),
+        ] {
+            let e = rel_err(a, b);
+            assert!(e < tol, "{what}: relative error {e} (tolerance {tol})");
+        }
+        // (the stem's weight gradient sums 4096 products per weight in f16: its error
+        // is the largest)
+        for (what, a, b, min) in [
+            ("stem gradient", &c16, &c32, 0.95),
+            ("fc gradient", &f16, &f32_, 0.999),
+        ] {
+            let c = cosine(a, b);
+            assert!(c > min, "{what}: cosine {c} with the f32 network's ({min})");
+        }
+        // and it is not the f32 network itself: the activations were rounded
+        assert!(rel_err(&l16, &l32) > 0.0, "autocast changed nothing");
     }
 
     /// Frozen BatchNorms give the unfrozen eval forward bit for bit, keep their affine

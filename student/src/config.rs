@@ -115,6 +115,12 @@ pub struct TrainArgs {
     /// [default: true].
     #[arg(long)]
     pub tf32: Option<bool>,
+    /// On a GPU, mixed precision as PyTorch's autocast with bf16: activations and
+    /// convolutions in bf16 (tensor cores, f32 sums), f32 weights, optimizer, BatchNorm
+    /// statistics, logits and loss (no loss scaling: bf16 has f32's range). CUDA only
+    /// [default: false].
+    #[arg(long)]
+    pub amp: Option<bool>,
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -195,6 +201,9 @@ pub struct Settings {
     /// TF32 GEMMs on a GPU (absent from runs made before the flag: they ran in f32).
     #[serde(default)]
     pub tf32: bool,
+    /// Mixed precision (bf16) on a GPU (absent from runs made before the flag: f32).
+    #[serde(default)]
+    pub amp: bool,
     /// Threads.
     pub threads: usize,
     /// Seed.
@@ -348,6 +357,7 @@ impl TrainArgs {
             online_teacher,
             device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
             tf32: l.pick(|a| &a.tf32).unwrap_or(true),
+            amp: l.pick(|a| &a.amp).unwrap_or(false),
             threads,
             seed: l.pick(|a| &a.seed).unwrap_or(0),
             out,

@@ -247,6 +247,18 @@ fn a_run_directory_in_use_is_refused() {
     );
 }
 
+/// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
+/// named, before anything is written.
+#[test]
+fn mixed_precision_on_the_cpu_is_refused() {
+    let f = fixture();
+    let mut a = args(&f, "amp");
+    a.amp = Some(true);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--amp") && e.contains("cuda"), "{e}");
+    assert!(!f.root.join("amp").join("metrics.jsonl").exists());
+}
+
 #[test]
 fn a_store_of_another_dataset_is_refused() {
     let f = fixture();

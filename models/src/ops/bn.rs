@@ -42,7 +42,10 @@ struct BnTrain {
     relu: bool,
 }
 
-/// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`.
+/// `dx, dgamma, dbeta` of [`BnTrain`] packed in one vector `[dx..., dgamma..., dbeta...]`
+/// (f32). For bf16 `x` (mixed-precision training on CUDA) `dx` alone, in bf16, with
+/// `[dgamma..., dbeta...]` (f32, the weights' dtype) left in `weight_grads` for
+/// [`TakeWeightGrads`]: one op cannot return two dtypes.
 struct BnBackward {
     eps: f64,
     /// The forward's statistics and affine (the statistics recomputed from `x` only if
@@ -50,6 +53,40 @@ struct BnBackward {
     kept: Option<Kept>,
     /// The fused ReLU: `dy` counts only where `x * scale + shift > 0`.
     relu: bool,
+    #[cfg(feature = "cuda")]
+    weight_grads: WeightGradCell,
+}
+
+/// The f32 `[dgamma..., dbeta...]` of a bf16 [`BnBackward`] on CUDA, until taken.
+#[cfg(feature = "cuda")]
+type WeightGradCell = std::sync::Arc<std::sync::Mutex<Option<candle_core::CudaStorage>>>;
+
+/// The `[dgamma..., dbeta...]` a bf16 [`BnBackward`] left (f32 `[2C]`), as a tensor;
+/// applied to its `x` (for the device), without a backward.
+#[cfg(feature = "cuda")]
+struct TakeWeightGrads(WeightGradCell, usize);
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp1 for TakeWeightGrads {
+    fn name(&self) -> &'static str {
+        "meal-bn-weight-grads"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("batch_norm: bf16 weight gradients exist on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
+            Some(s) => Ok((s, Shape::from(2 * self.1))),
+            None => candle_core::bail!("batch_norm: the backward left no weight gradients"),
+        }
+    }
 }
 
 /// The two sums of `f(a[i], b[i])` with eight pairs of f64 accumulators over 8-wide
@@ -287,7 +324,20 @@ impl candle_core::CustomOp3 for BnTrain {
             eps: self.eps,
             kept,
             relu: self.relu,
+            #[cfg(feature = "cuda")]
+            weight_grads: Default::default(),
         };
+        #[cfg(feature = "cuda")]
+        if x.dtype() == DType::BF16 {
+            // mixed precision: dx in bf16, the weights' gradients in f32
+            let dx = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
+            let dgb = x.apply_op1_no_bwd(&TakeWeightGrads(op.weight_grads.clone(), c))?;
+            return Ok((
+                Some(dx),
+                Some(dgb.narrow(0, 0, c)?.force_contiguous()?),
+                Some(dgb.narrow(0, c, c)?.force_contiguous()?),
+            ));
+        }
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &op)?;
         // gamma's and beta's gradients are copied out: as views they would keep the
         // whole packed buffer (dx included) alive until the optimizer step
@@ -414,7 +464,14 @@ impl candle_core::CustomOp3 for BnBackward {
                 }
                 None => None,
             };
-            super::cuda::bn_backward(self.eps, kept, self.relu, (s1, l1), (s2, l2), (s3, l3))
+            let (out, shape, dgb) =
+                super::cuda::bn_backward(self.eps, kept, self.relu, (s1, l1), (s2, l2), (s3, l3))?;
+            if let Some(dgb) = dgb {
+                let dev = s1.device.clone();
+                *self.weight_grads.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(candle_core::CudaStorage::wrap_cuda_slice(dgb, dev));
+            }
+            Ok((out, shape))
         })
     }
 }
@@ -475,8 +532,10 @@ impl candle_core::CustomOp1 for KeptStats {
 }
 
 /// Train-mode batch norm of NCHW `x` with per-channel `gamma`, `beta` (`[C]`). Returns
-/// the output and the batch mean and biased variance per channel. On CPU with f32 the
-/// fused op above; elsewhere `None` (the caller keeps its generic path).
+/// the output and the batch mean and biased variance per channel. The fused op above
+/// for f32 (CPU, or CUDA with our ops), and on CUDA for bf16 `x` with f32 weights
+/// (mixed-precision training: statistics and weights' gradients in f32 and f64, `y` and
+/// `dx` in bf16); elsewhere `None` (the caller keeps its generic path).
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
@@ -484,7 +543,11 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<Option<BnOut>> {
-    if !super::ours(x) || x.rank() != 4 {
+    let mixed = x.dtype() == DType::BF16
+        && super::on_cuda(x)
+        && gamma.dtype() == DType::F32
+        && beta.dtype() == DType::F32;
+    if !(super::ours(x) || mixed) || x.rank() != 4 {
         return Ok(None);
     }
     let kept: KeptCell = Default::default();

@@ -14,8 +14,10 @@
 //!   network runs (a quarter of the bytes to copy to a GPU).
 //!
 //! Each falls back to candle's generic ops for non-f32 tensors. With the `cuda` feature
-//! the conv, BatchNorm, max-pool and SGD ops also run on CUDA devices (cuda/: our
-//! kernels and cuBLAS, unless `MEAL_CUDA_OPS=0`); elsewhere candle's ops run.
+//! the conv, BatchNorm, max-pool, ReLU and SGD ops also run on CUDA devices (cuda/: our
+//! kernels and cuBLAS, unless `MEAL_CUDA_OPS=0`), there also over bf16 activations
+//! (bf16 teachers; mixed-precision training, forward and backward); elsewhere candle's
+//! ops run.
 
 pub mod bf16;
 mod bn;
@@ -43,6 +45,13 @@ use candle_core::{CpuStorage, Layout, Tensor};
 /// (unless `MEAL_CUDA_OPS=0`).
 pub(crate) fn ours(t: &Tensor) -> bool {
     t.dtype() == candle_core::DType::F32 && (t.device().is_cpu() || on_cuda(t))
+}
+
+/// Whether our op takes `t` where the op has a bf16 twin on CUDA: [`ours`], or bf16 on
+/// a CUDA device with our ops on (a bf16 teacher's inference, and mixed-precision
+/// training: bf16 activations, f32 weights).
+pub(crate) fn ours_or_cuda_bf16(t: &Tensor) -> bool {
+    ours(t) || (t.dtype() == candle_core::DType::BF16 && on_cuda(t))
 }
 
 #[cfg(feature = "cuda")]

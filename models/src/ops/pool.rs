@@ -186,13 +186,12 @@ impl CustomOp2 for PoolBackward {
 }
 
 /// `nn.MaxPool2d(k, stride, padding)` over NCHW `x` (padding is never the maximum).
-/// Our op for f32 (CPU, or CUDA with our ops on) and for bf16 on CUDA outside a gradient
-/// graph; elsewhere `None` (the caller keeps its generic path).
+/// Our op for f32 (CPU, or CUDA with our ops on) and for bf16 on CUDA (forward and
+/// backward); elsewhere `None` (the caller keeps its generic path).
 pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result<Option<Tensor>> {
-    // f32 (CPU, or CUDA with our ops on); bf16 on CUDA outside a gradient graph (a
-    // teacher's stem: the forward has a bf16 kernel, the backward none)
-    let bf16_infer = x.dtype() == candle_core::DType::BF16 && super::on_cuda(x) && !x.track_op();
-    if !(super::ours(x) || bf16_infer) || x.rank() != 4 {
+    // f32 (CPU, or CUDA with our ops on); bf16 on CUDA (a teacher's stem,
+    // mixed-precision training)
+    if !super::ours_or_cuda_bf16(x) || x.rank() != 4 {
         return Ok(None);
     }
     let (_, _, h, w) = x.dims4()?;

@@ -163,13 +163,12 @@ impl CustomOp2 for AddRelu {
 }
 
 /// Whether our ReLU ops take `x`: f32 where [`super::ours`] (CPU, or CUDA with our ops
-/// on), and bf16 on CUDA outside a gradient graph (a teacher's inference: no bf16
-/// backward).
+/// on), and bf16 on CUDA (a teacher's inference, mixed-precision training).
 fn ours(x: &Tensor) -> bool {
-    super::ours(x) || (x.dtype() == candle_core::DType::BF16 && super::on_cuda(x) && !x.track_op())
+    super::ours_or_cuda_bf16(x)
 }
 
-/// `max(a + b, 0)`: one fused op (on CPU and CUDA, f32; bf16 inference on CUDA), elsewhere
+/// `max(a + b, 0)`: one fused op (on CPU and CUDA, f32; bf16 on CUDA), elsewhere
 /// candle's add and ReLU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let fused = ours(a)

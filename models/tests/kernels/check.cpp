@@ -111,6 +111,119 @@ static void check_cols(const Geom& g) {
         meal_col2im(y.data(), dx.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(), g.wo());
     });
     expect("col2im " + g.name(), dx, dref, 1e-6);
+    // bf16 (mixed-precision training): the rounded entries summed in f32 in the kernel's
+    // (ky, kx) order, rounded once
+    std::vector<__nv_bfloat16> yb(rows * ncol), dxb(nx, __nv_bfloat16{0x7fc0});
+    for (size_t i = 0; i < yb.size(); ++i) yb[i] = __float2bfloat16(y[i]);
+    launch(3, 32, [&] {
+        meal_col2im_bf16(yb.data(), dxb.data(), g.nb, g.c, g.h, g.w, g.k, g.s, g.p, g.ho(), g.wo());
+    });
+    std::vector<float> sumb(nx, 0.f);
+    for (int ch = 0; ch < g.c; ++ch)
+        for (int ky = 0; ky < g.k; ++ky)
+            for (int kx = 0; kx < g.k; ++kx)
+                for (int img = 0; img < g.nb; ++img)
+                    for (int oy = 0; oy < g.ho(); ++oy)
+                        for (int ox = 0; ox < g.wo(); ++ox) {
+                            int iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
+                            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+                            size_t row = ((size_t)ch * g.k + ky) * g.k + kx;
+                            size_t at = row * ncol + img * P + (size_t)oy * g.wo() + ox;
+                            sumb[(((size_t)img * g.c + ch) * g.h + iy) * g.w + ix] +=
+                                __bfloat162float(yb[at]);
+                        }
+    for (auto& v : sumb) v = __bfloat162float(__float2bfloat16(v));
+    expect("col2im bf16 " + g.name(), widen(dxb), sumb, 0.0);
+}
+
+// f32 -> bf16 of a mixed-precision weight gradient: the emulated rounding, element by
+// element, over a grid-stride launch.
+static void check_to_bf16() {
+    size_t n = 300;
+    auto x = randn(n, 10.f);
+    x[4] = NAN;
+    std::vector<__nv_bfloat16> y(n, __nv_bfloat16{0x1234});
+    launch(3, 32, [&] { meal_to_bf16(x.data(), y.data(), n); });
+    std::vector<float> want(n);
+    for (size_t i = 0; i < n; ++i) want[i] = __bfloat162float(__float2bfloat16(x[i]));
+    expect("to_bf16", widen(y), want, 0.0);
+}
+
+// Train BatchNorm over bf16 activations (mixed precision): statistics of the widened
+// values in f64, the affine rounded once, and the backward's dx (bf16) and dgamma, dbeta
+// (f32) against the two-pass formulas over the widened values.
+static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int splits) {
+    size_t n = (size_t)b * c * hw;
+    double eps = 1e-5, m = (double)b * hw;
+    auto xf = randn(n, 1.f, offset), dyf = randn(n), gamma = randn(c, .5f, 1.f), beta = randn(c, .5f);
+    std::vector<__nv_bfloat16> x(n), dy(n);
+    for (size_t i = 0; i < n; ++i) {
+        x[i] = __float2bfloat16(xf[i]);
+        dy[i] = __float2bfloat16(dyf[i]);
+    }
+    auto xv = widen(x), dv = widen(dy);
+    std::string tag = " bf16 relu=" + std::to_string(relu) + " offset=" +
+                      std::to_string((int)offset) + " splits=" + std::to_string(splits);
+    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
+    std::vector<double> mean(c, -7), var(c, -7), mref(c), vref(c), part(2 * c * splits, -7);
+    launch(c * splits, BN_THREADS,
+           [&] { meal_bn_stats_bf16(x.data(), part.data(), b, c, hw, splits); });
+    launch(1, 32, [&] {
+        meal_bn_stats_finish_bf16(x.data(), part.data(), mean.data(), var.data(), b, c, hw, splits);
+    });
+    for (int ch = 0; ch < c; ++ch) {
+        double s = 0, s2 = 0;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) s += xv[at(i, ch, q)];
+        mref[ch] = s / m;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q)
+                s2 += (xv[at(i, ch, q)] - mref[ch]) * (xv[at(i, ch, q)] - mref[ch]);
+        vref[ch] = s2 / m;
+    }
+    expect("bn mean" + tag, mean, mref, 1e-12);
+    expect("bn var" + tag, var, vref, 1e-9);
+    std::vector<float> scale(c), shift(c);
+    launch(1, 32, [&] {
+        meal_bn_scale_shift(gamma.data(), beta.data(), mean.data(), var.data(), eps, c,
+                            scale.data(), shift.data());
+    });
+    std::vector<double> sums(2 * c, -7);
+    std::vector<__nv_bfloat16> dx(n, __nv_bfloat16{0x7fc0});
+    std::vector<float> dgb(2 * c, -7.f), dref(n), gref(2 * c);
+    launch(c * splits, BN_THREADS, [&] {
+        meal_bn_grad_sums_bf16(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu,
+                               b, c, hw, splits, part.data());
+    });
+    launch(1, 32, [&] { meal_bn_grad_finish(part.data(), c, splits, sums.data()); });
+    launch(3, 32, [&] {
+        meal_bn_grad_input_bf16(dy.data(), x.data(), mean.data(), var.data(), gamma.data(),
+                                sums.data(), scale.data(), shift.data(), relu, eps, b, c, hw,
+                                dx.data(), dgb.data());
+    });
+    for (int ch = 0; ch < c; ++ch) {
+        double inv = 1.0 / std::sqrt(vref[ch] + eps), sg = 0, sgx = 0;
+        auto g = [&](size_t t) {
+            return relu && !(xv[t] * scale[ch] + shift[ch] > 0.f) ? 0.0 : (double)dv[t];
+        };
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                sg += g(t);
+                sgx += g(t) * (xv[t] - mref[ch]) * inv;
+            }
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                double xhat = (xv[t] - mref[ch]) * inv;
+                dref[t] = (float)(gamma[ch] * inv * (g(t) - sg / m - xhat * sgx / m));
+            }
+        gref[ch] = (float)sgx;
+        gref[c + ch] = (float)sg;
+    }
+    // dx is rounded to bf16 once: within half a bf16 step (2^-9 relative) of the formula
+    expect("bn backward dx" + tag, widen(dx), dref, 1.0 / 256);
+    expect("bn backward dgamma dbeta" + tag, dgb, gref, 1e-4);
 }
 
 static void check_swap() {
@@ -268,6 +381,23 @@ static void check_pool(int planes, int h, int w, int k, int s, int p, bool nan) 
     for (size_t i = 0; i < x.size(); ++i) xb[i] = __float2bfloat16(x[i]);
     launch(3, 32, [&] { meal_maxpool_fwd_bf16(xb.data(), yb.data(), planes, h, w, ho, wo, k, s, p); });
     expect(std::string(name) + " bf16", widen(yb), yref, 0.0);
+    // the bf16 backward (mixed-precision training): the same routing of the rounded dy,
+    // summed in f32 in (oy, ox) order, rounded once
+    std::vector<__nv_bfloat16> dyb(dy.size()), dxb(x.size(), __nv_bfloat16{0x7fc0});
+    for (size_t i = 0; i < dy.size(); ++i) dyb[i] = __float2bfloat16(dy[i]);
+    launch(3, 32, [&] {
+        meal_maxpool_bwd_bf16(xb.data(), dyb.data(), dxb.data(), planes, h, w, ho, wo, k, s, p);
+    });
+    std::vector<float> drefb(x.size(), 0.f);
+    for (int pl = 0; pl < planes; ++pl)
+        for (int oy = 0; oy < ho; ++oy)
+            for (int ox = 0; ox < wo; ++ox) {
+                int a = first_max(x.data() + (size_t)pl * h * w, h, w, k, s, p, oy, ox);
+                drefb[(size_t)pl * h * w + a] +=
+                    __bfloat162float(dyb[((size_t)pl * ho + oy) * wo + ox]);
+            }
+    for (auto& v : drefb) v = __bfloat162float(__float2bfloat16(v));
+    expect(std::string(name) + " bf16 backward", widen(dxb), drefb, 0.0);
 }
 
 // ReLU, the residual join + ReLU, the ReLU's gradient; f32 and bf16.
@@ -304,6 +434,12 @@ static void check_relu() {
     }
     expect("relu bf16", widen(yb), ybref, 0.0);
     expect("add_relu bf16", widen(sb), sbref, 0.0);
+    std::vector<__nv_bfloat16> dyb(n), dxb(n, __nv_bfloat16{0x7fc0});
+    for (size_t i = 0; i < n; ++i) dyb[i] = __float2bfloat16(dy[i]);
+    launch(3, 32, [&] { meal_relu_grad_bf16(sb.data(), dyb.data(), dxb.data(), n); });
+    std::vector<float> dxbref(n);
+    for (size_t i = 0; i < n; ++i) dxbref[i] = sbref[i] > 0.f ? __bfloat162float(dyb[i]) : 0.f;
+    expect("relu grad bf16", widen(dxb), dxbref, 0.0);
 }
 
 static void check_sgd(int nesterov) {
@@ -405,6 +541,9 @@ int main() {
     check_bn(5, 3, 20, 100.f, 1, 2);  // uneven splits (2 and 3 images)
     check_bn(3, 4, 9, 0.f, 0, 3);     // a split per image
     check_bn(2, 3, 1, 0.f, 1, 1);     // 1x1 planes (the SE block's squeeze)
+    for (int relu = 0; relu < 2; ++relu) check_bn_bf16(3, 5, 42, 3.f, relu, 1);
+    check_bn_bf16(5, 3, 20, 0.f, 1, 2);  // uneven splits
+    check_to_bf16();
     check_pool(6, 11, 10, 3, 2, 1, false);
     check_pool(6, 11, 10, 3, 2, 1, true);
     check_pool(6, 8, 8, 2, 2, 0, false);

@@ -50,7 +50,7 @@ pub struct Inputs {
 /// Settings a resume may change: where things are (inputs are compared by content
 /// instead), how many threads, the device, and the step limit (not serialised). The
 /// result equals an uninterrupted run with any of these changed (tested for threads).
-const RESUME_MAY_CHANGE: [&str; 9] = [
+const RESUME_MAY_CHANGE: [&str; 10] = [
     "data",
     "val",
     "labels",
@@ -59,6 +59,7 @@ const RESUME_MAY_CHANGE: [&str; 9] = [
     "threads",
     "device",
     "tf32",
+    "amp",
     "follow_links",
 ];
 

@@ -82,7 +82,8 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
 /// The student, from `--init` when given (a classifier of another class count is
 /// re-initialised; non-finite weights are refused).
 fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
-    let student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
+    let mut student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
+    student.set_autocast(s.amp.then_some(candle_core::DType::BF16));
     if let Some(init) = &s.init {
         let fresh = student
             .load_weights(
@@ -180,6 +181,11 @@ impl Run {
     pub(super) fn new(s: Settings) -> Result<Self> {
         let dev = meal_models::parse_device(&s.device).context("--device")?;
         meal_models::set_tf32(&dev, s.tf32).context("--tf32")?;
+        if s.amp && !dev.is_cuda() {
+            bail!(
+                "--amp true: mixed precision (bf16) runs on a GPU (--device cuda:N); on the CPU the student trains in f32"
+            );
+        }
         let (ds, val) = open_datasets(&s)?;
         let classes = ds.classes().len();
         let store = open_store(&s, &ds)?;

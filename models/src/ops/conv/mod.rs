@@ -462,13 +462,14 @@ pub fn conv2d_in(
         ));
     }
     let (_, _, kh, kw) = w.dims4()?;
-    // on CUDA our op takes bf16 and grouped convolutions for inference only (a teacher:
-    // tensor-core GEMMs; one batched GEMM over the groups), without a backward; a
-    // grouped convolution that needs gradients keeps candle's there
+    // on CUDA our op takes bf16 (tensor-core GEMMs: a bf16 teacher, and mixed-precision
+    // training, whose layers hand it bf16 weights) and grouped convolutions for
+    // inference (one batched GEMM over the groups); a grouped convolution that needs
+    // gradients keeps candle's there
     let infer = super::on_cuda(x) && !x.track_op() && !w.track_op();
-    let bf16_infer = infer && x.dtype() == DType::BF16 && w.dtype() == DType::BF16;
+    let cuda_bf16 = super::on_cuda(x) && x.dtype() == DType::BF16 && w.dtype() == DType::BF16;
     let fast =
-        (super::ours(x) || bf16_infer) && kh == kw && (x.device().is_cpu() || groups == 1 || infer);
+        (super::ours(x) || cuda_bf16) && kh == kw && (x.device().is_cpu() || groups == 1 || infer);
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }

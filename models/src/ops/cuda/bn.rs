@@ -43,13 +43,24 @@ fn per_split(c: usize, splits: usize) -> candle_core::Result<LaunchConfig> {
     Ok(per_channel(blocks))
 }
 
-/// Per-channel mean and biased variance of NCHW `x` on the device.
+/// Per-channel mean and biased variance of NCHW `x` (f32 or bf16) on the device.
 fn stats(
+    dev: &CudaDevice,
+    x: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaSlice<f64>, CudaSlice<f64>)> {
+    match x.0.dtype() {
+        DType::F32 => stats_of::<f32>(dev, x),
+        DType::BF16 => stats_of::<bf16>(dev, x),
+        d => candle_core::bail!("batch_norm (cuda): {d:?} input (f32 or bf16)"),
+    }
+}
+
+fn stats_of<T: Elem>(
     dev: &CudaDevice,
     (s, l): (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaSlice<f64>, CudaSlice<f64>)> {
     let (b, c, hw) = dims_nchw(l)?;
-    let x = view(s, l)?;
+    let x = view_of::<T>(s, l)?;
     let (mut mean, mut var) = (dev.alloc_zeros::<f64>(c)?, dev.alloc_zeros::<f64>(c)?);
     if c > 0 {
         // each block counts its images' values in 32 bits
@@ -59,12 +70,12 @@ fn stats(
         let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
         let (b, c, hw, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
         let stream = dev.cuda_stream();
-        let f = func(dev, "meal_bn_stats")?;
+        let f = func(dev, &format!("meal_bn_stats{}", T::SUFFIX))?;
         let mut l = stream.launch_builder(&f);
         l.arg(&x).arg(&mut part).arg(&b).arg(&c).arg(&hw).arg(&spi);
         // SAFETY: x is [b, c, hw]; part holds 2 * c * splits values, one per block and sum.
         unsafe { l.launch(per_split(c as usize, sp)?) }.w()?;
-        let f = func(dev, "meal_bn_stats_finish")?;
+        let f = func(dev, &format!("meal_bn_stats_finish{}", T::SUFFIX))?;
         let mut l = stream.launch_builder(&f);
         l.arg(&x).arg(&part).arg(&mut mean).arg(&mut var);
         l.arg(&b).arg(&c).arg(&hw).arg(&spi);
@@ -74,7 +85,8 @@ fn stats(
     Ok((mean, var))
 }
 
-/// The forward of `BnTrain` on CUDA over `(x, gamma, beta)`: the output and what the
+/// The forward of `BnTrain` on CUDA over `(x, gamma, beta)` (x f32, or bf16 for
+/// mixed-precision training, with f32 weights; y in x's dtype): the output and what the
 /// backward needs, all computed and kept on the device (no copy to the host, so the
 /// host never waits for the GPU here). The scale and shift are `bn.rs` `scale_shift`'s
 /// f64 arithmetic, operation for operation (kernel `meal_bn_scale_shift`).
@@ -108,7 +120,10 @@ pub(crate) fn bn_train(
         // SAFETY: gamma, beta, mean, var, scale and shift hold c values each.
         unsafe { l.launch(grid(c)?) }.w()?;
     }
-    let y = affine::<f32>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?;
+    let y = match x.0.dtype() {
+        DType::BF16 => affine::<bf16>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?,
+        _ => affine::<f32>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?,
+    };
     Ok((
         y,
         DeviceKept {
@@ -184,26 +199,30 @@ pub(crate) fn device_affine(
 }
 
 /// The backward of `BnTrain` on CUDA from `(x, gamma, dy)`: `[dx..., dgamma...,
-/// dbeta...]` as the CPU `BnBackward` packs them, with the forward's kept statistics
-/// and (for the fused ReLU's gate) affine.
+/// dbeta...]` as the CPU `BnBackward` packs them (f32), with the forward's kept
+/// statistics and (for the fused ReLU's gate) affine. For bf16 `x` and `dy`
+/// (mixed-precision training) `dx` alone, in bf16, and `[dgamma..., dbeta...]` in f32
+/// as the second value.
 pub(crate) fn bn_backward(
     eps: f64,
     kept: Option<&DeviceKept>,
     relu: bool,
     x: (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
-    (s3, l3): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
+    dy: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape, Option<CudaSlice<f32>>)> {
     let dev = x.0.device.clone();
     let (b, c, hw) = dims_nchw(x.1)?;
     let n = b * c * hw;
-    let (xv, gamma, dy) = (view(x.0, x.1)?, view(s2, l2)?, view(s3, l3)?);
-    if dy.len() != n || gamma.len() != c {
+    let gamma = view(s2, l2)?;
+    if dy.1.shape().elem_count() != n || gamma.len() != c || x.0.dtype() != dy.0.dtype() {
         candle_core::bail!(
-            "batch_norm backward: gradient {:?}, weight {:?} for {:?}",
-            l3.dims(),
+            "batch_norm backward: gradient {:?} {:?}, weight {:?} for {:?} {:?}",
+            dy.1.dims(),
+            dy.0.dtype(),
             l2.dims(),
-            x.1.dims()
+            x.1.dims(),
+            x.0.dtype()
         );
     }
     let computed;
@@ -230,48 +249,124 @@ pub(crate) fn bn_backward(
             (&zeros.0, &zeros.1)
         }
     };
-    let gate = relu as i32;
-    let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
-    if c > 0 {
-        fits(b * hw)?;
-        let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
-        let sp = splits(b, c);
-        // SAFETY: written whole by meal_bn_grad_sums (one value per block and sum)
-        let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
-        let (bi, ci, hwi, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
-        let stream = dev.cuda_stream();
-        let f = func(&dev, "meal_bn_grad_sums")?;
-        let mut l = stream.launch_builder(&f);
-        l.arg(&dy).arg(&xv).arg(mean).arg(sc).arg(sh).arg(&gate);
-        l.arg(&bi).arg(&ci).arg(&hwi).arg(&spi).arg(&mut part);
-        // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; part 2 * c * splits.
-        unsafe { l.launch(per_split(c, sp)?) }.w()?;
-        let f = func(&dev, "meal_bn_grad_finish")?;
-        let mut l = stream.launch_builder(&f);
-        l.arg(&part).arg(&ci).arg(&spi).arg(&mut sums);
-        // SAFETY: sums holds 2c values, written once per channel.
-        unsafe { l.launch(grid(c)?) }.w()?;
-        let f = func(&dev, "meal_bn_grad_input")?;
-        let mut l = stream.launch_builder(&f);
-        l.arg(&dy)
-            .arg(&xv)
-            .arg(mean)
-            .arg(var)
-            .arg(&gamma)
-            .arg(&sums);
-        l.arg(sc)
-            .arg(sh)
-            .arg(&gate)
-            .arg(&eps)
-            .arg(&bi)
-            .arg(&ci)
-            .arg(&hwi);
-        l.arg(&mut out);
-        // SAFETY: out holds n + 2c values; the grid covers max(n, c) threads.
-        unsafe { l.launch(grid(n.max(c))?) }.w()?;
+    let a = GradArgs {
+        eps,
+        relu,
+        dims: (b, c, hw),
+        mean,
+        var,
+        gamma: &gamma,
+        scale: sc,
+        shift: sh,
+    };
+    match x.0.dtype() {
+        DType::BF16 => {
+            let (xv, dyv) = (view_of::<bf16>(x.0, x.1)?, view_of::<bf16>(dy.0, dy.1)?);
+            // SAFETY: written whole by meal_bn_grad_input_bf16 (a zero-channel input
+            // has no values)
+            let mut dx = unsafe { dev.alloc::<bf16>(n)? };
+            let mut dgb = dev.alloc_zeros::<f32>(2 * c)?;
+            grad::<bf16>(&dev, &a, (&xv, &dyv), &mut dx, Some(&mut dgb))?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(dx, dev),
+                x.1.shape().clone(),
+                Some(dgb),
+            ))
+        }
+        _ => {
+            let (xv, dyv) = (view(x.0, x.1)?, view(dy.0, dy.1)?);
+            let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
+            grad::<f32>(&dev, &a, (&xv, &dyv), &mut out, None)?;
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from(n + 2 * c),
+                None,
+            ))
+        }
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev),
-        Shape::from(n + 2 * c),
-    ))
+}
+
+/// What the backward's kernels read besides `x` and `dy`.
+struct GradArgs<'a> {
+    eps: f64,
+    relu: bool,
+    dims: (usize, usize, usize),
+    mean: &'a CudaSlice<f64>,
+    var: &'a CudaSlice<f64>,
+    gamma: &'a CudaView<'a, f32>,
+    scale: &'a CudaSlice<f32>,
+    shift: &'a CudaSlice<f32>,
+}
+
+/// The backward's kernels: the two per-channel sums (split, then finished in order),
+/// then `dx` into `dx` and `dgamma`, `dbeta` into `dgb` (f32), or, without `dgb`, all
+/// three packed in `dx` (f32).
+fn grad<T: Elem>(
+    dev: &CudaDevice,
+    a: &GradArgs,
+    (xv, dy): (&CudaView<T>, &CudaView<T>),
+    dx: &mut CudaSlice<T>,
+    dgb: Option<&mut CudaSlice<f32>>,
+) -> candle_core::Result<()> {
+    let (b, c, hw) = a.dims;
+    let n = b * c * hw;
+    if c == 0 {
+        return Ok(());
+    }
+    fits(b * hw)?;
+    let gate = a.relu as i32;
+    let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
+    let sp = splits(b, c);
+    // SAFETY: written whole by meal_bn_grad_sums (one value per block and sum)
+    let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+    let (bi, ci, hwi, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
+    let stream = dev.cuda_stream();
+    let f = func(dev, &format!("meal_bn_grad_sums{}", T::SUFFIX))?;
+    let mut l = stream.launch_builder(&f);
+    l.arg(dy)
+        .arg(xv)
+        .arg(a.mean)
+        .arg(a.scale)
+        .arg(a.shift)
+        .arg(&gate);
+    l.arg(&bi).arg(&ci).arg(&hwi).arg(&spi).arg(&mut part);
+    // SAFETY: dy, x [b, c, hw]; mean, scale, shift c values; part 2 * c * splits.
+    unsafe { l.launch(per_split(c, sp)?) }.w()?;
+    let f = func(dev, "meal_bn_grad_finish")?;
+    let mut l = stream.launch_builder(&f);
+    l.arg(&part).arg(&ci).arg(&spi).arg(&mut sums);
+    // SAFETY: sums holds 2c values, written once per channel.
+    unsafe { l.launch(grid(c)?) }.w()?;
+    let f = func(dev, &format!("meal_bn_grad_input{}", T::SUFFIX))?;
+    let mut l = stream.launch_builder(&f);
+    l.arg(dy)
+        .arg(xv)
+        .arg(a.mean)
+        .arg(a.var)
+        .arg(a.gamma)
+        .arg(&sums);
+    l.arg(a.scale)
+        .arg(a.shift)
+        .arg(&gate)
+        .arg(&a.eps)
+        .arg(&bi)
+        .arg(&ci)
+        .arg(&hwi);
+    let packed = dgb.is_none();
+    if dx.len() != if packed { n + 2 * c } else { n } {
+        candle_core::bail!("batch_norm backward: {} outputs for {n} values", dx.len());
+    }
+    l.arg(dx);
+    if let Some(dgb) = dgb {
+        if dgb.len() != 2 * c {
+            candle_core::bail!(
+                "batch_norm backward: {} weight gradients for {c}",
+                dgb.len()
+            );
+        }
+        l.arg(dgb);
+    }
+    // SAFETY: dx holds n (+ 2c packed) values, dgb 2c; the grid covers max(n, c) threads.
+    unsafe { l.launch(grid(n.max(c))?) }.w()?;
+    Ok(())
 }

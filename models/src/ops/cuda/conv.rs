@@ -9,7 +9,9 @@
 //!   strided-batched GEMM over the groups into `[Co, nb*P]`, a layout swap to NCHW;
 //! - backward (one group; a grouped convolution that needs gradients keeps candle's):
 //!   `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
-//!   `dx = col2im(dcols)`.
+//!   `dx = col2im(dcols)`; f32, or bf16 for mixed-precision training (the weight
+//!   gradient summed over the chunks in f32 and rounded once; `dcols` rounded to bf16
+//!   before `col2im` adds its entries in f32).
 //!
 //! The chunks run in image order and `dw` accumulates them in that order, so a result
 //! does not depend on anything but the shapes.
@@ -21,7 +23,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{func, gemm_batched, grid, ints, sgemm, view, view_of, Elem};
+use super::{func, gemm, gemm_batched, gemm_into_f32, grid, ints, view_of, Elem};
 use crate::ops::conv::cols::Geom;
 
 /// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
@@ -50,14 +52,15 @@ fn im2col<T: Elem>(
 }
 
 /// `col2im` of `dcols` (`[rows, nb*P]`) into the `nb` images at `dx` (written whole).
-fn col2im(
+fn col2im<T: Elem>(
     dev: &CudaDevice,
     g: &Geom,
     nb: usize,
-    dcols: &CudaView<f32>,
-    dx: &mut CudaViewMut<f32>,
+    dcols: &CudaView<T>,
+    dx: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
-    cols_kernel(dev, "meal_col2im", g, nb, dcols, dx, nb * g.image())
+    let name = format!("meal_col2im{}", T::SUFFIX);
+    cols_kernel(dev, &name, g, nb, dcols, dx, nb * g.image())
 }
 
 fn cols_kernel<T: Elem>(
@@ -241,16 +244,39 @@ where
 }
 
 /// The backward of `Conv` on CUDA from `(x, w, dy)`: `[dx..., dw...]` packed as the
-/// CPU op packs them (`dw` alone when `!need_dx`).
+/// CPU op packs them (`dw` alone when `!need_dx`), in their dtype (f32, or bf16).
 pub(crate) fn conv_backward(
+    g: &Geom,
+    need_dx: bool,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    match (x.0.dtype(), w.0.dtype(), dy.0.dtype()) {
+        (DType::F32, DType::F32, DType::F32) => backward::<f32>(g, need_dx, x, w, dy),
+        (DType::BF16, DType::BF16, DType::BF16) => backward::<bf16>(g, need_dx, x, w, dy),
+        (a, b, c) => candle_core::bail!(
+            "meal conv2d backward (cuda): input {a:?}, weight {b:?}, gradient {c:?}"
+        ),
+    }
+}
+
+fn backward<T: Elem>(
     g: &Geom,
     need_dx: bool,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
     (s3, l3): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
+) -> candle_core::Result<(CudaStorage, Shape)>
+where
+    CudaBlas: Gemm<T>,
+{
     let dev = s1.device.clone();
-    let (x, w, dy) = (view(s1, l1)?, view(s2, l2)?, view(s3, l3)?);
+    let (x, w, dy) = (
+        view_of::<T>(s1, l1)?,
+        view_of::<T>(s2, l2)?,
+        view_of::<T>(s3, l3)?,
+    );
     let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
     if g.groups != 1 || dy.len() != g.b * co * p || w.len() != co * rows {
         candle_core::bail!(
@@ -262,11 +288,13 @@ pub(crate) fn conv_backward(
     }
     let nx = if need_dx { g.b * img } else { 0 };
     let nw = co * rows;
-    let mut out = dev.alloc_zeros::<f32>(nx + nw)?;
+    let mut out = dev.alloc_zeros::<T>(nx + nw)?;
+    // the weight gradient accumulates over the chunks in f32, whatever T is
+    let mut dw = dev.alloc_zeros::<f32>(nw)?;
     let nbmax = chunk(g);
     // SAFETY: each chunk writes the part of these it then reads
-    let mut cols = unsafe { dev.alloc::<f32>(rows * nbmax * p)? };
-    let mut dyt = unsafe { dev.alloc::<f32>(co * nbmax * p)? };
+    let mut cols = unsafe { dev.alloc::<T>(rows * nbmax * p)? };
+    let mut dyt = unsafe { dev.alloc::<T>(co * nbmax * p)? };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
         let (nc, nt) = (rows * nb * p, co * nb * p);
@@ -280,27 +308,28 @@ pub(crate) fn conv_backward(
         let dyb = b0 * co * p..(b0 + nb) * co * p;
         swap01(&dev, &dy.slice(dyb), &mut dyt.slice_mut(..nt), (nb, co, p))?;
         let beta = if b0 == 0 { 0.0 } else { 1.0 };
-        sgemm(
+        gemm_into_f32(
             &dev,
             (co, rows, nb * p),
             (&dyt.slice(..nt), false),
             (&cols.slice(..nc), true),
             beta,
-            &mut out.slice_mut(nx..nx + nw),
+            &mut dw.slice_mut(..),
         )?;
         if need_dx {
             // the column buffer, read above, now takes the column gradient
-            sgemm(
+            gemm(
                 &dev,
                 (rows, nb * p, co),
                 (&w, true),
                 (&dyt.slice(..nt), false),
-                0.0,
+                T::ZERO,
                 &mut cols.slice_mut(..nc),
             )?;
             let dxb = b0 * img..(b0 + nb) * img;
             col2im(&dev, g, nb, &cols.slice(..nc), &mut out.slice_mut(dxb))?;
         }
     }
+    T::store_f32(&dev, &dw.slice(..), &mut out.slice_mut(nx..nx + nw))?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)))
 }

@@ -40,7 +40,7 @@ use candle_core::cuda_backend::cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::Layout;
@@ -128,17 +128,14 @@ pub(crate) fn ints<const N: usize>(v: [usize; N]) -> candle_core::Result<Vec<i32
     v.into_iter().map(int).collect()
 }
 
-/// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS (the column-major call
-/// of `ops::colmajor`, tested there). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)` is
-/// `[k, n]`, stored `[n, k]` when `b_t`.
-pub(crate) fn sgemm(
-    dev: &CudaDevice,
+/// The column-major cuBLAS call of the row-major `c[m, n] = op(a) * op(b) + beta * c`
+/// (`ops::colmajor`, tested there), with cuBLAS's operands in the order `(b, a)`.
+fn row_major_cfg<A>(
     (m, n, k): (usize, usize, usize),
-    (a, a_t): (&CudaView<f32>, bool),
-    (b, b_t): (&CudaView<f32>, bool),
-    beta: f32,
-    c: &mut CudaViewMut<f32>,
-) -> candle_core::Result<()> {
+    (a_t, b_t): (bool, bool),
+    alpha: A,
+    beta: A,
+) -> candle_core::Result<GemmConfig<A>> {
     let op = |t: bool| {
         if t {
             cublasOperation_t::CUBLAS_OP_T
@@ -147,43 +144,151 @@ pub(crate) fn sgemm(
         }
     };
     let g = super::colmajor::row_major(m, n, k, a_t, b_t);
-    let cfg = GemmConfig {
+    Ok(GemmConfig {
         transa: op(g.trans_a),
         transb: op(g.trans_b),
         m: int(g.m)?,
         n: int(g.n)?,
         k: int(g.k)?,
-        alpha: 1.0f32,
+        alpha,
         lda: int(g.lda)?,
         ldb: int(g.ldb)?,
         beta,
         ldc: int(g.ldc)?,
-    };
+    })
+}
+
+/// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS, all in `T` (bf16:
+/// f32 sums, rounded once). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)`
+/// is `[k, n]`, stored `[n, k]` when `b_t`.
+pub(crate) fn gemm<T: Elem>(
+    dev: &CudaDevice,
+    dims: (usize, usize, usize),
+    (a, a_t): (&CudaView<T>, bool),
+    (b, b_t): (&CudaView<T>, bool),
+    beta: T,
+    c: &mut CudaViewMut<T>,
+) -> candle_core::Result<()>
+where
+    CudaBlas: Gemm<T>,
+{
+    let cfg = row_major_cfg(dims, (a_t, b_t), T::ONE, beta)?;
     // SAFETY: the callers pass views of exactly [m,k]/[k,n]/[m,n] elements (checked by
     // the kernels' shapes in conv.rs); cuBLAS runs on the device's stream.
     unsafe { dev.cublas_handle().gemm(cfg, b, a, c) }.w()
 }
 
+/// [`gemm`] of `T` operands into an f32 `c` (f32 sums kept in f32): a weight gradient
+/// accumulated over a batch's chunks without rounding to bf16 in between, as cuDNN's
+/// mixed-precision weight gradient sums in f32.
+pub(crate) fn gemm_into_f32<T: Elem>(
+    dev: &CudaDevice,
+    dims: (usize, usize, usize),
+    (a, a_t): (&CudaView<T>, bool),
+    (b, b_t): (&CudaView<T>, bool),
+    beta: f32,
+    c: &mut CudaViewMut<f32>,
+) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::cudarc::cublas::{result, sys};
+    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
+    let cfg = row_major_cfg(dims, (a_t, b_t), 1.0f32, beta)?;
+    let blas = dev.cublas_handle();
+    let stream = dev.cuda_stream();
+    let (ap, _ra) = a.device_ptr(&stream);
+    let (bp, _rb) = b.device_ptr(&stream);
+    let (cp, _rc) = c.device_ptr_mut(&stream);
+    // SAFETY: as `gemm`: views of exactly the call's elements, on the device's stream
+    // (cuBLAS's handle is bound to it); alpha and beta outlive the call.
+    unsafe {
+        result::gemm_ex(
+            *blas.handle(),
+            cfg.transa,
+            cfg.transb,
+            cfg.m,
+            cfg.n,
+            cfg.k,
+            (&cfg.alpha) as *const f32 as *const _,
+            bp as *const _,
+            T::CUDA_TYPE,
+            cfg.lda,
+            ap as *const _,
+            T::CUDA_TYPE,
+            cfg.ldb,
+            (&cfg.beta) as *const f32 as *const _,
+            cp as *mut _,
+            sys::cudaDataType_t::CUDA_R_32F,
+            cfg.ldc,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| candle_core::Error::Msg(format!("meal gemm (cuBLAS): {e:?}")))
+}
+
 /// An element type our CUDA GEMMs and layout kernels take: f32, or bf16 (cuBLAS
 /// `GemmEx` with f32 accumulation, tensor cores).
-pub(crate) trait Elem: CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static {
+pub(crate) trait Elem:
+    CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static + Sized
+{
     /// 1 and 0 (the GEMM's alpha and beta).
     const ONE: Self;
     const ZERO: Self;
     /// The kernel name suffix of this type's instantiation (`meal_im2col{SUFFIX}`).
     const SUFFIX: &'static str;
+    /// cuBLAS's name of the type.
+    const CUDA_TYPE: candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType;
+
+    /// `dst = src` rounded to this type (a copy for f32; kernel `meal_to_bf16`).
+    fn store_f32(
+        dev: &CudaDevice,
+        src: &CudaView<f32>,
+        dst: &mut CudaViewMut<Self>,
+    ) -> candle_core::Result<()>;
 }
 
 impl Elem for f32 {
     const ONE: Self = 1.0;
     const ZERO: Self = 0.0;
     const SUFFIX: &'static str = "";
+    const CUDA_TYPE: candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType =
+        candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+
+    fn store_f32(
+        dev: &CudaDevice,
+        src: &CudaView<f32>,
+        dst: &mut CudaViewMut<f32>,
+    ) -> candle_core::Result<()> {
+        dev.cuda_stream().memcpy_dtod(src, dst).w()
+    }
 }
 
 impl Elem for half::bf16 {
     const ONE: Self = half::bf16::ONE;
     const ZERO: Self = half::bf16::ZERO;
     const SUFFIX: &'static str = "_bf16";
+    const CUDA_TYPE: candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType =
+        candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+
+    fn store_f32(
+        dev: &CudaDevice,
+        src: &CudaView<f32>,
+        dst: &mut CudaViewMut<half::bf16>,
+    ) -> candle_core::Result<()> {
+        let n = src.len();
+        if dst.len() != n {
+            candle_core::bail!("meal to_bf16: {n} values into {}", dst.len());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let f = func(dev, "meal_to_bf16")?;
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        l.arg(src).arg(dst).arg(&n);
+        // SAFETY: src and dst hold n values (checked above).
+        unsafe { l.launch(grid(n)?) }.w()?;
+        Ok(())
+    }
 }
 
 /// The strided-batched column-major call `g` (of `ops::colmajor`, tested there) with

@@ -8,7 +8,7 @@ use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{func, grid, ints, view, view_of, Elem};
+use super::{func, grid, ints, view_of, Elem};
 
 /// Kernel size, stride and padding.
 pub(crate) type PoolGeom = (usize, usize, usize);
@@ -68,12 +68,26 @@ fn forward<T: Elem>(
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }
 
-/// `dx` of the max-pool on CUDA from `(x, dy)`.
+/// `dx` of the max-pool on CUDA from `(x, dy)`, f32 or bf16 (mixed-precision training:
+/// the gradients of a position summed in f32, rounded once).
 pub(crate) fn pool_backward(
+    pg: PoolGeom,
+    x: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dx = match (x.0.dtype(), dy.0.dtype()) {
+        (DType::F32, DType::F32) => backward::<f32>(pg, x, dy)?,
+        (DType::BF16, DType::BF16) => backward::<bf16>(pg, x, dy)?,
+        (a, b) => candle_core::bail!("max_pool2d backward (cuda): input {a:?}, gradient {b:?}"),
+    };
+    Ok((dx, Shape::from(x.1.dims())))
+}
+
+fn backward<T: Elem>(
     pg: PoolGeom,
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
+) -> candle_core::Result<CudaStorage> {
     let dev = s1.device.clone();
     let (np, h, w) = planes(l1)?;
     let (ho, wo) = (out(h, pg), out(w, pg));
@@ -84,12 +98,12 @@ pub(crate) fn pool_backward(
             l1.dims()
         );
     }
-    let (x, dy) = (view(s1, l1)?, view(s2, l2)?);
+    let (x, dy) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let n = np * h * w;
     // SAFETY: written whole by the kernel
-    let mut dx = unsafe { dev.alloc::<f32>(n)? };
+    let mut dx = unsafe { dev.alloc::<T>(n)? };
     if n > 0 {
-        let f = func(&dev, "meal_maxpool_bwd")?;
+        let f = func(&dev, &format!("meal_maxpool_bwd{}", T::SUFFIX))?;
         let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
@@ -100,8 +114,5 @@ pub(crate) fn pool_backward(
         // SAFETY: x and dx hold np*h*w values, dy np*ho*wo.
         unsafe { lb.launch(grid(n)?) }.w()?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev),
-        Shape::from(l1.dims()),
-    ))
+    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
 }

@@ -1,6 +1,6 @@
-//! ReLU and the residual join + ReLU on CUDA, as relu.rs on CPU: one pass forward (f32,
-//! or bf16 for a teacher's inference), and the ReLU's gradient in one pass from the
-//! output (candle's ReLU backward is four passes and three allocations, and its residual
+//! ReLU and the residual join + ReLU on CUDA, as relu.rs on CPU: one pass forward, and
+//! the ReLU's gradient in one pass from the output, in f32 or bf16 (a teacher's
+//! inference, mixed-precision training) (candle's ReLU backward is four passes and three allocations, and its residual
 //! join two ops).
 
 use candle_core::backend::BackendStorage;
@@ -9,7 +9,7 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
 use half::bf16;
 
-use super::{func, grid, view, view_of, Elem};
+use super::{func, grid, view_of, Elem};
 
 /// `relu(x)` or, with `b`, `relu(x + b)`, elementwise over f32 or bf16 of one shape.
 pub(crate) fn relu_forward(
@@ -64,13 +64,26 @@ fn forward<T: Elem>(
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }
 
-/// `dx = dy` where the output `y` is positive, else 0 (f32).
+/// `dx = dy` where the output `y` is positive, else 0 (f32, or bf16 for
+/// mixed-precision training).
 pub(crate) fn relu_backward(
+    y: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dx = match (y.0.dtype(), dy.0.dtype()) {
+        (DType::F32, DType::F32) => backward::<f32>(y, dy)?,
+        (DType::BF16, DType::BF16) => backward::<bf16>(y, dy)?,
+        (a, b) => candle_core::bail!("meal relu backward (cuda): output {a:?}, gradient {b:?}"),
+    };
+    Ok((dx, y.1.shape().clone()))
+}
+
+fn backward<T: Elem>(
     (s1, l1): (&CudaStorage, &Layout),
     (s2, l2): (&CudaStorage, &Layout),
-) -> candle_core::Result<(CudaStorage, Shape)> {
+) -> candle_core::Result<CudaStorage> {
     let dev = &s1.device;
-    let (y, dy) = (view(s1, l1)?, view(s2, l2)?);
+    let (y, dy) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let n = y.len();
     if dy.len() != n {
         candle_core::bail!(
@@ -80,17 +93,14 @@ pub(crate) fn relu_backward(
         );
     }
     // SAFETY: written whole by the kernel
-    let mut dx = unsafe { dev.alloc::<f32>(n)? };
+    let mut dx = unsafe { dev.alloc::<T>(n)? };
     if n > 0 {
-        let f = func(dev, "meal_relu_grad")?;
+        let f = func(dev, &format!("meal_relu_grad{}", T::SUFFIX))?;
         let stream = dev.cuda_stream();
         let mut lb = stream.launch_builder(&f);
         lb.arg(&y).arg(&dy).arg(&mut dx).arg(&n);
         // SAFETY: y, dy and dx hold n values.
         unsafe { lb.launch(grid(n)?) }.w()?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
-        l1.shape().clone(),
-    ))
+    Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
 }
