@@ -5,7 +5,7 @@
 # order: the GPU; our binaries opening cuda:0; our CUDA ops against their CPU twins;
 # teacher inference (resnet152s, senet154 at
 # 224, f32 and bf16) and the ResNet-50 KD train step (TF32, and mixed precision), each
-# beside PyTorch (timm,
+# with our convolutions and with cuDNN's (MEAL_CUDA_CONV=cudnn) beside PyTorch (timm,
 # channels_last, autocast) in the same run; a tiny precompute + train on demo data with
 # --device cuda:0, and the GPU store against a CPU store of the same crops; precompute
 # at 224 against the teacher's pure inference speed.
@@ -38,14 +38,18 @@ step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-
 
 # 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests.rs; ignored off a GPU)
 step 120 "$bin/meal_ops_tests" --ignored --test-threads 1 ops::cuda
+# the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs)
+MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" --ignored --test-threads 1 conv frozen mixed
 
 # 3. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
 export MEAL_DEVICE=cuda:0
 for dt in f32 bf16; do
     export MEAL_DTYPE=$dt
     step 60 "$bin/models" infer resnet152s 224 64 10
+    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer resnet152s 224 64 10
     step 60 python3 "$here/models_torch.py" infer resnet152s 224 64 10
     step 60 "$bin/models" infer senet154 224 64 5
+    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer senet154 224 64 5
     step 60 python3 "$here/models_torch.py" infer senet154 224 64 5
 done
 export MEAL_DTYPE=f32
@@ -53,7 +57,9 @@ export MEAL_DTYPE=f32
 # (meal-student --amp true) beside PyTorch's AMP step. (Exact f32 and candle's own CUDA
 # ops were measured at stop 19: 408-434 img/s, and 3.2x slower than ours.)
 step 90 "$bin/models" train resnet50 224 32 5
+MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 224 32 5
 MEAL_DTYPE=bf16 step 90 "$bin/models" train resnet50 224 32 5
+MEAL_DTYPE=bf16 MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 224 32 5
 MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
 # where the step's time goes: each op alone at ResNet-50's shapes (models/benches/ops.rs),

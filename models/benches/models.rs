@@ -22,6 +22,17 @@ use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, ResNet};
 
+/// Whether the convolutions run through cuDNN (`MEAL_CUDA_CONV=cudnn`).
+#[cfg(feature = "cuda")]
+fn cudnn_convs() -> bool {
+    meal_models::ops::cuda::cudnn_convs()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cudnn_convs() -> bool {
+    false
+}
+
 fn main() -> anyhow::Result<()> {
     // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
     if std::env::var_os("MEAL_NO_TUNE").is_none() {
@@ -143,13 +154,14 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{})",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{})",
         batch as f64 / dt,
         dt,
         candle_core::utils::get_num_threads(),
         dev.location(),
         meal_models::ensemble::dtype_name(dtype),
-        if tf32 && dev.is_cuda() { ", tf32" } else { "" }
+        if tf32 && dev.is_cuda() { ", tf32" } else { "" },
+        if cudnn_convs() && dev.is_cuda() { ", cuDNN convolutions" } else { "" }
     );
     if meal_models::ops::profile::enabled() {
         // our ops' share of the (profiled, so slower) step; the rest is candle's

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::super::fill_chunks;
 
 /// Geometry of an `im2col` over NCHW input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Geom {
     pub b: usize,
     pub c: usize,

@@ -14,7 +14,8 @@
 //!   before `col2im` adds its entries in f32).
 //!
 //! The chunks run in image order and `dw` accumulates them in that order, so a result
-//! does not depend on anything but the shapes.
+//! does not depend on anything but the shapes. With `MEAL_CUDA_CONV=cudnn` the three
+//! run through cuDNN instead (cudnn.rs), each one call over the whole batch.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm};
@@ -148,7 +149,9 @@ where
         // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
         let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
         if g.b * co * p > 0 {
-            if g.groups > 1 {
+            if super::cudnn::enabled() {
+                super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))?;
+            } else if g.groups > 1 {
                 grouped(&dev, g, co, &x, &w, &mut y)?;
             } else {
                 ungrouped(&dev, g, co, &x, &w, &mut y)?;
@@ -288,6 +291,14 @@ where
     }
     let nx = if need_dx { g.b * img } else { 0 };
     let nw = co * rows;
+    if super::cudnn::enabled() && g.b * co * p > 0 && rows > 0 {
+        // SAFETY: both parts written whole by cuDNN
+        let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
+        let (mut dx, mut dw) = out.split_at_mut(nx);
+        let dx = need_dx.then_some(&mut dx);
+        super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw)?;
+        return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)));
+    }
     let mut out = dev.alloc_zeros::<T>(nx + nw)?;
     // the weight gradient accumulates over the chunks in f32, whatever T is
     let mut dw = dev.alloc_zeros::<f32>(nw)?;

@@ -22,6 +22,7 @@
 
 mod bn;
 mod conv;
+mod cudnn;
 mod levels;
 mod pool;
 mod relu;
@@ -58,6 +59,12 @@ pub(crate) const REDUCE_THREADS: u32 = 256;
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("MEAL_CUDA_OPS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Whether our convolution op runs through cuDNN (`MEAL_CUDA_CONV=cudnn` and libcudnn
+/// loads) rather than our own `im2col`/`col2im` and cuBLAS path.
+pub fn cudnn_convs() -> bool {
+    cudnn::enabled()
 }
 
 /// Kernel `name` of meal_ops.cu on `dev` (the module is loaded on first use).
@@ -228,7 +235,7 @@ pub(crate) fn gemm_into_f32<T: Elem>(
 /// An element type our CUDA GEMMs and layout kernels take: f32, or bf16 (cuBLAS
 /// `GemmEx` with f32 accumulation, tensor cores).
 pub(crate) trait Elem:
-    CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static + Sized
+    CudaDType + DeviceRepr + ValidAsZeroBits + cudarc::cudnn::CudnnDataType + Copy + 'static + Sized
 {
     /// 1 and 0 (the GEMM's alpha and beta).
     const ONE: Self;

@@ -1,0 +1,255 @@
+//! Convolutions through cuDNN, the library PyTorch's run on (`MEAL_CUDA_CONV=cudnn`):
+//! the forward (grouped too), the input gradient and the weight gradient of our `Conv`
+//! op, each one cuDNN call over the whole batch with the algorithm cuDNN's heuristics
+//! pick (`cudnnGetConvolution*Algorithm_v7`, as `torch.backends.cudnn.benchmark=False`
+//! does). Our own path (conv.rs: `im2col`/`col2im` and cuBLAS GEMMs, the CPU op's
+//! algorithm) stays the default until a device run has compared the two
+//! (bench/gpu_check.sh runs both).
+//!
+//! f32 convolutions follow the process's TF32 switch (`set_tf32`): cuDNN's default math
+//! when on (TF32 tensor cores, as PyTorch's `cudnn.allow_tf32`), FMA-only math when off
+//! (exact f32, as precompute wants). bf16 is cuDNN's pseudo-bf16 configuration: bf16
+//! tensors, f32 sums, rounded once (candle's cudnn.rs does the same).
+//!
+//! libcudnn is loaded at first use (cudarc's dynamic loading); where it cannot be
+//! loaded, [`enabled`] says so once and our own path runs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut};
+use candle_core::cuda_backend::CudaDevice;
+use cudarc::cudnn::safe::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
+    FilterDescriptor, TensorDescriptor,
+};
+use cudarc::cudnn::sys;
+
+use super::Elem;
+use crate::ops::conv::cols::Geom;
+
+/// Whether convolutions go through cuDNN: `MEAL_CUDA_CONV=cudnn` and libcudnn loads.
+pub(crate) fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let asked = std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn");
+        if !asked {
+            return false;
+        }
+        // SAFETY: only tries to dlopen the library's candidate names.
+        let present = unsafe { sys::is_culib_present() };
+        if !present {
+            tracing::warn!(
+                "MEAL_CUDA_CONV=cudnn: libcudnn (libcudnn.so.9) could not be loaded (set LD_LIBRARY_PATH); our own convolutions run"
+            );
+        }
+        present
+    })
+}
+
+thread_local! {
+    // cuDNN handles are neither Send nor Sync: one per thread and device (candle's
+    // cudnn.rs keeps them the same way)
+    static HANDLES: RefCell<HashMap<candle_core::cuda_backend::DeviceId, Arc<Cudnn>>> =
+        RefCell::new(HashMap::new());
+    // the heuristics' choice per call shape, asked once
+    static ALGOS: RefCell<HashMap<Key, Algos>> = RefCell::new(HashMap::new());
+}
+
+/// The algorithms chosen for one call shape (each asked for at its first use).
+#[derive(Clone, Copy, Default)]
+struct Algos {
+    forward: Option<sys::cudnnConvolutionFwdAlgo_t>,
+    data: Option<sys::cudnnConvolutionBwdDataAlgo_t>,
+    filter: Option<sys::cudnnConvolutionBwdFilterAlgo_t>,
+}
+
+/// What an algorithm choice depends on.
+type Key = (Geom, usize, sys::cudnnDataType_t, bool);
+
+fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
+    candle_core::Error::Msg(format!("meal conv2d (cuDNN {what}): {e:?}"))
+}
+
+fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
+    HANDLES.with(|h| {
+        if let Some(c) = h.borrow().get(&dev.id()) {
+            return Ok(c.clone());
+        }
+        let c = Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e))?;
+        h.borrow_mut().insert(dev.id(), c.clone());
+        Ok(c)
+    })
+}
+
+/// The descriptors of one convolution: input `[B, C, H, W]`, weight `[Co, C/groups, k,
+/// k]`, output `[B, Co, Ho, Wo]`, all NCHW and contiguous.
+struct Descs<T: CudnnDataType> {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
+    key: Key,
+}
+
+fn i(v: usize) -> candle_core::Result<i32> {
+    super::int(v)
+}
+
+fn descs<T: Elem + CudnnDataType>(
+    c: &Arc<Cudnn>,
+    g: &Geom,
+    co: usize,
+) -> candle_core::Result<Descs<T>> {
+    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    let mut conv = c
+        .create_conv2d::<f32>(
+            [i(g.pad)?, i(g.pad)?],
+            [i(g.stride)?, i(g.stride)?],
+            [1, 1],
+            sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+        )
+        .map_err(|e| err("descriptor", e))?;
+    if g.groups > 1 {
+        conv.set_group_count(i(g.groups)?)
+            .map_err(|e| err("groups", e))?;
+    }
+    // f32: TF32 tensor cores only where the process allows them (set_tf32)
+    let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
+    let math = if T::DATA_TYPE == sys::cudnnDataType_t::CUDNN_DATA_FLOAT && !tf32 {
+        sys::cudnnMathType_t::CUDNN_FMA_MATH
+    } else {
+        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+    };
+    conv.set_math_type(math).map_err(|e| err("math type", e))?;
+    let x = c
+        .create_4d_tensor::<T>(nchw, [i(g.b)?, i(g.c)?, i(g.h)?, i(g.w)?])
+        .map_err(|e| err("input descriptor", e))?;
+    let w = c
+        .create_4d_filter::<T>(nchw, [i(co)?, i(g.c / g.groups)?, i(g.k)?, i(g.k)?])
+        .map_err(|e| err("filter descriptor", e))?;
+    let y = c
+        .create_4d_tensor::<T>(nchw, [i(g.b)?, i(co)?, i(g.ho)?, i(g.wo)?])
+        .map_err(|e| err("output descriptor", e))?;
+    Ok(Descs {
+        conv,
+        x,
+        w,
+        y,
+        key: (*g, co, T::DATA_TYPE, tf32),
+    })
+}
+
+/// The algorithm in `field` of `key`'s [`Algos`]: cached, else `pick`ed and kept.
+fn algo<A: Copy>(
+    key: Key,
+    field: fn(&mut Algos) -> &mut Option<A>,
+    pick: impl FnOnce() -> Result<A, cudarc::cudnn::CudnnError>,
+    what: &str,
+) -> candle_core::Result<A> {
+    let cached = ALGOS.with(|m| m.borrow_mut().get_mut(&key).and_then(|a| *field(a)));
+    if let Some(a) = cached {
+        return Ok(a);
+    }
+    let a = pick().map_err(|e| err(what, e))?;
+    ALGOS.with(|m| *field(m.borrow_mut().entry(key).or_default()) = Some(a));
+    Ok(a)
+}
+
+/// A workspace of `bytes` on `dev` (none for 0).
+fn workspace(
+    dev: &CudaDevice,
+    bytes: usize,
+) -> candle_core::Result<Option<candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>>> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    // SAFETY: cuDNN's scratch space, written before it is read
+    Ok(Some(unsafe { dev.alloc::<u8>(bytes)? }))
+}
+
+/// `y = conv(x, w)` over the whole batch (`y` written whole).
+pub(crate) fn forward<T: Elem + CudnnDataType>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    y: &mut CudaViewMut<T>,
+) -> candle_core::Result<()> {
+    let c = handle(dev)?;
+    let d = descs::<T>(&c, g, co)?;
+    let op = ConvForward {
+        conv: &d.conv,
+        x: &d.x,
+        w: &d.w,
+        y: &d.y,
+    };
+    let a = algo(
+        d.key,
+        |a| &mut a.forward,
+        || op.pick_algorithm(),
+        "forward algorithm",
+    )?;
+    let bytes = op
+        .get_workspace_size(a)
+        .map_err(|e| err("forward workspace", e))?;
+    let mut ws = workspace(dev, bytes)?;
+    // SAFETY: x, w and y hold the elements their descriptors give (the caller checked
+    // the geometry against the buffers), on the handle's stream (candle's).
+    unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), x, w, y) }.map_err(|e| err("forward", e))
+}
+
+/// The gradients of the whole batch: `dx` (when wanted) and `dw`, both written whole.
+pub(crate) fn backward<T: Elem + CudnnDataType>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    (x, w, dy): (&CudaView<T>, &CudaView<T>, &CudaView<T>),
+    dx: Option<&mut CudaViewMut<T>>,
+    dw: &mut CudaViewMut<T>,
+) -> candle_core::Result<()> {
+    let c = handle(dev)?;
+    let d = descs::<T>(&c, g, co)?;
+    if let Some(dx) = dx {
+        let op = ConvBackwardData {
+            conv: &d.conv,
+            dx: &d.x,
+            w: &d.w,
+            dy: &d.y,
+        };
+        let a = algo(
+            d.key,
+            |a| &mut a.data,
+            || op.pick_algorithm(),
+            "data algorithm",
+        )?;
+        let bytes = op
+            .get_workspace_size(a)
+            .map_err(|e| err("data workspace", e))?;
+        let mut ws = workspace(dev, bytes)?;
+        // SAFETY: as in `forward`
+        unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), dx, w, dy) }
+            .map_err(|e| err("input gradient", e))?;
+    }
+    let op = ConvBackwardFilter {
+        conv: &d.conv,
+        x: &d.x,
+        dw: &d.w,
+        dy: &d.y,
+    };
+    let a = algo(
+        d.key,
+        |a| &mut a.filter,
+        || op.pick_algorithm(),
+        "filter algorithm",
+    )?;
+    let bytes = op
+        .get_workspace_size(a)
+        .map_err(|e| err("filter workspace", e))?;
+    let mut ws = workspace(dev, bytes)?;
+    // SAFETY: as in `forward`
+    unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), x, dw, dy) }
+        .map_err(|e| err("weight gradient", e))
+}
