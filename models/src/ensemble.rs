@@ -411,12 +411,23 @@ impl Ensemble {
     /// crops at a time. A crop's output does not depend on which others share its
     /// forward beyond float rounding, nor on which form its crops came in (levels are
     /// normalised on the teachers' device with the spec's table, to the same floats).
+    /// [`Ensemble::submit`] then [`Ensemble::finish`].
     pub fn soft_labels(
         &self,
         inputs: &[Crops<'_>],
         rows: usize,
         batch: usize,
     ) -> Result<EnsembleOut> {
+        self.finish(self.submit(inputs, rows, batch)?)
+    }
+
+    /// The first half of [`Ensemble::soft_labels`]: every teacher's forward over every
+    /// chunk of `batch` crops, with its softmax (in f32), queued on the teachers'
+    /// device; nothing is read back. On a GPU this returns once the work is queued (the
+    /// crops copied there), so a caller can queue the next batch before it reads this
+    /// one ([`Ensemble::finish`]) and the GPU never waits for the host between batches;
+    /// on the CPU the work is done here.
+    pub fn submit(&self, inputs: &[Crops<'_>], rows: usize, batch: usize) -> Result<Submitted> {
         if inputs.len() != self.specs.len() {
             return Err(ModelError::Config(format!(
                 "{} input buffers for {} crop specs",
@@ -424,10 +435,8 @@ impl Ensemble {
                 self.specs.len()
             )));
         }
-        let c = self.classes;
-        let mut sum = vec![0f32; rows * c];
-        let mut teacher_top1 = Vec::with_capacity(self.teachers.len());
         let batch = batch.max(1);
+        let mut probs = Vec::with_capacity(self.teachers.len());
         for (t, &si) in self.teachers.iter().zip(&self.spec_of) {
             let spec = &self.specs[si];
             let per = spec.len();
@@ -439,20 +448,42 @@ impl Ensemble {
                 )));
             }
             let dev = t.model.entries()[0].var.device().clone();
-            let mut top1 = Vec::with_capacity(rows);
+            let mut chunks = Vec::with_capacity(rows.div_ceil(batch));
             for start in (0..rows).step_by(batch) {
                 let n = batch.min(rows - start);
                 let x = inputs[si].tensor(start..start + n, spec, t.model.dtype(), &dev)?;
                 // softmax (and the mean over teachers) in f32 whatever the model ran in
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
-                let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
-                // one copy to the host per chunk (on a GPU: one wait); the top-1 is taken
-                // there, by the store's rule (the first maximum)
+                chunks.push(candle_nn::ops::softmax(&logits, D::Minus1)?);
+            }
+            probs.push(chunks);
+        }
+        Ok(Submitted { rows, probs })
+    }
+
+    /// The second half of [`Ensemble::soft_labels`]: the submitted probabilities read
+    /// back (on a GPU: one wait per chunk, for work queued before), each teacher's
+    /// top-1 per row by the store's rule (the first maximum), and their mean.
+    pub fn finish(&self, sub: Submitted) -> Result<EnsembleOut> {
+        let (c, rows) = (self.classes, sub.rows);
+        let mut sum = vec![0f32; rows * c];
+        let mut teacher_top1 = Vec::with_capacity(sub.probs.len());
+        for chunks in sub.probs {
+            let mut top1 = Vec::with_capacity(rows);
+            let mut start = 0;
+            for p in chunks {
                 let p = p.flatten_all()?.to_vec1::<f32>()?;
                 top1.extend(p.chunks_exact(c.max(1)).map(|r| meal_store::top1(r) as u32));
+                let n = p.len() / c.max(1);
+                if start + n > rows {
+                    return Err(ModelError::Config(format!(
+                        "submitted chunks hold more than {rows} rows"
+                    )));
+                }
                 for (acc, v) in sum[start * c..(start + n) * c].iter_mut().zip(&p) {
                     *acc += v;
                 }
+                start += n;
             }
             teacher_top1.push(top1);
         }
@@ -465,6 +496,13 @@ impl Ensemble {
             teacher_top1,
         })
     }
+}
+
+/// A batch's teacher work queued by [`Ensemble::submit`]: each teacher's softmax per
+/// chunk, on its device, not yet read.
+pub struct Submitted {
+    rows: usize,
+    probs: Vec<Vec<Tensor>>,
 }
 
 #[cfg(test)]

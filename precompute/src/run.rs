@@ -16,7 +16,7 @@ use meal_data::{
     Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
 };
 use meal_models::ensemble::{
-    default_dtype, dtype_name, Crops, Ensemble, EnsembleOut, ENSEMBLE_RULE,
+    default_dtype, dtype_name, Crops, Ensemble, EnsembleOut, Submitted, ENSEMBLE_RULE,
 };
 use meal_store::{
     top1, CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
@@ -384,11 +384,39 @@ fn run_part(
     let mut dtype_check = None;
     let loop_t0 = Instant::now();
     let mut check_time = std::time::Duration::ZERO;
-    for batch in loader {
-        let batch = batch?;
+    // Two batches in flight: batch n+1's teacher work is queued (`Ensemble::submit`)
+    // before batch n's labels are read back and written, so on a GPU the device never
+    // waits for the host's reading, shard writing and next copy (on the CPU the work is
+    // done at submit: the same order as one at a time). Labels are the same either way.
+    let mut batches = loader;
+    let mut inflight: Option<(Batch, Submitted)> = None;
+    let mut failed = None;
+    loop {
+        let next = match batches.next() {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => {
+                // the batch in flight is labelled and written first: nothing done is lost
+                failed = Some(e);
+                None
+            }
+            None => None,
+        };
+        let next = match next {
+            Some(b) => {
+                let sub = ens.submit(&Crops::of_batch(&b), b.rows.len(), s.batch)?;
+                Some((b, sub))
+            }
+            None => None,
+        };
+        let Some((batch, sub)) = std::mem::replace(&mut inflight, next) else {
+            if inflight.is_some() {
+                continue;
+            }
+            break;
+        };
         let rows = batch.rows.len();
         let inputs = Crops::of_batch(&batch);
-        let out = ens.soft_labels(&inputs, rows, s.batch)?;
+        let out = ens.finish(sub)?;
         if dtype_check.is_none() && dtype != DType::F32 {
             // the first batch again in f32: the label error the dtype costs, reported
             let check_t0 = Instant::now();
@@ -421,6 +449,12 @@ fn run_part(
             tracing::warn!("interrupted: the store is left partial; rerun to resume");
             break;
         }
+        if failed.is_some() {
+            break;
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     bar.finish_and_clear();
     let labelling_seconds = loop_t0.elapsed().saturating_sub(check_time).as_secs_f64();

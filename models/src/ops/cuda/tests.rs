@@ -547,12 +547,23 @@ fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
             .filter(|e| e.kind == crate::Kind::Param)
             .map(|e| grads.get(e.var.as_tensor()).expect("a gradient").clone())
             .collect();
-        (logits, g)
+        let running: Vec<Tensor> = m
+            .entries()
+            .iter()
+            .filter(|e| e.name.ends_with("running_mean") || e.name.ends_with("running_var"))
+            .map(|e| e.var.as_tensor().clone())
+            .collect();
+        (logits, g, running)
     };
-    let (l0, g0) = step(&Device::Cpu, false);
-    let (l1, g1) = step(&dev, true);
+    let (l0, g0, r0) = step(&Device::Cpu, false);
+    let (l1, g1, r1) = step(&dev, true);
     assert_eq!(l1.dtype(), DType::F32);
     close("mixed-precision logits", &l1, &l0, 5e-2);
+    assert!(!r1.is_empty());
+    for (i, (a, b)) in r1.iter().zip(&r0).enumerate() {
+        assert_eq!(a.dtype(), DType::F32, "running statistic {i}: dtype");
+        close(&format!("running statistic {i}"), a, b, 5e-2);
+    }
     let cos = |a: &Tensor, b: &Tensor| {
         let (a, b) = (host(a), host(b));
         let dot = |x: &[f32], y: &[f32]| {
