@@ -388,32 +388,35 @@ fn run_part(
     // before batch n's labels are read back and written, so on a GPU the device never
     // waits for the host's reading, shard writing and next copy (on the CPU the work is
     // done at submit: the same order as one at a time). Labels are the same either way.
+    // Ahead of the dtype check (first batch, not f32) nothing more is queued, so the
+    // check's time is its own.
     let mut batches = loader;
+    let submit = |b: Batch| -> Result<(Batch, Submitted)> {
+        let sub = ens.submit(&Crops::of_batch(&b), b.rows.len(), s.batch)?;
+        Ok((b, sub))
+    };
     let mut inflight: Option<(Batch, Submitted)> = None;
-    let mut failed = None;
     loop {
-        let next = match batches.next() {
-            Some(Ok(b)) => Some(b),
-            Some(Err(e)) => {
-                // the batch in flight is labelled and written first: nothing done is lost
-                failed = Some(e);
-                None
-            }
-            None => None,
+        let (batch, sub) = match inflight.take() {
+            Some(f) => f,
+            None => match batches.next() {
+                None => break,
+                Some(b) => submit(b?)?,
+            },
         };
-        let next = match next {
-            Some(b) => {
-                let sub = ens.submit(&Crops::of_batch(&b), b.rows.len(), s.batch)?;
-                Some((b, sub))
+        // the next batch: an error there (loading or queuing it) is returned once this
+        // batch is labelled and written, so nothing done is lost
+        let mut failed: Option<anyhow::Error> = None;
+        if dtype_check.is_some() || dtype == DType::F32 {
+            match batches
+                .next()
+                .map(|b| b.map_err(anyhow::Error::from).and_then(submit))
+            {
+                Some(Ok(next)) => inflight = Some(next),
+                Some(Err(e)) => failed = Some(e),
+                None => {}
             }
-            None => None,
-        };
-        let Some((batch, sub)) = std::mem::replace(&mut inflight, next) else {
-            if inflight.is_some() {
-                continue;
-            }
-            break;
-        };
+        }
         let rows = batch.rows.len();
         let inputs = Crops::of_batch(&batch);
         let out = ens.finish(sub)?;
@@ -449,12 +452,9 @@ fn run_part(
             tracing::warn!("interrupted: the store is left partial; rerun to resume");
             break;
         }
-        if failed.is_some() {
-            break;
+        if let Some(e) = failed {
+            return Err(e);
         }
-    }
-    if let Some(e) = failed {
-        return Err(e.into());
     }
     bar.finish_and_clear();
     let labelling_seconds = loop_t0.elapsed().saturating_sub(check_time).as_secs_f64();

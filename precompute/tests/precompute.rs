@@ -495,6 +495,41 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
 }
 
+/// A batch that fails to load late in the run (strict policy) fails the run naming the
+/// file, and loses nothing done: the shards completed before it (two batches are in
+/// flight, `Ensemble::submit`) are written and a rerun with `--on-bad-file skip`
+/// resumes from them.
+#[test]
+fn a_late_bad_file_fails_the_run_after_writing_the_shards_before_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // sample 14 opens the third shard of 7 samples: the batch before it, in flight when
+    // its batch fails to load, completes the second
+    let bad = ds.samples()[14].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let mut a = args(&f, "late");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+    let out = f.root.join("late");
+    for sh in ["shard-000000", "shard-000001"] {
+        let written = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().starts_with(sh));
+        assert!(written, "{sh} was not written before the failure");
+    }
+    let mut b = args(&f, "late");
+    b.on_bad_file = Some("skip".into());
+    let r = go(&b.resolve().unwrap());
+    assert!(r.complete);
+    assert!(
+        r.shards_present >= 2,
+        "the rerun resumed from {} shards",
+        r.shards_present
+    );
+}
+
 #[test]
 fn inspect_and_verify_read_the_store_and_catch_corruption() {
     let f = fixture(2);

@@ -149,12 +149,18 @@ where
         // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
         let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
         if g.b * co * p > 0 {
-            if super::cudnn::enabled() {
-                super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))?;
-            } else if g.groups > 1 {
-                grouped(&dev, g, co, &x, &w, &mut y)?;
-            } else {
-                ungrouped(&dev, g, co, &x, &w, &mut y)?;
+            // cuDNN when asked for (our path if it fails), else ours
+            let by_cudnn = super::cudnn::enabled()
+                && super::cudnn::takes(g, co)
+                && super::cudnn::attempt(|| {
+                    super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))
+                });
+            if !by_cudnn {
+                if g.groups > 1 {
+                    grouped(&dev, g, co, &x, &w, &mut y)?;
+                } else {
+                    ungrouped(&dev, g, co, &x, &w, &mut y)?;
+                }
             }
         }
         y
@@ -291,13 +297,17 @@ where
     }
     let nx = if need_dx { g.b * img } else { 0 };
     let nw = co * rows;
-    if super::cudnn::enabled() && g.b * co * p > 0 && rows > 0 {
-        // SAFETY: both parts written whole by cuDNN
+    if super::cudnn::enabled() && super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
+        // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
         let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
-        let (mut dx, mut dw) = out.split_at_mut(nx);
-        let dx = need_dx.then_some(&mut dx);
-        super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw)?;
-        return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)));
+        let done = super::cudnn::attempt(|| {
+            let (mut dx, mut dw) = out.split_at_mut(nx);
+            let dx = need_dx.then_some(&mut dx);
+            super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw)
+        });
+        if done {
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)));
+        }
     }
     let mut out = dev.alloc_zeros::<T>(nx + nw)?;
     // the weight gradient accumulates over the chunks in f32, whatever T is

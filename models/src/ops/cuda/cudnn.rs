@@ -6,13 +6,19 @@
 //! algorithm) stays the default until a device run has compared the two
 //! (bench/gpu_check.sh runs both).
 //!
-//! f32 convolutions follow the process's TF32 switch (`set_tf32`): cuDNN's default math
-//! when on (TF32 tensor cores, as PyTorch's `cudnn.allow_tf32`), FMA-only math when off
+//! f32 convolutions follow the process's TF32 switch (`set_tf32`): tensor-op math when
+//! on (TF32 tensor cores, as PyTorch's `cudnn.allow_tf32`), FMA-only math when off
 //! (exact f32, as precompute wants). bf16 is cuDNN's pseudo-bf16 configuration: bf16
-//! tensors, f32 sums, rounded once (candle's cudnn.rs does the same).
+//! tensors, f32 sums, rounded once (candle's cudnn.rs does the same). The heuristics
+//! may pick backward algorithms that add with atomics, so a training run on this path
+//! is not bit-reproducible (PyTorch's with `cudnn.deterministic=False` neither); the
+//! forward, and so precompute's labels, are.
 //!
 //! libcudnn is loaded at first use (cudarc's dynamic loading); where it cannot be
-//! loaded, [`enabled`] says so once and our own path runs.
+//! loaded, [`enabled`] says so once and our own path runs. A cuDNN call that fails (a
+//! partial install, no algorithm for a shape, a workspace that does not fit) is
+//! warned about once and our path runs from then on ([`attempt`]); tensors of 2^31
+//! elements or more, which cuDNN's API refuses, go to our path ([`takes`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,8 +35,36 @@ use cudarc::cudnn::sys;
 use super::Elem;
 use crate::ops::conv::cols::Geom;
 
-/// Whether convolutions go through cuDNN: `MEAL_CUDA_CONV=cudnn` and libcudnn loads.
+/// Set once a cuDNN call has failed: our own path runs from then on.
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `call` through cuDNN; on an error, a warning (once) and `false`, and cuDNN is not
+/// used again in this process (the caller then runs our own path).
+pub(crate) fn attempt(call: impl FnOnce() -> candle_core::Result<()>) -> bool {
+    match call() {
+        Ok(()) => true,
+        Err(e) => {
+            if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("MEAL_CUDA_CONV=cudnn: {e}; our own convolutions run from here on");
+            }
+            false
+        }
+    }
+}
+
+/// Whether cuDNN's API takes this convolution: every tensor under 2^31 elements.
+pub(crate) fn takes(g: &Geom, co: usize) -> bool {
+    let lim = i32::MAX as usize;
+    g.b * g.c * g.h * g.w <= lim && g.b * co * g.ho * g.wo <= lim && co * g.rows() <= lim
+}
+
+/// Whether convolutions go through cuDNN: `MEAL_CUDA_CONV=cudnn`, libcudnn loads, and
+/// no cuDNN call has failed yet.
 pub(crate) fn enabled() -> bool {
+    loaded() && !FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn loaded() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         let asked = std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn");
