@@ -162,17 +162,13 @@ impl CustomOp2 for AddRelu {
     }
 }
 
-/// Whether our ReLU ops take `x`: f32 where [`super::ours`] (CPU, or CUDA with our ops
-/// on), and bf16 on CUDA (a teacher's inference, mixed-precision training).
-fn ours(x: &Tensor) -> bool {
-    super::ours_or_cuda_bf16(x)
-}
-
 /// `max(a + b, 0)`: one fused op (on CPU and CUDA, f32; bf16 on CUDA), elsewhere
 /// candle's add and ReLU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let fused = ours(a)
-        && ours(b)
+    // f32 where our ops run (CPU, CUDA), and bf16 on CUDA (a teacher's inference,
+    // mixed-precision training)
+    let fused = super::ours_or_cuda_bf16(a)
+        && super::ours_or_cuda_bf16(b)
         && a.dtype() == b.dtype()
         && a.dims() == b.dims()
         && a.device().same_device(b.device());
@@ -182,9 +178,10 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)?)
 }
 
-/// `max(x, 0)`: our op (one-pass backward) where [`ours`] says, elsewhere candle's.
+/// `max(x, 0)`: our op (one-pass backward) where `ours_or_cuda_bf16` says, elsewhere
+/// candle's.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if !ours(x) {
+    if !super::ours_or_cuda_bf16(x) {
         return Ok(x.relu()?);
     }
     Ok(x.contiguous()?.apply_op1(Relu)?)
