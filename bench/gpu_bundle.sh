@@ -25,6 +25,6 @@ for b in "$CARGO_TARGET_DIR"/release/meal-{data,precompute,student} "$bench" "$o
     strip -o "$out/$name" "$b"
     xz -T0 -6 "$out/$name"
 done
-cp bench/models_torch.py bench/gpu_check.sh bench/gpu_probe.sh bench/precompute_vs_infer.sh "$out/"
+cp bench/models_torch.py bench/gpu_check.sh bench/gpu_probe.sh bench/precompute_vs_infer.sh bench/gpu_summary.py "$out/"
 du -ch "$out"/* | tail -1
 ls -l "$out"

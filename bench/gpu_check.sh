@@ -119,4 +119,8 @@ for dt in f32 bf16; do
     step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" cuda:0 "$dt" 60 4 64
 done
 MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" cuda:0 bf16 60 4 64
+
+# 6. the throughput lines above side by side: each of ours against PyTorch's (and, for the
+# train step, against its AMP step), and precompute against inference
+step 30 python3 "$here/gpu_summary.py" "$out/gpu_check.log"
 rm -rf "$bin"

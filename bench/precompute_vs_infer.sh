@@ -36,4 +36,4 @@ inf=$(MEAL_DEVICE=$dev MEAL_DTYPE=$dt RAYON_NUM_THREADS=$threads "$bin/models" i
 echo "$inf" | grep -E "^ours" || { echo "$inf" | tail -5; exit 1; }
 p=$(echo "$pre" | sed -n 's/.*labelling loop.* \([0-9.]*\) crops\/s.*/\1/p')
 i=$(echo "$inf" | sed -n 's/^ours.*: \([0-9.]*\) img\/s.*/\1/p')
-python3 -c "print(f'precompute / pure inference ($dev, $dt, batch $batch, $threads CPU threads): {$p:.1f} / {$i:.1f} img/s = {$p / $i:.2f}x (goal 0.90x)')"
+python3 -c "print(f'precompute / pure inference ($dev, $dt, batch $batch, $threads CPU threads, convolutions: ${MEAL_CUDA_CONV:-ours}): {$p:.1f} / {$i:.1f} img/s = {$p / $i:.2f}x (goal 0.90x)')"

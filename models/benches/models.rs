@@ -154,14 +154,15 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{})",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{}{})",
         batch as f64 / dt,
         dt,
         candle_core::utils::get_num_threads(),
         dev.location(),
         meal_models::ensemble::dtype_name(dtype),
         if tf32 && dev.is_cuda() { ", tf32" } else { "" },
-        if cudnn_convs() && dev.is_cuda() { ", cuDNN convolutions" } else { "" }
+        if cudnn_convs() && dev.is_cuda() { ", cuDNN convolutions" } else { "" },
+        if meal_models::ops::profile::enabled() { ", profiled" } else { "" }
     );
     if meal_models::ops::profile::enabled() {
         // our ops' share of the (profiled, so slower) step; the rest is candle's

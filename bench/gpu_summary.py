@@ -1,0 +1,58 @@
+"""The device check's throughput lines side by side (bench/gpu_check.sh runs it last).
+
+Reads the log of `gpu_check.sh` (the models bench's "ours ..." lines and
+bench/models_torch.py's "torch ..." lines) and prints, per mode, network and dtype, each
+of our variants (our convolutions or cuDNN's, TF32 or exact) against PyTorch's in the same
+run; for the train step also against PyTorch's AMP step, the issue's reference.
+    python3 bench/gpu_summary.py LOG
+"""
+import re
+import sys
+
+LINE = re.compile(
+    r"^(ours|torch) (\w+) (\S+) res (\d+) batch (\d+): ([\d.]+) img/s \((.*)\)\s*$"
+)
+
+
+def parse(lines):
+    ours, torch = [], {}
+    for line in lines:
+        m = LINE.match(line.strip())
+        if not m:
+            continue
+        who, mode, arch, res, batch, ips, rest = m.groups()
+        dtype = next((d for d in ("bf16", "f16", "f32") if re.search(rf"\b{d}\b", rest)), "f32")
+        key = (mode, arch, int(res), int(batch), dtype)
+        if "profiled" in rest:
+            continue  # the device synchronised around each op: not a speed
+        if who == "torch":
+            torch[key] = float(ips)
+        else:
+            flags = [f for f in ("tf32", "cuDNN") if f in rest]
+            ours.append((key, "+".join(flags) or "exact", float(ips)))
+    return ours, torch
+
+
+def main():
+    with open(sys.argv[1], errors="replace") as f:
+        lines = f.readlines()
+    ours, torch = parse(lines)
+    if not ours:
+        print("no throughput lines found")
+        return
+    print(f"{'mode':7} {'network':11} {'dtype':5} {'ours (variant)':24} {'img/s':>9} "
+          f"{'torch':>9} {'ratio':>6} {'vs AMP':>7}")
+    for (mode, arch, res, batch, dtype), variant, ips in ours:
+        t = torch.get((mode, arch, res, batch, dtype))
+        amp = torch.get((mode, arch, res, batch, "bf16"))
+        ratio = f"{ips / t:.2f}x" if t else "-"
+        vs_amp = f"{ips / amp:.2f}x" if amp and mode != "infer" else ""
+        print(f"{mode:7} {arch:11} {dtype:5} {variant:24} {ips:9.1f} "
+              f"{(t or 0):9.1f} {ratio:>6} {vs_amp:>7}")
+    for line in lines:
+        if line.startswith("precompute / pure inference"):
+            print(line.rstrip())
+
+
+if __name__ == "__main__":
+    main()
