@@ -9,8 +9,9 @@
 //! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
 //! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
 //! `bf16`, `f16`; softmax in f32); for the train modes on a GPU MEAL_DTYPE=bf16 is
-//! mixed precision (`meal-student --amp true`: `ResNet::set_autocast`). On a GPU the train modes run their f32 GEMMs on TF32 as
-//! `meal-student` does by default, `infer` in exact f32 as precompute does;
+//! mixed precision (`meal-student --amp true`: `ResNet::set_autocast`). On a GPU the
+//! train modes run their f32 GEMMs on TF32 as `meal-student` does by default, `infer`
+//! in exact f32 as precompute does;
 //! `MEAL_CUDA_TF32=0|1` sets it for all. Each step ends by reading a scalar, so GPU work is
 //! synchronised before the clock stops. `MEAL_OP_PROFILE=1` adds the time of each of our
 //! ops on CUDA per step (`ops::profile`).
@@ -21,17 +22,6 @@ use candle_core::{DType, Tensor, D};
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, ResNet};
-
-/// Whether the convolutions run through cuDNN (`MEAL_CUDA_CONV=cudnn`).
-#[cfg(feature = "cuda")]
-fn cudnn_convs() -> bool {
-    meal_models::ops::cuda::cudnn_convs()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cudnn_convs() -> bool {
-    false
-}
 
 fn main() -> anyhow::Result<()> {
     // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
@@ -161,7 +151,11 @@ fn main() -> anyhow::Result<()> {
         dev.location(),
         meal_models::ensemble::dtype_name(dtype),
         if tf32 && dev.is_cuda() { ", tf32" } else { "" },
-        if cudnn_convs() && dev.is_cuda() { ", cuDNN convolutions" } else { "" },
+        if meal_models::ops::cudnn_convs() && dev.is_cuda() {
+            ", cuDNN convolutions"
+        } else {
+            ""
+        },
         if meal_models::ops::profile::enabled() { ", profiled" } else { "" }
     );
     if meal_models::ops::profile::enabled() {

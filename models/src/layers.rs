@@ -526,7 +526,7 @@ impl SqueezeExcite {
 }
 
 /// `nn.MaxPool2d(3, stride=2, padding=1)`: our op where it applies
-/// ([`crate::ops::max_pool2d`]: f32 on CPU and CUDA, bf16 inference on CUDA); elsewhere
+/// ([`crate::ops::max_pool2d`]: f32 on CPU and CUDA, bf16 on CUDA); elsewhere
 /// built from differentiable ops (slices and `maximum`), because candle's
 /// max-pool backward fails when kernel != stride. Padding is -inf, so padded positions
 /// are never the maximum.

@@ -23,6 +23,8 @@ pub mod optim;
 pub mod params;
 pub mod pretrained;
 pub mod resnet;
+#[cfg(test)]
+mod testing;
 pub mod weights;
 
 pub use device::{parse_device, set_tf32, tune_allocator, DeviceError};

@@ -633,37 +633,22 @@ impl candle_core::ModuleT for ResNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{cosine, values};
 
     fn bits(t: &Tensor) -> Vec<u32> {
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         v.iter().map(|v| v.to_bits()).collect()
     }
 
-    fn vals(t: &Tensor) -> Vec<f32> {
-        let t = t.to_dtype(candle_core::DType::F32).unwrap();
-        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    }
-
     /// `max|a - b| / max|b|`.
     fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let (a, b) = (vals(a), vals(b));
+        let (a, b) = (values(a), values(b));
         let scale = b.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
         let worst = a
             .iter()
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         worst / scale
-    }
-
-    fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-        let (a, b) = (vals(a), vals(b));
-        let dot = |x: &[f32], y: &[f32]| {
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| *p as f64 * *q as f64)
-                .sum::<f64>()
-        };
-        dot(&a, &b) / (dot(&a, &a) * dot(&b, &b)).sqrt()
     }
 
     /// Mixed precision (`set_autocast`) wires the network as PyTorch's autocast: half

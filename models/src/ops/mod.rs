@@ -54,6 +54,15 @@ pub(crate) fn ours_or_cuda_bf16(t: &Tensor) -> bool {
     ours(t) || (t.dtype() == candle_core::DType::BF16 && on_cuda(t))
 }
 
+/// Whether our convolution op runs through cuDNN on CUDA devices (`MEAL_CUDA_CONV=cudnn`
+/// and libcudnn loads; `ops/cuda/cudnn.rs`); false without the `cuda` feature.
+pub fn cudnn_convs() -> bool {
+    #[cfg(feature = "cuda")]
+    return cuda::cudnn_enabled();
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
 #[cfg(feature = "cuda")]
 fn on_cuda(t: &Tensor) -> bool {
     t.device().is_cuda() && cuda::enabled()

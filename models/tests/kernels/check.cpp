@@ -149,12 +149,66 @@ static void check_to_bf16() {
     expect("to_bf16", widen(y), want, 0.0);
 }
 
+// Two-pass f64 mean and biased variance per channel of NCHW x [b, c, hw].
+static void bn_stats_ref(const std::vector<float>& x, int b, int c, int hw,
+                         std::vector<double>& mref, std::vector<double>& vref) {
+    double m = (double)b * hw;
+    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
+    for (int ch = 0; ch < c; ++ch) {
+        double s = 0, s2 = 0;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) s += x[at(i, ch, q)];
+        mref[ch] = s / m;
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q)
+                s2 += (x[at(i, ch, q)] - mref[ch]) * (x[at(i, ch, q)] - mref[ch]);
+        vref[ch] = s2 / m;
+    }
+}
+
+// The train BatchNorm's backward, [dx..., dgamma..., dbeta...]: dx = gamma*inv*(g -
+// mean(g) - xhat*mean(g*xhat)), dgamma = sum(g*xhat), dbeta = sum(g), with g = dy gated
+// by the fused ReLU (x*scale + shift > 0), in f64 from the two-pass statistics.
+static std::vector<float> bn_backward_ref(const std::vector<float>& x, const std::vector<float>& dy,
+                                          const std::vector<double>& mref,
+                                          const std::vector<double>& vref,
+                                          const std::vector<float>& gamma,
+                                          const std::vector<float>& scale,
+                                          const std::vector<float>& shift, int relu, double eps,
+                                          int b, int c, int hw) {
+    size_t n = (size_t)b * c * hw;
+    double m = (double)b * hw;
+    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
+    std::vector<float> oref(n + 2 * c);
+    for (int ch = 0; ch < c; ++ch) {
+        double inv = 1.0 / std::sqrt(vref[ch] + eps), sg = 0, sgx = 0;
+        auto g = [&](size_t t) {
+            return relu && !(x[t] * scale[ch] + shift[ch] > 0.f) ? 0.0 : (double)dy[t];
+        };
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                sg += g(t);
+                sgx += g(t) * (x[t] - mref[ch]) * inv;
+            }
+        for (int i = 0; i < b; ++i)
+            for (int q = 0; q < hw; ++q) {
+                size_t t = at(i, ch, q);
+                double xhat = (x[t] - mref[ch]) * inv;
+                oref[t] = (float)(gamma[ch] * inv * (g(t) - sg / m - xhat * sgx / m));
+            }
+        oref[n + ch] = (float)sgx;
+        oref[n + c + ch] = (float)sg;
+    }
+    return oref;
+}
+
 // Train BatchNorm over bf16 activations (mixed precision): statistics of the widened
 // values in f64, the affine rounded once, and the backward's dx (bf16) and dgamma, dbeta
 // (f32) against the two-pass formulas over the widened values.
 static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int splits) {
     size_t n = (size_t)b * c * hw;
-    double eps = 1e-5, m = (double)b * hw;
+    double eps = 1e-5;
     auto xf = randn(n, 1.f, offset), dyf = randn(n), gamma = randn(c, .5f, 1.f), beta = randn(c, .5f);
     std::vector<__nv_bfloat16> x(n), dy(n);
     for (size_t i = 0; i < n; ++i) {
@@ -164,23 +218,13 @@ static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int spli
     auto xv = widen(x), dv = widen(dy);
     std::string tag = " bf16 relu=" + std::to_string(relu) + " offset=" +
                       std::to_string((int)offset) + " splits=" + std::to_string(splits);
-    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
     std::vector<double> mean(c, -7), var(c, -7), mref(c), vref(c), part(2 * c * splits, -7);
     launch(c * splits, BN_THREADS,
            [&] { meal_bn_stats_bf16(x.data(), part.data(), b, c, hw, splits); });
     launch(1, 32, [&] {
         meal_bn_stats_finish_bf16(x.data(), part.data(), mean.data(), var.data(), b, c, hw, splits);
     });
-    for (int ch = 0; ch < c; ++ch) {
-        double s = 0, s2 = 0;
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) s += xv[at(i, ch, q)];
-        mref[ch] = s / m;
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q)
-                s2 += (xv[at(i, ch, q)] - mref[ch]) * (xv[at(i, ch, q)] - mref[ch]);
-        vref[ch] = s2 / m;
-    }
+    bn_stats_ref(xv, b, c, hw, mref, vref);
     expect("bn mean" + tag, mean, mref, 1e-12);
     expect("bn var" + tag, var, vref, 1e-9);
     std::vector<float> scale(c), shift(c);
@@ -190,7 +234,7 @@ static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int spli
     });
     std::vector<double> sums(2 * c, -7);
     std::vector<__nv_bfloat16> dx(n, __nv_bfloat16{0x7fc0});
-    std::vector<float> dgb(2 * c, -7.f), dref(n), gref(2 * c);
+    std::vector<float> dgb(2 * c, -7.f);
     launch(c * splits, BN_THREADS, [&] {
         meal_bn_grad_sums_bf16(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu,
                                b, c, hw, splits, part.data());
@@ -201,26 +245,8 @@ static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int spli
                                 sums.data(), scale.data(), shift.data(), relu, eps, b, c, hw,
                                 dx.data(), dgb.data());
     });
-    for (int ch = 0; ch < c; ++ch) {
-        double inv = 1.0 / std::sqrt(vref[ch] + eps), sg = 0, sgx = 0;
-        auto g = [&](size_t t) {
-            return relu && !(xv[t] * scale[ch] + shift[ch] > 0.f) ? 0.0 : (double)dv[t];
-        };
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) {
-                size_t t = at(i, ch, q);
-                sg += g(t);
-                sgx += g(t) * (xv[t] - mref[ch]) * inv;
-            }
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) {
-                size_t t = at(i, ch, q);
-                double xhat = (xv[t] - mref[ch]) * inv;
-                dref[t] = (float)(gamma[ch] * inv * (g(t) - sg / m - xhat * sgx / m));
-            }
-        gref[ch] = (float)sgx;
-        gref[c + ch] = (float)sg;
-    }
+    auto oref = bn_backward_ref(xv, dv, mref, vref, gamma, scale, shift, relu, eps, b, c, hw);
+    std::vector<float> dref(oref.begin(), oref.begin() + n), gref(oref.begin() + n, oref.end());
     // dx is rounded to bf16 once: within half a bf16 step (2^-9 relative) of the formula
     expect("bn backward dx" + tag, widen(dx), dref, 1.0 / 256);
     expect("bn backward dgamma dbeta" + tag, dgb, gref, 1e-4);
@@ -247,11 +273,10 @@ static void check_swap() {
 // splits: blocks per channel of the reductions (ops/cuda/bn.rs `splits`)
 static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     size_t n = (size_t)b * c * hw;
-    double eps = 1e-5, m = (double)b * hw;
+    double eps = 1e-5;
     auto x = randn(n, 1.f, offset), dy = randn(n), gamma = randn(c, .5f, 1.f), beta = randn(c, .5f);
     std::string tag = " relu=" + std::to_string(relu) + " offset=" + std::to_string((int)offset) +
                       " splits=" + std::to_string(splits);
-    auto at = [&](int i, int ch, int q) { return ((size_t)i * c + ch) * hw + q; };
     // statistics: two-pass f64
     std::vector<double> mean(c, -7), var(c, -7), mref(c), vref(c);
     std::vector<double> part(2 * c * splits, -7);
@@ -259,15 +284,7 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     launch(1, 32, [&] {
         meal_bn_stats_finish(x.data(), part.data(), mean.data(), var.data(), b, c, hw, splits);
     });
-    for (int ch = 0; ch < c; ++ch) {
-        double s = 0, s2 = 0;
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) s += x[at(i, ch, q)];
-        mref[ch] = s / m;
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) s2 += (x[at(i, ch, q)] - mref[ch]) * (x[at(i, ch, q)] - mref[ch]);
-        vref[ch] = s2 / m;
-    }
+    bn_stats_ref(x, b, c, hw, mref, vref);
     expect("bn mean" + tag, mean, mref, 1e-12);
     expect("bn var" + tag, var, vref, 1e-9);
     // forward: scale/shift on the device, bit for bit the host's (bn.rs scale_shift)
@@ -298,7 +315,7 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     x[3] = 0.5f;
     // backward against dx = gamma*inv*(g - mean(g) - xhat*mean(g*xhat)), g gated by the ReLU
     std::vector<double> sums(2 * c, -7);
-    std::vector<float> out(n + 2 * c, -7.f), oref(n + 2 * c);
+    std::vector<float> out(n + 2 * c, -7.f);
     std::fill(part.begin(), part.end(), -7);
     launch(c * splits, BN_THREADS, [&] {
         meal_bn_grad_sums(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu, b, c,
@@ -309,26 +326,7 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
         meal_bn_grad_input(dy.data(), x.data(), mean.data(), var.data(), gamma.data(), sums.data(),
                            scale.data(), shift.data(), relu, eps, b, c, hw, out.data());
     });
-    for (int ch = 0; ch < c; ++ch) {
-        double inv = 1.0 / std::sqrt(vref[ch] + eps), sg = 0, sgx = 0;
-        auto g = [&](size_t t) {
-            return relu && !(x[t] * scale[ch] + shift[ch] > 0.f) ? 0.0 : (double)dy[t];
-        };
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) {
-                size_t t = at(i, ch, q);
-                sg += g(t);
-                sgx += g(t) * (x[t] - mref[ch]) * inv;
-            }
-        for (int i = 0; i < b; ++i)
-            for (int q = 0; q < hw; ++q) {
-                size_t t = at(i, ch, q);
-                double xhat = (x[t] - mref[ch]) * inv;
-                oref[t] = (float)(gamma[ch] * inv * (g(t) - sg / m - xhat * sgx / m));
-            }
-        oref[n + ch] = (float)sgx;
-        oref[n + c + ch] = (float)sg;
-    }
+    auto oref = bn_backward_ref(x, dy, mref, vref, gamma, scale, shift, relu, eps, b, c, hw);
     expect("bn backward" + tag, out, oref, 1e-4);
 }
 

@@ -48,8 +48,10 @@ pub struct Inputs {
 }
 
 /// Settings a resume may change: where things are (inputs are compared by content
-/// instead), how many threads, the device, and the step limit (not serialised). The
-/// result equals an uninterrupted run with any of these changed (tested for threads).
+/// instead), how many threads, the device, and the step limit (not serialised): the
+/// result equals an uninterrupted run with any of these changed (tested for threads);
+/// and the GPU's arithmetic (`tf32`, `amp`), after which the run goes on in the new
+/// precision, as a PyTorch user may turn TF32 or autocast on or off between runs.
 const RESUME_MAY_CHANGE: [&str; 10] = [
     "data",
     "val",

@@ -48,11 +48,9 @@ fn stats(
     dev: &CudaDevice,
     x: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaSlice<f64>, CudaSlice<f64>)> {
-    match x.0.dtype() {
-        DType::F32 => stats_of::<f32>(dev, x),
-        DType::BF16 => stats_of::<bf16>(dev, x),
-        d => candle_core::bail!("batch_norm (cuda): {d:?} input (f32 or bf16)"),
-    }
+    with_elem!(x.0.dtype(), "batch_norm (cuda): input", |T| stats_of::<T>(
+        dev, x
+    ))
 }
 
 fn stats_of<T: Elem>(
@@ -120,10 +118,7 @@ pub(crate) fn bn_train(
         // SAFETY: gamma, beta, mean, var, scale and shift hold c values each.
         unsafe { l.launch(grid(c)?) }.w()?;
     }
-    let y = match x.0.dtype() {
-        DType::BF16 => affine::<bf16>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?,
-        _ => affine::<f32>(&dev, relu, x, &scale.slice(..), &shift.slice(..))?,
-    };
+    let y = affine(&dev, relu, x, &scale.slice(..), &shift.slice(..))?;
     Ok((
         y,
         DeviceKept {
@@ -153,7 +148,19 @@ pub(crate) fn kept_stats(
 
 /// `x * scale[c] + shift[c]` (then ReLU) over NCHW `x` of f32 or bf16, one pass (the
 /// affine in f32 from f32 scale and shift; bf16 rounded once).
-fn affine<T: Elem>(
+fn affine(
+    dev: &CudaDevice,
+    relu: bool,
+    x: (&CudaStorage, &Layout),
+    sc: &CudaView<f32>,
+    sh: &CudaView<f32>,
+) -> candle_core::Result<CudaStorage> {
+    with_elem!(x.0.dtype(), "batch_norm (cuda): input", |T| affine_of::<T>(
+        dev, relu, x, sc, sh
+    ))
+}
+
+fn affine_of<T: Elem>(
     dev: &CudaDevice,
     relu: bool,
     (s, l): (&CudaStorage, &Layout),
@@ -191,10 +198,7 @@ pub(crate) fn device_affine(
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let dev = x.0.device.clone();
     let (sc, sh) = (view(s2, l2)?, view(s3, l3)?);
-    let y = match x.0.dtype() {
-        DType::BF16 => affine::<bf16>(&dev, relu, x, &sc, &sh)?,
-        _ => affine::<f32>(&dev, relu, x, &sc, &sh)?,
-    };
+    let y = affine(&dev, relu, x, &sc, &sh)?;
     Ok((y, x.1.shape().clone()))
 }
 

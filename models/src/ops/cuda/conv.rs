@@ -21,10 +21,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
-use candle_core::{DType, Layout, Shape};
-use half::bf16;
+use candle_core::{Layout, Shape};
 
-use super::{func, gemm, gemm_batched, gemm_into_f32, grid, ints, view_of, Elem};
+use super::{elem_dtype, func, gemm, gemm_batched, gemm_into_f32, grid, ints, view_of, Elem};
 use crate::ops::conv::cols::Geom;
 
 /// Column-matrix elements per chunk of images (256 MB of f32; ResNet-50's first 3x3
@@ -117,11 +116,9 @@ pub(crate) fn conv_forward(
     x: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    match (x.0.dtype(), w.0.dtype()) {
-        (DType::F32, DType::F32) => forward::<f32>(g, x, w),
-        (DType::BF16, DType::BF16) => forward::<bf16>(g, x, w),
-        (a, b) => candle_core::bail!("meal conv2d (cuda): input {a:?} with weight {b:?}"),
-    }
+    let what = "meal conv2d (cuda): input, weight";
+    let dt = elem_dtype(what, &[x.0.dtype(), w.0.dtype()])?;
+    with_elem!(dt, what, |T| forward::<T>(g, x, w))
 }
 
 fn forward<T: Elem>(
@@ -261,13 +258,9 @@ pub(crate) fn conv_backward(
     w: (&CudaStorage, &Layout),
     dy: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    match (x.0.dtype(), w.0.dtype(), dy.0.dtype()) {
-        (DType::F32, DType::F32, DType::F32) => backward::<f32>(g, need_dx, x, w, dy),
-        (DType::BF16, DType::BF16, DType::BF16) => backward::<bf16>(g, need_dx, x, w, dy),
-        (a, b, c) => candle_core::bail!(
-            "meal conv2d backward (cuda): input {a:?}, weight {b:?}, gradient {c:?}"
-        ),
-    }
+    let what = "meal conv2d backward (cuda): input, weight, gradient";
+    let dt = elem_dtype(what, &[x.0.dtype(), w.0.dtype(), dy.0.dtype()])?;
+    with_elem!(dt, what, |T| backward::<T>(g, need_dx, x, w, dy))
 }
 
 fn backward<T: Elem>(

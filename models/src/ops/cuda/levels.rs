@@ -6,7 +6,6 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, Shape};
-use half::bf16;
 
 use super::{func, grid, view, view_of, Elem};
 use crate::ops::levels::plane;
@@ -20,11 +19,9 @@ pub(crate) fn normalize_levels(
     let (x, lut) = (view_of::<u8>(s1, l1)?, view(s2, l2)?);
     let hw = plane(l1, lut.len())?;
     let dev = &s1.device;
-    let storage = match out {
-        DType::F32 => lookup::<f32>(dev, &x, &lut, hw)?,
-        DType::BF16 => lookup::<bf16>(dev, &x, &lut, hw)?,
-        d => candle_core::bail!("normalize_levels: to {d:?} (f32 or bf16)"),
-    };
+    let storage = with_elem!(out, "normalize_levels: to", |T| lookup::<T>(
+        dev, &x, &lut, hw
+    )?);
     Ok((storage, l1.shape().clone()))
 }
 

@@ -20,6 +20,26 @@
 //! without the feature): the escape hatch and the A/B switch of the device benchmark.
 //! tests.rs compares every op with its CPU twin wherever a GPU is present.
 
+/// `$body` with the type `$T` standing for the element type (an [`Elem`]) that `$dt`
+/// names: f32 or bf16, the two our kernels are instantiated for. Another dtype is an
+/// error naming `$what`. Every op's dispatch from a tensor's dtype to its generic code
+/// goes through here (with [`elem_dtype`] where several inputs must agree).
+macro_rules! with_elem {
+    ($dt:expr, $what:expr, |$T:ident| $body:expr) => {
+        match $dt {
+            candle_core::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            candle_core::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            d => candle_core::bail!("{}: {d:?} (f32 or bf16)", $what),
+        }
+    };
+}
+
 mod bn;
 mod conv;
 mod cudnn;
@@ -32,6 +52,7 @@ mod tests;
 
 pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
 pub(crate) use conv::{conv_backward, conv_forward};
+pub(crate) use cudnn::enabled as cudnn_enabled;
 pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use relu::{relu_backward, relu_forward};
@@ -44,7 +65,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
-use candle_core::Layout;
+use candle_core::{DType, Layout};
 
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
@@ -59,12 +80,6 @@ pub(crate) const REDUCE_THREADS: u32 = 256;
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("MEAL_CUDA_OPS").map_or(true, |v| v.trim() != "0"))
-}
-
-/// Whether our convolution op runs through cuDNN (`MEAL_CUDA_CONV=cudnn` and libcudnn
-/// loads) rather than our own `im2col`/`col2im` and cuBLAS path.
-pub fn cudnn_convs() -> bool {
-    cudnn::enabled()
 }
 
 /// Kernel `name` of meal_ops.cu on `dev` (the module is loaded on first use).
@@ -106,6 +121,15 @@ pub(crate) fn per_channel(c: usize) -> LaunchConfig {
         grid_dim: (c as u32, 1, 1),
         block_dim: (REDUCE_THREADS, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// The one dtype of an op's inputs `dtypes` (those that share the element type), or an
+/// error naming `what` and all of them.
+pub(crate) fn elem_dtype(what: &str, dtypes: &[DType]) -> candle_core::Result<DType> {
+    match dtypes {
+        [first, rest @ ..] if rest.iter().all(|d| d == first) => Ok(*first),
+        _ => candle_core::bail!("{what}: inputs of dtypes {dtypes:?}"),
     }
 }
 

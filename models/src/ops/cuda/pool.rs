@@ -5,10 +5,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
-use candle_core::{DType, Layout, Shape};
-use half::bf16;
+use candle_core::{Layout, Shape};
 
-use super::{func, grid, ints, view_of, Elem};
+use super::{elem_dtype, func, grid, ints, view_of, Elem};
 
 /// Kernel size, stride and padding.
 pub(crate) type PoolGeom = (usize, usize, usize);
@@ -31,11 +30,12 @@ pub(crate) fn pool_forward(
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     let (np, h, w) = planes(l)?;
     let (ho, wo) = (out(h, pg), out(w, pg));
-    let y = match s.dtype() {
-        DType::F32 => forward::<f32>(pg, (s, l), (np, h, w), (ho, wo))?,
-        DType::BF16 => forward::<bf16>(pg, (s, l), (np, h, w), (ho, wo))?,
-        d => candle_core::bail!("max_pool2d (cuda): {d:?} (f32 or bf16)"),
-    };
+    let y = with_elem!(s.dtype(), "max_pool2d (cuda)", |T| forward::<T>(
+        pg,
+        (s, l),
+        (np, h, w),
+        (ho, wo)
+    )?);
     let mut shape = l.dims().to_vec();
     shape[2] = ho;
     shape[3] = wo;
@@ -75,11 +75,9 @@ pub(crate) fn pool_backward(
     x: (&CudaStorage, &Layout),
     dy: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dx = match (x.0.dtype(), dy.0.dtype()) {
-        (DType::F32, DType::F32) => backward::<f32>(pg, x, dy)?,
-        (DType::BF16, DType::BF16) => backward::<bf16>(pg, x, dy)?,
-        (a, b) => candle_core::bail!("max_pool2d backward (cuda): input {a:?}, gradient {b:?}"),
-    };
+    let what = "max_pool2d backward (cuda): input, gradient";
+    let dt = elem_dtype(what, &[x.0.dtype(), dy.0.dtype()])?;
+    let dx = with_elem!(dt, what, |T| backward::<T>(pg, x, dy)?);
     Ok((dx, Shape::from(x.1.dims())))
 }
 

@@ -1,15 +1,14 @@
 //! ReLU and the residual join + ReLU on CUDA, as relu.rs on CPU: one pass forward, and
 //! the ReLU's gradient in one pass from the output, in f32 or bf16 (a teacher's
-//! inference, mixed-precision training) (candle's ReLU backward is four passes and three allocations, and its residual
-//! join two ops).
+//! inference, mixed-precision training). candle's ReLU backward is four passes and
+//! three allocations, and its residual join two ops.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
-use candle_core::{DType, Layout, Shape};
-use half::bf16;
+use candle_core::{Layout, Shape};
 
-use super::{func, grid, view_of, Elem};
+use super::{elem_dtype, func, grid, view_of, Elem};
 
 /// `relu(x)` or, with `b`, `relu(x + b)`, elementwise over f32 or bf16 of one shape.
 pub(crate) fn relu_forward(
@@ -21,11 +20,11 @@ pub(crate) fn relu_forward(
             candle_core::bail!("add_relu: {:?} and {:?}", l1.dims(), l2.dims());
         }
     }
-    let y = match s1.dtype() {
-        DType::F32 => forward::<f32>(&s1.device, (s1, l1), b)?,
-        DType::BF16 => forward::<bf16>(&s1.device, (s1, l1), b)?,
-        d => candle_core::bail!("meal relu (cuda): {d:?} (f32 or bf16)"),
-    };
+    let y = with_elem!(s1.dtype(), "meal relu (cuda)", |T| forward::<T>(
+        &s1.device,
+        (s1, l1),
+        b
+    )?);
     Ok((y, l1.shape().clone()))
 }
 
@@ -70,11 +69,9 @@ pub(crate) fn relu_backward(
     y: (&CudaStorage, &Layout),
     dy: (&CudaStorage, &Layout),
 ) -> candle_core::Result<(CudaStorage, Shape)> {
-    let dx = match (y.0.dtype(), dy.0.dtype()) {
-        (DType::F32, DType::F32) => backward::<f32>(y, dy)?,
-        (DType::BF16, DType::BF16) => backward::<bf16>(y, dy)?,
-        (a, b) => candle_core::bail!("meal relu backward (cuda): output {a:?}, gradient {b:?}"),
-    };
+    let what = "meal relu backward (cuda): output, gradient";
+    let dt = elem_dtype(what, &[y.0.dtype(), dy.0.dtype()])?;
+    let dx = with_elem!(dt, what, |T| backward::<T>(y, dy)?);
     Ok((dx, y.1.shape().clone()))
 }
 

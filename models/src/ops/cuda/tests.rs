@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::ops::{
     batch_norm_train, channel_affine, channel_affine_dev, conv2d, max_pool2d, sgd_step, SgdStep,
 };
+use crate::testing::{cosine, values};
 
 /// The first CUDA device; a test asked to run without one fails with the reason.
 fn gpu(test: &str) -> Device {
@@ -17,17 +18,10 @@ fn gpu(test: &str) -> Device {
         .unwrap_or_else(|e| panic!("{test} runs on a GPU and none opened here: {e}"))
 }
 
-fn host(t: &Tensor) -> Vec<f32> {
-    t.to_device(&Device::Cpu)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("tensor to host")
-}
-
 /// `|a - b| <= tol * max(1, max|b|)` elementwise (NaN only where the other is NaN).
 fn close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
     assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let (a, b) = (host(a), host(b));
+    let (a, b) = (values(a), values(b));
     let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * scale;
@@ -178,7 +172,7 @@ fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
     };
     twin(&dev, "max-pool 2x2 s2", std::slice::from_ref(&x), &f2, 0.0);
     // a NaN propagates to every window that holds it
-    let mut v = host(&x);
+    let mut v = values(&x);
     v[17] = f32::NAN;
     let xn = Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap();
     let y0 = max_pool2d(&xn, 3, 2, 1).unwrap().unwrap();
@@ -186,7 +180,7 @@ fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
         .unwrap()
         .unwrap();
     close("max-pool with NaN", &y1, &y0, 0.0);
-    assert!(host(&y1).iter().any(|v| v.is_nan()));
+    assert!(values(&y1).iter().any(|v| v.is_nan()));
 }
 
 #[test]
@@ -223,7 +217,7 @@ fn sgd_step_equals_the_cpu_op() {
 fn eval_batch_norm_on_the_device_equals_the_cpu_op() {
     let dev = gpu("eval_batch_norm_on_the_device_equals_the_cpu_op");
     let x = randn(&[3, 6, 5, 7]);
-    let (scale, shift) = (host(&randn(&[6])), host(&randn(&[6])));
+    let (scale, shift) = (values(&randn(&[6])), values(&randn(&[6])));
     for relu in [false, true] {
         let want = channel_affine(&x, scale.clone(), shift.clone(), relu)
             .unwrap()
@@ -564,19 +558,9 @@ fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
         assert_eq!(a.dtype(), DType::F32, "running statistic {i}: dtype");
         close(&format!("running statistic {i}"), a, b, 5e-2);
     }
-    let cos = |a: &Tensor, b: &Tensor| {
-        let (a, b) = (host(a), host(b));
-        let dot = |x: &[f32], y: &[f32]| {
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| *p as f64 * *q as f64)
-                .sum::<f64>()
-        };
-        dot(&a, &b) / (dot(&a, &a) * dot(&b, &b)).sqrt().max(1e-30)
-    };
     for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
         assert_eq!(a.dtype(), DType::F32, "gradient {i}: dtype");
-        let c = cos(a, b);
+        let c = cosine(a, b);
         assert!(
             c > 0.97,
             "gradient {i} {:?}: cosine {c} with the f32 step's",
