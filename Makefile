@@ -4,7 +4,7 @@ DEMO  ?= demo
 DATA  ?= $(DEMO)/data
 THREADS ?= 2
 
-.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda clippy-cuda gpu-bundle demo-data bench bench-models bench-store bench-gemm bench-bf16 teachers precompute train eval clean
+.PHONY: all build test test-full pydeps fmt-check clippy unit vendor-check build-cuda check-cuda clippy-cuda gpu-bundle gpu-rehearsal demo-data bench bench-models bench-store bench-gemm bench-bf16 teachers precompute train eval clean
 FULL_FIXTURES ?= /tmp/meal-full-fixtures
 
 all: build
@@ -45,6 +45,11 @@ build-cuda:
 ## ready for the device machine (no Rust there): bash bench/out/gpu/gpu_check.sh
 gpu-bundle:
 	bash bench/gpu_bundle.sh
+
+## gpu-rehearsal: the device check's every step run here on the CPU at tiny sizes with the
+## bundle's binaries (log in bench/out/gpu-rehearsal/): catches a broken step before a GPU
+gpu-rehearsal: gpu-bundle
+	GPU_CHECK_DEVICE=cpu OUT=$(CURDIR)/bench/out/gpu-rehearsal bash bench/out/gpu/gpu_check.sh
 
 ## check-cuda: what CI runs after `make test` - the workspace builds with the cuda feature
 ## and its whole test suite passes on this GPU-less machine (the device test: CPU works,

@@ -12,6 +12,11 @@
 # Every step has its own time limit; the whole script stays under 8 minutes (its
 # stop-19 version ran in 118-149 s).
 #   bash bench/out/gpu/gpu_check.sh        (results also in $OUT or bench/out/gpu-run)
+# Rehearsal on a CPU machine (`make gpu-rehearsal`): GPU_CHECK_DEVICE=cpu runs every step
+# with the same binaries and flags on the CPU at tiny sizes, so a broken command line,
+# filter or parser shows up here and not in the device's few minutes. The GPU-only steps
+# then fail as they must on a CPU (the op tests are listed, not run; --amp and bf16
+# training are refused).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/../gpu-run}
@@ -29,7 +34,19 @@ PY
 )
 export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export MEAL_NO_PROGRESS=1 RAYON_NUM_THREADS=$(nproc)
-step() { local limit=$1; shift; echo; echo "## $*"; timeout "$limit" "$@"; echo "(exit $?)"; }
+DEV=${GPU_CHECK_DEVICE:-cuda:0}
+if [ "$DEV" = cpu ]; then
+    # args: network res batch iters, per step kind; the op tests listed (GPU-only)
+    INFER="64 4 1" SE="64 2 1" TRAIN="64 4 1" OPS="2 1" PROF="64 2 1" PVI="2 1 4" LISTED=""
+else
+    INFER="224 64 10" SE="224 64 5" TRAIN="224 32 5" OPS="32 10" PROF="224 32 3" PVI="60 4 64" LISTED="--ignored"
+fi
+# each step's heading names the settings it runs under (dtype, cuDNN, profile)
+step() {
+    local limit=$1; shift
+    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_OPS|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
+    timeout "$limit" "$@"; echo "(exit $?)"
+}
 
 echo "# $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null)"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)"
@@ -38,61 +55,62 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.
 step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-class 5
 
 # 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests.rs; ignored off a GPU)
-step 120 "$bin/meal_ops_tests" --ignored --test-threads 1 ops::cuda
+step 120 "$bin/meal_ops_tests" $LISTED --test-threads 1 ops::cuda
 # the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs)
-MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" --ignored --test-threads 1 conv frozen mixed
+MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 conv frozen mixed
 
 # 3. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
-export MEAL_DEVICE=cuda:0
+export MEAL_DEVICE=$DEV
 for dt in f32 bf16; do
     export MEAL_DTYPE=$dt
-    step 60 "$bin/models" infer resnet152s 224 64 10
-    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer resnet152s 224 64 10
-    step 60 python3 "$here/models_torch.py" infer resnet152s 224 64 10
-    step 60 "$bin/models" infer senet154 224 64 5
-    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer senet154 224 64 5
-    step 60 python3 "$here/models_torch.py" infer senet154 224 64 5
+    step 60 "$bin/models" infer resnet152s $INFER
+    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer resnet152s $INFER
+    step 60 python3 "$here/models_torch.py" infer resnet152s $INFER
+    step 60 "$bin/models" infer senet154 $SE
+    MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer senet154 $SE
+    step 60 python3 "$here/models_torch.py" infer senet154 $SE
 done
 export MEAL_DTYPE=f32
 # the student's default: TF32 GEMMs (meal-student --tf32 true); then mixed precision
 # (meal-student --amp true) beside PyTorch's AMP step. (Exact f32 and candle's own CUDA
 # ops were measured at stop 19: 408-434 img/s, and 3.2x slower than ours.)
-step 90 "$bin/models" train resnet50 224 32 5
-MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 224 32 5
-MEAL_DTYPE=bf16 step 90 "$bin/models" train resnet50 224 32 5
-MEAL_DTYPE=bf16 MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 224 32 5
-MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
-step 60 python3 "$here/models_torch.py" train resnet50 224 32 5
+step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_DTYPE=bf16 step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_DTYPE=bf16 MEAL_CUDA_CONV=cudnn step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_DTYPE=bf16 step 60 python3 "$here/models_torch.py" train resnet50 $TRAIN
+step 60 python3 "$here/models_torch.py" train resnet50 $TRAIN
 # where the step's time goes: each op alone at ResNet-50's shapes (models/benches/ops.rs),
 # ours and candle's, bf16 inference convolutions too
-MEAL_DTYPE=bf16 step 90 "$bin/ops" 32 10
-MEAL_CUDA_OPS=0 step 90 "$bin/ops" 32 5
+MEAL_DTYPE=bf16 step 90 "$bin/ops" $OPS
+MEAL_CUDA_OPS=0 step 90 "$bin/ops" $OPS
 # and inside the model: each of our ops' time per step, the device synchronised around
 # each (ops::profile); the rest of the step is candle's ops, launches and copies
-MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 224 32 3
-MEAL_DTYPE=bf16 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 224 32 3
-MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s 224 64 3
+MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 $PROF
+MEAL_DTYPE=bf16 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 $PROF
+MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s $PROF
 
 # 4. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
 S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"
 step 90 "$S" train --data "$D/train" --val "$D/val" --arch demo_resnet10 --res 32 --epochs 2 \
-    --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device cuda:0 --out "$out/teacher"
-# (the CPU store is the f32 reference of both GPU stores)
-for run in cuda:0/bf16 cuda:0/f32 cpu/f32; do
-    dev=${run%/*}; dt=${run#*/}
+    --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device "$DEV" --out "$out/teacher"
+# (labels-ref-f32, made on the CPU, is the f32 reference of both GPU stores)
+for run in dev/bf16 dev/f32 ref/f32; do
+    dev=$DEV; [ "${run%/*}" = ref ] && dev=cpu
+    dt=${run#*/}
     step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
-        --crops-per-image 4 --device "$dev" --dtype "$dt" --out "$out/labels-${dev%%:*}-$dt"
+        --crops-per-image 4 --device "$dev" --dtype "$dt" --out "$out/labels-${run%/*}-$dt"
 done
-step 60 "$P" verify "$out/labels-cuda-bf16"
+step 60 "$P" verify "$out/labels-dev-bf16"
 # one worker per device, here twice the same GPU: the merge path on CUDA
 step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
-    --crops-per-image 4 --device cuda:0,cuda:0 --dtype f32 --out "$out/labels-2dev"
+    --crops-per-image 4 --device "$DEV,$DEV" --dtype f32 --out "$out/labels-2dev"
 step 60 "$P" verify "$out/labels-2dev"
-step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-cuda-bf16" --arch demo_tiny \
-    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device cuda:0 --out "$out/kd"
+step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-dev-bf16" --arch demo_tiny \
+    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device "$DEV" --out "$out/kd"
 # the same KD student under mixed precision (--amp true)
-step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-cuda-bf16" --arch demo_tiny \
-    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device cuda:0 --amp true \
+step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$out/labels-dev-bf16" --arch demo_tiny \
+    --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device "$DEV" --amp true \
     --out "$out/kd-amp"
 # the GPU stores against the CPU f32 store of the same crops (f32: float rounding only)
 step 60 python3 - "$out" <<'PY'
@@ -104,21 +122,28 @@ except ImportError:
 import glob, os
 o = sys.argv[1]
 for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
-    worst = 0.0
-    for a in sorted(glob.glob(f"{o}/labels-cuda-{dt}/shard-*.parquet")):
-        b = a.replace(f"labels-cuda-{dt}", "labels-cpu-f32")
+    worst, rows = 0.0, 0
+    for a in sorted(glob.glob(f"{o}/labels-dev-{dt}/shard-*.parquet")):
+        b = a.replace(f"labels-dev-{dt}", "labels-ref-f32")
+        if not os.path.exists(b):
+            sys.exit(f"{dt}: FAIL, {b} is missing")
         pa, pb = pq.read_table(a).column("prob").to_pylist(), pq.read_table(b).column("prob").to_pylist()
+        if len(pa) != len(pb):
+            sys.exit(f"{dt}: FAIL, {a} has {len(pa)} rows and {b} {len(pb)}")
+        rows += len(pa)
         worst = max([worst] + [abs(x - y) for ra, rb in zip(pa, pb) for x, y in zip(ra, rb)])
-    print(f"{dt}: max |p_gpu - p_cpu| = {worst:.2e} (bound {tol})", "ok" if worst <= tol else "FAIL")
+    # no rows compared is a failure, not a pass
+    ok = rows > 0 and worst <= tol
+    print(f"{dt}: max |p_gpu - p_cpu| = {worst:.2e} over {rows} crops (bound {tol})", "ok" if ok else "FAIL")
 PY
 
 # 5. precompute against pure teacher inference (resnet152s at 224, 600 JPEGs x 4 crops):
 # the goal is >= 0.9x (bench/precompute_vs_infer.sh)
 cp "$here/precompute_vs_infer.sh" "$bin/"
 for dt in f32 bf16; do
-    step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" cuda:0 "$dt" 60 4 64
+    step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" "$dt" $PVI
 done
-MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" cuda:0 bf16 60 4 64
+MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
 
 # 6. the throughput lines above side by side: each of ours against PyTorch's (and, for the
 # train step, against its AMP step), and precompute against inference

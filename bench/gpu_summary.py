@@ -47,8 +47,9 @@ def main():
         amp = torch.get((mode, arch, res, batch, "bf16"))
         ratio = f"{ips / t:.2f}x" if t else "-"
         vs_amp = f"{ips / amp:.2f}x" if amp and mode != "infer" else ""
+        torch_ips = f"{t:9.1f}" if t else f"{'-':>9}"
         print(f"{mode:7} {arch:11} {dtype:5} {variant:24} {ips:9.1f} "
-              f"{(t or 0):9.1f} {ratio:>6} {vs_amp:>7}")
+              f"{torch_ips} {ratio:>6} {vs_amp:>7}")
     for line in lines:
         if line.startswith("precompute / pure inference"):
             print(line.rstrip())

@@ -7,6 +7,8 @@
 
 use std::mem::MaybeUninit;
 
+use rayon::prelude::*;
+
 use super::cols::{cbn_to_nchw, im2col_row, Geom};
 use super::Plan;
 use crate::ops::bf16::{gemm_packed, pack_b, pack_rows, Epilogue, PackedA, PackedB};
@@ -35,9 +37,9 @@ fn image_cols(g: &Geom, x: &[f32], i: usize, parallel: bool) -> PackedB {
 
 /// Group `i`'s rows of the batch's column matrix (`[rg, B*ho*wo]`, images side by
 /// side), packed.
-fn batch_cols(g: &Geom, x: &[f32], i: usize) -> PackedB {
+fn batch_cols(g: &Geom, x: &[f32], i: usize, parallel: bool) -> PackedB {
     let (rg, p, img) = (g.group_rows(), g.cols(), g.image());
-    pack_rows(rg, g.b * p, true, |r, out| {
+    pack_rows(rg, g.b * p, parallel, |r, out| {
         for (j, o) in out.chunks_mut(p).enumerate() {
             image_row(g, &x[j * img..(j + 1) * img], i * rg + r, o);
         }
@@ -64,6 +66,52 @@ impl Affine {
     }
 }
 
+/// Whether the groups of a grouped convolution run in parallel, each group's packing and
+/// GEMM on one thread, rather than in turn with each split across the threads: with at
+/// least as many groups as threads. A group's product is small (SENet-154: 4 output
+/// channels a group, 64 groups), and splitting each cost two rayon joins per group, which
+/// made a bf16 SENet-154 forward slower than the f32 one (`perf record` of `models infer
+/// senet154 64 8`: a third of the time in sched_yield and futex waits).
+fn groups_in_parallel(groups: usize) -> bool {
+    groups > 1 && groups >= rayon::current_num_threads()
+}
+
+/// The groups' GEMMs into `y` (`[co, n]` with row stride `n`, written whole): group `i`'s
+/// packed weights `packs[i]` times `cols(i, parallel)` (its `[rg, n]` packed column rows).
+fn group_gemms(
+    packs: &[PackedA],
+    affine: Option<&Affine>,
+    n: usize,
+    y: &mut [MaybeUninit<f32>],
+    parallel: bool,
+    cols: impl Fn(usize, bool) -> PackedB + Sync,
+) {
+    let cog = y.len() / (packs.len() * n);
+    let one = |i: usize, yg: &mut [MaybeUninit<f32>], parallel: bool| {
+        let epi = affine.map(|e| e.rows(i * cog..(i + 1) * cog));
+        // SAFETY: yg is group i's [cog, n] rows of y, which its GEMM writes whole
+        unsafe {
+            gemm_packed(
+                &packs[i],
+                &cols(i, parallel),
+                yg.as_mut_ptr().cast(),
+                n,
+                parallel,
+                epi,
+            )
+        };
+    };
+    if parallel && groups_in_parallel(packs.len()) {
+        y.par_chunks_mut(cog * n)
+            .enumerate()
+            .for_each(|(i, yg)| one(i, yg, false));
+    } else {
+        for (i, yg) in y.chunks_mut(cog * n).enumerate() {
+            one(i, yg, parallel);
+        }
+    }
+}
+
 /// NCHW `y` `[B, Co, Ho, Wo]` of `x` and `w` (`[Co, rows/groups]`), through `affine`
 /// (`co` values each) when given.
 pub(super) fn forward(
@@ -80,24 +128,17 @@ pub(super) fn forward(
     match Plan::of(g) {
         Plan::PerImage { outer } => fill_chunks(g.b * co * p, co * p, outer, |b, yb| {
             let xb = &x[b * img..(b + 1) * img];
-            let y: *mut f32 = yb.as_mut_ptr().cast();
-            for (i, a) in packs.iter().enumerate() {
-                let cols = image_cols(g, xb, i, !outer);
-                let epi = affine.map(|e| e.rows(i * cog..(i + 1) * cog));
-                // SAFETY: group i's rows of image b's [co, p] output block (the groups
-                // write it whole)
-                unsafe { gemm_packed(a, &cols, y.add(i * cog * p), p, !outer, epi) };
-            }
+            group_gemms(&packs, affine, p, yb, !outer, |i, par| {
+                image_cols(g, xb, i, par)
+            });
         }),
         Plan::Batch => {
             let bn = g.b * p;
-            let mut t = vec![0f32; co * bn];
-            for (i, a) in packs.iter().enumerate() {
-                let cols = batch_cols(g, x, i);
-                let epi = affine.map(|e| e.rows(i * cog..(i + 1) * cog));
-                // SAFETY: group i's rows of t [co, bn]
-                unsafe { gemm_packed(a, &cols, t.as_mut_ptr().add(i * cog * bn), bn, true, epi) };
-            }
+            let t = fill_chunks(co * bn, co * bn, false, |_, t| {
+                group_gemms(&packs, affine, bn, t, true, |i, par| {
+                    batch_cols(g, x, i, par)
+                });
+            });
             cbn_to_nchw(&t, g.b, co, p)
         }
     }

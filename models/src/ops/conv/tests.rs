@@ -316,6 +316,10 @@ fn bf16_products_equal_f32_over_rounded_operands_or_are_refused() {
         (3, 6, 6, 4, 1, 2, 0, 2),
         (3, 8, 5, 6, 1, 1, 0, 1),
         (2, 6, 14, 6, 3, 1, 1, 3),
+        // many groups, so they run in parallel: one image (per image, the groups
+        // split over the threads) and a small batch (the batch plan)
+        (1, 16, 12, 16, 3, 1, 1, 8),
+        (3, 16, 4, 8, 3, 1, 1, 8),
     ] {
         let x = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap();
@@ -381,6 +385,9 @@ fn bf16_conv_with_folded_affine_equals_conv_then_affine() {
         (4, 8, 6, 10, 3, 1, 1, 1),
         (3, 8, 14, 6, 3, 2, 1, 2),
         (2, 6, 15, 17, 1, 1, 0, 1),
+        // groups in parallel: each group's channels get their own scale and shift
+        (1, 16, 12, 16, 3, 1, 1, 8),
+        (3, 16, 4, 8, 3, 1, 1, 8),
     ] {
         let mut xv = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev)
             .unwrap()
