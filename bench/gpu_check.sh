@@ -44,7 +44,7 @@ fi
 # each step's heading names the settings it runs under (dtype, cuDNN, profile)
 step() {
     local limit=$1; shift
-    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_OPS|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
+    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_OPS|CUDA_PINNED|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
     timeout "$limit" "$@"; echo "(exit $?)"
 }
 
@@ -144,6 +144,8 @@ for dt in f32 bf16; do
     step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" "$dt" $PVI
 done
 MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
+# the crops copied from pageable memory instead of pinned buffers (ops/cuda/upload.rs)
+MEAL_CUDA_PINNED=0 step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
 
 # 6. the throughput lines above side by side: each of ours against PyTorch's (and, for the
 # train step, against its AMP step), and precompute against inference

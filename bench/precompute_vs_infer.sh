@@ -34,6 +34,9 @@ pre=$(RAYON_NUM_THREADS=$threads "$bin/meal-precompute" run --data "$data/train"
 echo "$pre" | grep -E "this run|labelling loop" || { echo "$pre" | tail -5; exit 1; }
 inf=$(MEAL_DEVICE=$dev MEAL_DTYPE=$dt RAYON_NUM_THREADS=$threads "$bin/models" infer resnet152s 224 "$batch" 5 2>&1)
 echo "$inf" | grep -E "^ours" || { echo "$inf" | tail -5; exit 1; }
+# the crops' copy to a GPU: from pinned buffers unless MEAL_CUDA_PINNED=0 (ops/cuda/upload.rs)
+pinned=$([ "${MEAL_CUDA_PINNED:-1}" = 0 ] && echo pageable || echo pinned)
+[ "$dev" = cpu ] && pinned="none (CPU)"
 p=$(echo "$pre" | sed -n 's/.*labelling loop.* \([0-9.]*\) crops\/s.*/\1/p')
 i=$(echo "$inf" | sed -n 's/^ours.*: \([0-9.]*\) img\/s.*/\1/p')
-python3 -c "print(f'precompute / pure inference ($dev, $dt, batch $batch, $threads CPU threads, convolutions: ${MEAL_CUDA_CONV:-ours}): {$p:.1f} / {$i:.1f} img/s = {$p / $i:.2f}x (goal 0.90x)')"
+python3 -c "print(f'precompute / pure inference ($dev, $dt, batch $batch, $threads CPU threads, convolutions: ${MEAL_CUDA_CONV:-ours}, crops copy: ${pinned}): {$p:.1f} / {$i:.1f} img/s = {$p / $i:.2f}x (goal 0.90x)')"

@@ -282,7 +282,9 @@ impl Crops<'_> {
                 }
             }
             Crops::Levels(v) => {
-                let x = Tensor::from_slice(&v[lo..hi], shape, dev)?;
+                // on a GPU through a pinned buffer: queued without waiting for the
+                // batch before it (precompute keeps two in flight)
+                let x = crate::ops::upload_levels(&v[lo..hi], shape, dev)?;
                 crate::ops::normalize_levels(&x, &spec.normalize, dtype)?
             }
         })

@@ -34,7 +34,7 @@ mod sgd;
 
 pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut};
 pub use conv::{conv2d, conv2d_affine, conv2d_in, Precision};
-pub use levels::normalize_levels;
+pub use levels::{normalize_levels, upload_levels};
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
 pub use sgd::{sgd_fast, sgd_step, SgdStep};

@@ -49,6 +49,7 @@ mod relu;
 mod sgd;
 #[cfg(test)]
 mod tests;
+mod upload;
 
 pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
 pub(crate) use conv::{conv_backward, conv_forward};
@@ -57,6 +58,7 @@ pub(crate) use levels::normalize_levels;
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use relu::{relu_backward, relu_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
+pub(crate) use upload::upload_u8;
 
 use candle_core::cuda_backend::cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,

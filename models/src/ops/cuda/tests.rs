@@ -289,6 +289,45 @@ fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
 
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn pinned_uploads_queued_behind_work_keep_every_batch() {
+    let dev = gpu("pinned_uploads_queued_behind_work_keep_every_batch");
+    // a long product first, so the copies below wait behind it on the stream while
+    // their pinned buffers come round again (ring of 4, 11 batches): a buffer rewritten
+    // before its copy ran would show another batch's bytes
+    let a = Tensor::randn(0f32, 1.0, (4096, 4096), &dev).unwrap();
+    let mut slow = a.clone();
+    for _ in 0..4 {
+        slow = slow.matmul(&a).unwrap();
+    }
+    let batches: Vec<Vec<u8>> = (0..11u32)
+        .map(|b| {
+            (0..2 * 3 * 5 * 7)
+                .map(|i| ((i * 31 + b * 7) % 256) as u8)
+                .collect()
+        })
+        .collect();
+    let up: Vec<Tensor> = batches
+        .iter()
+        .map(|v| crate::ops::upload_levels(v, (2, 3, 5, 7), &dev).unwrap())
+        .collect();
+    // the shorter last batch of a run gets buffers of its own size
+    let short: Vec<u8> = (0..3 * 5 * 7).map(|i| (i % 251) as u8).collect();
+    let up_short = crate::ops::upload_levels(&short, (1, 3, 5, 7), &dev).unwrap();
+    drop(slow);
+    for (b, (t, want)) in up.iter().zip(&batches).enumerate() {
+        assert!(t.device().is_cuda(), "batch {b} left the GPU");
+        assert_eq!(t.dims(), &[2, 3, 5, 7]);
+        let got = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        assert_eq!(&got, want, "batch {b}");
+    }
+    assert_eq!(
+        up_short.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+        short
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
     // through im2col (3x3 s2, the 7x7 stem) and straight from the input (1x1 s1)
