@@ -144,7 +144,7 @@ for dt in f32 bf16; do
     step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" "$dt" $PVI
 done
 MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
-# the crops copied from pageable memory instead of pinned buffers (ops/cuda/upload.rs)
+# the crops copied from pageable memory instead of pinned buffers (ops/cuda/pinned.rs)
 MEAL_CUDA_PINNED=0 step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
 
 # 6. the throughput lines above side by side: each of ours against PyTorch's (and, for the

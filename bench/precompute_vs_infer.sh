@@ -34,7 +34,7 @@ pre=$(RAYON_NUM_THREADS=$threads "$bin/meal-precompute" run --data "$data/train"
 echo "$pre" | grep -E "this run|labelling loop" || { echo "$pre" | tail -5; exit 1; }
 inf=$(MEAL_DEVICE=$dev MEAL_DTYPE=$dt RAYON_NUM_THREADS=$threads "$bin/models" infer resnet152s 224 "$batch" 5 2>&1)
 echo "$inf" | grep -E "^ours" || { echo "$inf" | tail -5; exit 1; }
-# the crops' copy to a GPU: from pinned buffers unless MEAL_CUDA_PINNED=0 (ops/cuda/upload.rs)
+# the crops' copy to a GPU: from pinned buffers unless MEAL_CUDA_PINNED=0 (ops/cuda/pinned.rs)
 pinned=$([ "${MEAL_CUDA_PINNED:-1}" = 0 ] && echo pageable || echo pinned)
 [ "$dev" = cpu ] && pinned="none (CPU)"
 p=$(echo "$pre" | sed -n 's/.*labelling loop.* \([0-9.]*\) crops\/s.*/\1/p')

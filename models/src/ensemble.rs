@@ -456,7 +456,10 @@ impl Ensemble {
                 let x = inputs[si].tensor(start..start + n, spec, t.model.dtype(), &dev)?;
                 // softmax (and the mean over teachers) in f32 whatever the model ran in
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
-                chunks.push(candle_nn::ops::softmax(&logits, D::Minus1)?);
+                let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
+                // on a GPU the read-back is queued right behind this chunk's kernels, so
+                // finish() waits for them and not for the next batch queued after them
+                chunks.push(crate::ops::readback_f32(&p)?);
             }
             probs.push(chunks);
         }
@@ -474,7 +477,7 @@ impl Ensemble {
             let mut top1 = Vec::with_capacity(rows);
             let mut start = 0;
             for p in chunks {
-                let p = p.flatten_all()?.to_vec1::<f32>()?;
+                let p = p.wait()?;
                 top1.extend(p.chunks_exact(c.max(1)).map(|r| meal_store::top1(r) as u32));
                 let n = p.len() / c.max(1);
                 if start + n > rows {
@@ -501,10 +504,11 @@ impl Ensemble {
 }
 
 /// A batch's teacher work queued by [`Ensemble::submit`]: each teacher's softmax per
-/// chunk, on its device, not yet read.
+/// chunk, on a GPU on its way to the host (read-backs queued behind the chunk's kernels),
+/// not yet waited for.
 pub struct Submitted {
     rows: usize,
-    probs: Vec<Vec<Tensor>>,
+    probs: Vec<Vec<crate::ops::Readback>>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! a GPU moves a quarter of the bytes. On CUDA one kernel (cuda/levels.rs); on the CPU
 //! the same lookup.
 
-use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use meal_data::Normalize;
 
 use crate::error::Result;
@@ -88,19 +88,6 @@ pub fn normalize_levels(x: &Tensor, norm: &Normalize, dtype: DType) -> Result<Te
     } else {
         y.to_dtype(dtype)?
     })
-}
-
-/// 8-bit crops `v` as a u8 tensor of `shape` on `dev`. On a GPU the copy goes through a
-/// page-locked buffer, so it is queued behind the work already on the device and this
-/// returns without waiting for that work (`ops/cuda/upload.rs`; `MEAL_CUDA_PINNED=0`
-/// copies from pageable memory, as `Tensor::from_slice`). Elsewhere `Tensor::from_slice`.
-pub fn upload_levels(v: &[u8], shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
-    let shape = shape.into();
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(d) = dev {
-        return Ok(super::cuda::upload_u8(v, shape, d)?);
-    }
-    Ok(Tensor::from_slice(v, shape, dev)?)
 }
 
 #[cfg(test)]

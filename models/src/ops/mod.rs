@@ -31,13 +31,15 @@ mod pool;
 pub mod profile;
 mod relu;
 mod sgd;
+mod transfer;
 
 pub use bn::{batch_norm_train, channel_affine, channel_affine_dev, BnOut};
 pub use conv::{conv2d, conv2d_affine, conv2d_in, Precision};
-pub use levels::{normalize_levels, upload_levels};
+pub use levels::normalize_levels;
 pub use pool::max_pool2d;
 pub use relu::{add_relu, relu};
 pub use sgd::{sgd_fast, sgd_step, SgdStep};
+pub use transfer::{readback_f32, upload_levels, Readback};
 
 use candle_core::{CpuStorage, Layout, Tensor};
 

@@ -44,21 +44,21 @@ mod bn;
 mod conv;
 mod cudnn;
 mod levels;
+mod pinned;
 mod pool;
 mod relu;
 mod sgd;
 #[cfg(test)]
 mod tests;
-mod upload;
 
 pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use cudnn::enabled as cudnn_enabled;
 pub(crate) use levels::normalize_levels;
+pub(crate) use pinned::{readback_f32, upload_u8, Pending};
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use relu::{relu_backward, relu_forward};
 pub(crate) use sgd::{sgd_buffer, sgd_param};
-pub(crate) use upload::upload_u8;
 
 use candle_core::cuda_backend::cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,

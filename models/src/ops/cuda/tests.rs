@@ -328,6 +328,40 @@ fn pinned_uploads_queued_behind_work_keep_every_batch() {
 
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
+    let dev = gpu("pinned_readbacks_return_each_tensor_as_it_was_when_queued");
+    let a = Tensor::randn(0f32, 1.0, (2048, 2048), &dev).unwrap();
+    // 20 read-backs in flight (more than the pool keeps), each queued behind a product,
+    // and a product queued after each: every wait gets its own tensor's values
+    let mut want = Vec::new();
+    let mut pending = Vec::new();
+    let mut x = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    for i in 0..20 {
+        let _slow = a.matmul(&a).unwrap();
+        x = ((&x * 0.5).unwrap() + i as f64).unwrap();
+        want.push(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        pending.push(crate::ops::readback_f32(&x).unwrap());
+        let _after = a.matmul(&a).unwrap();
+    }
+    // one dropped without waiting: its buffer is released only after its copy
+    drop(pending.remove(3));
+    want.remove(3);
+    for (i, (p, w)) in pending.into_iter().zip(&want).enumerate() {
+        assert_eq!(&p.wait().unwrap(), w, "read-back {i}");
+    }
+    // a non-contiguous tensor comes back in its logical order
+    let t = Tensor::arange(0f32, 12.0, &dev)
+        .unwrap()
+        .reshape((3, 4))
+        .unwrap()
+        .t()
+        .unwrap();
+    let got = crate::ops::readback_f32(&t).unwrap().wait().unwrap();
+    assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
     // through im2col (3x3 s2, the 7x7 stem) and straight from the input (1x1 s1)

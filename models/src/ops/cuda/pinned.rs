@@ -1,0 +1,239 @@
+//! Copies between the host and a GPU through page-locked (pinned) buffers, as PyTorch's
+//! `DataLoader(pin_memory=True)` with `.to(device, non_blocking=True)`.
+//!
+//! A copy from or to pageable memory may make the host wait until the stream has
+//! finished the work queued before it (CUDA Runtime API, "API synchronization
+//! behavior"). With precompute's two batches in flight that undoes the overlap:
+//! - **up** ([`upload_u8`]): queuing batch n+1's crops would wait for batch n's kernels;
+//! - **down** ([`readback_f32`]): read back after batch n+1 was queued, batch n's labels
+//!   would come after n+1's kernels on candle's one stream, so the host would wait for
+//!   n+1 too and the GPU would then idle while the host writes n and queues n+2. The
+//!   read-back is instead queued right behind batch n's own kernels, into a pinned
+//!   buffer, and waited for on its event.
+//!
+//! Each thread keeps pinned buffers per device, direction and size, each with its own
+//! event recorded behind the last copy that used it: cudarc records a pinned slice's
+//! event only in multi-stream mode with event tracking, and candle runs one stream.
+//! `MEAL_CUDA_PINNED=0` copies through pageable memory instead, as candle's
+//! `Tensor::from_slice` and `to_vec1` do; a pinned allocation that fails does the same,
+//! with one warning.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::cuda_backend::cudarc::driver::{CudaEvent, PinnedHostSlice};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{Device, Shape, Storage, Tensor};
+
+/// Pinned buffers per (device, size): a batch's copy may still be queued behind up to
+/// two batches of work when the next batch is written.
+const RING: usize = 4;
+/// Rings kept per thread: one size per crop size of the ensemble, plus the last,
+/// shorter batch of each; the oldest ring is dropped beyond this.
+const RINGS: usize = 8;
+
+/// One pinned buffer and the event recorded behind the last copy that read it.
+struct Slot {
+    host: PinnedHostSlice<u8>,
+    done: CudaEvent,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // the buffer is freed after this: its last copy must have read it
+        let _ = self.done.synchronize();
+    }
+}
+
+struct Ring {
+    dev: DeviceId,
+    len: usize,
+    next: usize,
+    slots: Vec<Slot>,
+}
+
+thread_local! {
+    static RINGS_OF_THREAD: RefCell<Vec<Ring>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether crops are copied through pinned buffers (default) or from pageable memory
+/// (`MEAL_CUDA_PINNED=0`, or after a pinned allocation failed).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MEAL_CUDA_PINNED").map_or(true, |v| v.trim() != "0"))
+        && !FAILED.load(Ordering::Relaxed)
+}
+
+static FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Turns pinned copies off for the process after an allocation failed, with one warning.
+fn pinned_failed(e: &dyn std::fmt::Display) {
+    if !FAILED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("pinned host memory unavailable ({e}): copies go through pageable memory");
+    }
+}
+
+/// `v` as a u8 tensor of `shape` on `dev`, copied through a pinned buffer: the copy is
+/// queued on candle's stream (ordered before the kernels that read it) and this returns
+/// without waiting for the GPU, unless the buffer's previous copy is still queued.
+pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core::Result<Tensor> {
+    if v.is_empty() || !enabled() {
+        return Tensor::from_slice(v, shape, &Device::Cuda(dev.clone()));
+    }
+    let copied = RINGS_OF_THREAD.with(|rings| -> candle_core::Result<Option<Tensor>> {
+        let mut rings = rings.borrow_mut();
+        let at = match rings
+            .iter()
+            .position(|r| r.dev == dev.id() && r.len == v.len())
+        {
+            Some(i) => i,
+            None => {
+                if rings.len() >= RINGS {
+                    rings.remove(0);
+                }
+                rings.push(Ring {
+                    dev: dev.id(),
+                    len: v.len(),
+                    next: 0,
+                    slots: Vec::with_capacity(RING),
+                });
+                rings.len() - 1
+            }
+        };
+        let ring = &mut rings[at];
+        let stream = dev.cuda_stream();
+        if ring.slots.len() <= ring.next {
+            let ctx = stream.context();
+            // SAFETY: the buffer is written whole below before any copy reads it
+            let host = match unsafe { ctx.alloc_pinned_with_flags::<u8>(v.len(), 0) } {
+                Ok(h) => h,
+                Err(e) => {
+                    pinned_failed(&e);
+                    return Ok(None);
+                }
+            };
+            let done = ctx.new_event(None).w()?;
+            ring.slots.push(Slot { host, done });
+        }
+        let slot = &mut ring.slots[ring.next];
+        ring.next = (ring.next + 1) % RING;
+        // the copy that last read this buffer has finished (an unrecorded event
+        // returns at once)
+        slot.done.synchronize().w()?;
+        slot.host.as_mut_slice().w()?.copy_from_slice(v);
+        // SAFETY: written whole by the copy below
+        let mut dst = unsafe { dev.alloc::<u8>(v.len())? };
+        stream.memcpy_htod(&slot.host, &mut dst).w()?;
+        slot.done.record(&stream).w()?;
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(dst, dev.clone()));
+        Ok(Some(Tensor::from_storage(
+            storage,
+            shape.clone(),
+            BackpropOp::none(),
+            false,
+        )))
+    })?;
+    match copied {
+        Some(t) => Ok(t),
+        None => Tensor::from_slice(v, shape, &Device::Cuda(dev.clone())),
+    }
+}
+
+/// A pinned f32 buffer for read-backs and the event recorded behind its last copy.
+struct ReadSlot {
+    dev: DeviceId,
+    host: PinnedHostSlice<f32>,
+    done: CudaEvent,
+}
+
+impl Drop for ReadSlot {
+    fn drop(&mut self) {
+        // the buffer is freed after this: its last copy must have written it
+        let _ = self.done.synchronize();
+    }
+}
+
+/// Free read-back buffers kept per thread (those of finished read-backs).
+const READ_POOL: usize = 16;
+
+thread_local! {
+    static READ_SLOTS: RefCell<Vec<ReadSlot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A tensor's values on their way to the host ([`readback_f32`]).
+pub(crate) struct Pending {
+    slot: Option<ReadSlot>,
+}
+
+impl Pending {
+    /// Waits for the copy (the device work queued before it included) and returns the
+    /// values; the buffer goes back to this thread's pool.
+    pub(crate) fn wait(mut self) -> candle_core::Result<Vec<f32>> {
+        let Some(slot) = self.slot.take() else {
+            candle_core::bail!("read-back: waited for twice");
+        };
+        slot.done.synchronize().w()?;
+        let v = slot.host.as_slice().w()?.to_vec();
+        READ_SLOTS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < READ_POOL {
+                p.push(slot);
+            }
+        });
+        Ok(v)
+    }
+}
+
+/// Queues the copy of contiguous f32 `t` (on a GPU) into a pinned buffer, right behind
+/// the work queued so far on its stream, without waiting; [`Pending::wait`] returns the
+/// values. `None` where this does not apply (not on a GPU, not f32, empty,
+/// `MEAL_CUDA_PINNED=0`, or no pinned memory): the caller reads the tensor itself.
+pub(crate) fn readback_f32(t: &Tensor) -> candle_core::Result<Option<Pending>> {
+    let Device::Cuda(dev) = t.device() else {
+        return Ok(None);
+    };
+    let n = t.elem_count();
+    if n == 0 || t.dtype() != candle_core::DType::F32 || !enabled() {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(cs) = &*storage else {
+        return Ok(None);
+    };
+    if layout.contiguous_offsets().is_none() {
+        return Ok(None);
+    }
+    let src = super::view_of::<f32>(cs, layout)?;
+    let pooled = READ_SLOTS.with(|p| {
+        let mut p = p.borrow_mut();
+        let at = p
+            .iter()
+            .position(|s| s.dev == dev.id() && s.host.len() == n);
+        at.map(|i| p.swap_remove(i))
+    });
+    let stream = dev.cuda_stream();
+    let mut slot = match pooled {
+        Some(s) => s,
+        None => {
+            let ctx = stream.context();
+            // SAFETY: written whole by the copy below before anything reads it
+            let host = match unsafe { ctx.alloc_pinned_with_flags::<f32>(n, 0) } {
+                Ok(h) => h,
+                Err(e) => {
+                    pinned_failed(&e);
+                    return Ok(None);
+                }
+            };
+            let done = ctx.new_event(None).w()?;
+            ReadSlot {
+                dev: dev.id(),
+                host,
+                done,
+            }
+        }
+    };
+    stream.memcpy_dtoh(&src, &mut slot.host).w()?;
+    slot.done.record(&stream).w()?;
+    Ok(Some(Pending { slot: Some(slot) }))
+}
