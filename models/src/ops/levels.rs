@@ -72,12 +72,40 @@ impl candle_core::CustomOp2 for Levels {
     }
 }
 
+/// `norm`'s table (768 floats) on `dev`, uploaded once per thread, device and table: an
+/// upload per batch from pageable memory may make the host wait for the work queued
+/// before it (ops/cuda/pinned.rs), which precompute's two batches in flight avoid.
+fn table(norm: &Normalize, dev: &candle_core::Device) -> Result<Tensor> {
+    type Cached = (candle_core::Device, [u32; 6], Tensor);
+    thread_local! {
+        static TABLES: std::cell::RefCell<Vec<Cached>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let ([a, b, c], [d, e, f]) = (norm.mean, norm.std);
+    let key = [a, b, c, d, e, f].map(f32::to_bits);
+    if let Some(t) = TABLES.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(d, k, _)| d.same_device(dev) && *k == key)
+            .map(|(_, _, t)| t.clone())
+    }) {
+        return Ok(t);
+    }
+    let lut: Vec<f32> = norm.lut().iter().flatten().copied().collect();
+    let t = Tensor::from_vec(lut, 3 * 256, dev)?;
+    TABLES.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 8 {
+            c.remove(0);
+        }
+        c.push((dev.clone(), key, t.clone()));
+    });
+    Ok(t)
+}
+
 /// `x` (u8 NCHW crops with 3 channels, on any device) normalised with `norm`'s table
 /// into `dtype` on the same device: f32 or bf16 in one pass; other dtypes via f32.
-/// The table is uploaded per call (768 floats).
 pub fn normalize_levels(x: &Tensor, norm: &Normalize, dtype: DType) -> Result<Tensor> {
-    let lut: Vec<f32> = norm.lut().iter().flatten().copied().collect();
-    let lut = Tensor::from_vec(lut, 3 * 256, x.device())?;
+    let lut = table(norm, x.device())?;
     let out = match dtype {
         DType::F32 | DType::BF16 => dtype,
         _ => DType::F32,
@@ -102,6 +130,14 @@ mod tests {
             .map(|i| [0u8, 1, 128, 254, 255, 77][i % 6])
             .collect();
         let x = Tensor::from_vec(levels.clone(), (2, 3, 2, 3), &Device::Cpu).unwrap();
+        // another table first: the tables kept per thread are told apart by their values
+        let other = Normalize {
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        };
+        let o = normalize_levels(&x, &other, DType::F32).unwrap();
+        let o = o.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(o[0], -2.0);
         let n = Normalize {
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
