@@ -74,9 +74,10 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
             if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
                 if let Device::Cuda(c) = &d {
                     // cudarc records and waits on an event for every kernel argument, to
-                    // order uses across streams; each device here runs on its one stream
-                    // (a device list opens one device per worker, and no tensor crosses
-                    // them), so that ordering is the stream's own. On an H200 the
+                    // order uses across streams. candle queues on the calling thread's
+                    // per-thread stream, and each device here is used from one thread (a
+                    // device list opens one device per worker thread, and no tensor
+                    // crosses them), so that ordering is the stream's own. On an H200 the
                     // events cost more than the kernels of small layers
                     // (BENCHMARKS.md, "GPU"). `MEAL_CUDA_EVENT_TRACKING=1` keeps them.
                     // SAFETY: single-stream use, as above.

@@ -438,30 +438,43 @@ impl Ensemble {
             )));
         }
         let batch = batch.max(1);
-        let mut probs = Vec::with_capacity(self.teachers.len());
-        for (t, &si) in self.teachers.iter().zip(&self.spec_of) {
-            let spec = &self.specs[si];
-            let per = spec.len();
-            if inputs[si].len() != rows * per {
+        for &si in &self.spec_of {
+            let need = rows * self.specs[si].len();
+            if inputs[si].len() != need {
                 return Err(ModelError::Config(format!(
-                    "input buffer {si} holds {} values, need {}",
-                    inputs[si].len(),
-                    rows * per
+                    "input buffer {si} holds {} values, need {need}",
+                    inputs[si].len()
                 )));
             }
-            let dev = t.model.entries()[0].var.device().clone();
-            let mut chunks = Vec::with_capacity(rows.div_ceil(batch));
-            for start in (0..rows).step_by(batch) {
-                let n = batch.min(rows - start);
-                let x = inputs[si].tensor(start..start + n, spec, t.model.dtype(), &dev)?;
+        }
+        let mut probs: Vec<Vec<crate::ops::Readback>> = (0..self.teachers.len())
+            .map(|_| Vec::with_capacity(rows.div_ceil(batch)))
+            .collect();
+        for start in (0..rows).step_by(batch) {
+            let n = batch.min(rows - start);
+            // each spec's crops reach a device once per chunk, in the dtype its teachers
+            // run in, and are shared by those teachers
+            let mut xs: Vec<(usize, DType, Device, Tensor)> = Vec::new();
+            for (ti, (t, &si)) in self.teachers.iter().zip(&self.spec_of).enumerate() {
+                let (dev, dt) = (t.model.entries()[0].var.device().clone(), t.model.dtype());
+                let have = xs
+                    .iter()
+                    .find(|(s, d, v, _)| *s == si && *d == dt && v.same_device(&dev));
+                let x = match have {
+                    Some((.., x)) => x.clone(),
+                    None => {
+                        let x = inputs[si].tensor(start..start + n, &self.specs[si], dt, &dev)?;
+                        xs.push((si, dt, dev, x.clone()));
+                        x
+                    }
+                };
                 // softmax (and the mean over teachers) in f32 whatever the model ran in
                 let logits = t.model.forward_t(&x, false)?.to_dtype(DType::F32)?;
                 let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 // on a GPU the read-back is queued right behind this chunk's kernels, so
                 // finish() waits for them and not for the next batch queued after them
-                chunks.push(crate::ops::readback_f32(&p)?);
+                probs[ti].push(crate::ops::readback_f32(&p)?);
             }
-            probs.push(chunks);
         }
         Ok(Submitted { rows, probs })
     }

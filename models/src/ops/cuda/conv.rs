@@ -149,7 +149,7 @@ where
             // cuDNN when asked for (our path if it fails), else ours
             let by_cudnn = super::cudnn::enabled()
                 && super::cudnn::takes(g, co)
-                && super::cudnn::attempt(|| {
+                && super::cudnn::attempt(g, co, || {
                     super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))
                 });
             if !by_cudnn {
@@ -293,7 +293,7 @@ where
     if super::cudnn::enabled() && super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
         // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
         let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
-        let done = super::cudnn::attempt(|| {
+        let done = super::cudnn::attempt(g, co, || {
             let (mut dx, mut dw) = out.split_at_mut(nx);
             let dx = need_dx.then_some(&mut dx);
             super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw)

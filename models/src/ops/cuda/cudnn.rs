@@ -15,17 +15,19 @@
 //! forward, and so precompute's labels, are.
 //!
 //! libcudnn is loaded at first use (cudarc's dynamic loading); where it cannot be
-//! loaded, [`enabled`] says so once and our own path runs. A cuDNN call that fails (a
-//! partial install, no algorithm for a shape, a workspace that does not fit) is
-//! warned about once and our path runs from then on ([`attempt`]); tensors of 2^31
-//! elements or more, which cuDNN's API refuses, go to our path ([`takes`]).
+//! loaded, [`enabled`] says so once and our own path runs. A convolution shape cuDNN
+//! fails on (no algorithm for it, a workspace that does not fit) is warned about once
+//! and runs our path from then on, the other shapes staying on cuDNN ([`attempt`]); a
+//! handle that cannot be made (a partial install) turns cuDNN off for the process.
+//! Tensors of 2^31 elements or more, which cuDNN's API refuses, go to our path
+//! ([`takes`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut};
-use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use cudarc::cudnn::safe::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
     FilterDescriptor, TensorDescriptor,
@@ -35,31 +37,54 @@ use cudarc::cudnn::sys;
 use super::Elem;
 use crate::ops::conv::cols::Geom;
 
-/// Set once a cuDNN call has failed: our own path runs from then on.
+/// Set once cuDNN itself failed (its handle could not be made): our own path runs from
+/// then on.
 static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// `call` through cuDNN; on an error, a warning (once) and `false`, and cuDNN is not
-/// used again in this process (the caller then runs our own path).
-pub(crate) fn attempt(call: impl FnOnce() -> candle_core::Result<()>) -> bool {
+thread_local! {
+    // convolution shapes cuDNN refused (a configuration it does not support, a workspace
+    // that did not fit): ours runs for those, cuDNN for the rest
+    static REFUSED: RefCell<std::collections::HashSet<(Geom, usize)>> =
+        RefCell::new(std::collections::HashSet::new());
+}
+
+/// `call` (a convolution of `g` into `co` channels) through cuDNN; on an error `false`,
+/// with a warning the first time this shape fails, and the shape is not tried again (the
+/// caller then runs our own path).
+pub(crate) fn attempt(g: &Geom, co: usize, call: impl FnOnce() -> candle_core::Result<()>) -> bool {
     match call() {
         Ok(()) => true,
         Err(e) => {
-            if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!("MEAL_CUDA_CONV=cudnn: {e}; our own convolutions run from here on");
+            if REFUSED.with(|r| r.borrow_mut().insert((*g, co))) {
+                tracing::warn!(
+                    "MEAL_CUDA_CONV=cudnn: {}x{}x{}x{} -> {co} channels, {k}x{k} stride {s} \
+                     groups {gr}: {e}; our own convolution runs for this shape",
+                    g.b,
+                    g.c,
+                    g.h,
+                    g.w,
+                    k = g.k,
+                    s = g.stride,
+                    gr = g.groups
+                );
             }
             false
         }
     }
 }
 
-/// Whether cuDNN's API takes this convolution: every tensor under 2^31 elements.
+/// Whether cuDNN's API takes this convolution: every tensor under 2^31 elements, and
+/// cuDNN has not refused the shape before.
 pub(crate) fn takes(g: &Geom, co: usize) -> bool {
     let lim = i32::MAX as usize;
-    g.b * g.c * g.h * g.w <= lim && g.b * co * g.ho * g.wo <= lim && co * g.rows() <= lim
+    g.b * g.c * g.h * g.w <= lim
+        && g.b * co * g.ho * g.wo <= lim
+        && co * g.rows() <= lim
+        && !REFUSED.with(|r| r.borrow().contains(&(*g, co)))
 }
 
 /// Whether convolutions go through cuDNN: `MEAL_CUDA_CONV=cudnn`, libcudnn loads, and
-/// no cuDNN call has failed yet.
+/// its handle could be made.
 pub(crate) fn enabled() -> bool {
     loaded() && !FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -85,7 +110,7 @@ fn loaded() -> bool {
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device (candle's
     // cudnn.rs keeps them the same way)
-    static HANDLES: RefCell<HashMap<candle_core::cuda_backend::DeviceId, Arc<Cudnn>>> =
+    static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> =
         RefCell::new(HashMap::new());
     // the heuristics' choice per call shape, asked once
     static ALGOS: RefCell<HashMap<Key, Algos>> = RefCell::new(HashMap::new());
@@ -99,8 +124,9 @@ struct Algos {
     filter: Option<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
-/// What an algorithm choice depends on.
-type Key = (Geom, usize, sys::cudnnDataType_t, bool);
+/// What an algorithm choice depends on: the device, the shape, the output channels, the
+/// dtype and whether TF32 is allowed.
+type Key = (DeviceId, Geom, usize, sys::cudnnDataType_t, bool);
 
 fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
     candle_core::Error::Msg(format!("meal conv2d (cuDNN {what}): {e:?}"))
@@ -111,7 +137,22 @@ fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
         if let Some(c) = h.borrow().get(&dev.id()) {
             return Ok(c.clone());
         }
-        let c = Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e))?;
+        // cudarc's Cudnn::new unwraps this (a pending CUDA error would panic there)
+        let made = dev
+            .cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(|e| err("context", e))
+            .and_then(|()| Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e)));
+        let c = match made {
+            Ok(c) => c,
+            Err(e) => {
+                if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!("MEAL_CUDA_CONV=cudnn: {e}; our own convolutions run");
+                }
+                return Err(e);
+            }
+        };
         h.borrow_mut().insert(dev.id(), c.clone());
         Ok(c)
     })
@@ -132,6 +173,7 @@ fn i(v: usize) -> candle_core::Result<i32> {
 }
 
 fn descs<T: Elem + CudnnDataType>(
+    dev: &CudaDevice,
     c: &Arc<Cudnn>,
     g: &Geom,
     co: usize,
@@ -171,7 +213,7 @@ fn descs<T: Elem + CudnnDataType>(
         x,
         w,
         y,
-        key: (*g, co, T::DATA_TYPE, tf32),
+        key: (dev.id(), *g, co, T::DATA_TYPE, tf32),
     })
 }
 
@@ -213,7 +255,7 @@ pub(crate) fn forward<T: Elem + CudnnDataType>(
     y: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
     let c = handle(dev)?;
-    let d = descs::<T>(&c, g, co)?;
+    let d = descs::<T>(dev, &c, g, co)?;
     let op = ConvForward {
         conv: &d.conv,
         x: &d.x,
@@ -245,7 +287,7 @@ pub(crate) fn backward<T: Elem + CudnnDataType>(
     dw: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
     let c = handle(dev)?;
-    let d = descs::<T>(&c, g, co)?;
+    let d = descs::<T>(dev, &c, g, co)?;
     if let Some(dx) = dx {
         let op = ConvBackwardData {
             conv: &d.conv,

@@ -13,7 +13,13 @@
 //!
 //! Each thread keeps pinned buffers per device, direction and size, each with its own
 //! event recorded behind the last copy that used it: cudarc records a pinned slice's
-//! event only in multi-stream mode with event tracking, and candle runs one stream.
+//! event only when it tracks events across streams, which it does not here. The events
+//! block the waiting thread instead of spinning a core the loader needs.
+//!
+//! candle queues work on the calling thread's per-thread stream (`per_thread_stream`),
+//! so a copy is ordered with the kernels queued from the same thread: an uploaded
+//! tensor is read, and a read-back's source tensor dropped, on the thread that queued
+//! the copy (precompute's device workers and the student each run on one thread).
 //! `MEAL_CUDA_PINNED=0` copies through pageable memory instead, as candle's
 //! `Tensor::from_slice` and `to_vec1` do; a pinned allocation that fails does the same,
 //! with one warning.
@@ -21,6 +27,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
 use candle_core::cuda_backend::cudarc::driver::{CudaEvent, PinnedHostSlice};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
@@ -67,6 +74,10 @@ fn enabled() -> bool {
 
 static FAILED: AtomicBool = AtomicBool::new(false);
 
+/// The events' flag: a wait blocks the thread (as cudarc's own pinned buffers' events)
+/// rather than spinning.
+const BLOCKING: CUevent_flags = CUevent_flags::CU_EVENT_BLOCKING_SYNC;
+
 /// Turns pinned copies off for the process after an allocation failed, with one warning.
 fn pinned_failed(e: &dyn std::fmt::Display) {
     if !FAILED.swap(true, Ordering::Relaxed) {
@@ -80,6 +91,14 @@ fn pinned_failed(e: &dyn std::fmt::Display) {
 pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core::Result<Tensor> {
     if v.is_empty() || !enabled() {
         return Tensor::from_slice(v, shape, &Device::Cuda(dev.clone()));
+    }
+    // from_storage does not check the shape, and kernels trust it
+    if shape.elem_count() != v.len() {
+        candle_core::bail!(
+            "upload: {} bytes for a tensor of shape {shape:?} ({} elements)",
+            v.len(),
+            shape.elem_count()
+        );
     }
     let copied = RINGS_OF_THREAD.with(|rings| -> candle_core::Result<Option<Tensor>> {
         let mut rings = rings.borrow_mut();
@@ -113,7 +132,7 @@ pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core
                     return Ok(None);
                 }
             };
-            let done = ctx.new_event(None).w()?;
+            let done = ctx.new_event(Some(BLOCKING)).w()?;
             ring.slots.push(Slot { host, done });
         }
         let slot = &mut ring.slots[ring.next];
@@ -225,7 +244,7 @@ pub(crate) fn readback_f32(t: &Tensor) -> candle_core::Result<Option<Pending>> {
                     return Ok(None);
                 }
             };
-            let done = ctx.new_event(None).w()?;
+            let done = ctx.new_event(Some(BLOCKING)).w()?;
             ReadSlot {
                 dev: dev.id(),
                 host,
