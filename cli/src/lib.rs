@@ -45,6 +45,15 @@ pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::E
     Ok(stop)
 }
 
+/// Whether an error's text (`format!("{e:#}")`, its whole chain) says a GPU ran out of
+/// memory: the driver's `CUDA_ERROR_OUT_OF_MEMORY` (cudarc formats a `DriverError` as
+/// `DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")`, cudarc driver/result.rs)
+/// or cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, as candle passes them on. The binaries then
+/// say which flag to lower, as PyTorch's "CUDA out of memory" message does.
+pub fn gpu_out_of_memory(chain: &str) -> bool {
+    chain.contains("CUDA_ERROR_OUT_OF_MEMORY") || chain.contains("CUBLAS_STATUS_ALLOC_FAILED")
+}
+
 /// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -104,4 +113,21 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_out_of_memory_is_told_from_other_errors() {
+        // as candle passes the driver's error on (its Display is the Debug form)
+        let oom = "labelling batch 3: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")";
+        assert!(gpu_out_of_memory(oom));
+        assert!(gpu_out_of_memory("cublas: CUBLAS_STATUS_ALLOC_FAILED"));
+        assert!(!gpu_out_of_memory(
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")"
+        ));
+        assert!(!gpu_out_of_memory("--data /x: no images"));
+    }
 }

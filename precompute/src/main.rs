@@ -64,7 +64,17 @@ fn main() -> Result<()> {
             meal_cli::use_threads(s.threads);
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
-            let r = run::run(&s, &stop)?;
+            let r = run::run(&s, &stop).map_err(|e| {
+                if meal_cli::gpu_out_of_memory(&format!("{e:#}")) {
+                    e.context(format!(
+                        "the GPU ran out of memory with --batch {} crops per forward: rerun \
+                         with a smaller --batch (the shards written so far are kept)",
+                        s.batch
+                    ))
+                } else {
+                    e
+                }
+            })?;
             run::write_report(&s.out, s.worker, &r)?;
             println!(
                 "this run: {} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
