@@ -24,6 +24,9 @@ pub struct Readback(Inner);
 
 enum Inner {
     Done(Vec<f32>),
+    /// On a GPU without the pinned path: read at [`Readback::wait`], so that the work
+    /// queued meanwhile is not waited for at submit.
+    Later(Tensor),
     #[cfg(feature = "cuda")]
     Queued(super::cuda::Pending),
 }
@@ -33,6 +36,7 @@ impl Readback {
     pub fn wait(self) -> Result<Vec<f32>> {
         match self.0 {
             Inner::Done(v) => Ok(v),
+            Inner::Later(t) => Ok(t.flatten_all()?.to_vec1::<f32>()?),
             #[cfg(feature = "cuda")]
             Inner::Queued(p) => Ok(p.wait()?),
         }
@@ -41,12 +45,18 @@ impl Readback {
 
 /// Starts reading f32 `t`'s values (flattened) back to the host. On a GPU the copy is
 /// queued right behind the work queued so far and this returns at once, so work queued
-/// later (the next batch) does not delay [`Readback::wait`]; elsewhere, or for a
-/// non-contiguous tensor, the values are read here.
+/// later (the next batch) does not delay [`Readback::wait`] (without pinned copies, or
+/// for a non-contiguous tensor, the values are read at `wait`); on the CPU they are read
+/// here.
 pub fn readback_f32(t: &Tensor) -> Result<Readback> {
     #[cfg(feature = "cuda")]
     if let Some(p) = super::cuda::readback_f32(t)? {
         return Ok(Readback(Inner::Queued(p)));
+    }
+    if !t.device().is_cpu() {
+        // pinned copies off (MEAL_CUDA_PINNED=0, no pinned memory) or a non-contiguous
+        // tensor: read it at wait, as before the pinned path
+        return Ok(Readback(Inner::Later(t.clone())));
     }
     Ok(Readback(Inner::Done(t.flatten_all()?.to_vec1::<f32>()?)))
 }

@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
-use candle_core::cuda_backend::cudarc::driver::{CudaEvent, PinnedHostSlice};
+use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream, PinnedHostSlice};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{Device, Shape, Storage, Tensor};
@@ -77,6 +77,16 @@ static FAILED: AtomicBool = AtomicBool::new(false);
 /// The events' flag: a wait blocks the thread (as cudarc's own pinned buffers' events)
 /// rather than spinning.
 const BLOCKING: CUevent_flags = CUevent_flags::CU_EVENT_BLOCKING_SYNC;
+
+/// Records `done` behind the copy just queued on `stream`. Should that fail, the stream
+/// is drained first, so that the buffer (reused or freed next) is no longer in a copy.
+fn recorded(done: &CudaEvent, stream: &CudaStream) -> candle_core::Result<()> {
+    if let Err(e) = done.record(stream) {
+        let _ = stream.synchronize();
+        return Err(e).w();
+    }
+    Ok(())
+}
 
 /// Turns pinned copies off for the process after an allocation failed, with one warning.
 fn pinned_failed(e: &dyn std::fmt::Display) {
@@ -144,7 +154,7 @@ pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core
         // SAFETY: written whole by the copy below
         let mut dst = unsafe { dev.alloc::<u8>(v.len())? };
         stream.memcpy_htod(&slot.host, &mut dst).w()?;
-        slot.done.record(&stream).w()?;
+        recorded(&slot.done, &stream)?;
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(dst, dev.clone()));
         Ok(Some(Tensor::from_storage(
             storage,
@@ -182,23 +192,24 @@ thread_local! {
 
 /// A tensor's values on their way to the host ([`readback_f32`]).
 pub(crate) struct Pending {
-    slot: Option<ReadSlot>,
+    slot: ReadSlot,
 }
 
 impl Pending {
     /// Waits for the copy (the device work queued before it included) and returns the
     /// values; the buffer goes back to this thread's pool.
-    pub(crate) fn wait(mut self) -> candle_core::Result<Vec<f32>> {
-        let Some(slot) = self.slot.take() else {
-            candle_core::bail!("read-back: waited for twice");
-        };
+    pub(crate) fn wait(self) -> candle_core::Result<Vec<f32>> {
+        let slot = self.slot;
         slot.done.synchronize().w()?;
         let v = slot.host.as_slice().w()?.to_vec();
         READ_SLOTS.with(|p| {
             let mut p = p.borrow_mut();
-            if p.len() < READ_POOL {
-                p.push(slot);
+            // the oldest goes first: buffers of a size that no longer comes (a shard's
+            // shorter last batch) must not crowd out the ones in use
+            if p.len() >= READ_POOL {
+                p.remove(0);
             }
+            p.push(slot);
         });
         Ok(v)
     }
@@ -253,6 +264,6 @@ pub(crate) fn readback_f32(t: &Tensor) -> candle_core::Result<Option<Pending>> {
         }
     };
     stream.memcpy_dtoh(&src, &mut slot.host).w()?;
-    slot.done.record(&stream).w()?;
-    Ok(Some(Pending { slot: Some(slot) }))
+    recorded(&slot.done, &stream)?;
+    Ok(Some(Pending { slot }))
 }
