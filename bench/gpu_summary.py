@@ -53,6 +53,19 @@ def main():
     for line in lines:
         if line.startswith("precompute / pure inference"):
             print(line.rstrip())
+    # what the defaults hang on (docs/PIPELINE.md: teacher dtype, --amp, MEAL_CUDA_CONV):
+    # per mode and network, our variants from fastest, against PyTorch's fastest line
+    print("\nfastest first, per mode and network (ratio to PyTorch's fastest in this run):")
+    groups = {}
+    for (mode, arch, res, batch, dtype), variant, ips in ours:
+        groups.setdefault((mode, arch, res, batch), []).append((ips, dtype, variant))
+    for (mode, arch, res, batch), runs in groups.items():
+        best_torch = max((v for k, v in torch.items() if k[:4] == (mode, arch, res, batch)), default=None)
+        ranked = ", ".join(
+            f"{d} {v} {ips:.0f}" + (f" ({ips / best_torch:.2f}x)" if best_torch else "")
+            for ips, d, v in sorted(runs, reverse=True)
+        )
+        print(f"  {mode} {arch} {res} px batch {batch}: {ranked}")
 
 
 if __name__ == "__main__":
