@@ -463,13 +463,11 @@ pub fn conv2d_in(
     }
     let (_, _, kh, kw) = w.dims4()?;
     // on CUDA our op takes bf16 (tensor-core GEMMs: a bf16 teacher, and mixed-precision
-    // training, whose layers hand it bf16 weights) and grouped convolutions for
-    // inference (one batched GEMM over the groups); a grouped convolution that needs
-    // gradients keeps candle's there
+    // training, whose layers hand it bf16 weights) and grouped convolutions (inference:
+    // one batched GEMM over the groups; gradients: the GEMMs group by group)
     let infer = super::on_cuda(x) && !x.track_op() && !w.track_op();
     let cuda_bf16 = super::on_cuda(x) && x.dtype() == DType::BF16 && w.dtype() == DType::BF16;
-    let fast =
-        (super::ours(x) || cuda_bf16) && kh == kw && (x.device().is_cpu() || groups == 1 || infer);
+    let fast = (super::ours(x) || cuda_bf16) && kh == kw;
     if !fast {
         return Ok(x.conv2d(w, padding, stride, 1, groups)?);
     }

@@ -7,9 +7,8 @@
 //!   the CPU);
 //! - grouped forward (inference: SENet-154's teachers): `im2col` over all channels, one
 //!   strided-batched GEMM over the groups into `[Co, nb*P]`, a layout swap to NCHW;
-//! - backward (one group; a grouped convolution that needs gradients keeps candle's):
-//!   `dyt = swap(dy)`, `dw += dyt * cols^T`, `dcols = w^T * dyt`,
-//!   `dx = col2im(dcols)`; f32, or bf16 for mixed-precision training (the weight
+//! - backward: `dyt = swap(dy)`, then per group (a block of rows of each)
+//!   `dw += dyt * cols^T`, `dcols = w^T * dyt`, and `dx = col2im(dcols)`; f32, or bf16 for mixed-precision training (the weight
 //!   gradient summed over the chunks in f32 and rounded once; `dcols` rounded to bf16
 //!   before `col2im` adds its entries in f32).
 //!
@@ -280,7 +279,8 @@ where
         view_of::<T>(s3, l3)?,
     );
     let (co, rows, p, img) = (l2.dims()[0], g.rows(), g.cols(), g.image());
-    if g.groups != 1 || dy.len() != g.b * co * p || w.len() != co * rows {
+    let (rg, cog) = (g.group_rows(), co / g.groups.max(1));
+    if co % g.groups.max(1) != 0 || dy.len() != g.b * co * p || w.len() != co * rg {
         candle_core::bail!(
             "meal conv2d backward (cuda): gradient {:?}, weight {:?}, input {:?}",
             l3.dims(),
@@ -289,7 +289,7 @@ where
         );
     }
     let nx = if need_dx { g.b * img } else { 0 };
-    let nw = co * rows;
+    let nw = co * rg;
     if super::cudnn::enabled() && super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
         // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
         let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
@@ -322,24 +322,33 @@ where
         let dyb = b0 * co * p..(b0 + nb) * co * p;
         swap01(&dev, &dy.slice(dyb), &mut dyt.slice_mut(..nt), (nb, co, p))?;
         let beta = if b0 == 0 { 0.0 } else { 1.0 };
-        gemm_into_f32(
-            &dev,
-            (co, rows, nb * p),
-            (&dyt.slice(..nt), false),
-            (&cols.slice(..nc), true),
-            beta,
-            &mut dw.slice_mut(..),
-        )?;
-        if need_dx {
-            // the column buffer, read above, now takes the column gradient
-            gemm(
+        // group i: rows i*cog.. of dyt and of w (its [cog, rg] block), rows i*rg.. of
+        // the column matrix (its channels' rows); each a contiguous row block, so the
+        // one-group GEMMs run on views of them
+        let n = nb * p;
+        for i in 0..g.groups {
+            let (ty, tc) = (i * cog * n..(i + 1) * cog * n, i * rg * n..(i + 1) * rg * n);
+            gemm_into_f32(
                 &dev,
-                (rows, nb * p, co),
-                (&w, true),
-                (&dyt.slice(..nt), false),
-                T::ZERO,
-                &mut cols.slice_mut(..nc),
+                (cog, rg, n),
+                (&dyt.slice(ty.clone()), false),
+                (&cols.slice(tc.clone()), true),
+                beta,
+                &mut dw.slice_mut(i * cog * rg..(i + 1) * cog * rg),
             )?;
+            if need_dx {
+                // group i's column rows, read just above, now take their gradient
+                gemm(
+                    &dev,
+                    (rg, n, cog),
+                    (&w.slice(i * cog * rg..(i + 1) * cog * rg), true),
+                    (&dyt.slice(ty), false),
+                    T::ZERO,
+                    &mut cols.slice_mut(tc),
+                )?;
+            }
+        }
+        if need_dx {
             let dxb = b0 * img..(b0 + nb) * img;
             col2im(&dev, g, nb, &cols.slice(..nc), &mut out.slice_mut(dxb))?;
         }
