@@ -387,18 +387,21 @@ fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     }
 }
 
+/// Grouped convolutions `(batch, cin, h, w, cout, kernel, stride, padding, groups)`:
+/// SENet-154's and ResNeXt's grouped 3x3 (stride 1 and 2), a grouped 1x1 and depthwise,
+/// batches over several chunks of the test build's small CHUNK_ELEMS.
+const GROUPED: [[usize; 9]; 4] = [
+    [3, 8, 9, 9, 12, 3, 1, 1, 4],
+    [4, 6, 10, 11, 6, 3, 2, 1, 3],
+    [2, 6, 5, 5, 9, 1, 1, 0, 3],
+    [2, 4, 7, 7, 4, 3, 1, 1, 4],
+];
+
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn grouped_conv2d_inference_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_inference_equals_the_cpu_op");
-    // SENet-154's grouped 3x3 (stride 1 and 2), a 1x1 grouped one, and depthwise; batches
-    // over several chunks of the test build's small CHUNK_ELEMS
-    for (b, ci, h, w, co, k, s, p, groups) in [
-        (3, 8, 9, 9, 12, 3, 1, 1, 4),
-        (4, 6, 10, 11, 6, 3, 2, 1, 3),
-        (2, 6, 5, 5, 9, 1, 1, 0, 3),
-        (2, 4, 7, 7, 4, 3, 1, 1, 4),
-    ] {
+    for [b, ci, h, w, co, k, s, p, groups] in GROUPED {
         let what = format!("grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
         let (x, wt) = (randn(&[b, ci, h, w]), randn(&[co, ci / groups, k, k]));
         let want = conv2d(&x, &wt, s, p, groups).unwrap();
@@ -420,15 +423,8 @@ fn grouped_conv2d_inference_equals_the_cpu_op() {
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_with_gradients_equals_the_cpu_op");
-    // a ResNeXt student's grouped 3x3 (stride 1 and 2), a grouped 1x1 and depthwise, over
-    // several chunks of the test build's small CHUNK_ELEMS: output, input and weight
-    // gradients against the CPU op
-    for (b, ci, h, w, co, k, s, p, groups) in [
-        (3, 8, 9, 9, 12, 3, 1, 1, 4),
-        (4, 6, 10, 11, 6, 3, 2, 1, 3),
-        (2, 6, 5, 5, 9, 1, 1, 0, 3),
-        (2, 4, 7, 7, 4, 3, 1, 1, 4),
-    ] {
+    // a ResNeXt student's: output, input and weight gradients against the CPU op
+    for [b, ci, h, w, co, k, s, p, groups] in GROUPED {
         let name = format!("grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
         let f = move |t: &[Tensor]| conv2d(&t[0], &t[1], s, p, groups).unwrap();
         twin(
