@@ -54,6 +54,16 @@ pub fn gpu_out_of_memory(chain: &str) -> bool {
     chain.contains("CUDA_ERROR_OUT_OF_MEMORY") || chain.contains("CUBLAS_STATUS_ALLOC_FAILED")
 }
 
+/// `e` with `hint()` (what to lower, naming the flag) on top when it is a GPU out of
+/// memory ([`gpu_out_of_memory`]); otherwise `e` as it is.
+pub fn hint_gpu_out_of_memory(e: anyhow::Error, hint: impl FnOnce() -> String) -> anyhow::Error {
+    if gpu_out_of_memory(&format!("{e:#}")) {
+        e.context(hint())
+    } else {
+        e
+    }
+}
+
 /// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -129,5 +139,9 @@ mod tests {
             "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access\")"
         ));
         assert!(!gpu_out_of_memory("--data /x: no images"));
+        let hinted = hint_gpu_out_of_memory(anyhow::anyhow!(oom), || "lower --batch".into());
+        assert_eq!(format!("{hinted:#}"), format!("lower --batch: {oom}"));
+        let other = hint_gpu_out_of_memory(anyhow::anyhow!("no images"), || "x".into());
+        assert_eq!(format!("{other:#}"), "no images");
     }
 }

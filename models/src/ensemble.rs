@@ -438,8 +438,8 @@ impl Ensemble {
             )));
         }
         let batch = batch.max(1);
-        for &si in &self.spec_of {
-            let need = rows * self.specs[si].len();
+        for (si, spec) in self.specs.iter().enumerate() {
+            let need = rows * spec.len();
             if inputs[si].len() != need {
                 return Err(ModelError::Config(format!(
                     "input buffer {si} holds {} values, need {need}",

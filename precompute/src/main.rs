@@ -65,15 +65,13 @@ fn main() -> Result<()> {
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
             let r = run::run(&s, &stop).map_err(|e| {
-                if meal_cli::gpu_out_of_memory(&format!("{e:#}")) {
-                    e.context(format!(
+                meal_cli::hint_gpu_out_of_memory(e, || {
+                    format!(
                         "the GPU ran out of memory with --batch {} crops per forward: rerun \
                          with a smaller --batch (the shards written so far are kept)",
                         s.batch
-                    ))
-                } else {
-                    e
-                }
+                    )
+                })
             })?;
             run::write_report(&s.out, s.worker, &r)?;
             println!(

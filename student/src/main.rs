@@ -71,21 +71,18 @@ fn main() -> Result<()> {
             let stop = meal_cli::interrupt_flag("checkpointing after this step")
                 .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
-            let oom_hint = format!(
-                "the GPU ran out of memory with --batch {}: use a smaller --batch{}",
-                s.batch,
-                if s.amp {
-                    ""
-                } else {
-                    ", or --amp true (bf16 activations, about half the memory)"
-                }
-            );
+            let (batch, amp) = (s.batch, s.amp);
             let r = train::train(s, &stop).map_err(|e| {
-                if meal_cli::gpu_out_of_memory(&format!("{e:#}")) {
-                    e.context(oom_hint)
-                } else {
-                    e
-                }
+                meal_cli::hint_gpu_out_of_memory(e, || {
+                    format!(
+                        "the GPU ran out of memory with --batch {batch}: use a smaller --batch{}",
+                        if amp {
+                            ""
+                        } else {
+                            ", or --amp true (bf16 activations, about half the memory)"
+                        }
+                    )
+                })
             })?;
             if let Some(m) = r.history.last() {
                 println!(

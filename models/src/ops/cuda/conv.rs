@@ -8,9 +8,9 @@
 //! - grouped forward (inference: SENet-154's teachers): `im2col` over all channels, one
 //!   strided-batched GEMM over the groups into `[Co, nb*P]`, a layout swap to NCHW;
 //! - backward: `dyt = swap(dy)`, then per group (a block of rows of each)
-//!   `dw += dyt * cols^T`, `dcols = w^T * dyt`, and `dx = col2im(dcols)`; f32, or bf16 for mixed-precision training (the weight
-//!   gradient summed over the chunks in f32 and rounded once; `dcols` rounded to bf16
-//!   before `col2im` adds its entries in f32).
+//!   `dw += dyt * cols^T`, `dcols = w^T * dyt`, and `dx = col2im(dcols)`; f32, or bf16
+//!   for mixed-precision training (the weight gradient summed over the chunks in f32
+//!   and rounded once; `dcols` rounded to bf16 before `col2im` adds its entries in f32).
 //!
 //! The chunks run in image order and `dw` accumulates them in that order, so a result
 //! does not depend on anything but the shapes. With `MEAL_CUDA_CONV=cudnn` the three
@@ -146,8 +146,7 @@ where
         let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
         if g.b * co * p > 0 {
             // cuDNN when asked for (our path if it fails), else ours
-            let by_cudnn = super::cudnn::enabled()
-                && super::cudnn::takes(g, co)
+            let by_cudnn = super::cudnn::takes(g, co)
                 && super::cudnn::attempt(g, co, || {
                     super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))
                 });
@@ -290,7 +289,7 @@ where
     }
     let nx = if need_dx { g.b * img } else { 0 };
     let nw = co * rg;
-    if super::cudnn::enabled() && super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
+    if super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
         // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
         let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
         let done = super::cudnn::attempt(g, co, || {

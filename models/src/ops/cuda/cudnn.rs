@@ -73,11 +73,12 @@ pub(crate) fn attempt(g: &Geom, co: usize, call: impl FnOnce() -> candle_core::R
     }
 }
 
-/// Whether cuDNN's API takes this convolution: every tensor under 2^31 elements, and
-/// cuDNN has not refused the shape before.
+/// Whether this convolution goes to cuDNN: cuDNN is [`enabled`], its API takes the
+/// shape (every tensor under 2^31 elements), and it has not refused the shape before.
 pub(crate) fn takes(g: &Geom, co: usize) -> bool {
     let lim = i32::MAX as usize;
-    g.b * g.c * g.h * g.w <= lim
+    enabled()
+        && g.b * g.c * g.h * g.w <= lim
         && g.b * co * g.ho * g.wo <= lim
         && co * g.rows() <= lim
         && !REFUSED.with(|r| r.borrow().contains(&(*g, co)))

@@ -28,7 +28,9 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
-use candle_core::cuda_backend::cudarc::driver::{CudaEvent, CudaStream, PinnedHostSlice};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaEvent, CudaStream, DeviceRepr, PinnedHostSlice,
+};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{Device, Shape, Storage, Tensor};
@@ -40,15 +42,35 @@ const RING: usize = 4;
 /// shorter batch of each; the oldest ring is dropped beyond this.
 const RINGS: usize = 8;
 
-/// One pinned buffer and the event recorded behind the last copy that read it.
-struct Slot {
-    host: PinnedHostSlice<u8>,
+/// One pinned buffer of `T` and the event recorded behind the last copy that used it:
+/// the buffers of both directions.
+struct Slot<T> {
+    host: PinnedHostSlice<T>,
     done: CudaEvent,
 }
 
-impl Drop for Slot {
+impl<T: DeviceRepr> Slot<T> {
+    /// A buffer of `n` values for `stream`'s device; `None` (pinned copies then off for
+    /// the process, with one warning) where pinned memory cannot be had.
+    fn new(stream: &CudaStream, n: usize) -> candle_core::Result<Option<Self>> {
+        let ctx = stream.context();
+        // SAFETY: each use writes the buffer whole (the host before an upload, the copy
+        // before a read-back's wait) before anything reads it
+        let host = match unsafe { ctx.alloc_pinned_with_flags::<T>(n, 0) } {
+            Ok(h) => h,
+            Err(e) => {
+                pinned_failed(&e);
+                return Ok(None);
+            }
+        };
+        let done = ctx.new_event(Some(BLOCKING)).w()?;
+        Ok(Some(Slot { host, done }))
+    }
+}
+
+impl<T> Drop for Slot<T> {
     fn drop(&mut self) {
-        // the buffer is freed after this: its last copy must have read it
+        // the buffer is freed after this: its last copy must be done with it
         let _ = self.done.synchronize();
     }
 }
@@ -57,7 +79,7 @@ struct Ring {
     dev: DeviceId,
     len: usize,
     next: usize,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<u8>>,
 }
 
 thread_local! {
@@ -133,17 +155,10 @@ pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core
         let ring = &mut rings[at];
         let stream = dev.cuda_stream();
         if ring.slots.len() <= ring.next {
-            let ctx = stream.context();
-            // SAFETY: the buffer is written whole below before any copy reads it
-            let host = match unsafe { ctx.alloc_pinned_with_flags::<u8>(v.len(), 0) } {
-                Ok(h) => h,
-                Err(e) => {
-                    pinned_failed(&e);
-                    return Ok(None);
-                }
-            };
-            let done = ctx.new_event(Some(BLOCKING)).w()?;
-            ring.slots.push(Slot { host, done });
+            match Slot::new(&stream, v.len())? {
+                Some(slot) => ring.slots.push(slot),
+                None => return Ok(None),
+            }
         }
         let slot = &mut ring.slots[ring.next];
         ring.next = (ring.next + 1) % RING;
@@ -169,37 +184,25 @@ pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core
     }
 }
 
-/// A pinned f32 buffer for read-backs and the event recorded behind its last copy.
-struct ReadSlot {
-    dev: DeviceId,
-    host: PinnedHostSlice<f32>,
-    done: CudaEvent,
-}
-
-impl Drop for ReadSlot {
-    fn drop(&mut self) {
-        // the buffer is freed after this: its last copy must have written it
-        let _ = self.done.synchronize();
-    }
-}
-
 /// Free read-back buffers kept per thread (those of finished read-backs).
 const READ_POOL: usize = 16;
 
 thread_local! {
-    static READ_SLOTS: RefCell<Vec<ReadSlot>> = const { RefCell::new(Vec::new()) };
+    // oldest first, each with the device it was made for
+    static READ_SLOTS: RefCell<Vec<(DeviceId, Slot<f32>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A tensor's values on their way to the host ([`readback_f32`]).
 pub(crate) struct Pending {
-    slot: ReadSlot,
+    dev: DeviceId,
+    slot: Slot<f32>,
 }
 
 impl Pending {
     /// Waits for the copy (the device work queued before it included) and returns the
     /// values; the buffer goes back to this thread's pool.
     pub(crate) fn wait(self) -> candle_core::Result<Vec<f32>> {
-        let slot = self.slot;
+        let Pending { dev, slot } = self;
         slot.done.synchronize().w()?;
         let v = slot.host.as_slice().w()?.to_vec();
         READ_SLOTS.with(|p| {
@@ -209,7 +212,7 @@ impl Pending {
             if p.len() >= READ_POOL {
                 p.remove(0);
             }
-            p.push(slot);
+            p.push((dev, slot));
         });
         Ok(v)
     }
@@ -239,31 +242,22 @@ pub(crate) fn readback_f32(t: &Tensor) -> candle_core::Result<Option<Pending>> {
         let mut p = p.borrow_mut();
         let at = p
             .iter()
-            .position(|s| s.dev == dev.id() && s.host.len() == n);
-        at.map(|i| p.swap_remove(i))
+            .position(|(d, s)| *d == dev.id() && s.host.len() == n);
+        // removed in place, so the rest stay oldest first
+        at.map(|i| p.remove(i).1)
     });
     let stream = dev.cuda_stream();
     let mut slot = match pooled {
         Some(s) => s,
-        None => {
-            let ctx = stream.context();
-            // SAFETY: written whole by the copy below before anything reads it
-            let host = match unsafe { ctx.alloc_pinned_with_flags::<f32>(n, 0) } {
-                Ok(h) => h,
-                Err(e) => {
-                    pinned_failed(&e);
-                    return Ok(None);
-                }
-            };
-            let done = ctx.new_event(Some(BLOCKING)).w()?;
-            ReadSlot {
-                dev: dev.id(),
-                host,
-                done,
-            }
-        }
+        None => match Slot::new(&stream, n)? {
+            Some(s) => s,
+            None => return Ok(None),
+        },
     };
     stream.memcpy_dtoh(&src, &mut slot.host).w()?;
     recorded(&slot.done, &stream)?;
-    Ok(Some(Pending { slot }))
+    Ok(Some(Pending {
+        dev: dev.id(),
+        slot,
+    }))
 }
