@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor, Var, D};
 
 use super::params::{Init, Kind, ParamBuilder};
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 /// PyTorch's BatchNorm defaults (torch.nn.BatchNorm2d): momentum 0.1, eps 1e-5.
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -163,6 +163,35 @@ impl Conv2d {
         bn.forward_act(&self.forward(x, train)?, train, relu)
     }
 
+    /// What a frozen network's fused forward folds (resnet/fused.rs): the detached
+    /// weight `[Co, C/groups, k, k]` and how it slides; `None` for a convolution with a
+    /// bias of its own (the ResNet family's have none, SE modules' aside).
+    pub(crate) fn fold_parts(&self) -> Option<(Tensor, crate::ops::Slide)> {
+        if self.bias.is_some() {
+            return None;
+        }
+        Some((
+            w(&self.weight, false),
+            crate::ops::Slide {
+                stride: self.stride,
+                padding: self.padding,
+                groups: self.groups,
+            },
+        ))
+    }
+
+    /// The detached weight and bias of a 1x1 convolution with a bias (an SE module's),
+    /// as a fully connected layer: `[Co, C]` and `[Co]`.
+    fn as_linear(&self) -> Result<(Tensor, Tensor)> {
+        let (co, c, _, _) = self.weight.dims4()?;
+        match &self.bias {
+            Some(b) => Ok((w(&self.weight, false).reshape((co, c))?, w(b, false))),
+            None => Err(ModelError::Config(
+                "an SE convolution without a bias".into(),
+            )),
+        }
+    }
+
     /// Apply to an NCHW tensor (f32 weights meeting bf16/f16 activations are cast to
     /// theirs: mixed precision).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -256,6 +285,12 @@ impl BatchNorm2d {
     /// Forget a [`BatchNorm2d::freeze`] (its weights are about to change).
     pub fn thaw(&self) {
         *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The frozen eval affine `(scale, shift)`, f32 per channel, if [`BatchNorm2d::freeze`]
+    /// was called since the weights last changed.
+    pub(crate) fn frozen_affine(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.frozen().map(|f| (f.scale.clone(), f.shift.clone()))
     }
 
     fn frozen(&self) -> Option<std::sync::Arc<Frozen>> {
@@ -522,6 +557,18 @@ impl SqueezeExcite {
         let s = self.fc1.forward(&s, train)?.relu()?;
         let g = candle_nn::ops::sigmoid(&self.fc2.forward(&s, train)?)?;
         Ok(x.broadcast_mul(&g)?)
+    }
+
+    /// [`SqueezeExcite::forward`] (eval) of an NHWC tensor: a frozen network's fused
+    /// forward (resnet/fused.rs).
+    pub(crate) fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, _, c) = x.dims4()?;
+        let (w1, b1) = self.fc1.as_linear()?;
+        let (w2, b2) = self.fc2.as_linear()?;
+        let s = x.mean_keepdim((1, 2))?.reshape((b, c))?;
+        let s = s.matmul(&w1.t()?)?.broadcast_add(&b1)?.relu()?;
+        let g = candle_nn::ops::sigmoid(&s.matmul(&w2.t()?)?.broadcast_add(&b2)?)?;
+        Ok(x.broadcast_mul(&g.reshape((b, 1, 1, c))?)?)
     }
 }
 

@@ -119,21 +119,23 @@ thread_local! {
 
 /// The algorithms chosen for one call shape (each asked for at its first use).
 #[derive(Clone, Copy, Default)]
-struct Algos {
-    forward: Option<sys::cudnnConvolutionFwdAlgo_t>,
+pub(super) struct Algos {
+    pub(super) forward: Option<sys::cudnnConvolutionFwdAlgo_t>,
     data: Option<sys::cudnnConvolutionBwdDataAlgo_t>,
     filter: Option<sys::cudnnConvolutionBwdFilterAlgo_t>,
+    /// The fused convolution + bias + ReLU (NHWC, [`conv_nhwc`]).
+    pub(super) fused: Option<sys::cudnnConvolutionFwdAlgo_t>,
 }
 
 /// What an algorithm choice depends on: the device, the shape, the output channels, the
-/// dtype and whether TF32 is allowed.
-type Key = (DeviceId, Geom, usize, sys::cudnnDataType_t, bool);
+/// dtype, whether TF32 is allowed and whether the tensors are NHWC.
+pub(super) type Key = (DeviceId, Geom, usize, sys::cudnnDataType_t, bool, bool);
 
-fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
+pub(super) fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
     candle_core::Error::Msg(format!("meal conv2d (cuDNN {what}): {e:?}"))
 }
 
-fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
+pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
     HANDLES.with(|h| {
         if let Some(c) = h.borrow().get(&dev.id()) {
             return Ok(c.clone());
@@ -160,26 +162,33 @@ fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
 }
 
 /// The descriptors of one convolution: input `[B, C, H, W]`, weight `[Co, C/groups, k,
-/// k]`, output `[B, Co, Ho, Wo]`, all NCHW and contiguous.
-struct Descs<T: CudnnDataType> {
-    conv: ConvDescriptor<f32>,
-    x: TensorDescriptor<T>,
-    w: FilterDescriptor<T>,
-    y: TensorDescriptor<T>,
-    key: Key,
+/// k]`, output `[B, Co, Ho, Wo]`, all contiguous, NCHW (our ops) or all NHWC (the fused
+/// forward's: input `[B, H, W, C]`, weight `[Co, k, k, C/groups]`).
+pub(super) struct Descs<T: CudnnDataType> {
+    pub(super) conv: ConvDescriptor<f32>,
+    pub(super) x: TensorDescriptor<T>,
+    pub(super) w: FilterDescriptor<T>,
+    pub(super) y: TensorDescriptor<T>,
+    pub(super) key: Key,
 }
 
 fn i(v: usize) -> candle_core::Result<i32> {
     super::int(v)
 }
 
-fn descs<T: Elem + CudnnDataType>(
+pub(super) fn descs<T: Elem + CudnnDataType>(
     dev: &CudaDevice,
     c: &Arc<Cudnn>,
     g: &Geom,
     co: usize,
+    nhwc: bool,
 ) -> candle_core::Result<Descs<T>> {
-    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    // cuDNN's dimensions are given in NCHW order whatever the memory layout
+    let format = if nhwc {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC
+    } else {
+        sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW
+    };
     let mut conv = c
         .create_conv2d::<f32>(
             [i(g.pad)?, i(g.pad)?],
@@ -201,25 +210,25 @@ fn descs<T: Elem + CudnnDataType>(
     };
     conv.set_math_type(math).map_err(|e| err("math type", e))?;
     let x = c
-        .create_4d_tensor::<T>(nchw, [i(g.b)?, i(g.c)?, i(g.h)?, i(g.w)?])
+        .create_4d_tensor::<T>(format, [i(g.b)?, i(g.c)?, i(g.h)?, i(g.w)?])
         .map_err(|e| err("input descriptor", e))?;
     let w = c
-        .create_4d_filter::<T>(nchw, [i(co)?, i(g.c / g.groups)?, i(g.k)?, i(g.k)?])
+        .create_4d_filter::<T>(format, [i(co)?, i(g.c / g.groups)?, i(g.k)?, i(g.k)?])
         .map_err(|e| err("filter descriptor", e))?;
     let y = c
-        .create_4d_tensor::<T>(nchw, [i(g.b)?, i(co)?, i(g.ho)?, i(g.wo)?])
+        .create_4d_tensor::<T>(format, [i(g.b)?, i(co)?, i(g.ho)?, i(g.wo)?])
         .map_err(|e| err("output descriptor", e))?;
     Ok(Descs {
         conv,
         x,
         w,
         y,
-        key: (dev.id(), *g, co, T::DATA_TYPE, tf32),
+        key: (dev.id(), *g, co, T::DATA_TYPE, tf32, nhwc),
     })
 }
 
 /// The algorithm in `field` of `key`'s [`Algos`]: cached, else `pick`ed and kept.
-fn algo<A: Copy>(
+pub(super) fn algo<A: Copy>(
     key: Key,
     field: fn(&mut Algos) -> &mut Option<A>,
     pick: impl FnOnce() -> Result<A, cudarc::cudnn::CudnnError>,
@@ -235,7 +244,7 @@ fn algo<A: Copy>(
 }
 
 /// A workspace of `bytes` on `dev` (none for 0).
-fn workspace(
+pub(super) fn workspace(
     dev: &CudaDevice,
     bytes: usize,
 ) -> candle_core::Result<Option<candle_core::cuda_backend::cudarc::driver::CudaSlice<u8>>> {
@@ -256,7 +265,7 @@ pub(crate) fn forward<T: Elem + CudnnDataType>(
     y: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
     let c = handle(dev)?;
-    let d = descs::<T>(dev, &c, g, co)?;
+    let d = descs::<T>(dev, &c, g, co, false)?;
     let op = ConvForward {
         conv: &d.conv,
         x: &d.x,
@@ -288,7 +297,7 @@ pub(crate) fn backward<T: Elem + CudnnDataType>(
     dw: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
     let c = handle(dev)?;
-    let d = descs::<T>(dev, &c, g, co)?;
+    let d = descs::<T>(dev, &c, g, co, false)?;
     if let Some(dx) = dx {
         let op = ConvBackwardData {
             conv: &d.conv,

@@ -44,6 +44,7 @@ mod bn;
 mod conv;
 mod cudnn;
 mod levels;
+mod nhwc;
 mod pinned;
 mod pool;
 mod relu;
@@ -55,6 +56,7 @@ pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use cudnn::enabled as cudnn_enabled;
 pub(crate) use levels::normalize_levels;
+pub(crate) use nhwc::conv_nhwc;
 pub(crate) use pinned::{readback_f32, upload_u8, Pending};
 pub(crate) use pool::{pool_backward, pool_forward};
 pub(crate) use relu::{relu_backward, relu_forward};

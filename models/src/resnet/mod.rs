@@ -12,228 +12,13 @@ use super::layers::{
 use super::params::{Entry, ParamBuilder};
 use super::weights::{load_into, read_state_dict, save_safetensors, LoadOptions};
 use crate::error::{ModelError, Result};
-use crate::pretrained::InputConfig;
 
-/// Residual block type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Block {
-    /// Two 3x3 convs, expansion 1 (`BasicBlock`).
-    Basic,
-    /// 1x1, grouped 3x3, 1x1, expansion 4 (`Bottleneck`).
-    Bottleneck,
-}
+mod config;
+mod fused;
+#[cfg(test)]
+mod tests;
 
-impl Block {
-    /// Output channels per `planes`.
-    pub fn expansion(self) -> usize {
-        match self {
-            Block::Basic => 1,
-            Block::Bottleneck => 4,
-        }
-    }
-}
-
-/// Stem type (timm's `stem_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stem {
-    /// `''`: one 7x7 stride-2 conv to 64 channels.
-    Plain,
-    /// `'deep'`: three 3x3 convs, widths `stem_width, stem_width, 2 * stem_width`.
-    Deep,
-    /// `'deep_tiered'`: widths `3 * (stem_width / 4), stem_width, 2 * stem_width`.
-    DeepTiered,
-}
-
-/// The arguments of timm's `ResNet` that this builder supports.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ResNetConfig {
-    /// Block type of every stage.
-    pub block: Block,
-    /// Blocks per stage.
-    pub layers: Vec<usize>,
-    /// `planes` per stage (timm default 64, 128, 256, 512).
-    pub channels: Vec<usize>,
-    /// Groups of the bottleneck 3x3 conv.
-    pub cardinality: usize,
-    /// Bottleneck width factor: `width = floor(planes * base_width / 64) * cardinality`.
-    pub base_width: usize,
-    /// Stem width.
-    pub stem_width: usize,
-    /// Stem type.
-    pub stem: Stem,
-    /// Average-pool downsampling in the shortcut (the "-d" variants).
-    pub avg_down: bool,
-    /// Kernel of the shortcut conv when it strides (3 for senets).
-    pub down_kernel_size: usize,
-    /// First conv width reduction of each block (2 for senets).
-    pub block_reduce_first: usize,
-    /// Squeeze-excite after the last BN of each block (`attn_layer='se'`).
-    pub se: bool,
-    /// Classifier outputs.
-    pub num_classes: usize,
-    /// Input channels.
-    pub in_chans: usize,
-}
-
-impl Default for ResNetConfig {
-    fn default() -> Self {
-        ResNetConfig {
-            block: Block::Bottleneck,
-            layers: vec![3, 4, 6, 3],
-            channels: vec![64, 128, 256, 512],
-            cardinality: 1,
-            base_width: 64,
-            stem_width: 64,
-            stem: Stem::Plain,
-            avg_down: false,
-            down_kernel_size: 1,
-            block_reduce_first: 1,
-            se: false,
-            num_classes: 1000,
-            in_chans: 3,
-        }
-    }
-}
-
-/// One named model: its architecture and the input config of its weights, side by side
-/// as in timm's `default_cfgs` (timm/models/resnet.py).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Preset {
-    /// The name (`--arch`, `--teacher ARCH=...`).
-    pub name: &'static str,
-    /// The architecture.
-    pub config: ResNetConfig,
-    /// What its inputs look like (train and eval transforms).
-    pub input: InputConfig,
-}
-
-/// The named presets: timm's model functions' arguments (timm/models/resnet.py), plus
-/// small ones for tests and the demo (`demo_*`: channels 16..128, deep stem), each with
-/// its input config (crate::pretrained).
-pub fn presets() -> Vec<Preset> {
-    use crate::pretrained::{DEMO, GLUON, TIMM_A1};
-    use Block::*;
-    let d = ResNetConfig::default;
-    let basic = |layers: Vec<usize>| ResNetConfig {
-        block: Basic,
-        layers,
-        ..d()
-    };
-    let bott = |layers: Vec<usize>| ResNetConfig { layers, ..d() };
-    let dstem = |c: ResNetConfig, w: usize| ResNetConfig {
-        stem_width: w,
-        stem: Stem::Deep,
-        avg_down: true,
-        ..c
-    };
-    let senet = ResNetConfig {
-        layers: vec![3, 8, 36, 3],
-        cardinality: 64,
-        base_width: 4,
-        stem: Stem::Deep,
-        down_kernel_size: 3,
-        block_reduce_first: 2,
-        se: true,
-        ..d()
-    };
-    let demo = |block, layers: Vec<usize>, channels: Vec<usize>| ResNetConfig {
-        block,
-        layers,
-        channels,
-        stem_width: 16,
-        stem: Stem::Deep,
-        num_classes: 10,
-        ..d()
-    };
-    [
-        ("resnet18", TIMM_A1, basic(vec![2, 2, 2, 2])),
-        ("resnet18d", TIMM_A1, dstem(basic(vec![2, 2, 2, 2]), 32)),
-        ("resnet26", TIMM_A1, bott(vec![2, 2, 2, 2])),
-        ("resnet34", TIMM_A1, basic(vec![3, 4, 6, 3])),
-        ("resnet50", TIMM_A1, bott(vec![3, 4, 6, 3])),
-        ("resnet50d", TIMM_A1, dstem(bott(vec![3, 4, 6, 3]), 32)),
-        (
-            "resnet50t",
-            TIMM_A1,
-            ResNetConfig {
-                stem: Stem::DeepTiered,
-                ..dstem(bott(vec![3, 4, 6, 3]), 32)
-            },
-        ),
-        ("resnet101", TIMM_A1, bott(vec![3, 4, 23, 3])),
-        ("resnet152", TIMM_A1, bott(vec![3, 8, 36, 3])),
-        ("resnet152d", TIMM_A1, dstem(bott(vec![3, 8, 36, 3]), 32)),
-        (
-            "resnet152s",
-            GLUON,
-            ResNetConfig {
-                stem: Stem::Deep,
-                ..bott(vec![3, 8, 36, 3])
-            },
-        ),
-        (
-            "resnext50_32x4d",
-            GLUON,
-            ResNetConfig {
-                cardinality: 32,
-                base_width: 4,
-                ..bott(vec![3, 4, 6, 3])
-            },
-        ),
-        (
-            "seresnet50",
-            GLUON,
-            ResNetConfig {
-                se: true,
-                ..bott(vec![3, 4, 6, 3])
-            },
-        ),
-        ("senet154", GLUON, senet),
-        (
-            "wide_resnet50_2",
-            GLUON,
-            ResNetConfig {
-                base_width: 128,
-                ..bott(vec![3, 4, 6, 3])
-            },
-        ),
-        // small members for tests and the demo (not timm models; same builder)
-        (
-            "demo_resnet10",
-            DEMO,
-            demo(Basic, vec![1, 1, 1, 1], vec![16, 32, 64, 128]),
-        ),
-        (
-            "demo_resnet14",
-            DEMO,
-            demo(Bottleneck, vec![1, 1, 1, 1], vec![16, 32, 64, 128]),
-        ),
-        (
-            "demo_tiny",
-            DEMO,
-            demo(Basic, vec![1, 1, 1, 1], vec![8, 8, 16, 16]),
-        ),
-    ]
-    .into_iter()
-    .map(|(name, input, config)| Preset {
-        name,
-        config,
-        input,
-    })
-    .collect()
-}
-
-/// The preset `name` (its architecture and input config).
-pub fn preset(name: &str) -> Result<Preset> {
-    let all = presets();
-    all.iter()
-        .find(|p| p.name == name)
-        .cloned()
-        .ok_or_else(|| ModelError::UnknownArch {
-            name: name.to_string(),
-            known: all.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-        })
-}
+pub use config::{preset, presets, Block, Preset, ResNetConfig, Stem};
 
 #[derive(Clone, Debug)]
 enum Downsample {
@@ -299,6 +84,8 @@ pub struct ResNet {
     entries: Vec<Entry>,
     /// Mixed precision ([`ResNet::set_autocast`]): the activations' dtype.
     autocast: Option<candle_core::DType>,
+    /// The folded network of the fused eval forward (fused.rs), built at first use.
+    fused: std::sync::Mutex<fused::State>,
 }
 
 impl ResNet {
@@ -387,13 +174,20 @@ impl ResNet {
     /// whose weights are loaded, so that eval forwards stop recomputing it. A later
     /// [`ResNet::load_weights`] thaws them.
     pub fn freeze_batch_norms(&self) -> Result<()> {
+        self.forget_fused();
         self.batch_norms().iter().try_for_each(|b| b.freeze())
+    }
+
+    /// Drop the fused forward's fold (the weights or their freezing change).
+    fn forget_fused(&self) {
+        *self.fused.lock().unwrap_or_else(|p| p.into_inner()) = fused::State::Unbuilt;
     }
 
     /// Load a timm state dict (safetensors or `.pth`) strictly; see [`LoadOptions`].
     /// Returns the names kept fresh (the classifier under `fresh_classifier`).
     pub fn load_weights(&self, path: &Path, opts: LoadOptions) -> Result<Vec<String>> {
         self.batch_norms().iter().for_each(|b| b.thaw());
+        self.forget_fused();
         let device = self.entries[0].var.device().clone();
         let sd = read_state_dict(path, &device)?;
         load_into(&self.entries, &sd, opts, path, &self.name)
@@ -483,6 +277,7 @@ impl ResNet {
             fc,
             entries: pb.finish(),
             autocast: None,
+            fused: Default::default(),
         })
     }
 
@@ -511,6 +306,12 @@ impl ResNet {
     /// statistics (and running-stat update) with an autograd graph; otherwise running
     /// statistics and detached weights (no graph).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // a frozen teacher on a GPU with cuDNN: fused convolutions in NHWC (fused.rs)
+        if !train {
+            if let Some(y) = self.forward_fused_if_on(x)? {
+                return Ok(y);
+            }
+        }
         let last = self.stem.len() - 1;
         let mut y = match self.autocast {
             Some(dt) => x.to_dtype(dt)?,
@@ -627,130 +428,5 @@ fn build_block(
 impl candle_core::ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         ResNet::forward_t(self, xs, train).map_err(candle_core::Error::wrap)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{cosine, values};
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        v.iter().map(|v| v.to_bits()).collect()
-    }
-
-    /// `max|a - b| / max|b|`.
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let (a, b) = (values(a), values(b));
-        let scale = b.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        worst / scale
-    }
-
-    /// Mixed precision (`set_autocast`) wires the network as PyTorch's autocast: half
-    /// precision activations, f32 logits and f32 gradients for the f32 weights, running
-    /// statistics updated; its logits and gradients follow the f32 network's within
-    /// half precision. Here in f16 through candle's generic ops (candle's CPU matmul has
-    /// no bf16); the layers' wiring is the same for bf16, which runs our ops on a GPU
-    /// (ops/cuda/tests.rs).
-    #[test]
-    fn mixed_precision_follows_the_f32_network() {
-        use candle_core::DType;
-        let dev = Device::Cpu;
-        // fixed inputs (candle's CPU randn is not seeded)
-        let fixed = |n: usize, k: f32| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i as f32 * k).sin() * 1.7).fract() * 2.0)
-                .collect()
-        };
-        let x = Tensor::from_vec(fixed(4 * 3 * 32 * 32, 0.37), (4, 3, 32, 32), &dev).unwrap();
-        let r = Tensor::from_vec(fixed(40, 1.3), (4, 10), &dev).unwrap();
-        let step = |amp: bool| {
-            let mut m = ResNet::from_preset("demo_resnet10", 10, &dev, 0).unwrap();
-            m.set_autocast(amp.then_some(DType::F16));
-            let logits = m.forward_t(&x, true).unwrap();
-            let grads = (&logits * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let grad_of = |name: &str| {
-                // the stem's first convolution, or the entry of that name
-                let e = m.entries().iter().find(|e| match name {
-                    "stem" => e.shape.len() == 4,
-                    _ => e.name == name,
-                });
-                let e = e.unwrap_or_else(|| panic!("no entry {name}"));
-                grads.get(e.var.as_tensor()).unwrap().clone()
-            };
-            let running = m
-                .entries()
-                .iter()
-                .find(|e| e.name.ends_with("running_mean"))
-                .unwrap()
-                .var
-                .as_tensor()
-                .clone();
-            (logits, grad_of("stem"), grad_of("fc.weight"), running)
-        };
-        let (l32, c32, f32_, r32) = step(false);
-        let (l16, c16, f16, r16) = step(true);
-        assert_eq!(l16.dtype(), DType::F32, "logits in f32");
-        assert_eq!(c16.dtype(), DType::F32, "the f32 weights' gradients in f32");
-        assert_eq!(r16.dtype(), DType::F32, "running statistics stay f32");
-        // candle's CPU convolutions sum in f16 (up to ~600 products per output here), so
-        // the errors are those of f16 sums, not of f16 values: the values within a few
-        // percent, the gradients' directions within a few degrees
-        for (what, a, b, tol) in [
-            ("logits", &l16, &l32, 0.05),
-            ("running mean", &r16, &r32, 0.05),
-        ] {
-            let e = rel_err(a, b);
-            assert!(e < tol, "{what}: relative error {e} (tolerance {tol})");
-        }
-        // (the stem's weight gradient sums 4096 products per weight in f16: its error
-        // is the largest)
-        for (what, a, b, min) in [
-            ("stem gradient", &c16, &c32, 0.95),
-            ("fc gradient", &f16, &f32_, 0.999),
-        ] {
-            let c = cosine(a, b);
-            assert!(c > min, "{what}: cosine {c} with the f32 network's ({min})");
-        }
-        // and it is not the f32 network itself: the activations were rounded
-        assert!(rel_err(&l16, &l32) > 0.0, "autocast changed nothing");
-    }
-
-    /// Frozen BatchNorms give the unfrozen eval forward bit for bit, keep their affine
-    /// while the running statistics move on (train mode ignores them), and a weight
-    /// load thaws them.
-    #[test]
-    fn frozen_batch_norms_give_the_same_eval_forward_until_a_load() {
-        let dev = Device::Cpu;
-        let m = ResNet::from_preset("demo_resnet10", 10, &dev, 0).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
-        // move the running statistics off their initial values
-        m.forward_t(&x, true).unwrap();
-        let plain = m.forward_t(&x, false).unwrap();
-        m.freeze_batch_norms().unwrap();
-        let frozen = m.forward_t(&x, false).unwrap();
-        assert_eq!(bits(&frozen), bits(&plain));
-        let dir = tempfile::tempdir().unwrap();
-        let saved = dir.path().join("m.safetensors");
-        m.save(&saved).unwrap();
-        // a train step moves the statistics; the frozen affine stays
-        m.forward_t(&x.affine(2.0, 1.0).unwrap(), true).unwrap();
-        assert_eq!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
-        // the saved weights loaded back: thawed, the saved network's forward again...
-        m.load_weights(&saved, LoadOptions::default()).unwrap();
-        assert_eq!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
-        // ...and live: the next train step's statistics show in the eval forward
-        m.forward_t(&x.affine(2.0, 1.0).unwrap(), true).unwrap();
-        assert_ne!(bits(&m.forward_t(&x, false).unwrap()), bits(&plain));
     }
 }

@@ -1,0 +1,246 @@
+//! [`crate::ops::conv_nhwc`] on a CUDA device: one cuDNN call per convolution of a
+//! frozen network's fused forward, NHWC tensors throughout.
+//!
+//! - With a bias: `cudnnConvolutionBiasActivationForward`, `y = act(alpha1 * conv(x) +
+//!   alpha2 * z + bias)`, with ReLU (any algorithm; the heuristics' choice, cached per
+//!   shape) or without (identity, which cuDNN runs only with `IMPLICIT_PRECOMP_GEMM`,
+//!   its documented restriction). Without a residual `alpha2 = 0` and `z` is `y`
+//!   itself, the aliasing cuDNN's API allows and its samples use.
+//! - Without a bias: the plain forward (`cudnnConvolutionForward`), for a shortcut
+//!   whose bias is added by the block's last convolution.
+//!
+//! cudarc's safe call takes `x`, `z` and the bias as one type; they are passed as
+//! [`Raw`] pointers (the same memory, the same stream: candle's).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::sys::CUdeviceptr;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DeviceSlice, SyncOnDrop,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{Device, Storage, Tensor};
+use cudarc::cudnn::safe::{ConvBiasActivationForward, ConvForward, CudnnDataType};
+use cudarc::cudnn::sys;
+
+use super::cudnn::{algo, descs, err, handle, workspace};
+use super::Elem;
+use crate::ops::conv::cols::Geom;
+use crate::ops::Slide;
+
+/// A device pointer and its length, for cudarc's slice traits: lets one buffer be both
+/// cuDNN's `z` and `y`, and `x`, `z` and the bias share a type.
+struct Raw<T> {
+    ptr: CUdeviceptr,
+    len: usize,
+    stream: Arc<CudaStream>,
+    _t: PhantomData<T>,
+}
+
+impl<T> Raw<T> {
+    fn of(v: &impl DevicePtr<T>, stream: &Arc<CudaStream>) -> Self {
+        let (ptr, _sync) = v.device_ptr(stream);
+        Raw {
+            ptr,
+            len: v.len(),
+            stream: stream.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> DeviceSlice<T> for Raw<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl<T> DevicePtr<T> for Raw<T> {
+    fn device_ptr<'a>(&'a self, _: &'a CudaStream) -> (CUdeviceptr, SyncOnDrop<'a>) {
+        // everything runs on candle's one stream per thread: nothing to wait for
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+
+/// A contiguous tensor's elements on its GPU.
+fn view<'a, T: Elem>(
+    s: &'a Storage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<CudaView<'a, T>> {
+    match s {
+        Storage::Cuda(cs) => super::view_of::<T>(cs, l),
+        _ => candle_core::bail!("conv_nhwc: not a CUDA tensor"),
+    }
+}
+
+/// See [`crate::ops::conv_nhwc`]; every tensor contiguous, on `x`'s GPU, of its dtype
+/// (f32 or bf16).
+pub(crate) fn conv_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    z: Option<&Tensor>,
+    relu: bool,
+    s: Slide,
+) -> candle_core::Result<Tensor> {
+    let Device::Cuda(dev) = x.device() else {
+        candle_core::bail!("conv_nhwc: not a CUDA tensor");
+    };
+    let (b, h, wd, c) = x.dims4()?;
+    let (co, k, k2, cg) = w.dims4()?;
+    let g = Geom::new(&[b, c, h, wd], k, s.stride, s.padding, s.groups)?;
+    let out = [b, g.ho, g.wo, co];
+    let bad = k != k2
+        || cg * s.groups != c
+        || co % s.groups != 0
+        || bias.is_some_and(|t| t.dims() != [co])
+        || z.is_some_and(|t| t.dims() != out)
+        || (bias.is_none() && (z.is_some() || relu));
+    if bad {
+        candle_core::bail!(
+            "conv_nhwc: input {:?}, weight {:?}, bias {:?}, residual {:?}, relu {relu}, {s:?}",
+            x.dims(),
+            w.dims(),
+            bias.map(|t| t.dims().to_vec()),
+            z.map(|t| t.dims().to_vec())
+        );
+    }
+    let dtype = x.dtype();
+    if [Some(w), bias, z]
+        .into_iter()
+        .flatten()
+        .any(|t| t.dtype() != dtype)
+    {
+        candle_core::bail!("conv_nhwc: tensors of mixed dtypes");
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (bias, z) = (
+        bias.map(|t| t.contiguous()).transpose()?,
+        z.map(|t| t.contiguous()).transpose()?,
+    );
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let bs = bias.as_ref().map(|t| t.storage_and_layout());
+    let zs = z.as_ref().map(|t| t.storage_and_layout());
+    let y = with_elem!(dtype, "conv_nhwc", |T| {
+        let opt = |p: &Option<(_, &candle_core::Layout)>| {
+            p.as_ref().map(|(st, l)| view::<T>(st, l)).transpose()
+        };
+        call::<T>(
+            dev,
+            &g,
+            co,
+            (&view::<T>(&xs, xl)?, &view::<T>(&ws, wl)?),
+            (opt(&bs)?.as_ref(), opt(&zs)?.as_ref()),
+            relu,
+        )?
+    });
+    Ok(Tensor::from_storage(
+        Storage::Cuda(y),
+        out,
+        BackpropOp::none(),
+        false,
+    ))
+}
+
+/// The cuDNN call of [`conv_nhwc`] into a new buffer.
+fn call<T: Elem + CudnnDataType>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    (x, w): (&CudaView<T>, &CudaView<T>),
+    (bias, z): (Option<&CudaView<T>>, Option<&CudaView<T>>),
+    relu: bool,
+) -> candle_core::Result<CudaStorage> {
+    let c = handle(dev)?;
+    let d = descs::<T>(dev, &c, g, co, true)?;
+    // SAFETY: written whole by the call below
+    let mut y: CudaSlice<T> = unsafe { dev.alloc::<T>(g.b * g.ho * g.wo * co)? };
+    let Some(bias) = bias else {
+        let op = ConvForward {
+            conv: &d.conv,
+            x: &d.x,
+            w: &d.w,
+            y: &d.y,
+        };
+        let a = algo(
+            d.key,
+            |a| &mut a.forward,
+            || op.pick_algorithm(),
+            "forward algorithm",
+        )?;
+        let bytes = op
+            .get_workspace_size(a)
+            .map_err(|e| err("forward workspace", e))?;
+        let mut ws = workspace(dev, bytes)?;
+        // SAFETY: x, w and y hold the elements their descriptors give (checked by the
+        // caller), on the handle's stream (candle's)
+        unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), x, w, &mut y) }
+            .map_err(|e| err("forward", e))?;
+        return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
+    };
+    let mode = if relu {
+        sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU
+    } else {
+        sys::cudnnActivationMode_t::CUDNN_ACTIVATION_IDENTITY
+    };
+    let act = c
+        .create_activation::<f32>(mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0)
+        .map_err(|e| err("activation", e))?;
+    let bias_d = c
+        .create_4d_tensor::<T>(
+            sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            [1, super::int(co)?, 1, 1],
+        )
+        .map_err(|e| err("bias descriptor", e))?;
+    let op = ConvBiasActivationForward {
+        conv: &d.conv,
+        act: &act,
+        x: &d.x,
+        w: &d.w,
+        z: &d.y,
+        bias: &bias_d,
+        y: &d.y,
+    };
+    let a = if relu {
+        algo(
+            d.key,
+            |a| &mut a.fused,
+            || op.pick_algorithm(),
+            "fused algorithm",
+        )?
+    } else {
+        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
+    };
+    let bytes = op
+        .get_workspace_size(a)
+        .map_err(|e| err("fused workspace", e))?;
+    let mut ws = workspace(dev, bytes)?;
+    let stream = dev.cuda_stream();
+    let (alpha2, z) = match z {
+        Some(z) => (T::ONE, Raw::of(z, &stream)),
+        // not read (alpha2 = 0): y itself
+        None => (T::ZERO, Raw::of(&y, &stream)),
+    };
+    // SAFETY: x, w, z, the bias and y hold the elements their descriptors give (checked
+    // by the caller); z may be y (cuDNN computes y in place of z)
+    unsafe {
+        op.launch(
+            a,
+            ws.as_mut(),
+            (T::ONE, alpha2),
+            &Raw::of(x, &stream),
+            w,
+            &z,
+            &Raw::of(bias, &stream),
+            &mut y,
+        )
+    }
+    .map_err(|e| err("fused forward", e))?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
