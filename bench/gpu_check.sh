@@ -48,7 +48,7 @@ fi
 budget=${GPU_CHECK_BUDGET:-510}
 step() {
     local limit=$1; shift
-    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_OPS|CUDA_PINNED|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
+    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_FUSED|CUDA_OPS|CUDA_PINNED|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
     if [ "$SECONDS" -ge "$budget" ] && [ "${1##*/}" != gpu_summary.py ] && [ "${2##*/}" != gpu_summary.py ]; then
         echo "(skipped: ${SECONDS}s spent of the ${budget}s budget)"; return
     fi
@@ -65,8 +65,9 @@ step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-
 
 # 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests.rs; ignored off a GPU)
 step 120 "$bin/meal_ops_tests" $LISTED --test-threads 1 ops::cuda
-# the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs)
-MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 conv frozen mixed
+# the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs),
+# and frozen teachers' fused NHWC forward through cuDNN (resnet/fused.rs, ops/cuda/nhwc.rs)
+MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 conv frozen mixed fused
 
 # 3. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
 export MEAL_DEVICE=$DEV
@@ -74,6 +75,8 @@ for dt in f32 bf16; do
     export MEAL_DTYPE=$dt
     step 60 "$bin/models" infer resnet152s $INFER
     MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer resnet152s $INFER
+    # cuDNN's convolutions in our NCHW forward, not the fused NHWC one
+    MEAL_CUDA_CONV=cudnn MEAL_CUDA_FUSED=0 step 60 "$bin/models" infer resnet152s $INFER
     step 60 python3 "$here/models_torch.py" infer resnet152s $INFER
     step 60 "$bin/models" infer senet154 $SE
     MEAL_CUDA_CONV=cudnn step 60 "$bin/models" infer senet154 $SE
@@ -104,10 +107,13 @@ S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"
 step 90 "$S" train --data "$D/train" --val "$D/val" --arch demo_resnet10 --res 32 --epochs 2 \
     --batch 32 --crops-per-image 2 --loss ce --lr 0.05 --device "$DEV" --out "$out/teacher"
 # (labels-ref-f32, made on the CPU, is the f32 reference of both GPU stores)
-for run in dev/bf16 dev/f32 ref/f32; do
+# (labels-fused-*: the teacher's fused NHWC forward through cuDNN)
+for run in dev/bf16 dev/f32 ref/f32 fused/bf16 fused/f32; do
     dev=$DEV; [ "${run%/*}" = ref ] && dev=cpu
+    conv=ours; [ "${run%/*}" = fused ] && conv=cudnn
     dt=${run#*/}
-    step 90 "$P" run --data "$D/train" --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
+    MEAL_CUDA_CONV=$conv step 90 "$P" run --data "$D/train" \
+        --teacher "demo_resnet10=$out/teacher/student.safetensors,size=32" \
         --crops-per-image 4 --device "$dev" --dtype "$dt" --out "$out/labels-${run%/*}-$dt"
 done
 step 60 "$P" verify "$out/labels-dev-bf16"
@@ -130,20 +136,20 @@ except ImportError:
     sys.exit("store comparison skipped: no pyarrow here")
 import glob, os
 o = sys.argv[1]
-for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
+for kind, dt, tol in (("dev", "f32", 1e-3), ("dev", "bf16", 5e-2), ("fused", "f32", 1e-3), ("fused", "bf16", 5e-2)):
     worst, rows = 0.0, 0
-    for a in sorted(glob.glob(f"{o}/labels-dev-{dt}/shard-*.parquet")):
-        b = a.replace(f"labels-dev-{dt}", "labels-ref-f32")
+    for a in sorted(glob.glob(f"{o}/labels-{kind}-{dt}/shard-*.parquet")):
+        b = a.replace(f"labels-{kind}-{dt}", "labels-ref-f32")
         if not os.path.exists(b):
-            sys.exit(f"{dt}: FAIL, {b} is missing")
+            sys.exit(f"{kind} {dt}: FAIL, {b} is missing")
         pa, pb = pq.read_table(a).column("prob").to_pylist(), pq.read_table(b).column("prob").to_pylist()
         if len(pa) != len(pb):
-            sys.exit(f"{dt}: FAIL, {a} has {len(pa)} rows and {b} {len(pb)}")
+            sys.exit(f"{kind} {dt}: FAIL, {a} has {len(pa)} rows and {b} {len(pb)}")
         rows += len(pa)
         worst = max([worst] + [abs(x - y) for ra, rb in zip(pa, pb) for x, y in zip(ra, rb)])
     # no rows compared is a failure, not a pass
     ok = rows > 0 and worst <= tol
-    print(f"{dt}: max |p_gpu - p_cpu| = {worst:.2e} over {rows} crops (bound {tol})", "ok" if ok else "FAIL")
+    print(f"{kind} {dt}: max |p_gpu - p_cpu| = {worst:.2e} over {rows} crops (bound {tol})", "ok" if ok else "FAIL")
 PY
 
 # 5. precompute against pure teacher inference (resnet152s at 224, 600 JPEGs x 4 crops):

@@ -2,7 +2,7 @@
 
 Reads the log of `gpu_check.sh` (the models bench's "ours ..." lines and
 bench/models_torch.py's "torch ..." lines) and prints, per mode, network and dtype, each
-of our variants (our convolutions or cuDNN's, TF32 or exact) against PyTorch's in the same
+of our variants (our convolutions or cuDNN's, fused or not, TF32 or exact) against PyTorch's in the same
 run; for the train step also against PyTorch's AMP step, the issue's reference.
     python3 bench/gpu_summary.py LOG
 """
@@ -28,7 +28,7 @@ def parse(lines):
         if who == "torch":
             torch[key] = float(ips)
         else:
-            flags = [f for f in ("tf32", "cuDNN") if f in rest]
+            flags = [f for f in ("tf32", "cuDNN", "fused") if f in rest]
             ours.append((key, "+".join(flags) or "exact", float(ips)))
     return ours, torch
 

@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{}{})",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{}{}{})",
         batch as f64 / dt,
         dt,
         candle_core::utils::get_num_threads(),
@@ -156,6 +156,8 @@ fn main() -> anyhow::Result<()> {
         } else {
             ""
         },
+        // a frozen teacher's fused NHWC forward (resnet/fused.rs) under cuDNN
+        if mode == "infer" && model.runs_fused() { ", fused" } else { "" },
         if meal_models::ops::profile::enabled() { ", profiled" } else { "" }
     );
     if meal_models::ops::profile::enabled() {

@@ -109,7 +109,7 @@ mod tests {
         for n in 0..b {
             for oy in 0..ho {
                 for ox in 0..wo {
-                    for o in 0..co {
+                    for (o, bias_o) in bv.iter().enumerate() {
                         let g = o / (co / groups);
                         let mut acc = 0f64;
                         for ky in 0..k {
@@ -128,7 +128,7 @@ mod tests {
                             }
                         }
                         let at = ((n * ho + oy) * wo + ox) * co + o;
-                        let want = (acc + bv[o] as f64 + zv[at] as f64).max(0.0);
+                        let want = (acc + *bias_o as f64 + zv[at] as f64).max(0.0);
                         assert!(
                             (yv[at] as f64 - want).abs() < 1e-4,
                             "at {at}: {} vs {want}",

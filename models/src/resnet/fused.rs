@@ -273,6 +273,16 @@ impl ResNet {
         }
     }
 
+    /// Whether eval forwards of this network run fused now: the fold is built (a
+    /// forward ran) and no fused forward has failed or been turned off.
+    pub fn runs_fused(&self) -> bool {
+        let built = matches!(
+            &*self.fused.lock().unwrap_or_else(|p| p.into_inner()),
+            State::Ready(_)
+        );
+        built && wanted()
+    }
+
     /// The fused forward on any device (the CPU tests run it through the op's candle
     /// reference); `None` where it does not apply to this network.
     pub(crate) fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -281,7 +291,10 @@ impl ResNet {
             let mut s = self.fused.lock().unwrap_or_else(|p| p.into_inner());
             if matches!(&*s, State::Unbuilt) {
                 *s = match Fused::build(self, dtype)? {
-                    Some(f) => State::Ready(Arc::new(f)),
+                    Some(f) => {
+                        tracing::debug!("{}: fused {dtype:?} forward built", self.name);
+                        State::Ready(Arc::new(f))
+                    }
                     None => State::NotApplicable,
                 };
             }

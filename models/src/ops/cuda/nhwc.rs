@@ -128,21 +128,26 @@ pub(crate) fn conv_nhwc(
     let bs = bias.as_ref().map(|t| t.storage_and_layout());
     let zs = z.as_ref().map(|t| t.storage_and_layout());
     let y = with_elem!(dtype, "conv_nhwc", |T| {
-        let opt = |p: &Option<(_, &candle_core::Layout)>| {
-            p.as_ref().map(|(st, l)| view::<T>(st, l)).transpose()
+        let bv = match &bs {
+            Some((st, l)) => Some(view::<T>(st, l)?),
+            None => None,
+        };
+        let zv = match &zs {
+            Some((st, l)) => Some(view::<T>(st, l)?),
+            None => None,
         };
         call::<T>(
             dev,
             &g,
             co,
             (&view::<T>(&xs, xl)?, &view::<T>(&ws, wl)?),
-            (opt(&bs)?.as_ref(), opt(&zs)?.as_ref()),
+            (bv.as_ref(), zv.as_ref()),
             relu,
         )?
     });
     Ok(Tensor::from_storage(
         Storage::Cuda(y),
-        out,
+        out.to_vec(),
         BackpropOp::none(),
         false,
     ))

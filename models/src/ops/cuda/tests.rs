@@ -662,3 +662,113 @@ fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
         );
     }
 }
+
+/// cuDNN's fused NHWC convolution (`ops::cuda::conv_nhwc`: bias, residual, ReLU in one
+/// call) against the op's candle reference on the CPU, for 1x1, strided 3x3, grouped
+/// and a 7x7 stem's 3-channel geometry, with and without each part: f32 (cuDNN's FMA
+/// math) and bf16 (against the reference on the same rounded inputs).
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn fused_nhwc_convolution_equals_the_reference() {
+    let dev = gpu("fused_nhwc_convolution_equals_the_reference");
+    // SAFETY: only tries to dlopen the library's candidate names
+    let present = unsafe { cudarc::cudnn::sys::is_culib_present() };
+    assert!(
+        present,
+        "libcudnn (libcudnn.so.9) could not be loaded: set LD_LIBRARY_PATH"
+    );
+    let geoms = [
+        // b, h, w, c, co, k, stride, groups
+        [2, 9, 9, 16, 32, 1, 1, 1],
+        [2, 9, 9, 16, 24, 3, 2, 1],
+        [2, 8, 8, 32, 32, 3, 1, 8],
+        [2, 15, 15, 3, 16, 7, 2, 1],
+    ];
+    let parts = [
+        // bias, residual, relu
+        (true, false, true),
+        (true, true, true),
+        (true, false, false),
+        (false, false, false),
+    ];
+    for [b, h, w, c, co, k, stride, groups] in geoms {
+        let slide = crate::ops::Slide {
+            stride,
+            padding: ((stride - 1) + (k - 1)) / 2,
+            groups,
+        };
+        let (ho, wo) = (
+            (h + 2 * slide.padding - k) / stride + 1,
+            (w + 2 * slide.padding - k) / stride + 1,
+        );
+        let x = randn(&[b, h, w, c]);
+        let wt = randn(&[co, k, k, c / groups]);
+        let bias = randn(&[co]);
+        let z = randn(&[b, ho, wo, co]);
+        for (has_bias, has_z, relu) in parts {
+            let what = format!("{b}x{h}x{w}x{c} -> {co}, k{k} s{stride} g{groups}, bias {has_bias} residual {has_z} relu {relu}");
+            for dt in [DType::F32, DType::BF16] {
+                let t = |v: &Tensor| v.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+                let (xd, wd, bd, zd) = (t(&x), t(&wt), t(&bias), t(&z));
+                let (bd, zd) = (has_bias.then_some(&bd), has_z.then_some(&zd));
+                let got = super::conv_nhwc(&xd, &wd, bd, zd, relu, slide)
+                    .unwrap_or_else(|e| panic!("{what} {dt:?}: {e}"));
+                assert!(got.device().is_cuda(), "{what}: output left the GPU");
+                let got = got.to_dtype(DType::F32).unwrap();
+                // the reference on the values the GPU saw (bf16-rounded for bf16)
+                let round = |v: &Tensor| v.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap();
+                let want = crate::ops::conv_nhwc_reference(
+                    &round(&x),
+                    &round(&wt),
+                    has_bias.then_some(&round(&bias)),
+                    has_z.then_some(&round(&z)),
+                    relu,
+                    slide,
+                )
+                .unwrap();
+                let tol = if dt == DType::F32 { 1e-4 } else { 2e-2 };
+                close(&format!("{what} {dt:?}"), &got, &want, tol);
+            }
+        }
+    }
+}
+
+/// A frozen teacher's fused forward on the GPU (resnet/fused.rs: folded BatchNorms,
+/// NHWC, joins in the convolutions) gives the CPU's NCHW eval forward's logits, for the
+/// presets' kinds of stem, shortcut and block; f32, and a bf16 teacher loaded from the
+/// same weights within bf16's tolerance. Through cuDNN under `MEAL_CUDA_CONV=cudnn`
+/// (bench/gpu_check.sh runs it so), through candle's ops otherwise.
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn fused_teacher_forward_equals_the_cpu_nchw_forward() {
+    let dev = gpu("fused_teacher_forward_equals_the_cpu_nchw_forward");
+    let x = randn(&[2, 3, 32, 32]);
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "demo_resnet10",
+        "resnet18d",
+        "resnext50_32x4d",
+        "seresnet50",
+    ] {
+        let cpu = crate::ResNet::from_preset(name, 10, &Device::Cpu, 0).unwrap();
+        // running statistics off their initial values, then frozen as a teacher's
+        cpu.forward_t(&x, true).unwrap();
+        cpu.freeze_batch_norms().unwrap();
+        let want = cpu.forward_t(&x, false).unwrap();
+        let saved = dir.path().join(format!("{name}.safetensors"));
+        cpu.save(&saved).unwrap();
+        for (dt, tol) in [(DType::F32, 1e-3), (DType::BF16, 8e-2)] {
+            let m = crate::ResNet::from_preset_as(name, 10, &dev, dt).unwrap();
+            m.load_weights(&saved, Default::default()).unwrap();
+            m.freeze_batch_norms().unwrap();
+            let xd = x.to_dtype(dt).unwrap().to_device(&dev).unwrap();
+            let got = m
+                .forward_fused(&xd)
+                .unwrap_or_else(|e| panic!("{name} {dt:?}: {e}"))
+                .expect("the fused forward applies to a frozen network");
+            assert!(got.device().is_cuda(), "{name}: logits left the GPU");
+            let got = got.to_dtype(DType::F32).unwrap();
+            close(&format!("{name} {dt:?} fused logits"), &got, &want, tol);
+        }
+    }
+}
