@@ -22,6 +22,9 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/../gpu-run}
 mkdir -p "$out"
+# a rerun into the same folder starts afresh: the binaries rightly refuse to train into a
+# finished run's folder, which would fail the pipeline steps for the wrong reason
+rm -rf "$out"/data "$out"/teacher "$out"/labels-* "$out"/kd "$out"/kd-amp "$out"/pvi
 exec > >(tee "$out/gpu_check.log") 2>&1
 bin=$(mktemp -d)
 for f in "$here"/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
