@@ -13,7 +13,7 @@ exe() { sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
 bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 | exe)
 # each op alone at ResNet-50's shapes (models/benches/ops.rs)
 opsbench=$(cargo bench --features cuda -p meal-models --bench ops --no-run 2>&1 | exe)
-# the CUDA-op tests (models/src/ops/cuda/tests.rs, run there with --ignored)
+# the CUDA-op tests (models/src/ops/cuda/tests/, run there with --ignored)
 optests=$(cargo test --release --features cuda -p meal-models --lib --no-run 2>&1 | exe)
 [ -x "$bench" ] && [ -x "$opsbench" ] && [ -x "$optests" ] || { echo "bench or test binary not built" >&2; exit 1; }
 cp "$optests" "$CARGO_TARGET_DIR/meal_ops_tests"

@@ -66,7 +66,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.
 # 1. one binary for CPU and GPU: the cuda build opens cuda:0 here
 step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-class 5
 
-# 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests.rs; ignored off a GPU)
+# 2. every CUDA op against its CPU twin (models/src/ops/cuda/tests/; ignored off a GPU)
 step 120 "$bin/meal_ops_tests" $LISTED --test-threads 1 ops::cuda
 # the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs),
 # and frozen teachers' fused NHWC forward through cuDNN (resnet/fused.rs, ops/cuda/nhwc.rs)

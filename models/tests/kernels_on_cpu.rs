@@ -3,7 +3,7 @@
 //! (tests/kernels/emulate.h) and checked against their definitions written as plain
 //! loops (tests/kernels/check.cpp). This covers the kernels' index arithmetic, bounds,
 //! tie/NaN rules and reductions everywhere `make test` runs; the kernels on a real GPU,
-//! with the Rust launch code and cuBLAS around them, are src/ops/cuda/tests.rs.
+//! with the Rust launch code and cuBLAS around them, are src/ops/cuda/tests/.
 
 use std::process::Command;
 

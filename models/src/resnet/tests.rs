@@ -24,7 +24,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
 /// statistics updated; its logits and gradients follow the f32 network's within
 /// half precision. Here in f16 through candle's generic ops (candle's CPU matmul has
 /// no bf16); the layers' wiring is the same for bf16, which runs our ops on a GPU
-/// (ops/cuda/tests.rs).
+/// (ops/cuda/tests/).
 #[test]
 fn mixed_precision_follows_the_f32_network() {
     use candle_core::DType;
@@ -154,7 +154,7 @@ fn vary_batch_norms(m: &ResNet) {
 /// average-pool shortcuts (resnet18d, resnet50t, basic blocks in the first),
 /// grouped bottlenecks with convolution shortcuts (resnext50_32x4d), SE modules
 /// (seresnet50). Here through the op's candle reference; on a GPU through cuDNN
-/// (ops/cuda/tests.rs). It applies only once the BatchNorms are frozen.
+/// (ops/cuda/tests/). It applies only once the BatchNorms are frozen.
 #[test]
 fn fused_forward_equals_the_nchw_forward() {
     let x = Tensor::from_vec(

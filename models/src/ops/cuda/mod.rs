@@ -18,7 +18,7 @@
 //! The kernels are models/kernels/meal_ops.cu, compiled to PTX by build.rs and loaded
 //! once per device. `MEAL_CUDA_OPS=0` turns them off (candle's generic ops then run, as
 //! without the feature): the escape hatch and the A/B switch of the device benchmark.
-//! tests.rs compares every op with its CPU twin wherever a GPU is present.
+//! tests/ compares every op with its CPU twin wherever a GPU is present.
 
 /// `$body` with the type `$T` standing for the element type (an [`Elem`]) that `$dt`
 /// names: f32 or bf16, the two our kernels are instantiated for. Another dtype is an

@@ -10,7 +10,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::ops::{
     batch_norm_train, channel_affine, channel_affine_dev, conv2d, max_pool2d, sgd_step, SgdStep,
 };
-use crate::testing::{cosine, values};
+use crate::testing::values;
+
+mod networks;
+mod transfer;
 
 /// The first CUDA device; a test asked to run without one fails with the reason.
 fn gpu(test: &str) -> Device {
@@ -263,105 +266,6 @@ fn channel_affine_dev_cpu(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool
 
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
-    let dev = gpu("eight_bit_crops_normalise_on_the_device_as_on_the_cpu");
-    let levels: Vec<u8> = (0..2 * 3 * 9 * 11)
-        .map(|i| ((i * 97 + 5) % 256) as u8)
-        .collect();
-    let x = Tensor::from_vec(levels, (2, 3, 9, 11), &Device::Cpu).unwrap();
-    let norm = meal_data::Normalize {
-        mean: [0.5, 0.4, 0.3],
-        std: [0.2, 0.3, 0.25],
-    };
-    for dtype in [DType::F32, DType::BF16] {
-        let want = crate::ops::normalize_levels(&x, &norm, dtype).unwrap();
-        let got = crate::ops::normalize_levels(&x.to_device(&dev).unwrap(), &norm, dtype).unwrap();
-        assert_eq!(got.dtype(), dtype);
-        // a table lookup (and one rounding to bf16): equal bit for bit
-        close(
-            &format!("levels to {dtype:?}"),
-            &got.to_dtype(DType::F32).unwrap(),
-            &want.to_dtype(DType::F32).unwrap(),
-            0.0,
-        );
-    }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn pinned_uploads_queued_behind_work_keep_every_batch() {
-    let dev = gpu("pinned_uploads_queued_behind_work_keep_every_batch");
-    // a long product first, so the copies below wait behind it on the stream while
-    // their pinned buffers come round again (ring of 4, 11 batches): a buffer rewritten
-    // before its copy ran would show another batch's bytes
-    let a = Tensor::randn(0f32, 1.0, (4096, 4096), &dev).unwrap();
-    let mut slow = a.clone();
-    for _ in 0..4 {
-        slow = slow.matmul(&a).unwrap();
-    }
-    let batches: Vec<Vec<u8>> = (0..11u32)
-        .map(|b| {
-            (0..2 * 3 * 5 * 7)
-                .map(|i| ((i * 31 + b * 7) % 256) as u8)
-                .collect()
-        })
-        .collect();
-    let up: Vec<Tensor> = batches
-        .iter()
-        .map(|v| crate::ops::upload_levels(v, (2, 3, 5, 7), &dev).unwrap())
-        .collect();
-    // the shorter last batch of a run gets buffers of its own size
-    let short: Vec<u8> = (0..3 * 5 * 7).map(|i| (i % 251) as u8).collect();
-    let up_short = crate::ops::upload_levels(&short, (1, 3, 5, 7), &dev).unwrap();
-    drop(slow);
-    for (b, (t, want)) in up.iter().zip(&batches).enumerate() {
-        assert!(t.device().is_cuda(), "batch {b} left the GPU");
-        assert_eq!(t.dims(), &[2, 3, 5, 7]);
-        let got = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        assert_eq!(&got, want, "batch {b}");
-    }
-    assert_eq!(
-        up_short.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-        short
-    );
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
-    let dev = gpu("pinned_readbacks_return_each_tensor_as_it_was_when_queued");
-    let a = Tensor::randn(0f32, 1.0, (2048, 2048), &dev).unwrap();
-    // 20 read-backs in flight (more than the pool keeps), each queued behind a product,
-    // and a product queued after each: every wait gets its own tensor's values
-    let mut want = Vec::new();
-    let mut pending = Vec::new();
-    let mut x = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
-    for i in 0..20 {
-        let _slow = a.matmul(&a).unwrap();
-        x = ((&x * 0.5).unwrap() + i as f64).unwrap();
-        want.push(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        pending.push(crate::ops::readback_f32(&x).unwrap());
-        let _after = a.matmul(&a).unwrap();
-    }
-    // one dropped without waiting: its buffer is released only after its copy
-    drop(pending.remove(3));
-    want.remove(3);
-    for (i, (p, w)) in pending.into_iter().zip(&want).enumerate() {
-        assert_eq!(&p.wait().unwrap(), w, "read-back {i}");
-    }
-    // a non-contiguous tensor comes back in its logical order
-    let t = Tensor::arange(0f32, 12.0, &dev)
-        .unwrap()
-        .reshape((3, 4))
-        .unwrap()
-        .t()
-        .unwrap();
-    let got = crate::ops::readback_f32(&t).unwrap().wait().unwrap();
-    assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
     // through im2col (3x3 s2, the 7x7 stem) and straight from the input (1x1 s1)
@@ -435,23 +339,6 @@ fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
             1e-4,
         );
     }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn frozen_teacher_forward_equals_the_cpu_one() {
-    let dev = gpu("frozen_teacher_forward_equals_the_cpu_one");
-    let x = randn(&[2, 3, 32, 32]);
-    let on = |d: &Device| {
-        let m = crate::ResNet::from_preset("demo_resnet10", 10, d, 0).unwrap();
-        // running statistics off their initial values, then frozen as a teacher's
-        m.forward_t(&x.to_device(d).unwrap(), true).unwrap();
-        m.freeze_batch_norms().unwrap();
-        m.forward_t(&x.to_device(d).unwrap(), false).unwrap()
-    };
-    let (cpu, gpu_y) = (on(&Device::Cpu), on(&dev));
-    assert!(gpu_y.device().is_cuda());
-    close("frozen eval logits", &gpu_y, &cpu, 1e-3);
 }
 
 #[test]
@@ -611,58 +498,6 @@ fn mixed_precision_ops_follow_the_f32_cpu_ops() {
     );
 }
 
-/// A ResNet train step under mixed precision on the GPU (our bf16 ops throughout)
-/// against the f32 step on the CPU: logits, the running statistics and the weights'
-/// gradients (f32) follow it within bf16's precision.
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
-    let dev = gpu("resnet_mixed_precision_step_follows_the_f32_cpu_step");
-    let x = randn(&[8, 3, 32, 32]);
-    let r = randn(&[8, 10]);
-    let step = |d: &Device, amp: bool| {
-        let mut m = crate::ResNet::from_preset("demo_resnet14", 10, d, 0).unwrap();
-        m.set_autocast(amp.then_some(DType::BF16));
-        let logits = m.forward_t(&x.to_device(d).unwrap(), true).unwrap();
-        let loss = (&logits * r.to_device(d).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        let g: Vec<Tensor> = m
-            .entries()
-            .iter()
-            .filter(|e| e.kind == crate::Kind::Param)
-            .map(|e| grads.get(e.var.as_tensor()).expect("a gradient").clone())
-            .collect();
-        let running: Vec<Tensor> = m
-            .entries()
-            .iter()
-            .filter(|e| e.name.ends_with("running_mean") || e.name.ends_with("running_var"))
-            .map(|e| e.var.as_tensor().clone())
-            .collect();
-        (logits, g, running)
-    };
-    let (l0, g0, r0) = step(&Device::Cpu, false);
-    let (l1, g1, r1) = step(&dev, true);
-    assert_eq!(l1.dtype(), DType::F32);
-    close("mixed-precision logits", &l1, &l0, 5e-2);
-    assert!(!r1.is_empty());
-    for (i, (a, b)) in r1.iter().zip(&r0).enumerate() {
-        assert_eq!(a.dtype(), DType::F32, "running statistic {i}: dtype");
-        close(&format!("running statistic {i}"), a, b, 5e-2);
-    }
-    for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
-        assert_eq!(a.dtype(), DType::F32, "gradient {i}: dtype");
-        let c = cosine(a, b);
-        assert!(
-            c > 0.97,
-            "gradient {i} {:?}: cosine {c} with the f32 step's",
-            a.dims()
-        );
-    }
-}
-
 /// cuDNN's fused NHWC convolution (`ops::cuda::conv_nhwc`: bias, residual, ReLU in one
 /// call) against the op's candle reference on the CPU, for 1x1, strided 3x3, grouped
 /// and a 7x7 stem's 3-channel geometry, with and without each part: f32 (cuDNN's FMA
@@ -729,46 +564,6 @@ fn fused_nhwc_convolution_equals_the_reference() {
                 let tol = if dt == DType::F32 { 1e-4 } else { 2e-2 };
                 close(&format!("{what} {dt:?}"), &got, &want, tol);
             }
-        }
-    }
-}
-
-/// A frozen teacher's fused forward on the GPU (resnet/fused.rs: folded BatchNorms,
-/// NHWC, joins in the convolutions) gives the CPU's NCHW eval forward's logits, for the
-/// presets' kinds of stem, shortcut and block; f32, and a bf16 teacher loaded from the
-/// same weights within bf16's tolerance. Through cuDNN under `MEAL_CUDA_CONV=cudnn`
-/// (bench/gpu_check.sh runs it so), through candle's ops otherwise.
-#[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
-fn fused_teacher_forward_equals_the_cpu_nchw_forward() {
-    let dev = gpu("fused_teacher_forward_equals_the_cpu_nchw_forward");
-    let x = randn(&[2, 3, 32, 32]);
-    let dir = tempfile::tempdir().unwrap();
-    for name in [
-        "demo_resnet10",
-        "resnet18d",
-        "resnext50_32x4d",
-        "seresnet50",
-    ] {
-        let cpu = crate::ResNet::from_preset(name, 10, &Device::Cpu, 0).unwrap();
-        // running statistics off their initial values, then frozen as a teacher's
-        cpu.forward_t(&x, true).unwrap();
-        cpu.freeze_batch_norms().unwrap();
-        let want = cpu.forward_t(&x, false).unwrap();
-        let saved = dir.path().join(format!("{name}.safetensors"));
-        cpu.save(&saved).unwrap();
-        for (dt, tol) in [(DType::F32, 1e-3), (DType::BF16, 8e-2)] {
-            let m = crate::ResNet::from_preset_as(name, 10, &dev, dt).unwrap();
-            m.load_weights(&saved, Default::default()).unwrap();
-            m.freeze_batch_norms().unwrap();
-            let xd = x.to_dtype(dt).unwrap().to_device(&dev).unwrap();
-            let got = m
-                .forward_fused(&xd)
-                .unwrap_or_else(|e| panic!("{name} {dt:?}: {e}"))
-                .expect("the fused forward applies to a frozen network");
-            assert!(got.device().is_cuda(), "{name}: logits left the GPU");
-            let got = got.to_dtype(DType::F32).unwrap();
-            close(&format!("{name} {dt:?} fused logits"), &got, &want, tol);
         }
     }
 }

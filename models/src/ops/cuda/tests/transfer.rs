@@ -1,0 +1,105 @@
+//! The copies between host and GPU: 8-bit crops normalised on the device, pinned uploads
+//! and read-backs queued behind work.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::{close, gpu};
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
+    let dev = gpu("eight_bit_crops_normalise_on_the_device_as_on_the_cpu");
+    let levels: Vec<u8> = (0..2 * 3 * 9 * 11)
+        .map(|i| ((i * 97 + 5) % 256) as u8)
+        .collect();
+    let x = Tensor::from_vec(levels, (2, 3, 9, 11), &Device::Cpu).unwrap();
+    let norm = meal_data::Normalize {
+        mean: [0.5, 0.4, 0.3],
+        std: [0.2, 0.3, 0.25],
+    };
+    for dtype in [DType::F32, DType::BF16] {
+        let want = crate::ops::normalize_levels(&x, &norm, dtype).unwrap();
+        let got = crate::ops::normalize_levels(&x.to_device(&dev).unwrap(), &norm, dtype).unwrap();
+        assert_eq!(got.dtype(), dtype);
+        // a table lookup (and one rounding to bf16): equal bit for bit
+        close(
+            &format!("levels to {dtype:?}"),
+            &got.to_dtype(DType::F32).unwrap(),
+            &want.to_dtype(DType::F32).unwrap(),
+            0.0,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn pinned_uploads_queued_behind_work_keep_every_batch() {
+    let dev = gpu("pinned_uploads_queued_behind_work_keep_every_batch");
+    // a long product first, so the copies below wait behind it on the stream while
+    // their pinned buffers come round again (ring of 4, 11 batches): a buffer rewritten
+    // before its copy ran would show another batch's bytes
+    let a = Tensor::randn(0f32, 1.0, (4096, 4096), &dev).unwrap();
+    let mut slow = a.clone();
+    for _ in 0..4 {
+        slow = slow.matmul(&a).unwrap();
+    }
+    let batches: Vec<Vec<u8>> = (0..11u32)
+        .map(|b| {
+            (0..2 * 3 * 5 * 7)
+                .map(|i| ((i * 31 + b * 7) % 256) as u8)
+                .collect()
+        })
+        .collect();
+    let up: Vec<Tensor> = batches
+        .iter()
+        .map(|v| crate::ops::upload_levels(v, (2, 3, 5, 7), &dev).unwrap())
+        .collect();
+    // the shorter last batch of a run gets buffers of its own size
+    let short: Vec<u8> = (0..3 * 5 * 7).map(|i| (i % 251) as u8).collect();
+    let up_short = crate::ops::upload_levels(&short, (1, 3, 5, 7), &dev).unwrap();
+    drop(slow);
+    for (b, (t, want)) in up.iter().zip(&batches).enumerate() {
+        assert!(t.device().is_cuda(), "batch {b} left the GPU");
+        assert_eq!(t.dims(), &[2, 3, 5, 7]);
+        let got = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        assert_eq!(&got, want, "batch {b}");
+    }
+    assert_eq!(
+        up_short.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+        short
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
+    let dev = gpu("pinned_readbacks_return_each_tensor_as_it_was_when_queued");
+    let a = Tensor::randn(0f32, 1.0, (2048, 2048), &dev).unwrap();
+    // 20 read-backs in flight (more than the pool keeps), each queued behind a product,
+    // and a product queued after each: every wait gets its own tensor's values
+    let mut want = Vec::new();
+    let mut pending = Vec::new();
+    let mut x = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    for i in 0..20 {
+        let _slow = a.matmul(&a).unwrap();
+        x = ((&x * 0.5).unwrap() + i as f64).unwrap();
+        want.push(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        pending.push(crate::ops::readback_f32(&x).unwrap());
+        let _after = a.matmul(&a).unwrap();
+    }
+    // one dropped without waiting: its buffer is released only after its copy
+    drop(pending.remove(3));
+    want.remove(3);
+    for (i, (p, w)) in pending.into_iter().zip(&want).enumerate() {
+        assert_eq!(&p.wait().unwrap(), w, "read-back {i}");
+    }
+    // a non-contiguous tensor comes back in its logical order
+    let t = Tensor::arange(0f32, 12.0, &dev)
+        .unwrap()
+        .reshape((3, 4))
+        .unwrap()
+        .t()
+        .unwrap();
+    let got = crate::ops::readback_f32(&t).unwrap().wait().unwrap();
+    assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+}
