@@ -70,7 +70,7 @@ step 60 "$bin/meal-data" synth --out "$out/data" --train-per-class 20 --val-per-
 step 120 "$bin/meal_ops_tests" $LISTED --test-threads 1 ops::cuda
 # the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs),
 # and frozen teachers' fused NHWC forward through cuDNN (resnet/fused.rs, ops/cuda/nhwc.rs)
-MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 conv frozen mixed fused
+MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 --show-output conv frozen mixed fused
 
 # 3. throughput beside PyTorch on the same GPU (MEAL_DEVICE / MEAL_DTYPE, bench/models_torch.py)
 export MEAL_DEVICE=$DEV

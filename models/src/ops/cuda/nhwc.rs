@@ -9,6 +9,12 @@
 //! - Without a bias: the plain forward (`cudnnConvolutionForward`), for a shortcut
 //!   whose bias is added by the block's last convolution.
 //!
+//! A shape and dtype whose fused call cuDNN refuses (its fused API documents fewer
+//! configurations than its plain convolution) is warned about once and runs from then on
+//! as the plain convolution, then the bias and our residual join + ReLU as passes of
+//! their own (still NHWC); an error of the plain convolution is the caller's (the fused
+//! forward then falls back to the NCHW one).
+//!
 //! cudarc's safe call takes `x`, `z` and the bias as one type; they are passed as
 //! [`Raw`] pointers (the same memory, the same stream: candle's).
 
@@ -21,7 +27,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use cudarc::cudnn::safe::{ConvBiasActivationForward, ConvForward, CudnnDataType};
 use cudarc::cudnn::sys;
 
@@ -123,11 +129,70 @@ pub(crate) fn conv_nhwc(
         bias.map(|t| t.contiguous()).transpose()?,
         z.map(|t| t.contiguous()).transpose()?,
     );
+    let (bias, z) = (bias.as_ref(), z.as_ref());
+    if let Some(b) = bias {
+        let key = (g, co, dtype, relu, z.is_some());
+        if !UNFUSED.with(|u| u.borrow().contains(&key)) {
+            match launch(dev, &g, co, &x, &w, (Some(b), z), relu) {
+                Ok(y) => return Ok(y),
+                Err(e) => {
+                    UNFUSED.with(|u| u.borrow_mut().insert(key));
+                    tracing::warn!(
+                        "cuDNN's fused convolution refused {b}x{h}x{wd}x{c} -> {co}, {k}x{k} \
+                         stride {st} groups {gr}, {dtype:?} ({e}); for this shape the \
+                         convolution, then its bias, residual and ReLU as passes of their own",
+                        st = s.stride,
+                        gr = s.groups
+                    );
+                }
+            }
+        }
+    }
+    let y = launch(dev, &g, co, &x, &w, (None, None), false)?;
+    let Some(b) = bias else {
+        return Ok(y);
+    };
+    // the epilogue cuDNN would have fused: the bias, then our residual join + ReLU
+    let y = y.broadcast_add(b)?;
+    match (z, relu) {
+        (Some(z), true) => crate::ops::add_relu(&y, z).map_err(candle_core::Error::wrap),
+        (Some(z), false) => y + z,
+        (None, true) => crate::ops::relu(&y).map_err(candle_core::Error::wrap),
+        (None, false) => Ok(y),
+    }
+}
+
+/// A fused call's shape: geometry, output channels, dtype, ReLU, residual.
+type FusedShape = (Geom, usize, DType, bool, bool);
+
+thread_local! {
+    // shapes whose fused call cuDNN refused: the plain convolution and separate passes
+    // run for them
+    static UNFUSED: std::cell::RefCell<std::collections::HashSet<FusedShape>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// How many shapes this thread's fused calls were refused for (the GPU test reports it).
+#[cfg(test)]
+pub(crate) fn refused_shapes() -> usize {
+    UNFUSED.with(|u| u.borrow().len())
+}
+
+/// [`call`] over contiguous tensors, its output as a tensor `[B, Ho, Wo, Co]`.
+fn launch(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    x: &Tensor,
+    w: &Tensor,
+    (bias, z): (Option<&Tensor>, Option<&Tensor>),
+    relu: bool,
+) -> candle_core::Result<Tensor> {
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
-    let bs = bias.as_ref().map(|t| t.storage_and_layout());
-    let zs = z.as_ref().map(|t| t.storage_and_layout());
-    let y = with_elem!(dtype, "conv_nhwc", |T| {
+    let bs = bias.map(|t| t.storage_and_layout());
+    let zs = z.map(|t| t.storage_and_layout());
+    let y = with_elem!(x.dtype(), "conv_nhwc", |T| {
         let bv = match &bs {
             Some((st, l)) => Some(view::<T>(st, l)?),
             None => None,
@@ -138,7 +203,7 @@ pub(crate) fn conv_nhwc(
         };
         call::<T>(
             dev,
-            &g,
+            g,
             co,
             (&view::<T>(&xs, xl)?, &view::<T>(&ws, wl)?),
             (bv.as_ref(), zv.as_ref()),
@@ -147,7 +212,7 @@ pub(crate) fn conv_nhwc(
     });
     Ok(Tensor::from_storage(
         Storage::Cuda(y),
-        out.to_vec(),
+        vec![g.b, g.ho, g.wo, co],
         BackpropOp::none(),
         false,
     ))
