@@ -104,6 +104,8 @@ MEAL_CUDA_OPS=0 step 90 "$bin/ops" $OPS
 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 $PROF
 MEAL_DTYPE=bf16 MEAL_OP_PROFILE=1 step 60 "$bin/models" train resnet50 $PROF
 MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s $PROF
+# the bf16 teacher's fused NHWC forward: cuDNN's calls against the layout swaps and the rest
+MEAL_DTYPE=bf16 MEAL_CUDA_CONV=cudnn MEAL_OP_PROFILE=1 step 60 "$bin/models" infer resnet152s $PROF
 
 # 4. the pipeline on the GPU: teacher, precompute (bf16 and f32), a KD student
 S="$bin/meal-student"; P="$bin/meal-precompute"; D="$out/data"

@@ -133,7 +133,10 @@ pub(crate) fn conv_nhwc(
     if let Some(b) = bias {
         let key = (g, co, dtype, relu, z.is_some());
         if !UNFUSED.with(|u| u.borrow().contains(&key)) {
-            match launch(dev, &g, co, &x, &w, (Some(b), z), relu) {
+            let fused = crate::ops::profile::on_device("conv nhwc fused (cuDNN)", dev, || {
+                launch(dev, &g, co, &x, &w, (Some(b), z), relu)
+            });
+            match fused {
                 Ok(y) => return Ok(y),
                 Err(e) => {
                     UNFUSED.with(|u| u.borrow_mut().insert(key));
@@ -148,18 +151,22 @@ pub(crate) fn conv_nhwc(
             }
         }
     }
-    let y = launch(dev, &g, co, &x, &w, (None, None), false)?;
+    let y = crate::ops::profile::on_device("conv nhwc (cuDNN)", dev, || {
+        launch(dev, &g, co, &x, &w, (None, None), false)
+    })?;
     let Some(b) = bias else {
         return Ok(y);
     };
     // the epilogue cuDNN would have fused: the bias, then our residual join + ReLU
-    let y = y.broadcast_add(b)?;
-    match (z, relu) {
-        (Some(z), true) => crate::ops::add_relu(&y, z).map_err(candle_core::Error::wrap),
-        (Some(z), false) => y + z,
-        (None, true) => crate::ops::relu(&y).map_err(candle_core::Error::wrap),
-        (None, false) => Ok(y),
-    }
+    crate::ops::profile::on_device("conv nhwc epilogue (unfused)", dev, || {
+        let y = y.broadcast_add(b)?;
+        match (z, relu) {
+            (Some(z), true) => crate::ops::add_relu(&y, z).map_err(candle_core::Error::wrap),
+            (Some(z), false) => y + z,
+            (None, true) => crate::ops::relu(&y).map_err(candle_core::Error::wrap),
+            (None, false) => Ok(y),
+        }
+    })
 }
 
 /// A fused call's shape: geometry, output channels, dtype, ReLU, residual.
