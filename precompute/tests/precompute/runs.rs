@@ -1,0 +1,310 @@
+//! Runs as a user has them: interrupted and resumed, split over workers and devices,
+//! refused when the config or dataset changed, bad images, the report, inspect and verify.
+
+use super::*;
+
+#[test]
+fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
+    let f = fixture(3);
+    let whole = args(&f, "whole").resolve().unwrap();
+    go(&whole);
+    let reference = files(&whole.out);
+    assert_eq!(reference.len(), 5 + 2);
+
+    // interrupt after the second shard (as Ctrl-C does), plus the debris a kill -9 in
+    // the middle of a shard write leaves: a half-written temporary file
+    let part = args(&f, "resumed").resolve().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut n = 0;
+    let r = run::run_with(&part, &stop, &mut |_| {
+        n += 1;
+        if n == 2 {
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert!(!r.complete);
+    assert_eq!(r.shards_written, 2);
+    std::fs::write(
+        part.out.join("shard-000002.parquet.tmp"),
+        b"PAR1 half a shard",
+    )
+    .unwrap();
+    assert!(
+        LabelStore::open(&part.out).is_err(),
+        "a partial store is not readable"
+    );
+    let r = go(&part);
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (2, 3));
+    assert_eq!(
+        files(&part.out),
+        reference,
+        "resumed store differs from one run"
+    );
+
+    // --limit: a quick try leaves a partial store that a full run completes
+    let mut a = args(&f, "limited");
+    a.limit = Some(8);
+    let r = go(&a.resolve().unwrap());
+    assert_eq!((r.shards_written, r.images, r.complete), (2, 14, false));
+    go(&args(&f, "limited").resolve().unwrap());
+    assert_eq!(files(&f.root.join("limited")), reference);
+
+    // a listed shard deleted, another truncated, of a partial and of a complete store:
+    // the rerun recomputes them (shards are deterministic) instead of failing forever
+    let mut a = args(&f, "damaged");
+    a.limit = Some(15);
+    go(&a.resolve().unwrap());
+    let d = f.root.join("damaged");
+    std::fs::remove_file(d.join("shard-000001.parquet")).unwrap();
+    let r = go(&args(&f, "damaged").resolve().unwrap());
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (2, 3));
+    assert_eq!(files(&d), reference);
+    let s2 = d.join("shard-000002.parquet");
+    let len = std::fs::metadata(&s2).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s2)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let r = go(&args(&f, "damaged").resolve().unwrap());
+    assert!(r.complete);
+    assert_eq!((r.shards_present, r.shards_written), (4, 1));
+    assert_eq!(files(&d), reference);
+
+    // two workers, then merge
+    for w in ["0/2", "1/2"] {
+        let mut a = args(&f, "workers");
+        a.worker = Some(w.into());
+        let r = go(&a.resolve().unwrap());
+        assert!(r.complete, "worker {w} part");
+    }
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_store::merge(&f.root.join("workers"), &ds).unwrap();
+    assert_eq!(
+        files(&f.root.join("workers")),
+        reference,
+        "merged store differs"
+    );
+}
+
+#[test]
+fn changed_config_or_dataset_is_refused_on_resume() {
+    let f = fixture(2);
+    let mut a = args(&f, "labels");
+    a.limit = Some(7);
+    go(&a.resolve().unwrap());
+    let mut b = args(&f, "labels");
+    b.seed = Some(8);
+    b.crops_per_image = Some(4);
+    let e = run::run(&b.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("seed") && msg.contains("crops_per_image"),
+        "{msg}"
+    );
+    // another teacher weights file: refused by its checksum
+    let mut c = args(&f, "labels");
+    c.teacher[0] = format!(
+        "demo_tiny={},size=16",
+        f.t2.with_file_name("t3.safetensors").display()
+    );
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 9)
+        .unwrap()
+        .save(&f.t2.with_file_name("t3.safetensors"))
+        .unwrap();
+    let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains("teachers"), "{e:#}");
+    // the dataset changed: one more image
+    let first = meal_data::synth::class_names()[0].clone();
+    let src = f
+        .data
+        .join(&first)
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(src, f.data.join(&first).join("extra.jpg")).unwrap();
+    let e = run::run(
+        &args(&f, "labels").resolve().unwrap(),
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("dataset"), "{e:#}");
+}
+
+/// `--device cpu,cpu`: one worker per device in one process, merged at the end, gives
+/// the bytes of a run on one device; a rerun finds every part done.
+#[test]
+fn a_device_list_runs_one_worker_per_device_and_merges() {
+    let f = fixture(3);
+    go(&args(&f, "reference").resolve().unwrap());
+    let reference = files(&f.root.join("reference"));
+    let mut a = args(&f, "devices");
+    a.device = Some("cpu,cpu".into());
+    let s = a.resolve().unwrap();
+    // --limit 8: shard 0 (worker 0) and shard 1 (worker 1) only; both parts stay
+    // partial and the report's store figures are their shards together
+    let mut limited = args(&f, "devices_limited");
+    limited.device = Some("cpu,cpu".into());
+    limited.limit = Some(8);
+    let early = go(&limited.resolve().unwrap());
+    assert!(!early.complete);
+    assert_eq!((early.shards, early.images, early.crops), (2, 14, 42));
+    assert_eq!((early.shards_written, early.images_labelled), (2, 14));
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!((r.images, r.crops, r.shards_written), (30, 90, 5));
+    assert_eq!(
+        files(&s.out),
+        reference,
+        "two-device store differs from one run"
+    );
+    let again = go(&s);
+    assert!(again.complete);
+    assert_eq!((again.shards_written, again.images), (0, 30));
+    assert_eq!(files(&s.out), reference);
+    // a device list and --worker do not mix
+    let mut a = args(&f, "both");
+    a.device = Some("cpu,cpu".into());
+    a.worker = Some("0/2".into());
+    let e = a.resolve().unwrap_err();
+    assert!(format!("{e:#}").contains("--worker"), "{e:#}");
+}
+
+/// The report is built from the whole store, not the last invocation: after an
+/// interrupted run and its resume it lists the skipped files of both runs, and a rerun
+/// of a complete store reports the store as it is (not zeros).
+#[test]
+fn the_report_covers_the_whole_store_across_resumes_and_reruns() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // shards of 7 samples: one bad image in shard 0, one in shard 2
+    let bad = [ds.samples()[1].clone(), ds.samples()[15].clone()];
+    for b in &bad {
+        std::fs::write(ds.full_path(b), b"\xff\xd8\xff not a jpeg").unwrap();
+    }
+    let one_go = go(&args(&f, "one_go").resolve().unwrap());
+    assert_eq!((one_go.images, one_go.skipped.len()), (18, 2));
+
+    let s = args(&f, "resumed").resolve().unwrap();
+    let stop = AtomicBool::new(false);
+    let first = run::run_with(&s, &stop, &mut |_| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .unwrap();
+    assert!(!first.complete);
+    assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
+    let resumed = go(&s);
+    assert!(resumed.complete);
+    assert!(resumed.shards_written < 3 && resumed.images_labelled < 18);
+    let rerun = go(&s);
+    assert_eq!((rerun.shards_written, rerun.images_labelled), (0, 0));
+    for r in [&resumed, &rerun] {
+        let mut paths: Vec<&str> = r.skipped.iter().map(|k| k.path.as_str()).collect();
+        paths.sort();
+        let mut want = vec![bad[0].path.as_str(), bad[1].path.as_str()];
+        want.sort();
+        assert_eq!(paths, want);
+        assert_eq!((r.images, r.crops, r.shards), (18, 54, 3));
+        assert_eq!(r.ensemble_top1_agreement, one_go.ensemble_top1_agreement);
+        assert_eq!(r.mean_entropy, one_go.mean_entropy);
+        for (t, u) in r.teachers.iter().zip(&one_go.teachers) {
+            assert!(t.top1_agreement.is_some());
+            assert_eq!(t.top1_agreement, u.top1_agreement);
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[4].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let s = args(&f, "labels").resolve().unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].path, bad.path);
+    assert_eq!(r.images, 19);
+    let store = LabelStore::open(&s.out).unwrap();
+    assert!(store.crops(bad.id).unwrap().is_empty());
+    assert_eq!(store.crops(5).unwrap().len(), 3);
+    let v = inspect::verify(&s.out).unwrap();
+    assert!(v.contains("19 images"), "{v}");
+
+    let mut a = args(&f, "strict");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+}
+
+/// A batch that fails to load late in the run (strict policy) fails the run naming the
+/// file, and loses nothing done: the shards completed before it (two batches are in
+/// flight, `Ensemble::submit`) are written and a rerun with `--on-bad-file skip`
+/// resumes from them.
+#[test]
+fn a_late_bad_file_fails_the_run_after_writing_the_shards_before_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // sample 14 opens the third shard of 7 samples: the batch before it, in flight when
+    // its batch fails to load, completes the second
+    let bad = ds.samples()[14].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let mut a = args(&f, "late");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+    let out = f.root.join("late");
+    for sh in ["shard-000000", "shard-000001"] {
+        let written = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().starts_with(sh));
+        assert!(written, "{sh} was not written before the failure");
+    }
+    let mut b = args(&f, "late");
+    b.on_bad_file = Some("skip".into());
+    let r = go(&b.resolve().unwrap());
+    assert!(r.complete);
+    assert!(
+        r.shards_present >= 2,
+        "the rerun resumed from {} shards",
+        r.shards_present
+    );
+}
+
+#[test]
+fn inspect_and_verify_read_the_store_and_catch_corruption() {
+    let f = fixture(2);
+    let s = args(&f, "labels").resolve().unwrap();
+    go(&s);
+    let ins = inspect::inspect(&s.out, 4).unwrap();
+    for name in meal_data::synth::class_names() {
+        assert!(ins.text.contains(&name), "{}", ins.text);
+    }
+    assert_eq!(ins.entropies.len(), 60);
+    assert_eq!(ins.classes.iter().map(|c| c.crops).sum::<u64>(), 60);
+    assert!(ins.classes.iter().all(|c| c.images == 2));
+    let png = f.root.join("h.png");
+    inspect::write_histograms(&ins, 10, "labels", &png).unwrap();
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (960, 400));
+    let h = inspect::histogram(&ins.confidences, 0.0, 1.0, inspect::HIST_BINS);
+    assert_eq!(h.iter().sum::<u64>(), 60);
+    assert!(inspect::verify(&s.out).unwrap().starts_with("ok"));
+    // flip one byte in the middle of a shard
+    let shard = s.out.join("shard-000001.parquet");
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&shard, b).unwrap();
+    let e = inspect::verify(&s.out).unwrap_err();
+    assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
+}

@@ -1,0 +1,267 @@
+//! What must never be lost or mixed up: crash injection at every writer step then
+//! resume, corruption detection, refusal of other datasets and configs, workers and merge.
+
+use super::*;
+
+#[test]
+fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(
+        &ds,
+        Encoding::TopK { k: 5, f32: false },
+        ShardFormat::Parquet,
+    );
+    let reference = tmp.path().join("ref");
+    // count the steps of an uninterrupted run
+    let steps = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    {
+        let mut w = StoreWriter::open(&reference, cfg.clone(), ds.samples(), None).unwrap();
+        let s2 = steps.clone();
+        w.set_hook(move |_| {
+            s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        for s in w.pending_shards() {
+            let imgs = shard_images(&w, &ds, s, Some(5));
+            w.write_shard(s, imgs).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let total = steps.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        total >= 4 * 2 * 5,
+        "5 shards x (shard + manifest) x 4 steps, got {total}"
+    );
+    let want = files(&reference);
+    for crash_at in 0..total {
+        let dir = tmp.path().join(format!("crash-{crash_at}"));
+        let mut w = StoreWriter::open(&dir, cfg.clone(), ds.samples(), None).unwrap();
+        w.set_hook(move |step| {
+            if step == crash_at {
+                Err(StoreError::Injected(step))
+            } else {
+                Ok(())
+            }
+        });
+        let mut crashed = false;
+        for s in w.pending_shards() {
+            let imgs = shard_images(&w, &ds, s, Some(5));
+            if w.write_shard(s, imgs).is_err() {
+                crashed = true;
+                break;
+            }
+        }
+        if !crashed {
+            assert!(w.finish().is_err(), "step {crash_at} must fail somewhere");
+        } else {
+            // the crashed process ends: its directory lock goes with it
+            drop(w);
+        }
+        // a crashed store reads as complete only when the crash came after the final
+        // manifest's rename (the commit point), and then it is already the full store
+        if LabelStore::open(&dir).is_ok() {
+            assert_eq!(
+                crash_at,
+                total - 1,
+                "crash at {crash_at}: store opened as complete"
+            );
+            assert_eq!(files(&dir), want, "crash at {crash_at}");
+        }
+        write_all(&dir, &ds, &cfg, None).unwrap();
+        assert_eq!(
+            files(&dir),
+            want,
+            "crash at step {crash_at} then resume differs from one run"
+        );
+    }
+}
+
+#[test]
+fn corruption_is_detected_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let dir = tmp.path().join("s");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let shard = dir.join("shard-000001.parquet");
+    let good = std::fs::read(&shard).unwrap();
+    // truncated
+    std::fs::write(&shard, &good[..good.len() - 100]).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("shard-000001.parquet") && e.contains("truncated"),
+        "{e}"
+    );
+    // a flipped byte in the data: same size, caught by the checksum
+    let mut bad = good.clone();
+    bad[good.len() / 3] ^= 0x40;
+    std::fs::write(&shard, &bad).unwrap();
+    let e = match LabelStore::open(&dir) {
+        Ok(st) => st.verify().err().unwrap().to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("shard-000001.parquet"), "{e}");
+    std::fs::write(&shard, &good).unwrap();
+    LabelStore::open(&dir).unwrap().verify().unwrap();
+    // missing shard
+    std::fs::remove_file(&shard).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("shard-000001.parquet"), "{e}");
+    std::fs::write(&shard, &good).unwrap();
+    // unknown version
+    let mpath = dir.join("manifest.json");
+    let m = std::fs::read_to_string(&mpath).unwrap();
+    std::fs::write(
+        &mpath,
+        m.replace("\"format_version\": 1", "\"format_version\": 2"),
+    )
+    .unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("manifest.json") && e.contains("format version 2"),
+        "{e}"
+    );
+    std::fs::write(&mpath, "{ not json").unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("manifest.json"), "{e}");
+}
+
+#[test]
+fn other_datasets_and_configs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Safetensors);
+    let dir = tmp.path().join("s");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let st = LabelStore::open(&dir).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_cfg = meal_data::synth::SynthConfig {
+        seed: 2,
+        train_per_class: 3,
+        val_per_class: 0,
+        min_side: 16,
+        max_side: 24,
+        quality: 80,
+    };
+    meal_data::synth::generate(other_dir.path(), &other_cfg, || {}).unwrap();
+    let other = Dataset::open(&other_dir.path().join("train"), LinkPolicy::StayInside).unwrap();
+    let e = st
+        .check_dataset(other.fingerprint(), other.classes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another dataset") && e.contains("manifest.json"),
+        "{e}"
+    );
+    // resume with another config: refused, naming the keys
+    let mut cfg2 = cfg.clone();
+    cfg2.crop_pool.seed = 10;
+    cfg2.samples_per_shard = 8;
+    let e = StoreWriter::open(&dir, cfg2, ds.samples(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("crop_pool.seed") && e.contains("samples_per_shard"),
+        "{e}"
+    );
+    // safetensors holds dense only
+    let cfg3 = config(
+        &ds,
+        Encoding::TopK { k: 2, f32: false },
+        ShardFormat::Safetensors,
+    );
+    let e = StoreWriter::open(&tmp.path().join("x"), cfg3, ds.samples(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("format"), "{e}");
+}
+
+#[test]
+fn workers_and_merge_equal_a_single_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(
+        &ds,
+        Encoding::TopK { k: 4, f32: false },
+        ShardFormat::Parquet,
+    );
+    let single = tmp.path().join("single");
+    write_all(&single, &ds, &cfg, None).unwrap();
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    assert!(
+        LabelStore::open(&split).is_err(),
+        "no manifest.json before the merge"
+    );
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+    merge(&split, &ds).unwrap();
+    let (a, b) = (files(&single), files(&split));
+    for (name, bytes) in &a {
+        assert_eq!(b.get(name), Some(bytes), "{name}");
+    }
+    let st = LabelStore::open(&split).unwrap();
+    assert_eq!(
+        st.verify().unwrap().rows,
+        (ds.len() as u64 - 1) * POOL as u64
+    );
+    // a worker part with another config is refused by the merge
+    let bad = tmp.path().join("bad");
+    write_all(&bad, &ds, &cfg, Some([0, 2])).unwrap();
+    let mut cfg2 = cfg.clone();
+    cfg2.ensemble = "mean_logits".into();
+    write_all(&bad, &ds, &cfg2, Some([1, 2])).unwrap();
+    let e = merge(&bad, &ds).unwrap_err().to_string();
+    assert!(e.contains("ensemble") && e.contains("worker-1-of-2"), "{e}");
+}
+
+/// Merge refuses another dataset (a renamed image changes the fingerprint), a missing
+/// worker (named), and a worker shard that no longer matches its manifest.
+#[test]
+fn merge_checks_the_dataset_the_workers_and_their_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    // worker 1 has not run: say so
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(e.contains("worker 1 of 2 is missing"), "{e}");
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+
+    // the same images with one renamed: another fingerprint, refused
+    let train = tmp.path().join("train");
+    let (from, to) = (train.join(&ds.samples()[0].path), train.join("zz.jpg"));
+    std::fs::rename(&from, &to).unwrap();
+    let ds2 = Dataset::open(&train, LinkPolicy::StayInside).unwrap();
+    std::fs::rename(&to, &from).unwrap();
+    let e = merge(&split, &ds2).unwrap_err().to_string();
+    assert!(e.contains("another dataset"), "{e}");
+    assert!(!split.join("manifest.json").exists());
+
+    // a worker's shard replaced after its manifest was written
+    let shard = std::fs::read_dir(&split)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "parquet") && p != &split.join("images.parquet")
+        })
+        .unwrap();
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains(&*shard.file_name().unwrap().to_string_lossy())
+            && e.contains("checksum differs"),
+        "{e}"
+    );
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    merge(&split, &ds).unwrap();
+    LabelStore::open(&split).unwrap().verify().unwrap();
+}

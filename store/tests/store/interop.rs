@@ -1,0 +1,200 @@
+//! Third-party writers and readers: shards from other Parquet writers, pyarrow, DuckDB
+//! and Polars reading ours, shards rewritten by pyarrow.
+
+use super::*;
+
+/// Rewrite `shard` with `props` (as another Parquet writer might) and record its new
+/// size and checksum in the manifest.
+fn rewrite_shard(dir: &Path, shard: &str, props: parquet::file::properties::WriterProperties) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let path = dir.join(shard);
+    let f = std::fs::File::open(&path).unwrap();
+    let r = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    let kv = r.metadata().file_metadata().key_value_metadata().cloned();
+    let schema = r.schema().clone();
+    let props = props.into_builder().set_key_value_metadata(kv).build();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+    for b in r.build().unwrap() {
+        w.write(&b.unwrap()).unwrap();
+    }
+    w.close().unwrap();
+    std::fs::write(&path, &out).unwrap();
+    record_shard(dir, shard);
+}
+
+/// Record `shard`'s size and checksum, as on disk, in the manifest.
+fn record_shard(dir: &Path, shard: &str) {
+    use sha2::Digest;
+    let out = std::fs::read(dir.join(shard)).unwrap();
+    let mpath = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for s in m["shards"].as_array_mut().unwrap() {
+        if s["file"] == shard {
+            s["bytes"] = out.len().into();
+            s["sha256"] = hex::encode(sha2::Sha256::digest(&out)).into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn shards_from_other_parquet_writers_are_decoded_through_arrow() {
+    use parquet::file::properties::WriterProperties;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    for enc in [Encoding::TopK { k: 3, f32: false }, Encoding::Dense] {
+        let dir = tmp.path().join(format!("s-{enc}").replace(':', "_"));
+        write_all(&dir, &ds, &config(&ds, enc, ShardFormat::Parquet), None).unwrap();
+        let want: Vec<_> = {
+            let st = LabelStore::open(&dir).unwrap();
+            (0..ds.len() as u32).map(|i| st.crops(i).unwrap()).collect()
+        };
+        // shard 0: dictionary-encoded everywhere (not addressable in the map)
+        rewrite_shard(
+            &dir,
+            "shard-000000.parquet",
+            WriterProperties::builder().build(),
+        );
+        // shard 1: PLAIN but pages of a few values, so samples straddle pages
+        rewrite_shard(
+            &dir,
+            "shard-000001.parquet",
+            WriterProperties::builder()
+                .set_dictionary_enabled(false)
+                // pages of 6 rows: samples are 4 rows, so some straddle two pages
+                .set_write_batch_size(6)
+                .set_data_page_row_count_limit(6)
+                .build(),
+        );
+        let st = LabelStore::open(&dir).unwrap();
+        assert!(!st.is_mapped(), "{enc}: shard 0 is not addressable");
+        let (mut mapped, mut decoded) = (0, 0);
+        for id in 0..ds.len() as u32 {
+            let v = st.view(id).unwrap();
+            assert_eq!(v.to_vec(), want[id as usize], "{enc} sample {id}");
+            if !v.is_empty() {
+                if v.is_mapped() {
+                    mapped += 1
+                } else {
+                    decoded += 1
+                }
+            }
+        }
+        // shard 0's 6 samples (5 was skipped) are decoded; of shard 1's 7, those whose
+        // rows straddle a page are decoded and the others mapped; shards 2.. stay mapped
+        assert!(decoded > 6 && decoded < 6 + 7, "{enc}: {decoded} decoded");
+        assert!(mapped > 16, "{enc}: {mapped} mapped");
+        let rep = st.verify().unwrap();
+        assert!(rep.max_sum_error < 1e-2 && rep.rows > 0, "{enc}");
+    }
+}
+
+#[test]
+fn arrow_tools_read_the_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let dense = tmp.path().join("dense");
+    write_all(
+        &dense,
+        &ds,
+        &config(&ds, Encoding::Dense, ShardFormat::Parquet),
+        None,
+    )
+    .unwrap();
+    let topk = tmp.path().join("topk");
+    write_all(
+        &topk,
+        &ds,
+        &config(
+            &ds,
+            Encoding::TopK { k: 5, f32: false },
+            ShardFormat::Parquet,
+        ),
+        None,
+    )
+    .unwrap();
+    let script = format!(
+        r#"
+import sys
+try:
+    import pyarrow.parquet as pq, duckdb, polars as pl
+except ImportError as e:
+    sys.exit(f"missing {{e.name}}: pip install pyarrow duckdb polars (make test installs them)")
+dense, topk, rows = {dense:?}, {topk:?}, {rows}
+import glob
+t = pq.read_table(sorted(glob.glob(dense + "/shard-*.parquet")))
+assert t.num_rows == rows, t.num_rows
+want = ["sample_id", "crop_id", "top", "left", "height", "width", "flip", "prob"]
+assert t.column_names == want, t.column_names
+assert str(t.schema.field("prob").type) == "fixed_size_list<item: halffloat not null>[10]", t.schema.field("prob").type
+assert str(t.schema.field("sample_id").type) == "uint32" and str(t.schema.field("crop_id").type) == "uint16"
+s = duckdb.sql(f"select min(list_sum(prob::float[])), max(list_sum(prob::float[])), count(*) from '{{dense}}/shard-*.parquet'").fetchall()[0]
+assert abs(s[0] - 1) < 1e-2 and abs(s[1] - 1) < 1e-2 and s[2] == rows, s
+imgs = duckdb.sql(f"select count(*), min(width) from '{{dense}}/images.parquet'").fetchall()[0]
+assert imgs[0] == rows // 4 and imgs[1] >= 100, imgs
+df = pl.read_parquet(f"{{topk}}/shard-*.parquet")
+assert df.height == rows and df.columns[-2:] == ["topk_class", "topk_prob"], df.columns
+sums = df.select(pl.col("topk_prob").arr.sum()).to_series()
+assert sums.max() <= 1.0 + 1e-2, sums.max()
+print("ok", rows)
+"#,
+        rows = (ds.len() - 1) * POOL as usize
+    );
+    run_python(&script);
+}
+
+#[test]
+fn shards_rewritten_by_pyarrow_are_read_and_compressed_ones_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let dir = tmp.path().join("topk");
+    let cfg = config(
+        &ds,
+        Encoding::TopK { k: 5, f32: false },
+        ShardFormat::Parquet,
+    );
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let want: Vec<_> = {
+        let st = LabelStore::open(&dir).unwrap();
+        (0..ds.len() as u32).map(|i| st.crops(i).unwrap()).collect()
+    };
+    // pyarrow's defaults (dictionary pages, its own page sizes), and a snappy copy
+    let script = format!(
+        r#"
+import sys
+try:
+    import pyarrow.parquet as pq
+except ImportError as e:
+    sys.exit(f"missing {{e.name}}: pip install pyarrow (make test installs it)")
+d = {dir:?}
+def load(name):
+    # a shard's file-level key-value metadata (meal.images) travels with the table
+    kv = pq.read_metadata(d + name).metadata
+    t = pq.read_table(d + name)
+    return t.replace_schema_metadata({{k: v for k, v in kv.items() if k != b"ARROW:schema"}})
+pq.write_table(load("/shard-000002.parquet"), d + "/shard-000002.parquet", compression="none")
+pq.write_table(load("/shard-000003.parquet"), d + "/shard-000003.snappy", compression="snappy")
+"#
+    );
+    run_python(&script);
+    record_shard(&dir, "shard-000002.parquet");
+    let st = LabelStore::open(&dir).unwrap();
+    for id in 0..ds.len() as u32 {
+        assert_eq!(st.crops(id).unwrap(), want[id as usize], "sample {id}");
+    }
+    assert!(st.view(14).unwrap().len() == POOL as usize);
+    st.verify().unwrap();
+    drop(st);
+    std::fs::rename(
+        dir.join("shard-000003.snappy"),
+        dir.join("shard-000003.parquet"),
+    )
+    .unwrap();
+    record_shard(&dir, "shard-000003.parquet");
+    let e = LabelStore::open(&dir)
+        .err()
+        .expect("snappy is refused")
+        .to_string();
+    assert!(e.contains("shard-000003.parquet"), "{e}");
+}
