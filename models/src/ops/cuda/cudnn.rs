@@ -264,8 +264,22 @@ pub(crate) fn forward<T: Elem + CudnnDataType>(
     w: &CudaView<T>,
     y: &mut CudaViewMut<T>,
 ) -> candle_core::Result<()> {
+    forward_in(dev, g, co, false, x, w, y)
+}
+
+/// [`forward`] over NCHW tensors, or over NHWC ones when `nhwc` (input `[B, H, W, C]`,
+/// weight `[Co, k, k, C/groups]`, output `[B, Ho, Wo, Co]`: the fused forward's).
+pub(super) fn forward_in<T: Elem + CudnnDataType>(
+    dev: &CudaDevice,
+    g: &Geom,
+    co: usize,
+    nhwc: bool,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    y: &mut CudaViewMut<T>,
+) -> candle_core::Result<()> {
     let c = handle(dev)?;
-    let d = descs::<T>(dev, &c, g, co, false)?;
+    let d = descs::<T>(dev, &c, g, co, nhwc)?;
     let op = ConvForward {
         conv: &d.conv,
         x: &d.x,

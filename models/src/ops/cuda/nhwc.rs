@@ -28,7 +28,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, Tensor};
-use cudarc::cudnn::safe::{ConvBiasActivationForward, ConvForward, CudnnDataType};
+use cudarc::cudnn::safe::{ConvBiasActivationForward, CudnnDataType};
 use cudarc::cudnn::sys;
 
 use super::cudnn::{algo, descs, err, handle, workspace};
@@ -234,33 +234,14 @@ fn call<T: Elem + CudnnDataType>(
     (bias, z): (Option<&CudaView<T>>, Option<&CudaView<T>>),
     relu: bool,
 ) -> candle_core::Result<CudaStorage> {
-    let c = handle(dev)?;
-    let d = descs::<T>(dev, &c, g, co, true)?;
     // SAFETY: written whole by the call below
     let mut y: CudaSlice<T> = unsafe { dev.alloc::<T>(g.b * g.ho * g.wo * co)? };
     let Some(bias) = bias else {
-        let op = ConvForward {
-            conv: &d.conv,
-            x: &d.x,
-            w: &d.w,
-            y: &d.y,
-        };
-        let a = algo(
-            d.key,
-            |a| &mut a.forward,
-            || op.pick_algorithm(),
-            "forward algorithm",
-        )?;
-        let bytes = op
-            .get_workspace_size(a)
-            .map_err(|e| err("forward workspace", e))?;
-        let mut ws = workspace(dev, bytes)?;
-        // SAFETY: x, w and y hold the elements their descriptors give (checked by the
-        // caller), on the handle's stream (candle's)
-        unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), x, w, &mut y) }
-            .map_err(|e| err("forward", e))?;
+        super::cudnn::forward_in(dev, g, co, true, x, w, &mut y.slice_mut(..))?;
         return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));
     };
+    let c = handle(dev)?;
+    let d = descs::<T>(dev, &c, g, co, true)?;
     let mode = if relu {
         sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU
     } else {
