@@ -103,7 +103,9 @@ impl Fused {
     /// The fold of `m` in `dtype`; `None` where the fused forward does not apply.
     pub(super) fn build(m: &ResNet, dtype: DType) -> Result<Option<Fused>> {
         let mut stem = Vec::new();
-        let last = m.stem.len() - 1;
+        let Some(last) = m.stem.len().checked_sub(1) else {
+            return Ok(None);
+        };
         for (i, (conv, bn)) in m.stem.iter().enumerate() {
             let bn = match bn {
                 Some(bn) if i < last => bn,
@@ -119,7 +121,9 @@ impl Fused {
         }
         let mut blocks = Vec::new();
         for b in m.stages.iter().flatten() {
-            let last = b.convs.len() - 1;
+            let Some(last) = b.convs.len().checked_sub(1) else {
+                return Ok(None);
+            };
             let shortcut = match &b.downsample {
                 None => (Shortcut::Identity, None),
                 Some(Downsample::Conv(c, bn)) => match fold(c, bn, dtype)? {

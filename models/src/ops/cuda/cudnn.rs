@@ -243,6 +243,11 @@ pub(super) fn algo<A: Copy>(
     Ok(a)
 }
 
+/// Keep `a` as `key`'s fused algorithm (one that ran where the heuristics' first did not).
+pub(super) fn remember_fused(key: Key, a: sys::cudnnConvolutionFwdAlgo_t) {
+    ALGOS.with(|m| m.borrow_mut().entry(key).or_default().fused = Some(a));
+}
+
 /// A workspace of `bytes` on `dev` (none for 0).
 pub(super) fn workspace(
     dev: &CudaDevice,

@@ -2,9 +2,11 @@
 //! frozen network's fused forward, NHWC tensors throughout.
 //!
 //! - With a bias: `cudnnConvolutionBiasActivationForward`, `y = act(alpha1 * conv(x) +
-//!   alpha2 * z + bias)`, with ReLU (any algorithm; the heuristics' choice, cached per
-//!   shape) or without (identity, which cuDNN runs only with `IMPLICIT_PRECOMP_GEMM`,
-//!   its documented restriction). Without a residual `alpha2 = 0` and `z` is `y`
+//!   alpha2 * z + bias)`, with ReLU (the heuristics' choice for the plain convolution,
+//!   and `IMPLICIT_PRECOMP_GEMM` should the fused call refuse it; cached per shape) or
+//!   without (identity, which cuDNN runs only with `IMPLICIT_PRECOMP_GEMM`, its
+//!   documented restriction). NaNs are not propagated by the ReLU, as PyTorch's, CUDA.jl's
+//!   and Leela Chess Zero's calls of it set it. Without a residual `alpha2 = 0` and `z` is `y`
 //!   itself, the aliasing cuDNN's API allows and its samples use.
 //! - Without a bias: the plain forward (`cudnnConvolutionForward`), for a shortcut
 //!   whose bias is added by the block's last convolution.
@@ -31,7 +33,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use cudarc::cudnn::safe::{ConvBiasActivationForward, CudnnDataType};
 use cudarc::cudnn::sys;
 
-use super::cudnn::{algo, descs, err, handle, workspace};
+use super::cudnn::{algo, descs, err, handle, remember_fused, workspace};
 use super::Elem;
 use crate::ops::conv::cols::Geom;
 use crate::ops::Slide;
@@ -179,10 +181,11 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashSet::new());
 }
 
-/// How many shapes this thread's fused calls were refused for (the GPU test reports it).
+/// How many shapes of `dtype` this thread's fused calls were refused for (the GPU test
+/// reports it).
 #[cfg(test)]
-pub(crate) fn refused_shapes() -> usize {
-    UNFUSED.with(|u| u.borrow().len())
+pub(crate) fn refused_shapes(dtype: DType) -> usize {
+    UNFUSED.with(|u| u.borrow().iter().filter(|k| k.2 == dtype).count())
 }
 
 /// [`call`] over contiguous tensors, its output as a tensor `[B, Ho, Wo, Co]`.
@@ -248,7 +251,11 @@ fn call<T: Elem + CudnnDataType>(
         sys::cudnnActivationMode_t::CUDNN_ACTIVATION_IDENTITY
     };
     let act = c
-        .create_activation::<f32>(mode, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0)
+        .create_activation::<f32>(
+            mode,
+            sys::cudnnNanPropagation_t::CUDNN_NOT_PROPAGATE_NAN,
+            0.0,
+        )
         .map_err(|e| err("activation", e))?;
     let bias_d = c
         .create_4d_tensor::<T>(
@@ -265,7 +272,10 @@ fn call<T: Elem + CudnnDataType>(
         bias: &bias_d,
         y: &d.y,
     };
-    let a = if relu {
+    let precomp = sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+    // ReLU: the heuristics' choice for the plain convolution (cudarc hands out the first
+    // only); identity: the one algorithm cuDNN runs it with
+    let first = if relu {
         algo(
             d.key,
             |a| &mut a.fused,
@@ -273,32 +283,44 @@ fn call<T: Elem + CudnnDataType>(
             "fused algorithm",
         )?
     } else {
-        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
+        precomp
     };
-    let bytes = op
-        .get_workspace_size(a)
-        .map_err(|e| err("fused workspace", e))?;
-    let mut ws = workspace(dev, bytes)?;
     let stream = dev.cuda_stream();
-    let (alpha2, z) = match z {
-        Some(z) => (T::ONE, Raw::of(z, &stream)),
-        // not read (alpha2 = 0): y itself
-        None => (T::ZERO, Raw::of(&y, &stream)),
+    let mut run = |a: sys::cudnnConvolutionFwdAlgo_t| -> candle_core::Result<()> {
+        let bytes = op
+            .get_workspace_size(a)
+            .map_err(|e| err("fused workspace", e))?;
+        let mut ws = workspace(dev, bytes)?;
+        let (alpha2, z) = match z {
+            Some(z) => (T::ONE, Raw::of(z, &stream)),
+            // not read (alpha2 = 0): y itself
+            None => (T::ZERO, Raw::of(&y, &stream)),
+        };
+        // SAFETY: x, w, z, the bias and y hold the elements their descriptors give
+        // (checked by the caller); z may be y (cuDNN computes y in place of z)
+        unsafe {
+            op.launch(
+                a,
+                ws.as_mut(),
+                (T::ONE, alpha2),
+                &Raw::of(x, &stream),
+                w,
+                &z,
+                &Raw::of(bias, &stream),
+                &mut y,
+            )
+        }
+        .map_err(|e| err("fused forward", e))
     };
-    // SAFETY: x, w, z, the bias and y hold the elements their descriptors give (checked
-    // by the caller); z may be y (cuDNN computes y in place of z)
-    unsafe {
-        op.launch(
-            a,
-            ws.as_mut(),
-            (T::ONE, alpha2),
-            &Raw::of(x, &stream),
-            w,
-            &z,
-            &Raw::of(bias, &stream),
-            &mut y,
-        )
+    if let Err(e) = run(first) {
+        // an algorithm the fused call does not take: once more with the implicit GEMM
+        // every configuration has (PyTorch's AlgoIterator falls back likewise), kept
+        // for the shape if it runs
+        if first == precomp {
+            return Err(e);
+        }
+        run(precomp)?;
+        remember_fused(d.key, precomp);
     }
-    .map_err(|e| err("fused forward", e))?;
     Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
 }

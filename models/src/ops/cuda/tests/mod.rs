@@ -568,9 +568,13 @@ fn fused_nhwc_convolution_equals_the_reference() {
     }
     // a refused fused call ran as the plain convolution and separate passes (equal, as
     // checked above): said here, so the device log shows which configurations fuse
+    let refused = |dt| super::nhwc::refused_shapes(dt);
     println!(
-        "cuDNN refused the fused call for {} of the {} shapes with a bias (warnings above name them)",
-        super::nhwc::refused_shapes(),
-        geoms.len() * 3 * 2
+        "cuDNN refused the fused call for {} f32 and {} bf16 shapes of the {} with a bias each",
+        refused(DType::F32),
+        refused(DType::BF16),
+        geoms.len() * 3
     );
+    // f32 is the fused API's documented FLOAT configuration: it must fuse
+    assert_eq!(refused(DType::F32), 0, "cuDNN refused f32 fused calls");
 }
