@@ -132,11 +132,11 @@ pub(crate) fn conv_nhwc(
         z.map(|t| t.contiguous()).transpose()?,
     );
     let (bias, z) = (bias.as_ref(), z.as_ref());
-    if let Some(b) = bias {
+    if let Some(bt) = bias {
         let key = (g, co, dtype, relu, z.is_some());
         if !UNFUSED.with(|u| u.borrow().contains(&key)) {
             let fused = crate::ops::profile::on_device("conv nhwc fused (cuDNN)", dev, || {
-                launch(dev, &g, co, &x, &w, (Some(b), z), relu)
+                launch(dev, &g, co, &x, &w, (Some(bt), z), relu)
             });
             match fused {
                 Ok(y) => return Ok(y),
@@ -156,12 +156,12 @@ pub(crate) fn conv_nhwc(
     let y = crate::ops::profile::on_device("conv nhwc (cuDNN)", dev, || {
         launch(dev, &g, co, &x, &w, (None, None), false)
     })?;
-    let Some(b) = bias else {
+    let Some(bt) = bias else {
         return Ok(y);
     };
     // the epilogue cuDNN would have fused: the bias, then our residual join + ReLU
     crate::ops::profile::on_device("conv nhwc epilogue (unfused)", dev, || {
-        let y = y.broadcast_add(b)?;
+        let y = y.broadcast_add(bt)?;
         match (z, relu) {
             (Some(z), true) => crate::ops::add_relu(&y, z).map_err(candle_core::Error::wrap),
             (Some(z), false) => y + z,
