@@ -7,7 +7,7 @@
 use candle_core::{DType, Tensor, Var};
 
 use super::params::{Init, Kind, ParamBuilder};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 
 mod batch_norm;
 mod pool;
@@ -188,18 +188,6 @@ impl Conv2d {
         ))
     }
 
-    /// The detached weight and bias of a 1x1 convolution with a bias (an SE module's),
-    /// as a fully connected layer: `[Co, C]` and `[Co]`.
-    fn as_linear(&self) -> Result<(Tensor, Tensor)> {
-        let (co, c, _, _) = self.weight.dims4()?;
-        match &self.bias {
-            Some(b) => Ok((w(&self.weight, false).reshape((co, c))?, w(b, false))),
-            None => Err(ModelError::Config(
-                "an SE convolution without a bias".into(),
-            )),
-        }
-    }
-
     /// Apply to an NCHW tensor (f32 weights meeting bf16/f16 activations are cast to
     /// theirs: mixed precision).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -301,22 +289,23 @@ impl SqueezeExcite {
 
     /// Gate `x` by its channel attention.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let s = x.mean_keepdim((2, 3))?;
-        let s = self.fc1.forward(&s, train)?.relu()?;
-        let g = candle_nn::ops::sigmoid(&self.fc2.forward(&s, train)?)?;
+        let g = self.gate(&x.mean_keepdim((2, 3))?, train)?;
         Ok(x.broadcast_mul(&g)?)
     }
 
     /// [`SqueezeExcite::forward`] (eval) of an NHWC tensor: a frozen network's fused
-    /// forward (resnet/fused.rs).
+    /// forward (resnet/fused.rs). The same gate, over the means as `[B, C, 1, 1]`.
     pub(crate) fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, _, c) = x.dims4()?;
-        let (w1, b1) = self.fc1.as_linear()?;
-        let (w2, b2) = self.fc2.as_linear()?;
-        let s = x.mean_keepdim((1, 2))?.reshape((b, c))?;
-        let s = s.matmul(&w1.t()?)?.broadcast_add(&b1)?.relu()?;
-        let g = candle_nn::ops::sigmoid(&s.matmul(&w2.t()?)?.broadcast_add(&b2)?)?;
+        let s = x.mean_keepdim((1, 2))?.reshape((b, c, 1, 1))?;
+        let g = self.gate(&s, false)?;
         Ok(x.broadcast_mul(&g.reshape((b, 1, 1, c))?)?)
+    }
+
+    /// The per-channel gate `[B, C, 1, 1]` of channel means `s` `[B, C, 1, 1]`.
+    fn gate(&self, s: &Tensor, train: bool) -> Result<Tensor> {
+        let s = self.fc1.forward(s, train)?.relu()?;
+        Ok(candle_nn::ops::sigmoid(&self.fc2.forward(&s, train)?)?)
     }
 }
 

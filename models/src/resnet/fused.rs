@@ -125,34 +125,38 @@ impl Fused {
                 return Ok(None);
             };
             let shortcut = match &b.downsample {
-                None => (Shortcut::Identity, None),
-                Some(Downsample::Conv(c, bn)) => match fold(c, bn, dtype)? {
-                    Some((unit, shift)) => (Shortcut::Conv { pool: false, unit }, Some(shift)),
-                    None => return Ok(None),
-                },
-                Some(Downsample::Avg { pool, conv, bn }) => match fold(conv, bn, dtype)? {
-                    Some((unit, shift)) => (Shortcut::Conv { pool: *pool, unit }, Some(shift)),
-                    None => return Ok(None),
-                },
+                None => None,
+                Some(Downsample::Conv(c, bn)) => Some((false, c, bn)),
+                Some(Downsample::Avg { pool, conv, bn }) => Some((*pool, conv, bn)),
             };
-            let (mut shortcut, ds_shift) = shortcut;
+            // the shortcut convolution's shift: its own bias when an SE gate comes between
+            // the last convolution and the join, else added to the last one's
+            let mut ds_shift = None;
+            let shortcut = match shortcut {
+                None => Shortcut::Identity,
+                Some((pool, conv, bn)) => {
+                    let Some((mut unit, shift)) = fold(conv, bn, dtype)? else {
+                        return Ok(None);
+                    };
+                    if b.se.is_some() {
+                        unit.bias = Some(bias(&shift, &unit.w)?);
+                    } else {
+                        ds_shift = Some(shift);
+                    }
+                    Shortcut::Conv { pool, unit }
+                }
+            };
             let mut units = Vec::new();
             for (i, (conv, bn)) in b.convs.iter().enumerate() {
                 let Some((mut u, mut shift)) = fold(conv, bn, dtype)? else {
                     return Ok(None);
                 };
-                if let (true, None, Some(ds)) = (i == last, &b.se, &ds_shift) {
+                if let (true, Some(ds)) = (i == last, &ds_shift) {
                     // y = relu(conv(x) + shift + conv_ds(x') + shift_ds): one bias
                     shift.iter_mut().zip(ds).for_each(|(a, b)| *a += b);
                 }
                 u.bias = Some(bias(&shift, &u.w)?);
                 units.push(u);
-            }
-            if let (Some(_), Shortcut::Conv { unit, .. }, Some(ds)) =
-                (&b.se, &mut shortcut, &ds_shift)
-            {
-                // the SE gate comes between the last convolution and the join
-                unit.bias = Some(bias(ds, &unit.w)?);
             }
             blocks.push(Block {
                 units,
@@ -169,8 +173,6 @@ impl Fused {
 
     /// Logits of an NCHW batch in the network's dtype.
     pub(super) fn forward(&self, m: &ResNet, x: &Tensor) -> Result<Tensor> {
-        let nhwc = |t: &Tensor| -> Result<Tensor> { Ok(t.permute((0, 2, 3, 1))?.contiguous()?) };
-        let nchw = |t: &Tensor| -> Result<Tensor> { Ok(t.permute((0, 3, 1, 2))?.contiguous()?) };
         let mut y = nhwc(&x.to_dtype(self.dtype)?)?;
         for u in &self.stem {
             y = conv_nhwc(&y, &u.w, u.bias.as_ref(), None, true, u.slide)?;
@@ -178,7 +180,7 @@ impl Fused {
         // the one max-pool: our NCHW op between two layout swaps of its (small) output
         y = nhwc(&max_pool_3x3_s2_p1(&nchw(&y)?)?)?;
         for b in &self.blocks {
-            y = b.forward(&y, nchw, nhwc)?;
+            y = b.forward(&y)?;
         }
         let y = y.to_dtype(m.fc.dtype())?;
         // global average pool over H and W, as the NCHW forward's (W, then H)
@@ -186,13 +188,18 @@ impl Fused {
     }
 }
 
+/// `t` NCHW -> NHWC, contiguous.
+fn nhwc(t: &Tensor) -> Result<Tensor> {
+    Ok(t.permute((0, 2, 3, 1))?.contiguous()?)
+}
+
+/// `t` NHWC -> NCHW, contiguous.
+fn nchw(t: &Tensor) -> Result<Tensor> {
+    Ok(t.permute((0, 3, 1, 2))?.contiguous()?)
+}
+
 impl Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        nchw: impl Fn(&Tensor) -> Result<Tensor>,
-        nhwc: impl Fn(&Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let shortcut = match &self.shortcut {
             Shortcut::Identity => x.clone(),
             Shortcut::Conv { pool, unit } => {
