@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Teacher inference on the CPU in f32 and in bf16 (ours: bf16 convolution products with
-# AVX512-BF16; PyTorch: CPU autocast bf16), side by side in one run, ROUNDS rounds
-# alternating the four. Usage: bash bench/bf16_cpu.sh [ARCH] [RES] [BATCH] [ROUNDS]
+# AVX512-BF16, or AMX where the CPU has it; PyTorch: CPU autocast bf16), side by side in
+# one run, ROUNDS rounds alternating them. On a CPU with AMX, ours in bf16 runs twice: with
+# the AMX kernel and with the AVX512-BF16 one (MEAL_AMX=0), marked "[avx512bf16]". Usage: bash bench/bf16_cpu.sh [ARCH] [RES] [BATCH] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=${1:-resnet152s} res=${2:-224} batch=${3:-8} rounds=${4:-3}
@@ -12,6 +13,9 @@ echo "# $(date -u +%F) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | c
 for r in $(seq "$rounds"); do
     for dt in f32 bf16; do
         MEAL_DTYPE=$dt "$bin" infer "$arch" "$res" "$batch" 2 2>&1 | grep -E "^ours"
+        if [ "$dt" = bf16 ] && grep -qw amx_bf16 /proc/cpuinfo; then
+            MEAL_AMX=0 MEAL_DTYPE=$dt "$bin" infer "$arch" "$res" "$batch" 2 2>&1 | grep -E "^ours" | sed 's/$/ [avx512bf16]/'
+        fi
         MEAL_DTYPE=$dt python3 bench/models_torch.py infer "$arch" "$res" "$batch" 2 2>&1 | grep -E "^torch" \
             || echo "torch side skipped: pip install torch timm"
     done

@@ -3,7 +3,9 @@
 //! times `torch.mm` (MKL) on the same shapes. Threads: RAYON_NUM_THREADS.
 //! On CPUs with AVX512-BF16, then our bf16 GEMM (`ops::bf16`) on the per-image shapes of
 //! a ResNet-152 teacher at 224 px, on one thread (a teacher's images run in parallel,
-//! each GEMM on one thread) and on all, including the packing of the columns.
+//! each GEMM on one thread) and on all, including the packing of the columns; with each
+//! kernel (AVX512-BF16's, and AMX's on CPUs that have it: `ops::bf16::amx`), and on the
+//! grouped shapes of SENet-154 (few rows: AMX computes at least 16).
 //!   cargo bench -p meal-models --bench gemm
 
 use std::time::Instant;
@@ -23,7 +25,8 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 /// (m, n, k) of ResNet-152's per-image convolutions at 224: layer1 3x3 and 1x1, layer2
-/// 3x3, layer3 3x3 and its 1x1s (most of the FLOPs), layer4's 3x3 over a batch of 8.
+/// 3x3, layer3 3x3 and its 1x1s (most of the FLOPs), layer4's 3x3 over a batch of 8;
+/// then one group of SENet-154's grouped 3x3s per stage (64 groups, 4-32 rows each).
 const BF16_SHAPES: &[(usize, usize, usize)] = &[
     (64, 3136, 576),
     (256, 3136, 64),
@@ -32,6 +35,10 @@ const BF16_SHAPES: &[(usize, usize, usize)] = &[
     (1024, 196, 256),
     (256, 196, 1024),
     (512, 392, 4608),
+    (4, 3136, 36),
+    (8, 784, 72),
+    (16, 196, 144),
+    (32, 49, 288),
 ];
 
 /// Seconds per call of `f` (three warm-up calls, then about 4 GFLOP of calls).
@@ -57,22 +64,30 @@ fn bf16_gemms() {
         let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32) * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32) * 0.1).collect();
         let mut c = vec![0f32; m * n];
-        let pa = bf16::PackedA::new(&a, m, k, k);
-        let flop = 2.0 * (m * n * k) as f64;
-        let mut line = format!("bf16 gemm m{m} n{n} k{k}:");
-        for parallel in [false, true] {
-            // SAFETY: c holds the m x n result
-            let dt = per_call(flop, &mut || unsafe {
-                bf16::gemm(&pa, &b, k, n, n, c.as_mut_ptr(), n, parallel)
-            });
-            let what = if parallel {
-                "all threads"
-            } else {
-                "one thread"
-            };
-            line += &format!(" {:.1} GFLOP/s ({what})", flop / dt / 1e9);
+        let kernels: &[bool] = if bf16::amx::available() {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &amx in kernels {
+            let pa = bf16::PackedA::with_kernel(&a, m, k, k, amx);
+            let flop = 2.0 * (m * n * k) as f64;
+            let kernel = if amx { "amx" } else { "avx512bf16" };
+            let mut line = format!("bf16 gemm ({kernel}) m{m} n{n} k{k}:");
+            for parallel in [false, true] {
+                // SAFETY: c holds the m x n result
+                let dt = per_call(flop, &mut || unsafe {
+                    bf16::gemm(&pa, &b, k, n, n, c.as_mut_ptr(), n, parallel)
+                });
+                let what = if parallel {
+                    "all threads"
+                } else {
+                    "one thread"
+                };
+                line += &format!(" {:.1} GFLOP/s ({what})", flop / dt / 1e9);
+            }
+            println!("{line}");
         }
-        println!("{line}");
     }
 }
 

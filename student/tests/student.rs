@@ -325,7 +325,10 @@ fn a_hard_label_run_learns() {
         loss: Some("ce".into()),
         arch: Some("demo_resnet10".into()),
         res: Some(32),
-        epochs: Some(30),
+        // 60 epochs: over seeds 1-4 on an Intel Xeon (AVX-512) top-1 0.40-0.75; at 30 it
+        // was 0.23-0.50, below the bound for seed 1 there though not on the machines it
+        // was set on (a GEMM's summation order, hence the run, differs between CPUs)
+        epochs: Some(60),
         batch: Some(10),
         crops_per_image: Some(1),
         lr: Some(0.1),
@@ -345,7 +348,7 @@ fn a_hard_label_run_learns() {
         last.loss
     );
     let acc = last.val_top1.unwrap();
-    // deterministic (fixed seeds and threads); 60 images, chance is 0.1
+    // deterministic on one CPU (fixed seeds and threads); 60 images, chance is 0.1
     assert!(
         acc >= 0.3,
         "top-1 {acc} on the training images (chance 0.1)"

@@ -3,13 +3,16 @@
 //! autocast does (conv inputs and weights rounded to bf16, products accumulated in f32).
 //! `vdpbf16ps` does two bf16 multiply-adds per f32 lane, twice an f32 FMA's work per
 //! instruction: a 14x32 microkernel measured 155 vs 77 GFLOP/s for the same kernel in
-//! f32 FMAs on one core of the AMD EPYC (Zen 4) of BENCHMARKS.md.
+//! f32 FMAs on one core of the AMD EPYC (Zen 4) of BENCHMARKS.md. On CPUs with AMX the
+//! kernel is [`amx`]'s tile kernel instead, several times faster again.
 //!
 //! Layout: both operands are packed as bf16 pairs along `k` in one `u32` (`k` even and
-//! odd in the low and high half), the weights in panels of [`MR`] rows `[k/2][MR]`, the
-//! columns in panels of [`NR`] columns `[k/2][NR]`, zero-padded; the kernel computes one
-//! `MR x NR` tile over the whole `k` (both panels stay in L2: 28 `vdpbf16ps` per 184 bytes
-//! read, far below its bandwidth).
+//! odd in the low and high half), the weights in panels of [`MR`] rows `[k/2][MR]` (AMX:
+//! [`amx`]'s blocks of 32 rows), the columns in panels of [`NR`] columns `[k/2][NR]`,
+//! zero-padded; the kernel computes one `MR x NR` tile over the whole `k` (both panels
+//! stay in L2: 28 `vdpbf16ps` per 184 bytes read, far below its bandwidth).
+
+pub mod amx;
 
 /// Rows of a weight panel (28 accumulators + 2 column vectors + 1 broadcast of 32 zmm).
 pub const MR: usize = 14;
@@ -34,33 +37,68 @@ fn bf(v: f32) -> u32 {
     half::bf16::from_f32(v).to_bits() as u32
 }
 
-/// Weights `[m, k]` (row-major, row stride `ld`) packed in [`MR`]-row panels.
+/// The packed length of `k` values: `k/2` pairs, rounded up to whole tile rows (of
+/// zeros) where the AMX kernel runs, on both operands so that they agree.
+fn pairs(k: usize) -> usize {
+    let kp = k.div_ceil(2);
+    if amx::available() {
+        kp.next_multiple_of(amx::KS)
+    } else {
+        kp
+    }
+}
+
+/// Weights `[m, k]` (row-major, row stride `ld`) packed in [`MR`]-row panels, or in
+/// [`amx::MB`]-row blocks for the AMX kernel.
 pub struct PackedA {
     data: Vec<u32>,
     m: usize,
     kp: usize,
+    amx: bool,
 }
 
 impl PackedA {
     /// Pack `m` rows of `k` values of `w` (row `i` at `w[i * ld..]`): each row rounded
-    /// to bf16 pairs in one vector pass, then laid into its panel.
+    /// to bf16 pairs in one vector pass, then laid into its panel; for the AMX kernel
+    /// where it runs, whatever `m`: it computes 16 or 32 rows a call, yet even for 4
+    /// rows (a SENet-154 group) it measured ~1.7x the AVX512-BF16 kernel's 14
+    /// (`cargo bench -p meal-models --bench gemm`, BENCHMARKS.md).
     pub fn new(w: &[f32], m: usize, k: usize, ld: usize) -> Self {
+        Self::with_kernel(w, m, k, ld, amx::available())
+    }
+
+    /// As [`PackedA::new`], for the AMX kernel when `amx` (which [`amx::available`]
+    /// must then be).
+    pub fn with_kernel(w: &[f32], m: usize, k: usize, ld: usize, amx: bool) -> Self {
         use rayon::prelude::*;
-        let kp = k.div_ceil(2);
-        let panels = m.div_ceil(MR);
-        let mut data = vec![0u32; panels * kp * MR];
-        data.par_chunks_mut(kp * MR)
+        assert!(
+            !amx || amx::available(),
+            "bf16 GEMM: AMX asked for where it does not run"
+        );
+        let (kp, real) = (pairs(k), k.div_ceil(2));
+        // rows per block and where pair p of a block's row i goes
+        let (rows, at): (usize, fn(usize, usize) -> usize) = if amx {
+            // [steps][MB][KS]
+            (amx::MB, |i, p| {
+                (p / amx::KS * amx::MB + i) * amx::KS + p % amx::KS
+            })
+        } else {
+            // [kp][MR]
+            (MR, |i, p| p * MR + i)
+        };
+        let mut data = vec![0u32; m.div_ceil(rows) * kp * rows];
+        data.par_chunks_mut(kp * rows)
             .enumerate()
-            .for_each(|(ib, panel)| {
-                let mut pairs = vec![0u32; kp];
-                for i in 0..MR.min(m - ib * MR) {
-                    row_pairs(&w[(ib * MR + i) * ld..][..k], &mut pairs);
+            .for_each(|(ib, block)| {
+                let mut pairs = vec![0u32; real];
+                for i in 0..rows.min(m - ib * rows) {
+                    row_pairs(&w[(ib * rows + i) * ld..][..k], &mut pairs);
                     for (p, &v) in pairs.iter().enumerate() {
-                        panel[p * MR + i] = v;
+                        block[at(i, p)] = v;
                     }
                 }
             });
-        PackedA { data, m, kp }
+        PackedA { data, m, kp, amx }
     }
 }
 
@@ -138,19 +176,28 @@ fn pack_pairs<S>(
     pair: impl Fn(&mut S, usize, *mut u32) + Sync + Send,
 ) -> PackedB {
     use rayon::prelude::*;
-    let kp = k.div_ceil(2);
+    let (kp, real) = (pairs(k), k.div_ceil(2));
     let len = n.div_ceil(NR) * kp * NR;
     let mut data: Vec<u32> = Vec::with_capacity(len);
     let optr = data.as_mut_ptr() as usize;
     if parallel {
-        (0..kp)
+        (0..real)
             .into_par_iter()
             .for_each_init(&init, |s, p| pair(s, p, optr as *mut u32));
     } else {
         let mut s = init();
-        (0..kp).for_each(|p| pair(&mut s, p, optr as *mut u32));
+        (0..real).for_each(|p| pair(&mut s, p, optr as *mut u32));
     }
-    // SAFETY: every slot of every pair was written above (columns up to the padded width)
+    for j in 0..n.div_ceil(NR) {
+        // SAFETY: the padding pairs of panel j, inside the allocation of `len`
+        unsafe {
+            data.as_mut_ptr()
+                .add((j * kp + real) * NR)
+                .write_bytes(0, (kp - real) * NR)
+        };
+    }
+    // SAFETY: every slot of every pair was written above (columns up to the padded width,
+    // pairs up to the padded count)
     unsafe { data.set_len(len) };
     PackedB { data, n, kp }
 }
@@ -162,7 +209,7 @@ fn pack_pairs<S>(
 /// # Panics
 /// When `b` is shorter than the shape says.
 pub fn pack_b(b: &[f32], k: usize, n: usize, ld: usize, parallel: bool) -> PackedB {
-    let kp = k.div_ceil(2);
+    let kp = pairs(k);
     assert!(
         k == 0 || b.len() >= (k - 1) * ld + n,
         "bf16 GEMM: b too short"
@@ -191,7 +238,7 @@ pub fn pack_rows(
     parallel: bool,
     row: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> PackedB {
-    let kp = k.div_ceil(2);
+    let kp = pairs(k);
     let bufs = || (vec![0f32; n], vec![0f32; n]);
     pack_pairs(k, n, parallel, bufs, |(lo, hi), p, out| {
         row(2 * p, lo);
@@ -270,6 +317,10 @@ pub unsafe fn gemm_packed(
     let panel = |j: usize| {
         let (c0, w) = (j * NR, NR.min(n - j * NR));
         let bpan = &bp[j * kp * NR..][..kp * NR];
+        #[cfg(target_arch = "x86_64")]
+        if a.amx {
+            return amx_panel(a, bpan, (cptr as *mut f32).add(c0), ldc, w, epi);
+        }
         let mut tile = [0f32; MR * NR];
         for ib in 0..m.div_ceil(MR) {
             let apan = &a.data[ib * kp * MR..][..kp * MR];
@@ -304,147 +355,60 @@ pub unsafe fn gemm_packed(
     }
 }
 
+/// One panel of `c` (`w` columns from `c`) through the AMX kernel: blocks of 32 rows
+/// (16 when that is all that is left), each tile stored straight into `c` when whole,
+/// else through a scratch tile; then the epilogue over the rows, in place.
+///
+/// # Safety
+/// As [`gemm_packed`], for this panel's columns; `a` is packed for AMX.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{MR, NR};
-    use std::arch::x86_64::*;
-
-    /// `out[i * ld + j] = sum_p a[p][i] . b[p][j]` for the `MR x NR` tile, over `kp`
-    /// bf16 pairs; with `epi` (`[scale, shift]` of the tile's rows, and the ReLU) through
-    /// the affine first: `sum * scale[i] + shift[i]`, a product then a sum as the
-    /// separate pass computes it (no FMA), then the ReLU that keeps NaN.
-    #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn kernel(
-        kp: usize,
-        a: *const u32,
-        b: *const u32,
-        out: *mut f32,
-        ld: usize,
-        epi: Option<(&[[f32; MR]; 2], bool)>,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        for p in 0..kp {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
-            let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + i) as i32));
-                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+unsafe fn amx_panel(
+    a: &PackedA,
+    bpan: &[u32],
+    c: *mut f32,
+    ldc: usize,
+    w: usize,
+    epi: Option<Epilogue>,
+) {
+    let (m, mb) = (a.m, amx::MB);
+    let block = a.kp * mb;
+    let mut tile = [0f32; amx::MB * NR];
+    amx::configure();
+    for ib in 0..m.div_ceil(mb) {
+        let rows = mb.min(m - ib * mb);
+        let at = c.add(ib * mb * ldc);
+        let ablk = a.data[ib * block..][..block].as_ptr();
+        let steps = a.kp / amx::KS;
+        if rows == mb && w == NR {
+            amx::kernel(steps, ablk, bpan.as_ptr(), at, ldc, true);
+        } else {
+            amx::kernel(steps, ablk, bpan.as_ptr(), tile.as_mut_ptr(), NR, rows > 16);
+            for i in 0..rows {
+                std::ptr::copy_nonoverlapping(tile.as_ptr().add(i * NR), at.add(i * ldc), w);
             }
         }
-        if let Some((e, relu)) = epi {
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let (sc, sh) = (_mm512_set1_ps(e[0][i]), _mm512_set1_ps(e[1][i]));
-                for v in acc.iter_mut() {
-                    *v = _mm512_add_ps(_mm512_mul_ps(*v, sc), sh);
-                    if relu {
-                        // kept where v > 0 or v is NaN (not-less-or-equal, unordered)
-                        let keep = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(*v, _mm512_setzero_ps());
-                        *v = _mm512_maskz_mov_ps(keep, *v);
-                    }
-                }
+        if let Some(e) = epi {
+            for i in 0..rows {
+                let row = std::slice::from_raw_parts_mut(at.add(i * ldc), w);
+                let r = ib * mb + i;
+                affine_row(row, e.scale[r], e.shift[r], e.relu);
             }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(i * ld), acc[0]);
-            _mm512_storeu_ps(out.add(i * ld + 16), acc[1]);
         }
     }
+    amx::release();
+}
 
-    /// [`super::row_pairs`] 8 pairs (16 values) at a time; returns the pairs done.
-    #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn row_pairs(row: &[f32], pairs: &mut [u32]) -> usize {
-        let mut p = 0;
-        while 2 * p + 16 <= row.len() && p + 8 <= pairs.len() {
-            let v: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(row.as_ptr().add(2 * p))));
-            _mm256_storeu_si256(pairs.as_mut_ptr().add(p) as *mut __m256i, v);
-            p += 8;
-        }
-        p
-    }
-
-    /// Columns `0..16*q` of one pair of rows into their panels (`dst` points at this
-    /// pair's slots of the first panel, `panel` is a panel's length); returns the
-    /// columns done.
-    #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(super) unsafe fn pack_pair_row(
-        lo: &[f32],
-        hi: Option<&[f32]>,
-        dst: *mut u32,
-        panel: usize,
-    ) -> usize {
-        let n = lo.len();
-        let mut c = 0;
-        while c + 16 <= n {
-            let l: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr().add(c))));
-            let mut v = _mm512_cvtepu16_epi32(l);
-            if let Some(hi) = hi {
-                let h: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr().add(c))));
-                v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-            }
-            _mm512_storeu_si512(dst.add((c / NR) * panel + c % NR) as *mut _, v);
-            c += 16;
-        }
-        c
+/// `row` through the epilogue's affine in place: a product, then a sum (no FMA: Rust
+/// never contracts), then the ReLU that keeps NaN (as the AVX512-BF16 kernel's).
+fn affine_row(row: &mut [f32], scale: f32, shift: f32, relu: bool) {
+    for v in row {
+        let y = *v * scale + shift;
+        *v = if relu && y <= 0.0 { 0.0 } else { y };
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn round(v: f32) -> f64 {
-        half::bf16::from_f32(v).to_f64()
-    }
-
-    /// The GEMM equals f64 sums of the bf16-rounded operands (products of two bf16 are
-    /// exact in f32: only the f32 sums round), over shapes with partial panels and odd k.
-    #[test]
-    fn gemm_equals_sums_of_rounded_operands_or_is_unavailable() {
-        if !available() {
-            // here the GEMM refuses to run (and conv2d and the teachers refuse bf16
-            // before reaching it, their own tests check that)
-            let a = PackedA::new(&[1.0; 4], 2, 2, 2);
-            let mut c = [0f32; 4];
-            // SAFETY: c holds the 2x2 result
-            let r = std::panic::catch_unwind(move || unsafe {
-                gemm(&a, &[1.0; 4], 2, 2, 2, c.as_mut_ptr(), 2, false)
-            });
-            assert!(r.is_err());
-            return;
-        }
-        let mut s = 1u32;
-        let mut rnd = || {
-            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
-        for (m, k, n) in [(14, 2, 32), (29, 577, 70), (3, 9, 5), (64, 64, 200)] {
-            let (lda, ldb, ldc) = (k + 3, n + 1, n + 2);
-            let a: Vec<f32> = (0..m * lda).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..k * ldb).map(|_| rnd()).collect();
-            let mut c = vec![f32::NAN; m * ldc];
-            for parallel in [false, true] {
-                let pa = PackedA::new(&a, m, k, lda);
-                // SAFETY: c holds m rows of ldc
-                unsafe { gemm(&pa, &b, k, n, ldb, c.as_mut_ptr(), ldc, parallel) };
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|p| round(a[i * lda + p]) * round(b[p * ldb + j]))
-                            .sum();
-                        let got = c[i * ldc + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{m}x{k}x{n} [{i},{j}]: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
+mod tests;
