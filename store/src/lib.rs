@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod merge;
 pub mod reader;
 pub mod shard;
+mod shard_index;
 mod shard_pages;
 pub mod shard_read;
 pub mod writer;

@@ -27,6 +27,7 @@ use parquet::arrow::ProjectionMask;
 use super::crops::{CropIds, Crops, F32Col, FlipCol, LabelCols, Mapped};
 use super::label::{Encoding, SoftLabel};
 use super::shard::{schema, CropLabel, IMAGES_KEY};
+use super::shard_index::{Entry, Runs};
 use super::shard_pages::{locate_pages, widths, GroupPages, Width};
 use super::StoreError;
 
@@ -50,17 +51,6 @@ pub struct ShardReader {
     /// Decode path only: after two requests in a row from one row group, that whole
     /// group is decoded once and later requests are served from it.
     cache: Mutex<RowGroupCache>,
-}
-
-/// Where one sample's rows are.
-#[derive(Clone, Copy, Debug, Default)]
-struct Entry {
-    rg: u32,
-    /// first row within the row group
-    first: u32,
-    n: u32,
-    /// the first crop id when the rows' ids run `crop0, crop0 + 1, ...`, else `u32::MAX`
-    crop0: u32,
 }
 
 #[derive(Default)]
@@ -546,60 +536,5 @@ impl ShardReader {
             }
         }
         Ok(out)
-    }
-}
-
-/// Builds the sample index from rows in file order, checking each sample's rows are
-/// contiguous (and, for the mapped path, whether its crop ids run consecutively).
-#[derive(Default)]
-struct Runs {
-    runs: Vec<(u32, Entry)>,
-    seen: std::collections::HashSet<u32>,
-}
-
-impl Runs {
-    fn push(&mut self, id: u32, crop: u16, rg: usize, row: usize) -> Result<(), String> {
-        if let Some((last, e)) = self.runs.last_mut() {
-            if *last == id && e.rg as usize == rg && (e.first + e.n) as usize == row {
-                if e.crop0 != u32::MAX && e.crop0 + e.n != crop as u32 {
-                    e.crop0 = u32::MAX;
-                }
-                e.n += 1;
-                return Ok(());
-            }
-        }
-        if !self.seen.insert(id) {
-            return Err(format!(
-                "rows of sample {id} are not contiguous in one row group"
-            ));
-        }
-        let narrow = |v: usize| u32::try_from(v).map_err(|_| format!("row {v} beyond u32"));
-        self.runs.push((
-            id,
-            Entry {
-                rg: narrow(rg)?,
-                first: narrow(row)?,
-                n: 1,
-                crop0: crop as u32,
-            },
-        ));
-        Ok(())
-    }
-
-    fn finish(self, rows: usize) -> Result<(u32, Vec<Entry>), String> {
-        let lo = self.runs.iter().map(|r| r.0).min().unwrap_or(0);
-        let hi = self.runs.iter().map(|r| r.0).max().map_or(0, |h| h + 1);
-        // a shard covers one range of samples; ids far apart mean a corrupt column
-        // (and would size the index by garbage)
-        if (hi - lo) as usize > 16 * rows + 65_536 {
-            return Err(format!(
-                "sample ids {lo}..{hi} span far more than its {rows} rows"
-            ));
-        }
-        let mut index = vec![Entry::default(); (hi - lo) as usize];
-        for (id, e) in self.runs {
-            index[(id - lo) as usize] = e;
-        }
-        Ok((lo, index))
     }
 }
