@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use meal_data::{Dataset, LinkPolicy};
-use meal_precompute::{config::RunArgs, inspect, run};
+use meal_precompute::{config::RunArgs, inspect, report, run};
 
 #[derive(Parser)]
 #[command(
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
                     )
                 })
             })?;
-            run::write_report(&s.out, s.worker, &r)?;
+            report::write_report(&s.out, s.worker, &r)?;
             println!(
                 "this run: {} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
                 r.images_labelled,

@@ -6,116 +6,23 @@
 //! write atomic, so an interrupted run resumes at the first missing shard.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use meal_data::{
-    Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams, Skipped,
+    Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams,
 };
 use meal_models::ensemble::{
     default_dtype, dtype_name, Crops, Ensemble, EnsembleOut, Submitted, ENSEMBLE_RULE,
 };
 use meal_store::{
-    top1, CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
+    CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
 };
-use serde::Serialize;
 
 use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
-
-/// Per-teacher agreement with the hard labels.
-#[derive(Clone, Debug, Serialize)]
-pub struct TeacherReport {
-    /// Preset name.
-    pub arch: String,
-    /// Weights file.
-    pub weights: String,
-    /// Fraction of the store's crops whose top-1 is the image's hard label (`None` for a
-    /// store whose older shards do not record it).
-    pub top1_agreement: Option<f64>,
-}
-
-/// What the store holds after a run, and what this run did. The store-wide figures are
-/// summed from the manifest's per-shard records, so a resumed, rerun or worker store
-/// reports every shard (and every skipped file), not just the last invocation's.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunReport {
-    /// Images with labels in the store (this worker's part for a worker).
-    pub images: u64,
-    /// Crops labelled in the store.
-    pub crops: u64,
-    /// Shards in the store.
-    pub shards: u32,
-    /// Images left out of the store as unreadable, with reasons.
-    pub skipped: Vec<Skipped>,
-    /// Per teacher, over the store.
-    pub teachers: Vec<TeacherReport>,
-    /// The ensemble's top-1 agreement with the hard labels over the store's crops.
-    pub ensemble_top1_agreement: f64,
-    /// Mean entropy (nats) of the ensemble's distributions over the store's crops.
-    pub mean_entropy: f64,
-    /// Whether this writer's part is complete.
-    pub complete: bool,
-    /// Images labelled by this run.
-    pub images_labelled: u64,
-    /// Crops labelled by this run.
-    pub crops_labelled: u64,
-    /// Shards written by this run.
-    pub shards_written: u32,
-    /// Shards already present when this run started (resume).
-    pub shards_present: u32,
-    /// This run's wall time in seconds.
-    pub seconds: f64,
-    /// Of it, the labelling loop's (waiting for decoded batches, the copy to the device,
-    /// the teachers, shard writes), without set-up (opening the data, loading teachers)
-    /// and without the dtype check's f32 pass: `crops_labelled / labelling_seconds`
-    /// compares with the teachers' pure inference speed. With several devices, the
-    /// longest part's.
-    pub labelling_seconds: f64,
-    /// Bytes of shards written by this run.
-    pub bytes_written: u64,
-    /// The dtype the teachers ran in.
-    pub dtype: String,
-    /// With a dtype other than f32: this run's first batch labelled again in f32, compared.
-    pub dtype_check: Option<DtypeCheck>,
-}
-
-/// How far labels made in a lower precision are from f32 labels of the same crops.
-#[derive(Clone, Debug, Serialize)]
-pub struct DtypeCheck {
-    /// Crops compared (the run's first batch).
-    pub crops: usize,
-    /// Largest absolute difference of an ensemble probability.
-    pub max_abs_diff: f64,
-    /// Mean over crops of the total variation distance (half the L1 distance).
-    pub mean_tv: f64,
-    /// Fraction of crops whose ensemble top-1 class is the same.
-    pub top1_agreement: f64,
-}
-
-/// Compare labels `low` (rows x classes) with the f32 labels `f32s` of the same crops.
-pub fn compare_labels(low: &[f32], f32s: &[f32], classes: usize) -> DtypeCheck {
-    let rows = low.len() / classes.max(1);
-    let (mut max, mut tv, mut agree) = (0f64, 0f64, 0usize);
-    for (a, b) in low.chunks_exact(classes).zip(f32s.chunks_exact(classes)) {
-        let mut l1 = 0f64;
-        for (x, y) in a.iter().zip(b) {
-            let d = (*x as f64 - *y as f64).abs();
-            max = max.max(d);
-            l1 += d;
-        }
-        tv += l1 / 2.0;
-        agree += (top1(a) == top1(b)) as usize;
-    }
-    DtypeCheck {
-        crops: rows,
-        max_abs_diff: max,
-        mean_tv: tv / rows.max(1) as f64,
-        top1_agreement: agree as f64 / rows.max(1) as f64,
-    }
-}
+use crate::report::{compare_labels, store_report, RunReport};
 
 /// The store config `s` asks for on `ds` with `ens` (what a resume must match).
 pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
@@ -552,54 +459,4 @@ fn run_devices(
     report.dtype = parts[0].dtype.clone();
     report.dtype_check = parts.iter().find_map(|r| r.dtype_check.clone());
     Ok(report)
-}
-
-/// The store-wide part of a [`RunReport`], from the manifest's per-shard records (the
-/// run's own fields zero).
-pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
-    let totals = meal_store::summary(m);
-    let teachers = &m.config.teachers;
-    let per_teacher = (totals.teacher_top1_agreement.len() == teachers.len()
-        && m.shards
-            .iter()
-            .all(|s| s.stats.rows == 0 || s.stats.teacher_top1_agree.len() == teachers.len()))
-    .then_some(&totals.teacher_top1_agreement);
-    RunReport {
-        images: totals.images,
-        crops: totals.rows,
-        shards: m.shards.len() as u32,
-        skipped: m.shards.iter().flat_map(|s| s.skipped.clone()).collect(),
-        teachers: teachers
-            .iter()
-            .enumerate()
-            .map(|(i, t)| TeacherReport {
-                arch: t.arch.clone(),
-                weights: t.weights.clone(),
-                top1_agreement: per_teacher.map(|v| v[i]),
-            })
-            .collect(),
-        ensemble_top1_agreement: totals.top1_agreement,
-        mean_entropy: totals.mean_entropy,
-        complete,
-        images_labelled: 0,
-        crops_labelled: 0,
-        shards_written: 0,
-        shards_present: 0,
-        seconds: 0.0,
-        labelling_seconds: 0.0,
-        bytes_written: 0,
-        dtype: String::new(),
-        dtype_check: None,
-    }
-}
-
-/// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`).
-pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) -> Result<()> {
-    let name = match worker {
-        None => "report.json".to_string(),
-        Some([i, n]) => format!("report.worker-{i}-of-{n}.json"),
-    };
-    let path = out.join(name);
-    meal_data::atomic::write(&path, &serde_json::to_vec_pretty(report)?)
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -80,7 +80,7 @@ fn args(f: &Fixture, out: &str) -> RunArgs {
     }
 }
 
-fn go(s: &Settings) -> run::RunReport {
+fn go(s: &Settings) -> meal_precompute::report::RunReport {
     run::run(s, &AtomicBool::new(false)).unwrap()
 }
 
