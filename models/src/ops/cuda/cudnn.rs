@@ -23,8 +23,10 @@
 //! ([`takes`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut};
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
@@ -41,36 +43,54 @@ use crate::ops::conv::cols::Geom;
 /// then on.
 static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Shapes cuDNN refused on this thread (candle's CUDA streams, and so our cuDNN handles,
+/// are per thread): each is warned about once and not tried again.
+pub(super) type Refused<K> = RefCell<HashSet<K>>;
+
+/// `call` unless `key` was refused before; on an error the key is refused from then on,
+/// `warn` told the error, and `None` returned (the caller runs its fallback).
+pub(super) fn unless_refused<K: Eq + Hash, T>(
+    refused: &'static LocalKey<Refused<K>>,
+    key: K,
+    call: impl FnOnce() -> candle_core::Result<T>,
+    warn: impl FnOnce(&candle_core::Error),
+) -> Option<T> {
+    if refused.with(|r| r.borrow().contains(&key)) {
+        return None;
+    }
+    match call() {
+        Ok(y) => Some(y),
+        Err(e) => {
+            refused.with(|r| r.borrow_mut().insert(key));
+            warn(&e);
+            None
+        }
+    }
+}
+
 thread_local! {
     // convolution shapes cuDNN refused (a configuration it does not support, a workspace
     // that did not fit): ours runs for those, cuDNN for the rest
-    static REFUSED: RefCell<std::collections::HashSet<(Geom, usize)>> =
-        RefCell::new(std::collections::HashSet::new());
+    static REFUSED: Refused<(Geom, usize)> = RefCell::new(HashSet::new());
 }
 
 /// `call` (a convolution of `g` into `co` channels) through cuDNN; on an error `false`,
-/// with a warning the first time this shape fails, and the shape is not tried again (the
-/// caller then runs our own path).
+/// with a warning, and the shape is not tried again (the caller then runs our own path).
 pub(crate) fn attempt(g: &Geom, co: usize, call: impl FnOnce() -> candle_core::Result<()>) -> bool {
-    match call() {
-        Ok(()) => true,
-        Err(e) => {
-            if REFUSED.with(|r| r.borrow_mut().insert((*g, co))) {
-                tracing::warn!(
-                    "MEAL_CUDA_CONV=cudnn: {}x{}x{}x{} -> {co} channels, {k}x{k} stride {s} \
-                     groups {gr}: {e}; our own convolution runs for this shape",
-                    g.b,
-                    g.c,
-                    g.h,
-                    g.w,
-                    k = g.k,
-                    s = g.stride,
-                    gr = g.groups
-                );
-            }
-            false
-        }
-    }
+    unless_refused(&REFUSED, (*g, co), call, |e| {
+        tracing::warn!(
+            "MEAL_CUDA_CONV=cudnn: {}x{}x{}x{} -> {co} channels, {k}x{k} stride {s} \
+             groups {gr}: {e}; our own convolution runs for this shape",
+            g.b,
+            g.c,
+            g.h,
+            g.w,
+            k = g.k,
+            s = g.stride,
+            gr = g.groups
+        );
+    })
+    .is_some()
 }
 
 /// Whether this convolution goes to cuDNN: cuDNN is [`enabled`], its API takes the
@@ -238,7 +258,13 @@ pub(super) fn algo<A: Copy>(
     if let Some(a) = cached {
         return Ok(a);
     }
-    let a = pick().map_err(|e| err(what, e))?;
+    // cudarc's `pick_algorithm` asserts, so panics, when cuDNN's heuristics return no
+    // algorithm (cudarc 0.19 src/cudnn/safe/conv.rs); here that is a refusal like any
+    // other, which the callers answer with their fallback
+    let a = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pick)) {
+        Ok(picked) => picked.map_err(|e| err(what, e))?,
+        Err(_) => candle_core::bail!("cuDNN {what}: its heuristics returned no algorithm"),
+    };
     ALGOS.with(|m| *field(m.borrow_mut().entry(key).or_default()) = Some(a));
     Ok(a)
 }

@@ -134,23 +134,26 @@ pub(crate) fn conv_nhwc(
     let (bias, z) = (bias.as_ref(), z.as_ref());
     if let Some(bt) = bias {
         let key = (g, co, dtype, relu, z.is_some());
-        if !UNFUSED.with(|u| u.borrow().contains(&key)) {
-            let fused = crate::ops::profile::on_device("conv nhwc fused (cuDNN)", dev, || {
-                launch(dev, &g, co, &x, &w, (Some(bt), z), relu)
-            });
-            match fused {
-                Ok(y) => return Ok(y),
-                Err(e) => {
-                    UNFUSED.with(|u| u.borrow_mut().insert(key));
-                    tracing::warn!(
-                        "cuDNN's fused convolution refused {b}x{h}x{wd}x{c} -> {co}, {k}x{k} \
-                         stride {st} groups {gr}, {dtype:?} ({e}); for this shape the \
-                         convolution, then its bias, residual and ReLU as passes of their own",
-                        st = s.stride,
-                        gr = s.groups
-                    );
-                }
-            }
+        let fused = super::cudnn::unless_refused(
+            &UNFUSED,
+            key,
+            || {
+                crate::ops::profile::on_device("conv nhwc fused (cuDNN)", dev, || {
+                    launch(dev, &g, co, &x, &w, (Some(bt), z), relu)
+                })
+            },
+            |e| {
+                tracing::warn!(
+                    "cuDNN's fused convolution refused {b}x{h}x{wd}x{c} -> {co}, {k}x{k} \
+                     stride {st} groups {gr}, {dtype:?} ({e}); for this shape the \
+                     convolution, then its bias, residual and ReLU as passes of their own",
+                    st = s.stride,
+                    gr = s.groups
+                )
+            },
+        );
+        if let Some(y) = fused {
+            return Ok(y);
         }
     }
     let y = crate::ops::profile::on_device("conv nhwc (cuDNN)", dev, || {
@@ -177,8 +180,7 @@ type FusedShape = (Geom, usize, DType, bool, bool);
 thread_local! {
     // shapes whose fused call cuDNN refused: the plain convolution and separate passes
     // run for them
-    static UNFUSED: std::cell::RefCell<std::collections::HashSet<FusedShape>> =
-        std::cell::RefCell::new(std::collections::HashSet::new());
+    static UNFUSED: super::cudnn::Refused<FusedShape> = Default::default();
 }
 
 /// How many shapes of `dtype` this thread's fused calls were refused for (the GPU test
