@@ -258,15 +258,23 @@ pub(super) fn algo<A: Copy>(
     if let Some(a) = cached {
         return Ok(a);
     }
-    // cudarc's `pick_algorithm` asserts, so panics, when cuDNN's heuristics return no
-    // algorithm (cudarc 0.19 src/cudnn/safe/conv.rs); here that is a refusal like any
-    // other, which the callers answer with their fallback
-    let a = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pick)) {
-        Ok(picked) => picked.map_err(|e| err(what, e))?,
-        Err(_) => candle_core::bail!("cuDNN {what}: its heuristics returned no algorithm"),
-    };
+    let a = picked(pick, what)?;
     ALGOS.with(|m| *field(m.borrow_mut().entry(key).or_default()) = Some(a));
     Ok(a)
+}
+
+/// The heuristics' algorithm, an error where they fail. cudarc's `pick_algorithm` asserts,
+/// so panics, when cuDNN's heuristics return no algorithm (cudarc 0.19
+/// src/cudnn/safe/conv.rs); here that is a refusal like any other, which the callers
+/// answer with their fallback (the panic hook still prints its line).
+fn picked<A>(
+    pick: impl FnOnce() -> Result<A, cudarc::cudnn::CudnnError>,
+    what: &str,
+) -> candle_core::Result<A> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(pick)) {
+        Ok(a) => a.map_err(|e| err(what, e)),
+        Err(_) => candle_core::bail!("cuDNN {what}: its heuristics returned no algorithm"),
+    }
 }
 
 /// Keep `a` as `key`'s fused algorithm (one that ran where the heuristics' first did not).
@@ -383,4 +391,48 @@ pub(crate) fn backward<T: Elem + CudnnDataType>(
     // SAFETY: as in `forward`
     unsafe { op.launch(a, ws.as_mut(), (T::ONE, T::ZERO), x, dw, dy) }
         .map_err(|e| err("weight gradient", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static SEEN: Refused<u32> = RefCell::new(HashSet::new());
+    }
+
+    /// A refused key is not tried again and warns once; other keys still run; a panic in
+    /// the heuristics' pick is an error, not an abort. Needs no GPU.
+    #[test]
+    fn a_refused_shape_is_warned_once_and_not_tried_again() {
+        let (mut calls, mut warned) = (0, 0);
+        let mut go = |key: u32, fail: bool| {
+            unless_refused(
+                &SEEN,
+                key,
+                || {
+                    calls += 1;
+                    if fail {
+                        candle_core::bail!("refused")
+                    }
+                    Ok(key)
+                },
+                |_| warned += 1,
+            )
+        };
+        assert_eq!(go(1, true), None);
+        assert_eq!(go(1, false), None, "a refused key must not run again");
+        assert_eq!(go(2, false), Some(2));
+        assert_eq!(go(2, false), Some(2));
+        assert_eq!((calls, warned), (3, 1));
+
+        let r = picked(
+            || -> Result<sys::cudnnConvolutionFwdAlgo_t, cudarc::cudnn::CudnnError> {
+                panic!("no algorithm (as cudarc's assert)")
+            },
+            "forward algorithm",
+        );
+        let e = r.expect_err("a panicking pick must come back as an error");
+        assert!(e.to_string().contains("no algorithm"), "{e}");
+    }
 }
