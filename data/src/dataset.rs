@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 
+/// The most classes a dataset may have: the label store keeps class ids as 16-bit
+/// integers (docs/FORMAT.md), far above ImageNet-21k's 21,841.
+pub const MAX_CLASSES: u32 = 1 << 16;
+
 /// torchvision's `IMG_EXTENSIONS`. Files with other extensions are not samples; files
 /// with these extensions that we cannot decode (e.g. `.webp`) are samples that fail to
 /// decode, so sample ids agree with torchvision's.
@@ -171,7 +175,8 @@ impl Dataset {
             .trim(csv::Trim::All)
             .from_path(list)
             .map_err(|e| DataError::dataset(list, e))?;
-        let mut rows: Vec<(String, String)> = Vec::new();
+        // (path, label, line number)
+        let mut rows: Vec<(String, String, usize)> = Vec::new();
         for (i, rec) in reader.records().enumerate() {
             let rec = rec.map_err(|e| DataError::dataset(list, e))?;
             if rec.len() != 2 {
@@ -187,7 +192,7 @@ impl Dataset {
             if i == 0 && &rec[0] == "path" && &rec[1] == "label" {
                 continue;
             }
-            rows.push((rec[0].to_string(), rec[1].to_string()));
+            rows.push((rec[0].to_string(), rec[1].to_string(), i + 1));
         }
         if rows.is_empty() {
             return Err(DataError::dataset(list, "no samples in list file"));
@@ -195,6 +200,16 @@ impl Dataset {
         let numeric: Option<Vec<u32>> = rows.iter().map(|r| r.1.parse::<u32>().ok()).collect();
         let (classes, labels): (Vec<String>, Vec<u32>) = match numeric {
             Some(ls) => {
+                // numbers name classes 0..=max: one a typo away from billions of classes
+                if let Some((r, l)) = rows.iter().zip(&ls).find(|(_, &l)| l >= MAX_CLASSES) {
+                    return Err(DataError::dataset(
+                        list,
+                        format!(
+                            "line {}: label {l} is beyond the {MAX_CLASSES} classes a dataset may have (labels are 0..{MAX_CLASSES})",
+                            r.2
+                        ),
+                    ));
+                }
                 let max = *ls.iter().max().unwrap_or(&0);
                 ((0..=max).map(|c| c.to_string()).collect(), ls)
             }
@@ -209,7 +224,7 @@ impl Dataset {
             }
         };
         let mut samples = Vec::with_capacity(rows.len());
-        for ((path, _), label) in rows.into_iter().zip(labels) {
+        for ((path, _, _), label) in rows.into_iter().zip(labels) {
             let rel = safe_relative(&path).ok_or_else(|| {
                 DataError::dataset(
                     list,

@@ -15,12 +15,15 @@ pub const LOCK_FILE: &str = ".lock";
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Another live process holds it.
-    #[error("{dir} is in use by process {pid} (another run writes it; wait for it or use another directory)")]
+    #[error(
+        "{dir} is in use by {holder} (another run writes it; wait for it or use another directory)"
+    )]
     Busy {
         /// The directory.
         dir: PathBuf,
-        /// The holder's process id, as it wrote it (`?` if unreadable).
-        pid: String,
+        /// `process N` as the exclusive holder wrote it, or `another process` (shared
+        /// holders write no id).
+        holder: String,
     },
     /// The lock file could not be created or locked.
     #[error("{path}: {source}")]
@@ -48,6 +51,17 @@ impl DirLock {
     /// As [`DirLock::acquire`] with lock file `name`: writers that share a directory by
     /// design (one store's workers) each lock their own part.
     pub fn acquire_named(dir: &Path, name: &str) -> Result<DirLock, LockError> {
+        Self::flock(dir, name, libc::LOCK_EX)
+    }
+
+    /// A shared lock on `dir/name`: any number of shared holders at once, none while an
+    /// exclusive holder has it (a store's workers share `.lock`, so that a single writer
+    /// or a merge, which take it exclusively, never runs beside them).
+    pub fn acquire_shared_named(dir: &Path, name: &str) -> Result<DirLock, LockError> {
+        Self::flock(dir, name, libc::LOCK_SH)
+    }
+
+    fn flock(dir: &Path, name: &str, mode: libc::c_int) -> Result<DirLock, LockError> {
         let path = dir.join(name);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -62,7 +76,7 @@ impl DirLock {
             .open(&path)
             .map_err(io)?;
         // SAFETY: flock on a descriptor this function owns.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
         if r != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -71,18 +85,22 @@ impl DirLock {
                 let pid = pid.trim();
                 return Err(LockError::Busy {
                     dir: dir.to_path_buf(),
-                    pid: if pid.is_empty() {
-                        "?".into()
+                    holder: if pid.is_empty() {
+                        "another process".into()
                     } else {
-                        pid.into()
+                        format!("process {pid}")
                     },
                 });
             }
             return Err(io(e));
         }
+        // the id names the holder in a later refusal; shared holders (several at once)
+        // leave the file empty, and none of them is left there as a stale id
         file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        write!(file, "{}", std::process::id()).map_err(io)?;
+        if mode == libc::LOCK_EX {
+            file.rewind().map_err(io)?;
+            write!(file, "{}", std::process::id()).map_err(io)?;
+        }
         Ok(DirLock { _file: file, path })
     }
 
@@ -109,6 +127,20 @@ mod tests {
             "{e}"
         );
         drop(a);
-        let _b = DirLock::acquire(&dir).unwrap();
+        let b = DirLock::acquire(&dir).unwrap();
+        // shared holders: refused while the exclusive one holds it, then any number at
+        // once, and they refuse an exclusive holder without naming a stale id
+        let e = DirLock::acquire_shared_named(&dir, LOCK_FILE).unwrap_err();
+        assert!(e.to_string().contains("in use by process"), "{e}");
+        drop(b);
+        let s1 = DirLock::acquire_shared_named(&dir, LOCK_FILE).unwrap();
+        let _s2 = DirLock::acquire_shared_named(&dir, LOCK_FILE).unwrap();
+        let e = DirLock::acquire(&dir).unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(s1);
+        assert!(
+            DirLock::acquire(&dir).is_err(),
+            "the second shared holder remains"
+        );
     }
 }

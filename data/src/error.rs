@@ -45,6 +45,13 @@ pub enum DataError {
         /// What the resizer said.
         reason: String,
     },
+    /// A loader thread stopped on a panic (a bug, or input that a check let through):
+    /// the batches after it were not made.
+    #[error("the batch loader stopped: {reason}")]
+    Loader {
+        /// The panic's message.
+        reason: String,
+    },
 }
 
 impl DataError {

@@ -25,7 +25,7 @@ pub mod synth;
 pub mod transform;
 
 pub use crop::{CropRecord, CropRng, CropSampler, PixelBox, RrcParams, UniformSource};
-pub use dataset::{Dataset, Fingerprint, LinkPolicy, Sample};
+pub use dataset::{Dataset, Fingerprint, LinkPolicy, Sample, MAX_CLASSES};
 pub use decode::{decode_bytes, decode_file, RgbImage};
 pub use error::{DataError, Result};
 pub use loader::{

@@ -359,10 +359,17 @@ impl Iterator for Loader {
         match self.rx.recv() {
             Ok(b) => Some(b),
             Err(_) => {
-                if let Some(w) = self.worker.take() {
-                    let _ = w.join();
-                }
-                None
+                // the channel closes when the worker is done, or when it panicked: a
+                // panic is an error, never a short epoch
+                let w = self.worker.take()?;
+                let payload = w.join().err()?;
+                let reason = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic without a message")
+                    .to_string();
+                Some(Err(DataError::Loader { reason }))
             }
         }
     }

@@ -208,8 +208,9 @@ pub struct SynthSummary {
 }
 
 /// Write the dataset under `out` (`out/train/<class>/*.jpg`, `out/val/...`, and
-/// `out/synth.json`). Existing files of the same names are replaced; the output is
-/// byte-identical for the same settings. Files are written to a temporary name and
+/// `out/synth.json`) into an empty directory or over an earlier synth's output (whose
+/// images this one does not write are removed; anything else there is refused, naming
+/// it). The output is byte-identical for the same settings. Files are written to a temporary name and
 /// renamed, so an interrupted run leaves no half-written image.
 pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Result<SynthSummary> {
     if cfg.min_side < 8 || cfg.min_side > cfg.max_side || cfg.max_side > 4096 {
@@ -228,6 +229,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
         ));
     }
     let classes = class_names();
+    clear_previous(out, cfg, &classes)?;
     let mut jobs: Vec<(u64, &str, usize, u32)> = Vec::new(); // (split id, split, class, index)
     for (split_id, split, n) in [
         (0u64, "train", cfg.train_per_class),
@@ -263,6 +265,67 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     let json = serde_json::to_string_pretty(&summary).expect("plain data serialises");
     fs::write(&meta, json).map_err(|e| DataError::io(&meta, e))?;
     Ok(summary)
+}
+
+/// Make `out` ready for a new dataset: refused when it holds anything [`generate`] does
+/// not write (a user's files are never deleted or mixed in); an earlier synth's images
+/// beyond this one's counts are removed (a smaller dataset over a larger one would
+/// otherwise keep them), and so is its `synth.json`, which marks a finished dataset and
+/// is written again last.
+fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<()> {
+    let Ok(top) = fs::read_dir(out) else {
+        return Ok(()); // not there yet (or unreadable: the first write will say so)
+    };
+    let foreign = |p: &Path| {
+        DataError::dataset(
+            p,
+            "not written by synth: synth writes into an empty directory or over its own output",
+        )
+    };
+    let mut stale = Vec::new();
+    for e in top.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let per_class = match name.as_str() {
+            "synth.json" => {
+                stale.push(e.path());
+                continue;
+            }
+            "train" => cfg.train_per_class,
+            "val" => cfg.val_per_class,
+            _ => return Err(foreign(&e.path())),
+        };
+        for c in fs::read_dir(e.path())
+            .map_err(|err| DataError::io(e.path(), err))?
+            .flatten()
+        {
+            let class = c.file_name().to_string_lossy().to_string();
+            if !classes.contains(&class) || !c.path().is_dir() {
+                return Err(foreign(&c.path()));
+            }
+            for f in fs::read_dir(c.path())
+                .map_err(|err| DataError::io(c.path(), err))?
+                .flatten()
+            {
+                let file = f.file_name().to_string_lossy().to_string();
+                // `{class}_{index:05}.jpg`, or the temporary file of an interrupted write
+                let index = file
+                    .trim_end_matches(".tmp")
+                    .strip_prefix(&format!("{class}_"))
+                    .and_then(|r| r.strip_suffix(".jpg"))
+                    .filter(|i| i.len() == 5)
+                    .and_then(|i| i.parse::<u32>().ok());
+                match index {
+                    Some(i) if i >= per_class || file.ends_with(".tmp") => stale.push(f.path()),
+                    Some(_) => {}
+                    None => return Err(foreign(&f.path())),
+                }
+            }
+        }
+    }
+    for p in stale {
+        fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
+    }
+    Ok(())
 }
 
 /// Write an RGB8 image as a baseline JPEG, atomically (temp file then rename).

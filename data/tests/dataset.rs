@@ -137,6 +137,12 @@ fn list_file_errors_name_the_file_and_entry() {
         ("a.jpg,0,extra\n", "expected 2 columns"),
         ("missing.jpg,0\n", "missing.jpg"),
         ("", "no samples"),
+        // a number past the class limit: refused by line, never 4e9 classes in memory
+        (
+            "path,label\na.jpg,0\na.jpg,4000000000\n",
+            "line 3: label 4000000000",
+        ),
+        ("a.jpg,65536\n", "line 1: label 65536"),
     ] {
         fs::write(&list, body).unwrap();
         let e = Dataset::open(&list, LinkPolicy::StayInside)

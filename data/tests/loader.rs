@@ -308,3 +308,84 @@ fn synth_is_byte_identical_for_a_seed() {
     }
     assert_eq!(da.classes().len(), 10);
 }
+
+/// synth over its own earlier output equals synth into an empty directory (a smaller
+/// dataset leaves none of the larger one's images); over anyone else's files it is
+/// refused, naming one, and deletes nothing.
+#[test]
+fn synth_over_its_own_output_equals_a_fresh_one_and_refuses_other_files() {
+    use meal_data::synth::{generate, SynthConfig};
+    let cfg = |per_class, seed| SynthConfig {
+        seed,
+        train_per_class: per_class,
+        val_per_class: 1,
+        min_side: 16,
+        max_side: 20,
+        quality: 80,
+    };
+    let (over, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    generate(over.path(), &cfg(3, 1), || {}).unwrap();
+    generate(over.path(), &cfg(1, 2), || {}).unwrap();
+    generate(fresh.path(), &cfg(1, 2), || {}).unwrap();
+    let open =
+        |d: &Path| Dataset::open(&d.join("train"), meal_data::LinkPolicy::StayInside).unwrap();
+    assert_eq!(
+        open(over.path()).fingerprint(),
+        open(fresh.path()).fingerprint()
+    );
+    assert_eq!(open(over.path()).len(), 10);
+
+    let mine = over.path().join("train/notes.txt");
+    std::fs::write(&mine, b"mine").unwrap();
+    let e = generate(over.path(), &cfg(1, 2), || {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("notes.txt") && e.contains("not written by synth"),
+        "{e}"
+    );
+    assert!(mine.exists() && over.path().join("synth.json").exists());
+}
+
+/// A plan that panics on one sample, as a bug in a plan (or a store behind it) would.
+struct PanicsOn(u32);
+
+impl meal_data::CropPlan for PanicsOn {
+    fn crops_per_image(&self) -> usize {
+        1
+    }
+    fn crops(
+        &self,
+        sample: &meal_data::Sample,
+        width: u32,
+        height: u32,
+    ) -> meal_data::Result<Vec<(u32, meal_data::CropRecord)>> {
+        assert_ne!(sample.id, self.0, "planted failure");
+        let sampler = CropSampler::new(1, RrcParams::default());
+        Ok(vec![(0, sampler.crop(sample.id, 0, width, height))])
+    }
+}
+
+#[test]
+fn a_panic_in_a_loader_thread_is_an_error_not_a_short_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::tiny_dataset(dir.path(), 2);
+    let cfg = config(
+        2,
+        CropMode::Plan(Arc::new(PanicsOn(9))),
+        BadFilePolicy::Fail,
+    );
+    let got: Vec<_> = Loader::new(Arc::clone(&ds), (0..20).collect(), cfg)
+        .unwrap()
+        .collect();
+    // batches 0 and 1 (samples 0-7) arrive, batch 2 holds sample 9: its panic ends the
+    // epoch with an error that carries the message
+    assert_eq!(got.len(), 3, "two batches, then the error");
+    assert!(got[..2].iter().all(Result::is_ok));
+    let err = got[2]
+        .as_ref()
+        .map(|_| ())
+        .expect_err("the third item is the error")
+        .to_string();
+    assert!(err.contains("planted failure"), "{err}");
+}

@@ -287,7 +287,58 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        serde_json::from_value(v).map_err(|e| StoreError::corrupt(&path, e))
+        let m: Manifest = serde_json::from_value(v).map_err(|e| StoreError::corrupt(&path, e))?;
+        m.validate()
+            .map_err(|reason| StoreError::corrupt(&path, reason))?;
+        Ok(m)
+    }
+
+    /// The invariants every reader relies on (a hand-edited or damaged manifest may
+    /// break them): positive sizes, a worker index below its count, shard files named
+    /// inside the store's directory, and shards whose sample ranges follow from their
+    /// index.
+    fn validate(&self) -> Result<(), String> {
+        let c = &self.config;
+        for (name, v) in [
+            ("samples_per_shard", c.samples_per_shard),
+            ("images_per_row_group", c.images_per_row_group),
+            ("crop_pool.crops_per_image", c.crop_pool.crops_per_image),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} is 0"));
+            }
+        }
+        if c.classes.is_empty() {
+            return Err("no classes".into());
+        }
+        if let Encoding::TopK { k: 0, .. } = c.encoding {
+            return Err("encoding keeps 0 classes".into());
+        }
+        if let Some([i, n]) = self.worker {
+            if i >= n {
+                return Err(format!("worker {i} of {n}"));
+            }
+        }
+        let per = c.samples_per_shard as u64;
+        for s in &self.shards {
+            // a plain file name: never a path that leaves the store
+            let plain = Path::new(&s.file).file_name().map(|f| f.to_str()) == Some(Some(&s.file));
+            if !plain || s.file.starts_with('.') {
+                return Err(format!(
+                    "shard {} names {:?}, not a file of the store",
+                    s.index, s.file
+                ));
+            }
+            let first = s.index as u64 * per;
+            let end = (first + per).min(c.dataset.samples);
+            if s.first_sample as u64 != first || s.end_sample as u64 != end {
+                return Err(format!(
+                    "shard {} covers samples {}..{}, expected {first}..{end}",
+                    s.index, s.first_sample, s.end_sample
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Write atomically: temporary file, fsync, rename, fsync of the directory.

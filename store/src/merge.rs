@@ -3,7 +3,6 @@
 //! the same dataset with the same config, that every worker finished, and that every
 //! shard is the file its worker listed.
 
-use std::fs;
 use std::path::Path;
 
 use meal_data::dirlock::DirLock;
@@ -18,13 +17,7 @@ use super::StoreError;
 pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     let samples = dataset.samples();
     let _lock = DirLock::acquire(dir)?;
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| StoreError::io(dir, e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
-        .collect();
-    names.sort();
+    let names = super::writer::worker_manifests(dir)?;
     if names.is_empty() {
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),

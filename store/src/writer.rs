@@ -68,17 +68,92 @@ pub struct StoreWriter {
     paths: Vec<String>,
     hook: Option<Hook>,
     step: u32,
-    /// Held while writing: a second writer of the same store (or worker part) is refused.
-    _lock: DirLock,
+    /// Held while writing: a second writer of the same store (or worker part) is refused,
+    /// and so is a single writer or a merge beside workers.
+    _locks: Vec<DirLock>,
 }
 
-/// One lock per writer: the whole store, or one worker's part (workers share the
-/// directory by design; merge takes the whole-store lock).
-fn lock_name(worker: Option<[u32; 2]>) -> String {
+/// A single writer (and merge) locks `.lock` exclusively. Workers share the directory by
+/// design: each holds `.lock` shared, which keeps a single writer and a merge out while
+/// any of them runs, and its own part's lock exclusively.
+fn lock(dir: &Path, worker: Option<[u32; 2]>) -> Result<Vec<DirLock>, StoreError> {
+    Ok(match worker {
+        None => vec![DirLock::acquire_named(dir, LOCK_FILE)?],
+        Some([i, n]) => vec![
+            DirLock::acquire_shared_named(dir, LOCK_FILE)?,
+            DirLock::acquire_named(dir, &format!("{LOCK_FILE}.worker-{i}-of-{n}"))?,
+        ],
+    })
+}
+
+/// The worker manifests in `dir` (`manifest.worker-I-of-N.json`), sorted.
+pub(crate) fn worker_manifests(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map_err(|e| StoreError::io(dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether a writer of `config` (worker `worker`) may write in `dir` beside the manifests
+/// already there. One directory holds one store: a single run's, or the parts of one
+/// split into workers (then their merge). A writer of one kind must not replace the
+/// shards another manifest lists (their checksums would no longer match), and every
+/// manifest there must have been made with the same config.
+fn check_neighbours(
+    dir: &Path,
+    config: &StoreConfig,
+    worker: Option<[u32; 2]>,
+) -> Result<(), StoreError> {
+    let parts = worker_manifests(dir)?;
+    let own = manifest_name(worker);
+    let single = dir.join(MANIFEST).exists();
     match worker {
-        None => LOCK_FILE.to_string(),
-        Some([i, n]) => format!("{LOCK_FILE}.worker-{i}-of-{n}"),
+        None if !single && !parts.is_empty() => {
+            return Err(StoreError::Mismatch {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the directory holds the parts of workers ({}), not yet merged: merge them, or write this store in another directory",
+                    parts.join(", ")
+                ),
+            })
+        }
+        Some([_, n]) => {
+            if single && !parts.contains(&own) {
+                return Err(StoreError::Mismatch {
+                    path: dir.join(MANIFEST),
+                    reason: "the directory holds a store written by a single run: a worker's part would replace its shards; write the parts in another directory".into(),
+                });
+            }
+            let suffix = format!("-of-{n}.json");
+            if let Some(other) = parts.iter().find(|p| !p.ends_with(&suffix)) {
+                return Err(StoreError::Mismatch {
+                    path: dir.join(other),
+                    reason: format!(
+                        "written by a split into another number of workers than {n}: the two splits would write the same shards"
+                    ),
+                });
+            }
+        }
+        None => {}
     }
+    for name in parts.iter().filter(|p| **p != own) {
+        let path = dir.join(name);
+        let diff = config_diff(&Manifest::read_file(&path)?.config, config);
+        if !diff.is_empty() {
+            return Err(StoreError::Mismatch {
+                path,
+                reason: format!(
+                    "another worker's part was made with another config; differing keys: {}",
+                    diff.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
@@ -154,10 +229,10 @@ impl StoreWriter {
                 });
             }
         }
-        if config.classes.len() > u16::MAX as usize + 1 {
+        if config.classes.len() > meal_data::MAX_CLASSES as usize {
             return Err(StoreError::Param {
                 name: "classes",
-                reason: "more than 65536 classes".into(),
+                reason: format!("more than {} classes", meal_data::MAX_CLASSES),
             });
         }
         if config.dataset.samples != samples.len() as u64 {
@@ -167,7 +242,8 @@ impl StoreWriter {
             });
         }
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let lock = DirLock::acquire_named(dir, &lock_name(worker))?;
+        let locks = lock(dir, worker)?;
+        check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let manifest = if path.exists() {
@@ -230,7 +306,7 @@ impl StoreWriter {
             paths: samples.iter().map(|s| s.path.clone()).collect(),
             hook: None,
             step: 0,
-            _lock: lock,
+            _locks: locks,
         })
     }
 

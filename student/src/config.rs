@@ -257,9 +257,9 @@ impl TrainArgs {
             Some(r) => r,
             None => input_config(&arch).context("--arch")?.size,
         };
-        if res == 0 {
-            bail!("--res must be at least 1");
-        }
+        // the same check as the spec's, under the flag's name (`Settings::spec` relies on it)
+        meal_data::CropSpec::new(res, Filter::Bilinear, Normalize::default())
+            .with_context(|| format!("--res {res}"))?;
         let epochs = l.pick(|a| &a.epochs).context("--epochs is required")?;
         let batch = l.pick(|a| &a.batch).unwrap_or(DEFAULT_BATCH);
         let crops_per_image = l

@@ -24,12 +24,21 @@ pub struct Accuracy {
     pub top5: f64,
 }
 
+/// How an evaluation reads its images.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalRead {
+    /// Decode threads.
+    pub threads: usize,
+    /// Unreadable images: skipped (not counted) or an error naming the file.
+    pub policy: BadFilePolicy,
+}
+
 /// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits.
 fn eval_loop(
     ds: &Arc<Dataset>,
     specs: &[CropSpec],
     classes: usize,
-    threads: usize,
+    read: EvalRead,
     mut scores: impl FnMut(&Batch) -> Result<Vec<f32>>,
 ) -> Result<Accuracy> {
     if ds.classes().len() != classes {
@@ -48,8 +57,8 @@ fn eval_loop(
             extra_specs: specs[1..].to_vec(),
             crops: CropMode::Eval,
             prefetch: 2,
-            threads,
-            policy: BadFilePolicy::Skip,
+            threads: read.threads,
+            policy: read.policy,
             drop_last: false,
             pixels: meal_data::PixelFormat::Levels,
         },
@@ -84,10 +93,10 @@ pub fn evaluate(
     model: &ResNet,
     ds: &Arc<Dataset>,
     spec: CropSpec,
-    threads: usize,
+    read: EvalRead,
     device: &Device,
 ) -> Result<Accuracy> {
-    eval_loop(ds, &[spec], model.config().num_classes, threads, |b| {
+    eval_loop(ds, &[spec], model.config().num_classes, read, |b| {
         let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
         let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
@@ -95,8 +104,8 @@ pub fn evaluate(
 }
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
-pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, threads: usize) -> Result<Accuracy> {
-    eval_loop(ds, ens.specs(), ens.num_classes(), threads, |b| {
+pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> Result<Accuracy> {
+    eval_loop(ds, ens.specs(), ens.num_classes(), read, |b| {
         let inputs = Crops::of_batch(b);
         Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
     })

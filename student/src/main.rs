@@ -58,6 +58,9 @@ enum Cmd {
         /// Follow symlinks that lead outside the dataset root.
         #[arg(long)]
         follow_links: bool,
+        /// Unreadable images: skip them (not counted; listed in the log) or fail.
+        #[arg(long, value_parser = ["skip", "fail"], default_value = "skip")]
+        on_bad_file: String,
     },
 }
 
@@ -124,9 +127,17 @@ fn main() -> Result<()> {
             device,
             json,
             follow_links,
+            on_bad_file,
         } => {
             let threads = threads.unwrap_or_else(meal_cli::default_threads);
+            if threads == 0 {
+                bail!("--threads must be at least 1");
+            }
             meal_cli::use_threads(threads);
+            let read = eval::EvalRead {
+                threads,
+                policy: on_bad_file.parse().context("--on-bad-file")?,
+            };
             let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data", follow_links)?;
             let (what, acc) = if teacher.is_empty() {
@@ -143,14 +154,14 @@ fn main() -> Result<()> {
                 let input = input_config(&arch).context("--arch")?;
                 let size = res.unwrap_or(input.size);
                 let spec = input.spec_at(size).context("--res")?;
-                let acc = eval::evaluate(&model, &ds, spec, threads, &dev)?;
+                let acc = eval::evaluate(&model, &ds, spec, read, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
                 let args = TeacherArg::parse_all(&teacher).context("--teacher")?;
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
-                let acc = eval::evaluate_ensemble(&ens, &ds, threads)?;
+                let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };
             println!(

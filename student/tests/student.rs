@@ -259,6 +259,42 @@ fn mixed_precision_on_the_cpu_is_refused() {
     assert!(!f.root.join("amp").join("metrics.jsonl").exists());
 }
 
+/// `--on-bad-file` holds for the validation images too: `skip` leaves a bad file out of
+/// the count (the same accuracy as without it), `fail` stops the run naming the file.
+#[test]
+fn the_bad_file_policy_applies_to_the_val_set() {
+    let f = fixture();
+    let val = f.root.join("data/val");
+    let top1 = |a: TrainArgs| go(a).unwrap().history.last().unwrap().val_top1.unwrap();
+    let mut a = args(&f, "clean");
+    a.val = Some(val.clone());
+    a.epochs = Some(1);
+    let clean = top1(a.clone());
+    let class = std::fs::read_dir(&val)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(class.join("zero.jpg"), b"").unwrap();
+    a.out = Some(f.root.join("skip"));
+    assert_eq!(top1(a.clone()), clean, "the empty file is not counted");
+    a.out = Some(f.root.join("fail"));
+    a.on_bad_file = Some("fail".into());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("zero.jpg"), "{e}");
+}
+
+/// A side above the crop limit is refused under its flag, not a panic later.
+#[test]
+fn a_res_beyond_the_limit_is_an_error_naming_the_flag() {
+    let f = fixture();
+    let mut a = args(&f, "res");
+    a.res = Some(100_000);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--res 100000"), "{e}");
+}
+
 #[test]
 fn a_store_of_another_dataset_is_refused() {
     let f = fixture();

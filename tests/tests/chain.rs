@@ -10,6 +10,13 @@ use meal_data::{CropSpec, Dataset, Filter, LinkPolicy, Normalize};
 use meal_models::{LoadOptions, ResNet};
 use meal_store::LabelStore;
 use meal_student::config::TrainArgs;
+use meal_student::eval::EvalRead;
+
+/// Two decode threads; a bad file fails the check.
+const READ: EvalRead = EvalRead {
+    threads: 2,
+    policy: meal_data::BadFilePolicy::Fail,
+};
 
 #[test]
 fn teachers_precompute_distil_evaluate() {
@@ -93,7 +100,7 @@ fn teachers_precompute_distil_evaluate() {
     m.load_weights(&r.weights, LoadOptions::default()).unwrap();
     let val = Arc::new(Dataset::open(&root.join("data/val"), LinkPolicy::StayInside).unwrap());
     let spec = CropSpec::new(24, Filter::Bilinear, Normalize::default()).unwrap();
-    let acc = meal_student::eval::evaluate(&m, &val, spec, 2, &dev).unwrap();
+    let acc = meal_student::eval::evaluate(&m, &val, spec, READ, &dev).unwrap();
     assert_eq!(acc.images, 10);
     assert!(
         (acc.top1 - last.val_top1.unwrap()).abs() < 1e-9,

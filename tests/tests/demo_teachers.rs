@@ -11,7 +11,13 @@ use meal_data::synth::{generate, SynthConfig};
 use meal_data::{Dataset, LinkPolicy};
 use meal_models::ensemble::{Ensemble, TeacherArg};
 use meal_models::{input_config, LoadOptions, ResNet};
-use meal_student::eval::{evaluate, evaluate_ensemble};
+use meal_student::eval::{evaluate, evaluate_ensemble, EvalRead};
+
+/// Two decode threads; a bad file fails the check.
+const READ: EvalRead = EvalRead {
+    threads: 2,
+    policy: meal_data::BadFilePolicy::Fail,
+};
 
 /// Accuracies may move by a few images across CPUs (AVX2 vs AVX-512 rounding).
 const TOLERANCE: f64 = 0.01;
@@ -50,7 +56,7 @@ fn shipped_teachers_are_the_listed_files_and_reach_their_stated_accuracy() {
         let model = ResNet::from_preset(arch, 10, &dev, 0).unwrap();
         model.load_weights(&file, LoadOptions::default()).unwrap();
         let spec = input_config(arch).unwrap().spec_at(size).unwrap();
-        let acc = evaluate(&model, &val, spec, 2, &dev).unwrap();
+        let acc = evaluate(&model, &val, spec, READ, &dev).unwrap();
         let stated = t["val_top1"].as_f64().unwrap();
         assert!(
             (acc.top1 - stated).abs() <= TOLERANCE,
@@ -60,7 +66,7 @@ fn shipped_teachers_are_the_listed_files_and_reach_their_stated_accuracy() {
         args.push(format!("{arch}={},size={size}", file.display()));
     }
     let ens = Ensemble::load(&TeacherArg::parse_all(&args).unwrap(), 10, &dev, DType::F32).unwrap();
-    let acc = evaluate_ensemble(&ens, &val, 2).unwrap();
+    let acc = evaluate_ensemble(&ens, &val, READ).unwrap();
     let stated = meta["ensemble_val_top1"].as_f64().unwrap();
     assert!(
         (acc.top1 - stated).abs() <= TOLERANCE,

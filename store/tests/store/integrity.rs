@@ -122,6 +122,36 @@ fn corruption_is_detected_and_named() {
         e.contains("manifest.json") && e.contains("format version 2"),
         "{e}"
     );
+    // hand-edited fields every reader relies on: refused when the manifest is read,
+    // naming it and the field, never a panic later
+    let edits = [
+        (
+            "\"samples_per_shard\": 7",
+            "\"samples_per_shard\": 0",
+            "samples_per_shard is 0",
+        ),
+        (
+            "\"crops_per_image\": 4",
+            "\"crops_per_image\": 0",
+            "crops_per_image is 0",
+        ),
+        (
+            "\"shard-000001.parquet\"",
+            "\"../elsewhere.parquet\"",
+            "not a file of the store",
+        ),
+        (
+            "\"first_sample\": 7",
+            "\"first_sample\": 8",
+            "expected 7..14",
+        ),
+    ];
+    for (from, to, said) in edits {
+        assert!(m.contains(from), "the fixture's manifest has {from}");
+        std::fs::write(&mpath, m.replacen(from, to, 1)).unwrap();
+        let e = LabelStore::open(&dir).err().unwrap().to_string();
+        assert!(e.contains("manifest.json") && e.contains(said), "{to}: {e}");
+    }
     std::fs::write(&mpath, "{ not json").unwrap();
     let e = LabelStore::open(&dir).err().unwrap().to_string();
     assert!(e.contains("manifest.json"), "{e}");
@@ -207,14 +237,93 @@ fn workers_and_merge_equal_a_single_run() {
         st.verify().unwrap().rows,
         (ds.len() as u64 - 1) * POOL as u64
     );
-    // a worker part with another config is refused by the merge
+    // a worker part with another config: refused when it starts, naming the part it
+    // disagrees with, and by the merge when its files were put there by hand
     let bad = tmp.path().join("bad");
     write_all(&bad, &ds, &cfg, Some([0, 2])).unwrap();
     let mut cfg2 = cfg.clone();
     cfg2.ensemble = "mean_logits".into();
-    write_all(&bad, &ds, &cfg2, Some([1, 2])).unwrap();
+    let e = write_all(&bad, &ds, &cfg2, Some([1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ensemble") && e.contains("worker-0-of-2"), "{e}");
+    let elsewhere = tmp.path().join("elsewhere");
+    write_all(&elsewhere, &ds, &cfg2, Some([1, 2])).unwrap();
+    for f in std::fs::read_dir(&elsewhere).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().to_string();
+        if name.contains("worker-1-of-2.json") || name.starts_with("shard-") {
+            std::fs::copy(f.path(), bad.join(&name)).unwrap();
+        }
+    }
     let e = merge(&bad, &ds).unwrap_err().to_string();
     assert!(e.contains("ensemble") && e.contains("worker-1-of-2"), "{e}");
+}
+
+/// One directory holds one store: a single run's, or one split's parts and their merge.
+/// A writer of another kind would replace shards that another manifest lists, so it is
+/// refused before it writes anything; so is one beside a running writer of another kind.
+#[test]
+fn single_runs_and_workers_do_not_share_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    // the store's files (the lock files are the locks' own business)
+    let snapshot = |d: &Path| {
+        let mut f = files(d);
+        f.retain(|name, _| !name.starts_with(".lock"));
+        f
+    };
+
+    // a single run's store: no worker may add its part, of any config
+    let single = tmp.path().join("single");
+    write_all(&single, &ds, &cfg, None).unwrap();
+    let before = snapshot(&single);
+    let mut seeded = cfg.clone();
+    seeded.crop_pool.seed += 1;
+    for c in [&cfg, &seeded] {
+        let e = write_all(&single, &ds, c, Some([0, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest.json") && e.contains("single run"),
+            "{e}"
+        );
+    }
+    assert_eq!(snapshot(&single), before, "nothing written");
+
+    // one split's parts: no single run before the merge, no split into another count
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-1-of-2.json") && e.contains("not yet merged"),
+        "{e}"
+    );
+    let e = write_all(&split, &ds, &cfg, Some([0, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("worker-1-of-2") && e.contains("another number of workers"),
+        "{e}"
+    );
+
+    // while a worker writes, a single writer and a merge are kept out; its sibling is not
+    let w1 = StoreWriter::open(&split, cfg.clone(), ds.samples(), Some([1, 2])).unwrap();
+    let busy = |r: Result<(), StoreError>| r.unwrap_err().to_string().contains("in use by");
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(e.contains("in use by"), "{e}");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    drop(w1);
+    merge(&split, &ds).unwrap();
+    // after the merge: the same workers and a single run may rerun (resume, nothing to
+    // do), and the store still verifies
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    write_all(&split, &ds, &cfg, None).unwrap();
+    LabelStore::open(&split).unwrap().verify().unwrap();
+    // and a single writer keeps the workers out while it runs
+    let w = StoreWriter::open(&split, cfg.clone(), ds.samples(), None).unwrap();
+    assert!(busy(write_all(&split, &ds, &cfg, Some([0, 2]))));
+    drop(w);
 }
 
 /// Merge refuses another dataset (a renamed image changes the fingerprint), a missing

@@ -23,7 +23,7 @@ use meal_models::{Discriminator, ResNet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::eval::{evaluate, Accuracy};
+use crate::eval::{evaluate, Accuracy, EvalRead};
 use crate::logs::{plot_curves, write_tables, EpochMetrics};
 pub use checkpoint::{Inputs, State};
 pub use run::open_dataset;
@@ -206,7 +206,13 @@ fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f
 fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
     let s = &run.s;
     let val = match &run.val {
-        Some(v) => Some(evaluate(&run.student, v, s.spec(), s.threads, &run.dev)?),
+        Some(v) => {
+            let read = EvalRead {
+                threads: s.threads,
+                policy: s.policy,
+            };
+            Some(evaluate(&run.student, v, s.spec(), read, &run.dev)?)
+        }
         None => None,
     };
     let m = metrics(state.epoch, lr, &state.acc, val);
