@@ -334,71 +334,69 @@ extern "C" __global__ void meal_bn_grad_sums_bf16(const __nv_bfloat16* dy, const
     bn_grad_sums(dy, x, mean, scale, shift, relu, b, c, hw, splits, part);
 }
 
-// sums[ch] = sum(dy), sums[c + ch] = sum(dy * (x - mean)): meal_bn_grad_sums's partial
-// sums added in block order.
-extern "C" __global__ void meal_bn_grad_finish(const double* part, int c, int splits,
-                                               double* sums) {
+// The backward's per-channel coefficients, from meal_bn_grad_sums's partial sums added in
+// block order (sd = sum(dy), sdx = sum(dy * (x - mean))): with inv = 1/sqrt(var + eps),
+// k = gamma*inv and m = b*hw (bn.rs BnBackward), coef = [k, k*sd/m, k*inv*inv*sdx/m, mean,
+// dgamma = sdx*inv, dbeta = sd], each c floats. Computed once per channel in f64, so the
+// per-element kernel does no f64 arithmetic (slow on GPUs with few f64 units).
+extern "C" __global__ void meal_bn_grad_finish(const double* part, const double* mean,
+                                               const double* var, const float* gamma,
+                                               double eps, double m, int c, int splits,
+                                               float* coef) {
     GRID_STRIDE(ch, c) {
         double sd = 0.0, sdx = 0.0;
         for (int sp = 0; sp < splits; ++sp) {
             sd += part[(size_t)ch * splits + sp];
             sdx += part[((size_t)c + ch) * splits + sp];
         }
-        sums[ch] = sd;
-        sums[c + ch] = sdx;
+        double inv = 1.0 / sqrt(var[ch] + eps);
+        double k = (double)gamma[ch] * inv;
+        coef[ch] = (float)k;
+        coef[c + ch] = (float)(k * sd / m);
+        coef[2 * c + ch] = (float)(k * inv * (sdx * inv) / m);
+        coef[3 * c + ch] = (float)mean[ch];
+        coef[4 * c + ch] = (float)(sdx * inv);
+        coef[5 * c + ch] = (float)sd;
     }
 }
 
-// dx = k*dy - k*sd/m - (x - mean) * k*inv*sdx/m with k = gamma*inv, inv = 1/sqrt(var +
-// eps), m = b*hw (bn.rs BnBackward), in f32 (rounded once to T); dgb = [dgamma...,
-// dbeta...] in f32: dgamma = sdx*inv, dbeta = sd.
+// dx = k*g - k*sd/m - (x - mean) * k*inv*inv*sdx/m (g: dy gated by the ReLU), in f32
+// from meal_bn_grad_finish's coefficients, rounded once to T; dgb = [dgamma...,
+// dbeta...] in f32.
 template <class T>
-__device__ __forceinline__ void bn_grad_input(const T* dy, const T* x, const double* mean,
-                                              const double* var, const float* gamma,
-                                              const double* sums, const float* scale,
-                                              const float* shift, int relu, double eps, int b,
-                                              int c, int hw, T* dx, float* dgb) {
+__device__ __forceinline__ void bn_grad_input(const T* dy, const T* x, const float* coef,
+                                              const float* scale, const float* shift, int relu,
+                                              int b, int c, int hw, T* dx, float* dgb) {
     unsigned n = (unsigned)b * c * hw;
-    double m = (double)b * hw;
     GRID_STRIDE(t, n) {
         int ch = (int)((t / (unsigned)hw) % (unsigned)c);
-        double inv = 1.0 / sqrt(var[ch] + eps);
-        double k = (double)gamma[ch] * inv;
-        double sd = sums[ch], sdx = sums[c + ch] * inv;
-        float kf = (float)k, ka = (float)(k * sd / m), kb = (float)(k * inv * sdx / m);
         float v = widen(x[t]);
         float g = gated(widen(dy[t]), v, scale, shift, ch, relu);
-        dx[t] = narrow_to<T>(kf * g - ka - (v - (float)mean[ch]) * kb);
+        dx[t] = narrow_to<T>(coef[ch] * g - coef[c + ch] - (v - coef[3 * c + ch]) * coef[2 * c + ch]);
     }
     unsigned tid = blockIdx.x * blockDim.x + threadIdx.x;
     if (tid < (unsigned)c) {
-        double inv = 1.0 / sqrt(var[tid] + eps);
-        dgb[tid] = (float)(sums[c + tid] * inv);
-        dgb[c + tid] = (float)sums[tid];
+        dgb[tid] = coef[4 * c + tid];
+        dgb[c + tid] = coef[5 * c + tid];
     }
 }
 
 // f32: out = [dx..., dgamma..., dbeta...] (the CPU op's packing).
 extern "C" __global__ void meal_bn_grad_input(const float* dy, const float* x,
-                                              const double* mean, const double* var,
-                                              const float* gamma, const double* sums,
-                                              const float* scale, const float* shift,
-                                              int relu, double eps, int b, int c, int hw,
-                                              float* out) {
-    bn_grad_input(dy, x, mean, var, gamma, sums, scale, shift, relu, eps, b, c, hw, out,
-                  out + (size_t)b * c * hw);
+                                              const float* coef, const float* scale,
+                                              const float* shift, int relu, int b, int c,
+                                              int hw, float* out) {
+    bn_grad_input(dy, x, coef, scale, shift, relu, b, c, hw, out, out + (size_t)b * c * hw);
 }
 
 // bf16 dy and x (mixed-precision training): dx in bf16, dgamma and dbeta in f32 (the
 // weights' dtype).
 extern "C" __global__ void meal_bn_grad_input_bf16(const __nv_bfloat16* dy,
-                                                   const __nv_bfloat16* x, const double* mean,
-                                                   const double* var, const float* gamma,
-                                                   const double* sums, const float* scale,
-                                                   const float* shift, int relu, double eps,
-                                                   int b, int c, int hw, __nv_bfloat16* dx,
-                                                   float* dgb) {
-    bn_grad_input(dy, x, mean, var, gamma, sums, scale, shift, relu, eps, b, c, hw, dx, dgb);
+                                                   const __nv_bfloat16* x, const float* coef,
+                                                   const float* scale, const float* shift,
+                                                   int relu, int b, int c, int hw,
+                                                   __nv_bfloat16* dx, float* dgb) {
+    bn_grad_input(dy, x, coef, scale, shift, relu, b, c, hw, dx, dgb);
 }
 
 // ---- max-pool ----------------------------------------------------------------------

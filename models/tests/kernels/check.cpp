@@ -232,18 +232,20 @@ static void check_bn_bf16(int b, int c, int hw, float offset, int relu, int spli
         meal_bn_scale_shift(gamma.data(), beta.data(), mean.data(), var.data(), eps, c,
                             scale.data(), shift.data());
     });
-    std::vector<double> sums(2 * c, -7);
+    std::vector<float> coef(6 * c, -7.f);
     std::vector<__nv_bfloat16> dx(n, __nv_bfloat16{0x7fc0});
     std::vector<float> dgb(2 * c, -7.f);
     launch(c * splits, BN_THREADS, [&] {
         meal_bn_grad_sums_bf16(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu,
                                b, c, hw, splits, part.data());
     });
-    launch(1, 32, [&] { meal_bn_grad_finish(part.data(), c, splits, sums.data()); });
+    launch(1, 32, [&] {
+        meal_bn_grad_finish(part.data(), mean.data(), var.data(), gamma.data(), eps,
+                            (double)b * hw, c, splits, coef.data());
+    });
     launch(3, 32, [&] {
-        meal_bn_grad_input_bf16(dy.data(), x.data(), mean.data(), var.data(), gamma.data(),
-                                sums.data(), scale.data(), shift.data(), relu, eps, b, c, hw,
-                                dx.data(), dgb.data());
+        meal_bn_grad_input_bf16(dy.data(), x.data(), coef.data(), scale.data(), shift.data(),
+                                relu, b, c, hw, dx.data(), dgb.data());
     });
     auto oref = bn_backward_ref(xv, dv, mref, vref, gamma, scale, shift, relu, eps, b, c, hw);
     std::vector<float> dref(oref.begin(), oref.begin() + n), gref(oref.begin() + n, oref.end());
@@ -314,17 +316,20 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     expect("bn affine" + tag, y, yref, 1e-6);
     x[3] = 0.5f;
     // backward against dx = gamma*inv*(g - mean(g) - xhat*mean(g*xhat)), g gated by the ReLU
-    std::vector<double> sums(2 * c, -7);
+    std::vector<float> coef(6 * c, -7.f);
     std::vector<float> out(n + 2 * c, -7.f);
     std::fill(part.begin(), part.end(), -7);
     launch(c * splits, BN_THREADS, [&] {
         meal_bn_grad_sums(dy.data(), x.data(), mean.data(), scale.data(), shift.data(), relu, b, c,
                           hw, splits, part.data());
     });
-    launch(1, 32, [&] { meal_bn_grad_finish(part.data(), c, splits, sums.data()); });
+    launch(1, 32, [&] {
+        meal_bn_grad_finish(part.data(), mean.data(), var.data(), gamma.data(), eps,
+                            (double)b * hw, c, splits, coef.data());
+    });
     launch(3, 32, [&] {
-        meal_bn_grad_input(dy.data(), x.data(), mean.data(), var.data(), gamma.data(), sums.data(),
-                           scale.data(), shift.data(), relu, eps, b, c, hw, out.data());
+        meal_bn_grad_input(dy.data(), x.data(), coef.data(), scale.data(), shift.data(), relu, b,
+                           c, hw, out.data());
     });
     auto oref = bn_backward_ref(x, dy, mref, vref, gamma, scale, shift, relu, eps, b, c, hw);
     expect("bn backward" + tag, out, oref, 1e-4);

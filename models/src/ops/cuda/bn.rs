@@ -319,11 +319,13 @@ fn grad<T: Elem>(
     }
     fits(b * hw)?;
     let gate = a.relu as i32;
-    let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
     let sp = splits(b, c);
     // SAFETY: written whole by meal_bn_grad_sums (one value per block and sum)
     let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+    // SAFETY: written whole by meal_bn_grad_finish (six values per channel)
+    let mut coef = unsafe { dev.alloc::<f32>(6 * c)? };
     let (bi, ci, hwi, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
+    let m = (b * hw) as f64;
     let stream = dev.cuda_stream();
     let f = func(dev, &format!("meal_bn_grad_sums{}", T::SUFFIX))?;
     let mut l = stream.launch_builder(&f);
@@ -338,21 +340,24 @@ fn grad<T: Elem>(
     unsafe { l.launch(per_split(c, sp)?) }.w()?;
     let f = func(dev, "meal_bn_grad_finish")?;
     let mut l = stream.launch_builder(&f);
-    l.arg(&part).arg(&ci).arg(&spi).arg(&mut sums);
-    // SAFETY: sums holds 2c values, written once per channel.
+    l.arg(&part)
+        .arg(a.mean)
+        .arg(a.var)
+        .arg(a.gamma)
+        .arg(&a.eps)
+        .arg(&m);
+    l.arg(&ci).arg(&spi).arg(&mut coef);
+    // SAFETY: part 2 * c * splits; mean, var, gamma c values; coef 6c, written once per
+    // channel.
     unsafe { l.launch(grid(c)?) }.w()?;
     let f = func(dev, &format!("meal_bn_grad_input{}", T::SUFFIX))?;
     let mut l = stream.launch_builder(&f);
     l.arg(dy)
         .arg(xv)
-        .arg(a.mean)
-        .arg(a.var)
-        .arg(a.gamma)
-        .arg(&sums);
-    l.arg(a.scale)
+        .arg(&coef)
+        .arg(a.scale)
         .arg(a.shift)
         .arg(&gate)
-        .arg(&a.eps)
         .arg(&bi)
         .arg(&ci)
         .arg(&hwi);

@@ -77,13 +77,24 @@ fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
     let a = Tensor::randn(0f32, 1.0, (2048, 2048), &dev).unwrap();
     // 20 read-backs in flight (more than the pool keeps), each queued behind a product,
     // and a product queued after each: every wait gets its own tensor's values
+    // The expected values are computed on the host, so nothing synchronises the stream
+    // before a read-back is queued: each one waits behind its product, and `x` depends on
+    // that product (times 0), so a read-back that does not wait for its own batch's
+    // kernels reads a value not yet written.
     let mut want = Vec::new();
     let mut pending = Vec::new();
-    let mut x = Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap();
+    let x0: Vec<f32> = (0..21).map(|i| i as f32 * 0.25 - 2.0).collect();
+    let mut host = x0.clone();
+    let mut x = Tensor::from_vec(x0, (3, 7), &dev).unwrap();
     for i in 0..20 {
-        let _slow = a.matmul(&a).unwrap();
-        x = ((&x * 0.5).unwrap() + i as f64).unwrap();
-        want.push(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let slow = a.matmul(&a).unwrap().sum_all().unwrap();
+        let nothing = (slow * 0.0).unwrap();
+        x = ((&x * 0.5).unwrap() + i as f64)
+            .unwrap()
+            .broadcast_add(&nothing)
+            .unwrap();
+        host = host.iter().map(|v| v * 0.5 + i as f32).collect();
+        want.push(host.clone());
         pending.push(crate::ops::readback_f32(&x).unwrap());
         let _after = a.matmul(&a).unwrap();
     }
