@@ -109,6 +109,41 @@ impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
     }
 }
 
+/// Whether `path` is, or would be created, inside the existing directory `dir` (both
+/// resolved through symlinks; a `path` not made yet is judged by its deepest existing
+/// ancestor). An output directory inside an ImageFolder root would be read as a class
+/// by the next run, so the binaries refuse it.
+pub fn is_inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    if !dir.is_dir() {
+        return false;
+    }
+    let mut rest = Vec::new();
+    let mut p = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(path),
+            Err(_) => return false,
+        }
+    };
+    loop {
+        if let Ok(c) = p.canonicalize() {
+            let full: std::path::PathBuf = rest.iter().rev().fold(c, |acc, x| acc.join(x));
+            return full.starts_with(&dir);
+        }
+        match (p.file_name().map(|f| f.to_owned()), p.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                p = parent.to_path_buf();
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
 /// environment sets `MEAL_NO_PROGRESS` (CI logs, scripts) so every long loop of both
 /// binaries honours one switch.
@@ -128,6 +163,31 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_inside_a_dataset_root_is_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(data.join("cat")).unwrap();
+        assert!(is_inside(&data.join("labels"), &data), "not made yet");
+        assert!(is_inside(&data.join("cat"), &data), "existing");
+        assert!(
+            is_inside(&data.join("a/b/c"), &data),
+            "several levels to make"
+        );
+        assert!(is_inside(&data, &data), "the root itself");
+        assert!(!is_inside(&tmp.path().join("labels"), &data), "a sibling");
+        assert!(
+            !is_inside(&tmp.path().join("data2"), &data),
+            "a name prefix only"
+        );
+        std::os::unix::fs::symlink(&data, tmp.path().join("link")).unwrap();
+        assert!(
+            is_inside(&tmp.path().join("link/labels"), &data),
+            "through a link"
+        );
+        assert!(!is_inside(&data.join("x"), &tmp.path().join("nowhere")));
+    }
 
     #[test]
     fn gpu_out_of_memory_is_told_from_other_errors() {

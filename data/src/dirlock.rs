@@ -26,12 +26,12 @@ pub enum LockError {
         holder: String,
     },
     /// The lock file could not be created or locked.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The lock file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -63,9 +63,9 @@ impl DirLock {
 
     fn flock(dir: &Path, name: &str, mode: libc::c_int) -> Result<DirLock, LockError> {
         let path = dir.join(name);
-        let io = |source| LockError::Io {
+        let io = |error| LockError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         fs::create_dir_all(dir).map_err(io)?;
         let mut file = fs::OpenOptions::new()

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file at fault.
         path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
+        /// The underlying I/O error: in the message, not a `source()` (or anyhow's
+        /// chain would print it twice).
+        error: std::io::Error,
     },
     /// An image file is empty, truncated, corrupt or of an unsupported format.
     #[error("{path}: cannot decode image: {reason}")]
@@ -56,10 +57,10 @@ pub enum DataError {
 
 impl DataError {
     /// Shorthand for an [`DataError::Io`] error about `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

@@ -486,11 +486,20 @@ impl Ensemble {
         let (c, rows) = (self.classes, sub.rows);
         let mut sum = vec![0f32; rows * c];
         let mut teacher_top1 = Vec::with_capacity(sub.probs.len());
-        for chunks in sub.probs {
+        for (t, chunks) in self.teachers.iter().zip(sub.probs) {
             let mut top1 = Vec::with_capacity(rows);
             let mut start = 0;
             for p in chunks {
                 let p = p.wait()?;
+                if let Some(i) = p.iter().position(|v| !v.is_finite()) {
+                    // named here, where the teacher is known: the store would only see
+                    // a bad mean
+                    return Err(ModelError::NonFinite {
+                        teacher: format!("{} ({})", t.info.arch, t.info.weights),
+                        row: start + i / c.max(1),
+                        dtype: t.info.dtype.clone(),
+                    });
+                }
                 top1.extend(p.chunks_exact(c.max(1)).map(|r| meal_store::top1(r) as u32));
                 let n = p.len() / c.max(1);
                 if start + n > rows {

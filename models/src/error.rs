@@ -37,6 +37,17 @@ pub enum ModelError {
     /// What this machine cannot run (a CPU feature it lacks).
     #[error("not supported on this machine: {0}")]
     Unsupported(String),
+    /// A teacher's softmax holds a NaN or an infinity (its weights, or an overflow in a
+    /// low-precision dtype): the labels would be garbage.
+    #[error("teacher {teacher} gave a non-finite probability for row {row} of the batch (ran in {dtype}; in f32 it may not overflow)")]
+    NonFinite {
+        /// `arch (weights file)`.
+        teacher: String,
+        /// The row (crop) of the batch.
+        row: usize,
+        /// The dtype the teacher ran in.
+        dtype: String,
+    },
     /// A tensor operation failed (shapes, device).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

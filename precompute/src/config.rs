@@ -32,7 +32,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// A teacher, repeatable: `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic]
-    /// [,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict (.safetensors or
+    /// [,crop_pct=F][,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict (.safetensors or
     /// .pth); the input config defaults to the preset's timm pretrained config.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default)]
@@ -177,6 +177,13 @@ impl RunArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the label store directory)")?;
+        if meal_cli::is_inside(&out, &data) {
+            bail!(
+                "--out {} is inside --data {}: the next run would read it as a class; put the store elsewhere",
+                out.display(),
+                data.display()
+            );
+        }
         let teacher_specs = l.list(|a| &a.teacher);
         if teacher_specs.is_empty() {
             bail!("at least one --teacher ARCH=WEIGHTS is required");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use meal_data::{Dataset, LinkPolicy};
 use meal_precompute::{config::RunArgs, inspect, report, run};
@@ -166,6 +166,16 @@ fn main() -> Result<()> {
             rows,
             histogram,
         } => {
+            if let Some(p) = &histogram {
+                // the plot is always a PNG: another extension would mislabel the file
+                let png = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+                if !png {
+                    bail!(
+                        "--histogram {}: the plot is a PNG; name the file *.png",
+                        p.display()
+                    );
+                }
+            }
             let ins = inspect::inspect(&store, rows)?;
             print!("{}", ins.text);
             if let Some(p) = histogram {

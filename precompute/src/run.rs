@@ -108,6 +108,19 @@ fn plan(s: &Settings) -> Result<Plan> {
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
     let config = store_config(s, &ds, &ens);
+    config.check().map_err(|(key, reason)| {
+        // the flag that set the key, not --out: the store itself is fine
+        let flag = match key {
+            "encoding" => "--encoding",
+            "format" => "--format",
+            "classes" => "--data",
+            "samples_per_shard" => "--samples-per-shard",
+            "images_per_row_group" => "--images-per-row-group",
+            "crop_pool.crops_per_image" => "--crops-per-image",
+            other => other,
+        };
+        anyhow::anyhow!("{flag}: {reason}")
+    })?;
     let writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
         .with_context(|| format!("--out {}", s.out.display()))?;
     let all_pending = writer.pending_shards();
@@ -333,7 +346,21 @@ fn run_part(
         }
         let rows = batch.rows.len();
         let inputs = Crops::of_batch(&batch);
-        let out = ens.finish(sub)?;
+        let out = ens.finish(sub).map_err(|e| {
+            let crop = match &e {
+                meal_models::ModelError::NonFinite { row, .. } => batch.rows.get(*row),
+                _ => None,
+            };
+            let e = anyhow::Error::from(e);
+            match crop {
+                Some(r) => e.context(format!(
+                    "labelling {} (crop {})",
+                    ds.samples()[r.sample_id as usize].path,
+                    r.crop_id
+                )),
+                None => e,
+            }
+        })?;
         if dtype_check.is_none() && dtype != DType::F32 {
             // the first batch again in f32: the label error the dtype costs, reported
             let check_t0 = Instant::now();
@@ -406,6 +433,11 @@ fn run_devices(
     let t0 = Instant::now();
     let n = devices.len() as u32;
     let threads = (s.threads / devices.len()).max(1);
+    // every device opens before any worker starts: a device that cannot (a CUDA device
+    // in a CPU build, a missing driver) fails the run before another spends its time
+    for d in devices {
+        meal_models::parse_device(d).with_context(|| format!("--device {d}"))?;
+    }
     let results: Vec<Result<(RunReport, Manifest)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()

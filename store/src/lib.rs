@@ -21,7 +21,7 @@ pub use manifest::{
     config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
 };
 pub use merge::merge;
-pub use reader::{ImageInfo, LabelStore, VerifyReport};
+pub use reader::{distribution_error, ImageInfo, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
 pub use writer::{summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
@@ -30,12 +30,12 @@ pub use writer::{summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is truncated, corrupt or not what the manifest says.
     #[error("{path}: corrupt label store file: {reason}")]
@@ -80,10 +80,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         StoreError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
     pub(crate) fn corrupt(path: &Path, reason: impl std::fmt::Display) -> Self {

@@ -115,6 +115,51 @@ pub struct StoreConfig {
     pub images_per_row_group: u32,
 }
 
+impl StoreConfig {
+    /// The invariants of a config, checked by the writer before any file is written
+    /// (a manifest with an impossible config would block the corrected command) and by
+    /// every reader of a manifest: positive sizes, at least one and at most
+    /// [`meal_data::MAX_CLASSES`] classes (the 16-bit class ids), a top-k encoding
+    /// keeping 1..=classes, and safetensors shards only for the dense encoding.
+    /// On failure: the key at fault and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (key, v) in [
+            ("samples_per_shard", self.samples_per_shard),
+            ("images_per_row_group", self.images_per_row_group),
+            ("crop_pool.crops_per_image", self.crop_pool.crops_per_image),
+        ] {
+            if v == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        let classes = self.classes.len();
+        if classes == 0 {
+            return Err(("classes", "no classes".into()));
+        }
+        if classes > meal_data::MAX_CLASSES as usize {
+            return Err((
+                "classes",
+                format!("{classes} classes, more than {}", meal_data::MAX_CLASSES),
+            ));
+        }
+        if let Encoding::TopK { k, .. } = self.encoding {
+            if k == 0 || k as usize > classes {
+                return Err((
+                    "encoding",
+                    format!("top-{k} of {classes} classes (k must be 1..={classes})"),
+                ));
+            }
+        }
+        if self.format == ShardFormat::Safetensors && self.encoding != Encoding::Dense {
+            return Err((
+                "format",
+                "safetensors shards hold the dense encoding only".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Running sums over the rows of a shard (so resumed stores keep exact totals).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardStats {
@@ -294,26 +339,14 @@ impl Manifest {
     }
 
     /// The invariants every reader relies on (a hand-edited or damaged manifest may
-    /// break them): positive sizes, a worker index below its count, shard files named
+    /// break them): the config's ([`StoreConfig::check`]), a worker index below its count, shard files named
     /// inside the store's directory, and shards whose sample ranges follow from their
     /// index.
     fn validate(&self) -> Result<(), String> {
+        self.config
+            .check()
+            .map_err(|(key, reason)| format!("config.{key}: {reason}"))?;
         let c = &self.config;
-        for (name, v) in [
-            ("samples_per_shard", c.samples_per_shard),
-            ("images_per_row_group", c.images_per_row_group),
-            ("crop_pool.crops_per_image", c.crop_pool.crops_per_image),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} is 0"));
-            }
-        }
-        if c.classes.is_empty() {
-            return Err("no classes".into());
-        }
-        if let Encoding::TopK { k: 0, .. } = c.encoding {
-            return Err("encoding keeps 0 classes".into());
-        }
         if let Some([i, n]) = self.worker {
             if i >= n {
                 return Err(format!("worker {i} of {n}"));

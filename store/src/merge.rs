@@ -16,6 +16,13 @@ use super::StoreError;
 /// their configs differ (naming the keys) or a shard is missing.
 pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     let samples = dataset.samples();
+    if !dir.is_dir() {
+        // checked before the lock, which would create the directory
+        return Err(StoreError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: "no such directory: no worker parts to merge".into(),
+        });
+    }
     let _lock = DirLock::acquire(dir)?;
     let names = super::writer::worker_manifests(dir)?;
     if names.is_empty() {

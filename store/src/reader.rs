@@ -13,6 +13,22 @@ use super::shard::CropLabel;
 use super::shard_read::ShardReader;
 use super::{sha256_hex, StoreError};
 
+/// How far a decoded label is from a probability distribution: `|sum - 1|`, or why it
+/// is none (a negative or non-finite value, a sum off by more than
+/// [`PROB_SUM_TOLERANCE`]). A shard damaged in a way its size does not show decodes to
+/// such a label; readers that skip the checksum (training) check each label with this.
+pub fn distribution_error(p: &[f32]) -> Result<f64, String> {
+    if let Some(x) = p.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+        return Err(format!("a probability of {x}"));
+    }
+    let sum: f64 = p.iter().map(|&x| x as f64).sum();
+    let e = (sum - 1.0).abs();
+    if e > PROB_SUM_TOLERANCE {
+        return Err(format!("probabilities sum to {sum}"));
+    }
+    Ok(e)
+}
+
 /// An opened, validated store.
 pub struct LabelStore {
     dir: PathBuf,
@@ -190,6 +206,12 @@ impl LabelStore {
         Ok(())
     }
 
+    /// The shard file that holds `sample`'s labels.
+    pub fn shard_path(&self, sample: u32) -> Option<PathBuf> {
+        let s = (sample / self.per_shard) as usize;
+        self.manifest.shards.get(s).map(|i| self.dir.join(&i.file))
+    }
+
     /// The stored crops of `sample`, read from the mapped shard on access (empty when
     /// it was skipped at precompute time).
     pub fn view(&self, sample: u32) -> Result<Crops<'_>, StoreError> {
@@ -237,17 +259,12 @@ impl LabelStore {
                 let crops = self.view(id)?;
                 for i in 0..crops.len() {
                     crops.dense_into(i, &mut dense);
-                    let sum: f64 = dense.iter().map(|&p| p as f64).sum();
-                    let e = (sum - 1.0).abs();
-                    if !e.is_finite() || e > PROB_SUM_TOLERANCE {
-                        return Err(StoreError::corrupt(
+                    let e = distribution_error(&dense).map_err(|why| {
+                        StoreError::corrupt(
                             &path,
-                            format!(
-                                "sample {id} crop {}: probabilities sum to {sum}",
-                                crops.crop_id(i)
-                            ),
-                        ));
-                    }
+                            format!("sample {id} crop {}: {why}", crops.crop_id(i)),
+                        )
+                    })?;
                     max_err = max_err.max(e);
                     rows += 1;
                 }

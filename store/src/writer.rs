@@ -14,7 +14,7 @@ use meal_data::{CropRecord, Sample, Skipped};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use super::label::{entropy, top1, Encoding, SoftLabel};
+use super::label::{entropy, top1, SoftLabel};
 use super::manifest::{
     config_diff, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, StoreConfig,
     Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
@@ -203,38 +203,11 @@ impl StoreWriter {
                 });
             }
         }
-        if config.samples_per_shard == 0 {
-            return Err(StoreError::Param {
-                name: "samples_per_shard",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if config.format == ShardFormat::Safetensors && config.encoding != Encoding::Dense {
-            return Err(StoreError::Param {
-                name: "format",
-                reason: "safetensors shards hold the dense encoding only".into(),
-            });
-        }
-        if let Encoding::TopK { k, .. } = config.encoding {
-            // refused before any file is written: a manifest with an impossible encoding
-            // would block the corrected command
-            if k == 0 || k as usize > config.classes.len() {
-                return Err(StoreError::Param {
-                    name: "encoding",
-                    reason: format!(
-                        "top-{k} of {} classes (k must be 1..={})",
-                        config.classes.len(),
-                        config.classes.len()
-                    ),
-                });
-            }
-        }
-        if config.classes.len() > meal_data::MAX_CLASSES as usize {
-            return Err(StoreError::Param {
-                name: "classes",
-                reason: format!("more than {} classes", meal_data::MAX_CLASSES),
-            });
-        }
+        // refused before any file is written: a manifest with an impossible config
+        // would block the corrected command
+        config
+            .check()
+            .map_err(|(name, reason)| StoreError::Param { name, reason })?;
         if config.dataset.samples != samples.len() as u64 {
             return Err(StoreError::Param {
                 name: "dataset",

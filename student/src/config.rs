@@ -239,6 +239,18 @@ impl TrainArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the run directory)")?;
+        for (flag, root) in [
+            ("--data", Some(&data)),
+            ("--val", l.pick(|a| &a.val).as_ref()),
+        ] {
+            if let Some(root) = root.filter(|r| meal_cli::is_inside(&out, r)) {
+                bail!(
+                    "--out {} is inside {flag} {}: the next run would read it as a class; put the run elsewhere",
+                    out.display(),
+                    root.display()
+                );
+            }
+        }
         let arch = l.pick(|a| &a.arch).unwrap_or_else(|| "resnet50".into());
         meal_models::preset(&arch).context("--arch")?;
         let loss = match l.pick(|a| &a.loss).as_deref() {
@@ -317,6 +329,11 @@ impl TrainArgs {
         if !(0.0..1.0).contains(&momentum) {
             bail!("--momentum {momentum}: must be in [0, 1)");
         }
+        let nesterov = l.pick(|a| &a.nesterov).unwrap_or(false);
+        if nesterov && momentum == 0.0 {
+            // PyTorch's SGD refuses it too: Nesterov's look-ahead is along the momentum
+            bail!("--nesterov needs --momentum above 0");
+        }
         let wd = l.pick(|a| &a.wd).unwrap_or(0.0);
         if !(wd.is_finite() && wd >= 0.0) {
             bail!("--wd {wd}: must be a non-negative number");
@@ -348,7 +365,7 @@ impl TrainArgs {
             lr,
             schedule,
             momentum,
-            nesterov: l.pick(|a| &a.nesterov).unwrap_or(false),
+            nesterov,
             follow_links: l.cli.follow_links || l.file.follow_links,
             wd,
             disc,

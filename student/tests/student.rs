@@ -285,14 +285,27 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     assert!(e.contains("zero.jpg"), "{e}");
 }
 
-/// A side above the crop limit is refused under its flag, not a panic later.
+/// A side above the crop limit, Nesterov without momentum, or a run directory inside
+/// the dataset is refused under its flag before anything is written, not a panic or an unnamed error later.
 #[test]
-fn a_res_beyond_the_limit_is_an_error_naming_the_flag() {
+fn settings_out_of_range_are_errors_naming_the_flag() {
     let f = fixture();
     let mut a = args(&f, "res");
     a.res = Some(100_000);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--res 100000"), "{e}");
+    let mut a = args(&f, "nesterov");
+    a.nesterov = Some(true);
+    a.momentum = Some(0.0);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--nesterov") && e.contains("--momentum"), "{e}");
+    assert!(!f.root.join("nesterov").exists());
+    // a run directory inside the dataset would be a class of the next run
+    let mut a = args(&f, "unused");
+    a.out = Some(f.data.join("run"));
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
+    assert!(!f.data.join("run").exists());
 }
 
 #[test]
@@ -388,5 +401,40 @@ fn a_hard_label_run_learns() {
     assert!(
         acc >= 0.3,
         "top-1 {acc} on the training images (chance 0.1)"
+    );
+}
+
+/// Training reads the mapped shards without hashing them: a shard damaged in place (same
+/// size, a NaN written over a stored probability) stops the run naming the shard and
+/// the crop, not a NaN loss later.
+#[test]
+fn a_damaged_shard_of_the_right_size_is_named() {
+    let f = fixture();
+    let labels = f.root.join("labels_st");
+    let s = meal_precompute::config::RunArgs {
+        data: Some(f.data.clone()),
+        out: Some(labels.clone()),
+        teacher: f.teachers.clone(),
+        crops_per_image: Some(4),
+        format: Some("safetensors".into()),
+        threads: Some(2),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    let shard = labels.join("shard-000000.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["prob"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start..start + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // f16 NaN
+    std::fs::write(&shard, &bytes).unwrap();
+    let mut a = args(&f, "damaged");
+    a.labels = Some(labels);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("shard-000000.safetensors") && e.contains("crop") && e.contains("damaged"),
+        "{e}"
     );
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use meal_data::synth::{generate, SynthConfig};
 use meal_data::{
@@ -179,8 +179,24 @@ fn time_pass(ds: &Arc<Dataset>, a: &BenchArgs, spec: CropSpec, pass: u64) -> Res
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    let ds = Arc::new(Dataset::open(&a.data, LinkPolicy::StayInside)?);
-    let spec = CropSpec::new(a.res, a.filter, Normalize::default())?;
+    for (flag, v) in [
+        ("--threads", a.threads),
+        ("--crops", a.crops as usize),
+        ("--batch", a.batch),
+        ("--passes", a.passes as usize),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    let ds = Arc::new(
+        Dataset::open(&a.data, LinkPolicy::StayInside)
+            .with_context(|| format!("--data {}", a.data.display()))?,
+    );
+    if ds.is_empty() {
+        bail!("--data {}: no images", a.data.display());
+    }
+    let spec = CropSpec::new(a.res, a.filter, Normalize::default()).context("--res")?;
     // the first pass warms the page cache and is not counted
     time_pass(&ds, &a, spec, 0)?;
     let mut best = f64::INFINITY;

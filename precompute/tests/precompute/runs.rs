@@ -169,6 +169,16 @@ fn a_device_list_runs_one_worker_per_device_and_merges() {
     assert!(again.complete);
     assert_eq!((again.shards_written, again.images), (0, 30));
     assert_eq!(files(&s.out), reference);
+    // a device that cannot open fails the run before any worker labels an image
+    if meal_models::parse_device("cuda:0").is_err() {
+        let mut a = args(&f, "no_cuda");
+        a.device = Some("cpu,cuda:0".into());
+        let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+        assert!(format!("{e:#}").starts_with("--device cuda:0"), "{e:#}");
+        assert!(!f.root.join("no_cuda").exists());
+    } else {
+        println!("cuda:0 opens here: the unopenable-device case needs a machine without one");
+    }
     // a device list and --worker do not mix
     let mut a = args(&f, "both");
     a.device = Some("cpu,cpu".into());
@@ -307,4 +317,70 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     std::fs::write(&shard, b).unwrap();
     let e = inspect::verify(&s.out).unwrap_err();
     assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
+}
+
+/// A store config no store can have (top-k above the class count, top-k in safetensors)
+/// or a store inside the dataset is refused before anything is written, naming the flag
+/// that asked for it.
+#[test]
+fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
+    let f = fixture(1);
+    let cases = [
+        ("topk:11", "parquet", "--encoding", "top-11 of 10 classes"),
+        ("topk:2", "safetensors", "--format", "dense encoding only"),
+    ];
+    for (enc, format, flag, said) in cases {
+        let mut a = args(&f, "impossible");
+        a.encoding = Some(enc.into());
+        a.format = Some(format.into());
+        let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with(flag) && msg.contains(said), "{msg}");
+        assert!(!msg.contains("--out"), "{msg}");
+        assert!(!f.root.join("impossible").exists(), "{enc} {format}");
+    }
+    // a store inside the ImageFolder root would be a class of the next run
+    let mut a = args(&f, "unused");
+    a.out = Some(f.data.join("labels"));
+    let e = format!("{:#}", a.resolve().unwrap_err());
+    assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
+}
+
+/// `inspect --histogram` writes a PNG: another extension is refused before the store is
+/// read, naming the flag.
+#[test]
+fn the_histogram_must_be_named_png() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+        .args(["inspect", "no-such-store", "--histogram", "plot.jpg"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--histogram plot.jpg") && err.contains("PNG"),
+        "{err}"
+    );
+}
+
+/// A teacher whose softmax is NaN (a NaN in its weights) stops the run naming the
+/// teacher and the image, not the store's generic "finite probabilities" check.
+#[test]
+fn a_non_finite_teacher_is_named() {
+    let f = fixture(1);
+    let m = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 2).unwrap();
+    let fc = m.entries().iter().find(|e| e.name == "fc.bias").unwrap();
+    let mut v = fc.var.as_tensor().to_vec1::<f32>().unwrap();
+    v[0] = f32::NAN;
+    fc.var
+        .set(&Tensor::from_vec(v, fc.shape.as_slice(), &Device::Cpu).unwrap())
+        .unwrap();
+    m.save(&f.t2).unwrap();
+    let e = run::run(&args(&f, "nan").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("teacher demo_resnet10 (t2.safetensors)")
+            && msg.contains("non-finite")
+            && msg.contains(".jpg (crop "),
+        "{msg}"
+    );
 }

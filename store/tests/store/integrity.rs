@@ -128,12 +128,22 @@ fn corruption_is_detected_and_named() {
         (
             "\"samples_per_shard\": 7",
             "\"samples_per_shard\": 0",
-            "samples_per_shard is 0",
+            "config.samples_per_shard: must be at least 1",
         ),
         (
             "\"crops_per_image\": 4",
             "\"crops_per_image\": 0",
-            "crops_per_image is 0",
+            "config.crop_pool.crops_per_image: must be at least 1",
+        ),
+        (
+            "\"encoding\": \"dense\"",
+            "\"encoding\": \"topk:99\"",
+            "config.encoding: top-99 of",
+        ),
+        (
+            "\"encoding\": \"dense\",\n    \"format\": \"parquet\"",
+            "\"encoding\": \"topk:2\",\n    \"format\": \"safetensors\"",
+            "config.format: safetensors shards hold the dense encoding only",
         ),
         (
             "\"shard-000001.parquet\"",
@@ -334,6 +344,11 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     let ds = dataset(tmp.path());
     let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
     let split = tmp.path().join("split");
+    // a misspelt directory: named, and not created
+    let typo = tmp.path().join("splt");
+    let e = merge(&typo, &ds).unwrap_err().to_string();
+    assert!(e.contains("splt") && e.contains("no such directory"), "{e}");
+    assert!(!typo.exists());
     write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
     // worker 1 has not run: say so
     let e = merge(&split, &ds).unwrap_err().to_string();

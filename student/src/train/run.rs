@@ -306,6 +306,17 @@ impl Run {
                                 format!("sample {id} crop {} missing from the store", r.crop_id)
                             })?;
                         crops.dense_into(i, out);
+                        // training reads the mapped bytes without their checksum: a
+                        // damaged shard of the right size shows here, named, rather than
+                        // as a NaN loss blamed on the learning rate
+                        if let Err(why) = meal_store::distribution_error(out) {
+                            let file = store.shard_path(id).unwrap_or_default();
+                            bail!(
+                                "{}: sample {id} crop {}: {why}: the label store is damaged (`meal-precompute verify` checks every shard)",
+                                file.display(),
+                                r.crop_id
+                            );
+                        }
                     }
                 }
             }
