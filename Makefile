@@ -122,9 +122,22 @@ COMMON  = --data $(DATA)/train --val $(DATA)/val --res $(RES) --batch $(BATCH) -
   --threads $(THREADS) --schedule cosine --lr $(LR) --wd $(WD) --arch $(STUDENT)
 resume  = $(if $(wildcard $(1)/checkpoint),--resume)
 
-.PHONY: release baseline replicate
+.PHONY: release baseline replicate recipe-check clean-runs
 release:
 	$(CARGO) build --release -p meal-data -p meal-precompute -p meal-student
+
+## the recipe a runs directory was made with (RUNS/recipe.txt): a changed variable is
+## refused by name, not ignored by the finished stages' .done markers (THREADS is not
+## part of it: results do not depend on it)
+recipe-check:
+	@bash scripts/recipe_check.sh $(RUNS)/recipe.txt "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" \
+	  "RES=$(RES)" "POOL=$(POOL)" "SCALE=$(SCALE)" "TEACHERS=$(TEACHERS)" "STUDENT=$(STUDENT)" \
+	  "PRE_EPOCHS=$(PRE_EPOCHS)" "KD_EPOCHS=$(KD_EPOCHS)" "CROPS=$(CROPS)" "BATCH=$(BATCH)" \
+	  "LR=$(LR)" "WD=$(WD)" "LABELS=$(LABELS)"
+
+## clean-runs: remove the demo's runs (RUNS), keeping the build and the demo data
+clean-runs:
+	rm -rf $(RUNS)
 
 ## demo-data: the student's demo dataset (DEMO_PER_CLASS train + 50 val images per class)
 demo-data: $(DATA)/synth.json
@@ -140,7 +153,7 @@ teachers: | release
 ## precompute: the shipped teachers' ensemble over a pool of POOL crops per image -> LABELS
 precompute: $(LABELS)/.done
 
-$(LABELS)/.done: | release demo-data
+$(LABELS)/.done: | release demo-data recipe-check
 	$(PRECOMPUTE_BIN) run --data $(DATA)/train $(addprefix --teacher ,$(TEACHERS)) \
 	  --out $(LABELS) --crops-per-image $(POOL) --scale $(SCALE) --threads $(THREADS)
 	$(PRECOMPUTE_BIN) verify $(LABELS)
@@ -148,12 +161,12 @@ $(LABELS)/.done: | release demo-data
 
 ## the student's hard-label pre-training (MEAL V2 starts from a pretrained student),
 ## then the same student trained KD_EPOCHS more on hard labels (the comparison row)
-$(RUNS)/pretrain/.done: | release demo-data
+$(RUNS)/pretrain/.done: | release demo-data recipe-check
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(PRE_EPOCHS) \
 	  --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
 	touch $@
 
-$(RUNS)/baseline/.done: $(RUNS)/pretrain/.done
+$(RUNS)/baseline/.done: $(RUNS)/pretrain/.done | recipe-check
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
@@ -165,7 +178,7 @@ baseline: $(RUNS)/baseline/.done
 train: $(RUNS)/kd/.done
 	@$(MAKE) --no-print-directory eval
 
-$(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done
+$(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done | recipe-check
 	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
@@ -173,7 +186,7 @@ $(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done
 
 ## eval: top-1 on the demo val split of each teacher, the ensemble, the pre-trained,
 ## the hard-label and the distilled student -> $(RUNS)/results.md
-eval: | release
+eval: | release recipe-check
 	@bash bench/demo_results.sh "$(STUDENT_BIN)" "$(DATA)/val" "$(RUNS)" "$(RES)" "$(THREADS)" \
 	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)" "$(TEACHERS_DIR)"
 

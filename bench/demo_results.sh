@@ -4,8 +4,15 @@
 # and the distillation gain (KD minus hard labels, same init, epochs, crops and seed).
 set -euo pipefail
 BIN=$1 VAL=$2 RUNS=$3 RES=$4 THREADS=$5 TA=$6 TB=$7 ST=$8 TDIR=$9
-top() { # meal-student eval args -> the JSON line
-  "$BIN" eval --data "$VAL" --res "$RES" --threads "$THREADS" --json "$@" 2>/dev/null | tail -1
+# every input first: a missing one is named (make train makes them), not a silent exit
+for f in "$TDIR/teacher_a.safetensors" "$TDIR/teacher_b.safetensors" \
+    "$RUNS/pretrain/student.safetensors" "$RUNS/baseline/student.safetensors" \
+    "$RUNS/kd/student.safetensors"; do
+  [ -f "$f" ] || { echo "make eval: $f is missing: run make train first (it makes every run)" >&2; exit 1; }
+done
+[ -d "$VAL" ] || { echo "make eval: $VAL is missing: run make demo-data (or make train)" >&2; exit 1; }
+top() { # meal-student eval args -> the JSON line (its log to stderr; errors stay visible)
+  RUST_LOG=${RUST_LOG:-warn} "$BIN" eval --data "$VAL" --res "$RES" --threads "$THREADS" --json "$@" | tail -1
 }
 row() { # name, json
   python3 -c "import json,sys; a=json.loads(sys.argv[2]); print(f'| {sys.argv[1]} | {a[\"top1\"]*100:.1f} | {a[\"top5\"]*100:.1f} |')" "$1" "$2"

@@ -7,14 +7,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Log to stderr at `RUST_LOG` (default `info`).
+/// Log to stderr at `RUST_LOG` (default `info`), in colour only on a terminal that does
+/// not set `NO_COLOR` (no escape codes in a log redirected to a file).
 pub fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

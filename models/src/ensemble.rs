@@ -346,8 +346,9 @@ impl Ensemble {
     ) -> Result<Self> {
         let mut teachers = Vec::with_capacity(args.len());
         for t in args {
-            let named = |e: ModelError| {
-                ModelError::Config(format!("teacher {}={}: {e}", t.arch, t.weights.display()))
+            let named = |e: ModelError| ModelError::Teacher {
+                teacher: format!("{}={}", t.arch, t.weights.display()),
+                error: Box::new(e),
             };
             let spec = t.spec().map_err(named)?;
             teachers.push(

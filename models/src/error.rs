@@ -37,6 +37,14 @@ pub enum ModelError {
     /// What this machine cannot run (a CPU feature it lacks).
     #[error("not supported on this machine: {0}")]
     Unsupported(String),
+    /// A teacher of an ensemble could not be built or loaded.
+    #[error("teacher {teacher}: {error}")]
+    Teacher {
+        /// `ARCH=WEIGHTS` as asked for.
+        teacher: String,
+        /// Why (in the message, not a `source()`: anyhow would print it twice).
+        error: Box<ModelError>,
+    },
     /// A teacher's softmax holds a NaN or an infinity (its weights, or an overflow in a
     /// low-precision dtype): the labels would be garbage.
     #[error("teacher {teacher} gave a non-finite probability for row {row} of the batch (ran in {dtype}; in f32 it may not overflow)")]

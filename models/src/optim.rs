@@ -195,10 +195,7 @@ impl Sgd {
 
     /// Save the momentum buffers as safetensors (keys are parameter names).
     pub fn save_state(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.bufs, path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        crate::weights::write_tensors(&self.bufs, path)
     }
 
     /// Restore buffers saved by [`Sgd::save_state`]; a buffer for an unknown parameter or

@@ -124,6 +124,22 @@ pub fn load_into(
             &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         );
         list("wrong shape", &shape);
+        // the usual cause of a classifier of another shape: a dataset with another
+        // number of classes (or the parent of train/ and val/ given as the dataset)
+        let classes = |dims: &[usize]| dims.first().copied();
+        if let (Some(file), Some(model)) = (
+            sd.get("fc.weight").and_then(|t| classes(t.dims())),
+            entries
+                .iter()
+                .find(|e| e.name == "fc.weight")
+                .and_then(|e| classes(e.var.dims())),
+        ) {
+            if file != model {
+                details.push_str(&format!(
+                    "\n  the weights classify {file} classes, the model is built for {model} (the dataset's classes)"
+                ));
+            }
+        }
         return Err(ModelError::Mismatch {
             path: path.to_path_buf(),
             arch: arch.to_string(),
@@ -164,12 +180,20 @@ pub fn save_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
             Ok((k, t.to_device(&Device::Cpu)?))
         })
         .collect::<Result<_>>()?;
-    meal_data::atomic::replace_with(path, |tmp| candle_core::safetensors::save(&map, tmp)).map_err(
-        |e| ModelError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        },
-    )
+    write_tensors(&map, path)
+}
+
+/// Write `tensors` to `path` as safetensors, atomically, as an ordinary file: its mode
+/// follows the umask (0644 under the usual 022), as every other output. The safetensors
+/// crate's own file writer goes through a `tempfile` temporary, created 0600, which
+/// left trained weights unreadable to other users of a shared runs directory.
+pub(crate) fn write_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let io = |reason: String| ModelError::Io {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = safetensors::serialize(tensors.iter(), None).map_err(|e| io(e.to_string()))?;
+    meal_data::atomic::write(path, &bytes).map_err(|e| io(e.to_string()))
 }
 
 /// The trainable tensors (for the optimizer), in state-dict order.

@@ -111,6 +111,10 @@ fn fresh_classifier_on_request_only() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("fc.weight: file [10, 32], model [4, 32]"), "{e}");
+    assert!(
+        e.contains("the weights classify 10 classes, the model is built for 4"),
+        "{e}"
+    );
     let before = state_dict(m.entries())["fc.weight"]
         .to_vec2::<f32>()
         .unwrap();
@@ -246,4 +250,33 @@ fn discriminator_is_meal_v2s() {
     // same weights (same seed); without the final ReLU the negatives survive
     let relu = y2.relu().unwrap();
     assert_eq!(relu.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+}
+
+/// Saved weights and optimizer state are ordinary files: the mode a plain file created
+/// here gets (the umask's), not the 0600 of a private temporary, so other users of a
+/// shared runs directory can load a trained student.
+#[test]
+fn saved_weights_have_an_ordinary_files_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let w = dir.path().join("w.safetensors");
+    basic_plain(4).save(&w).unwrap();
+    assert_eq!(mode(&w), mode(&plain), "{:o}", mode(&w));
+    let m = basic_plain(4);
+    let opt = meal_models::optim::Sgd::new(
+        vec![meal_models::optim::ParamGroup {
+            name: "all".into(),
+            lr: 0.1,
+            weight_decay: 0.0,
+            params: meal_models::trainable(m.entries()),
+        }],
+        meal_models::optim::SgdConfig::default(),
+    )
+    .unwrap();
+    let s = dir.path().join("optim.safetensors");
+    opt.save_state(&s).unwrap();
+    assert_eq!(mode(&s), mode(&plain), "{:o}", mode(&s));
 }

@@ -121,6 +121,16 @@ fn plan(s: &Settings) -> Result<Plan> {
         };
         anyhow::anyhow!("{flag}: {reason}")
     })?;
+    // a student's run directory (its checkpoint, metrics) is not a store's
+    if ["checkpoint", "metrics.jsonl"]
+        .iter()
+        .any(|f| s.out.join(f).exists())
+    {
+        bail!(
+            "--out {}: a meal-student run is there; the store needs its own directory",
+            s.out.display()
+        );
+    }
     let writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
         .with_context(|| format!("--out {}", s.out.display()))?;
     let all_pending = writer.pending_shards();

@@ -19,6 +19,7 @@ pub use crops::Crops;
 pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{
     config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
+    MANIFEST,
 };
 pub use merge::merge;
 pub use reader::{distribution_error, ImageInfo, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};

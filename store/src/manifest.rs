@@ -410,11 +410,15 @@ pub(crate) fn write_atomic(
     Ok(())
 }
 
-/// The keys (dotted paths) at which two configs differ.
+/// The keys (dotted paths, `teachers[1].filter`) at which two configs differ. A teacher
+/// is its weights' content: the file name (`teachers[i].weights`) is not compared, so a
+/// renamed or moved copy of the same file resumes the store (its sha256 still differs
+/// for other weights).
 pub fn config_diff(a: &StoreConfig, b: &StoreConfig) -> Vec<String> {
-    fn walk(p: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    fn walk(p: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
         match (a, b) {
-            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            (Value::Object(x), Value::Object(y)) => {
                 let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
                 keys.sort();
                 keys.dedup();
@@ -426,22 +430,35 @@ pub fn config_diff(a: &StoreConfig, b: &StoreConfig) -> Vec<String> {
                     };
                     walk(
                         &q,
-                        x.get(k).unwrap_or(&serde_json::Value::Null),
-                        y.get(k).unwrap_or(&serde_json::Value::Null),
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
                         out,
                     );
+                }
+            }
+            // lists of records (teachers) element by element where both have as many;
+            // any other list differs as a whole (`crop_pool.scale`, `classes`)
+            (Value::Array(x), Value::Array(y))
+                if x.len() == y.len() && x.iter().chain(y).all(Value::is_object) =>
+            {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk(&format!("{p}[{i}]"), u, v, out);
                 }
             }
             _ if a != b => out.push(p.to_string()),
             _ => {}
         }
     }
+    let value = |c: &StoreConfig| {
+        let mut v = serde_json::to_value(c).expect("serialises");
+        if let Some(ts) = v.get_mut("teachers").and_then(Value::as_array_mut) {
+            for t in ts.iter_mut().filter_map(Value::as_object_mut) {
+                t.remove("weights");
+            }
+        }
+        v
+    };
     let mut out = Vec::new();
-    walk(
-        "",
-        &serde_json::to_value(a).expect("serialises"),
-        &serde_json::to_value(b).expect("serialises"),
-        &mut out,
-    );
+    walk("", &value(a), &value(b), &mut out);
     out
 }

@@ -92,16 +92,16 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             });
         }
     }
-    let absent: Vec<String> = (0..n)
-        .filter(|&i| !seen[i as usize])
-        .map(|i| i.to_string())
-        .collect();
+    let absent: Vec<u32> = (0..n).filter(|&i| !seen[i as usize]).collect();
     if !absent.is_empty() {
+        let list =
+            |f: &dyn Fn(u32) -> String| absent.iter().map(|&i| f(i)).collect::<Vec<_>>().join(", ");
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
             reason: format!(
-                "worker {} of {n} is missing (no manifest.worker-I-of-{n}.json): run it, then merge",
-                absent.join(", ")
+                "worker {} of {n} is missing (no {}): run it, then merge",
+                list(&|i| i.to_string()),
+                list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
             ),
         });
     }

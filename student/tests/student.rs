@@ -256,7 +256,7 @@ fn mixed_precision_on_the_cpu_is_refused() {
     a.amp = Some(true);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--amp") && e.contains("cuda"), "{e}");
-    assert!(!f.root.join("amp").join("metrics.jsonl").exists());
+    assert!(!f.root.join("amp").exists());
 }
 
 /// `--on-bad-file` holds for the validation images too: `skip` leaves a bad file out of
@@ -306,6 +306,12 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
     assert!(!f.data.join("run").exists());
+    // nor into a label store
+    let mut a = args(&f, "unused");
+    a.out = Some(f.labels.clone());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("a label store is there"), "{e}");
+    assert!(!f.labels.join("metrics.jsonl").exists());
 }
 
 #[test]
@@ -316,6 +322,20 @@ fn a_store_of_another_dataset_is_refused() {
     a.data = Some(f.root.join("other/train"));
     let e = go(a).unwrap_err();
     assert!(format!("{e:#}").contains("another dataset"), "{e:#}");
+    // refused before its first write: no empty run directory is left behind, and one
+    // that existed before is kept
+    assert!(!f.root.join("x").exists());
+    std::fs::create_dir(f.root.join("mine")).unwrap();
+    let mut a = args(&f, "mine");
+    a.data = Some(f.root.join("other/train"));
+    go(a).unwrap_err();
+    assert!(f.root.join("mine").is_dir());
+    // --resume of a run that never was: refused, nothing made
+    let mut a = args(&f, "never");
+    a.resume = true;
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--resume"), "{e}");
+    assert!(!f.root.join("never").exists());
 }
 
 #[test]

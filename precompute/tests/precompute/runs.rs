@@ -117,7 +117,21 @@ fn changed_config_or_dataset_is_refused_on_resume() {
         .save(&f.t2.with_file_name("t3.safetensors"))
         .unwrap();
     let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
-    assert!(format!("{e:#}").contains("teachers"), "{e:#}");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("differing keys: teachers[0].sha256"), "{msg}");
+    // another resize filter for the second teacher: named down to the field
+    let mut c = args(&f, "labels");
+    c.teacher[1] = c.teacher[1].replace("filter=bicubic", "filter=bilinear");
+    let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("differing keys: teachers[1].filter"), "{msg}");
+    // the same weights under another name: a teacher is its content, the store resumes
+    let renamed = f.root.join("renamed.safetensors");
+    std::fs::copy(&f.t1, &renamed).unwrap();
+    let mut c = args(&f, "labels");
+    c.teacher[0] = format!("demo_tiny={},size=16", renamed.display());
+    c.limit = Some(7);
+    run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap();
     // the dataset changed: one more image
     let first = meal_data::synth::class_names()[0].clone();
     let src = f
@@ -344,6 +358,17 @@ fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
     a.out = Some(f.data.join("labels"));
     let e = format!("{:#}", a.resolve().unwrap_err());
     assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
+    // nor into a student's run directory
+    let run = f.root.join("a_run");
+    std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+    let mut a = args(&f, "a_run");
+    a.out = Some(run.clone());
+    let e = format!(
+        "{:#}",
+        run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(e.contains("a meal-student run is there"), "{e}");
+    assert!(!run.join("manifest.json").exists());
 }
 
 /// `inspect --histogram` writes a PNG: another extension is refused before the store is

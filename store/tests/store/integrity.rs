@@ -352,7 +352,10 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
     // worker 1 has not run: say so
     let e = merge(&split, &ds).unwrap_err().to_string();
-    assert!(e.contains("worker 1 of 2 is missing"), "{e}");
+    assert!(
+        e.contains("worker 1 of 2 is missing (no manifest.worker-1-of-2.json)"),
+        "{e}"
+    );
     write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
 
     // the same images with one renamed: another fingerprint, refused

@@ -20,6 +20,8 @@ use meal_data::Batch;
 use meal_models::ensemble::Crops;
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::{Discriminator, ResNet};
+
+use crate::config::LossKind;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
@@ -135,9 +137,11 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, val: Option<Accuracy>) -> EpochM
 fn start(run: &mut Run, s: &Settings) -> Result<State> {
     if s.resume {
         let st = run.load_checkpoint()?;
+        // epochs counted from 1, as the progress bar and the "stopped at" line
         tracing::info!(
-            "resuming at epoch {} batch {} (step {})",
-            st.epoch,
+            "resuming at epoch {}/{} after its step {} (step {} of the run)",
+            st.epoch + 1,
+            s.epochs,
             st.batch,
             st.step
         );
@@ -216,8 +220,13 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
         None => None,
     };
     let m = metrics(state.epoch, lr, &state.acc, val);
+    // the label term's name: metrics.jsonl keeps it under "kd" for both losses
+    let term = match s.loss {
+        LossKind::Kd => "kd",
+        LossKind::Ce => "ce",
+    };
     tracing::info!(
-        "epoch {}/{}: loss {:.4} (kd {:.4}, disc {:.4}), train top-1 {:.3}{}, {:.1} crops/s",
+        "epoch {}/{}: loss {:.4} ({term} {:.4}, disc {:.4}), train top-1 {:.3}{}, {:.1} crops/s",
         state.epoch + 1,
         s.epochs,
         m.loss,
@@ -238,13 +247,8 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
     write_tables(&s.out, &state.history)
 }
 
-/// Train as `s` says; `stop` (Ctrl-C) ends the run after the current step with a
-/// checkpoint to resume from.
-pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
-    std::fs::create_dir_all(&s.out).with_context(|| format!("--out {}", s.out.display()))?;
-    // one process per run directory; released on exit or crash
-    let _lock = meal_data::dirlock::DirLock::acquire(&s.out)
-        .with_context(|| format!("--out {}", s.out.display()))?;
+/// The run's inputs opened and checked, and where it starts (fresh, or its checkpoint).
+fn prepare(s: Settings) -> Result<(Run, State)> {
     let mut run = Run::new(s)?;
     let s = run.s.clone();
     if run.batches_per_epoch() == 0 {
@@ -255,7 +259,53 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             run.usable.len()
         );
     }
-    let mut state = start(&mut run, &s)?;
+    let state = start(&mut run, &s)?;
+    Ok((run, state))
+}
+
+/// Remove `dir` when all it holds is the run lock (a directory this run created).
+fn remove_if_only_lock(dir: &std::path::Path) {
+    let only_lock = std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .all(|e| e.file_name() == meal_data::dirlock::LOCK_FILE)
+    });
+    if only_lock {
+        let _ = std::fs::remove_file(dir.join(meal_data::dirlock::LOCK_FILE));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Train as `s` says; `stop` (Ctrl-C) ends the run after the current step with a
+/// checkpoint to resume from.
+pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
+    let out = s.out.clone();
+    if out.join(meal_store::MANIFEST).exists() {
+        bail!(
+            "--out {}: a label store is there ({}); a run needs its own directory",
+            out.display(),
+            meal_store::MANIFEST
+        );
+    }
+    let created = !out.exists();
+    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
+    // one process per run directory; released on exit or crash
+    let lock = meal_data::dirlock::DirLock::acquire(&out)
+        .with_context(|| format!("--out {}", out.display()))?;
+    let prepared = prepare(s);
+    let (mut run, mut state) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            // a run refused before its first write (a missing store, a store of another
+            // dataset, --resume of nothing) leaves no empty directory behind
+            drop(lock);
+            if created {
+                remove_if_only_lock(&out);
+            }
+            return Err(e);
+        }
+    };
+    let s = run.s.clone();
+    let _lock = lock;
     let mut step_losses = Vec::new();
     let mut interrupted = false;
     while state.epoch < s.epochs && !interrupted {
