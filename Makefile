@@ -129,11 +129,14 @@ release:
 ## the recipe a runs directory was made with (RUNS/recipe.txt): a changed variable is
 ## refused by name, not ignored by the finished stages' .done markers (THREADS is not
 ## part of it: results do not depend on it)
-recipe-check:
-	@bash scripts/recipe_check.sh $(RUNS)/recipe.txt "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" \
+RECIPE = "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" \
 	  "RES=$(RES)" "POOL=$(POOL)" "SCALE=$(SCALE)" "TEACHERS=$(TEACHERS)" "STUDENT=$(STUDENT)" \
 	  "PRE_EPOCHS=$(PRE_EPOCHS)" "KD_EPOCHS=$(KD_EPOCHS)" "CROPS=$(CROPS)" "BATCH=$(BATCH)" \
 	  "LR=$(LR)" "WD=$(WD)" "LABELS=$(LABELS)"
+recipe-check:
+	@if [ -f $(DATA)/synth.json ] && ! python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["config"]["train_per_class"] != int(sys.argv[2]))' $(DATA)/synth.json $(DEMO_PER_CLASS); then \
+	  echo "error: $(DATA) was made with another DEMO_PER_CLASS ($(DATA)/synth.json); use a fresh DEMO=DIR" >&2; exit 2; fi
+	@bash scripts/recipe_check.sh $(RUNS)/recipe.txt $(RECIPE)
 
 ## clean-runs: remove the demo's runs (RUNS), keeping the build and the demo data
 clean-runs:
@@ -186,7 +189,8 @@ $(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done 
 
 ## eval: top-1 on the demo val split of each teacher, the ensemble, the pre-trained,
 ## the hard-label and the distilled student -> $(RUNS)/results.md
-eval: | release recipe-check
+eval: | release
+	@bash scripts/recipe_check.sh --no-record $(RUNS)/recipe.txt $(RECIPE)
 	@bash bench/demo_results.sh "$(STUDENT_BIN)" "$(DATA)/val" "$(RUNS)" "$(RES)" "$(THREADS)" \
 	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)" "$(TEACHERS_DIR)"
 

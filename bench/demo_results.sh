@@ -5,8 +5,10 @@
 set -euo pipefail
 BIN=$1 VAL=$2 RUNS=$3 RES=$4 THREADS=$5 TA=$6 TB=$7 ST=$8 TDIR=$9
 # every input first: a missing one is named (make train makes them), not a silent exit
-for f in "$TDIR/teacher_a.safetensors" "$TDIR/teacher_b.safetensors" \
-    "$RUNS/pretrain/student.safetensors" "$RUNS/baseline/student.safetensors" \
+for f in "$TDIR/teacher_a.safetensors" "$TDIR/teacher_b.safetensors"; do
+  [ -f "$f" ] || { echo "make eval: the teacher $f is missing (shipped in assets/demo-teachers; make teachers retrains them)" >&2; exit 1; }
+done
+for f in "$RUNS/pretrain/student.safetensors" "$RUNS/baseline/student.safetensors" \
     "$RUNS/kd/student.safetensors"; do
   [ -f "$f" ] || { echo "make eval: $f is missing: run make train first (it makes every run)" >&2; exit 1; }
 done

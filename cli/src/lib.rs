@@ -114,18 +114,18 @@ impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
 }
 
 /// Whether `path` is, or would be created, inside the existing directory `dir` (both
-/// resolved through symlinks; a `path` not made yet is judged by its deepest existing
-/// ancestor). An output directory inside an ImageFolder root would be read as a class
+/// resolved through symlinks; the part of `path` not made yet, `..` included, walked as
+/// `create_dir_all` would make it). An output directory inside an ImageFolder root would be read as a class
 /// by the next run, so the binaries refuse it.
 pub fn is_inside(path: &Path, dir: &Path) -> bool {
+    use std::path::Component;
     let Ok(dir) = dir.canonicalize() else {
         return false;
     };
     if !dir.is_dir() {
         return false;
     }
-    let mut rest = Vec::new();
-    let mut p = if path.is_absolute() {
+    let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
         match std::env::current_dir() {
@@ -133,19 +133,25 @@ pub fn is_inside(path: &Path, dir: &Path) -> bool {
             Err(_) => return false,
         }
     };
-    loop {
-        if let Ok(c) = p.canonicalize() {
-            let full: std::path::PathBuf = rest.iter().rev().fold(c, |acc, x| acc.join(x));
-            return full.starts_with(&dir);
-        }
-        match (p.file_name().map(|f| f.to_owned()), p.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                p = parent.to_path_buf();
+    // component by component, as `create_dir_all` then the kernel would walk it: an
+    // existing prefix through its symlinks (canonicalised), `..` as the parent of what
+    // came before (of a directory yet to be made too: `data/new/..` is `data`)
+    let mut cur = std::path::PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                cur.pop();
             }
-            _ => return false,
+            Component::Normal(name) => {
+                cur.push(name);
+                if let Ok(real) = cur.canonicalize() {
+                    cur = real;
+                }
+            }
         }
     }
+    cur.starts_with(&dir)
 }
 
 /// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
@@ -191,6 +197,20 @@ mod tests {
             "through a link"
         );
         assert!(!is_inside(&data.join("x"), &tmp.path().join("nowhere")));
+        // `..` after a directory not made yet: where create_dir_all would end up
+        assert!(
+            is_inside(&data.join("new/.."), &data),
+            "data/new/.. is data"
+        );
+        assert!(is_inside(&data.join("new/../run"), &data));
+        assert!(
+            !is_inside(&data.join("new/../../labels"), &data),
+            "a sibling again"
+        );
+        assert!(
+            is_inside(&tmp.path().join("link/x/../y"), &data),
+            "link, then .."
+        );
     }
 
     #[test]

@@ -499,6 +499,11 @@ impl Ensemble {
                         teacher: format!("{} ({})", t.info.arch, t.info.weights),
                         row: start + i / c.max(1),
                         dtype: t.info.dtype.clone(),
+                        hint: if t.info.dtype == "f32" {
+                            ": check its weights file"
+                        } else {
+                            "; f32 may not overflow"
+                        },
                     });
                 }
                 top1.extend(p.chunks_exact(c.max(1)).map(|r| meal_store::top1(r) as u32));

@@ -40,14 +40,14 @@ pub enum ModelError {
     /// A teacher of an ensemble could not be built or loaded.
     #[error("teacher {teacher}: {error}")]
     Teacher {
-        /// `ARCH=WEIGHTS` as asked for.
+        /// `ARCH=WEIGHTS`, the weights as a file (a hub name resolved to its cache).
         teacher: String,
         /// Why (in the message, not a `source()`: anyhow would print it twice).
         error: Box<ModelError>,
     },
     /// A teacher's softmax holds a NaN or an infinity (its weights, or an overflow in a
     /// low-precision dtype): the labels would be garbage.
-    #[error("teacher {teacher} gave a non-finite probability for row {row} of the batch (ran in {dtype}; in f32 it may not overflow)")]
+    #[error("teacher {teacher} gave a non-finite probability for row {row} of the batch (it ran in {dtype}{hint})")]
     NonFinite {
         /// `arch (weights file)`.
         teacher: String,
@@ -55,6 +55,8 @@ pub enum ModelError {
         row: usize,
         /// The dtype the teacher ran in.
         dtype: String,
+        /// What to try: empty in f32 (where its weights are the likely cause).
+        hint: &'static str,
     },
     /// A tensor operation failed (shapes, device).
     #[error(transparent)]

@@ -258,13 +258,18 @@ fn discriminator_is_meal_v2s() {
 #[test]
 fn saved_weights_have_an_ordinary_files_mode() {
     use std::os::unix::fs::PermissionsExt;
+    // the usual umask, whatever this process inherited (under 077 every file is 0600
+    // and the check could not fail); only ever makes this binary's files more readable
+    // SAFETY: umask(2) cannot fail
+    unsafe { libc::umask(0o022) };
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain");
     std::fs::File::create(&plain).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let w = dir.path().join("w.safetensors");
     basic_plain(4).save(&w).unwrap();
-    assert_eq!(mode(&w), mode(&plain), "{:o}", mode(&w));
+    assert_eq!(mode(&plain), 0o644);
+    assert_eq!(mode(&w), 0o644, "{:o}", mode(&w));
     let m = basic_plain(4);
     let opt = meal_models::optim::Sgd::new(
         vec![meal_models::optim::ParamGroup {
@@ -278,5 +283,5 @@ fn saved_weights_have_an_ordinary_files_mode() {
     .unwrap();
     let s = dir.path().join("optim.safetensors");
     opt.save_state(&s).unwrap();
-    assert_eq!(mode(&s), mode(&plain), "{:o}", mode(&s));
+    assert_eq!(mode(&s), 0o644, "{:o}", mode(&s));
 }

@@ -119,7 +119,15 @@ fn plan(s: &Settings) -> Result<Plan> {
             "crop_pool.crops_per_image" => "--crops-per-image",
             other => other,
         };
-        anyhow::anyhow!("{flag}: {reason}")
+        let hint = if key == "format" && s.encoding.is_none() {
+            // the user never asked for top-k: say where it came from
+            format!(
+                " (top-k is the default encoding above {DENSE_DEFAULT_MAX_CLASSES} classes: add --encoding dense)"
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("{flag}: {reason}{hint}")
     })?;
     // a student's run directory (its checkpoint, metrics) is not a store's
     if ["checkpoint", "metrics.jsonl"]
@@ -356,7 +364,8 @@ fn run_part(
         }
         let rows = batch.rows.len();
         let inputs = Crops::of_batch(&batch);
-        let out = ens.finish(sub).map_err(|e| {
+        // a teacher's NaN names the image and crop it came from
+        let with_crop = |e: meal_models::ModelError| {
             let crop = match &e {
                 meal_models::ModelError::NonFinite { row, .. } => batch.rows.get(*row),
                 _ => None,
@@ -370,14 +379,16 @@ fn run_part(
                 )),
                 None => e,
             }
-        })?;
+        };
+        let out = ens.finish(sub).map_err(with_crop)?;
         if dtype_check.is_none() && dtype != DType::F32 {
             // the first batch again in f32: the label error the dtype costs, reported
             let check_t0 = Instant::now();
             let mut f32_args = s.clone();
             f32_args.dtype = Some(DType::F32);
             let reference = load_ensemble(&f32_args, ds.classes().len(), &device)?
-                .soft_labels(&inputs, rows, s.batch)?;
+                .soft_labels(&inputs, rows, s.batch)
+                .map_err(with_crop)?;
             dtype_check = Some(compare_labels(&out.probs, &reference.probs, classes));
             check_time += check_t0.elapsed();
         }

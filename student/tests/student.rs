@@ -322,9 +322,13 @@ fn a_store_of_another_dataset_is_refused() {
     a.data = Some(f.root.join("other/train"));
     let e = go(a).unwrap_err();
     assert!(format!("{e:#}").contains("another dataset"), "{e:#}");
-    // refused before its first write: no empty run directory is left behind, and one
-    // that existed before is kept
+    // refused before its first write: no empty run directory is left behind (nor the
+    // parents it made), and one that existed before is kept
     assert!(!f.root.join("x").exists());
+    let mut a = args(&f, "new/deeper/run");
+    a.data = Some(f.root.join("other/train"));
+    go(a).unwrap_err();
+    assert!(!f.root.join("new").exists());
     std::fs::create_dir(f.root.join("mine")).unwrap();
     let mut a = args(&f, "mine");
     a.data = Some(f.root.join("other/train"));
