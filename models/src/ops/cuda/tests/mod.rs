@@ -462,6 +462,14 @@ fn mixed_precision_ops_follow_the_f32_cpu_ops() {
         let inputs = [randn(&[b, ci, h, w]), randn(&[co, ci, k, k])];
         twin_mixed(&dev, &name, &inputs, &[true, true], &f, tol);
     }
+    // a ResNeXt student's grouped convolutions under mixed precision: the backward's
+    // per-group GEMMs on bf16 views, the weight gradient summed in f32
+    for [b, ci, h, w, co, k, s, p, groups] in GROUPED {
+        let name = format!("bf16 grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
+        let f = move |t: &[Tensor]| conv2d(&t[0], &t[1], s, p, groups).unwrap();
+        let inputs = [randn(&[b, ci, h, w]), randn(&[co, ci / groups, k, k])];
+        twin_mixed(&dev, &name, &inputs, &[true, true], &f, tol);
+    }
     for (relu, shape) in [
         (false, [4, 5, 6, 7]),
         (true, [4, 5, 6, 7]),
