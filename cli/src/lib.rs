@@ -22,6 +22,40 @@ pub fn init_logging() {
         .init();
 }
 
+/// Write to standard output, as `print!` does, but as an error naming it instead of a
+/// panic when it cannot be written (a full disk under a redirect). A closed pipe
+/// (`| head`) ends the program quietly with status 0, as `head`'s readers expect (Rust
+/// ignores SIGPIPE, so without this every `print!` after it would panic).
+pub fn write_stdout(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(anyhow::anyhow!("writing to standard output: {e}")),
+    }
+}
+
+/// `println!` for the binaries' reports: an error (`?` in a function returning
+/// `anyhow::Result`) instead of a panic when standard output cannot be written.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` for the binaries' reports, as [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))?
+    };
+}
+
 /// The default `--threads`: every core.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()

@@ -34,14 +34,7 @@ pub fn replace_with<E>(
     sync_tree(&tmp).map_err(|e| io_err(&tmp, e))?;
     if tmp.is_dir() && path.exists() {
         // rename(2) will not replace a non-empty directory: move the old one aside first
-        let old = path.with_file_name({
-            let mut n = path
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or_default();
-            n.push(".old");
-            n
-        });
+        let old = old_path(path);
         remove_any(&old);
         fs::rename(path, &old).map_err(|e| io_err(path, e))?;
         fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
@@ -59,6 +52,36 @@ pub fn replace_with<E>(
             let _ = d.sync_all();
         }
     }
+    Ok(())
+}
+
+/// Where [`replace_with`] moves the directory it replaces, between its two renames.
+fn old_path(path: &Path) -> PathBuf {
+    let mut n = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    n.push(".old");
+    path.with_file_name(n)
+}
+
+/// Finish or undo a [`replace_with`] of `path` that a crash interrupted, so that `path`
+/// is a whole version and no `.tmp` or `.old` sibling is left. Call it, holding the
+/// writer's lock, before reading `path`:
+/// - `path` missing, `.old` there: the crash fell between the directory swap's two
+///   renames, after the new version was written and synced whole: `.tmp` becomes `path`
+///   (or, without one, `.old` goes back);
+/// - otherwise a `.tmp` is an unfinished or uncommitted write (removed: `path` is the
+///   version before it) and an `.old` the previous version not yet deleted (removed).
+pub fn recover(path: &Path) -> io::Result<()> {
+    let (tmp, old) = (tmp_path(path), old_path(path));
+    let io_err = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    if !path.exists() && old.exists() {
+        let from = if tmp.exists() { &tmp } else { &old };
+        fs::rename(from, path).map_err(|e| io_err(path, e))?;
+    }
+    remove_any(&tmp);
+    remove_any(&old);
     Ok(())
 }
 
@@ -119,6 +142,41 @@ fn sync_tree(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recover_finishes_or_undoes_an_interrupted_replacement() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ckpt");
+        let file = |dir: &Path| fs::read_to_string(dir.join("v")).unwrap();
+        let make = |dir: &Path, v: &str| {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("v"), v).unwrap();
+        };
+        // between the two renames: the new version (whole in .tmp) wins
+        make(&old_path(&p), "1");
+        make(&tmp_path(&p), "2");
+        recover(&p).unwrap();
+        assert_eq!(file(&p), "2");
+        assert!(!old_path(&p).exists() && !tmp_path(&p).exists());
+        // after both renames, before .old was deleted: the new version stays
+        make(&old_path(&p), "1");
+        recover(&p).unwrap();
+        assert_eq!(file(&p), "2");
+        assert!(!old_path(&p).exists());
+        // a write cut short: the version before it stays, the torn .tmp goes
+        make(&tmp_path(&p), "torn");
+        recover(&p).unwrap();
+        assert_eq!(file(&p), "2");
+        assert!(!tmp_path(&p).exists());
+        // only .old (its .tmp lost): the old version comes back
+        fs::rename(&p, old_path(&p)).unwrap();
+        recover(&p).unwrap();
+        assert_eq!(file(&p), "2");
+        // nothing to do
+        recover(&p).unwrap();
+        recover(&d.path().join("never")).unwrap();
+        assert_eq!(file(&p), "2");
+    }
 
     #[test]
     fn replaces_files_and_directories_and_keeps_the_old_on_error() {

@@ -26,3 +26,40 @@ fn bench_refuses_zero_counts_naming_the_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--data"), "{err}");
 }
+
+/// A report that cannot be written (standard output on a full disk) is an error naming
+/// standard output, not a panic; a closed pipe (`| head`) ends the program quietly.
+#[test]
+fn an_unwritable_stdout_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = meal_data::synth::SynthConfig {
+        seed: 1,
+        train_per_class: 1,
+        val_per_class: 0,
+        min_side: 16,
+        max_side: 20,
+        quality: 80,
+    };
+    meal_data::synth::generate(dir.path(), &cfg, || {}).unwrap();
+    let index = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meal-data"));
+        c.arg("index").arg(dir.path().join("train"));
+        c
+    };
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = index().stdout(full).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing to standard output"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // a reader that is gone before the report: status 0, nothing on stderr
+    let mut child = index()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+}

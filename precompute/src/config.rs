@@ -177,6 +177,9 @@ impl RunArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the label store directory)")?;
+        if out.exists() && !out.is_dir() {
+            bail!("--out {}: a file, not a directory", out.display());
+        }
         if meal_cli::is_inside(&out, &data) {
             bail!(
                 "--out {} is inside --data {}: the next run would read it as a class; put the store elsewhere",

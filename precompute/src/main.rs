@@ -74,7 +74,7 @@ fn main() -> Result<()> {
                 })
             })?;
             report::write_report(&s.out, s.worker, &r)?;
-            println!(
+            meal_cli::outln!(
                 "this run: {} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
                 r.images_labelled,
                 r.crops_labelled,
@@ -86,13 +86,13 @@ fn main() -> Result<()> {
                 r.bytes_written
             );
             if r.labelling_seconds > 0.0 {
-                println!(
+                meal_cli::outln!(
                     "labelling loop (without set-up and dtype check): {:.1} s, {:.1} crops/s",
                     r.labelling_seconds,
                     r.crops_labelled as f64 / r.labelling_seconds
                 );
             }
-            println!(
+            meal_cli::outln!(
                 "the store{}: {} images, {} crops in {} shards",
                 if s.worker.is_some() {
                     " (this worker's part)"
@@ -105,44 +105,47 @@ fn main() -> Result<()> {
             );
             for t in &r.teachers {
                 match t.top1_agreement {
-                    Some(a) => println!(
+                    Some(a) => meal_cli::outln!(
                         "  teacher {:<16} top-1 agreement {a:.4}  ({})",
-                        t.arch, t.weights
+                        t.arch,
+                        t.weights
                     ),
-                    None => println!(
+                    None => meal_cli::outln!(
                         "  teacher {:<16} top-1 agreement not recorded by older shards  ({})",
-                        t.arch, t.weights
+                        t.arch,
+                        t.weights
                     ),
                 }
             }
-            println!(
+            meal_cli::outln!(
                 "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",
-                r.ensemble_top1_agreement, r.mean_entropy
+                r.ensemble_top1_agreement,
+                r.mean_entropy
             );
             if let Some(c) = &r.dtype_check {
-                println!(
+                meal_cli::outln!(
                     "  teachers in {}: against f32 on the first {} crops, max |p - p_f32| {:.2e}, mean total variation {:.2e}, top-1 agreement {:.4}",
                     r.dtype, c.crops, c.max_abs_diff, c.mean_tv, c.top1_agreement
                 );
             }
             if !r.skipped.is_empty() {
-                println!("  skipped {} files:", r.skipped.len());
+                meal_cli::outln!("  skipped {} files:", r.skipped.len());
                 for s in &r.skipped {
-                    println!("    {}: {}", s.path, s.reason);
+                    meal_cli::outln!("    {}: {}", s.path, s.reason);
                 }
             }
             match (r.complete, s.worker) {
-                (true, None) => println!("store complete: {}", s.out.display()),
-                (true, Some([i, n])) => println!(
+                (true, None) => meal_cli::outln!("store complete: {}", s.out.display()),
+                (true, Some([i, n])) => meal_cli::outln!(
                     "worker {i} of {n}: its part is complete; when every worker's part is, run `meal-precompute merge --data {} --out {}`",
                     s.data.display(),
                     s.out.display()
                 ),
-                (false, Some([i, n])) => println!(
+                (false, Some([i, n])) => meal_cli::outln!(
                     "worker {i} of {n}: its part is partial (limit or interrupt): rerun the same command to continue"
                 ),
                 (false, None) => {
-                    println!("store partial (limit or interrupt): rerun the same command to continue")
+                    meal_cli::outln!("store partial (limit or interrupt): rerun the same command to continue")
                 }
             }
             if stop.load(Ordering::SeqCst) {
@@ -159,7 +162,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("--data {}", data.display()))?;
             let m =
                 meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;
-            println!("merged {} shards into {}", m.shards.len(), out.display());
+            meal_cli::outln!("merged {} shards into {}", m.shards.len(), out.display());
         }
         Cmd::Inspect {
             store,
@@ -177,15 +180,15 @@ fn main() -> Result<()> {
                 }
             }
             let ins = inspect::inspect(&store, rows)?;
-            print!("{}", ins.text);
+            meal_cli::out!("{}", ins.text);
             if let Some(p) = histogram {
                 let title = format!("meal-precompute inspect: {}", store.display());
                 inspect::write_histograms(&ins, ins.classes.len(), &title, &p)
                     .with_context(|| "--histogram".to_string())?;
-                println!("\nhistograms written to {}", p.display());
+                meal_cli::outln!("\nhistograms written to {}", p.display());
             }
         }
-        Cmd::Verify { store } => println!("{}", inspect::verify(&store)?),
+        Cmd::Verify { store } => meal_cli::outln!("{}", inspect::verify(&store)?),
     }
     Ok(())
 }

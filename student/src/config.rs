@@ -239,6 +239,9 @@ impl TrainArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the run directory)")?;
+        if out.exists() && !out.is_dir() {
+            bail!("--out {}: a file, not a directory", out.display());
+        }
         for (flag, root) in [
             ("--data", Some(&data)),
             ("--val", l.pick(|a| &a.val).as_ref()),

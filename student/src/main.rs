@@ -88,7 +88,7 @@ fn main() -> Result<()> {
                 })
             })?;
             if let Some(m) = r.history.last() {
-                println!(
+                meal_cli::outln!(
                     "epoch {}: loss {:.4}, train top-1 {:.4}{}",
                     m.epoch + 1,
                     m.loss,
@@ -102,7 +102,7 @@ fn main() -> Result<()> {
                 );
             }
             if r.interrupted {
-                println!(
+                meal_cli::outln!(
                     "stopped after step {}; continue with --resume (checkpoint in {})",
                     r.steps,
                     out.display()
@@ -111,7 +111,7 @@ fn main() -> Result<()> {
                     std::process::exit(130);
                 }
             } else {
-                println!(
+                meal_cli::outln!(
                     "weights: {}  (metrics.jsonl, summary.csv, curves.png beside it)",
                     r.weights.display()
                 );
@@ -164,12 +164,14 @@ fn main() -> Result<()> {
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };
-            println!(
+            meal_cli::outln!(
                 "{what}: {} images, top-1 {:.4}, top-5 {:.4}",
-                acc.images, acc.top1, acc.top5
+                acc.images,
+                acc.top1,
+                acc.top5
             );
             if json {
-                println!("{}", serde_json::to_string(&acc)?);
+                meal_cli::outln!("{}", serde_json::to_string(&acc)?);
             }
         }
     }

@@ -184,6 +184,72 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
 }
 
+/// A crash after the last checkpoint, in the middle of writing the final weights and
+/// tables, or between the checkpoint directory's two renames: `--resume` ends with the
+/// uninterrupted run's files and no leftovers, and a plain rerun still sees the run.
+#[test]
+fn a_crash_inside_the_last_saves_is_recovered_on_resume() {
+    let f = fixture();
+    go(args(&f, "whole")).unwrap();
+    let read = |run: &str, name: &str| std::fs::read(f.root.join(run).join(name)).unwrap();
+    let cut = f.root.join("cut");
+    // the run as a crash after its last checkpoint leaves it: the finished run's
+    // checkpoint, older weights (here another run's), a torn temporary of the new ones,
+    // one line of metrics
+    let mut one = args(&f, "one");
+    one.epochs = Some(1);
+    go(one).unwrap();
+    std::fs::create_dir_all(cut.join("checkpoint")).unwrap();
+    for sub in ["", "checkpoint"] {
+        for e in std::fs::read_dir(f.root.join("whole").join(sub)).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), cut.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        cut.join("student.safetensors"),
+        read("one", "student.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(cut.join("student.safetensors.tmp"), b"torn").unwrap();
+    let jsonl = String::from_utf8(read("cut", "metrics.jsonl")).unwrap();
+    std::fs::write(cut.join("metrics.jsonl"), jsonl.lines().next().unwrap()).unwrap();
+    // and between the checkpoint swap's two renames: checkpoint.old and a whole .tmp
+    std::fs::rename(cut.join("checkpoint"), cut.join("checkpoint.old")).unwrap();
+    std::fs::create_dir(cut.join("checkpoint.tmp")).unwrap();
+    for e in std::fs::read_dir(cut.join("checkpoint.old")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), cut.join("checkpoint.tmp").join(e.file_name())).unwrap();
+    }
+    // a plain rerun still finds the run
+    let e = format!("{:#}", go(args(&f, "cut")).unwrap_err());
+    assert!(e.contains("--resume"), "{e}");
+    let mut b = args(&f, "cut");
+    b.resume = true;
+    let r = go(b).unwrap();
+    assert_eq!(r.history.len(), 2);
+    assert!(
+        read("cut", "student.safetensors") == read("whole", "student.safetensors"),
+        "the final weights are the last checkpoint's"
+    );
+    assert_eq!(
+        String::from_utf8(read("cut", "metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    for left in [
+        "student.safetensors.tmp",
+        "checkpoint.old",
+        "checkpoint.tmp",
+    ] {
+        assert!(!cut.join(left).exists(), "{left} left behind");
+    }
+}
+
 /// Resume compares inputs by content: moved data, a renamed run directory, a trailing
 /// slash and another thread count are accepted and give the uninterrupted run's bytes;
 /// another label store at the same path, or images added to the data, are refused.
@@ -306,6 +372,14 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
     assert!(!f.data.join("run").exists());
+    // nor into a file
+    let file = f.root.join("a_file");
+    std::fs::write(&file, b"keep").unwrap();
+    let mut a = args(&f, "a_file");
+    a.out = Some(file.clone());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("a file, not a directory"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     // nor into a label store
     let mut a = args(&f, "unused");
     a.out = Some(f.labels.clone());

@@ -122,7 +122,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     let s = generate(&a.out, &cfg, || bar.inc(1))
         .with_context(|| format!("writing the demo dataset to {}", a.out.display()))?;
     bar.finish_and_clear();
-    println!(
+    meal_cli::outln!(
         "wrote {} train + {} val images of {} classes to {} in {:.1} s",
         s.train_images,
         s.val_images,
@@ -148,7 +148,7 @@ fn index(a: IndexArgs) -> Result<()> {
             .collect::<Vec<_>>(),
         "fingerprint": ds.fingerprint(),
     });
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    meal_cli::outln!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
 
@@ -204,7 +204,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         best = best.min(time_pass(&ds, &a, spec, pass as u64)?);
     }
     let imgs = ds.len() as f64 / best;
-    println!(
+    meal_cli::outln!(
         "meal-data bench: {} images, res {}, {} crop(s)/image, {} thread(s): {:.1} img/s ({:.1} img/s/thread), {:.1} crops/s",
         ds.len(),
         a.res,

@@ -91,7 +91,7 @@ impl Run {
 
     pub(super) fn save_checkpoint(&self, state: &State) -> Result<()> {
         // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
-        // load_checkpoint falls back to .old after a crash between the two renames
+        // train() recovers a crash between the two renames before it reads it
         let dst = self.s.out.join(CHECKPOINT);
         meal_data::atomic::replace_with(&dst, |tmp| -> Result<()> {
             std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -110,14 +110,10 @@ impl Run {
     }
 
     pub(super) fn load_checkpoint(&mut self) -> Result<State> {
+        // (a crash inside save_checkpoint was finished or undone by
+        // meal_data::atomic::recover before this)
         let out = &self.s.out;
-        let mut dir = out.join(CHECKPOINT);
-        if !dir.join("state.json").exists()
-            && out.join(format!("{CHECKPOINT}.old/state.json")).exists()
-        {
-            // a crash between the two renames of save_checkpoint
-            dir = out.join(format!("{CHECKPOINT}.old"));
-        }
+        let dir = out.join(CHECKPOINT);
         let sp = dir.join("state.json");
         let text = std::fs::read_to_string(&sp).with_context(|| {
             format!(

@@ -303,6 +303,19 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     // one process per run directory; released on exit or crash
     let lock = meal_data::dirlock::DirLock::acquire(&out)
         .with_context(|| format!("--out {}", out.display()))?;
+    // a save that a crash interrupted is finished or undone before anything is read:
+    // the checkpoint directory's swap, the weights and the tables
+    for name in [
+        CHECKPOINT,
+        STUDENT_FILE,
+        "metrics.jsonl",
+        "summary.csv",
+        "curves.png",
+    ] {
+        let p = out.join(name);
+        meal_data::atomic::recover(&p)
+            .with_context(|| format!("--out: recovering {}", p.display()))?;
+    }
     let prepared = prepare(s);
     let (mut run, mut state) = match prepared {
         Ok(p) => p,
@@ -322,6 +335,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     let _lock = lock;
     let mut step_losses = Vec::new();
     let mut interrupted = false;
+    let mut epochs_ended = 0;
     while state.epoch < s.epochs && !interrupted {
         let epoch = state.epoch;
         let factor = s.schedule.factor(epoch);
@@ -365,6 +379,13 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             break;
         }
         end_epoch(&run, &mut state, lr)?;
+        epochs_ended += 1;
+    }
+    if !interrupted && epochs_ended == 0 {
+        // a resume of a finished run: a crash after the last checkpoint may have cut
+        // the final weights or tables short, so they are written again from it
+        run.student.save(&s.out.join(STUDENT_FILE))?;
+        write_tables(&s.out, &state.history)?;
     }
     if !interrupted {
         let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
