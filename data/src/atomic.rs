@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling used for `path`: `NAME.tmp` in the same directory.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    sibling(path, ".tmp")
+}
+
+/// `path`'s name with `suffix` appended, in the same directory.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
 }
 
@@ -57,12 +62,7 @@ pub fn replace_with<E>(
 
 /// Where [`replace_with`] moves the directory it replaces, between its two renames.
 fn old_path(path: &Path) -> PathBuf {
-    let mut n = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    n.push(".old");
-    path.with_file_name(n)
+    sibling(path, ".old")
 }
 
 /// Finish or undo a [`replace_with`] of `path` that a crash interrupted, so that `path`
