@@ -149,8 +149,8 @@ impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
 
 /// Whether `path` is, or would be created, inside the existing directory `dir` (both
 /// resolved through symlinks; the part of `path` not made yet, `..` included, walked as
-/// `create_dir_all` would make it). An output directory inside an ImageFolder root would be read as a class
-/// by the next run, so the binaries refuse it.
+/// `create_dir_all` would make it). An output directory inside an ImageFolder root
+/// would be read as a class by the next run, so the binaries refuse it.
 pub fn is_inside(path: &Path, dir: &Path) -> bool {
     use std::path::Component;
     let Ok(dir) = dir.canonicalize() else {

@@ -75,10 +75,9 @@ fn old_path(path: &Path) -> PathBuf {
 ///   version before it) and an `.old` the previous version not yet deleted (removed).
 pub fn recover(path: &Path) -> io::Result<()> {
     let (tmp, old) = (tmp_path(path), old_path(path));
-    let io_err = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     if !path.exists() && old.exists() {
         let from = if tmp.exists() { &tmp } else { &old };
-        fs::rename(from, path).map_err(|e| io_err(path, e))?;
+        fs::rename(from, path).map_err(|e| io_at(path, e))?;
     }
     remove_any(&tmp);
     remove_any(&old);
@@ -88,6 +87,11 @@ pub fn recover(path: &Path) -> io::Result<()> {
 /// Replace `path` by `bytes`, atomically.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace_with(path, |tmp| fs::write(tmp, bytes)).map_err(AtomicError::into_io)
+}
+
+/// `e` with the path it concerns in its message (its kind kept).
+fn io_at(p: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", p.display()))
 }
 
 /// An error of [`replace_with`].
@@ -104,7 +108,7 @@ impl AtomicError<io::Error> {
     pub fn into_io(self) -> io::Error {
         match self {
             AtomicError::Write(e) => e,
-            AtomicError::Io(p, e) => io::Error::new(e.kind(), format!("{}: {e}", p.display())),
+            AtomicError::Io(p, e) => io_at(&p, e),
         }
     }
 }

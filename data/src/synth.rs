@@ -210,8 +210,8 @@ pub struct SynthSummary {
 /// Write the dataset under `out` (`out/train/<class>/*.jpg`, `out/val/...`, and
 /// `out/synth.json`) into an empty directory or over an earlier synth's output (whose
 /// images this one does not write are removed; anything else there is refused, naming
-/// it). The output is byte-identical for the same settings. Files are written to a temporary name and
-/// renamed, so an interrupted run leaves no half-written image.
+/// it). The output is byte-identical for the same settings. Files are written to a
+/// temporary name and renamed, so an interrupted run leaves no half-written image.
 pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Result<SynthSummary> {
     if cfg.min_side < 8 || cfg.min_side > cfg.max_side || cfg.max_side > 4096 {
         return Err(DataError::param(

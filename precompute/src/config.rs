@@ -32,8 +32,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// A teacher, repeatable: `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic]
-    /// [,crop_pct=F][,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict (.safetensors or
-    /// .pth); the input config defaults to the preset's timm pretrained config.
+    /// [,crop_pct=F][,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict
+    /// (.safetensors or .pth); the input config defaults to the preset's timm pretrained
+    /// config.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default)]
     pub teacher: Vec<String>,

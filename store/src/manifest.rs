@@ -339,9 +339,9 @@ impl Manifest {
     }
 
     /// The invariants every reader relies on (a hand-edited or damaged manifest may
-    /// break them): the config's ([`StoreConfig::check`]), a worker index below its count, shard files named
-    /// inside the store's directory, and shards whose sample ranges follow from their
-    /// index.
+    /// break them): the config's ([`StoreConfig::check`]), a worker index below its
+    /// count, shard files named inside the store's directory, and shards whose sample
+    /// ranges follow from their index.
     fn validate(&self) -> Result<(), String> {
         self.config
             .check()
@@ -408,6 +408,24 @@ pub(crate) fn write_atomic(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Refuse `found` (the config of the manifest at `path`) unless it equals `want`:
+/// `what` says whose config differs, and the error lists the differing keys.
+pub(crate) fn require_same_config(
+    path: &Path,
+    found: &StoreConfig,
+    want: &StoreConfig,
+    what: &str,
+) -> Result<(), StoreError> {
+    let diff = config_diff(found, want);
+    if diff.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Mismatch {
+        path: path.to_path_buf(),
+        reason: format!("{what}; differing keys: {}", diff.join(", ")),
+    })
 }
 
 /// The keys (dotted paths, `teachers[1].filter`) at which two configs differ. A teacher

@@ -8,7 +8,7 @@ use std::path::Path;
 use meal_data::dirlock::DirLock;
 use meal_data::Dataset;
 
-use super::manifest::{config_diff, Manifest, State, MANIFEST};
+use super::manifest::{require_same_config, Manifest, State, MANIFEST};
 use super::writer::{summary, write_images};
 use super::StoreError;
 
@@ -55,13 +55,12 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     let n = first.worker.map(|w| w[1]).unwrap_or(1);
     let mut seen = vec![false; n as usize];
     for (p, name) in parts.iter().zip(&names) {
-        let diff = config_diff(&first.config, &p.config);
-        if !diff.is_empty() {
-            return Err(StoreError::Mismatch {
-                path: dir.join(name),
-                reason: format!("config differs from {}: {}", names[0], diff.join(", ")),
-            });
-        }
+        require_same_config(
+            &dir.join(name),
+            &p.config,
+            &first.config,
+            &format!("config differs from {}", names[0]),
+        )?;
         match p.worker {
             Some([i, m]) if m == n && i < n => seen[i as usize] = true,
             Some([i, m]) => {

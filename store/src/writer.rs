@@ -16,8 +16,8 @@ use parquet::file::properties::WriterProperties;
 
 use super::label::{entropy, top1, SoftLabel};
 use super::manifest::{
-    config_diff, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, StoreConfig,
-    Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
+    require_same_config, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State,
+    StoreConfig, Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
 };
 use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
 use super::shard_read::ShardReader;
@@ -142,16 +142,12 @@ fn check_neighbours(
     }
     for name in parts.iter().filter(|p| **p != own) {
         let path = dir.join(name);
-        let diff = config_diff(&Manifest::read_file(&path)?.config, config);
-        if !diff.is_empty() {
-            return Err(StoreError::Mismatch {
-                path,
-                reason: format!(
-                    "another worker's part was made with another config; differing keys: {}",
-                    diff.join(", ")
-                ),
-            });
-        }
+        require_same_config(
+            &path,
+            &Manifest::read_file(&path)?.config,
+            config,
+            "another worker's part was made with another config",
+        )?;
     }
     Ok(())
 }
@@ -221,16 +217,12 @@ impl StoreWriter {
         let path = dir.join(&name);
         let manifest = if path.exists() {
             let mut m = Manifest::read_file(&path)?;
-            let diff = config_diff(&m.config, &config);
-            if !diff.is_empty() {
-                return Err(StoreError::Mismatch {
-                    path,
-                    reason: format!(
-                        "the store there was made with another config; differing keys: {}",
-                        diff.join(", ")
-                    ),
-                });
-            }
+            require_same_config(
+                &path,
+                &m.config,
+                &config,
+                "the store there was made with another config",
+            )?;
             // shards are deterministic: one that is missing, truncated or altered since
             // it was listed is dropped from the manifest and written again
             let before = m.shards.len();

@@ -20,11 +20,9 @@ use meal_data::Batch;
 use meal_models::ensemble::Crops;
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::{Discriminator, ResNet};
-
-use crate::config::LossKind;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Settings;
+use crate::config::{LossKind, Settings};
 use crate::eval::{evaluate, Accuracy, EvalRead};
 use crate::logs::{plot_curves, write_tables, EpochMetrics};
 pub use checkpoint::{Inputs, State};
