@@ -126,21 +126,35 @@ resume  = $(if $(wildcard $(1)/checkpoint),--resume)
 release:
 	$(CARGO) build --release -p meal-data -p meal-precompute -p meal-student
 
-## the recipe a runs directory was made with (RUNS/recipe.txt): a changed variable is
-## refused by name, not ignored by the finished stages' .done markers (THREADS is not
-## part of it: results do not depend on it)
-RECIPE = "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" \
-	  "RES=$(RES)" "POOL=$(POOL)" "SCALE=$(SCALE)" "TEACHERS=$(TEACHERS)" "STUDENT=$(STUDENT)" \
-	  "PRE_EPOCHS=$(PRE_EPOCHS)" "KD_EPOCHS=$(KD_EPOCHS)" "CROPS=$(CROPS)" "BATCH=$(BATCH)" \
-	  "LR=$(LR)" "WD=$(WD)" "LABELS=$(LABELS)"
+## the recipe each stage was made with (its recipe.txt, written when it finishes): a
+## changed variable is refused by name, naming the stages to redo, where the finished
+## stages' .done markers would silently keep the old results (THREADS is in none:
+## results do not depend on it). Each holds what its output depends on.
+PRE_RECIPE = "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" "RES=$(RES)" \
+	  "STUDENT=$(STUDENT)" "PRE_EPOCHS=$(PRE_EPOCHS)" "CROPS=$(CROPS)" "BATCH=$(BATCH)" \
+	  "LR=$(LR)" "WD=$(WD)" "SCALE=$(SCALE)"
+BASE_RECIPE = $(PRE_RECIPE) "KD_EPOCHS=$(KD_EPOCHS)"
+LABELS_RECIPE = "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" "POOL=$(POOL)" \
+	  "SCALE=$(SCALE)" "TEACHERS=$(TEACHERS)"
+KD_RECIPE = $(BASE_RECIPE) "POOL=$(POOL)" "TEACHERS=$(TEACHERS)" "LABELS=$(LABELS)"
 recipe-check:
 	@if [ -f $(DATA)/synth.json ] && ! python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["config"]["train_per_class"] != int(sys.argv[2]))' $(DATA)/synth.json $(DEMO_PER_CLASS); then \
 	  echo "error: $(DATA) was made with another DEMO_PER_CLASS ($(DATA)/synth.json); use a fresh DEMO=DIR" >&2; exit 2; fi
-	@bash scripts/recipe_check.sh $(RUNS)/recipe.txt $(RECIPE)
+	@rc=0; \
+	  bash scripts/recipe_check.sh check $(RUNS)/pretrain $(PRE_RECIPE) || rc=2; \
+	  bash scripts/recipe_check.sh check $(RUNS)/baseline $(BASE_RECIPE) || rc=2; \
+	  bash scripts/recipe_check.sh check $(LABELS) $(LABELS_RECIPE) || rc=2; \
+	  bash scripts/recipe_check.sh check $(RUNS)/kd $(KD_RECIPE) || rc=2; \
+	  if [ $$rc != 0 ]; then \
+	    echo "  to redo those stages remove them (rm -rf DIR), or use a fresh RUNS=DIR (and LABELS=DIR" >&2; \
+	    echo "  where LABELS is outside RUNS), or remove the demo's runs and labels: make clean-runs" >&2; fi; \
+	  exit $$rc
 
-## clean-runs: remove the demo's runs (RUNS), keeping the build and the demo data
+## clean-runs: remove the demo's runs (RUNS) and its labels (LABELS, also outside RUNS
+## when a finished `make precompute` made them), keeping the build and the demo data
 clean-runs:
 	rm -rf $(RUNS)
+	@if [ -f $(LABELS)/recipe.txt ]; then echo "rm -rf $(LABELS)"; rm -rf $(LABELS); fi
 
 ## demo-data: the student's demo dataset (DEMO_PER_CLASS train + 50 val images per class)
 demo-data: $(DATA)/synth.json
@@ -160,6 +174,7 @@ $(LABELS)/.done: | release demo-data recipe-check
 	$(PRECOMPUTE_BIN) run --data $(DATA)/train $(addprefix --teacher ,$(TEACHERS)) \
 	  --out $(LABELS) --crops-per-image $(POOL) --scale $(SCALE) --threads $(THREADS)
 	$(PRECOMPUTE_BIN) verify $(LABELS)
+	@bash scripts/recipe_check.sh record $(LABELS) $(LABELS_RECIPE)
 	touch $@
 
 ## the student's hard-label pre-training (MEAL V2 starts from a pretrained student),
@@ -167,12 +182,14 @@ $(LABELS)/.done: | release demo-data recipe-check
 $(RUNS)/pretrain/.done: | release demo-data recipe-check
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(PRE_EPOCHS) \
 	  --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
+	@bash scripts/recipe_check.sh record $(RUNS)/pretrain $(PRE_RECIPE)
 	touch $@
 
 $(RUNS)/baseline/.done: $(RUNS)/pretrain/.done | recipe-check
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
+	@bash scripts/recipe_check.sh record $(RUNS)/baseline $(BASE_RECIPE)
 	touch $@
 
 baseline: $(RUNS)/baseline/.done
@@ -185,12 +202,12 @@ $(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done 
 	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
+	@bash scripts/recipe_check.sh record $(RUNS)/kd $(KD_RECIPE)
 	touch $@
 
 ## eval: top-1 on the demo val split of each teacher, the ensemble, the pre-trained,
 ## the hard-label and the distilled student -> $(RUNS)/results.md
-eval: | release
-	@bash scripts/recipe_check.sh --no-record $(RUNS)/recipe.txt $(RECIPE)
+eval: | release recipe-check
 	@bash bench/demo_results.sh "$(STUDENT_BIN)" "$(DATA)/val" "$(RUNS)" "$(RES)" "$(THREADS)" \
 	  "$(TEACHER_A)" "$(TEACHER_B)" "$(STUDENT)" "$(TEACHERS_DIR)"
 

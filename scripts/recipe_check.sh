@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# The demo's recipe guard (Makefile): `recipe_check.sh [--no-record] FILE VAR=VALUE...`
-# records the variables a runs directory was made with in FILE the first time (not with
-# --no-record: a read-only target such as `make eval` never records), and afterwards
-# refuses (exit 2, naming them) variables that differ, instead of the finished stages'
-# .done markers silently keeping results of the old recipe.
+# The demo's recipe guard (Makefile), one recipe per stage:
+#   recipe_check.sh record DIR VAR=VALUE...   after a stage finished: DIR/recipe.txt
+#   recipe_check.sh check DIR VAR=VALUE...    before any stage runs: refuses (exit 2,
+#                                             naming them) variables that differ from
+#                                             DIR/recipe.txt; nothing to check if absent
+# Without it a changed variable would be ignored: the finished stage's .done marker
+# keeps the results of the old recipe. A stage's recipe holds only the variables its
+# output depends on (through the stages it reads), so the message names exactly the
+# stages to redo.
 set -euo pipefail
-record=1
-if [ "${1:-}" = --no-record ]; then record=0; shift; fi
-file=$1; shift
-if [ ! -f "$file" ]; then
-    if [ "$record" = 1 ]; then
-        mkdir -p "$(dirname "$file")"
-        printf '%s\n' "$@" > "$file.tmp" && mv "$file.tmp" "$file"
+mode=$1 dir=$2
+shift 2
+file=$dir/recipe.txt
+case "$mode" in
+record)
+    printf '%s\n' "$@" > "$file.tmp" && mv "$file.tmp" "$file"
+    ;;
+check)
+    [ -f "$file" ] || exit 0
+    changed=$(printf '%s\n' "$@" | grep -vxF -f "$file" | cut -d= -f1 | tr '\n' ' ' || true)
+    if [ -n "$changed" ]; then
+        echo "error: $dir was made with another recipe ($file); these variables differ: ${changed% }" >&2
+        exit 2
     fi
-    exit 0
-fi
-changed=$(printf '%s\n' "$@" | grep -vxF -f "$file" | cut -d= -f1 | tr '\n' ' ' || true)
-if [ -n "$changed" ]; then
-    echo "error: $(dirname "$file") was made with another recipe; these variables differ: $changed" >&2
-    echo "  (recorded in $file) use a fresh RUNS=DIR (and DEMO=DIR when DEMO_PER_CLASS changed)," >&2
-    echo "  or remove the old runs with: make clean-runs" >&2
+    ;;
+*)
+    echo "usage: recipe_check.sh record|check DIR VAR=VALUE..." >&2
     exit 2
-fi
+    ;;
+esac
