@@ -51,7 +51,7 @@ fi
 budget=${GPU_CHECK_BUDGET:-510}
 step() {
     local limit=$1; shift
-    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_FUSED|CUDA_OPS|CUDA_PINNED|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
+    echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_FUSED|CUDA_OPS|CUDA_PINNED|CUDA_POOL_KEEP|CUDA_ONE_GEMM_BELOW|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
     if [ "$SECONDS" -ge "$budget" ] && [ "${1##*/}" != gpu_summary.py ] && [ "${2##*/}" != gpu_summary.py ]; then
         echo "(skipped: ${SECONDS}s spent of the ${budget}s budget)"; return
     fi
@@ -167,7 +167,18 @@ MEAL_CUDA_CONV=cudnn step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pv
 # the crops copied from pageable memory instead of pinned buffers (ops/cuda/pinned.rs)
 MEAL_CUDA_PINNED=0 step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$out/pvi" "$DEV" bf16 $PVI
 
-# 6. the throughput lines above side by side: each of ours against PyTorch's (and, for the
+# 6. two switches of our CUDA path, each against its default timed in step 3: the memory
+# pool's release at every synchronisation (the driver's default, MEAL_CUDA_POOL_KEEP=0;
+# models/src/device.rs), and one GEMM + a layout swap per chunk for the small planes
+# of ResNet's last two stages (MEAL_CUDA_ONE_GEMM_BELOW; ops/cuda/conv.rs `one_gemm`)
+MEAL_CUDA_POOL_KEEP=0 step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_DTYPE=bf16 MEAL_CUDA_POOL_KEEP=0 step 90 "$bin/models" train resnet50 $TRAIN
+for dt in f32 bf16; do
+    MEAL_DTYPE=$dt MEAL_CUDA_ONE_GEMM_BELOW=800 step 60 "$bin/models" infer resnet152s $INFER
+done
+MEAL_DTYPE=bf16 MEAL_CUDA_ONE_GEMM_BELOW=800 step 90 "$bin/models" train resnet50 $TRAIN
+
+# 7. the throughput lines above side by side: each of ours against PyTorch's (and, for the
 # train step, against its AMP step), and precompute against inference
 step 30 python3 "$here/gpu_summary.py" "$out/gpu_check.log"
 rm -rf "$bin"

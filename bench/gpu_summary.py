@@ -28,7 +28,7 @@ def parse(lines):
         if who == "torch":
             torch[key] = float(ips)
         else:
-            flags = [f for f in ("tf32", "cuDNN", "fused") if f in rest]
+            flags = [f for f in ("tf32", "cuDNN", "fused", "one-gemm", "pool-release") if f in rest]
             ours.append((key, "+".join(flags) or "exact", float(ips)))
     return ours, torch
 

@@ -18,12 +18,33 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, ResNet};
 
+/// The CUDA switches off their defaults, named in the throughput line (gpu_summary.py
+/// reads them as variants): the memory pool released at each synchronisation, one GEMM
+/// per chunk for small planes.
+fn cuda_switches(dev: &Device) -> String {
+    let mut s = String::new();
+    if dev.is_cuda() {
+        if std::env::var("MEAL_CUDA_POOL_KEEP").is_ok_and(|v| v.trim() == "0") {
+            s += ", pool-release";
+        }
+        if let Ok(p) = std::env::var("MEAL_CUDA_ONE_GEMM_BELOW") {
+            s += &format!(", one-gemm below {}", p.trim());
+        }
+    }
+    s
+}
+
 fn main() -> anyhow::Result<()> {
+    // warnings (a cuDNN refusal, a fallback) to stderr: the device log must show them
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
     // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
     if std::env::var_os("MEAL_NO_TUNE").is_none() {
         meal_models::tune_allocator();
@@ -144,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
     println!(
-        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{}{}{})",
+        "ours {mode} {arch} res {res} batch {batch}: {:.2} img/s ({:.3} s/step, {} threads, {:?} {}{}{}{}{}{})",
         batch as f64 / dt,
         dt,
         candle_core::utils::get_num_threads(),
@@ -152,13 +173,18 @@ fn main() -> anyhow::Result<()> {
         meal_models::ensemble::dtype_name(dtype),
         if tf32 && dev.is_cuda() { ", tf32" } else { "" },
         if meal_models::ops::cudnn_convs() && dev.is_cuda() {
-            ", cuDNN convolutions"
+            // calls cuDNN refused ran ours: say how many, so the line is honest
+            match meal_models::ops::cudnn_refused_calls() {
+                0 => ", cuDNN convolutions".to_string(),
+                n => format!(", cuDNN convolutions ({n} calls refused: ours ran those)"),
+            }
         } else {
-            ""
+            String::new()
         },
         // a frozen teacher's fused NHWC forward (resnet/fused.rs) under cuDNN
         if mode == "infer" && model.runs_fused() { ", fused" } else { "" },
-        if meal_models::ops::profile::enabled() { ", profiled" } else { "" }
+        if meal_models::ops::profile::enabled() { ", profiled" } else { "" },
+        cuda_switches(&dev)
     );
     if meal_models::ops::profile::enabled() {
         // our ops' share of the (profiled, so slower) step; the rest is candle's

@@ -84,6 +84,11 @@ fn bf16_fwd(
 }
 
 fn main() -> anyhow::Result<()> {
+    // warnings (a cuDNN refusal, a fallback) to stderr: the device log must show them
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

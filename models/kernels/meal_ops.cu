@@ -259,6 +259,14 @@ extern "C" __global__ void meal_bn_scale_shift(const float* gamma, const float* 
     }
 }
 
+// x * scale + shift rounded twice, as the CPU op's Rust (which never contracts): an FMA
+// rounds once, and where the sum is within half an ulp of 0 the fused ReLU's gate would
+// then differ from the CPU op's, changing that element's gradient by O(1) (nvcc contracts
+// by default; build.rs also passes --fmad=false for the other kernels).
+__device__ __forceinline__ float affine(float x, float scale, float shift) {
+    return __fadd_rn(__fmul_rn(x, scale), shift);
+}
+
 __device__ __forceinline__ float relu_of(float v) { return (v > 0.f || isnan(v)) ? v : 0.f; }
 
 // y = x * scale[ch] + shift[ch], then ReLU when relu (NaN passes, as relu.rs `relu_of`).
@@ -267,7 +275,7 @@ extern "C" __global__ void meal_bn_affine(const float* x, const float* scale,
                                           int hw, int relu) {
     GRID_STRIDE(t, n) {
         int ch = (int)((t / (unsigned)hw) % (unsigned)c);
-        float v = x[t] * scale[ch] + shift[ch];
+        float v = affine(x[t], scale[ch], shift[ch]);
         y[t] = relu ? relu_of(v) : v;
     }
 }
@@ -279,7 +287,7 @@ extern "C" __global__ void meal_bn_affine_bf16(const __nv_bfloat16* x, const flo
                                                int c, int hw, int relu) {
     GRID_STRIDE(t, n) {
         int ch = (int)((t / (unsigned)hw) % (unsigned)c);
-        float v = __bfloat162float(x[t]) * scale[ch] + shift[ch];
+        float v = affine(__bfloat162float(x[t]), scale[ch], shift[ch]);
         y[t] = __float2bfloat16(relu ? relu_of(v) : v);
     }
 }
@@ -287,7 +295,7 @@ extern "C" __global__ void meal_bn_affine_bf16(const __nv_bfloat16* x, const flo
 // dy where the fused ReLU let it through (x * scale + shift > 0), as bn.rs `gated`.
 __device__ __forceinline__ float gated(float g, float v, const float* scale,
                                        const float* shift, int ch, int relu) {
-    return (relu && !(v * scale[ch] + shift[ch] > 0.f)) ? 0.f : g;
+    return (relu && !(affine(v, scale[ch], shift[ch]) > 0.f)) ? 0.f : g;
 }
 
 // Partial sums per block of `splits` per channel (as meal_bn_stats): sum(dy) at

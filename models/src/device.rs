@@ -71,17 +71,24 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     std::panic::set_hook(hook);
     match r {
         Ok(Ok(d)) => {
-            if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
-                if let Device::Cuda(c) = &d {
-                    // cudarc records and waits on an event for every kernel argument, to
-                    // order uses across streams. candle queues on the calling thread's
-                    // per-thread stream, and each device here is used from one thread (a
-                    // device list opens one device per worker thread, and no tensor
-                    // crosses them), so that ordering is the stream's own. On an H200 the
-                    // events cost more than the kernels of small layers
-                    // (BENCHMARKS.md, "GPU"). `MEAL_CUDA_EVENT_TRACKING=1` keeps them.
+            if let Device::Cuda(c) = &d {
+                if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
+                    // cudarc records an event per kernel argument and allocation, which it
+                    // would wait on only with several streams of one context. candle
+                    // queues on the calling thread's per-thread stream, and each device
+                    // here is used from the one thread that opened it (a device list opens
+                    // one device per worker thread, no tensor crosses them, and our
+                    // device-side caches are thread-local), so the stream's own order is
+                    // all there is and the events are pure cost: ~7% of the ResNet-50 step
+                    // on an H200 (BENCHMARKS.md, "GPU"). `MEAL_CUDA_EVENT_TRACKING=1`
+                    // keeps them.
                     // SAFETY: single-stream use, as above.
                     unsafe { c.disable_event_tracking() };
+                }
+                if std::env::var("MEAL_CUDA_POOL_KEEP").map_or(true, |v| v.trim() != "0") {
+                    if let Err(e) = keep_pool_memory(c) {
+                        tracing::warn!("cuda:{ordinal}: the memory pool's release threshold: {e}");
+                    }
                 }
             }
             if std::env::var("MEAL_CUDA_TF32").is_ok_and(|v| v.trim() == "1") {
@@ -95,6 +102,35 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "opening the CUDA device failed".into())),
+    }
+}
+
+/// Keep freed device memory in the device's default pool, as PyTorch's caching allocator
+/// does. cudarc allocates with `cuMemAllocAsync` from that pool, whose release threshold
+/// is 0 by default: the driver then hands every freed byte back to the OS at the next
+/// stream, event or context synchronisation ("CU_MEMPOOL_ATTR_RELEASE_THRESHOLD", CUDA
+/// driver API, cuMemPoolSetAttribute), and our loops synchronise each step (the loss, the
+/// labels' read-back), so each step would map its gigabytes again. `MEAL_CUDA_POOL_KEEP=0`
+/// keeps the driver's default (for a comparison, or a GPU shared with other processes).
+#[cfg(feature = "cuda")]
+fn keep_pool_memory(c: &candle_core::CudaDevice) -> Result<(), String> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let ctx = c.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        // no pool: cudarc allocates with cuMemAlloc, which keeps nothing either way
+        return Ok(());
+    }
+    let mut keep = u64::MAX;
+    // SAFETY: the context's own device; the attribute's value is a u64 (cuuint64_t)
+    unsafe {
+        let pool =
+            result::device::get_default_mem_pool(ctx.cu_device()).map_err(|e| format!("{e:?}"))?;
+        result::mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .map_err(|e| format!("{e:?}"))
     }
 }
 

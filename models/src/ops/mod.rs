@@ -67,6 +67,16 @@ pub fn cudnn_convs() -> bool {
     false
 }
 
+/// How many convolution calls (a shape, dtype and direction) cuDNN refused on this
+/// thread under `MEAL_CUDA_CONV=cudnn`, each then run by our own path: a timing labelled
+/// cuDNN is only cuDNN's where this is 0. Always 0 without the `cuda` feature.
+pub fn cudnn_refused_calls() -> usize {
+    #[cfg(feature = "cuda")]
+    return cuda::cudnn_refused_calls();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 #[cfg(feature = "cuda")]
 fn on_cuda(t: &Tensor) -> bool {
     t.device().is_cuda() && cuda::enabled()

@@ -67,12 +67,17 @@ fn fold(conv: &Conv2d, bn: &BatchNorm2d, dtype: DType) -> Result<Option<(Unit, V
     };
     let co = scale.len();
     let scale = Tensor::from_vec(scale, (co, 1, 1, 1), w.device())?;
-    let w = w
-        .to_dtype(DType::F32)?
-        .broadcast_mul(&scale)?
-        .permute((0, 2, 3, 1))?
-        .contiguous()?
-        .to_dtype(dtype)?;
+    let w = w.to_dtype(DType::F32)?.broadcast_mul(&scale)?;
+    // cuDNN's fused ReLU zeroes NaN (its fused call takes only CUDNN_NOT_PROPAGATE_NAN),
+    // so a teacher with a non-finite weight or BatchNorm would give finite logits here;
+    // it runs the NCHW forward instead, whose NaN the caller's check names. `0 * w` is 0
+    // where w is finite, NaN elsewhere: one reduction per convolution, at build only.
+    let finite = shift.iter().all(|v| v.is_finite())
+        && w.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()? == 0.0;
+    if !finite {
+        return Ok(None);
+    }
+    let w = w.permute((0, 2, 3, 1))?.contiguous()?.to_dtype(dtype)?;
     Ok(Some((
         Unit {
             w,
@@ -237,6 +242,14 @@ impl Block {
     }
 }
 
+/// How many times the input's elements a ResNet's largest activation has at most (the
+/// stem's output: 64 channels at half the side is 5.3x a 3-channel input, SENet-154's
+/// 128 is 10.7x; every later stage is smaller or equal). cuDNN's API takes tensors under
+/// 2^31 elements: a batch that could exceed it runs the NCHW forward (whose convolutions
+/// then run ours) rather than fail the fused forward, which would turn it off for the
+/// rest of the process.
+const ACTIVATION_BOUND: usize = 16;
+
 /// Whether the fused forward is wanted: not turned off by `MEAL_CUDA_FUSED=0`, and no
 /// fused forward has failed in this process.
 fn wanted() -> bool {
@@ -267,6 +280,7 @@ impl ResNet {
             && crate::ops::cudnn_convs()
             && self.autocast.is_none()
             && matches!(dtype, DType::F32 | DType::BF16)
+            && x.elem_count().saturating_mul(ACTIVATION_BOUND) <= i32::MAX as usize
             && wanted();
         if !applies {
             return Ok(None);

@@ -47,9 +47,11 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     return {(uint16_t)(u >> 16)};
 }
 
-// The f64 intrinsics that round each operation to nearest (and are never fused into an
+// The f32 and f64 intrinsics that round each operation to nearest (and are never fused into an
 // FMA on the device): on the host, the plain IEEE operations (no FMA contraction on the
 // default x86-64 target).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }

@@ -146,12 +146,12 @@ where
         let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
         if g.b * co * p > 0 {
             // cuDNN when asked for (our path if it fails), else ours
-            let by_cudnn = super::cudnn::takes(g, co)
-                && super::cudnn::attempt(g, co, || {
+            let by_cudnn = super::cudnn::takes::<T>(g, co, false)
+                && super::cudnn::attempt::<T>(g, co, false, || {
                     super::cudnn::forward(&dev, g, co, &x, &w, &mut y.slice_mut(..))
                 });
             if !by_cudnn {
-                if g.groups > 1 {
+                if g.groups > 1 || one_gemm(g) {
                     grouped(&dev, g, co, &x, &w, &mut y)?;
                 } else {
                     ungrouped(&dev, g, co, &x, &w, &mut y)?;
@@ -206,6 +206,23 @@ where
         }
     }
     Ok(())
+}
+
+/// Whether a one-group forward runs as one GEMM over the chunk's images then a layout
+/// swap ([`grouped`] with one group: the layout measured on an H200 at stop 19) instead
+/// of the strided-batched GEMM per image: `MEAL_CUDA_ONE_GEMM_BELOW=P` for output planes
+/// of fewer than P pixels (default 0: never). Per image, ResNet's 14x14 and 7x7 stages
+/// are GEMMs of 196 and 49 rows, which fill GEMM tiles poorly and, in bf16, break cuBLAS's
+/// 16-byte alignment; the device check times both (bench/gpu_check.sh) to set it.
+fn one_gemm(g: &Geom) -> bool {
+    static BELOW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let below = *BELOW.get_or_init(|| {
+        std::env::var("MEAL_CUDA_ONE_GEMM_BELOW")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    g.cols() < below
 }
 
 /// The forward of a grouped convolution into `y` (NCHW, written whole): per chunk,
@@ -289,13 +306,23 @@ where
     }
     let nx = if need_dx { g.b * img } else { 0 };
     let nw = co * rg;
-    if super::cudnn::takes(g, co) && g.b * co * p > 0 && rows > 0 {
+    if super::cudnn::takes::<T>(g, co, true) && g.b * co * p > 0 && rows > 0 {
         // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
         let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
-        let done = super::cudnn::attempt(g, co, || {
+        let done = super::cudnn::attempt::<T>(g, co, true, || {
             let (mut dx, mut dw) = out.split_at_mut(nx);
             let dx = need_dx.then_some(&mut dx);
-            super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw)
+            if (nx * std::mem::size_of::<T>()).is_multiple_of(256) {
+                return super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut dw);
+            }
+            // dw would start off the 256-byte alignment of a fresh allocation: cuDNN's
+            // legacy API does not say what alignment its kernels assume, and a misaligned
+            // access is a sticky error that ends the CUDA context, so dw goes to a
+            // buffer of its own (a weight's size: small) and is copied in
+            // SAFETY: written whole by cuDNN before it is copied
+            let mut own = unsafe { dev.alloc::<T>(nw)? };
+            super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut own.slice_mut(..))?;
+            dev.memcpy_dtod(&own, &mut dw)
         });
         if done {
             return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)));

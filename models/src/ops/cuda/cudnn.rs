@@ -6,25 +6,28 @@
 //! algorithm) stays the default until a device run has compared the two
 //! (bench/gpu_check.sh runs both).
 //!
-//! f32 convolutions follow the process's TF32 switch (`set_tf32`): tensor-op math when
-//! on (TF32 tensor cores, as PyTorch's `cudnn.allow_tf32`), FMA-only math when off
-//! (exact f32, as precompute wants). bf16 is cuDNN's pseudo-bf16 configuration: bf16
+//! f32 convolutions follow the process's TF32 switch (`set_tf32`): default math when on
+//! (cuDNN then permits TF32 tensor cores, as PyTorch's `cudnn.allow_tf32`), FMA-only math
+//! when off (exact f32, as precompute wants). bf16 is cuDNN's pseudo-bf16 configuration: bf16
 //! tensors, f32 sums, rounded once (candle's cudnn.rs does the same). The heuristics
 //! may pick backward algorithms that add with atomics, so a training run on this path
 //! is not bit-reproducible (PyTorch's with `cudnn.deterministic=False` neither); the
 //! forward, and so precompute's labels, are.
 //!
 //! libcudnn is loaded at first use (cudarc's dynamic loading); where it cannot be
-//! loaded, [`enabled`] says so once and our own path runs. A convolution shape cuDNN
-//! fails on (no algorithm for it, a workspace that does not fit) is warned about once
-//! and runs our path from then on, the other shapes staying on cuDNN ([`attempt`]); a
-//! handle that cannot be made (a partial install) turns cuDNN off for the process.
+//! loaded, [`enabled`] says so once and our own path runs. A convolution call cuDNN
+//! fails on (no algorithm for it, a workspace that does not fit; keyed by shape, dtype,
+//! TF32 and direction) is warned about once and runs our path from then on, the other
+//! calls staying on cuDNN ([`attempt`], counted by [`refused_count`]); a handle that
+//! cannot be made (a partial install, sub-libraries that do not match) turns cuDNN off
+//! for the process.
 //! Tensors of 2^31 elements or more, which cuDNN's API refuses, go to our path
 //! ([`takes`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::thread::LocalKey;
 
@@ -68,40 +71,65 @@ pub(super) fn unless_refused<K: Eq + Hash, T>(
     }
 }
 
-thread_local! {
-    // convolution shapes cuDNN refused (a configuration it does not support, a workspace
-    // that did not fit): ours runs for those, cuDNN for the rest
-    static REFUSED: Refused<(Geom, usize)> = RefCell::new(HashSet::new());
+/// A call that cuDNN may refuse: the shape, the output channels, the dtype, whether TF32
+/// is allowed, and the direction (`true`: the backward's two gradients), so that a
+/// configuration cuDNN lacks (say a bf16 weight gradient) leaves the others on cuDNN.
+type Call = (Geom, usize, sys::cudnnDataType_t, bool, bool);
+
+fn call_of<T: CudnnDataType>(g: &Geom, co: usize, backward: bool) -> Call {
+    let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
+    (*g, co, T::DATA_TYPE, tf32, backward)
 }
 
-/// `call` (a convolution of `g` into `co` channels) through cuDNN; on an error `false`,
-/// with a warning, and the shape is not tried again (the caller then runs our own path).
-pub(crate) fn attempt(g: &Geom, co: usize, call: impl FnOnce() -> candle_core::Result<()>) -> bool {
-    unless_refused(&REFUSED, (*g, co), call, |e| {
+thread_local! {
+    // convolution calls cuDNN refused (a configuration it does not support, a workspace
+    // that did not fit): ours runs for those, cuDNN for the rest
+    static REFUSED: Refused<Call> = RefCell::new(HashSet::new());
+}
+
+/// How many convolution calls cuDNN refused on this thread (each then runs our own
+/// path): the device check prints it beside its cuDNN timings and the op tests assert
+/// it, so a cuDNN line never silently times ours.
+pub(crate) fn refused_count() -> usize {
+    REFUSED.with(|r| r.borrow().len())
+}
+
+/// `call` (a convolution of `g` into `co` channels in `T`, its forward or its `backward`)
+/// through cuDNN; on an error `false`, with a warning, and the call is not tried again
+/// (the caller then runs our own path).
+pub(crate) fn attempt<T: CudnnDataType>(
+    g: &Geom,
+    co: usize,
+    backward: bool,
+    call: impl FnOnce() -> candle_core::Result<()>,
+) -> bool {
+    unless_refused(&REFUSED, call_of::<T>(g, co, backward), call, |e| {
         tracing::warn!(
             "MEAL_CUDA_CONV=cudnn: {}x{}x{}x{} -> {co} channels, {k}x{k} stride {s} \
-             groups {gr}: {e}; our own convolution runs for this shape",
+             groups {gr}, {dt:?}, {dir}: {e}; our own convolution runs for this call",
             g.b,
             g.c,
             g.h,
             g.w,
             k = g.k,
             s = g.stride,
-            gr = g.groups
+            gr = g.groups,
+            dt = T::DATA_TYPE,
+            dir = if backward { "backward" } else { "forward" },
         );
     })
     .is_some()
 }
 
-/// Whether this convolution goes to cuDNN: cuDNN is [`enabled`], its API takes the
-/// shape (every tensor under 2^31 elements), and it has not refused the shape before.
-pub(crate) fn takes(g: &Geom, co: usize) -> bool {
+/// Whether this convolution call goes to cuDNN: cuDNN is [`enabled`], its API takes the
+/// shape (every tensor under 2^31 elements), and it has not refused the call before.
+pub(crate) fn takes<T: CudnnDataType>(g: &Geom, co: usize, backward: bool) -> bool {
     let lim = i32::MAX as usize;
     enabled()
         && g.b * g.c * g.h * g.w <= lim
         && g.b * co * g.ho * g.wo <= lim
         && co * g.rows() <= lim
-        && !REFUSED.with(|r| r.borrow().contains(&(*g, co)))
+        && !REFUSED.with(|r| r.borrow().contains(&call_of::<T>(g, co, backward)))
 }
 
 /// Whether convolutions go through cuDNN: `MEAL_CUDA_CONV=cudnn`, libcudnn loads, and
@@ -130,8 +158,11 @@ fn loaded() -> bool {
 
 thread_local! {
     // cuDNN handles are neither Send nor Sync: one per thread and device (candle's
-    // cudnn.rs keeps them the same way)
-    static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> =
+    // cudnn.rs keeps them the same way). Never destroyed: cudarc's Drop unwraps
+    // cudnnDestroy, and after a CUDA error that panic inside a thread-local destructor
+    // would abort the process (and lose the results of the tests after it); one handle
+    // per worker thread and device is left to the process's exit.
+    static HANDLES: RefCell<HashMap<DeviceId, ManuallyDrop<Arc<Cudnn>>>> =
         RefCell::new(HashMap::new());
     // the heuristics' choice per call shape, asked once
     static ALGOS: RefCell<HashMap<Key, Algos>> = RefCell::new(HashMap::new());
@@ -158,7 +189,7 @@ pub(super) fn err(what: &str, e: impl std::fmt::Debug) -> candle_core::Error {
 pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
     HANDLES.with(|h| {
         if let Some(c) = h.borrow().get(&dev.id()) {
-            return Ok(c.clone());
+            return Ok(Arc::clone(c));
         }
         // cudarc's Cudnn::new unwraps this (a pending CUDA error would panic there)
         let made = dev
@@ -166,7 +197,8 @@ pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
             .context()
             .bind_to_thread()
             .map_err(|e| err("context", e))
-            .and_then(|()| Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e)));
+            .and_then(|()| Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e)))
+            .and_then(|c| sub_libraries().map(|()| c));
         let c = match made {
             Ok(c) => c,
             Err(e) => {
@@ -176,9 +208,42 @@ pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
                 return Err(e);
             }
         };
-        h.borrow_mut().insert(dev.id(), c.clone());
+        h.borrow_mut()
+            .insert(dev.id(), ManuallyDrop::new(Arc::clone(&c)));
         Ok(c)
     })
+}
+
+/// cuDNN 9's `libcudnn.so.9` is a shim that loads its sub-libraries at first use: check
+/// the two our calls need (cnn, ops) once, and say which cuDNN runs, so that a partial
+/// install fails here, naming itself, instead of as a refusal of every shape.
+fn sub_libraries() -> candle_core::Result<()> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            // cudarc panics where a symbol is missing (an older cuDNN)
+            let r = std::panic::catch_unwind(|| {
+                // SAFETY: plain queries of the loaded library
+                unsafe {
+                    sys::cudnnCnnVersionCheck().result()?;
+                    sys::cudnnOpsVersionCheck().result()
+                }
+            });
+            match r {
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        "cuDNN {} (built for CUDA runtime {})",
+                        cudarc::cudnn::result::get_version(),
+                        cudarc::cudnn::result::get_cudart_version()
+                    );
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("its sub-libraries (cnn, ops) do not match: {e:?}")),
+                Err(_) => Err("its version checks are missing (cuDNN 9 is needed)".into()),
+            }
+        })
+        .clone()
+        .map_err(|e| err("library", e))
 }
 
 /// The descriptors of one convolution: input `[B, C, H, W]`, weight `[Co, C/groups, k,
@@ -221,12 +286,15 @@ pub(super) fn descs<T: Elem + CudnnDataType>(
         conv.set_group_count(i(g.groups)?)
             .map_err(|e| err("groups", e))?;
     }
-    // f32: TF32 tensor cores only where the process allows them (set_tf32)
+    // f32: TF32 tensor cores only where the process allows them (set_tf32). cuDNN's
+    // cudnnMathType_t: DEFAULT permits TF32 on Ampere and later, FMA forbids tensor cores,
+    // TENSOR_OP is for the reduced-precision types (PyTorch's ConvolutionDescriptor::set,
+    // aten/src/ATen/cudnn/Descriptors.h, makes the same three choices)
     let tf32 = candle_core::cuda_backend::gemm_reduced_precision_f32();
-    let math = if T::DATA_TYPE == sys::cudnnDataType_t::CUDNN_DATA_FLOAT && !tf32 {
-        sys::cudnnMathType_t::CUDNN_FMA_MATH
-    } else {
-        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+    let math = match (T::DATA_TYPE, tf32) {
+        (sys::cudnnDataType_t::CUDNN_DATA_FLOAT, false) => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+        (sys::cudnnDataType_t::CUDNN_DATA_FLOAT, true) => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+        _ => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
     };
     conv.set_math_type(math).map_err(|e| err("math type", e))?;
     let x = c

@@ -55,6 +55,7 @@ mod tests;
 pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
 pub(crate) use conv::{conv_backward, conv_forward};
 pub(crate) use cudnn::enabled as cudnn_enabled;
+pub(crate) use cudnn::refused_count as cudnn_refused_calls;
 pub(crate) use levels::normalize_levels;
 pub(crate) use nhwc::conv_nhwc;
 pub(crate) use pinned::{readback_f32, upload_u8, Pending};

@@ -256,7 +256,9 @@ fn call<T: Elem + CudnnDataType>(
         .create_activation::<f32>(
             mode,
             sys::cudnnNanPropagation_t::CUDNN_NOT_PROPAGATE_NAN,
-            0.0,
+            // for RELU cuDNN reads coef as the upper bound (cudnnSetActivationDescriptor):
+            // none, as PyTorch's ActivationDescriptor (aten/src/ATen/cudnn/Descriptors.h)
+            f64::MAX,
         )
         .map_err(|e| err("activation", e))?;
     let bias_d = c

@@ -17,8 +17,42 @@ mod transfer;
 
 /// The first CUDA device; a test asked to run without one fails with the reason.
 fn gpu(test: &str) -> Device {
+    // warnings (a cuDNN refusal, a fallback to our path) straight to stderr, past
+    // libtest's capture: the device log must show what ran
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
     crate::device::parse_device("cuda:0")
         .unwrap_or_else(|e| panic!("{test} runs on a GPU and none opened here: {e}"))
+}
+
+/// Under `MEAL_CUDA_CONV=cudnn` (the device check's second run of the convolution
+/// tests), what a test's convolutions ran: cuDNN must be on, and the calls it refused
+/// (run by our own path, so the comparison checked ours) are printed, or fail the test
+/// where `all` (configurations cuDNN's FLOAT convolutions document).
+struct CudnnCalls(usize);
+
+impl CudnnCalls {
+    fn start() -> Self {
+        Self(crate::ops::cudnn_refused_calls())
+    }
+
+    fn check(self, test: &str, all: bool) {
+        if !std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn") {
+            return;
+        }
+        assert!(
+            crate::ops::cudnn_convs(),
+            "{test}: MEAL_CUDA_CONV=cudnn, but cuDNN is off (its warning is above)"
+        );
+        let refused = crate::ops::cudnn_refused_calls() - self.0;
+        println!("{test}: cuDNN refused {refused} convolution calls (our path ran those)");
+        assert!(
+            !all || refused == 0,
+            "{test}: cuDNN refused {refused} calls (warnings above)"
+        );
+    }
 }
 
 /// `|a - b| <= tol * max(1, max|b|)` elementwise (NaN only where the other is NaN).
@@ -75,6 +109,7 @@ fn randn(dims: &[usize]) -> Tensor {
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn conv2d_equals_the_cpu_op() {
     let dev = gpu("conv2d_equals_the_cpu_op");
+    let cudnn = CudnnCalls::start();
     // (batch, cin, h, w, cout, kernel, stride, padding): 3x3 s1/s2, 1x1 s1/s2, the 7x7
     // stem; the tests' small chunks split every batch (conv.rs CHUNK_ELEMS)
     for (b, ci, h, w, co, k, s, p) in [
@@ -94,6 +129,7 @@ fn conv2d_equals_the_cpu_op() {
             1e-4,
         );
     }
+    cudnn.check("conv2d_equals_the_cpu_op", true);
 }
 
 #[test]
@@ -275,6 +311,7 @@ fn channel_affine_dev_cpu(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
+    let cudnn = CudnnCalls::start();
     // through im2col (3x3 s2, the 7x7 stem) and straight from the input (1x1 s1)
     for (b, ci, h, w, co, k, s, p) in [
         (3, 6, 10, 10, 5, 3, 2, 1),
@@ -296,6 +333,10 @@ fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
             1.0 / 64.0,
         );
     }
+    cudnn.check(
+        "bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs",
+        false,
+    );
 }
 
 /// Grouped convolutions `(batch, cin, h, w, cout, kernel, stride, padding, groups)`:
@@ -312,6 +353,7 @@ const GROUPED: [[usize; 9]; 4] = [
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn grouped_conv2d_inference_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_inference_equals_the_cpu_op");
+    let cudnn = CudnnCalls::start();
     for [b, ci, h, w, co, k, s, p, groups] in GROUPED {
         let what = format!("grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
         let (x, wt) = (randn(&[b, ci, h, w]), randn(&[co, ci / groups, k, k]));
@@ -328,12 +370,14 @@ fn grouped_conv2d_inference_equals_the_cpu_op() {
         assert_eq!(got.dtype(), DType::BF16, "{what}");
         close(&format!("{what} bf16"), &widen(&got), &want, 1.0 / 64.0);
     }
+    cudnn.check("grouped_conv2d_inference_equals_the_cpu_op", false);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_with_gradients_equals_the_cpu_op");
+    let cudnn = CudnnCalls::start();
     // a ResNeXt student's: output, input and weight gradients against the CPU op
     for [b, ci, h, w, co, k, s, p, groups] in GROUPED {
         let name = format!("grouped conv {b}x{ci}x{h}x{w} -> {co}, k{k} s{s} p{p} g{groups}");
@@ -346,6 +390,7 @@ fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
             1e-4,
         );
     }
+    cudnn.check("grouped_conv2d_with_gradients_equals_the_cpu_op", false);
 }
 
 #[test]
@@ -449,6 +494,7 @@ fn twin_mixed(
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
 fn mixed_precision_ops_follow_the_f32_cpu_ops() {
     let dev = gpu("mixed_precision_ops_follow_the_f32_cpu_ops");
+    let cudnn = CudnnCalls::start();
     // bf16 values and sums in f32: half a bf16 step (2^-9) per rounding, a few in a row
     let tol = 2e-2;
     for (b, ci, h, w, co, k, s, p) in [
@@ -516,6 +562,7 @@ fn mixed_precision_ops_follow_the_f32_cpu_ops() {
         &pool,
         tol,
     );
+    cudnn.check("mixed_precision_ops_follow_the_f32_cpu_ops", false);
 }
 
 /// cuDNN's fused NHWC convolution (`ops::cuda::conv_nhwc`: bias, residual, ReLU in one
@@ -546,7 +593,7 @@ fn fused_nhwc_convolution_equals_the_reference() {
         (true, false, false),
         (false, false, false),
     ];
-    for [b, h, w, c, co, k, stride, groups] in geoms {
+    for (gi, &[b, h, w, c, co, k, stride, groups]) in geoms.iter().enumerate() {
         let slide = crate::ops::Slide {
             stride,
             padding: ((stride - 1) + (k - 1)) / 2,
@@ -566,8 +613,16 @@ fn fused_nhwc_convolution_equals_the_reference() {
                 let t = |v: &Tensor| v.to_dtype(dt).unwrap().to_device(&dev).unwrap();
                 let (xd, wd, bd, zd) = (t(&x), t(&wt), t(&bias), t(&z));
                 let (bd, zd) = (has_bias.then_some(&bd), has_z.then_some(&zd));
+                let before = super::nhwc::refused_shapes(dt);
                 let got = super::conv_nhwc(&xd, &wd, bd, zd, relu, slide)
                     .unwrap_or_else(|e| panic!("{what} {dt:?}: {e}"));
+                // the plainest FLOAT configuration (ungrouped, 16 input channels, bias and
+                // ReLU) must fuse, or this test would check only the unfused fallback
+                assert!(
+                    !(dt == DType::F32 && gi < 2 && relu && has_bias)
+                        || super::nhwc::refused_shapes(dt) == before,
+                    "{what} {dt:?}: cuDNN refused the fused call (warning above)"
+                );
                 assert!(got.device().is_cuda(), "{what}: output left the GPU");
                 let got = got.to_dtype(DType::F32).unwrap();
                 // the reference on the values the GPU saw (bf16-rounded for bf16)
@@ -595,15 +650,7 @@ fn fused_nhwc_convolution_equals_the_reference() {
         refused(DType::BF16),
         geoms.len() * 3
     );
-    // f32 is the fused API's documented FLOAT configuration: the fused call must run
-    // (and so be checked above) for most f32 shapes. Not for every one: no document says
-    // that the legacy call takes each of these (NHWC, grouped, 3 input channels, the
-    // identity activation's one algorithm), and a refused shape runs unfused, equal as
-    // checked, so a refusal is printed, not a failure of the one device run.
-    let calls = geoms.len() * 3;
-    assert!(
-        refused(DType::F32) * 2 < calls,
-        "cuDNN refused {} of {calls} f32 fused calls",
-        refused(DType::F32)
-    );
+    // the others may be refused: no document says that the legacy call takes each of
+    // these (grouped, 3 input channels, the identity activation's one algorithm), and a
+    // refused shape runs unfused, equal as checked, so it is printed, not a failure
 }
