@@ -29,6 +29,9 @@ def parse(lines):
             torch[key] = float(ips)
         else:
             flags = [f for f in ("tf32", "cuDNN", "fused", "one-gemm", "pool-release") if f in rest]
+            # calls cuDNN refused ran our convolutions: not a pure cuDNN figure
+            if "calls refused" in rest:
+                flags.append("some-refused")
             ours.append((key, "+".join(flags) or "exact", float(ips)))
     return ours, torch
 
@@ -66,6 +69,16 @@ def main():
             for ips, d, v in sorted(runs, reverse=True)
         )
         print(f"  {mode} {arch} {res} px batch {batch}: {ranked}")
+    # every step that failed or was skipped, by its heading: a summary must not hide them
+    # (on a CPU rehearsal the GPU-only steps fail as they must)
+    bad, heading = [], None
+    for line in lines:
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif heading and (line.startswith("(skipped") or re.match(r"^\(exit [1-9]", line)):
+            bad.append(f"  {line.strip()}  {heading}")
+    print(f"\nsteps failed or skipped: {len(bad)}")
+    print("\n".join(bad))
 
 
 if __name__ == "__main__":

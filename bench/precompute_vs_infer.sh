@@ -18,7 +18,7 @@ data=$out/data224 weights=$out/resnet152s-10.safetensors
 [ -d "$data/train" ] || "$bin/meal-data" synth --out "$data" --train-per-class "$per_class" \
     --val-per-class 1 --min-side 256 --max-side 500 >/dev/null || exit 1
 if [ ! -f "$weights" ]; then
-    python3 - "$weights" <<'PY' || { echo "skipped: the teacher's weights need torch, timm and safetensors"; exit 0; }
+    python3 - "$weights" <<'PY' || { echo "failed: the teacher's weights need torch, timm and safetensors"; exit 1; }
 import sys, torch, timm
 from safetensors.torch import save_file
 torch.manual_seed(0)
@@ -33,7 +33,8 @@ pre=$(RAYON_NUM_THREADS=$threads "$bin/meal-precompute" run --data "$data/train"
     --threads "$threads" --device "$dev" --dtype "$dt" --out "$out/labels-$dt" 2>&1)
 echo "$pre" | grep -E "this run|labelling loop" || { echo "$pre" | tail -5; exit 1; }
 inf=$(MEAL_DEVICE=$dev MEAL_DTYPE=$dt RAYON_NUM_THREADS=$threads "$bin/models" infer resnet152s 224 "$batch" 5 2>&1)
-echo "$inf" | grep -E "^ours" || { echo "$inf" | tail -5; exit 1; }
+# (prefixed: gpu_summary.py tables the models bench's own lines, not this repeat)
+echo "$inf" | grep -E "^ours" | sed 's/^/pvi: /' | grep . || { echo "$inf" | tail -5; exit 1; }
 # the crops' copy to a GPU: from pinned buffers unless MEAL_CUDA_PINNED=0 (ops/cuda/pinned.rs)
 pinned=$([ "${MEAL_CUDA_PINNED:-1}" = 0 ] && echo pageable || echo pinned)
 [ "$dev" = cpu ] && pinned="none (CPU)"

@@ -63,23 +63,34 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
                 .into(),
         );
     }
-    // cudarc panics when cuBLAS, cuRAND or NVRTC cannot be loaded: turn that into an error
+    // cudarc panics when cuBLAS or cuRAND cannot be loaded (candle opens both with every
+    // device; nothing here compiles with NVRTC): turn that into an error
     // (the message names the library) instead of aborting the run
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
-    std::panic::set_hook(hook);
+    // (the hook is process-wide: workers opening their devices at once, as a device list
+    // does, take turns, or one could restore another's silent hook for good)
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let r = {
+        let _turn = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+        std::panic::set_hook(hook);
+        r
+    };
     match r {
         Ok(Ok(d)) => {
             if let Device::Cuda(c) = &d {
                 if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
-                    // cudarc records an event per kernel argument and allocation, which it
-                    // would wait on only with several streams of one context. candle
-                    // queues on the calling thread's per-thread stream, and each device
-                    // here is used from the one thread that opened it (a device list opens
-                    // one device per worker thread, no tensor crosses them, and our
-                    // device-side caches are thread-local), so the stream's own order is
-                    // all there is and the events are pure cost: ~7% of the ResNet-50 step
+                    // with event tracking cudarc makes two events per allocation, to order
+                    // uses across several streams of one context. candle queues on the
+                    // calling thread's per-thread stream (which cudarc does not count as a
+                    // second stream, so even with tracking on it never records or waits on
+                    // those events), and each device's tensors are
+                    // used and dropped (a free is queued on the dropping thread's stream)
+                    // on one thread: a device list opens one device per worker thread, no
+                    // tensor crosses them, and our device-side caches are thread-local.
+                    // So the stream's own order is all there is and the events are pure
+                    // cost: ~7% of the ResNet-50 step
                     // on an H200 (BENCHMARKS.md, "GPU"). `MEAL_CUDA_EVENT_TRACKING=1`
                     // keeps them.
                     // SAFETY: single-stream use, as above.

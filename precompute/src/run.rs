@@ -455,10 +455,13 @@ fn run_devices(
     let n = devices.len() as u32;
     let threads = (s.threads / devices.len()).max(1);
     // every device opens before any worker starts: a device that cannot (a CUDA device
-    // in a CPU build, a missing driver) fails the run before another spends its time
-    for d in devices {
-        meal_models::parse_device(d).with_context(|| format!("--device {d}"))?;
-    }
+    // in a CPU build, a missing driver) fails the run before another spends its time.
+    // Kept open (unused, on this thread) until the workers are done: dropping the last
+    // handle on a GPU's primary context destroys it, and each worker would make it again.
+    let _opened = devices
+        .iter()
+        .map(|d| meal_models::parse_device(d).with_context(|| format!("--device {d}")))
+        .collect::<Result<Vec<_>>>()?;
     let results: Vec<Result<(RunReport, Manifest)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()

@@ -381,3 +381,23 @@ where
     // runs on the device's stream.
     unsafe { dev.cublas_handle().gemm_strided_batched(cfg, a, b, c) }.w()
 }
+
+#[cfg(test)]
+mod launch_tests {
+    /// The reductions' shared arrays and loops are sized by meal_ops.cu's `BN_THREADS`,
+    /// their launches by `REDUCE_THREADS`: a block of another size would write past the
+    /// shared array or read it uninitialised, silently. Runs without a GPU (make
+    /// check-cuda).
+    #[test]
+    fn reduction_blocks_match_the_kernels_shared_arrays() {
+        let src = include_str!("../../../kernels/meal_ops.cu");
+        let n: u32 = src
+            .lines()
+            .find_map(|l| l.strip_prefix("#define BN_THREADS "))
+            .expect("meal_ops.cu defines BN_THREADS")
+            .trim()
+            .parse()
+            .expect("BN_THREADS is a number");
+        assert_eq!(n, super::REDUCE_THREADS);
+    }
+}
