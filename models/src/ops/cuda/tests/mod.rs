@@ -614,6 +614,16 @@ fn fused_nhwc_convolution_equals_the_reference() {
                 let (xd, wd, bd, zd) = (t(&x), t(&wt), t(&bias), t(&z));
                 let (bd, zd) = (has_bias.then_some(&bd), has_z.then_some(&zd));
                 let before = super::nhwc::refused_shapes(dt);
+                if !has_z {
+                    // without a residual cuDNN is given the (uninitialised) output as z,
+                    // with alpha2 = 0, as PyTorch does: leave NaN where the output will be
+                    // allocated (the pool hands freed blocks back), so that a kernel
+                    // computing 0 * z shows here as NaN
+                    let poison = Tensor::full(f32::NAN, (b, ho, wo, co), &dev)
+                        .and_then(|t| t.to_dtype(dt))
+                        .unwrap();
+                    drop(poison);
+                }
                 let got = super::conv_nhwc(&xd, &wd, bd, zd, relu, slide)
                     .unwrap_or_else(|e| panic!("{what} {dt:?}: {e}"));
                 // the plainest FLOAT configuration (ungrouped, 16 input channels, bias and
