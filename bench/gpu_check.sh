@@ -48,6 +48,7 @@ export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # cuRAND with every CUDA device; cuDNN under MEAL_CUDA_CONV=cudnn)
 for l in libcublas.so libcublasLt.so libcurand.so libcudnn.so; do
     f=$(IFS=:; for d in $LD_LIBRARY_PATH; do ls "$d"/$l.* 2>/dev/null; done | head -1)
+    [ -n "$f" ] || f=$(ldconfig -p 2>/dev/null | grep -m1 " $l\." | sed 's/.*=> //')
     echo "library $l: ${f:-MISSING}"
 done
 export MEAL_NO_PROGRESS=1 RAYON_NUM_THREADS=$(nproc)
@@ -68,7 +69,7 @@ step() {
     local limit=$1; shift
     echo; echo "## $(env | grep -E '^MEAL_(DEVICE|DTYPE|CUDA_CONV|CUDA_FUSED|CUDA_OPS|CUDA_PINNED|CUDA_POOL_KEEP|CUDA_ONE_GEMM_BELOW|OP_PROFILE)=' | sort | tr '\n' ' ')$*"
     local summary=0
-    [ "${1##*/}" = gpu_summary.py ] || [ "${2##*/}" = gpu_summary.py ] && summary=1
+    case " $* " in *"/gpu_summary.py "*) summary=1 ;; esac
     if [ -n "$fatal" ] && [ "$summary" = 0 ]; then echo "(skipped: $fatal)"; return 1; fi
     if [ "$SECONDS" -ge "$budget" ] && [ "$summary" = 0 ]; then
         echo "(skipped: ${SECONDS}s spent of the ${budget}s budget)"; return 1
@@ -92,6 +93,8 @@ step 120 "$bin/meal_ops_tests" $LISTED --test-threads 1 ops::cuda
 # the convolutions through cuDNN instead of ours (MEAL_CUDA_CONV=cudnn, ops/cuda/cudnn.rs),
 # and frozen teachers' fused NHWC forward through cuDNN (resnet/fused.rs, ops/cuda/nhwc.rs)
 MEAL_CUDA_CONV=cudnn step 90 "$bin/meal_ops_tests" $LISTED --test-threads 1 --show-output conv frozen mixed fused
+# the one-GEMM layout switch of step 6 (every one-group forward through it)
+MEAL_CUDA_ONE_GEMM_BELOW=1000000000 step 60 "$bin/meal_ops_tests" $LISTED --test-threads 1 conv
 
 # 3. the pipeline on the GPU (before the timings, which the budget may cut): teacher,
 # precompute (bf16 and f32), a KD student
@@ -132,21 +135,30 @@ import glob
 o = sys.argv[1]
 
 def rows(store):
-    """(sample_id, crop_id) -> probabilities, over every shard of the store."""
-    out = {}
+    """(sample_id, crop_id) -> probabilities, over every shard of the store, and how many
+    rows there were (a repeated key is a damaged store)."""
+    out, n = {}, 0
     for f in sorted(glob.glob(f"{o}/{store}/shard-*.parquet")):
         t = pq.read_table(f, columns=["sample_id", "crop_id", "prob"]).to_pydict()
         out.update(zip(zip(t["sample_id"], t["crop_id"]), t["prob"]))
-    return out
+        n += len(t["prob"])
+    return out, n
 
-ref = rows("labels-ref-f32")
-failed = False
+def gap(a, b):
+    """max |a - b|, inf where the lengths differ or a value is NaN (max() would skip it)."""
+    if len(a) != len(b):
+        return float("inf")
+    d = [abs(x - y) for x, y in zip(a, b)]
+    return float("inf") if any(v != v for v in d) else max(d, default=0.0)
+
+ref, nref = rows("labels-ref-f32")
+failed = nref != len(ref) or not ref
 for store, tol in (("labels-dev-f32", 1e-3), ("labels-dev-bf16", 5e-2), ("labels-fused-f32", 1e-3),
                    ("labels-fused-bf16", 5e-2), ("labels-2dev", 1e-3)):
-    got = rows(store)
-    worst = max((abs(x - y) for k, p in got.items() if k in ref for x, y in zip(p, ref[k])), default=0.0)
-    # no rows, or rows the reference lacks (or lacks of it), is a failure, not a pass
-    ok = bool(got) and got.keys() == ref.keys() and worst <= tol
+    got, n = rows(store)
+    worst = max((gap(p, ref[k]) for k, p in got.items() if k in ref), default=0.0)
+    # no rows, repeated rows, or rows the reference lacks (or lacks of it): a failure
+    ok = bool(got) and n == len(got) and got.keys() == ref.keys() and worst <= tol
     failed |= not ok
     print(f"{store}: max |p - p_cpu_f32| = {worst:.2e} over {len(got)} crops of {len(ref)} "
           f"(bound {tol})", "ok" if ok else "FAIL")
@@ -201,13 +213,14 @@ MEAL_CUDA_PINNED=0 step 150 bash "$bin/precompute_vs_infer.sh" "$bin" "$work/pvi
 # 6. two switches of our CUDA path, each against its default timed in step 4: the memory
 # pool's release at every synchronisation (the driver's default, MEAL_CUDA_POOL_KEEP=0;
 # models/src/device.rs), and one GEMM + a layout swap per chunk for the small planes
-# of ResNet's last two stages (MEAL_CUDA_ONE_GEMM_BELOW; ops/cuda/conv.rs `one_gemm`)
+# of ResNet's last two stages, 14x14 and 7x7 (MEAL_CUDA_ONE_GEMM_BELOW=200; ops/cuda/conv.rs
+# `one_gemm`; its correctness is checked in step 2)
 MEAL_CUDA_POOL_KEEP=0 step 90 "$bin/models" train resnet50 $TRAIN
 MEAL_DTYPE=bf16 MEAL_CUDA_POOL_KEEP=0 step 90 "$bin/models" train resnet50 $TRAIN
 for dt in f32 bf16; do
-    MEAL_DTYPE=$dt MEAL_CUDA_ONE_GEMM_BELOW=800 step 60 "$bin/models" infer resnet152s $INFER
+    MEAL_DTYPE=$dt MEAL_CUDA_ONE_GEMM_BELOW=200 step 60 "$bin/models" infer resnet152s $INFER
 done
-MEAL_DTYPE=bf16 MEAL_CUDA_ONE_GEMM_BELOW=800 step 90 "$bin/models" train resnet50 $TRAIN
+MEAL_DTYPE=bf16 MEAL_CUDA_ONE_GEMM_BELOW=200 step 90 "$bin/models" train resnet50 $TRAIN
 
 # 7. the throughput lines above side by side: each of ours against PyTorch's (and, for the
 # train step, against its AMP step), and precompute against inference

@@ -28,7 +28,9 @@ def parse(lines):
         if who == "torch":
             torch[key] = float(ips)
         else:
-            flags = [f for f in ("tf32", "cuDNN", "fused", "one-gemm", "pool-release") if f in rest]
+            # whole words: "refused" must not read as "fused"
+            flags = [f for f in ("tf32", "cuDNN", "fused", "one-gemm", "pool-release")
+                     if re.search(rf"(?<![\w-]){f}(?![\w-])", rest)]
             # calls cuDNN refused ran our convolutions: not a pure cuDNN figure
             if "calls refused" in rest:
                 flags.append("some-refused")

@@ -9,6 +9,10 @@
 # output depends on (through the stages it reads), so the message names exactly the
 # stages to redo.
 set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: recipe_check.sh record|check DIR VAR=VALUE..." >&2
+    exit 2
+fi
 mode=$1 dir=$2
 shift 2
 file=$dir/recipe.txt
@@ -17,7 +21,14 @@ record)
     printf '%s\n' "$@" > "$file.tmp" && mv "$file.tmp" "$file"
     ;;
 check)
-    [ -f "$file" ] || exit 0
+    if [ ! -f "$file" ]; then
+        # finished (its .done marker) before stages recorded their recipe: unknown
+        if [ -f "$dir/.done" ]; then
+            echo "error: $dir was finished without a recorded recipe (an older Makefile): its variables are unknown" >&2
+            exit 2
+        fi
+        exit 0
+    fi
     changed=$(printf '%s\n' "$@" | grep -vxF -f "$file" | cut -d= -f1 | tr '\n' ' ' || true)
     if [ -n "$changed" ]; then
         echo "error: $dir was made with another recipe ($file); these variables differ: ${changed% }" >&2

@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
         .try_init();
     // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
     if std::env::var_os("MEAL_NO_TUNE").is_none() {

@@ -88,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
         .try_init();
     let args: Vec<String> = std::env::args()
         .skip(1)

@@ -67,17 +67,12 @@ fn fold(conv: &Conv2d, bn: &BatchNorm2d, dtype: DType) -> Result<Option<(Unit, V
     };
     let co = scale.len();
     let scale = Tensor::from_vec(scale, (co, 1, 1, 1), w.device())?;
-    let w = w.to_dtype(DType::F32)?.broadcast_mul(&scale)?;
-    // cuDNN's fused ReLU zeroes NaN (its fused call takes only CUDNN_NOT_PROPAGATE_NAN),
-    // so a teacher with a non-finite weight or BatchNorm would give finite logits here;
-    // it runs the NCHW forward instead, whose NaN the caller's check names. `0 * w` is 0
-    // where w is finite, NaN elsewhere: one reduction per convolution, at build only.
-    let finite = shift.iter().all(|v| v.is_finite())
-        && w.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()? == 0.0;
-    if !finite {
-        return Ok(None);
-    }
-    let w = w.permute((0, 2, 3, 1))?.contiguous()?.to_dtype(dtype)?;
+    let w = w
+        .to_dtype(DType::F32)?
+        .broadcast_mul(&scale)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .to_dtype(dtype)?;
     Ok(Some((
         Unit {
             w,
@@ -104,9 +99,31 @@ fn unit(conv: &Conv2d, bn: &BatchNorm2d, dtype: DType) -> Result<Option<Unit>> {
     })
 }
 
+/// Whether every floating-point parameter and statistic of `m` is finite. cuDNN's fused
+/// ReLU zeroes NaN (its fused call takes only `CUDNN_NOT_PROPAGATE_NAN`), so a teacher
+/// with a non-finite weight anywhere (a convolution, a BatchNorm, an SE block) would give
+/// finite logits fused; it runs the NCHW forward instead, whose NaN the caller's check
+/// names. `0 * v` is 0 where v is finite, NaN elsewhere: one reduction per tensor, once.
+fn all_finite(m: &ResNet) -> Result<bool> {
+    for e in m.entries() {
+        let t = e.var.as_tensor();
+        if !t.dtype().is_float() {
+            continue; // num_batches_tracked
+        }
+        let z = t.affine(0.0, 0.0)?.to_dtype(DType::F32)?.sum_all()?;
+        if z.to_scalar::<f32>()? != 0.0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 impl Fused {
     /// The fold of `m` in `dtype`; `None` where the fused forward does not apply.
     pub(super) fn build(m: &ResNet, dtype: DType) -> Result<Option<Fused>> {
+        if !all_finite(m)? {
+            return Ok(None);
+        }
         let mut stem = Vec::new();
         let Some(last) = m.stem.len().checked_sub(1) else {
             return Ok(None);

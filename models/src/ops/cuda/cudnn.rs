@@ -197,8 +197,10 @@ pub(super) fn handle(dev: &CudaDevice) -> candle_core::Result<Arc<Cudnn>> {
             .context()
             .bind_to_thread()
             .map_err(|e| err("context", e))
-            .and_then(|()| Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e)))
-            .and_then(|c| sub_libraries().map(|()| c));
+            // the sub-libraries first: a handle made and then dropped on their failure
+            // would unwrap cudnnDestroy in cudarc's Drop
+            .and_then(|()| sub_libraries())
+            .and_then(|()| Cudnn::new(dev.cuda_stream()).map_err(|e| err("handle", e)));
         let c = match made {
             Ok(c) => c,
             Err(e) => {

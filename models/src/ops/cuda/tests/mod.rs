@@ -22,6 +22,7 @@ fn gpu(test: &str) -> Device {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
         .try_init();
     crate::device::parse_device("cuda:0")
         .unwrap_or_else(|e| panic!("{test} runs on a GPU and none opened here: {e}"))
