@@ -1,7 +1,9 @@
-//! The `meal-data` binary's flag checks: a zero count is refused naming its flag, before
-//! the dataset is read.
+//! The `meal-data` binary: a zero count is refused naming its flag, before the dataset
+//! is read; a report that cannot be written is an error, not a panic.
 
 use std::process::Command;
+
+mod common;
 
 #[test]
 fn bench_refuses_zero_counts_naming_the_flag() {
@@ -32,15 +34,7 @@ fn bench_refuses_zero_counts_naming_the_flag() {
 #[test]
 fn an_unwritable_stdout_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = meal_data::synth::SynthConfig {
-        seed: 1,
-        train_per_class: 1,
-        val_per_class: 0,
-        min_side: 16,
-        max_side: 20,
-        quality: 80,
-    };
-    meal_data::synth::generate(dir.path(), &cfg, || {}).unwrap();
+    common::tiny_dataset(dir.path(), 1);
     let index = || {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meal-data"));
         c.arg("index").arg(dir.path().join("train"));

@@ -29,11 +29,12 @@ use meal_models::{Discriminator, ResNet};
 fn cuda_switches(dev: &Device) -> String {
     let mut s = String::new();
     if dev.is_cuda() {
-        if std::env::var("MEAL_CUDA_POOL_KEEP").is_ok_and(|v| v.trim() == "0") {
+        if !meal_models::device::pool_kept() {
             s += ", pool-release";
         }
-        if let Ok(p) = std::env::var("MEAL_CUDA_ONE_GEMM_BELOW") {
-            s += &format!(", one-gemm below {}", p.trim());
+        match meal_models::ops::cuda_one_gemm_below() {
+            0 => {}
+            p => s += &format!(", one-gemm below {p}"),
         }
     }
     s

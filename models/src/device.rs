@@ -96,7 +96,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
                     // SAFETY: single-stream use, as above.
                     unsafe { c.disable_event_tracking() };
                 }
-                if std::env::var("MEAL_CUDA_POOL_KEEP").map_or(true, |v| v.trim() != "0") {
+                if pool_kept() {
                     if let Err(e) = keep_pool_memory(c) {
                         tracing::warn!("cuda:{ordinal}: the memory pool's release threshold: {e}");
                     }
@@ -114,6 +114,12 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "opening the CUDA device failed".into())),
     }
+}
+
+/// Whether freed CUDA memory stays in the device's pool between steps (the default;
+/// `MEAL_CUDA_POOL_KEEP=0`: the driver's default, released at every synchronisation).
+pub fn pool_kept() -> bool {
+    std::env::var("MEAL_CUDA_POOL_KEEP").map_or(true, |v| v.trim() != "0")
 }
 
 /// Keep freed device memory in the device's default pool, as PyTorch's caching allocator

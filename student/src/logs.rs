@@ -32,6 +32,13 @@ pub struct EpochMetrics {
     pub crops_per_s: f64,
 }
 
+/// The per-epoch table, one JSON object per line.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The same columns as CSV.
+pub const SUMMARY_FILE: &str = "summary.csv";
+/// The plot of [`plot_curves`].
+pub const CURVES_FILE: &str = "curves.png";
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     meal_data::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
@@ -61,8 +68,8 @@ pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
             m.crops_per_s
         );
     }
-    write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
-    write_atomic(&dir.join("summary.csv"), csv.as_bytes())
+    write_atomic(&dir.join(METRICS_FILE), jsonl.as_bytes())?;
+    write_atomic(&dir.join(SUMMARY_FILE), csv.as_bytes())
 }
 
 /// `curves.png`: three titled panels - loss (total and its KD part), learning rate, and

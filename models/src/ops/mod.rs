@@ -77,6 +77,16 @@ pub fn cudnn_refused_calls() -> usize {
     0
 }
 
+/// Output planes of fewer pixels than this run one-group CUDA forward convolutions as one
+/// GEMM per chunk and a layout swap (`MEAL_CUDA_ONE_GEMM_BELOW`; 0, the default: never).
+/// Always 0 without the `cuda` feature.
+pub fn cuda_one_gemm_below() -> usize {
+    #[cfg(feature = "cuda")]
+    return cuda::one_gemm_below();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 #[cfg(feature = "cuda")]
 fn on_cuda(t: &Tensor) -> bool {
     t.device().is_cuda() && cuda::enabled()

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LossKind, Settings};
 use crate::eval::{evaluate, Accuracy, EvalRead};
-use crate::logs::{plot_curves, write_tables, EpochMetrics};
+use crate::logs::{
+    plot_curves, write_tables, EpochMetrics, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
+};
 pub use checkpoint::{Inputs, State};
 pub use run::open_dataset;
 use run::Run;
@@ -306,9 +308,9 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     for name in [
         CHECKPOINT,
         STUDENT_FILE,
-        "metrics.jsonl",
-        "summary.csv",
-        "curves.png",
+        METRICS_FILE,
+        SUMMARY_FILE,
+        CURVES_FILE,
     ] {
         let p = out.join(name);
         meal_data::atomic::recover(&p)
@@ -388,7 +390,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     if !interrupted {
         let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
         let run_name = run_name.unwrap_or_else(|| s.out.display().to_string());
-        plot_curves(&run_name, &state.history, &s.out.join("curves.png"))?;
+        plot_curves(&run_name, &state.history, &s.out.join(CURVES_FILE))?;
     }
     Ok(TrainReport {
         history: state.history,

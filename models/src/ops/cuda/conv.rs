@@ -215,14 +215,18 @@ where
 /// are GEMMs of 196 and 49 rows, which fill GEMM tiles poorly and, in bf16, break cuBLAS's
 /// 16-byte alignment; the device check times both (bench/gpu_check.sh) to set it.
 fn one_gemm(g: &Geom) -> bool {
+    g.cols() < one_gemm_below()
+}
+
+/// `MEAL_CUDA_ONE_GEMM_BELOW`, read once (0: never).
+pub(crate) fn one_gemm_below() -> usize {
     static BELOW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let below = *BELOW.get_or_init(|| {
+    *BELOW.get_or_init(|| {
         std::env::var("MEAL_CUDA_ONE_GEMM_BELOW")
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
-    });
-    g.cols() < below
+    })
 }
 
 /// The forward of a grouped convolution into `y` (NCHW, written whole): per chunk,

@@ -138,11 +138,15 @@ pub(crate) fn enabled() -> bool {
     loaded() && !FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether `MEAL_CUDA_CONV=cudnn` asks for cuDNN's convolutions.
+pub(super) fn asked() -> bool {
+    std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn")
+}
+
 fn loaded() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let asked = std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn");
-        if !asked {
+        if !asked() {
             return false;
         }
         // SAFETY: only tries to dlopen the library's candidate names.

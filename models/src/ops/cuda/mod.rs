@@ -53,7 +53,7 @@ mod sgd;
 mod tests;
 
 pub(crate) use bn::{bn_backward, bn_train, device_affine, kept_stats, DeviceKept};
-pub(crate) use conv::{conv_backward, conv_forward};
+pub(crate) use conv::{conv_backward, conv_forward, one_gemm_below};
 pub(crate) use cudnn::enabled as cudnn_enabled;
 pub(crate) use cudnn::refused_count as cudnn_refused_calls;
 pub(crate) use levels::normalize_levels;

@@ -40,7 +40,7 @@ impl CudnnCalls {
     }
 
     fn check(self, test: &str, all: bool) {
-        if !std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn") {
+        if !super::cudnn::asked() {
             return;
         }
         assert!(
