@@ -137,18 +137,35 @@ BASE_RECIPE = $(PRE_RECIPE) "KD_EPOCHS=$(KD_EPOCHS)"
 LABELS_RECIPE = "DATA=$(DATA)" "DEMO_PER_CLASS=$(DEMO_PER_CLASS)" "POOL=$(POOL)" \
 	  "SCALE=$(SCALE)" "TEACHERS=$(TEACHERS)"
 KD_RECIPE = $(BASE_RECIPE) "POOL=$(POOL)" "TEACHERS=$(TEACHERS)" "LABELS=$(LABELS)"
-recipe-check:
+## recipe_guard: the shell that checks the named stages' recipes (of pretrain, baseline,
+## labels, kd), each target only those it reads or makes: `make baseline POOL=40` is
+## not refused over labels made with POOL=80, which it does not read
+STAGE_pretrain = $(RUNS)/pretrain $(PRE_RECIPE)
+STAGE_baseline = $(RUNS)/baseline $(BASE_RECIPE)
+STAGE_labels = $(LABELS) $(LABELS_RECIPE)
+STAGE_kd = $(RUNS)/kd $(KD_RECIPE)
+define recipe_guard
 	@if [ -f $(DATA)/synth.json ] && ! python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["config"]["train_per_class"] != int(sys.argv[2]))' $(DATA)/synth.json $(DEMO_PER_CLASS); then \
 	  echo "error: $(DATA) was made with another DEMO_PER_CLASS ($(DATA)/synth.json); use a fresh DEMO=DIR" >&2; exit 2; fi
 	@rc=0; \
-	  bash scripts/recipe_check.sh check $(RUNS)/pretrain $(PRE_RECIPE) || rc=2; \
-	  bash scripts/recipe_check.sh check $(RUNS)/baseline $(BASE_RECIPE) || rc=2; \
-	  bash scripts/recipe_check.sh check $(LABELS) $(LABELS_RECIPE) || rc=2; \
-	  bash scripts/recipe_check.sh check $(RUNS)/kd $(KD_RECIPE) || rc=2; \
+	  $(foreach st,$(1),bash scripts/recipe_check.sh check $(STAGE_$(st)) || rc=2;) \
 	  if [ $$rc != 0 ]; then \
 	    echo "  to redo those stages remove them (rm -rf DIR), or use a fresh RUNS=DIR (and LABELS=DIR" >&2; \
 	    echo "  where LABELS is outside RUNS), or remove the demo's runs and labels: make clean-runs" >&2; fi; \
 	  exit $$rc
+endef
+## recipe-check: every stage; recipe-check-STAGE: what that stage reads and makes
+.PHONY: recipe-check-pretrain recipe-check-baseline recipe-check-labels recipe-check-kd
+recipe-check:
+	$(call recipe_guard,pretrain baseline labels kd)
+recipe-check-pretrain:
+	$(call recipe_guard,pretrain)
+recipe-check-baseline:
+	$(call recipe_guard,pretrain baseline)
+recipe-check-labels:
+	$(call recipe_guard,labels)
+recipe-check-kd:
+	$(call recipe_guard,pretrain baseline labels kd)
 
 ## clean-runs: remove the demo's runs (RUNS) and its labels (LABELS, also outside RUNS
 ## when a finished `make precompute` made them), keeping the build and the demo data
@@ -168,9 +185,9 @@ teachers: | release
 	bash scripts/demo_teachers.sh $(BIN) $(DEMO)/teacher-data $(RUNS)/teachers $(TEACHERS_DIR)
 
 ## precompute: the shipped teachers' ensemble over a pool of POOL crops per image -> LABELS
-precompute: $(LABELS)/.done
+precompute: recipe-check-labels $(LABELS)/.done
 
-$(LABELS)/.done: | release demo-data recipe-check
+$(LABELS)/.done: | release demo-data recipe-check-labels
 	$(PRECOMPUTE_BIN) run --data $(DATA)/train $(addprefix --teacher ,$(TEACHERS)) \
 	  --out $(LABELS) --crops-per-image $(POOL) --scale $(SCALE) --threads $(THREADS)
 	$(PRECOMPUTE_BIN) verify $(LABELS)
@@ -179,26 +196,26 @@ $(LABELS)/.done: | release demo-data recipe-check
 
 ## the student's hard-label pre-training (MEAL V2 starts from a pretrained student),
 ## then the same student trained KD_EPOCHS more on hard labels (the comparison row)
-$(RUNS)/pretrain/.done: | release demo-data recipe-check
+$(RUNS)/pretrain/.done: | release demo-data recipe-check-pretrain
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(PRE_EPOCHS) \
 	  --seed 3 --out $(RUNS)/pretrain $(call resume,$(RUNS)/pretrain)
 	@bash scripts/recipe_check.sh record $(RUNS)/pretrain $(PRE_RECIPE)
 	touch $@
 
-$(RUNS)/baseline/.done: $(RUNS)/pretrain/.done | recipe-check
+$(RUNS)/baseline/.done: $(RUNS)/pretrain/.done | recipe-check-baseline
 	$(STUDENT_BIN) train $(COMMON) --loss ce --scale $(SCALE) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/baseline $(call resume,$(RUNS)/baseline)
 	@bash scripts/recipe_check.sh record $(RUNS)/baseline $(BASE_RECIPE)
 	touch $@
 
-baseline: $(RUNS)/baseline/.done
+baseline: recipe-check-baseline $(RUNS)/baseline/.done
 
 ## train: MEAL V2 distillation of the student from LABELS (runs the whole chain)
-train: $(RUNS)/kd/.done
+train: recipe-check-kd $(RUNS)/kd/.done
 	@$(MAKE) --no-print-directory eval
 
-$(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done | recipe-check
+$(RUNS)/kd/.done: $(LABELS)/.done $(RUNS)/pretrain/.done $(RUNS)/baseline/.done | recipe-check-kd
 	$(STUDENT_BIN) train $(COMMON) --loss kd --labels $(LABELS) --epochs $(KD_EPOCHS) \
 	  --seed 4 --init $(RUNS)/pretrain/student.safetensors \
 	  --out $(RUNS)/kd $(call resume,$(RUNS)/kd)
