@@ -48,6 +48,27 @@ pub(crate) struct Batched {
     pub stride_c: usize,
 }
 
+impl Batched {
+    /// How many elements of each buffer (first operand, second operand, output) the
+    /// call reaches: one past the last element its final entry reads or writes
+    /// (column-major, a transposed operand stored with its dims swapped). The CUDA
+    /// caller checks these against its views before cuBLAS runs (which would not), after
+    /// refusing an empty call (no entries or a zero dimension), which this assumes.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn reach(&self) -> [usize; 3] {
+        let d = self.call;
+        let end = |stride: usize, (rows, cols): (usize, usize), ld: usize| {
+            (self.batch - 1) * stride + (rows - 1) + (cols - 1) * ld + 1
+        };
+        let stored = |t: bool, (r, c): (usize, usize)| if t { (c, r) } else { (r, c) };
+        [
+            end(self.stride_a, stored(d.trans_a, (d.m, d.k)), d.lda),
+            end(self.stride_b, stored(d.trans_b, (d.k, d.n)), d.ldb),
+            end(self.stride_c, (d.m, d.n), d.ldc),
+        ]
+    }
+}
+
 /// The convolution forward of a chunk of `nb` images as one strided-batched call that
 /// writes NCHW directly: `y_j [co, p] = w [co, rows] * B_j [rows, p]`, where `B_j` is
 /// image `j`'s block of the column matrix (`[rows, nb*p]`, row stride `nb*p`, block
@@ -117,6 +138,23 @@ pub(crate) fn conv_forward_grouped(
         stride_a: rg * n,
         stride_b: cog * rg,
         stride_c: cog * n,
+    }
+}
+
+/// The input gradient of a 1x1 stride-1 unpadded one-group convolution over `nb`
+/// images as one strided-batched call on the NCHW tensors themselves: `dx_j [c, p] =
+/// w^T [c, co] * dy_j [co, p]`, no column matrix and no `col2im`. The call's first
+/// operand is `dy` (entry `j` at `j*co*p`), the second `w` (`[co, c]`, shared: stride
+/// 0, transposed), the output `dx` (entry `j` at `j*c*p`).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn conv_backward_dx_pointwise(c: usize, co: usize, p: usize, nb: usize) -> Batched {
+    Batched {
+        // row-major dx_j[c, p] = w^T[c, co] * dy_j[co, p], with w stored [co, c]
+        call: row_major(c, p, co, true, false),
+        batch: nb,
+        stride_a: co * p,
+        stride_b: 0,
+        stride_c: c * p,
     }
 }
 
@@ -286,6 +324,57 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The pointwise input-gradient call against its definition, `dx[i, ch, q] =
+    /// sum_o w[o, ch] * dy[i, o, q]`.
+    #[test]
+    fn the_pointwise_dx_call_is_the_input_gradient() {
+        let (nb, c, co, p) = (3, 5, 4, 7);
+        let wt: Vec<f32> = (0..co * c).map(|i| val(i + 50)).collect();
+        let dy: Vec<f32> = (0..nb * co * p).map(|i| val(i + 3)).collect();
+        let call = conv_backward_dx_pointwise(c, co, p, nb);
+        assert!(!call.call.trans_a && call.call.trans_b);
+        let mut dx = vec![f32::NAN; nb * c * p];
+        batched_gemm(call, &dy, &wt, &mut dx);
+        for i in 0..nb {
+            for ch in 0..c {
+                for q in 0..p {
+                    let want: f32 = (0..co)
+                        .map(|o| wt[o * c + ch] * dy[(i * co + o) * p + q])
+                        .sum();
+                    assert_eq!(dx[(i * c + ch) * p + q], want, "[{i},{ch},{q}]");
+                }
+            }
+        }
+    }
+
+    /// Each call reaches exactly its buffers: the last entry's last element is the
+    /// buffer's last (the CUDA caller's bounds check then passes, and is tight).
+    #[test]
+    fn each_call_reaches_exactly_its_buffers() {
+        let (nb, c, co, p, rows, groups) = (3, 6, 4, 7, 54, 2);
+        let cases = [
+            (
+                conv_forward_batched(co, rows, p, nb, false),
+                [rows * nb * p, co * rows, nb * co * p],
+            ),
+            (
+                conv_forward_batched(co, c, p, nb, true),
+                [nb * c * p, co * c, nb * co * p],
+            ),
+            (
+                conv_forward_grouped(co / groups, rows / groups, p, nb, groups),
+                [rows * nb * p, co * rows / groups, co * nb * p],
+            ),
+            (
+                conv_backward_dx_pointwise(c, co, p, nb),
+                [nb * co * p, co * c, nb * c * p],
+            ),
+        ];
+        for (call, want) in cases {
+            assert_eq!(call.reach(), want, "{call:?}");
         }
     }
 

@@ -8,7 +8,9 @@
 //! - grouped forward (inference: SENet-154's teachers): `im2col` over all channels, one
 //!   strided-batched GEMM over the groups into `[Co, nb*P]`, a layout swap to NCHW;
 //! - backward: `dyt = swap(dy)`, then per group (a block of rows of each)
-//!   `dw += dyt * cols^T`, `dcols = w^T * dyt`, and `dx = col2im(dcols)`; f32, or bf16
+//!   `dw += dyt * cols^T`, `dcols = w^T * dyt`, and `dx = col2im(dcols)` (for a 1x1
+//!   stride-1 unpadded convolution `dx_j = w^T * dy_j` instead: one strided-batched GEMM
+//!   on the NCHW tensors, `colmajor::conv_backward_dx_pointwise`); f32, or bf16
 //!   for mixed-precision training (the weight gradient summed over the chunks in f32
 //!   and rounded once; `dcols` rounded to bf16 before `col2im` adds its entries in f32).
 //!
@@ -333,6 +335,13 @@ where
         }
     }
     let mut out = dev.alloc_zeros::<T>(nx + nw)?;
+    // a 1x1 stride-1 unpadded one-group convolution (most of ResNet-50's) takes its input
+    // gradient in one strided-batched GEMM over the NCHW tensors after the loop: its
+    // column matrix is a copy of the input, so `dcols` and `col2im` would be two more
+    // passes over an input-sized tensor for the same values (bf16: the same rounding,
+    // as col2im adds one entry per element here)
+    let pointwise_dx = need_dx && g.pointwise() && g.groups == 1;
+    let cols_dx = need_dx && !pointwise_dx;
     // the weight gradient accumulates over the chunks in f32, whatever T is
     let mut dw = dev.alloc_zeros::<f32>(nw)?;
     let nbmax = chunk(g);
@@ -366,7 +375,7 @@ where
                 beta,
                 &mut dw.slice_mut(i * cog * rg..(i + 1) * cog * rg),
             )?;
-            if need_dx {
+            if cols_dx {
                 // group i's column rows, read just above, now take their gradient
                 gemm(
                     &dev,
@@ -378,10 +387,14 @@ where
                 )?;
             }
         }
-        if need_dx {
+        if cols_dx {
             let dxb = b0 * img..(b0 + nb) * img;
             col2im(&dev, g, nb, &cols.slice(..nc), &mut out.slice_mut(dxb))?;
         }
+    }
+    if pointwise_dx && nx > 0 && co > 0 {
+        let call = super::super::colmajor::conv_backward_dx_pointwise(g.c, co, p, g.b);
+        gemm_batched(&dev, call, &dy, &w, &mut out.slice_mut(..nx))?;
     }
     T::store_f32(&dev, &dw.slice(..), &mut out.slice_mut(nx..nx + nw))?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)))

@@ -164,6 +164,15 @@ pub(crate) fn ints<const N: usize>(v: [usize; N]) -> candle_core::Result<Vec<i32
     v.into_iter().map(int).collect()
 }
 
+/// cuBLAS's flag for an operand transposed (`t`) or not.
+fn op(t: bool) -> cublasOperation_t {
+    if t {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
 /// The column-major cuBLAS call of the row-major `c[m, n] = op(a) * op(b) + beta * c`
 /// (`ops::colmajor`, tested there), with cuBLAS's operands in the order `(b, a)`.
 fn row_major_cfg<A>(
@@ -172,13 +181,6 @@ fn row_major_cfg<A>(
     alpha: A,
     beta: A,
 ) -> candle_core::Result<GemmConfig<A>> {
-    let op = |t: bool| {
-        if t {
-            cublasOperation_t::CUBLAS_OP_T
-        } else {
-            cublasOperation_t::CUBLAS_OP_N
-        }
-    };
     let g = super::colmajor::row_major(m, n, k, a_t, b_t);
     Ok(GemmConfig {
         transa: op(g.trans_a),
@@ -328,8 +330,8 @@ impl Elem for half::bf16 {
 }
 
 /// The strided-batched column-major call `g` (of `ops::colmajor`, tested there) with
-/// alpha 1, beta 0, untransposed operands: `c_j = a_j * b_j` for each entry `j`. Each
-/// operand's last element is checked to lie inside its view first (cuBLAS would not).
+/// alpha 1, beta 0: `c_j = op(a_j) * op(b_j)` for each entry `j`. Each operand's last
+/// element is checked to lie inside its view first (cuBLAS would not).
 pub(crate) fn gemm_batched<T: Elem>(
     dev: &CudaDevice,
     g: super::colmajor::Batched,
@@ -341,28 +343,19 @@ where
     CudaBlas: Gemm<T>,
 {
     let d = g.call;
-    if d.trans_a || d.trans_b {
-        candle_core::bail!("meal gemm_batched: untransposed operands only");
-    }
     if g.batch == 0 || d.m == 0 || d.n == 0 || d.k == 0 {
         candle_core::bail!("meal gemm_batched: empty call {g:?}");
     }
-    // the element one past the last an operand of [rows, cols] (leading dim ld) reads
-    let end = |stride: usize, rows: usize, cols: usize, ld: usize| {
-        (g.batch - 1) * stride + (rows - 1) + (cols - 1) * ld + 1
-    };
-    let ends = [
-        (end(g.stride_a, d.m, d.k, d.lda), a.len()),
-        (end(g.stride_b, d.k, d.n, d.ldb), b.len()),
-        (end(g.stride_c, d.m, d.n, d.ldc), c.len()),
-    ];
+    // one past the last element of each buffer the call reaches (tested in colmajor)
+    let [ra, rb, rc] = g.reach();
+    let ends = [(ra, a.len()), (rb, b.len()), (rc, c.len())];
     if ends.iter().any(|&(need, have)| need > have) {
         candle_core::bail!("meal gemm_batched: {g:?} reaches past its buffers {ends:?}");
     }
     let cfg = StridedBatchedConfig {
         gemm: GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
+            transa: op(d.trans_a),
+            transb: op(d.trans_b),
             m: int(d.m)?,
             n: int(d.n)?,
             k: int(d.k)?,
