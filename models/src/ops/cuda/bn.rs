@@ -65,7 +65,7 @@ fn stats_of<T: Elem>(
         fits(b * hw)?;
         let sp = splits(b, c);
         // SAFETY: written whole by meal_bn_stats (one value per block and sum)
-        let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+        let mut part = unsafe { super::alloc_written::<f64>(dev, 2 * c * sp)? };
         let (b, c, hw, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
         let stream = dev.cuda_stream();
         let f = func(dev, &format!("meal_bn_stats{}", T::SUFFIX))?;
@@ -139,7 +139,7 @@ pub(crate) fn kept_stats(
     let dev = s.device.clone();
     let c = k.mean.len();
     // SAFETY: written whole by the two copies below
-    let mut out = unsafe { dev.alloc::<f64>(2 * c)? };
+    let mut out = unsafe { super::alloc_written::<f64>(&dev, 2 * c)? };
     let stream = dev.cuda_stream();
     stream.memcpy_dtod(&k.mean, &mut out.slice_mut(..c)).w()?;
     stream.memcpy_dtod(&k.var, &mut out.slice_mut(c..)).w()?;
@@ -173,7 +173,7 @@ fn affine_of<T: Elem>(
         candle_core::bail!("batch_norm: {c} channels, {} statistics", sc.len());
     }
     // SAFETY: written whole by the affine kernel
-    let mut y = unsafe { dev.alloc::<T>(n)? };
+    let mut y = unsafe { super::alloc_written::<T>(dev, n)? };
     if n > 0 {
         let f = func(dev, &format!("meal_bn_affine{}", T::SUFFIX))?;
         let xv = view_of::<T>(s, l)?;
@@ -268,8 +268,9 @@ pub(crate) fn bn_backward(
             let (xv, dyv) = (view_of::<bf16>(x.0, x.1)?, view_of::<bf16>(dy.0, dy.1)?);
             // SAFETY: written whole by meal_bn_grad_input_bf16 (a zero-channel input
             // has no values)
-            let mut dx = unsafe { dev.alloc::<bf16>(n)? };
-            let mut dgb = dev.alloc_zeros::<f32>(2 * c)?;
+            let mut dx = unsafe { super::alloc_written::<bf16>(&dev, n)? };
+            // SAFETY: written whole by meal_bn_grad_input_bf16 (its first c threads)
+            let mut dgb = unsafe { super::alloc_written::<f32>(&dev, 2 * c)? };
             grad::<bf16>(&dev, &a, (&xv, &dyv), &mut dx, Some(&mut dgb))?;
             Ok((
                 CudaStorage::wrap_cuda_slice(dx, dev),
@@ -279,7 +280,9 @@ pub(crate) fn bn_backward(
         }
         _ => {
             let (xv, dyv) = (view(x.0, x.1)?, view(dy.0, dy.1)?);
-            let mut out = dev.alloc_zeros::<f32>(n + 2 * c)?;
+            // SAFETY: written whole by meal_bn_grad_input (dx by the grid-stride loop,
+            // dgamma and dbeta by its first c threads; nothing when c = 0, then n = 0)
+            let mut out = unsafe { super::alloc_written::<f32>(&dev, n + 2 * c)? };
             grad::<f32>(&dev, &a, (&xv, &dyv), &mut out, None)?;
             Ok((
                 CudaStorage::wrap_cuda_slice(out, dev),
@@ -321,9 +324,9 @@ fn grad<T: Elem>(
     let gate = a.relu as i32;
     let sp = splits(b, c);
     // SAFETY: written whole by meal_bn_grad_sums (one value per block and sum)
-    let mut part = unsafe { dev.alloc::<f64>(2 * c * sp)? };
+    let mut part = unsafe { super::alloc_written::<f64>(dev, 2 * c * sp)? };
     // SAFETY: written whole by meal_bn_grad_finish (six values per channel)
-    let mut coef = unsafe { dev.alloc::<f32>(6 * c)? };
+    let mut coef = unsafe { super::alloc_written::<f32>(dev, 6 * c)? };
     let (bi, ci, hwi, spi) = (int(b)?, int(c)?, int(hw)?, int(sp)?);
     let m = (b * hw) as f64;
     let stream = dev.cuda_stream();

@@ -145,7 +145,7 @@ where
         dev.alloc_zeros::<T>(g.b * co * p)?
     } else {
         // SAFETY: written whole below (every chunk's GEMM writes its images' outputs)
-        let mut y = unsafe { dev.alloc::<T>(g.b * co * p)? };
+        let mut y = unsafe { super::alloc_written::<T>(&dev, g.b * co * p)? };
         if g.b * co * p > 0 {
             // cuDNN when asked for (our path if it fails), else ours
             let by_cudnn = super::cudnn::takes::<T>(g, co, false)
@@ -190,7 +190,7 @@ where
         None
     } else {
         // SAFETY: each chunk's im2col writes the part its GEMM reads
-        Some(unsafe { dev.alloc::<T>(rows * nbmax * p)? })
+        Some(unsafe { super::alloc_written::<T>(dev, rows * nbmax * p)? })
     };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
@@ -250,8 +250,8 @@ where
     let (rg, cog) = (rows / g.groups, co / g.groups);
     let nbmax = chunk(g);
     // SAFETY: each chunk's im2col and GEMM write the parts they then read
-    let mut cols = unsafe { dev.alloc::<T>(rows * nbmax * p)? };
-    let mut yt = unsafe { dev.alloc::<T>(co * nbmax * p)? };
+    let mut cols = unsafe { super::alloc_written::<T>(dev, rows * nbmax * p)? };
+    let mut yt = unsafe { super::alloc_written::<T>(dev, co * nbmax * p)? };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
         let (nc, nt) = (rows * nb * p, co * nb * p);
@@ -314,7 +314,7 @@ where
     let nw = co * rg;
     if super::cudnn::takes::<T>(g, co, true) && g.b * co * p > 0 && rows > 0 {
         // SAFETY: both parts written whole by cuDNN (or dropped if it fails)
-        let mut out = unsafe { dev.alloc::<T>(nx + nw)? };
+        let mut out = unsafe { super::alloc_written::<T>(&dev, nx + nw)? };
         let done = super::cudnn::attempt::<T>(g, co, true, || {
             let (mut dx, mut dw) = out.split_at_mut(nx);
             let dx = need_dx.then_some(&mut dx);
@@ -326,7 +326,7 @@ where
             // access is a sticky error that ends the CUDA context, so dw goes to a
             // buffer of its own (a weight's size: small) and is copied in
             // SAFETY: written whole by cuDNN before it is copied
-            let mut own = unsafe { dev.alloc::<T>(nw)? };
+            let mut own = unsafe { super::alloc_written::<T>(&dev, nw)? };
             super::cudnn::backward(&dev, g, co, (&x, &w, &dy), dx, &mut own.slice_mut(..))?;
             dev.memcpy_dtod(&own, &mut dw)
         });
@@ -334,7 +334,16 @@ where
             return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(nx + nw)));
         }
     }
-    let mut out = dev.alloc_zeros::<T>(nx + nw)?;
+    // every chunk's GEMMs and col2im (or the pointwise GEMM) write dx and dw whole, so
+    // their memory is not cleared first (a pass over an input-sized tensor per
+    // convolution); without images, channels or pixels the sums are empty: zeros
+    let written = g.b > 0 && rows > 0 && co > 0 && p > 0;
+    let mut out = if written {
+        // SAFETY: written whole below (see `written`)
+        unsafe { super::alloc_written::<T>(&dev, nx + nw)? }
+    } else {
+        dev.alloc_zeros::<T>(nx + nw)?
+    };
     // a 1x1 stride-1 unpadded one-group convolution (most of ResNet-50's) takes its input
     // gradient in one strided-batched GEMM over the NCHW tensors after the loop: its
     // column matrix is a copy of the input, so `dcols` and `col2im` would be two more
@@ -343,11 +352,16 @@ where
     let pointwise_dx = need_dx && g.pointwise() && g.groups == 1;
     let cols_dx = need_dx && !pointwise_dx;
     // the weight gradient accumulates over the chunks in f32, whatever T is
-    let mut dw = dev.alloc_zeros::<f32>(nw)?;
+    let mut dw = if written {
+        // SAFETY: the first chunk's GEMMs (beta 0) write each group's block whole
+        unsafe { super::alloc_written::<f32>(&dev, nw)? }
+    } else {
+        dev.alloc_zeros::<f32>(nw)?
+    };
     let nbmax = chunk(g);
     // SAFETY: each chunk writes the part of these it then reads
-    let mut cols = unsafe { dev.alloc::<T>(rows * nbmax * p)? };
-    let mut dyt = unsafe { dev.alloc::<T>(co * nbmax * p)? };
+    let mut cols = unsafe { super::alloc_written::<T>(&dev, rows * nbmax * p)? };
+    let mut dyt = unsafe { super::alloc_written::<T>(&dev, co * nbmax * p)? };
     for b0 in (0..g.b).step_by(nbmax) {
         let nb = nbmax.min(g.b - b0);
         let (nc, nt) = (rows * nb * p, co * nb * p);

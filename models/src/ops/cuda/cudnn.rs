@@ -365,7 +365,7 @@ pub(super) fn workspace(
         return Ok(None);
     }
     // SAFETY: cuDNN's scratch space, written before it is read
-    Ok(Some(unsafe { dev.alloc::<u8>(bytes)? }))
+    Ok(Some(unsafe { super::alloc_written::<u8>(dev, bytes)? }))
 }
 
 /// `y = conv(x, w)` over the whole batch (`y` written whole).

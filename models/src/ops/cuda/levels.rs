@@ -34,7 +34,7 @@ fn lookup<T: Elem>(
 ) -> candle_core::Result<CudaStorage> {
     let n = x.len();
     // SAFETY: written whole by the kernel
-    let mut y = unsafe { dev.alloc::<T>(n)? };
+    let mut y = unsafe { super::alloc_written::<T>(dev, n)? };
     if n > 0 {
         let f = func(dev, &format!("meal_levels{}", T::SUFFIX))?;
         let stream = dev.cuda_stream();

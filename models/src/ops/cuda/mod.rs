@@ -67,7 +67,8 @@ use candle_core::cuda_backend::cudarc::cublas::{
     sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig, StridedBatchedConfig,
 };
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout};
@@ -194,6 +195,36 @@ fn row_major_cfg<A>(
         beta,
         ldc: int(g.ldc)?,
     })
+}
+
+/// `n` elements of uninitialised device memory that the caller writes whole before
+/// anything reads them (each call's `SAFETY` names what writes them). In test builds
+/// every byte is first set to 0xFF, a NaN in f32, f64 and bf16, so that an element a
+/// kernel leaves unwritten shows as NaN in the op tests against the CPU twins, where
+/// whatever the memory pool held (often zeros from an earlier buffer) could hide it.
+///
+/// # Safety
+///
+/// Every element must be written before it is read.
+pub(crate) unsafe fn alloc_written<T: DeviceRepr>(
+    dev: &CudaDevice,
+    n: usize,
+) -> candle_core::Result<CudaSlice<T>> {
+    #[allow(unused_mut)]
+    let mut s = dev.alloc::<T>(n)?;
+    #[cfg(test)]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{result, DevicePtrMut};
+        let stream = dev.cuda_stream();
+        let bytes = s.num_bytes();
+        if bytes > 0 {
+            let (ptr, _record) = s.device_ptr_mut(&stream);
+            // SAFETY: the slice's own bytes, on the stream it was allocated on; any bit
+            // pattern is a valid f32, f64, bf16 or byte
+            result::memset_d8_async(ptr, 0xFF, bytes, stream.cu_stream()).w()?;
+        }
+    }
+    Ok(s)
 }
 
 /// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS, all in `T` (bf16:

@@ -240,7 +240,7 @@ fn call<T: Elem + CudnnDataType>(
     relu: bool,
 ) -> candle_core::Result<CudaStorage> {
     // SAFETY: written whole by the call below
-    let mut y: CudaSlice<T> = unsafe { dev.alloc::<T>(g.b * g.ho * g.wo * co)? };
+    let mut y: CudaSlice<T> = unsafe { super::alloc_written::<T>(dev, g.b * g.ho * g.wo * co)? };
     let Some(bias) = bias else {
         super::cudnn::forward_in(dev, g, co, true, x, w, &mut y.slice_mut(..))?;
         return Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()));

@@ -167,7 +167,7 @@ pub(crate) fn upload_u8(v: &[u8], shape: Shape, dev: &CudaDevice) -> candle_core
         slot.done.synchronize().w()?;
         slot.host.as_mut_slice().w()?.copy_from_slice(v);
         // SAFETY: written whole by the copy below
-        let mut dst = unsafe { dev.alloc::<u8>(v.len())? };
+        let mut dst = unsafe { super::alloc_written::<u8>(dev, v.len())? };
         stream.memcpy_htod(&slot.host, &mut dst).w()?;
         recorded(&slot.done, &stream)?;
         let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(dst, dev.clone()));

@@ -52,7 +52,7 @@ fn forward<T: Elem>(
     let n = np * ho * wo;
     let x = view_of::<T>(s, l)?;
     // SAFETY: written whole by the kernel
-    let mut y = unsafe { dev.alloc::<T>(n)? };
+    let mut y = unsafe { super::alloc_written::<T>(&dev, n)? };
     if n > 0 {
         let f = func(&dev, &format!("meal_maxpool_fwd{}", T::SUFFIX))?;
         let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;
@@ -99,7 +99,7 @@ fn backward<T: Elem>(
     let (x, dy) = (view_of::<T>(s1, l1)?, view_of::<T>(s2, l2)?);
     let n = np * h * w;
     // SAFETY: written whole by the kernel
-    let mut dx = unsafe { dev.alloc::<T>(n)? };
+    let mut dx = unsafe { super::alloc_written::<T>(&dev, n)? };
     if n > 0 {
         let f = func(&dev, &format!("meal_maxpool_bwd{}", T::SUFFIX))?;
         let a = ints([h, w, ho, wo, pg.0, pg.1, pg.2])?;

@@ -36,7 +36,7 @@ fn forward<T: Elem>(
     let x = view_of::<T>(s1, l1)?;
     let n = x.len();
     // SAFETY: written whole by the kernel
-    let mut y = unsafe { dev.alloc::<T>(n)? };
+    let mut y = unsafe { super::alloc_written::<T>(dev, n)? };
     if n > 0 {
         let stream = dev.cuda_stream();
         match b {
@@ -90,7 +90,7 @@ fn backward<T: Elem>(
         );
     }
     // SAFETY: written whole by the kernel
-    let mut dx = unsafe { dev.alloc::<T>(n)? };
+    let mut dx = unsafe { super::alloc_written::<T>(dev, n)? };
     if n > 0 {
         let f = func(dev, &format!("meal_relu_grad{}", T::SUFFIX))?;
         let stream = dev.cuda_stream();
