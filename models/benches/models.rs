@@ -16,6 +16,8 @@
 //! synchronised before the clock stops. `MEAL_OP_PROFILE=1` adds the time of each of our
 //! ops on CUDA per step (`ops::profile`).
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -41,12 +43,7 @@ fn cuda_switches(dev: &Device) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    // warnings (a cuDNN refusal, a fallback) to stderr: the device log must show them
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .try_init();
+    common::log_to_stderr();
     // MEAL_NO_TUNE=1 keeps glibc's defaults, to compare
     if std::env::var_os("MEAL_NO_TUNE").is_none() {
         meal_models::tune_allocator();

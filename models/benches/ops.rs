@@ -6,6 +6,8 @@
 //! the bf16 inference convolutions; SENet-154's grouped convolutions run forward only.
 //!   cargo bench -p meal-models --bench ops -- [BATCH] [ITERS]
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -84,12 +86,7 @@ fn bf16_fwd(
 }
 
 fn main() -> anyhow::Result<()> {
-    // warnings (a cuDNN refusal, a fallback) to stderr: the device log must show them
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .try_init();
+    common::log_to_stderr();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

@@ -12,18 +12,14 @@ use crate::ops::{
 };
 use crate::testing::values;
 
+#[path = "../../../../benches/common/mod.rs"]
+mod bench_common;
 mod networks;
 mod transfer;
 
 /// The first CUDA device; a test asked to run without one fails with the reason.
 fn gpu(test: &str) -> Device {
-    // warnings (a cuDNN refusal, a fallback to our path) straight to stderr, past
-    // libtest's capture: the device log must show what ran
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .try_init();
+    bench_common::log_to_stderr();
     crate::device::parse_device("cuda:0")
         .unwrap_or_else(|e| panic!("{test} runs on a GPU and none opened here: {e}"))
 }
