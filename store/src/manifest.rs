@@ -301,6 +301,11 @@ pub struct Manifest {
     pub state: State,
     /// Statistics (complete stores).
     pub summary: Option<Summary>,
+    /// SHA-256 of `images.parquet` (complete stores; absent in stores written before it
+    /// was recorded): the table the student takes its images from, checked by `verify`
+    /// as the shards are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_sha256: Option<String>,
 }
 
 impl Manifest {

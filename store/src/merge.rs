@@ -140,7 +140,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
-    write_images(dir, &m, &paths, &labels)?;
+    m.images_sha256 = Some(write_images(dir, &m, &paths, &labels)?);
     m.summary = Some(summary(&m));
     m.state = State::Complete;
     m.write(dir, MANIFEST)?;

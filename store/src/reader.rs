@@ -244,7 +244,11 @@ impl LabelStore {
     }
 
     /// Check every shard's checksum, row count and that each row's probabilities sum
-    /// to 1 (within [`PROB_SUM_TOLERANCE`]).
+    /// to 1 (within [`PROB_SUM_TOLERANCE`]), then `images.parquet`: its checksum where
+    /// the manifest records one, and in any store that it lists each stored image once,
+    /// with the shards' sizes, and hard labels below the class count (a student takes
+    /// its images from it: a repeated or missing id would train one image twice and
+    /// another never).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut rows = 0u64;
         let mut max_err = 0f64;
@@ -270,10 +274,63 @@ impl LabelStore {
                 }
             }
         }
+        self.verify_images()?;
         Ok(VerifyReport {
             shards: self.shards.len(),
             rows,
             max_sum_error: max_err,
         })
+    }
+
+    /// `images.parquet` against its recorded checksum and the shards (see [`Self::verify`]).
+    fn verify_images(&self) -> Result<(), StoreError> {
+        let path = self.dir.join("images.parquet");
+        if let Some(want) = &self.manifest.images_sha256 {
+            let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+            if &sha256_hex(&bytes) != want {
+                return Err(StoreError::corrupt(&path, "checksum mismatch"));
+            }
+        }
+        let mut listed: Vec<[u32; 3]> = Vec::new();
+        for i in self.images()? {
+            if i.label as usize >= self.num_classes() {
+                return Err(StoreError::corrupt(
+                    &path,
+                    format!(
+                        "sample {}: label {} of {} classes",
+                        i.sample_id,
+                        i.label,
+                        self.num_classes()
+                    ),
+                ));
+            }
+            listed.push([i.sample_id, i.width, i.height]);
+        }
+        listed.sort_unstable();
+        if let Some(w) = listed.windows(2).find(|w| w[0][0] == w[1][0]) {
+            return Err(StoreError::corrupt(
+                &path,
+                format!("sample {} listed twice", w[0][0]),
+            ));
+        }
+        let mut stored: Vec<[u32; 3]> = self
+            .shards
+            .iter()
+            .flat_map(|r| r.images().iter().copied())
+            .collect();
+        stored.sort_unstable();
+        if listed != stored {
+            let diff = listed
+                .iter()
+                .zip(&stored)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("first difference: it lists {a:?}, the shards hold {b:?} (sample, width, height)"))
+                .unwrap_or_else(|| format!("it lists {} images, the shards {}", listed.len(), stored.len()));
+            return Err(StoreError::corrupt(
+                &path,
+                format!("does not match the shards: {diff}"),
+            ));
+        }
+        Ok(())
     }
 }

@@ -236,6 +236,7 @@ impl StoreWriter {
             if m.shards.len() != before {
                 m.state = State::Partial;
                 m.summary = None;
+                m.images_sha256 = None;
                 m.write(dir, &name)?;
             }
             m
@@ -249,6 +250,7 @@ impl StoreWriter {
                 shards: Vec::new(),
                 state: State::Partial,
                 summary: None,
+                images_sha256: None,
             };
             m.write(dir, &name)?;
             m
@@ -434,7 +436,12 @@ impl StoreWriter {
             });
         }
         if self.manifest.worker.is_none() {
-            write_images(&self.dir, &self.manifest, &self.paths, &self.labels)?;
+            self.manifest.images_sha256 = Some(write_images(
+                &self.dir,
+                &self.manifest,
+                &self.paths,
+                &self.labels,
+            )?);
             self.manifest.summary = Some(summary(&self.manifest));
         }
         self.manifest.state = State::Complete;
@@ -482,13 +489,14 @@ pub fn summary(m: &Manifest) -> Summary {
 }
 
 /// `images.parquet`: one row per image with rows (sample_id, path, label, width,
-/// height), class names in the key-value metadata `meal.classes`.
+/// height), class names in the key-value metadata `meal.classes`. Returns the file's
+/// SHA-256 (for the manifest's `images_sha256`).
 pub(crate) fn write_images(
     dir: &Path,
     m: &Manifest,
     paths: &[String],
     labels: &[u32],
-) -> Result<(), StoreError> {
+) -> Result<String, StoreError> {
     let mut imgs: Vec<[u32; 3]> = Vec::new();
     for s in &m.shards {
         let r = ShardReader::open(
@@ -533,7 +541,8 @@ pub(crate) fn write_images(
     let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(StoreError::parquet)?;
     w.write(&batch).map_err(StoreError::parquet)?;
     w.close().map_err(StoreError::parquet)?;
-    write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))
+    write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))?;
+    Ok(crate::sha256_hex(&out))
 }
 
 #[cfg(test)]

@@ -77,6 +77,75 @@ fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
     }
 }
 
+/// `images.parquet` (the table a student takes its images from) is checked by `verify`:
+/// a flipped byte by the manifest's checksum, and, in a store without one (written
+/// before it was recorded), a repeated sample id by the table's cross-check with the
+/// shards.
+#[test]
+fn a_damaged_images_table_is_detected() {
+    use arrow::array::{Array, UInt32Array};
+    use arrow::record_batch::RecordBatch;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let dir = tmp.path().join("s");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let table = dir.join("images.parquet");
+    let good = std::fs::read(&table).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x01;
+    std::fs::write(&table, &bad).unwrap();
+    let e = LabelStore::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("images.parquet") && e.contains("checksum"),
+        "{e}"
+    );
+    std::fs::write(&table, &good).unwrap();
+    LabelStore::open(&dir).unwrap().verify().unwrap();
+
+    // an older store (no recorded checksum) whose table lists sample 1 where sample 2
+    // was: sample 1 twice, sample 2 never
+    let manifest = dir.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert!(m["images_sha256"].is_string(), "the checksum is recorded");
+    m.as_object_mut().unwrap().remove("images_sha256");
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&table).unwrap(),
+    )
+    .unwrap();
+    let schema = reader.schema().clone();
+    let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    for b in batches {
+        let ids = b.column(0).as_any().downcast_ref::<UInt32Array>().unwrap();
+        let ids: UInt32Array = (0..ids.len())
+            .map(|i| if ids.value(i) == 2 { 1 } else { ids.value(i) })
+            .collect();
+        let mut cols = b.columns().to_vec();
+        cols[0] = Arc::new(ids);
+        w.write(&RecordBatch::try_new(b.schema(), cols).unwrap())
+            .unwrap();
+    }
+    w.close().unwrap();
+    std::fs::write(&table, &out).unwrap();
+    let e = LabelStore::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("images.parquet") && e.contains("sample 1 listed twice"),
+        "{e}"
+    );
+}
+
 #[test]
 fn corruption_is_detected_and_named() {
     let tmp = tempfile::tempdir().unwrap();
