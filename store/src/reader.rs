@@ -144,14 +144,20 @@ impl LabelStore {
         &self.dir
     }
 
-    /// The rows of `images.parquet` (every stored image with its path and hard label).
+    /// The rows of `images.parquet` (every stored image with its path and hard label),
+    /// the file checked against the manifest's `images_sha256` where recorded.
     pub fn images(&self) -> Result<Vec<ImageInfo>, StoreError> {
         use arrow::array::{StringArray, UInt32Array};
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let path = self.dir.join("images.parquet");
-        let f = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        if let Some(want) = &self.manifest.images_sha256 {
+            if &sha256_hex(&bytes) != want {
+                return Err(StoreError::corrupt(&path, "checksum mismatch"));
+            }
+        }
         let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(&path, e.to_string());
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .map_err(|e| bad(&e))?
             .build()
             .map_err(|e| bad(&e))?;
@@ -282,15 +288,11 @@ impl LabelStore {
         })
     }
 
-    /// `images.parquet` against its recorded checksum and the shards (see [`Self::verify`]).
+    /// `images.parquet` against its recorded checksum ([`Self::images`]) and the shards
+    /// (see [`Self::verify`]).
     fn verify_images(&self) -> Result<(), StoreError> {
         let path = self.dir.join("images.parquet");
-        if let Some(want) = &self.manifest.images_sha256 {
-            let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-            if &sha256_hex(&bytes) != want {
-                return Err(StoreError::corrupt(&path, "checksum mismatch"));
-            }
-        }
+        // images() checks the recorded checksum
         let mut listed: Vec<[u32; 3]> = Vec::new();
         for i in self.images()? {
             if i.label as usize >= self.num_classes() {
