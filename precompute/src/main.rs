@@ -110,6 +110,11 @@ fn main() -> Result<()> {
                         t.arch,
                         t.weights
                     ),
+                    None if r.crops == 0 => meal_cli::outln!(
+                        "  teacher {:<16} no crops labelled  ({})",
+                        t.arch,
+                        t.weights
+                    ),
                     None => meal_cli::outln!(
                         "  teacher {:<16} top-1 agreement not recorded by older shards  ({})",
                         t.arch,
@@ -150,6 +155,23 @@ fn main() -> Result<()> {
             }
             if stop.load(Ordering::SeqCst) {
                 std::process::exit(130);
+            }
+            // a store of nothing is no success: every file unreadable (all of another
+            // format, emptied by a failed copy) must not pass a script's `&&` into training
+            let seen = r.images + r.skipped.len() as u64;
+            if r.images == 0 && !r.skipped.is_empty() {
+                bail!(
+                    "every one of the {} images of {} was skipped as unreadable (listed \
+                     above and in the report): the store holds no labels",
+                    r.skipped.len(),
+                    s.data.display()
+                );
+            } else if r.skipped.len() as u64 * 10 >= seen && !r.skipped.is_empty() {
+                tracing::warn!(
+                    "{} of {seen} images of {} were skipped as unreadable (listed above)",
+                    r.skipped.len(),
+                    s.data.display()
+                );
             }
         }
         Cmd::Merge {

@@ -42,9 +42,10 @@ pub struct RunReport {
     pub mean_entropy: f64,
     /// Whether this writer's part is complete.
     pub complete: bool,
-    /// Images labelled by this run.
+    /// Images labelled by this run and kept in the store (an interrupted run's
+    /// half-filled shard is not: it is recomputed on resume).
     pub images_labelled: u64,
-    /// Crops labelled by this run.
+    /// Crops labelled by this run and kept in the store.
     pub crops_labelled: u64,
     /// Shards written by this run.
     pub shards_written: u32,

@@ -323,6 +323,8 @@ fn run_part(
     let classes = ens.num_classes();
     let mut pending = Pending::default();
     let (mut images, mut crops, mut shards_written, mut bytes_written) = (0u64, 0u64, 0u32, 0u64);
+    // crops labelled so far, written or not (the progress bar's rate)
+    let mut crops_seen = 0u64;
     // the dtype asked for (on the CPU, bf16 teachers keep f32 weights: model.dtype()
     // would say f32)
     let dtype = meal_models::ensemble::parse_dtype(&ens.teachers()[0].info.dtype)?;
@@ -393,14 +395,17 @@ fn run_part(
             check_time += check_t0.elapsed();
         }
         pending.add(&batch, &out, classes, s.samples_per_shard);
-        crops += rows as u64;
-        images += (rows / s.crops_per_image as usize) as u64;
+        crops_seen += rows as u64;
         bar.inc((rows / s.crops_per_image as usize + batch.skipped.len()) as u64);
         bar.set_message(format!(
             "{:.0} crops/s",
-            crops as f64 / t0.elapsed().as_secs_f64()
+            crops_seen as f64 / t0.elapsed().as_secs_f64()
         ));
         for (sh, imgs, notes) in pending.take_complete(&mut expected) {
+            // counted when written: an interrupted run's half-filled shard is dropped
+            // (recomputed on resume), so the report counts only what the store keeps
+            images += imgs.len() as u64;
+            crops += imgs.iter().map(|i| i.crops.len() as u64).sum::<u64>();
             writer
                 .write_shard_with(sh, imgs, notes)
                 .with_context(|| format!("writing shard {sh} to {}", s.out.display()))?;

@@ -25,6 +25,9 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     .unwrap();
     assert!(!r.complete);
     assert_eq!(r.shards_written, 2);
+    // the half-filled third shard is dropped, so "this run" counts what the store kept
+    assert_eq!((r.images_labelled, r.crops_labelled), (r.images, r.crops));
+    assert_eq!(r.images, 14);
     std::fs::write(
         part.out.join("shard-000002.parquet.tmp"),
         b"PAR1 half a shard",
@@ -369,6 +372,37 @@ fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
     );
     assert!(e.contains("a meal-student run is there"), "{e}");
     assert!(!run.join("manifest.json").exists());
+}
+
+/// A dataset whose every file is unreadable makes an empty store: the run says so and
+/// fails (a script's `&&` must not go on to train on nothing), after writing it.
+#[test]
+fn a_run_that_labels_no_image_fails() {
+    let f = fixture(1);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    for s in ds.samples() {
+        std::fs::write(ds.full_path(s), b"").unwrap();
+    }
+    let out = f.root.join("empty");
+    let a = args(&f, "empty");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
+    cmd.arg("run")
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--out")
+        .arg(&out)
+        .args(["--crops-per-image", "2", "--threads", "1"]);
+    for t in &a.teacher {
+        cmd.arg("--teacher").arg(t);
+    }
+    let run = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("every one of the {} images", ds.samples().len()))
+            && err.contains("the store holds no labels"),
+        "{err}"
+    );
 }
 
 /// `inspect --histogram` writes a PNG: another extension is refused before the store is
