@@ -64,9 +64,33 @@ pub fn default_threads() -> usize {
 }
 
 /// Run candle's CPU kernels on `n` threads: they size their pools from
-/// `RAYON_NUM_THREADS`. Call before any tensor work.
-pub fn use_threads(n: usize) {
+/// `RAYON_NUM_THREADS`. Call before any tensor work. More threads than cores are
+/// warned about, as PyTorch's DataLoader warns of more workers than CPUs (they only
+/// compete for the cores, each with its own buffers: on 2 cores 512 threads ran a
+/// 30-image precompute 30x slower than 1); more than [`max_threads`] are refused (an
+/// extra zero in `--threads 100000` started thousands of OS threads and stalled the
+/// machine).
+pub fn use_threads(n: usize) -> anyhow::Result<()> {
+    let cores = default_threads();
+    if n > max_threads() {
+        anyhow::bail!(
+            "--threads {n}: more than {} threads on {cores} cores (the default is one per core)",
+            max_threads()
+        );
+    }
+    if n > cores {
+        tracing::warn!(
+            "--threads {n} is more than the {cores} cores here: the extra threads only \
+             compete for them (the default is one per core)"
+        );
+    }
     std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    Ok(())
+}
+
+/// The most `--threads` a run accepts: 8 per core, at least 256.
+pub fn max_threads() -> usize {
+    (8 * default_threads()).max(256)
 }
 
 /// A flag set by the first Ctrl-C (after printing `message`, what the program will do);

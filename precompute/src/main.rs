@@ -61,7 +61,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => {
             let s = args.resolve()?;
-            meal_cli::use_threads(s.threads);
+            meal_cli::use_threads(s.threads)?;
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
             let r = run::run(&s, &stop).map_err(|e| {

@@ -70,7 +70,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Train(args) => {
             let s = args.resolve()?;
-            meal_cli::use_threads(s.threads);
+            meal_cli::use_threads(s.threads)?;
             let stop = meal_cli::interrupt_flag("checkpointing after this step")
                 .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
@@ -133,7 +133,7 @@ fn main() -> Result<()> {
             if threads == 0 {
                 bail!("--threads must be at least 1");
             }
-            meal_cli::use_threads(threads);
+            meal_cli::use_threads(threads)?;
             let read = eval::EvalRead {
                 threads,
                 policy: on_bad_file.parse().context("--on-bad-file")?,
