@@ -25,6 +25,7 @@ pub const DENSE_DEFAULT_MAX_CLASSES: usize = 32;
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// TOML file with any of these keys (snake_case); flags given here override it.
+    /// Relative paths in it are read from the current directory, as flags are.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -32,7 +33,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// A teacher, repeatable: `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic]
-    /// [,crop_pct=F][,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict
+    /// [,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict
     /// (.safetensors or .pth); the input config defaults to the preset's timm pretrained
     /// config.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
@@ -192,6 +193,20 @@ impl RunArgs {
         if teacher_specs.is_empty() {
             bail!("at least one --teacher ARCH=WEIGHTS is required");
         }
+        // crop_pct sizes the eval transform's centre crop (the student's eval and online
+        // teachers); precompute's crops are RandomResizedCrop's, where it would be
+        // accepted and silently do nothing
+        if let Some(t) = teacher_specs.iter().find(|t| {
+            t.split(',')
+                .skip(1)
+                .any(|kv| kv.trim().starts_with("crop_pct="))
+        }) {
+            bail!(
+                "--teacher {t}: crop_pct sizes the eval transform's centre crop; precompute \
+                 labels RandomResizedCrop crops (--scale, --ratio), where it has no effect: \
+                 remove it"
+            );
+        }
         let teachers = TeacherArg::parse_all(&teacher_specs).context("--teacher")?;
         let crops_per_image = l
             .pick(|a| &a.crops_per_image)
@@ -317,5 +332,24 @@ mod tests {
         assert!(format!("{e:#}").contains("c.toml"), "{e:#}");
         assert_eq!(parse_worker("1/2").unwrap(), [1, 2]);
         assert!(parse_worker("2/2").is_err());
+    }
+
+    /// crop_pct (the eval transform's) would do nothing to precompute's crops: refused,
+    /// naming the teacher.
+    #[test]
+    fn crop_pct_is_refused() {
+        let e = RunArgs {
+            data: Some("d".into()),
+            out: Some("o".into()),
+            teacher: vec!["demo_tiny=t.safetensors,size=32,crop_pct=0.5".into()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("demo_tiny=t.safetensors,size=32,crop_pct=0.5") && e.contains("remove it"),
+            "{e}"
+        );
     }
 }

@@ -27,7 +27,8 @@ pub const DEFAULT_CROPS_PER_IMAGE: u32 = 2;
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainArgs {
-    /// TOML file with any of these keys (snake_case); flags override it.
+    /// TOML file with any of these keys (snake_case); flags override it. Relative
+    /// paths in it are read from the current directory, as flags are.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
