@@ -77,8 +77,22 @@ impl LabelStore {
     /// through arrow's reader instead of addressed in its mapped pages (slower; for
     /// comparing the two paths).
     pub fn open_with(dir: &Path, map_pages: bool) -> Result<Self, StoreError> {
-        let manifest = Manifest::read(dir)?;
         let mpath = dir.join(MANIFEST);
+        if !mpath.exists() {
+            // workers' parts, not merged yet: say so, not "manifest.json: not found"
+            let parts = crate::writer::worker_manifests(dir).unwrap_or_default();
+            if !parts.is_empty() {
+                return Err(StoreError::Mismatch {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "holds the parts of workers ({}), not merged into one store yet: \
+                         merge them first",
+                        parts.join(", ")
+                    ),
+                });
+            }
+        }
+        let manifest = Manifest::read(dir)?;
         if manifest.state != State::Complete {
             return Err(StoreError::Mismatch {
                 path: mpath,

@@ -113,19 +113,51 @@ fn check_neighbours(
     let single = dir.join(MANIFEST).exists();
     match worker {
         None if !single && !parts.is_empty() => {
+            // parts left unfinished (an interrupted worker or device-list run) cannot be
+            // merged yet: name what finishes them
+            let mut unfinished = Vec::new();
+            for p in &parts {
+                if Manifest::read_file(&dir.join(p))?.state != State::Complete {
+                    unfinished.push(p.as_str());
+                }
+            }
+            let what = if unfinished.is_empty() {
+                "all complete, not yet merged: merge them".to_string()
+            } else {
+                format!(
+                    "not merged, and {} unfinished: rerun those workers (or the same device \
+                     list) to finish them, then merge",
+                    unfinished.join(", ")
+                )
+            };
             return Err(StoreError::Mismatch {
                 path: dir.to_path_buf(),
                 reason: format!(
-                    "the directory holds the parts of workers ({}), not yet merged: merge them, or write this store in another directory",
+                    "the directory holds the parts of workers ({}), {what}; or write this \
+                     store in another directory",
                     parts.join(", ")
                 ),
-            })
+            });
         }
+        // a single writer over a single or merged store: its manifest.json is compared
+        // when it is opened (the parts of a merged store have its config)
+        None => return Ok(()),
         Some([_, n]) => {
             if single && !parts.contains(&own) {
+                let made = if parts.is_empty() {
+                    "a store written by a single run".to_string()
+                } else {
+                    format!(
+                        "a store merged from the parts of workers ({})",
+                        parts.join(", ")
+                    )
+                };
                 return Err(StoreError::Mismatch {
                     path: dir.join(MANIFEST),
-                    reason: "the directory holds a store written by a single run: a worker's part would replace its shards; write the parts in another directory".into(),
+                    reason: format!(
+                        "the directory holds {made}: another worker's part would replace \
+                         its shards; write the parts in another directory"
+                    ),
                 });
             }
             let suffix = format!("-of-{n}.json");
@@ -138,7 +170,6 @@ fn check_neighbours(
                 });
             }
         }
-        None => {}
     }
     for name in parts.iter().filter(|p| **p != own) {
         let path = dir.join(name);

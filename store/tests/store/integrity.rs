@@ -375,14 +375,24 @@ fn single_runs_and_workers_do_not_share_a_directory() {
     write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
     let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
     assert!(
-        e.contains("manifest.worker-1-of-2.json") && e.contains("not yet merged"),
+        e.contains("manifest.worker-1-of-2.json") && e.contains("all complete, not yet merged"),
+        "{e}"
+    );
+    // a reader is told to merge, not that manifest.json is missing
+    let e = LabelStore::open(&split).err().unwrap().to_string();
+    assert!(e.contains("merge them first"), "{e}");
+    // an unfinished part (an interrupted worker) is named: merging cannot help yet
+    drop(StoreWriter::open(&split, cfg.clone(), ds.samples(), Some([0, 2])).unwrap());
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-0-of-2.json unfinished") && e.contains("rerun those workers"),
         "{e}"
     );
     let e = write_all(&split, &ds, &cfg, Some([0, 3]))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("worker-1-of-2") && e.contains("another number of workers"),
+        e.contains("-of-2.json") && e.contains("another number of workers"),
         "{e}"
     );
 
@@ -399,6 +409,19 @@ fn single_runs_and_workers_do_not_share_a_directory() {
     write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
     write_all(&split, &ds, &cfg, None).unwrap();
     LabelStore::open(&split).unwrap().verify().unwrap();
+    // a split into another count is told the store is merged (not "a single run's"),
+    // and a single run of another config that the store's config differs
+    let e = write_all(&split, &ds, &cfg, Some([0, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("merged from the parts of workers"), "{e}");
+    let e = write_all(&split, &ds, &seeded, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the store there was made with another config") && e.contains("seed"),
+        "{e}"
+    );
     // and a single writer keeps the workers out while it runs
     let w = StoreWriter::open(&split, cfg.clone(), ds.samples(), None).unwrap();
     assert!(busy(write_all(&split, &ds, &cfg, Some([0, 2]))));
