@@ -23,13 +23,19 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             reason: "no such directory: no worker parts to merge".into(),
         });
     }
+    let none = || StoreError::Mismatch {
+        path: dir.to_path_buf(),
+        reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
+    };
+    // also checked before the lock, whose file would be left in a directory that holds
+    // no store (a class folder named by mistake)
+    if super::writer::worker_manifests(dir)?.is_empty() {
+        return Err(none());
+    }
     let _lock = DirLock::acquire(dir)?;
     let names = super::writer::worker_manifests(dir)?;
     if names.is_empty() {
-        return Err(StoreError::Mismatch {
-            path: dir.to_path_buf(),
-            reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
-        });
+        return Err(none());
     }
     let parts: Vec<Manifest> = names
         .iter()

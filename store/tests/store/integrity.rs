@@ -441,6 +441,16 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     let e = merge(&typo, &ds).unwrap_err().to_string();
     assert!(e.contains("splt") && e.contains("no such directory"), "{e}");
     assert!(!typo.exists());
+    // a directory without parts (a class folder named by mistake): refused, left as it was
+    let class_dir = tmp.path().join("train").join(&ds.classes()[0]);
+    let before = files(&class_dir);
+    let e = merge(&class_dir, &ds).unwrap_err().to_string();
+    assert!(e.contains("no worker manifests"), "{e}");
+    assert_eq!(
+        files(&class_dir),
+        before,
+        "nothing left behind (no lock file)"
+    );
     write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
     // worker 1 has not run: say so
     let e = merge(&split, &ds).unwrap_err().to_string();
