@@ -76,7 +76,8 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     }
     if cfg.offline {
         bail!(
-            "--teacher ...={repo}: {file} is not in the Hugging Face cache {} and HF_HUB_OFFLINE is set",
+            "no local file {repo}, so it was read as a Hugging Face hub repository: {file} is \
+             not in the Hugging Face cache {} and HF_HUB_OFFLINE is set",
             cfg.cache.display()
         );
     }
@@ -90,7 +91,9 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     let where_ = cfg.endpoint.as_deref().unwrap_or("https://huggingface.co");
     api.model(repo.to_string()).get(file).with_context(|| {
         format!(
-            "--teacher ...={repo}: downloading {file} from {where_} (offline? set HF_HUB_OFFLINE=1 to use only the cache {})",
+            "no local file {repo}, so it was read as a Hugging Face hub repository: downloading \
+             {file} from {where_} failed (a typo in a path? offline? HF_HUB_OFFLINE=1 uses \
+             only the cache {})",
             cfg.cache.display()
         )
     })
