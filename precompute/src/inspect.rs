@@ -86,6 +86,16 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
             s.images, s.rows, s.top1_agreement, s.mean_entropy, s.mean_kept_mass, s.mean_kl
         );
     }
+    let skipped: Vec<_> = m.shards.iter().flat_map(|s| &s.skipped).collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            t,
+            "skipped      {} unreadable files (not in the store), e.g. {}: {}",
+            skipped.len(),
+            skipped[0].path,
+            skipped[0].reason
+        );
+    }
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let _ = writeln!(
         t,

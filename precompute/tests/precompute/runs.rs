@@ -260,6 +260,14 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     assert_eq!(r.skipped.len(), 1);
     assert_eq!(r.skipped[0].path, bad.path);
     assert_eq!(r.images, 19);
+    let text = inspect::inspect(&s.out, 0).unwrap().text;
+    assert!(
+        text.contains(&format!(
+            "skipped      1 unreadable files (not in the store), e.g. {}",
+            bad.path
+        )),
+        "{text}"
+    );
     let store = LabelStore::open(&s.out).unwrap();
     assert!(store.crops(bad.id).unwrap().is_empty());
     assert_eq!(store.crops(5).unwrap().len(), 3);
