@@ -72,20 +72,46 @@ fn eval_loop(
         }
         let s = scores(&b)?;
         for (r, l) in b.rows.iter().zip(s.chunks_exact(classes)) {
-            let target = l[r.label as usize];
-            // rank = how many classes score strictly higher (ties favour the label)
-            let rank = l.iter().filter(|&&v| v > target).count();
+            // a NaN compares false with everything: counted as it is, a broken model
+            // (one NaN weight) would score 100%
+            if l.iter().any(|v| !v.is_finite()) {
+                bail!(
+                    "the model's scores for {} are not finite (NaN or infinite): its weights \
+                     or inputs hold non-finite values",
+                    ds.samples()[r.sample_id as usize].path
+                );
+            }
+            let label = r.label as usize;
+            let rank = rank_of(l, label);
             c1 += (rank == 0) as u64;
             c5 += (rank < k) as u64;
             n += 1;
         }
     }
-    let d = n.max(1) as f64;
+    if n == 0 {
+        bail!(
+            "{}: no image could be read (every file was skipped as unreadable)",
+            ds.root().display()
+        );
+    }
+    let d = n as f64;
     Ok(Accuracy {
         images: n,
         top1: c1 as f64 / d,
         top5: c5 as f64 / d,
     })
+}
+
+/// The label's place in the classes ordered by score, ties going to the lower class
+/// index (the first maximum, as argmax picks it): a model
+/// scoring every class alike ranks the label at its index, not first.
+fn rank_of(scores: &[f32], label: usize) -> usize {
+    let target = scores[label];
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(j, &v)| v > target || (v == target && j < label))
+        .count()
 }
 
 /// Evaluate `model` on `ds` at `spec`.

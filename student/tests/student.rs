@@ -502,9 +502,10 @@ fn a_hard_label_run_learns() {
     );
 }
 
-/// Training reads the mapped shards without hashing them: a shard damaged in place (same
-/// size, a NaN written over a stored probability) stops the run naming the shard and
-/// the crop, not a NaN loss later.
+/// A shard damaged in place (same size, a NaN written over a stored probability) stops
+/// the run at start naming the shard (its checksum), not a NaN loss later; and should
+/// the bytes change after that check, the read of the damaged crop names the shard and
+/// the crop.
 #[test]
 fn a_damaged_shard_of_the_right_size_is_named() {
     let f = fixture();
@@ -529,10 +530,18 @@ fn a_damaged_shard_of_the_right_size_is_named() {
     bytes[start..start + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // f16 NaN
     std::fs::write(&shard, &bytes).unwrap();
     let mut a = args(&f, "damaged");
-    a.labels = Some(labels);
+    a.labels = Some(labels.clone());
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(
-        e.contains("shard-000000.safetensors") && e.contains("crop") && e.contains("damaged"),
+        e.contains("shard-000000.safetensors") && e.contains("checksum mismatch"),
         "{e}"
     );
+    // bytes changed after the check: the per-crop test training applies to every label
+    // it reads (run.rs) finds the NaN in the store's first crop
+    let st = meal_store::LabelStore::open(&labels).unwrap();
+    let crops = st.view(0).unwrap();
+    let mut dense = vec![0f32; st.num_classes()];
+    crops.dense_into(0, &mut dense);
+    let why = meal_store::distribution_error(&dense).unwrap_err();
+    assert!(why.contains("NaN"), "{why}");
 }

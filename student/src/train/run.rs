@@ -76,6 +76,17 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
     let st = LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
     st.check_dataset(ds.fingerprint(), ds.classes())
         .with_context(|| format!("--labels {} with --data {}", l.display(), s.data.display()))?;
+    // a shard changed in place (same size) would replay wrong crops or labels silently:
+    // every shard is hashed once per run (seconds per GB, against a training's hours)
+    let t0 = std::time::Instant::now();
+    st.verify_checksums(s.threads)
+        .with_context(|| format!("--labels {}", l.display()))?;
+    tracing::info!(
+        "--labels {}: {} shards' checksums match ({:.1} s)",
+        l.display(),
+        st.manifest().shards.len(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(Some(Arc::new(st)))
 }
 
