@@ -136,3 +136,24 @@ pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> R
         Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::rank_of;
+
+    /// Ties go to the lower class index, as argmax picks the first maximum: a model
+    /// scoring every class alike is right only for class 0, not for every label.
+    #[test]
+    fn ties_rank_by_class_index() {
+        let flat = [0.5f32; 4];
+        assert_eq!(
+            (0..4).map(|l| rank_of(&flat, l)).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        let s = [0.1f32, 0.7, 0.7, 0.2];
+        assert_eq!(rank_of(&s, 1), 0);
+        assert_eq!(rank_of(&s, 2), 1);
+        assert_eq!(rank_of(&s, 3), 2);
+        assert_eq!(rank_of(&s, 0), 3);
+    }
+}

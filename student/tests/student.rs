@@ -545,3 +545,52 @@ fn a_damaged_shard_of_the_right_size_is_named() {
     let why = meal_store::distribution_error(&dense).unwrap_err();
     assert!(why.contains("NaN"), "{why}");
 }
+
+/// Evaluating a model with a NaN weight is an error naming the image, not 100% top-1
+/// (a NaN score compares false with every other); a dataset whose every file is
+/// unreadable is an error, not 0 images at 0%.
+#[test]
+fn eval_refuses_non_finite_scores_and_empty_data() {
+    let f = fixture();
+    let val = std::sync::Arc::new(
+        meal_data::Dataset::open(&f.root.join("data/val"), meal_data::LinkPolicy::StayInside)
+            .unwrap(),
+    );
+    let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let nan = f.root.join("nan.safetensors");
+    model.save(&nan).unwrap();
+    let mut sd = meal_models::read_state_dict(&nan, &Device::Cpu).unwrap();
+    let fc = sd.get_mut("fc.bias").unwrap();
+    let mut v = fc.to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    *fc = candle_core::Tensor::new(v, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&sd, &nan).unwrap();
+    let mut broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    broken
+        .load_weights(&nan, meal_models::LoadOptions::default())
+        .unwrap();
+    let read = meal_student::eval::EvalRead {
+        threads: 1,
+        policy: meal_data::BadFilePolicy::Skip,
+    };
+    let spec = meal_data::CropSpec::new(
+        24,
+        meal_data::Filter::Bilinear,
+        meal_data::Normalize::IMAGENET,
+    )
+    .unwrap();
+    let ok = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu).unwrap();
+    assert_eq!(ok.images, 10);
+    let e = meal_student::eval::evaluate(&broken, &val, spec, read, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not finite"), "{e}");
+
+    for s in val.samples() {
+        std::fs::write(val.full_path(s), b"").unwrap();
+    }
+    let e = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no image could be read"), "{e}");
+}
