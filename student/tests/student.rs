@@ -594,3 +594,30 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
         .to_string();
     assert!(e.contains("no image could be read"), "{e}");
 }
+
+/// An epoch in which every image was unreadable fails naming --data (it reported a loss
+/// of 0 and wrote an untrained student); a resume already at `--max-steps` runs no step.
+#[test]
+fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
+    let f = fixture();
+    let mut a = args(&f, "limited");
+    a.max_steps = Some(2);
+    let r = go(a.clone()).unwrap();
+    assert!(r.interrupted);
+    assert_eq!(r.steps, 2);
+    a.resume = true;
+    let again = go(a).unwrap();
+    assert_eq!((again.steps, again.step_losses.len()), (2, 0));
+
+    let ds = meal_data::Dataset::open(&f.data, meal_data::LinkPolicy::StayInside).unwrap();
+    for s in ds.samples() {
+        std::fs::write(ds.full_path(s), b"").unwrap();
+    }
+    let mut a = args(&f, "unreadable");
+    a.labels = None;
+    a.loss = Some("ce".into());
+    a.epochs = Some(1);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("no crop could be read from --data"), "{e}");
+    assert!(!f.root.join("unreadable/student.safetensors").exists());
+}

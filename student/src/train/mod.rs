@@ -209,6 +209,16 @@ fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f
 /// The end of an epoch: evaluate, log, checkpoint, refresh the weights and tables.
 fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
     let s = &run.s;
+    if state.acc.rows == 0 {
+        // every image of the epoch skipped as unreadable: an untrained student with a
+        // loss of 0 must not pass for a result
+        bail!(
+            "epoch {}: no crop could be read from --data {} (every image was skipped as \
+             unreadable; see the warnings above)",
+            state.epoch + 1,
+            s.data.display()
+        );
+    }
     let val = match &run.val {
         Some(v) => {
             let read = EvalRead {
@@ -336,6 +346,17 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     let mut step_losses = Vec::new();
     let mut interrupted = false;
     let mut epochs_ended = 0;
+    if let Some(m) = s
+        .max_steps
+        .filter(|&m| state.step >= m && state.epoch < s.epochs)
+    {
+        // a resume past the limit runs no step (it would have run one more)
+        tracing::warn!(
+            "--max-steps {m}: the run is already at step {}; nothing to do (raise it to go on)",
+            state.step
+        );
+        interrupted = true;
+    }
     while state.epoch < s.epochs && !interrupted {
         let epoch = state.epoch;
         let factor = s.schedule.factor(epoch);
