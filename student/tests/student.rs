@@ -313,6 +313,28 @@ fn a_run_directory_in_use_is_refused() {
     );
 }
 
+/// A finished run whose checkpoint was removed is not overwritten by a fresh run into
+/// the same directory: refused, naming what it holds, the weights left as they were.
+#[test]
+fn a_finished_run_without_its_checkpoint_is_not_overwritten() {
+    let f = fixture();
+    let mut a = args(&f, "done");
+    a.epochs = Some(1);
+    go(a.clone()).unwrap();
+    let out = f.root.join("done");
+    std::fs::remove_dir_all(out.join("checkpoint")).unwrap();
+    let before = std::fs::read(out.join("student.safetensors")).unwrap();
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("already holds a run's results (student.safetensors"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("student.safetensors")).unwrap(),
+        before
+    );
+}
+
 /// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
 /// named, before anything is written.
 #[test]

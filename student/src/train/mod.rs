@@ -153,6 +153,18 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
             s.out.display()
         );
     }
+    // a finished run whose checkpoint was deleted (to save space) still holds results
+    // that a fresh run would overwrite
+    if let Some(f) = [STUDENT_FILE, METRICS_FILE]
+        .iter()
+        .find(|f| s.out.join(f).exists())
+    {
+        bail!(
+            "--out {} already holds a run's results ({f}, no checkpoint to resume): choose \
+             another directory, or remove them to start over there",
+            s.out.display()
+        );
+    }
     Ok(State {
         settings: s.clone(),
         epoch: 0,
