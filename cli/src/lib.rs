@@ -93,8 +93,10 @@ pub fn max_threads() -> usize {
     (8 * default_threads()).max(256)
 }
 
-/// A flag set by the first Ctrl-C (after printing `message`, what the program will do);
-/// a second Ctrl-C exits at once with status 130.
+/// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
+/// the program will do); a second one exits at once with status 130. SIGTERM is what
+/// SLURM's time limit, `docker stop` and systemd send first: a run stops as after Ctrl-C
+/// (a student's checkpoint mid-epoch) instead of losing the epoch.
 pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
