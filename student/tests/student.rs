@@ -156,8 +156,16 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     bad.lr = Some(0.02);
     let e = go(bad).unwrap_err();
     assert!(format!("{e:#}").contains("lr"), "{e:#}");
+    // a changed bad-file policy is named by its flag
+    let mut bad = args(&f, "resumed");
+    bad.resume = true;
+    bad.on_bad_file = Some("fail".into());
+    let e = format!("{:#}", go(bad).unwrap_err());
+    assert!(e.contains("--on-bad-file differ"), "{e}");
+    // --scale is unused with a store (its crops replay): a changed one resumes
     let mut b = args(&f, "resumed");
     b.resume = true;
+    b.scale = Some(meal_models::ensemble::Pair([0.5, 1.0]));
     let r = go(b).unwrap();
     assert!(!r.interrupted);
     assert_eq!(r.steps, whole.steps);

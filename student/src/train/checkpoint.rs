@@ -65,6 +65,14 @@ const RESUME_MAY_CHANGE: [&str; 10] = [
     "follow_links",
 ];
 
+/// The command-line flag of a setting's field (the names differ for a few).
+fn flag_of(field: &str) -> String {
+    match field {
+        "policy" => "--on-bad-file".into(),
+        f => format!("--{}", f.replace('_', "-")),
+    }
+}
+
 impl Run {
     /// The inputs' identities by content.
     pub(super) fn inputs(&self) -> Result<Inputs> {
@@ -132,7 +140,10 @@ impl Run {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
                 .iter()
                 .filter(|(k, v)| !RESUME_MAY_CHANGE.contains(&k.as_str()) && y.get(*k) != Some(*v))
-                .map(|(k, _)| format!("--{}", k.replace('_', "-")))
+                // --scale draws the crops of a run without a store; with --labels the
+                // store's crops replay and it is unused (its help says so)
+                .filter(|(k, _)| !(k.as_str() == "scale" && self.s.labels.is_some()))
+                .map(|(k, _)| flag_of(k))
                 .collect(),
             _ => vec![],
         };
