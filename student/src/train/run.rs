@@ -76,6 +76,15 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
     let st = LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
     st.check_dataset(ds.fingerprint(), ds.classes())
         .with_context(|| format!("--labels {} with --data {}", l.display(), s.data.display()))?;
+    let pool = st.manifest().config.crop_pool.crops_per_image;
+    if s.crops_per_image > pool {
+        tracing::warn!(
+            "--crops-per-image {} is more than the {pool} crops per image of --labels {}: \
+             each step holds repeats of the same crops (the pool cycles)",
+            s.crops_per_image,
+            l.display()
+        );
+    }
     // a shard changed in place (same size) would replay wrong crops or labels silently:
     // every shard is hashed once per run (seconds per GB, against a training's hours)
     let t0 = std::time::Instant::now();
