@@ -595,7 +595,7 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
     v[3] = f32::NAN;
     *fc = candle_core::Tensor::new(v, &Device::Cpu).unwrap();
     candle_core::safetensors::save(&sd, &nan).unwrap();
-    let mut broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     broken
         .load_weights(&nan, meal_models::LoadOptions::default())
         .unwrap();
