@@ -94,19 +94,37 @@ pub fn max_threads() -> usize {
 }
 
 /// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
-/// the program will do); a second one exits at once with status 130. SIGTERM is what
+/// the program will do); a second one exits at once with status 130. A process started
+/// under `nohup` keeps ignoring SIGHUP. SIGTERM is what
 /// SLURM's time limit, `docker stop` and systemd send first: a run stops as after Ctrl-C
 /// (a student's checkpoint mid-epoch) instead of losing the epoch.
 pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
+    let hangup_ignored = sighup_ignored();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
         eprintln!("\ninterrupt: {message} (press again to quit now)");
     })?;
+    if hangup_ignored {
+        // started under `nohup` (SIGHUP ignored): ctrlc's handler replaced that, and a
+        // closed terminal would stop the run; the ignore is put back
+        // SAFETY: signal(2) with SIG_IGN installs no handler code
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     Ok(stop)
+}
+
+/// Whether SIGHUP is ignored in this process (as `nohup` leaves it).
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// Whether an error's text (`format!("{e:#}")`, its whole chain) says a GPU ran out of

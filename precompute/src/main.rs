@@ -160,11 +160,20 @@ fn main() -> Result<()> {
             // format, emptied by a failed copy) must not pass a script's `&&` into training
             let seen = r.images + r.skipped.len() as u64;
             if r.images == 0 && !r.skipped.is_empty() {
+                let part = match s.worker {
+                    Some([i, n]) => format!(" in worker {i} of {n}'s part"),
+                    None => String::new(),
+                };
                 bail!(
-                    "every one of the {} images of {} was skipped as unreadable (listed \
-                     above and in the report): the store holds no labels",
+                    "every one of the {} images{part} of {} was skipped as unreadable \
+                     (listed above and in the report): {} no labels",
                     r.skipped.len(),
-                    s.data.display()
+                    s.data.display(),
+                    if s.worker.is_some() {
+                        "the part holds"
+                    } else {
+                        "the store holds"
+                    }
                 );
             } else if r.skipped.len() as u64 * 10 >= seen && !r.skipped.is_empty() {
                 tracing::warn!(

@@ -319,7 +319,7 @@ impl LabelStore {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(Some(0)))
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         });
         match bad.into_iter().flatten().min() {

@@ -533,9 +533,9 @@ fn a_hard_label_run_learns() {
 }
 
 /// A shard damaged in place (same size, a NaN written over a stored probability) stops
-/// the run at start naming the shard (its checksum), not a NaN loss later; and should
-/// the bytes change after that check, the read of the damaged crop names the shard and
-/// the crop.
+/// the run at start naming the shard (its checksum), not a NaN loss later; and the
+/// per-label test training applies to every label it reads (`distribution_error`, for
+/// bytes changed after that check) finds the damaged crop.
 #[test]
 fn a_damaged_shard_of_the_right_size_is_named() {
     let f = fixture();
@@ -626,7 +626,8 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
 }
 
 /// An epoch in which every image was unreadable fails naming --data (it reported a loss
-/// of 0 and wrote an untrained student); a resume already at `--max-steps` runs no step.
+/// of 0 and wrote an untrained student), while an unreadable --val leaves the epoch's
+/// val figures empty; a resume already at `--max-steps` runs no step.
 #[test]
 fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
     let f = fixture();
@@ -638,6 +639,19 @@ fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
     a.resume = true;
     let again = go(a).unwrap();
     assert_eq!((again.steps, again.step_losses.len()), (2, 0));
+
+    // a --val with no readable image: the epoch ends, its val figures null (not 0)
+    let val_dir = f.root.join("data/val");
+    let val = meal_data::Dataset::open(&val_dir, meal_data::LinkPolicy::StayInside).unwrap();
+    for s in val.samples() {
+        std::fs::write(val.full_path(s), b"").unwrap();
+    }
+    let mut a = args(&f, "unreadable_val");
+    a.val = Some(val_dir);
+    a.epochs = Some(1);
+    let r = go(a).unwrap();
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(r.history[0].val_top1, None);
 
     let ds = meal_data::Dataset::open(&f.data, meal_data::LinkPolicy::StayInside).unwrap();
     for s in ds.samples() {

@@ -60,6 +60,11 @@ fn a_changed_variable_is_refused_by_name_and_the_same_recipe_passes() {
 /// `make` with `args` in the repository root (its recipe-check targets need no build).
 fn make(args: &[&str]) -> Output {
     Command::new("make")
+        // not the outer make's variables (`make test KD_EPOCHS=3` passes them down in
+        // MAKEFLAGS): the recipes here are the Makefile's defaults
+        .env_remove("MAKEFLAGS")
+        .env_remove("MAKELEVEL")
+        .env_remove("MFLAGS")
         .arg("-s")
         .arg("--no-print-directory")
         .arg("-C")

@@ -237,7 +237,21 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
                 threads: s.threads,
                 policy: s.policy,
             };
-            Some(evaluate(&run.student, v, s.spec(), read, &run.dev)?)
+            // under `--on-bad-file skip` a validation that fails (no readable image,
+            // non-finite scores) is logged and left out of the epoch's figures (null,
+            // not 0): failing here would lose the epoch, whose checkpoint comes below;
+            // `fail` asked for the error
+            match evaluate(&run.student, v, s.spec(), read, &run.dev) {
+                Ok(a) => Some(a),
+                Err(e) if s.policy == meal_data::BadFilePolicy::Fail => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "epoch {}: validation on --val failed: {e:#}",
+                        state.epoch + 1
+                    );
+                    None
+                }
+            }
         }
         None => None,
     };
