@@ -159,11 +159,11 @@ fn main() -> Result<()> {
             // a store of nothing is no success: every file unreadable (all of another
             // format, emptied by a failed copy) must not pass a script's `&&` into training
             let seen = r.images + r.skipped.len() as u64;
+            let part = match s.worker {
+                Some([i, n]) => format!(" in worker {i} of {n}'s part"),
+                None => String::new(),
+            };
             if r.images == 0 && !r.skipped.is_empty() {
-                let part = match s.worker {
-                    Some([i, n]) => format!(" in worker {i} of {n}'s part"),
-                    None => String::new(),
-                };
                 bail!(
                     "every one of the {} images{part} of {} was skipped as unreadable \
                      (listed above and in the report): {} no labels",
@@ -177,7 +177,7 @@ fn main() -> Result<()> {
                 );
             } else if r.skipped.len() as u64 * 10 >= seen && !r.skipped.is_empty() {
                 tracing::warn!(
-                    "{} of {seen} images of {} were skipped as unreadable (listed above)",
+                    "{} of {seen} images{part} of {} were skipped as unreadable (listed above)",
                     r.skipped.len(),
                     s.data.display()
                 );

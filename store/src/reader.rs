@@ -332,8 +332,9 @@ impl LabelStore {
     }
 
     /// `images.parquet` against its recorded checksum ([`Self::images`]) and the shards
-    /// (see [`Self::verify`]).
-    fn verify_images(&self) -> Result<(), StoreError> {
+    /// (see [`Self::verify`]): cheap (the table and the shards' image lists), so a
+    /// trainer checks it at start too, for stores written before the checksum.
+    pub fn verify_images(&self) -> Result<(), StoreError> {
         let path = self.dir.join("images.parquet");
         // images() checks the recorded checksum
         let mut listed: Vec<[u32; 3]> = Vec::new();

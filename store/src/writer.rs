@@ -116,19 +116,34 @@ fn check_neighbours(
             // parts left unfinished (an interrupted worker or device-list run) cannot be
             // merged yet: name what finishes them
             let mut unfinished = Vec::new();
+            let (mut present, mut of) = (Vec::new(), 0);
             for p in &parts {
-                if Manifest::read_file(&dir.join(p))?.state != State::Complete {
+                let m = Manifest::read_file(&dir.join(p))?;
+                if m.state != State::Complete {
                     unfinished.push(p.as_str());
                 }
+                if let Some([i, n]) = m.worker {
+                    present.push(i);
+                    of = n;
+                }
             }
-            let what = if unfinished.is_empty() {
-                "all complete, not yet merged: merge them".to_string()
-            } else {
+            let missing: Vec<String> = (0..of)
+                .filter(|i| !present.contains(i))
+                .map(|i| format!("{i}/{of}"))
+                .collect();
+            let what = if !unfinished.is_empty() {
                 format!(
                     "not merged, and {} unfinished: rerun those workers (or the same device \
                      list) to finish them, then merge",
                     unfinished.join(", ")
                 )
+            } else if !missing.is_empty() {
+                format!(
+                    "not merged, and worker(s) {} have not run: run them, then merge",
+                    missing.join(", ")
+                )
+            } else {
+                "all complete, not yet merged: merge them".to_string()
             };
             return Err(StoreError::Mismatch {
                 path: dir.to_path_buf(),

@@ -149,6 +149,13 @@ fn main() -> Result<()> {
                 model
                     .load_weights(&weights, LoadOptions::default())
                     .with_context(|| format!("--weights {}", weights.display()))?;
+                // an infinite running mean can still give finite (wrong) scores
+                if let Some(name) = train::first_non_finite(model.entries())? {
+                    bail!(
+                        "--weights {}: tensor {name} holds non-finite values (NaN or inf)",
+                        weights.display()
+                    );
+                }
                 // the preset's eval transform (filter, crop_pct, mean/std), as timm's
                 // validate.py resolves it; --res changes only the side
                 let input = input_config(&arch).context("--arch")?;

@@ -665,3 +665,42 @@ fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
     assert!(e.contains("no crop could be read from --data"), "{e}");
     assert!(!f.root.join("unreadable/student.safetensors").exists());
 }
+
+/// `eval --weights` refuses non-finite weights by tensor name, as `--init` does (an
+/// infinite running mean gave finite, wrong scores); a checkpoint without its
+/// state.json is named as incomplete on --resume (a plain run says to resume it).
+#[test]
+fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
+    let f = fixture();
+    let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let w = f.root.join("inf.safetensors");
+    model.save(&w).unwrap();
+    let mut sd = read_state_dict(&w, &Device::Cpu).unwrap();
+    let rm = sd.get_mut("bn1.running_mean").unwrap();
+    let mut v = rm.to_vec1::<f32>().unwrap();
+    v[0] = f32::INFINITY;
+    *rm = candle_core::Tensor::new(v, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&sd, &w).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .arg("eval")
+        .arg("--data")
+        .arg(f.root.join("data/val"))
+        .args(["--arch", "demo_tiny", "--threads", "1", "--weights"])
+        .arg(&w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("tensor bn1.running_mean holds non-finite values"),
+        "{err}"
+    );
+
+    let mut a = args(&f, "torn");
+    a.epochs = Some(1);
+    go(a.clone()).unwrap();
+    std::fs::remove_file(f.root.join("torn/checkpoint/state.json")).unwrap();
+    a.resume = true;
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("is incomplete (no state.json"), "{e}");
+}

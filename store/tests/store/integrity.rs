@@ -375,7 +375,7 @@ fn single_runs_and_workers_do_not_share_a_directory() {
     write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
     let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
     assert!(
-        e.contains("manifest.worker-1-of-2.json") && e.contains("all complete, not yet merged"),
+        e.contains("manifest.worker-1-of-2.json") && e.contains("worker(s) 0/2 have not run"),
         "{e}"
     );
     // a reader is told to merge, not that manifest.json is missing
@@ -403,6 +403,11 @@ fn single_runs_and_workers_do_not_share_a_directory() {
     assert!(e.contains("in use by"), "{e}");
     write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
     drop(w1);
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("all complete, not yet merged: merge them"),
+        "{e}"
+    );
     merge(&split, &ds).unwrap();
     // after the merge: the same workers and a single run may rerun (resume, nothing to
     // do), and the store still verifies

@@ -123,6 +123,17 @@ impl Run {
         let out = &self.s.out;
         let dir = out.join(CHECKPOINT);
         let sp = dir.join("state.json");
+        if dir.is_dir() && !sp.exists() {
+            // without this, a plain run says "pass --resume" and --resume "no checkpoint"
+            bail!(
+                "--resume: {} is incomplete (no state.json; removed by hand?): remove it to \
+                 start over in {}, or start a new run elsewhere with --init {} if that \
+                 file is there",
+                dir.display(),
+                out.display(),
+                dir.join(STUDENT_FILE).display()
+            );
+        }
         let text = std::fs::read_to_string(&sp).with_context(|| {
             format!(
                 "--resume: no checkpoint in {} ({})",

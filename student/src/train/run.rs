@@ -31,8 +31,9 @@ pub(super) struct Run {
     pub(super) usable: Vec<u32>,
 }
 
-/// The name of the first parameter or buffer holding a NaN or an infinity.
-fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
+/// The name of the first parameter or buffer holding a NaN or an infinity (`--init`
+/// and `eval --weights` refuse such weights, naming it).
+pub fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
     for e in entries {
         let t = e.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
         if t.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
@@ -89,6 +90,10 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
     // every shard is hashed once per run (seconds per GB, against a training's hours)
     let t0 = std::time::Instant::now();
     st.verify_checksums(s.threads)
+        .with_context(|| format!("--labels {}", l.display()))?;
+    // the image table the usable images come from (a store written before its checksum
+    // was recorded is cross-checked with the shards)
+    st.verify_images()
         .with_context(|| format!("--labels {}", l.display()))?;
     tracing::info!(
         "--labels {}: {} shards' checksums match ({:.1} s)",
