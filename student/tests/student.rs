@@ -101,6 +101,18 @@ fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// `model`'s weights saved at `path` with element `i` of tensor `name` set to `v` (a
+/// corrupt file: NaN, inf).
+fn save_with(model: &ResNet, path: &Path, name: &str, i: usize, v: f32) {
+    model.save(path).unwrap();
+    let mut sd = read_state_dict(path, &Device::Cpu).unwrap();
+    let t = sd.get_mut(name).unwrap();
+    let mut vals = t.to_vec1::<f32>().unwrap();
+    vals[i] = v;
+    *t = candle_core::Tensor::new(vals, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&sd, path).unwrap();
+}
+
 fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
     a.iter()
         .zip(b)
@@ -588,13 +600,7 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
     );
     let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     let nan = f.root.join("nan.safetensors");
-    model.save(&nan).unwrap();
-    let mut sd = meal_models::read_state_dict(&nan, &Device::Cpu).unwrap();
-    let fc = sd.get_mut("fc.bias").unwrap();
-    let mut v = fc.to_vec1::<f32>().unwrap();
-    v[3] = f32::NAN;
-    *fc = candle_core::Tensor::new(v, &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&sd, &nan).unwrap();
+    save_with(&model, &nan, "fc.bias", 3, f32::NAN);
     let broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     broken
         .load_weights(&nan, meal_models::LoadOptions::default())
@@ -674,13 +680,7 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
     let f = fixture();
     let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     let w = f.root.join("inf.safetensors");
-    model.save(&w).unwrap();
-    let mut sd = read_state_dict(&w, &Device::Cpu).unwrap();
-    let rm = sd.get_mut("bn1.running_mean").unwrap();
-    let mut v = rm.to_vec1::<f32>().unwrap();
-    v[0] = f32::INFINITY;
-    *rm = candle_core::Tensor::new(v, &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&sd, &w).unwrap();
+    save_with(&model, &w, "bn1.running_mean", 0, f32::INFINITY);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
         .arg("eval")
         .arg("--data")

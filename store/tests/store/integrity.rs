@@ -86,20 +86,17 @@ fn a_damaged_images_table_is_detected() {
     use arrow::array::{Array, UInt32Array};
     use arrow::record_batch::RecordBatch;
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path());
-    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
-    let dir = tmp.path().join("s");
-    write_all(&dir, &ds, &cfg, None).unwrap();
+    let (_, _, dir) = written(tmp.path(), Encoding::Dense, ShardFormat::Parquet);
     let table = dir.join("images.parquet");
+    let verify_err = || {
+        let st = LabelStore::open(&dir).unwrap();
+        st.verify().unwrap_err().to_string()
+    };
     let good = std::fs::read(&table).unwrap();
     let mut bad = good.clone();
     bad[good.len() / 2] ^= 0x01;
     std::fs::write(&table, &bad).unwrap();
-    let e = LabelStore::open(&dir)
-        .unwrap()
-        .verify()
-        .unwrap_err()
-        .to_string();
+    let e = verify_err();
     assert!(
         e.contains("images.parquet") && e.contains("checksum"),
         "{e}"
@@ -135,11 +132,7 @@ fn a_damaged_images_table_is_detected() {
     }
     w.close().unwrap();
     std::fs::write(&table, &out).unwrap();
-    let e = LabelStore::open(&dir)
-        .unwrap()
-        .verify()
-        .unwrap_err()
-        .to_string();
+    let e = verify_err();
     assert!(
         e.contains("images.parquet") && e.contains("sample 1 listed twice"),
         "{e}"
@@ -149,10 +142,7 @@ fn a_damaged_images_table_is_detected() {
 #[test]
 fn corruption_is_detected_and_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path());
-    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
-    let dir = tmp.path().join("s");
-    write_all(&dir, &ds, &cfg, None).unwrap();
+    let (_, _, dir) = written(tmp.path(), Encoding::Dense, ShardFormat::Parquet);
     let shard = dir.join("shard-000001.parquet");
     let good = std::fs::read(&shard).unwrap();
     // truncated
@@ -239,10 +229,7 @@ fn corruption_is_detected_and_named() {
 #[test]
 fn other_datasets_and_configs_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = dataset(tmp.path());
-    let cfg = config(&ds, Encoding::Dense, ShardFormat::Safetensors);
-    let dir = tmp.path().join("s");
-    write_all(&dir, &ds, &cfg, None).unwrap();
+    let (ds, cfg, dir) = written(tmp.path(), Encoding::Dense, ShardFormat::Safetensors);
     let st = LabelStore::open(&dir).unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     let other_cfg = meal_data::synth::SynthConfig {

@@ -109,6 +109,20 @@ fn run_python(script: &str) {
     );
 }
 
+/// A complete store of `ds` at `tmp/s` with `encoding` and `format`: the dataset, its
+/// config and the store's directory.
+fn written(
+    tmp: &Path,
+    encoding: Encoding,
+    format: ShardFormat,
+) -> (Arc<Dataset>, StoreConfig, std::path::PathBuf) {
+    let ds = dataset(tmp);
+    let cfg = config(&ds, encoding, format);
+    let dir = tmp.join("s");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    (ds, cfg, dir)
+}
+
 /// File name -> (size, a cheap content hash), to compare stores without printing bytes.
 fn files(dir: &Path) -> BTreeMap<String, (usize, u64)> {
     std::fs::read_dir(dir)
