@@ -101,15 +101,15 @@ fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
-/// `model`'s weights saved at `path` with element `i` of tensor `name` set to `v` (a
-/// corrupt file: NaN, inf).
+/// `model`'s weights saved at `path` with element `i` (of the flattened tensor) of
+/// tensor `name` set to `v` (a corrupt file: NaN, inf).
 fn save_with(model: &ResNet, path: &Path, name: &str, i: usize, v: f32) {
     model.save(path).unwrap();
     let mut sd = read_state_dict(path, &Device::Cpu).unwrap();
     let t = sd.get_mut(name).unwrap();
-    let mut vals = t.to_vec1::<f32>().unwrap();
+    let mut vals = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     vals[i] = v;
-    *t = candle_core::Tensor::new(vals, &Device::Cpu).unwrap();
+    *t = candle_core::Tensor::from_vec(vals, t.dims(), &Device::Cpu).unwrap();
     candle_core::safetensors::save(&sd, path).unwrap();
 }
 
@@ -463,20 +463,8 @@ fn a_non_finite_loss_stops_the_run() {
     let f = fixture();
     // initial weights with one NaN (a corrupt checkpoint): the first step's loss is NaN
     let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0).unwrap();
-    let fc = m.entries().iter().find(|e| e.name == "fc.weight").unwrap();
-    let mut v = fc
-        .var
-        .as_tensor()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    v[3] = f32::NAN;
-    fc.var
-        .set(&candle_core::Tensor::from_vec(v, fc.shape.as_slice(), &Device::Cpu).unwrap())
-        .unwrap();
     let p = f.root.join("nan.safetensors");
-    m.save(&p).unwrap();
+    save_with(&m, &p, "fc.weight", 3, f32::NAN);
     let mut a = args(&f, "nan");
     a.init = Some(p);
     let e = go(a).unwrap_err();
