@@ -3,6 +3,7 @@
 //! through memory maps.
 
 pub mod crops;
+pub mod images;
 pub mod label;
 pub mod manifest;
 pub mod merge;
@@ -16,13 +17,14 @@ pub mod writer;
 use std::path::{Path, PathBuf};
 
 pub use crops::Crops;
+pub use images::ImageInfo;
 pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{
     config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
     MANIFEST,
 };
 pub use merge::merge;
-pub use reader::{distribution_error, ImageInfo, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};
+pub use reader::{distribution_error, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
 pub use writer::{summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};

@@ -8,8 +8,9 @@ use std::path::Path;
 use meal_data::dirlock::DirLock;
 use meal_data::Dataset;
 
+use super::images;
 use super::manifest::{require_same_config, Manifest, State, MANIFEST};
-use super::writer::{summary, write_images};
+use super::writer::summary;
 use super::StoreError;
 
 /// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
@@ -146,7 +147,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
-    m.images_sha256 = Some(write_images(dir, &m, &paths, &labels)?);
+    m.images_sha256 = Some(images::write(dir, &m, &paths, &labels)?);
     m.summary = Some(summary(&m));
     m.state = State::Complete;
     m.write(dir, MANIFEST)?;

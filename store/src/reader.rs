@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use meal_data::Fingerprint;
 
 use super::crops::Crops;
+use super::images::{self, ImageInfo};
 use super::label::SoftLabel;
 use super::manifest::{Manifest, State, MANIFEST};
 use super::shard::CropLabel;
@@ -35,21 +36,6 @@ pub struct LabelStore {
     manifest: Manifest,
     shards: Vec<ShardReader>,
     per_shard: u32,
-}
-
-/// One row of `images.parquet`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// Sample id.
-    pub sample_id: u32,
-    /// Path relative to the data root.
-    pub path: String,
-    /// Hard label.
-    pub label: u32,
-    /// Decoded width.
-    pub width: u32,
-    /// Decoded height.
-    pub height: u32,
 }
 
 /// What [`LabelStore::verify`] checked.
@@ -161,49 +147,7 @@ impl LabelStore {
     /// The rows of `images.parquet` (every stored image with its path and hard label),
     /// the file checked against the manifest's `images_sha256` where recorded.
     pub fn images(&self) -> Result<Vec<ImageInfo>, StoreError> {
-        use arrow::array::{StringArray, UInt32Array};
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        let path = self.dir.join("images.parquet");
-        let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-        if let Some(want) = &self.manifest.images_sha256 {
-            if &sha256_hex(&bytes) != want {
-                return Err(StoreError::corrupt(&path, "checksum mismatch"));
-            }
-        }
-        let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(&path, e.to_string());
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .map_err(|e| bad(&e))?
-            .build()
-            .map_err(|e| bad(&e))?;
-        let mut out = Vec::new();
-        for b in reader {
-            let b = b.map_err(|e| bad(&e))?;
-            let u32s = |name: &str| -> Result<&UInt32Array, StoreError> {
-                b.column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
-                    .ok_or_else(|| bad(&format!("column {name} missing or not uint32")))
-            };
-            let (ids, labels, ws, hs) = (
-                u32s("sample_id")?,
-                u32s("label")?,
-                u32s("width")?,
-                u32s("height")?,
-            );
-            let paths = b
-                .column_by_name("path")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| bad(&"column path missing or not utf8"))?;
-            for i in 0..b.num_rows() {
-                out.push(ImageInfo {
-                    sample_id: ids.value(i),
-                    path: paths.value(i).to_string(),
-                    label: labels.value(i),
-                    width: ws.value(i),
-                    height: hs.value(i),
-                });
-            }
-        }
-        Ok(out)
+        images::read(&self.dir, self.manifest.images_sha256.as_deref())
     }
 
     /// Number of classes.
@@ -333,50 +277,16 @@ impl LabelStore {
 
     /// `images.parquet` against its recorded checksum ([`Self::images`]) and the shards
     /// (see [`Self::verify`]): cheap (the table and the shards' image lists), so a
-    /// trainer checks it at start too, for stores written before the checksum.
-    pub fn verify_images(&self) -> Result<(), StoreError> {
-        let path = self.dir.join("images.parquet");
-        // images() checks the recorded checksum
-        let mut listed: Vec<[u32; 3]> = Vec::new();
-        for i in self.images()? {
-            if i.label as usize >= self.num_classes() {
-                return Err(StoreError::corrupt(
-                    &path,
-                    format!(
-                        "sample {}: label {} of {} classes",
-                        i.sample_id,
-                        i.label,
-                        self.num_classes()
-                    ),
-                ));
-            }
-            listed.push([i.sample_id, i.width, i.height]);
-        }
-        listed.sort_unstable();
-        if let Some(w) = listed.windows(2).find(|w| w[0][0] == w[1][0]) {
-            return Err(StoreError::corrupt(
-                &path,
-                format!("sample {} listed twice", w[0][0]),
-            ));
-        }
-        let mut stored: Vec<[u32; 3]> = self
+    /// trainer checks it at start too, for stores written before the checksum. Returns
+    /// the table's rows, checked.
+    pub fn verify_images(&self) -> Result<Vec<ImageInfo>, StoreError> {
+        let rows = self.images()?;
+        let stored: Vec<[u32; 3]> = self
             .shards
             .iter()
             .flat_map(|r| r.images().iter().copied())
             .collect();
-        stored.sort_unstable();
-        if listed != stored {
-            let diff = listed
-                .iter()
-                .zip(&stored)
-                .find(|(a, b)| a != b)
-                .map(|(a, b)| format!("first difference: it lists {a:?}, the shards hold {b:?} (sample, width, height)"))
-                .unwrap_or_else(|| format!("it lists {} images, the shards {}", listed.len(), stored.len()));
-            return Err(StoreError::corrupt(
-                &path,
-                format!("does not match the shards: {diff}"),
-            ));
-        }
-        Ok(())
+        images::check_against_shards(&self.dir, &rows, stored, self.num_classes())?;
+        Ok(rows)
     }
 }

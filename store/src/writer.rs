@@ -4,23 +4,17 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
 use meal_data::dirlock::{DirLock, LOCK_FILE};
 use meal_data::{CropRecord, Sample, Skipped};
-use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 
+use super::images;
 use super::label::{entropy, top1, SoftLabel};
 use super::manifest::{
     require_same_config, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State,
     StoreConfig, Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
 };
 use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
-use super::shard_read::ShardReader;
 use super::{sha256_hex, StoreError};
 
 /// One crop's ensemble probabilities, before encoding.
@@ -482,7 +476,7 @@ impl StoreWriter {
             });
         }
         if self.manifest.worker.is_none() {
-            self.manifest.images_sha256 = Some(write_images(
+            self.manifest.images_sha256 = Some(images::write(
                 &self.dir,
                 &self.manifest,
                 &self.paths,
@@ -532,63 +526,6 @@ pub fn summary(m: &Manifest) -> Summary {
         teacher_top1_agreement: t.teacher_top1_agree.iter().map(|&a| a as f64 / n).collect(),
         skipped: m.shards.iter().map(|s| s.skipped.len() as u64).sum(),
     }
-}
-
-/// `images.parquet`: one row per image with rows (sample_id, path, label, width,
-/// height), class names in the key-value metadata `meal.classes`. Returns the file's
-/// SHA-256 (for the manifest's `images_sha256`).
-pub(crate) fn write_images(
-    dir: &Path,
-    m: &Manifest,
-    paths: &[String],
-    labels: &[u32],
-) -> Result<String, StoreError> {
-    let mut imgs: Vec<[u32; 3]> = Vec::new();
-    for s in &m.shards {
-        let r = ShardReader::open(
-            &dir.join(&s.file),
-            m.config.encoding,
-            m.config.classes.len(),
-        )?;
-        imgs.extend_from_slice(r.images());
-    }
-    imgs.sort();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("sample_id", DataType::UInt32, false),
-        Field::new("path", DataType::Utf8, false),
-        Field::new("label", DataType::UInt32, false),
-        Field::new("width", DataType::UInt32, false),
-        Field::new("height", DataType::UInt32, false),
-    ]));
-    let col = |f: &dyn Fn(&[u32; 3]) -> u32| -> ArrayRef {
-        Arc::new(UInt32Array::from_iter_values(imgs.iter().map(f)))
-    };
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            col(&|i| i[0]),
-            Arc::new(StringArray::from_iter_values(
-                imgs.iter().map(|i| paths[i[0] as usize].as_str()),
-            )),
-            col(&|i| labels[i[0] as usize]),
-            col(&|i| i[1]),
-            col(&|i| i[2]),
-        ],
-    )
-    .map_err(StoreError::arrow)?;
-    let props = WriterProperties::builder()
-        .set_created_by(format!("meal-v2-rs {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
-            "meal.classes".to_string(),
-            serde_json::to_string(&m.config.classes).expect("serialises"),
-        )]))
-        .build();
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(StoreError::parquet)?;
-    w.write(&batch).map_err(StoreError::parquet)?;
-    w.close().map_err(StoreError::parquet)?;
-    write_atomic(dir, "images.parquet", &out, &mut |_| Ok(()))?;
-    Ok(crate::sha256_hex(&out))
 }
 
 #[cfg(test)]

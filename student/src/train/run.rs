@@ -69,8 +69,9 @@ fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>)> {
     Ok((ds, val))
 }
 
-/// The label store of `--labels`, checked to label `ds`.
-fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
+/// The label store of `--labels`, checked to label `ds`, with the ids of the samples it
+/// labels (from its checked image table).
+fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec<u32>)>> {
     let Some(l) = &s.labels else {
         return Ok(None);
     };
@@ -93,15 +94,19 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<Arc<LabelStore>>> {
         .with_context(|| format!("--labels {}", l.display()))?;
     // the image table the usable images come from (a store written before its checksum
     // was recorded is cross-checked with the shards)
-    st.verify_images()
-        .with_context(|| format!("--labels {}", l.display()))?;
+    let usable = st
+        .verify_images()
+        .with_context(|| format!("--labels {}", l.display()))?
+        .iter()
+        .map(|i| i.sample_id)
+        .collect();
     tracing::info!(
         "--labels {}: {} shards' checksums match ({:.1} s)",
         l.display(),
         st.manifest().shards.len(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(Some(Arc::new(st)))
+    Ok(Some((Arc::new(st), usable)))
 }
 
 /// The student, from `--init` when given (a classifier of another class count is
@@ -233,9 +238,9 @@ impl Run {
             None
         };
         let opt = optimizer(&s, &student, disc.as_ref())?;
-        let usable: Vec<u32> = match &store {
-            Some(st) => st.images()?.iter().map(|i| i.sample_id).collect(),
-            None => (0..ds.len() as u32).collect(),
+        let (store, usable) = match store {
+            Some((st, usable)) => (Some(st), usable),
+            None => (None, (0..ds.len() as u32).collect()),
         };
         if usable.len() < ds.len() {
             tracing::warn!(

@@ -1,0 +1,337 @@
+//! What meal-student refuses, and how: bad settings and inputs are errors naming the
+//! flag or file before anything is written; damaged stores, weights and losses stop a
+//! run keeping what was done.
+
+use super::*;
+
+/// Two trainings into one run directory: the second is refused, naming the first's pid.
+#[test]
+fn a_run_directory_in_use_is_refused() {
+    let f = fixture();
+    let out = f.root.join("busy");
+    let _held = meal_data::dirlock::DirLock::acquire(&out).unwrap();
+    let e = format!("{:#}", go(args(&f, "busy")).unwrap_err());
+    assert!(
+        e.contains("in use by process") && e.contains(&std::process::id().to_string()),
+        "{e}"
+    );
+}
+
+/// A finished run whose checkpoint was removed is not overwritten by a fresh run into
+/// the same directory: refused, naming what it holds, the weights left as they were.
+#[test]
+fn a_finished_run_without_its_checkpoint_is_not_overwritten() {
+    let f = fixture();
+    let mut a = args(&f, "done");
+    a.epochs = Some(1);
+    go(a.clone()).unwrap();
+    let out = f.root.join("done");
+    std::fs::remove_dir_all(out.join("checkpoint")).unwrap();
+    let before = std::fs::read(out.join("student.safetensors")).unwrap();
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("already holds a run's results (student.safetensors"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("student.safetensors")).unwrap(),
+        before
+    );
+}
+
+/// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
+/// named, before anything is written.
+#[test]
+fn mixed_precision_on_the_cpu_is_refused() {
+    let f = fixture();
+    let mut a = args(&f, "amp");
+    a.amp = Some(true);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--amp") && e.contains("cuda"), "{e}");
+    assert!(!f.root.join("amp").exists());
+}
+
+/// `--on-bad-file` holds for the validation images too: `skip` leaves a bad file out of
+/// the count (the same accuracy as without it), `fail` stops the run naming the file.
+#[test]
+fn the_bad_file_policy_applies_to_the_val_set() {
+    let f = fixture();
+    let val = f.root.join("data/val");
+    let top1 = |a: TrainArgs| go(a).unwrap().history.last().unwrap().val_top1.unwrap();
+    let mut a = args(&f, "clean");
+    a.val = Some(val.clone());
+    a.epochs = Some(1);
+    let clean = top1(a.clone());
+    let class = std::fs::read_dir(&val)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(class.join("zero.jpg"), b"").unwrap();
+    a.out = Some(f.root.join("skip"));
+    assert_eq!(top1(a.clone()), clean, "the empty file is not counted");
+    a.out = Some(f.root.join("fail"));
+    a.on_bad_file = Some("fail".into());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("zero.jpg"), "{e}");
+}
+
+/// A side above the crop limit, Nesterov without momentum, or a run directory inside
+/// the dataset is refused under its flag before anything is written, not a panic or an unnamed error later.
+#[test]
+fn settings_out_of_range_are_errors_naming_the_flag() {
+    let f = fixture();
+    let mut a = args(&f, "res");
+    a.res = Some(100_000);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--res 100000"), "{e}");
+    let mut a = args(&f, "nesterov");
+    a.nesterov = Some(true);
+    a.momentum = Some(0.0);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--nesterov") && e.contains("--momentum"), "{e}");
+    assert!(!f.root.join("nesterov").exists());
+    // a run directory inside the dataset would be a class of the next run
+    let mut a = args(&f, "unused");
+    a.out = Some(f.data.join("run"));
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
+    assert!(!f.data.join("run").exists());
+    // nor into a file
+    let file = f.root.join("a_file");
+    std::fs::write(&file, b"keep").unwrap();
+    let mut a = args(&f, "a_file");
+    a.out = Some(file.clone());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("a file, not a directory"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    // nor into a label store
+    let mut a = args(&f, "unused");
+    a.out = Some(f.labels.clone());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("a label store is there"), "{e}");
+    assert!(!f.labels.join("metrics.jsonl").exists());
+}
+
+#[test]
+fn a_store_of_another_dataset_is_refused() {
+    let f = fixture();
+    synth(&f.root.join("other"), 3, 4);
+    let mut a = args(&f, "x");
+    a.data = Some(f.root.join("other/train"));
+    let e = go(a).unwrap_err();
+    assert!(format!("{e:#}").contains("another dataset"), "{e:#}");
+    // refused before its first write: no empty run directory is left behind (nor the
+    // parents it made), and one that existed before is kept
+    assert!(!f.root.join("x").exists());
+    let mut a = args(&f, "new/deeper/run");
+    a.data = Some(f.root.join("other/train"));
+    go(a).unwrap_err();
+    assert!(!f.root.join("new").exists());
+    std::fs::create_dir(f.root.join("mine")).unwrap();
+    let mut a = args(&f, "mine");
+    a.data = Some(f.root.join("other/train"));
+    go(a).unwrap_err();
+    assert!(f.root.join("mine").is_dir());
+    // --resume of a run that never was: refused, nothing made
+    let mut a = args(&f, "never");
+    a.resume = true;
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--resume"), "{e}");
+    assert!(!f.root.join("never").exists());
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run() {
+    let f = fixture();
+    // initial weights with one NaN (a corrupt checkpoint): the first step's loss is NaN
+    let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0).unwrap();
+    let p = f.root.join("nan.safetensors");
+    save_with(&m, &p, "fc.weight", 3, f32::NAN);
+    let mut a = args(&f, "nan");
+    a.init = Some(p);
+    let e = go(a).unwrap_err();
+    let msg = format!("{e:#}");
+    // refused before training, naming the file and the tensor
+    assert!(
+        msg.contains("non-finite") && msg.contains("nan.safetensors") && msg.contains("fc.weight"),
+        "{msg}"
+    );
+    assert!(
+        !f.root.join("nan/student.safetensors").exists(),
+        "no weights written after NaN"
+    );
+    // a diverging lr: says where, that no checkpoint exists yet, and what to change
+    let mut a = args(&f, "diverged");
+    a.lr = Some(1e12);
+    let msg = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        msg.contains("non-finite loss")
+            && msg.contains("before any checkpoint")
+            && msg.contains("--lr"),
+        "{msg}"
+    );
+    assert!(!f.root.join("diverged/checkpoint").exists(), "{msg}");
+}
+
+/// A shard damaged in place (same size, a NaN written over a stored probability) stops
+/// the run at start naming the shard (its checksum), not a NaN loss later; and the
+/// per-label test training applies to every label it reads (`distribution_error`, for
+/// bytes changed after that check) finds the damaged crop.
+#[test]
+fn a_damaged_shard_of_the_right_size_is_named() {
+    let f = fixture();
+    let labels = f.root.join("labels_st");
+    let s = meal_precompute::config::RunArgs {
+        data: Some(f.data.clone()),
+        out: Some(labels.clone()),
+        teacher: f.teachers.clone(),
+        crops_per_image: Some(4),
+        format: Some("safetensors".into()),
+        threads: Some(2),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    meal_precompute::run::run(&s, &AtomicBool::new(false)).unwrap();
+    let shard = labels.join("shard-000000.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["prob"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[start..start + 2].copy_from_slice(&0x7e00u16.to_le_bytes()); // f16 NaN
+    std::fs::write(&shard, &bytes).unwrap();
+    let mut a = args(&f, "damaged");
+    a.labels = Some(labels.clone());
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("shard-000000.safetensors") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    // bytes changed after the check: the per-crop test training applies to every label
+    // it reads (run.rs) finds the NaN in the store's first crop
+    let st = meal_store::LabelStore::open(&labels).unwrap();
+    let crops = st.view(0).unwrap();
+    let mut dense = vec![0f32; st.num_classes()];
+    crops.dense_into(0, &mut dense);
+    let why = meal_store::distribution_error(&dense).unwrap_err();
+    assert!(why.contains("NaN"), "{why}");
+}
+
+/// Evaluating a model with a NaN weight is an error naming the image, not 100% top-1
+/// (a NaN score compares false with every other); a dataset whose every file is
+/// unreadable is an error, not 0 images at 0%.
+#[test]
+fn eval_refuses_non_finite_scores_and_empty_data() {
+    let f = fixture();
+    let val = std::sync::Arc::new(
+        meal_data::Dataset::open(&f.root.join("data/val"), meal_data::LinkPolicy::StayInside)
+            .unwrap(),
+    );
+    let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let nan = f.root.join("nan.safetensors");
+    save_with(&model, &nan, "fc.bias", 3, f32::NAN);
+    let broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    broken
+        .load_weights(&nan, meal_models::LoadOptions::default())
+        .unwrap();
+    let read = meal_student::eval::EvalRead {
+        threads: 1,
+        policy: meal_data::BadFilePolicy::Skip,
+    };
+    let spec = meal_data::CropSpec::new(
+        24,
+        meal_data::Filter::Bilinear,
+        meal_data::Normalize::IMAGENET,
+    )
+    .unwrap();
+    let ok = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu).unwrap();
+    assert_eq!(ok.images, 10);
+    let e = meal_student::eval::evaluate(&broken, &val, spec, read, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not finite"), "{e}");
+
+    for s in val.samples() {
+        std::fs::write(val.full_path(s), b"").unwrap();
+    }
+    let e = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no image could be read"), "{e}");
+}
+
+/// An epoch in which every image was unreadable fails naming --data (it reported a loss
+/// of 0 and wrote an untrained student), while an unreadable --val leaves the epoch's
+/// val figures empty; a resume already at `--max-steps` runs no step.
+#[test]
+fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
+    let f = fixture();
+    let mut a = args(&f, "limited");
+    a.max_steps = Some(2);
+    let r = go(a.clone()).unwrap();
+    assert!(r.interrupted);
+    assert_eq!(r.steps, 2);
+    a.resume = true;
+    let again = go(a).unwrap();
+    assert_eq!((again.steps, again.step_losses.len()), (2, 0));
+
+    // a --val with no readable image: the epoch ends, its val figures null (not 0)
+    let val_dir = f.root.join("data/val");
+    let val = meal_data::Dataset::open(&val_dir, meal_data::LinkPolicy::StayInside).unwrap();
+    for s in val.samples() {
+        std::fs::write(val.full_path(s), b"").unwrap();
+    }
+    let mut a = args(&f, "unreadable_val");
+    a.val = Some(val_dir);
+    a.epochs = Some(1);
+    let r = go(a).unwrap();
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(r.history[0].val_top1, None);
+
+    let ds = meal_data::Dataset::open(&f.data, meal_data::LinkPolicy::StayInside).unwrap();
+    for s in ds.samples() {
+        std::fs::write(ds.full_path(s), b"").unwrap();
+    }
+    let mut a = args(&f, "unreadable");
+    a.labels = None;
+    a.loss = Some("ce".into());
+    a.epochs = Some(1);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("no crop could be read from --data"), "{e}");
+    assert!(!f.root.join("unreadable/student.safetensors").exists());
+}
+
+/// `eval --weights` refuses non-finite weights by tensor name, as `--init` does (an
+/// infinite running mean gave finite, wrong scores); a checkpoint without its
+/// state.json is named as incomplete on --resume (a plain run says to resume it).
+#[test]
+fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
+    let f = fixture();
+    let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let w = f.root.join("inf.safetensors");
+    save_with(&model, &w, "bn1.running_mean", 0, f32::INFINITY);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .arg("eval")
+        .arg("--data")
+        .arg(f.root.join("data/val"))
+        .args(["--arch", "demo_tiny", "--threads", "1", "--weights"])
+        .arg(&w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("tensor bn1.running_mean holds non-finite values"),
+        "{err}"
+    );
+
+    let mut a = args(&f, "torn");
+    a.epochs = Some(1);
+    go(a.clone()).unwrap();
+    std::fs::remove_file(f.root.join("torn/checkpoint/state.json")).unwrap();
+    a.resume = true;
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("is incomplete (no state.json"), "{e}");
+}
