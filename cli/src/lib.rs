@@ -71,6 +71,15 @@ pub fn default_threads() -> usize {
 /// extra zero in `--threads 100000` started thousands of OS threads and stalled the
 /// machine).
 pub fn use_threads(n: usize) -> anyhow::Result<()> {
+    check_threads(n)?;
+    std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    Ok(())
+}
+
+/// `--threads n` checked as [`use_threads`] checks it (refused above [`max_threads`],
+/// warned about above the core count), for a tool whose threads are its own rather than
+/// candle's (the loader benchmark).
+pub fn check_threads(n: usize) -> anyhow::Result<()> {
     let cores = default_threads();
     if n > max_threads() {
         anyhow::bail!(
@@ -84,7 +93,6 @@ pub fn use_threads(n: usize) -> anyhow::Result<()> {
              compete for them (the default is one per core)"
         );
     }
-    std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     Ok(())
 }
 

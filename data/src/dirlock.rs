@@ -2,6 +2,13 @@
 //! processes never write the same directory: the second is refused with the first's
 //! process id. `flock(2)` on `DIR/.lock`: the kernel drops the lock when the process
 //! exits or crashes, so a stale lock file never blocks a rerun.
+//!
+//! A directory the lock created and nothing else wrote into (a run that failed before
+//! writing anything) is removed when the lock is dropped, with the parents the lock
+//! created while they are empty: no stray directory holding only `.lock`. The file is unlinked while still locked, and a
+//! locker checks that the path still names the file it locked (else it retries), so a
+//! process that opened the file just before the unlink cannot hold a lock on a file no
+//! longer in the directory.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -40,6 +47,10 @@ pub enum LockError {
 pub struct DirLock {
     _file: fs::File,
     path: PathBuf,
+    /// The outermost directory this (exclusive) lock created: on drop, the locked
+    /// directory is removed if it holds nothing but the lock file, and its parents up
+    /// to this one while they are empty.
+    created: Option<PathBuf>,
 }
 
 impl DirLock {
@@ -67,33 +78,55 @@ impl DirLock {
             path: path.clone(),
             error,
         };
+        // the outermost directory created here (None: `dir` exists already)
+        let created = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last()
+            .map(Path::to_path_buf);
         fs::create_dir_all(dir).map_err(io)?;
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock on a descriptor this function owns.
-        let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
+        // a holder removing the directory unlinks the file while holding it: a file
+        // locked here after that is no longer the directory's, so open the path again
+        let mut attempt = 0;
+        let mut file = loop {
+            let mut file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            // SAFETY: flock on a descriptor this function owns.
+            let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    let pid = pid.trim();
+                    return Err(LockError::Busy {
+                        dir: dir.to_path_buf(),
+                        holder: if pid.is_empty() {
+                            "another process".into()
+                        } else {
+                            format!("process {pid}")
+                        },
+                    });
+                }
+                return Err(io(e));
+            }
+            if names_file(&path, &file) {
+                break file;
+            }
+            attempt += 1;
+            if attempt == 3 {
                 return Err(LockError::Busy {
                     dir: dir.to_path_buf(),
-                    holder: if pid.is_empty() {
-                        "another process".into()
-                    } else {
-                        format!("process {pid}")
-                    },
+                    holder: "another process (it removed the lock file as this one took it)".into(),
                 });
             }
-            return Err(io(e));
-        }
+            fs::create_dir_all(dir).map_err(io)?;
+        };
         // the id names the holder in a later refusal; shared holders (several at once)
         // leave the file empty, and none of them is left there as a stale id
         file.set_len(0).map_err(io)?;
@@ -101,12 +134,51 @@ impl DirLock {
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
         }
-        Ok(DirLock { _file: file, path })
+        // shared holders never remove the file: another holder still relies on it
+        let created = created.filter(|_| mode == libc::LOCK_EX);
+        Ok(DirLock {
+            _file: file,
+            path,
+            created,
+        })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn names_file(path: &Path, file: &fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let (Some(top), Some(dir)) = (&self.created, self.path.parent()) else {
+            return;
+        };
+        let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
+            let mut names = entries.flatten().map(|e| e.file_name());
+            names
+                .next()
+                .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
+                && names.next().is_none()
+        });
+        // unlinked while still locked (the file closes after this): see the module doc
+        if only_lock && fs::remove_file(&self.path).is_ok() {
+            for d in dir.ancestors() {
+                // remove_dir refuses a directory that is not empty: nothing else goes
+                if fs::remove_dir(d).is_err() || d == top {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -142,5 +214,49 @@ mod tests {
             DirLock::acquire(&dir).is_err(),
             "the second shared holder remains"
         );
+    }
+
+    /// A run that fails before writing anything leaves no directory holding only
+    /// `.lock`; a directory that existed before, or that holds anything else, stays; a
+    /// shared holder never removes the file another holder relies on.
+    #[test]
+    fn a_directory_the_lock_created_and_nothing_wrote_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/run");
+        drop(DirLock::acquire(&dir).unwrap());
+        assert!(
+            !d.path().join("a").exists(),
+            "left {:?}",
+            fs::read_dir(&dir).ok()
+        );
+        assert!(d.path().exists(), "only what the lock created is removed");
+
+        let l = DirLock::acquire(&dir).unwrap();
+        fs::write(dir.join("manifest.json"), "{}").unwrap();
+        drop(l);
+        assert!(dir.join("manifest.json").exists() && dir.join(LOCK_FILE).exists());
+
+        let existing = d.path().join("existing");
+        fs::create_dir(&existing).unwrap();
+        drop(DirLock::acquire(&existing).unwrap());
+        assert!(existing.join(LOCK_FILE).exists());
+
+        let shared = d.path().join("shared");
+        drop(DirLock::acquire_shared_named(&shared, LOCK_FILE).unwrap());
+        assert!(shared.join(LOCK_FILE).exists());
+    }
+
+    /// The check that makes a locker retry: a file unlinked (and recreated) after it was
+    /// opened is not the directory's lock file any more.
+    #[test]
+    fn a_lock_file_replaced_after_opening_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(LOCK_FILE);
+        let f = fs::File::create(&path).unwrap();
+        assert!(names_file(&path, &f));
+        fs::remove_file(&path).unwrap();
+        assert!(!names_file(&path, &f));
+        fs::File::create(&path).unwrap();
+        assert!(!names_file(&path, &f));
     }
 }

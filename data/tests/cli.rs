@@ -1,5 +1,5 @@
-//! The `meal-data` binary: a zero count is refused naming its flag, before the dataset
-//! is read; a report that cannot be written is an error, not a panic.
+//! The `meal-data` binary: a zero count or a thread count far above the cores is refused
+//! naming its flag, before the dataset is read; a report that cannot be written is an error, not a panic.
 
 use std::process::Command;
 
@@ -19,6 +19,19 @@ fn bench_refuses_zero_counts_naming_the_flag() {
         assert!(!out.status.success(), "{flag} 0 was accepted");
         assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
     }
+    // an extra zero (thousands of OS threads stalled the machine) is refused, before the
+    // dataset is read, as in the other two binaries
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .args(["bench", "--data"])
+        .arg(dir.path())
+        .args(["--threads", "100000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--threads 100000: more than"),
+        "{err}"
+    );
     // an empty directory is named, under its flag
     let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
         .args(["bench", "--data"])

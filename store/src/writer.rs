@@ -250,7 +250,7 @@ impl StoreWriter {
                 reason: "config fingerprint and samples disagree".into(),
             });
         }
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        // the lock creates `dir` (and removes it again if this run writes nothing)
         let locks = lock(dir, worker)?;
         check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);

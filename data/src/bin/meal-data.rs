@@ -189,6 +189,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             bail!("{flag} must be at least 1");
         }
     }
+    meal_cli::check_threads(a.threads)?;
     let ds = Arc::new(
         Dataset::open(&a.data, LinkPolicy::StayInside)
             .with_context(|| format!("--data {}", a.data.display()))?,

@@ -299,25 +299,6 @@ fn prepare(s: Settings) -> Result<(Run, State)> {
     Ok((run, state))
 }
 
-/// Remove `dir` when all it holds is the run lock, and its parents up to `top` while
-/// they are empty (the directories this run created).
-fn remove_if_only_lock(dir: &std::path::Path, top: &std::path::Path) {
-    let only_lock = std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten()
-            .all(|e| e.file_name() == meal_data::dirlock::LOCK_FILE)
-    });
-    if !only_lock {
-        return;
-    }
-    let _ = std::fs::remove_file(dir.join(meal_data::dirlock::LOCK_FILE));
-    for d in dir.ancestors() {
-        // remove_dir refuses a directory that is not empty: nothing else is touched
-        if std::fs::remove_dir(d).is_err() || d == top {
-            break;
-        }
-    }
-}
-
 /// Train as `s` says; `stop` (Ctrl-C) ends the run after the current step with a
 /// checkpoint to resume from.
 pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
@@ -329,14 +310,9 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             meal_store::MANIFEST
         );
     }
-    // the outermost directory this run creates (None: --out exists already)
-    let created = out
-        .ancestors()
-        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-        .last()
-        .map(|a| a.to_path_buf());
-    std::fs::create_dir_all(&out).with_context(|| format!("--out {}", out.display()))?;
-    // one process per run directory; released on exit or crash
+    // one process per run directory; released on exit or crash. A run refused before
+    // its first write (a missing store, a store of another dataset, --resume of
+    // nothing) leaves no empty directory behind: the lock removes what it created.
     let lock = meal_data::dirlock::DirLock::acquire(&out)
         .with_context(|| format!("--out {}", out.display()))?;
     // a save that a crash interrupted is finished or undone before anything is read:
@@ -356,13 +332,6 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     let (mut run, mut state) = match prepared {
         Ok(p) => p,
         Err(e) => {
-            // a run refused before its first write (a missing store, a store of another
-            // dataset, --resume of nothing) leaves no empty directory behind
-            // (still holding the lock: another run on the same --out must not take it
-            // between our check and the removal)
-            if let Some(top) = &created {
-                remove_if_only_lock(&out, top);
-            }
             drop(lock);
             return Err(e);
         }
