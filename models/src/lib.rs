@@ -8,7 +8,7 @@
 //! - [`loss`]: MEAL V2's losses; [`optim`]: SGD with PyTorch semantics and LR schedules.
 //! - [`ops`]: our fast CPU ops (convolution, BatchNorm, ReLU, max-pool, SGD) as candle
 //!   custom ops.
-//! - [`device`]: `cpu` / `cuda:N` selection.
+//! - [`device`]: `cpu` / `cuda:N` selection; [`memory`]: the least memory a batch needs.
 //!
 //! The soft-label store is the `meal-store` crate, which builds without candle.
 
@@ -18,6 +18,7 @@ pub mod ensemble;
 pub mod error;
 pub mod layers;
 pub mod loss;
+pub mod memory;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -78,6 +78,28 @@ pub fn load_ensemble(
     Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }
 
+/// Refuses a `--batch` whose largest activation in some teacher (an inference pass
+/// holds at least that) exceeds the memory available (meal_cli::memory).
+fn check_memory(s: &Settings, ens: &Ensemble) -> Result<()> {
+    for (t, arg) in ens.teachers().iter().zip(&s.teachers) {
+        let size = t.spec.size as usize;
+        let act = meal_models::memory::activations(&t.model, size)?.times(s.batch);
+        meal_cli::memory::check(
+            act.largest,
+            &format!(
+                "--batch {} with --teacher {}={} at {size} px: its largest activation \
+                 (measured at {} px and scaled)",
+                s.batch,
+                arg.arch,
+                arg.weights.display(),
+                meal_models::memory::PROBE_SIZE
+            ),
+            "lower --batch or the teacher's size=",
+        )?;
+    }
+    Ok(())
+}
+
 /// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the
 /// run ends there, keeping every shard written so far (a resumable partial store).
 pub fn run(s: &Settings, stop: &std::sync::atomic::AtomicBool) -> Result<RunReport> {
@@ -108,6 +130,9 @@ fn plan(s: &Settings) -> Result<Plan> {
         bail!("--data {}: no images", s.data.display());
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
+    if device.is_cpu() {
+        check_memory(s, &ens)?;
+    }
     let config = store_config(s, &ds, &ens);
     config.check().map_err(|(key, reason)| {
         // the flag that set the key, not --out: the store itself is fine

@@ -109,6 +109,24 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec
     Ok(Some((Arc::new(st), usable)))
 }
 
+/// Refuses a `--batch` at `--res` whose activations alone (the student's forward graph,
+/// kept for the backward) exceed the memory available (meal_cli::memory).
+fn check_memory(s: &Settings, student: &ResNet) -> Result<()> {
+    let act = meal_models::memory::activations(student, s.res as usize)?.times(s.batch);
+    meal_cli::memory::check(
+        act.total,
+        &format!(
+            "--batch {} at --res {}: a training step's activations ({}'s forward graph, \
+             measured at {} px and scaled)",
+            s.batch,
+            s.res,
+            s.arch,
+            meal_models::memory::PROBE_SIZE
+        ),
+        "lower --batch or --res",
+    )
+}
+
 /// The student, from `--init` when given (a classifier of another class count is
 /// re-initialised; non-finite weights are refused).
 fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
@@ -218,6 +236,12 @@ impl Run {
         }
         let (ds, val) = open_datasets(&s)?;
         let classes = ds.classes().len();
+        // before the store's checksums (seconds per GB): a batch that cannot fit is told
+        // at once
+        let student = load_student(&s, classes, &dev)?;
+        if dev.is_cpu() {
+            check_memory(&s, &student)?;
+        }
         let store = open_store(&s, &ds)?;
         let online = if s.online_teacher.is_empty() {
             None
@@ -226,7 +250,6 @@ impl Run {
             let dtype = meal_models::ensemble::default_dtype(&dev);
             Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };
-        let student = load_student(&s, classes, &dev)?;
         let disc = if s.disc {
             Some(Discriminator::new(
                 classes,

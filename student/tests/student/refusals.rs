@@ -77,8 +77,9 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     assert!(e.contains("zero.jpg"), "{e}");
 }
 
-/// A side above the crop limit, Nesterov without momentum, or a run directory inside
-/// the dataset is refused under its flag before anything is written, not a panic or an unnamed error later.
+/// A side above the crop limit, a batch that cannot fit in memory, Nesterov without
+/// momentum, or a run directory inside the dataset is refused under its flag before
+/// anything is written, not a panic or an unnamed error later.
 #[test]
 fn settings_out_of_range_are_errors_naming_the_flag() {
     let f = fixture();
@@ -86,6 +87,17 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     a.res = Some(100_000);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--res 100000"), "{e}");
+    // a batch whose activations cannot fit in any machine's memory (demo_tiny at 4096 px:
+    // about 1 GB an image) is refused before it is tried, naming both flags
+    let mut a = args(&f, "huge");
+    a.res = Some(4096);
+    a.batch = Some(4096);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--batch 4096 at --res 4096") && e.contains("lower --batch or --res"),
+        "{e}"
+    );
+    assert!(!f.root.join("huge").exists());
     let mut a = args(&f, "nesterov");
     a.nesterov = Some(true);
     a.momentum = Some(0.0);
