@@ -47,10 +47,10 @@ pub enum LockError {
 pub struct DirLock {
     _file: fs::File,
     path: PathBuf,
-    /// The outermost directory this (exclusive) lock created: on drop, the locked
-    /// directory is removed if it holds nothing but the lock file, and its parents up
-    /// to this one while they are empty.
-    created: Option<PathBuf>,
+    /// The directories this (exclusive) lock created, outermost first, the locked one
+    /// among them (else none): on drop, when the locked directory holds nothing but the
+    /// lock file, they are removed innermost first while they are empty.
+    created: Vec<PathBuf>,
 }
 
 impl DirLock {
@@ -78,24 +78,27 @@ impl DirLock {
             path: path.clone(),
             error,
         };
-        // the outermost directory created here (None: `dir` exists already)
-        let created = dir
-            .ancestors()
-            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-            .last()
-            .map(Path::to_path_buf);
-        fs::create_dir_all(dir).map_err(io)?;
+        let mut created = create_dirs(dir).map_err(io)?;
         // a holder removing the directory unlinks the file while holding it: a file
         // locked here after that is no longer the directory's, so open the path again
+        // (and a directory removed between its creation and the open is made again)
         let mut attempt = 0;
         let mut file = loop {
-            let mut file = fs::OpenOptions::new()
+            let opened = fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&path)
-                .map_err(io)?;
+                .open(&path);
+            let mut file = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {
+                    attempt += 1;
+                    created.extend(create_dirs(dir).map_err(io)?);
+                    continue;
+                }
+                Err(e) => return Err(io(e)),
+            };
             // SAFETY: flock on a descriptor this function owns.
             let r = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
             if r != 0 {
@@ -119,13 +122,13 @@ impl DirLock {
                 break file;
             }
             attempt += 1;
-            if attempt == 3 {
+            if attempt >= 3 {
                 return Err(LockError::Busy {
                     dir: dir.to_path_buf(),
                     holder: "another process (it removed the lock file as this one took it)".into(),
                 });
             }
-            fs::create_dir_all(dir).map_err(io)?;
+            created.extend(create_dirs(dir).map_err(io)?);
         };
         // the id names the holder in a later refusal; shared holders (several at once)
         // leave the file empty, and none of them is left there as a stale id
@@ -134,8 +137,11 @@ impl DirLock {
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
         }
-        // shared holders never remove the file: another holder still relies on it
-        let created = created.filter(|_| mode == libc::LOCK_EX);
+        // shared holders never remove the file: another holder still relies on it; and a
+        // directory that existed is never removed
+        if mode != libc::LOCK_EX || !created.iter().any(|c| c.as_path() == dir) {
+            created.clear();
+        }
         Ok(DirLock {
             _file: file,
             path,
@@ -149,6 +155,25 @@ impl DirLock {
     }
 }
 
+/// Creates `dir` and its missing parents, returning those this call made (outermost
+/// first): one made meanwhile by another process (`AlreadyExists`) is not ours. By the
+/// directories actually made, not by the path's text (`a/../b`).
+fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .collect();
+    let mut made = Vec::new();
+    for a in missing.into_iter().rev() {
+        match fs::create_dir(a) {
+            Ok(()) => made.push(a.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(made)
+}
+
 /// Whether `path` still names the open `file` (same device and inode).
 fn names_file(path: &Path, file: &fs::File) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -160,7 +185,7 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        let (Some(top), Some(dir)) = (&self.created, self.path.parent()) else {
+        let Some(dir) = self.path.parent().filter(|_| !self.created.is_empty()) else {
             return;
         };
         let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
@@ -172,9 +197,9 @@ impl Drop for DirLock {
         });
         // unlinked while still locked (the file closes after this): see the module doc
         if only_lock && fs::remove_file(&self.path).is_ok() {
-            for d in dir.ancestors() {
+            for d in self.created.iter().rev() {
                 // remove_dir refuses a directory that is not empty: nothing else goes
-                if fs::remove_dir(d).is_err() || d == top {
+                if fs::remove_dir(d).is_err() {
                     break;
                 }
             }
@@ -239,6 +264,11 @@ mod tests {
         let existing = d.path().join("existing");
         fs::create_dir(&existing).unwrap();
         drop(DirLock::acquire(&existing).unwrap());
+        assert!(existing.join(LOCK_FILE).exists());
+
+        // the directories actually made count, not the path's text: `x/../existing`
+        // creates `x` alone, and the existing directory it names stays
+        drop(DirLock::acquire(&d.path().join("x/../existing")).unwrap());
         assert!(existing.join(LOCK_FILE).exists());
 
         let shared = d.path().join("shared");

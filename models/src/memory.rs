@@ -38,26 +38,34 @@ impl Activations {
     }
 }
 
-/// `model`'s activations per image at `size` x `size` input (a model on the CPU): one
-/// eval forward of a [`PROBE_SIZE`] batch with the input tracked, its graph's activations
-/// summed over distinct storages, scaled by area. An activation's size is the input
-/// area over its stride squared, times its channels: exact when `size` is a multiple of
-/// the stride of 32, a little low otherwise (its ceiling division). The model's weights
-/// and running statistics are not changed.
+/// `model`'s activations per image at `size` x `size` input (a model on the CPU): eval
+/// forwards of a [`PROBE_SIZE`] batch and of one at half that side, with the input
+/// tracked; each tensor of the graph (producers first, so a view never stands for its
+/// storage) grows as the side to the power of its axes that doubled between the two
+/// probes: a feature map with the area, a partial pooling (one axis summed) with the
+/// side, pooled features, logits and fixed axes (an avg-down pool's 2x2 windows) not at
+/// all. Exact when `size` is a multiple of the stride of 32, a little low otherwise (its
+/// ceiling divisions). The model's weights and running statistics are not changed.
 pub fn activations(model: &ResNet, size: usize) -> Result<Activations> {
-    // in the model's dtype, as its inputs come (f16 teachers hold f16 weights)
-    let x = Var::zeros(
-        (PROBE_BATCH, 3, PROBE_SIZE, PROBE_SIZE),
-        model.dtype(),
-        &Device::Cpu,
-    )?;
-    let y = model.forward_t(x.as_tensor(), false)?;
+    let probe = |side: usize| -> Result<Vec<(u64, Vec<usize>)>> {
+        // in the model's dtype, as its inputs come (f16 teachers hold f16 weights)
+        let x = Var::zeros((PROBE_BATCH, 3, side, side), model.dtype(), &Device::Cpu)?;
+        let y = model.forward_t(x.as_tensor(), false)?;
+        Ok(graph_tensors(&y, PROBE_BATCH))
+    };
+    let (half, full) = (probe(PROBE_SIZE / 2)?, probe(PROBE_SIZE)?);
     let side = size as f64 / PROBE_SIZE as f64;
     let (mut total, mut largest) = (0f64, 0f64);
-    for (bytes, spatial) in graph_tensors(&y, PROBE_BATCH) {
-        // a feature map grows with the area, a partial pooling (one axis summed) with
-        // the side, pooled features and logits not at all
-        let b = bytes as f64 * side.powi(spatial) / PROBE_BATCH as f64;
+    for (i, (bytes, dims)) in full.iter().enumerate() {
+        let grows = match half.get(i) {
+            // the same op in the half-size graph (the same network, the same order)
+            Some((_, h)) if half.len() == full.len() && h.len() == dims.len() => {
+                dims.iter().zip(h).filter(|(&d, &h)| d == 2 * h).count()
+            }
+            // (graphs that differ: every axis after the channels that is longer than 1)
+            _ => dims.iter().skip(2).filter(|&&d| d > 1).count(),
+        };
+        let b = *bytes as f64 * side.powi(grows as i32) / PROBE_BATCH as f64;
         total += b;
         largest = largest.max(b);
     }
@@ -68,26 +76,40 @@ pub fn activations(model: &ResNet, size: usize) -> Result<Activations> {
 }
 
 /// The tensors of `y`'s autograd graph whose leading dimension is `batch`, each storage
-/// once (views share their input's): bytes, and how many of the axes after the channel
-/// axis are spatial (longer than 1).
-fn graph_tensors(y: &Tensor, batch: usize) -> Vec<(u64, i32)> {
+/// once, by the tensor that made it (the graph walked from the input: views, such as a
+/// broadcast of SE's channel weights or an avg-down pool's windows, come after it and
+/// share its storage): bytes and dims.
+fn graph_tensors(y: &Tensor, batch: usize) -> Vec<(u64, Vec<usize>)> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for t in y.sorted_nodes() {
+    // sorted_nodes lists consumers before what they consume
+    for t in y.sorted_nodes().into_iter().rev() {
         if t.dims().first() != Some(&batch) {
             continue;
         }
-        let key = {
+        let (key, len) = {
             let (storage, _) = t.storage_and_layout();
-            std::ptr::from_ref(&*storage).addr()
+            (std::ptr::from_ref(&*storage).addr(), storage_len(&storage))
         };
         if seen.insert(key) {
-            let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-            let spatial = t.dims().iter().skip(2).filter(|&&d| d > 1).count() as i32;
-            out.push((bytes, spatial));
+            // the buffer's own length: a broadcast view spans more elements than it holds
+            let bytes = (len.unwrap_or(t.elem_count()) * t.dtype().size_in_bytes()) as u64;
+            out.push((bytes, t.dims().to_vec()));
         }
     }
     out
+}
+
+/// Elements in a CPU buffer of the dtypes networks compute in (None for others).
+fn storage_len(s: &candle_core::Storage) -> Option<usize> {
+    use candle_core::{CpuStorage as C, Storage};
+    match s {
+        Storage::Cpu(C::F32(v)) => Some(v.len()),
+        Storage::Cpu(C::BF16(v)) => Some(v.len()),
+        Storage::Cpu(C::F16(v)) => Some(v.len()),
+        Storage::Cpu(C::F64(v)) => Some(v.len()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -97,32 +119,54 @@ mod tests {
 
     /// Against the architectures' definitions: ResNet-50's largest activations are the
     /// stem's 64 channels at stride 2 and the first stage's 256 at stride 4, both
-    /// 16 x 224^2 / 1 values per image; SENet-154's deep stem ends in 128 channels at
-    /// stride 2 (32 x 224^2 / 1 values). And the scaling: the figure scaled from the probe
-    /// equals a probe at the size itself.
+    /// 16 x 224^2 values per image; SENet-154's deep stem ends in 128 channels at stride
+    /// 2 (32 x 224^2); ResNet-50-D's too (its 64 at stride 2 are 16 x 224^2, the
+    /// avg-down pools' windows are views of their input, not 4-D maps to scale twice).
     #[test]
-    fn largest_activations_follow_the_architecture_and_scale_by_area() {
-        for (arch, values_per_pixel) in [("resnet50", 16), ("senet154", 32)] {
+    fn largest_activations_follow_the_architecture() {
+        for (arch, values_per_pixel) in [("resnet50", 16), ("senet154", 32), ("resnet50d", 16)] {
             let m = ResNet::from_preset(arch, 10, &Device::Cpu, 0).unwrap();
             let a = activations(&m, 224).unwrap();
             assert_eq!(a.largest, 4 * values_per_pixel * 224 * 224, "{arch}");
             assert!(a.total > 10 * a.largest, "{arch}: {a:?}");
         }
+    }
+
+    /// The figure scaled from the probes equals the buffers of a forward's graph at the
+    /// size itself, each counted once at its own length, for plain, avg-down (2x2
+    /// pooling windows, a view of the block's input) and SE (channel weights broadcast
+    /// over the map: a view far larger than its buffer) networks.
+    #[test]
+    fn the_scaled_figure_equals_a_forward_at_the_size() {
+        for arch in ["demo_resnet10", "resnet50d", "seresnet50"] {
+            let m = ResNet::from_preset(arch, 10, &Device::Cpu, 0).unwrap();
+            for size in [128, 160] {
+                let x = Var::zeros((PROBE_BATCH, 3, size, size), DType::F32, &Device::Cpu).unwrap();
+                let y = m.forward_t(x.as_tensor(), false).unwrap();
+                // each buffer once at its own length, whatever view of it comes first
+                let mut buffers = std::collections::HashMap::new();
+                for t in y.sorted_nodes() {
+                    if t.dims()[0] == PROBE_BATCH {
+                        let (st, _) = t.storage_and_layout();
+                        let len = storage_len(&st).unwrap();
+                        buffers.insert(std::ptr::from_ref(&*st).addr(), 4 * len as u64);
+                    }
+                }
+                let total: u64 = buffers.values().sum();
+                let largest = *buffers.values().max().unwrap();
+                let a = activations(&m, size).unwrap();
+                let per = |b: u64| b as f64 / PROBE_BATCH as f64;
+                assert!(
+                    (a.total as f64 - per(total)).abs() <= 1.0
+                        && (a.largest as f64 - per(largest)).abs() <= 1.0,
+                    "{arch} at {size}: {a:?} vs {} / {}",
+                    per(total),
+                    per(largest)
+                );
+            }
+        }
         let m = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 0).unwrap();
-        let x = Var::zeros((PROBE_BATCH, 3, 128, 128), DType::F32, &Device::Cpu).unwrap();
-        let y = m.forward_t(x.as_tensor(), false).unwrap();
-        let g = graph_tensors(&y, PROBE_BATCH);
-        assert!(
-            g.iter().any(|&(_, s)| s == 0) && g.iter().any(|&(_, s)| s == 1),
-            "logits and partial poolings: {g:?}"
-        );
-        let total: u64 = g.iter().map(|&(b, _)| b).sum();
-        let largest = g.iter().map(|&(b, _)| b).max().unwrap();
         let a = activations(&m, 128).unwrap();
-        assert_eq!(
-            (a.total, a.largest),
-            (total / PROBE_BATCH as u64, largest / PROBE_BATCH as u64)
-        );
         assert_eq!(a.times(2).total, 2 * a.total);
     }
 

@@ -78,12 +78,12 @@ pub fn load_ensemble(
     Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }
 
-/// Refuses a `--batch` whose largest activation in some teacher (an inference pass
-/// holds at least that) exceeds the memory available (meal_cli::memory).
-fn check_memory(s: &Settings, ens: &Ensemble) -> Result<()> {
+/// Refuses a `--batch` whose largest activation in some teacher over `rows` crops (an
+/// inference pass holds at least that) exceeds the memory available (meal_cli::memory).
+fn check_memory(s: &Settings, ens: &Ensemble, rows: usize) -> Result<()> {
     for (t, arg) in ens.teachers().iter().zip(&s.teachers) {
         let size = t.spec.size as usize;
-        let act = meal_models::memory::activations(&t.model, size)?.times(s.batch);
+        let act = meal_models::memory::activations(&t.model, size)?.times(rows);
         meal_cli::memory::check(
             act.largest,
             &format!(
@@ -131,7 +131,15 @@ fn plan(s: &Settings) -> Result<Plan> {
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
     if device.is_cpu() {
-        check_memory(s, &ens)?;
+        // a teacher's forward takes at most --batch crops, and no more than a batch of
+        // images holds: batches never straddle shards, the data or --limit
+        let crops = s.crops_per_image as usize;
+        let images = (s.batch / crops)
+            .max(1)
+            .min(s.samples_per_shard as usize)
+            .min(ds.len())
+            .min(s.limit.unwrap_or(usize::MAX));
+        check_memory(s, &ens, s.batch.min(images * crops))?;
     }
     let config = store_config(s, &ds, &ens);
     config.check().map_err(|(key, reason)| {

@@ -453,14 +453,15 @@ fn a_non_finite_teacher_is_named() {
 }
 
 /// A batch whose activations cannot fit in memory (a teacher at 4096 px: about 270 MB
-/// an image for demo_tiny's stem alone) is refused naming --batch and the teacher,
-/// before a crop is decoded or a file written.
+/// a crop for demo_tiny's stem alone, 8192 crops of one image a forward) is refused
+/// naming --batch and the teacher, before a crop is decoded or a file written.
 #[test]
 fn a_batch_that_cannot_fit_in_memory_is_refused() {
     let f = fixture(1);
     let mut a = args(&f, "huge");
     a.teacher = vec![format!("demo_tiny={},size=4096", f.t1.display())];
     a.batch = Some(8192);
+    a.crops_per_image = Some(8192);
     let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
