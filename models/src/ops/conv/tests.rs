@@ -338,6 +338,77 @@ fn bf16_products_equal_f32_over_rounded_operands_or_are_refused() {
     }
 }
 
+/// Training with `Precision::Bf16` (mixed precision on the CPU): both gradients equal
+/// the f32 op's gradients over the bf16-rounded input, weights and incoming gradient (the
+/// products exact in f32, only the sums' order differs), over both plans, strides, 1x1
+/// (the input as its own column matrix), the 7x7 stem and groups; and they are bf16
+/// results, not the f32 ones.
+#[test]
+fn bf16_gradients_equal_f32_gradients_over_rounded_operands() {
+    let dev = Device::Cpu;
+    if !crate::ops::bf16::available() {
+        // no bf16 forward to differentiate: refused, naming the feature
+        let x = Var::randn(0f32, 1.0, (2, 4, 9, 9), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 4, 3, 3), &dev).unwrap();
+        let e = conv2d_in(x.as_tensor(), &w, 1, 1, 1, Precision::Bf16).unwrap_err();
+        assert!(e.to_string().contains("AVX512-BF16"), "{e}");
+        return;
+    }
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let grads = |x: &Tensor, w: &Tensor, r: &Tensor, f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+        let loss = (f(xv.as_tensor(), wv.as_tensor()) * r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = loss.backward().unwrap();
+        (
+            g.get(xv.as_tensor()).unwrap().clone(),
+            g.get(wv.as_tensor()).unwrap().clone(),
+        )
+    };
+    for &(b, c, h, co, k, s, p, groups) in &[
+        (3, 8, 16, 6, 3, 1, 1, 1),
+        (3, 8, 16, 6, 3, 2, 1, 1),
+        (4, 8, 6, 10, 3, 1, 1, 1),
+        (3, 8, 15, 5, 1, 1, 0, 1),
+        (2, 3, 23, 8, 7, 2, 3, 1),
+        (3, 8, 14, 6, 3, 1, 1, 2),
+        (1, 5, 7, 33, 3, 1, 1, 1),
+        (3, 6, 6, 4, 1, 2, 0, 2),
+        (3, 8, 5, 6, 1, 1, 0, 1),
+        (1, 16, 12, 16, 3, 1, 1, 8),
+        (3, 16, 4, 8, 3, 1, 1, 8),
+        (2, 40, 16, 36, 3, 1, 1, 1),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, h), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (co, c / groups, k, k), &dev).unwrap();
+        let y = conv2d(&x, &w, s, p, groups).unwrap();
+        let r = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let (dx, dw) = grads(&x, &w, &r, &|x, w| {
+            conv2d_in(x, w, s, p, groups, Precision::Bf16).unwrap()
+        });
+        let (dx0, dw0) = grads(&round(&x), &round(&w), &round(&r), &|x, w| {
+            conv2d(x, w, s, p, groups).unwrap()
+        });
+        let (dx32, dw32) = grads(&x, &w, &r, &|x, w| conv2d(x, w, s, p, groups).unwrap());
+        let case = format!("{b}x{c}x{h} -> {co} k{k} s{s} p{p} g{groups}");
+        for (name, got, want, f32) in [("dx", &dx, &dx0, &dx32), ("dw", &dw, &dw0, &dw32)] {
+            assert_eq!(got.dims(), want.dims(), "{case} {name}");
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let tol = 1e-5 * scale.to_scalar::<f32>().unwrap().max(1.0);
+            let d = max_abs(got, want);
+            assert!(d <= tol, "{case} {name}: {d} > {tol}");
+            assert!(max_abs(got, f32) > 0.0, "{case} {name}: the f32 gradient");
+        }
+    }
+}
+
 /// The buffer check of the CUDA forward: a grouped weight holds `co * c/groups * k * k`
 /// values (not `co * c * k * k`), one group's input channels per output row.
 #[test]
