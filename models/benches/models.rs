@@ -8,9 +8,8 @@
 //! mode, mean softmax) run on the batch every step. `ce`: the pure student step
 //! (hard-label CE, no discriminator). Threads: RAYON_NUM_THREADS. Device: MEAL_DEVICE
 //! (`cpu` default, `cuda:0`); teacher dtype for `infer`: MEAL_DTYPE (`f32` default,
-//! `bf16`, `f16`; softmax in f32); for the train modes MEAL_DTYPE=bf16 is mixed
-//! precision (`meal-student --amp true`: on a GPU `ResNet::set_autocast`, on the CPU bf16
-//! products in the convolutions). On a GPU the
+//! `bf16`, `f16`; softmax in f32); for the train modes on a GPU MEAL_DTYPE=bf16 is
+//! mixed precision (`meal-student --amp true`: `ResNet::set_autocast`). On a GPU the
 //! train modes run their f32 GEMMs on TF32 as `meal-student` does by default, `infer`
 //! in exact f32 as precompute does;
 //! `MEAL_CUDA_TF32=0|1` sets it for all. Each step ends by reading a scalar, so GPU work is
@@ -78,18 +77,11 @@ fn main() -> anyhow::Result<()> {
         m.freeze_batch_norms()?;
         m
     } else {
-        if dtype != DType::F32 && dtype != DType::BF16 && !dev.is_cuda() {
-            anyhow::bail!("MEAL_DTYPE={dtype:?} for {mode}: the CPU trains in f32 or bf16");
-        }
-        // mixed precision as meal-student --amp true: bf16 products in the convolutions
-        // on the CPU, bf16 activations on a GPU
-        let precision = if dtype == DType::BF16 && dev.is_cpu() {
-            meal_models::ops::Precision::Bf16
-        } else {
-            meal_models::ops::Precision::F32
-        };
-        let mut m = ResNet::from_preset_in(arch, classes, &dev, 0, precision)?;
-        if dtype != DType::F32 && dev.is_cuda() {
+        let mut m = ResNet::from_preset(arch, classes, &dev, 0)?;
+        if dtype != DType::F32 {
+            if !dev.is_cuda() {
+                anyhow::bail!("MEAL_DTYPE={dtype:?} for {mode}: mixed precision trains on a GPU");
+            }
             m.set_autocast(Some(dtype));
         }
         m

@@ -3,7 +3,7 @@
 //! alone, and the convolutions' achieved TFLOP/s (2 * B*Co*Ho*Wo * Ci*k*k per GEMM; the
 //! backward has two). Where a step's time goes, op by op, when no GPU profiler is at
 //! hand; `MEAL_CUDA_OPS=0` gives candle's ops on the same shapes, `MEAL_DTYPE=bf16` adds
-//! the bf16 convolutions (forward; on the CPU the backward of mixed-precision training too); SENet-154's grouped convolutions run forward only.
+//! the bf16 inference convolutions; SENet-154's grouped convolutions run forward only.
 //!   cargo bench -p meal-models --bench ops -- [BATCH] [ITERS]
 
 mod common;
@@ -136,17 +136,6 @@ fn main() -> anyhow::Result<()> {
         );
         if bf16 {
             line += &bf16_fwd(&dev, iters, (&x, &w), (st, p, 1), flops)?;
-            if dev.is_cpu() {
-                // mixed-precision training on the CPU: both gradients in bf16 products
-                let bwd = backward_time(&dev, iters, &[x.clone(), w.clone()], &|t| {
-                    Ok(conv2d_in(&t[0], &t[1], st, p, 1, Precision::Bf16)?)
-                })?;
-                line += &format!(
-                    ", bf16 bwd {:7.3} ms ({:5.1} TFLOP/s)",
-                    bwd * 1e3,
-                    2.0 * flops / bwd / 1e12
-                );
-            }
         }
         println!("{line}");
     }

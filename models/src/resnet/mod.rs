@@ -96,31 +96,11 @@ impl ResNet {
 
     /// The preset `name` with `num_classes` outputs, fresh weights from `seed`.
     pub fn from_preset(name: &str, num_classes: usize, device: &Device, seed: u64) -> Result<Self> {
-        Self::from_preset_in(name, num_classes, device, seed, crate::ops::Precision::F32)
-    }
-
-    /// [`ResNet::from_preset`] whose convolutions multiply in `precision` on the CPU:
-    /// `Bf16` is mixed-precision training there (f32 tensors, weights and optimiser,
-    /// bf16 products with f32 sums in the convolutions' forward and both gradients, as
-    /// PyTorch's CPU autocast), refused where the CPU lacks AVX512-BF16.
-    pub fn from_preset_in(
-        name: &str,
-        num_classes: usize,
-        device: &Device,
-        seed: u64,
-        precision: crate::ops::Precision,
-    ) -> Result<Self> {
         let config = ResNetConfig {
             num_classes,
             ..preset(name)?.config
         };
-        if precision == crate::ops::Precision::Bf16 && !crate::ops::bf16::available() {
-            return Err(ModelError::Unsupported(
-                "bf16 products on the CPU need AVX512-BF16, which this CPU lacks (use f32)".into(),
-            ));
-        }
-        let pb = ParamBuilder::new(device, seed).with_conv_precision(precision);
-        let mut m = Self::build(&config, pb)?;
+        let mut m = Self::new(&config, device, seed)?;
         m.name = name.to_string();
         Ok(m)
     }

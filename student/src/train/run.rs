@@ -130,16 +130,8 @@ fn check_memory(s: &Settings, student: &ResNet) -> Result<()> {
 /// The student, from `--init` when given (a classifier of another class count is
 /// re-initialised; non-finite weights are refused).
 fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
-    // mixed precision: bf16 activations on a GPU; bf16 products in the convolutions on
-    // the CPU (tensors stay f32), as PyTorch's autocast on each device
-    let precision = if s.amp && dev.is_cpu() {
-        meal_models::ops::Precision::Bf16
-    } else {
-        meal_models::ops::Precision::F32
-    };
-    let mut student = ResNet::from_preset_in(&s.arch, classes, dev, s.seed, precision)
-        .with_context(|| format!("--arch {} with --amp {}", s.arch, s.amp))?;
-    student.set_autocast((s.amp && dev.is_cuda()).then_some(candle_core::DType::BF16));
+    let mut student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
+    student.set_autocast(s.amp.then_some(candle_core::DType::BF16));
     if let Some(init) = &s.init {
         let fresh = student
             .load_weights(
@@ -237,9 +229,9 @@ impl Run {
     pub(super) fn new(s: Settings) -> Result<Self> {
         let dev = meal_models::parse_device(&s.device).context("--device")?;
         meal_models::set_tf32(&dev, s.tf32).context("--tf32")?;
-        if s.amp && dev.is_cpu() && !meal_models::ops::bf16::available() {
+        if s.amp && !dev.is_cuda() {
             bail!(
-                "--amp true: mixed precision on the CPU (bf16 products in the convolutions) needs AVX512-BF16, which this CPU lacks; train in f32 (--amp false) or on a GPU (--device cuda:N)"
+                "--amp true: mixed precision (bf16) runs on a GPU (--device cuda:N); on the CPU the student trains in f32"
             );
         }
         let (ds, val) = open_datasets(&s)?;

@@ -251,41 +251,6 @@ pub fn pack_rows(
     })
 }
 
-/// `b = x^T` packed, from `x`'s `n` rows of `k` values (row `j` at `x[j * ld..]`): the
-/// second factor of a product that reduces over both factors' contiguous axis (a
-/// convolution's weight gradient, `dy * cols^T`). Each row of `x` is column `j` of `b`:
-/// rounded to bf16 pairs in one pass ([`row_pairs`]), then laid down its panel's column
-/// `j % NR`. Panels in parallel when `parallel`.
-///
-/// # Panics
-/// When `x` is shorter than the shape says.
-pub fn pack_bt(x: &[f32], k: usize, n: usize, ld: usize, parallel: bool) -> PackedB {
-    use rayon::prelude::*;
-    assert!(
-        n == 0 || x.len() >= (n - 1) * ld + k,
-        "bf16 GEMM: transposed b too short"
-    );
-    let (kp, real) = (pairs(k), k.div_ceil(2));
-    let mut data = vec![0u32; n.div_ceil(NR) * kp * NR];
-    let panel = |(jb, block): (usize, &mut [u32])| {
-        let mut pr = vec![0u32; real];
-        for c in 0..NR.min(n - jb * NR) {
-            row_pairs(&x[(jb * NR + c) * ld..][..k], &mut pr);
-            for (p, &v) in pr.iter().enumerate() {
-                block[p * NR + c] = v;
-            }
-        }
-    };
-    if kp > 0 {
-        if parallel {
-            data.par_chunks_mut(kp * NR).enumerate().for_each(panel);
-        } else {
-            data.chunks_mut(kp * NR).enumerate().for_each(panel);
-        }
-    }
-    PackedB { data, n, kp }
-}
-
 /// Row-major `c[m, n] = a * b` (`c` row stride `ldc`, written whole), `a` packed, `b`
 /// rows `[k, n]` with row stride `ldb`, in bf16 products with f32 sums: [`pack_b`], then
 /// [`gemm_packed`].

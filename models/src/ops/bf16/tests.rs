@@ -121,31 +121,3 @@ fn both_kernels_with_the_epilogue_equal_sums_of_rounded_operands() {
         }
     }
 }
-
-/// `pack_bt` of `x` packs exactly what `pack_b` packs of `x`'s explicit transpose (the
-/// same bf16 pairs in the same slots, padding included), for odd `k`, partial panels and
-/// row strides past the row; in parallel or not.
-#[test]
-fn packing_the_transpose_equals_packing_the_transposed_copy() {
-    for (k, n, ld) in [
-        (1, 1, 1),
-        (5, 33, 7),
-        (64, 32, 64),
-        (577, 70, 600),
-        (3136, 9, 3136),
-    ] {
-        let x = values(k as u32 * 31 + n as u32, n * ld);
-        let mut t = vec![0f32; k * n];
-        for j in 0..n {
-            for p in 0..k {
-                t[p * n + j] = x[j * ld + p];
-            }
-        }
-        let want = pack_b(&t, k, n, n, false);
-        for parallel in [false, true] {
-            let got = pack_bt(&x, k, n, ld, parallel);
-            assert_eq!((got.n, got.kp), (want.n, want.kp), "{k}x{n}");
-            assert!(got.data == want.data, "{k}x{n} ld {ld} parallel {parallel}");
-        }
-    }
-}

@@ -12,7 +12,6 @@
 //! (feature `cuda`) the same op runs ops/cuda/conv.rs (grouped ones for inference only).
 
 mod bf16;
-mod bf16_gemms;
 pub(super) mod cols;
 #[cfg(test)]
 mod tests;
@@ -90,9 +89,6 @@ struct Conv(Geom, Precision, Option<bf16::Affine>);
 struct ConvBackward {
     g: Geom,
     need_dx: bool,
-    /// The forward's: bf16 products in the gradients' GEMMs too (mixed-precision
-    /// training on the CPU, as PyTorch's CPU autocast).
-    precision: Precision,
 }
 
 /// The GEMMs of one image or of the batch, group by group: `y[co, n] = w[co, rg] *
@@ -100,7 +96,7 @@ struct ConvBackward {
 /// `n` columns of which the blocks use row stride `rs`. The pointer arithmetic of every
 /// conv GEMM lives here.
 #[derive(Clone, Copy)]
-struct Gemms<'a> {
+struct Gemms {
     groups: usize,
     /// Output channels per group.
     cog: usize,
@@ -111,12 +107,9 @@ struct Gemms<'a> {
     /// Row stride of the column matrix, the output and dy.
     rs: usize,
     parallel: bool,
-    /// The gradients' products in bf16 (`Precision::Bf16`: [`bf16_gemms`]), with each
-    /// group's transposed weights packed ([`bf16_gemms::pack_wt`]).
-    bf16: Option<&'a [crate::ops::bf16::PackedA]>,
 }
 
-impl<'a> Gemms<'a> {
+impl Gemms {
     fn new(g: &Geom, co: usize, n: usize, rs: usize, parallel: bool) -> Self {
         Gemms {
             groups: g.groups,
@@ -125,14 +118,7 @@ impl<'a> Gemms<'a> {
             n,
             rs,
             parallel,
-            bf16: None,
         }
-    }
-
-    /// The same GEMMs, the gradients' in bf16 products when `wt` (the packed transposed
-    /// weights of [`bf16_gemms::pack_wt`]) is given.
-    fn with_bf16(self, wt: Option<&'a [crate::ops::bf16::PackedA]>) -> Self {
-        Gemms { bf16: wt, ..self }
     }
     /// `y = w * cols` (`y` written whole).
     ///
@@ -158,9 +144,6 @@ impl<'a> Gemms<'a> {
     /// As [`Gemms::forward`], with `dy` shaped as `y` and `dw` `[co, rg]`.
     unsafe fn weight_grad(&self, dy: *const f32, cols: *const f32, dw: *mut f32) {
         let Gemms { cog, rg, n, rs, .. } = *self;
-        if self.bf16.is_some() {
-            return bf16_gemms::weight_grad(self, dy, cols, dw);
-        }
         for i in 0..self.groups {
             sgemm(
                 (cog, rg, n),
@@ -178,9 +161,6 @@ impl<'a> Gemms<'a> {
     /// As [`Gemms::weight_grad`], `dcols` shaped as `cols`.
     unsafe fn cols_grad(&self, w: *const f32, dy: *const f32, dcols: *mut f32) {
         let Gemms { cog, rg, n, rs, .. } = *self;
-        if let Some(wt) = self.bf16 {
-            return bf16_gemms::cols_grad(self, wt, dy, dcols);
-        }
         for i in 0..self.groups {
             sgemm(
                 (rg, n, cog),
@@ -272,12 +252,11 @@ impl CustomOp2 for Conv {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // the network's input image needs no gradient: skip its GEMM and col2im
+        if self.1 == Precision::Bf16 {
+            candle_core::bail!("conv2d in bf16: inference only, no backward");
+        }
         let need_dx = x.track_op();
-        let op = ConvBackward {
-            g: self.0,
-            need_dx,
-            precision: self.1,
-        };
+        let op = ConvBackward { g: self.0, need_dx };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         if !need_dx {
             return Ok((None, Some(packed.reshape(w.dims())?)));
@@ -328,10 +307,9 @@ impl candle_core::CustomOp3 for ConvBackward {
         // dx is accumulated into (col2im adds), so it starts at zero
         let mut out = vec![0f32; nx + nw];
         let (dx, dw) = out.split_at_mut(nx);
-        let pr = self.precision;
         match Plan::of(&g) {
-            Plan::PerImage { outer } => per_image_backward(&g, (x, w, dy), outer, pr, dx, dw),
-            Plan::Batch => batch_backward(&g, (x, w, dy), pr, dx, dw),
+            Plan::PerImage { outer } => per_image_backward(&g, (x, w, dy), outer, dx, dw),
+            Plan::Batch => batch_backward(&g, (x, w, dy), dx, dw),
         }
         Ok((CpuStorage::F32(out), Shape::from(nx + nw)))
     }
@@ -359,7 +337,6 @@ fn per_image_backward(
     g: &Geom,
     (x, w, dy): (&[f32], &[f32], &[f32]),
     outer: bool,
-    precision: Precision,
     dx: &mut [f32],
     dw: &mut [f32],
 ) {
@@ -373,11 +350,8 @@ fn per_image_backward(
     } else {
         (0..g.b).map(|_| <&mut [f32]>::default()).collect()
     };
-    // (none packed when no input gradient is wanted: the bf16 weight gradient alone)
-    let wt = (precision == Precision::Bf16)
-        .then(|| bf16_gemms::pack_wt(g, if need_dx { w } else { &[] }, co));
     let image = |(b, (part, dxb)): (usize, (&mut [MaybeUninit<f32>], &mut [f32]))| {
-        let gemms = Gemms::new(g, co, p, p, !outer).with_bf16(wt.as_deref());
+        let gemms = Gemms::new(g, co, p, p, !outer);
         let cols = image_cols(g, &x[b * img..(b + 1) * img], !outer);
         let dy_b = dy[b * co * p..(b + 1) * co * p].as_ptr();
         // SAFETY: dy_b [co, p], the columns [rows, p], w [co, rg]; part [co, rg]; dxb
@@ -421,18 +395,10 @@ fn per_image_backward(
 }
 
 /// The backward with one GEMM (per group) over the batch's column matrix (small planes).
-fn batch_backward(
-    g: &Geom,
-    (x, w, dy): (&[f32], &[f32], &[f32]),
-    precision: Precision,
-    dx: &mut [f32],
-    dw: &mut [f32],
-) {
+fn batch_backward(g: &Geom, (x, w, dy): (&[f32], &[f32], &[f32]), dx: &mut [f32], dw: &mut [f32]) {
     let (rows, p, bn) = (g.rows(), g.cols(), g.b * g.cols());
     let co = dw.len() / g.group_rows();
-    let wt = (precision == Precision::Bf16)
-        .then(|| bf16_gemms::pack_wt(g, if dx.is_empty() { &[] } else { w }, co));
-    let gemms = Gemms::new(g, co, bn, bn, true).with_bf16(wt.as_deref());
+    let gemms = Gemms::new(g, co, bn, bn, true);
     let all = batch_cols(g, x);
     let dyt = nchw_to_cbn(dy, g.b, co, p);
     // SAFETY: dyt [co, bn], all [rows, bn], w [co, rg]; dw [co, rg] written whole, d
@@ -457,9 +423,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Inputs and weights rounded to bf16, products summed in f32 (PyTorch's CPU
-    /// autocast), on CPUs with AVX512-BF16 ([`super::bf16`]): the forward's and both
-    /// gradients' products (the incoming gradient rounded too). Other devices ignore it
-    /// (their models hold bf16 weights instead).
+    /// autocast), on CPUs with AVX512-BF16 ([`super::bf16`]); inference only. Other
+    /// devices ignore it (their models hold bf16 weights instead).
     Bf16,
 }
 
