@@ -129,8 +129,9 @@ pub struct TeacherArg {
     pub filter: Filter,
     /// Normalisation.
     pub normalize: Normalize,
-    /// Eval centre-crop fraction (used when the ensemble is evaluated).
-    pub crop_pct: f64,
+    /// Eval centre-crop fraction (used when the ensemble is evaluated), when the spec
+    /// gives one; else the preset's (timm's `pretrained_cfg`).
+    pub crop_pct: Option<f64>,
 }
 
 fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
@@ -173,7 +174,7 @@ impl std::str::FromStr for TeacherArg {
             size: d.size,
             filter: d.filter,
             normalize: d.normalize,
-            crop_pct: d.crop_pct,
+            crop_pct: None,
         };
         for kv in parts {
             let Some((k, v)) = kv.split_once('=') else {
@@ -193,15 +194,16 @@ impl std::str::FromStr for TeacherArg {
                         .map_err(|e| ModelError::Config(format!("teacher {spec:?}: {e}")))?
                 }
                 "crop_pct" => {
-                    t.crop_pct = v
-                        .parse()
-                        .ok()
-                        .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
-                        .ok_or_else(|| {
-                            ModelError::Config(format!(
-                                "teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
-                            ))
-                        })?
+                    t.crop_pct = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
+                            .ok_or_else(|| {
+                                ModelError::Config(format!(
+                                    "teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
+                                ))
+                            })?,
+                    )
                 }
                 "mean" => t.normalize.mean = triple(v, k, spec)?,
                 "std" => t.normalize.std = triple(v, k, spec)?,
@@ -224,8 +226,12 @@ impl TeacherArg {
 
     /// The crop spec of its inputs.
     pub fn spec(&self) -> Result<CropSpec> {
+        let pct = match self.crop_pct {
+            Some(p) => p,
+            None => input_config(&self.arch)?.crop_pct,
+        };
         CropSpec::new(self.size, self.filter, self.normalize)
-            .and_then(|s| s.with_crop_pct(self.crop_pct))
+            .and_then(|s| s.with_crop_pct(pct))
             .map_err(|e| ModelError::Config(format!("teacher {}: {e}", self.arch)))
     }
 }

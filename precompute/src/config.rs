@@ -193,21 +193,21 @@ impl RunArgs {
         if teacher_specs.is_empty() {
             bail!("at least one --teacher ARCH=WEIGHTS is required");
         }
+        let teachers = TeacherArg::parse_all(&teacher_specs).context("--teacher")?;
         // crop_pct sizes the eval transform's centre crop (the student's eval and online
         // teachers); precompute's crops are RandomResizedCrop's, where it would be
         // accepted and silently do nothing
-        if let Some(t) = teacher_specs.iter().find(|t| {
-            t.split(',')
-                .skip(1)
-                .any(|kv| kv.trim().starts_with("crop_pct="))
-        }) {
+        if let Some((spec, _)) = teacher_specs
+            .iter()
+            .zip(&teachers)
+            .find(|(_, t)| t.crop_pct.is_some())
+        {
             bail!(
-                "--teacher {t}: crop_pct sizes the eval transform's centre crop; precompute \
+                "--teacher {spec}: crop_pct sizes the eval transform's centre crop; precompute \
                  labels RandomResizedCrop crops (--scale, --ratio), where it has no effect: \
                  remove it"
             );
         }
-        let teachers = TeacherArg::parse_all(&teacher_specs).context("--teacher")?;
         let crops_per_image = l
             .pick(|a| &a.crops_per_image)
             .unwrap_or(DEFAULT_CROPS_PER_IMAGE);

@@ -338,12 +338,8 @@ where
     // their memory is not cleared first (a pass over an input-sized tensor per
     // convolution); without images, channels or pixels the sums are empty: zeros
     let written = g.b > 0 && rows > 0 && co > 0 && p > 0;
-    let mut out = if written {
-        // SAFETY: written whole below (see `written`)
-        unsafe { super::alloc_written::<T>(&dev, nx + nw)? }
-    } else {
-        dev.alloc_zeros::<T>(nx + nw)?
-    };
+    // SAFETY: written whole below when `written`
+    let mut out = unsafe { super::alloc_written_or_zeros::<T>(&dev, nx + nw, written)? };
     // a 1x1 stride-1 unpadded one-group convolution (most of ResNet-50's) takes its input
     // gradient in one strided-batched GEMM over the NCHW tensors after the loop: its
     // column matrix is a copy of the input, so `dcols` and `col2im` would be two more
@@ -352,12 +348,9 @@ where
     let pointwise_dx = need_dx && g.pointwise() && g.groups == 1;
     let cols_dx = need_dx && !pointwise_dx;
     // the weight gradient accumulates over the chunks in f32, whatever T is
-    let mut dw = if written {
-        // SAFETY: the first chunk's GEMMs (beta 0) write each group's block whole
-        unsafe { super::alloc_written::<f32>(&dev, nw)? }
-    } else {
-        dev.alloc_zeros::<f32>(nw)?
-    };
+    // SAFETY: when `written`, the first chunk's GEMMs (beta 0) write each group's block
+    // whole
+    let mut dw = unsafe { super::alloc_written_or_zeros::<f32>(&dev, nw, written)? };
     let nbmax = chunk(g);
     // SAFETY: each chunk writes the part of these it then reads
     let mut cols = unsafe { super::alloc_written::<T>(&dev, rows * nbmax * p)? };

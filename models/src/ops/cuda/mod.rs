@@ -227,6 +227,24 @@ pub(crate) unsafe fn alloc_written<T: DeviceRepr>(
     Ok(s)
 }
 
+/// [`alloc_written`] when `written`, else zeros: the output of an op whose sums are
+/// empty (no images, channels or pixels), which nothing writes.
+///
+/// # Safety
+///
+/// When `written`, every element must be written before it is read.
+pub(crate) unsafe fn alloc_written_or_zeros<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &CudaDevice,
+    n: usize,
+    written: bool,
+) -> candle_core::Result<CudaSlice<T>> {
+    if written {
+        alloc_written(dev, n)
+    } else {
+        dev.alloc_zeros(n)
+    }
+}
+
 /// Row-major `c[m, n] = op(a) * op(b) + beta * c` through cuBLAS, all in `T` (bf16:
 /// f32 sums, rounded once). `op(a)` is `[m, k]`, stored `[k, m]` when `a_t`; `op(b)`
 /// is `[k, n]`, stored `[n, k]` when `b_t`.
