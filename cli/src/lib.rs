@@ -84,14 +84,14 @@ pub fn check_threads(n: usize) -> anyhow::Result<()> {
     let cores = default_threads();
     if n > max_threads() {
         anyhow::bail!(
-            "--threads {n}: more than {} threads on {cores} cores (the default is one per core)",
+            "--threads {n}: more than {} threads on {cores} cores (one per core is the most that helps)",
             max_threads()
         );
     }
     if n > cores {
         tracing::warn!(
             "--threads {n} is more than the {cores} cores here: the extra threads only \
-             compete for them (the default is one per core)"
+             compete for them"
         );
     }
     Ok(())

@@ -37,7 +37,7 @@ pub fn check(need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
     };
     if need > ram.saturating_add(swap) {
         anyhow::bail!(
-            "{what} need at least {}, more than the {} of memory available here \
+            "{what}: at least {} needed, more than the {} of memory available here \
              (MemAvailable {} + SwapFree {} in /proc/meminfo): {fix}",
             gib(need),
             gib(ram.saturating_add(swap)),
@@ -47,7 +47,7 @@ pub fn check(need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
     }
     if need > ram {
         tracing::warn!(
-            "{what} need at least {}, more than the {} of memory available here: it \
+            "{what}: at least {} needed, more than the {} of memory available here: it \
              will swap and run slowly ({fix})",
             gib(need),
             gib(ram)
@@ -73,7 +73,7 @@ mod tests {
         let e = check(u64::MAX, "a step's activations", "lower --batch").unwrap_err();
         let e = e.to_string();
         assert!(
-            e.contains("a step's activations need at least")
+            e.contains("a step's activations: at least")
                 && e.contains("MemAvailable")
                 && e.ends_with(": lower --batch"),
             "{e}"

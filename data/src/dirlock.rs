@@ -3,9 +3,11 @@
 //! process id. `flock(2)` on `DIR/.lock`: the kernel drops the lock when the process
 //! exits or crashes, so a stale lock file never blocks a rerun.
 //!
-//! A directory the lock created and nothing else wrote into (a run that failed before
-//! writing anything) is removed when the lock is dropped, with the parents the lock
-//! created while they are empty: no stray directory holding only `.lock`. The file is unlinked while still locked, and a
+//! What an exclusive lock made and nothing else used is removed when it is dropped: the
+//! lock file, when the directory holds nothing else (a run that failed before writing
+//! anything), and the directories the lock created, where they are empty. So a failed
+//! run leaves no stray directory holding only `.lock`, nor a `.lock` in a directory that
+//! existed (a lock file that was there before stays). The file is unlinked while still locked, and a
 //! locker checks that the path still names the file it locked (else it retries), so a
 //! process that opened the file just before the unlink cannot hold a lock on a file no
 //! longer in the directory.
@@ -47,10 +49,12 @@ pub enum LockError {
 pub struct DirLock {
     _file: fs::File,
     path: PathBuf,
-    /// The directories this (exclusive) lock created, outermost first, the locked one
-    /// among them (else none): on drop, when the locked directory holds nothing but the
-    /// lock file, they are removed innermost first while they are empty.
+    /// The directories this (exclusive) lock created, outermost first: removed on drop,
+    /// innermost first, where they are empty (none for a shared lock).
     created: Vec<PathBuf>,
+    /// Whether this (exclusive) lock created its file: removed on drop when the
+    /// directory holds nothing else (a run that wrote nothing leaves no `.lock`).
+    created_file: bool,
 }
 
 impl DirLock {
@@ -72,18 +76,25 @@ impl DirLock {
         Self::flock(dir, name, libc::LOCK_SH)
     }
 
-    fn flock(dir: &Path, name: &str, mode: libc::c_int) -> Result<DirLock, LockError> {
+    fn flock(given: &Path, name: &str, mode: libc::c_int) -> Result<DirLock, LockError> {
+        // `run/.` is `run`: mkdir of a path ending in `.` fails even where its parent
+        // would be made
+        let dir: PathBuf = given.components().collect();
+        let dir = dir.as_path();
         let path = dir.join(name);
         let io = |error| LockError::Io {
             path: path.clone(),
             error,
         };
-        let mut created = create_dirs(dir).map_err(io)?;
+        let mkdir = |(path, error)| LockError::Io { path, error };
+        let mut created = create_dirs(dir).map_err(mkdir)?;
+        let mut created_file = false;
         // a holder removing the directory unlinks the file while holding it: a file
         // locked here after that is no longer the directory's, so open the path again
         // (and a directory removed between its creation and the open is made again)
         let mut attempt = 0;
         let mut file = loop {
+            created_file = !path.exists();
             let opened = fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -94,7 +105,7 @@ impl DirLock {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {
                     attempt += 1;
-                    created.extend(create_dirs(dir).map_err(io)?);
+                    created.extend(create_dirs(dir).map_err(mkdir)?);
                     continue;
                 }
                 Err(e) => return Err(io(e)),
@@ -128,7 +139,7 @@ impl DirLock {
                     holder: "another process (it removed the lock file as this one took it)".into(),
                 });
             }
-            created.extend(create_dirs(dir).map_err(io)?);
+            created.extend(create_dirs(dir).map_err(mkdir)?);
         };
         // the id names the holder in a later refusal; shared holders (several at once)
         // leave the file empty, and none of them is left there as a stale id
@@ -137,15 +148,17 @@ impl DirLock {
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
         }
-        // shared holders never remove the file: another holder still relies on it; and a
-        // directory that existed is never removed
-        if mode != libc::LOCK_EX || !created.iter().any(|c| c.as_path() == dir) {
+        // shared holders never remove the file (another holder still relies on it) nor
+        // the directory
+        if mode != libc::LOCK_EX {
             created.clear();
+            created_file = false;
         }
         Ok(DirLock {
             _file: file,
             path,
             created,
+            created_file,
         })
     }
 
@@ -157,18 +170,24 @@ impl DirLock {
 
 /// Creates `dir` and its missing parents, returning those this call made (outermost
 /// first): one made meanwhile by another process (`AlreadyExists`) is not ours. By the
-/// directories actually made, not by the path's text (`a/../b`).
-fn create_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// directories actually made, not by the path's text (`a/../b`). On failure those made
+/// are removed again, and the error names the directory that could not be made.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
         .collect();
-    let mut made = Vec::new();
+    let mut made: Vec<PathBuf> = Vec::new();
     for a in missing.into_iter().rev() {
         match fs::create_dir(a) {
             Ok(()) => made.push(a.to_path_buf()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                for d in made.iter().rev() {
+                    let _ = fs::remove_dir(d);
+                }
+                return Err((a.to_path_buf(), e));
+            }
         }
     }
     Ok(made)
@@ -185,24 +204,27 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        let Some(dir) = self.path.parent().filter(|_| !self.created.is_empty()) else {
+        let Some(dir) = self.path.parent() else {
             return;
         };
-        let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
-            let mut names = entries.flatten().map(|e| e.file_name());
-            names
-                .next()
-                .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
-                && names.next().is_none()
-        });
-        // unlinked while still locked (the file closes after this): see the module doc
-        if only_lock && fs::remove_file(&self.path).is_ok() {
-            for d in self.created.iter().rev() {
-                // remove_dir refuses a directory that is not empty: nothing else goes
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
+        if self.created_file || !self.created.is_empty() {
+            let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
+                let mut names = entries.flatten().map(|e| e.file_name());
+                names
+                    .next()
+                    .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
+                    && names.next().is_none()
+            });
+            // unlinked while still locked (the file closes after this): see the module
+            // doc; a lock file that was there before is left as it was
+            let ours = self.created_file || self.created.iter().any(|c| c.as_path() == dir);
+            if only_lock && ours {
+                let _ = fs::remove_file(&self.path);
             }
+        }
+        // remove_dir refuses a directory that is not empty: what a run wrote stays
+        for d in self.created.iter().rev() {
+            let _ = fs::remove_dir(d);
         }
     }
 }
@@ -242,8 +264,9 @@ mod tests {
     }
 
     /// A run that fails before writing anything leaves no directory holding only
-    /// `.lock`; a directory that existed before, or that holds anything else, stays; a
-    /// shared holder never removes the file another holder relies on.
+    /// `.lock`, nor a `.lock` of its own in a directory that existed; a directory that
+    /// existed stays, and so does anything written; a shared holder never removes the
+    /// file another holder relies on.
     #[test]
     fn a_directory_the_lock_created_and_nothing_wrote_is_removed() {
         let d = tempfile::tempdir().unwrap();
@@ -261,15 +284,36 @@ mod tests {
         drop(l);
         assert!(dir.join("manifest.json").exists() && dir.join(LOCK_FILE).exists());
 
+        // an existing empty directory: kept, without the lock file this run made
         let existing = d.path().join("existing");
         fs::create_dir(&existing).unwrap();
+        drop(DirLock::acquire(&existing).unwrap());
+        assert!(existing.exists() && fs::read_dir(&existing).unwrap().next().is_none());
+        // a lock file that was there before is left as it was
+        fs::write(existing.join(LOCK_FILE), "").unwrap();
         drop(DirLock::acquire(&existing).unwrap());
         assert!(existing.join(LOCK_FILE).exists());
 
         // the directories actually made count, not the path's text: `x/../existing`
-        // creates `x` alone, and the existing directory it names stays
+        // makes `x` alone (removed again), and the existing directory it names stays
         drop(DirLock::acquire(&d.path().join("x/../existing")).unwrap());
-        assert!(existing.join(LOCK_FILE).exists());
+        assert!(existing.join(LOCK_FILE).exists() && !d.path().join("x").exists());
+
+        // `new/.` is `new`
+        let dot = d.path().join("new/.");
+        let l = DirLock::acquire(&dot).unwrap();
+        assert!(d.path().join("new").join(LOCK_FILE).exists());
+        drop(l);
+        assert!(!d.path().join("new").exists());
+
+        // a directory that cannot be made is named, and the parents made for it go
+        let long = d.path().join("p/q").join("z".repeat(300));
+        let e = DirLock::acquire(&long).unwrap_err().to_string();
+        assert!(
+            e.contains(&"z".repeat(300)) && !e.contains(LOCK_FILE),
+            "{e}"
+        );
+        assert!(!d.path().join("p").exists());
 
         let shared = d.path().join("shared");
         drop(DirLock::acquire_shared_named(&shared, LOCK_FILE).unwrap());

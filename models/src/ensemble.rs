@@ -176,12 +176,20 @@ impl std::str::FromStr for TeacherArg {
             normalize: d.normalize,
             crop_pct: None,
         };
+        let mut given: Vec<&str> = Vec::new();
         for kv in parts {
             let Some((k, v)) = kv.split_once('=') else {
                 return Err(ModelError::Config(format!(
                     "teacher {spec:?}: {kv:?} is not key=value"
                 )));
             };
+            // a repeated key would have the last one win silently
+            if given.contains(&k) {
+                return Err(ModelError::Config(format!(
+                    "teacher {spec:?}: {k} given twice"
+                )));
+            }
+            given.push(k);
             match k {
                 "size" => {
                     t.size = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
@@ -568,5 +576,17 @@ mod tests {
             let e = bad.parse::<TeacherArg>().unwrap_err();
             assert!(e.to_string().contains(bad), "{bad}: {e:#}");
         }
+        // a repeated key is refused, not won by the last one; crop_pct is recorded only
+        // when given (precompute and online teachers refuse it)
+        let e = "demo_tiny=a.pth,size=64,size=32"
+            .parse::<TeacherArg>()
+            .unwrap_err();
+        assert!(e.to_string().contains("size given twice"), "{e}");
+        let t: TeacherArg = "demo_tiny=a.pth,crop_pct=0.5".parse().unwrap();
+        assert_eq!(t.crop_pct, Some(0.5));
+        assert_eq!(
+            "demo_tiny=a.pth".parse::<TeacherArg>().unwrap().crop_pct,
+            None
+        );
     }
 }

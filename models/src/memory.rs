@@ -75,6 +75,22 @@ pub fn activations(model: &ResNet, size: usize) -> Result<Activations> {
     })
 }
 
+/// The least an inference pass of `model` over `rows` crops at `size` x `size` holds at
+/// once: its input batch and its largest activation (a teacher's forward; an eval's).
+pub fn inference_floor(model: &ResNet, size: usize, rows: usize) -> Result<u64> {
+    let input = (3 * size * size * model.dtype().size_in_bytes()) as u64;
+    let a = activations(model, size)?;
+    Ok((a.largest + input).saturating_mul(rows as u64))
+}
+
+/// [`inference_floor`] of each teacher of `ens` at its own input size.
+pub fn ensemble_floors(ens: &crate::ensemble::Ensemble, rows: usize) -> Result<Vec<u64>> {
+    ens.teachers()
+        .iter()
+        .map(|t| inference_floor(&t.model, t.spec.size as usize, rows))
+        .collect()
+}
+
 /// The tensors of `y`'s autograd graph whose leading dimension is `batch`, each storage
 /// once, by the tensor that made it (the graph walked from the input: views, such as a
 /// broadcast of SE's channel weights or an avg-down pool's windows, come after it and

@@ -78,20 +78,20 @@ pub fn load_ensemble(
     Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }
 
-/// Refuses a `--batch` whose largest activation in some teacher over `rows` crops (an
-/// inference pass holds at least that) exceeds the memory available (meal_cli::memory).
+/// Refuses a `--batch` whose inference in some teacher over `rows` crops (its input and
+/// largest activation at least) exceeds the memory available (meal_cli::memory).
 fn check_memory(s: &Settings, ens: &Ensemble, rows: usize) -> Result<()> {
-    for (t, arg) in ens.teachers().iter().zip(&s.teachers) {
-        let size = t.spec.size as usize;
-        let act = meal_models::memory::activations(&t.model, size)?.times(rows);
+    let floors = meal_models::memory::ensemble_floors(ens, rows)?;
+    for ((t, arg), need) in ens.teachers().iter().zip(&s.teachers).zip(floors) {
         meal_cli::memory::check(
-            act.largest,
+            need,
             &format!(
-                "--batch {} with --teacher {}={} at {size} px: its largest activation \
-                 (measured at {} px and scaled)",
+                "--batch {} with --teacher {}={} at {} px: a forward over {rows} crops (its \
+                 input and largest activation, measured at {} px and scaled)",
                 s.batch,
                 arg.arch,
                 arg.weights.display(),
+                t.spec.size,
                 meal_models::memory::PROBE_SIZE
             ),
             "lower --batch or the teacher's size=",

@@ -264,8 +264,21 @@ impl TrainArgs {
         };
         let online_teacher = l.list(|a| &a.online_teacher);
         let labels = l.pick(|a| &a.labels);
-        meal_models::ensemble::TeacherArg::parse_all(&online_teacher)
+        let online = meal_models::ensemble::TeacherArg::parse_all(&online_teacher)
             .context("--online-teacher")?;
+        // online teachers label the training crops (RandomResizedCrop's), as precompute's
+        // do, where the eval transform's crop_pct would silently do nothing
+        if let Some((spec, _)) = online_teacher
+            .iter()
+            .zip(&online)
+            .find(|(_, t)| t.crop_pct.is_some())
+        {
+            bail!(
+                "--online-teacher {spec}: crop_pct sizes the eval transform's centre crop; \
+                 online teachers label the training crops (--scale, --ratio), where it has \
+                 no effect: remove it"
+            );
+        }
         if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {
             bail!("--loss kd needs --labels STORE (from meal-precompute) or --online-teacher");
         }

@@ -161,6 +161,17 @@ fn main() -> Result<()> {
                 let input = input_config(&arch).context("--arch")?;
                 let size = res.unwrap_or(input.size);
                 let spec = input.spec_at(size).context("--res")?;
+                if dev.is_cpu() {
+                    let rows = eval::EVAL_BATCH;
+                    meal_cli::memory::check(
+                        meal_models::memory::inference_floor(&model, size as usize, rows)?,
+                        &format!(
+                            "--arch {arch} at --res {size}: a forward over {rows} images (its \
+                             input and largest activation)"
+                        ),
+                        "lower --res",
+                    )?;
+                }
                 let acc = eval::evaluate(&model, &ds, spec, read, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
@@ -168,6 +179,14 @@ fn main() -> Result<()> {
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
+                if dev.is_cpu() {
+                    eval::check_ensemble_memory(
+                        &ens,
+                        eval::EVAL_BATCH,
+                        |i| format!("--teacher {}", teacher[i]),
+                        "lower the teacher's size=",
+                    )?;
+                }
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };

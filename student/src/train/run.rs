@@ -239,10 +239,6 @@ impl Run {
         // before the store's checksums (seconds per GB): a batch that cannot fit is told
         // at once
         let student = load_student(&s, classes, &dev)?;
-        if dev.is_cpu() {
-            check_memory(&s, &student)?;
-        }
-        let store = open_store(&s, &ds)?;
         let online = if s.online_teacher.is_empty() {
             None
         } else {
@@ -250,6 +246,23 @@ impl Run {
             let dtype = meal_models::ensemble::default_dtype(&dev);
             Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };
+        if dev.is_cpu() {
+            check_memory(&s, &student)?;
+            if let Some(ens) = &online {
+                crate::eval::check_ensemble_memory(
+                    ens,
+                    s.batch,
+                    |i| {
+                        format!(
+                            "--batch {} with --online-teacher {}",
+                            s.batch, s.online_teacher[i]
+                        )
+                    },
+                    "lower --batch or the teacher's size=",
+                )?;
+            }
+        }
+        let store = open_store(&s, &ds)?;
         let disc = if s.disc {
             Some(Discriminator::new(
                 classes,

@@ -98,6 +98,31 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
         "{e}"
     );
     assert!(!f.root.join("huge").exists());
+    // the online teachers' inference too: 4096 crops at 4096 px a step
+    let mut a = args(&f, "huge-online");
+    a.labels = None;
+    a.online_teacher = vec![f.teachers[0].replace("size=24", "size=4096")];
+    a.batch = Some(4096);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--batch 4096 with --online-teacher demo_tiny=")
+            && e.contains("lower --batch or the teacher's size="),
+        "{e}"
+    );
+    assert!(!f.root.join("huge-online").exists());
+    // crop_pct (the eval transform's) does nothing to the training crops online
+    // teachers label: refused, as precompute refuses it
+    let mut a = args(&f, "pct");
+    a.labels = None;
+    a.online_teacher = vec![format!("{},crop_pct=0.5", f.teachers[0])];
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--online-teacher demo_tiny=")
+            && e.contains("crop_pct")
+            && e.contains("remove it"),
+        "{e}"
+    );
+    assert!(!f.root.join("pct").exists());
     let mut a = args(&f, "nesterov");
     a.nesterov = Some(true);
     a.momentum = Some(0.0);
