@@ -88,7 +88,7 @@ impl DirLock {
         };
         let mkdir = |(path, error)| LockError::Io { path, error };
         let mut created = create_dirs(dir).map_err(mkdir)?;
-        let mut created_file = false;
+        let mut created_file;
         // a holder removing the directory unlinks the file while holding it: a file
         // locked here after that is no longer the directory's, so open the path again
         // (and a directory removed between its creation and the open is made again)
