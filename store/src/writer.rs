@@ -255,8 +255,29 @@ impl StoreWriter {
         check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
-        let manifest = if path.exists() {
-            let mut m = Manifest::read_file(&path)?;
+        let existing = match path.exists() {
+            true => Some(Manifest::read_file(&path)?),
+            false => None,
+        };
+        // a single run's store that holds no shard yet (a run that failed on its first
+        // batch, say on a bad image since fixed: the dataset's fingerprint changed) has
+        // nothing to keep: a run of another config starts it over instead of being
+        // refused with nothing to resume
+        let existing = existing.filter(|m| {
+            let fresh = m.shards.is_empty()
+                && worker.is_none()
+                && !super::manifest::config_diff(&m.config, &config).is_empty();
+            if fresh {
+                tracing::warn!(
+                    "{}: no shard was written under its config; starting it over with this \
+                     run's (differing keys: {})",
+                    path.display(),
+                    super::manifest::config_diff(&m.config, &config).join(", ")
+                );
+            }
+            !fresh
+        });
+        let manifest = if let Some(mut m) = existing {
             require_same_config(
                 &path,
                 &m.config,

@@ -254,7 +254,7 @@ fn other_datasets_and_configs_are_refused() {
     let mut cfg2 = cfg.clone();
     cfg2.crop_pool.seed = 10;
     cfg2.samples_per_shard = 8;
-    let e = StoreWriter::open(&dir, cfg2, ds.samples(), None)
+    let e = StoreWriter::open(&dir, cfg2.clone(), ds.samples(), None)
         .err()
         .unwrap()
         .to_string();
@@ -262,6 +262,13 @@ fn other_datasets_and_configs_are_refused() {
         e.contains("crop_pool.seed") && e.contains("samples_per_shard"),
         "{e}"
     );
+    // but a store that holds no shard yet (a run that failed on its first batch) has
+    // nothing to resume: another config starts it over
+    let empty = tmp.path().join("empty");
+    drop(StoreWriter::open(&empty, cfg.clone(), ds.samples(), None).unwrap());
+    assert!(empty.join(meal_store::MANIFEST).exists());
+    let w = StoreWriter::open(&empty, cfg2.clone(), ds.samples(), None).unwrap();
+    assert_eq!(w.manifest().config, cfg2);
     // safetensors holds dense only
     let cfg3 = config(
         &ds,
