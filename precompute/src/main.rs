@@ -122,11 +122,15 @@ fn main() -> Result<()> {
                     ),
                 }
             }
-            meal_cli::outln!(
-                "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",
-                r.ensemble_top1_agreement,
-                r.mean_entropy
-            );
+            if r.crops == 0 {
+                meal_cli::outln!("  ensemble         no crops labelled");
+            } else {
+                meal_cli::outln!(
+                    "  ensemble         top-1 agreement {:.4}, mean entropy {:.4} nats",
+                    r.ensemble_top1_agreement,
+                    r.mean_entropy
+                );
+            }
             if let Some(c) = &r.dtype_check {
                 meal_cli::outln!(
                     "  teachers in {}: against f32 on the first {} crops, max |p - p_f32| {:.2e}, mean total variation {:.2e}, top-1 agreement {:.4}",
@@ -139,7 +143,12 @@ fn main() -> Result<()> {
                     meal_cli::outln!("    {}: {}", s.path, s.reason);
                 }
             }
+            // a store of nothing is no success: every file unreadable (all of another
+            // format, emptied by a failed copy) must not pass a script's `&&` into training
+            let nothing = r.images == 0 && !r.skipped.is_empty();
             match (r.complete, s.worker) {
+                // (the error below says what happened instead)
+                (true, _) if nothing => {}
                 (true, None) => meal_cli::outln!("store complete: {}", s.out.display()),
                 (true, Some([i, n])) => meal_cli::outln!(
                     "worker {i} of {n}: its part is complete; when every worker's part is, run `meal-precompute merge --data {} --out {}`",
@@ -156,14 +165,12 @@ fn main() -> Result<()> {
             if stop.load(Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            // a store of nothing is no success: every file unreadable (all of another
-            // format, emptied by a failed copy) must not pass a script's `&&` into training
             let seen = r.images + r.skipped.len() as u64;
             let part = match s.worker {
                 Some([i, n]) => format!(" in worker {i} of {n}'s part"),
                 None => String::new(),
             };
-            if r.images == 0 && !r.skipped.is_empty() {
+            if nothing {
                 bail!(
                     "every one of the {} images{part} of {} was skipped as unreadable \
                      (listed above and in the report): {} no labels",

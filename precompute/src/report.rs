@@ -141,13 +141,20 @@ pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
     }
 }
 
-/// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`).
+/// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`). A
+/// run that wrote no shard leaves an existing report as it is: a rerun of a complete
+/// store would replace the figures of the run that made it (its time, its bytes) with
+/// zeros.
 pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) -> Result<()> {
     let name = match worker {
         None => "report.json".to_string(),
         Some([i, n]) => format!("report.worker-{i}-of-{n}.json"),
     };
     let path = out.join(name);
+    if report.shards_written == 0 && path.exists() {
+        tracing::debug!("{}: kept (this run wrote no shard)", path.display());
+        return Ok(());
+    }
     meal_data::atomic::write(&path, &serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", path.display()))
 }

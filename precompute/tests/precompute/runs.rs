@@ -383,7 +383,8 @@ fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
 }
 
 /// A dataset whose every file is unreadable makes an empty store: the run says so and
-/// fails (a script's `&&` must not go on to train on nothing), after writing it.
+/// fails (a script's `&&` must not go on to train on nothing), after writing it, and its
+/// report neither calls the store complete nor gives an agreement of nothing.
 #[test]
 fn a_run_that_labels_no_image_fails() {
     let f = fixture(1);
@@ -410,6 +411,12 @@ fn a_run_that_labels_no_image_fails() {
         err.contains(&format!("every one of the {} images", ds.samples().len()))
             && err.contains("the store holds no labels"),
         "{err}"
+    );
+    // the report above the error does not call it complete, nor give figures of nothing
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        !out.contains("store complete") && out.contains("ensemble         no crops labelled"),
+        "{out}"
     );
 }
 
@@ -471,4 +478,33 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
         "{msg}"
     );
     assert!(!f.root.join("huge").exists());
+}
+
+/// A rerun of a complete store writes no shard and leaves `report.json` as the run that
+/// made the store wrote it (its time and bytes, not this rerun's zeros).
+#[test]
+fn a_rerun_of_a_complete_store_keeps_its_report() {
+    let f = fixture(1);
+    let out = f.root.join("again");
+    let a = args(&f, "again");
+    let run = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
+        cmd.arg("run")
+            .arg("--data")
+            .arg(&f.data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--crops-per-image", "2", "--threads", "1"]);
+        for t in &a.teacher {
+            cmd.arg("--teacher").arg(t);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    run();
+    let first = std::fs::read(out.join("report.json")).unwrap();
+    let again = run();
+    assert!(again.contains("0 shards written"), "{again}");
+    assert_eq!(std::fs::read(out.join("report.json")).unwrap(), first);
 }
