@@ -3,9 +3,72 @@
 //! (or minutes of swapping) once the first step runs.
 
 /// Memory this process can still get: `MemAvailable` and `SwapFree` of `/proc/meminfo`,
-/// in bytes (None where there is no such file).
+/// in bytes (None where there is no such file), the first no more than what its cgroup's
+/// `memory.max` leaves (a container's or a SLURM job's limit: the kernel kills a process
+/// past it whatever the machine has free).
 pub fn available() -> Option<(u64, u64)> {
-    parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    let (ram, swap) = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
+    let limit = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| cgroup_available(std::path::Path::new("/sys/fs/cgroup"), &t));
+    Some((limit.map_or(ram, |l| l.min(ram)), swap))
+}
+
+/// The files of a memory cgroup: v2 (`0::PATH` under the root) or v1 (`N:memory:PATH`
+/// under `root/memory`): its limit, what is charged to it, and the `memory.stat` key of
+/// its page cache.
+const CGROUP_FILES: [(&str, &str, [&str; 3]); 2] = [
+    ("0::", "", ["memory.max", "memory.current", "file "]),
+    (
+        ":memory:",
+        "memory",
+        [
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "total_cache ",
+        ],
+    ),
+];
+
+/// What the memory cgroup limits of the process (`/proc/self/cgroup`'s text, under
+/// `root`) leave: the least over its cgroup and their ancestors of the limit less the
+/// memory charged that is not page cache (which the kernel reclaims first); None where
+/// no limit is set (v2's `max`, v1's near-2^63).
+fn cgroup_available(root: &std::path::Path, proc_cgroup: &str) -> Option<u64> {
+    let read = |dir: &std::path::Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let mut least: Option<u64> = None;
+    for (tag, sub, [limit, usage, cache]) in CGROUP_FILES {
+        let Some(rel) = proc_cgroup
+            .lines()
+            .find_map(|l| l.split_once(tag).map(|(_, p)| p))
+        else {
+            continue;
+        };
+        let top = root.join(sub);
+        let mut dir = top.join(rel.trim().trim_start_matches('/'));
+        loop {
+            let max = read(&dir, limit)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|&m| m < 1 << 62);
+            if let Some(max) = max {
+                let charged = read(&dir, usage)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                let file = read(&dir, "memory.stat")
+                    .and_then(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix(cache)?.trim().parse::<u64>().ok())
+                    })
+                    .unwrap_or(0);
+                let left = max.saturating_sub(charged.saturating_sub(file));
+                least = Some(least.map_or(left, |l| l.min(left)));
+            }
+            if dir == top || !dir.pop() {
+                break;
+            }
+        }
+    }
+    least
 }
 
 /// `MemAvailable` and `SwapFree` (bytes) from `/proc/meminfo`'s text.
@@ -38,7 +101,7 @@ pub fn check(need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
     if need > ram.saturating_add(swap) {
         anyhow::bail!(
             "{what}: at least {} needed, more than the {} of memory available here \
-             (MemAvailable {} + SwapFree {} in /proc/meminfo): {fix}",
+             (memory {} + swap {}: /proc/meminfo, and the cgroup's limit): {fix}",
             gib(need),
             gib(ram.saturating_add(swap)),
             gib(ram),
@@ -74,10 +137,53 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains("a step's activations: at least")
-                && e.contains("MemAvailable")
+                && e.contains("/proc/meminfo")
                 && e.ends_with(": lower --batch"),
             "{e}"
         );
         check(0, "nothing", "none").unwrap();
+    }
+
+    /// A cgroup's limit counts, its ancestors' too (the least is what is left), less
+    /// what is charged that is not page cache, in cgroup v2 and v1; no limit: none.
+    #[test]
+    fn cgroup_limits_bound_what_is_available() {
+        let root = tempfile::tempdir().unwrap();
+        let job = root.path().join("slurm/job_1");
+        std::fs::create_dir_all(&job).unwrap();
+        let put =
+            |dir: &std::path::Path, name: &str, v: &str| std::fs::write(dir.join(name), v).unwrap();
+        put(&job, "memory.max", "1000000\n");
+        put(&job, "memory.current", "400000\n");
+        put(&job, "memory.stat", "anon 300000\nfile 100000\nkernel 0\n");
+        put(&root.path().join("slurm"), "memory.max", "max\n");
+        let proc = "0::/slurm/job_1\n";
+        assert_eq!(cgroup_available(root.path(), proc), Some(700_000));
+        // a tighter ancestor wins
+        put(&root.path().join("slurm"), "memory.max", "500000\n");
+        put(&root.path().join("slurm"), "memory.current", "450000\n");
+        assert_eq!(cgroup_available(root.path(), proc), Some(50_000));
+        // no limit anywhere, or a cgroup v1 system (no 0:: line)
+        put(&job, "memory.max", "max\n");
+        put(&root.path().join("slurm"), "memory.max", "max\n");
+        assert_eq!(cgroup_available(root.path(), proc), None);
+        // cgroup v1: memory.limit_in_bytes (near 2^63 when unlimited) and its cache
+        let v1 = root.path().join("memory/docker/abc");
+        std::fs::create_dir_all(&v1).unwrap();
+        put(&v1, "memory.limit_in_bytes", "2000000\n");
+        put(&v1, "memory.usage_in_bytes", "900000\n");
+        put(
+            &v1,
+            "memory.stat",
+            "cache 1\ntotal_cache 300000\nrss 600000\n",
+        );
+        put(
+            &root.path().join("memory"),
+            "memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        let v1_proc = "4:memory:/docker/abc\n0::/\n";
+        assert_eq!(cgroup_available(root.path(), v1_proc), Some(1_400_000));
+        assert_eq!(cgroup_available(root.path(), "4:memory:/elsewhere\n"), None);
     }
 }
