@@ -32,6 +32,18 @@ fn bench_refuses_zero_counts_naming_the_flag() {
         !out.status.success() && err.contains("--threads 100000: more than"),
         "{err}"
     );
+    // a batch of crops that cannot fit (1.9 TB) is refused, not an allocation abort
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .args(["bench", "--data"])
+        .arg(dir.path())
+        .args(["--crops", "100000", "--res", "4096"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("one batch of crops"),
+        "{err}"
+    );
     // an empty directory is named, under its flag
     let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
         .args(["bench", "--data"])

@@ -190,6 +190,18 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     meal_cli::check_threads(a.threads)?;
+    // one batch of normalised crops (f32) is the least the loader holds
+    let batch_bytes = (a.batch as u64)
+        .saturating_mul(a.crops as u64)
+        .saturating_mul(3 * 4 * (a.res as u64).pow(2));
+    meal_cli::memory::check(
+        batch_bytes,
+        &format!(
+            "--batch {} x --crops {} at --res {}: one batch of crops",
+            a.batch, a.crops, a.res
+        ),
+        "lower --crops, --batch or --res",
+    )?;
     let ds = Arc::new(
         Dataset::open(&a.data, LinkPolicy::StayInside)
             .with_context(|| format!("--data {}", a.data.display()))?,
