@@ -8,17 +8,40 @@
 /// past it whatever the machine has free).
 pub fn available() -> Option<(u64, u64)> {
     let (ram, swap) = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
-    let limit = std::fs::read_to_string("/proc/self/cgroup")
+    let left = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| cgroup_available(std::path::Path::new("/sys/fs/cgroup"), &t));
-    Some((limit.map_or(ram, |l| l.min(ram)), swap))
+        .map(|t| cgroup_left(std::path::Path::new("/sys/fs/cgroup"), &t))
+        .unwrap_or_default();
+    let cap = |v: u64, c: Option<u64>| c.map_or(v, |c| c.min(v));
+    Some((cap(ram, left.memory), cap(swap, left.swap)))
 }
 
-/// The files of a memory cgroup: v2 (`0::PATH` under the root) or v1 (`N:memory:PATH`
-/// under `root/memory`): its limit, what is charged to it, and the `memory.stat` key of
-/// its page cache.
-const CGROUP_FILES: [(&str, &str, [&str; 3]); 2] = [
-    ("0::", "", ["memory.max", "memory.current", "file "]),
+/// What the memory cgroup limits of a process leave it (None: no limit).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct CgroupLeft {
+    /// Memory: the limit less what is charged that is not page cache (which the kernel
+    /// reclaims first).
+    memory: Option<u64>,
+    /// Swap: v2's `memory.swap.max` less its use; v1's memory+swap limit less its use
+    /// and the memory left.
+    swap: Option<u64>,
+}
+
+/// The files of a memory cgroup, v2 (`0::PATH` under the root) then v1 (`N:memory:PATH`
+/// under `root/memory`): the limit, what is charged, the `memory.stat` key of its page
+/// cache, and the swap (v2) or memory+swap (v1) limit and use.
+const CGROUP_FILES: [(&str, &str, [&str; 5]); 2] = [
+    (
+        "0::",
+        "",
+        [
+            "memory.max",
+            "memory.current",
+            "file ",
+            "memory.swap.max",
+            "memory.swap.current",
+        ],
+    ),
     (
         ":memory:",
         "memory",
@@ -26,18 +49,29 @@ const CGROUP_FILES: [(&str, &str, [&str; 3]); 2] = [
             "memory.limit_in_bytes",
             "memory.usage_in_bytes",
             "total_cache ",
+            "memory.memsw.limit_in_bytes",
+            "memory.memsw.usage_in_bytes",
         ],
     ),
 ];
 
-/// What the memory cgroup limits of the process (`/proc/self/cgroup`'s text, under
-/// `root`) leave: the least over its cgroup and their ancestors of the limit less the
-/// memory charged that is not page cache (which the kernel reclaims first); None where
-/// no limit is set (v2's `max`, v1's near-2^63).
-fn cgroup_available(root: &std::path::Path, proc_cgroup: &str) -> Option<u64> {
-    let read = |dir: &std::path::Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let mut least: Option<u64> = None;
-    for (tag, sub, [limit, usage, cache]) in CGROUP_FILES {
+/// [`CgroupLeft`] of the process whose `/proc/self/cgroup` text is `proc_cgroup`, its
+/// cgroups under `root`: the least over each cgroup and its ancestors (v2's `max` and
+/// v1's near-2^63 are no limit).
+fn cgroup_left(root: &std::path::Path, proc_cgroup: &str) -> CgroupLeft {
+    let read = |dir: &std::path::Path, name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&v| v < 1 << 62)
+    };
+    let least = |a: Option<u64>, b: u64| Some(a.map_or(b, |a| a.min(b)));
+    let mut left = CgroupLeft::default();
+    for (v1, (tag, sub, [limit, usage, cache, swap_limit, swap_usage])) in
+        CGROUP_FILES.into_iter().enumerate()
+    {
         let Some(rel) = proc_cgroup
             .lines()
             .find_map(|l| l.split_once(tag).map(|(_, p)| p))
@@ -47,28 +81,38 @@ fn cgroup_available(root: &std::path::Path, proc_cgroup: &str) -> Option<u64> {
         let top = root.join(sub);
         let mut dir = top.join(rel.trim().trim_start_matches('/'));
         loop {
-            let max = read(&dir, limit)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|&m| m < 1 << 62);
-            if let Some(max) = max {
-                let charged = read(&dir, usage)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                let file = read(&dir, "memory.stat")
+            let cached = || {
+                std::fs::read_to_string(dir.join("memory.stat"))
+                    .ok()
                     .and_then(|t| {
                         t.lines()
                             .find_map(|l| l.strip_prefix(cache)?.trim().parse::<u64>().ok())
                     })
-                    .unwrap_or(0);
-                let left = max.saturating_sub(charged.saturating_sub(file));
-                least = Some(least.map_or(left, |l| l.min(left)));
+                    .unwrap_or(0)
+            };
+            let mut memory = None;
+            if let Some(max) = read(&dir, limit) {
+                let charged = read(&dir, usage).unwrap_or(0).saturating_sub(cached());
+                memory = Some(max.saturating_sub(charged));
+                left.memory = least(left.memory, max.saturating_sub(charged));
+            }
+            if let Some(max) = read(&dir, swap_limit) {
+                let used = read(&dir, swap_usage).unwrap_or(0);
+                let mut swap = max.saturating_sub(used);
+                if v1 == 1 {
+                    // memory and swap together: what the memory does not take
+                    swap = swap
+                        .saturating_add(cached())
+                        .saturating_sub(memory.unwrap_or(0));
+                }
+                left.swap = least(left.swap, swap);
             }
             if dir == top || !dir.pop() {
                 break;
             }
         }
     }
-    least
+    left
 }
 
 /// `MemAvailable` and `SwapFree` (bytes) from `/proc/meminfo`'s text.
@@ -145,7 +189,8 @@ mod tests {
     }
 
     /// A cgroup's limit counts, its ancestors' too (the least is what is left), less
-    /// what is charged that is not page cache, in cgroup v2 and v1; no limit: none.
+    /// what is charged that is not page cache, in cgroup v2 and v1, and so does a swap
+    /// limit; no limit: none.
     #[test]
     fn cgroup_limits_bound_what_is_available() {
         let root = tempfile::tempdir().unwrap();
@@ -153,21 +198,33 @@ mod tests {
         std::fs::create_dir_all(&job).unwrap();
         let put =
             |dir: &std::path::Path, name: &str, v: &str| std::fs::write(dir.join(name), v).unwrap();
+        let left = |proc: &str| cgroup_left(root.path(), proc);
         put(&job, "memory.max", "1000000\n");
         put(&job, "memory.current", "400000\n");
         put(&job, "memory.stat", "anon 300000\nfile 100000\nkernel 0\n");
         put(&root.path().join("slurm"), "memory.max", "max\n");
         let proc = "0::/slurm/job_1\n";
-        assert_eq!(cgroup_available(root.path(), proc), Some(700_000));
-        // a tighter ancestor wins
+        assert_eq!(left(proc).memory, Some(700_000));
+        assert_eq!(left(proc).swap, None);
+        // a tighter ancestor wins; a job without swap has none
         put(&root.path().join("slurm"), "memory.max", "500000\n");
         put(&root.path().join("slurm"), "memory.current", "450000\n");
-        assert_eq!(cgroup_available(root.path(), proc), Some(50_000));
-        // no limit anywhere, or a cgroup v1 system (no 0:: line)
+        put(&job, "memory.swap.max", "0\n");
+        assert_eq!(
+            left(proc),
+            CgroupLeft {
+                memory: Some(50_000),
+                swap: Some(0)
+            }
+        );
+        // no limit anywhere
         put(&job, "memory.max", "max\n");
+        put(&job, "memory.swap.max", "max\n");
         put(&root.path().join("slurm"), "memory.max", "max\n");
-        assert_eq!(cgroup_available(root.path(), proc), None);
-        // cgroup v1: memory.limit_in_bytes (near 2^63 when unlimited) and its cache
+        assert_eq!(left(proc), CgroupLeft::default());
+        // cgroup v1: memory.limit_in_bytes (near 2^63 when unlimited) and its cache;
+        // memory+swap 2.5 MB, 1.2 MB of it used, of which 0.3 MB cache: 1.6 MB left, the
+        // memory taking 1.4 MB of it
         let v1 = root.path().join("memory/docker/abc");
         std::fs::create_dir_all(&v1).unwrap();
         put(&v1, "memory.limit_in_bytes", "2000000\n");
@@ -177,13 +234,21 @@ mod tests {
             "memory.stat",
             "cache 1\ntotal_cache 300000\nrss 600000\n",
         );
+        put(&v1, "memory.memsw.limit_in_bytes", "2500000\n");
+        put(&v1, "memory.memsw.usage_in_bytes", "1200000\n");
         put(
             &root.path().join("memory"),
             "memory.limit_in_bytes",
             "9223372036854771712\n",
         );
         let v1_proc = "4:memory:/docker/abc\n0::/\n";
-        assert_eq!(cgroup_available(root.path(), v1_proc), Some(1_400_000));
-        assert_eq!(cgroup_available(root.path(), "4:memory:/elsewhere\n"), None);
+        assert_eq!(
+            left(v1_proc),
+            CgroupLeft {
+                memory: Some(1_400_000),
+                swap: Some(200_000)
+            }
+        );
+        assert_eq!(left("4:memory:/elsewhere\n"), CgroupLeft::default());
     }
 }

@@ -80,14 +80,32 @@ impl DirLock {
         // `run/.` is `run`: mkdir of a path ending in `.` fails even where its parent
         // would be made
         let dir: PathBuf = given.components().collect();
-        let dir = dir.as_path();
+        let mut created = Vec::new();
+        let locked = Self::flock_in(&dir, name, mode, &mut created);
+        if locked.is_err() {
+            // refused (in use, say): the directories made for it go again
+            for d in created.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
+        }
+        locked
+    }
+
+    /// [`DirLock::flock`] of the normalised `dir`, the directories it makes recorded in
+    /// `created` (moved into the lock on success).
+    fn flock_in(
+        dir: &Path,
+        name: &str,
+        mode: libc::c_int,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<DirLock, LockError> {
         let path = dir.join(name);
         let io = |error| LockError::Io {
             path: path.clone(),
             error,
         };
         let mkdir = |(path, error)| LockError::Io { path, error };
-        let mut created = create_dirs(dir).map_err(mkdir)?;
+        created.extend(create_dirs(dir).map_err(mkdir)?);
         let mut created_file;
         // a holder removing the directory unlinks the file while holding it: a file
         // locked here after that is no longer the directory's, so open the path again
@@ -157,7 +175,7 @@ impl DirLock {
         Ok(DirLock {
             _file: file,
             path,
-            created,
+            created: std::mem::take(created),
             created_file,
         })
     }
@@ -173,6 +191,19 @@ impl DirLock {
 /// directories actually made, not by the path's text (`a/../b`). On failure those made
 /// are removed again, and the error names the directory that could not be made.
 fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
+    // a parent found present may be removed before its child is made (another run's
+    // lock leaving the parent it made): look again
+    let mut attempt = 0;
+    loop {
+        match create_missing(dir) {
+            Err((_, e)) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+            made => return made,
+        }
+    }
+}
+
+/// One pass of [`create_dirs`].
+fn create_missing(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
@@ -245,6 +276,10 @@ mod tests {
             e.contains("in use by process") && e.contains(&std::process::id().to_string()),
             "{e}"
         );
+        // a refused locker removes what it made on the way (`run/sub/..` is `run`)
+        let e = DirLock::acquire(&dir.join("sub/..")).unwrap_err();
+        assert!(e.to_string().contains("in use by process"), "{e}");
+        assert!(!dir.join("sub").exists());
         drop(a);
         let b = DirLock::acquire(&dir).unwrap();
         // shared holders: refused while the exclusive one holds it, then any number at

@@ -32,7 +32,8 @@ fn bench_refuses_zero_counts_naming_the_flag() {
         !out.status.success() && err.contains("--threads 100000: more than"),
         "{err}"
     );
-    // a batch of crops that cannot fit (1.9 TB) is refused, not an allocation abort
+    // a batch of crops that cannot fit (32 x 100000 crops of 4096 px: 640 TB) is
+    // refused, not an allocation abort
     let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
         .args(["bench", "--data"])
         .arg(dir.path())

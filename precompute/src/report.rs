@@ -142,19 +142,37 @@ pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
 }
 
 /// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`). A
-/// run that wrote no shard leaves an existing report as it is: a rerun of a complete
-/// store would replace the figures of the run that made it (its time, its bytes) with
-/// zeros.
+/// run that wrote no shard leaves an existing report of the same store as it is (the
+/// same state, shards, images, crops and teachers): a rerun of a complete store would
+/// replace the figures of the run that made it (its time, its bytes) with zeros.
 pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) -> Result<()> {
     let name = match worker {
         None => "report.json".to_string(),
         Some([i, n]) => format!("report.worker-{i}-of-{n}.json"),
     };
     let path = out.join(name);
-    if report.shards_written == 0 && path.exists() {
+    if report.shards_written == 0 && describes_the_same_store(&path, report) {
         tracing::debug!("{}: kept (this run wrote no shard)", path.display());
         return Ok(());
     }
     meal_data::atomic::write(&path, &serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether the report at `path` gives the store-wide figures of `report` (an unreadable
+/// or older one does not).
+fn describes_the_same_store(path: &Path, report: &RunReport) -> bool {
+    let (Ok(old), Ok(new)) = (
+        std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?)),
+        serde_json::to_value(report),
+    ) else {
+        return false;
+    };
+    [
+        "complete", "shards", "images", "crops", "teachers", "skipped",
+    ]
+    .iter()
+    .all(|k| old.get(k).is_some() && old.get(k) == new.get(k))
 }

@@ -190,10 +190,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     meal_cli::check_threads(a.threads)?;
+    let spec = CropSpec::new(a.res, a.filter, Normalize::default()).context("--res")?;
     // one batch of normalised crops (f32) is the least the loader holds
     let batch_bytes = (a.batch as u64)
         .saturating_mul(a.crops as u64)
-        .saturating_mul(3 * 4 * (a.res as u64).pow(2));
+        .saturating_mul(12 * (spec.size as u64).pow(2));
     meal_cli::memory::check(
         batch_bytes,
         &format!(
@@ -209,7 +210,6 @@ fn bench(a: BenchArgs) -> Result<()> {
     if ds.is_empty() {
         bail!("--data {}: no images", a.data.display());
     }
-    let spec = CropSpec::new(a.res, a.filter, Normalize::default()).context("--res")?;
     // the first pass warms the page cache and is not counted
     time_pass(&ds, &a, spec, 0)?;
     let mut best = f64::INFINITY;

@@ -383,8 +383,8 @@ fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
 }
 
 /// A dataset whose every file is unreadable makes an empty store: the run says so and
-/// fails (a script's `&&` must not go on to train on nothing), after writing it, and its
-/// report neither calls the store complete nor gives an agreement of nothing.
+/// fails (a script's `&&` must not go on to train on nothing), after writing it, and the
+/// report it prints neither calls the store complete nor gives an agreement of nothing.
 #[test]
 fn a_run_that_labels_no_image_fails() {
     let f = fixture(1);
@@ -481,7 +481,8 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
 }
 
 /// A rerun of a complete store writes no shard and leaves `report.json` as the run that
-/// made the store wrote it (its time and bytes, not this rerun's zeros).
+/// made the store wrote it (its time and bytes, not this rerun's zeros), unless that
+/// report describes another state of the store.
 #[test]
 fn a_rerun_of_a_complete_store_keeps_its_report() {
     let f = fixture(1);
@@ -507,4 +508,11 @@ fn a_rerun_of_a_complete_store_keeps_its_report() {
     let again = run();
     assert!(again.contains("0 shards written"), "{again}");
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), first);
+    // a report of another state of the store (a partial one left by a failed finish)
+    // is replaced
+    std::fs::write(out.join("report.json"), br#"{"complete": false}"#).unwrap();
+    run();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["complete"], serde_json::Value::Bool(true));
 }
