@@ -100,10 +100,11 @@ fn cgroup_left(root: &std::path::Path, proc_cgroup: &str) -> CgroupLeft {
                 let used = read(&dir, swap_usage).unwrap_or(0);
                 let mut swap = max.saturating_sub(used);
                 if v1 == 1 {
-                    // memory and swap together: what the memory does not take
-                    swap = swap
-                        .saturating_add(cached())
-                        .saturating_sub(memory.unwrap_or(0));
+                    // memory and swap together: all that is left, of which the memory
+                    // takes what its own limit leaves, the swap the rest
+                    let both = swap.saturating_add(cached());
+                    left.memory = least(left.memory, both);
+                    swap = both.saturating_sub(memory.unwrap_or(0));
                 }
                 left.swap = least(left.swap, swap);
             }
@@ -250,5 +251,14 @@ mod tests {
             }
         );
         assert_eq!(left("4:memory:/elsewhere\n"), CgroupLeft::default());
+        // memory+swap nearly used up: it bounds the memory too
+        put(&v1, "memory.memsw.usage_in_bytes", "2400000\n");
+        assert_eq!(
+            left(v1_proc),
+            CgroupLeft {
+                memory: Some(400_000),
+                swap: Some(0)
+            }
+        );
     }
 }

@@ -3,9 +3,9 @@
 //! process id. `flock(2)` on `DIR/.lock`: the kernel drops the lock when the process
 //! exits or crashes, so a stale lock file never blocks a rerun.
 //!
-//! What an exclusive lock made and nothing else used is removed when it is dropped: the
-//! lock file, when the directory holds nothing else (a run that failed before writing
-//! anything), and the directories the lock created, where they are empty. So a failed
+//! What an exclusive lock made is removed when it is dropped after a run that wrote
+//! nothing (the directory holds nothing but the lock file): the lock file, and the
+//! directories the lock created, where they are empty. So a failed
 //! run leaves no stray directory holding only `.lock`, nor a `.lock` in a directory that
 //! existed (a lock file that was there before stays). The file is unlinked while still locked, and a
 //! locker checks that the path still names the file it locked (else it retries), so a
@@ -238,22 +238,27 @@ impl Drop for DirLock {
         let Some(dir) = self.path.parent() else {
             return;
         };
-        if self.created_file || !self.created.is_empty() {
-            let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
-                let mut names = entries.flatten().map(|e| e.file_name());
-                names
-                    .next()
-                    .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
-                    && names.next().is_none()
-            });
-            // unlinked while still locked (the file closes after this): see the module
-            // doc; a lock file that was there before is left as it was
-            let ours = self.created_file || self.created.iter().any(|c| c.as_path() == dir);
-            if only_lock && ours {
-                let _ = fs::remove_file(&self.path);
-            }
+        if !self.created_file && self.created.is_empty() {
+            return;
         }
-        // remove_dir refuses a directory that is not empty: what a run wrote stays
+        let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
+            let mut names = entries.flatten().map(|e| e.file_name());
+            names
+                .next()
+                .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
+                && names.next().is_none()
+        });
+        // only after a run that wrote nothing: a run that did may still name its output
+        // through a directory made on the way (`x/../y` after the lock is released)
+        if !only_lock {
+            return;
+        }
+        // unlinked while still locked (the file closes after this): see the module doc;
+        // a lock file that was there before is left as it was
+        if self.created_file || self.created.iter().any(|c| c.as_path() == dir) {
+            let _ = fs::remove_file(&self.path);
+        }
+        // remove_dir refuses a directory that is not empty
         for d in self.created.iter().rev() {
             let _ = fs::remove_dir(d);
         }
@@ -333,6 +338,14 @@ mod tests {
         // makes `x` alone (removed again), and the existing directory it names stays
         drop(DirLock::acquire(&d.path().join("x/../existing")).unwrap());
         assert!(existing.join(LOCK_FILE).exists() && !d.path().join("x").exists());
+
+        // after a run that wrote something nothing is removed: its output may still be
+        // named through a directory made on the way
+        let via = d.path().join("v/../made");
+        let l = DirLock::acquire(&via).unwrap();
+        fs::write(via.join("report.json"), "{}").unwrap();
+        drop(l);
+        assert!(via.join("report.json").exists());
 
         // `new/.` is `new`
         let dot = d.path().join("new/.");

@@ -182,9 +182,16 @@ fn check_neighbours(
     }
     for name in parts.iter().filter(|p| **p != own) {
         let path = dir.join(name);
+        let part = Manifest::read_file(&path)?;
+        // a part that holds no shard has nothing to keep: its worker starts it over
+        // (a split that failed on its first batch, rerun once its image is fixed); a
+        // merge refuses parts of two configs whatever happens
+        if part.shards.is_empty() {
+            continue;
+        }
         require_same_config(
             &path,
-            &Manifest::read_file(&path)?.config,
+            &part.config,
             config,
             "another worker's part was made with another config",
         )?;
@@ -259,14 +266,13 @@ impl StoreWriter {
             true => Some(Manifest::read_file(&path)?),
             false => None,
         };
-        // a single run's store that holds no shard yet (a run that failed on its first
-        // batch, say on a bad image since fixed: the dataset's fingerprint changed) has
-        // nothing to keep: a run of another config starts it over instead of being
+        // a store (or a worker's part) that holds no shard yet (a run that failed on its
+        // first batch, say on a bad image since fixed: the dataset's fingerprint changed)
+        // has nothing to keep: a run of another config starts it over instead of being
         // refused with nothing to resume
         let existing = existing.filter(|m| {
-            let fresh = m.shards.is_empty()
-                && worker.is_none()
-                && !super::manifest::config_diff(&m.config, &config).is_empty();
+            let fresh =
+                m.shards.is_empty() && !super::manifest::config_diff(&m.config, &config).is_empty();
             if fresh {
                 tracing::warn!(
                     "{}: no shard was written under its config; starting it over with this \

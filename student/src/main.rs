@@ -162,7 +162,7 @@ fn main() -> Result<()> {
                 let size = res.unwrap_or(input.size);
                 let spec = input.spec_at(size).context("--res")?;
                 if dev.is_cpu() {
-                    let rows = eval::EVAL_BATCH;
+                    let rows = eval::EVAL_BATCH.min(ds.len());
                     meal_cli::memory::check(
                         meal_models::memory::inference_floor(&model, size as usize, rows)?,
                         &format!(
@@ -182,7 +182,7 @@ fn main() -> Result<()> {
                 if dev.is_cpu() {
                     eval::check_ensemble_memory(
                         &ens,
-                        eval::EVAL_BATCH,
+                        eval::EVAL_BATCH.min(ds.len()),
                         |i| format!("--teacher {}", teacher[i]),
                         "lower the teacher's size=",
                     )?;

@@ -269,6 +269,13 @@ fn other_datasets_and_configs_are_refused() {
     assert!(empty.join(meal_store::MANIFEST).exists());
     let w = StoreWriter::open(&empty, cfg2.clone(), ds.samples(), None).unwrap();
     assert_eq!(w.manifest().config, cfg2);
+    // so do the parts of a split (or a device list) that failed before any shard
+    let parts = tmp.path().join("parts");
+    for i in 0..2 {
+        drop(StoreWriter::open(&parts, cfg.clone(), ds.samples(), Some([i, 2])).unwrap());
+    }
+    let w = StoreWriter::open(&parts, cfg2.clone(), ds.samples(), Some([0, 2])).unwrap();
+    assert_eq!(w.manifest().config, cfg2);
     // safetensors holds dense only
     let cfg3 = config(
         &ds,
