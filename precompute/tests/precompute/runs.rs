@@ -392,19 +392,7 @@ fn a_run_that_labels_no_image_fails() {
     for s in ds.samples() {
         std::fs::write(ds.full_path(s), b"").unwrap();
     }
-    let out = f.root.join("empty");
-    let a = args(&f, "empty");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
-    cmd.arg("run")
-        .arg("--data")
-        .arg(&f.data)
-        .arg("--out")
-        .arg(&out)
-        .args(["--crops-per-image", "2", "--threads", "1"]);
-    for t in &a.teacher {
-        cmd.arg("--teacher").arg(t);
-    }
-    let run = cmd.output().unwrap();
+    let run = cli_run(&f, "empty");
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success(), "{err}");
     assert!(
@@ -487,19 +475,8 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
 fn a_rerun_of_a_complete_store_keeps_its_report() {
     let f = fixture(1);
     let out = f.root.join("again");
-    let a = args(&f, "again");
     let run = || {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
-        cmd.arg("run")
-            .arg("--data")
-            .arg(&f.data)
-            .arg("--out")
-            .arg(&out)
-            .args(["--crops-per-image", "2", "--threads", "1"]);
-        for t in &a.teacher {
-            cmd.arg("--teacher").arg(t);
-        }
-        let o = cmd.output().unwrap();
+        let o = cli_run(&f, "again");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()
     };
@@ -515,4 +492,20 @@ fn a_rerun_of_a_complete_store_keeps_its_report() {
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["complete"], serde_json::Value::Bool(true));
+}
+
+/// The `meal-precompute run` binary over the fixture's data and teachers into
+/// `root/out` (2 crops an image, one thread).
+fn cli_run(f: &Fixture, out: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
+    cmd.arg("run")
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--out")
+        .arg(f.root.join(out))
+        .args(["--crops-per-image", "2", "--threads", "1"]);
+    for t in &args(f, out).teacher {
+        cmd.arg("--teacher").arg(t);
+    }
+    cmd.output().unwrap()
 }
