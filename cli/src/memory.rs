@@ -81,7 +81,9 @@ fn cgroup_left(root: &std::path::Path, proc_cgroup: &str) -> CgroupLeft {
         let top = root.join(sub);
         let mut dir = top.join(rel.trim().trim_start_matches('/'));
         loop {
-            let cached = || {
+            let (max, swap_max) = (read(&dir, limit), read(&dir, swap_limit));
+            // the page cache charged here (read once, where a limit is set)
+            let cached = if max.is_some() || swap_max.is_some() {
                 std::fs::read_to_string(dir.join("memory.stat"))
                     .ok()
                     .and_then(|t| {
@@ -89,20 +91,22 @@ fn cgroup_left(root: &std::path::Path, proc_cgroup: &str) -> CgroupLeft {
                             .find_map(|l| l.strip_prefix(cache)?.trim().parse::<u64>().ok())
                     })
                     .unwrap_or(0)
+            } else {
+                0
             };
-            let mut memory = None;
-            if let Some(max) = read(&dir, limit) {
-                let charged = read(&dir, usage).unwrap_or(0).saturating_sub(cached());
-                memory = Some(max.saturating_sub(charged));
-                left.memory = least(left.memory, max.saturating_sub(charged));
+            let memory = max.map(|max| {
+                max.saturating_sub(read(&dir, usage).unwrap_or(0).saturating_sub(cached))
+            });
+            if let Some(m) = memory {
+                left.memory = least(left.memory, m);
             }
-            if let Some(max) = read(&dir, swap_limit) {
+            if let Some(max) = swap_max {
                 let used = read(&dir, swap_usage).unwrap_or(0);
                 let mut swap = max.saturating_sub(used);
                 if v1 == 1 {
                     // memory and swap together: all that is left, of which the memory
                     // takes what its own limit leaves, the swap the rest
-                    let both = swap.saturating_add(cached());
+                    let both = swap.saturating_add(cached);
                     left.memory = least(left.memory, both);
                     swap = both.saturating_sub(memory.unwrap_or(0));
                 }

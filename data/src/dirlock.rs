@@ -5,12 +5,12 @@
 //!
 //! What an exclusive lock made is removed when it is dropped after a run that wrote
 //! nothing (the directory holds nothing but the lock file): the lock file, and the
-//! directories the lock created, where they are empty. So a failed
-//! run leaves no stray directory holding only `.lock`, nor a `.lock` in a directory that
-//! existed (a lock file that was there before stays). The file is unlinked while still locked, and a
-//! locker checks that the path still names the file it locked (else it retries), so a
-//! process that opened the file just before the unlink cannot hold a lock on a file no
-//! longer in the directory.
+//! directories the lock created, where they are empty. So a failed run leaves no stray
+//! directory holding only `.lock`, nor a `.lock` in a directory that existed (a lock file
+//! that was there before stays). The file is unlinked while still locked, and a locker
+//! checks that the path still names the file it locked (else it retries), so a process
+//! that opened the file just before the unlink cannot hold a lock on a file no longer in
+//! the directory.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -254,8 +254,9 @@ impl Drop for DirLock {
             return;
         }
         // unlinked while still locked (the file closes after this): see the module doc;
-        // a lock file that was there before is left as it was
-        if self.created_file || self.created.iter().any(|c| c.as_path() == dir) {
+        // a lock file that was there before is left as it was (a directory this lock
+        // made had no file in it, so its file is this lock's)
+        if self.created_file {
             let _ = fs::remove_file(&self.path);
         }
         // remove_dir refuses a directory that is not empty

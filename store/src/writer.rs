@@ -271,14 +271,14 @@ impl StoreWriter {
         // has nothing to keep: a run of another config starts it over instead of being
         // refused with nothing to resume
         let existing = existing.filter(|m| {
-            let fresh =
-                m.shards.is_empty() && !super::manifest::config_diff(&m.config, &config).is_empty();
+            let diff = super::manifest::config_diff(&m.config, &config);
+            let fresh = m.shards.is_empty() && !diff.is_empty();
             if fresh {
                 tracing::warn!(
                     "{}: no shard was written under its config; starting it over with this \
                      run's (differing keys: {})",
                     path.display(),
-                    super::manifest::config_diff(&m.config, &config).join(", ")
+                    diff.join(", ")
                 );
             }
             !fresh
