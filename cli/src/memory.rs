@@ -140,10 +140,42 @@ pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// Where the bytes a check counts must fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    /// The host's memory and swap ([`available`]).
+    Host,
+    /// A GPU with this many bytes free (meal_models::device::gpu_free_memory): no swap.
+    Gpu(u64),
+}
+
+impl Room {
+    /// The GPU's room where the work runs on one (its free bytes), else the host's.
+    pub fn of(gpu_free: Option<u64>) -> Room {
+        gpu_free.map_or(Room::Host, Room::Gpu)
+    }
+}
+
 /// Refuses `need` bytes (a lower bound of what the work holds) when the memory and swap
 /// available cannot give them; warns when only swap could (it would run, slowly).
 /// `what` says what needs them, `fix` which flags lower the need.
 pub fn check(need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
+    check_in(Room::Host, need, what, fix)
+}
+
+/// [`check`] in `room`: on a GPU, refuses `need` past its free memory (a CUDA
+/// allocation past it fails in the middle of the work, after the set-up).
+pub fn check_in(room: Room, need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
+    if let Room::Gpu(free) = room {
+        if need > free {
+            anyhow::bail!(
+                "{what}: at least {} needed, more than the {} free on the GPU: {fix}",
+                gib(need),
+                gib(free)
+            );
+        }
+        return Ok(());
+    }
     let Some((ram, swap)) = available() else {
         return Ok(());
     };
@@ -168,6 +200,31 @@ pub fn check(need: u64, what: &str, fix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`check_in`] `room` of each forward of an ensemble over `rows` crops: `needs[i]` the bytes of
+/// teacher `i`'s (its input and largest activation at least), `what(i)` names the
+/// teacher by its flag and spec.
+pub fn check_forwards(
+    room: Room,
+    needs: &[u64],
+    rows: usize,
+    what: impl Fn(usize) -> String,
+    fix: &str,
+) -> anyhow::Result<()> {
+    for (i, &need) in needs.iter().enumerate() {
+        check_in(
+            room,
+            need,
+            &format!(
+                "{}: a forward over {rows} crops (its input and largest activation, \
+                 measured on small inputs and scaled)",
+                what(i)
+            ),
+            fix,
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +238,14 @@ mod tests {
         assert_eq!(parse_meminfo("MemAvailable: 1 kB\n"), Some((1024, 0)));
         assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
         assert_eq!(gib(3 << 29), "1.5 GiB");
+        // a GPU's room is its free memory, without swap
+        let e = check_in(Room::Gpu(1 << 30), 3 << 29, "a step", "lower --batch").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a step: at least 1.5 GiB needed, more than the 1.0 GiB free on the GPU: lower --batch"
+        );
+        assert!(check_in(Room::Gpu(1 << 30), 1 << 30, "a step", "").is_ok());
+        assert_eq!(Room::of(None), Room::Host);
         // the refusal names the need, the memory and the fix
         let e = check(u64::MAX, "a step's activations", "lower --batch").unwrap_err();
         let e = e.to_string();

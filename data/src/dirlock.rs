@@ -3,14 +3,13 @@
 //! process id. `flock(2)` on `DIR/.lock`: the kernel drops the lock when the process
 //! exits or crashes, so a stale lock file never blocks a rerun.
 //!
-//! What an exclusive lock made is removed when it is dropped after a run that wrote
-//! nothing (the directory holds nothing but the lock file): the lock file, and the
-//! directories the lock created, where they are empty. So a failed run leaves no stray
-//! directory holding only `.lock`, nor a `.lock` in a directory that existed (a lock file
-//! that was there before stays). The file is unlinked while still locked, and a locker
-//! checks that the path still names the file it locked (else it retries), so a process
-//! that opened the file just before the unlink cannot hold a lock on a file no longer in
-//! the directory.
+//! A lock file exists while it is held: it is removed when the lock is dropped (a shared
+//! lock's by the last holder), so a finished run leaves none, and a stale one left by a
+//! crash goes with the next run's. The directories the lock created go too, where they
+//! are empty, after a run that wrote nothing (a failed run leaves no stray directory).
+//! The file is unlinked while still locked, and a locker checks that the path still
+//! names the file it locked (else it retries), so a process that opened the file just
+//! before the unlink cannot hold a lock on a file no longer in the directory.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -49,12 +48,12 @@ pub enum LockError {
 pub struct DirLock {
     _file: fs::File,
     path: PathBuf,
-    /// The directories this (exclusive) lock created, outermost first: removed on drop,
-    /// innermost first, where they are empty (none for a shared lock).
+    /// The directories this lock created, outermost first: removed on drop, innermost
+    /// first, when the run wrote nothing (the locked directory is left empty).
     created: Vec<PathBuf>,
-    /// Whether this (exclusive) lock created its file: removed on drop when the
-    /// directory holds nothing else (a run that wrote nothing leaves no `.lock`).
-    created_file: bool,
+    /// A shared lock: it removes what it made only when it is the last holder (it can
+    /// then take the lock exclusively); another holder still relies on the file.
+    shared: bool,
 }
 
 impl DirLock {
@@ -106,13 +105,11 @@ impl DirLock {
         };
         let mkdir = |(path, error)| LockError::Io { path, error };
         created.extend(create_dirs(dir).map_err(mkdir)?);
-        let mut created_file;
         // a holder removing the directory unlinks the file while holding it: a file
         // locked here after that is no longer the directory's, so open the path again
         // (and a directory removed between its creation and the open is made again)
         let mut attempt = 0;
         let mut file = loop {
-            created_file = !path.exists();
             let opened = fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -166,17 +163,11 @@ impl DirLock {
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
         }
-        // shared holders never remove the file (another holder still relies on it) nor
-        // the directory
-        if mode != libc::LOCK_EX {
-            created.clear();
-            created_file = false;
-        }
         Ok(DirLock {
             _file: file,
             path,
             created: std::mem::take(created),
-            created_file,
+            shared: mode != libc::LOCK_EX,
         })
     }
 
@@ -235,33 +226,29 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
+        // a shared holder removes nothing while another holds the file: it takes the
+        // lock exclusively first (without waiting; if that fails the shared lock may be
+        // gone too, which dropping gives up anyway)
+        // SAFETY: flock on the descriptor this lock owns.
+        if self.shared
+            && unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
+        {
+            return;
+        }
+        // unlinked while still locked (the file closes after this): see the module doc
+        if names_file(&self.path, &self._file) {
+            let _ = fs::remove_file(&self.path);
+        }
+        // the directories it made, only after a run that wrote nothing there: a run that
+        // did may still name its output through a directory made on the way (`x/../y`)
         let Some(dir) = self.path.parent() else {
             return;
         };
-        if !self.created_file && self.created.is_empty() {
-            return;
-        }
-        let only_lock = fs::read_dir(dir).is_ok_and(|entries| {
-            let mut names = entries.flatten().map(|e| e.file_name());
-            names
-                .next()
-                .is_some_and(|n| Some(n.as_os_str()) == self.path.file_name())
-                && names.next().is_none()
-        });
-        // only after a run that wrote nothing: a run that did may still name its output
-        // through a directory made on the way (`x/../y` after the lock is released)
-        if !only_lock {
-            return;
-        }
-        // unlinked while still locked (the file closes after this): see the module doc;
-        // a lock file that was there before is left as it was (a directory this lock
-        // made had no file in it, so its file is this lock's)
-        if self.created_file {
-            let _ = fs::remove_file(&self.path);
-        }
-        // remove_dir refuses a directory that is not empty
-        for d in self.created.iter().rev() {
-            let _ = fs::remove_dir(d);
+        if fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()) {
+            // remove_dir refuses a directory that is not empty
+            for d in self.created.iter().rev() {
+                let _ = fs::remove_dir(d);
+            }
         }
     }
 }
@@ -304,10 +291,9 @@ mod tests {
         );
     }
 
-    /// A run that fails before writing anything leaves no directory holding only
-    /// `.lock`, nor a `.lock` of its own in a directory that existed; a directory that
-    /// existed stays, and so does anything written; a shared holder never removes the
-    /// file another holder relies on.
+    /// A released lock leaves no lock file; a run that fails before writing anything
+    /// leaves no directory it made; a directory that existed stays, and so does anything
+    /// written; a shared holder never removes the file another holder relies on.
     #[test]
     fn a_directory_the_lock_created_and_nothing_wrote_is_removed() {
         let d = tempfile::tempdir().unwrap();
@@ -323,22 +309,22 @@ mod tests {
         let l = DirLock::acquire(&dir).unwrap();
         fs::write(dir.join("manifest.json"), "{}").unwrap();
         drop(l);
-        assert!(dir.join("manifest.json").exists() && dir.join(LOCK_FILE).exists());
+        assert!(dir.join("manifest.json").exists() && !dir.join(LOCK_FILE).exists());
 
         // an existing empty directory: kept, without the lock file this run made
         let existing = d.path().join("existing");
         fs::create_dir(&existing).unwrap();
         drop(DirLock::acquire(&existing).unwrap());
         assert!(existing.exists() && fs::read_dir(&existing).unwrap().next().is_none());
-        // a lock file that was there before is left as it was
-        fs::write(existing.join(LOCK_FILE), "").unwrap();
+        // a stale lock file (a crashed run's) goes with the next run's lock
+        fs::write(existing.join(LOCK_FILE), "12345").unwrap();
         drop(DirLock::acquire(&existing).unwrap());
-        assert!(existing.join(LOCK_FILE).exists());
+        assert!(existing.exists() && !existing.join(LOCK_FILE).exists());
 
         // the directories actually made count, not the path's text: `x/../existing`
         // makes `x` alone (removed again), and the existing directory it names stays
         drop(DirLock::acquire(&d.path().join("x/../existing")).unwrap());
-        assert!(existing.join(LOCK_FILE).exists() && !d.path().join("x").exists());
+        assert!(existing.exists() && !d.path().join("x").exists());
 
         // after a run that wrote something nothing is removed: its output may still be
         // named through a directory made on the way
@@ -364,9 +350,49 @@ mod tests {
         );
         assert!(!d.path().join("p").exists());
 
-        let shared = d.path().join("shared");
-        drop(DirLock::acquire_shared_named(&shared, LOCK_FILE).unwrap());
+        // a shared holder leaves the file while another holds it (and the second is
+        // still held: dropping one does not release the other); the last one out
+        // removes the file, and what it made
+        let shared = d.path().join("s/shared");
+        let s1 = DirLock::acquire_shared_named(&shared, LOCK_FILE).unwrap();
+        let s2 = DirLock::acquire_shared_named(&shared, LOCK_FILE).unwrap();
+        drop(s2);
         assert!(shared.join(LOCK_FILE).exists());
+        assert!(DirLock::acquire(&shared).is_err());
+        drop(s1);
+        assert!(!d.path().join("s").exists());
+    }
+
+    /// Workers (a part lock beside the store's shared lock, released part first): one
+    /// refused before writing leaves neither file nor the directory; one released while
+    /// another still runs leaves that one's `.lock`; the last leaves no lock file.
+    #[test]
+    fn a_refused_worker_leaves_no_lock_files() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("store");
+        // as the store's writer: the shared lock, then the part's; dropped part first
+        let worker = |i: u32| {
+            let shared = DirLock::acquire_shared_named(&dir, LOCK_FILE).unwrap();
+            let part =
+                DirLock::acquire_named(&dir, &format!("{LOCK_FILE}.worker-{i}-of-2")).unwrap();
+            (part, shared)
+        };
+        drop(worker(0));
+        assert!(!dir.exists(), "left {:?}", fs::read_dir(&dir).ok());
+
+        let (p0, s0) = worker(0);
+        let (p1, s1) = worker(1);
+        fs::write(dir.join("manifest.worker-1-of-2.json"), "{}").unwrap();
+        drop((p0, s0));
+        assert!(!dir.join(".lock.worker-0-of-2").exists());
+        assert!(dir.join(LOCK_FILE).exists() && DirLock::acquire(&dir).is_err());
+        drop((p1, s1));
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["manifest.worker-1-of-2.json"]);
     }
 
     /// The check that makes a locker retry: a file unlinked (and recreated) after it was

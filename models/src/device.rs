@@ -151,6 +151,49 @@ fn keep_pool_memory(c: &candle_core::CudaDevice) -> Result<(), String> {
     }
 }
 
+/// The memory a CUDA device can still give this process, in bytes: the driver's free
+/// memory (`cuMemGetInfo`) plus what the device's pool keeps freed for reuse (reserved
+/// but unused: see [`pool_kept`]). None on the CPU (the host's is meal_cli::memory's).
+pub fn gpu_free_memory(device: &Device) -> Result<Option<u64>, DeviceError> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(c) = device {
+        return cuda_free_memory(c)
+            .map(Some)
+            .map_err(|reason| DeviceError::Unavailable {
+                spec: format!("{:?}", device.location()),
+                reason,
+            });
+    }
+    let _ = device;
+    Ok(None)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_free_memory(c: &candle_core::CudaDevice) -> Result<u64, String> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let ctx = c.cuda_stream().context().clone();
+    let (free, _total) = ctx
+        .mem_get_info()
+        .map_err(|e| format!("cuMemGetInfo: {e:?}"))?;
+    if !ctx.has_async_alloc() {
+        return Ok(free as u64);
+    }
+    let attr = |a| -> Result<u64, String> {
+        let mut v = 0u64;
+        // SAFETY: the context's own device; both attributes' values are u64 (cuuint64_t)
+        unsafe {
+            let pool = result::device::get_default_mem_pool(ctx.cu_device())
+                .map_err(|e| format!("{e:?}"))?;
+            result::mem_pool::get_attribute(pool, a, (&mut v as *mut u64).cast())
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        Ok(v)
+    };
+    let reserved = attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+    let used = attr(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+    Ok(free as u64 + reserved.saturating_sub(used))
+}
+
 /// Run `device`'s f32 GEMMs (our convolutions' and candle's matmuls) on TF32 tensor
 /// cores (10-bit mantissa products, f32 sums) when `on`, as PyTorch runs its cuDNN
 /// convolutions by default (`torch.backends.cudnn.allow_tf32`); exact f32 otherwise.

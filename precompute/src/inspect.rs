@@ -265,6 +265,21 @@ pub fn verify(dir: &Path) -> Result<String> {
         .iter()
         .map(|s| s.images as u64)
         .sum();
+    // intact, but nothing to train on: a script's `verify && train` stops here
+    if images == 0 && !store.manifest().shards.is_empty() {
+        let skipped: usize = store
+            .manifest()
+            .shards
+            .iter()
+            .map(|s| s.skipped.len())
+            .sum();
+        anyhow::bail!(
+            "verify {}: its {} shards (checksums match) label no image: the {skipped} images \
+             of the dataset were all skipped as unreadable (`inspect` lists them)",
+            dir.display(),
+            r.shards
+        );
+    }
     Ok(format!(
         "ok: {} shards (checksums match), {} images, {} rows, max |sum(p) - 1| = {:.2e}",
         r.shards, images, r.rows, r.max_sum_error

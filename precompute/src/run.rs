@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
+use meal_cli::memory::Room;
 use meal_data::{
     Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams,
 };
@@ -79,25 +80,24 @@ pub fn load_ensemble(
 }
 
 /// Refuses a `--batch` whose inference in some teacher over `rows` crops (its input and
-/// largest activation at least) exceeds the memory available (meal_cli::memory).
-fn check_memory(s: &Settings, ens: &Ensemble, rows: usize) -> Result<()> {
-    let floors = meal_models::memory::ensemble_floors(ens, rows)?;
-    for ((t, arg), need) in ens.teachers().iter().zip(&s.teachers).zip(floors) {
-        meal_cli::memory::check(
-            need,
-            &format!(
-                "--batch {} with --teacher {}={} at {} px: a forward over {rows} crops (its \
-                 input and largest activation, measured at {} px and scaled)",
+/// largest activation at least) exceeds the memory available in `room` (meal_cli::memory).
+fn check_memory(s: &Settings, ens: &Ensemble, rows: usize, room: Room) -> Result<()> {
+    meal_cli::memory::check_forwards(
+        room,
+        &meal_models::memory::ensemble_floors(ens, rows)?,
+        rows,
+        |i| {
+            let (t, arg) = (&ens.teachers()[i], &s.teachers[i]);
+            format!(
+                "--batch {} with --teacher {}={} at {} px",
                 s.batch,
                 arg.arch,
                 arg.weights.display(),
-                t.spec.size,
-                meal_models::memory::PROBE_SIZE
-            ),
-            "lower --batch or the teacher's size=",
-        )?;
-    }
-    Ok(())
+                t.spec.size
+            )
+        },
+        "lower --batch or the teacher's size=",
+    )
 }
 
 /// Run precompute as `s` says. `stop` is polled between batches (Ctrl-C): when set the
@@ -130,16 +130,18 @@ fn plan(s: &Settings) -> Result<Plan> {
         bail!("--data {}: no images", s.data.display());
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
-    if device.is_cpu() {
+    {
         // a teacher's forward takes at most --batch crops, and no more than a batch of
-        // images holds: batches never straddle shards, the data or --limit
+        // images holds: batches never straddle shards, the data or --limit; on a GPU,
+        // against its free memory (the teachers' weights are on it already)
+        let room = Room::of(meal_models::device::gpu_free_memory(&device).context("--device")?);
         let crops = s.crops_per_image as usize;
         let images = (s.batch / crops)
             .max(1)
             .min(s.samples_per_shard as usize)
             .min(ds.len())
             .min(s.limit.unwrap_or(usize::MAX));
-        check_memory(s, &ens, s.batch.min(images * crops))?;
+        check_memory(s, &ens, s.batch.min(images * crops), room)?;
     }
     let config = store_config(s, &ds, &ens);
     config.check().map_err(|(key, reason)| {

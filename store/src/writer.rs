@@ -69,14 +69,16 @@ pub struct StoreWriter {
 
 /// A single writer (and merge) locks `.lock` exclusively. Workers share the directory by
 /// design: each holds `.lock` shared, which keeps a single writer and a merge out while
-/// any of them runs, and its own part's lock exclusively.
+/// any of them runs, and its own part's lock exclusively. Released (dropped) part lock
+/// first: a run that wrote nothing then leaves neither file (`DirLock`'s drop).
 fn lock(dir: &Path, worker: Option<[u32; 2]>) -> Result<Vec<DirLock>, StoreError> {
     Ok(match worker {
         None => vec![DirLock::acquire_named(dir, LOCK_FILE)?],
-        Some([i, n]) => vec![
-            DirLock::acquire_shared_named(dir, LOCK_FILE)?,
-            DirLock::acquire_named(dir, &format!("{LOCK_FILE}.worker-{i}-of-{n}"))?,
-        ],
+        Some([i, n]) => {
+            let shared = DirLock::acquire_shared_named(dir, LOCK_FILE)?;
+            let part = DirLock::acquire_named(dir, &format!("{LOCK_FILE}.worker-{i}-of-{n}"))?;
+            vec![part, shared]
+        }
     })
 }
 

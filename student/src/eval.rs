@@ -137,31 +137,6 @@ pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> R
     })
 }
 
-/// Refuses teachers whose inference over `rows` crops (its input and largest activation
-/// at least) cannot fit in the memory available (on the CPU: meal_cli::memory);
-/// `what(i)` names teacher `i` by its flag and spec, `fix` what lowers the need.
-pub fn check_ensemble_memory(
-    ens: &Ensemble,
-    rows: usize,
-    what: impl Fn(usize) -> String,
-    fix: &str,
-) -> Result<()> {
-    let floors = meal_models::memory::ensemble_floors(ens, rows)?;
-    for (i, need) in floors.into_iter().enumerate() {
-        meal_cli::memory::check(
-            need,
-            &format!(
-                "{}: a forward over {rows} crops (its input and largest activation, measured \
-                 at {} px and scaled)",
-                what(i),
-                meal_models::memory::PROBE_SIZE
-            ),
-            fix,
-        )?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::rank_of;

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use meal_cli::memory::Room;
 use meal_models::ensemble::{Ensemble, TeacherArg};
 use meal_models::{input_config, LoadOptions, ResNet};
 
@@ -161,9 +162,12 @@ fn main() -> Result<()> {
                 let input = input_config(&arch).context("--arch")?;
                 let size = res.unwrap_or(input.size);
                 let spec = input.spec_at(size).context("--res")?;
-                if dev.is_cpu() {
+                let room =
+                    Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
+                {
                     let rows = eval::EVAL_BATCH.min(ds.len());
-                    meal_cli::memory::check(
+                    meal_cli::memory::check_in(
+                        room,
                         meal_models::memory::inference_floor(&model, size as usize, rows)?,
                         &format!(
                             "--arch {arch} at --res {size}: a forward over {rows} images (its \
@@ -179,10 +183,14 @@ fn main() -> Result<()> {
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
-                if dev.is_cpu() {
-                    eval::check_ensemble_memory(
-                        &ens,
-                        eval::EVAL_BATCH.min(ds.len()),
+                {
+                    let room =
+                        Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
+                    let rows = eval::EVAL_BATCH.min(ds.len());
+                    meal_cli::memory::check_forwards(
+                        room,
+                        &meal_models::memory::ensemble_floors(&ens, rows)?,
+                        rows,
                         |i| format!("--teacher {}", teacher[i]),
                         "lower the teacher's size=",
                     )?;

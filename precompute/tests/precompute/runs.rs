@@ -406,6 +406,14 @@ fn a_run_that_labels_no_image_fails() {
         !out.contains("store complete") && out.contains("ensemble         no crops labelled"),
         "{out}"
     );
+    // verify finds it intact but says it labels nothing, and fails
+    let e = inspect::verify(&f.root.join("empty"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label no image") && e.contains(&format!("the {} images", ds.samples().len())),
+        "{e}"
+    );
 }
 
 /// `inspect --histogram` writes a PNG: another extension is refused before the store is

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use meal_cli::memory::Room;
 use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
 use meal_models::ensemble::{Crops, Ensemble, TeacherArg};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
@@ -110,10 +111,11 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec
 }
 
 /// Refuses a `--batch` at `--res` whose activations alone (the student's forward graph,
-/// kept for the backward) exceed the memory available (meal_cli::memory).
-fn check_memory(s: &Settings, student: &ResNet) -> Result<()> {
+/// kept for the backward) exceed the memory available in `room` (meal_cli::memory).
+fn check_memory(s: &Settings, student: &ResNet, room: Room) -> Result<()> {
     let act = meal_models::memory::activations(student, s.res as usize)?.times(s.batch);
-    meal_cli::memory::check(
+    meal_cli::memory::check_in(
+        room,
         act.total,
         &format!(
             "--batch {} at --res {}: a training step's activations ({}'s forward graph, \
@@ -246,21 +248,22 @@ impl Run {
             let dtype = meal_models::ensemble::default_dtype(&dev);
             Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };
-        if dev.is_cpu() {
-            check_memory(&s, &student)?;
-            if let Some(ens) = &online {
-                crate::eval::check_ensemble_memory(
-                    ens,
-                    s.batch,
-                    |i| {
-                        format!(
-                            "--batch {} with --online-teacher {}",
-                            s.batch, s.online_teacher[i]
-                        )
-                    },
-                    "lower --batch or the teacher's size=",
-                )?;
-            }
+        // on a GPU, against its free memory (the student's weights are on it already)
+        let room = Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
+        check_memory(&s, &student, room)?;
+        if let Some(ens) = &online {
+            meal_cli::memory::check_forwards(
+                room,
+                &meal_models::memory::ensemble_floors(ens, s.batch)?,
+                s.batch,
+                |i| {
+                    format!(
+                        "--batch {} with --online-teacher {}",
+                        s.batch, s.online_teacher[i]
+                    )
+                },
+                "lower --batch or the teacher's size=",
+            )?;
         }
         let store = open_store(&s, &ds)?;
         let disc = if s.disc {

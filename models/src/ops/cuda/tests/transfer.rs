@@ -114,3 +114,31 @@ fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
     let got = crate::ops::readback_f32(&t).unwrap().wait().unwrap();
     assert_eq!(got, t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
 }
+
+/// The free memory the binaries check a batch against: a 1 GiB tensor takes about
+/// 1 GiB of it, and dropping it gives it back (to the driver, or to the pool the
+/// device keeps, which the figure counts as free).
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn free_gpu_memory_follows_allocations() {
+    let dev = gpu("free_gpu_memory_follows_allocations");
+    let free = || crate::device::gpu_free_memory(&dev).unwrap().unwrap();
+    let gib = 1u64 << 30;
+    let before = free();
+    let t = Tensor::zeros((gib as usize / 4,), DType::F32, &dev).unwrap();
+    dev.synchronize().unwrap();
+    let during = free();
+    let took = before.saturating_sub(during);
+    assert!(
+        took >= gib - gib / 16 && took <= gib + gib / 4,
+        "free {before} before, {during} holding 1 GiB"
+    );
+    drop(t);
+    dev.synchronize().unwrap();
+    let after = free();
+    assert!(
+        after + gib / 16 >= before,
+        "free {before} before, {after} after"
+    );
+    assert_eq!(crate::device::gpu_free_memory(&Device::Cpu).unwrap(), None);
+}
