@@ -130,6 +130,15 @@ impl DirLock {
             if r != 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    // the holder may be releasing it (the last shared holder takes it
+                    // exclusively, then unlinks it): once unlinked, this is not the
+                    // directory's lock file, and the path is opened again
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    if !names_file(&path, &file) && attempt < 3 {
+                        attempt += 1;
+                        created.extend(create_dirs(dir).map_err(mkdir)?);
+                        continue;
+                    }
                     let mut pid = String::new();
                     let _ = file.read_to_string(&mut pid);
                     let pid = pid.trim();

@@ -38,7 +38,8 @@ impl Activations {
     }
 }
 
-/// `model`'s activations per image at `size` x `size` input (a model on the CPU): eval
+/// `model`'s activations per image at `size` x `size` input (on the CPU, or a GPU model's
+/// twin there): eval
 /// forwards of a [`PROBE_SIZE`] batch and of one at half that side, with the input
 /// tracked; each tensor of the graph (producers first, so a view never stands for its
 /// storage) grows as the side to the power of its axes that doubled between the two
@@ -47,6 +48,13 @@ impl Activations {
 /// all. Exact when `size` is a multiple of the stride of 32, a little low otherwise (its
 /// ceiling divisions). The model's weights and running statistics are not changed.
 pub fn activations(model: &ResNet, size: usize) -> Result<Activations> {
+    let on_cpu = model
+        .entries()
+        .first()
+        .is_none_or(|e| e.var.device().is_cpu());
+    if !on_cpu {
+        return twin_activations(model, size);
+    }
     let probe = |side: usize| -> Result<Vec<(u64, Vec<usize>)>> {
         // in the model's dtype, as its inputs come (f16 teachers hold f16 weights)
         let x = Var::zeros((PROBE_BATCH, 3, side, side), model.dtype(), &Device::Cpu)?;
@@ -72,6 +80,21 @@ pub fn activations(model: &ResNet, size: usize) -> Result<Activations> {
     Ok(Activations {
         total: total.round() as u64,
         largest: largest.round() as u64,
+    })
+}
+
+/// [`activations`] of a model on a GPU: an f32 twin of its architecture is probed on the
+/// CPU (only the shapes matter, the probe then takes no device memory, and a GPU
+/// teacher's eval forward, fused in resnet/fused.rs, keeps no graph to walk), its bytes
+/// scaled to the dtype the model computes in (under autocast the f32 parts are counted at
+/// that dtype's size too: still a lower bound).
+fn twin_activations(model: &ResNet, size: usize) -> Result<Activations> {
+    let twin = ResNet::new(model.config(), &Device::Cpu, 0)?;
+    let a = activations(&twin, size)?;
+    let bytes = model.autocast().unwrap_or(model.dtype()).size_in_bytes() as u64;
+    Ok(Activations {
+        total: a.total * bytes / 4,
+        largest: a.largest * bytes / 4,
     })
 }
 
@@ -184,6 +207,21 @@ mod tests {
         let m = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 0).unwrap();
         let a = activations(&m, 128).unwrap();
         assert_eq!(a.times(2).total, 2 * a.total);
+    }
+
+    /// The twin a GPU model is measured as has the model's own graph: the same figures
+    /// for plain, avg-down and SE networks built from their presets; at half the bytes
+    /// under bf16 autocast.
+    #[test]
+    fn the_twin_of_a_model_measures_as_the_model() {
+        for arch in ["demo_resnet10", "resnet50d", "seresnet50"] {
+            let mut m = ResNet::from_preset(arch, 10, &Device::Cpu, 0).unwrap();
+            let a = activations(&m, 96).unwrap();
+            assert_eq!(twin_activations(&m, 96).unwrap(), a, "{arch}");
+            m.set_autocast(Some(DType::BF16));
+            let half = twin_activations(&m, 96).unwrap();
+            assert_eq!((half.total, half.largest), (a.total / 2, a.largest / 2));
+        }
     }
 
     /// A CPU bf16 teacher (bf16 products in its convolutions, f32 tensors) holds the

@@ -28,8 +28,8 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         path: dir.to_path_buf(),
         reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
     };
-    // also checked before the lock, whose file would be left in a directory that holds
-    // no store (a class folder named by mistake)
+    // also checked before the lock: a directory that holds no store (a class folder
+    // named by mistake) is refused without being locked
     if super::writer::worker_manifests(dir)?.is_empty() {
         return Err(none());
     }

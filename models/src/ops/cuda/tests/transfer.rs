@@ -142,3 +142,27 @@ fn free_gpu_memory_follows_allocations() {
     );
     assert_eq!(crate::device::gpu_free_memory(&Device::Cpu).unwrap(), None);
 }
+
+/// A model on the GPU is measured as its architecture's twin on the CPU, at the bytes of
+/// the dtype it computes in: a bf16 teacher holds half its f32 twin's activations, and a
+/// student under bf16 autocast is counted at bf16 too (a lower bound).
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+fn a_gpu_model_is_measured_as_its_cpu_twin() {
+    use crate::memory::activations;
+    use crate::ResNet;
+    let dev = gpu("a_gpu_model_is_measured_as_its_cpu_twin");
+    let cpu = activations(
+        &ResNet::from_preset("resnet50", 10, &Device::Cpu, 0).unwrap(),
+        96,
+    )
+    .unwrap();
+    let f32_gpu = ResNet::from_preset("resnet50", 10, &dev, 0).unwrap();
+    assert_eq!(activations(&f32_gpu, 96).unwrap(), cpu);
+    let bf16 = ResNet::from_preset_as("resnet50", 10, &dev, DType::BF16).unwrap();
+    let half = activations(&bf16, 96).unwrap();
+    assert_eq!((half.total, half.largest), (cpu.total / 2, cpu.largest / 2));
+    let mut amp = ResNet::from_preset("resnet50", 10, &dev, 0).unwrap();
+    amp.set_autocast(Some(DType::BF16));
+    assert_eq!(activations(&amp, 96).unwrap(), half);
+}
