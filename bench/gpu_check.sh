@@ -125,7 +125,7 @@ step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$work/labels-dev-
     --out "$work/kd-amp"
 # a batch that cannot fit the GPU's free memory (demo_tiny at 4096 px: ~1 GB an image)
 # is refused before it is tried, naming the flags (on the CPU: the host's memory)
-step 60 bash -c 'if "$1" train --data "$2/train" --arch demo_tiny --res 4096 --batch 4096 \
+step 60 bash -c 'if "$1" train --data "$2/train" --arch demo_tiny --res 4096 --batch 4096 --epochs 1 \
     --crops-per-image 2 --loss ce --device "$3" --out "$4/refused" 2> "$4/refused.err"
     then echo "not refused"; exit 1; fi
     cat "$4/refused.err"; grep -q "lower --batch or --res" "$4/refused.err" &&

@@ -223,6 +223,23 @@ fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
         .is_some_and(|idx| idx % n == i)
 }
 
+/// The index of a shard file's name (`shard-NNNNNN.parquet` or `.safetensors`) that
+/// `worker` writes (all for a single writer); None for any other name.
+fn owned_shard(file: &str, worker: Option<[u32; 2]>) -> Option<u32> {
+    let stem = file
+        .strip_suffix(".parquet")
+        .or_else(|| file.strip_suffix(".safetensors"))?;
+    let digits = stem.strip_prefix("shard-")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let idx: u32 = digits.parse().ok()?;
+    match worker {
+        Some([i, n]) if idx % n != i => None,
+        _ => Some(idx),
+    }
+}
+
 fn manifest_name(worker: Option<[u32; 2]>) -> String {
     match worker {
         None => MANIFEST.to_string(),
@@ -264,6 +281,7 @@ impl StoreWriter {
         check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
+        let was_store = path.exists();
         let existing = match path.exists() {
             true => Some(Manifest::read_file(&path)?),
             false => None,
@@ -330,6 +348,25 @@ impl StoreWriter {
         if let Ok(rd) = fs::read_dir(dir) {
             for e in rd.flatten() {
                 if owns_tmp(&e.file_name().to_string_lossy(), worker, &name) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        // a crash between a shard's rename and its manifest's write leaves the shard
+        // unlisted: a resume writes it again, but a store started over under another
+        // config may never (another --samples-per-shard): this writer's unlisted shards
+        // go, in a directory that held its manifest only (same-named files of another
+        // tool elsewhere stay)
+        if was_store {
+            let listed: std::collections::HashSet<&str> =
+                manifest.shards.iter().map(|s| s.file.as_str()).collect();
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let file = e.file_name().to_string_lossy().to_string();
+                if owned_shard(&file, worker).is_some() && !listed.contains(file.as_str()) {
+                    tracing::warn!(
+                        "{}: not in {name} (left by a crash): removed",
+                        e.path().display()
+                    );
                     let _ = fs::remove_file(e.path());
                 }
             }

@@ -500,3 +500,53 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     merge(&split, &ds).unwrap();
     LabelStore::open(&split).unwrap().verify().unwrap();
 }
+
+/// A shard a crash left unlisted (renamed into place, its manifest not yet written) is
+/// removed when the store is opened again, even one a rerun would never write (a store
+/// started over under another samples_per_shard); a worker removes only its own; in a
+/// directory that held no store, same-named files stay, and other files always do.
+#[test]
+fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let names = |d: &Path| files(d).into_keys().collect::<Vec<_>>();
+    let orphans = |d: &Path| {
+        for f in [
+            "shard-000099.parquet",
+            "shard-000098.safetensors",
+            "notes.txt",
+        ] {
+            std::fs::write(d.join(f), b"left").unwrap();
+        }
+    };
+
+    let dir = tmp.path().join("store");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let mut want = names(&dir);
+    orphans(&dir);
+    drop(StoreWriter::open(&dir, cfg.clone(), ds.samples(), None).unwrap());
+    want.push("notes.txt".into());
+    want.sort();
+    assert_eq!(names(&dir), want);
+    LabelStore::open(&dir).unwrap().verify().unwrap();
+
+    // worker 0 of 2 writes the even shards: shard 99 is worker 1's
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    orphans(&split);
+    drop(StoreWriter::open(&split, cfg.clone(), ds.samples(), Some([0, 2])).unwrap());
+    let left = names(&split);
+    assert!(
+        left.contains(&"shard-000099.parquet".to_string())
+            && !left.contains(&"shard-000098.safetensors".to_string()),
+        "{left:?}"
+    );
+
+    // a directory that held no store: nothing of what was there is removed
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    orphans(&other);
+    drop(StoreWriter::open(&other, cfg.clone(), ds.samples(), None).unwrap());
+    assert!(names(&other).contains(&"shard-000099.parquet".to_string()));
+}
