@@ -49,8 +49,11 @@ pub struct DirLock {
     _file: fs::File,
     path: PathBuf,
     /// The directories this lock created, outermost first: removed on drop, innermost
-    /// first, when the run wrote nothing (the locked directory is left empty).
+    /// first, where empty, when the run wrote nothing.
     created: Vec<PathBuf>,
+    /// The locked directory's entries when it was locked (where it created any
+    /// directory): the run wrote nothing when they are the same at the drop.
+    entries: Option<Vec<std::ffi::OsString>>,
     /// A shared lock: it removes what it made only when it is the last holder (it can
     /// then take the lock exclusively); another holder still relies on the file.
     shared: bool,
@@ -172,9 +175,11 @@ impl DirLock {
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
         }
+        let entries = (!created.is_empty()).then(|| entries_besides(dir, name));
         Ok(DirLock {
             _file: file,
             path,
+            entries,
             created: std::mem::take(created),
             shared: mode != libc::LOCK_EX,
         })
@@ -224,6 +229,23 @@ fn create_missing(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)>
     Ok(made)
 }
 
+/// The names in `dir` other than lock files (`name`, `.lock`, `.lock.*`: other holders'
+/// come and go), sorted.
+fn entries_besides(dir: &Path, name: &str) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.to_string_lossy();
+            n != name && n != LOCK_FILE && !n.starts_with(&format!("{LOCK_FILE}."))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Whether `path` still names the open `file` (same device and inode).
 fn names_file(path: &Path, file: &fs::File) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -248,12 +270,18 @@ impl Drop for DirLock {
         if names_file(&self.path, &self._file) {
             let _ = fs::remove_file(&self.path);
         }
-        // the directories it made, only after a run that wrote nothing there: a run that
-        // did may still name its output through a directory made on the way (`x/../y`)
-        let Some(dir) = self.path.parent() else {
+        // the directories it made, only after a run that wrote nothing there (its
+        // entries as they were when locked; a directory that existed may hold files): a
+        // run that did may still name its output through a directory made on the way
+        // (`x/../y`)
+        let (Some(dir), Some(name), Some(before)) = (
+            self.path.parent(),
+            self.path.file_name(),
+            self.entries.as_ref(),
+        ) else {
             return;
         };
-        if fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()) {
+        if entries_besides(dir, &name.to_string_lossy()) == *before {
             // remove_dir refuses a directory that is not empty
             for d in self.created.iter().rev() {
                 let _ = fs::remove_dir(d);
@@ -334,6 +362,21 @@ mod tests {
         // makes `x` alone (removed again), and the existing directory it names stays
         drop(DirLock::acquire(&d.path().join("x/../existing")).unwrap());
         assert!(existing.exists() && !d.path().join("x").exists());
+
+        // what a refused run made on the way into a directory that holds files goes
+        // too: `x/../full` makes `x`, `full/new/..` makes `full/new`
+        let full = d.path().join("full");
+        fs::create_dir(&full).unwrap();
+        fs::write(full.join("user.txt"), "mine").unwrap();
+        drop(DirLock::acquire(&d.path().join("x/../full")).unwrap());
+        drop(DirLock::acquire(&full.join("new/..")).unwrap());
+        assert!(!d.path().join("x").exists() && !full.join("new").exists());
+        let left: Vec<_> = fs::read_dir(&full)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["user.txt"]);
 
         // after a run that wrote something nothing is removed: its output may still be
         // named through a directory made on the way

@@ -141,6 +141,9 @@ pub struct Settings {
     pub samples_per_shard: u32,
     /// Images per row group.
     pub images_per_row_group: u32,
+    /// Forwards that share the host's memory at once: the CPU devices of a `--device`
+    /// list (each runs its own), 1 otherwise. The memory check counts each of them.
+    pub host_forwards: usize,
 }
 
 /// Parse `I/N`.
@@ -296,6 +299,7 @@ impl RunArgs {
             links: LinkPolicy::follow_if(l.cli.follow_links || l.file.follow_links),
             samples_per_shard,
             images_per_row_group,
+            host_forwards: 1,
         })
     }
 }

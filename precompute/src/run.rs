@@ -82,14 +82,29 @@ pub fn load_ensemble(
 /// Refuses a `--batch` whose inference in some teacher over `rows` crops (its input and
 /// largest activation at least) exceeds the memory available in `room` (meal_cli::memory).
 fn check_memory(s: &Settings, ens: &Ensemble, rows: usize, room: Room) -> Result<()> {
+    // the CPU devices of a list each run their forward in this process's memory
+    let at_once = if room == Room::Host {
+        s.host_forwards.max(1)
+    } else {
+        1
+    };
+    let needs: Vec<u64> = meal_models::memory::ensemble_floors(ens, rows)?
+        .into_iter()
+        .map(|n| n.saturating_mul(at_once as u64))
+        .collect();
     meal_cli::memory::check_forwards(
         room,
-        &meal_models::memory::ensemble_floors(ens, rows)?,
+        &needs,
         rows,
         |i| {
             let (t, arg) = (&ens.teachers()[i], &s.teachers[i]);
+            let devices = if at_once > 1 {
+                format!(" on each of the {at_once} CPU devices of --device at once")
+            } else {
+                String::new()
+            };
             format!(
-                "--batch {} with --teacher {}={} at {} px",
+                "--batch {} with --teacher {}={} at {} px{devices}",
                 s.batch,
                 arg.arch,
                 arg.weights.display(),
@@ -132,15 +147,15 @@ fn plan(s: &Settings) -> Result<Plan> {
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
     {
         // a teacher's forward takes at most --batch crops, and no more than a batch of
-        // images holds: batches never straddle shards, the data or --limit; on a GPU,
-        // against its free memory (the teachers' weights are on it already)
+        // images holds: batches never straddle shards or the data (--limit does not
+        // bound them: it labels whole shards); on a GPU, against its free memory (the
+        // teachers' weights are on it already)
         let room = Room::of(meal_models::device::gpu_free_memory(&device).context("--device")?);
         let crops = s.crops_per_image as usize;
         let images = (s.batch / crops)
             .max(1)
             .min(s.samples_per_shard as usize)
-            .min(ds.len())
-            .min(s.limit.unwrap_or(usize::MAX));
+            .min(ds.len());
         check_memory(s, &ens, s.batch.min(images * crops), room)?;
     }
     let config = store_config(s, &ds, &ens);
@@ -512,6 +527,7 @@ fn run_devices(
                 part.worker = Some([i as u32, n]);
                 part.device = d.clone();
                 part.threads = threads;
+                part.host_forwards = devices.iter().filter(|d| d.trim() == "cpu").count();
                 scope.spawn(move || run_part(&part, stop, &mut |_| {}))
             })
             .collect();

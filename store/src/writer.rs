@@ -362,12 +362,14 @@ impl StoreWriter {
                 manifest.shards.iter().map(|s| s.file.as_str()).collect();
             for e in fs::read_dir(dir).into_iter().flatten().flatten() {
                 let file = e.file_name().to_string_lossy().to_string();
-                if owned_shard(&file, worker).is_some() && !listed.contains(file.as_str()) {
+                if owned_shard(&file, worker).is_some()
+                    && !listed.contains(file.as_str())
+                    && fs::remove_file(e.path()).is_ok()
+                {
                     tracing::warn!(
                         "{}: not in {name} (left by a crash): removed",
                         e.path().display()
                     );
-                    let _ = fs::remove_file(e.path());
                 }
             }
         }

@@ -237,6 +237,16 @@ impl Run {
             );
         }
         let (ds, val) = open_datasets(&s)?;
+        // a batch no epoch can fill is told as such, not as a batch too large for memory
+        // (prepare() checks it again against the images the store labels)
+        let per_step = s.batch / s.crops_per_image as usize;
+        if per_step > ds.len() {
+            bail!(
+                "--batch {}: more images per step ({per_step}) than the {} images of --data",
+                s.batch,
+                ds.len()
+            );
+        }
         let classes = ds.classes().len();
         // before the store's checksums (seconds per GB): a batch that cannot fit is told
         // at once

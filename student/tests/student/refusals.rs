@@ -88,24 +88,37 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--res 100000"), "{e}");
     // a batch whose activations cannot fit in any machine's memory (demo_tiny at 4096 px:
-    // about 1 GB an image) is refused before it is tried, naming both flags
+    // about 2.6 GB a crop; 4000 crops of the 20 images a step) is refused before it is
+    // tried, naming both flags
+    let mut a = args(&f, "huge");
+    a.res = Some(4096);
+    a.batch = Some(4000);
+    a.crops_per_image = Some(200);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--batch 4000 at --res 4096") && e.contains("lower --batch or --res"),
+        "{e}"
+    );
+    assert!(!f.root.join("huge").exists());
+    // one no epoch could fill is told as such, not as one too large for memory
     let mut a = args(&f, "huge");
     a.res = Some(4096);
     a.batch = Some(4096);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(
-        e.contains("--batch 4096 at --res 4096") && e.contains("lower --batch or --res"),
+        e.contains("--batch 4096: more images per step (2048) than the 20 images of --data"),
         "{e}"
     );
     assert!(!f.root.join("huge").exists());
-    // the online teachers' inference too: 4096 crops at 4096 px a step
+    // the online teachers' inference too: 4000 crops at 4096 px a step
     let mut a = args(&f, "huge-online");
     a.labels = None;
     a.online_teacher = vec![f.teachers[0].replace("size=24", "size=4096")];
-    a.batch = Some(4096);
+    a.batch = Some(4000);
+    a.crops_per_image = Some(200);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(
-        e.contains("--batch 4096 with --online-teacher demo_tiny=")
+        e.contains("--batch 4000 with --online-teacher demo_tiny=")
             && e.contains("lower --batch or the teacher's size="),
         "{e}"
     );
