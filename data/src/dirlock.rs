@@ -191,6 +191,18 @@ impl DirLock {
     }
 }
 
+/// Whether a live process holds the lock `dir/name` (shared or exclusive): its file is
+/// there and cannot be locked exclusively. Creates nothing; a stale file (a crash) is
+/// not held.
+pub fn is_held(dir: &Path, name: &str) -> bool {
+    let Ok(file) = fs::File::open(dir.join(name)) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; released when it closes.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 /// Creates `dir` and its missing parents, returning those this call made (outermost
 /// first): one made meanwhile by another process (`AlreadyExists`) is not ours. By the
 /// directories actually made, not by the path's text (`a/../b`). On failure those made
@@ -257,17 +269,14 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        // a shared holder removes nothing while another holds the file: it takes the
-        // lock exclusively first (without waiting; if that fails the shared lock may be
-        // gone too, which dropping gives up anyway)
+        // a shared holder removes neither the file nor the directory while another holds
+        // them: it takes the lock exclusively first (without waiting; if that fails the
+        // shared lock may be gone too, which dropping gives up anyway)
         // SAFETY: flock on the descriptor this lock owns.
-        if self.shared
-            && unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
-        {
-            return;
-        }
+        let last = !self.shared
+            || unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         // unlinked while still locked (the file closes after this): see the module doc
-        if names_file(&self.path, &self._file) {
+        if last && names_file(&self.path, &self._file) {
             let _ = fs::remove_file(&self.path);
         }
         // the directories it made, only after a run that wrote nothing there (its
@@ -282,8 +291,16 @@ impl Drop for DirLock {
             return;
         };
         if entries_besides(dir, &name.to_string_lossy()) == *before {
+            // while other holders remain, the locked directory and its parents stay (a
+            // detour made on the way, `x` of `x/../y`, is this lock's alone)
+            let kept = (!last).then(|| fs::canonicalize(dir).ok()).flatten();
             // remove_dir refuses a directory that is not empty
             for d in self.created.iter().rev() {
+                let holds_dir =
+                    |k: &PathBuf| fs::canonicalize(d).map_or(true, |d| k.starts_with(d));
+                if !last && kept.as_ref().is_none_or(holds_dir) {
+                    continue;
+                }
                 let _ = fs::remove_dir(d);
             }
         }
@@ -413,6 +430,29 @@ mod tests {
         assert!(DirLock::acquire(&shared).is_err());
         drop(s1);
         assert!(!d.path().join("s").exists());
+    }
+
+    /// A shared holder that is not the last removes the detour it made on the way (`y`
+    /// of `d/y/../store`), never the shared directory; `is_held` tells a held lock from
+    /// a missing or stale file.
+    #[test]
+    fn a_shared_holder_removes_only_its_detour_while_others_hold() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        assert!(!is_held(&store, LOCK_FILE));
+        let first = DirLock::acquire_shared_named(&store, LOCK_FILE).unwrap();
+        assert!(is_held(&store, LOCK_FILE));
+        let second =
+            DirLock::acquire_shared_named(&d.path().join("y/../store"), LOCK_FILE).unwrap();
+        assert!(d.path().join("y").is_dir());
+        drop(second);
+        assert!(!d.path().join("y").exists() && store.join(LOCK_FILE).exists());
+        drop(first);
+        assert!(!store.exists());
+        // a file no process holds (a crash's) is not held
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join(LOCK_FILE), "123").unwrap();
+        assert!(!is_held(&store, LOCK_FILE));
     }
 
     /// Workers (a part lock beside the store's shared lock, released part first): one

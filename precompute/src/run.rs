@@ -80,14 +80,15 @@ pub fn load_ensemble(
 }
 
 /// Refuses a `--batch` whose inference in some teacher over `rows` crops (its input and
-/// largest activation at least) exceeds the memory available in `room` (meal_cli::memory).
-fn check_memory(s: &Settings, ens: &Ensemble, rows: usize, room: Room) -> Result<()> {
-    // the CPU devices of a list each run their forward in this process's memory
-    let at_once = if room == Room::Host {
-        s.host_forwards.max(1)
-    } else {
-        1
-    };
+/// largest activation at least), `at_once` such forwards together, exceeds the memory
+/// available in `room` (meal_cli::memory).
+fn check_memory(
+    s: &Settings,
+    ens: &Ensemble,
+    rows: usize,
+    room: Room,
+    at_once: usize,
+) -> Result<()> {
     let needs: Vec<u64> = meal_models::memory::ensemble_floors(ens, rows)?
         .into_iter()
         .map(|n| n.saturating_mul(at_once as u64))
@@ -156,7 +157,14 @@ fn plan(s: &Settings) -> Result<Plan> {
             .max(1)
             .min(s.samples_per_shard as usize)
             .min(ds.len());
-        check_memory(s, &ens, s.batch.min(images * crops), room)?;
+        // the CPU devices of a list run their forwards at once in this process's memory;
+        // no more of them than there are shards to share (the workers with none idle)
+        let shards = ds.len().div_ceil(s.samples_per_shard.max(1) as usize);
+        let at_once = match room {
+            Room::Host => s.host_forwards.clamp(1, shards.max(1)),
+            Room::Gpu(_) => 1,
+        };
+        check_memory(s, &ens, s.batch.min(images * crops), room, at_once)?;
     }
     let config = store_config(s, &ds, &ens);
     config.check().map_err(|(key, reason)| {
@@ -518,6 +526,16 @@ fn run_devices(
         .iter()
         .map(|d| meal_models::parse_device(d).with_context(|| format!("--device {d}")))
         .collect::<Result<Vec<_>>>()?;
+    // the store's shared lock, taken once here before the workers take theirs: it makes
+    // the directory (workers racing to make one path would each record, and remove
+    // again, only the parts they made) and removes what it made if none writes
+    let lock =
+        meal_data::dirlock::DirLock::acquire_shared_named(&s.out, meal_data::dirlock::LOCK_FILE)
+            .with_context(|| format!("--out {}", s.out.display()))?;
+    let cpus = devices
+        .iter()
+        .filter(|d| d.trim().eq_ignore_ascii_case("cpu"))
+        .count();
     let results: Vec<Result<(RunReport, Manifest)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
@@ -527,7 +545,7 @@ fn run_devices(
                 part.worker = Some([i as u32, n]);
                 part.device = d.clone();
                 part.threads = threads;
-                part.host_forwards = devices.iter().filter(|d| d.trim() == "cpu").count();
+                part.host_forwards = cpus;
                 scope.spawn(move || run_part(&part, stop, &mut |_| {}))
             })
             .collect();
@@ -539,6 +557,8 @@ fn run_devices(
             })
             .collect()
     });
+    // released before the merge, which takes the lock exclusively
+    drop(lock);
     let mut parts = Vec::new();
     let mut manifests = Vec::new();
     for (r, d) in results.into_iter().zip(devices) {

@@ -187,9 +187,16 @@ fn check_neighbours(
         let part = Manifest::read_file(&path)?;
         // a part that holds no shard has nothing to keep: its worker starts it over
         // (a split that failed on its first batch, rerun once its image is fixed); a
-        // merge refuses parts of two configs whatever happens
+        // merge refuses parts of two configs whatever happens. Unless its worker is
+        // running (it holds its part's lock): workers started together are compared
         if part.shards.is_empty() {
-            continue;
+            let lock = name
+                .strip_prefix("manifest")
+                .and_then(|r| r.strip_suffix(".json"))
+                .map(|w| format!("{LOCK_FILE}{w}"));
+            if !lock.is_some_and(|l| meal_data::dirlock::is_held(dir, &l)) {
+                continue;
+            }
         }
         require_same_config(
             &path,

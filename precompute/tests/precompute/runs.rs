@@ -475,8 +475,8 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
     );
     assert!(!f.root.join("huge").exists());
 
-    // --limit does not bound a forward (it labels whole shards): 4 of the 7 images, 512
-    // crops each, a forward, with --limit 1 too
+    // --limit does not bound a forward (it labels whole shards): 4 of a shard's 7
+    // images, 512 crops each, a forward, with --limit 1 too
     let mut a = args(&f, "huge-limit");
     a.teacher = vec![format!("demo_tiny={},size=4096", f.t1.display())];
     a.batch = Some(2048);
@@ -485,15 +485,24 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
     let e = run::run(&a.clone().resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("a forward over 2048 crops"), "{msg}");
-    // the CPU devices of a list each hold their forward at once
-    a.device = Some("cpu,cpu".into());
+    // the CPU devices of a list each hold their forward at once (any spelling of cpu),
+    // as many as there are shards to share
+    a.device = Some("CPU,cpu".into());
     a.limit = None;
     a.batch = Some(512);
-    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    a.samples_per_shard = Some(4);
+    let e = run::run(&a.clone().resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("a forward over 512 crops")
             && msg.contains("on each of the 2 CPU devices of --device at once"),
+        "{msg}"
+    );
+    a.samples_per_shard = Some(16);
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("a forward over 512 crops") && !msg.contains("CPU devices"),
         "{msg}"
     );
     assert!(!f.root.join("huge-limit").exists());

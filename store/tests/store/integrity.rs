@@ -276,6 +276,18 @@ fn other_datasets_and_configs_are_refused() {
     }
     let w = StoreWriter::open(&parts, cfg2.clone(), ds.samples(), Some([0, 2])).unwrap();
     assert_eq!(w.manifest().config, cfg2);
+    // unless that worker is running (it holds its part's lock): workers started together
+    // are compared before either has written a shard
+    let e = StoreWriter::open(&parts, cfg.clone(), ds.samples(), Some([1, 2]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("another config") && e.contains("crop_pool.seed"),
+        "{e}"
+    );
+    drop(w);
+    StoreWriter::open(&parts, cfg.clone(), ds.samples(), Some([1, 2])).unwrap();
     // safetensors holds dense only
     let cfg3 = config(
         &ds,
