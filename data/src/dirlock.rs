@@ -53,7 +53,7 @@ pub struct DirLock {
     created: Vec<PathBuf>,
     /// The locked directory's entries when it was locked (where it created any
     /// directory): the run wrote nothing when they are the same at the drop.
-    entries: Option<Vec<std::ffi::OsString>>,
+    entries: Option<Vec<Entry>>,
     /// A shared lock: it removes what it made only when it is the last holder (it can
     /// then take the lock exclusively); another holder still relies on the file.
     shared: bool,
@@ -241,21 +241,37 @@ fn create_missing(dir: &Path) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)>
     Ok(made)
 }
 
-/// The names in `dir` other than lock files (`name`, `.lock`, `.lock.*`: other holders'
-/// come and go), sorted.
-fn entries_besides(dir: &Path, name: &str) -> Vec<std::ffi::OsString> {
-    let mut names: Vec<_> = fs::read_dir(dir)
+/// An entry of a locked directory as [`entries_besides`] sees it: its name, inode, size
+/// and modification time (an atomic rewrite renames a new inode over the name).
+type Entry = (std::ffi::OsString, u64, u64, i64, i64);
+
+/// The entries of `dir` other than lock files (`name`, `.lock`, `.lock.*`: other
+/// holders' come and go), sorted: a run that wrote, created or rewrote a file there
+/// changes them.
+fn entries_besides(dir: &Path, name: &str) -> Vec<Entry> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<Entry> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.file_name())
-        .filter(|n| {
+        .filter(|e| {
+            let n = e.file_name();
             let n = n.to_string_lossy();
             n != name && n != LOCK_FILE && !n.starts_with(&format!("{LOCK_FILE}."))
         })
+        .map(|e| {
+            let m = e.metadata().ok();
+            (
+                e.file_name(),
+                m.as_ref().map_or(0, |m| m.ino()),
+                m.as_ref().map_or(0, |m| m.len()),
+                m.as_ref().map_or(0, |m| m.mtime()),
+                m.as_ref().map_or(0, |m| m.mtime_nsec()),
+            )
+        })
         .collect();
-    names.sort();
-    names
+    entries.sort();
+    entries
 }
 
 /// Whether `path` still names the open `file` (same device and inode).
@@ -269,14 +285,18 @@ fn names_file(path: &Path, file: &fs::File) -> bool {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        // a shared holder removes neither the file nor the directory while another holds
-        // them: it takes the lock exclusively first (without waiting; if that fails the
-        // shared lock may be gone too, which dropping gives up anyway)
+        // a shared holder removes nothing while another holds the lock (it may write
+        // through a directory made on the way, `y` of `y/../store`): it takes the lock
+        // exclusively first (without waiting; if that fails the shared lock may be gone
+        // too, which dropping gives up anyway)
         // SAFETY: flock on the descriptor this lock owns.
-        let last = !self.shared
-            || unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if self.shared
+            && unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0
+        {
+            return;
+        }
         // unlinked while still locked (the file closes after this): see the module doc
-        if last && names_file(&self.path, &self._file) {
+        if names_file(&self.path, &self._file) {
             let _ = fs::remove_file(&self.path);
         }
         // the directories it made, only after a run that wrote nothing there (its
@@ -291,16 +311,8 @@ impl Drop for DirLock {
             return;
         };
         if entries_besides(dir, &name.to_string_lossy()) == *before {
-            // while other holders remain, the locked directory and its parents stay (a
-            // detour made on the way, `x` of `x/../y`, is this lock's alone)
-            let kept = (!last).then(|| fs::canonicalize(dir).ok()).flatten();
             // remove_dir refuses a directory that is not empty
             for d in self.created.iter().rev() {
-                let holds_dir =
-                    |k: &PathBuf| fs::canonicalize(d).map_or(true, |d| k.starts_with(d));
-                if !last && kept.as_ref().is_none_or(holds_dir) {
-                    continue;
-                }
                 let _ = fs::remove_dir(d);
             }
         }
@@ -432,11 +444,11 @@ mod tests {
         assert!(!d.path().join("s").exists());
     }
 
-    /// A shared holder that is not the last removes the detour it made on the way (`y`
-    /// of `d/y/../store`), never the shared directory; `is_held` tells a held lock from
-    /// a missing or stale file.
+    /// A shared holder that is not the last removes nothing, not even a detour it made
+    /// (`y` of `d/y/../store`: another holder may write through it); the last removes
+    /// what it made. `is_held` tells a held lock from a missing or stale file.
     #[test]
-    fn a_shared_holder_removes_only_its_detour_while_others_hold() {
+    fn a_shared_holder_removes_nothing_while_others_hold() {
         let d = tempfile::tempdir().unwrap();
         let store = d.path().join("store");
         assert!(!is_held(&store, LOCK_FILE));
@@ -444,15 +456,33 @@ mod tests {
         assert!(is_held(&store, LOCK_FILE));
         let second =
             DirLock::acquire_shared_named(&d.path().join("y/../store"), LOCK_FILE).unwrap();
-        assert!(d.path().join("y").is_dir());
         drop(second);
-        assert!(!d.path().join("y").exists() && store.join(LOCK_FILE).exists());
+        assert!(d.path().join("y").is_dir() && store.join(LOCK_FILE).exists());
         drop(first);
-        assert!(!store.exists());
+        assert!(
+            !store.exists() && d.path().join("y").is_dir(),
+            "the last made no y"
+        );
         // a file no process holds (a crash's) is not held
         fs::create_dir(&store).unwrap();
         fs::write(store.join(LOCK_FILE), "123").unwrap();
         assert!(!is_held(&store, LOCK_FILE));
+    }
+
+    /// A run that rewrote a file (a resume's manifest) wrote something: the directory it
+    /// made on the way stays, as after any write.
+    #[test]
+    fn a_rewritten_file_counts_as_written() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join("manifest.json"), "{}").unwrap();
+        let l = DirLock::acquire(&d.path().join("x/../store")).unwrap();
+        let tmp = store.join(".manifest.json.tmp");
+        fs::write(&tmp, "{}").unwrap();
+        fs::rename(&tmp, store.join("manifest.json")).unwrap();
+        drop(l);
+        assert!(d.path().join("x").is_dir());
     }
 
     /// Workers (a part lock beside the store's shared lock, released part first): one

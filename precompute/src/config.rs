@@ -141,9 +141,10 @@ pub struct Settings {
     pub samples_per_shard: u32,
     /// Images per row group.
     pub images_per_row_group: u32,
-    /// Forwards that share the host's memory at once: the CPU devices of a `--device`
-    /// list (each runs its own), 1 otherwise. The memory check counts each of them.
-    pub host_forwards: usize,
+    /// The workers of a `--device` list that run on the CPU (their indices in the
+    /// list): each runs its forwards in this process's memory beside the others, which
+    /// the memory check counts. Empty for a plain run.
+    pub cpu_workers: Vec<u32>,
 }
 
 /// Parse `I/N`.
@@ -299,7 +300,7 @@ impl RunArgs {
             links: LinkPolicy::follow_if(l.cli.follow_links || l.file.follow_links),
             samples_per_shard,
             images_per_row_group,
-            host_forwards: 1,
+            cpu_workers: Vec::new(),
         })
     }
 }

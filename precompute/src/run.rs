@@ -157,11 +157,16 @@ fn plan(s: &Settings) -> Result<Plan> {
             .max(1)
             .min(s.samples_per_shard as usize)
             .min(ds.len());
-        // the CPU devices of a list run their forwards at once in this process's memory;
-        // no more of them than there are shards to share (the workers with none idle)
+        // the CPU devices of a list run their forwards at once in this process's memory,
+        // those that have a shard to label (worker i labels the shards i, i + n, ...)
         let shards = ds.len().div_ceil(s.samples_per_shard.max(1) as usize);
         let at_once = match room {
-            Room::Host => s.host_forwards.clamp(1, shards.max(1)),
+            Room::Host => s
+                .cpu_workers
+                .iter()
+                .filter(|&&i| (i as usize) < shards)
+                .count()
+                .max(1),
             Room::Gpu(_) => 1,
         };
         check_memory(s, &ens, s.batch.min(images * crops), room, at_once)?;
@@ -522,7 +527,7 @@ fn run_devices(
     // in a CPU build, a missing driver) fails the run before another spends its time.
     // Kept open (unused, on this thread) until the workers are done: dropping the last
     // handle on a GPU's primary context destroys it, and each worker would make it again.
-    let _opened = devices
+    let opened = devices
         .iter()
         .map(|d| meal_models::parse_device(d).with_context(|| format!("--device {d}")))
         .collect::<Result<Vec<_>>>()?;
@@ -532,10 +537,7 @@ fn run_devices(
     let lock =
         meal_data::dirlock::DirLock::acquire_shared_named(&s.out, meal_data::dirlock::LOCK_FILE)
             .with_context(|| format!("--out {}", s.out.display()))?;
-    let cpus = devices
-        .iter()
-        .filter(|d| d.trim().eq_ignore_ascii_case("cpu"))
-        .count();
+    let cpus: Vec<u32> = (0..n).filter(|&i| opened[i as usize].is_cpu()).collect();
     let results: Vec<Result<(RunReport, Manifest)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
@@ -545,7 +547,7 @@ fn run_devices(
                 part.worker = Some([i as u32, n]);
                 part.device = d.clone();
                 part.threads = threads;
-                part.host_forwards = cpus;
+                part.cpu_workers = cpus.clone();
                 scope.spawn(move || run_part(&part, stop, &mut |_| {}))
             })
             .collect();

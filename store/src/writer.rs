@@ -71,15 +71,42 @@ pub struct StoreWriter {
 /// design: each holds `.lock` shared, which keeps a single writer and a merge out while
 /// any of them runs, and its own part's lock exclusively. Released (dropped) part lock
 /// first: a run that wrote nothing then leaves neither file (`DirLock`'s drop).
-fn lock(dir: &Path, worker: Option<[u32; 2]>) -> Result<Vec<DirLock>, StoreError> {
+/// A worker also returns the store's opening lock ([`OPENING_LOCK`]), taken before its
+/// part lock: its caller holds it until the part's manifest is current.
+fn lock(
+    dir: &Path,
+    worker: Option<[u32; 2]>,
+) -> Result<(Vec<DirLock>, Option<DirLock>), StoreError> {
     Ok(match worker {
-        None => vec![DirLock::acquire_named(dir, LOCK_FILE)?],
+        None => (vec![DirLock::acquire_named(dir, LOCK_FILE)?], None),
         Some([i, n]) => {
             let shared = DirLock::acquire_shared_named(dir, LOCK_FILE)?;
+            let opening = opening_lock(dir)?;
             let part = DirLock::acquire_named(dir, &format!("{LOCK_FILE}.worker-{i}-of-{n}"))?;
-            vec![part, shared]
+            (vec![part, shared], Some(opening))
         }
     })
+}
+
+/// Held by a worker while it opens its part (its part lock taken, its neighbours
+/// checked, its manifest made current), one worker at a time: a worker checking its
+/// neighbours then finds each not started, or running with its manifest current, and
+/// its probe of their part locks never meets another worker taking its own.
+const OPENING_LOCK: &str = ".lock.opening";
+
+/// [`OPENING_LOCK`], waited for (another worker holds it for milliseconds).
+fn opening_lock(dir: &Path) -> Result<DirLock, StoreError> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match DirLock::acquire_named(dir, OPENING_LOCK) {
+            Err(meal_data::dirlock::LockError::Busy { .. })
+                if t0.elapsed() < std::time::Duration::from_secs(60) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 /// The worker manifests in `dir` (`manifest.worker-I-of-N.json`), sorted.
@@ -284,7 +311,7 @@ impl StoreWriter {
             });
         }
         // the lock creates `dir` (and removes it again if this run writes nothing)
-        let locks = lock(dir, worker)?;
+        let (locks, mut opening) = lock(dir, worker)?;
         check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
@@ -317,6 +344,9 @@ impl StoreWriter {
                 &config,
                 "the store there was made with another config",
             )?;
+            // its config is this run's: other workers may open theirs while the shards
+            // are checked
+            opening.take();
             // shards are deterministic: one that is missing, truncated or altered since
             // it was listed is dropped from the manifest and written again
             let before = m.shards.len();
@@ -349,6 +379,7 @@ impl StoreWriter {
             m.write(dir, &name)?;
             m
         };
+        drop(opening);
         // leftovers of a crash inside a write: temporary files are never read. Only this
         // writer's own: another worker sharing the directory may be writing its files
         // at this very moment.

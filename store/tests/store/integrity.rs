@@ -286,6 +286,9 @@ fn other_datasets_and_configs_are_refused() {
         e.contains("another config") && e.contains("crop_pool.seed"),
         "{e}"
     );
+    // a running neighbour's manifest is current (it was started over under cfg2 while
+    // it opened): a worker of cfg2 joins it
+    drop(StoreWriter::open(&parts, cfg2.clone(), ds.samples(), Some([1, 2])).unwrap());
     drop(w);
     StoreWriter::open(&parts, cfg.clone(), ds.samples(), Some([1, 2])).unwrap();
     // safetensors holds dense only
