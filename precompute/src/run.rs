@@ -158,8 +158,12 @@ fn plan(s: &Settings) -> Result<Plan> {
             .min(s.samples_per_shard as usize)
             .min(ds.len());
         // the CPU devices of a list run their forwards at once in this process's memory,
-        // those that have a shard to label (worker i labels the shards i, i + n, ...)
-        let shards = ds.len().div_ceil(s.samples_per_shard.max(1) as usize);
+        // those that have a shard to label (worker i labels the shards i, i + n, ... of
+        // those --limit covers; a part complete already counts too: an upper bound)
+        let shards = ds
+            .len()
+            .min(s.limit.unwrap_or(usize::MAX))
+            .div_ceil(s.samples_per_shard.max(1) as usize);
         let at_once = match room {
             Room::Host => s
                 .cpu_workers

@@ -94,15 +94,28 @@ fn lock(
 /// its probe of their part locks never meets another worker taking its own.
 const OPENING_LOCK: &str = ".lock.opening";
 
-/// [`OPENING_LOCK`], waited for (another worker holds it for milliseconds).
+/// [`OPENING_LOCK`], waited for: each holder keeps it for the time of a manifest's reads
+/// and write, so the wait ends in a refusal only after one holder kept it a minute.
 fn opening_lock(dir: &Path) -> Result<DirLock, StoreError> {
-    let t0 = std::time::Instant::now();
+    use meal_data::dirlock::LockError;
+    let mut since = (std::time::Instant::now(), String::new());
     loop {
         match DirLock::acquire_named(dir, OPENING_LOCK) {
-            Err(meal_data::dirlock::LockError::Busy { .. })
-                if t0.elapsed() < std::time::Duration::from_secs(60) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(2))
+            Err(LockError::Busy { dir, holder }) => {
+                // the queue moves while the holder changes
+                if holder != since.1 {
+                    since = (std::time::Instant::now(), holder);
+                } else if since.0.elapsed() > std::time::Duration::from_secs(60) {
+                    return Err(LockError::Busy {
+                        dir,
+                        holder: format!(
+                            "a worker ({holder}) that has been opening its part for over a \
+                             minute ({OPENING_LOCK})"
+                        ),
+                    }
+                    .into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
             r => return Ok(r?),
         }

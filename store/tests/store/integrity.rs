@@ -565,3 +565,47 @@ fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
     drop(StoreWriter::open(&other, cfg.clone(), ds.samples(), None).unwrap());
     assert!(names(&other).contains(&"shard-000099.parquet".to_string()));
 }
+
+/// Workers of two configs opening their parts at once (threads, as a device list runs
+/// them): whatever the order, every one that opens has the same config, each refused one
+/// names the other config, none is refused as busy, and one at least opens.
+#[test]
+fn workers_opening_at_once_agree_on_one_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let mut cfg2 = cfg.clone();
+    cfg2.crop_pool.seed += 1;
+    let dir = tmp.path().join("split");
+    let n = 6u32;
+    let (opened, all_tried) = (
+        std::sync::Barrier::new(n as usize),
+        std::sync::Barrier::new(n as usize),
+    );
+    let results: Vec<Result<StoreConfig, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let c = if i % 2 == 0 {
+                    cfg.clone()
+                } else {
+                    cfg2.clone()
+                };
+                let (dir, ds, opened, all_tried) = (&dir, &ds, &opened, &all_tried);
+                scope.spawn(move || {
+                    opened.wait();
+                    let w = StoreWriter::open(dir, c.clone(), ds.samples(), Some([i, n]));
+                    // the writers stay open until every worker has tried
+                    all_tried.wait();
+                    w.map(|_| c).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&StoreConfig> = results.iter().flatten().collect();
+    assert!(!won.is_empty(), "{results:?}");
+    assert!(won.iter().all(|c| *c == won[0]), "two configs opened");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(e.contains("another config") && !e.contains("in use"), "{e}");
+    }
+}
