@@ -123,10 +123,11 @@ step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$work/labels-dev-
 step 120 "$S" train --data "$D/train" --val "$D/val" --labels "$work/labels-dev-bf16" --arch demo_tiny \
     --res 32 --epochs 2 --batch 32 --crops-per-image 2 --lr 0.05 --device "$DEV" --amp true \
     --out "$work/kd-amp"
-# a batch that cannot fit the GPU's free memory (demo_tiny at 4096 px: ~1 GB an image)
-# is refused before it is tried, naming the flags (on the CPU: the host's memory)
-step 60 bash -c 'if "$1" train --data "$2/train" --arch demo_tiny --res 4096 --batch 4096 --epochs 1 \
-    --crops-per-image 2 --loss ce --device "$3" --out "$4/refused" 2> "$4/refused.err"
+# a batch that cannot fit the GPU's free memory (demo_tiny at 4096 px: ~2.6 GB a crop;
+# 4000 crops, 20 of each of the 200 images) is refused before it is tried, naming the
+# flags (on the CPU: the host's memory)
+step 60 bash -c 'if "$1" train --data "$2/train" --arch demo_tiny --res 4096 --batch 4000 --epochs 1 \
+    --crops-per-image 20 --loss ce --device "$3" --out "$4/refused" 2> "$4/refused.err"
     then echo "not refused"; exit 1; fi
     cat "$4/refused.err"; grep -q "lower --batch or --res" "$4/refused.err" &&
     { [ "$3" = cpu ] || grep -q "free on the GPU" "$4/refused.err"; }' _ "$S" "$D" "$DEV" "$work"
