@@ -250,6 +250,7 @@ type Entry = (std::ffi::OsString, u64, u64, i64, i64);
 /// changes them.
 fn entries_besides(dir: &Path, name: &str) -> Vec<Entry> {
     use std::os::unix::fs::MetadataExt;
+    let others = format!("{LOCK_FILE}.");
     let mut entries: Vec<Entry> = fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -257,7 +258,7 @@ fn entries_besides(dir: &Path, name: &str) -> Vec<Entry> {
         .filter(|e| {
             let n = e.file_name();
             let n = n.to_string_lossy();
-            n != name && n != LOCK_FILE && !n.starts_with(&format!("{LOCK_FILE}."))
+            n != name && n != LOCK_FILE && !n.starts_with(&others)
         })
         .map(|e| {
             let m = e.metadata().ok();

@@ -79,16 +79,41 @@ pub fn load_ensemble(
     Ensemble::load(&args, classes, device, dtype).context("--teacher")
 }
 
-/// Refuses a `--batch` whose inference in some teacher over `rows` crops (its input and
-/// largest activation at least), `at_once` such forwards together, exceeds the memory
-/// available in `room` (meal_cli::memory).
+/// Refuses a `--batch` whose largest forward in some teacher (its input and largest
+/// activation at least) exceeds the memory available (meal_cli::memory): on `device`'s
+/// GPU its free memory (the teachers' weights are on it already), else the host's.
 fn check_memory(
     s: &Settings,
+    ds: &Dataset,
     ens: &Ensemble,
-    rows: usize,
-    room: Room,
-    at_once: usize,
+    device: &candle_core::Device,
 ) -> Result<()> {
+    let room = Room::of(meal_models::device::gpu_free_memory(device).context("--device")?);
+    // a teacher's forward takes at most --batch crops, and no more than a batch of images
+    // holds: batches never straddle shards or the data (--limit does not bound them: it
+    // labels whole shards)
+    let crops = s.crops_per_image as usize;
+    let images = (s.batch / crops)
+        .max(1)
+        .min(s.samples_per_shard as usize)
+        .min(ds.len());
+    let rows = s.batch.min(images * crops);
+    // the CPU devices of a list run their forwards at once in this process's memory,
+    // those that have a shard to label (worker i labels the shards i, i + n, ... of those
+    // --limit covers; a part complete already counts too: an upper bound)
+    let shards = ds
+        .len()
+        .min(s.limit.unwrap_or(usize::MAX))
+        .div_ceil(s.samples_per_shard.max(1) as usize);
+    let at_once = match room {
+        Room::Host => s
+            .cpu_workers
+            .iter()
+            .filter(|&&i| (i as usize) < shards)
+            .count()
+            .max(1),
+        Room::Gpu(_) => 1,
+    };
     let needs: Vec<u64> = meal_models::memory::ensemble_floors(ens, rows)?
         .into_iter()
         .map(|n| n.saturating_mul(at_once as u64))
@@ -146,35 +171,7 @@ fn plan(s: &Settings) -> Result<Plan> {
         bail!("--data {}: no images", s.data.display());
     }
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
-    {
-        // a teacher's forward takes at most --batch crops, and no more than a batch of
-        // images holds: batches never straddle shards or the data (--limit does not
-        // bound them: it labels whole shards); on a GPU, against its free memory (the
-        // teachers' weights are on it already)
-        let room = Room::of(meal_models::device::gpu_free_memory(&device).context("--device")?);
-        let crops = s.crops_per_image as usize;
-        let images = (s.batch / crops)
-            .max(1)
-            .min(s.samples_per_shard as usize)
-            .min(ds.len());
-        // the CPU devices of a list run their forwards at once in this process's memory,
-        // those that have a shard to label (worker i labels the shards i, i + n, ... of
-        // those --limit covers; a part complete already counts too: an upper bound)
-        let shards = ds
-            .len()
-            .min(s.limit.unwrap_or(usize::MAX))
-            .div_ceil(s.samples_per_shard.max(1) as usize);
-        let at_once = match room {
-            Room::Host => s
-                .cpu_workers
-                .iter()
-                .filter(|&&i| (i as usize) < shards)
-                .count()
-                .max(1),
-            Room::Gpu(_) => 1,
-        };
-        check_memory(s, &ens, s.batch.min(images * crops), room, at_once)?;
-    }
+    check_memory(s, &ds, &ens, &device)?;
     let config = store_config(s, &ds, &ens);
     config.check().map_err(|(key, reason)| {
         // the flag that set the key, not --out: the store itself is fine

@@ -329,7 +329,7 @@ impl StoreWriter {
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let was_store = path.exists();
-        let existing = match path.exists() {
+        let existing = match was_store {
             true => Some(Manifest::read_file(&path)?),
             false => None,
         };
@@ -393,35 +393,28 @@ impl StoreWriter {
             m
         };
         drop(opening);
-        // leftovers of a crash inside a write: temporary files are never read. Only this
-        // writer's own: another worker sharing the directory may be writing its files
-        // at this very moment.
-        if let Ok(rd) = fs::read_dir(dir) {
-            for e in rd.flatten() {
-                if owns_tmp(&e.file_name().to_string_lossy(), worker, &name) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        // a crash between a shard's rename and its manifest's write leaves the shard
-        // unlisted: a resume writes it again, but a store started over under another
-        // config may never (another --samples-per-shard): this writer's unlisted shards
-        // go, in a directory that held its manifest only (same-named files of another
-        // tool elsewhere stay)
-        if was_store {
-            let listed: std::collections::HashSet<&str> =
-                manifest.shards.iter().map(|s| s.file.as_str()).collect();
-            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-                let file = e.file_name().to_string_lossy().to_string();
-                if owned_shard(&file, worker).is_some()
-                    && !listed.contains(file.as_str())
-                    && fs::remove_file(e.path()).is_ok()
-                {
-                    tracing::warn!(
-                        "{}: not in {name} (left by a crash): removed",
-                        e.path().display()
-                    );
-                }
+        // leftovers of a crash, in one pass over the directory. Inside a write: temporary
+        // files are never read. Only this writer's own: another worker sharing the
+        // directory may be writing its files at this very moment. Between a shard's
+        // rename and its manifest's write: the shard is unlisted; a resume writes it
+        // again, but a store started over under another config may never (another
+        // --samples-per-shard): this writer's unlisted shards go, in a directory that
+        // held its manifest only (same-named files of another tool elsewhere stay)
+        let listed: std::collections::HashSet<&str> =
+            manifest.shards.iter().map(|s| s.file.as_str()).collect();
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let file = e.file_name().to_string_lossy().to_string();
+            if owns_tmp(&file, worker, &name) {
+                let _ = fs::remove_file(e.path());
+            } else if was_store
+                && owned_shard(&file, worker).is_some()
+                && !listed.contains(file.as_str())
+                && fs::remove_file(e.path()).is_ok()
+            {
+                tracing::warn!(
+                    "{}: not in {name} (left by a crash): removed",
+                    e.path().display()
+                );
             }
         }
         Ok(StoreWriter {

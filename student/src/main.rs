@@ -164,18 +164,16 @@ fn main() -> Result<()> {
                 let spec = input.spec_at(size).context("--res")?;
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
-                {
-                    let rows = eval::EVAL_BATCH.min(ds.len());
-                    meal_cli::memory::check_in(
-                        room,
-                        meal_models::memory::inference_floor(&model, size as usize, rows)?,
-                        &format!(
-                            "--arch {arch} at --res {size}: a forward over {rows} images (its \
-                             input and largest activation)"
-                        ),
-                        "lower --res",
-                    )?;
-                }
+                let rows = eval::EVAL_BATCH.min(ds.len());
+                meal_cli::memory::check_in(
+                    room,
+                    meal_models::memory::inference_floor(&model, size as usize, rows)?,
+                    &format!(
+                        "--arch {arch} at --res {size}: a forward over {rows} images (its \
+                         input and largest activation)"
+                    ),
+                    "lower --res",
+                )?;
                 let acc = eval::evaluate(&model, &ds, spec, read, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
@@ -183,18 +181,16 @@ fn main() -> Result<()> {
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
-                {
-                    let room =
-                        Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
-                    let rows = eval::EVAL_BATCH.min(ds.len());
-                    meal_cli::memory::check_forwards(
-                        room,
-                        &meal_models::memory::ensemble_floors(&ens, rows)?,
-                        rows,
-                        |i| format!("--teacher {}", teacher[i]),
-                        "lower the teacher's size=",
-                    )?;
-                }
+                let room =
+                    Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
+                let rows = eval::EVAL_BATCH.min(ds.len());
+                meal_cli::memory::check_forwards(
+                    room,
+                    &meal_models::memory::ensemble_floors(&ens, rows)?,
+                    rows,
+                    |i| format!("--teacher {}", teacher[i]),
+                    "lower the teacher's size=",
+                )?;
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };
