@@ -2,20 +2,25 @@
 //! each, so a crash at any instant leaves a store that resumes with no row lost or
 //! duplicated. Workers `i of n` write the shards `s` with `s % n == i`; [`crate::merge`] joins.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use meal_data::dirlock::{DirLock, LOCK_FILE};
+use meal_data::dirlock::DirLock;
 use meal_data::{CropRecord, Sample, Skipped};
 
 use super::images;
 use super::label::{entropy, top1, SoftLabel};
 use super::manifest::{
     require_same_config, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State,
-    StoreConfig, Summary, FORMAT_NAME, FORMAT_VERSION, MANIFEST,
+    StoreConfig, Summary, FORMAT_NAME, FORMAT_VERSION,
 };
 use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
 use super::{sha256_hex, StoreError};
+
+mod leftovers;
+mod sharing;
+
+pub(crate) use sharing::worker_manifests;
+use sharing::{check_neighbours, lock, manifest_name};
 
 /// One crop's ensemble probabilities, before encoding.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,233 +70,6 @@ pub struct StoreWriter {
     /// Held while writing: a second writer of the same store (or worker part) is refused,
     /// and so is a single writer or a merge beside workers.
     _locks: Vec<DirLock>,
-}
-
-/// A single writer (and merge) locks `.lock` exclusively. Workers share the directory by
-/// design: each holds `.lock` shared, which keeps a single writer and a merge out while
-/// any of them runs, and its own part's lock exclusively. Released (dropped) part lock
-/// first: a run that wrote nothing then leaves neither file (`DirLock`'s drop).
-/// A worker also returns the store's opening lock ([`OPENING_LOCK`]), taken before its
-/// part lock: its caller holds it until the part's manifest is current.
-fn lock(
-    dir: &Path,
-    worker: Option<[u32; 2]>,
-) -> Result<(Vec<DirLock>, Option<DirLock>), StoreError> {
-    Ok(match worker {
-        None => (vec![DirLock::acquire_named(dir, LOCK_FILE)?], None),
-        Some([i, n]) => {
-            let shared = DirLock::acquire_shared_named(dir, LOCK_FILE)?;
-            let opening = opening_lock(dir)?;
-            let part = DirLock::acquire_named(dir, &format!("{LOCK_FILE}.worker-{i}-of-{n}"))?;
-            (vec![part, shared], Some(opening))
-        }
-    })
-}
-
-/// Held by a worker while it opens its part (its part lock taken, its neighbours
-/// checked, its manifest made current), one worker at a time: a worker checking its
-/// neighbours then finds each not started, or running with its manifest current, and
-/// its probe of their part locks never meets another worker taking its own.
-const OPENING_LOCK: &str = ".lock.opening";
-
-/// [`OPENING_LOCK`], waited for: each holder keeps it for the time of a manifest's reads
-/// and write, so the wait ends in a refusal only after one holder kept it a minute.
-fn opening_lock(dir: &Path) -> Result<DirLock, StoreError> {
-    use meal_data::dirlock::LockError;
-    let mut since = (std::time::Instant::now(), String::new());
-    loop {
-        match DirLock::acquire_named(dir, OPENING_LOCK) {
-            Err(LockError::Busy { dir, holder }) => {
-                // the queue moves while the holder changes
-                if holder != since.1 {
-                    since = (std::time::Instant::now(), holder);
-                } else if since.0.elapsed() > std::time::Duration::from_secs(60) {
-                    return Err(LockError::Busy {
-                        dir,
-                        holder: format!(
-                            "a worker ({holder}) that has been opening its part for over a \
-                             minute ({OPENING_LOCK})"
-                        ),
-                    }
-                    .into());
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            r => return Ok(r?),
-        }
-    }
-}
-
-/// The worker manifests in `dir` (`manifest.worker-I-of-N.json`), sorted.
-pub(crate) fn worker_manifests(dir: &Path) -> Result<Vec<String>, StoreError> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(|e| StoreError::io(dir, e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// Whether a writer of `config` (worker `worker`) may write in `dir` beside the manifests
-/// already there. One directory holds one store: a single run's, or the parts of one
-/// split into workers (then their merge). A writer of one kind must not replace the
-/// shards another manifest lists (their checksums would no longer match), and every
-/// manifest there must have been made with the same config.
-fn check_neighbours(
-    dir: &Path,
-    config: &StoreConfig,
-    worker: Option<[u32; 2]>,
-) -> Result<(), StoreError> {
-    let parts = worker_manifests(dir)?;
-    let own = manifest_name(worker);
-    let single = dir.join(MANIFEST).exists();
-    match worker {
-        None if !single && !parts.is_empty() => {
-            // parts left unfinished (an interrupted worker or device-list run) cannot be
-            // merged yet: name what finishes them
-            let mut unfinished = Vec::new();
-            let (mut present, mut of) = (Vec::new(), 0);
-            for p in &parts {
-                let m = Manifest::read_file(&dir.join(p))?;
-                if m.state != State::Complete {
-                    unfinished.push(p.as_str());
-                }
-                if let Some([i, n]) = m.worker {
-                    present.push(i);
-                    of = n;
-                }
-            }
-            let missing: Vec<String> = (0..of)
-                .filter(|i| !present.contains(i))
-                .map(|i| format!("{i}/{of}"))
-                .collect();
-            let what = if !unfinished.is_empty() {
-                format!(
-                    "not merged, and {} unfinished: rerun those workers (or the same device \
-                     list) to finish them, then merge",
-                    unfinished.join(", ")
-                )
-            } else if !missing.is_empty() {
-                format!(
-                    "not merged, and worker(s) {} have not run: run them, then merge",
-                    missing.join(", ")
-                )
-            } else {
-                "all complete, not yet merged: merge them".to_string()
-            };
-            return Err(StoreError::Mismatch {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "the directory holds the parts of workers ({}), {what}; or write this \
-                     store in another directory",
-                    parts.join(", ")
-                ),
-            });
-        }
-        // a single writer over a single or merged store: its manifest.json is compared
-        // when it is opened (the parts of a merged store have its config)
-        None => return Ok(()),
-        Some([_, n]) => {
-            if single && !parts.contains(&own) {
-                let made = if parts.is_empty() {
-                    "a store written by a single run".to_string()
-                } else {
-                    format!(
-                        "a store merged from the parts of workers ({})",
-                        parts.join(", ")
-                    )
-                };
-                return Err(StoreError::Mismatch {
-                    path: dir.join(MANIFEST),
-                    reason: format!(
-                        "the directory holds {made}: another worker's part would replace \
-                         its shards; write the parts in another directory"
-                    ),
-                });
-            }
-            let suffix = format!("-of-{n}.json");
-            if let Some(other) = parts.iter().find(|p| !p.ends_with(&suffix)) {
-                return Err(StoreError::Mismatch {
-                    path: dir.join(other),
-                    reason: format!(
-                        "written by a split into another number of workers than {n}: the two splits would write the same shards"
-                    ),
-                });
-            }
-        }
-    }
-    for name in parts.iter().filter(|p| **p != own) {
-        let path = dir.join(name);
-        let part = Manifest::read_file(&path)?;
-        // a part that holds no shard has nothing to keep: its worker starts it over
-        // (a split that failed on its first batch, rerun once its image is fixed); a
-        // merge refuses parts of two configs whatever happens. Unless its worker is
-        // running (it holds its part's lock): workers started together are compared
-        if part.shards.is_empty() {
-            let lock = name
-                .strip_prefix("manifest")
-                .and_then(|r| r.strip_suffix(".json"))
-                .map(|w| format!("{LOCK_FILE}{w}"));
-            if !lock.is_some_and(|l| meal_data::dirlock::is_held(dir, &l)) {
-                continue;
-            }
-        }
-        require_same_config(
-            &path,
-            &part.config,
-            config,
-            "another worker's part was made with another config",
-        )?;
-    }
-    Ok(())
-}
-
-/// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
-/// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
-/// single writer anything.
-fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
-    // our writes use `.NAME.tmp`; a bare `NAME.tmp` (other tools, older versions) counts
-    let Some(inner) = file.strip_suffix(".tmp") else {
-        return false;
-    };
-    let inner = inner.strip_prefix('.').unwrap_or(inner);
-    let Some([i, n]) = worker else {
-        return true;
-    };
-    if inner == manifest {
-        return true;
-    }
-    inner
-        .strip_prefix("shard-")
-        .and_then(|r| r.split('.').next())
-        .and_then(|idx| idx.parse::<u32>().ok())
-        .is_some_and(|idx| idx % n == i)
-}
-
-/// The index of a shard file's name (`shard-NNNNNN.parquet` or `.safetensors`) that
-/// `worker` writes (all for a single writer); None for any other name.
-fn owned_shard(file: &str, worker: Option<[u32; 2]>) -> Option<u32> {
-    let stem = file
-        .strip_suffix(".parquet")
-        .or_else(|| file.strip_suffix(".safetensors"))?;
-    let digits = stem.strip_prefix("shard-")?;
-    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let idx: u32 = digits.parse().ok()?;
-    match worker {
-        Some([i, n]) if idx % n != i => None,
-        _ => Some(idx),
-    }
-}
-
-fn manifest_name(worker: Option<[u32; 2]>) -> String {
-    match worker {
-        None => MANIFEST.to_string(),
-        Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
-    }
 }
 
 impl StoreWriter {
@@ -393,30 +171,7 @@ impl StoreWriter {
             m
         };
         drop(opening);
-        // leftovers of a crash, in one pass over the directory. Inside a write: temporary
-        // files are never read. Only this writer's own: another worker sharing the
-        // directory may be writing its files at this very moment. Between a shard's
-        // rename and its manifest's write: the shard is unlisted; a resume writes it
-        // again, but a store started over under another config may never (another
-        // --samples-per-shard): this writer's unlisted shards go, in a directory that
-        // held its manifest only (same-named files of another tool elsewhere stay)
-        let listed: std::collections::HashSet<&str> =
-            manifest.shards.iter().map(|s| s.file.as_str()).collect();
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let file = e.file_name().to_string_lossy().to_string();
-            if owns_tmp(&file, worker, &name) {
-                let _ = fs::remove_file(e.path());
-            } else if was_store
-                && owned_shard(&file, worker).is_some()
-                && !listed.contains(file.as_str())
-                && fs::remove_file(e.path()).is_ok()
-            {
-                tracing::warn!(
-                    "{}: not in {name} (left by a crash): removed",
-                    e.path().display()
-                );
-            }
-        }
+        leftovers::remove(dir, worker, &name, was_store, &manifest);
         Ok(StoreWriter {
             dir: dir.to_path_buf(),
             manifest,
@@ -637,34 +392,5 @@ pub fn summary(m: &Manifest) -> Summary {
         mean_kl: t.kl_sum / n,
         teacher_top1_agreement: t.teacher_top1_agree.iter().map(|&a| a as f64 / n).collect(),
         skipped: m.shards.iter().map(|s| s.skipped.len() as u64).sum(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_writer_removes_only_its_own_temporary_files() {
-        let w1 = Some([1, 2]);
-        let m1 = manifest_name(w1);
-        // worker 1 of 2 owns odd shards and its manifest
-        assert!(owns_tmp(".shard-000003.parquet.tmp", w1, &m1));
-        assert!(owns_tmp(&format!(".{m1}.tmp"), w1, &m1));
-        // worker 0's files, in flight while worker 1 opens, are left alone
-        assert!(!owns_tmp(".shard-000002.parquet.tmp", w1, &m1));
-        assert!(!owns_tmp(
-            &format!(".{}.tmp", manifest_name(Some([0, 2]))),
-            w1,
-            &m1
-        ));
-        assert!(!owns_tmp(".images.parquet.tmp", w1, &m1));
-        assert!(owns_tmp("shard-000003.parquet.tmp", w1, &m1));
-        assert!(!owns_tmp("shard-000002.parquet.tmp", w1, &m1));
-        // not temporary files at all
-        assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
-        // a single writer owns every temporary file
-        assert!(owns_tmp(".images.parquet.tmp", None, MANIFEST));
-        assert!(owns_tmp(".shard-000002.parquet.tmp", None, MANIFEST));
     }
 }

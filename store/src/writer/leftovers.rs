@@ -1,0 +1,110 @@
+//! What a crash leaves in a store directory, and which of it a writer may remove.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
+
+use crate::manifest::Manifest;
+
+/// Removes the leftovers of a crash from `dir`, in one pass over it, for the writer
+/// `worker` whose manifest `name` lists `manifest`'s shards (`was_store`: that manifest
+/// was there before this run). Inside a write: temporary files are never read. Only
+/// this writer's own: another worker sharing the directory may be writing its files at
+/// this very moment. Between a shard's rename and its manifest's write: the shard is
+/// unlisted; a resume writes it again, but a store started over under another config
+/// may never (another shard size): this writer's unlisted shards go, in a directory
+/// that held its manifest only (same-named files of another tool elsewhere stay).
+pub(super) fn remove(
+    dir: &Path,
+    worker: Option<[u32; 2]>,
+    name: &str,
+    was_store: bool,
+    manifest: &Manifest,
+) {
+    let listed: HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        if owns_tmp(&file, worker, name) {
+            let _ = fs::remove_file(e.path());
+        } else if was_store
+            && owned_shard(&file, worker).is_some()
+            && !listed.contains(file.as_str())
+            && fs::remove_file(e.path()).is_ok()
+        {
+            tracing::warn!(
+                "{}: not in {name} (left by a crash): removed",
+                e.path().display()
+            );
+        }
+    }
+}
+
+/// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
+/// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
+/// single writer anything.
+fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
+    // our writes use `.NAME.tmp`; a bare `NAME.tmp` (other tools, older versions) counts
+    let Some(inner) = file.strip_suffix(".tmp") else {
+        return false;
+    };
+    let inner = inner.strip_prefix('.').unwrap_or(inner);
+    let Some([i, n]) = worker else {
+        return true;
+    };
+    if inner == manifest {
+        return true;
+    }
+    inner
+        .strip_prefix("shard-")
+        .and_then(|r| r.split('.').next())
+        .and_then(|idx| idx.parse::<u32>().ok())
+        .is_some_and(|idx| idx % n == i)
+}
+
+/// The index of a shard file's name (`shard-NNNNNN.parquet` or `.safetensors`) that
+/// `worker` writes (all for a single writer); None for any other name.
+fn owned_shard(file: &str, worker: Option<[u32; 2]>) -> Option<u32> {
+    let stem = file
+        .strip_suffix(".parquet")
+        .or_else(|| file.strip_suffix(".safetensors"))?;
+    let digits = stem.strip_prefix("shard-")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let idx: u32 = digits.parse().ok()?;
+    match worker {
+        Some([i, n]) if idx % n != i => None,
+        _ => Some(idx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MANIFEST;
+    use crate::writer::sharing::manifest_name;
+
+    #[test]
+    fn a_writer_removes_only_its_own_temporary_files() {
+        let w1 = Some([1, 2]);
+        let m1 = manifest_name(w1);
+        // worker 1 of 2 owns odd shards and its manifest
+        assert!(owns_tmp(".shard-000003.parquet.tmp", w1, &m1));
+        assert!(owns_tmp(&format!(".{m1}.tmp"), w1, &m1));
+        // worker 0's files, in flight while worker 1 opens, are left alone
+        assert!(!owns_tmp(".shard-000002.parquet.tmp", w1, &m1));
+        assert!(!owns_tmp(
+            &format!(".{}.tmp", manifest_name(Some([0, 2]))),
+            w1,
+            &m1
+        ));
+        assert!(!owns_tmp(".images.parquet.tmp", w1, &m1));
+        assert!(owns_tmp("shard-000003.parquet.tmp", w1, &m1));
+        assert!(!owns_tmp("shard-000002.parquet.tmp", w1, &m1));
+        // not temporary files at all
+        assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
+        // a single writer owns every temporary file
+        assert!(owns_tmp(".images.parquet.tmp", None, MANIFEST));
+        assert!(owns_tmp(".shard-000002.parquet.tmp", None, MANIFEST));
+    }
+}

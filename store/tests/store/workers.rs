@@ -1,0 +1,259 @@
+//! Workers sharing a store directory, and their merge.
+
+use super::*;
+
+#[test]
+fn workers_and_merge_equal_a_single_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(
+        &ds,
+        Encoding::TopK { k: 4, f32: false },
+        ShardFormat::Parquet,
+    );
+    let single = tmp.path().join("single");
+    write_all(&single, &ds, &cfg, None).unwrap();
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    assert!(
+        LabelStore::open(&split).is_err(),
+        "no manifest.json before the merge"
+    );
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+    merge(&split, &ds).unwrap();
+    let (a, b) = (files(&single), files(&split));
+    for (name, bytes) in &a {
+        assert_eq!(b.get(name), Some(bytes), "{name}");
+    }
+    let st = LabelStore::open(&split).unwrap();
+    assert_eq!(
+        st.verify().unwrap().rows,
+        (ds.len() as u64 - 1) * POOL as u64
+    );
+    // a worker part with another config: refused when it starts, naming the part it
+    // disagrees with, and by the merge when its files were put there by hand
+    let bad = tmp.path().join("bad");
+    write_all(&bad, &ds, &cfg, Some([0, 2])).unwrap();
+    let mut cfg2 = cfg.clone();
+    cfg2.ensemble = "mean_logits".into();
+    let e = write_all(&bad, &ds, &cfg2, Some([1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ensemble") && e.contains("worker-0-of-2"), "{e}");
+    let elsewhere = tmp.path().join("elsewhere");
+    write_all(&elsewhere, &ds, &cfg2, Some([1, 2])).unwrap();
+    for f in std::fs::read_dir(&elsewhere).unwrap().flatten() {
+        let name = f.file_name().to_string_lossy().to_string();
+        if name.contains("worker-1-of-2.json") || name.starts_with("shard-") {
+            std::fs::copy(f.path(), bad.join(&name)).unwrap();
+        }
+    }
+    let e = merge(&bad, &ds).unwrap_err().to_string();
+    assert!(e.contains("ensemble") && e.contains("worker-1-of-2"), "{e}");
+}
+
+/// One directory holds one store: a single run's, or one split's parts and their merge.
+/// A writer of another kind would replace shards that another manifest lists, so it is
+/// refused before it writes anything; so is one beside a running writer of another kind.
+#[test]
+fn single_runs_and_workers_do_not_share_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    // the store's files (the lock files are the locks' own business)
+    let snapshot = |d: &Path| {
+        let mut f = files(d);
+        f.retain(|name, _| !name.starts_with(".lock"));
+        f
+    };
+
+    // a single run's store: no worker may add its part, of any config
+    let single = tmp.path().join("single");
+    write_all(&single, &ds, &cfg, None).unwrap();
+    let before = snapshot(&single);
+    let mut seeded = cfg.clone();
+    seeded.crop_pool.seed += 1;
+    for c in [&cfg, &seeded] {
+        let e = write_all(&single, &ds, c, Some([0, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("manifest.json") && e.contains("single run"),
+            "{e}"
+        );
+    }
+    assert_eq!(snapshot(&single), before, "nothing written");
+
+    // one split's parts: no single run before the merge, no split into another count
+    let split = tmp.path().join("split");
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-1-of-2.json") && e.contains("worker(s) 0/2 have not run"),
+        "{e}"
+    );
+    // a reader is told to merge, not that manifest.json is missing
+    let e = LabelStore::open(&split).err().unwrap().to_string();
+    assert!(e.contains("merge them first"), "{e}");
+    // an unfinished part (an interrupted worker) is named: merging cannot help yet
+    drop(StoreWriter::open(&split, cfg.clone(), ds.samples(), Some([0, 2])).unwrap());
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-0-of-2.json unfinished") && e.contains("rerun those workers"),
+        "{e}"
+    );
+    let e = write_all(&split, &ds, &cfg, Some([0, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("-of-2.json") && e.contains("another number of workers"),
+        "{e}"
+    );
+
+    // while a worker writes, a single writer and a merge are kept out; its sibling is not
+    let w1 = StoreWriter::open(&split, cfg.clone(), ds.samples(), Some([1, 2])).unwrap();
+    let busy = |r: Result<(), StoreError>| r.unwrap_err().to_string().contains("in use by");
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(e.contains("in use by"), "{e}");
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    drop(w1);
+    let e = write_all(&split, &ds, &cfg, None).unwrap_err().to_string();
+    assert!(
+        e.contains("all complete, not yet merged: merge them"),
+        "{e}"
+    );
+    merge(&split, &ds).unwrap();
+    // after the merge: the same workers and a single run may rerun (resume, nothing to
+    // do), and the store still verifies
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    write_all(&split, &ds, &cfg, None).unwrap();
+    LabelStore::open(&split).unwrap().verify().unwrap();
+    // a split into another count is told the store is merged (not "a single run's"),
+    // and a single run of another config that the store's config differs
+    let e = write_all(&split, &ds, &cfg, Some([0, 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("merged from the parts of workers"), "{e}");
+    let e = write_all(&split, &ds, &seeded, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the store there was made with another config") && e.contains("seed"),
+        "{e}"
+    );
+    // and a single writer keeps the workers out while it runs
+    let w = StoreWriter::open(&split, cfg.clone(), ds.samples(), None).unwrap();
+    assert!(busy(write_all(&split, &ds, &cfg, Some([0, 2]))));
+    drop(w);
+}
+
+/// Merge refuses another dataset (a renamed image changes the fingerprint), a missing
+/// worker (named), and a worker shard that no longer matches its manifest.
+#[test]
+fn merge_checks_the_dataset_the_workers_and_their_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let split = tmp.path().join("split");
+    // a misspelt directory: named, and not created
+    let typo = tmp.path().join("splt");
+    let e = merge(&typo, &ds).unwrap_err().to_string();
+    assert!(e.contains("splt") && e.contains("no such directory"), "{e}");
+    assert!(!typo.exists());
+    // a directory without parts (a class folder named by mistake): refused, left as it was
+    let class_dir = tmp.path().join("train").join(&ds.classes()[0]);
+    let before = files(&class_dir);
+    let e = merge(&class_dir, &ds).unwrap_err().to_string();
+    assert!(e.contains("no worker manifests"), "{e}");
+    assert_eq!(
+        files(&class_dir),
+        before,
+        "nothing left behind (no lock file)"
+    );
+    write_all(&split, &ds, &cfg, Some([0, 2])).unwrap();
+    // worker 1 has not run: say so
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains("worker 1 of 2 is missing (no manifest.worker-1-of-2.json)"),
+        "{e}"
+    );
+    write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
+
+    // the same images with one renamed: another fingerprint, refused
+    let train = tmp.path().join("train");
+    let (from, to) = (train.join(&ds.samples()[0].path), train.join("zz.jpg"));
+    std::fs::rename(&from, &to).unwrap();
+    let ds2 = Dataset::open(&train, LinkPolicy::StayInside).unwrap();
+    std::fs::rename(&to, &from).unwrap();
+    let e = merge(&split, &ds2).unwrap_err().to_string();
+    assert!(e.contains("another dataset"), "{e}");
+    assert!(!split.join("manifest.json").exists());
+
+    // a worker's shard replaced after its manifest was written
+    let shard = std::fs::read_dir(&split)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "parquet") && p != &split.join("images.parquet")
+        })
+        .unwrap();
+    let mut b = std::fs::read(&shard).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains(&*shard.file_name().unwrap().to_string_lossy())
+            && e.contains("checksum differs"),
+        "{e}"
+    );
+    b[mid] ^= 1;
+    std::fs::write(&shard, &b).unwrap();
+    merge(&split, &ds).unwrap();
+    LabelStore::open(&split).unwrap().verify().unwrap();
+}
+
+/// Workers of two configs opening their parts at once (threads, as a device list runs
+/// them): whatever the order, every one that opens has the same config, each refused one
+/// names the other config, none is refused as busy, and one at least opens.
+#[test]
+fn workers_opening_at_once_agree_on_one_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let mut cfg2 = cfg.clone();
+    cfg2.crop_pool.seed += 1;
+    let dir = tmp.path().join("split");
+    let n = 6u32;
+    let (opened, all_tried) = (
+        std::sync::Barrier::new(n as usize),
+        std::sync::Barrier::new(n as usize),
+    );
+    let results: Vec<Result<StoreConfig, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let c = if i % 2 == 0 {
+                    cfg.clone()
+                } else {
+                    cfg2.clone()
+                };
+                let (dir, ds, opened, all_tried) = (&dir, &ds, &opened, &all_tried);
+                scope.spawn(move || {
+                    opened.wait();
+                    let w = StoreWriter::open(dir, c.clone(), ds.samples(), Some([i, n]));
+                    // the writers stay open until every worker has tried
+                    all_tried.wait();
+                    w.map(|_| c).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&StoreConfig> = results.iter().flatten().collect();
+    assert!(!won.is_empty(), "{results:?}");
+    assert!(won.iter().all(|c| *c == won[0]), "two configs opened");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(e.contains("another config") && !e.contains("in use"), "{e}");
+    }
+}
