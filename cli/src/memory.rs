@@ -5,7 +5,9 @@
 /// Memory this process can still get: `MemAvailable` and `SwapFree` of `/proc/meminfo`,
 /// in bytes (None where there is no such file), the first no more than what its cgroup's
 /// `memory.max` leaves (a container's or a SLURM job's limit: the kernel kills a process
-/// past it whatever the machine has free).
+/// past it whatever the machine has free), and both together no more than what its
+/// address-space limit leaves (`ulimit -v`, SGE's `h_vmem`: an allocation past it
+/// fails, and Rust aborts).
 pub fn available() -> Option<(u64, u64)> {
     let (ram, swap) = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
     let left = std::fs::read_to_string("/proc/self/cgroup")
@@ -13,7 +15,33 @@ pub fn available() -> Option<(u64, u64)> {
         .map(|t| cgroup_left(std::path::Path::new("/sys/fs/cgroup"), &t))
         .unwrap_or_default();
     let cap = |v: u64, c: Option<u64>| c.map_or(v, |c| c.min(v));
-    Some((cap(ram, left.memory), cap(swap, left.swap)))
+    let (ram, swap) = (cap(ram, left.memory), cap(swap, left.swap));
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    Some(match address_space_left(&limits, &status) {
+        Some(a) => (ram.min(a), swap.min(a.saturating_sub(ram.min(a)))),
+        None => (ram, swap),
+    })
+}
+
+/// What the soft address-space limit (`Max address space` of `/proc/self/limits`)
+/// leaves above the process's mapped size (`VmSize` of `/proc/self/status`); None
+/// when unlimited or unreadable.
+fn address_space_left(limits: &str, status: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let soft: u64 = line["Max address space".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let size_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Some(soft.saturating_sub(size_kib * 1024))
 }
 
 /// What the memory cgroup limits of a process leave it (None: no limit).
@@ -182,7 +210,8 @@ pub fn check_in(room: Room, need: u64, what: &str, fix: &str) -> anyhow::Result<
     if need > ram.saturating_add(swap) {
         anyhow::bail!(
             "{what}: at least {} needed, more than the {} of memory available here \
-             (memory {} + swap {}: /proc/meminfo, and the cgroup's limit): {fix}",
+             (memory {} + swap {}: /proc/meminfo, the cgroup's limit and the \
+             address-space limit, ulimit -v): {fix}",
             gib(need),
             gib(ram.saturating_add(swap)),
             gib(ram),
@@ -228,6 +257,22 @@ pub fn check_forwards(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_address_space_limit_caps_what_is_available() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max stack size            8388608              unlimited            bytes     \n\
+                      Max address space         8192000000           unlimited            bytes     \n";
+        let status = "Name:\tx\nVmPeak:\t  900000 kB\nVmSize:\t  800000 kB\nVmRSS:\t 10 kB\n";
+        assert_eq!(
+            address_space_left(limits, status),
+            Some(8192000000 - 800000 * 1024)
+        );
+        // unlimited: no cap
+        let unlimited = limits.replace("8192000000  ", "unlimited   ");
+        assert_eq!(address_space_left(&unlimited, status), None);
+        assert_eq!(address_space_left("", status), None);
+    }
 
     #[test]
     fn meminfo_fields_are_read_in_bytes() {

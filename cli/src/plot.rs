@@ -150,15 +150,22 @@ pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
                 .y_label_area_size(58)
                 .build_cartesian_2d(x0..x1, y0..y1)
                 .map_err(err)?;
-            chart
-                .configure_mesh()
-                .x_desc(&p.x_label)
+            // whole x values (epochs) get whole ticks: "2", not "2.0", and none between
+            let whole = all().all(|q| q.0.fract() == 0.0);
+            let whole_ticks = |v: &f64| match (v - v.round()).abs() < 1e-9 {
+                true => format!("{}", v.round() as i64),
+                false => String::new(),
+            };
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(&p.x_label)
                 .y_desc(&p.y_label)
                 .label_style((FONT, 12).into_font())
                 .axis_desc_style((FONT, 14).into_font())
-                .light_line_style(RGBColor(235, 235, 235))
-                .draw()
-                .map_err(err)?;
+                .light_line_style(RGBColor(235, 235, 235));
+            if whole {
+                mesh.x_label_formatter(&whole_ticks);
+            }
+            mesh.draw().map_err(err)?;
             for (i, s) in p.series.iter().enumerate() {
                 let c = COLOURS[i % COLOURS.len()];
                 let pts: Vec<(f64, f64)> = s

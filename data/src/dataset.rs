@@ -158,7 +158,8 @@ impl Dataset {
     /// Index a CSV list file with columns `path,label` (a header line `path,label` is
     /// optional). Paths are relative to the list file's directory. Labels are either all
     /// integers (classes `0..=max`, named by their number) or all names (classes sorted
-    /// by name, as ImageFolder). Samples keep the file's order.
+    /// by name, as ImageFolder); a mix is refused, naming the odd line. Samples keep the
+    /// file's order.
     pub fn list_file(list: &Path, links: LinkPolicy) -> Result<Self> {
         let root = list
             .parent()
@@ -214,6 +215,31 @@ impl Dataset {
                 ((0..=max).map(|c| c.to_string()).collect(), ls)
             }
             None => {
+                // a mix is a typo (`5a`, `-1`) in one kind or the other: read as names, it
+                // would renumber every class (`10` sorting before `2`) without a word
+                let is_int = |r: &&(String, String, usize)| r.1.parse::<u32>().is_ok();
+                let ints = rows.iter().filter(is_int).count();
+                if ints > 0 {
+                    let odd = match ints * 2 >= rows.len() {
+                        true => rows.iter().find(|r| !is_int(r)),
+                        false => rows.iter().find(is_int),
+                    };
+                    if let Some((_, label, line)) = odd {
+                        return Err(DataError::dataset(
+                            list,
+                            format!(
+                                "line {line}: label {label:?} {}, while {ints} of the {} labels are \
+                                 class indices: labels must be all class indices (0, 1, ...) or \
+                                 all class names",
+                                match ints * 2 >= rows.len() {
+                                    true => "is not a class index (a non-negative integer)",
+                                    false => "is an integer among class names",
+                                },
+                                rows.len()
+                            ),
+                        ));
+                    }
+                }
                 let names: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
                 let classes: Vec<String> = names.into_iter().map(str::to_string).collect();
                 let labels = rows

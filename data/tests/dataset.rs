@@ -143,6 +143,15 @@ fn list_file_errors_name_the_file_and_entry() {
             "line 3: label 4000000000",
         ),
         ("a.jpg,65536\n", "line 1: label 65536"),
+        // a typo among class indices would have every label read as a name, sorted as
+        // text (10 before 2): refused, naming its line
+        (
+            "a.jpg,0\na.jpg,1\na.jpg,5a\na.jpg,10\n",
+            "line 3: label \"5a\" is not a class index",
+        ),
+        ("a.jpg,0\na.jpg,0\na.jpg,-1\n", "line 3: label \"-1\""),
+        // and an integer among names
+        ("a.jpg,cat\na.jpg,dog\na.jpg,7\n", "line 3: label \"7\" is an integer"),
     ] {
         fs::write(&list, body).unwrap();
         let e = Dataset::open(&list, LinkPolicy::StayInside)

@@ -28,10 +28,27 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
             reason: "no such file".into(),
         });
     }
+    if path.is_dir() {
+        return Err(ModelError::Io {
+            path: path.to_path_buf(),
+            reason: "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)"
+                .into(),
+        });
+    }
     let map: HashMap<String, Tensor> = if ext == "safetensors" {
-        candle_core::safetensors::load(path, device).map_err(io)?
+        candle_core::safetensors::load(path, device).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            reason: format!("not a readable safetensors file ({e})"),
+        })?
     } else {
-        let mut v = candle_core::pickle::read_all(path).map_err(io)?;
+        // PyTorch's files since 1.6 are zip archives holding a pickle
+        let mut v = candle_core::pickle::read_all(path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a readable PyTorch weights file (a zip archive from torch.save, or \
+                 .safetensors by its extension): {e}"
+            ),
+        })?;
         if v.is_empty() {
             // checkpoints that wrap the state dict, e.g. {"state_dict": {...}}
             for key in ["state_dict", "model", "state_dict_ema"] {

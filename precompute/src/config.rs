@@ -87,9 +87,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
     /// Follow symlinks that lead outside the dataset root (refused by default).
-    #[arg(long)]
-    #[serde(default)]
-    pub follow_links: bool,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub follow_links: Option<bool>,
     /// Images per shard [default: 1024].
     #[arg(long, value_name = "N")]
     pub samples_per_shard: Option<u32>,
@@ -297,7 +296,7 @@ impl RunArgs {
             worker,
             limit: l.pick(|a| &a.limit),
             policy,
-            links: LinkPolicy::follow_if(l.cli.follow_links || l.file.follow_links),
+            links: LinkPolicy::follow_if(l.pick(|a| &a.follow_links).unwrap_or(false)),
             samples_per_shard,
             images_per_row_group,
             cpu_workers: Vec::new(),

@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "MIN,MAX")]
     pub scale: Option<meal_models::ensemble::Pair>,
     /// Base learning rate [default: 0.01].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Learning-rate schedule [default: step].
     #[arg(long, value_parser = ["step", "cosine", "constant"])]
@@ -75,28 +75,27 @@ pub struct TrainArgs {
     #[arg(long, value_name = "EPOCHS")]
     pub lr_steps: Option<u32>,
     /// Decay factor of the step schedule [default: 0.1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr_gamma: Option<f64>,
     /// SGD momentum [default: 0.9].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: Option<bool>,
     /// Follow symlinks in --data/--val that lead outside the dataset root (refused by
     /// default).
-    #[arg(long)]
-    #[serde(default)]
-    pub follow_links: bool,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub follow_links: Option<bool>,
     /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub wd: Option<f64>,
     /// The discriminator [default: on for kd, off for ce].
     #[arg(long, value_parser = ["on", "off"])]
     pub disc: Option<String>,
     /// The discriminator's own learning rate [default: --lr, which is what upstream
     /// ends up using: its separate rate is overwritten every epoch].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub disc_lr: Option<f64>,
     /// kd: the soft labels of the store or the online teachers; ce: hard labels
     /// [default: kd].
@@ -126,15 +125,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the epoch order, fresh crops (ce) and initialisation [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Run directory: checkpoints, metrics.jsonl, summary.csv, curves.png.
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint.
-    #[arg(long)]
-    #[serde(default)]
-    pub resume: bool,
+    /// Continue the run in --out from its last checkpoint (`--resume false` turns off a
+    /// config file's `resume = true`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub resume: Option<bool>,
     /// Unreadable images: skip them (listed in the log) or fail [default: skip].
     #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
@@ -298,15 +297,34 @@ impl TrainArgs {
             bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
         }
         let lr = l.pick(|a| &a.lr).unwrap_or(DEFAULT_LR);
+        let (lr_steps, lr_gamma) = (l.pick(|a| &a.lr_steps), l.pick(|a| &a.lr_gamma));
         let schedule = match l.pick(|a| &a.schedule).as_deref() {
             None | Some("step") => LrSchedule::Step {
-                step: l.pick(|a| &a.lr_steps).unwrap_or(DEFAULT_LR_STEP),
-                gamma: l.pick(|a| &a.lr_gamma).unwrap_or(DEFAULT_LR_GAMMA),
+                step: lr_steps.unwrap_or(DEFAULT_LR_STEP),
+                gamma: lr_gamma.unwrap_or(DEFAULT_LR_GAMMA),
             },
             Some("cosine") => LrSchedule::Cosine { epochs },
             Some("constant") => LrSchedule::Constant,
             Some(o) => bail!("--schedule {o:?}: expected step, cosine or constant"),
         };
+        // a flag that would do nothing is refused rather than ignored
+        if !matches!(schedule, LrSchedule::Step { .. }) {
+            if let Some(flag) = [("--lr-steps", lr_steps.is_some()), ("--lr-gamma", lr_gamma.is_some())]
+                .into_iter()
+                .find_map(|(f, given)| given.then_some(f))
+            {
+                bail!(
+                    "{flag} sets the step schedule; --schedule {} does not use it: remove it",
+                    l.pick(|a| &a.schedule).unwrap_or_default()
+                );
+            }
+        }
+        if loss == LossKind::Ce && !online_teacher.is_empty() {
+            bail!(
+                "--online-teacher labels --loss kd; --loss ce trains on the hard labels and \
+                 would not run it: remove it, or use --loss kd"
+            );
+        }
         let disc = match l.pick(|a| &a.disc).as_deref() {
             None => loss == LossKind::Kd,
             Some("on") => true,
@@ -383,7 +401,7 @@ impl TrainArgs {
             schedule,
             momentum,
             nesterov,
-            follow_links: l.cli.follow_links || l.file.follow_links,
+            follow_links: l.pick(|a| &a.follow_links).unwrap_or(false),
             wd,
             disc,
             disc_lr: l.pick(|a| &a.disc_lr).unwrap_or(lr),
@@ -395,7 +413,7 @@ impl TrainArgs {
             threads,
             seed: l.pick(|a| &a.seed).unwrap_or(0),
             out,
-            resume: l.cli.resume || l.file.resume,
+            resume: l.pick(|a| &a.resume).unwrap_or(false),
             policy,
             max_steps: l.pick(|a| &a.max_steps),
         })

@@ -1,6 +1,7 @@
 //! Top-1 / top-5 with the eval transform (resize to `S / 0.875`, centre crop S), of one
 //! model or of an ensemble (mean softmax, each member at its own input config).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -33,14 +34,16 @@ pub struct EvalRead {
     pub policy: BadFilePolicy,
 }
 
-/// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits.
+/// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits; None
+/// when `stop` is set before the last batch (the count is left unfinished).
 fn eval_loop(
     ds: &Arc<Dataset>,
     specs: &[CropSpec],
     classes: usize,
     read: EvalRead,
+    stop: &AtomicBool,
     mut scores: impl FnMut(&Batch) -> Result<Vec<f32>>,
-) -> Result<Accuracy> {
+) -> Result<Option<Accuracy>> {
     if ds.classes().len() != classes {
         bail!(
             "{}: {} classes, the model has {classes}",
@@ -66,6 +69,9 @@ fn eval_loop(
     let k = 5.min(classes);
     let (mut n, mut c1, mut c5) = (0u64, 0u64, 0u64);
     for b in loader {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let b = b.with_context(|| format!("evaluating on {}", ds.root().display()))?;
         if b.is_empty() {
             continue;
@@ -95,11 +101,16 @@ fn eval_loop(
         );
     }
     let d = n as f64;
-    Ok(Accuracy {
+    Ok(Some(Accuracy {
         images: n,
         top1: c1 as f64 / d,
         top5: c5 as f64 / d,
-    })
+    }))
+}
+
+/// What a finished loop gives: it has no stop to heed.
+fn finished(a: Option<Accuracy>) -> Result<Accuracy> {
+    a.context("evaluation stopped")
 }
 
 /// The label's place in the classes ordered by score, ties going to the lower class
@@ -122,7 +133,27 @@ pub fn evaluate(
     read: EvalRead,
     device: &Device,
 ) -> Result<Accuracy> {
-    eval_loop(ds, &[spec], model.config().num_classes, read, |b| {
+    finished(evaluate_until(
+        model,
+        ds,
+        spec,
+        read,
+        device,
+        &AtomicBool::new(false),
+    )?)
+}
+
+/// [`evaluate`], given up (None) once `stop` is set: a training's validation must not
+/// hold a stop signal for a whole pass (a scheduler's grace period is seconds).
+pub fn evaluate_until(
+    model: &ResNet,
+    ds: &Arc<Dataset>,
+    spec: CropSpec,
+    read: EvalRead,
+    device: &Device,
+    stop: &AtomicBool,
+) -> Result<Option<Accuracy>> {
+    eval_loop(ds, &[spec], model.config().num_classes, read, stop, |b| {
         let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
         let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
@@ -131,10 +162,18 @@ pub fn evaluate(
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
 pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> Result<Accuracy> {
-    eval_loop(ds, ens.specs(), ens.num_classes(), read, |b| {
-        let inputs = Crops::of_batch(b);
-        Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
-    })
+    let never = AtomicBool::new(false);
+    finished(eval_loop(
+        ds,
+        ens.specs(),
+        ens.num_classes(),
+        read,
+        &never,
+        |b| {
+            let inputs = Crops::of_batch(b);
+            Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
+        },
+    )?)
 }
 
 #[cfg(test)]

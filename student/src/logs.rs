@@ -16,10 +16,11 @@ pub struct EpochMetrics {
     pub lr: f64,
     /// Mean total loss (KD or CE, plus the discriminator's).
     pub loss: f64,
-    /// Mean KD (or CE) part.
+    /// Mean KD part (with `--loss ce`: the cross-entropy to the hard labels, which is
+    /// then the whole loss).
     pub kd: f64,
-    /// Mean discriminator BCE (0 when off).
-    pub disc: f64,
+    /// Mean discriminator BCE (null when it is off; older runs wrote 0).
+    pub disc: Option<f64>,
     /// Training top-1 against the hard labels (on the augmented crops).
     pub train_top1: f64,
     /// Validation top-1 (when --val is given).
@@ -55,12 +56,12 @@ pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
         jsonl.push('\n');
         let _ = writeln!(
             csv,
-            "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{},{},{},{:.2}",
+            "{},{:.6e},{:.6},{:.6},{},{:.6},{},{},{},{:.2}",
             m.epoch,
             m.lr,
             m.loss,
             m.kd,
-            m.disc,
+            opt(m.disc),
             m.train_top1,
             opt(m.val_top1),
             opt(m.val_top5),
@@ -72,10 +73,11 @@ pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     write_atomic(&dir.join(SUMMARY_FILE), csv.as_bytes())
 }
 
-/// `curves.png`: three titled panels - loss (total and its KD part), learning rate, and
-/// top-1 (train and, with a validation set, val) in %, each over epochs, under the run's
-/// name. The numbers are in summary.csv.
-pub fn plot_curves(run: &str, history: &[EpochMetrics], path: &Path) -> Result<()> {
+/// `curves.png`: three titled panels - loss (KD: total, its KD part and the
+/// discriminator's; `ce`: the cross-entropy), learning rate, and top-1 (train and, with a
+/// validation set, val) in %, each over epochs, under the run's name. The numbers are in
+/// summary.csv.
+pub fn plot_curves(run: &str, ce: bool, history: &[EpochMetrics], path: &Path) -> Result<()> {
     use meal_cli::plot::{lines, LinePanel, Series};
     let series = |name: &str, f: &dyn Fn(&EpochMetrics) -> Option<f64>| Series {
         name: name.into(),
@@ -101,10 +103,14 @@ pub fn plot_curves(run: &str, history: &[EpochMetrics], path: &Path) -> Result<(
                 "training loss",
                 "loss (mean per crop)",
                 None,
-                vec![
-                    series("total", &|m| Some(m.loss)),
-                    series("KD part", &|m| Some(m.kd)),
-                ],
+                match ce {
+                    true => vec![series("cross-entropy (hard labels)", &|m| Some(m.loss))],
+                    false => vec![
+                        series("total", &|m| Some(m.loss)),
+                        series("KD part", &|m| Some(m.kd)),
+                        series("discriminator part", &|m| m.disc),
+                    ],
+                },
             ),
             panel(
                 "learning rate",

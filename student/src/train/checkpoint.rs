@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use meal_models::ensemble::TeacherArg;
 use meal_models::{load_into, read_state_dict, save_safetensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 
@@ -43,8 +44,14 @@ pub struct Inputs {
     pub val: Option<String>,
     /// SHA-256 of the label store's manifest (which lists every shard's checksum).
     pub labels: Option<String>,
-    /// SHA-256 of the initial weights file.
+    /// SHA-256 of the initial weights file (on a resume, where it can be read: a resume
+    /// does not load it).
     pub init: Option<String>,
+    /// Each `--online-teacher` spec with its weights' path replaced by their SHA-256
+    /// (`sha256:HEX`): the teachers by content (absent in older checkpoints, whose
+    /// specs are compared as written).
+    #[serde(default)]
+    pub online: Option<Vec<String>>,
 }
 
 /// Settings a resume may change: where things are (inputs are compared by content
@@ -91,13 +98,44 @@ impl Run {
                 None => None,
             },
             init: match &self.s.init {
+                // a resume reads its checkpoint's weights, not these: a moved or
+                // changed --init is warned of, not refused
+                Some(p) if self.s.resume => sha_file(p, "--init").ok(),
                 Some(p) => Some(sha_file(p, "--init")?),
                 None => None,
+            },
+            online: match self.s.online_teacher.is_empty() {
+                true => None,
+                false => Some(
+                    TeacherArg::parse_all(&self.s.online_teacher)?
+                        .iter()
+                        .zip(&self.s.online_teacher)
+                        .map(|(t, spec)| {
+                            let sha = sha_file(&t.weights, "--online-teacher")?;
+                            let path = t.weights.to_string_lossy();
+                            Ok(spec.replacen(path.as_ref(), &format!("sha256:{sha}"), 1))
+                        })
+                        .collect::<Result<_>>()?,
+                ),
             },
         })
     }
 
+    /// Saves `state` with the weights, the discriminator and the optimiser, replacing
+    /// the last checkpoint; refused (the last one kept) when a weight or a BatchNorm
+    /// statistic is not finite: a loss can stay finite while running variances
+    /// overflow, and such weights would be refused by `--init` and `eval`.
     pub(super) fn save_checkpoint(&self, state: &State) -> Result<()> {
+        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
+        for (entries, whose) in [(self.student.entries(), "student"), (disc, "discriminator")] {
+            if let Some(name) = super::first_non_finite(entries)? {
+                bail!(
+                    "after step {} of the run the {whose}'s {name} is not finite (NaN or inf) though the loss is: {}",
+                    state.step,
+                    self.diverged()
+                );
+            }
+        }
         // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
         // train() recovers a crash between the two renames before it reads it
         let dst = self.s.out.join(CHECKPOINT);
@@ -143,10 +181,32 @@ impl Run {
         })?;
         let state: State =
             serde_json::from_str(&text).with_context(|| format!("--resume: {}", sp.display()))?;
+        // a state that no run writes (edited by hand, or damaged yet valid JSON) would
+        // resume into a wrong run: a finished one with mid-epoch weights, a short epoch
+        let per_epoch = self.batches_per_epoch();
+        let consistent = state.epoch <= state.settings.epochs
+            && state.history.len() == state.epoch as usize
+            && state.history.iter().zip(0..).all(|(m, e)| m.epoch == e)
+            && state.batch <= per_epoch
+            && (state.epoch < state.settings.epochs || state.batch == 0);
+        if !consistent {
+            bail!(
+                "--resume: {} is inconsistent (epoch {} of {}, step {} of an epoch's {per_epoch}, \
+                 {} epochs logged): it was altered; restore it, or start a new run with --init {}",
+                sp.display(),
+                state.epoch,
+                state.settings.epochs,
+                state.batch,
+                state.history.len(),
+                dir.join(STUDENT_FILE).display()
+            );
+        }
         let (a, b) = (
             serde_json::to_value(&state.settings)?,
             serde_json::to_value(&self.s)?,
         );
+        // teachers recorded by content are compared as inputs, below
+        let online_by_content = state.inputs.as_ref().is_some_and(|i| i.online.is_some());
         let diff: Vec<String> = match (a, b) {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
                 .iter()
@@ -154,6 +214,7 @@ impl Run {
                 // --scale draws the crops of a run without a store; with --labels the
                 // store's crops replay and it is unused (its help says so)
                 .filter(|(k, _)| !(k.as_str() == "scale" && self.s.labels.is_some()))
+                .filter(|(k, _)| !(k.as_str() == "online_teacher" && online_by_content))
                 .map(|(k, _)| flag_of(k))
                 .collect(),
             _ => vec![],
@@ -178,13 +239,24 @@ impl Run {
             if was.labels != now.labels {
                 changed.push("--labels (another label store)");
             }
-            if was.init != now.init {
-                changed.push("--init (other weights)");
+            if was.online.is_some() && was.online != now.online {
+                changed.push("--online-teacher (other teachers or weights)");
             }
             if !changed.is_empty() {
                 bail!(
                     "--resume: the inputs differ by content from the checkpointed run's: {}",
                     changed.join(", ")
+                );
+            }
+            if let Some(init) = self.s.init.as_ref().filter(|_| was.init != now.init) {
+                tracing::warn!(
+                    "--init {}: {} the weights this run started from; a resume goes on \
+                     from its checkpoint and does not read --init",
+                    init.display(),
+                    match now.init {
+                        Some(_) => "not",
+                        None => "unreadable, so not checked against",
+                    }
                 );
             }
         }

@@ -23,7 +23,7 @@ use meal_models::{Discriminator, ResNet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LossKind, Settings};
-use crate::eval::{evaluate, Accuracy, EvalRead};
+use crate::eval::{evaluate_until, Accuracy, EvalRead};
 use crate::logs::{
     plot_curves, write_tables, EpochMetrics, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
 };
@@ -116,14 +116,20 @@ pub fn step_loss(
     })
 }
 
-fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, val: Option<Accuracy>) -> EpochMetrics {
+fn metrics(
+    epoch: u32,
+    lr: f64,
+    acc: &EpochAcc,
+    disc: bool,
+    val: Option<Accuracy>,
+) -> EpochMetrics {
     let n = acc.rows.max(1) as f64;
     EpochMetrics {
         epoch,
         lr,
         loss: acc.loss / n,
         kd: acc.kd / n,
-        disc: acc.disc / n,
+        disc: disc.then_some(acc.disc / n),
         train_top1: acc.correct as f64 / n,
         val_top1: val.map(|v| v.top1),
         val_top5: val.map(|v| v.top5),
@@ -219,7 +225,9 @@ fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f
 }
 
 /// The end of an epoch: evaluate, log, checkpoint, refresh the weights and tables.
-fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
+/// False when `stop` came during the validation: the epoch is left to end on resume
+/// (its steps are in the checkpoint taken before the validation).
+fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result<bool> {
     let s = &run.s;
     if state.acc.rows == 0 {
         // every image of the epoch skipped as unreadable: an untrained student with a
@@ -241,8 +249,9 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
             // non-finite scores) is logged and left out of the epoch's figures (null,
             // not 0): failing here would lose the epoch, whose checkpoint comes below;
             // `fail` asked for the error
-            match evaluate(&run.student, v, s.spec(), read, &run.dev) {
-                Ok(a) => Some(a),
+            match evaluate_until(&run.student, v, s.spec(), read, &run.dev, stop) {
+                Ok(Some(a)) => Some(a),
+                Ok(None) => return Ok(false),
                 Err(e) if s.policy == meal_data::BadFilePolicy::Fail => return Err(e),
                 Err(e) => {
                     tracing::warn!(
@@ -255,19 +264,19 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
         }
         None => None,
     };
-    let m = metrics(state.epoch, lr, &state.acc, val);
+    let m = metrics(state.epoch, lr, &state.acc, run.disc.is_some(), val);
     // the label term's name: metrics.jsonl keeps it under "kd" for both losses
     let term = match s.loss {
         LossKind::Kd => "kd",
         LossKind::Ce => "ce",
     };
     tracing::info!(
-        "epoch {}/{}: loss {:.4} ({term} {:.4}, disc {:.4}), train top-1 {:.3}{}, {:.1} crops/s",
+        "epoch {}/{}: loss {:.4} ({term} {:.4}{}), train top-1 {:.3}{}, {:.1} crops/s",
         state.epoch + 1,
         s.epochs,
         m.loss,
         m.kd,
-        m.disc,
+        m.disc.map(|d| format!(", disc {d:.4}")).unwrap_or_default(),
         m.train_top1,
         m.val_top1
             .map(|v| format!(", val top-1 {v:.3} top-5 {:.3}", m.val_top5.unwrap_or(0.0)))
@@ -280,7 +289,8 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64) -> Result<()> {
     state.acc = EpochAcc::default();
     run.save_checkpoint(state)?;
     run.student.save(&s.out.join(STUDENT_FILE))?;
-    write_tables(&s.out, &state.history)
+    write_tables(&s.out, &state.history)?;
+    Ok(true)
 }
 
 /// The run's inputs opened and checked, and where it starts (fresh, or its checkpoint).
@@ -354,6 +364,16 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     }
     while state.epoch < s.epochs && !interrupted {
         let epoch = state.epoch;
+        if stop.load(Ordering::Relaxed) {
+            // a signal during the last epoch's end (or before the first step)
+            run.save_checkpoint(&state)?;
+            tracing::warn!(
+                "stopped before epoch {}; checkpoint saved, continue with --resume",
+                epoch + 1
+            );
+            interrupted = true;
+            break;
+        }
         let factor = s.schedule.factor(epoch);
         let lr = s.lr * factor;
         let per_epoch = run.batches_per_epoch();
@@ -363,7 +383,12 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, s.epochs));
         bar.set_position(state.batch as u64);
-        for b in run.loader(epoch, state.batch)? {
+        // (a resume of an epoch whose steps were all done has only its end left)
+        let loader = match state.batch < per_epoch {
+            true => Some(run.loader(epoch, state.batch)?),
+            false => None,
+        };
+        for b in loader.into_iter().flatten() {
             let b = b?;
             if b.is_empty() {
                 state.batch += 1;
@@ -394,8 +419,27 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             );
             break;
         }
-        end_epoch(&run, &mut state, lr)?;
+        if run.val.is_some() {
+            // the epoch's steps are saved before its validation (minutes on ImageNet),
+            // which a stop signal then ends at once, losing nothing
+            run.save_checkpoint(&state)?;
+        }
+        if !end_epoch(&run, &mut state, lr, stop)? {
+            tracing::warn!(
+                "stopped during epoch {}'s validation; checkpoint saved, continue with \
+                 --resume (it validates the epoch first)",
+                epoch + 1
+            );
+            interrupted = true;
+            break;
+        }
         epochs_ended += 1;
+        if interrupted {
+            tracing::warn!(
+                "stopped after epoch {}; checkpoint saved, continue with --resume",
+                epoch + 1
+            );
+        }
     }
     if !interrupted && epochs_ended == 0 {
         // a resume of a finished run: a crash after the last checkpoint may have cut
@@ -406,7 +450,12 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     if !interrupted {
         let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
         let run_name = run_name.unwrap_or_else(|| s.out.display().to_string());
-        plot_curves(&run_name, &state.history, &s.out.join(CURVES_FILE))?;
+        plot_curves(
+            &run_name,
+            s.loss == LossKind::Ce,
+            &state.history,
+            &s.out.join(CURVES_FILE),
+        )?;
     }
     Ok(TrainReport {
         history: state.history,

@@ -134,7 +134,8 @@ fn check_memory(s: &Settings, student: &ResNet, room: Room) -> Result<()> {
 fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
     let mut student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
     student.set_autocast(s.amp.then_some(candle_core::DType::BF16));
-    if let Some(init) = &s.init {
+    // a resume loads its checkpoint's weights instead (checkpoint.rs)
+    if let Some(init) = s.init.as_ref().filter(|_| !s.resume) {
         let fresh = student
             .load_weights(
                 init,
@@ -209,20 +210,28 @@ impl Run {
                 );
             }
         }
+        anyhow::anyhow!("{at}: {}", self.diverged())
+    }
+
+    /// "the training diverged", with where it can go on from: its last checkpoint (a
+    /// checkpoint is never saved with a non-finite weight or statistic, so its weights
+    /// load as `--init`), or a rerun.
+    pub(super) fn diverged(&self) -> String {
         let ckpt = self.s.out.join(CHECKPOINT).join("state.json");
         let saved = std::fs::read_to_string(&ckpt)
             .ok()
             .and_then(|t| serde_json::from_str::<State>(&t).ok());
         match saved {
-            Some(st) => anyhow::anyhow!(
-                "{at}: the training diverged. The last checkpoint (epoch {}, step {}) is in {}: resume it with the same settings, or start a new run from its weights with a lower --lr: --init {}",
+            Some(st) => format!(
+                "the training diverged. The last checkpoint (epoch {}, step {}) is kept in {}: start a new run from its weights with a lower --lr (now {}): --init {}",
                 st.epoch + 1,
                 st.step,
                 ckpt.parent().unwrap_or(&self.s.out).display(),
+                self.s.lr,
                 self.s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
             ),
-            None => anyhow::anyhow!(
-                "{at}: the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with a lower --lr (now {})",
+            None => format!(
+                "the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with a lower --lr (now {})",
                 self.s.lr
             ),
         }
