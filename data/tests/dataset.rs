@@ -151,7 +151,10 @@ fn list_file_errors_name_the_file_and_entry() {
         ),
         ("a.jpg,0\na.jpg,0\na.jpg,-1\n", "line 3: label \"-1\""),
         // and an integer among names
-        ("a.jpg,cat\na.jpg,dog\na.jpg,7\n", "line 3: label \"7\" is an integer"),
+        (
+            "a.jpg,cat\na.jpg,dog\na.jpg,7\n",
+            "line 3: label \"7\" is an integer",
+        ),
     ] {
         fs::write(&list, body).unwrap();
         let e = Dataset::open(&list, LinkPolicy::StayInside)

@@ -31,8 +31,7 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
     if path.is_dir() {
         return Err(ModelError::Io {
             path: path.to_path_buf(),
-            reason: "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)"
-                .into(),
+            reason: "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)".into(),
         });
     }
     let map: HashMap<String, Tensor> = if ext == "safetensors" {

@@ -82,7 +82,7 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     if let Some(s) = &m.summary {
         let _ = writeln!(
             t,
-            "summary      {} images, {} crops; ensemble top-1 agreement {:.4}; mean entropy {:.4} nats; kept mass {:.4}; mean KL {:.3e}",
+            "summary      {} images, {} crops; ensemble top-1 agreement {:.4}; mean entropy {:.4} nats (the ensemble's, before encoding); kept mass {:.4}; mean KL {:.3e}",
             s.images, s.rows, s.top1_agreement, s.mean_entropy, s.mean_kept_mass, s.mean_kl
         );
     }
@@ -117,6 +117,16 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         row.images += 1;
         for cl in store.crops(im.sample_id)? {
             let d = store.dense(&cl.label);
+            // a damaged shard of the right size would print NaN figures as if measured
+            if let Err(why) = meal_store::distribution_error(&d) {
+                anyhow::bail!(
+                    "{}: sample {} crop {}: {why}: the label store is damaged (`meal-precompute \
+                     verify` checks every shard)",
+                    store.shard_path(im.sample_id).unwrap_or_default().display(),
+                    im.sample_id,
+                    cl.crop_id
+                );
+            }
             let mut order: Vec<usize> = (0..d.len()).collect();
             order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
             let ent = entropy(&d);
@@ -159,14 +169,14 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         .clamp(5, 40);
     let _ = writeln!(
         t,
-        "\n  {:<w$} {:>6} {:>7}  {:>11}  {:>9}  {:>12}",
-        "class", "images", "crops", "top-1 agree", "mean conf", "mean entropy"
+        "\n  {:<w$} {:>6} {:>7}  {:>11}  {:>9}  {:>13}",
+        "class", "images", "crops", "top-1 agree", "mean conf", "label entropy"
     );
     for (name, r) in c.classes.iter().zip(&classes) {
         let n = r.crops.max(1) as f64;
         let _ = writeln!(
             t,
-            "  {:<w$} {:>6} {:>7}  {:>11.4}  {:>9.4}  {:>12.4}",
+            "  {:<w$} {:>6} {:>7}  {:>11.4}  {:>9.4}  {:>13.4}",
             truncate(name, w),
             r.images,
             r.crops,

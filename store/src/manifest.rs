@@ -427,9 +427,20 @@ pub(crate) fn require_same_config(
     if diff.is_empty() {
         return Ok(());
     }
+    // only the dataset differs: most often an image fixed (or added, removed) after a
+    // run that stopped on it; the shards hold the old images' labels and the store's
+    // fingerprint covers them all, so it cannot go on: say what can
+    let hint = match diff.iter().all(|k| k.starts_with("dataset.")) {
+        true => {
+            "; the dataset changed since this store was started (an image fixed, added, \
+             removed or relabelled, or another dataset): write the store in another \
+             directory, or remove this one to start over"
+        }
+        false => "",
+    };
     Err(StoreError::Mismatch {
         path: path.to_path_buf(),
-        reason: format!("{what}; differing keys: {}", diff.join(", ")),
+        reason: format!("{what}; differing keys: {}{hint}", diff.join(", ")),
     })
 }
 

@@ -127,20 +127,37 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         .map(|w| w[0])
         .collect();
     if !missing.is_empty() || !duplicated.is_empty() {
+        // name the parts that list a duplicated shard
+        let by: Vec<String> = names
+            .iter()
+            .zip(&parts)
+            .filter(|(_, p)| p.shards.iter().any(|s| duplicated.contains(&s.index)))
+            .map(|(name, _)| name.clone())
+            .collect();
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
             reason: format!(
-                "the workers' shards do not cover the dataset once: missing shards {missing:?}, listed twice {duplicated:?}"
+                "the workers' shards do not cover the dataset once: missing shards {missing:?}, listed twice {duplicated:?}{}",
+                match by.is_empty() {
+                    true => String::new(),
+                    false => format!(" (by {})", by.join(", ")),
+                }
             ),
         });
     }
     // every worker shard is checked against its manifest while merging: a damaged or
     // replaced file fails here, not at training time
     for s in &m.shards {
+        // the worker that wrote it (shard s % n), whose rerun writes it again
+        let who = format!("rerun worker {} of {n}, then merge", s.index % n);
         s.check(dir).map_err(|e| match e {
             StoreError::Corrupt { path, reason } => StoreError::Corrupt {
                 path,
-                reason: format!("{reason}: rerun that worker"),
+                reason: format!("{reason}: {who}"),
+            },
+            StoreError::Io { path, error } => StoreError::Corrupt {
+                reason: format!("listed by its worker's manifest but unreadable ({error}): {who}"),
+                path,
             },
             e => e,
         })?;

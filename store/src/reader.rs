@@ -221,8 +221,10 @@ impl LabelStore {
         for (info, r) in self.manifest.shards.iter().zip(&self.shards) {
             let path = self.dir.join(&info.file);
             let mut dense = vec![0f32; self.num_classes()];
+            let mut images = 0u32;
             for id in r.samples() {
                 let crops = self.view(id)?;
+                images += !crops.is_empty() as u32;
                 for i in 0..crops.len() {
                     crops.dense_into(i, &mut dense);
                     let e = distribution_error(&dense).map_err(|why| {
@@ -234,6 +236,16 @@ impl LabelStore {
                     max_err = max_err.max(e);
                     rows += 1;
                 }
+            }
+            // the manifest's count is what summaries and merges add up
+            if images != info.images {
+                return Err(StoreError::corrupt(
+                    &self.dir.join(MANIFEST),
+                    format!(
+                        "{} holds {images} images, the manifest lists {}",
+                        info.file, info.images
+                    ),
+                ));
             }
         }
         self.verify_images()?;

@@ -32,9 +32,19 @@ impl Runs {
             }
         }
         if !self.seen.insert(id) {
-            return Err(format!(
-                "rows of sample {id} are not contiguous in one row group"
-            ));
+            // the previous run is this sample's, cut at a row-group boundary
+            let straddles = self
+                .runs
+                .last()
+                .is_some_and(|(last, e)| *last == id && e.rg as usize != rg);
+            return Err(match straddles {
+                true => format!(
+                    "the rows of sample {id} straddle two row groups (a shard keeps each \
+                     image's rows in one row group: docs/FORMAT.md; pyarrow's \
+                     row_group_size must be a multiple of the crops per image)"
+                ),
+                false => format!("the rows of sample {id} are not contiguous"),
+            });
         }
         let narrow = |v: usize| u32::try_from(v).map_err(|_| format!("row {v} beyond u32"));
         self.runs.push((

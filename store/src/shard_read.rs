@@ -80,21 +80,56 @@ enum Kind {
 
 /// Whether a file's columns are the store's: same names, types and nullability. The
 /// name of a list's item field is ignored (arrow-rs writes `item`, pyarrow `element`).
-fn same_columns(got: &arrow::datatypes::Fields, want: &arrow::datatypes::Fields) -> bool {
+fn column_mismatch(
+    got: &arrow::datatypes::Fields,
+    want: &arrow::datatypes::Fields,
+) -> Option<String> {
     use arrow::datatypes::DataType;
-    got.len() == want.len()
-        && got.iter().zip(want.iter()).all(|(g, w)| {
-            g.name() == w.name()
-                && g.is_nullable() == w.is_nullable()
-                && match (g.data_type(), w.data_type()) {
-                    (DataType::FixedSizeList(gi, gn), DataType::FixedSizeList(wi, wn)) => {
-                        gn == wn
-                            && gi.data_type() == wi.data_type()
-                            && gi.is_nullable() == wi.is_nullable()
-                    }
-                    (a, b) => a == b,
-                }
+    let names = |f: &arrow::datatypes::Fields| {
+        f.iter()
+            .map(|c| c.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if got.len() != want.len()
+        || got
+            .iter()
+            .zip(want.iter())
+            .any(|(g, w)| g.name() != w.name())
+    {
+        return Some(format!(
+            "columns ({}), the store's are ({})",
+            names(got),
+            names(want)
+        ));
+    }
+    got.iter().zip(want.iter()).find_map(|(g, w)| {
+        // nullable columns would let a null pass for a value: ours are required
+        let inner = |f: &arrow::datatypes::Field| match f.data_type() {
+            DataType::FixedSizeList(i, n) => Some((i.data_type().clone(), i.is_nullable(), *n)),
+            _ => None,
+        };
+        let same_type = match (inner(g), inner(w)) {
+            (Some((gt, _, gn)), Some((wt, _, wn))) => gt == wt && gn == wn,
+            _ => g.data_type() == w.data_type(),
+        };
+        if !same_type {
+            return Some(format!(
+                "column {}: type {}, the store's is {}",
+                g.name(),
+                g.data_type(),
+                w.data_type()
+            ));
+        }
+        let nullable = g.is_nullable() || inner(g).is_some_and(|(_, n, _)| n);
+        nullable.then(|| {
+            format!(
+                "column {} is nullable: the store's columns are required (not null); \
+                 pyarrow: a schema with nullable=False fields",
+                g.name()
+            )
         })
+    })
 }
 
 impl ShardReader {
@@ -136,10 +171,9 @@ impl ShardReader {
         let builder =
             ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), arm.clone());
         let want = schema(enc, classes);
-        if !same_columns(builder.schema().fields(), want.fields()) {
+        if let Some(why) = column_mismatch(builder.schema().fields(), want.fields()) {
             return Err(corrupt(&format!(
-                "schema {:?} is not the store's ({enc}, {classes} classes)",
-                builder.schema()
+                "not the store's schema ({enc}, {classes} classes; docs/FORMAT.md): {why}"
             )));
         }
         let meta = builder.metadata().clone();

@@ -309,9 +309,12 @@ impl TrainArgs {
         };
         // a flag that would do nothing is refused rather than ignored
         if !matches!(schedule, LrSchedule::Step { .. }) {
-            if let Some(flag) = [("--lr-steps", lr_steps.is_some()), ("--lr-gamma", lr_gamma.is_some())]
-                .into_iter()
-                .find_map(|(f, given)| given.then_some(f))
+            if let Some(flag) = [
+                ("--lr-steps", lr_steps.is_some()),
+                ("--lr-gamma", lr_gamma.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(f, given)| given.then_some(f))
             {
                 bail!(
                     "{flag} sets the step schedule; --schedule {} does not use it: remove it",

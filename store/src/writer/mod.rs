@@ -141,11 +141,34 @@ impl StoreWriter {
             // shards are deterministic: one that is missing, truncated or altered since
             // it was listed is dropped from the manifest and written again
             let before = m.shards.len();
-            m.shards.retain(|s| match s.check(dir) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("{e}; it will be recomputed");
-                    false
+            // an entry no writer makes (a shard listed twice, under another name, or
+            // another worker's: an edited or damaged manifest) is dropped too, so the
+            // store is not called complete while verify refuses it
+            let ext = m.config.format.extension();
+            let count = (samples.len() as u32).div_ceil(m.config.samples_per_shard.max(1));
+            let (i, n) = worker.map_or((0, 1), |[i, n]| (i, n));
+            let mut seen = std::collections::HashSet::new();
+            m.shards.retain(|s| {
+                let ours = s.file == format!("shard-{:06}.{ext}", s.index)
+                    && s.index < count
+                    && s.index % n == i
+                    && seen.insert(s.index);
+                if !ours {
+                    tracing::warn!(
+                        "{}: its entry for {} (shard {}) is not one this writer makes \
+                         (listed twice, misnamed or another worker's); it will be recomputed",
+                        path.display(),
+                        s.file,
+                        s.index
+                    );
+                    return false;
+                }
+                match s.check(dir) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("{e}; it will be recomputed");
+                        false
+                    }
                 }
             });
             if m.shards.len() != before {

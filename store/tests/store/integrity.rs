@@ -353,3 +353,45 @@ fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
     drop(StoreWriter::open(&other, cfg.clone(), ds.samples(), None).unwrap());
     assert!(names(&other).contains(&"shard-000099.parquet".to_string()));
 }
+
+/// A manifest listing a shard twice (an edit, a bad merge by hand) or miscounting a
+/// shard's images: a rerun recomputes what the duplicate hid instead of calling the
+/// store complete, and verify names a wrong image count.
+#[test]
+fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let dir = tmp.path().join("store");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    let want = files(&dir);
+    let mpath = dir.join("manifest.json");
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        f(&mut m);
+        std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    };
+    edit(&|m| {
+        let first = m["shards"][0].clone();
+        m["shards"][1] = first;
+    });
+    assert!(LabelStore::open(&dir).and_then(|s| s.verify()).is_err());
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    LabelStore::open(&dir).unwrap().verify().unwrap();
+    assert_eq!(
+        files(&dir),
+        want,
+        "the store is the uninterrupted run's again"
+    );
+
+    edit(&|m| m["shards"][0]["images"] = 3.into());
+    let e = LabelStore::open(&dir)
+        .and_then(|s| s.verify())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("shard-000000.parquet holds 6 images, the manifest lists 3"),
+        "{e}"
+    );
+}

@@ -90,6 +90,80 @@ fn shards_from_other_parquet_writers_are_decoded_through_arrow() {
     }
 }
 
+/// Files our reader cannot take are refused naming why: a nullable column (Polars writes
+/// every column nullable) and an image cut across two row groups.
+#[test]
+fn nullable_columns_and_images_across_row_groups_are_refused_by_name() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::properties::WriterProperties;
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    for case in ["nullable", "row groups"] {
+        let dir = tmp.path().join(case.replace(' ', "_"));
+        write_all(
+            &dir,
+            &ds,
+            &config(&ds, Encoding::Dense, ShardFormat::Parquet),
+            None,
+        )
+        .unwrap();
+        let path = dir.join("shard-000000.parquet");
+        let r =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let kv = r.metadata().file_metadata().key_value_metadata().cloned();
+        let schema = r.schema().clone();
+        let (schema, props) = match case {
+            "nullable" => (
+                Arc::new(arrow::datatypes::Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone().with_nullable(true))
+                        .collect::<Vec<_>>(),
+                )),
+                WriterProperties::builder(),
+            ),
+            // POOL crops per image, row groups of POOL - 1 rows
+            _ => (
+                schema,
+                WriterProperties::builder().set_max_row_group_row_count(Some(POOL as usize - 1)),
+            ),
+        };
+        let props = props
+            .set_dictionary_enabled(false)
+            .set_key_value_metadata(kv)
+            .build();
+        let mut out = Vec::new();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut out, schema.clone(), Some(props)).unwrap();
+        for b in r.build().unwrap() {
+            let b = b.unwrap();
+            w.write(
+                &arrow::record_batch::RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        w.close().unwrap();
+        std::fs::write(&path, &out).unwrap();
+        record_shard(&dir, "shard-000000.parquet");
+        let e = match LabelStore::open(&dir) {
+            Ok(st) => st.view(0).map(|_| ()).and_then(|_| st.verify().map(|_| ())),
+            Err(e) => Err(e),
+        }
+        .unwrap_err()
+        .to_string();
+        let want = match case {
+            "nullable" => "column sample_id is nullable",
+            _ => "straddle two row groups",
+        };
+        assert!(
+            e.contains(want) && e.contains("shard-000000.parquet"),
+            "{case}: {e}"
+        );
+    }
+}
+
 #[test]
 fn arrow_tools_read_the_shards() {
     let tmp = tempfile::tempdir().unwrap();

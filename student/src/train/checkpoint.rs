@@ -130,7 +130,7 @@ impl Run {
         for (entries, whose) in [(self.student.entries(), "student"), (disc, "discriminator")] {
             if let Some(name) = super::first_non_finite(entries)? {
                 bail!(
-                    "after step {} of the run the {whose}'s {name} is not finite (NaN or inf) though the loss is: {}",
+                    "after step {} of the run the {whose}'s {name} is not finite (NaN or inf), while the loss still is: {}",
                     state.step,
                     self.diverged()
                 );

@@ -116,13 +116,7 @@ pub fn step_loss(
     })
 }
 
-fn metrics(
-    epoch: u32,
-    lr: f64,
-    acc: &EpochAcc,
-    disc: bool,
-    val: Option<Accuracy>,
-) -> EpochMetrics {
+fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy>) -> EpochMetrics {
     let n = acc.rows.max(1) as f64;
     EpochMetrics {
         epoch,

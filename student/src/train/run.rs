@@ -223,8 +223,12 @@ impl Run {
             .and_then(|t| serde_json::from_str::<State>(&t).ok());
         match saved {
             Some(st) => format!(
-                "the training diverged. The last checkpoint (epoch {}, step {}) is kept in {}: start a new run from its weights with a lower --lr (now {}): --init {}",
-                st.epoch + 1,
+                "the training diverged. The last checkpoint ({}, step {} of the run) is kept in {}: start a new run from its weights with a lower --lr (now {}): --init {}",
+                match (st.epoch, st.batch) {
+                    (0, 0) => "before epoch 1".to_string(),
+                    (e, 0) => format!("after epoch {e}"),
+                    (e, b) => format!("epoch {} after its step {b}", e + 1),
+                },
                 st.step,
                 ckpt.parent().unwrap_or(&self.s.out).display(),
                 self.s.lr,

@@ -166,19 +166,19 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     let r = go(a).unwrap();
     assert!(r.interrupted);
     let mut bad = args(&f, "resumed");
-    bad.resume = true;
+    bad.resume = Some(true);
     bad.lr = Some(0.02);
     let e = go(bad).unwrap_err();
     assert!(format!("{e:#}").contains("lr"), "{e:#}");
     // a changed bad-file policy is named by its flag
     let mut bad = args(&f, "resumed");
-    bad.resume = true;
+    bad.resume = Some(true);
     bad.on_bad_file = Some("fail".into());
     let e = format!("{:#}", go(bad).unwrap_err());
     assert!(e.contains("--on-bad-file differ"), "{e}");
     // --scale is unused with a store (its crops replay): a changed one resumes
     let mut b = args(&f, "resumed");
-    b.resume = true;
+    b.resume = Some(true);
     b.scale = Some(meal_models::ensemble::Pair([0.5, 1.0]));
     let r = go(b).unwrap();
     assert!(!r.interrupted);
@@ -249,7 +249,7 @@ fn a_crash_inside_the_last_saves_is_recovered_on_resume() {
     let e = format!("{:#}", go(args(&f, "cut")).unwrap_err());
     assert!(e.contains("--resume"), "{e}");
     let mut b = args(&f, "cut");
-    b.resume = true;
+    b.resume = Some(true);
     let r = go(b).unwrap();
     assert_eq!(r.history.len(), 2);
     assert!(
@@ -292,7 +292,7 @@ fn resume_checks_inputs_by_content_not_by_path() {
     b.data = Some(PathBuf::from(format!("{}/./", data2.display())));
     b.labels = Some(labels2.clone());
     b.threads = Some(1);
-    b.resume = true;
+    b.resume = Some(true);
     b.max_steps = Some(2);
     assert!(go(b).unwrap().interrupted);
     // another store at the same path: refused, by content
@@ -303,7 +303,7 @@ fn resume_checks_inputs_by_content_not_by_path() {
     let mut c = args(&f, "moved");
     c.data = Some(data2.clone());
     c.labels = Some(labels2.clone());
-    c.resume = true;
+    c.resume = Some(true);
     let e = format!("{:#}", go(c).unwrap_err());
     assert!(e.contains("--labels (another label store)"), "{e}");
     std::fs::rename(&labels2, &other).unwrap();
@@ -311,7 +311,7 @@ fn resume_checks_inputs_by_content_not_by_path() {
     std::fs::rename(&data2, &f.data).unwrap();
     // the rest of the run, back on the original paths: the uninterrupted run's bytes
     let mut d = args(&f, "moved");
-    d.resume = true;
+    d.resume = Some(true);
     let r = go(d).unwrap();
     assert!(!r.interrupted);
     assert_eq!(r.steps, whole.steps);
@@ -320,6 +320,55 @@ fn resume_checks_inputs_by_content_not_by_path() {
             == std::fs::read(f.root.join("moved/student.safetensors")).unwrap(),
         "a resume across moves and thread counts changed the result"
     );
+}
+
+/// A resume reads its checkpoint's weights, not `--init`: a removed `--init` (or none)
+/// is accepted. Online teachers are inputs by content: other weights at the same path
+/// are refused, the same weights at another path accepted.
+#[test]
+fn a_resume_needs_no_init_and_compares_online_teachers_by_content() {
+    let f = fixture();
+    let init = f.root.join("init.safetensors");
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 5)
+        .unwrap()
+        .save(&init)
+        .unwrap();
+    let mut a = args(&f, "r");
+    a.init = Some(init.clone());
+    a.max_steps = Some(1);
+    assert!(go(a.clone()).unwrap().interrupted);
+    std::fs::remove_file(&init).unwrap();
+    a.resume = Some(true);
+    a.max_steps = Some(2);
+    assert!(go(a.clone()).unwrap().interrupted, "a removed --init");
+    a.init = None;
+    a.max_steps = Some(3);
+    assert!(go(a).unwrap().interrupted, "no --init");
+
+    let teacher = f.root.join("ot.safetensors");
+    std::fs::copy(f.teachers[0].split(['=', ',']).nth(1).unwrap(), &teacher).unwrap();
+    let spec = |p: &Path| format!("demo_tiny={},size=24", p.display());
+    let mut o = args(&f, "online");
+    o.online_teacher = vec![spec(&teacher)];
+    o.max_steps = Some(1);
+    assert!(go(o.clone()).unwrap().interrupted);
+    // other weights at the same path
+    let moved = f.root.join("ot-moved.safetensors");
+    std::fs::rename(&teacher, &moved).unwrap();
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 99)
+        .unwrap()
+        .save(&teacher)
+        .unwrap();
+    o.resume = Some(true);
+    o.max_steps = Some(2);
+    let e = format!("{:#}", go(o.clone()).unwrap_err());
+    assert!(
+        e.contains("--online-teacher (other teachers or weights)"),
+        "{e}"
+    );
+    // the same weights at another path
+    o.online_teacher = vec![spec(&moved)];
+    assert!(go(o).unwrap().interrupted, "the same teacher, moved");
 }
 
 #[test]

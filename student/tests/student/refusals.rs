@@ -186,7 +186,7 @@ fn a_store_of_another_dataset_is_refused() {
     assert!(f.root.join("mine").is_dir());
     // --resume of a run that never was: refused, nothing made
     let mut a = args(&f, "never");
-    a.resume = true;
+    a.resume = Some(true);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--resume"), "{e}");
     assert!(!f.root.join("never").exists());
@@ -323,7 +323,7 @@ fn an_empty_epoch_fails_and_a_reached_step_limit_runs_nothing() {
     let r = go(a.clone()).unwrap();
     assert!(r.interrupted);
     assert_eq!(r.steps, 2);
-    a.resume = true;
+    a.resume = Some(true);
     let again = go(a).unwrap();
     assert_eq!((again.steps, again.step_losses.len()), (2, 0));
 
@@ -381,7 +381,7 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
     a.epochs = Some(1);
     go(a.clone()).unwrap();
     std::fs::remove_file(f.root.join("torn/checkpoint/state.json")).unwrap();
-    a.resume = true;
+    a.resume = Some(true);
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("is incomplete (no state.json"), "{e}");
 }
