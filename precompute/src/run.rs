@@ -173,6 +173,21 @@ fn plan(s: &Settings) -> Result<Plan> {
     let ens = load_ensemble(s, ds.classes().len(), &device)?;
     check_memory(s, &ds, &ens, &device)?;
     let config = store_config(s, &ds, &ens);
+    // the same weights twice weigh twice in the mean: allowed (a weighted ensemble), but
+    // more often a copy-paste slip
+    for (j, b) in config.teachers.iter().enumerate() {
+        if let Some(i) = config.teachers[..j].iter().position(|a| a.sha256 == b.sha256) {
+            tracing::warn!(
+                "--teacher {}={} and --teacher {}={} are the same weights (sha256 {}): \
+                 the ensemble's mean counts them twice",
+                s.teachers[i].arch,
+                s.teachers[i].weights.display(),
+                s.teachers[j].arch,
+                s.teachers[j].weights.display(),
+                &b.sha256[..12.min(b.sha256.len())]
+            );
+        }
+    }
     config.check().map_err(|(key, reason)| {
         // the flag that set the key, not --out: the store itself is fine
         let flag = match key {
@@ -218,6 +233,15 @@ fn plan(s: &Settings) -> Result<Plan> {
             None => true,
         })
         .collect();
+    if let (Some(l), true, false) = (s.limit, pending.is_empty(), all_pending.is_empty()) {
+        // every shard this worker has left starts past the limit: say so, not just "0"
+        tracing::warn!(
+            "--limit {l}: this run's {} pending shards all start past image {l} (the \
+             first at image {}); nothing to write",
+            all_pending.len(),
+            writer.shard_samples(all_pending[0]).start
+        );
+    }
     // batches never straddle shards: a shard's crops meet the same batch neighbours in a
     // fresh, a resumed or a worker run (byte-identical shards)
     let images_per_batch = (s.batch / s.crops_per_image as usize).max(1);
