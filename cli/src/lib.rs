@@ -103,7 +103,8 @@ pub fn max_threads() -> usize {
 }
 
 /// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
-/// the program will do); a second one exits at once with status 130. A process started
+/// the program will do); a second one, a second or more after the first, exits at once
+/// with status 130 (within that second it is the same request delivered twice). A process started
 /// under `nohup` keeps ignoring SIGHUP. SIGTERM is what
 /// SLURM's time limit, `docker stop` and systemd send first: a run stops as after Ctrl-C
 /// (a student's checkpoint mid-epoch) instead of losing the epoch.
@@ -111,10 +112,17 @@ pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::E
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let hangup_ignored = sighup_ignored();
+    let mut first: Option<std::time::Instant> = None;
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            // one request delivered twice (GNU timeout and SLURM signal the child and
+            // its process group) must not quit: only a second press a moment later does
+            if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                std::process::exit(130);
+            }
+            return;
         }
+        first = Some(std::time::Instant::now());
         eprintln!("\ninterrupt: {message} (press again to quit now)");
     })?;
     if hangup_ignored {

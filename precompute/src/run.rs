@@ -176,7 +176,10 @@ fn plan(s: &Settings) -> Result<Plan> {
     // the same weights twice weigh twice in the mean: allowed (a weighted ensemble), but
     // more often a copy-paste slip
     for (j, b) in config.teachers.iter().enumerate() {
-        if let Some(i) = config.teachers[..j].iter().position(|a| a.sha256 == b.sha256) {
+        if let Some(i) = config.teachers[..j]
+            .iter()
+            .position(|a| a.sha256 == b.sha256)
+        {
             tracing::warn!(
                 "--teacher {}={} and --teacher {}={} are the same weights (sha256 {}): \
                  the ensemble's mean counts them twice",

@@ -115,6 +115,17 @@ impl LabelStore {
                     format!("{} rows, the manifest says {}", r.rows(), s.stats.rows),
                 ));
             }
+            // the manifest's count is what summaries and merges add up
+            let images = r.samples().count();
+            if images != s.images as usize {
+                return Err(StoreError::corrupt(
+                    &mpath,
+                    format!(
+                        "{} holds {images} images, the manifest lists {}",
+                        s.file, s.images
+                    ),
+                ));
+            }
             if let Some(bad) = r
                 .samples()
                 .find(|id| !(s.first_sample..s.end_sample).contains(id))
@@ -125,6 +136,19 @@ impl LabelStore {
                 ));
             }
             shards.push(r);
+        }
+        // the summary is the shards' statistics summed (writer::summary): an edited one
+        // would misreport the store in inspect and in every tool reading it
+        if manifest
+            .summary
+            .as_ref()
+            .is_some_and(|got| *got != crate::writer::summary(&manifest))
+        {
+            return Err(StoreError::corrupt(
+                &mpath,
+                "its summary is not the sum of its shards' statistics (edited?): rerun \
+                 the command that wrote the store to rewrite it",
+            ));
         }
         Ok(LabelStore {
             dir: dir.to_path_buf(),
@@ -221,10 +245,8 @@ impl LabelStore {
         for (info, r) in self.manifest.shards.iter().zip(&self.shards) {
             let path = self.dir.join(&info.file);
             let mut dense = vec![0f32; self.num_classes()];
-            let mut images = 0u32;
             for id in r.samples() {
                 let crops = self.view(id)?;
-                images += !crops.is_empty() as u32;
                 for i in 0..crops.len() {
                     crops.dense_into(i, &mut dense);
                     let e = distribution_error(&dense).map_err(|why| {
@@ -236,16 +258,6 @@ impl LabelStore {
                     max_err = max_err.max(e);
                     rows += 1;
                 }
-            }
-            // the manifest's count is what summaries and merges add up
-            if images != info.images {
-                return Err(StoreError::corrupt(
-                    &self.dir.join(MANIFEST),
-                    format!(
-                        "{} holds {images} images, the manifest lists {}",
-                        info.file, info.images
-                    ),
-                ));
             }
         }
         self.verify_images()?;

@@ -334,6 +334,12 @@ impl TrainArgs {
             Some("off") => false,
             Some(o) => bail!("--disc {o:?}: expected on or off"),
         };
+        if !disc && l.pick(|a| &a.disc_lr).is_some() {
+            bail!(
+                "--disc-lr sets the discriminator's rate; the discriminator is off (--loss ce \
+                 or --disc off): remove it"
+            );
+        }
         if disc && loss == LossKind::Ce {
             bail!("--disc on needs --loss kd (the discriminator compares with teacher outputs)");
         }

@@ -394,4 +394,10 @@ fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
         e.contains("shard-000000.parquet holds 6 images, the manifest lists 3"),
         "{e}"
     );
+    edit(&|m| m["shards"][0]["images"] = 6.into());
+    LabelStore::open(&dir).unwrap();
+    // the summary is the shards' sums: an edited one is named
+    edit(&|m| m["summary"]["images"] = 31.into());
+    let e = LabelStore::open(&dir).err().expect("refused").to_string();
+    assert!(e.contains("its summary is not the sum"), "{e}");
 }

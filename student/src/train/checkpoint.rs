@@ -188,7 +188,13 @@ impl Run {
             && state.history.len() == state.epoch as usize
             && state.history.iter().zip(0..).all(|(m, e)| m.epoch == e)
             && state.batch <= per_epoch
-            && (state.epoch < state.settings.epochs || state.batch == 0);
+            && (state.epoch < state.settings.epochs || state.batch == 0)
+            // the epoch's sums: at most a full batch per step (skipped images give
+            // fewer rows), and steps at most one per batch so far (an all-skipped batch
+            // is no step)
+            && state.acc.correct <= state.acc.rows
+            && state.acc.rows <= (state.batch * state.settings.batch) as u64
+            && state.step <= state.epoch as u64 * per_epoch as u64 + state.batch as u64;
         if !consistent {
             bail!(
                 "--resume: {} is inconsistent (epoch {} of {}, step {} of an epoch's {per_epoch}, \

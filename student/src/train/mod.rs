@@ -137,6 +137,15 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
 fn start(run: &mut Run, s: &Settings) -> Result<State> {
     if s.resume {
         let st = run.load_checkpoint()?;
+        if st.epoch >= s.epochs {
+            tracing::info!(
+                "the run is finished ({} epochs, {} steps): its results are written again \
+                 from its last checkpoint",
+                st.epoch,
+                st.step
+            );
+            return Ok(st);
+        }
         // epochs counted from 1, as the progress bar and the "stopped at" line
         tracing::info!(
             "resuming at epoch {}/{} after its step {} (step {} of the run)",
