@@ -104,10 +104,10 @@ pub fn max_threads() -> usize {
 
 /// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
 /// the program will do); a second one, a second or more after the first, exits at once
-/// with status 130 (within that second it is the same request delivered twice). A process started
-/// under `nohup` keeps ignoring SIGHUP. SIGTERM is what
-/// SLURM's time limit, `docker stop` and systemd send first: a run stops as after Ctrl-C
-/// (a student's checkpoint mid-epoch) instead of losing the epoch.
+/// with status 130 (within that second it is the same request delivered twice). A
+/// process started under `nohup` keeps ignoring SIGHUP. SIGTERM is what SLURM's time
+/// limit, `docker stop` and systemd send first: a run stops as after Ctrl-C (a
+/// student's checkpoint mid-epoch) instead of losing the epoch.
 pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);

@@ -220,7 +220,9 @@ impl Dataset {
                 let is_int = |r: &&(String, String, usize)| r.1.parse::<u32>().is_ok();
                 let ints = rows.iter().filter(is_int).count();
                 if ints > 0 {
-                    let odd = match ints * 2 >= rows.len() {
+                    // the minority kind is the typo
+                    let mostly_ints = ints * 2 >= rows.len();
+                    let odd = match mostly_ints {
                         true => rows.iter().find(|r| !is_int(r)),
                         false => rows.iter().find(is_int),
                     };
@@ -231,7 +233,7 @@ impl Dataset {
                                 "line {line}: label {label:?} {}, while {ints} of the {} labels are \
                                  class indices: labels must be all class indices (0, 1, ...) or \
                                  all class names",
-                                match ints * 2 >= rows.len() {
+                                match mostly_ints {
                                     true => "is not a class index (a non-negative integer)",
                                     false => "is an integer among class names",
                                 },

@@ -13,40 +13,34 @@ use crate::error::{ModelError, Result};
 /// (`.pth`, `.pt`, `.bin`; a `state_dict` or `model` key inside is unwrapped by name
 /// prefix only if needed).
 pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let io = |e: candle_core::Error| ModelError::Io {
+    let fail = |reason: String| ModelError::Io {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     };
+    let io = |e: candle_core::Error| fail(e.to_string());
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
     if !path.exists() {
-        return Err(ModelError::Io {
-            path: path.to_path_buf(),
-            reason: "no such file".into(),
-        });
+        return Err(fail("no such file".into()));
     }
     if path.is_dir() {
-        return Err(ModelError::Io {
-            path: path.to_path_buf(),
-            reason: "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)".into(),
-        });
+        return Err(fail(
+            "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)".into(),
+        ));
     }
     let map: HashMap<String, Tensor> = if ext == "safetensors" {
-        candle_core::safetensors::load(path, device).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            reason: format!("not a readable safetensors file ({e})"),
-        })?
+        candle_core::safetensors::load(path, device)
+            .map_err(|e| fail(format!("not a readable safetensors file ({e})")))?
     } else {
         // PyTorch's files since 1.6 are zip archives holding a pickle
-        let mut v = candle_core::pickle::read_all(path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            reason: format!(
+        let mut v = candle_core::pickle::read_all(path).map_err(|e| {
+            fail(format!(
                 "not a readable PyTorch weights file (a zip archive from torch.save, or \
                  .safetensors by its extension): {e}"
-            ),
+            ))
         })?;
         if v.is_empty() {
             // checkpoints that wrap the state dict, e.g. {"state_dict": {...}}
@@ -58,10 +52,9 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
             }
         }
         if v.is_empty() {
-            return Err(ModelError::Io {
-                path: path.to_path_buf(),
-                reason: "no tensors found (expected a PyTorch state dict)".into(),
-            });
+            return Err(fail(
+                "no tensors found (expected a PyTorch state dict)".into(),
+            ));
         }
         v.into_iter()
             .map(|(k, t)| Ok((k, t.to_device(device).map_err(io)?)))

@@ -144,12 +144,12 @@ impl StoreWriter {
             // an entry no writer makes (a shard listed twice, under another name, or
             // another worker's: an edited or damaged manifest) is dropped too, so the
             // store is not called complete while verify refuses it
-            let ext = m.config.format.extension();
-            let count = (samples.len() as u32).div_ceil(m.config.samples_per_shard.max(1));
+            let format = m.config.format;
+            let count = shard_count(samples.len(), m.config.samples_per_shard);
             let (i, n) = worker.map_or((0, 1), |[i, n]| (i, n));
             let mut seen = std::collections::HashSet::new();
             m.shards.retain(|s| {
-                let ours = s.file == format!("shard-{:06}.{ext}", s.index)
+                let ours = s.file == shard_file(s.index, format)
                     && s.index < count
                     && s.index % n == i
                     && seen.insert(s.index);
@@ -221,7 +221,7 @@ impl StoreWriter {
 
     /// Number of shards of the whole store.
     pub fn num_shards(&self) -> u32 {
-        (self.labels.len() as u32).div_ceil(self.manifest.config.samples_per_shard)
+        shard_count(self.labels.len(), self.manifest.config.samples_per_shard)
     }
 
     /// Sample ids of shard `s`.
@@ -332,7 +332,7 @@ impl StoreWriter {
             )?,
             ShardFormat::Safetensors => encode_safetensors(&rows, classes)?,
         };
-        let file = format!("shard-{index:06}.{}", cfg.format.extension());
+        let file = shard_file(index, cfg.format);
         let info = ShardInfo {
             index,
             file: file.clone(),
@@ -380,6 +380,16 @@ impl StoreWriter {
         write_atomic(&dir, &name, &json, &mut self.run_hook())?;
         Ok(self.manifest)
     }
+}
+
+/// Shards of a store of `samples` images, `per_shard` each.
+fn shard_count(samples: usize, per_shard: u32) -> u32 {
+    (samples as u32).div_ceil(per_shard.max(1))
+}
+
+/// The file name of shard `index` (`shard-NNNNNN.parquet` or `.safetensors`).
+fn shard_file(index: u32, format: ShardFormat) -> String {
+    format!("shard-{index:06}.{}", format.extension())
 }
 
 fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classes: usize) {

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use meal_models::ensemble::TeacherArg;
 use meal_models::{load_into, read_state_dict, save_safetensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +46,9 @@ pub struct Inputs {
     /// SHA-256 of the initial weights file (on a resume, where it can be read: a resume
     /// does not load it).
     pub init: Option<String>,
-    /// Each `--online-teacher` spec with its weights' path replaced by their SHA-256
-    /// (`sha256:HEX`): the teachers by content (absent in older checkpoints, whose
-    /// specs are compared as written).
+    /// Each `--online-teacher` as a store's manifest records a teacher (arch, weights'
+    /// SHA-256, input config; JSON) without its file name: the teachers by content
+    /// (absent in older checkpoints, whose specs are compared as written).
     #[serde(default)]
     pub online: Option<Vec<String>>,
 }
@@ -104,18 +103,18 @@ impl Run {
                 Some(p) => Some(sha_file(p, "--init")?),
                 None => None,
             },
-            online: match self.s.online_teacher.is_empty() {
-                true => None,
-                false => Some(
-                    TeacherArg::parse_all(&self.s.online_teacher)?
+            // hashed when the teachers were loaded (`TeacherInfo`, as in a store)
+            online: match &self.online {
+                None => None,
+                Some(ens) => Some(
+                    ens.teachers()
                         .iter()
-                        .zip(&self.s.online_teacher)
-                        .map(|(t, spec)| {
-                            let sha = sha_file(&t.weights, "--online-teacher")?;
-                            let path = t.weights.to_string_lossy();
-                            Ok(spec.replacen(path.as_ref(), &format!("sha256:{sha}"), 1))
+                        .map(|t| {
+                            let mut info = t.info.clone();
+                            info.weights.clear();
+                            serde_json::to_string(&info)
                         })
-                        .collect::<Result<_>>()?,
+                        .collect::<std::result::Result<_, _>>()?,
                 ),
             },
         })
