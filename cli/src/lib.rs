@@ -5,7 +5,7 @@ pub mod memory;
 pub mod plot;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// Log to stderr at `RUST_LOG` (default `info`), in colour only on a terminal that does
@@ -102,35 +102,56 @@ pub fn max_threads() -> usize {
     (8 * default_threads()).max(256)
 }
 
+/// The signal that set the flag of [`interrupt_flag`] (0 before any).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The exit status of a run stopped by a signal: 128 + the signal's number, as a shell
+/// reports a process the signal killed (130 for Ctrl-C, 143 for SIGTERM, 129 for
+/// SIGHUP), so that SLURM, systemd and scripts can tell how the run ended.
+pub fn interrupt_exit_code() -> i32 {
+    128 + match SIGNAL.load(Ordering::SeqCst) {
+        0 => libc::SIGINT,
+        s => s,
+    }
+}
+
 /// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
 /// the program will do); a second one, a second or more after the first, exits at once
-/// with status 130 (within that second it is the same request delivered twice). A
-/// process started under `nohup` keeps ignoring SIGHUP. SIGTERM is what SLURM's time
-/// limit, `docker stop` and systemd send first: a run stops as after Ctrl-C (a
-/// student's checkpoint mid-epoch) instead of losing the epoch.
-pub fn interrupt_flag(message: &'static str) -> Result<Arc<AtomicBool>, ctrlc::Error> {
+/// with [`interrupt_exit_code`] (within that second it is the same request delivered
+/// twice). A process started under `nohup` keeps ignoring SIGHUP. SIGTERM is what
+/// SLURM's time limit, `docker stop` and systemd send first: a run stops as after
+/// Ctrl-C (a student's checkpoint mid-epoch) instead of losing the epoch.
+pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
-    let hangup_ignored = sighup_ignored();
-    let mut first: Option<std::time::Instant> = None;
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            // one request delivered twice (GNU timeout and SLURM signal the child and
-            // its process group) must not quit: only a second press a moment later does
-            if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-                std::process::exit(130);
-            }
-            return;
-        }
-        first = Some(std::time::Instant::now());
-        eprintln!("\ninterrupt: {message} (press again to quit now)");
-    })?;
-    if hangup_ignored {
-        // started under `nohup` (SIGHUP ignored): ctrlc's handler replaced that, and a
-        // closed terminal would stop the run; the ignore is put back
-        // SAFETY: signal(2) with SIG_IGN installs no handler code
-        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let mut signals = vec![libc::SIGINT, libc::SIGTERM];
+    // started under `nohup` (SIGHUP ignored): a closed terminal must not stop the run
+    if !sighup_ignored() {
+        signals.push(libc::SIGHUP);
     }
+    // signal-hook's iterator runs this loop on its own thread, so printing and exiting
+    // are safe here (they are not in a signal handler)
+    let mut incoming = signal_hook::iterator::Signals::new(&signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut first: Option<std::time::Instant> = None;
+            for signal in incoming.forever() {
+                if first.is_none() {
+                    // the signal first, so that a run seeing the flag exits with its code
+                    SIGNAL.store(signal, Ordering::SeqCst);
+                    flag.store(true, Ordering::SeqCst);
+                    first = Some(std::time::Instant::now());
+                    eprintln!("\ninterrupt: {message} (press again to quit now)");
+                } else if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    SIGNAL.store(signal, Ordering::SeqCst);
+                    std::process::exit(interrupt_exit_code());
+                }
+                // else: one request delivered twice (GNU timeout and SLURM signal the
+                // child and its process group) must not quit, only a second press a
+                // moment later does
+            }
+        })?;
     Ok(stop)
 }
 

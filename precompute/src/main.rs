@@ -146,6 +146,15 @@ fn main() -> Result<()> {
             // a store of nothing is no success: every file unreadable (all of another
             // format, emptied by a failed copy) must not pass a script's `&&` into training
             let nothing = r.images == 0 && !r.skipped.is_empty();
+            // rerunning the same command with --limit would add nothing: say to drop it
+            let (why, how) = if stop.load(Ordering::SeqCst) || s.limit.is_none() {
+                ("interrupted", "rerun the same command to continue")
+            } else {
+                (
+                    "--limit",
+                    "rerun the same command without --limit to complete it",
+                )
+            };
             match (r.complete, s.worker) {
                 // (the error below says what happened instead)
                 (true, _) if nothing => {}
@@ -156,14 +165,12 @@ fn main() -> Result<()> {
                     s.out.display()
                 ),
                 (false, Some([i, n])) => meal_cli::outln!(
-                    "worker {i} of {n}: its part is partial (limit or interrupt): rerun the same command to continue"
+                    "worker {i} of {n}: its part is partial ({why}): {how}"
                 ),
-                (false, None) => {
-                    meal_cli::outln!("store partial (limit or interrupt): rerun the same command to continue")
-                }
+                (false, None) => meal_cli::outln!("store partial ({why}): {how}"),
             }
             if stop.load(Ordering::SeqCst) {
-                std::process::exit(130);
+                std::process::exit(meal_cli::interrupt_exit_code());
             }
             let seen = r.images + r.skipped.len() as u64;
             let part = match s.worker {

@@ -48,6 +48,15 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// A well-formed Parquet file that this reader does not take: another schema,
+    /// nullable columns, a codec not compiled in.
+    #[error("{path}: not a shard this reader takes: {reason}")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What it is and what to write instead.
+        reason: String,
+    },
     /// A manifest of another format version.
     #[error("{path}: format version {found}, this build reads version {supported}")]
     Version {

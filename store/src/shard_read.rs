@@ -132,6 +132,29 @@ fn column_mismatch(
     })
 }
 
+/// A column chunk compressed with a codec this build does not decode, named. Snappy
+/// (pyarrow's and DuckDB's default), zstd (Polars') and LZ4 are read (decoded, slower
+/// than our uncompressed pages); gzip, brotli and LZO are not compiled in.
+fn unreadable_codec(meta: &parquet::file::metadata::ParquetMetaData) -> Option<String> {
+    use parquet::basic::Compression as C;
+    meta.row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+        .find_map(|cc| {
+            match cc.compression() {
+                C::UNCOMPRESSED | C::SNAPPY | C::ZSTD(_) | C::LZ4 | C::LZ4_RAW => None,
+                // GZIP(GzipLevel(6)) is read from a file as GZIP(GzipLevel(..)): the name only
+                other => Some(format!(
+                    "column {} is compressed with {}, which is not read here: write \
+                 shards uncompressed (pyarrow: compression='none'), or with snappy, zstd \
+                 or lz4",
+                    cc.column_path().string(),
+                    other.to_string().split('(').next().unwrap_or_default()
+                )),
+            }
+        })
+}
+
 impl ShardReader {
     /// Map and index a shard file.
     pub fn open(path: &Path, enc: Encoding, classes: usize) -> Result<Self, StoreError> {
@@ -171,12 +194,19 @@ impl ShardReader {
         let builder =
             ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), arm.clone());
         let want = schema(enc, classes);
+        let foreign = |reason: String| StoreError::Foreign {
+            path: path.to_path_buf(),
+            reason,
+        };
         if let Some(why) = column_mismatch(builder.schema().fields(), want.fields()) {
-            return Err(corrupt(&format!(
+            return Err(foreign(format!(
                 "not the store's schema ({enc}, {classes} classes; docs/FORMAT.md): {why}"
             )));
         }
         let meta = builder.metadata().clone();
+        if let Some(why) = unreadable_codec(&meta) {
+            return Err(foreign(why));
+        }
         let images = meta
             .file_metadata()
             .key_value_metadata()

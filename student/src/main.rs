@@ -109,7 +109,7 @@ fn main() -> Result<()> {
                     out.display()
                 );
                 if stop.load(Ordering::SeqCst) {
-                    std::process::exit(130);
+                    std::process::exit(meal_cli::interrupt_exit_code());
                 }
             } else {
                 meal_cli::outln!(

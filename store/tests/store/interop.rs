@@ -211,6 +211,35 @@ df = pl.read_parquet(f"{{topk}}/shard-*.parquet")
 assert df.height == rows and df.columns[-2:] == ["topk_class", "topk_prob"], df.columns
 sums = df.select(pl.col("topk_prob").arr.sum()).to_series()
 assert sums.max() <= 1.0 + 1e-2, sums.max()
+
+# docs/FORMAT.md, "Reading the labels from Python", as written there
+import json
+for S in (dense, topk):
+    t = pq.read_table(sorted(glob.glob(f"{{S}}/shard-*.parquet")))      # one row per crop
+    images = pq.read_table(f"{{S}}/images.parquet")                     # sample_id, path, label, ...
+    sizes = json.loads(pq.read_metadata(f"{{S}}/shard-000000.parquet").metadata[b"meal.images"])
+    assert t.num_rows == rows and images.num_rows == rows // 4 and len(sizes[0]) == 3, sizes
+    kv = duckdb.sql(f"""SELECT decode(value) FROM parquet_kv_metadata('{{S}}/shard-000000.parquet')
+                   WHERE key = 'meal.images'""").fetchall()
+    assert json.loads(kv[0][0]) == sizes, kv
+    crops = (pl.scan_parquet(f"{{S}}/shard-*.parquet")
+               .join(pl.scan_parquet(f"{{S}}/images.parquet"), on="sample_id").collect())
+    assert crops.height == rows and "path" in crops.columns and "label" in crops.columns
+    assert json.loads(pl.read_parquet_metadata(f"{{S}}/shard-000000.parquet")["meal.images"]) == sizes
+    if S == dense:
+        j = duckdb.sql(f"""SELECT i.path, i.label, s.crop_id, s.top, s."left", s.flip,
+                          list_sum(s.prob::FLOAT[]) AS total
+                   FROM '{{S}}/shard-*.parquet' s JOIN '{{S}}/images.parquet' i USING (sample_id)""").fetchall()
+        assert len(j) == rows and all(abs(r[-1] - 1) < 1e-2 for r in j), len(j)
+        top = crops.select(pl.col("prob").arr.arg_max()).to_series()
+    else:
+        top = crops.select(pl.col("topk_class").arr.first()).to_series()
+    assert top.len() == rows and 0 <= top.min() and top.max() < 10, top
+# the two ways give one top class per crop
+d = pl.read_parquet(f"{{dense}}/shard-*.parquet").select("sample_id", "crop_id", pl.col("prob").arr.arg_max().alias("a"))
+k = pl.read_parquet(f"{{topk}}/shard-*.parquet").select("sample_id", "crop_id", pl.col("topk_class").arr.first().cast(pl.UInt32).alias("b"))
+both = d.join(k, on=["sample_id", "crop_id"])
+assert both.height == rows and (both["a"].cast(pl.UInt32) == both["b"]).mean() > 0.99, both
 print("ok", rows)
 "#,
         rows = (ds.len() - 1) * POOL as usize
@@ -218,8 +247,11 @@ print("ok", rows)
     run_python(&script);
 }
 
+/// pyarrow's defaults (dictionary pages, its own page sizes, snappy), zstd (Polars'
+/// default) and no compression are read; gzip (not compiled in) is refused naming the
+/// shard, the column and the codec.
 #[test]
-fn shards_rewritten_by_pyarrow_are_read_and_compressed_ones_refused() {
+fn shards_rewritten_by_pyarrow_are_read_and_gzip_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = dataset(tmp.path());
     let dir = tmp.path().join("topk");
@@ -233,7 +265,6 @@ fn shards_rewritten_by_pyarrow_are_read_and_compressed_ones_refused() {
         let st = LabelStore::open(&dir).unwrap();
         (0..ds.len() as u32).map(|i| st.crops(i).unwrap()).collect()
     };
-    // pyarrow's defaults (dictionary pages, its own page sizes), and a snappy copy
     let script = format!(
         r#"
 import sys
@@ -247,12 +278,16 @@ def load(name):
     kv = pq.read_metadata(d + name).metadata
     t = pq.read_table(d + name)
     return t.replace_schema_metadata({{k: v for k, v in kv.items() if k != b"ARROW:schema"}})
+pq.write_table(load("/shard-000001.parquet"), d + "/shard-000001.parquet")
 pq.write_table(load("/shard-000002.parquet"), d + "/shard-000002.parquet", compression="none")
-pq.write_table(load("/shard-000003.parquet"), d + "/shard-000003.snappy", compression="snappy")
+pq.write_table(load("/shard-000003.parquet"), d + "/shard-000003.parquet", compression="zstd")
+pq.write_table(load("/shard-000000.parquet"), d + "/shard-000000.gzip", compression="gzip")
 "#
     );
     run_python(&script);
-    record_shard(&dir, "shard-000002.parquet");
+    for shard in 1..=3 {
+        record_shard(&dir, &format!("shard-{shard:06}.parquet"));
+    }
     let st = LabelStore::open(&dir).unwrap();
     for id in 0..ds.len() as u32 {
         assert_eq!(st.crops(id).unwrap(), want[id as usize], "sample {id}");
@@ -261,14 +296,19 @@ pq.write_table(load("/shard-000003.parquet"), d + "/shard-000003.snappy", compre
     st.verify().unwrap();
     drop(st);
     std::fs::rename(
-        dir.join("shard-000003.snappy"),
-        dir.join("shard-000003.parquet"),
+        dir.join("shard-000000.gzip"),
+        dir.join("shard-000000.parquet"),
     )
     .unwrap();
-    record_shard(&dir, "shard-000003.parquet");
+    record_shard(&dir, "shard-000000.parquet");
     let e = LabelStore::open(&dir)
         .err()
-        .expect("snappy is refused")
+        .expect("gzip is refused")
         .to_string();
-    assert!(e.contains("shard-000003.parquet"), "{e}");
+    assert!(
+        e.contains("shard-000000.parquet")
+            && e.contains("column sample_id is compressed with GZIP")
+            && e.contains("compression='none'"),
+        "{e}"
+    );
 }
