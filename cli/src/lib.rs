@@ -10,8 +10,17 @@ use std::sync::Arc;
 
 /// Log to stderr at `RUST_LOG` (default `info`), in colour only on a terminal that does
 /// not set `NO_COLOR` (no escape codes in a log redirected to a file).
+///
+/// Also turns off anyhow's backtrace of an error, which `RUST_BACKTRACE=1` (set by many
+/// Rust users) would print under every user error (a bad flag, a missing file): 13
+/// frames of `<unknown>` in a stripped binary. Panics keep theirs; `RUST_LIB_BACKTRACE=1`
+/// brings the errors' back (anyhow's documented switch). Call it first in `main`,
+/// before any thread starts (it sets that variable when unset).
 pub fn init_logging() {
     use std::io::IsTerminal;
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -68,7 +68,8 @@ impl DataError {
     pub fn decode(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
         DataError::Decode {
             path: path.into(),
-            reason: reason.to_string(),
+            // decoders' texts may end in a newline (zune-jpeg's), an empty line in a log
+            reason: reason.to_string().trim_end().to_string(),
         }
     }
 

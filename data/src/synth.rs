@@ -263,7 +263,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     };
     let meta = out.join("synth.json");
     let json = serde_json::to_string_pretty(&summary).expect("plain data serialises");
-    fs::write(&meta, json).map_err(|e| DataError::io(&meta, e))?;
+    fs::write(&meta, json + "\n").map_err(|e| DataError::io(&meta, e))?;
     Ok(summary)
 }
 

@@ -135,11 +135,7 @@ pub struct TeacherArg {
 }
 
 fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
-    let bad = || {
-        ModelError::Config(format!(
-            "teacher {spec:?}: {key}= needs three numbers R:G:B"
-        ))
-    };
+    let bad = || ModelError::spec(spec, format!("{key}= needs three numbers R:G:B"));
     let v: Vec<f32> = s
         .split(':')
         .map(|x| x.trim().parse::<f32>())
@@ -157,16 +153,18 @@ impl std::str::FromStr for TeacherArg {
         let mut parts = spec.split(',');
         let head = parts.next().unwrap_or_default();
         let Some((arch, weights)) = head.split_once('=') else {
-            return Err(ModelError::Config(format!(
-                "teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
-            )));
+            return Err(ModelError::spec(
+                spec,
+                String::from("expected ARCH=WEIGHTS[,key=value...]"),
+            ));
         };
         if arch.is_empty() || weights.is_empty() {
-            return Err(ModelError::Config(format!(
-                "teacher {spec:?}: expected ARCH=WEIGHTS[,key=value...]"
-            )));
+            return Err(ModelError::spec(
+                spec,
+                String::from("expected ARCH=WEIGHTS[,key=value...]"),
+            ));
         }
-        crate::preset(arch).map_err(|e| ModelError::Config(format!("teacher {spec:?}: {e}")))?;
+        crate::preset(arch).map_err(|e| ModelError::spec(spec, e.to_string()))?;
         let d = input_config(arch)?;
         let mut t = TeacherArg {
             arch: arch.to_string(),
@@ -179,27 +177,24 @@ impl std::str::FromStr for TeacherArg {
         let mut given: Vec<&str> = Vec::new();
         for kv in parts {
             let Some((k, v)) = kv.split_once('=') else {
-                return Err(ModelError::Config(format!(
-                    "teacher {spec:?}: {kv:?} is not key=value"
-                )));
+                return Err(ModelError::spec(spec, format!("{kv:?} is not key=value")));
             };
             // a repeated key would have the last one win silently
             if given.contains(&k) {
-                return Err(ModelError::Config(format!(
-                    "teacher {spec:?}: {k} given twice"
-                )));
+                return Err(ModelError::spec(spec, format!("{k} given twice")));
             }
             given.push(k);
             match k {
                 "size" => {
-                    t.size = v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
-                        ModelError::Config(format!("teacher {spec:?}: size={v} is not a side"))
-                    })?
+                    t.size =
+                        v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                            ModelError::spec(spec, format!("size={v} is not a side"))
+                        })?
                 }
                 "filter" => {
                     t.filter = v
                         .parse()
-                        .map_err(|e| ModelError::Config(format!("teacher {spec:?}: {e}")))?
+                        .map_err(|e: meal_data::DataError| ModelError::spec(spec, e.to_string()))?
                 }
                 "crop_pct" => {
                     t.crop_pct = Some(
@@ -207,18 +202,20 @@ impl std::str::FromStr for TeacherArg {
                             .ok()
                             .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
                             .ok_or_else(|| {
-                                ModelError::Config(format!(
-                                    "teacher {spec:?}: crop_pct={v} is not a fraction in (0, 1]"
-                                ))
+                                ModelError::spec(
+                                    spec,
+                                    format!("crop_pct={v} is not a fraction in (0, 1]"),
+                                )
                             })?,
                     )
                 }
                 "mean" => t.normalize.mean = triple(v, k, spec)?,
                 "std" => t.normalize.std = triple(v, k, spec)?,
                 _ => {
-                    return Err(ModelError::Config(format!(
-                        "teacher {spec:?}: unknown key {k:?} (size, filter, crop_pct, mean, std)"
-                    )))
+                    return Err(ModelError::spec(
+                        spec,
+                        format!("unknown key {k:?} (size, filter, crop_pct, mean, std)"),
+                    ))
                 }
             }
         }

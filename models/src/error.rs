@@ -16,6 +16,14 @@ pub enum ModelError {
     /// An architecture configuration that timm would refuse.
     #[error("invalid architecture config: {0}")]
     Config(String),
+    /// A teacher spec (`ARCH=WEIGHTS[,key=value...]`) that does not parse.
+    #[error("invalid teacher spec {spec:?}: {reason}")]
+    Spec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A weights file does not match the model (strict loading).
     #[error("{path}: weights do not match {arch}:{details}")]
     Mismatch {
@@ -68,3 +76,13 @@ pub enum ModelError {
 
 /// Result alias of the model code.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    /// [`ModelError::Spec`] of `spec`.
+    pub(crate) fn spec(spec: &str, reason: String) -> Self {
+        ModelError::Spec {
+            spec: spec.to_string(),
+            reason,
+        }
+    }
+}

@@ -32,10 +32,10 @@ pub struct RunArgs {
     /// The images: an ImageFolder directory (class per sub-folder) or a CSV list file.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// A teacher, repeatable: `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic]
-    /// [,mean=R:G:B][,std=R:G:B]`. WEIGHTS is a timm state dict
-    /// (.safetensors or .pth); the input config defaults to the preset's timm pretrained
-    /// config.
+    /// A teacher, repeatable:
+    /// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`.
+    /// WEIGHTS is a timm state dict (.safetensors or .pth); the input config defaults to
+    /// the preset's timm pretrained config.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default)]
     pub teacher: Vec<String>,
@@ -249,8 +249,11 @@ impl RunArgs {
         let images_per_row_group = l
             .pick(|a| &a.images_per_row_group)
             .unwrap_or(DEFAULT_IMAGES_PER_ROW_GROUP);
-        if samples_per_shard == 0 || images_per_row_group == 0 {
-            bail!("--samples-per-shard and --images-per-row-group must be at least 1");
+        if samples_per_shard == 0 {
+            bail!("--samples-per-shard must be at least 1");
+        }
+        if images_per_row_group == 0 {
+            bail!("--images-per-row-group must be at least 1");
         }
         let scale = l.pick(|a| &a.scale).map(|p| p.0).unwrap_or([
             meal_data::crop::DEFAULT_SCALE.0,

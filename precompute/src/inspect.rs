@@ -45,11 +45,12 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let _ = writeln!(t, "store        {}", dir.display());
     let _ = writeln!(
         t,
-        "format       {} v{} ({}), {:?}, {} shards, {}",
+        "format       {} v{} ({}), {}, {} shards, {}",
         m.format,
         m.format_version,
         m.producer,
-        m.state,
+        // as the manifest writes it ("complete")
+        format!("{:?}", m.state).to_lowercase(),
         m.shards.len(),
         c.encoding
     );

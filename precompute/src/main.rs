@@ -34,7 +34,14 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Follow symlinks that lead outside the dataset root (as the workers did).
-        #[arg(long)]
+        #[arg(
+            long,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            default_value_t = false,
+            action = clap::ArgAction::Set,
+            value_name = "BOOL"
+        )]
         follow_links: bool,
     },
     /// Summary, per-class table, sample rows and an entropy/confidence histogram.
@@ -221,6 +228,15 @@ fn main() -> Result<()> {
                     bail!(
                         "--histogram {}: the plot is a PNG; name the file *.png",
                         p.display()
+                    );
+                }
+                // refused before the store is read, not after the report is printed
+                let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+                if let Some(d) = parent.filter(|d| !d.is_dir()) {
+                    bail!(
+                        "--histogram {}: no directory {} to write it in",
+                        p.display(),
+                        d.display()
                     );
                 }
             }

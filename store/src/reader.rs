@@ -82,8 +82,12 @@ impl LabelStore {
         if manifest.state != State::Complete {
             return Err(StoreError::Mismatch {
                 path: mpath,
-                reason: "the store is partial: resume meal-precompute, or merge the workers' parts"
-                    .into(),
+                reason: format!(
+                    "the store is partial ({} shards written): resume meal-precompute, or \
+                     merge the workers' parts (its shards are Parquet files that pyarrow or \
+                     DuckDB read meanwhile, docs/FORMAT.md)",
+                    manifest.shards.len()
+                ),
             });
         }
         let classes = manifest.config.classes.len();
@@ -293,7 +297,8 @@ impl LabelStore {
         match bad.into_iter().flatten().min() {
             Some(i) => Err(StoreError::corrupt(
                 &self.dir.join(&self.manifest.shards[i].file),
-                "checksum mismatch (changed since it was written)",
+                "checksum mismatch (changed since it was written; rerunning the \
+                 precompute that wrote the store, unchanged, writes it again)",
             )),
             None => Ok(()),
         }

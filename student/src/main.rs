@@ -35,10 +35,10 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// Architecture (preset name).
-        #[arg(long, required_unless_present = "teacher")]
+        #[arg(long)]
         arch: Option<String>,
         /// Weights (timm state dict, .safetensors or .pth).
-        #[arg(long, value_name = "FILE", required_unless_present = "teacher")]
+        #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
         /// Evaluate the mean softmax of these models instead (repeatable; the syntax of
         /// meal-precompute's --teacher).
@@ -57,7 +57,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Follow symlinks that lead outside the dataset root.
-        #[arg(long)]
+        #[arg(
+            long,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            default_value_t = false,
+            action = clap::ArgAction::Set,
+            value_name = "BOOL"
+        )]
         follow_links: bool,
         /// Unreadable images: skip them (not counted; listed in the log) or fail.
         #[arg(long, value_parser = ["skip", "fail"], default_value = "skip")]
@@ -130,6 +137,14 @@ fn main() -> Result<()> {
             follow_links,
             on_bad_file,
         } => {
+            // one model, or else the --teacher ensemble (clap refuses both)
+            let single = match (arch, weights) {
+                (Some(arch), Some(weights)) => Some((arch, weights)),
+                _ if !teacher.is_empty() => None,
+                _ => bail!(
+                    "eval needs --arch A --weights W (a model), or --teacher ARCH=WEIGHTS (an ensemble)"
+                ),
+            };
             let threads = threads.unwrap_or_else(meal_cli::default_threads);
             if threads == 0 {
                 bail!("--threads must be at least 1");
@@ -141,10 +156,7 @@ fn main() -> Result<()> {
             };
             let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data", follow_links)?;
-            let (what, acc) = if teacher.is_empty() {
-                let (Some(arch), Some(weights)) = (arch, weights) else {
-                    bail!("eval needs --arch and --weights (or --teacher ...)");
-                };
+            let (what, acc) = if let Some((arch, weights)) = single {
                 let model =
                     ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;
                 model

@@ -64,7 +64,14 @@ struct IndexArgs {
     /// ImageFolder root or `path,label` CSV file.
     data: PathBuf,
     /// Follow symlinks that leave the dataset root.
-    #[arg(long)]
+    #[arg(
+            long,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            default_value_t = false,
+            action = clap::ArgAction::Set,
+            value_name = "BOOL"
+        )]
     follow_links: bool,
 }
 

@@ -14,12 +14,14 @@ use crate::manifest::Manifest;
 /// unlisted; a resume writes it again, but a store started over under another config
 /// may never (another shard size): this writer's unlisted shards go, in a directory
 /// that held its manifest only (same-named files of another tool elsewhere stay).
+/// `dropped`: shards just dropped from the manifest as damaged (already warned about).
 pub(super) fn remove(
     dir: &Path,
     worker: Option<[u32; 2]>,
     name: &str,
     was_store: bool,
     manifest: &Manifest,
+    dropped: &[String],
 ) {
     let listed: HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -30,6 +32,7 @@ pub(super) fn remove(
             && owned_shard(&file, worker).is_some()
             && !listed.contains(file.as_str())
             && fs::remove_file(e.path()).is_ok()
+            && !dropped.contains(&file)
         {
             tracing::warn!(
                 "{}: not in {name} (left by a crash): removed",

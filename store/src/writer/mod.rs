@@ -128,6 +128,8 @@ impl StoreWriter {
             }
             !fresh
         });
+        // shards dropped as damaged: removed with the crash's leftovers, said once
+        let mut dropped = Vec::new();
         let manifest = if let Some(mut m) = existing {
             require_same_config(
                 &path,
@@ -167,6 +169,7 @@ impl StoreWriter {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!("{e}; it will be recomputed");
+                        dropped.push(s.file.clone());
                         false
                     }
                 }
@@ -194,7 +197,7 @@ impl StoreWriter {
             m
         };
         drop(opening);
-        leftovers::remove(dir, worker, &name, was_store, &manifest);
+        leftovers::remove(dir, worker, &name, was_store, &manifest, &dropped);
         Ok(StoreWriter {
             dir: dir.to_path_buf(),
             manifest,

@@ -220,15 +220,36 @@ impl Run {
                 // store's crops replay and it is unused (its help says so)
                 .filter(|(k, _)| !(k.as_str() == "scale" && self.s.labels.is_some()))
                 .filter(|(k, _)| !(k.as_str() == "online_teacher" && online_by_content))
-                .map(|(k, _)| flag_of(k))
+                // --disc-lr left to follow --lr in both: only --lr is the user's change
+                .filter(|(k, _)| {
+                    !(k.as_str() == "disc_lr"
+                        && x.get("disc_lr") == x.get("lr")
+                        && y.get("disc_lr") == y.get("lr"))
+                })
+                .map(|(k, v)| {
+                    let short = |v: Option<&serde_json::Value>| {
+                        let t = v.map_or("none".to_string(), |v| v.to_string());
+                        if t.chars().count() > 60 {
+                            format!("{}...", t.chars().take(57).collect::<String>())
+                        } else {
+                            t
+                        }
+                    };
+                    format!(
+                        "{} (run: {}, now: {})",
+                        flag_of(k),
+                        short(Some(v)),
+                        short(y.get(k))
+                    )
+                })
                 .collect(),
             _ => vec![],
         };
         if !diff.is_empty() {
             bail!(
-                "--resume: {} was made with other settings: {} differ(s) (to change them, start a new run with --init {})",
+                "--resume: {} was made with other settings: {} (to change them, start a new run with --init {})",
                 sp.display(),
-                diff.join(", "),
+                diff.join("; "),
                 dir.join(STUDENT_FILE).display()
             );
         }
