@@ -63,7 +63,7 @@ fn twin_mixed(
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn mixed_precision_ops_follow_the_f32_cpu_ops() {
     let dev = gpu("mixed_precision_ops_follow_the_f32_cpu_ops");
     let cudnn = CudnnCalls::start();

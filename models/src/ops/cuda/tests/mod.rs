@@ -104,7 +104,7 @@ fn randn(dims: &[usize]) -> Tensor {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn conv2d_equals_the_cpu_op() {
     let dev = gpu("conv2d_equals_the_cpu_op");
     let cudnn = CudnnCalls::start();
@@ -131,7 +131,7 @@ fn conv2d_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn batch_norm_equals_the_cpu_op() {
     let dev = gpu("batch_norm_equals_the_cpu_op");
     // [5, 300, 17, 17]: 3 blocks per channel over 5 images (uneven ranges, bn::splits),
@@ -192,7 +192,7 @@ fn batch_norm_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
     let dev = gpu("max_pool_equals_the_cpu_op_with_ties_and_nan");
     // values rounded to halves: many ties, which must go to the first maximum
@@ -228,7 +228,7 @@ fn max_pool_equals_the_cpu_op_with_ties_and_nan() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn sgd_step_equals_the_cpu_op() {
     let dev = gpu("sgd_step_equals_the_cpu_op");
     for nesterov in [false, true] {
@@ -257,7 +257,7 @@ fn sgd_step_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn eval_batch_norm_on_the_device_equals_the_cpu_op() {
     let dev = gpu("eval_batch_norm_on_the_device_equals_the_cpu_op");
     let x = randn(&[3, 6, 5, 7]);
@@ -275,7 +275,7 @@ fn eval_batch_norm_on_the_device_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn bf16_eval_batch_norm_equals_the_cpu_twin() {
     let dev = gpu("bf16_eval_batch_norm_equals_the_cpu_twin");
     let x = randn(&[3, 6, 5, 7]).to_dtype(DType::BF16).unwrap();
@@ -306,7 +306,7 @@ fn channel_affine_dev_cpu(x: &Tensor, scale: &Tensor, shift: &Tensor, relu: bool
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_conv2d_inference_equals_the_f32_cpu_op_on_rounded_inputs");
     let cudnn = CudnnCalls::start();
@@ -348,7 +348,7 @@ const GROUPED: [[usize; 9]; 4] = [
 ];
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn grouped_conv2d_inference_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_inference_equals_the_cpu_op");
     let cudnn = CudnnCalls::start();
@@ -372,7 +372,7 @@ fn grouped_conv2d_inference_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
     let dev = gpu("grouped_conv2d_with_gradients_equals_the_cpu_op");
     let cudnn = CudnnCalls::start();
@@ -392,7 +392,7 @@ fn grouped_conv2d_with_gradients_equals_the_cpu_op() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn relu_and_residual_join_equal_the_cpu_ops() {
     let dev = gpu("relu_and_residual_join_equal_the_cpu_ops");
     let (a, b) = (randn(&[2, 3, 5, 7]), randn(&[2, 3, 5, 7]));
@@ -418,7 +418,7 @@ fn relu_and_residual_join_equal_the_cpu_ops() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn bf16_max_pool_equals_the_f32_cpu_op_on_rounded_inputs() {
     let dev = gpu("bf16_max_pool_equals_the_f32_cpu_op_on_rounded_inputs");
     let x = randn(&[2, 3, 11, 10]).to_dtype(DType::BF16).unwrap();
@@ -437,7 +437,7 @@ fn bf16_max_pool_equals_the_f32_cpu_op_on_rounded_inputs() {
 /// and a 7x7 stem's 3-channel geometry, with and without each part: f32 (cuDNN's FMA
 /// math) and bf16 (against the reference on the same rounded inputs).
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn fused_nhwc_convolution_equals_the_reference() {
     let dev = gpu("fused_nhwc_convolution_equals_the_reference");
     // SAFETY: only tries to dlopen the library's candidate names

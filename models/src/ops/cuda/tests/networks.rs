@@ -7,7 +7,7 @@ use super::{close, gpu, randn};
 use crate::testing::cosine;
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn frozen_teacher_forward_equals_the_cpu_one() {
     let dev = gpu("frozen_teacher_forward_equals_the_cpu_one");
     let x = randn(&[2, 3, 32, 32]);
@@ -27,7 +27,7 @@ fn frozen_teacher_forward_equals_the_cpu_one() {
 /// against the f32 step on the CPU: logits, the running statistics and the weights'
 /// gradients (f32) follow it within bf16's precision.
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
     let dev = gpu("resnet_mixed_precision_step_follows_the_f32_cpu_step");
     let x = randn(&[8, 3, 32, 32]);
@@ -81,7 +81,7 @@ fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
 /// same weights within bf16's tolerance. Through cuDNN under `MEAL_CUDA_CONV=cudnn`
 /// (bench/gpu_check.sh runs it so), through candle's ops otherwise.
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn fused_teacher_forward_equals_the_cpu_nchw_forward() {
     let dev = gpu("fused_teacher_forward_equals_the_cpu_nchw_forward");
     let x = randn(&[2, 3, 32, 32]);

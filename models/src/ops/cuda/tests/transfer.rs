@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::{close, gpu};
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
     let dev = gpu("eight_bit_crops_normalise_on_the_device_as_on_the_cpu");
     let levels: Vec<u8> = (0..2 * 3 * 9 * 11)
@@ -32,7 +32,7 @@ fn eight_bit_crops_normalise_on_the_device_as_on_the_cpu() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn pinned_uploads_queued_behind_work_keep_every_batch() {
     let dev = gpu("pinned_uploads_queued_behind_work_keep_every_batch");
     // a long product first, so the copies below wait behind it on the stream while
@@ -71,7 +71,7 @@ fn pinned_uploads_queued_behind_work_keep_every_batch() {
 }
 
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
     let dev = gpu("pinned_readbacks_return_each_tensor_as_it_was_when_queued");
     let a = Tensor::randn(0f32, 1.0, (2048, 2048), &dev).unwrap();
@@ -119,7 +119,7 @@ fn pinned_readbacks_return_each_tensor_as_it_was_when_queued() {
 /// 1 GiB of it, and dropping it gives it back (to the driver, or to the pool the
 /// device keeps, which the figure counts as free).
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn free_gpu_memory_follows_allocations() {
     let dev = gpu("free_gpu_memory_follows_allocations");
     let free = || crate::device::gpu_free_memory(&dev).unwrap().unwrap();
@@ -147,7 +147,7 @@ fn free_gpu_memory_follows_allocations() {
 /// the dtype it computes in: a bf16 teacher holds half its f32 twin's activations, and a
 /// student under bf16 autocast is counted at bf16 too (a lower bound).
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored"]
+#[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
 fn a_gpu_model_is_measured_as_its_cpu_twin() {
     use crate::memory::activations;
     use crate::ResNet;
