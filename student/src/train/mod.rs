@@ -205,6 +205,16 @@ fn step(run: &mut Run, b: &Batch, state: &mut State, lr_factor: f64) -> Result<f
         return Err(run.non_finite(total, b, &target, state.epoch, state.batch, state.step));
     }
     run.opt.step(&grads, lr_factor)?;
+    if let Some((name, whose)) = run.non_finite_statistic()? {
+        bail!(
+            "after step {} of the run (epoch {} batch {}) the {whose}'s {name} is not finite \
+             (NaN or inf), while the loss still is: {}",
+            state.step + 1,
+            state.epoch + 1,
+            state.batch + 1,
+            run.diverged()
+        );
+    }
     let kd = l.kd.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let d = match &l.disc {
         Some(d) => d.to_dtype(DType::F64)?.to_scalar::<f64>()?,

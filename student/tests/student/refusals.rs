@@ -225,6 +225,33 @@ fn a_non_finite_loss_stops_the_run() {
     assert!(!f.root.join("diverged/checkpoint").exists(), "{msg}");
 }
 
+/// A running variance that overflows while the loss stays finite (a train step
+/// normalises by its batch's statistics) stops the run at that step, naming the
+/// statistic, with no checkpoint written: stem weights scaled by 1e25 give the stem a
+/// batch variance past f32's range (its output, normalised by the BatchNorm op's f64
+/// statistics, stays finite, and so does the loss).
+#[test]
+fn an_overflowing_batchnorm_statistic_stops_the_run_at_its_step() {
+    let f = fixture();
+    let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0).unwrap();
+    let p = f.root.join("huge.safetensors");
+    m.save(&p).unwrap();
+    let mut sd = read_state_dict(&p, &Device::Cpu).unwrap();
+    let w = sd.get_mut("conv1.0.weight").unwrap();
+    *w = (&*w * 1e25).unwrap();
+    candle_core::safetensors::save(&sd, &p).unwrap();
+    let mut a = args(&f, "huge");
+    a.init = Some(p);
+    let msg = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        msg.contains(
+            "after step 1 of the run (epoch 1 batch 1) the student's conv1.1.running_var is not finite"
+        ) && msg.contains("before any checkpoint"),
+        "{msg}"
+    );
+    assert!(!f.root.join("huge/checkpoint").exists(), "{msg}");
+}
+
 /// A shard damaged in place (same size, a NaN written over a stored probability) stops
 /// the run at start naming the shard (its checksum), not a NaN loss later; and the
 /// per-label test training applies to every label it reads (`distribution_error`, for
