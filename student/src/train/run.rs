@@ -218,7 +218,7 @@ impl Run {
     /// stays finite (a train step normalises by its batch's statistics, not the running
     /// ones), and such weights are refused by `--init` and eval: caught at its step
     /// rather than at the epoch's checkpoint. One reduction per buffer and one read of
-    /// them all per step (for ResNet-50, 106 vectors of at most 2048 values).
+    /// them all (for ResNet-50, 106 vectors of at most 2048 values).
     pub(super) fn non_finite_statistic(&self) -> Result<Option<(String, &'static str)>> {
         let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
         let buffers: Vec<(&meal_models::Entry, &'static str)> = self
