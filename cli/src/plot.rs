@@ -110,6 +110,56 @@ fn fit(points: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The legend's corner: the one whose box (`w` x `h`, fractions of the plotting area)
+/// covers the fewest of the series' points and of the points along their lines, first
+/// of upper right, upper left, lower right, lower left on a tie (matplotlib's
+/// `loc="best"`, which minimises the same overlap: matplotlib `legend.py`,
+/// `_find_best_position`). `x` and `y` are the axes' ranges.
+fn legend_corner(
+    series: &[Series],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+    (w, h): (f64, f64),
+) -> SeriesLabelPosition {
+    let unit = |v: f64, lo: f64, hi: f64| (v - lo) / (hi - lo).max(f64::MIN_POSITIVE);
+    // the points and 8 more along each segment, as fractions of the area
+    let mut pts = Vec::new();
+    for s in series {
+        let p: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|q| q.0.is_finite() && q.1.is_finite())
+            .map(|&(x, y)| (unit(x, x0, x1), unit(y, y0, y1)))
+            .collect();
+        pts.extend(&p);
+        for ab in p.windows(2) {
+            let ((ax, ay), (bx, by)) = (ab[0], ab[1]);
+            pts.extend((1..9).map(|k| {
+                let t = k as f64 / 9.0;
+                (ax + t * (bx - ax), ay + t * (by - ay))
+            }));
+        }
+    }
+    let covered = |right: bool, upper: bool| {
+        pts.iter()
+            .filter(|&&(x, y)| {
+                (if right { x >= 1.0 - w } else { x <= w })
+                    && (if upper { y >= 1.0 - h } else { y <= h })
+            })
+            .count()
+    };
+    use SeriesLabelPosition::*;
+    [
+        (UpperRight, true, true),
+        (UpperLeft, false, true),
+        (LowerRight, true, false),
+        (LowerLeft, false, false),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, right, upper)| covered(right, upper))
+    .map_or(UpperRight, |(c, _, _)| c)
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// A white canvas of `n` panels side by side under `title`; `draw` fills the panels,
@@ -185,8 +235,18 @@ pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
                     .draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))
                     .map_err(err)?;
             }
+            // the legend's box as fractions of the plotting area: rows of 13 px text
+            // (~20 px each, plus its margins), a swatch and the longest name at ~7 px
+            // per character
+            let area_px = (f64::from(PANEL.0 - 58 - 20), f64::from(PANEL.1 - 38 - 40));
+            let longest = p.series.iter().map(|s| s.name.chars().count()).max();
+            let legend = (
+                (40.0 + 7.0 * longest.unwrap_or(0) as f64) / area_px.0,
+                (12.0 + 20.0 * p.series.len() as f64) / area_px.1,
+            );
             chart
                 .configure_series_labels()
+                .position(legend_corner(&p.series, (x0, x1), (y0, y1), legend))
                 .label_font((FONT, 13).into_font())
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
@@ -241,6 +301,38 @@ mod tests {
 
     /// The expected size, and ink where the text goes: the title band and the axis label
     /// areas are not blank (a missing font would leave them white).
+    fn series(name: &str, points: &[(f64, f64)]) -> Series {
+        Series {
+            name: name.into(),
+            points: points.to_vec(),
+        }
+    }
+
+    /// A falling loss leaves the upper right free; a rising accuracy fills it, and the
+    /// upper left is free; with a high line along the top too (both upper corners) and
+    /// the loss's tail in the lower right, the lower left is left.
+    #[test]
+    fn the_legend_goes_to_the_emptiest_corner() {
+        let size = (0.3, 0.2);
+        let range = ((1.0, 10.0), (0.0, 1.0));
+        let falling: Vec<_> = (1..=10).map(|e| (e as f64, 1.0 / e as f64)).collect();
+        let rising: Vec<_> = (1..=10).map(|e| (e as f64, e as f64 / 10.0)).collect();
+        let high: Vec<_> = (1..=10).map(|e| (e as f64, 0.95)).collect();
+        let best = |s: &[Series]| legend_corner(s, range.0, range.1, size);
+        assert!(matches!(
+            best(&[series("loss", &falling)]),
+            SeriesLabelPosition::UpperRight
+        ));
+        assert!(matches!(
+            best(&[series("top-1", &rising)]),
+            SeriesLabelPosition::UpperLeft
+        ));
+        assert!(matches!(
+            best(&[series("a", &falling), series("b", &high)]),
+            SeriesLabelPosition::LowerLeft
+        ));
+    }
+
     #[test]
     fn line_panels_have_text_and_lines() {
         let s = |name: &str, k: f64| Series {
