@@ -111,6 +111,23 @@ pub fn max_threads() -> usize {
     (8 * default_threads()).max(256)
 }
 
+/// `--follow-links [true|false]`, for the commands that read a dataset (flattened into
+/// their arguments): a bare `--follow-links` is true, and `--follow-links false` is
+/// accepted as in the commands whose config files may set it.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct FollowLinks {
+    /// Follow symlinks that lead outside the dataset root (refused by default).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub follow_links: bool,
+}
+
 /// The signal that set the flag of [`interrupt_flag`] (0 before any).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 

@@ -33,16 +33,8 @@ enum Cmd {
         /// The store directory holding the workers' manifests and shards.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// Follow symlinks that lead outside the dataset root (as the workers did).
-        #[arg(
-            long,
-            num_args = 0..=1,
-            default_missing_value = "true",
-            default_value_t = false,
-            action = clap::ArgAction::Set,
-            value_name = "BOOL"
-        )]
-        follow_links: bool,
+        #[command(flatten)]
+        links: meal_cli::FollowLinks,
     },
     /// Summary, per-class table, sample rows and an entropy/confidence histogram.
     Inspect {
@@ -204,12 +196,8 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Cmd::Merge {
-            data,
-            out,
-            follow_links,
-        } => {
-            let links = LinkPolicy::follow_if(follow_links);
+        Cmd::Merge { data, out, links } => {
+            let links = LinkPolicy::follow_if(links.follow_links);
             let ds = Dataset::open(&data, links)
                 .with_context(|| format!("--data {}", data.display()))?;
             let m =

@@ -56,16 +56,8 @@ enum Cmd {
         /// Also print the result as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Follow symlinks that lead outside the dataset root.
-        #[arg(
-            long,
-            num_args = 0..=1,
-            default_missing_value = "true",
-            default_value_t = false,
-            action = clap::ArgAction::Set,
-            value_name = "BOOL"
-        )]
-        follow_links: bool,
+        #[command(flatten)]
+        links: meal_cli::FollowLinks,
         /// Unreadable images: skip them (not counted; listed in the log) or fail.
         #[arg(long, value_parser = ["skip", "fail"], default_value = "skip")]
         on_bad_file: String,
@@ -134,7 +126,7 @@ fn main() -> Result<()> {
             threads,
             device,
             json,
-            follow_links,
+            links,
             on_bad_file,
         } => {
             // one model, or else the --teacher ensemble (clap refuses both)
@@ -155,7 +147,7 @@ fn main() -> Result<()> {
                 policy: on_bad_file.parse().context("--on-bad-file")?,
             };
             let dev = meal_models::parse_device(&device).context("--device")?;
-            let ds = train::open_dataset(&data, "--data", follow_links)?;
+            let ds = train::open_dataset(&data, "--data", links.follow_links)?;
             let (what, acc) = if let Some((arch, weights)) = single {
                 let model =
                     ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;

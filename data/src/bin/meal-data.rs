@@ -63,16 +63,8 @@ struct SynthArgs {
 struct IndexArgs {
     /// ImageFolder root or `path,label` CSV file.
     data: PathBuf,
-    /// Follow symlinks that leave the dataset root.
-    #[arg(
-            long,
-            num_args = 0..=1,
-            default_missing_value = "true",
-            default_value_t = false,
-            action = clap::ArgAction::Set,
-            value_name = "BOOL"
-        )]
-    follow_links: bool,
+    #[command(flatten)]
+    links: meal_cli::FollowLinks,
 }
 
 #[derive(Args)]
@@ -141,7 +133,7 @@ fn synth(a: SynthArgs) -> Result<()> {
 }
 
 fn index(a: IndexArgs) -> Result<()> {
-    let ds = Dataset::open(&a.data, LinkPolicy::follow_if(a.follow_links))?;
+    let ds = Dataset::open(&a.data, LinkPolicy::follow_if(a.links.follow_links))?;
     let mut per_class = vec![0u64; ds.classes().len()];
     for s in ds.samples() {
         per_class[s.label as usize] += 1;
