@@ -36,7 +36,11 @@ pub fn replace_with<E>(
         return Err(AtomicError::Write(e));
     }
     let io_err = |p: &Path, e| AtomicError::Io(p.to_path_buf(), e);
-    sync_tree(&tmp).map_err(|e| io_err(&tmp, e))?;
+    if let Err(e) = sync_tree(&tmp) {
+        // (a full disk can fail the fsync: its space is given back at once)
+        remove_any(&tmp);
+        return Err(io_err(&tmp, e));
+    }
     if tmp.is_dir() && path.exists() {
         // rename(2) will not replace a non-empty directory: move the old one aside first
         let old = old_path(path);

@@ -10,7 +10,6 @@
 //! byte-identical files, and the first N images of a class do not depend on the count.
 
 use std::fs;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::JpegEncoder;
@@ -331,10 +330,17 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<(
 /// Write an RGB8 image as a baseline JPEG, atomically (temp file then rename).
 pub fn write_jpeg(path: &Path, w: u32, h: u32, rgb: &[u8], quality: u8) -> Result<()> {
     crate::atomic::replace_with(path, |tmp| {
-        let f = fs::File::create(tmp).map_err(|e| DataError::io(tmp, e))?;
-        let mut enc = JpegEncoder::new_with_quality(BufWriter::new(f), quality);
-        enc.encode(rgb, w, h, image::ExtendedColorType::Rgb8)
-            .map_err(|e| DataError::decode(tmp, format!("JPEG encode: {e}")))
+        // encoded in memory, then written with its errors checked: a BufWriter dropped
+        // unflushed loses the write error of its last buffer (a full disk left empty and
+        // truncated JPEGs under their final names, and synth exited 0)
+        let mut bytes = Vec::new();
+        JpegEncoder::new_with_quality(&mut bytes, quality)
+            .encode(rgb, w, h, image::ExtendedColorType::Rgb8)
+            .map_err(|e| DataError::Dataset {
+                path: path.to_path_buf(),
+                reason: format!("encoding it as JPEG: {e}"),
+            })?;
+        fs::write(tmp, &bytes).map_err(|e| DataError::io(tmp, e))
     })
     .map_err(|e| match e {
         crate::atomic::AtomicError::Write(e) => e,
