@@ -23,6 +23,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod pretrained;
+mod pth;
 pub mod resnet;
 #[cfg(test)]
 mod testing;

@@ -35,22 +35,13 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
         candle_core::safetensors::load(path, device)
             .map_err(|e| fail(format!("not a readable safetensors file ({e})")))?
     } else {
-        // PyTorch's files since 1.6 are zip archives holding a pickle
-        let mut v = candle_core::pickle::read_all(path).map_err(|e| {
+        // PyTorch's files since 1.6 are zip archives holding a pickle (crate::pth)
+        let v = crate::pth::read(path).map_err(|e| {
             fail(format!(
                 "not a readable PyTorch weights file (a zip archive from torch.save, or \
                  .safetensors by its extension): {e}"
             ))
         })?;
-        if v.is_empty() {
-            // checkpoints that wrap the state dict, e.g. {"state_dict": {...}}
-            for key in ["state_dict", "model", "state_dict_ema"] {
-                v = candle_core::pickle::read_all_with_key(path, Some(key)).unwrap_or_default();
-                if !v.is_empty() {
-                    break;
-                }
-            }
-        }
         if v.is_empty() {
             return Err(fail(
                 "no tensors found (expected a PyTorch state dict)".into(),

@@ -1,0 +1,847 @@
+//! PyTorch's zip checkpoints (`torch.save` since 1.6) read without running any of the
+//! file's code and without trusting its sizes.
+//!
+//! The archive's `data.pkl` is read by a small pickle machine that knows only the
+//! opcodes a state dict uses (Python's `Lib/pickletools.py` documents them) and builds
+//! only tuples, lists, dicts, references to globals and the two calls torch writes:
+//! `_rebuild_tensor_v2(storage, offset, size, stride, ...)` on a persistent id
+//! `("storage", torch.FloatStorage, key, location, numel)`, and `_rebuild_parameter`
+//! around it (pytorch/pytorch `torch/serialization.py` `_save`, `torch/_utils.py`).
+//! Each tensor's storage is then read from the archive entry `data/KEY` once its
+//! declared size is checked against the entry's.
+//!
+//! candle's reader (`candle_core::pickle`), which this replaces, panicked on short
+//! argument tuples, aborted on a 550 GB shape declared over 64 bytes, cloned the
+//! memo's object at every read (a 409-byte file grew past 5 GB) and recursed on nesting
+//! (a 200 KB file overflowed the stack): found by an adversarial run. Here a memo read
+//! shares its object, the objects are torn down without recursion, the walk to the
+//! tensors is depth-limited, and every size is checked before anything is allocated.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::rc::Rc;
+
+use candle_core::{DType, Device, Tensor};
+
+/// The largest `data.pkl` read (a state dict of 10,000 tensors pickles to ~1 MB).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// How deep the walk from the pickled object to a tensor goes (a checkpoint dict, its
+/// state dict, a parameter, a tensor, its storage: 6 levels).
+const MAX_DEPTH: usize = 32;
+/// The keys under which a checkpoint may hold the state dict, tried in this order when
+/// its top level holds no tensor (timm's and torchvision's training scripts).
+const WRAPPER_KEYS: [&str; 3] = ["state_dict", "model", "state_dict_ema"];
+
+/// A pickled value. Containers are shared (a memo read is a reference, as in Python)
+/// and mutable (APPEND, SETITEM act on the object the memo holds too).
+#[derive(Clone)]
+enum V {
+    Mark,
+    None,
+    Bool,
+    Int(i64),
+    /// An integer past 64 bits (LONG1 of more than 8 bytes, LONG4): never a size here.
+    BigInt,
+    Float,
+    Str(Rc<str>),
+    Bytes,
+    Global(Rc<(String, String)>),
+    Tuple(Items),
+    List(Items),
+    /// Keys and values alternating.
+    Dict(Items),
+    /// `[callable, args]`.
+    Reduce(Items),
+    /// `[id]`: a persistent id (torch's storages).
+    Pid(Items),
+}
+
+/// A container's items, shared. Dropped without recursion: a value nested 200,000
+/// deep would overflow the stack if each level dropped the next.
+#[derive(Clone)]
+struct Items(Rc<RefCell<Vec<V>>>);
+
+impl Items {
+    fn borrow(&self) -> std::cell::Ref<'_, Vec<V>> {
+        self.0.borrow()
+    }
+    fn borrow_mut(&self) -> std::cell::RefMut<'_, Vec<V>> {
+        self.0.borrow_mut()
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) != 1 {
+            return;
+        }
+        // the last owner: its items' items are moved here, level by level, so each
+        // container is dropped empty
+        let Ok(mut first) = self.0.try_borrow_mut() else {
+            return;
+        };
+        let mut work = std::mem::take(&mut *first);
+        drop(first);
+        while let Some(v) = work.pop() {
+            if let Some(c) = v.children() {
+                if Rc::strong_count(&c.0) == 1 {
+                    if let Ok(mut inner) = c.0.try_borrow_mut() {
+                        work.append(&mut inner);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn items(v: Vec<V>) -> Items {
+    Items(Rc::new(RefCell::new(v)))
+}
+
+impl V {
+    fn kind(&self) -> &'static str {
+        match self {
+            V::Mark => "mark",
+            V::None => "None",
+            V::Bool => "bool",
+            V::Int(_) | V::BigInt => "int",
+            V::Float => "float",
+            V::Str(_) => "str",
+            V::Bytes => "bytes",
+            V::Global(_) => "global",
+            V::Tuple(_) => "tuple",
+            V::List(_) => "list",
+            V::Dict(_) => "dict",
+            V::Reduce(_) => "call",
+            V::Pid(_) => "persistent id",
+        }
+    }
+
+    fn children(&self) -> Option<&Items> {
+        match self {
+            V::Tuple(c) | V::List(c) | V::Dict(c) | V::Reduce(c) | V::Pid(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The pickle machine: its stack, memo, and what it dropped (kept for the teardown).
+#[derive(Default)]
+struct Machine {
+    stack: Vec<V>,
+    memo: HashMap<u32, V>,
+    dropped: Vec<V>,
+}
+
+impl Drop for Machine {
+    /// Empties every container the machine made, shared or not, with a worklist: a
+    /// cycle (a list appended to itself) is never dropped by reference counting.
+    fn drop(&mut self) {
+        let mut work: Vec<V> = std::mem::take(&mut self.stack);
+        work.extend(self.memo.drain().map(|(_, v)| v));
+        work.append(&mut self.dropped);
+        while let Some(v) = work.pop() {
+            if let Some(c) = v.children() {
+                if let Ok(mut inner) = c.0.try_borrow_mut() {
+                    work.append(&mut inner);
+                }
+            }
+        }
+    }
+}
+
+/// A cursor over the pickle's bytes.
+struct Bytes<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let left = (self.data.len() - self.at) as u64;
+        if n > left {
+            return Err(format!(
+                "the pickle ends inside a value ({n} bytes declared at byte {}, {left} left)",
+                self.at
+            ));
+        }
+        let s = &self.data[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn le<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64)?);
+        Ok(a)
+    }
+    fn line(&mut self) -> Result<String, String> {
+        let rest = &self.data[self.at..];
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("a GLOBAL name without its newline")?;
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.at += n + 1;
+        Ok(s)
+    }
+    fn text(&mut self, n: u64) -> Result<V, String> {
+        let b = self.take(n)?;
+        Ok(V::Str(Rc::from(String::from_utf8_lossy(b).as_ref())))
+    }
+}
+
+impl Machine {
+    fn pop(&mut self) -> Result<V, String> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "the pickle pops an empty stack".to_string())
+    }
+
+    /// The values above the topmost MARK, which is removed.
+    fn pop_mark(&mut self) -> Result<Vec<V>, String> {
+        let at = self
+            .stack
+            .iter()
+            .rposition(|v| matches!(v, V::Mark))
+            .ok_or("the pickle closes a MARK it never opened")?;
+        let top = self.stack.split_off(at + 1);
+        self.stack.pop();
+        Ok(top)
+    }
+
+    fn top(&self) -> Result<&V, String> {
+        self.stack
+            .last()
+            .ok_or_else(|| "the pickle reads an empty stack".to_string())
+    }
+
+    /// Add `new` to the list or dict on top of the stack.
+    fn extend_top(&mut self, new: Vec<V>, dict: bool) -> Result<(), String> {
+        let top = self.top()?.clone();
+        match (&top, dict) {
+            (V::List(c), false) => c.borrow_mut().extend(new),
+            (V::Dict(c), true) if new.len().is_multiple_of(2) => c.borrow_mut().extend(new),
+            (V::Dict(_), true) => return Err("SETITEMS with a key and no value".into()),
+            _ => {
+                self.dropped.extend(new);
+                return Err(format!(
+                    "the pickle adds items to a {}, not a {}",
+                    top.kind(),
+                    if dict { "dict" } else { "list" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn tuple(&mut self, n: usize) -> Result<(), String> {
+        if self.stack.len() < n {
+            return Err("the pickle pops an empty stack".into());
+        }
+        let t = self.stack.split_off(self.stack.len() - n);
+        self.stack.push(V::Tuple(items(t)));
+        Ok(())
+    }
+
+    /// Run the pickle to its STOP; the object it made.
+    fn run(&mut self, data: &[u8]) -> Result<V, String> {
+        let mut r = Bytes { data, at: 0 };
+        loop {
+            let at = r.at;
+            let op = r
+                .u8()
+                .map_err(|_| "the pickle ends without a STOP".to_string())?;
+            match op {
+                0x80 => {
+                    r.u8()?; // PROTO
+                }
+                0x95 => {
+                    r.le::<8>()?; // FRAME: a length hint
+                }
+                b'.' => return self.pop(),
+                b'(' => self.stack.push(V::Mark),
+                b'N' => self.stack.push(V::None),
+                0x88 | 0x89 => self.stack.push(V::Bool),
+                b'J' => self.stack.push(V::Int(i32::from_le_bytes(r.le()?) as i64)),
+                b'K' => self.stack.push(V::Int(r.u8()? as i64)),
+                b'M' => self.stack.push(V::Int(u16::from_le_bytes(r.le()?) as i64)),
+                0x8a => {
+                    // LONG1: n little-endian two's-complement bytes
+                    let n = r.u8()? as u64;
+                    let b = r.take(n)?;
+                    self.stack.push(if n == 0 {
+                        V::Int(0)
+                    } else if n <= 8 {
+                        let mut a = if b[b.len() - 1] & 0x80 != 0 {
+                            [0xffu8; 8]
+                        } else {
+                            [0u8; 8]
+                        };
+                        a[..b.len()].copy_from_slice(b);
+                        V::Int(i64::from_le_bytes(a))
+                    } else {
+                        V::BigInt
+                    });
+                }
+                0x8b => {
+                    let n = u32::from_le_bytes(r.le()?) as u64; // LONG4
+                    r.take(n)?;
+                    self.stack.push(V::BigInt);
+                }
+                b'G' => {
+                    r.le::<8>()?;
+                    self.stack.push(V::Float);
+                }
+                b'X' => {
+                    let n = u32::from_le_bytes(r.le()?) as u64;
+                    let v = r.text(n)?;
+                    self.stack.push(v);
+                }
+                0x8c => {
+                    let n = r.u8()? as u64;
+                    let v = r.text(n)?;
+                    self.stack.push(v);
+                }
+                0x8d => {
+                    let n = u64::from_le_bytes(r.le()?);
+                    let v = r.text(n)?;
+                    self.stack.push(v);
+                }
+                b'U' | b'C' => {
+                    let n = r.u8()? as u64; // SHORT_BINSTRING, SHORT_BINBYTES
+                    r.take(n)?;
+                    self.stack.push(V::Bytes);
+                }
+                b'T' | b'B' => {
+                    let n = u32::from_le_bytes(r.le()?) as u64; // BINSTRING, BINBYTES
+                    r.take(n)?;
+                    self.stack.push(V::Bytes);
+                }
+                0x8e => {
+                    let n = u64::from_le_bytes(r.le()?); // BINBYTES8
+                    r.take(n)?;
+                    self.stack.push(V::Bytes);
+                }
+                b'c' => {
+                    let module = r.line()?;
+                    let name = r.line()?;
+                    self.stack.push(V::Global(Rc::new((module, name))));
+                }
+                0x93 => {
+                    let (name, module) = (self.pop()?, self.pop()?);
+                    let (V::Str(m), V::Str(n)) = (&module, &name) else {
+                        return Err("STACK_GLOBAL of something other than two names".into());
+                    };
+                    self.stack
+                        .push(V::Global(Rc::new((m.to_string(), n.to_string()))));
+                }
+                b'}' => self.stack.push(V::Dict(items(Vec::new()))),
+                b']' => self.stack.push(V::List(items(Vec::new()))),
+                b')' => self.stack.push(V::Tuple(items(Vec::new()))),
+                b't' => {
+                    let t = self.pop_mark()?;
+                    self.stack.push(V::Tuple(items(t)));
+                }
+                b'l' => {
+                    let t = self.pop_mark()?;
+                    self.stack.push(V::List(items(t)));
+                }
+                b'd' => {
+                    let t = self.pop_mark()?;
+                    if !t.len().is_multiple_of(2) {
+                        self.dropped.extend(t);
+                        return Err("DICT with a key and no value".into());
+                    }
+                    self.stack.push(V::Dict(items(t)));
+                }
+                0x85 => self.tuple(1)?,
+                0x86 => self.tuple(2)?,
+                0x87 => self.tuple(3)?,
+                b'a' => {
+                    let v = self.pop()?;
+                    self.extend_top(vec![v], false)?;
+                }
+                b'e' => {
+                    let t = self.pop_mark()?;
+                    self.extend_top(t, false)?;
+                }
+                b's' => {
+                    let (v, k) = (self.pop()?, self.pop()?);
+                    self.extend_top(vec![k, v], true)?;
+                }
+                b'u' => {
+                    let t = self.pop_mark()?;
+                    self.extend_top(t, true)?;
+                }
+                b'R' | 0x81 => {
+                    // REDUCE and NEWOBJ: a call, kept as such (none is run)
+                    let (args, callable) = (self.pop()?, self.pop()?);
+                    let ordered_dict = matches!(&callable, V::Global(g)
+                        if g.0 == "collections" && (g.1 == "OrderedDict" || g.1 == "defaultdict"));
+                    if ordered_dict {
+                        // (its items follow as SETITEMS)
+                        self.dropped.extend([callable, args]);
+                        self.stack.push(V::Dict(items(Vec::new())));
+                    } else {
+                        self.stack.push(V::Reduce(items(vec![callable, args])));
+                    }
+                }
+                b'b' => {
+                    // BUILD: an object's attributes (an OrderedDict's `_metadata`):
+                    // not a state dict's items, dropped
+                    let state = self.pop()?;
+                    self.top()?;
+                    self.dropped.push(state);
+                }
+                b'Q' => {
+                    let id = self.pop()?;
+                    self.stack.push(V::Pid(items(vec![id])));
+                }
+                b'h' => {
+                    let id = r.u8()? as u32;
+                    self.get(id)?;
+                }
+                b'j' => {
+                    let id = u32::from_le_bytes(r.le()?);
+                    self.get(id)?;
+                }
+                b'q' => {
+                    let id = r.u8()? as u32;
+                    self.put(id)?;
+                }
+                b'r' => {
+                    let id = u32::from_le_bytes(r.le()?);
+                    self.put(id)?;
+                }
+                0x94 => {
+                    let id = self.memo.len() as u32; // MEMOIZE
+                    self.put(id)?;
+                }
+                b'0' => {
+                    let v = self.pop()?;
+                    self.dropped.push(v);
+                }
+                b'1' => {
+                    let t = self.pop_mark()?;
+                    self.dropped.extend(t);
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v);
+                }
+                other => {
+                    return Err(format!(
+                        "pickle opcode 0x{other:02x} at byte {at} is not one a state dict \
+                         from torch.save uses"
+                    ))
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, id: u32) -> Result<(), String> {
+        let v = self
+            .memo
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("the pickle reads memo entry {id}, never written"))?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn put(&mut self, id: u32) -> Result<(), String> {
+        let v = self.top()?.clone();
+        if let Some(old) = self.memo.insert(id, v) {
+            self.dropped.push(old);
+        }
+        Ok(())
+    }
+}
+
+/// One tensor of the state dict: where its values are and how to read them.
+#[derive(Clone, Debug, PartialEq)]
+struct Info {
+    name: String,
+    dtype: DType,
+    /// The storage's archive key (`data/KEY`) and its element count.
+    key: String,
+    numel: u64,
+    offset: u64,
+    shape: Vec<usize>,
+    stride: Vec<u64>,
+}
+
+/// The elements of a tuple or list, or None.
+fn seq(v: &V) -> Option<Vec<V>> {
+    match v {
+        V::Tuple(c) | V::List(c) => Some(c.borrow().clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &V) -> Option<i64> {
+    match v {
+        V::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn global(v: &V) -> Option<(&str, &str)> {
+    match v {
+        V::Global(g) => Some((g.0.as_str(), g.1.as_str())),
+        _ => None,
+    }
+}
+
+/// What `v` rebuilds: a tensor's [`Info`], `Ok(None)` for a value that is no tensor (a
+/// step count, a name), or an error naming what is wrong with a tensor's record.
+fn tensor_of(name: &str, v: &V, depth: usize) -> Result<Option<Info>, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "tensor {name}: nested more than {MAX_DEPTH} calls deep"
+        ));
+    }
+    let V::Reduce(call) = v else {
+        return Ok(None);
+    };
+    let (callable, args) = {
+        let c = call.borrow();
+        (c[0].clone(), c[1].clone())
+    };
+    let Some((module, func)) = global(&callable) else {
+        return Ok(None);
+    };
+    let bad = |what: String| Err(format!("tensor {name}: {what}"));
+    let Some(args) = seq(&args) else {
+        return bad(format!("{module}.{func} called with a {}", args.kind()));
+    };
+    match (module, func) {
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+            match args.first() {
+                Some(data) => tensor_of(name, data, depth + 1),
+                None => bad(format!("{func} called without its tensor")),
+            }
+        }
+        ("torch._tensor", "_rebuild_from_type_v2") => match args.as_slice() {
+            // (func, new_type, args, state): func(*args), a plain tensor's subclass
+            [func, _, inner, ..] => {
+                let call = V::Reduce(items(vec![func.clone(), inner.clone()]));
+                let r = tensor_of(name, &call, depth + 1);
+                if let Some(c) = call.children() {
+                    c.borrow_mut().clear();
+                }
+                r
+            }
+            _ => bad(format!(
+                "{func} called with {} arguments, not 4",
+                args.len()
+            )),
+        },
+        ("torch._utils", "_rebuild_tensor_v2") => rebuild_tensor(name, &args).map(Some),
+        ("torch._utils", other) if other.starts_with("_rebuild") => bad(format!(
+            "a {other} tensor (quantized, sparse or another kind than a dense tensor) \
+             is not read here"
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks)`
+/// (torch/_utils.py) with `storage` the persistent id
+/// `("storage", torch.XStorage, key, location, numel)` (torch/serialization.py).
+fn rebuild_tensor(name: &str, args: &[V]) -> Result<Info, String> {
+    let bad = |what: String| Err(format!("tensor {name}: {what}"));
+    let [storage, offset, size, stride, ..] = args else {
+        return bad(format!(
+            "_rebuild_tensor_v2 called with {} arguments, torch writes 6",
+            args.len()
+        ));
+    };
+    let V::Pid(id) = storage else {
+        return bad(format!(
+            "its storage is a {}, not a persistent id",
+            storage.kind()
+        ));
+    };
+    let id = id.borrow().first().and_then(seq).unwrap_or_default();
+    let [tag, class, key, _location, numel] = id.as_slice() else {
+        return bad(format!(
+            "its storage record has {} fields, torch writes 5",
+            id.len()
+        ));
+    };
+    if !matches!(tag, V::Str(s) if &**s == "storage") {
+        return bad("its persistent id is not a storage".into());
+    }
+    let Some((_, class)) = global(class) else {
+        return bad("its storage type is not a class".into());
+    };
+    let dtype = match class {
+        "FloatStorage" => DType::F32,
+        "DoubleStorage" => DType::F64,
+        "HalfStorage" => DType::F16,
+        "BFloat16Storage" => DType::BF16,
+        "ByteStorage" | "BoolStorage" => DType::U8,
+        "ShortStorage" => DType::I16,
+        "IntStorage" => DType::I32,
+        "LongStorage" => DType::I64,
+        other => return bad(format!("storage type {other} is not read here")),
+    };
+    let V::Str(key) = key else {
+        return bad("its storage key is not a string".into());
+    };
+    let dims = |v: &V, what: &str| -> Result<Vec<u64>, String> {
+        seq(v)
+            .ok_or_else(|| format!("tensor {name}: its {what} is a {}", v.kind()))?
+            .iter()
+            .map(|d| int(d).and_then(|d| u64::try_from(d).ok()))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| format!("tensor {name}: its {what} holds a negative or non-integer"))
+    };
+    let (shape, stride) = (dims(size, "size")?, dims(stride, "stride")?);
+    if shape.len() != stride.len() {
+        return bad(format!(
+            "{} sizes but {} strides",
+            shape.len(),
+            stride.len()
+        ));
+    }
+    let (Some(offset), Some(numel)) = (
+        int(offset).and_then(|v| u64::try_from(v).ok()),
+        int(numel).and_then(|v| u64::try_from(v).ok()),
+    ) else {
+        return bad("its offset or storage size is not a non-negative integer".into());
+    };
+    let shape = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("tensor {name}: size {d}")))
+        .collect::<Result<Vec<usize>, String>>()?;
+    Ok(Info {
+        name: name.to_string(),
+        dtype,
+        key: key.to_string(),
+        numel,
+        offset,
+        shape,
+        stride,
+    })
+}
+
+/// The string keys and values of a dict, or None.
+fn dict_entries(v: &V) -> Option<Vec<(String, V)>> {
+    let V::Dict(c) = v else { return None };
+    let c = c.borrow();
+    Some(
+        c.chunks(2)
+            .filter_map(|kv| match &kv[0] {
+                V::Str(k) => Some((k.to_string(), kv[1].clone())),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The tensors of the pickled object: a state dict's, or one wrapped under one of
+/// [`WRAPPER_KEYS`] when the top level holds none.
+fn tensors_of(top: &V) -> Result<Vec<Info>, String> {
+    let Some(entries) = dict_entries(top) else {
+        return Err(format!(
+            "the pickle holds a {}, not a state dict (save `model.state_dict()`)",
+            top.kind()
+        ));
+    };
+    let found = |entries: &[(String, V)]| -> Result<Vec<Info>, String> {
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            if let Some(t) = tensor_of(k, v, 0)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    };
+    let top_level = found(&entries)?;
+    if !top_level.is_empty() {
+        return Ok(top_level);
+    }
+    for key in WRAPPER_KEYS {
+        if let Some(inner) = entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| dict_entries(v))
+        {
+            let t = found(&inner)?;
+            if !t.is_empty() {
+                return Ok(t);
+            }
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Every tensor of the zip checkpoint at `path` (a state dict, or one under
+/// `state_dict`, `model` or `state_dict_ema`), on the CPU. The error is the reason,
+/// the caller names the file.
+pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| format!("not a zip archive as torch.save writes ({e})"))?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .map(String::from)
+        .collect();
+    let Some(pkl) = names
+        .iter()
+        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+        .min_by_key(|n| n.len())
+        .cloned()
+    else {
+        return Err("a zip archive without data.pkl: not a torch.save checkpoint".into());
+    };
+    let prefix = &pkl[..pkl.len() - "data.pkl".len()];
+    let mut entry = |name: &str, limit: u64| -> Result<Vec<u8>, String> {
+        let f = zip
+            .by_name(name)
+            .map_err(|e| format!("archive entry {name}: {e}"))?;
+        if f.size() > limit {
+            return Err(format!(
+                "archive entry {name} declares {} bytes, more than {limit}",
+                f.size()
+            ));
+        }
+        let expect = f.size();
+        let mut bytes = Vec::with_capacity(expect as usize);
+        f.take(expect)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("archive entry {name}: {e}"))?;
+        if bytes.len() as u64 != expect {
+            return Err(format!(
+                "archive entry {name} holds {} bytes, its header says {expect}",
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
+    };
+    if names.iter().any(|n| *n == format!("{prefix}byteorder")) {
+        let order = entry(&format!("{prefix}byteorder"), 16)?;
+        if order != b"little" {
+            return Err(format!(
+                "byte order {:?}: only little-endian checkpoints are read",
+                String::from_utf8_lossy(&order)
+            ));
+        }
+    }
+    let data = entry(&pkl, MAX_PICKLE_BYTES)?;
+    let infos = {
+        let mut m = Machine::default();
+        let top = m.run(&data).map_err(|e| format!("{pkl}: {e}"))?;
+        let t = tensors_of(&top);
+        m.dropped.push(top);
+        t?
+    };
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut out = Vec::with_capacity(infos.len());
+    for t in infos {
+        let es = t.dtype.size_in_bytes() as u64;
+        let bytes = t
+            .numel
+            .checked_mul(es)
+            .filter(|&b| b <= file_len)
+            .ok_or_else(|| {
+                format!(
+                    "tensor {}: its storage of {} elements is larger than the file",
+                    t.name, t.numel
+                )
+            })?;
+        if !storages.contains_key(&t.key) {
+            let name = format!("{prefix}data/{}", t.key);
+            let b = entry(&name, file_len)?;
+            if b.len() as u64 != bytes {
+                return Err(format!(
+                    "tensor {}: its storage {name} holds {} bytes, {} {:?} elements need {bytes}",
+                    t.name,
+                    b.len(),
+                    t.numel,
+                    t.dtype
+                ));
+            }
+            storages.insert(t.key.clone(), b);
+        }
+        let values = gather(&t, &storages[&t.key])?;
+        let tensor = Tensor::from_raw_buffer(&values, t.dtype, &t.shape, &Device::Cpu)
+            .map_err(|e| format!("tensor {}: {e}", t.name))?;
+        out.push((t.name, tensor));
+    }
+    Ok(out)
+}
+
+/// The bytes of `t`'s elements in row-major order, read from its storage through its
+/// offset and strides, each index checked to lie inside the storage.
+fn gather(t: &Info, storage: &[u8]) -> Result<Vec<u8>, String> {
+    let es = t.dtype.size_in_bytes();
+    let count = t
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .ok_or_else(|| format!("tensor {}: its size overflows", t.name))?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    // the furthest element: offset + sum((size - 1) * stride), all within the storage
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |a, (&d, &s)| {
+            (d as u64 - 1).checked_mul(s).and_then(|x| a.checked_add(x))
+        });
+    if last.is_none_or(|l| l >= t.numel) || count > t.numel {
+        return Err(format!(
+            "tensor {}: size {:?}, stride {:?} and offset {} reach past its storage of {} \
+             elements",
+            t.name, t.shape, t.stride, t.offset, t.numel
+        ));
+    }
+    let contiguous = {
+        let mut want = 1u64;
+        let mut ok = true;
+        for (&d, &s) in t.shape.iter().zip(&t.stride).rev() {
+            ok &= d == 1 || s == want;
+            want *= d as u64;
+        }
+        ok
+    };
+    let start = t.offset as usize * es;
+    if contiguous {
+        return Ok(storage[start..start + count as usize * es].to_vec());
+    }
+    // a strided view (a transposed weight): element by element, odometer order
+    let mut out = Vec::with_capacity(count as usize * es);
+    let mut idx = vec![0usize; t.shape.len()];
+    for _ in 0..count {
+        let at = t.offset as usize
+            + idx
+                .iter()
+                .zip(&t.stride)
+                .map(|(&i, &s)| i * s as usize)
+                .sum::<usize>();
+        out.extend_from_slice(&storage[at * es..(at + 1) * es]);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < t.shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
