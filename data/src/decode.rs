@@ -29,6 +29,10 @@ const MAX_SIDE: usize = 65_535;
 /// Largest pixel count we decode (~ 268 MP, 805 MB of RGB): PIL's decompression-bomb
 /// error threshold is 2x its 89.5 MP warning; we allow a little more.
 const MAX_PIXELS: usize = 1 << 28;
+/// Largest decoded PNG, in bytes before the conversion to RGB8: 4 bytes a pixel at the
+/// pixel limit (RGBA8), so 16-bit images are refused at a quarter of it (they take 6
+/// or 8 bytes a pixel; 1 GiB per decoding thread at most).
+const MAX_DECODE_BYTES: u64 = (MAX_PIXELS as u64) * 4;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,12 +161,26 @@ fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);
-    limits.max_alloc = Some((MAX_PIXELS * 8) as u64);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| DataError::decode(path, format!("PNG: {e}")))?;
-    check_dims(img.width() as usize, img.height() as usize, path)?;
+    let png = |e: image::ImageError| DataError::decode(path, format!("PNG: {e}"));
+    // the header's size is checked before any pixel is decoded: a 190 KB 1-bit PNG of
+    // 40000x40000 decoded 1.6 GB before it was refused (an adversarial run), and 16-bit
+    // RGBA takes 8 bytes a pixel (2 GB under the pixel limit, per decoding thread)
+    let decoder = reader.into_decoder().map_err(png)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    check_dims(w as usize, h as usize, path)?;
+    let bytes = image::ImageDecoder::total_bytes(&decoder);
+    if bytes > MAX_DECODE_BYTES {
+        return Err(DataError::decode(
+            path,
+            format!(
+                "PNG of {w}x{h} {:?} takes {bytes} bytes decoded, more than the {MAX_DECODE_BYTES}-byte limit",
+                image::ImageDecoder::color_type(&decoder)
+            ),
+        ));
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(png)?;
     let rgb = img.into_rgb8();
     Ok(RgbImage {
         width: rgb.width(),

@@ -114,3 +114,63 @@ fn missing_file_is_an_io_error_naming_it() {
     assert!(matches!(e, DataError::Io { .. }));
     assert!(e.to_string().contains("/nonexistent/dir/x.jpg"), "{e}");
 }
+
+/// A PNG's header (signature, IHDR of `w`x`h` at `depth` bits, colour `colour`) and a
+/// tiny IDAT: enough for a decoder to learn the size, not to decode a pixel.
+fn png_header(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
+    // CRC-32 (ISO-HDLC), as PNG's chunks carry it (PNG spec, "CRC algorithm")
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut body = kind.to_vec();
+        body.extend(data);
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+        out
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([depth, colour, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// Decompression bombs are refused from the header, before a pixel is decoded: a
+/// 1-bit 40000x40000 PNG (190 KB on disk, 1.6 GB decoded) by the pixel limit, and a
+/// 16-bit RGBA PNG inside the pixel limit by the bytes it takes (8 a pixel).
+#[test]
+fn png_bombs_are_refused_from_their_header() {
+    for (w, h, depth, colour, want) in [
+        (40_000, 40_000, 1, 0, "pixel limit"),
+        (12_000, 12_000, 16, 6, "byte limit"),
+    ] {
+        let e = decode_bytes(&png_header(w, h, depth, colour), Path::new("bomb.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("bomb.png"), "{w}x{h}: {e}");
+    }
+    // an ordinary size gets past the header (then fails on the tiny IDAT)
+    let e = decode_bytes(&png_header(64, 64, 8, 2), Path::new("small.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("limit"), "{e}");
+}
