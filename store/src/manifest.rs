@@ -132,6 +132,13 @@ impl StoreConfig {
                 return Err((key, "must be at least 1".into()));
             }
         }
+        // crop ids are 16-bit
+        if self.crop_pool.crops_per_image > 1 << 16 {
+            return Err((
+                "crop_pool.crops_per_image",
+                format!("{} is more than 65536", self.crop_pool.crops_per_image),
+            ));
+        }
         let classes = self.classes.len();
         if classes == 0 {
             return Err(("classes", "no classes".into()));
@@ -227,6 +234,127 @@ pub struct ShardInfo {
 }
 
 impl ShardInfo {
+    /// Whether its record is one a writer can make, with `config`'s crop pool, classes
+    /// and teachers: the checksum covers the shard, not these figures, and an edited
+    /// figure would be summed into every report (a rerun kept a top-1 agreement of
+    /// 8333333333 and called the store complete). Rows are the images' crops; each
+    /// count of rows is at most the rows; sums of entropies and kept mass are within
+    /// their bounds; skipped images lie in the shard's range, once each, beside the
+    /// stored ones. On failure: what is impossible.
+    pub fn check_stats(&self, config: &StoreConfig) -> Result<(), String> {
+        let st = &self.stats;
+        let range = u64::from(self.end_sample.saturating_sub(self.first_sample));
+        let per_image = u64::from(config.crop_pool.crops_per_image);
+        let rows = st.rows as f64;
+        let ln_c = (config.classes.len().max(1) as f64).ln();
+        // float sums of float16 values: a little slack over the exact bound
+        let slack = 1e-3 * rows + 1e-6;
+        let why = if self.end_sample < self.first_sample {
+            format!("its samples run {}..{}", self.first_sample, self.end_sample)
+        } else if u64::from(self.images) + self.skipped.len() as u64 > range {
+            format!(
+                "{} images and {} skipped in a range of {range}",
+                self.images,
+                self.skipped.len()
+            )
+        } else if st.rows != u64::from(self.images) * per_image {
+            format!(
+                "{} rows for {} images of {per_image} crops",
+                st.rows, self.images
+            )
+        } else if st.top1_agree > st.rows {
+            format!("{} top-1 agreements in {} rows", st.top1_agree, st.rows)
+        } else if !st.teacher_top1_agree.is_empty()
+            && st.teacher_top1_agree.len() != config.teachers.len()
+        {
+            format!(
+                "agreement counts for {} teachers, the store has {}",
+                st.teacher_top1_agree.len(),
+                config.teachers.len()
+            )
+        } else if let Some(a) = st.teacher_top1_agree.iter().find(|&&a| a > st.rows) {
+            format!("a teacher's {a} top-1 agreements in {} rows", st.rows)
+        } else if !(st.entropy_sum.is_finite()
+            && st.entropy_sum >= -slack
+            && st.entropy_sum <= rows * ln_c + slack)
+        {
+            format!("an entropy sum of {} over {} rows", st.entropy_sum, st.rows)
+        } else if !(st.kept_mass_sum.is_finite()
+            && st.kept_mass_sum >= -slack
+            && st.kept_mass_sum <= rows + slack)
+        {
+            format!("a kept mass of {} over {} rows", st.kept_mass_sum, st.rows)
+        } else if !(st.kl_sum.is_finite() && st.kl_sum >= -slack) {
+            format!("a KL sum of {}", st.kl_sum)
+        } else if let Some(k) = self
+            .skipped
+            .iter()
+            .find(|k| !(self.first_sample..self.end_sample).contains(&k.sample_id))
+        {
+            format!("skipped sample {} outside its range", k.sample_id)
+        } else {
+            let mut ids: Vec<u32> = self.skipped.iter().map(|k| k.sample_id).collect();
+            ids.sort_unstable();
+            match ids.windows(2).find(|w| w[0] == w[1]) {
+                Some(w) => format!("sample {} skipped twice", w[0]),
+                None => return Ok(()),
+            }
+        };
+        Err(format!(
+            "{}: its statistics are impossible ({why})",
+            self.file
+        ))
+    }
+
+    /// Whether the shard in `dir` holds the rows and images its record counts, each
+    /// image's whole crop pool ([`Self::contents_error`]): what a reader checks at open
+    /// (a rerun that kept an edited count called the store complete while verify
+    /// refused it).
+    pub fn check_contents(&self, dir: &Path, config: &StoreConfig) -> Result<(), String> {
+        let path = dir.join(&self.file);
+        let r = crate::shard_read::ShardReader::open(&path, config.encoding, config.classes.len())
+            .map_err(|e| e.to_string())?;
+        match self.contents_error(&r, config.crop_pool.crops_per_image) {
+            Some(why) => Err(format!("{}: {why}", path.display())),
+            None => Ok(()),
+        }
+    }
+
+    /// What the opened shard `r` holds that its record does not say: another row or
+    /// image count (the counts summaries and merges add up), a sample outside its
+    /// range, or an image whose rows are not its crops `0..per_image` in order.
+    pub(crate) fn contents_error(
+        &self,
+        r: &crate::shard_read::ShardReader,
+        per_image: u32,
+    ) -> Option<String> {
+        let images = r.samples().count();
+        if r.rows() as u64 != self.stats.rows {
+            Some(format!(
+                "{} rows, the manifest says {}",
+                r.rows(),
+                self.stats.rows
+            ))
+        } else if images != self.images as usize {
+            Some(format!(
+                "{images} images, the manifest lists {}",
+                self.images
+            ))
+        } else if let Some(bad) = r
+            .samples()
+            .find(|id| !(self.first_sample..self.end_sample).contains(id))
+        {
+            Some(format!("sample {bad} outside the shard's range"))
+        } else {
+            r.odd_crop_run(per_image).map(|(id, n)| {
+                format!(
+                    "sample {id} has {n} rows that are not its crops 0..{per_image} in order \
+                     (the store's crop pool)"
+                )
+            })
+        }
+    }
+
     /// Whether the file in `dir` is the one listed: its size and SHA-256 (one read of
     /// the file). A missing file is an I/O error, another file a corrupt-file error.
     pub fn check(&self, dir: &Path) -> Result<(), StoreError> {

@@ -161,6 +161,12 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             },
             e => e,
         })?;
+        s.check_stats(&m.config)
+            .and_then(|()| s.check_contents(dir, &m.config))
+            .map_err(|why| StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: format!("{why}: {who}"),
+            })?;
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();

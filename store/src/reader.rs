@@ -113,32 +113,11 @@ impl LabelStore {
                 ));
             }
             let r = ShardReader::open_with(&path, manifest.config.encoding, classes, map_pages)?;
-            if r.rows() as u64 != s.stats.rows {
-                return Err(StoreError::corrupt(
-                    &path,
-                    format!("{} rows, the manifest says {}", r.rows(), s.stats.rows),
-                ));
+            if let Some(why) = s.contents_error(&r, manifest.config.crop_pool.crops_per_image) {
+                return Err(StoreError::corrupt(&path, why));
             }
-            // the manifest's count is what summaries and merges add up
-            let images = r.samples().count();
-            if images != s.images as usize {
-                return Err(StoreError::corrupt(
-                    &mpath,
-                    format!(
-                        "{} holds {images} images, the manifest lists {}",
-                        s.file, s.images
-                    ),
-                ));
-            }
-            if let Some(bad) = r
-                .samples()
-                .find(|id| !(s.first_sample..s.end_sample).contains(id))
-            {
-                return Err(StoreError::corrupt(
-                    &path,
-                    format!("sample {bad} outside the shard's range"),
-                ));
-            }
+            s.check_stats(&manifest.config)
+                .map_err(|why| StoreError::corrupt(&mpath, why))?;
             shards.push(r);
         }
         // the summary is the shards' statistics summed (writer::summary): an edited one
@@ -252,6 +231,17 @@ impl LabelStore {
             for id in r.samples() {
                 let crops = self.view(id)?;
                 for i in 0..crops.len() {
+                    // (the student replays this box: an impossible one would be clamped)
+                    let rec = crops.record(i);
+                    if !rec.is_valid() {
+                        return Err(StoreError::corrupt(
+                            &path,
+                            format!(
+                                "sample {id} crop {}: the box {rec:?} is not inside the image",
+                                crops.crop_id(i)
+                            ),
+                        ));
+                    }
                     crops.dense_into(i, &mut dense);
                     let e = distribution_error(&dense).map_err(|why| {
                         StoreError::corrupt(

@@ -371,6 +371,16 @@ impl ShardReader {
             .map(|(i, _)| self.base + i as u32)
     }
 
+    /// The first sample whose rows are not crops `0..per_image` in order (a writer
+    /// stores each image's whole pool, sorted by crop id), with its row count.
+    pub(crate) fn odd_crop_run(&self, per_image: u32) -> Option<(u32, u32)> {
+        self.index
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.n > 0 && (e.n != per_image || e.crop0 != 0))
+            .map(|(i, e)| (self.base + i as u32, e.n))
+    }
+
     /// Whether Parquet rows are read directly from the mapped pages (always for
     /// safetensors).
     pub fn is_mapped(&self) -> bool {

@@ -165,7 +165,12 @@ impl StoreWriter {
                     );
                     return false;
                 }
-                match s.check(dir) {
+                match s
+                    .check(dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| s.check_stats(&m.config))
+                    .and_then(|()| s.check_contents(dir, &m.config))
+                {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!("{e}; it will be recomputed");

@@ -391,11 +391,42 @@ fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("shard-000000.parquet holds 6 images, the manifest lists 3"),
+        e.contains("shard-000000.parquet") && e.contains("6 images, the manifest lists 3"),
         "{e}"
     );
     edit(&|m| m["shards"][0]["images"] = 6.into());
     LabelStore::open(&dir).unwrap();
+    // statistics and counts the checksum does not cover: refused at open, and a rerun
+    // recomputes the shard (it kept them, and called the store complete)
+    for (what, edit_it) in [
+        (
+            "statistics are impossible (1000000000000 top-1 agreements",
+            &(|m: &mut serde_json::Value| {
+                m["shards"][0]["stats"]["top1_agree"] = 1_000_000_000_000u64.into()
+            }) as &dyn Fn(&mut serde_json::Value),
+        ),
+        (
+            "statistics are impossible (an entropy sum",
+            &|m: &mut serde_json::Value| m["shards"][1]["stats"]["entropy_sum"] = 1e300.into(),
+        ),
+        (
+            "statistics are impossible (skipped sample 4294967295",
+            &|m: &mut serde_json::Value| {
+                m["shards"][0]["skipped"] =
+                    serde_json::json!([{"sample_id": 4294967295u32, "path": "x", "reason": "y"}])
+            },
+        ),
+        ("rows, the manifest says", &|m: &mut serde_json::Value| {
+            m["shards"][0]["stats"]["rows"] = 20.into()
+        }),
+    ] {
+        edit(edit_it);
+        let e = LabelStore::open(&dir).err().expect(what).to_string();
+        assert!(e.contains(what), "{what}: {e}");
+        write_all(&dir, &ds, &cfg, None).unwrap();
+        LabelStore::open(&dir).unwrap().verify().unwrap();
+        assert_eq!(files(&dir), want, "{what}: recomputed");
+    }
     // the summary is the shards' sums: an edited one is named
     edit(&|m| m["summary"]["images"] = 31.into());
     let e = LabelStore::open(&dir).err().expect("refused").to_string();

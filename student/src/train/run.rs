@@ -434,8 +434,14 @@ impl Run {
                         crops.dense_into(i, out);
                         // training reads the mapped bytes without their checksum: a
                         // damaged shard of the right size shows here, named, rather than
-                        // as a NaN loss blamed on the learning rate
-                        if let Err(why) = meal_store::distribution_error(out) {
+                        // as a NaN loss blamed on the learning rate (or a box clamped
+                        // into the image: another crop than the label's)
+                        let rec = crops.record(i);
+                        let why = match rec.is_valid() {
+                            true => meal_store::distribution_error(out).err(),
+                            false => Some(format!("the box {rec:?} is not inside the image")),
+                        };
+                        if let Some(why) = why {
                             let file = store.shard_path(id).unwrap_or_default();
                             bail!(
                                 "{}: sample {id} crop {}: {why}: the label store is damaged (`meal-precompute verify` checks every shard)",
