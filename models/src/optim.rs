@@ -188,6 +188,21 @@ impl Sgd {
         Ok(())
     }
 
+    /// The parameters without a momentum buffer, when the optimizer keeps them
+    /// (momentum on): after a step, every parameter that had a gradient has one, so a
+    /// checkpoint's state missing some was altered (a resume would go on without
+    /// their momentum and no longer equal an uninterrupted run).
+    pub fn params_without_state(&self) -> Vec<&str> {
+        if self.config.momentum == 0.0 {
+            return Vec::new();
+        }
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(n, _)| n.as_str()))
+            .filter(|n| !self.bufs.contains_key(*n))
+            .collect()
+    }
+
     /// The momentum buffers, by parameter name (for checkpoints).
     pub fn state(&self) -> &HashMap<String, Tensor> {
         &self.bufs
@@ -221,6 +236,22 @@ impl Sgd {
         for (k, t) in map {
             match shapes.get(k.as_str()) {
                 Some(v) if v.dims() == t.dims() => {
+                    // a NaN here would show as a diverged run steps later
+                    let finite = t
+                        .to_dtype(candle_core::DType::F32)
+                        .and_then(|f| f.flatten_all()?.to_vec1::<f32>())
+                        .map_err(|e| ModelError::Io {
+                            path: path.to_path_buf(),
+                            reason: format!("momentum buffer {k}: {e}"),
+                        })?
+                        .iter()
+                        .all(|x| x.is_finite());
+                    if !finite {
+                        return Err(ModelError::Io {
+                            path: path.to_path_buf(),
+                            reason: format!("momentum buffer {k} holds non-finite values"),
+                        });
+                    }
                     bufs.insert(k, t);
                 }
                 _ => {

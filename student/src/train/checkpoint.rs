@@ -254,7 +254,18 @@ impl Run {
             );
         }
         let now = self.inputs()?;
-        if let Some(was) = &state.inputs {
+        // without the record, --data, --val and --labels could not be checked: another
+        // store would be trained on silently (an adversarial run deleted it)
+        let Some(was) = &state.inputs else {
+            bail!(
+                "--resume: {} records no inputs (written by an older meal-student, or \
+                 edited), so the resume cannot check that --data, --val and --labels are \
+                 the run's: start a new run with --init {}",
+                sp.display(),
+                dir.join(STUDENT_FILE).display()
+            );
+        };
+        {
             let mut changed = Vec::new();
             if was.data != now.data {
                 changed.push("--data (other images or labels)");
@@ -306,6 +317,33 @@ impl Run {
             )?;
         }
         self.opt.load_state(&dir.join("optim.safetensors"))?;
+        let altered = |what: String| {
+            anyhow::anyhow!(
+                "--resume: {what}: the checkpoint in {} was altered or damaged; restore it, or \
+                 start a new run with --init from a good copy of its weights",
+                dir.display()
+            )
+        };
+        let missing = self.opt.params_without_state();
+        if state.step > 0 && !missing.is_empty() {
+            return Err(altered(format!(
+                "optim.safetensors holds no momentum for {} parameters (the first: {})",
+                missing.len(),
+                missing[0]
+            )));
+        }
+        // (as --init refuses them: a NaN would show as a diverged run steps later)
+        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
+        for (entries, file) in [
+            (self.student.entries(), STUDENT_FILE),
+            (disc, "disc.safetensors"),
+        ] {
+            if let Some(name) = super::first_non_finite(entries)? {
+                return Err(altered(format!(
+                    "{file}: tensor {name} holds non-finite values (NaN or inf)"
+                )));
+            }
+        }
         Ok(state)
     }
 }

@@ -412,3 +412,67 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("is incomplete (no state.json"), "{e}");
 }
+
+/// A checkpoint altered on disk is refused on resume, naming what: a NaN weight (it
+/// showed as a diverged run, with advice to lower --lr), momentum buffers removed (the
+/// resume went on without them, no longer the uninterrupted run), and state.json
+/// without its record of the inputs (another label store was then accepted).
+#[test]
+fn an_altered_checkpoint_is_refused_on_resume() {
+    let f = fixture();
+    let mut a = args(&f, "run");
+    a.max_steps = Some(1);
+    assert!(go(a).unwrap().interrupted);
+    let ck = f.root.join("run/checkpoint");
+    let resume = || {
+        let mut a = args(&f, "run");
+        a.resume = Some(true);
+        format!("{:#}", go(a).unwrap_err())
+    };
+    type Edit = Box<dyn Fn(&Path)>;
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "student.safetensors",
+            Box::new(|p: &Path| {
+                let mut sd = read_state_dict(p, &Device::Cpu).unwrap();
+                let t = sd.get_mut("fc.weight").unwrap();
+                let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v[0] = f32::NAN;
+                *t = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+                candle_core::safetensors::save(&sd, p).unwrap();
+            }),
+            "tensor fc.weight holds non-finite values",
+        ),
+        (
+            "optim.safetensors",
+            Box::new(|p: &Path| {
+                let none: std::collections::HashMap<String, candle_core::Tensor> =
+                    Default::default();
+                candle_core::safetensors::save(&none, p).unwrap();
+            }),
+            "optim.safetensors holds no momentum for",
+        ),
+        (
+            "state.json",
+            Box::new(|p: &Path| {
+                let mut st: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                st.as_object_mut().unwrap().remove("inputs");
+                std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
+            }),
+            "records no inputs",
+        ),
+    ];
+    for (file, edit, want) in cases {
+        let p = ck.join(file);
+        let good = std::fs::read(&p).unwrap();
+        edit(&p);
+        let e = resume();
+        assert!(e.contains(want), "{file}: {e}");
+        std::fs::write(&p, good).unwrap();
+    }
+    // restored, it resumes
+    let mut a = args(&f, "run");
+    a.resume = Some(true);
+    assert!(!go(a).unwrap().interrupted);
+}
