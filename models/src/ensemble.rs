@@ -13,8 +13,23 @@ use crate::{input_config, LoadOptions, ResNet};
 use meal_store::TeacherInfo;
 
 /// A `MIN,MAX` pair (`--scale 0.08,1`; in TOML `scale = [0.08, 1.0]`).
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pair(pub [f64; 2]);
+
+impl<'de> Deserialize<'de> for Pair {
+    /// Exactly two numbers: serde's array impl let TOML's `[0.1, 0.5, 1.0]` through as
+    /// `[0.1, 0.5]`, dropping the third silently.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Vec::<f64>::deserialize(d)?;
+        match v.as_slice() {
+            [a, b] => Ok(Pair([*a, *b])),
+            _ => Err(serde::de::Error::invalid_length(
+                v.len(),
+                &"two numbers [MIN, MAX]",
+            )),
+        }
+    }
+}
 
 impl std::str::FromStr for Pair {
     type Err = String;

@@ -276,6 +276,14 @@ impl RunArgs {
         if devices.iter().any(|d| d.is_empty()) {
             bail!("--device {device:?}: an empty name in the list");
         }
+        // each worker holds its own teachers: 2000 `cpu` entries aborted out of memory
+        if devices.len() > MAX_DEVICES {
+            bail!(
+                "--device: a list of {} devices; at most {MAX_DEVICES} workers run on one \
+                 machine (one per GPU; a GPU named twice runs two)",
+                devices.len()
+            );
+        }
         if devices.len() > 1 && worker.is_some() {
             bail!("--device {device}: a list of devices runs one worker per device itself; use it without --worker");
         }
@@ -307,6 +315,9 @@ impl RunArgs {
     }
 }
 
+/// The longest `--device` list: 8 workers on each of 8 GPUs.
+const MAX_DEVICES: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,12 +342,31 @@ mod tests {
         assert_eq!(s.teachers.len(), 1);
         std::fs::write(&f, "dat = \"typo\"\n").unwrap();
         let e = RunArgs {
-            config: Some(f),
+            config: Some(f.clone()),
             ..Default::default()
         }
         .resolve()
         .unwrap_err();
         assert!(format!("{e:#}").contains("c.toml"), "{e:#}");
+        // a range of three numbers is refused, not cut to two
+        std::fs::write(&f, "scale = [0.1, 0.5, 1.0]\n").unwrap();
+        let e = RunArgs {
+            config: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("two numbers"), "{e:#}");
+        let e = RunArgs {
+            data: Some("d".into()),
+            out: Some("o".into()),
+            teacher: vec!["demo_tiny=t.safetensors".into()],
+            device: Some(vec!["cpu"; 65].join(",")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("at most 64 workers"), "{e:#}");
         assert_eq!(parse_worker("1/2").unwrap(), [1, 2]);
         assert!(parse_worker("2/2").is_err());
     }
