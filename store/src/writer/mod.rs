@@ -20,7 +20,7 @@ mod leftovers;
 mod sharing;
 
 pub(crate) use sharing::worker_manifests;
-use sharing::{check_neighbours, lock, manifest_name};
+use sharing::{check_neighbours, lock_or_read_only, manifest_name};
 
 /// One crop's ensemble probabilities, before encoding.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +67,8 @@ pub struct StoreWriter {
     paths: Vec<String>,
     hook: Option<Hook>,
     step: u32,
+    /// The store (or part) was complete when opened, every shard kept.
+    complete: bool,
     /// Held while writing: a second writer of the same store (or worker part) is refused,
     /// and so is a single writer or a merge beside workers.
     _locks: Vec<DirLock>,
@@ -102,7 +104,7 @@ impl StoreWriter {
             });
         }
         // the lock creates `dir` (and removes it again if this run writes nothing)
-        let (locks, mut opening) = lock(dir, worker)?;
+        let (locks, mut opening) = lock_or_read_only(dir, worker)?;
         check_neighbours(dir, &config, worker)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
@@ -203,7 +205,10 @@ impl StoreWriter {
         };
         drop(opening);
         leftovers::remove(dir, worker, &name, was_store, &manifest, &dropped);
+        // a complete store kept whole: finish() then has nothing to rewrite
+        let complete = manifest.state == State::Complete;
         Ok(StoreWriter {
+            complete,
             dir: dir.to_path_buf(),
             manifest,
             manifest_name: name,
@@ -372,6 +377,17 @@ impl StoreWriter {
                 name: "shard",
                 reason: format!("{} shards still pending", self.pending_shards().len()),
             });
+        }
+        // a rerun of a complete store writes nothing when its image table is intact (it
+        // rewrote the same bytes, which failed on a read-only mount of a finished store)
+        let table_intact = || {
+            self.manifest.worker.is_some()
+                || self.manifest.images_sha256.as_deref().is_some_and(|sha| {
+                    images::read(&self.dir, Some(sha)).is_ok()
+                })
+        };
+        if self.complete && table_intact() {
+            return Ok(self.manifest);
         }
         if self.manifest.worker.is_none() {
             self.manifest.images_sha256 = Some(images::write(

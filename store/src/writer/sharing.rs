@@ -31,6 +31,36 @@ pub(super) fn lock(
     })
 }
 
+/// [`lock`], or no lock where none can be made (a read-only or full file system) and
+/// the store, or this worker's part, is complete: a rerun then has nothing to write and
+/// only reads it, as a pipeline rerun over a finished store on a shared read-only mount
+/// does (it failed on the lock file). Anything it would still write fails naming the
+/// file.
+pub(super) fn lock_or_read_only(
+    dir: &Path,
+    worker: Option<[u32; 2]>,
+) -> Result<(Vec<DirLock>, Option<DirLock>), StoreError> {
+    use meal_data::dirlock::LockError;
+    use std::io::ErrorKind;
+    match lock(dir, worker) {
+        Err(StoreError::Locked(LockError::Io { path, error }))
+            if matches!(
+                error.kind(),
+                ErrorKind::ReadOnlyFilesystem | ErrorKind::StorageFull
+            ) && Manifest::read_file(&dir.join(manifest_name(worker)))
+                .is_ok_and(|m| m.state == State::Complete) =>
+        {
+            tracing::warn!(
+                "{}: {error}; the store there is complete, so this run reads it without \
+                 the lock",
+                path.display()
+            );
+            Ok((Vec::new(), None))
+        }
+        r => r,
+    }
+}
+
 /// Held by a worker while it opens its part (its part lock taken, its neighbours
 /// checked, its manifest made current), one worker at a time: a worker checking its
 /// neighbours then finds each not started, or running with its manifest current, and
