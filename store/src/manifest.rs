@@ -530,9 +530,15 @@ pub(crate) fn write_atomic(
         let _ = f.write_all(&bytes[..bytes.len() / 2]);
         return Err(e);
     }
-    f.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    // a failed write (a full disk) gives its space back at once; the hooks' simulated
+    // crashes leave their temporaries, as a crash does
+    let failed = |e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::io(&tmp, e)
+    };
+    f.write_all(bytes).map_err(failed)?;
     hook(1)?;
-    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    f.sync_all().map_err(failed)?;
     drop(f);
     hook(2)?;
     fs::rename(&tmp, &dst).map_err(|e| StoreError::io(&dst, e))?;

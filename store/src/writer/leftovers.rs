@@ -35,7 +35,7 @@ pub(super) fn remove(
             && !dropped.contains(&file)
         {
             tracing::warn!(
-                "{}: not in {name} (left by a crash): removed",
+                "{}: not in {name} (left by a crash or a failed write): removed",
                 e.path().display()
             );
         }

@@ -382,9 +382,11 @@ impl StoreWriter {
         // rewrote the same bytes, which failed on a read-only mount of a finished store)
         let table_intact = || {
             self.manifest.worker.is_some()
-                || self.manifest.images_sha256.as_deref().is_some_and(|sha| {
-                    images::read(&self.dir, Some(sha)).is_ok()
-                })
+                || self
+                    .manifest
+                    .images_sha256
+                    .as_deref()
+                    .is_some_and(|sha| images::read(&self.dir, Some(sha)).is_ok())
         };
         if self.complete && table_intact() {
             return Ok(self.manifest);

@@ -145,8 +145,9 @@ impl Run {
                 save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
             }
             self.opt.save_state(&tmp.join("optim.safetensors"))?;
-            std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)
-                .with_context(|| format!("writing {}", tmp.display()))
+            let sp = tmp.join("state.json");
+            std::fs::write(&sp, serde_json::to_vec_pretty(state)?)
+                .with_context(|| format!("writing {}", sp.display()))
         })
         .map_err(|e| match e {
             meal_data::atomic::AtomicError::Write(e) => e,
