@@ -198,6 +198,13 @@ impl Dataset {
         if rows.is_empty() {
             return Err(DataError::dataset(list, "no samples in list file"));
         }
+        // an empty label would be a class named "" (every label empty: one such class)
+        if let Some((path, _, line)) = rows.iter().find(|r| r.1.is_empty()) {
+            return Err(DataError::dataset(
+                list,
+                format!("line {line}: {path:?} has an empty label"),
+            ));
+        }
         let numeric: Option<Vec<u32>> = rows.iter().map(|r| r.1.parse::<u32>().ok()).collect();
         let (classes, labels): (Vec<String>, Vec<u32>) = match numeric {
             Some(ls) => {
@@ -243,6 +250,16 @@ impl Dataset {
                     }
                 }
                 let names: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+                // class ids are 16-bit, named classes too (70,000 names were accepted)
+                if names.len() > MAX_CLASSES as usize {
+                    return Err(DataError::dataset(
+                        list,
+                        format!(
+                            "{} class names: a dataset may have at most {MAX_CLASSES} classes",
+                            names.len()
+                        ),
+                    ));
+                }
                 let classes: Vec<String> = names.into_iter().map(str::to_string).collect();
                 let labels = rows
                     .iter()
@@ -252,18 +269,27 @@ impl Dataset {
             }
         };
         let mut samples = Vec::with_capacity(rows.len());
-        for ((path, _, _), label) in rows.into_iter().zip(labels) {
+        for ((path, _, line), label) in rows.into_iter().zip(labels) {
             let rel = safe_relative(&path).ok_or_else(|| {
                 DataError::dataset(
                     list,
-                    format!("entry {path:?} must be a relative path without `..`"),
+                    format!("line {line}: entry {path:?} must be a relative path without `..`"),
                 )
             })?;
             let full = root.join(&rel);
-            check_inside(&full, &canon_root, links)?;
-            let bytes = fs::metadata(&full)
-                .map_err(|e| DataError::io(&full, e))?
-                .len();
+            // named by the list's line: a missing file is a typo or a stale list there
+            check_inside(&full, &canon_root, links)
+                .map_err(|e| DataError::dataset(list, format!("line {line}: {e}")))?;
+            let meta = fs::metadata(&full).map_err(|e| {
+                DataError::dataset(list, format!("line {line}: {}: {e}", full.display()))
+            })?;
+            if !meta.is_file() {
+                return Err(DataError::dataset(
+                    list,
+                    format!("line {line}: {} is not a file", full.display()),
+                ));
+            }
+            let bytes = meta.len();
             samples.push(Sample {
                 id: sample_id(samples.len(), list)?,
                 path: rel,

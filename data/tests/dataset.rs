@@ -135,7 +135,12 @@ fn list_file_errors_name_the_file_and_entry() {
         ("../etc/passwd,0\n", "../etc/passwd"),
         ("/etc/passwd,0\n", "/etc/passwd"),
         ("a.jpg,0,extra\n", "expected 2 columns"),
-        ("missing.jpg,0\n", "missing.jpg"),
+        ("a.jpg,0\nmissing.jpg,0\n", "line 2: "),
+        (
+            "a.jpg,cat\na.jpg,\n",
+            "line 2: \"a.jpg\" has an empty label",
+        ),
+        (".,0\n", "line 1: "),
         ("", "no samples"),
         // a number past the class limit: refused by line, never 4e9 classes in memory
         (
@@ -161,12 +166,10 @@ fn list_file_errors_name_the_file_and_entry() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(needle), "{body:?}: {e}");
-        if needle != "missing.jpg" {
-            assert!(
-                e.contains("l.csv"),
-                "{body:?}: error must name the list file: {e}"
-            );
-        }
+        assert!(
+            e.contains("l.csv"),
+            "{body:?}: error must name the list file: {e}"
+        );
     }
 }
 
