@@ -454,10 +454,16 @@ impl Manifest {
                 format!("not a {FORMAT_NAME} manifest"),
             ));
         }
-        let version = v
-            .get("format_version")
-            .and_then(|f| f.as_u64())
-            .unwrap_or(0);
+        let Some(version) = v.get("format_version").and_then(|f| f.as_u64()) else {
+            return Err(StoreError::corrupt(
+                &path,
+                format!(
+                    "format_version is {}, not a version number",
+                    v.get("format_version")
+                        .map_or("missing".into(), |f| f.to_string())
+                ),
+            ));
+        };
         if version != FORMAT_VERSION as u64 {
             return Err(StoreError::Version {
                 path,
