@@ -100,6 +100,14 @@ pub fn load_into(
                 t.dims(),
                 e.var.dims()
             )),
+            // integers where the model has floats: no checkpoint holds such weights (a
+            // u32 tensor cast to f32 evaluated at top-1 0.0 silently)
+            Some(t) if e.var.dtype().is_float() && !t.dtype().is_float() => shape.push(format!(
+                "{}: file {:?}, model {:?}",
+                e.name,
+                t.dtype(),
+                e.var.dtype()
+            )),
             Some(_) => {}
         }
     }
@@ -123,7 +131,7 @@ pub fn load_into(
             "unexpected",
             &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         );
-        list("wrong shape", &shape);
+        list("wrong shape or type", &shape);
         // the usual cause of a classifier of another shape: a dataset with another
         // number of classes (or the parent of train/ and val/ given as the dataset)
         let classes = |dims: &[usize]| dims.first().copied();
