@@ -591,10 +591,22 @@ fn run_devices(
     drop(lock);
     let mut parts = Vec::new();
     let mut manifests = Vec::new();
-    for (r, d) in results.into_iter().zip(devices) {
-        let (report, manifest) = r.with_context(|| format!("the worker on --device {d}"))?;
-        parts.push(report);
-        manifests.push(manifest);
+    let mut failed = None;
+    for (i, (r, d)) in results.into_iter().zip(devices).enumerate() {
+        // each worker by its index too (a list may name one device twice), and every
+        // failure said, not only the first
+        let who = format!("worker {i} of {n} (--device {d})");
+        match r {
+            Ok((report, manifest)) => {
+                parts.push(report);
+                manifests.push(manifest);
+            }
+            Err(e) if failed.is_none() => failed = Some(e.context(who)),
+            Err(e) => tracing::error!("{who}: {e:#}"),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     let mut report = if parts.iter().all(|r| r.complete) {
         let ds = Dataset::open(&s.data, s.links)
