@@ -170,10 +170,20 @@ impl DirLock {
         };
         // the id names the holder in a later refusal; shared holders (several at once)
         // leave the file empty, and none of them is left there as a stale id
-        file.set_len(0).map_err(io)?;
-        if mode == libc::LOCK_EX {
-            file.rewind().map_err(io)?;
-            write!(file, "{}", std::process::id()).map_err(io)?;
+        let written = file.set_len(0).and_then(|()| {
+            if mode == libc::LOCK_EX {
+                file.rewind()?;
+                write!(file, "{}", std::process::id())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            // (a full disk): held exclusively, the file is this process's to remove,
+            // not left behind empty; a shared one may be another holder's too
+            if mode == libc::LOCK_EX {
+                let _ = fs::remove_file(&path);
+            }
+            return Err(io(e));
         }
         let entries = (!created.is_empty()).then(|| entries_besides(dir, name));
         Ok(DirLock {
