@@ -26,7 +26,13 @@ use std::rc::Rc;
 use candle_core::{DType, Device, Tensor};
 
 /// The largest `data.pkl` read (a state dict of 10,000 tensors pickles to ~1 MB).
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// The most opcodes a pickle may run: each makes at most one value (up to ~100 bytes
+/// held), so this bounds the machine's memory (a pickle of 80 MB of `]` held 4 GB).
+const MAX_OPS: usize = 1 << 22;
+/// The most bytes of tensors read, past 8 times the file: tensors may share a storage
+/// (tied weights), but 10,000 names on one 1 MB storage asked for 10 GB.
+const MAX_EXTRA_BYTES: u64 = 64 << 20;
 /// How deep the walk from the pickled object to a tensor goes (a checkpoint dict, its
 /// state dict, a parameter, a tensor, its storage: 6 levels).
 const MAX_DEPTH: usize = 32;
@@ -251,7 +257,7 @@ impl Machine {
     /// Run the pickle to its STOP; the object it made.
     fn run(&mut self, data: &[u8]) -> Result<V, String> {
         let mut r = Bytes { data, at: 0 };
-        loop {
+        for _ in 0..MAX_OPS {
             let at = r.at;
             let op = r
                 .u8()
@@ -442,6 +448,10 @@ impl Machine {
                 }
             }
         }
+        Err(format!(
+            "the pickle runs more than {MAX_OPS} opcodes (a state dict of 100,000 tensors \
+             runs about 3 million)"
+        ))
     }
 
     fn get(&mut self, id: u32) -> Result<(), String> {
@@ -477,9 +487,11 @@ struct Info {
 }
 
 /// The elements of a tuple or list, or None.
-fn seq(v: &V) -> Option<Vec<V>> {
+/// The elements of a tuple or list, borrowed (a clone per visit made a walk over a
+/// long list quadratic: 82 s for a 1 MB file), or None.
+fn seq(v: &V) -> Option<std::cell::Ref<'_, Vec<V>>> {
     match v {
-        V::Tuple(c) | V::List(c) => Some(c.borrow().clone()),
+        V::Tuple(c) | V::List(c) => Some(c.borrow()),
         _ => None,
     }
 }
@@ -568,11 +580,13 @@ fn rebuild_tensor(name: &str, args: &[V]) -> Result<Info, String> {
             storage.kind()
         ));
     };
-    let id = id.borrow().first().and_then(seq).unwrap_or_default();
-    let [tag, class, key, _location, numel] = id.as_slice() else {
+    let pid = id.borrow();
+    let record = pid.first().and_then(seq);
+    let fields: &[V] = record.as_deref().map_or(&[], Vec::as_slice);
+    let [tag, class, key, _location, numel] = fields else {
         return bad(format!(
             "its storage record has {} fields, torch writes 5",
-            id.len()
+            fields.len()
         ));
     };
     if !matches!(tag, V::Str(s) if &**s == "storage") {
@@ -745,9 +759,16 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
         m.dropped.push(top);
         t?
     };
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut out = Vec::with_capacity(infos.len());
+    // a storage is read once, and each later tensor on it must declare it alike
+    let mut storages: HashMap<String, (DType, u64, Vec<u8>)> = HashMap::new();
+    let mut out: Vec<(String, Tensor)> = Vec::with_capacity(infos.len());
+    let mut names = std::collections::HashSet::new();
+    let budget = file_len.saturating_mul(8).saturating_add(MAX_EXTRA_BYTES);
+    let mut total = 0u64;
     for t in infos {
+        if !names.insert(t.name.clone()) {
+            return Err(format!("tensor {} is in the state dict twice", t.name));
+        }
         let es = t.dtype.size_in_bytes() as u64;
         let bytes = t
             .numel
@@ -759,8 +780,8 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
                     t.name, t.numel
                 )
             })?;
+        let name = format!("{prefix}data/{}", t.key);
         if !storages.contains_key(&t.key) {
-            let name = format!("{prefix}data/{}", t.key);
             let b = entry(&name, file_len)?;
             if b.len() as u64 != bytes {
                 return Err(format!(
@@ -771,9 +792,27 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
                     t.dtype
                 ));
             }
-            storages.insert(t.key.clone(), b);
+            storages.insert(t.key.clone(), (t.dtype, t.numel, b));
         }
-        let values = gather(&t, &storages[&t.key])?;
+        let (dtype, numel, storage) = &storages[&t.key];
+        if (*dtype, *numel) != (t.dtype, t.numel) {
+            return Err(format!(
+                "tensor {}: its storage {name} is {} {:?} elements, another tensor's record \
+                 says {numel} {dtype:?}",
+                t.name, t.numel, t.dtype
+            ));
+        }
+        // checked before the bytes are gathered (a stride-0 view may ask for any size)
+        check_view(&t, storage)?;
+        total = total.saturating_add(elements(&t)?.saturating_mul(es));
+        if total > budget {
+            return Err(format!(
+                "tensor {}: with it the tensors take more than {budget} bytes, 8 times the \
+                 file: views of a storage repeated past any checkpoint's",
+                t.name
+            ));
+        }
+        let values = gather(&t, storage)?;
         let tensor = Tensor::from_raw_buffer(&values, t.dtype, &t.shape, &Device::Cpu)
             .map_err(|e| format!("tensor {}: {e}", t.name))?;
         out.push((t.name, tensor));
@@ -781,17 +820,12 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     Ok(out)
 }
 
-/// The bytes of `t`'s elements in row-major order, read from its storage through its
-/// offset and strides, each index checked to lie inside the storage.
-fn gather(t: &Info, storage: &[u8]) -> Result<Vec<u8>, String> {
+/// Whether every element of `t`'s view lies inside its storage (as declared and as
+/// read): its furthest, `offset + sum((size - 1) * stride)`, is.
+fn check_view(t: &Info, storage: &[u8]) -> Result<(), String> {
     let es = t.dtype.size_in_bytes();
-    let count = t
-        .shape
-        .iter()
-        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-        .ok_or_else(|| format!("tensor {}: its size overflows", t.name))?;
-    if count == 0 {
-        return Ok(Vec::new());
+    if elements(t)? == 0 {
+        return Ok(());
     }
     // the furthest element: offset + sum((size - 1) * stride), all within the storage
     let last = t
@@ -801,13 +835,35 @@ fn gather(t: &Info, storage: &[u8]) -> Result<Vec<u8>, String> {
         .try_fold(t.offset, |a, (&d, &s)| {
             (d as u64 - 1).checked_mul(s).and_then(|x| a.checked_add(x))
         });
-    if last.is_none_or(|l| l >= t.numel) || count > t.numel {
+    // (within the storage as read, not only as declared)
+    let held = (storage.len() / es) as u64;
+    if last.is_none_or(|l| l >= t.numel.min(held)) {
         return Err(format!(
             "tensor {}: size {:?}, stride {:?} and offset {} reach past its storage of {} \
              elements",
             t.name, t.shape, t.stride, t.offset, t.numel
         ));
     }
+    Ok(())
+}
+
+/// How many elements `t` has.
+fn elements(t: &Info) -> Result<u64, String> {
+    t.shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .ok_or_else(|| format!("tensor {}: its size overflows", t.name))
+}
+
+/// The bytes of `t`'s elements in row-major order, read from its storage through its
+/// offset and strides, each index checked to lie inside the storage.
+fn gather(t: &Info, storage: &[u8]) -> Result<Vec<u8>, String> {
+    let es = t.dtype.size_in_bytes();
+    let count = elements(t)?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    check_view(t, storage)?;
     let contiguous = {
         let mut want = 1u64;
         let mut ok = true;

@@ -127,6 +127,8 @@ fn a_state_dict_with_shared_and_strided_storages_is_read() {
     p.str("b").tensor("0", 6, 0, &[3, 2], &[1, 3]);
     p.str("c").tensor("0", 6, 2, &[2], &[1]);
     p.str("steps").int(7);
+    // an expanded view (stride 0) of storage 1's first value
+    p.str("e").tensor("1", 2, 0, &[3], &[0]);
     // a parameter wrapping a tensor
     p.str("d")
         .global("torch._utils", "_rebuild_parameter")
@@ -143,7 +145,8 @@ fn a_state_dict_with_shared_and_strided_storages_is_read() {
         &[("0", vec![0., 1., 2., 3., 4., 5.]), ("1", vec![9., 8.])],
     );
     let got: HashMap<String, Tensor> = read(&path).unwrap().into_iter().collect();
-    assert_eq!(got.len(), 4, "the step count is no tensor");
+    assert_eq!(got.len(), 5, "the step count is no tensor");
+    assert_eq!(values(&got["e"]), [9., 9., 9.]);
     assert_eq!(got["a"].dims(), &[2, 3]);
     assert_eq!(values(&got["a"]), [0., 1., 2., 3., 4., 5.]);
     assert_eq!(values(&got["b"]), [0., 3., 1., 4., 2., 5.]);
@@ -245,11 +248,11 @@ fn malformed_tensor_records_are_errors_naming_the_tensor() {
             "holds 8 bytes, 3 F32 elements need 12",
         ),
         (
-            "expanded view",
+            "an expanded view of a size past any file",
             Box::new(|p: &mut P| {
-                p.tensor("0", 2, 0, &[1000], &[0]);
+                p.tensor("0", 2, 0, &[1 << 30, 1 << 10], &[0, 0]);
             }),
-            "reach past its storage",
+            "bytes, 8 times the file",
         ),
     ];
     for (what, body, want) in cases {
@@ -267,6 +270,33 @@ fn malformed_tensor_records_are_errors_naming_the_tensor() {
             .unwrap_or_else(|| panic!("{what}: accepted"));
         assert!(e.contains("tensor w") && e.contains(want), "{what}: {e}");
     }
+}
+
+/// Two records of one storage that disagree (another dtype or size: a panic in a
+/// slice before), and a name given twice, are errors naming the tensor.
+#[test]
+fn storages_declared_twice_alike_and_names_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = P::default();
+    p.op(op::PROTO).op(2).op(op::EMPTY_DICT).op(op::MARK);
+    p.str("a").tensor("0", 2, 0, &[2], &[1]);
+    p.str("b").tensor("0", 3, 0, &[3], &[1]);
+    p.op(op::SETITEMS).op(op::STOP);
+    let path = archive(dir.path(), &p.0, &[("0", vec![1., 2.])]);
+    let e = read(&path).unwrap_err();
+    assert!(
+        e.contains("tensor b") && e.contains("another tensor's record says 2"),
+        "{e}"
+    );
+    let mut p = P::default();
+    p.op(op::PROTO).op(2).op(op::EMPTY_DICT).op(op::MARK);
+    p.str("a").tensor("0", 2, 0, &[2], &[1]);
+    p.str("a").tensor("0", 2, 0, &[1], &[1]);
+    p.op(op::SETITEMS).op(op::STOP);
+    let path = archive(dir.path(), &p.0, &[("0", vec![1., 2.])]);
+    assert!(read(&path)
+        .unwrap_err()
+        .contains("tensor a is in the state dict twice"));
 }
 
 /// A pickle nested 1,000,000 deep (candle's reader overflowed its stack at 200,000)
@@ -331,7 +361,11 @@ fn deep_nesting_and_memo_bombs_are_harmless() {
 #[test]
 fn broken_pickles_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[u8], &str); 5] = [
+    // more opcodes than any state dict runs: refused before its values fill memory
+    let mut many = b"\x80\x02".to_vec();
+    many.extend(std::iter::repeat_n(b']', (1 << 22) + 1));
+    let cases: [(&[u8], &str); 6] = [
+        (&many, "more than 4194304 opcodes"),
         (b"", "without a STOP"),
         (b"\x80\x02}(X\xff\xff\xff\x7fab", "ends inside a value"),
         (b"\x80\x02t.", "closes a MARK it never opened"),
