@@ -251,9 +251,11 @@ impl ShardInfo {
         let slack = 1e-3 * rows + 1e-6;
         let why = if self.end_sample < self.first_sample {
             format!("its samples run {}..{}", self.first_sample, self.end_sample)
-        } else if u64::from(self.images) + self.skipped.len() as u64 > range {
+        } else if u64::from(self.images) + self.skipped.len() as u64 != range {
+            // every sample of the range is stored or listed as skipped: an image dropped
+            // from both would vanish from the store unnoticed
             format!(
-                "{} images and {} skipped in a range of {range}",
+                "{} images and {} skipped in a range of {range} samples",
                 self.images,
                 self.skipped.len()
             )
@@ -345,6 +347,15 @@ impl ShardInfo {
             .find(|id| !(self.first_sample..self.end_sample).contains(id))
         {
             Some(format!("sample {bad} outside the shard's range"))
+        } else if let Some(k) = self
+            .skipped
+            .iter()
+            .find(|k| r.samples().any(|id| id == k.sample_id))
+        {
+            Some(format!(
+                "sample {} is listed as skipped but has rows",
+                k.sample_id
+            ))
         } else {
             r.odd_crop_run(per_image).map(|(id, n)| {
                 format!(

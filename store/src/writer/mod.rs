@@ -345,6 +345,31 @@ impl StoreWriter {
             )?,
             ShardFormat::Safetensors => encode_safetensors(&rows, classes)?,
         };
+        // every sample of the range is stored or listed as skipped (a reader holds the
+        // manifest to it: an image missing from both would vanish unnoticed); one left
+        // out without a note is listed with that reason, and a note is kept once
+        let stored: std::collections::HashSet<u32> = rows
+            .iter()
+            .filter(|r| !r.crops.is_empty())
+            .map(|r| r.sample_id)
+            .collect();
+        let mut skipped: Vec<Skipped> = Vec::new();
+        let mut noted = std::collections::HashSet::new();
+        for k in notes.skipped {
+            if !stored.contains(&k.sample_id) && noted.insert(k.sample_id) {
+                skipped.push(k);
+            }
+        }
+        for id in range.clone() {
+            if !stored.contains(&id) && !noted.contains(&id) {
+                skipped.push(Skipped {
+                    sample_id: id,
+                    path: self.paths[id as usize].clone(),
+                    reason: "no labels were given for it".into(),
+                });
+            }
+        }
+        skipped.sort_by_key(|k| k.sample_id);
         let file = shard_file(index, cfg.format);
         let info = ShardInfo {
             index,
@@ -355,7 +380,7 @@ impl StoreWriter {
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
             stats,
-            skipped: notes.skipped,
+            skipped,
         };
         let dir = self.dir.clone();
         write_atomic(&dir, &file, &bytes, &mut self.run_hook())?;
@@ -388,7 +413,11 @@ impl StoreWriter {
                     .as_deref()
                     .is_some_and(|sha| images::read(&self.dir, Some(sha)).is_ok())
         };
-        if self.complete && table_intact() {
+        // (and its summary the shards' sums: an edited one is rewritten, as the refusal
+        // of it says a rerun does)
+        let summary_intact = self.manifest.worker.is_some()
+            || self.manifest.summary.as_ref() == Some(&summary(&self.manifest));
+        if self.complete && summary_intact && table_intact() {
             return Ok(self.manifest);
         }
         if self.manifest.worker.is_none() {

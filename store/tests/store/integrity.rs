@@ -419,6 +419,20 @@ fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
         ("rows, the manifest says", &|m: &mut serde_json::Value| {
             m["shards"][0]["stats"]["rows"] = 20.into()
         }),
+        // an image dropped from the skipped list would vanish unless the count is exact
+        (
+            "statistics are impossible (6 images and 0 skipped in a range of 7",
+            &|m: &mut serde_json::Value| m["shards"][0]["skipped"] = serde_json::json!([]),
+        ),
+        (
+            "sample 3 is listed as skipped but has rows",
+            &|m: &mut serde_json::Value| m["shards"][0]["skipped"][0]["sample_id"] = 3.into(),
+        ),
+        // the refusal says a rerun rewrites the summary: it must
+        (
+            "its summary is not the sum",
+            &|m: &mut serde_json::Value| m["summary"]["top1_agreement"] = 7.0.into(),
+        ),
     ] {
         edit(edit_it);
         let e = LabelStore::open(&dir).err().expect(what).to_string();
