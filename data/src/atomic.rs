@@ -107,6 +107,15 @@ pub enum AtomicError<E> {
     Io(PathBuf, io::Error),
 }
 
+impl From<AtomicError<crate::DataError>> for crate::DataError {
+    fn from(e: AtomicError<crate::DataError>) -> Self {
+        match e {
+            AtomicError::Write(e) => e,
+            AtomicError::Io(p, e) => crate::DataError::io(&p, e),
+        }
+    }
+}
+
 impl AtomicError<io::Error> {
     /// Both cases as one `io::Error` (the path goes into the message of the second).
     pub fn into_io(self) -> io::Error {

@@ -427,10 +427,18 @@ fn fill<P: CropPixel>(
                 Ok(rows) => Ok(ImageOut::Rows(rows)),
                 Err(e) if cfg.policy == BadFilePolicy::Skip && is_bad_file(&e) => {
                     tracing::warn!("skipping {}", e);
+                    // the reason without the path, which the record names already
+                    let reason = match e {
+                        DataError::Decode { reason, .. } => {
+                            format!("cannot decode image: {reason}")
+                        }
+                        DataError::Io { error, .. } => error.to_string(),
+                        e => e.to_string(),
+                    };
                     Ok(ImageOut::Skipped(Skipped {
                         sample_id: id,
                         path: s.path.clone(),
-                        reason: e.to_string(),
+                        reason,
                     }))
                 }
                 Err(e) => Err(e),

@@ -260,9 +260,12 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
         train_images: cfg.train_per_class as u64 * classes.len() as u64,
         val_images: cfg.val_per_class as u64 * classes.len() as u64,
     };
+    // atomically: it marks a finished dataset, so a full disk must not leave it empty
     let meta = out.join("synth.json");
     let json = serde_json::to_string_pretty(&summary).expect("plain data serialises");
-    fs::write(&meta, json + "\n").map_err(|e| DataError::io(&meta, e))?;
+    crate::atomic::replace_with(&meta, |tmp| {
+        fs::write(tmp, json + "\n").map_err(|e| DataError::io(tmp, e))
+    })?;
     Ok(summary)
 }
 
@@ -342,10 +345,7 @@ pub fn write_jpeg(path: &Path, w: u32, h: u32, rgb: &[u8], quality: u8) -> Resul
             })?;
         fs::write(tmp, &bytes).map_err(|e| DataError::io(tmp, e))
     })
-    .map_err(|e| match e {
-        crate::atomic::AtomicError::Write(e) => e,
-        crate::atomic::AtomicError::Io(p, e) => DataError::io(&p, e),
-    })
+    .map_err(DataError::from)
 }
 
 #[cfg(test)]

@@ -317,7 +317,6 @@ impl Run {
                 "discriminator",
             )?;
         }
-        self.opt.load_state(&dir.join("optim.safetensors"))?;
         let altered = |what: String| {
             anyhow::anyhow!(
                 "--resume: {what}: the checkpoint in {} was altered or damaged; restore it, or \
@@ -325,6 +324,9 @@ impl Run {
                 dir.display()
             )
         };
+        self.opt
+            .load_state(&dir.join("optim.safetensors"))
+            .map_err(|e| altered(e.to_string()))?;
         let missing = self.opt.params_without_state();
         if state.step > 0 && !missing.is_empty() {
             return Err(altered(format!(
