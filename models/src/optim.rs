@@ -237,15 +237,10 @@ impl Sgd {
             match shapes.get(k.as_str()) {
                 Some(v) if v.dims() == t.dims() => {
                     // a NaN here would show as a diverged run steps later
-                    let finite = t
-                        .to_dtype(candle_core::DType::F32)
-                        .and_then(|f| f.flatten_all()?.to_vec1::<f32>())
-                        .map_err(|e| ModelError::Io {
-                            path: path.to_path_buf(),
-                            reason: format!("momentum buffer {k}: {e}"),
-                        })?
-                        .iter()
-                        .all(|x| x.is_finite());
+                    let finite = crate::weights::all_finite(&t).map_err(|e| ModelError::Io {
+                        path: path.to_path_buf(),
+                        reason: format!("momentum buffer {k}: {e}"),
+                    })?;
                     if !finite {
                         return Err(ModelError::Io {
                             path: path.to_path_buf(),

@@ -63,6 +63,12 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
         .collect())
 }
 
+/// Whether every value of `t` is finite (no NaN or infinity), read as f32 on the host.
+pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
+}
+
 /// How strictly [`load_into`] matches a state dict to the model.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {

@@ -125,15 +125,12 @@ impl Run {
     /// statistic is not finite: a loss can stay finite while running variances
     /// overflow, and such weights would be refused by `--init` and `eval`.
     pub(super) fn save_checkpoint(&self, state: &State) -> Result<()> {
-        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
-        for (entries, whose) in [(self.student.entries(), "student"), (disc, "discriminator")] {
-            if let Some(name) = super::first_non_finite(entries)? {
-                bail!(
-                    "after step {} of the run the {whose}'s {name} is not finite (NaN or inf), while the loss still is: {}",
-                    state.step,
-                    self.diverged()
-                );
-            }
+        if let Some((name, whose)) = self.first_non_finite_weight()? {
+            bail!(
+                "after step {} of the run the {whose}'s {name} is not finite (NaN or inf), while the loss still is: {}",
+                state.step,
+                self.diverged()
+            );
         }
         // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
         // train() recovers a crash between the two renames before it reads it
@@ -336,16 +333,14 @@ impl Run {
             )));
         }
         // (as --init refuses them: a NaN would show as a diverged run steps later)
-        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
-        for (entries, file) in [
-            (self.student.entries(), STUDENT_FILE),
-            (disc, "disc.safetensors"),
-        ] {
-            if let Some(name) = super::first_non_finite(entries)? {
-                return Err(altered(format!(
-                    "{file}: tensor {name} holds non-finite values (NaN or inf)"
-                )));
-            }
+        if let Some((name, whose)) = self.first_non_finite_weight()? {
+            let file = match whose {
+                "student" => STUDENT_FILE,
+                _ => "disc.safetensors",
+            };
+            return Err(altered(format!(
+                "{file}: tensor {name} holds non-finite values (NaN or inf)"
+            )));
         }
         Ok(state)
     }

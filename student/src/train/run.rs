@@ -36,8 +36,7 @@ pub(super) struct Run {
 /// and `eval --weights` refuse such weights, naming it).
 pub fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
     for e in entries {
-        let t = e.var.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
-        if t.to_vec1::<f32>()?.iter().any(|v| !v.is_finite()) {
+        if !meal_models::weights::all_finite(e.var.as_tensor())? {
             return Ok(Some(e.name.clone()));
         }
     }
@@ -213,6 +212,24 @@ impl Run {
         anyhow::anyhow!("{at}: {}", self.diverged())
     }
 
+    /// The student's and the discriminator's tensors (none when it is off), each with
+    /// whose they are ("student", "discriminator").
+    pub(super) fn owned_entries(&self) -> [(&[meal_models::Entry], &'static str); 2] {
+        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
+        [(self.student.entries(), "student"), (disc, "discriminator")]
+    }
+
+    /// The first weight or statistic of the student, then of the discriminator, that
+    /// holds a NaN or an infinity, with whose it is ([`Self::owned_entries`]).
+    pub(super) fn first_non_finite_weight(&self) -> Result<Option<(String, &'static str)>> {
+        for (entries, whose) in self.owned_entries() {
+            if let Some(name) = first_non_finite(entries)? {
+                return Ok(Some((name, whose)));
+            }
+        }
+        Ok(None)
+    }
+
     /// After an update: the first BatchNorm statistic (student or discriminator) that is
     /// no longer finite, with whose it is. A running variance can overflow while the loss
     /// stays finite (a train step normalises by its batch's statistics, not the running
@@ -220,13 +237,10 @@ impl Run {
     /// rather than at the epoch's checkpoint. One reduction per buffer and one read of
     /// them all (for ResNet-50, 106 vectors of at most 2048 values).
     pub(super) fn non_finite_statistic(&self) -> Result<Option<(String, &'static str)>> {
-        let disc = self.disc.as_ref().map(|d| d.entries()).unwrap_or(&[]);
         let buffers: Vec<(&meal_models::Entry, &'static str)> = self
-            .student
-            .entries()
-            .iter()
-            .map(|e| (e, "student"))
-            .chain(disc.iter().map(|e| (e, "discriminator")))
+            .owned_entries()
+            .into_iter()
+            .flat_map(|(entries, whose)| entries.iter().map(move |e| (e, whose)))
             .filter(|(e, _)| {
                 e.kind == meal_models::Kind::Buffer && e.var.as_tensor().dtype().is_float()
             })
