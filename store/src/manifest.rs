@@ -308,6 +308,17 @@ impl ShardInfo {
         ))
     }
 
+    /// Whether the shard in `dir` is the one listed ([`Self::check`]) and its record one
+    /// a writer makes ([`Self::check_stats`], [`Self::check_contents`]): what a rerun and
+    /// a merge check of each shard they keep. A failed record is a corrupt-file error of
+    /// `dir`.
+    pub fn check_written(&self, dir: &Path, config: &StoreConfig) -> Result<(), StoreError> {
+        self.check(dir)?;
+        self.check_stats(config)
+            .and_then(|()| self.check_contents(dir, config))
+            .map_err(|why| StoreError::corrupt(dir, why))
+    }
+
     /// Whether the shard in `dir` holds the rows and images its record counts, each
     /// image's whole crop pool ([`Self::contents_error`]): what a reader checks at open
     /// (a rerun that kept an edited count called the store complete while verify
@@ -347,11 +358,7 @@ impl ShardInfo {
             .find(|id| !(self.first_sample..self.end_sample).contains(id))
         {
             Some(format!("sample {bad} outside the shard's range"))
-        } else if let Some(k) = self
-            .skipped
-            .iter()
-            .find(|k| r.samples().any(|id| id == k.sample_id))
-        {
+        } else if let Some(k) = self.skipped.iter().find(|k| r.has_rows(k.sample_id)) {
             Some(format!(
                 "sample {} is listed as skipped but has rows",
                 k.sample_id

@@ -371,6 +371,11 @@ impl ShardReader {
             .map(|(i, _)| self.base + i as u32)
     }
 
+    /// Whether the shard holds rows of `sample`.
+    pub(crate) fn has_rows(&self, sample: u32) -> bool {
+        self.entry(sample).is_some()
+    }
+
     /// The first sample whose rows are not crops `0..per_image` in order (a writer
     /// stores each image's whole pool, sorted by crop id), with its row count.
     pub(crate) fn odd_crop_run(&self, per_image: u32) -> Option<(u32, u32)> {

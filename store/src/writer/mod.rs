@@ -167,12 +167,7 @@ impl StoreWriter {
                     );
                     return false;
                 }
-                match s
-                    .check(dir)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| s.check_stats(&m.config))
-                    .and_then(|()| s.check_contents(dir, &m.config))
-                {
+                match s.check_written(dir, &m.config) {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!("{e}; it will be recomputed");
