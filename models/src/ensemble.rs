@@ -167,18 +167,15 @@ impl std::str::FromStr for TeacherArg {
     fn from_str(spec: &str) -> Result<Self> {
         let mut parts = spec.split(',');
         let head = parts.next().unwrap_or_default();
-        let Some((arch, weights)) = head.split_once('=') else {
+        let Some((arch, weights)) = head
+            .split_once('=')
+            .filter(|(a, w)| !a.is_empty() && !w.is_empty())
+        else {
             return Err(ModelError::spec(
                 spec,
                 String::from("expected ARCH=WEIGHTS[,key=value...]"),
             ));
         };
-        if arch.is_empty() || weights.is_empty() {
-            return Err(ModelError::spec(
-                spec,
-                String::from("expected ARCH=WEIGHTS[,key=value...]"),
-            ));
-        }
         crate::preset(arch).map_err(|e| ModelError::spec(spec, e.to_string()))?;
         let d = input_config(arch)?;
         let mut t = TeacherArg {
