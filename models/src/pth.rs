@@ -542,12 +542,9 @@ fn tensor_of(name: &str, v: &V, depth: usize) -> Result<Option<Info>, String> {
         ("torch._tensor", "_rebuild_from_type_v2") => match args.as_slice() {
             // (func, new_type, args, state): func(*args), a plain tensor's subclass
             [func, _, inner, ..] => {
+                // (its items are shared with the machine's: dropping it is shallow)
                 let call = V::Reduce(items(vec![func.clone(), inner.clone()]));
-                let r = tensor_of(name, &call, depth + 1);
-                if let Some(c) = call.children() {
-                    c.borrow_mut().clear();
-                }
-                r
+                tensor_of(name, &call, depth + 1)
             }
             _ => bad(format!(
                 "{func} called with {} arguments, not 4",
