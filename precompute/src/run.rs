@@ -15,15 +15,14 @@ use meal_cli::memory::Room;
 use meal_data::{
     Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams,
 };
-use meal_models::ensemble::{
-    default_dtype, dtype_name, Crops, Ensemble, EnsembleOut, Submitted, ENSEMBLE_RULE,
-};
-use meal_store::{
-    CropPool, CropProbs, Encoding, ImageProbs, Manifest, ShardNotes, StoreConfig, StoreWriter,
-};
+use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitted, ENSEMBLE_RULE};
+use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
 
 use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
 use crate::report::{compare_labels, store_report, RunReport};
+
+mod pending;
+use pending::Pending;
 
 /// The store config `s` asks for on `ds` with `ens` (what a resume must match).
 pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
@@ -279,79 +278,6 @@ fn plan(s: &Settings) -> Result<Plan> {
         chunks,
         images_per_batch,
     })
-}
-
-/// The shards being filled: each image's crops and the shard's notes, until every
-/// sample of the shard is labelled or skipped.
-#[derive(Default)]
-struct Pending {
-    images: BTreeMap<u32, Vec<ImageProbs>>,
-    notes: BTreeMap<u32, ShardNotes>,
-    /// Samples accounted for (labelled or skipped) per shard.
-    done: BTreeMap<u32, usize>,
-}
-
-impl Pending {
-    /// Add one batch's labels: group rows into images (an image's crops are
-    /// contiguous) and count each teacher's agreement with the hard label.
-    fn add(&mut self, batch: &Batch, out: &EnsembleOut, classes: usize, per_shard: u32) {
-        let teachers = out.teacher_top1.len();
-        let mut k = 0; // first row of the group
-        for group in batch.rows.chunk_by(|a, b| a.sample_id == b.sample_id) {
-            let row = group[0];
-            let sh = row.sample_id / per_shard;
-            let notes = self.notes.entry(sh).or_default();
-            notes.teacher_top1_agree.resize(teachers, 0);
-            for (t, top) in out.teacher_top1.iter().enumerate() {
-                notes.teacher_top1_agree[t] += top[k..k + group.len()]
-                    .iter()
-                    .filter(|&&c| c == row.label)
-                    .count() as u64;
-            }
-            self.images.entry(sh).or_default().push(ImageProbs {
-                sample_id: row.sample_id,
-                width: row.image_width,
-                height: row.image_height,
-                crops: group
-                    .iter()
-                    .zip(out.probs[k * classes..].chunks_exact(classes))
-                    .map(|(r, p)| CropProbs {
-                        crop_id: r.crop_id as u16,
-                        record: r.record,
-                        probs: p.to_vec(),
-                    })
-                    .collect(),
-            });
-            *self.done.entry(sh).or_default() += 1;
-            k += group.len();
-        }
-        for sk in &batch.skipped {
-            let sh = sk.sample_id / per_shard;
-            self.notes.entry(sh).or_default().skipped.push(sk.clone());
-            *self.done.entry(sh).or_default() += 1;
-        }
-    }
-
-    /// Take the shards of `expected` whose samples are all accounted for.
-    fn take_complete(
-        &mut self,
-        expected: &mut BTreeMap<u32, usize>,
-    ) -> Vec<(u32, Vec<ImageProbs>, ShardNotes)> {
-        let complete: Vec<u32> = expected
-            .iter()
-            .filter(|(sh, n)| self.done.get(sh).copied().unwrap_or(0) == **n)
-            .map(|(sh, _)| *sh)
-            .collect();
-        complete
-            .into_iter()
-            .map(|sh| {
-                expected.remove(&sh);
-                self.done.remove(&sh);
-                let images = self.images.remove(&sh).unwrap_or_default();
-                (sh, images, self.notes.remove(&sh).unwrap_or_default())
-            })
-            .collect()
-    }
 }
 
 /// [`run`], calling `on_shard(index)` after each shard is written (progress hooks, tests;

@@ -1,0 +1,171 @@
+//! A teacher as a command line or config names it:
+//! `ARCH=WEIGHTS[,size=N][,filter=...][,mean=R:G:B][,std=R:G:B]`.
+
+use std::path::PathBuf;
+
+use meal_data::{CropSpec, Filter, Normalize};
+
+use crate::error::{ModelError, Result};
+use crate::input_config;
+
+/// One teacher as asked for on a command line:
+/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`, the input
+/// config defaulting to the preset's timm pretrained config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeacherArg {
+    /// Preset name.
+    pub arch: String,
+    /// Weights file.
+    pub weights: PathBuf,
+    /// Input side.
+    pub size: u32,
+    /// Resize filter.
+    pub filter: Filter,
+    /// Normalisation.
+    pub normalize: Normalize,
+    /// Eval centre-crop fraction (used when the ensemble is evaluated), when the spec
+    /// gives one; else the preset's (timm's `pretrained_cfg`).
+    pub crop_pct: Option<f64>,
+}
+
+fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
+    let bad = || ModelError::spec(spec, format!("{key}= needs three numbers R:G:B"));
+    let v: Vec<f32> = s
+        .split(':')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    match v.as_slice() {
+        [a, b, c] => Ok([*a, *b, *c]),
+        _ => Err(bad()),
+    }
+}
+
+impl std::str::FromStr for TeacherArg {
+    type Err = ModelError;
+    fn from_str(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(',');
+        let head = parts.next().unwrap_or_default();
+        let Some((arch, weights)) = head
+            .split_once('=')
+            .filter(|(a, w)| !a.is_empty() && !w.is_empty())
+        else {
+            return Err(ModelError::spec(
+                spec,
+                String::from("expected ARCH=WEIGHTS[,key=value...]"),
+            ));
+        };
+        crate::preset(arch).map_err(|e| ModelError::spec(spec, e.to_string()))?;
+        let d = input_config(arch)?;
+        let mut t = TeacherArg {
+            arch: arch.to_string(),
+            weights: PathBuf::from(weights),
+            size: d.size,
+            filter: d.filter,
+            normalize: d.normalize,
+            crop_pct: None,
+        };
+        let mut given: Vec<&str> = Vec::new();
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(ModelError::spec(spec, format!("{kv:?} is not key=value")));
+            };
+            // a repeated key would have the last one win silently
+            if given.contains(&k) {
+                return Err(ModelError::spec(spec, format!("{k} given twice")));
+            }
+            given.push(k);
+            match k {
+                "size" => {
+                    t.size =
+                        v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                            ModelError::spec(spec, format!("size={v} is not a side"))
+                        })?
+                }
+                "filter" => {
+                    t.filter = v
+                        .parse()
+                        .map_err(|e: meal_data::DataError| ModelError::spec(spec, e.to_string()))?
+                }
+                "crop_pct" => {
+                    t.crop_pct = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
+                            .ok_or_else(|| {
+                                ModelError::spec(
+                                    spec,
+                                    format!("crop_pct={v} is not a fraction in (0, 1]"),
+                                )
+                            })?,
+                    )
+                }
+                "mean" => t.normalize.mean = triple(v, k, spec)?,
+                "std" => t.normalize.std = triple(v, k, spec)?,
+                _ => {
+                    return Err(ModelError::spec(
+                        spec,
+                        format!("unknown key {k:?} (size, filter, crop_pct, mean, std)"),
+                    ))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl TeacherArg {
+    /// Parse every spec of a repeated flag; the first bad one is the error.
+    pub fn parse_all(specs: &[String]) -> Result<Vec<TeacherArg>> {
+        specs.iter().map(|s| s.parse()).collect()
+    }
+
+    /// The crop spec of its inputs.
+    pub fn spec(&self) -> Result<CropSpec> {
+        let pct = match self.crop_pct {
+            Some(p) => p,
+            None => input_config(&self.arch)?.crop_pct,
+        };
+        CropSpec::new(self.size, self.filter, self.normalize)
+            .and_then(|s| s.with_crop_pct(pct))
+            .map_err(|e| ModelError::Config(format!("teacher {}: {e}", self.arch)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn teacher_args_parse_with_defaults_and_overrides() {
+        let t: TeacherArg = "resnet152s=/w/a.safetensors".parse().unwrap();
+        assert_eq!((t.size, t.filter), (224, Filter::Bicubic));
+        let t: TeacherArg = "demo_tiny=a.pth,size=32,filter=bicubic,mean=0.5:0.5:0.5"
+            .parse()
+            .unwrap();
+        assert_eq!((t.size, t.filter), (32, Filter::Bicubic));
+        assert_eq!(t.normalize.mean, [0.5; 3]);
+        for bad in [
+            "resnet152s",
+            "nope=a.pth",
+            "demo_tiny=a.pth,size=0",
+            "demo_tiny=a.pth,colour=red",
+            "demo_tiny=a.pth,mean=1:2",
+        ] {
+            let e = bad.parse::<TeacherArg>().unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e:#}");
+        }
+        // a repeated key is refused, not won by the last one; crop_pct is recorded only
+        // when given (precompute and online teachers refuse it)
+        let e = "demo_tiny=a.pth,size=64,size=32"
+            .parse::<TeacherArg>()
+            .unwrap_err();
+        assert!(e.to_string().contains("size given twice"), "{e}");
+        let t: TeacherArg = "demo_tiny=a.pth,crop_pct=0.5".parse().unwrap();
+        assert_eq!(t.crop_pct, Some(0.5));
+        assert_eq!(
+            "demo_tiny=a.pth".parse::<TeacherArg>().unwrap().crop_pct,
+            None
+        );
+    }
+}
