@@ -33,7 +33,24 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     if super::writer::worker_manifests(dir)?.is_empty() {
         return Err(none());
     }
-    let _lock = DirLock::acquire(dir)?;
+    let _lock = match DirLock::acquire(dir) {
+        // a merge over a merged store on a read-only (or full) mount: nothing to write
+        // when it is already merged, which is checked below before any write
+        Err(meal_data::dirlock::LockError::Io { path, error })
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
+            ) && Manifest::read(dir).is_ok_and(|m| m.state == State::Complete) =>
+        {
+            tracing::warn!(
+                "{}: {error}; the store there is merged, so this merge reads it without \
+                 the lock",
+                path.display()
+            );
+            None
+        }
+        r => Some(r?),
+    };
     let names = super::writer::worker_manifests(dir)?;
     if names.is_empty() {
         return Err(none());
@@ -162,11 +179,27 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             e => e,
         })?;
     }
+    m.summary = Some(summary(&m));
+    m.state = State::Complete;
+    // merged before with the same parts: its manifest and intact image table are kept,
+    // unwritten (a rerun of a pipeline over a finished store on a read-only mount)
+    if let Ok(done) = Manifest::read(dir) {
+        let same = Manifest {
+            images_sha256: done.images_sha256.clone(),
+            ..m.clone()
+        };
+        if done == same
+            && done
+                .images_sha256
+                .as_deref()
+                .is_some_and(|sha| images::read(dir, Some(sha)).is_ok())
+        {
+            return Ok(done);
+        }
+    }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
     m.images_sha256 = Some(images::write(dir, &m, &paths, &labels)?);
-    m.summary = Some(summary(&m));
-    m.state = State::Complete;
     m.write(dir, MANIFEST)?;
     Ok(m)
 }

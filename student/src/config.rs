@@ -274,8 +274,21 @@ impl TrainArgs {
         {
             bail!(
                 "--online-teacher {spec}: crop_pct sizes the eval transform's centre crop; \
-                 online teachers label the training crops (--scale, --ratio), where it has \
+                 online teachers label the training crops (RandomResizedCrop, --scale), where \
+                 it has \
                  no effect: remove it"
+            );
+        }
+        // a store's crops were drawn by precompute (its --scale, recorded in the store);
+        // a --scale here would be silently ignored
+        if let (Some(store), Some(scale)) = (&labels, l.pick(|a| &a.scale)) {
+            bail!(
+                "--scale {},{}: with --labels {} the stored crops are replayed as \
+                 meal-precompute drew them (its --scale); remove --scale, or draw a new \
+                 pool with meal-precompute run --scale",
+                scale.0[0],
+                scale.0[1],
+                store.display()
             );
         }
         if loss == LossKind::Kd && labels.is_none() && online_teacher.is_empty() {

@@ -30,6 +30,20 @@ fn workers_and_merge_equal_a_single_run() {
         st.verify().unwrap().rows,
         (ds.len() as u64 - 1) * POOL as u64
     );
+    // merging again writes nothing (on a read-only mount it could not), unless what it
+    // would write differs: a table whose bytes were changed is written anew
+    use std::os::unix::fs::MetadataExt;
+    let inode = |n: &str| std::fs::metadata(split.join(n)).unwrap().ino();
+    let before = (inode("manifest.json"), inode("images.parquet"));
+    merge(&split, &ds).unwrap();
+    assert_eq!(
+        (inode("manifest.json"), inode("images.parquet")),
+        before,
+        "a second merge rewrote the store"
+    );
+    std::fs::write(split.join("images.parquet"), b"damaged").unwrap();
+    merge(&split, &ds).unwrap();
+    assert_eq!(files(&split), b, "the merge restores the table");
     // a worker part with another config: refused when it starts, naming the part it
     // disagrees with, and by the merge when its files were put there by hand
     let bad = tmp.path().join("bad");

@@ -136,6 +136,16 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
         "{e}"
     );
     assert!(!f.root.join("pct").exists());
+    // --scale draws fresh crops: with a store, whose crops are replayed, it would
+    // do nothing
+    let mut a = args(&f, "scale");
+    a.scale = Some(meal_models::ensemble::Pair([0.5, 1.0]));
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--scale 0.5,1") && e.contains("--labels") && e.contains("replayed"),
+        "{e}"
+    );
+    assert!(!f.root.join("scale").exists());
     let mut a = args(&f, "nesterov");
     a.nesterov = Some(true);
     a.momentum = Some(0.0);
