@@ -281,7 +281,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     };
     let prefix = &pkl[..pkl.len() - "data.pkl".len()];
     let mut entry = |name: &str, limit: u64| -> Result<Vec<u8>, String> {
-        let f = zip
+        let mut f = zip
             .by_name(name)
             .map_err(|e| format!("archive entry {name}: {e}"))?;
         if f.size() > limit {
@@ -292,13 +292,24 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
         }
         let expect = f.size();
         let mut bytes = Vec::with_capacity(expect as usize);
-        f.take(expect)
+        (&mut f)
+            .take(expect)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("archive entry {name}: {e}"))?;
         if bytes.len() as u64 != expect {
             return Err(format!(
                 "archive entry {name} holds {} bytes, its header says {expect}",
                 bytes.len()
+            ));
+        }
+        // (reading a set length never reaches the zip reader's own check at the end);
+        // torch writes 0 with `torch.utils.serialization.config.save.compute_crc32` off
+        let crc = crc32fast::hash(&bytes);
+        if f.crc32() != 0 && crc != f.crc32() {
+            return Err(format!(
+                "archive entry {name} is damaged: its CRC-32 is {crc:08x}, its header says \
+                 {:08x}",
+                f.crc32()
             ));
         }
         Ok(bytes)

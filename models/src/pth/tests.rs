@@ -152,6 +152,17 @@ fn a_state_dict_with_shared_and_strided_storages_is_read() {
     assert_eq!(values(&got["b"]), [0., 3., 1., 4., 2., 5.]);
     assert_eq!(values(&got["c"]), [2., 3.]);
     assert_eq!(values(&got["d"]), [9., 8.]);
+    // a flipped bit in a storage (the sizes still agree) is caught by its CRC-32
+    let mut bytes = std::fs::read(&path).unwrap();
+    let five = 5f32.to_le_bytes();
+    let at = bytes.windows(4).position(|w| w == five).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = read(&path).unwrap_err();
+    assert!(
+        e.contains("archive entry archive/data/0 is damaged") && e.contains("CRC-32"),
+        "{e}"
+    );
 }
 
 #[test]
