@@ -183,10 +183,8 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
         e.contains("--on-bad-file (run: \"skip\", now: \"fail\")"),
         "{e}"
     );
-    // --scale is unused with a store (its crops replay): a changed one resumes
     let mut b = args(&f, "resumed");
     b.resume = Some(true);
-    b.scale = Some(meal_models::ensemble::Pair([0.5, 1.0]));
     let r = go(b).unwrap();
     assert!(!r.interrupted);
     assert_eq!(r.steps, whole.steps);
