@@ -87,6 +87,7 @@ fn teachers_precompute_distil_evaluate() {
 
     let mut kd = base("kd", "demo_tiny", "kd");
     kd.labels = Some(root.join("labels"));
+    kd.scale = None; // the store's crops are replayed
     kd.init = Some(root.join("pre/student.safetensors"));
     let r = meal_student::train::train(kd.resolve().unwrap(), &stop).unwrap();
     let last = r.history.last().unwrap();
