@@ -65,18 +65,27 @@ struct Coeffs {
     weights: Vec<i32>,
 }
 
-/// `precompute_coeffs` + `normalize_coeffs_8bpc` for `out_size` outputs over the input
-/// interval `[in0, in1)` of an axis of `in_size` pixels.
-fn coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize, k: Kernel) -> Coeffs {
+/// `precompute_coeffs` + `normalize_coeffs_8bpc` for outputs `from..from + count` of
+/// `out_size` outputs over the input interval `[in0, in1)` of an axis of `in_size`
+/// pixels (each output's coefficients depend only on its index, so a window of the
+/// outputs is computed alone, equal to the same outputs of the whole).
+fn coeffs(
+    in_size: usize,
+    in0: f64,
+    in1: f64,
+    out_size: usize,
+    (from, count): (usize, usize),
+    k: Kernel,
+) -> Coeffs {
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = k.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(count);
+    let mut weights = vec![0i32; count * ksize];
     let mut kk = vec![0f64; ksize];
     let ss = 1.0 / filterscale;
-    for xx in 0..out_size {
+    for xx in from..from + count {
         let center = in0 + (xx as f64 + 0.5) * scale;
         // C's `(int)` truncates toward zero; negatives are clamped to 0 just after.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -87,7 +96,7 @@ fn coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize, k: Kernel) -> Coe
             *w = k.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
             ww += *w;
         }
-        let row = &mut weights[xx * ksize..(xx + 1) * ksize];
+        let row = &mut weights[(xx - from) * ksize..(xx - from + 1) * ksize];
         for x in 0..n {
             let w = if ww != 0.0 { kk[x] / ww } else { kk[x] };
             let f = w * (1u32 << PRECISION_BITS) as f64;
@@ -186,36 +195,42 @@ fn clip8(v: i32) -> u8 {
 }
 
 /// Resize the `bw` x `bh` box at (`bx`, `by`) of an RGB8 image of width `src_w`
-/// (row stride `src_w * 3`) to `out_w` x `out_h`, into `out` (`out_w * out_h * 3`
-/// bytes), exactly as PIL's `img.crop(box).resize((out_w, out_h), filter)`.
+/// (row stride `src_w * 3`) to `out_w` x `out_h` and write the window `win` =
+/// (`x0`, `y0`, `ww`, `wh`) of the result into `out` (`ww * wh * 3` bytes), exactly as
+/// PIL's `img.crop(box).resize((out_w, out_h), filter).crop(window)`.
 ///
-/// Both passes run as `pass_lines` over contiguous lines: the horizontal one on the
-/// box transposed (columns become lines) and transposed back, which costs two byte
-/// shuffles but lets every multiply-add vectorise.
+/// Only the window is computed: the eval transform's centre crop of a long thin image
+/// (20 x 60000 px resized to 256 x 768000) needs its 224 x 224 window, not the whole
+/// resize (590 MB). Both passes run as `pass_lines` over contiguous lines: the
+/// horizontal one on the box transposed (columns become lines) and transposed back,
+/// which costs two byte shuffles but lets every multiply-add vectorise.
 #[allow(clippy::too_many_arguments)]
 pub fn resize_rgb8(
     src: &[u8],
     src_w: usize,
     (bx, by, bw, bh): (usize, usize, usize, usize),
-    out_w: usize,
-    out_h: usize,
+    (out_w, out_h): (usize, usize),
+    (x0, y0, ww, wh): (usize, usize, usize, usize),
     k: Kernel,
     scratch: &mut Scratch,
     out: &mut [u8],
 ) {
-    debug_assert_eq!(out.len(), out_w * out_h * 3);
+    debug_assert_eq!(out.len(), ww * wh * 3);
+    debug_assert!(x0 + ww <= out_w && y0 + wh <= out_h);
     let stride = src_w * 3;
-    let box_at = |y: usize| (by + y) * stride + bx * 3;
     let need_h = out_w != bw;
     let need_v = out_h != bh;
+    // an axis left at its size is a plain crop of the box: the window moves the box
+    let (bx, bw) = if need_h { (bx, bw) } else { (bx + x0, ww) };
+    let (by, bh) = if need_v { (by, bh) } else { (by + y0, wh) };
+    let box_at = |y: usize| (by + y) * stride + bx * 3;
     if !need_h && !need_v {
         for y in 0..bh {
-            out[y * out_w * 3..(y + 1) * out_w * 3]
-                .copy_from_slice(&src[box_at(y)..box_at(y) + bw * 3]);
+            out[y * ww * 3..(y + 1) * ww * 3].copy_from_slice(&src[box_at(y)..box_at(y) + bw * 3]);
         }
         return;
     }
-    let vert = coeffs(bh, 0.0, bh as f64, out_h, k);
+    let vert = coeffs(bh, 0.0, bh as f64, out_h, (y0, wh), k);
     let Scratch {
         tmp,
         tsrc,
@@ -224,25 +239,41 @@ pub fn resize_rgb8(
     } = scratch;
     // Rows the vertical pass reads (Pillow's ybox_first..ybox_last).
     let (y_first, y_last) = if need_v {
-        let (s, n) = vert.bounds[out_h - 1];
+        let (s, n) = vert.bounds[wh - 1];
         (vert.bounds[0].0, s + n)
     } else {
         (0, bh)
     };
     let rows = y_last - y_first;
     if need_h {
-        let horiz = coeffs(bw, 0.0, bw as f64, out_w, k);
-        tsrc.resize(bw * rows * 3, 0);
-        transpose_rgb(&src[box_at(y_first)..], stride, bw, rows, tsrc);
-        tinter.resize(out_w * rows * 3, 0);
+        let horiz = coeffs(bw, 0.0, bw as f64, out_w, (x0, ww), k);
+        // columns the horizontal pass reads
+        let (x_first, x_last) = {
+            let (s, n) = horiz.bounds[ww - 1];
+            (horiz.bounds[0].0, s + n)
+        };
+        let mut horiz = horiz;
+        for b in horiz.bounds.iter_mut() {
+            b.0 -= x_first;
+        }
+        let cols = x_last - x_first;
+        tsrc.resize(cols * rows * 3, 0);
+        transpose_rgb(
+            &src[box_at(y_first) + x_first * 3..],
+            stride,
+            cols,
+            rows,
+            tsrc,
+        );
+        tinter.resize(ww * rows * 3, 0);
         pass_lines(tsrc, rows * 3, &horiz, acc, tinter);
         let dst: &mut [u8] = if need_v {
-            tmp.resize(rows * out_w * 3, 0);
+            tmp.resize(rows * ww * 3, 0);
             tmp
         } else {
             out
         };
-        transpose_rgb(tinter, rows * 3, rows, out_w, dst);
+        transpose_rgb(tinter, rows * 3, rows, ww, dst);
         if !need_v {
             return;
         }
@@ -252,7 +283,7 @@ pub fn resize_rgb8(
         b.0 -= y_first;
     }
     if need_h {
-        pass_lines(tmp, out_w * 3, &vert, acc, out);
+        pass_lines(tmp, ww * 3, &vert, acc, out);
     } else {
         // The box's rows are not contiguous lines of the image: copy them out first.
         tmp.resize(rows * bw * 3, 0);
@@ -272,7 +303,7 @@ mod tests {
     fn weights_sum_to_one_in_fixed_point() {
         for (n_in, n_out) in [(97, 16), (9, 45), (1, 32), (500, 224), (224, 500)] {
             for k in [Kernel::Triangle, Kernel::Cubic] {
-                let c = coeffs(n_in, 0.0, n_in as f64, n_out, k);
+                let c = coeffs(n_in, 0.0, n_in as f64, n_out, (0, n_out), k);
                 for xx in 0..n_out {
                     let s: i64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize]
                         .iter()
@@ -294,8 +325,57 @@ mod tests {
         let mut out = vec![0u8; 12 * 40 * 3];
         let mut scratch = Scratch::default();
         for k in [Kernel::Triangle, Kernel::Cubic] {
-            resize_rgb8(&src, 31, (0, 0, 31, 17), 12, 40, k, &mut scratch, &mut out);
+            resize_rgb8(
+                &src,
+                31,
+                (0, 0, 31, 17),
+                (12, 40),
+                (0, 0, 12, 40),
+                k,
+                &mut scratch,
+                &mut out,
+            );
             assert!(out.iter().all(|&v| v == 77), "{k:?}");
+        }
+    }
+
+    /// A window of the resize equals that crop of the whole resize, on every path
+    /// (both axes resized, one of them kept, neither), for both filters.
+    #[test]
+    fn a_window_equals_the_crop_of_the_whole() {
+        let (w, h) = (37usize, 23usize);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 97 % 251) as u8).collect();
+        let bx = (3, 2, 30, 19);
+        let mut scratch = Scratch::default();
+        for k in [Kernel::Triangle, Kernel::Cubic] {
+            for (ow, oh) in [(64, 41), (11, 7), (30, 41), (64, 19), (30, 19)] {
+                let mut whole = vec![0u8; ow * oh * 3];
+                resize_rgb8(
+                    &src,
+                    w,
+                    bx,
+                    (ow, oh),
+                    (0, 0, ow, oh),
+                    k,
+                    &mut scratch,
+                    &mut whole,
+                );
+                for (x0, y0, ww, wh) in
+                    [(0, 0, 5, 4), (ow - 6, oh - 3, 6, 3), (ow / 3, oh / 2, 4, 3)]
+                {
+                    let mut win = vec![0u8; ww * wh * 3];
+                    let r = (x0, y0, ww, wh);
+                    resize_rgb8(&src, w, bx, (ow, oh), r, k, &mut scratch, &mut win);
+                    for y in 0..wh {
+                        let a = &whole[((y0 + y) * ow + x0) * 3..((y0 + y) * ow + x0 + ww) * 3];
+                        assert_eq!(
+                            &win[y * ww * 3..(y + 1) * ww * 3],
+                            a,
+                            "{k:?} {ow}x{oh} {r:?}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -153,10 +153,12 @@ impl CropSpec {
 
     /// The same spec with eval crop fraction `pct` (in (0, 1]).
     pub fn with_crop_pct(self, pct: f64) -> Result<Self> {
-        if !(pct > 0.0 && pct <= 1.0) {
+        // (timm's presets use 0.75..1; below 0.01 the resize would be over 100 times
+        // the crop a side, a typo rather than a transform)
+        if !(0.01..=1.0).contains(&pct) {
             return Err(DataError::param(
                 "crop_pct",
-                format!("{pct} (expected a fraction in (0, 1])"),
+                format!("{pct} (expected a fraction in [0.01, 1])"),
             ));
         }
         Ok(CropSpec {
@@ -205,9 +207,17 @@ pub fn with_replayer<T>(f: impl FnOnce(&mut Replayer) -> T) -> T {
 }
 
 impl Replayer {
-    /// Resize the pixel box `b` of `img` to `out_w` x `out_h` into the scratch buffer.
-    fn resize(&mut self, img: &RgbImage, b: PixelBox, out_w: u32, out_h: u32, filter: Filter) {
-        self.scratch.resize(out_w as usize * out_h as usize * 3, 0);
+    /// Resize the pixel box `b` of `img` to `out` = (width, height) and keep the window
+    /// `win` = (x, y, width, height) of it in the scratch buffer.
+    fn resize(
+        &mut self,
+        img: &RgbImage,
+        b: PixelBox,
+        out: (usize, usize),
+        win: (usize, usize, usize, usize),
+        filter: Filter,
+    ) {
+        self.scratch.resize(win.2 * win.3 * 3, 0);
         resize_rgb8(
             &img.data,
             img.width as usize,
@@ -217,8 +227,8 @@ impl Replayer {
                 b.width as usize,
                 b.height as usize,
             ),
-            out_w as usize,
-            out_h as usize,
+            out,
+            win,
             filter.kernel(),
             &mut self.tmp,
             &mut self.scratch,
@@ -278,7 +288,8 @@ impl Replayer {
     ) -> Result<()> {
         check_out(out, spec, path)?;
         let b = rec.to_pixels(img.width, img.height);
-        self.resize(img, b, spec.size, spec.size, spec.filter);
+        let side = spec.size as usize;
+        self.resize(img, b, (side, side), (0, 0, side, side), spec.filter);
         self.emit(spec.size, 0, 0, spec.size, rec.flip, &spec.normalize, out);
         Ok(())
     }
@@ -301,11 +312,13 @@ impl Replayer {
             height: img.height,
             width: img.width,
         };
-        self.resize(img, full, new_w, new_h, spec.filter);
-        let s = spec.size;
-        let top = ((new_h - s) as f64 / 2.0).round_ties_even() as u32;
-        let left = ((new_w - s) as f64 / 2.0).round_ties_even() as u32;
-        self.emit(new_w, left, top, s, false, &spec.normalize, out);
+        let s = spec.size as u64;
+        // the resize is at least S a side (crop_pct <= 1): only its centre S x S is made
+        let top = ((new_h - s) as f64 / 2.0).round_ties_even() as usize;
+        let left = ((new_w - s) as f64 / 2.0).round_ties_even() as usize;
+        let (size, s) = ((new_w as usize, new_h as usize), s as usize);
+        self.resize(img, full, size, (left, top, s, s), spec.filter);
+        self.emit(s as u32, 0, 0, s as u32, false, &spec.normalize, out);
         Ok(())
     }
 }
@@ -327,10 +340,10 @@ fn check_out<P>(out: &[P], spec: &CropSpec, path: &Path) -> Result<()> {
 /// Image size after the eval transform's resize, for a `w` x `h` image, crop `s` and
 /// crop fraction `crop_pct`. Computed in f64 exactly as Python's
 /// `math.floor(s / crop_pct)` (timm) and `int(new_short * long / short)` (torchvision).
-pub fn eval_resize_dims(w: u32, h: u32, s: u32, crop_pct: f64) -> (u32, u32) {
-    let short_target = (s as f64 / crop_pct).floor() as u32;
+pub fn eval_resize_dims(w: u32, h: u32, s: u32, crop_pct: f64) -> (u64, u64) {
+    let short_target = (s as f64 / crop_pct).floor() as u64;
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
-    let new_long = (short_target as f64 * long as f64 / short as f64) as u32;
+    let new_long = (short_target as f64 * long as f64 / short as f64) as u64;
     if w <= h {
         (short_target, new_long.max(1))
     } else {

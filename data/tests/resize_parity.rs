@@ -100,6 +100,12 @@ fn eval_with_crop_pct_matches_torchvision() {
         .unwrap()
         .with_crop_pct(0.0)
         .is_err());
+    // a crop_pct of 1e-9 asked for a resize of 16e9 px a side (a capacity overflow)
+    let e = CropSpec::new(16, Filter::Bilinear, UNIT)
+        .unwrap()
+        .with_crop_pct(1e-9)
+        .unwrap_err();
+    assert!(e.to_string().contains("crop_pct"), "{e}");
 }
 
 #[test]
