@@ -141,6 +141,25 @@ pub fn interrupt_exit_code() -> i32 {
     }
 }
 
+/// `main`'s result, with a run ended by an error after a signal (a download or a
+/// wait given up when it came) exiting 128 + the signal's number, as a run stopped by
+/// it does, so that a scheduler sees the signal rather than a failure.
+pub fn exit_on_signal(r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &r {
+        if interrupted() {
+            eprintln!("Error: {e:?}");
+            std::process::exit(interrupt_exit_code());
+        }
+    }
+    r
+}
+
+/// Whether a Ctrl-C, SIGTERM or SIGHUP has arrived since [`interrupt_flag`] (for a wait
+/// that holds no flag, such as a download during set-up).
+pub fn interrupted() -> bool {
+    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
 /// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
 /// the program will do); a second one, a second or more after the first, exits at once
 /// with [`interrupt_exit_code`] (within that second it is the same request delivered

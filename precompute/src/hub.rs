@@ -25,7 +25,15 @@ pub struct HubConfig {
     pub endpoint: Option<String>,
     /// Never use the network.
     pub offline: bool,
+    /// A download that receives nothing for this long is given up (hf-hub's client has
+    /// no read timeout: a silent server held a run for as long as it kept the
+    /// connection open).
+    pub stall: std::time::Duration,
 }
+
+/// [`HubConfig::stall`] by default: a minute without a byte (huggingface_hub's default
+/// `HF_HUB_DOWNLOAD_TIMEOUT` is 10 s per read; a slow mirror gets more).
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl HubConfig {
     /// From `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE`, as `huggingface_hub` reads them.
@@ -38,6 +46,7 @@ impl HubConfig {
             cache,
             endpoint: std::env::var("HF_ENDPOINT").ok(),
             offline,
+            stall: STALL,
         }
     }
 }
@@ -81,20 +90,96 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
             cfg.cache.display()
         );
     }
-    let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_progress(true);
+    let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache);
     if let Some(e) = &cfg.endpoint {
         b = b.with_endpoint(e.clone());
     }
     let api = b
         .build()
         .context("setting up the Hugging Face hub client")?;
-    let where_ = cfg.endpoint.as_deref().unwrap_or("https://huggingface.co");
-    api.model(repo.to_string()).get(file).with_context(|| {
+    let where_ = cfg.endpoint.clone();
+    let where_ = where_.as_deref().unwrap_or("https://huggingface.co");
+    let failed = || {
         format!(
             "no local file {repo}, so it was read as a Hugging Face hub repository: downloading \
              {file} from {where_} failed (a typo in a path? offline? HF_HUB_OFFLINE=1 uses \
              only the cache {})",
             cfg.cache.display()
         )
-    })
+    };
+    // the download runs on its own thread, watched here: a Ctrl-C or SIGTERM stops the
+    // wait at once and a stalled connection is given up (the thread, blocked in a
+    // read, ends with the process)
+    let watch = Watch::default();
+    let seen = watch.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (repo_id, name) = (repo.to_string(), file.to_string());
+    std::thread::Builder::new()
+        .name("hub-download".into())
+        .spawn(move || {
+            let r = api.model(repo_id).download_with_progress(&name, watch);
+            let _ = tx.send(r);
+        })
+        .context("starting the download")?;
+    let mut last = (0u64, std::time::Instant::now());
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(r) => {
+                seen.bar.finish_and_clear();
+                return r.with_context(failed);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("{}: the download thread ended without a result", failed())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if meal_cli::interrupted() {
+            seen.bar.abandon();
+            bail!("interrupted while downloading {file} of {repo} from {where_}");
+        }
+        let got = seen.bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if got != last.0 {
+            last = (got, std::time::Instant::now());
+        } else if last.1.elapsed() >= cfg.stall {
+            seen.bar.abandon();
+            bail!(
+                "{}: nothing received for {} s ({got} bytes so far); the partial file is kept in \
+                 the cache for the next try",
+                failed(),
+                cfg.stall.as_secs()
+            );
+        }
+    }
+}
+
+/// The download's progress: bytes received (read by the watching thread) and a bar.
+#[derive(Clone)]
+struct Watch {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            bytes: Default::default(),
+            bar: meal_cli::progress_bar(
+                0,
+                "{msg} {bar:25} {bytes}/{total_bytes} [{elapsed_precise} ETA {eta}]",
+            ),
+        }
+    }
+}
+
+impl hf_hub::api::Progress for Watch {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.bar.set_length(size as u64);
+        self.bar.set_message(format!("downloading {filename}"));
+    }
+    fn update(&mut self, size: usize) {
+        self.bytes
+            .fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bar.inc(size as u64);
+    }
+    fn finish(&mut self) {}
 }

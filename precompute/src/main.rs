@@ -55,6 +55,10 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    meal_cli::exit_on_signal(cli())
+}
+
+fn cli() -> Result<()> {
     meal_models::tune_allocator();
     meal_cli::init_logging();
     match Cli::parse().cmd {

@@ -82,6 +82,7 @@ fn hub_teachers_download_cache_and_offline() {
         cache: dir.path().join("hf/hub"),
         endpoint: Some(endpoint.clone()),
         offline: false,
+        stall: meal_precompute::hub::STALL,
     };
     assert!(is_hub_id(std::path::Path::new("timm/demo_tiny.test")));
     assert!(!is_hub_id(&weights));
@@ -134,5 +135,39 @@ fn hub_teachers_download_cache_and_offline() {
     assert_eq!(
         m.config.teachers[0].sha256,
         hex::encode(sha2::Sha256::digest(&body))
+    );
+}
+
+/// A server that accepts and never answers: the download is given up after the stall
+/// time, naming it (hf-hub's client has no read timeout; it waited as long as the
+/// server kept the connection).
+#[test]
+fn a_silent_hub_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in l.incoming() {
+            held.push(conn); // kept open, never answered
+        }
+    });
+    let cfg = HubConfig {
+        cache: dir.path().join("hf/hub"),
+        endpoint: Some(addr),
+        offline: false,
+        stall: std::time::Duration::from_secs(1),
+    };
+    let t = std::time::Instant::now();
+    let e = fetch(&cfg, "timm/silent", WEIGHTS_FILE).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("nothing received for 1 s") && e.contains("timm/silent"),
+        "{e}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
     );
 }
