@@ -230,7 +230,7 @@ pub fn check_in(room: Room, need: u64, what: &str, fix: &str) -> anyhow::Result<
 }
 
 /// [`check_in`] `room` of each forward of an ensemble over `rows` crops: `needs[i]` the bytes of
-/// teacher `i`'s (its input and largest activation at least), `what(i)` names the
+/// teacher `i`'s (its input and activations, [`meal_models::memory::inference_floor`]), `what(i)` names the
 /// teacher by its flag and spec.
 pub fn check_forwards(
     room: Room,
@@ -244,7 +244,7 @@ pub fn check_forwards(
             room,
             need,
             &format!(
-                "{}: a forward over {rows} crops (its input and largest activation, \
+                "{}: a forward over {rows} crops (its input and activations, \
                  measured on small inputs and scaled)",
                 what(i)
             ),

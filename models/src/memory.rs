@@ -98,12 +98,16 @@ fn twin_activations(model: &ResNet, size: usize) -> Result<Activations> {
     })
 }
 
-/// The least an inference pass of `model` over `rows` crops at `size` x `size` holds at
-/// once: its input batch and its largest activation (a teacher's forward; an eval's).
+/// What an inference pass of `model` over `rows` crops at `size` x `size` holds at once
+/// (a teacher's forward; an eval's): its input batch and three activations of the
+/// largest size (a layer's input and output, and the residual block's identity, alive
+/// together). With one, an eval at 1024 px of `demo_resnet10` (30 images) was counted
+/// 1.3 GB and peaked at 3.0 GB resident; at 2048 px it passed an 8 GB `ulimit -v` and
+/// aborted on an allocation. Three give 3.2 GB there.
 pub fn inference_floor(model: &ResNet, size: usize, rows: usize) -> Result<u64> {
     let input = (3 * size * size * model.dtype().size_in_bytes()) as u64;
     let a = activations(model, size)?;
-    Ok((a.largest + input).saturating_mul(rows as u64))
+    Ok((a.largest.saturating_mul(3) + input).saturating_mul(rows as u64))
 }
 
 /// [`inference_floor`] of each teacher of `ens` at its own input size.

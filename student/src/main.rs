@@ -178,7 +178,7 @@ fn cli() -> Result<()> {
                     meal_models::memory::inference_floor(&model, size as usize, rows)?,
                     &format!(
                         "--arch {arch} at --res {size}: a forward over {rows} images (its \
-                         input and largest activation)"
+                         input and activations)"
                     ),
                     "lower --res",
                 )?;
