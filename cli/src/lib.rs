@@ -1,6 +1,7 @@
 //! What the binaries share: logging, thread count, Ctrl-C, TOML configs, progress bars,
 //! plots ([`plot`]) and the check that a batch fits in memory ([`memory`]).
 
+pub mod hub;
 pub mod memory;
 pub mod plot;
 

@@ -5,10 +5,8 @@
 //! - [`run`]: the job (decode once, crops, ensemble, shards; resume, workers).
 //! - [`report`]: what a run reports (`report.json`).
 //! - [`inspect`]: `inspect` and `verify` of a store.
-//! - [`hub`]: `--teacher timm/NAME` weights from the Hugging Face hub.
 
 pub mod config;
-pub mod hub;
 pub mod inspect;
 pub mod report;
 pub mod run;

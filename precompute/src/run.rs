@@ -60,8 +60,7 @@ pub fn load_ensemble(
     // hub names (ORG/NAME) become local files first
     let mut args = s.teachers.clone();
     for t in &mut args {
-        t.weights = crate::hub::resolve(&t.weights)
-            .with_context(|| format!("--teacher {}={}", t.arch, t.weights.display()))?;
+        meal_cli::hub::resolve_teacher("--teacher", &t.arch, &mut t.weights)?;
     }
     let dtype = s.dtype.unwrap_or_else(|| default_dtype(device));
     if device.is_cpu() && dtype == DType::BF16 && !meal_models::ops::bf16::available() {

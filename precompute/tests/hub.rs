@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::Device;
+use meal_cli::hub::{fetch, is_hub_id, HubConfig, WEIGHTS_FILE};
 use meal_models::ResNet;
-use meal_precompute::hub::{fetch, is_hub_id, HubConfig, WEIGHTS_FILE};
 
 /// Serve `body` at `/{repo}/resolve/main/model.safetensors` with the headers the hub
 /// sends (ETag, X-Repo-Commit, byte ranges); counts requests.
@@ -82,7 +82,7 @@ fn hub_teachers_download_cache_and_offline() {
         cache: dir.path().join("hf/hub"),
         endpoint: Some(endpoint.clone()),
         offline: false,
-        stall: meal_precompute::hub::STALL,
+        stall: meal_cli::hub::STALL,
     };
     assert!(is_hub_id(std::path::Path::new("timm/demo_tiny.test")));
     assert!(!is_hub_id(&weights));

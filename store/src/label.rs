@@ -103,7 +103,8 @@ impl SoftLabel {
         match enc {
             Encoding::Dense => SoftLabel::Dense(probs.to_vec()),
             Encoding::TopK { k, .. } => {
-                let mut idx: Vec<u16> = (0..probs.len() as u16).collect();
+                // (65536 classes are allowed: `len as u16` was 0, an empty range)
+                let mut idx: Vec<u16> = (0..probs.len()).map(|c| c as u16).collect();
                 idx.sort_by(|&a, &b| {
                     probs[b as usize]
                         .total_cmp(&probs[a as usize])
@@ -194,6 +195,18 @@ mod tests {
             SoftLabel::TopK {
                 classes: vec![0, 1],
                 probs: vec![0.25, 0.25]
+            }
+        );
+        // the most classes a store holds (65536): the last class id is 65535
+        let mut p = vec![0.0f32; 65536];
+        p[65535] = 0.75;
+        p[7] = 0.25;
+        let l = SoftLabel::encode(&p, Encoding::TopK { k: 2, f32: true });
+        assert_eq!(
+            l,
+            SoftLabel::TopK {
+                classes: vec![65535, 7],
+                probs: vec![0.75, 0.25]
             }
         );
     }

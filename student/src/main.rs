@@ -185,7 +185,10 @@ fn cli() -> Result<()> {
                 let acc = eval::evaluate(&model, &ds, spec, read, &dev)?;
                 (weights.display().to_string(), acc)
             } else {
-                let args = TeacherArg::parse_all(&teacher).context("--teacher")?;
+                let mut args = TeacherArg::parse_all(&teacher).context("--teacher")?;
+                for t in &mut args {
+                    meal_cli::hub::resolve_teacher("--teacher", &t.arch, &mut t.weights)?;
+                }
                 let dtype = meal_models::ensemble::default_dtype(&dev);
                 let ens =
                     Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;

@@ -315,7 +315,10 @@ impl Run {
         let online = if s.online_teacher.is_empty() {
             None
         } else {
-            let args = TeacherArg::parse_all(&s.online_teacher).context("--online-teacher")?;
+            let mut args = TeacherArg::parse_all(&s.online_teacher).context("--online-teacher")?;
+            for t in &mut args {
+                meal_cli::hub::resolve_teacher("--online-teacher", &t.arch, &mut t.weights)?;
+            }
             let dtype = meal_models::ensemble::default_dtype(&dev);
             Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
         };

@@ -63,6 +63,14 @@ pub fn is_hub_id(spec: &Path) -> bool {
         && !s.ends_with(".pth")
 }
 
+/// [`resolve`] a teacher's weights in place; the error names `flag` and the spec
+/// (`--teacher ARCH=ORG/NAME`), as precompute's teachers and the student's online and
+/// eval teachers take them alike.
+pub fn resolve_teacher(flag: &str, arch: &str, weights: &mut PathBuf) -> Result<()> {
+    *weights = resolve(weights).with_context(|| format!("{flag} {arch}={}", weights.display()))?;
+    Ok(())
+}
+
 /// The local weights file for `spec`: the path itself, or the hub file of repository
 /// `spec` (see the module docs), with the environment's hub settings.
 pub fn resolve(spec: &Path) -> Result<PathBuf> {
@@ -133,7 +141,7 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if meal_cli::interrupted() {
+        if crate::interrupted() {
             seen.bar.abandon();
             bail!("interrupted while downloading {file} of {repo} from {where_}");
         }
@@ -163,7 +171,7 @@ impl Default for Watch {
     fn default() -> Self {
         Watch {
             bytes: Default::default(),
-            bar: meal_cli::progress_bar(
+            bar: crate::progress_bar(
                 0,
                 "{msg} {bar:25} {bytes}/{total_bytes} [{elapsed_precise} ETA {eta}]",
             ),
