@@ -384,10 +384,9 @@ fn has_image_extension(name: &str) -> bool {
     }
 }
 
-/// Entries of `dir` as (name, metadata following symlinks), sorted by name. Names
-/// that are not valid UTF-8 are refused: they could not be stored portably.
-/// The entries of `dir` sorted by name, with their (followed) metadata; `None` for a
-/// dangling symlink, which is still listed (as a sample it is reported unreadable by the
+/// The entries of `dir` sorted by name, with their metadata (symlinks followed); names
+/// that are not valid UTF-8 are refused (they could not be stored portably); `None` for
+/// a dangling symlink, which is still listed (as a sample it is reported unreadable by the
 /// loader, like any other bad file, instead of vanishing from the index).
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>)>> {
     let mut out = Vec::new();

@@ -30,8 +30,9 @@ const MAX_SIDE: usize = 65_535;
 /// error threshold is 2x its 89.5 MP warning; we allow a little more.
 const MAX_PIXELS: usize = 1 << 28;
 /// Largest decoded PNG, in bytes before the conversion to RGB8: 4 bytes a pixel at the
-/// pixel limit (RGBA8), so 16-bit images are refused at a quarter of it (they take 6
-/// or 8 bytes a pixel; 1 GiB per decoding thread at most).
+/// pixel limit (RGBA8), so 16-bit images are refused at a fraction of it (RGBA16, 8
+/// bytes a pixel, at half; RGB16 at two thirds; grey16, 2 bytes, at the pixel limit
+/// alone): 1 GiB per decoding thread at most.
 const MAX_DECODE_BYTES: u64 = (MAX_PIXELS as u64) * 4;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B`.

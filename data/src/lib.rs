@@ -8,6 +8,7 @@
 //!   FKD-normalised [`CropRecord`].
 //! - [`transform`]: replaying a crop (PIL-like resize, flip, normalise) and the eval
 //!   transform, into a caller's CHW f32 buffer.
+//! - [`resample`]: PIL's antialiased bilinear/bicubic resize, bit for bit.
 //! - [`loader`]: the parallel, bounded, deterministic batch loader.
 //! - [`synth`]: the synthetic demo dataset.
 //!

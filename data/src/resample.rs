@@ -115,12 +115,10 @@ fn coeffs(
     }
 }
 
-/// Pillow's `clip8`: the accumulator's integer part clamped to 0..=255 (its lookup
-/// table indexed by `v >> PRECISION_BITS`), written branch-free so it vectorises.
 /// Reusable buffers of [`resize_rgb8`] (one per thread).
 #[derive(Default)]
 pub struct Scratch {
-    /// Horizontal pass output, rows x out_w pixels.
+    /// Horizontal pass output, rows x window-width pixels.
     tmp: Vec<u8>,
     /// The source box transposed: columns as contiguous runs of pixels.
     tsrc: Vec<u8>,
@@ -189,6 +187,8 @@ fn pass_lines_body(src: &[u8], len: usize, c: &Coeffs, acc: &mut Vec<i32>, dst: 
     }
 }
 
+/// Pillow's `clip8`: the accumulator's integer part clamped to 0..=255 (its lookup
+/// table indexed by `v >> PRECISION_BITS`), written branch-free so it vectorises.
 #[inline(always)]
 fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8

@@ -10,8 +10,9 @@ use super::params::{Entry, Kind};
 use crate::error::{ModelError, Result};
 
 /// Read every tensor of a state-dict file: `.safetensors`, or a PyTorch zip checkpoint
-/// (`.pth`, `.pt`, `.bin`; a `state_dict` or `model` key inside is unwrapped by name
-/// prefix only if needed).
+/// (`.pth`, `.pt`, `.bin`; a checkpoint whose top level holds no tensor is unwrapped at
+/// its `state_dict`, `model` or `state_dict_ema` key, and a DataParallel `module.`
+/// prefix is dropped).
 pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let fail = |reason: String| ModelError::Io {
         path: path.to_path_buf(),

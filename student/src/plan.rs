@@ -11,7 +11,7 @@ use meal_store::LabelStore;
 pub const FRESH_POOL: u32 = 1 << 30;
 
 /// Pass `pass` of `count` crops per image over the crops stored for each image: pass e
-/// takes stored crops `e*C .. e*C + C` modulo the image's pool size (docs/STUDENT.md).
+/// takes stored crops `e*C .. e*C + C` modulo the image's pool size (docs/PIPELINE.md, "Which crops").
 pub struct StorePlan {
     /// The store.
     pub store: Arc<LabelStore>,

@@ -1,5 +1,5 @@
 //! A teacher as a command line or config names it:
-//! `ARCH=WEIGHTS[,size=N][,filter=...][,mean=R:G:B][,std=R:G:B]`.
+//! `ARCH=WEIGHTS[,size=N][,filter=...][,mean=R:G:B][,std=R:G:B][,crop_pct=F]`.
 
 use std::path::PathBuf;
 
@@ -9,8 +9,9 @@ use crate::error::{ModelError, Result};
 use crate::input_config;
 
 /// One teacher as asked for on a command line:
-/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`, the input
-/// config defaulting to the preset's timm pretrained config.
+/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,crop_pct=F]`,
+/// the input config defaulting to the preset's timm pretrained config (`crop_pct`: the
+/// eval transform's, for `meal-student eval --teacher`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TeacherArg {
     /// Preset name.
