@@ -45,11 +45,21 @@ pub fn replace_with<E>(
         // rename(2) will not replace a non-empty directory: move the old one aside first
         let old = old_path(path);
         remove_any(&old);
-        fs::rename(path, &old).map_err(|e| io_err(path, e))?;
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        if let Err(e) = fs::rename(path, &old) {
+            remove_any(&tmp);
+            return Err(io_err(path, e));
+        }
+        if let Err(e) = fs::rename(&tmp, path) {
+            // the old one back under its name; the new one given up
+            let _ = fs::rename(&old, path);
+            remove_any(&tmp);
+            return Err(io_err(path, e));
+        }
         remove_any(&old);
-    } else {
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    } else if let Err(e) = fs::rename(&tmp, path) {
+        // (a directory in the way, a read-only target): the temporary is not left
+        remove_any(&tmp);
+        return Err(io_err(path, e));
     }
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
@@ -57,11 +67,19 @@ pub fn replace_with<E>(
         } else {
             dir
         };
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir).map_err(|e| io_err(dir, e))?;
     }
     Ok(())
+}
+
+/// fsync a directory, so that the names it holds (a rename into it) survive a power
+/// loss. A file system that cannot sync directories (EINVAL: some network and FUSE
+/// mounts) is let be, as PostgreSQL's `fsync_fname` does.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    match fs::File::open(dir)?.sync_all() {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        r => r,
+    }
 }
 
 /// Where [`replace_with`] moves the directory it replaces, between its two renames.
@@ -145,12 +163,14 @@ fn remove_any(p: &Path) {
     }
 }
 
+/// fsync every file under `p` and every directory, `p` included (a file's data
+/// synced under a name its directory has not synced may be lost with the name).
 fn sync_tree(p: &Path) -> io::Result<()> {
     if p.is_dir() {
         for f in fs::read_dir(p)? {
             sync_tree(&f?.path())?;
         }
-        Ok(())
+        sync_dir(p)
     } else {
         fs::File::open(p)?.sync_all()
     }
@@ -220,5 +240,14 @@ mod tests {
         }
         assert_eq!(fs::read(dir.join("x")).unwrap(), b"2");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
+        // a directory where the file goes: the rename fails, and its temporary is not
+        // left behind (a histogram named like a directory left `dir.png.tmp`)
+        let blocked = d.path().join("dir.png");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("keep"), b"k").unwrap();
+        let e = write(&blocked, b"png").unwrap_err();
+        assert!(e.to_string().contains("dir.png"), "{e}");
+        assert!(!tmp_path(&blocked).exists());
+        assert_eq!(fs::read(blocked.join("keep")).unwrap(), b"k");
     }
 }

@@ -341,12 +341,12 @@ pub(crate) fn write_atomic(
     f.sync_all().map_err(failed)?;
     drop(f);
     hook(2)?;
-    fs::rename(&tmp, &dst).map_err(|e| StoreError::io(&dst, e))?;
+    fs::rename(&tmp, &dst).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::io(&dst, e)
+    })?;
     hook(3)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    meal_data::atomic::sync_dir(dir).map_err(|e| StoreError::io(dir, e))
 }
 
 /// Refuse `found` (the config of the manifest at `path`) unless it equals `want`:
