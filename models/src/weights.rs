@@ -78,6 +78,15 @@ pub struct LoadOptions {
     pub fresh_classifier: bool,
 }
 
+/// Whether `t` holds a value below zero.
+fn has_negative(t: &Tensor) -> Result<bool> {
+    if t.elem_count() == 0 {
+        return Ok(false);
+    }
+    let min = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.min(0)?;
+    Ok(min.to_scalar::<f32>()? < 0.0)
+}
+
 /// Copy `sd` into the model's tensors. Strict: every model tensor must be present with
 /// its shape, and no other tensor may be in the file; `num_batches_tracked` may be
 /// missing (PyTorch tolerates that too). All problems are reported in one error.
@@ -115,6 +124,11 @@ pub fn load_into(
                 t.dtype(),
                 e.var.dtype()
             )),
+            // a variance below zero: BatchNorm then takes the root of a negative number
+            // (a hand-edited file trained, and its student evaluated to NaN)
+            Some(t) if e.name.ends_with("running_var") && has_negative(t)? => {
+                shape.push(format!("{}: a negative running variance", e.name))
+            }
             Some(_) => {}
         }
     }
@@ -138,7 +152,7 @@ pub fn load_into(
             "unexpected",
             &unexpected.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         );
-        list("wrong shape or type", &shape);
+        list("wrong shape, type or value", &shape);
         // the usual cause of a classifier of another shape: a dataset with another
         // number of classes (or the parent of train/ and val/ given as the dataset)
         let classes = |dims: &[usize]| dims.first().copied();

@@ -335,6 +335,13 @@ impl TrainArgs {
                 );
             }
         }
+        if let (LossKind::Ce, Some(store)) = (loss, &labels) {
+            bail!(
+                "--labels {} with --loss ce: ce trains on the hard labels and fresh crops, \
+                 and would only hash the store; remove --labels, or use --loss kd",
+                store.display()
+            );
+        }
         if loss == LossKind::Ce && !online_teacher.is_empty() {
             bail!(
                 "--online-teacher labels --loss kd; --loss ce trains on the hard labels and \

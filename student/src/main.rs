@@ -136,7 +136,16 @@ fn cli() -> Result<()> {
             // one model, or else the --teacher ensemble (clap refuses both)
             let single = match (arch, weights) {
                 (Some(arch), Some(weights)) => Some((arch, weights)),
-                _ if !teacher.is_empty() => None,
+                _ if !teacher.is_empty() => {
+                    if let Some(r) = res {
+                        bail!(
+                            "--res {r} with --teacher: each teacher's input side is its \
+                             spec's size= (the preset's by default); remove --res, or add \
+                             ,size={r} to each --teacher"
+                        );
+                    }
+                    None
+                }
                 _ => bail!(
                     "eval needs --arch A --weights W (a model), or --teacher ARCH=WEIGHTS (an ensemble)"
                 ),

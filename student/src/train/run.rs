@@ -269,9 +269,18 @@ impl Run {
         let saved = std::fs::read_to_string(&ckpt)
             .ok()
             .and_then(|t| serde_json::from_str::<State>(&t).ok());
+        // the rates that set a step's size: --lr, and --wd and --disc-lr when set above
+        // their usual range (a --wd of 1e30 diverged as surely)
+        let mut lower = format!("a lower --lr (now {})", self.s.lr);
+        if self.s.wd > 1e-2 {
+            lower += &format!(" or --wd (now {})", self.s.wd);
+        }
+        if self.disc.is_some() && self.s.disc_lr != self.s.lr {
+            lower += &format!(" or --disc-lr (now {})", self.s.disc_lr);
+        }
         match saved {
             Some(st) => format!(
-                "the training diverged. The last checkpoint ({}, step {} of the run) is kept in {}: start a new run from its weights with a lower --lr (now {}): --init {}",
+                "the training diverged. The last checkpoint ({}, step {} of the run) is kept in {}: start a new run from its weights with {lower}: --init {}",
                 match (st.epoch, st.batch) {
                     (0, 0) => "before epoch 1".to_string(),
                     (e, 0) => format!("after epoch {e}"),
@@ -279,12 +288,10 @@ impl Run {
                 },
                 st.step,
                 ckpt.parent().unwrap_or(&self.s.out).display(),
-                self.s.lr,
                 self.s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
             ),
             None => format!(
-                "the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with a lower --lr (now {})",
-                self.s.lr
+                "the training diverged before any checkpoint was written (checkpoints are taken at each epoch's end); rerun with {lower}"
             ),
         }
     }

@@ -146,6 +146,13 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
         "{e}"
     );
     assert!(!f.root.join("scale").exists());
+    // --loss ce trains on hard labels and fresh crops: a store would only be hashed
+    let mut a = args(&f, "ce-labels");
+    a.loss = Some("ce".into());
+    a.disc = None;
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(e.contains("--labels") && e.contains("--loss ce"), "{e}");
+    assert!(!f.root.join("ce-labels").exists());
     let mut a = args(&f, "nesterov");
     a.nesterov = Some(true);
     a.momentum = Some(0.0);
@@ -413,6 +420,34 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         err.contains("tensor bn1.running_mean holds non-finite values"),
         "{err}"
     );
+    // a negative running variance is refused by the loader (it trained as --init, and
+    // its student evaluated to NaN)
+    let neg = f.root.join("neg.safetensors");
+    save_with(&model, &neg, "bn1.running_var", 0, -1.0);
+    let eval = |extra: &[&str], w: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+            .arg("eval")
+            .arg("--data")
+            .arg(f.root.join("data/val"))
+            .args(["--threads", "1"])
+            .args(extra)
+            .arg(w)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = eval(&["--arch", "demo_tiny", "--weights"], &neg);
+    assert!(
+        err.contains("bn1.running_var: a negative running variance"),
+        "{err}"
+    );
+    // --res does nothing to teachers (each has its size=): refused
+    let err = eval(
+        &["--res", "16", "--teacher"],
+        Path::new("demo_tiny=w.safetensors"),
+    );
+    assert!(err.contains("--res 16 with --teacher"), "{err}");
 
     let mut a = args(&f, "torn");
     a.epochs = Some(1);
