@@ -122,8 +122,10 @@ impl StoreConfig {
     /// The invariants of a config, checked by the writer before any file is written
     /// (a manifest with an impossible config would block the corrected command) and by
     /// every reader of a manifest: positive sizes, at least one and at most
-    /// [`meal_data::MAX_CLASSES`] classes (the 16-bit class ids), a top-k encoding
-    /// keeping 1..=classes, and safetensors shards only for the dense encoding.
+    /// [`meal_data::MAX_CLASSES`] classes (the 16-bit class ids), as many as the
+    /// dataset's and each named once, a crop pool torchvision could draw, teachers whose
+    /// input spec is valid, a top-k encoding keeping 1..=classes, and safetensors shards
+    /// only for the dense encoding.
     /// On failure: the key at fault and why.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         for (key, v) in [
@@ -145,6 +147,34 @@ impl StoreConfig {
         let classes = self.classes.len();
         if classes == 0 {
             return Err(("classes", "no classes".into()));
+        }
+        if self.dataset.classes as usize != classes {
+            return Err((
+                "dataset.classes",
+                format!(
+                    "{} classes, but {classes} class names",
+                    self.dataset.classes
+                ),
+            ));
+        }
+        let mut names: Vec<&str> = self.classes.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(("classes", format!("class name {:?} listed twice", w[0])));
+        }
+        let p = &self.crop_pool;
+        meal_data::RrcParams::new((p.scale[0], p.scale[1]), (p.ratio[0], p.ratio[1]))
+            .map_err(|e| ("crop_pool", e.to_string()))?;
+        for (i, t) in self.teachers.iter().enumerate() {
+            // the checks of a teacher's input spec (side 1..=4096, finite means,
+            // positive standard deviations)
+            meal_data::CropSpec::new(t.input_size, meal_data::Filter::Bilinear, {
+                meal_data::Normalize {
+                    mean: t.mean,
+                    std: t.std,
+                }
+            })
+            .map_err(|e| ("teachers", format!("teacher {i} ({}): {e}", t.arch)))?;
         }
         if classes > meal_data::MAX_CLASSES as usize {
             return Err((

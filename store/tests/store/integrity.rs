@@ -214,6 +214,7 @@ fn corruption_is_detected_and_named() {
             "\"first_sample\": 8",
             "expected 7..14",
         ),
+        ("0.08,", "-1.0,", "config.crop_pool: invalid scale"),
     ];
     for (from, to, said) in edits {
         assert!(m.contains(from), "the fixture's manifest has {from}");
@@ -221,6 +222,21 @@ fn corruption_is_detected_and_named() {
         let e = LabelStore::open(&dir).err().unwrap().to_string();
         assert!(e.contains("manifest.json") && e.contains(said), "{to}: {e}");
     }
+    // a class count that is not the class names', a class named twice
+    let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+    let mut w = v.clone();
+    w["config"]["dataset"]["classes"] = 0.into();
+    std::fs::write(&mpath, w.to_string()).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("config.dataset.classes: 0 classes, but"), "{e}");
+    let mut w = v.clone();
+    w["config"]["classes"][1] = w["config"]["classes"][0].clone();
+    std::fs::write(&mpath, w.to_string()).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("config.classes: class name") && e.contains("listed twice"),
+        "{e}"
+    );
     std::fs::write(&mpath, "{ not json").unwrap();
     let e = LabelStore::open(&dir).err().unwrap().to_string();
     assert!(e.contains("manifest.json"), "{e}");
