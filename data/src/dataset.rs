@@ -205,26 +205,38 @@ impl Dataset {
                 format!("line {line}: {path:?} has an empty label"),
             ));
         }
-        let numeric: Option<Vec<u32>> = rows.iter().map(|r| r.1.parse::<u32>().ok()).collect();
+        // a label of digits is a class index, however large (`4294967296` became a class
+        // name when it did not parse as a u32)
+        let index = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+        };
+        let numeric: Option<Vec<u64>> = rows.iter().map(|r| index(&r.1)).collect();
         let (classes, labels): (Vec<String>, Vec<u32>) = match numeric {
             Some(ls) => {
                 // numbers name classes 0..=max: one a typo away from billions of classes
-                if let Some((r, l)) = rows.iter().zip(&ls).find(|(_, &l)| l >= MAX_CLASSES) {
+                if let Some((r, _)) = rows.iter().zip(&ls).find(|(_, &l)| l >= MAX_CLASSES as u64) {
                     return Err(DataError::dataset(
                         list,
                         format!(
-                            "line {}: label {l} is beyond the {MAX_CLASSES} classes a dataset may have (labels are 0..{MAX_CLASSES})",
-                            r.2
+                            "line {}: label {} is beyond the {MAX_CLASSES} classes a dataset may have (labels are 0 to {})",
+                            r.2,
+                            r.1,
+                            MAX_CLASSES - 1
                         ),
                     ));
                 }
                 let max = *ls.iter().max().unwrap_or(&0);
-                ((0..=max).map(|c| c.to_string()).collect(), ls)
+                // (every index is below MAX_CLASSES, checked above)
+                (
+                    (0..=max).map(|c| c.to_string()).collect(),
+                    ls.iter().map(|&l| l as u32).collect(),
+                )
             }
             None => {
                 // a mix is a typo (`5a`, `-1`) in one kind or the other: read as names, it
                 // would renumber every class (`10` sorting before `2`) without a word
-                let is_int = |r: &&(String, String, usize)| r.1.parse::<u32>().is_ok();
+                let is_int = |r: &&(String, String, usize)| index(&r.1).is_some();
                 let ints = rows.iter().filter(is_int).count();
                 if ints > 0 {
                     // the minority kind is the typo
@@ -269,7 +281,16 @@ impl Dataset {
             }
         };
         let mut samples = Vec::with_capacity(rows.len());
+        // a path listed twice (with two labels, it made one image two samples of two
+        // classes)
+        let mut first_line: std::collections::HashMap<String, usize> = Default::default();
         for ((path, _, line), label) in rows.into_iter().zip(labels) {
+            if let Some(was) = first_line.insert(path.clone(), line) {
+                return Err(DataError::dataset(
+                    list,
+                    format!("line {line}: {path:?} is listed again (first on line {was})"),
+                ));
+            }
             let rel = safe_relative(&path).ok_or_else(|| {
                 DataError::dataset(
                     list,

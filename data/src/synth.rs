@@ -221,6 +221,13 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
             ),
         ));
     }
+    if cfg.train_per_class == 0 {
+        // (every tool refused the empty training set it made)
+        return Err(DataError::param(
+            "train_per_class",
+            "0: the training split needs at least one image per class",
+        ));
+    }
     if !(1..=100).contains(&cfg.quality) {
         return Err(DataError::param(
             "quality",
@@ -351,6 +358,32 @@ pub fn write_jpeg(path: &Path, w: u32, h: u32, rgb: &[u8], quality: u8) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_refused_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("synth");
+        for (cfg, said) in [
+            (
+                SynthConfig {
+                    train_per_class: 0,
+                    ..Default::default()
+                },
+                "train_per_class",
+            ),
+            (
+                SynthConfig {
+                    quality: 0,
+                    ..Default::default()
+                },
+                "quality",
+            ),
+        ] {
+            let e = generate(&out, &cfg, || {}).unwrap_err().to_string();
+            assert!(e.contains(said), "{e}");
+            assert!(!out.exists());
+        }
+    }
 
     #[test]
     fn ten_sorted_classes() {

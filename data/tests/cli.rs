@@ -8,16 +8,22 @@ mod common;
 #[test]
 fn bench_refuses_zero_counts_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    for flag in ["--threads", "--crops", "--batch", "--passes"] {
+    for (flag, value, said) in [
+        ("--threads", "0", "--threads must be at least 1"),
+        ("--crops", "0", "--crops must be at least 1"),
+        ("--batch", "0", "--batch must be at least 1"),
+        // the first pass is untimed: one alone ran two
+        ("--passes", "1", "--passes 1: must be at least 2"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
             .args(["bench", "--data"])
             .arg(dir.path())
-            .args([flag, "0"])
+            .args([flag, value])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{flag} 0 was accepted");
-        assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(err.contains(said), "{err}");
     }
     // an extra zero (thousands of OS threads stalled the machine) is refused, before the
     // dataset is read, as in the other two binaries

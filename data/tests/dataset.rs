@@ -130,6 +130,7 @@ fn list_files_numeric_and_named_labels() {
 fn list_file_errors_name_the_file_and_entry() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.jpg", b"1");
+    write(dir.path(), "b.jpg", b"2");
     let list = dir.path().join("l.csv");
     for (body, needle) in [
         ("../etc/passwd,0\n", "../etc/passwd"),
@@ -147,7 +148,17 @@ fn list_file_errors_name_the_file_and_entry() {
             "path,label\na.jpg,0\na.jpg,4000000000\n",
             "line 3: label 4000000000",
         ),
-        ("a.jpg,65536\n", "line 1: label 65536"),
+        (
+            "a.jpg,65536\n",
+            "line 1: label 65536 is beyond the 65536 classes a dataset may have (labels are 0 to 65535)",
+        ),
+        // past u32 too: still an index (it became a class name)
+        ("a.jpg,0\nb.jpg,4294967296\n", "line 2: label 4294967296"),
+        // one image listed twice (with two labels it was two samples of two classes)
+        (
+            "a.jpg,0\nb.jpg,1\na.jpg,2\n",
+            "line 3: \"a.jpg\" is listed again (first on line 1)",
+        ),
         // a typo among class indices would have every label read as a name, sorted as
         // text (10 before 2): refused, naming its line
         (

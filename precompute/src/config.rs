@@ -255,6 +255,10 @@ impl RunArgs {
         if images_per_row_group == 0 {
             bail!("--images-per-row-group must be at least 1");
         }
+        // row groups are Parquet's: a safetensors shard has none
+        if format == ShardFormat::Safetensors && l.pick(|a| &a.images_per_row_group).is_some() {
+            bail!("--images-per-row-group with --format safetensors: row groups are Parquet's; remove it");
+        }
         let scale = l.pick(|a| &a.scale).map(|p| p.0).unwrap_or([
             meal_data::crop::DEFAULT_SCALE.0,
             meal_data::crop::DEFAULT_SCALE.1,

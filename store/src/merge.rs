@@ -21,7 +21,10 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         // checked before the lock, which would create the directory
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
-            reason: "no such directory: no worker parts to merge".into(),
+            reason: match dir.exists() {
+                true => "a file, not a store directory: no worker parts to merge".into(),
+                false => "no such directory: no worker parts to merge".into(),
+            },
         });
     }
     let none = || StoreError::Mismatch {
