@@ -113,6 +113,16 @@ impl Dataset {
                 "no class directories (expected root/<class>/<image>)",
             ));
         }
+        // class ids are 16-bit, as for a list file's names
+        if classes.len() > MAX_CLASSES as usize {
+            return Err(DataError::dataset(
+                root,
+                format!(
+                    "{} class directories: a dataset may have at most {MAX_CLASSES} classes",
+                    classes.len()
+                ),
+            ));
+        }
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)

@@ -235,7 +235,9 @@ impl Sgd {
         let mut bufs = HashMap::new();
         for (k, t) in map {
             match shapes.get(k.as_str()) {
-                Some(v) if v.dims() == t.dims() => {
+                // (the dtype too: an f16 or i64 buffer passed on its shape and failed in
+                // the middle of a step)
+                Some(v) if v.dims() == t.dims() && v.dtype() == t.dtype() => {
                     // a NaN here would show as a diverged run steps later
                     let finite = crate::weights::all_finite(&t).map_err(|e| ModelError::Io {
                         path: path.to_path_buf(),
@@ -252,7 +254,12 @@ impl Sgd {
                 _ => {
                     return Err(ModelError::Io {
                         path: path.to_path_buf(),
-                        reason: format!("momentum buffer {k} matches no parameter of that shape"),
+                        reason: format!(
+                            "momentum buffer {k} ({:?}, {:?}) matches no parameter of that shape \
+                             and dtype",
+                            t.dims(),
+                            t.dtype()
+                        ),
                     })
                 }
             }

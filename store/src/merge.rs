@@ -80,7 +80,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         });
     }
     let n = first.worker.map(|w| w[1]).unwrap_or(1);
-    let mut seen = vec![false; n as usize];
+    // the workers seen, as a set: `n` is read from a file (an edited
+    // `"worker": [0, 4000000000]` allocated 4 GB as a Vec<bool>)
+    let mut seen = std::collections::BTreeSet::new();
     for (p, name) in parts.iter().zip(&names) {
         require_same_config(
             &dir.join(name),
@@ -89,7 +91,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             &format!("config differs from {}", names[0]),
         )?;
         match p.worker {
-            Some([i, m]) if m == n && i < n => seen[i as usize] = true,
+            Some([i, m]) if m == n && i < n => {
+                seen.insert(i);
+            }
             Some([i, m]) => {
                 return Err(StoreError::Mismatch {
                     path: dir.join(name),
@@ -118,7 +122,8 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             });
         }
     }
-    let absent: Vec<u32> = (0..n).filter(|&i| !seen[i as usize]).collect();
+    // (the first ten named)
+    let absent: Vec<u32> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
     if !absent.is_empty() {
         let list =
             |f: &dyn Fn(u32) -> String| absent.iter().map(|&i| f(i)).collect::<Vec<_>>().join(", ");

@@ -61,15 +61,21 @@ impl Runs {
 
     pub(crate) fn finish(self, rows: usize) -> Result<(u32, Vec<Entry>), String> {
         let lo = self.runs.iter().map(|r| r.0).min().unwrap_or(0);
-        let hi = self.runs.iter().map(|r| r.0).max().map_or(0, |h| h + 1);
+        // (u64: a corrupt id of u32::MAX overflowed `h + 1`)
+        let hi = self
+            .runs
+            .iter()
+            .map(|r| r.0 as u64)
+            .max()
+            .map_or(0, |h| h + 1);
         // a shard covers one range of samples; ids far apart mean a corrupt column
         // (and would size the index by garbage)
-        if (hi - lo) as usize > 16 * rows + 65_536 {
+        if hi - lo as u64 > 16 * rows as u64 + 65_536 {
             return Err(format!(
                 "sample ids {lo}..{hi} span far more than its {rows} rows"
             ));
         }
-        let mut index = vec![Entry::default(); (hi - lo) as usize];
+        let mut index = vec![Entry::default(); (hi - lo as u64) as usize];
         for (id, e) in self.runs {
             index[(id - lo) as usize] = e;
         }

@@ -76,9 +76,8 @@ pub(crate) fn locate_pages(
         cc.column_descr().max_rep_level(),
         cc.column_descr().max_def_level(),
     );
-    let reader =
-        SerializedPageReader::new(Arc::new(bytes.clone()), cc, rgm.num_rows() as usize, None)
-            .ok()?;
+    let rows = usize::try_from(rgm.num_rows()).ok()?;
+    let reader = SerializedPageReader::new(Arc::new(bytes.clone()), cc, rows, None).ok()?;
     let (lo, hi) = (
         bytes.as_ptr() as usize,
         bytes.as_ptr() as usize + bytes.len(),

@@ -176,11 +176,13 @@ impl ShardReader {
             let ws = widths(enc, classes);
             (0..meta.num_row_groups())
                 .map(|rg| {
-                    let n = meta.row_group(rg).num_rows() as usize;
+                    // (a count from the footer: a negative or vast one leaves the
+                    // pages unmapped, read by the decoder, which checks them)
+                    let n = usize::try_from(meta.row_group(rg).num_rows()).ok()?;
                     ws.iter()
                         .enumerate()
                         .map(|(i, &(w, per_row))| {
-                            locate_pages(&bytes, &meta, rg, COL_TOP + i, w, n * per_row)
+                            locate_pages(&bytes, &meta, rg, COL_TOP + i, w, n.checked_mul(per_row)?)
                         })
                         .collect::<Option<Vec<_>>>()
                         .map(|cols| GroupPages { cols })

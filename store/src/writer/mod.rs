@@ -271,13 +271,14 @@ impl StoreWriter {
         mut images: Vec<ImageProbs>,
         notes: ShardNotes,
     ) -> Result<(), StoreError> {
-        let range = self.shard_samples(index);
         if index >= self.num_shards() || !self.pending_shards().contains(&index) {
             return Err(StoreError::Param {
                 name: "shard",
                 reason: format!("shard {index} is not pending for this writer"),
             });
         }
+        // (after the check: a shard index past the store's overflowed its range)
+        let range = self.shard_samples(index);
         images.sort_by_key(|i| i.sample_id);
         let cfg = &self.manifest.config;
         let classes = cfg.classes.len();

@@ -190,7 +190,8 @@ impl Run {
             // fewer rows), and steps at most one per batch so far (an all-skipped batch
             // is no step)
             && state.acc.correct <= state.acc.rows
-            && state.acc.rows <= (state.batch * state.settings.batch) as u64
+            && (state.batch as u64).checked_mul(state.settings.batch as u64)
+                .is_some_and(|most| state.acc.rows <= most)
             && state.step <= state.epoch as u64 * per_epoch as u64 + state.batch as u64;
         if !consistent {
             bail!(
