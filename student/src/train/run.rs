@@ -94,12 +94,32 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec
         .with_context(|| format!("--labels {}", l.display()))?;
     // the image table the usable images come from (a store written before its checksum
     // was recorded is cross-checked with the shards)
-    let usable = st
+    let usable: Vec<u32> = st
         .verify_images()
         .with_context(|| format!("--labels {}", l.display()))?
         .iter()
         .map(|i| i.sample_id)
         .collect();
+    // the images precompute could not read are bad files too: `fail` stops here, as it
+    // stops at one found while training (they were warned of and left out)
+    if s.policy == meal_data::BadFilePolicy::Fail && usable.len() < ds.len() {
+        let skipped: Vec<&meal_data::Skipped> = st
+            .manifest()
+            .shards
+            .iter()
+            .flat_map(|sh| &sh.skipped)
+            .collect();
+        let first = skipped
+            .first()
+            .map(|k| format!(", first {}: {}", k.path, k.reason))
+            .unwrap_or_default();
+        bail!(
+            "--on-bad-file fail: {} images of --data have no labels in --labels {} (unreadable \
+             when it was made{first})",
+            ds.len() - usable.len(),
+            l.display()
+        );
+    }
     tracing::info!(
         "--labels {}: {} shards' checksums match ({:.1} s)",
         l.display(),

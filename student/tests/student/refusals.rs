@@ -75,6 +75,33 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     a.on_bad_file = Some("fail".into());
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("zero.jpg"), "{e}");
+
+    // and for the training images precompute could not read (warned of and left out
+    // under `skip`): `fail` stops before any step, naming the first
+    let bad = f.root.join("bad");
+    let mut files = Vec::new();
+    for class in std::fs::read_dir(&f.data).unwrap().flatten() {
+        let to = bad.join(class.file_name());
+        std::fs::create_dir_all(&to).unwrap();
+        for img in std::fs::read_dir(class.path()).unwrap().flatten() {
+            std::fs::copy(img.path(), to.join(img.file_name())).unwrap();
+            files.push(to.join(img.file_name()));
+        }
+    }
+    files.sort();
+    std::fs::write(&files[0], b"not a jpeg").unwrap();
+    let bad_labels = f.root.join("bad_labels");
+    precompute(&bad, &bad_labels, &f.teachers);
+    let mut a = args(&f, "bad-fail");
+    a.data = Some(bad);
+    a.labels = Some(bad_labels);
+    a.on_bad_file = Some("fail".into());
+    let e = format!("{:#}", go(a).unwrap_err());
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        e.contains("--on-bad-file fail: 1 images of --data have no labels") && e.contains(&name),
+        "{e}"
+    );
 }
 
 /// A side above the crop limit, a batch that cannot fit in memory, Nesterov without
