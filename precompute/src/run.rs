@@ -498,7 +498,8 @@ fn run_devices(
             if matches!(
                 error.kind(),
                 std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
-            ) && Manifest::read(&s.out).is_ok_and(|m| m.state == meal_store::State::Complete) =>
+            ) && Manifest::read(&s.out)
+                .is_ok_and(|m| m.state == meal_store::State::Complete) =>
         {
             tracing::warn!(
                 "{}: {error}; the store there is complete, so this run reads it without the lock",

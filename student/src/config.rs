@@ -309,6 +309,15 @@ impl TrainArgs {
         if batch == 0 || crops_per_image == 0 || !batch.is_multiple_of(crops_per_image as usize) {
             bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
         }
+        // a ResNet's last stage is res/32 a side: one crop there gives its BatchNorms one
+        // value a channel, whose variance is 0 (PyTorch refuses it: "Expected more than 1
+        // value per channel when training"; here the running variances decayed to 0)
+        if batch == 1 && res.div_ceil(32) == 1 {
+            bail!(
+                "--batch 1 at --res {res}: the last stage's maps are 1x1, so BatchNorm would \
+                 see one value per channel; raise --batch"
+            );
+        }
         let lr = l.pick(|a| &a.lr).unwrap_or(DEFAULT_LR);
         let (lr_steps, lr_gamma) = (l.pick(|a| &a.lr_steps), l.pick(|a| &a.lr_gamma));
         let schedule = match l.pick(|a| &a.schedule).as_deref() {

@@ -42,6 +42,30 @@ pub(super) fn remove(
     }
 }
 
+/// The entries of `dir` (at most five, sorted) that neither a store nor a crash of its
+/// writer left, when `dir` holds no manifest (its own or a worker's): a new store there
+/// would overwrite or remove them (a user's `report.json` was replaced and a
+/// `manifest.json.tmp` removed). Lock files and our `.NAME.tmp` temporaries are a
+/// writer's.
+pub(super) fn foreign(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    if names
+        .iter()
+        .any(|n| n.starts_with("manifest") && n.ends_with(".json"))
+    {
+        return Vec::new();
+    }
+    names.retain(|n| !(n.starts_with(".lock") || (n.starts_with('.') && n.ends_with(".tmp"))));
+    names.sort();
+    names.truncate(5);
+    names
+}
+
 /// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
 /// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
 /// single writer anything.

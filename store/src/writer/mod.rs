@@ -109,6 +109,20 @@ impl StoreWriter {
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let was_store = path.exists();
+        if !was_store {
+            let other = leftovers::foreign(dir);
+            if !other.is_empty() {
+                return Err(StoreError::Mismatch {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "not empty, and no label store is there ({}{}): a new store needs an \
+                         empty or new directory",
+                        other.join(", "),
+                        if other.len() == 5 { ", ..." } else { "" }
+                    ),
+                });
+            }
+        }
         let existing = match was_store {
             true => Some(Manifest::read_file(&path)?),
             false => None,

@@ -362,12 +362,21 @@ fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
         "{left:?}"
     );
 
-    // a directory that held no store: nothing of what was there is removed
+    // a directory that held no store: a new store there is refused, naming what is
+    // there, and nothing of it is removed or overwritten
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     orphans(&other);
-    drop(StoreWriter::open(&other, cfg.clone(), ds.samples(), None).unwrap());
-    assert!(names(&other).contains(&"shard-000099.parquet".to_string()));
+    let before = files(&other);
+    let e = StoreWriter::open(&other, cfg.clone(), ds.samples(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("not empty, and no label store is there") && e.contains("notes.txt"),
+        "{e}"
+    );
+    assert_eq!(files(&other), before);
 }
 
 /// A manifest listing a shard twice (an edit, a bad merge by hand) or miscounting a

@@ -163,8 +163,9 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
         );
     }
     // a finished run whose checkpoint was deleted (to save space) still holds results
-    // that a fresh run would overwrite
-    if let Some(f) = [STUDENT_FILE, METRICS_FILE]
+    // that a fresh run would overwrite, and so would a user's own file of one of those
+    // names (a summary.csv of their own was replaced)
+    if let Some(f) = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE]
         .iter()
         .find(|f| s.out.join(f).exists())
     {

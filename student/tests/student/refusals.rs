@@ -180,6 +180,15 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("--labels") && e.contains("--loss ce"), "{e}");
     assert!(!f.root.join("ce-labels").exists());
+    // one crop of 24 px: one value per channel in the last stage's BatchNorms
+    let mut a = args(&f, "one");
+    a.batch = Some(1);
+    a.crops_per_image = Some(1);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("--batch 1 at --res 24") && e.contains("one value per channel"),
+        "{e}"
+    );
     let mut a = args(&f, "nesterov");
     a.nesterov = Some(true);
     a.momentum = Some(0.0);
