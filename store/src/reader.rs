@@ -165,6 +165,27 @@ impl LabelStore {
     /// Refuse a store made from another dataset (fingerprint or classes differ).
     pub fn check_dataset(&self, fp: &Fingerprint, classes: &[String]) -> Result<(), StoreError> {
         let c = &self.manifest.config;
+        if &c.dataset == fp && c.classes != classes {
+            // the same images, other class names (an edited manifest): the figures below
+            // would read the same on both sides, so the first difference is named
+            let at = c
+                .classes
+                .iter()
+                .zip(classes)
+                .position(|(a, b)| a != b)
+                .unwrap_or(c.classes.len().min(classes.len()));
+            return Err(StoreError::Mismatch {
+                path: self.dir.join(MANIFEST),
+                reason: format!(
+                    "label store names other classes than the dataset's ({} and {} names; \
+                     class {at}: store {:?}, data {:?})",
+                    c.classes.len(),
+                    classes.len(),
+                    c.classes.get(at).map_or("none", String::as_str),
+                    classes.get(at).map_or("none", String::as_str)
+                ),
+            });
+        }
         if &c.dataset != fp || c.classes != classes {
             return Err(StoreError::Mismatch {
                 path: self.dir.join(MANIFEST),

@@ -231,7 +231,21 @@ impl Settings {
 
 impl TrainArgs {
     /// These flags over the `--config` file over the defaults.
+    /// An error names the flag; with a `--config` file it names the file too (a value
+    /// may have come from it).
     pub fn resolve(self) -> Result<Settings> {
+        let config = self.config.clone();
+        self.resolve_layers().map_err(|e| match config {
+            Some(p) => anyhow::anyhow!(
+                "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
+                 names without --)",
+                p.display()
+            ),
+            None => e,
+        })
+    }
+
+    fn resolve_layers(self) -> Result<Settings> {
         let config = self.config.clone();
         let l = meal_cli::Layers::new(self, config.as_deref())
             .map_err(|e| anyhow::anyhow!("--config {e}"))?;

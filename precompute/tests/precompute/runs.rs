@@ -358,12 +358,23 @@ fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
         let mut a = args(&f, "impossible");
         a.encoding = Some(enc.into());
         a.format = Some(format.into());
+        if format == "safetensors" {
+            // (row groups are Parquet's: refused with safetensors, below)
+            a.images_per_row_group = None;
+        }
         let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.starts_with(flag) && msg.contains(said), "{msg}");
         assert!(!msg.contains("--out"), "{msg}");
         assert!(!f.root.join("impossible").exists(), "{enc} {format}");
     }
+    let mut a = args(&f, "impossible");
+    a.format = Some("safetensors".into());
+    let e = format!("{:#}", a.resolve().unwrap_err());
+    assert!(
+        e.starts_with("--images-per-row-group with --format safetensors"),
+        "{e}"
+    );
     // a store inside the ImageFolder root would be a class of the next run
     let mut a = args(&f, "unused");
     a.out = Some(f.data.join("labels"));

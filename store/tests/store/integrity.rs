@@ -266,6 +266,18 @@ fn other_datasets_and_configs_are_refused() {
         e.contains("another dataset") && e.contains("manifest.json"),
         "{e}"
     );
+    // the same images under other class names: the first differing class is named
+    // (the counts and fingerprints read the same on both sides)
+    let mut renamed = ds.classes().to_vec();
+    renamed[1] = "renamed".into();
+    let e = st
+        .check_dataset(ds.fingerprint(), &renamed)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("other classes") && e.contains("class 1: store") && e.contains("\"renamed\""),
+        "{e}"
+    );
     // resume with another config: refused, naming the keys
     let mut cfg2 = cfg.clone();
     cfg2.crop_pool.seed = 10;
