@@ -221,11 +221,11 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
             ),
         ));
     }
-    if cfg.train_per_class == 0 {
-        // (every tool refused the empty training set it made)
+    if cfg.train_per_class == 0 && cfg.val_per_class == 0 {
+        // (every tool refused the empty dataset it made; a val split alone is a use)
         return Err(DataError::param(
-            "train_per_class",
-            "0: the training split needs at least one image per class",
+            "train_per_class/val_per_class",
+            "both 0: no image to make",
         ));
     }
     if !(1..=100).contains(&cfg.quality) {
@@ -367,9 +367,10 @@ mod tests {
             (
                 SynthConfig {
                     train_per_class: 0,
+                    val_per_class: 0,
                     ..Default::default()
                 },
-                "train_per_class",
+                "both 0",
             ),
             (
                 SynthConfig {
