@@ -495,7 +495,7 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
         return Err(DataError::dataset(
             full,
             format!(
-                "resolves to {} outside the dataset root {} (links that leave the root are refused unless following links is asked for: --follow-links)",
+                "resolves to {} outside the dataset root {} (links that leave the root are followed only when asked for: LinkPolicy::FollowAnywhere, the binaries' follow-links switch)",
                 canon.display(),
                 canon_root.display()
             ),
