@@ -237,6 +237,19 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Strin
     toml::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// `r`, whose error names a flag, with the `--config` file named too when there is
+/// one (the value at fault may have come from it).
+pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
+    r.map_err(|e| match config {
+        Some(p) => anyhow::anyhow!(
+            "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
+             names without --)",
+            p.display()
+        ),
+        None => e,
+    })
+}
+
 /// Flags over a `--config` file: the two layers of a command's arguments (`T` is the
 /// clap struct, also deserialised from the TOML file), read field by field with the
 /// command line winning, as cargo's and ripgrep's config files work.

@@ -176,14 +176,7 @@ impl RunArgs {
     /// may have come from it).
     pub fn resolve(self) -> Result<Settings> {
         let config = self.config.clone();
-        self.resolve_layers().map_err(|e| match config {
-            Some(p) => anyhow::anyhow!(
-                "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
-                 names without --)",
-                p.display()
-            ),
-            None => e,
-        })
+        meal_cli::naming_config(self.resolve_layers(), config.as_deref())
     }
 
     fn resolve_layers(self) -> Result<Settings> {
@@ -366,6 +359,23 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{e:#}").contains("c.toml"), "{e:#}");
+        // a value of the file refused under its flag's name names the file too
+        std::fs::write(
+            &f,
+            "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\nscale = [0.5, 0.1]\n",
+        )
+        .unwrap();
+        let e = RunArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("--scale") && e.contains("--config") && e.contains("c.toml"),
+            "{e}"
+        );
         // a range of three numbers is refused, not cut to two
         std::fs::write(&f, "scale = [0.1, 0.5, 1.0]\n").unwrap();
         let e = RunArgs {

@@ -235,14 +235,7 @@ impl TrainArgs {
     /// may have come from it).
     pub fn resolve(self) -> Result<Settings> {
         let config = self.config.clone();
-        self.resolve_layers().map_err(|e| match config {
-            Some(p) => anyhow::anyhow!(
-                "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
-                 names without --)",
-                p.display()
-            ),
-            None => e,
-        })
+        meal_cli::naming_config(self.resolve_layers(), config.as_deref())
     }
 
     fn resolve_layers(self) -> Result<Settings> {
