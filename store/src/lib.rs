@@ -75,6 +75,15 @@ pub enum StoreError {
         /// What differs.
         reason: String,
     },
+    /// Encoding a table or tensor file in memory failed (arrow, Parquet, safetensors):
+    /// a bug or an exhausted resource, never the user's input.
+    #[error("encoding {format} failed: {reason}")]
+    Encode {
+        /// `arrow`, `parquet` or `safetensors`.
+        format: &'static str,
+        /// The encoder's error.
+        reason: String,
+    },
     /// A bad parameter.
     #[error("invalid {name}: {reason}")]
     Param {
@@ -105,14 +114,14 @@ impl StoreError {
         }
     }
     pub(crate) fn arrow(e: arrow::error::ArrowError) -> Self {
-        StoreError::Param {
-            name: "arrow",
+        StoreError::Encode {
+            format: "arrow",
             reason: e.to_string(),
         }
     }
     pub(crate) fn parquet(e: parquet::errors::ParquetError) -> Self {
-        StoreError::Param {
-            name: "parquet",
+        StoreError::Encode {
+            format: "parquet",
             reason: e.to_string(),
         }
     }

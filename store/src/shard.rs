@@ -232,8 +232,8 @@ pub fn encode_safetensors(images: &[ImageRows], classes: usize) -> Result<Vec<u8
             flip.push(c.record.flip as u8);
         }
     }
-    let err = |e: safetensors::SafeTensorError| StoreError::Param {
-        name: "safetensors",
+    let err = |e: safetensors::SafeTensorError| StoreError::Encode {
+        format: "safetensors",
         reason: e.to_string(),
     };
     let views = vec![
