@@ -201,6 +201,20 @@ pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>>
     Ok(stop)
 }
 
+/// Bytes free to this user on the file system holding `path` (`statvfs(3)`'s
+/// `f_bavail * f_frsize`), or None where it cannot be asked.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a zeroed statvfs that
+    // statvfs(3) fills; nothing is read from it unless the call succeeded
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st) == 0)
+            .then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+}
+
 /// Whether SIGHUP is ignored in this process (as `nohup` leaves it).
 fn sighup_ignored() -> bool {
     // SAFETY: sigaction(2) with a null new action only reads the current one into `old`
@@ -348,6 +362,26 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_bytes_are_asked_of_the_file_system() {
+        let d = tempfile::tempdir().unwrap();
+        let free = free_bytes(d.path()).unwrap();
+        // coreutils' df asks the same question (its "avail" column, in bytes); other
+        // writers on the machine move it a little between the two calls
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(d.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let df: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+        assert!(
+            free.abs_diff(df) <= df / 100 + (1 << 20),
+            "{free} vs df's {df}"
+        );
+        assert_eq!(free_bytes(&d.path().join("missing")), None);
+    }
 
     #[test]
     fn an_output_inside_a_dataset_root_is_told_apart() {

@@ -146,10 +146,38 @@ impl Run {
             std::fs::write(&sp, serde_json::to_vec_pretty(state)?)
                 .with_context(|| format!("writing {}", sp.display()))
         })
-        .map_err(|e| match e {
-            meal_data::atomic::AtomicError::Write(e) => e,
-            e => anyhow::anyhow!("saving the checkpoint: {e}"),
+        .map_err(|e| {
+            let e = match e {
+                meal_data::atomic::AtomicError::Write(e) => e,
+                e => anyhow::anyhow!("saving the checkpoint: {e}"),
+            };
+            // a full disk is the usual cause: say what the checkpoint takes and what is
+            // free (the last checkpoint stays until the new one is written whole)
+            let mb = |b: u64| b as f64 / 1e6;
+            match meal_cli::free_bytes(&self.s.out) {
+                Some(free) if free < 2 * self.checkpoint_bytes() => e.context(format!(
+                    "the checkpoint takes about {:.0} MB and {:.0} MB are free where --out {} is \
+                     (the last checkpoint is kept until the new one is written): free some \
+                     space, then --resume",
+                    mb(self.checkpoint_bytes()),
+                    mb(free),
+                    self.s.out.display()
+                )),
+                _ => e,
+            }
         })
+    }
+
+    /// About what a checkpoint takes: the student's and the discriminator's tensors and
+    /// a momentum buffer the size of each.
+    fn checkpoint_bytes(&self) -> u64 {
+        let bytes = |es: &[meal_models::params::Entry]| -> u64 {
+            es.iter()
+                .map(|e| (e.var.elem_count() * e.var.dtype().size_in_bytes()) as u64)
+                .sum()
+        };
+        let disc = self.disc.as_ref().map_or(0, |d| bytes(d.entries()));
+        2 * (bytes(self.student.entries()) + disc)
     }
 
     pub(super) fn load_checkpoint(&mut self) -> Result<State> {
