@@ -147,25 +147,29 @@ impl Run {
                 .with_context(|| format!("writing {}", sp.display()))
         })
         .map_err(|e| {
-            let e = match e {
+            self.disk_hint(match e {
                 meal_data::atomic::AtomicError::Write(e) => e,
                 e => anyhow::anyhow!("saving the checkpoint: {e}"),
-            };
-            // a full disk is the usual cause: say what the checkpoint takes and what is
-            // free (the last checkpoint stays until the new one is written whole)
-            let mb = |b: u64| b as f64 / 1e6;
-            match meal_cli::free_bytes(&self.s.out) {
-                Some(free) if free < 2 * self.checkpoint_bytes() => e.context(format!(
-                    "the checkpoint takes about {:.0} MB and {:.0} MB are free where --out {} is \
-                     (the last checkpoint is kept until the new one is written): free some \
-                     space, then --resume",
-                    mb(self.checkpoint_bytes()),
-                    mb(free),
-                    self.s.out.display()
-                )),
-                _ => e,
-            }
+            })
         })
+    }
+
+    /// `e`, a failed write into the run directory, with what a checkpoint takes and
+    /// what is free there when that is short (a full disk is the usual cause; the last
+    /// checkpoint stays until the new one is written whole).
+    pub(super) fn disk_hint(&self, e: anyhow::Error) -> anyhow::Error {
+        let mb = |b: u64| (b as f64 / 1e6).ceil();
+        match meal_cli::free_bytes(&self.s.out) {
+            Some(free) if free < 2 * self.checkpoint_bytes() => e.context(format!(
+                "a checkpoint takes about {} MB and {} MB are free where --out {} is (the \
+                 last checkpoint is kept until the new one is written): free some space, \
+                 then --resume",
+                mb(self.checkpoint_bytes()),
+                mb(free),
+                self.s.out.display()
+            )),
+            _ => e,
+        }
     }
 
     /// About what a checkpoint takes: the student's and the discriminator's tensors and

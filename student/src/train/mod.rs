@@ -312,8 +312,10 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
     state.batch = 0;
     state.acc = EpochAcc::default();
     run.save_checkpoint(state)?;
-    run.student.save(&s.out.join(STUDENT_FILE))?;
-    write_tables(&s.out, &state.history)?;
+    run.student
+        .save(&s.out.join(STUDENT_FILE))
+        .map_err(|e| run.disk_hint(e.into()))?;
+    write_tables(&s.out, &state.history).map_err(|e| run.disk_hint(e))?;
     Ok(true)
 }
 
@@ -468,8 +470,10 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     if !interrupted && epochs_ended == 0 {
         // a resume of a finished run: a crash after the last checkpoint may have cut
         // the final weights or tables short, so they are written again from it
-        run.student.save(&s.out.join(STUDENT_FILE))?;
-        write_tables(&s.out, &state.history)?;
+        run.student
+            .save(&s.out.join(STUDENT_FILE))
+            .map_err(|e| run.disk_hint(e.into()))?;
+        write_tables(&s.out, &state.history).map_err(|e| run.disk_hint(e))?;
     }
     if !interrupted {
         let run_name = s.out.file_name().map(|n| n.to_string_lossy().into_owned());
