@@ -135,12 +135,20 @@ impl CropSpec {
                 format!("{size} (expected 1..=4096)"),
             ));
         }
-        if normalize.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-            || normalize.mean.iter().any(|m| !m.is_finite())
+        // pixels are on the [0, 1] scale, as torchvision's ToTensor gives them: a mean
+        // or deviation of the 0-255 scale (123.675, 58.395) or a degenerate one (a std of
+        // 1e-38 made every label one-hot) is refused
+        if normalize.std.iter().any(|s| !(1e-3..=10.0).contains(s))
+            || normalize.mean.iter().any(|m| !(-1.0..=2.0).contains(m))
         {
             return Err(DataError::param(
                 "mean/std",
-                "need finite means and positive standard deviations",
+                format!(
+                    "mean {:?}, std {:?}: means must lie in [-1, 2] and standard deviations \
+                     in [0.001, 10], on the [0, 1] pixel scale (ImageNet's: mean \
+                     0.485:0.456:0.406, std 0.229:0.224:0.225)",
+                    normalize.mean, normalize.std
+                ),
             ));
         }
         Ok(CropSpec {
@@ -354,6 +362,32 @@ pub fn eval_resize_dims(w: u32, h: u32, s: u32, crop_pct: f64) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalisations_off_the_unit_pixel_scale_are_refused() {
+        let spec = |mean: f32, std: f32| {
+            CropSpec::new(
+                8,
+                Filter::Bilinear,
+                Normalize {
+                    mean: [mean; 3],
+                    std: [std; 3],
+                },
+            )
+        };
+        assert!(spec(0.485, 0.229).is_ok() && spec(0.5, 0.5).is_ok() && spec(0.0, 1.0).is_ok());
+        // 0-255 scale values, a vanishing or absurd deviation, non-finite values
+        for (m, s) in [
+            (123.675, 0.229),
+            (0.5, 58.395),
+            (0.5, 1e-38),
+            (1e30, 0.5),
+            (f32::NAN, 0.5),
+        ] {
+            let e = spec(m, s).unwrap_err().to_string();
+            assert!(e.contains("[0, 1] pixel scale"), "{m} {s}: {e}");
+        }
+    }
 
     #[test]
     fn eval_dims_follow_torchvision() {

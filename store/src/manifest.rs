@@ -166,8 +166,8 @@ impl StoreConfig {
         meal_data::RrcParams::new((p.scale[0], p.scale[1]), (p.ratio[0], p.ratio[1]))
             .map_err(|e| ("crop_pool", e.to_string()))?;
         for (i, t) in self.teachers.iter().enumerate() {
-            // the checks of a teacher's input spec (side 1..=4096, finite means,
-            // positive standard deviations)
+            // the checks of a teacher's input spec (side 1..=4096, means and deviations
+            // on the [0, 1] pixel scale)
             meal_data::CropSpec::new(t.input_size, meal_data::Filter::Bilinear, {
                 meal_data::Normalize {
                     mean: t.mean,
