@@ -295,18 +295,19 @@ impl Dataset {
         // classes)
         let mut first_line: std::collections::HashMap<String, usize> = Default::default();
         for ((path, _, line), label) in rows.into_iter().zip(labels) {
-            if let Some(was) = first_line.insert(path.clone(), line) {
-                return Err(DataError::dataset(
-                    list,
-                    format!("line {line}: {path:?} is listed again (first on line {was})"),
-                ));
-            }
             let rel = safe_relative(&path).ok_or_else(|| {
                 DataError::dataset(
                     list,
                     format!("line {line}: entry {path:?} must be a relative path without `..`"),
                 )
             })?;
+            // compared as normalised (`./a.jpg` and `a//b.jpg` spell `a.jpg`, `a/b.jpg`)
+            if let Some(was) = first_line.insert(rel.clone(), line) {
+                return Err(DataError::dataset(
+                    list,
+                    format!("line {line}: {path:?} is listed again (first on line {was})"),
+                ));
+            }
             let full = root.join(&rel);
             // named by the list's line: a missing file is a typo or a stale list there
             check_inside(&full, &canon_root, links)

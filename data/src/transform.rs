@@ -159,7 +159,7 @@ impl CropSpec {
         })
     }
 
-    /// The same spec with eval crop fraction `pct` (in (0, 1]).
+    /// The same spec with eval crop fraction `pct` (in [0.01, 1]).
     pub fn with_crop_pct(self, pct: f64) -> Result<Self> {
         // (timm's presets use 0.75..1; below 0.01 the resize would be over 100 times
         // the crop a side, a typo rather than a transform)

@@ -159,6 +159,11 @@ fn list_file_errors_name_the_file_and_entry() {
             "a.jpg,0\nb.jpg,1\na.jpg,2\n",
             "line 3: \"a.jpg\" is listed again (first on line 1)",
         ),
+        // spelt otherwise, the same file
+        (
+            "a.jpg,0\nb.jpg,1\n./a.jpg,1\n",
+            "line 3: \"./a.jpg\" is listed again (first on line 1)",
+        ),
         // a typo among class indices would have every label read as a name, sorted as
         // text (10 before 2): refused, naming its line
         (

@@ -157,6 +157,9 @@ impl StoreConfig {
                 ),
             ));
         }
+        if let Some(i) = self.classes.iter().position(|c| c.is_empty()) {
+            return Err(("classes", format!("class {i} has an empty name")));
+        }
         let mut names: Vec<&str> = self.classes.iter().map(String::as_str).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

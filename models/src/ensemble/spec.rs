@@ -92,11 +92,11 @@ impl std::str::FromStr for TeacherArg {
                     t.crop_pct = Some(
                         v.parse()
                             .ok()
-                            .filter(|p: &f64| *p > 0.0 && *p <= 1.0)
+                            .filter(|p: &f64| (0.01..=1.0).contains(p))
                             .ok_or_else(|| {
                                 ModelError::spec(
                                     spec,
-                                    format!("crop_pct={v} is not a fraction in (0, 1]"),
+                                    format!("crop_pct={v} is not a fraction in [0.01, 1]"),
                                 )
                             })?,
                     )

@@ -54,16 +54,35 @@ pub(super) fn foreign(dir: &Path) -> Vec<String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
-    if names
-        .iter()
-        .any(|n| n.starts_with("manifest") && n.ends_with(".json"))
-    {
+    if names.iter().any(|n| is_manifest(n)) {
         return Vec::new();
     }
-    names.retain(|n| !(n.starts_with(".lock") || (n.starts_with('.') && n.ends_with(".tmp"))));
+    names.retain(|n| !(n.starts_with(".lock") || n.strip_suffix(".tmp").is_some_and(is_ours)));
     names.sort();
     names.truncate(5);
     names
+}
+
+/// Whether `name` is a store's manifest or a worker's (`manifest.json`,
+/// `manifest.worker-I-of-N.json`): a user's `manifest-webapp.json` is not.
+fn is_manifest(name: &str) -> bool {
+    name == crate::manifest::MANIFEST
+        || name
+            .strip_prefix("manifest.worker-")
+            .and_then(|r| r.strip_suffix(".json"))
+            .and_then(|r| r.split_once("-of-"))
+            .is_some_and(|(i, n)| i.parse::<u32>().is_ok() && n.parse::<u32>().is_ok())
+}
+
+/// Whether `name` (less a temporary's `.tmp`, with or without its leading dot) is a
+/// file a store's writers make: a manifest, a shard, the image table, a report. Only
+/// such temporaries are a writer's to remove (a user's `.draft.tmp` was removed).
+fn is_ours(name: &str) -> bool {
+    let name = name.strip_prefix('.').unwrap_or(name);
+    is_manifest(name)
+        || owned_shard(name, None).is_some()
+        || name == "images.parquet"
+        || (name.starts_with("report") && name.ends_with(".json"))
 }
 
 /// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
@@ -76,7 +95,7 @@ fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
     };
     let inner = inner.strip_prefix('.').unwrap_or(inner);
     let Some([i, n]) = worker else {
-        return true;
+        return is_ours(inner);
     };
     if inner == manifest {
         return true;

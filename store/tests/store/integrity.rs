@@ -389,6 +389,22 @@ fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
         "{e}"
     );
     assert_eq!(files(&other), before);
+    // a user's file named like a manifest, or a hidden temporary of theirs, is not the
+    // sign of a store (they were overwritten and removed)
+    let user = tmp.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("manifest-webapp.json"), b"{}").unwrap();
+    std::fs::write(user.join(".draft.tmp"), b"keep").unwrap();
+    let before = files(&user);
+    let e = StoreWriter::open(&user, cfg.clone(), ds.samples(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(".draft.tmp") && e.contains("manifest-webapp.json"),
+        "{e}"
+    );
+    assert_eq!(files(&user), before);
 }
 
 /// A manifest listing a shard twice (an edit, a bad merge by hand) or miscounting a
