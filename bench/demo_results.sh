@@ -14,17 +14,17 @@ for f in "$RUNS/pretrain/student.safetensors" "$RUNS/baseline/student.safetensor
 done
 [ -d "$VAL" ] || { echo "make eval: $VAL is missing: run make demo-data (or make train)" >&2; exit 1; }
 top() { # meal-student eval args -> the JSON line (its log to stderr; errors stay visible)
-  RUST_LOG=${RUST_LOG:-warn} "$BIN" eval --data "$VAL" --res "$RES" --threads "$THREADS" --json "$@" | tail -1
+  RUST_LOG=${RUST_LOG:-warn} "$BIN" eval --data "$VAL" --threads "$THREADS" --json "$@" | tail -1
 }
 row() { # name, json
   python3 -c "import json,sys; a=json.loads(sys.argv[2]); print(f'| {sys.argv[1]} | {a[\"top1\"]*100:.1f} | {a[\"top5\"]*100:.1f} |')" "$1" "$2"
 }
-A=$(top --arch "$TA" --weights "$TDIR/teacher_a.safetensors")
-B=$(top --arch "$TB" --weights "$TDIR/teacher_b.safetensors")
+A=$(top --res "$RES" --arch "$TA" --weights "$TDIR/teacher_a.safetensors")
+B=$(top --res "$RES" --arch "$TB" --weights "$TDIR/teacher_b.safetensors")
 E=$(top --teacher "$TA=$TDIR/teacher_a.safetensors,size=$RES" --teacher "$TB=$TDIR/teacher_b.safetensors,size=$RES")
-P=$(top --arch "$ST" --weights "$RUNS/pretrain/student.safetensors")
-H=$(top --arch "$ST" --weights "$RUNS/baseline/student.safetensors")
-K=$(top --arch "$ST" --weights "$RUNS/kd/student.safetensors")
+P=$(top --res "$RES" --arch "$ST" --weights "$RUNS/pretrain/student.safetensors")
+H=$(top --res "$RES" --arch "$ST" --weights "$RUNS/baseline/student.safetensors")
+K=$(top --res "$RES" --arch "$ST" --weights "$RUNS/kd/student.safetensors")
 {
   echo "| model (demo val, $RES px) | top-1 % | top-5 % |"
   echo "|---|---|---|"
