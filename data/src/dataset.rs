@@ -113,16 +113,7 @@ impl Dataset {
                 "no class directories (expected root/<class>/<image>)",
             ));
         }
-        // class ids are 16-bit, as for a list file's names
-        if classes.len() > MAX_CLASSES as usize {
-            return Err(DataError::dataset(
-                root,
-                format!(
-                    "{} class directories: a dataset may have at most {MAX_CLASSES} classes",
-                    classes.len()
-                ),
-            ));
-        }
+        check_class_count(root, classes.len(), "class directories")?;
         let mut samples = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)
@@ -272,16 +263,8 @@ impl Dataset {
                     }
                 }
                 let names: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-                // class ids are 16-bit, named classes too (70,000 names were accepted)
-                if names.len() > MAX_CLASSES as usize {
-                    return Err(DataError::dataset(
-                        list,
-                        format!(
-                            "{} class names: a dataset may have at most {MAX_CLASSES} classes",
-                            names.len()
-                        ),
-                    ));
-                }
+                // (70,000 names were accepted)
+                check_class_count(list, names.len(), "class names")?;
                 let classes: Vec<String> = names.into_iter().map(str::to_string).collect();
                 let labels = rows
                     .iter()
@@ -470,6 +453,18 @@ fn walk(
         }
     }
     above.pop();
+    Ok(())
+}
+
+/// Refuses more than [`MAX_CLASSES`] classes (`count` of them, as `what` at `path`):
+/// class ids are 16-bit, for class directories and a list's names alike.
+fn check_class_count(path: &Path, count: usize, what: &str) -> Result<()> {
+    if count > MAX_CLASSES as usize {
+        return Err(DataError::dataset(
+            path,
+            format!("{count} {what}: a dataset may have at most {MAX_CLASSES} classes"),
+        ));
+    }
     Ok(())
 }
 

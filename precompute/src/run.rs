@@ -487,26 +487,13 @@ fn run_devices(
     // the store's shared lock, taken once here before the workers take theirs: it makes
     // the directory (workers racing to make one path would each record, and remove
     // again, only the parts they made) and removes what it made if none writes
+    // (a rerun over a finished store on a read-only or full mount reads it without the
+    // lock, as a single device's does: the workers and the merge then write nothing)
     let lock = match meal_data::dirlock::DirLock::acquire_shared_named(
         &s.out,
         meal_data::dirlock::LOCK_FILE,
     ) {
-        // a rerun over a finished store on a read-only (or full) mount reads it without
-        // the lock, as a single device's does (the workers and the merge then write
-        // nothing)
-        Err(meal_data::dirlock::LockError::Io { path, error })
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
-            ) && Manifest::read(&s.out)
-                .is_ok_and(|m| m.state == meal_store::State::Complete) =>
-        {
-            tracing::warn!(
-                "{}: {error}; the store there is complete, so this run reads it without the lock",
-                path.display()
-            );
-            None
-        }
+        Err(e) if meal_store::complete_without_lock(&e, &s.out, meal_store::MANIFEST) => None,
         r => Some(r.with_context(|| format!("--out {}", s.out.display()))?),
     };
     let cpus: Vec<u32> = (0..n).filter(|&i| opened[i as usize].is_cpu()).collect();

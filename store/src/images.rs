@@ -91,6 +91,14 @@ pub(crate) fn write(
     Ok(sha256_hex(&out))
 }
 
+/// Whether `m` records its image table's checksum and `dir`'s `images.parquet` reads
+/// with it: a rerun or a merge then need not write the table again.
+pub(crate) fn intact(dir: &Path, m: &Manifest) -> bool {
+    m.images_sha256
+        .as_deref()
+        .is_some_and(|sha| read(dir, Some(sha)).is_ok())
+}
+
 /// The rows of `dir`'s `images.parquet`, the file checked against `sha256` when given.
 pub(crate) fn read(dir: &Path, sha256: Option<&str>) -> Result<Vec<ImageInfo>, StoreError> {
     let path = dir.join(IMAGES);

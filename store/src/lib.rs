@@ -27,7 +27,7 @@ pub use merge::merge;
 pub use reader::{distribution_error, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
-pub use writer::{summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
+pub use writer::{complete_without_lock, summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
 
 /// Errors of the label store; each names the file, flag or key at fault.
 #[derive(Debug, thiserror::Error)]

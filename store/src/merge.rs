@@ -36,22 +36,10 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     if super::writer::worker_manifests(dir)?.is_empty() {
         return Err(none());
     }
+    // a merge over a merged store on a read-only (or full) mount: nothing to write
+    // when it is already merged, which is checked below before any write
     let _lock = match DirLock::acquire(dir) {
-        // a merge over a merged store on a read-only (or full) mount: nothing to write
-        // when it is already merged, which is checked below before any write
-        Err(meal_data::dirlock::LockError::Io { path, error })
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
-            ) && Manifest::read(dir).is_ok_and(|m| m.state == State::Complete) =>
-        {
-            tracing::warn!(
-                "{}: {error}; the store there is merged, so this merge reads it without \
-                 the lock",
-                path.display()
-            );
-            None
-        }
+        Err(e) if super::writer::complete_without_lock(&e, dir, MANIFEST) => None,
         r => Some(r?),
     };
     let names = super::writer::worker_manifests(dir)?;
@@ -196,12 +184,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             images_sha256: done.images_sha256.clone(),
             ..m.clone()
         };
-        if done == same
-            && done
-                .images_sha256
-                .as_deref()
-                .is_some_and(|sha| images::read(dir, Some(sha)).is_ok())
-        {
+        if done == same && images::intact(dir, &done) {
             return Ok(done);
         }
     }

@@ -19,6 +19,7 @@ use super::{sha256_hex, StoreError};
 mod leftovers;
 mod sharing;
 
+pub use sharing::complete_without_lock;
 pub(crate) use sharing::worker_manifests;
 use sharing::{check_neighbours, lock_or_read_only, manifest_name};
 
@@ -415,14 +416,8 @@ impl StoreWriter {
         }
         // a rerun of a complete store writes nothing when its image table is intact (it
         // rewrote the same bytes, which failed on a read-only mount of a finished store)
-        let table_intact = || {
-            self.manifest.worker.is_some()
-                || self
-                    .manifest
-                    .images_sha256
-                    .as_deref()
-                    .is_some_and(|sha| images::read(&self.dir, Some(sha)).is_ok())
-        };
+        let table_intact =
+            || self.manifest.worker.is_some() || images::intact(&self.dir, &self.manifest);
         // (and its summary the shards' sums: an edited one is rewritten, as the refusal
         // of it says a rerun does)
         let summary_intact = self.manifest.worker.is_some()

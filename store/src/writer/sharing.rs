@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use meal_data::dirlock::{DirLock, LOCK_FILE};
+use meal_data::dirlock::{DirLock, LockError, LOCK_FILE};
 
 use crate::manifest::{require_same_config, Manifest, State, StoreConfig, MANIFEST};
 use crate::StoreError;
@@ -31,34 +31,41 @@ pub(super) fn lock(
     })
 }
 
-/// [`lock`], or no lock where none can be made (a read-only or full file system) and
-/// the store, or this worker's part, is complete: a rerun then has nothing to write and
-/// only reads it, as a pipeline rerun over a finished store on a shared read-only mount
-/// does (it failed on the lock file). Anything it would still write fails naming the
-/// file.
+/// [`lock`], or no lock where [`complete_without_lock`] allows it.
 pub(super) fn lock_or_read_only(
     dir: &Path,
     worker: Option<[u32; 2]>,
 ) -> Result<(Vec<DirLock>, Option<DirLock>), StoreError> {
-    use meal_data::dirlock::LockError;
-    use std::io::ErrorKind;
     match lock(dir, worker) {
-        Err(StoreError::Locked(LockError::Io { path, error }))
-            if matches!(
-                error.kind(),
-                ErrorKind::ReadOnlyFilesystem | ErrorKind::StorageFull
-            ) && Manifest::read_file(&dir.join(manifest_name(worker)))
-                .is_ok_and(|m| m.state == State::Complete) =>
-        {
-            tracing::warn!(
-                "{}: {error}; the store there is complete, so this run reads it without \
-                 the lock",
-                path.display()
-            );
+        Err(StoreError::Locked(e)) if complete_without_lock(&e, dir, &manifest_name(worker)) => {
             Ok((Vec::new(), None))
         }
         r => r,
     }
+}
+
+/// Whether a lock of the store `dir` that failed with `e` may be gone without: no lock
+/// file can be made there (a read-only or full file system) and its manifest `name` is
+/// complete, so a rerun, a device-list rerun or a merge has nothing to write and only
+/// reads it, as a pipeline rerun over a finished store on a shared read-only mount does
+/// (it failed on the lock file). Warns when so; anything still written fails naming the
+/// file.
+pub fn complete_without_lock(e: &LockError, dir: &Path, name: &str) -> bool {
+    let LockError::Io { path, error } = e else {
+        return false;
+    };
+    let unlocked = matches!(
+        error.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
+    ) && Manifest::read_file(&dir.join(name))
+        .is_ok_and(|m| m.state == State::Complete);
+    if unlocked {
+        tracing::warn!(
+            "{}: {error}; the store there is complete, so this run reads it without the lock",
+            path.display()
+        );
+    }
+    unlocked
 }
 
 /// Held by a worker while it opens its part (its part lock taken, its neighbours

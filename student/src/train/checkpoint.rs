@@ -159,12 +159,13 @@ impl Run {
     /// checkpoint stays until the new one is written whole).
     pub(super) fn disk_hint(&self, e: anyhow::Error) -> anyhow::Error {
         let mb = |b: u64| (b as f64 / 1e6).ceil();
+        let need = self.checkpoint_bytes();
         match meal_cli::free_bytes(&self.s.out) {
-            Some(free) if free < 2 * self.checkpoint_bytes() => e.context(format!(
+            Some(free) if free < 2 * need => e.context(format!(
                 "a checkpoint takes about {} MB and {} MB are free where --out {} is (the \
                  last checkpoint is kept until the new one is written): free some space, \
                  then --resume",
-                mb(self.checkpoint_bytes()),
+                mb(need),
                 mb(free),
                 self.s.out.display()
             )),
