@@ -359,9 +359,28 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// `x` as a user would type it: plain for everyday magnitudes (`0.02`, `5`), in
+/// exponent notation outside them (`1e30`, `1e-8`), where Rust's `{}` writes every digit.
+pub fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_as_typed() {
+        assert_eq!(number(0.02), "0.02");
+        assert_eq!(number(5.0), "5");
+        assert_eq!(number(1e30), "1e30");
+        assert_eq!(number(-2.5e-8), "-2.5e-8");
+        assert_eq!(number(0.0), "0");
+    }
 
     #[test]
     fn free_bytes_are_asked_of_the_file_system() {

@@ -108,7 +108,48 @@ pub fn recover(path: &Path) -> io::Result<()> {
 
 /// Replace `path` by `bytes`, atomically.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with(path, |tmp| fs::write(tmp, bytes)).map_err(AtomicError::into_io)
+    write_stepped(path, &tmp_path(path), bytes, &mut |_| {
+        Ok::<(), io::Error>(())
+    })
+    .map_err(AtomicError::into_io)
+}
+
+/// [`write`] through the temporary `tmp` (a sibling of `path`; the label store hides
+/// its temporaries from readers listing its directory), calling `before(step)` before
+/// each step: 0 writes the temporary,
+/// 1 flushes it to disk, 2 renames it over `path`, 3 syncs the directory. An error of
+/// `before` ends the write there as a crash would, leaving what was done (at step 0,
+/// half of `bytes` in the temporary): the label store's tests inject crashes so. An
+/// I/O error removes the temporary (a full disk's space given back at once).
+pub fn write_stepped<E>(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    before: &mut dyn FnMut(u32) -> Result<(), E>,
+) -> Result<(), AtomicError<E>> {
+    use std::io::Write;
+    let failed = |at: &Path, e| {
+        let _ = fs::remove_file(tmp);
+        AtomicError::Io(at.to_path_buf(), e)
+    };
+    let mut f = fs::File::create(tmp).map_err(|e| failed(tmp, e))?;
+    if let Err(e) = before(0) {
+        let _ = f.write_all(&bytes[..bytes.len() / 2]);
+        return Err(AtomicError::Write(e));
+    }
+    f.write_all(bytes).map_err(|e| failed(tmp, e))?;
+    before(1).map_err(AtomicError::Write)?;
+    f.sync_all().map_err(|e| failed(tmp, e))?;
+    drop(f);
+    before(2).map_err(AtomicError::Write)?;
+    // (a directory in the way, a read-only target): the temporary is not left
+    fs::rename(tmp, path).map_err(|e| failed(path, e))?;
+    before(3).map_err(AtomicError::Write)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    sync_dir(dir).map_err(|e| AtomicError::Io(dir.to_path_buf(), e))
 }
 
 /// `e` with the path it concerns in its message (its kind kept).

@@ -88,6 +88,13 @@ impl Dataset {
         if meta.is_dir() {
             return Self::image_folder(path, links);
         }
+        // a FIFO or device would block the reader (or never end): a list is a file
+        if !meta.is_file() {
+            return Err(DataError::dataset(
+                path,
+                "is neither a directory nor a regular file (a FIFO, socket or device?); expected an ImageFolder directory or a CSV list file",
+            ));
+        }
         let name = path.file_name().map(|n| n.to_string_lossy().to_string());
         if name.as_deref().is_some_and(has_image_extension) {
             return Err(DataError::dataset(

@@ -261,6 +261,17 @@ fn an_image_given_as_the_dataset_is_named_as_such() {
         e.contains("is an image file") && e.contains("ImageFolder"),
         "{e}"
     );
+    // a FIFO as the list is refused, not read (the read would wait for a writer)
+    let fifo = dir.path().join("list.csv");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let e = Dataset::open(&fifo, LinkPolicy::StayInside)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("list.csv") && e.contains("FIFO"), "{e}");
+    } else {
+        println!("no mkfifo here: the FIFO case is not checked");
+    }
 }
 
 #[test]

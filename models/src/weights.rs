@@ -32,6 +32,12 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
             "a directory, not a weights file (.safetensors or a PyTorch .pth/.pt)".into(),
         ));
     }
+    // a FIFO or device would block the read (or never end): weights are a file
+    if !path.is_file() {
+        return Err(fail(
+            "not a regular file (a FIFO, socket or device?)".into(),
+        ));
+    }
     let map: HashMap<String, Tensor> = if ext == "safetensors" {
         candle_core::safetensors::load(path, device)
             .map_err(|e| fail(format!("not a readable safetensors file ({e})")))?

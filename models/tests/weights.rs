@@ -172,6 +172,21 @@ fn missing_and_corrupt_files_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("junk.pth"), "{e}");
+    // a FIFO is refused, not opened (opening one for reading waits for a writer)
+    let p = dir.path().join("fifo.pth");
+    let made = std::process::Command::new("mkfifo").arg(&p).status();
+    if made.is_ok_and(|s| s.success()) {
+        let e = m
+            .load_weights(&p, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fifo.pth") && e.contains("not a regular file"),
+            "{e}"
+        );
+    } else {
+        println!("no mkfifo here: the FIFO case is not checked");
+    }
 }
 
 #[test]

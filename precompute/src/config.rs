@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// [default: skip].
     #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
-    /// Follow symlinks that lead outside the dataset root (refused by default).
+    /// Follow symlinks that lead outside the dataset root (refused by default)
+    /// [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub follow_links: Option<bool>,
     /// Images per shard [default: 1024].

@@ -36,6 +36,10 @@ pub struct Inspection {
     pub confidences: Vec<f32>,
 }
 
+/// How many of a store's skipped files `inspect` names (the run's output and
+/// `manifest.json` hold them all).
+const SKIPPED_SHOWN: usize = 20;
+
 /// Read the whole store (`rows` sample rows printed) and summarise it.
 pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let store = LabelStore::open(dir).with_context(|| format!("inspect {}", dir.display()))?;
@@ -91,11 +95,23 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     if !skipped.is_empty() {
         let _ = writeln!(
             t,
-            "skipped      {} unreadable files (not in the store), e.g. {}: {}",
+            "skipped      {} unreadable files (not in the store){}:",
             skipped.len(),
-            skipped[0].path,
-            skipped[0].reason
+            match skipped.len() > SKIPPED_SHOWN {
+                true => format!(", the first {SKIPPED_SHOWN}"),
+                false => String::new(),
+            }
         );
+        for k in skipped.iter().take(SKIPPED_SHOWN) {
+            let _ = writeln!(t, "               {}: {}", k.path, k.reason);
+        }
+        // intact, but nothing to train on (`verify` fails on it)
+        if m.shards.iter().all(|s| s.images == 0) {
+            let _ = writeln!(
+                t,
+                "no image     every image of the dataset was skipped: the store labels none"
+            );
+        }
     }
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
     let _ = writeln!(

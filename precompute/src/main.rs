@@ -206,6 +206,14 @@ fn cli() -> Result<()> {
                 .with_context(|| format!("--data {}", data.display()))?;
             let m =
                 meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;
+            // the store's report, as a run on one machine leaves one: the store's
+            // figures and the parts' runs together (not part of the store: a read-only
+            // mount or a full disk only warns)
+            let parts = report::worker_reports(&out);
+            let r = report::combine(report::store_report(&m, true), &parts);
+            if let Err(e) = report::write_report(&out, None, &r) {
+                tracing::warn!("the store's report was not written: {e:#}");
+            }
             meal_cli::outln!("merged {} shards into {}", m.shards.len(), out.display());
         }
         Cmd::Inspect {

@@ -7,10 +7,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use meal_data::Skipped;
 use meal_store::{top1, Manifest};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Per-teacher agreement with the hard labels.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TeacherReport {
     /// Preset name.
     pub arch: String,
@@ -24,7 +24,7 @@ pub struct TeacherReport {
 /// What the store holds after a run, and what this run did. The store-wide figures are
 /// summed from the manifest's per-shard records, so a resumed, rerun or worker store
 /// reports every shard (and every skipped file), not just the last invocation's.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     /// Images with labels in the store (this worker's part for a worker).
     pub images: u64,
@@ -68,7 +68,7 @@ pub struct RunReport {
 }
 
 /// How far labels made in a lower precision are from f32 labels of the same crops.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DtypeCheck {
     /// Crops compared (the run's first batch).
     pub crops: usize,
@@ -141,6 +141,52 @@ pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
     }
 }
 
+/// `store` (a store's figures, [`store_report`]) with the run figures of the workers'
+/// `parts` that wrote it: counts and bytes summed, times the longest part's (parts run
+/// side by side), the dtype and its check the first part's that has one.
+pub fn combine(mut store: RunReport, parts: &[RunReport]) -> RunReport {
+    store.images_labelled = parts.iter().map(|r| r.images_labelled).sum();
+    store.crops_labelled = parts.iter().map(|r| r.crops_labelled).sum();
+    store.shards_written = parts.iter().map(|r| r.shards_written).sum();
+    store.shards_present = parts.iter().map(|r| r.shards_present).sum();
+    store.bytes_written = parts.iter().map(|r| r.bytes_written).sum();
+    store.seconds = parts.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    store.labelling_seconds = parts
+        .iter()
+        .map(|r| r.labelling_seconds)
+        .fold(0.0, f64::max);
+    if let Some(p) = parts.iter().find(|r| !r.dtype.is_empty()) {
+        store.dtype = p.dtype.clone();
+    }
+    store.dtype_check = parts.iter().find_map(|r| r.dtype_check.clone());
+    store
+}
+
+/// The reports of the workers' parts in `out` (`report.worker-I-of-N.json`), in name
+/// order; one that cannot be read is warned of and left out (a report is no part of the
+/// store).
+pub fn worker_reports(out: &Path) -> Vec<RunReport> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("report.worker-") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .filter_map(|n| {
+            let p = out.join(n);
+            let r = std::fs::read(&p)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice::<RunReport>(&b)?));
+            r.map_err(|e| tracing::warn!("{}: not read ({e:#})", p.display()))
+                .ok()
+        })
+        .collect()
+}
+
 /// Write `report` next to the store (`report.json`, or `report.worker-I-of-N.json`). A
 /// run that wrote no shard leaves an existing report of the same store as it is (the
 /// same state, shards, images, crops and teachers): a rerun of a complete store would
@@ -155,8 +201,28 @@ pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) ->
         tracing::debug!("{}: kept (this run wrote no shard)", path.display());
         return Ok(());
     }
-    meal_data::atomic::write(&path, &serde_json::to_vec_pretty(report)?)
-        .with_context(|| format!("writing {}", path.display()))
+    let bytes = serde_json::to_vec_pretty(report)?;
+    // (a second merge of the same parts: the same report, left as it is)
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    match meal_data::atomic::write(&path, &bytes) {
+        // a rerun that wrote nothing over a finished store on a read-only or full mount
+        // (which it read without the lock): the store is whole, only the summary is not
+        // refreshed (a merge of workers' parts writes none)
+        Err(e)
+            if report.shards_written == 0
+                && report.complete
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull
+                ) =>
+        {
+            tracing::warn!("{}: not written ({e})", path.display());
+            Ok(())
+        }
+        r => r.with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 /// Whether the report at `path` gives the store-wide figures of `report` (an unreadable

@@ -19,7 +19,7 @@ use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitte
 use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
 
 use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
-use crate::report::{compare_labels, store_report, RunReport};
+use crate::report::{combine, compare_labels, store_report, RunReport};
 
 mod pending;
 use pending::Pending;
@@ -287,10 +287,23 @@ pub fn run_with(
     on_shard: &mut dyn FnMut(u32),
 ) -> Result<RunReport> {
     let devices = s.devices();
-    if devices.len() > 1 {
+    if devices.len() > 1 && !merged_store(s) {
         return run_devices(s, &devices, stop);
     }
-    run_part(s, stop, on_shard).map(|(report, _)| report)
+    let mut one = s.clone();
+    if let Some(first) = devices.first() {
+        one.device = first.clone();
+    }
+    run_part(&one, stop, on_shard).map(|(report, _)| report)
+}
+
+/// Whether `--out` holds a complete store (one device's or merged parts): a rerun with a
+/// device list has nothing for its workers to write and reads it as one device does (its
+/// workers, split another way than the parts merged there, would each be refused).
+fn merged_store(s: &Settings) -> bool {
+    s.worker.is_none()
+        && Manifest::read_file(&s.out.join(meal_store::MANIFEST))
+            .is_ok_and(|m| m.state == meal_store::State::Complete)
 }
 
 /// One writer's run on one device: the report and the writer's manifest afterwards.
@@ -539,7 +552,7 @@ fn run_devices(
     if let Some(e) = failed {
         return Err(e);
     }
-    let mut report = if parts.iter().all(|r| r.complete) {
+    let report = if parts.iter().all(|r| r.complete) {
         let ds = Dataset::open(&s.data, s.links)
             .with_context(|| format!("--data {}", s.data.display()))?;
         let m = meal_store::merge(&s.out, &ds)
@@ -552,17 +565,8 @@ fn run_devices(
         m.shards.sort_by_key(|sh| sh.index);
         store_report(&m, false)
     };
-    report.images_labelled = parts.iter().map(|r| r.images_labelled).sum();
-    report.crops_labelled = parts.iter().map(|r| r.crops_labelled).sum();
-    report.shards_written = parts.iter().map(|r| r.shards_written).sum();
-    report.shards_present = parts.iter().map(|r| r.shards_present).sum();
-    report.bytes_written = parts.iter().map(|r| r.bytes_written).sum();
+    let mut report = combine(report, &parts);
+    // this process's wall time, set-up and merge included
     report.seconds = t0.elapsed().as_secs_f64();
-    report.labelling_seconds = parts
-        .iter()
-        .map(|r| r.labelling_seconds)
-        .fold(0.0, f64::max);
-    report.dtype = parts[0].dtype.clone();
-    report.dtype_check = parts.iter().find_map(|r| r.dtype_check.clone());
     Ok(report)
 }

@@ -24,7 +24,9 @@ pub use manifest::{
     MANIFEST,
 };
 pub use merge::merge;
-pub use reader::{distribution_error, LabelStore, VerifyReport, PROB_SUM_TOLERANCE};
+pub use reader::{
+    distribution_error, LabelStore, NotADistribution, VerifyReport, PROB_SUM_TOLERANCE,
+};
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
 pub use writer::{complete_without_lock, summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};

@@ -1,7 +1,6 @@
 //! `manifest.json`: what a store holds, how it was made, and which shards are done.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use meal_data::Fingerprint;
@@ -347,39 +346,23 @@ impl Manifest {
     }
 }
 
-/// Write `bytes` to `dir/name` atomically. `hook(step)` runs before each step (0: write
-/// the temporary file, 1: fsync it, 2: rename, 3: fsync the directory) and may fail, to
-/// inject crashes in tests; a failure at step 0 leaves half the bytes written.
+/// Write `bytes` to `dir/name` atomically ([`meal_data::atomic::write_stepped`]:
+/// temporary, fsync, rename, fsync of the directory). `hook(step)` runs before each step
+/// and may fail, to inject crashes in tests.
 pub(crate) fn write_atomic(
     dir: &Path,
     name: &str,
     bytes: &[u8],
     hook: &mut dyn FnMut(u32) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    use meal_data::atomic::AtomicError;
+    // a hidden temporary: readers listing the directory (pyarrow's dataset discovery
+    // skips names starting with `.` or `_`) never meet a half-written shard
     let tmp = dir.join(format!(".{name}.tmp"));
-    let dst = dir.join(name);
-    let mut f = fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-    if let Err(e) = hook(0) {
-        let _ = f.write_all(&bytes[..bytes.len() / 2]);
-        return Err(e);
-    }
-    // a failed write (a full disk) gives its space back at once; the hooks' simulated
-    // crashes leave their temporaries, as a crash does
-    let failed = |e| {
-        let _ = fs::remove_file(&tmp);
-        StoreError::io(&tmp, e)
-    };
-    f.write_all(bytes).map_err(failed)?;
-    hook(1)?;
-    f.sync_all().map_err(failed)?;
-    drop(f);
-    hook(2)?;
-    fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        StoreError::io(&dst, e)
-    })?;
-    hook(3)?;
-    meal_data::atomic::sync_dir(dir).map_err(|e| StoreError::io(dir, e))
+    meal_data::atomic::write_stepped(&dir.join(name), &tmp, bytes, hook).map_err(|e| match e {
+        AtomicError::Write(e) => e,
+        AtomicError::Io(path, e) => StoreError::io(&path, e),
+    })
 }
 
 /// Refuse `found` (the config of the manifest at `path`) unless it equals `want`:

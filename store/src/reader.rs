@@ -18,16 +18,27 @@ use super::{sha256_hex, StoreError};
 /// is none (a negative or non-finite value, a sum off by more than
 /// [`PROB_SUM_TOLERANCE`]). A shard damaged in a way its size does not show decodes to
 /// such a label; readers that skip the checksum (training) check each label with this.
-pub fn distribution_error(p: &[f32]) -> Result<f64, String> {
-    if let Some(x) = p.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
-        return Err(format!("a probability of {x}"));
+pub fn distribution_error(p: &[f32]) -> Result<f64, NotADistribution> {
+    if let Some(&x) = p.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
+        return Err(NotADistribution::Value(x));
     }
     let sum: f64 = p.iter().map(|&x| x as f64).sum();
     let e = (sum - 1.0).abs();
     if e > PROB_SUM_TOLERANCE {
-        return Err(format!("probabilities sum to {sum}"));
+        return Err(NotADistribution::Sum(sum));
     }
     Ok(e)
+}
+
+/// Why a decoded label is no probability distribution ([`distribution_error`]).
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum NotADistribution {
+    /// A negative or non-finite value.
+    #[error("a probability of {0}")]
+    Value(f32),
+    /// Values whose sum is off 1 by more than [`PROB_SUM_TOLERANCE`].
+    #[error("probabilities sum to {0}")]
+    Sum(f64),
 }
 
 /// An opened, validated store.

@@ -80,11 +80,11 @@ pub struct TrainArgs {
     /// SGD momentum [default: 0.9].
     #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
-    /// Nesterov momentum.
+    /// Nesterov momentum [default: false].
     #[arg(long)]
     pub nesterov: Option<bool>,
     /// Follow symlinks in --data/--val that lead outside the dataset root (refused by
-    /// default).
+    /// default) [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub follow_links: Option<bool>,
     /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
@@ -390,11 +390,14 @@ impl TrainArgs {
             bail!("--epochs must be at least 1");
         }
         if !(lr.is_finite() && lr > 0.0) {
-            bail!("--lr {lr}: must be a positive number");
+            bail!("--lr {}: must be a positive number", meal_cli::number(lr));
         }
         if let Some(d) = l.pick(|a| &a.disc_lr) {
             if !(d.is_finite() && d > 0.0) {
-                bail!("--disc-lr {d}: must be a positive number");
+                bail!(
+                    "--disc-lr {}: must be a positive number",
+                    meal_cli::number(d)
+                );
             }
         }
         if let LrSchedule::Step { step, gamma } = schedule {
@@ -416,7 +419,10 @@ impl TrainArgs {
         }
         let wd = l.pick(|a| &a.wd).unwrap_or(0.0);
         if !(wd.is_finite() && wd >= 0.0) {
-            bail!("--wd {wd}: must be a non-negative number");
+            bail!(
+                "--wd {}: must be a non-negative number",
+                meal_cli::number(wd)
+            );
         }
         if l.pick(|a| &a.max_steps) == Some(0) {
             bail!("--max-steps must be at least 1");

@@ -186,6 +186,17 @@ fn a_device_list_runs_one_worker_per_device_and_merges() {
     assert!(again.complete);
     assert_eq!((again.shards_written, again.images), (0, 30));
     assert_eq!(files(&s.out), reference);
+    // a complete store is read as it is by a list of another length (its workers, split
+    // three ways, would each be refused by the two-way parts) and by one of one run
+    for out in ["devices", "reference"] {
+        let mut three = args(&f, out);
+        three.device = Some("cpu,cpu,cpu".into());
+        let r = go(&three.resolve().unwrap());
+        assert!(r.complete);
+        assert_eq!((r.shards_written, r.images), (0, 30));
+    }
+    assert_eq!(files(&s.out), reference);
+    assert_eq!(files(&f.root.join("reference")), reference);
     // a device that cannot open fails the run before any worker labels an image
     if meal_models::parse_device("cuda:0").is_err() {
         let mut a = args(&f, "no_cuda");
@@ -263,7 +274,7 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     let text = inspect::inspect(&s.out, 0).unwrap().text;
     assert!(
         text.contains(&format!(
-            "skipped      1 unreadable files (not in the store), e.g. {}",
+            "skipped      1 unreadable files (not in the store):\n               {}: ",
             bad.path
         )),
         "{text}"
@@ -425,6 +436,12 @@ fn a_run_that_labels_no_image_fails() {
         e.contains("label no image") && e.contains(&format!("the {} images", ds.samples().len())),
         "{e}"
     );
+    // inspect shows it (it is what inspect is for) and says so
+    let text = inspect::inspect(&f.root.join("empty"), 0).unwrap().text;
+    assert!(
+        text.contains("every image of the dataset was skipped"),
+        "{text}"
+    );
 }
 
 /// `inspect --histogram` writes a PNG: another extension is refused before the store is
@@ -548,15 +565,64 @@ fn a_rerun_of_a_complete_store_keeps_its_report() {
 /// The `meal-precompute run` binary over the fixture's data and teachers into
 /// `root/out` (2 crops an image, one thread).
 fn cli_run(f: &Fixture, out: &str) -> std::process::Output {
+    cli_run_with(f, out, &[])
+}
+
+/// [`cli_run`] with `extra` flags.
+fn cli_run_with(f: &Fixture, out: &str, extra: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
     cmd.arg("run")
         .arg("--data")
         .arg(&f.data)
         .arg("--out")
         .arg(f.root.join(out))
-        .args(["--crops-per-image", "2", "--threads", "1"]);
+        .args(["--crops-per-image", "2", "--threads", "1"])
+        .args(extra);
     for t in &args(f, out).teacher {
         cmd.arg("--teacher").arg(t);
     }
     cmd.output().unwrap()
+}
+
+/// `merge` leaves the store's `report.json`, as a run on one machine does: the store's
+/// figures, and the parts' runs summed.
+#[test]
+fn merge_writes_the_stores_report() {
+    let f = fixture(2);
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    for w in ["0/2", "1/2"] {
+        ok(cli_run_with(&f, "workers", &["--worker", w]));
+    }
+    ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+            .arg("merge")
+            .arg("--data")
+            .arg(&f.data)
+            .arg("--out")
+            .arg(f.root.join("workers"))
+            .output()
+            .unwrap(),
+    );
+    ok(cli_run(&f, "one"));
+    let report = |out: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(f.root.join(out).join("report.json")).unwrap())
+            .unwrap()
+    };
+    let (merged, one) = (report("workers"), report("one"));
+    for k in [
+        "images",
+        "crops",
+        "shards",
+        "complete",
+        "teachers",
+        "ensemble_top1_agreement",
+        "images_labelled",
+        "crops_labelled",
+        "shards_written",
+        "bytes_written",
+    ] {
+        assert_eq!(merged[k], one[k], "{k}");
+    }
 }

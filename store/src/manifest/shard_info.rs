@@ -84,7 +84,7 @@ impl ShardInfo {
     /// count of rows is at most the rows; sums of entropies and kept mass are within
     /// their bounds; skipped images lie in the shard's range, once each, beside the
     /// stored ones. On failure: what is impossible.
-    pub fn check_stats(&self, config: &StoreConfig) -> Result<(), String> {
+    pub(crate) fn check_stats(&self, config: &StoreConfig) -> Result<(), String> {
         let st = &self.stats;
         let range = u64::from(self.end_sample.saturating_sub(self.first_sample));
         let per_image = u64::from(config.crop_pool.crops_per_image);
@@ -166,7 +166,7 @@ impl ShardInfo {
     /// image's whole crop pool ([`Self::contents_error`]): what a reader checks at open
     /// (a rerun that kept an edited count called the store complete while verify
     /// refused it).
-    pub fn check_contents(&self, dir: &Path, config: &StoreConfig) -> Result<(), String> {
+    pub(crate) fn check_contents(&self, dir: &Path, config: &StoreConfig) -> Result<(), String> {
         let path = dir.join(&self.file);
         let r = crate::shard_read::ShardReader::open(&path, config.encoding, config.classes.len())
             .map_err(|e| e.to_string())?;

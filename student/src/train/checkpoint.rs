@@ -83,6 +83,10 @@ impl Run {
     /// The inputs' identities by content.
     pub(super) fn inputs(&self) -> Result<Inputs> {
         let sha_file = |p: &Path, flag: &str| -> Result<String> {
+            // (a FIFO would block the read)
+            if !p.is_file() {
+                bail!("{flag} {}: not a regular file", p.display());
+            }
             let bytes = std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))?;
             Ok(meal_store::sha256_hex(&bytes))
         };

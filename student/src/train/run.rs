@@ -291,12 +291,12 @@ impl Run {
             .and_then(|t| serde_json::from_str::<State>(&t).ok());
         // the rates that set a step's size: --lr, and --wd and --disc-lr when set above
         // their usual range (a --wd of 1e30 diverged as surely)
-        let mut lower = format!("a lower --lr (now {})", self.s.lr);
+        let mut lower = format!("a lower --lr (now {})", meal_cli::number(self.s.lr));
         if self.s.wd > 1e-2 {
-            lower += &format!(" or --wd (now {})", self.s.wd);
+            lower += &format!(" or --wd (now {})", meal_cli::number(self.s.wd));
         }
         if self.disc.is_some() && self.s.disc_lr != self.s.lr {
-            lower += &format!(" or --disc-lr (now {})", self.s.disc_lr);
+            lower += &format!(" or --disc-lr (now {})", meal_cli::number(self.s.disc_lr));
         }
         match saved {
             Some(st) => format!(
@@ -482,7 +482,9 @@ impl Run {
                         // into the image: another crop than the label's)
                         let rec = crops.record(i);
                         let why = match rec.is_valid() {
-                            true => meal_store::distribution_error(out).err(),
+                            true => meal_store::distribution_error(out)
+                                .err()
+                                .map(|e| e.to_string()),
                             false => Some(format!("the box {rec:?} is not inside the image")),
                         };
                         if let Some(why) = why {
