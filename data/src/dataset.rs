@@ -399,6 +399,31 @@ pub fn fingerprint(classes: &[String], samples: &[Sample]) -> Fingerprint {
     }
 }
 
+/// SHA-256 of `samples`' relative paths and labels: which files a range of the dataset
+/// lists. With [`sizes_sha256`], what a label store's shard records of its images
+/// (docs/FORMAT.md), so a store continued after some images changed keeps the shards
+/// whose images did not.
+pub fn listing_sha256(samples: &[Sample]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"meal-listing-v1\n");
+    for s in samples {
+        h.update(s.path.as_bytes());
+        h.update(b"\0");
+        h.update(s.label.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// SHA-256 of `samples`' byte sizes, in order (see [`listing_sha256`]).
+pub fn sizes_sha256(samples: &[Sample]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"meal-sizes-v1\n");
+    for s in samples {
+        h.update(s.bytes.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 fn has_image_extension(name: &str) -> bool {
     match name.rsplit_once('.') {
         Some((_, ext)) => IMG_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()),

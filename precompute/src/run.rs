@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use meal_cli::memory::Room;
 use meal_data::{
-    Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops, RrcParams,
+    BadFilePolicy, Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops,
+    RrcParams,
 };
 use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitted, ENSEMBLE_RULE};
 use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
@@ -378,7 +379,9 @@ fn run_part(
             Some(f) => f,
             None => match batches.next() {
                 None => break,
-                Some(b) => submit(b?)?,
+                Some(b) => {
+                    submit(b.map_err(|e| at_bad_file(e.into(), s, present + shards_written))?)?
+                }
             },
         };
         // the next batch: an error there (loading or queuing it) is returned once this
@@ -450,7 +453,7 @@ fn run_part(
             break;
         }
         if let Some(e) = failed {
-            return Err(e);
+            return Err(at_bad_file(e, s, present + shards_written));
         }
     }
     bar.finish_and_clear();
@@ -474,6 +477,22 @@ fn run_part(
         ..store_report(&manifest, complete)
     };
     Ok((report, manifest))
+}
+
+/// A loader's error `e` (under `--on-bad-file fail`, an unreadable image), with what
+/// keeps the `kept` shards written: a fixed file of the same name resumes the store
+/// ([`StoreWriter::open`] keeps the shards whose images did not change).
+fn at_bad_file(e: anyhow::Error, s: &Settings, kept: u32) -> anyhow::Error {
+    if s.policy != BadFilePolicy::Fail {
+        return e;
+    }
+    // the file first, then what to do
+    anyhow::anyhow!(
+        "{e:#}\n(--on-bad-file fail: the {kept} shards in --out {} are kept: fix or replace \
+         the file, then rerun the same command to go on; or rerun with --on-bad-file skip \
+         to leave it out, listed in the report)",
+        s.out.display()
+    )
 }
 
 /// One worker per device (`--device cuda:0,cuda:1`), as `--worker i/n` runs would be,

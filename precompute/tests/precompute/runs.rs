@@ -326,6 +326,54 @@ fn a_late_bad_file_fails_the_run_after_writing_the_shards_before_it() {
     );
 }
 
+/// The image that stopped a `fail` run, fixed (another size: the dataset's fingerprint
+/// changed), resumes the store from its shards, which end as a clean run's; a skipped
+/// image fixed later has only its shard recomputed. Another dataset of the same size
+/// (other files listed) is still refused.
+#[test]
+fn a_fixed_image_resumes_the_store_from_its_shards() {
+    let f = fixture(2);
+    go(&args(&f, "reference").resolve().unwrap());
+    let reference = files(&f.root.join("reference"));
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[14].clone();
+    let good = std::fs::read(ds.full_path(&bad)).unwrap();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let mut a = args(&f, "fixed");
+    a.on_bad_file = Some("fail".into());
+    let s = a.resolve().unwrap();
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(
+        e.contains(&bad.path) && e.contains("rerun the same command"),
+        "{e}"
+    );
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert!(
+        r.shards_present >= 2,
+        "resumed from {} shards",
+        r.shards_present
+    );
+    assert_eq!(files(&s.out), reference);
+
+    // skipped, then fixed: only its shard (the third of 7 samples) is written again
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let skip = args(&f, "skipped").resolve().unwrap();
+    assert_eq!(go(&skip).skipped.len(), 1);
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&skip);
+    assert!(r.complete && r.skipped.is_empty());
+    assert_eq!((r.shards_present, r.shards_written), (2, 1));
+    assert_eq!(files(&skip.out), reference);
+
+    // the same count of other files (one renamed) is another dataset: refused
+    let from = ds.full_path(&ds.samples()[3]);
+    std::fs::rename(&from, from.with_file_name("renamed.jpg")).unwrap();
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(e.contains("dataset.sha256"), "{e}");
+}
+
 #[test]
 fn inspect_and_verify_read_the_store_and_catch_corruption() {
     let f = fixture(2);

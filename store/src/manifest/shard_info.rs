@@ -74,6 +74,14 @@ pub struct ShardInfo {
     /// lists every one, not just those of the last run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
+    /// SHA-256 of its samples' paths and labels (`meal_data::dataset::listing_sha256`);
+    /// absent in stores of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing_sha256: Option<String>,
+    /// SHA-256 of its samples' byte sizes when labelled (`meal_data::dataset::sizes_sha256`):
+    /// with the listing, which shards a store continued after images changed keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes_sha256: Option<String>,
 }
 
 impl ShardInfo {

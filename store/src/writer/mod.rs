@@ -17,6 +17,7 @@ use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
 use super::{sha256_hex, StoreError};
 
 mod leftovers;
+mod renew;
 mod sharing;
 
 pub use sharing::complete_without_lock;
@@ -66,6 +67,8 @@ pub struct StoreWriter {
     manifest_name: String,
     labels: Vec<u32>,
     paths: Vec<String>,
+    /// Per shard, its images' listing and sizes hashes ([`ShardInfo::listing_sha256`]).
+    hashes: Vec<[String; 2]>,
     hook: Option<Hook>,
     step: u32,
     /// The store (or part) was complete when opened, every shard kept.
@@ -104,9 +107,10 @@ impl StoreWriter {
                 reason: "config fingerprint and samples disagree".into(),
             });
         }
+        let hashes = renew::shard_hashes(samples, config.samples_per_shard);
         // the lock creates `dir` (and removes it again if this run writes nothing)
         let (locks, mut opening) = lock_or_read_only(dir, worker)?;
-        check_neighbours(dir, &config, worker)?;
+        check_neighbours(dir, &config, worker, &hashes)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let was_store = path.exists();
@@ -148,6 +152,10 @@ impl StoreWriter {
         // shards dropped as damaged: removed with the crash's leftovers, said once
         let mut dropped = Vec::new();
         let manifest = if let Some(mut m) = existing {
+            if renew::only_sizes_changed(&m, &config, &hashes) {
+                dropped = renew::renew(&mut m, &config, &hashes, &path);
+                m.write(dir, &name)?;
+            }
             require_same_config(
                 &path,
                 &m.config,
@@ -224,6 +232,7 @@ impl StoreWriter {
             manifest_name: name,
             labels: samples.iter().map(|s| s.label).collect(),
             paths: samples.iter().map(|s| s.path.clone()).collect(),
+            hashes,
             hook: None,
             step: 0,
             _locks: locks,
@@ -392,6 +401,8 @@ impl StoreWriter {
             sha256: sha256_hex(&bytes),
             stats,
             skipped,
+            listing_sha256: self.hashes.get(index as usize).map(|h| h[0].clone()),
+            sizes_sha256: self.hashes.get(index as usize).map(|h| h[1].clone()),
         };
         let dir = self.dir.clone();
         write_atomic(&dir, &file, &bytes, &mut self.run_hook())?;

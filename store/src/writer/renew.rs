@@ -1,0 +1,78 @@
+//! A store continued after some of its images changed since their shards were written
+//! (an unreadable image fixed after `--on-bad-file fail` stopped the run, a file
+//! re-encoded): the dataset's fingerprint differs, so the store's config does, yet the
+//! shards whose images are the same files of the same sizes still hold their labels.
+//! Only where the files listed (paths, labels, count, classes) are the same: a store is
+//! never taken over by another dataset of the same size.
+
+use std::path::Path;
+
+use meal_data::dataset::{listing_sha256, sizes_sha256};
+use meal_data::Sample;
+
+use super::{shard_count, State};
+use crate::manifest::{config_diff, Manifest, StoreConfig};
+
+/// Per shard of a store of `samples`, `per_shard` images each: the listing and sizes
+/// hashes of its images, as its record keeps them.
+pub(super) fn shard_hashes(samples: &[Sample], per_shard: u32) -> Vec<[String; 2]> {
+    let per = per_shard.max(1) as usize;
+    (0..shard_count(samples.len(), per_shard) as usize)
+        .map(|i| {
+            let range = &samples[i * per..((i + 1) * per).min(samples.len())];
+            [listing_sha256(range), sizes_sha256(range)]
+        })
+        .collect()
+}
+
+/// Whether the store `m` may go on under `config` though its dataset changed: the
+/// configs differ in the dataset's fingerprint only (the same count, classes and every
+/// other key) and each shard it holds lists the files `hashes` list for its range (only
+/// their sizes may differ). Stores of earlier versions, without the hashes, may not.
+pub(super) fn only_sizes_changed(
+    m: &Manifest,
+    config: &StoreConfig,
+    hashes: &[[String; 2]],
+) -> bool {
+    config_diff(&m.config, config) == ["dataset.sha256"]
+        && m.shards.iter().all(|s| {
+            s.sizes_sha256.is_some()
+                && hashes
+                    .get(s.index as usize)
+                    .is_some_and(|h| s.listing_sha256.as_deref() == Some(h[0].as_str()))
+        })
+}
+
+/// Take the store `m` (at `path`, [`only_sizes_changed`]) over to `config`: the shards
+/// whose images changed size are dropped (recomputed by this run; their files are
+/// returned, for removal), the others kept. Said in a warning.
+pub(super) fn renew(
+    m: &mut Manifest,
+    config: &StoreConfig,
+    hashes: &[[String; 2]],
+    path: &Path,
+) -> Vec<String> {
+    let mut dropped = Vec::new();
+    m.shards.retain(|s| {
+        let same = hashes
+            .get(s.index as usize)
+            .is_some_and(|h| s.sizes_sha256.as_deref() == Some(h[1].as_str()));
+        if !same {
+            dropped.push(s.file.clone());
+        }
+        same
+    });
+    tracing::warn!(
+        "{}: images of the dataset changed size since it was written (fixed or replaced; \
+         the same files listed): {} of its shards hold changed images and will be \
+         recomputed, {} are kept",
+        path.display(),
+        dropped.len(),
+        m.shards.len()
+    );
+    m.config = config.clone();
+    m.state = State::Partial;
+    m.summary = None;
+    m.images_sha256 = None;
+    dropped
+}
