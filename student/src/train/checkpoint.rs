@@ -31,6 +31,11 @@ pub struct State {
     /// What the inputs were, by content (checked on resume instead of their paths).
     #[serde(default)]
     pub inputs: Option<Inputs>,
+    /// SHA-256 of each tensor file beside it (name to hex), checked on resume: a changed
+    /// value in a weight or momentum resumed silently into another run (as a label
+    /// store's shards are checked). Absent in checkpoints of earlier versions.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// The run's inputs by content: a resume must see the same images, labels and initial
@@ -77,6 +82,21 @@ fn flag_of(field: &str) -> String {
         "policy" => "--on-bad-file".into(),
         f => format!("--{}", f.replace('_', "-")),
     }
+}
+
+/// SHA-256 of each `*.safetensors` file in the checkpoint directory `dir`, by name.
+fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut files = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".safetensors") {
+            let bytes = std::fs::read(e.path())
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            files.insert(name, meal_store::sha256_hex(&bytes));
+        }
+    }
+    Ok(files)
 }
 
 impl Run {
@@ -146,8 +166,10 @@ impl Run {
                 save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
             }
             self.opt.save_state(&tmp.join("optim.safetensors"))?;
+            let mut state = state.clone();
+            state.files = checkpoint_files(tmp)?;
             let sp = tmp.join("state.json");
-            std::fs::write(&sp, serde_json::to_vec_pretty(state)?)
+            std::fs::write(&sp, serde_json::to_vec_pretty(&state)?)
                 .with_context(|| format!("writing {}", sp.display()))
         })
         .map_err(|e| {
@@ -162,15 +184,22 @@ impl Run {
     /// what is free there when that is short (a full disk is the usual cause; the last
     /// checkpoint stays until the new one is written whole).
     pub(super) fn disk_hint(&self, e: anyhow::Error) -> anyhow::Error {
-        let mb = |b: u64| (b as f64 / 1e6).ceil();
+        // one decimal: a need rounded up and a space rounded down never read equal
+        let mb = |b: u64, round: fn(f64) -> f64| round(b as f64 / 1e5) / 10.0;
         let need = self.checkpoint_bytes();
+        // --resume only where there is a checkpoint to resume (a first one that failed
+        // leaves none, and its run directory removed)
+        let then = match self.s.out.join(CHECKPOINT).join("state.json").exists() {
+            true => "then rerun with --resume",
+            false => "then rerun",
+        };
         match meal_cli::free_bytes(&self.s.out) {
             Some(free) if free < 2 * need => e.context(format!(
                 "a checkpoint takes about {} MB and {} MB are free where --out {} is (the \
                  last checkpoint is kept until the new one is written): free some space, \
-                 then --resume",
-                mb(need),
-                mb(free),
+                 {then}",
+                mb(need, f64::ceil),
+                mb(free, f64::floor),
                 self.s.out.display()
             )),
             _ => e,
@@ -331,6 +360,23 @@ impl Run {
                         None => "unreadable, so not checked against",
                     }
                 );
+            }
+        }
+        // the tensors' bytes as saved: a value changed in place loads and trains on
+        let altered_file = |name: &str, why: &str| {
+            anyhow::anyhow!(
+                "--resume: {}: {why}: the checkpoint in {} was altered or damaged; restore it, \
+                 or start a new run with --init from a good copy of its weights",
+                dir.join(name).display(),
+                dir.display()
+            )
+        };
+        let now_files = checkpoint_files(&dir)?;
+        for (name, sha) in &state.files {
+            match now_files.get(name) {
+                Some(s) if s == sha => {}
+                Some(_) => return Err(altered_file(name, "its sha256 is not the one saved")),
+                None => return Err(altered_file(name, "missing")),
             }
         }
         let sd = read_state_dict(&dir.join(STUDENT_FILE), &self.dev)?;

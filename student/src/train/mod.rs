@@ -183,6 +183,7 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
         acc: EpochAcc::default(),
         history: Vec::new(),
         inputs: Some(run.inputs()?),
+        files: Default::default(),
     })
 }
 
@@ -415,7 +416,23 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             false => None,
         };
         for b in loader.into_iter().flatten() {
-            let b = b?;
+            let b = match b {
+                Ok(b) => b,
+                // an unreadable file under --on-bad-file fail, met at a batch boundary:
+                // the epoch's steps so far are saved, as a stop saves them
+                Err(e) => {
+                    bar.finish_and_clear();
+                    run.save_checkpoint(&state)?;
+                    bail!(
+                        "{e}\n(epoch {} stopped after {} of its {per_epoch} steps, saved in the \
+                         checkpoint: restore the file, then rerun with --resume; a changed file \
+                         is another dataset: start a new run with --init {})",
+                        epoch + 1,
+                        state.batch,
+                        s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
+                    );
+                }
+            };
             if b.is_empty() {
                 state.batch += 1;
                 continue;

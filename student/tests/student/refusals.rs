@@ -497,9 +497,11 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
     assert!(e.contains("is incomplete (no state.json"), "{e}");
 }
 
-/// A checkpoint altered on disk is refused on resume, naming what: a NaN weight (it
-/// showed as a diverged run, with advice to lower --lr), momentum buffers removed (the
-/// resume went on without them, no longer the uninterrupted run), and state.json
+/// A checkpoint altered on disk is refused on resume, naming what: a weight changed in
+/// place (it resumed silently into another run: state.json records each tensor file's
+/// sha256); in a checkpoint without that record (earlier versions), a NaN weight (it
+/// showed as a diverged run, with advice to lower --lr) and momentum buffers removed
+/// (the resume went on without them, no longer the uninterrupted run); and state.json
 /// without its record of the inputs (another label store was then accepted).
 #[test]
 fn an_altered_checkpoint_is_refused_on_resume() {
@@ -514,17 +516,28 @@ fn an_altered_checkpoint_is_refused_on_resume() {
         format!("{:#}", go(a).unwrap_err())
     };
     type Edit = Box<dyn Fn(&Path)>;
-    let cases: [(&str, Edit, &str); 3] = [
+    let set_first = |p: &Path, name: &str, x: f32| {
+        let mut sd = read_state_dict(p, &Device::Cpu).unwrap();
+        let t = sd.get_mut(name).unwrap();
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[0] = x;
+        *t = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&sd, p).unwrap();
+    };
+    let cases: [(&str, Edit, &str); 5] = [
         (
             "student.safetensors",
-            Box::new(|p: &Path| {
-                let mut sd = read_state_dict(p, &Device::Cpu).unwrap();
-                let t = sd.get_mut("fc.weight").unwrap();
-                let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                v[0] = f32::NAN;
-                *t = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
-                candle_core::safetensors::save(&sd, p).unwrap();
-            }),
+            Box::new(move |p: &Path| set_first(p, "fc.bias", 50.0)),
+            "its sha256 is not the one saved",
+        ),
+        (
+            "optim.safetensors",
+            Box::new(|p: &Path| std::fs::remove_file(p).unwrap()),
+            "optim.safetensors: missing",
+        ),
+        (
+            "student.safetensors",
+            Box::new(move |p: &Path| set_first(p, "fc.weight", f32::NAN)),
             "tensor fc.weight holds non-finite values",
         ),
         (
@@ -547,16 +560,64 @@ fn an_altered_checkpoint_is_refused_on_resume() {
             "records no inputs",
         ),
     ];
-    for (file, edit, want) in cases {
+    let state = ck.join("state.json");
+    let recorded = std::fs::read(&state).unwrap();
+    for (i, (file, edit, want)) in cases.into_iter().enumerate() {
+        // cases 2 and 3: a checkpoint without the files' record
+        if (2..4).contains(&i) {
+            let mut st: serde_json::Value = serde_json::from_slice(&recorded).unwrap();
+            assert!(st.as_object_mut().unwrap().remove("files").is_some());
+            std::fs::write(&state, serde_json::to_vec(&st).unwrap()).unwrap();
+        }
         let p = ck.join(file);
         let good = std::fs::read(&p).unwrap();
         edit(&p);
         let e = resume();
         assert!(e.contains(want), "{file}: {e}");
         std::fs::write(&p, good).unwrap();
+        std::fs::write(&state, &recorded).unwrap();
     }
     // restored, it resumes
     let mut a = args(&f, "run");
     a.resume = Some(true);
     assert!(!go(a).unwrap().interrupted);
+}
+
+/// An image unreadable at training time under `fail` (damaged after its labels were
+/// made) stops the run with the epoch's steps saved, as a stop saves them (they were
+/// lost); restored, `--resume` ends as the uninterrupted run.
+#[test]
+fn a_bad_file_mid_run_keeps_the_steps_done() {
+    let f = fixture();
+    let mut a = args(&f, "whole");
+    a.on_bad_file = Some("fail".into());
+    go(a.clone()).unwrap();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&f.data)
+        .unwrap()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect();
+    files.sort();
+    let victim = &files[files.len() / 2];
+    let good = std::fs::read(victim).unwrap();
+    // the same size: the dataset's fingerprint (and the store's check of it) unchanged
+    std::fs::write(victim, vec![0u8; good.len()]).unwrap();
+    a.out = Some(f.root.join("stopped"));
+    let e = format!("{:#}", go(a.clone()).unwrap_err());
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        e.contains(&name) && e.contains("saved in the checkpoint"),
+        "{e}"
+    );
+    assert!(f.root.join("stopped/checkpoint/state.json").exists());
+    std::fs::write(victim, &good).unwrap();
+    a.resume = Some(true);
+    go(a).unwrap();
+    let read = |run: &str| std::fs::read(f.root.join(run).join("student.safetensors")).unwrap();
+    assert!(read("whole") == read("stopped"), "the resumed run differs");
 }
