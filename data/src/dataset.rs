@@ -122,7 +122,9 @@ impl Dataset {
         }
         check_class_count(root, classes.len(), "class directories")?;
         let mut samples = Vec::new();
+        let mut empty = Vec::new();
         for (label, class) in classes.iter().enumerate() {
+            let before = samples.len();
             let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)
             walk(
                 &root.join(class),
@@ -153,6 +155,21 @@ impl Dataset {
                     bytes,
                 });
             }
+            if samples.len() == before {
+                empty.push(format!("{class} (class {label})"));
+            }
+        }
+        // kept as classes (their indices are torchvision's order, and a split may lack
+        // a class the other has), but said: a stray `.ipynb_checkpoints` or an emptied
+        // folder shifts every label after it (torchvision's ImageFolder refuses them)
+        if !empty.is_empty() {
+            tracing::warn!(
+                "{}: {} class folders hold no image, yet count as classes: {}{}",
+                root.display(),
+                empty.len(),
+                empty[..empty.len().min(5)].join(", "),
+                if empty.len() > 5 { ", ..." } else { "" }
+            );
         }
         if samples.is_empty() {
             return Err(DataError::dataset(

@@ -43,6 +43,11 @@ const SKIPPED_SHOWN: usize = 20;
 /// Read the whole store (`rows` sample rows printed) and summarise it.
 pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let store = LabelStore::open(dir).with_context(|| format!("inspect {}", dir.display()))?;
+    // figures of a shard changed in place would print as measured (training and
+    // verify refuse it): its bytes are checked first (seconds per GB)
+    store
+        .verify_checksums(meal_cli::default_threads())
+        .with_context(|| format!("inspect {}", dir.display()))?;
     let m = store.manifest();
     let c = &m.config;
     let mut t = String::new();

@@ -231,6 +231,15 @@ impl LabelStore {
         }
     }
 
+    /// `(width, height)` of `sample` as decoded when its labels were made (the shard's
+    /// `meal.images`), or `None` when it has no rows (skipped).
+    pub fn image_size(&self, sample: u32) -> Option<(u32, u32)> {
+        let r = self.shards.get((sample / self.per_shard) as usize)?;
+        let images = r.images();
+        let i = images.binary_search_by_key(&sample, |im| im[0]).ok()?;
+        Some((images[i][1], images[i][2]))
+    }
+
     /// The stored crops of `sample`, owned ([`LabelStore::view`] without the borrow).
     pub fn crops(&self, sample: u32) -> Result<Vec<CropLabel>, StoreError> {
         Ok(self.view(sample)?.into_vec())

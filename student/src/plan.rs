@@ -28,9 +28,22 @@ impl CropPlan for StorePlan {
     fn crops(
         &self,
         sample: &Sample,
-        _width: u32,
-        _height: u32,
+        width: u32,
+        height: u32,
     ) -> meal_data::Result<Vec<(u32, CropRecord)>> {
+        // a file replaced by another of the same byte count (the dataset's fingerprint
+        // unchanged) would get the old image's boxes and labels: its size tells
+        if let Some((w, h)) = self.store.image_size(sample.id) {
+            if (w, h) != (width, height) {
+                return Err(DataError::dataset(
+                    Path::new(&sample.path),
+                    format!(
+                        "decodes to {width}x{height}, the label store's image was {w}x{h}: the \
+                         file changed since its labels were made"
+                    ),
+                ));
+            }
+        }
         let stored = self
             .store
             .view(sample.id)

@@ -401,6 +401,11 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     std::fs::write(&shard, b).unwrap();
     let e = inspect::verify(&s.out).unwrap_err();
     assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
+    // inspect does not print its altered figures as measured
+    let e = inspect::inspect(&s.out, 0)
+        .err()
+        .expect("inspect of a damaged shard");
+    assert!(format!("{e:#}").contains("shard-000001.parquet"), "{e:#}");
 }
 
 /// A store config no store can have (top-k above the class count, top-k in safetensors)

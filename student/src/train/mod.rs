@@ -135,6 +135,17 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
 /// The state to start from: the checkpoint of `--resume`, or a fresh one (refusing a
 /// run directory that already holds a run).
 fn start(run: &mut Run, s: &Settings) -> Result<State> {
+    // a result that cannot be written (a directory of its name) fails now, not after
+    // the epochs a resume has left
+    if let Some(f) = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE]
+        .iter()
+        .find(|f| s.out.join(f).is_dir())
+    {
+        bail!(
+            "--out {}: {f} is a directory; the run writes a file of that name there: move it",
+            s.out.display()
+        );
+    }
     if s.resume {
         let st = run.load_checkpoint()?;
         if st.epoch >= s.epochs {

@@ -621,3 +621,43 @@ fn a_bad_file_mid_run_keeps_the_steps_done() {
     let read = |run: &str| std::fs::read(f.root.join(run).join("student.safetensors")).unwrap();
     assert!(read("whole") == read("stopped"), "the resumed run differs");
 }
+
+/// A training image replaced by another of the same byte count (the dataset's
+/// fingerprint unchanged) but another size is not replayed with the old image's crops
+/// and labels: its decoded size is checked against the store's record of it.
+#[test]
+fn an_image_of_another_size_than_the_stores_is_refused() {
+    let f = fixture();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&f.data)
+        .unwrap()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect();
+    files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let size = |p: &Path| {
+        let im = meal_data::decode::decode_file(p).unwrap();
+        (im.width, im.height)
+    };
+    let victim = files.last().unwrap().clone();
+    let donor = files
+        .iter()
+        .find(|p| size(p) != size(&victim))
+        .expect("an image of another size");
+    // the donor's JPEG, padded after its end marker to the victim's byte count
+    let mut bytes = std::fs::read(donor).unwrap();
+    bytes.resize(std::fs::metadata(&victim).unwrap().len() as usize, 0);
+    std::fs::write(&victim, bytes).unwrap();
+    let mut a = args(&f, "swapped");
+    a.on_bad_file = Some("fail".into());
+    let e = format!("{:#}", go(a).unwrap_err());
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        e.contains(&name) && e.contains("the file changed since its labels were made"),
+        "{e}"
+    );
+}
