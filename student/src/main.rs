@@ -178,6 +178,13 @@ fn cli() -> Result<()> {
                 // validate.py resolves it; --res changes only the side
                 let input = input_config(&arch).context("--arch")?;
                 let size = res.unwrap_or(input.size);
+                if res.is_none() {
+                    // the weights do not record the side they were trained at
+                    tracing::info!(
+                        "evaluating at {size} px, {arch}'s default: pass --res to evaluate \
+                         at the side the weights were trained at"
+                    );
+                }
                 let spec = input.spec_at(size).context("--res")?;
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);

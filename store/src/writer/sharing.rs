@@ -79,9 +79,18 @@ const OPENING_LOCK: &str = ".lock.opening";
 fn opening_lock(dir: &Path) -> Result<DirLock, StoreError> {
     use meal_data::dirlock::LockError;
     let mut since = (std::time::Instant::now(), String::new());
+    let mut said = false;
     loop {
         match DirLock::acquire_named(dir, OPENING_LOCK) {
             Err(LockError::Busy { dir, holder }) => {
+                // a wait of seconds (a slow disk) is said, not silent
+                if !said && since.0.elapsed() > std::time::Duration::from_secs(3) {
+                    tracing::info!(
+                        "{}: waiting for another worker ({holder}) to open its part",
+                        dir.display()
+                    );
+                    said = true;
+                }
                 // the queue moves while the holder changes
                 if holder != since.1 {
                     since = (std::time::Instant::now(), holder);
