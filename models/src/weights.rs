@@ -228,7 +228,13 @@ pub(crate) fn write_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> R
         reason,
     };
     let bytes = safetensors::serialize(tensors.iter(), None).map_err(|e| io(e.to_string()))?;
-    meal_data::atomic::write(path, &bytes).map_err(|e| io(e.to_string()))
+    use meal_data::atomic::{tmp_path, write_stepped, AtomicError};
+    let no_steps = &mut |_| Ok::<(), std::io::Error>(());
+    write_stepped(path, &tmp_path(path), &bytes, no_steps).map_err(|e| match e {
+        // (the error's own path only where it is another file: not named twice)
+        AtomicError::Io(p, e) if p != path => io(format!("{}: {e}", p.display())),
+        AtomicError::Io(_, e) | AtomicError::Write(e) => io(e.to_string()),
+    })
 }
 
 /// The trainable tensors (for the optimizer), in state-dict order.

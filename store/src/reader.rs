@@ -79,12 +79,21 @@ impl LabelStore {
             // workers' parts, not merged yet: say so, not "manifest.json: not found"
             let parts = crate::writer::worker_manifests(dir).unwrap_or_default();
             if !parts.is_empty() {
+                // a run still writing them (its shared lock held) is waited for, not merged
+                let running = meal_data::dirlock::is_held(dir, meal_data::dirlock::LOCK_FILE);
                 return Err(StoreError::Mismatch {
                     path: dir.to_path_buf(),
                     reason: format!(
-                        "holds the parts of workers ({}), not merged into one store yet: \
-                         merge them first",
-                        parts.join(", ")
+                        "holds the parts of workers ({}), not merged into one store yet: {}",
+                        parts.join(", "),
+                        match running {
+                            true => {
+                                "a run is writing them now: wait for it (a device list merges \
+                                 its parts at its end; workers' parts are merged once all are \
+                                 complete)"
+                            }
+                            false => "merge them first",
+                        }
                     ),
                 });
             }

@@ -75,6 +75,8 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     a.on_bad_file = Some("fail".into());
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(e.contains("zero.jpg"), "{e}");
+    // found before training (its first bytes), not after the first epoch
+    assert!(!f.root.join("fail/checkpoint").exists(), "{e}");
 
     // and for the training images precompute could not read (warned of and left out
     // under `skip`): `fail` stops before any step, naming the first
@@ -592,17 +594,7 @@ fn a_bad_file_mid_run_keeps_the_steps_done() {
     let mut a = args(&f, "whole");
     a.on_bad_file = Some("fail".into());
     go(a.clone()).unwrap();
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&f.data)
-        .unwrap()
-        .flatten()
-        .flat_map(|c| {
-            std::fs::read_dir(c.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-        })
-        .collect();
-    files.sort();
+    let files = image_files(&f);
     let victim = &files[files.len() / 2];
     let good = std::fs::read(victim).unwrap();
     // the same size: the dataset's fingerprint (and the store's check of it) unchanged
@@ -628,16 +620,7 @@ fn a_bad_file_mid_run_keeps_the_steps_done() {
 #[test]
 fn an_image_of_another_size_than_the_stores_is_refused() {
     let f = fixture();
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&f.data)
-        .unwrap()
-        .flatten()
-        .flat_map(|c| {
-            std::fs::read_dir(c.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-        })
-        .collect();
+    let mut files = image_files(&f);
     files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     let size = |p: &Path| {
         let im = meal_data::decode::decode_file(p).unwrap();
@@ -660,4 +643,20 @@ fn an_image_of_another_size_than_the_stores_is_refused() {
         e.contains(&name) && e.contains("the file changed since its labels were made"),
         "{e}"
     );
+}
+
+/// The training images of `f`, sorted by path.
+fn image_files(f: &Fx) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&f.data)
+        .unwrap()
+        .flatten()
+        .flat_map(|c| {
+            std::fs::read_dir(c.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect();
+    files.sort();
+    files
 }
