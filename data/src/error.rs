@@ -22,6 +22,15 @@ pub enum DataError {
         /// What the decoder said.
         reason: String,
     },
+    /// An image decodes, but not to what its crops were drawn from (another size than
+    /// a label store recorded): a bad file, as one that does not decode.
+    #[error("{path}: {reason}")]
+    Changed {
+        /// The image file at fault.
+        path: PathBuf,
+        /// How it differs.
+        reason: String,
+    },
     /// A dataset root or list file is malformed or unsafe.
     #[error("{path}: {reason}")]
     Dataset {

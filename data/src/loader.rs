@@ -433,6 +433,7 @@ fn fill<P: CropPixel>(
                             format!("cannot decode image: {reason}")
                         }
                         DataError::Io { error, .. } => error.to_string(),
+                        DataError::Changed { reason, .. } => reason,
                         e => e.to_string(),
                     };
                     Ok(ImageOut::Skipped(Skipped {
@@ -477,7 +478,10 @@ fn fill<P: CropPixel>(
 
 /// Errors that are about the file (skippable), not about our configuration.
 fn is_bad_file(e: &DataError) -> bool {
-    matches!(e, DataError::Decode { .. } | DataError::Io { .. })
+    matches!(
+        e,
+        DataError::Decode { .. } | DataError::Io { .. } | DataError::Changed { .. }
+    )
 }
 
 fn load_image<P: CropPixel>(
@@ -517,7 +521,14 @@ fn load_image<P: CropPixel>(
             Ok(vec![row(0, full)])
         }
         CropMode::Plan(plan) => {
-            let crops = plan.crops(s, img.width, img.height)?;
+            // (the plan names the sample by its dataset path: the file's is named here)
+            let crops = plan.crops(s, img.width, img.height).map_err(|e| match e {
+                DataError::Changed { reason, .. } => DataError::Changed {
+                    path: path.clone(),
+                    reason,
+                },
+                e => e,
+            })?;
             if crops.len() != plan.crops_per_image() {
                 return Err(DataError::dataset(
                     &path,

@@ -119,11 +119,15 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         }
     }
     let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+    let crops = m.summary.as_ref().map_or(0, |s| s.rows);
     let _ = writeln!(
         t,
-        "bytes        {} in shards ({:.1} B per crop)",
+        "bytes        {} in shards{}",
         bytes,
-        bytes as f64 / m.summary.as_ref().map(|s| s.rows).unwrap_or(1).max(1) as f64
+        match crops {
+            0 => String::new(),
+            c => format!(" ({:.1} B per crop)", bytes as f64 / c as f64),
+        }
     );
 
     let images = store.images()?;

@@ -486,11 +486,15 @@ fn at_bad_file(e: anyhow::Error, s: &Settings, kept: u32) -> anyhow::Error {
     if s.policy != BadFilePolicy::Fail {
         return e;
     }
-    // the file first, then what to do
+    // the file first, then what to do (a worker counts its own part's shards only)
+    let kept = match s.worker {
+        None => format!("the {kept} shards"),
+        Some(_) => "the shards".to_string(),
+    };
     anyhow::anyhow!(
-        "{e:#}\n(--on-bad-file fail: the {kept} shards in --out {} are kept: fix or replace \
-         the file, then rerun the same command to go on; or rerun with --on-bad-file skip \
-         to leave it out, listed in the report)",
+        "{e:#}\n(--on-bad-file fail: {kept} in --out {} are kept: fix or replace the file, \
+         then rerun the same command to go on; or rerun with --on-bad-file skip to leave it \
+         out, listed in the report)",
         s.out.display()
     )
 }

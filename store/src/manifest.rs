@@ -271,6 +271,10 @@ impl Manifest {
     /// Read and check a manifest file (`manifest.json` or a worker's).
     pub fn read_file(path: &Path) -> Result<Manifest, StoreError> {
         let path = path.to_path_buf();
+        // a FIFO would block the read (opening one waits for a writer)
+        if path.exists() && !path.is_file() {
+            return Err(StoreError::corrupt(&path, "not a regular file"));
+        }
         let text = fs::read_to_string(&path).map_err(|e| StoreError::io(&path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| StoreError::corrupt(&path, format!("not JSON: {e}")))?;

@@ -50,6 +50,33 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         .iter()
         .map(|n| Manifest::read_file(&dir.join(n)))
         .collect::<Result<_, _>>()?;
+    // parts labelled before some images changed size (the same files listed): their
+    // workers' reruns keep what is unchanged (writer::renew); starting over is not needed
+    let stale: Vec<&str> = parts
+        .iter()
+        .zip(&names)
+        .filter(|(p, _)| &p.config.dataset != dataset.fingerprint())
+        .filter(|(p, _)| {
+            let mut now = p.config.clone();
+            now.dataset = dataset.fingerprint().clone();
+            let hashes =
+                super::writer::renew::shard_hashes(dataset.samples(), p.config.samples_per_shard);
+            super::writer::renew::only_sizes_changed(p, &now, &hashes)
+        })
+        .map(|(_, n)| n.as_str())
+        .collect();
+    if !stale.is_empty() {
+        return Err(StoreError::Mismatch {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "{} labelled {} before some of its images changed size (the same files \
+                 listed): rerun those workers on it (each keeps its unchanged shards), then \
+                 merge",
+                stale.join(", "),
+                dataset.root().display()
+            ),
+        });
+    }
     let first = &parts[0];
     // the images.parquet written below comes from `dataset`: it must be the dataset the
     // workers labelled, or paths and labels would shift against the shards

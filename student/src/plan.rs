@@ -35,13 +35,13 @@ impl CropPlan for StorePlan {
         // unchanged) would get the old image's boxes and labels: its size tells
         if let Some((w, h)) = self.store.image_size(sample.id) {
             if (w, h) != (width, height) {
-                return Err(DataError::dataset(
-                    Path::new(&sample.path),
-                    format!(
+                return Err(DataError::Changed {
+                    path: sample.path.clone().into(),
+                    reason: format!(
                         "decodes to {width}x{height}, the label store's image was {w}x{h}: the \
                          file changed since its labels were made"
                     ),
-                ));
+                });
             }
         }
         let stored = self

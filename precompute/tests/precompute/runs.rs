@@ -367,6 +367,19 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
     assert_eq!((r.shards_present, r.shards_written), (2, 1));
     assert_eq!(files(&skip.out), reference);
 
+    // every file of another size (a re-encoded copy under the same names, given by
+    // mistake) is another dataset: refused, the store left as it is
+    let before = files(&s.out);
+    for smp in ds.samples() {
+        let p = ds.full_path(smp);
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend([0u8; 16]);
+        std::fs::write(&p, b).unwrap();
+    }
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(e.contains("dataset.sha256"), "{e}");
+    assert_eq!(files(&s.out), before);
+
     // the same count of other files (one renamed) is another dataset: refused
     let from = ds.full_path(&ds.samples()[3]);
     std::fs::rename(&from, from.with_file_name("renamed.jpg")).unwrap();

@@ -17,7 +17,7 @@ use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
 use super::{sha256_hex, StoreError};
 
 mod leftovers;
-mod renew;
+pub(crate) mod renew;
 mod sharing;
 
 pub use sharing::complete_without_lock;

@@ -15,7 +15,7 @@ use crate::manifest::{config_diff, Manifest, StoreConfig};
 
 /// Per shard of a store of `samples`, `per_shard` images each: the listing and sizes
 /// hashes of its images, as its record keeps them.
-pub(super) fn shard_hashes(samples: &[Sample], per_shard: u32) -> Vec<[String; 2]> {
+pub(crate) fn shard_hashes(samples: &[Sample], per_shard: u32) -> Vec<[String; 2]> {
     let per = per_shard.max(1) as usize;
     (0..shard_count(samples.len(), per_shard) as usize)
         .map(|i| {
@@ -27,20 +27,37 @@ pub(super) fn shard_hashes(samples: &[Sample], per_shard: u32) -> Vec<[String; 2
 
 /// Whether the store `m` may go on under `config` though its dataset changed: the
 /// configs differ in the dataset's fingerprint only (the same count, classes and every
-/// other key) and each shard it holds lists the files `hashes` list for its range (only
-/// their sizes may differ). Stores of earlier versions, without the hashes, may not.
-pub(super) fn only_sizes_changed(
+/// other key), each shard it holds lists the files `hashes` list for its range (only
+/// their sizes may differ), and at most half of its shards hold a changed image: a few
+/// files fixed, not another copy of the data under the same names (a resized or
+/// re-encoded tree given by mistake had every shard of the store recomputed). Stores of
+/// earlier versions, without the hashes, may not.
+pub(crate) fn only_sizes_changed(
     m: &Manifest,
     config: &StoreConfig,
     hashes: &[[String; 2]],
 ) -> bool {
-    config_diff(&m.config, config) == ["dataset.sha256"]
+    let listed = config_diff(&m.config, config) == ["dataset.sha256"]
         && m.shards.iter().all(|s| {
             s.sizes_sha256.is_some()
                 && hashes
                     .get(s.index as usize)
                     .is_some_and(|h| s.listing_sha256.as_deref() == Some(h[0].as_str()))
+        });
+    listed && 2 * changed(m, hashes).len() <= m.shards.len()
+}
+
+/// The files of `m`'s shards whose images' sizes are not those `hashes` give.
+fn changed(m: &Manifest, hashes: &[[String; 2]]) -> Vec<String> {
+    m.shards
+        .iter()
+        .filter(|s| {
+            hashes
+                .get(s.index as usize)
+                .is_none_or(|h| s.sizes_sha256.as_deref() != Some(h[1].as_str()))
         })
+        .map(|s| s.file.clone())
+        .collect()
 }
 
 /// Take the store `m` (at `path`, [`only_sizes_changed`]) over to `config`: the shards
@@ -52,16 +69,8 @@ pub(super) fn renew(
     hashes: &[[String; 2]],
     path: &Path,
 ) -> Vec<String> {
-    let mut dropped = Vec::new();
-    m.shards.retain(|s| {
-        let same = hashes
-            .get(s.index as usize)
-            .is_some_and(|h| s.sizes_sha256.as_deref() == Some(h[1].as_str()));
-        if !same {
-            dropped.push(s.file.clone());
-        }
-        same
-    });
+    let dropped = changed(m, hashes);
+    m.shards.retain(|s| !dropped.contains(&s.file));
     tracing::warn!(
         "{}: images of the dataset changed size since it was written (fixed or replaced; \
          the same files listed): {} of its shards hold changed images and will be \

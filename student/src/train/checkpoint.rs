@@ -91,6 +91,10 @@ fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, Str
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
         if name.ends_with(".safetensors") {
+            // (a FIFO would block the read)
+            if !e.path().is_file() {
+                bail!("{}: not a regular file", e.path().display());
+            }
             let bytes = std::fs::read(e.path())
                 .with_context(|| format!("reading {}", e.path().display()))?;
             files.insert(name, meal_store::sha256_hex(&bytes));

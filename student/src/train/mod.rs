@@ -288,7 +288,13 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
             match evaluate_until(&run.student, v, s.spec(), read, &run.dev, stop) {
                 Ok(Some(a)) => Some(a),
                 Ok(None) => return Ok(false),
-                Err(e) if s.policy == meal_data::BadFilePolicy::Fail => return Err(e),
+                Err(e) if s.policy == meal_data::BadFilePolicy::Fail => {
+                    return Err(e.context(format!(
+                        "validating epoch {} (its steps are saved: restore the file, then \
+                         rerun with --resume, which validates the epoch first)",
+                        state.epoch + 1
+                    )))
+                }
                 Err(e) => {
                     tracing::warn!(
                         "epoch {}: validation on --val failed: {e:#}",
@@ -433,7 +439,10 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                 // the epoch's steps so far are saved, as a stop saves them
                 Err(e) => {
                     bar.finish_and_clear();
-                    run.save_checkpoint(&state)?;
+                    // (a failed save, a full disk say, must not hide the file)
+                    if let Err(save) = run.save_checkpoint(&state) {
+                        bail!("{e}\n(the epoch's steps could not be saved: {save:#})");
+                    }
                     bail!(
                         "{e}\n(epoch {} stopped after {} of its {per_epoch} steps, saved in the \
                          checkpoint: restore the file, then rerun with --resume; a changed file \
