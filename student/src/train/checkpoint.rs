@@ -188,7 +188,8 @@ impl Run {
     /// what is free there when that is short (a full disk is the usual cause; the last
     /// checkpoint stays until the new one is written whole).
     pub(super) fn disk_hint(&self, e: anyhow::Error) -> anyhow::Error {
-        // one decimal: a need rounded up and a space rounded down never read equal
+        // one decimal, the need rounded up and the free space down (whole megabytes
+        // rounded both up read "takes 3 MB and 3 MB are free")
         let mb = |b: u64, round: fn(f64) -> f64| round(b as f64 / 1e5) / 10.0;
         let need = self.checkpoint_bytes();
         // --resume only where there is a checkpoint to resume (a first one that failed
@@ -199,10 +200,11 @@ impl Run {
         };
         match meal_cli::free_bytes(&self.s.out) {
             Some(free) if free < 2 * need => e.context(format!(
-                "a checkpoint takes about {} MB and {} MB are free where --out {} is (the \
-                 last checkpoint is kept until the new one is written): free some space, \
+                "a checkpoint takes about {} MB, written beside the last one until it is \
+                 whole ({} MB in all), and {} MB are free where --out {} is: free some space, \
                  {then}",
                 mb(need, f64::ceil),
+                mb(2 * need, f64::ceil),
                 mb(free, f64::floor),
                 self.s.out.display()
             )),
