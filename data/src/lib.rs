@@ -2,6 +2,7 @@
 //!
 //! - [`atomic`]: crash-safe file replacement (write, sync, rename), used by every stage.
 //! - [`dirlock`]: an exclusive lock on an output directory (store, run).
+//! - [`files`]: reading an input file whole, refusing a FIFO that would block.
 //! - [`dataset`]: the index (ImageFolder or CSV list), stable sample ids, fingerprint.
 //! - [`decode`]: JPEG/PNG to RGB8 as PIL's `convert("RGB")`.
 //! - [`crop`]: torchvision's RandomResizedCrop sampling from a counter-based RNG, and the
@@ -20,6 +21,7 @@ pub mod dataset;
 pub mod decode;
 pub mod dirlock;
 pub mod error;
+pub mod files;
 pub mod loader;
 pub mod resample;
 pub mod synth;

@@ -209,7 +209,7 @@ pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) ->
     match meal_data::atomic::write(&path, &bytes) {
         // a rerun that wrote nothing over a finished store on a read-only or full mount
         // (which it read without the lock): the store is whole, only the summary is not
-        // refreshed (a merge of workers' parts writes none)
+        // refreshed (a store merged by an earlier version has no report to keep)
         Err(e)
             if report.shards_written == 0
                 && report.complete

@@ -288,7 +288,7 @@ pub fn run_with(
     on_shard: &mut dyn FnMut(u32),
 ) -> Result<RunReport> {
     let devices = s.devices();
-    if devices.len() > 1 && !merged_store(s) {
+    if devices.len() > 1 && !complete_store(s) {
         return run_devices(s, &devices, stop);
     }
     let mut one = s.clone();
@@ -301,7 +301,7 @@ pub fn run_with(
 /// Whether `--out` holds a complete store (one device's or merged parts): a rerun with a
 /// device list has nothing for its workers to write and reads it as one device does (its
 /// workers, split another way than the parts merged there, would each be refused).
-fn merged_store(s: &Settings) -> bool {
+fn complete_store(s: &Settings) -> bool {
     s.worker.is_none()
         && Manifest::read_file(&s.out.join(meal_store::MANIFEST))
             .is_ok_and(|m| m.state == meal_store::State::Complete)

@@ -1,6 +1,6 @@
 //! `manifest.json`: what a store holds, how it was made, and which shards are done.
 
-use std::fs;
+use std::io;
 use std::path::Path;
 
 use meal_data::Fingerprint;
@@ -271,11 +271,11 @@ impl Manifest {
     /// Read and check a manifest file (`manifest.json` or a worker's).
     pub fn read_file(path: &Path) -> Result<Manifest, StoreError> {
         let path = path.to_path_buf();
-        // a FIFO would block the read (opening one waits for a writer)
-        if path.exists() && !path.is_file() {
-            return Err(StoreError::corrupt(&path, "not a regular file"));
-        }
-        let text = fs::read_to_string(&path).map_err(|e| StoreError::io(&path, e))?;
+        let text = meal_data::files::read(&path)
+            .and_then(|b| {
+                String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            })
+            .map_err(|e| StoreError::io(&path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| StoreError::corrupt(&path, format!("not JSON: {e}")))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {

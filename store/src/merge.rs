@@ -51,7 +51,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         .map(|n| Manifest::read_file(&dir.join(n)))
         .collect::<Result<_, _>>()?;
     // parts labelled before some images changed size (the same files listed): their
-    // workers' reruns keep what is unchanged (writer::renew); starting over is not needed
+    // workers' reruns keep what is unchanged (writer::renew); starting over is not needed.
+    // The dataset's hashes are made once per shard size the parts give (one, in a split)
+    let mut hashes = std::collections::BTreeMap::new();
     let stale: Vec<&str> = parts
         .iter()
         .zip(&names)
@@ -59,9 +61,11 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         .filter(|(p, _)| {
             let mut now = p.config.clone();
             now.dataset = dataset.fingerprint().clone();
-            let hashes =
-                super::writer::renew::shard_hashes(dataset.samples(), p.config.samples_per_shard);
-            super::writer::renew::only_sizes_changed(p, &now, &hashes)
+            let per_shard = p.config.samples_per_shard;
+            let h = hashes.entry(per_shard).or_insert_with(|| {
+                super::writer::renew::shard_hashes(dataset.samples(), per_shard)
+            });
+            super::writer::renew::only_sizes_changed(p, &now, h)
         })
         .map(|(_, n)| n.as_str())
         .collect();

@@ -376,35 +376,35 @@ fn shards_left_unlisted_by_a_crash_are_removed_when_the_store_is_reopened() {
 
     // a directory that held no store: a new store there is refused, naming what is
     // there, and nothing of it is removed or overwritten
+    // (the refusal's text; nothing in `dir` changed)
+    let refused = |dir: &Path| {
+        let before = files(dir);
+        let e = StoreWriter::open(dir, cfg.clone(), ds.samples(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(files(dir), before);
+        e
+    };
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     orphans(&other);
-    let before = files(&other);
-    let e = StoreWriter::open(&other, cfg.clone(), ds.samples(), None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = refused(&other);
     assert!(
         e.contains("not empty, and no label store is there") && e.contains("notes.txt"),
         "{e}"
     );
-    assert_eq!(files(&other), before);
     // a user's file named like a manifest, or a hidden temporary of theirs, is not the
     // sign of a store (they were overwritten and removed)
     let user = tmp.path().join("user");
     std::fs::create_dir(&user).unwrap();
     std::fs::write(user.join("manifest-webapp.json"), b"{}").unwrap();
     std::fs::write(user.join(".draft.tmp"), b"keep").unwrap();
-    let before = files(&user);
-    let e = StoreWriter::open(&user, cfg.clone(), ds.samples(), None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = refused(&user);
     assert!(
         e.contains(".draft.tmp") && e.contains("manifest-webapp.json"),
         "{e}"
     );
-    assert_eq!(files(&user), before);
 }
 
 /// A manifest listing a shard twice (an edit, a bad merge by hand) or miscounting a

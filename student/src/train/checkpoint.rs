@@ -91,27 +91,24 @@ fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, Str
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
         if name.ends_with(".safetensors") {
-            // (a FIFO would block the read)
-            if !e.path().is_file() {
-                bail!("{}: not a regular file", e.path().display());
-            }
-            let bytes = std::fs::read(e.path())
-                .with_context(|| format!("reading {}", e.path().display()))?;
-            files.insert(name, meal_store::sha256_hex(&bytes));
+            files.insert(name, file_sha256(&e.path())?);
         }
     }
     Ok(files)
+}
+
+/// SHA-256 of the regular file at `p`, hex.
+fn file_sha256(p: &Path) -> Result<String> {
+    let bytes = meal_data::files::read(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(meal_store::sha256_hex(&bytes))
 }
 
 impl Run {
     /// The inputs' identities by content.
     pub(super) fn inputs(&self) -> Result<Inputs> {
         let sha_file = |p: &Path, flag: &str| -> Result<String> {
-            // (a FIFO would block the read)
-            if !p.is_file() {
-                bail!("{flag} {}: not a regular file", p.display());
-            }
-            let bytes = std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))?;
+            let bytes =
+                meal_data::files::read(p).with_context(|| format!("{flag} {}", p.display()))?;
             Ok(meal_store::sha256_hex(&bytes))
         };
         Ok(Inputs {
@@ -377,12 +374,14 @@ impl Run {
                 dir.display()
             )
         };
-        let now_files = checkpoint_files(&dir)?;
+        // (the files state.json lists, no other: one of an earlier version lists none)
         for (name, sha) in &state.files {
-            match now_files.get(name) {
-                Some(s) if s == sha => {}
-                Some(_) => return Err(altered_file(name, "its sha256 is not the one saved")),
-                None => return Err(altered_file(name, "missing")),
+            let p = dir.join(name);
+            if !p.exists() {
+                return Err(altered_file(name, "missing"));
+            }
+            if &file_sha256(&p)? != sha {
+                return Err(altered_file(name, "its sha256 is not the one saved"));
             }
         }
         let sd = read_state_dict(&dir.join(STUDENT_FILE), &self.dev)?;
