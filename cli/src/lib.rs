@@ -129,6 +129,18 @@ pub struct FollowLinks {
     pub follow_links: bool,
 }
 
+/// What an error opening a dataset is prefixed with: the flag and path, and, when the
+/// data library refused a symlink that leaves the root (`outside_root`; it names no
+/// flag), the switch that follows it.
+pub fn dataset_context(flag: &str, path: &Path, outside_root: bool) -> String {
+    let hint = if outside_root {
+        " (--follow-links follows links that leave the root)"
+    } else {
+        ""
+    };
+    format!("{flag} {}{hint}", path.display())
+}
+
 /// The signal that set the flag of [`interrupt_flag`] (0 before any).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 

@@ -537,14 +537,11 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
     }
     let canon = full.canonicalize().map_err(|e| DataError::io(full, e))?;
     if !canon.starts_with(canon_root) {
-        return Err(DataError::dataset(
-            full,
-            format!(
-                "resolves to {} outside the dataset root {} (links that leave the root are followed only when asked for: LinkPolicy::FollowAnywhere, the binaries' follow-links switch)",
-                canon.display(),
-                canon_root.display()
-            ),
-        ));
+        return Err(DataError::LinkOutsideRoot {
+            path: full.to_path_buf(),
+            target: canon,
+            root: canon_root.to_path_buf(),
+        });
     }
     Ok(())
 }

@@ -39,6 +39,18 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A symlink of the dataset leads outside its root, which is followed only under
+    /// [`crate::LinkPolicy::FollowAnywhere`] (a link to another user's files, or a
+    /// copy's link back to the original, is more often a mistake than intended).
+    #[error("{path}: resolves to {target} outside the dataset root {root} (links that leave the root are not followed unless asked for)")]
+    LinkOutsideRoot {
+        /// The link, as found under the root.
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+        /// The dataset root, resolved.
+        root: PathBuf,
+    },
     /// A parameter (flag or config key) has an invalid value.
     #[error("invalid {name}: {reason}")]
     Param {

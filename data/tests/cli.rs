@@ -89,3 +89,48 @@ fn an_unwritable_stdout_is_an_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }
+
+/// A symlink that leaves the dataset root is refused naming the link and the switch that
+/// follows it (the library names no flag); with the switch the dataset opens.
+#[test]
+fn a_link_leaving_the_root_names_the_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    common::tiny_dataset(dir.path(), 1);
+    let train = dir.path().join("train");
+    let class = std::fs::read_dir(&train)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let image = std::fs::read_dir(&class)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&image, outside.path().join("far.jpg")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("far.jpg"), class.join("link.jpg")).unwrap();
+    let index = |follow: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meal-data"));
+        c.arg("index").arg(&train);
+        if follow {
+            c.arg("--follow-links");
+        }
+        c.output().unwrap()
+    };
+    let out = index(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("link.jpg") && err.contains("--follow-links follows"),
+        "{err}"
+    );
+    assert!(!err.contains("LinkPolicy"), "{err}");
+    let out = index(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

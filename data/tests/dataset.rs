@@ -201,9 +201,12 @@ fn symlinks_may_not_leave_the_root_unless_asked() {
         dir.path().join("cls/link.jpg"),
     )
     .unwrap();
-    let e = Dataset::open(dir.path(), LinkPolicy::StayInside)
-        .unwrap_err()
-        .to_string();
+    let err = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap_err();
+    assert!(
+        matches!(err, meal_data::DataError::LinkOutsideRoot { .. }),
+        "{err:?}"
+    );
+    let e = err.to_string();
     assert!(
         e.contains("link.jpg") && e.contains("outside the dataset root"),
         "{e}"

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use meal_data::{Dataset, LinkPolicy};
+use meal_data::LinkPolicy;
 use meal_precompute::{config::RunArgs, inspect, report, run};
 
 #[derive(Parser)]
@@ -202,8 +202,7 @@ fn cli() -> Result<()> {
         }
         Cmd::Merge { data, out, links } => {
             let links = LinkPolicy::follow_if(links.follow_links);
-            let ds = Dataset::open(&data, links)
-                .with_context(|| format!("--data {}", data.display()))?;
+            let ds = run::open_data(&data, links)?;
             let m =
                 meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;
             // the store's report, as a run on one machine leaves one: the store's

@@ -6,6 +6,7 @@
 //! write atomic, so an interrupted run resumes at the first missing shard.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use meal_cli::memory::Room;
 use meal_data::{
-    BadFilePolicy, Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops,
-    RrcParams,
+    BadFilePolicy, Batch, CropMode, CropSampler, DataError, Dataset, LinkPolicy, Loader,
+    LoaderConfig, PoolCrops, RrcParams,
 };
 use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitted, ENSEMBLE_RULE};
 use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
@@ -161,11 +162,17 @@ struct Plan {
     images_per_batch: usize,
 }
 
+/// The dataset of `--data`, its errors named by the flag.
+pub fn open_data(data: &Path, links: LinkPolicy) -> Result<Dataset> {
+    Dataset::open(data, links).map_err(|e| {
+        let outside = matches!(e, DataError::LinkOutsideRoot { .. });
+        anyhow::Error::from(e).context(meal_cli::dataset_context("--data", data, outside))
+    })
+}
+
 fn plan(s: &Settings) -> Result<Plan> {
     let device = meal_models::parse_device(&s.device).context("--device")?;
-    let ds = Arc::new(
-        Dataset::open(&s.data, s.links).with_context(|| format!("--data {}", s.data.display()))?,
-    );
+    let ds = Arc::new(open_data(&s.data, s.links)?);
     if ds.is_empty() {
         bail!("--data {}: no images", s.data.display());
     }
@@ -576,8 +583,7 @@ fn run_devices(
         return Err(e);
     }
     let report = if parts.iter().all(|r| r.complete) {
-        let ds = Dataset::open(&s.data, s.links)
-            .with_context(|| format!("--data {}", s.data.display()))?;
+        let ds = open_data(&s.data, s.links)?;
         let m = meal_store::merge(&s.out, &ds)
             .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
         store_report(&m, true)

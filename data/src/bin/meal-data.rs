@@ -134,7 +134,10 @@ fn synth(a: SynthArgs) -> Result<()> {
 }
 
 fn index(a: IndexArgs) -> Result<()> {
-    let ds = Dataset::open(&a.data, LinkPolicy::follow_if(a.links.follow_links))?;
+    let ds = Dataset::open(&a.data, LinkPolicy::follow_if(a.links.follow_links)).map_err(|e| {
+        let outside = matches!(e, meal_data::DataError::LinkOutsideRoot { .. });
+        anyhow::Error::from(e).context(meal_cli::dataset_context("dataset", &a.data, outside))
+    })?;
     let mut per_class = vec![0u64; ds.classes().len()];
     for s in ds.samples() {
         per_class[s.label as usize] += 1;
