@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use meal_data::LinkPolicy;
-use meal_precompute::{config::RunArgs, inspect, report, run};
+use meal_precompute::{config::RunArgs, hints, inspect, report, run};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,13 @@ fn cli() -> Result<()> {
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
             let r = run::run(&s, &stop).map_err(|e| {
+                let e = hints::read_only(
+                    e,
+                    &s.out,
+                    "this run has to write there (the store is partial, of a changed dataset, \
+                     or its parts are not merged): run it where the store is writable, as a \
+                     copy of it (the shards there are kept)",
+                );
                 meal_cli::hint_gpu_out_of_memory(e, || {
                     format!(
                         "the GPU ran out of memory with --batch {} crops per forward: rerun \
@@ -202,9 +209,17 @@ fn cli() -> Result<()> {
         }
         Cmd::Merge { data, out, links } => {
             let links = LinkPolicy::follow_if(links.follow_links);
-            let ds = run::open_data(&data, links)?;
-            let m =
-                meal_store::merge(&out, &ds).with_context(|| format!("merge {}", out.display()))?;
+            let ds = hints::open_data(&data, links)?;
+            let m = meal_store::merge(&out, &ds)
+                .with_context(|| format!("merge {}", out.display()))
+                .map_err(|e| {
+                    hints::read_only(
+                        e,
+                        &out,
+                        "merge writes the joined store there (its manifest and images table): \
+                         run it where the parts are writable",
+                    )
+                })?;
             // the store's report, as a run on one machine leaves one: the store's
             // figures and the parts' runs together (not part of the store: a read-only
             // mount or a full disk only warns)

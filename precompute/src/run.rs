@@ -6,7 +6,6 @@
 //! write atomic, so an interrupted run resumes at the first missing shard.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,13 +13,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use meal_cli::memory::Room;
 use meal_data::{
-    BadFilePolicy, Batch, CropMode, CropSampler, DataError, Dataset, LinkPolicy, Loader,
-    LoaderConfig, PoolCrops, RrcParams,
+    BadFilePolicy, Batch, CropMode, CropSampler, Dataset, Loader, LoaderConfig, PoolCrops,
+    RrcParams,
 };
 use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitted, ENSEMBLE_RULE};
 use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
 
 use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
+use crate::hints::open_data;
 use crate::report::{combine, compare_labels, store_report, RunReport};
 
 mod pending;
@@ -160,14 +160,6 @@ struct Plan {
     /// Sample ids per batch; batches never straddle shards.
     chunks: Vec<Vec<u32>>,
     images_per_batch: usize,
-}
-
-/// The dataset of `--data`, its errors named by the flag.
-pub fn open_data(data: &Path, links: LinkPolicy) -> Result<Dataset> {
-    Dataset::open(data, links).map_err(|e| {
-        let outside = matches!(e, DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context("--data", data, outside))
-    })
 }
 
 fn plan(s: &Settings) -> Result<Plan> {

@@ -103,6 +103,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether writing failed because the store's file system is mounted read-only (the
+    /// store or its lock file): the binaries then say why the run had to write there.
+    pub fn is_read_only(&self) -> bool {
+        let error = match self {
+            StoreError::Io { error, .. } => error,
+            StoreError::Locked(meal_data::dirlock::LockError::Io { error, .. }) => error,
+            _ => return false,
+        };
+        error.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+    }
+
     pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         StoreError::Io {
             path: path.to_path_buf(),
