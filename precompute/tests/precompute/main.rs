@@ -17,6 +17,7 @@ use meal_precompute::config::{Pair, RunArgs, Settings};
 use meal_precompute::{inspect, run};
 use meal_store::LabelStore;
 
+mod bad_files;
 mod runs;
 
 struct Fixture {

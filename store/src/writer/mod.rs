@@ -434,6 +434,10 @@ impl StoreWriter {
         let summary_intact = self.manifest.worker.is_some()
             || self.manifest.summary.as_ref() == Some(&summary(&self.manifest));
         if self.complete && summary_intact && table_intact() {
+            if self.manifest.worker.is_none() {
+                // (a crash may have come between the store's manifest and its parts')
+                sharing::follow_parts(&self.dir, &self.manifest);
+            }
             return Ok(self.manifest);
         }
         if self.manifest.worker.is_none() {
@@ -449,6 +453,9 @@ impl StoreWriter {
         let json = serde_json::to_vec_pretty(&self.manifest).expect("serialises");
         let (dir, name) = (self.dir.clone(), self.manifest_name.clone());
         write_atomic(&dir, &name, &json, &mut self.run_hook())?;
+        if self.manifest.worker.is_none() {
+            sharing::follow_parts(&dir, &self.manifest);
+        }
         Ok(self.manifest)
     }
 }

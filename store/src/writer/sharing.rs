@@ -243,6 +243,48 @@ pub(super) fn check_neighbours(
     Ok(())
 }
 
+/// After a single run renewed a merged store `m` in `dir` (images changed size, the same
+/// files listed: [`super::renew`]), the workers' manifests beside it still list the old
+/// dataset and the recomputed shards' old checksums, and a later `merge` or worker rerun
+/// would ask for every worker to be run again. Each such part is brought to `m`: its
+/// config, and `m`'s records of its shards. Parts of any other config, or listing other
+/// files, are left alone (the single writer does not own them). Not part of the store:
+/// a part that cannot be rewritten is warned of (its worker's rerun renews it).
+pub(super) fn follow_parts(dir: &Path, m: &Manifest) {
+    let Ok(parts) = worker_manifests(dir) else {
+        return;
+    };
+    for name in parts {
+        let path = dir.join(&name);
+        let Ok(mut part) = Manifest::read_file(&path) else {
+            continue;
+        };
+        let Some([i, n]) = part.worker else { continue };
+        let ours: Vec<_> = m
+            .shards
+            .iter()
+            .filter(|s| n > 0 && s.index % n == i)
+            .cloned()
+            .collect();
+        let same_files = part.shards.len() == ours.len()
+            && part.shards.iter().zip(&ours).all(|(a, b)| {
+                a.index == b.index && a.file == b.file && a.listing_sha256 == b.listing_sha256
+            });
+        let renewed = crate::manifest::config_diff(&part.config, &m.config) == ["dataset.sha256"];
+        if !(renewed && same_files && part.state == State::Complete) {
+            continue;
+        }
+        part.config = m.config.clone();
+        part.shards = ours;
+        if let Err(e) = part.write(dir, &name) {
+            tracing::warn!(
+                "{e}: this worker's part still lists the images as they were; its rerun \
+                 renews it"
+            );
+        }
+    }
+}
+
 /// The manifest a writer (`worker`, or a single one) keeps.
 pub(super) fn manifest_name(worker: Option<[u32; 2]>) -> String {
     match worker {

@@ -1,0 +1,189 @@
+//! Bad images: skipped and reported, or failing the run naming them after the shards
+//! before them are written; fixed later, the store resumes from its shards and renews
+//! only those that hold a changed image (also a merged store, with its workers' parts).
+
+use super::*;
+
+#[test]
+fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[4].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let s = args(&f, "labels").resolve().unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].path, bad.path);
+    assert_eq!(r.images, 19);
+    let text = inspect::inspect(&s.out, 0).unwrap().text;
+    assert!(
+        text.contains(&format!(
+            "skipped      1 unreadable files (not in the store):\n               {}: ",
+            bad.path
+        )),
+        "{text}"
+    );
+    let store = LabelStore::open(&s.out).unwrap();
+    assert!(store.crops(bad.id).unwrap().is_empty());
+    assert_eq!(store.crops(5).unwrap().len(), 3);
+    let v = inspect::verify(&s.out).unwrap();
+    assert!(v.contains("19 images"), "{v}");
+
+    let mut a = args(&f, "strict");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+}
+
+/// A batch that fails to load late in the run (strict policy) fails the run naming the
+/// file, and loses nothing done: the shards completed before it (two batches are in
+/// flight, `Ensemble::submit`) are written and a rerun with `--on-bad-file skip`
+/// resumes from them.
+#[test]
+fn a_late_bad_file_fails_the_run_after_writing_the_shards_before_it() {
+    let f = fixture(2);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // sample 14 opens the third shard of 7 samples: the batch before it, in flight when
+    // its batch fails to load, completes the second
+    let bad = ds.samples()[14].clone();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let mut a = args(&f, "late");
+    a.on_bad_file = Some("fail".into());
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{e:#}").contains(&bad.path), "{e:#}");
+    let out = f.root.join("late");
+    for sh in ["shard-000000", "shard-000001"] {
+        let written = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .any(|d| d.file_name().to_string_lossy().starts_with(sh));
+        assert!(written, "{sh} was not written before the failure");
+    }
+    let mut b = args(&f, "late");
+    b.on_bad_file = Some("skip".into());
+    let r = go(&b.resolve().unwrap());
+    assert!(r.complete);
+    assert!(
+        r.shards_present >= 2,
+        "the rerun resumed from {} shards",
+        r.shards_present
+    );
+}
+
+/// The image that stopped a `fail` run, fixed (another size: the dataset's fingerprint
+/// changed), resumes the store from its shards, which end as a clean run's; a skipped
+/// image fixed later has only its shard recomputed. Another dataset of the same size
+/// (other files listed) is still refused.
+#[test]
+fn a_fixed_image_resumes_the_store_from_its_shards() {
+    let f = fixture(2);
+    go(&args(&f, "reference").resolve().unwrap());
+    let reference = files(&f.root.join("reference"));
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[14].clone();
+    let good = std::fs::read(ds.full_path(&bad)).unwrap();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let mut a = args(&f, "fixed");
+    a.on_bad_file = Some("fail".into());
+    let s = a.resolve().unwrap();
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(
+        e.contains(&bad.path) && e.contains("rerun the same command"),
+        "{e}"
+    );
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&s);
+    assert!(r.complete);
+    assert!(
+        r.shards_present >= 2,
+        "resumed from {} shards",
+        r.shards_present
+    );
+    assert_eq!(files(&s.out), reference);
+
+    // skipped, then fixed: only its shard (the third of 7 samples) is written again
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let skip = args(&f, "skipped").resolve().unwrap();
+    assert_eq!(go(&skip).skipped.len(), 1);
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&skip);
+    assert!(r.complete && r.skipped.is_empty());
+    assert_eq!((r.shards_present, r.shards_written), (2, 1));
+    assert_eq!(files(&skip.out), reference);
+
+    // every file of another size (a re-encoded copy under the same names, given by
+    // mistake) is another dataset: refused, the store left as it is
+    let before = files(&s.out);
+    for smp in ds.samples() {
+        let p = ds.full_path(smp);
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend([0u8; 16]);
+        std::fs::write(&p, b).unwrap();
+    }
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(e.contains("dataset.sha256"), "{e}");
+    assert_eq!(files(&s.out), before);
+
+    // the same count of other files (one renamed) is another dataset: refused
+    let from = ds.full_path(&ds.samples()[3]);
+    std::fs::rename(&from, from.with_file_name("renamed.jpg")).unwrap();
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(e.contains("dataset.sha256"), "{e}");
+}
+
+/// A merged store renewed by a single run once a skipped image was fixed: the workers'
+/// parts follow it, so a later merge or a worker's rerun finds them current (the merge
+/// asked for every worker to be run again).
+#[test]
+fn a_single_run_renewing_a_merged_store_brings_its_parts_along() {
+    let f = fixture(2);
+    go(&args(&f, "reference").resolve().unwrap());
+    let reference = files(&f.root.join("reference"));
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[14].clone();
+    let good = std::fs::read(ds.full_path(&bad)).unwrap();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let worker = |w: &str| {
+        let mut a = args(&f, "merged");
+        a.worker = Some(w.into());
+        go(&a.resolve().unwrap())
+    };
+    for w in ["0/2", "1/2"] {
+        assert!(worker(w).complete);
+    }
+    let out = f.root.join("merged");
+    let broken = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_store::merge(&out, &broken).unwrap();
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&args(&f, "merged").resolve().unwrap());
+    assert!(r.complete && r.skipped.is_empty());
+    assert_eq!((r.shards_present, r.shards_written), (2, 1));
+    assert_eq!(files(&out), reference);
+    let part = |i: u32| {
+        let p = out.join(format!("manifest.worker-{i}-of-2.json"));
+        meal_store::Manifest::read_file(&p).unwrap()
+    };
+    let store = meal_store::Manifest::read(&out).unwrap();
+    for i in 0..2 {
+        assert_eq!(
+            part(i).config,
+            store.config,
+            "part {i} kept the old dataset"
+        );
+        let ours: Vec<_> = store.shards.iter().filter(|s| s.index % 2 == i).collect();
+        assert_eq!(part(i).shards.iter().collect::<Vec<_>>(), ours);
+    }
+    // the merge and the workers' reruns find the parts current: nothing is written
+    let fixed = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_store::merge(&out, &fixed).unwrap();
+    assert_eq!(files(&out), reference);
+    for w in ["0/2", "1/2"] {
+        let r = worker(w);
+        assert!(
+            r.complete && r.shards_written == 0,
+            "worker {w} wrote again"
+        );
+    }
+    assert_eq!(files(&out), reference);
+}
