@@ -88,6 +88,14 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     match sniff(bytes) {
         Some(Format::Jpeg) => decode_jpeg(bytes, path),
         Some(Format::Png) => decode_png(bytes, path),
+        // (the first bytes of a signature: a file cut short, not another format)
+        None if bytes.len() < 3 && [0xFF, 0xD8].starts_with(bytes) => Err(DataError::decode(
+            path,
+            "a JPEG cut short (only its first bytes)",
+        )),
+        None if bytes.len() < 8 && b"\x89PNG\r\n\x1a\n".starts_with(bytes) => Err(
+            DataError::decode(path, "a PNG cut short (only its first bytes)"),
+        ),
         None => Err(DataError::decode(
             path,
             "unsupported or unrecognised format (JPEG and PNG are decoded)",
@@ -99,7 +107,13 @@ fn check_dims(w: usize, h: usize, path: &Path) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(DataError::decode(path, format!("zero-sized image {w}x{h}")));
     }
-    if w > MAX_SIDE || h > MAX_SIDE || w.saturating_mul(h) > MAX_PIXELS {
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(DataError::decode(
+            path,
+            format!("image {w}x{h} is larger than the limit of {MAX_SIDE} px a side"),
+        ));
+    }
+    if w.saturating_mul(h) > MAX_PIXELS {
         return Err(DataError::decode(
             path,
             format!("image {w}x{h} is larger than the {MAX_PIXELS}-pixel limit"),
@@ -146,9 +160,22 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             format!("JPEG: unexpected output size {n} for {w}x{h} RGB"),
         ));
     }
-    let mut data = vec![0u8; n];
-    dec.decode_into(&mut data)
-        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+    let sequential = dec.info().is_some_and(|i| i.sof.is_sequential_dct());
+    let (data, cut_short) = if sequential && bytes.ends_with(&[0xFF, 0xD9]) {
+        sequential_with_eoi(bytes, n, path)?
+    } else {
+        let mut data = vec![0u8; n];
+        dec.decode_into(&mut data)
+            .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+        (data, false)
+    };
+    if cut_short {
+        tracing::warn!(
+            "{}: JPEG data ends before its last block (cut short, then given an end \
+             marker); the blocks past it are filled grey, as libjpeg and PIL do",
+            path.display()
+        );
+    }
     Ok(RgbImage {
         width: w as u32,
         height: h as u32,
@@ -156,15 +183,86 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     })
 }
 
+/// Decode `bytes` (`n` output bytes) as one JPEG decoder call.
+fn jpeg_pass(bytes: &[u8], n: usize, strict: bool) -> std::result::Result<Vec<u8>, String> {
+    let opts = DecoderOptions::default()
+        .set_strict_mode(strict)
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    let mut data = vec![0u8; n];
+    dec.decode_into(&mut data).map_err(|e| format!("{e:?}"))?;
+    Ok(data)
+}
+
+/// A sequential JPEG that ends in its end-of-image marker, decoded without the marker,
+/// and whether its data ended before its last block. zune-jpeg reads past an end marker
+/// met early as zero bits (blocks of noise, where libjpeg warns "Premature end of JPEG
+/// file" and fills them grey, which PIL passes on), while past the end of the data it
+/// reports the shortage: so a whole file decodes as it does with the marker (the same
+/// pixels), and a file cut short and given a marker fails, then is decoded again in
+/// zune-jpeg's lenient mode, which fills the rows past the data with 128. Only then is
+/// it decoded with the marker too: where that fails, the file is corrupt (an error, as
+/// before); where it equals the lenient pass, the file was whole after all (the strict
+/// pass failed for another reason) and nothing is said. Progressive files keep
+/// zune-jpeg's way (their later scans refine earlier ones: no grey tail to fill).
+fn sequential_with_eoi(bytes: &[u8], n: usize, path: &Path) -> Result<(Vec<u8>, bool)> {
+    let body = &bytes[..bytes.len() - 2];
+    if let Ok(data) = jpeg_pass(body, n, true) {
+        return Ok((data, false));
+    }
+    // (a file the strict decoder refuses with its marker stays refused: corrupt, not
+    // cut short)
+    let whole =
+        jpeg_pass(bytes, n, true).map_err(|e| DataError::decode(path, format!("JPEG: {e}")))?;
+    Ok(match jpeg_pass(body, n, false) {
+        Ok(grey) if grey != whole => (grey, true),
+        _ => (whole, false),
+    })
+}
+
+/// The `IEND` chunk that ends every PNG (length 0, type, CRC).
+const PNG_IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+
+/// A PNG; one whose image data is whole but whose `IEND` chunk is missing (cut at its
+/// very end) decodes as PIL decodes it, which does not require the chunk.
 fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    match decode_png_once(bytes, path) {
+        Err(e) if !bytes.ends_with(&PNG_IEND) => {
+            let mut ended = bytes.to_vec();
+            ended.extend_from_slice(&PNG_IEND);
+            decode_png_once(&ended, path).map_err(|_| e)
+        }
+        r => r,
+    }
+}
+
+/// The png crate's message with its chunk types' `Debug` structs (`ChunkType { type:
+/// IDAT, critical: true, ... }`) shortened to the type (`IDAT`).
+fn png_message(e: &image::ImageError) -> String {
+    let mut text = e.to_string();
+    while let Some(start) = text.find("ChunkType { type: ") {
+        let rest = &text[start + "ChunkType { type: ".len()..];
+        let (Some(comma), Some(close)) = (rest.find(','), rest.find('}')) else {
+            break;
+        };
+        let kind = rest[..comma.min(close)].trim().to_string();
+        let end = start + "ChunkType { type: ".len() + close + 1;
+        text.replace_range(start..end, &kind);
+    }
+    text
+}
+
+fn decode_png_once(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let mut reader =
         image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    // (the sides are checked by check_dims, whose message names the limit; the crate's
+    // says "Image size exceeds limit")
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE as u32);
-    limits.max_image_height = Some(MAX_SIDE as u32);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
-    let png = |e: image::ImageError| DataError::decode(path, format!("PNG: {e}"));
+    let png = |e: image::ImageError| DataError::decode(path, format!("PNG: {}", png_message(&e)));
     // the header's size is checked before any pixel is decoded: a 190 KB 1-bit PNG of
     // 40000x40000 decoded 1.6 GB before it was refused (an adversarial run), and 16-bit
     // RGBA takes 8 bytes a pixel (2 GB under the pixel limit, per decoding thread)

@@ -72,7 +72,59 @@ fn bad_files_are_errors_naming_the_file() {
     expect_decode_error(&prog[..prog.len() / 2], "half_progressive.jpg");
     expect_decode_error(&png[..8], "signature_only.png");
     expect_decode_error(&png[..png.len() / 2], "half.png");
-    expect_decode_error(&png[..png.len() - 12], "no_iend.png");
+    // the first bytes of a signature say the file was cut short
+    for (bytes, name) in [(&jpg[..2], "two_bytes.jpg"), (&png[..5], "five_bytes.png")] {
+        let e = decode_bytes(bytes, Path::new(name)).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains("cut short"), "{e}");
+    }
+    // a bad chunk checksum names the chunk by its type, not a Debug struct
+    let mut crc = png.clone();
+    let at = crc.len() - 12 - 1; // the last byte of the last chunk's CRC before IEND
+    crc[at] ^= 0xFF;
+    let e = decode_bytes(&crc, Path::new("crc.png")).unwrap_err().to_string();
+    assert!(!e.contains("ChunkType {"), "{e}");
+}
+
+/// A PNG whose image data is whole but whose closing `IEND` chunk is missing decodes as
+/// PIL decodes it (PIL does not need the chunk); one cut inside its data stays an error.
+#[test]
+fn a_png_without_its_end_chunk_decodes_whole() {
+    let png = std::fs::read(common::fixtures().join("src_rgba.png")).unwrap();
+    let whole = decode_bytes(&png, Path::new("whole.png")).unwrap();
+    let no_end = decode_bytes(&png[..png.len() - 12], Path::new("no_iend.png")).unwrap();
+    assert_eq!(no_end, whole);
+    expect_decode_error(&png[..png.len() - 40], "cut_in_data.png");
+}
+
+/// A sequential JPEG cut short and given an end-of-image marker (a scraped or copied
+/// file) decodes as libjpeg decodes it: the rows before the cut as in the whole file,
+/// the blocks past it mid-grey (128; libjpeg zeroes their coefficients, and PIL passes
+/// its "Premature end of JPEG file" on). zune-jpeg alone decoded them from zero bits:
+/// noise that took crops there to labels PIL's decode never gives.
+#[test]
+fn a_jpeg_cut_short_with_an_end_marker_is_filled_grey_as_libjpeg() {
+    for name in ["src_baseline.jpg", "src_444.jpg", "src_gray.jpg", "src_cmyk.jpg"] {
+        let jpg = std::fs::read(common::fixtures().join(name)).unwrap();
+        let whole = decode_bytes(&jpg, Path::new(name)).unwrap();
+        let mut cut = jpg[..jpg.len() / 2].to_vec();
+        cut.extend([0xFF, 0xD9]);
+        let img = decode_bytes(&cut, Path::new(name)).unwrap();
+        assert_eq!((img.width, img.height), (whole.width, whole.height));
+        let row = whole.width as usize * 3;
+        let rows = whole.height as usize;
+        // the first rows (well before half the data) are the whole file's
+        assert_eq!(img.data[..row * 8], whole.data[..row * 8], "{name}");
+        // the last rows (past the data) are grey
+        let tail = &img.data[row * (rows - 8)..];
+        assert!(tail.iter().all(|&v| v == 128), "{name}: the tail is not grey");
+        assert!(whole.data[row * (rows - 8)..].iter().any(|&v| v != 128));
+    }
+    // a whole file decodes as it always did (the marker-less pass gives its pixels), and
+    // a progressive one cut short is left to zune-jpeg (later scans refine earlier ones)
+    let prog = std::fs::read(common::fixtures().join("src_progressive.jpg")).unwrap();
+    let mut cut = prog[..prog.len() / 2].to_vec();
+    cut.extend([0xFF, 0xD9]);
+    assert!(decode_bytes(&cut, Path::new("p.jpg")).is_ok());
 }
 
 #[test]
@@ -161,6 +213,8 @@ fn png_header(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
 fn png_bombs_are_refused_from_their_header() {
     for (w, h, depth, colour, want) in [
         (40_000, 40_000, 1, 0, "pixel limit"),
+        // one side past JPEG's 65535: named as such, not "Image size exceeds limit"
+        (70_000, 1, 8, 2, "65535 px a side"),
         (12_000, 12_000, 16, 6, "byte limit"),
     ] {
         let e = decode_bytes(&png_header(w, h, depth, colour), Path::new("bomb.png"))
