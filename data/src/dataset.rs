@@ -182,9 +182,9 @@ impl Dataset {
 
     /// Index a CSV list file with columns `path,label` (a header line `path,label` is
     /// optional). Paths are relative to the list file's directory. Labels are either all
-    /// integers (classes `0..=max`, named by their number) or all names (classes sorted
-    /// by name, as ImageFolder); a mix is refused, naming the odd line. Samples keep the
-    /// file's order.
+    /// integers (classes `0..=max`, named by their number; `2.0` is 2) or all names
+    /// (classes sorted by name, as ImageFolder); a mix is refused, naming the odd line.
+    /// Samples keep the file's order (docs/DATA.md, "List file").
     pub fn list_file(list: &Path, links: LinkPolicy) -> Result<Self> {
         let root = list
             .parent()
@@ -196,12 +196,14 @@ impl Dataset {
             root
         };
         let canon_root = root.canonicalize().map_err(|e| DataError::io(&root, e))?;
+        // (fields are trimmed below: a path only where the file as written is absent, so
+        // a quoted name with a leading space is found, and `a.jpg, 3` reads as typed)
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
-            .trim(csv::Trim::All)
+            .trim(csv::Trim::None)
             .from_path(list)
             .map_err(|e| DataError::dataset(list, e))?;
-        // (path, label, line number)
+        // (path as written, label, line number)
         let mut rows: Vec<(String, String, usize)> = Vec::new();
         for (i, rec) in reader.records().enumerate() {
             let rec = rec.map_err(|e| DataError::dataset(list, e))?;
@@ -215,10 +217,18 @@ impl Dataset {
                     ),
                 ));
             }
-            if i == 0 && &rec[0] == "path" && &rec[1] == "label" {
+            let (path, label) = (&rec[0], rec[1].trim());
+            if i == 0 && path.trim() == "path" && label == "label" {
                 continue;
             }
-            rows.push((rec[0].to_string(), rec[1].to_string(), i + 1));
+            if i == 0 && path.trim() == "label" && label == "path" {
+                return Err(DataError::dataset(
+                    list,
+                    "line 1: the header names the columns `label,path`: a list's columns are \
+                     `path,label`, in that order",
+                ));
+            }
+            rows.push((path.to_string(), label.to_string(), i + 1));
         }
         if rows.is_empty() {
             return Err(DataError::dataset(list, "no samples in list file"));
@@ -231,10 +241,17 @@ impl Dataset {
             ));
         }
         // a label of digits is a class index, however large (`4294967296` became a class
-        // name when it did not parse as a u32)
+        // name when it did not parse as a u32); so is one with a zero fraction (`2.0`:
+        // pandas writes an integer column holding a missing value as floats), which as
+        // a name sorted `10.0` before `2.0` and renumbered the classes without a word
         let index = |s: &str| {
-            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+            let int = match s.split_once('.') {
+                Some((int, frac)) if !frac.is_empty() && frac.bytes().all(|b| b == b'0') => int,
+                Some(_) => return None,
+                None => s,
+            };
+            (!int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| int.parse::<u64>().unwrap_or(u64::MAX))
         };
         let numeric: Option<Vec<u64>> = rows.iter().map(|r| index(&r.1)).collect();
         let (classes, labels): (Vec<String>, Vec<u32>) = match numeric {
@@ -252,6 +269,31 @@ impl Dataset {
                     ));
                 }
                 let max = *ls.iter().max().unwrap_or(&0);
+                // indices no row has are classes all the same (a split may lack one), but
+                // said, as an ImageFolder's empty folders are: a list numbered from 1
+                // leaves class 0 empty and shifts every class against 0-based teachers
+                let mut seen = vec![false; max as usize + 1];
+                for &l in &ls {
+                    seen[l as usize] = true;
+                }
+                let unused: Vec<String> = (0..=max as usize)
+                    .filter(|&c| !seen[c])
+                    .map(|c| c.to_string())
+                    .collect();
+                if !unused.is_empty() {
+                    tracing::warn!(
+                        "{}: {} class indices have no sample, yet count as classes: {}{}{}",
+                        list.display(),
+                        unused.len(),
+                        unused[..unused.len().min(5)].join(", "),
+                        if unused.len() > 5 { ", ..." } else { "" },
+                        if !seen[0] {
+                            " (labels count from 0: a list numbered from 1 leaves class 0 empty)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 // (every index is below MAX_CLASSES, checked above)
                 (
                     (0..=max).map(|c| c.to_string()).collect(),
@@ -276,12 +318,16 @@ impl Dataset {
                             format!(
                                 "line {line}: label {label:?} {}, while {ints} of the {} labels are \
                                  class indices: labels must be all class indices (0, 1, ...) or \
-                                 all class names",
+                                 all class names{}",
                                 match mostly_ints {
                                     true => "is not a class index (a non-negative integer)",
                                     false => "is an integer among class names",
                                 },
-                                rows.len()
+                                rows.len(),
+                                match *line {
+                                    1 => " (a header line must read `path,label`)",
+                                    _ => "",
+                                }
                             ),
                         ));
                     }
@@ -301,8 +347,21 @@ impl Dataset {
         // a path listed twice (with two labels, it made one image two samples of two
         // classes)
         let mut first_line: std::collections::HashMap<String, usize> = Default::default();
-        for ((path, _, line), label) in rows.into_iter().zip(labels) {
-            let rel = safe_relative(&path).ok_or_else(|| {
+        for ((written, _, line), label) in rows.into_iter().zip(labels) {
+            // as written where that file exists (a quoted name may begin with a space),
+            // otherwise trimmed
+            let trimmed = written.trim();
+            let path = match written != trimmed && root.join(&written).is_file() {
+                true => written.as_str(),
+                false => trimmed,
+            };
+            if path.is_empty() {
+                return Err(DataError::dataset(
+                    list,
+                    format!("line {line}: the path is empty"),
+                ));
+            }
+            let rel = safe_relative(path).ok_or_else(|| {
                 DataError::dataset(
                     list,
                     format!("line {line}: entry {path:?} must be a relative path without `..`"),
@@ -317,10 +376,27 @@ impl Dataset {
             }
             let full = root.join(&rel);
             // named by the list's line: a missing file is a typo or a stale list there
-            check_inside(&full, &canon_root, links)
-                .map_err(|e| DataError::dataset(list, format!("line {line}: {e}")))?;
+            check_inside(&full, &canon_root, links).map_err(|e| match e {
+                DataError::LinkOutsideRoot {
+                    path, target, root, ..
+                } => DataError::LinkOutsideRoot {
+                    listed: Some(format!("{}: line {line}: ", list.display())),
+                    path,
+                    target,
+                    root,
+                },
+                e => DataError::dataset(list, format!("line {line}: {e}")),
+            })?;
             let meta = fs::metadata(&full).map_err(|e| {
-                DataError::dataset(list, format!("line {line}: {}: {e}", full.display()))
+                // a first line naming no file may be a header of other names
+                let header = match line {
+                    1 => " (a header line must read `path,label`)",
+                    _ => "",
+                };
+                DataError::dataset(
+                    list,
+                    format!("line {line}: {}: {e}{header}", full.display()),
+                )
             })?;
             if !meta.is_file() {
                 return Err(DataError::dataset(
@@ -457,10 +533,18 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>)>> {
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
         let path = entry.path();
-        let name = entry
-            .file_name()
-            .into_string()
-            .map_err(|_| DataError::dataset(&path, "file name is not valid UTF-8"))?;
+        let name = match entry.file_name().into_string() {
+            Ok(name) => name,
+            // a file that is not an image is no sample (torchvision passes over it):
+            // only an image, or a directory that may hold some, needs a portable name
+            Err(raw) => {
+                let image = has_image_extension(&raw.to_string_lossy());
+                if !image && fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                    continue;
+                }
+                return Err(DataError::dataset(&path, "file name is not valid UTF-8"));
+            }
+        };
         let meta = match fs::metadata(&path) {
             Ok(m) => Some(m),
             Err(_) if fs::symlink_metadata(&path).is_ok() => None,
@@ -538,6 +622,7 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
     let canon = full.canonicalize().map_err(|e| DataError::io(full, e))?;
     if !canon.starts_with(canon_root) {
         return Err(DataError::LinkOutsideRoot {
+            listed: None,
             path: full.to_path_buf(),
             target: canon,
             root: canon_root.to_path_buf(),

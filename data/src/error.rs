@@ -42,8 +42,10 @@ pub enum DataError {
     /// A symlink of the dataset leads outside its root, which is followed only under
     /// [`crate::LinkPolicy::FollowAnywhere`] (a link to another user's files, or a
     /// copy's link back to the original, is more often a mistake than intended).
-    #[error("{path}: resolves to {target} outside the dataset root {root} (links that leave the root are not followed unless asked for)")]
+    #[error("{}{path}: resolves to {target} outside the dataset root {root} (links that leave the root are not followed unless asked for)", .listed.as_deref().unwrap_or(""))]
     LinkOutsideRoot {
+        /// Where a list file names it (`LIST: line N: `), or empty for a folder's.
+        listed: Option<String>,
         /// The link, as found under the root.
         path: PathBuf,
         /// Where it leads.

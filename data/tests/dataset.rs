@@ -124,6 +124,28 @@ fn list_files_numeric_and_named_labels() {
     let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
     assert_eq!(ds.classes(), ["ant", "zebra"]);
     assert_eq!(ds.samples()[0].label, 1);
+    // labels written as floats (pandas' integer column with a missing value) are class
+    // indices: as names `10.0` sorted before `2.0`, renumbering the classes
+    fs::write(&list, "imgs/b.jpg,2.0\nimgs/a.jpg,10.00\n").unwrap();
+    let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
+    assert_eq!(ds.classes().len(), 11);
+    assert_eq!((ds.samples()[0].label, ds.samples()[1].label), (2, 10));
+    // a real fraction is no index: among indices it is the typo named
+    fs::write(&list, "imgs/b.jpg,2\nimgs/a.jpg,1\n./c.png,2.5\n").unwrap();
+    let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err();
+    assert!(e.to_string().contains("line 3: label \"2.5\""), "{e}");
+    // a BOM, CRLF, spaces around unquoted fields (trimmed), and a quoted name that
+    // begins with a space (kept: the file as written exists)
+    write(dir.path(), " lead.jpg", b"4444");
+    let body = "\u{feff}path,label\r\n imgs/a.jpg , 1 \r\n\" lead.jpg\",0\r\n";
+    fs::write(&list, body).unwrap();
+    let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
+    let got: Vec<(&str, u32)> = ds
+        .samples()
+        .iter()
+        .map(|s| (s.path.as_str(), s.label))
+        .collect();
+    assert_eq!(got, [("imgs/a.jpg", 1), (" lead.jpg", 0)]);
 }
 
 #[test]
@@ -171,6 +193,11 @@ fn list_file_errors_name_the_file_and_entry() {
             "line 3: label \"5a\" is not a class index",
         ),
         ("a.jpg,0\na.jpg,0\na.jpg,-1\n", "line 3: label \"-1\""),
+        // an empty path is called so (not "must be a relative path without `..`")
+        ("a.jpg,0\n,1\n", "line 2: the path is empty"),
+        // a header of other names, or with the columns swapped
+        ("file,class\na.jpg,0\n", "a header line must read `path,label`"),
+        ("label,path\n0,a.jpg\n", "a list's columns are `path,label`"),
         // and an integer among names
         (
             "a.jpg,cat\na.jpg,dog\na.jpg,7\n",
@@ -293,4 +320,28 @@ fn empty_roots_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope"), "{e}");
+}
+
+/// A file whose name is not UTF-8 is refused only where it would be a sample (an image
+/// name) or could hold samples (a directory); another file is passed over, as
+/// torchvision's ImageFolder passes over every non-image file.
+#[cfg(unix)]
+#[test]
+fn a_non_utf8_name_is_refused_only_for_an_image() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "cls/a.jpg", b"1");
+    let odd = |ext: &str| {
+        let mut name = b"\xff".to_vec();
+        name.extend(ext.as_bytes());
+        dir.path()
+            .join("cls")
+            .join(std::ffi::OsStr::from_bytes(&name))
+    };
+    fs::write(odd(".txt"), b"notes").unwrap();
+    let ds = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap();
+    assert_eq!(ds.len(), 1);
+    fs::write(odd(".jpg"), b"2").unwrap();
+    let e = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap_err();
+    assert!(e.to_string().contains("not valid UTF-8"), "{e}");
 }

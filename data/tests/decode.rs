@@ -74,14 +74,18 @@ fn bad_files_are_errors_naming_the_file() {
     expect_decode_error(&png[..png.len() / 2], "half.png");
     // the first bytes of a signature say the file was cut short
     for (bytes, name) in [(&jpg[..2], "two_bytes.jpg"), (&png[..5], "five_bytes.png")] {
-        let e = decode_bytes(bytes, Path::new(name)).unwrap_err().to_string();
+        let e = decode_bytes(bytes, Path::new(name))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(name) && e.contains("cut short"), "{e}");
     }
     // a bad chunk checksum names the chunk by its type, not a Debug struct
     let mut crc = png.clone();
     let at = crc.len() - 12 - 1; // the last byte of the last chunk's CRC before IEND
     crc[at] ^= 0xFF;
-    let e = decode_bytes(&crc, Path::new("crc.png")).unwrap_err().to_string();
+    let e = decode_bytes(&crc, Path::new("crc.png"))
+        .unwrap_err()
+        .to_string();
     assert!(!e.contains("ChunkType {"), "{e}");
 }
 
@@ -103,7 +107,12 @@ fn a_png_without_its_end_chunk_decodes_whole() {
 /// noise that took crops there to labels PIL's decode never gives.
 #[test]
 fn a_jpeg_cut_short_with_an_end_marker_is_filled_grey_as_libjpeg() {
-    for name in ["src_baseline.jpg", "src_444.jpg", "src_gray.jpg", "src_cmyk.jpg"] {
+    for name in [
+        "src_baseline.jpg",
+        "src_444.jpg",
+        "src_gray.jpg",
+        "src_cmyk.jpg",
+    ] {
         let jpg = std::fs::read(common::fixtures().join(name)).unwrap();
         let whole = decode_bytes(&jpg, Path::new(name)).unwrap();
         let mut cut = jpg[..jpg.len() / 2].to_vec();
@@ -116,7 +125,10 @@ fn a_jpeg_cut_short_with_an_end_marker_is_filled_grey_as_libjpeg() {
         assert_eq!(img.data[..row * 8], whole.data[..row * 8], "{name}");
         // the last rows (past the data) are grey
         let tail = &img.data[row * (rows - 8)..];
-        assert!(tail.iter().all(|&v| v == 128), "{name}: the tail is not grey");
+        assert!(
+            tail.iter().all(|&v| v == 128),
+            "{name}: the tail is not grey"
+        );
         assert!(whole.data[row * (rows - 8)..].iter().any(|&v| v != 128));
     }
     // a whole file decodes as it always did (the marker-less pass gives its pixels), and
