@@ -171,10 +171,10 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
                     .collect();
                 let _ = writeln!(
                     sample_rows,
-                    "  {:>7} {:>5}  {:<28} box t{:.3} l{:.3} h{:.3} w{:.3}{}  {}",
+                    "  {:>7} {:>5}  {} box t{:.3} l{:.3} h{:.3} w{:.3}{}  {}",
                     im.sample_id,
                     cl.crop_id,
-                    truncate(&im.path, 28),
+                    fit(&im.path, 28),
                     r.top,
                     r.left,
                     r.height,
@@ -189,21 +189,26 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let w = c
         .classes
         .iter()
-        .map(|n| n.chars().count())
+        .map(|n| unicode_width::UnicodeWidthStr::width(n.as_str()))
         .max()
         .unwrap_or(5)
         .clamp(5, 40);
     let _ = writeln!(
         t,
-        "\n  {:<w$} {:>6} {:>7}  {:>11}  {:>9}  {:>13}",
-        "class", "images", "crops", "top-1 agree", "mean conf", "label entropy"
+        "\n  {} {:>6} {:>7}  {:>11}  {:>9}  {:>13}",
+        fit("class", w),
+        "images",
+        "crops",
+        "top-1 agree",
+        "mean conf",
+        "label entropy"
     );
     for (name, r) in c.classes.iter().zip(&classes) {
         let n = r.crops.max(1) as f64;
         let _ = writeln!(
             t,
-            "  {:<w$} {:>6} {:>7}  {:>11.4}  {:>9.4}  {:>13.4}",
-            truncate(name, w),
+            "  {} {:>6} {:>7}  {:>11.4}  {:>9.4}  {:>13.4}",
+            fit(name, w),
             r.images,
             r.crops,
             r.agree as f64 / n,
@@ -223,20 +228,29 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     })
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
+/// `s` in `n` terminal columns: cut from the left with `…` when wider (a path's or
+/// name's end tells most), padded with spaces when narrower. Counted in display width
+/// (a CJK character or an emoji takes two columns), which `{:<n$}` does not: such class
+/// names put the table's columns out of line.
+fn fit(s: &str, n: usize) -> String {
+    use unicode_width::UnicodeWidthChar;
+    let width = |c: char| c.width().unwrap_or(0);
+    let mut out = if s.chars().map(width).sum::<usize>() <= n {
         s.to_string()
     } else {
-        let tail: String = s
-            .chars()
-            .rev()
-            .take(n - 1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!("…{tail}")
-    }
+        let (mut tail, mut used) = (Vec::new(), 1); // (1: the ellipsis)
+        for c in s.chars().rev() {
+            if used + width(c) > n {
+                break;
+            }
+            used += width(c);
+            tail.push(c);
+        }
+        std::iter::once('…').chain(tail.into_iter().rev()).collect()
+    };
+    let used: usize = out.chars().map(width).sum();
+    out.extend(std::iter::repeat_n(' ', n.saturating_sub(used)));
+    out
 }
 
 /// Counts of `v` in `bins` equal bins over `[lo, hi]`.
@@ -320,4 +334,25 @@ pub fn verify(dir: &Path) -> Result<String> {
         "ok: {} shards (checksums match), {} images, {} rows, max |sum(p) - 1| = {:.2e}",
         r.shards, images, r.rows, r.max_sum_error
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+    use unicode_width::UnicodeWidthStr;
+
+    /// Names of wide characters fill the columns they take on a terminal, so the
+    /// table's columns stay in line; a name too wide keeps its end.
+    #[test]
+    fn names_fit_their_display_width() {
+        for name in ["cat", "中文类", "😀smile", "é-accent", "ring_dots"] {
+            assert_eq!(fit(name, 12).width(), 12, "{name:?}");
+        }
+        let cut = fit("数据集/类别/一张很长的图片名字.jpg", 10);
+        assert_eq!(cut.width(), 10, "{cut:?}");
+        assert!(cut.starts_with('…') && cut.trim_end().ends_with(".jpg"), "{cut:?}");
+        // a wide character that would straddle the edge is left out, the gap padded
+        assert_eq!(fit("ab中", 3), "…中");
+        assert_eq!(fit("a中中", 4), "…中 ");
+    }
 }

@@ -23,6 +23,10 @@ pub struct Accuracy {
     pub top1: f64,
     /// Top-5 accuracy (top-k with k = min(5, classes)).
     pub top5: f64,
+    /// Images of the dataset left out as unreadable (not in `images`, nor in the
+    /// accuracies' denominator): a script reading `--json` can tell a partial count.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// How an evaluation reads its images.
@@ -105,6 +109,7 @@ fn eval_loop(
         images: n,
         top1: c1 as f64 / d,
         top5: c5 as f64 / d,
+        skipped: ds.len() as u64 - n,
     }))
 }
 

@@ -221,8 +221,12 @@ fn cli() -> Result<()> {
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 (format!("ensemble of {}", teacher.len()), acc)
             };
+            let skipped = match acc.skipped {
+                0 => String::new(),
+                n => format!(" ({n} unreadable images skipped, not counted)"),
+            };
             meal_cli::outln!(
-                "{what}: {} images, top-1 {:.4}, top-5 {:.4}",
+                "{what}: {} images, top-1 {:.4}, top-5 {:.4}{skipped}",
                 acc.images,
                 acc.top1,
                 acc.top5

@@ -71,6 +71,41 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     std::fs::write(class.join("zero.jpg"), b"").unwrap();
     a.out = Some(f.root.join("skip"));
     assert_eq!(top1(a.clone()), clean, "the empty file is not counted");
+    // eval says so, in its JSON too (a script can tell a partial count)
+    let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
+    let w = f.root.join("tiny.safetensors");
+    save_with(&model, &w, "bn1.running_mean", 0, 0.0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .arg("eval")
+        .arg("--data")
+        .arg(&val)
+        .args([
+            "--arch",
+            "demo_tiny",
+            "--threads",
+            "1",
+            "--json",
+            "--weights",
+        ])
+        .arg(&w)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("(1 unreadable images skipped, not counted)"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let images = meal_data::Dataset::open(&val, meal_data::LinkPolicy::StayInside)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(json["skipped"], 1, "{json}");
+    assert_eq!(json["images"], images - 1, "{json}");
     a.out = Some(f.root.join("fail"));
     a.on_bad_file = Some("fail".into());
     let e = format!("{:#}", go(a).unwrap_err());
