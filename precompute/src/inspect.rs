@@ -350,7 +350,10 @@ mod tests {
         }
         let cut = fit("数据集/类别/一张很长的图片名字.jpg", 10);
         assert_eq!(cut.width(), 10, "{cut:?}");
-        assert!(cut.starts_with('…') && cut.trim_end().ends_with(".jpg"), "{cut:?}");
+        assert!(
+            cut.starts_with('…') && cut.trim_end().ends_with(".jpg"),
+            "{cut:?}"
+        );
         // a wide character that would straddle the edge is left out, the gap padded
         assert_eq!(fit("ab中", 3), "…中");
         assert_eq!(fit("a中中", 4), "…中 ");

@@ -10,6 +10,7 @@ use meal_models::{read_state_dict, ResNet};
 use meal_student::config::TrainArgs;
 use meal_student::train::{train, TrainReport};
 
+mod bad_inputs;
 mod refusals;
 
 struct Fx {
