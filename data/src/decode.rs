@@ -123,12 +123,14 @@ fn check_dims(w: usize, h: usize, path: &Path) -> Result<()> {
 }
 
 fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
-    let opts = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    // A file that ends in its end-of-image marker is decoded without it, followed by
+    // zero bytes (see `cut_short`): one header parse and one decode for a whole file
+    let padded = bytes.ends_with(&[0xFF, 0xD9]).then(|| {
+        let mut v = bytes[..bytes.len() - 2].to_vec();
+        v.extend_from_slice(&[0; LOOKAHEAD_PAD]);
+        v
+    });
+    let mut dec = jpeg_decoder(padded.as_deref().unwrap_or(bytes), true);
     dec.decode_headers()
         .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
     let (w, h) = dec
@@ -161,21 +163,25 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         ));
     }
     let sequential = dec.info().is_some_and(|i| i.sof.is_sequential_dct());
-    let (data, cut_short) = if sequential && bytes.ends_with(&[0xFF, 0xD9]) {
-        sequential_with_eoi(bytes, n, path)?
-    } else {
-        let mut data = vec![0u8; n];
-        dec.decode_into(&mut data)
-            .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
-        (data, false)
+    let whole = |e| DataError::decode(path, format!("JPEG: {e:?}"));
+    let mut data = vec![0u8; n];
+    let data = match padded.as_deref() {
+        Some(padded) if sequential => match dec.decode_into(&mut data) {
+            Ok(()) => data,
+            Err(e) => cut_short(bytes, padded, n, e, path)?,
+        },
+        // progressive (later scans refine earlier ones: no grey tail to fill) or no
+        // final marker: as the file is
+        Some(_) => {
+            let mut dec = jpeg_decoder(bytes, true);
+            dec.decode_into(&mut data).map_err(whole)?;
+            data
+        }
+        None => {
+            dec.decode_into(&mut data).map_err(whole)?;
+            data
+        }
     };
-    if cut_short {
-        tracing::warn!(
-            "{}: JPEG data ends before its last block (cut short, then given an end \
-             marker); the blocks past it are filled grey, as libjpeg and PIL do",
-            path.display()
-        );
-    }
     Ok(RgbImage {
         width: w as u32,
         height: h as u32,
@@ -183,43 +189,59 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     })
 }
 
-/// Decode `bytes` (`n` output bytes) as one JPEG decoder call.
-fn jpeg_pass(bytes: &[u8], n: usize, strict: bool) -> std::result::Result<Vec<u8>, String> {
+/// Zero bytes after a sequential JPEG's data in place of its end marker: more than
+/// zune-jpeg's bit reader reads ahead (8 bytes), so a whole file's reader never meets
+/// the end of its input before the last row is decoded (it counts reading the last byte
+/// as running out, which failed small whole files whose last row takes a few bytes). A
+/// whole file decodes to the same pixels as with its marker: past a marker zune-jpeg
+/// reads zero bits too.
+const LOOKAHEAD_PAD: usize = 16;
+
+fn jpeg_decoder(bytes: &[u8], strict: bool) -> JpegDecoder<ZCursor<&[u8]>> {
     let opts = DecoderOptions::default()
         .set_strict_mode(strict)
         .set_max_width(MAX_SIDE)
         .set_max_height(MAX_SIDE)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    let mut data = vec![0u8; n];
-    dec.decode_into(&mut data).map_err(|e| format!("{e:?}"))?;
-    Ok(data)
+    JpegDecoder::new_with_options(ZCursor::new(bytes), opts)
 }
 
-/// A sequential JPEG that ends in its end-of-image marker, decoded without the marker,
-/// and whether its data ended before its last block. zune-jpeg reads past an end marker
-/// met early as zero bits (blocks of noise, where libjpeg warns "Premature end of JPEG
-/// file" and fills them grey, which PIL passes on), while past the end of the data it
-/// reports the shortage: so a whole file decodes as it does with the marker (the same
-/// pixels), and a file cut short and given a marker fails, then is decoded again in
-/// zune-jpeg's lenient mode, which fills the rows past the data with 128. Only then is
-/// it decoded with the marker too: where that fails, the file is corrupt (an error, as
-/// before); where it equals the lenient pass, the file was whole after all (the strict
-/// pass failed for another reason) and nothing is said. Progressive files keep
-/// zune-jpeg's way (their later scans refine earlier ones: no grey tail to fill).
-fn sequential_with_eoi(bytes: &[u8], n: usize, path: &Path) -> Result<(Vec<u8>, bool)> {
-    let body = &bytes[..bytes.len() - 2];
-    if let Ok(data) = jpeg_pass(body, n, true) {
-        return Ok((data, false));
+/// A sequential JPEG with an end marker whose padded decode (`padded`, see
+/// [`LOOKAHEAD_PAD`]) failed with `e`. Where `e` says its data ran out before the last
+/// rows, the file was cut short and given a marker (a copy interrupted, a scrape): it is
+/// decoded again without the padding in zune-jpeg's lenient mode, which fills the rows
+/// from the one where the data ends with 128, as libjpeg fills the blocks it lacks
+/// ("Premature end of JPEG file", which PIL passes on), and a warning names it. With the
+/// marker, zune-jpeg decoded them from zero bits: noise PIL never gives. Any other
+/// error is the file's as it is (decoded with its marker, as before).
+fn cut_short(
+    bytes: &[u8],
+    padded: &[u8],
+    n: usize,
+    e: zune_jpeg::errors::DecodeErrors,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    use zune_jpeg::errors::DecodeErrors;
+    let as_is = |e| DataError::decode(path, format!("JPEG: {e:?}"));
+    let ran_out = matches!(
+        e,
+        DecodeErrors::ExhaustedData | DecodeErrors::FormatStatic("Premature end of buffer")
+    );
+    let mut data = vec![0u8; n];
+    let body = &padded[..bytes.len() - 2];
+    if ran_out && jpeg_decoder(body, false).decode_into(&mut data).is_ok() {
+        tracing::warn!(
+            "{}: JPEG data ends before its last rows (cut short, then given an end \
+             marker); the rows from the one where it ends are filled grey, as libjpeg \
+             and PIL fill the blocks it lacks",
+            path.display()
+        );
+        return Ok(data);
     }
-    // (a file the strict decoder refuses with its marker stays refused: corrupt, not
-    // cut short)
-    let whole =
-        jpeg_pass(bytes, n, true).map_err(|e| DataError::decode(path, format!("JPEG: {e}")))?;
-    Ok(match jpeg_pass(body, n, false) {
-        Ok(grey) if grey != whole => (grey, true),
-        _ => (whole, false),
-    })
+    jpeg_decoder(bytes, true)
+        .decode_into(&mut data)
+        .map_err(as_is)?;
+    Ok(data)
 }
 
 /// The `IEND` chunk that ends every PNG (length 0, type, CRC).

@@ -43,6 +43,14 @@ pub enum LockError {
     },
 }
 
+impl LockError {
+    /// Whether the lock file could not be made because the file system is mounted
+    /// read-only (the binaries then say why the run had to write there).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, LockError::Io { error, .. } if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem)
+    }
+}
+
 /// Held while alive; dropping it (or the process ending) releases the directory.
 #[derive(Debug)]
 pub struct DirLock {

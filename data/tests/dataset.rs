@@ -134,6 +134,11 @@ fn list_files_numeric_and_named_labels() {
     fs::write(&list, "imgs/b.jpg,2\nimgs/a.jpg,1\n./c.png,2.5\n").unwrap();
     let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err();
     assert!(e.to_string().contains("line 3: label \"2.5\""), "{e}");
+    // on line 1, naming a file: no header hint (it is a row)
+    fs::write(&list, "./c.png,2.5\nimgs/b.jpg,2\nimgs/a.jpg,1\n").unwrap();
+    let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err();
+    assert!(e.to_string().contains("line 1: label \"2.5\""), "{e}");
+    assert!(!e.to_string().contains("header"), "{e}");
     // a BOM, CRLF, spaces around unquoted fields (trimmed), and a quoted name that
     // begins with a space (kept: the file as written exists)
     write(dir.path(), " lead.jpg", b"4444");
@@ -197,6 +202,8 @@ fn list_file_errors_name_the_file_and_entry() {
         ("a.jpg,0\n,1\n", "line 2: the path is empty"),
         // a header of other names, or with the columns swapped
         ("file,class\na.jpg,0\n", "a header line must read `path,label`"),
+        // also with class names, met first as a missing file
+        ("file,class\na.jpg,cat\n", "a header line must read `path,label`"),
         ("label,path\n0,a.jpg\n", "a list's columns are `path,label`"),
         // and an integer among names
         (

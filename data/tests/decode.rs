@@ -100,6 +100,57 @@ fn a_png_without_its_end_chunk_decodes_whole() {
     expect_decode_error(&png[..png.len() - 40], "cut_in_data.png");
 }
 
+/// Small whole JPEGs whose last rows take few bytes (a flat icon, a digit on black, as
+/// MNIST-like sets hold) decode whole, with no "cut short" grey: a first version took
+/// zune-jpeg's read-ahead reaching the end of such a file for data running out, greying
+/// their last rows (173 of 200 28x28 digits in a re-test).
+#[test]
+fn small_whole_jpegs_are_not_taken_for_cut_ones() {
+    use image::codecs::jpeg::JpegEncoder;
+    let mut checked = 0;
+    for side in [8u32, 16, 24, 28, 40] {
+        for quality in [75u8, 95] {
+            for kind in 0..3 {
+                // flat colour; a ring on black; a gradient above a black half
+                let px = |x: u32, y: u32| -> [u8; 3] {
+                    let (fx, fy) = (x as f32 - side as f32 / 2.0, y as f32 - side as f32 / 2.0);
+                    match kind {
+                        0 => [90, 140, 200],
+                        1 if ((fx * fx + fy * fy).sqrt() - side as f32 / 3.0).abs() < 2.0 => {
+                            [255; 3]
+                        }
+                        1 => [0; 3],
+                        _ if y < side / 2 => [(x * 255 / side) as u8, 60, 30],
+                        _ => [0; 3],
+                    }
+                };
+                let mut rgb = Vec::new();
+                for y in 0..side {
+                    for x in 0..side {
+                        rgb.extend(px(x, y));
+                    }
+                }
+                let mut jpg = Vec::new();
+                JpegEncoder::new_with_quality(&mut jpg, quality)
+                    .encode(&rgb, side, side, image::ExtendedColorType::Rgb8)
+                    .unwrap();
+                assert!(jpg.ends_with(&[0xFF, 0xD9]));
+                let img = decode_bytes(&jpg, Path::new("small.jpg")).unwrap();
+                let row = side as usize * 3;
+                let (mean, _) = common::diff(&img.data, &rgb);
+                let tail = (side as usize - side.min(8) as usize) * row;
+                let (tail_mean, _) = common::diff(&img.data[tail..], &rgb[tail..]);
+                assert!(
+                    mean < 8.0 && tail_mean < 12.0,
+                    "{side}px q{quality} kind {kind}: mean diff {mean}, last rows {tail_mean}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 30);
+}
+
 /// A sequential JPEG cut short and given an end-of-image marker (a scraped or copied
 /// file) decodes as libjpeg decodes it: the rows before the cut as in the whole file,
 /// the blocks past it mid-grey (128; libjpeg zeroes their coefficients, and PIL passes

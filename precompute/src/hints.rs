@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use meal_data::dirlock::LockError;
 use meal_data::{DataError, Dataset, LinkPolicy};
 use meal_store::StoreError;
 
@@ -21,14 +22,25 @@ pub fn open_data(data: &Path, links: LinkPolicy) -> Result<Dataset> {
 /// file system" of the file at fault says neither why the run wrote nor what to do (a
 /// rerun over a complete store on a read-only mount writes nothing and passes).
 pub fn read_only(e: anyhow::Error, out: &Path, why: &str) -> anyhow::Error {
+    // (a device list locks the store itself: its error is the lock's)
     let read_only = e.chain().any(|c| {
         c.downcast_ref::<StoreError>()
             .is_some_and(StoreError::is_read_only)
+            || c.downcast_ref::<LockError>()
+                .is_some_and(LockError::is_read_only)
     });
-    if read_only {
-        e.context(format!("--out {} is read-only, and {why}", out.display()))
-    } else {
-        e
+    if !read_only {
+        return e;
+    }
+    // an empty or missing directory holds no store: the run was to start one
+    let fresh = std::fs::read_dir(out).map_or(true, |mut d| d.next().is_none());
+    match fresh {
+        true => e.context(format!(
+            "--out {} is read-only, and a new store is written there: give a --out on a \
+             writable file system",
+            out.display()
+        )),
+        false => e.context(format!("--out {} is read-only, and {why}", out.display())),
     }
 }
 
@@ -46,11 +58,18 @@ mod tests {
 
     #[test]
     fn a_read_only_store_says_why_the_run_wrote() {
+        // a store there (a file in the directory)
+        let held = tempfile::tempdir().unwrap();
+        std::fs::write(held.path().join("manifest.json"), b"{}").unwrap();
+        let s = held.path();
         // EROFS under a context: the hint goes on top, the file stays in the chain
-        let e = read_only(store_io(30), Path::new("s"), "it writes");
+        let e = read_only(store_io(30), s, "it writes");
         let text = format!("{e:#}");
         assert!(
-            text.starts_with("--out s is read-only, and it writes"),
+            text.starts_with(&format!(
+                "--out {} is read-only, and it writes",
+                s.display()
+            )),
             "{text}"
         );
         assert!(text.contains(".manifest.json.tmp"), "{text}");
@@ -59,12 +78,26 @@ mod tests {
             path: "s/.lock".into(),
             error: std::io::Error::from_raw_os_error(30),
         });
-        let e = read_only(lock.into(), Path::new("s"), "it merges");
+        let e = read_only(lock.into(), s, "it merges");
         assert!(format!("{e:#}").contains("is read-only, and it merges"));
+        // the lock a device list takes itself, bare
+        let lock = LockError::Io {
+            path: "s/.lock".into(),
+            error: std::io::Error::from_raw_os_error(30),
+        };
+        let e = read_only(anyhow::Error::from(lock).context("--out s"), s, "w");
+        assert!(format!("{e:#}").contains("is read-only, and w"));
+        // a --out with no store yet: the run was to write a new one
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_only(store_io(30), dir.path(), "it writes");
+        assert!(
+            format!("{e:#}").contains("a new store is written there"),
+            "{e:#}"
+        );
         // any other error (a full disk, a bad file) is left as it is
         for e in [store_io(28), anyhow::anyhow!("Read-only file system")] {
             let before = format!("{e:#}");
-            assert_eq!(format!("{:#}", read_only(e, Path::new("s"), "x")), before);
+            assert_eq!(format!("{:#}", read_only(e, s, "x")), before);
         }
     }
 }

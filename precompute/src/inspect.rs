@@ -233,22 +233,23 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
 /// (a CJK character or an emoji takes two columns), which `{:<n$}` does not: such class
 /// names put the table's columns out of line.
 fn fit(s: &str, n: usize) -> String {
-    use unicode_width::UnicodeWidthChar;
-    let width = |c: char| c.width().unwrap_or(0);
-    let mut out = if s.chars().map(width).sum::<usize>() <= n {
+    // one measure throughout, the string's (an emoji sequence joined by ZWJ is one
+    // glyph: its characters' widths summed are more)
+    use unicode_width::UnicodeWidthStr;
+    let mut out = if s.width() <= n {
         s.to_string()
     } else {
-        let (mut tail, mut used) = (Vec::new(), 1); // (1: the ellipsis)
-        for c in s.chars().rev() {
-            if used + width(c) > n {
-                break;
-            }
-            used += width(c);
-            tail.push(c);
+        // the longest tail that fits beside the ellipsis
+        let chars: Vec<char> = s.chars().collect();
+        let mut start = chars.len();
+        while start > 0 && chars[start - 1..].iter().collect::<String>().width() < n {
+            start -= 1;
         }
-        std::iter::once('…').chain(tail.into_iter().rev()).collect()
+        std::iter::once('…')
+            .chain(chars[start..].iter().copied())
+            .collect()
     };
-    let used: usize = out.chars().map(width).sum();
+    let used = out.width();
     out.extend(std::iter::repeat_n(' ', n.saturating_sub(used)));
     out
 }
@@ -357,5 +358,8 @@ mod tests {
         // a wide character that would straddle the edge is left out, the gap padded
         assert_eq!(fit("ab中", 3), "…中");
         assert_eq!(fit("a中中", 4), "…中 ");
+        // a ZWJ sequence measured as the string is, in sizing and in fitting alike
+        let coder = "👩\u{200d}💻coder";
+        assert_eq!(fit(coder, coder.width()), coder);
     }
 }

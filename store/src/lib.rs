@@ -106,12 +106,11 @@ impl StoreError {
     /// Whether writing failed because the store's file system is mounted read-only (the
     /// store or its lock file): the binaries then say why the run had to write there.
     pub fn is_read_only(&self) -> bool {
-        let error = match self {
-            StoreError::Io { error, .. } => error,
-            StoreError::Locked(meal_data::dirlock::LockError::Io { error, .. }) => error,
-            _ => return false,
-        };
-        error.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+        match self {
+            StoreError::Io { error, .. } => error.kind() == std::io::ErrorKind::ReadOnlyFilesystem,
+            StoreError::Locked(e) => e.is_read_only(),
+            _ => false,
+        }
     }
 
     pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {

@@ -53,22 +53,28 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
     // parts labelled before some images changed size (the same files listed): their
     // workers' reruns keep what is unchanged (writer::renew); starting over is not needed.
     // The dataset's hashes are made once per shard size the parts give (one, in a split)
+    use super::writer::renew::{renewal, shard_hashes, Renewal};
     let mut hashes = std::collections::BTreeMap::new();
-    let stale: Vec<&str> = parts
-        .iter()
-        .zip(&names)
-        .filter(|(p, _)| &p.config.dataset != dataset.fingerprint())
-        .filter(|(p, _)| {
-            let mut now = p.config.clone();
-            now.dataset = dataset.fingerprint().clone();
-            let per_shard = p.config.samples_per_shard;
-            let h = hashes.entry(per_shard).or_insert_with(|| {
-                super::writer::renew::shard_hashes(dataset.samples(), per_shard)
-            });
-            super::writer::renew::only_sizes_changed(p, &now, h)
-        })
-        .map(|(_, n)| n.as_str())
-        .collect();
+    let mut stale: Vec<&str> = Vec::new();
+    for (p, name) in parts.iter().zip(&names) {
+        if &p.config.dataset == dataset.fingerprint() {
+            continue;
+        }
+        let mut now = p.config.clone();
+        now.dataset = dataset.fingerprint().clone();
+        let per_shard = p.config.samples_per_shard;
+        let h = hashes
+            .entry(per_shard)
+            .or_insert_with(|| shard_hashes(dataset.samples(), per_shard));
+        match renewal(p, &parts, &now, h) {
+            Renewal::Yes => stale.push(name),
+            r => {
+                if let Some(e) = r.refusal(&dir.join(name)) {
+                    return Err(e);
+                }
+            }
+        }
+    }
     if !stale.is_empty() {
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),

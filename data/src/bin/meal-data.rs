@@ -91,6 +91,8 @@ struct BenchArgs {
     /// the best of the others is reported).
     #[arg(long, default_value_t = 3)]
     passes: u32,
+    #[command(flatten)]
+    links: meal_cli::FollowLinks,
 }
 
 fn main() -> Result<()> {
@@ -133,11 +135,17 @@ fn synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-fn index(a: IndexArgs) -> Result<()> {
-    let ds = Dataset::open(&a.data, LinkPolicy::follow_if(a.links.follow_links)).map_err(|e| {
+/// The dataset at `data` (named `what` in errors, with the switch that follows links
+/// out of it where one was refused).
+fn open(data: &std::path::Path, what: &str, links: meal_cli::FollowLinks) -> Result<Dataset> {
+    Dataset::open(data, LinkPolicy::follow_if(links.follow_links)).map_err(|e| {
         let outside = matches!(e, meal_data::DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context("dataset", &a.data, outside))
-    })?;
+        anyhow::Error::from(e).context(meal_cli::dataset_context(what, data, outside))
+    })
+}
+
+fn index(a: IndexArgs) -> Result<()> {
+    let ds = open(&a.data, "dataset", a.links)?;
     let mut per_class = vec![0u64; ds.classes().len()];
     for s in ds.samples() {
         per_class[s.label as usize] += 1;
@@ -211,10 +219,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         ),
         "lower --crops, --batch or --res",
     )?;
-    let ds = Arc::new(
-        Dataset::open(&a.data, LinkPolicy::StayInside)
-            .with_context(|| format!("--data {}", a.data.display()))?,
-    );
+    let ds = Arc::new(open(&a.data, "--data", a.links)?);
     if ds.is_empty() {
         bail!("--data {}: no images", a.data.display());
     }

@@ -61,6 +61,15 @@ impl Dataset {
         if rows.is_empty() {
             return Err(DataError::dataset(list, "no samples in list file"));
         }
+        // a first line whose path names no file may be a header of other names
+        // (`file,class`): said by whichever refusal meets it first
+        let header = match rows.first() {
+            Some((path, _, 1)) if fs::symlink_metadata(root.join(path.trim())).is_err() => {
+                " (a header line must read `path,label`)"
+            }
+            _ => "",
+        };
+        let header = |line: usize| if line == 1 { header } else { "" };
         // an empty label would be a class named "" (every label empty: one such class)
         if let Some((path, _, line)) = rows.iter().find(|r| r.1.is_empty()) {
             return Err(DataError::dataset(
@@ -152,10 +161,7 @@ impl Dataset {
                                     false => "is an integer among class names",
                                 },
                                 rows.len(),
-                                match *line {
-                                    1 => " (a header line must read `path,label`)",
-                                    _ => "",
-                                }
+                                header(*line)
                             ),
                         ));
                     }
@@ -213,17 +219,12 @@ impl Dataset {
                     target,
                     root,
                 },
-                e => DataError::dataset(list, format!("line {line}: {e}")),
+                e => DataError::dataset(list, format!("line {line}: {e}{}", header(line))),
             })?;
             let meta = fs::metadata(&full).map_err(|e| {
-                // a first line naming no file may be a header of other names
-                let header = match line {
-                    1 => " (a header line must read `path,label`)",
-                    _ => "",
-                };
                 DataError::dataset(
                     list,
-                    format!("line {line}: {}: {e}{header}", full.display()),
+                    format!("line {line}: {}: {e}{}", full.display(), header(line)),
                 )
             })?;
             if !meta.is_file() {

@@ -122,7 +122,8 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
         std::fs::write(&p, b).unwrap();
     }
     let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
-    assert!(e.contains("dataset.sha256"), "{e}");
+    assert!(e.contains("shards hold images whose size changed"), "{e}");
+    assert!(e.contains("more than half"), "{e}");
     assert_eq!(files(&s.out), before);
 
     // the same count of other files (one renamed) is another dataset: refused
@@ -186,4 +187,47 @@ fn a_single_run_renewing_a_merged_store_brings_its_parts_along() {
         );
     }
     assert_eq!(files(&out), reference);
+}
+
+/// Two images fixed in one worker's shards (2 of its 3, 2 of the store's 5): the part is
+/// renewed as the store would be, since the rule "at most half the shards changed" is
+/// the store's. Counted per part, the merge named the other worker, and both workers'
+/// reruns were refused.
+#[test]
+fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
+    let f = fixture(2);
+    let settings = |out: &str, worker: Option<&str>| {
+        let mut a = args(&f, out);
+        a.samples_per_shard = Some(4);
+        a.worker = worker.map(Into::into);
+        a.resolve().unwrap()
+    };
+    for w in ["0/2", "1/2"] {
+        assert!(go(&settings("parts", Some(w))).complete);
+    }
+    let out = f.root.join("parts");
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_store::merge(&out, &ds).unwrap();
+    // samples 1 and 9: shards 0 and 2, both worker 0's (a JPEG with bytes after its end
+    // decodes the same: only the sizes change)
+    for i in [1, 9] {
+        let p = ds.full_path(&ds.samples()[i]);
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend([0u8; 16]);
+        std::fs::write(&p, b).unwrap();
+    }
+    let changed = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let e = meal_store::merge(&out, &changed).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-0-of-2.json, manifest.worker-1-of-2.json")
+            && e.contains("rerun those workers"),
+        "{e}"
+    );
+    let r0 = go(&settings("parts", Some("0/2")));
+    assert!(r0.complete && r0.shards_written == 2, "{r0:?}");
+    let r1 = go(&settings("parts", Some("1/2")));
+    assert!(r1.complete && r1.shards_written == 0, "{r1:?}");
+    meal_store::merge(&out, &changed).unwrap();
+    go(&settings("reference", None));
+    assert_eq!(files(&out), files(&f.root.join("reference")));
 }

@@ -152,9 +152,17 @@ impl StoreWriter {
         // shards dropped as damaged: removed with the crash's leftovers, said once
         let mut dropped = Vec::new();
         let manifest = if let Some(mut m) = existing {
-            if renew::only_sizes_changed(&m, &config, &hashes) {
-                dropped = renew::renew(&mut m, &config, &hashes, &path);
-                m.write(dir, &name)?;
+            let store = renew::store_of(dir, &m, worker);
+            match renew::renewal(&m, &store, &config, &hashes) {
+                renew::Renewal::Yes => {
+                    dropped = renew::renew(&mut m, &config, &hashes, &path);
+                    m.write(dir, &name)?;
+                }
+                r => {
+                    if let Some(e) = r.refusal(&path) {
+                        return Err(e);
+                    }
+                }
             }
             require_same_config(
                 &path,

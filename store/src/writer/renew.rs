@@ -12,6 +12,7 @@ use meal_data::Sample;
 
 use super::{shard_count, State};
 use crate::manifest::{config_diff, Manifest, StoreConfig};
+use crate::StoreError;
 
 /// Per shard of a store of `samples`, `per_shard` images each: the listing and sizes
 /// hashes of its images, as its record keeps them.
@@ -25,26 +26,96 @@ pub(crate) fn shard_hashes(samples: &[Sample], per_shard: u32) -> Vec<[String; 2
         .collect()
 }
 
-/// Whether the store `m` may go on under `config` though its dataset changed: the
-/// configs differ in the dataset's fingerprint only (the same count, classes and every
-/// other key), each shard it holds lists the files `hashes` list for its range (only
-/// their sizes may differ), and at most half of its shards hold a changed image: a few
-/// files fixed, not another copy of the data under the same names (a resized or
-/// re-encoded tree given by mistake had every shard of the store recomputed). Stores of
+/// Whether a store's manifest `m` (a single run's, or one worker's part) may go on
+/// under `config` though its dataset changed ([`Renewal`]): the configs differ in the
+/// dataset's fingerprint only (the same count, classes and every other key), each shard
+/// it holds lists the files `hashes` list for its range (only their sizes may differ),
+/// and at most half of the shards of the whole store (`store`: every manifest of the
+/// directory, its parts for workers) hold a changed image: a few files fixed, not
+/// another copy of the data under the same names (a resized or re-encoded tree given by
+/// mistake had every shard of the store recomputed). Counted over the store, not the
+/// part: two fixed images in one worker's shards are a few of the store's. Stores of
 /// earlier versions, without the hashes, may not.
-pub(crate) fn only_sizes_changed(
+pub(crate) fn renewal(
     m: &Manifest,
+    store: &[Manifest],
     config: &StoreConfig,
     hashes: &[[String; 2]],
-) -> bool {
-    let listed = config_diff(&m.config, config) == ["dataset.sha256"]
-        && m.shards.iter().all(|s| {
-            s.sizes_sha256.is_some()
-                && hashes
-                    .get(s.index as usize)
-                    .is_some_and(|h| s.listing_sha256.as_deref() == Some(h[0].as_str()))
-        });
-    listed && 2 * changed(m, hashes).len() <= m.shards.len()
+) -> Renewal {
+    let listed = |m: &Manifest| {
+        config_diff(&m.config, config) == ["dataset.sha256"]
+            && m.shards.iter().all(|s| {
+                s.sizes_sha256.is_some()
+                    && hashes
+                        .get(s.index as usize)
+                        .is_some_and(|h| s.listing_sha256.as_deref() == Some(h[0].as_str()))
+            })
+    };
+    if !listed(m) {
+        return Renewal::No;
+    }
+    // (parts of the store already renewed count as they are now: unchanged)
+    let of_store = store.iter().filter(|p| listed(p) || p.config == *config);
+    let (changed, total) = of_store.fold((0, 0), |(c, t), p| {
+        (c + changed(p, hashes).len(), t + p.shards.len())
+    });
+    match 2 * changed <= total {
+        true => Renewal::Yes,
+        false => Renewal::TooMany { changed, total },
+    }
+}
+
+/// Whether a store may be renewed ([`renewal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Not by its sizes: its config or files differ otherwise (refused as any change).
+    No,
+    /// Yes: its shards of unchanged images are kept.
+    Yes,
+    /// The same files listed, but `changed` of the store's `total` shards hold images of
+    /// another size: more than half, taken for another copy of the data.
+    TooMany {
+        /// Shards holding a changed image.
+        changed: usize,
+        /// Shards of the store.
+        total: usize,
+    },
+}
+
+impl Renewal {
+    /// The refusal of a store (its manifest at `path`) that [`Renewal::TooMany`] keeps
+    /// from going on, or `None`.
+    pub(crate) fn refusal(self, path: &Path) -> Option<StoreError> {
+        let Renewal::TooMany { changed, total } = self else {
+            return None;
+        };
+        Some(StoreError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the dataset lists the same files, but {changed} of the store's {total} \
+                 shards hold images whose size changed since: more than half, so this is \
+                 taken for another copy of the data under the same names (resized or \
+                 re-encoded), not a few files fixed; write the store in another directory \
+                 (or remove this one to start over)"
+            ),
+        })
+    }
+}
+
+/// The manifests of the store `dir` holds beside `m` (`worker`'s, or a single run's):
+/// every worker's part for a worker (unreadable ones left out), `m` alone otherwise.
+pub(crate) fn store_of(dir: &Path, m: &Manifest, worker: Option<[u32; 2]>) -> Vec<Manifest> {
+    if worker.is_none() {
+        return vec![m.clone()];
+    }
+    let names = super::sharing::worker_manifests(dir).unwrap_or_default();
+    let mut store: Vec<Manifest> = names
+        .iter()
+        .filter_map(|n| Manifest::read_file(&dir.join(n)).ok())
+        .filter(|p| p.worker != m.worker)
+        .collect();
+    store.push(m.clone());
+    store
 }
 
 /// The files of `m`'s shards whose images' sizes are not those `hashes` give.
@@ -60,7 +131,7 @@ fn changed(m: &Manifest, hashes: &[[String; 2]]) -> Vec<String> {
         .collect()
 }
 
-/// Take the store `m` (at `path`, [`only_sizes_changed`]) over to `config`: the shards
+/// Take the store `m` (at `path`, [`renewal`]) over to `config`: the shards
 /// whose images changed size are dropped (recomputed by this run; their files are
 /// returned, for removal), the others kept. Said in a warning.
 pub(super) fn renew(

@@ -212,9 +212,14 @@ pub(super) fn check_neighbours(
             }
         }
     }
-    for name in parts.iter().filter(|p| **p != own) {
+    // (read once: each part's renewal counts the shards of all of them)
+    let store: Vec<(String, Manifest)> = parts
+        .iter()
+        .map(|name| Manifest::read_file(&dir.join(name)).map(|m| (name.clone(), m)))
+        .collect::<Result<_, _>>()?;
+    let manifests: Vec<Manifest> = store.iter().map(|(_, m)| m.clone()).collect();
+    for (name, part) in store.iter().filter(|(n, _)| *n != own) {
         let path = dir.join(name);
-        let part = Manifest::read_file(&path)?;
         // a part that holds no shard has nothing to keep: its worker starts it over
         // (a split that failed on its first batch, rerun once its image is fixed); a
         // merge refuses parts of two configs whatever happens. Unless its worker is
@@ -230,8 +235,13 @@ pub(super) fn check_neighbours(
         }
         // (a part whose images changed size since, the same files listed: its worker
         // takes it over to this config when it reruns, super::renew)
-        if super::renew::only_sizes_changed(&part, config, hashes) {
-            continue;
+        match super::renew::renewal(part, &manifests, config, hashes) {
+            super::renew::Renewal::Yes => continue,
+            r => {
+                if let Some(e) = r.refusal(&path) {
+                    return Err(e);
+                }
+            }
         }
         require_same_config(
             &path,
