@@ -17,6 +17,8 @@ fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
     let steps = Arc::new(std::sync::atomic::AtomicU32::new(0));
     {
         let mut w = StoreWriter::open(&reference, cfg.clone(), ds.samples(), None).unwrap();
+        // the manifest after every shard, so every step of its writes is crashed at too
+        w.set_manifest_every(std::time::Duration::ZERO);
         let s2 = steps.clone();
         w.set_hook(move |_| {
             s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -37,6 +39,7 @@ fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
     for crash_at in 0..total {
         let dir = tmp.path().join(format!("crash-{crash_at}"));
         let mut w = StoreWriter::open(&dir, cfg.clone(), ds.samples(), None).unwrap();
+        w.set_manifest_every(std::time::Duration::ZERO);
         w.set_hook(move |step| {
             if step == crash_at {
                 Err(StoreError::Injected(step))
@@ -75,6 +78,45 @@ fn crash_at_every_step_then_resume_equals_an_uninterrupted_run() {
             "crash at step {crash_at} then resume differs from one run"
         );
     }
+}
+
+/// The manifest is rewritten at most every `MANIFEST_EVERY`, not after each shard (which
+/// made a run's time grow with the square of its shards): shards written since are
+/// listed when the writer is dropped (a run stopped by Ctrl-C or an error), and left to
+/// the next run when a write failed (as after a crash), which resumes to the same store.
+#[test]
+fn shards_are_listed_in_batches_and_when_the_writer_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(&ds, Encoding::Dense, ShardFormat::Parquet);
+    let reference = tmp.path().join("ref");
+    write_all(&reference, &ds, &cfg, None).unwrap();
+    let want = files(&reference);
+    let listed = |dir: &Path| meal_store::Manifest::read(dir).unwrap().shards.len();
+    // two shards written within the interval: on disk, unlisted until the drop
+    let dir = tmp.path().join("stopped");
+    let mut w = StoreWriter::open(&dir, cfg.clone(), ds.samples(), None).unwrap();
+    w.set_manifest_every(std::time::Duration::from_secs(3600));
+    for s in w.pending_shards().into_iter().take(2) {
+        let imgs = shard_images(&w, &ds, s, Some(5));
+        w.write_shard(s, imgs).unwrap();
+    }
+    assert_eq!(listed(&dir), 0);
+    drop(w);
+    assert_eq!(listed(&dir), 2, "a stopped writer lists its shards");
+    // a failed write: nothing more is written, the next run recomputes what is unlisted
+    let mut w = StoreWriter::open(&dir, cfg.clone(), ds.samples(), None).unwrap();
+    w.set_manifest_every(std::time::Duration::from_secs(3600));
+    let pending = w.pending_shards();
+    let imgs = shard_images(&w, &ds, pending[0], Some(5));
+    w.write_shard(pending[0], imgs).unwrap();
+    w.set_hook(|_| Err(StoreError::Injected(0)));
+    let imgs = shard_images(&w, &ds, pending[1], Some(5));
+    assert!(w.write_shard(pending[1], imgs).is_err());
+    drop(w);
+    assert_eq!(listed(&dir), 2, "a writer whose write failed wrote on");
+    write_all(&dir, &ds, &cfg, None).unwrap();
+    assert_eq!(files(&dir), want);
 }
 
 /// `images.parquet` (the table a student takes its images from) is checked by `verify`:
