@@ -36,9 +36,9 @@ pub struct Inspection {
     pub confidences: Vec<f32>,
 }
 
-/// How many of a store's skipped files `inspect` names (the run's output and
-/// `manifest.json` hold them all).
-const SKIPPED_SHOWN: usize = 20;
+/// How many of a store's skipped files `inspect` and a run's summary name
+/// (`report.json` and `manifest.json` hold them all).
+pub const SKIPPED_SHOWN: usize = 20;
 
 /// Read the whole store (`rows` sample rows printed) and summarise it.
 pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {

@@ -148,8 +148,15 @@ fn cli() -> Result<()> {
                 );
             }
             if !r.skipped.is_empty() {
-                meal_cli::outln!("  skipped {} files:", r.skipped.len());
-                for s in &r.skipped {
+                // the first few, as inspect lists them: each was warned of as it was met,
+                // and a rerun of a complete store printed 2,000 lines again each time
+                let shown = inspect::SKIPPED_SHOWN;
+                let more = match r.skipped.len() > shown {
+                    true => format!(", the first {shown} (report.json lists them all)"),
+                    false => String::new(),
+                };
+                meal_cli::outln!("  skipped {} files{more}:", r.skipped.len());
+                for s in r.skipped.iter().take(shown) {
                     meal_cli::outln!("    {}: {}", s.path, s.reason);
                 }
             }
