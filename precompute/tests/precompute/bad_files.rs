@@ -71,6 +71,16 @@ fn a_late_bad_file_fails_the_run_after_writing_the_shards_before_it() {
     );
 }
 
+/// The dataset of `f` with its sample 14 (the third shard of 7 samples) made
+/// unreadable: the sample, and its good bytes to fix it with.
+fn break_sample_14(f: &Fixture) -> (Dataset, meal_data::Sample, Vec<u8>) {
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let bad = ds.samples()[14].clone();
+    let good = std::fs::read(ds.full_path(&bad)).unwrap();
+    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    (ds, bad, good)
+}
+
 /// The image that stopped a `fail` run, fixed (another size: the dataset's fingerprint
 /// changed), resumes the store from its shards, which end as a clean run's; a skipped
 /// image fixed later has only its shard recomputed. Another dataset of the same size
@@ -80,10 +90,7 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
     let f = fixture(2);
     go(&args(&f, "reference").resolve().unwrap());
     let reference = files(&f.root.join("reference"));
-    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
-    let bad = ds.samples()[14].clone();
-    let good = std::fs::read(ds.full_path(&bad)).unwrap();
-    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let (ds, bad, good) = break_sample_14(&f);
     let mut a = args(&f, "fixed");
     a.on_bad_file = Some("fail".into());
     let s = a.resolve().unwrap();
@@ -141,10 +148,7 @@ fn a_single_run_renewing_a_merged_store_brings_its_parts_along() {
     let f = fixture(2);
     go(&args(&f, "reference").resolve().unwrap());
     let reference = files(&f.root.join("reference"));
-    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
-    let bad = ds.samples()[14].clone();
-    let good = std::fs::read(ds.full_path(&bad)).unwrap();
-    std::fs::write(ds.full_path(&bad), b"\xff\xd8\xff not a jpeg").unwrap();
+    let (ds, bad, good) = break_sample_14(&f);
     let worker = |w: &str| {
         let mut a = args(&f, "merged");
         a.worker = Some(w.into());

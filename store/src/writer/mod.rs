@@ -449,9 +449,14 @@ impl StoreWriter {
     /// Write the manifest with every shard written so far (done at least every
     /// [`MANIFEST_EVERY`], by [`Self::finish`], and when the writer is dropped).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        if self.unlisted == 0 {
-            return Ok(());
+        match self.unlisted {
+            0 => Ok(()),
+            _ => self.write_manifest(),
         }
+    }
+
+    /// The manifest as it stands, written atomically; a failure marks the writer failed.
+    fn write_manifest(&mut self) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(&self.manifest).expect("serialises");
         let (dir, name) = (self.dir.clone(), self.manifest_name.clone());
         let written = write_atomic(&dir, &name, &json, &mut self.run_hook());
@@ -496,14 +501,9 @@ impl StoreWriter {
             self.manifest.summary = Some(summary(&self.manifest));
         }
         self.manifest.state = State::Complete;
-        let json = serde_json::to_vec_pretty(&self.manifest).expect("serialises");
-        let (dir, name) = (self.dir.clone(), self.manifest_name.clone());
-        let written = write_atomic(&dir, &name, &json, &mut self.run_hook());
-        self.failed |= written.is_err();
-        written?;
-        self.unlisted = 0;
+        self.write_manifest()?;
         if self.manifest.worker.is_none() {
-            sharing::follow_parts(&dir, &self.manifest);
+            sharing::follow_parts(&self.dir, &self.manifest);
         }
         Ok(self.manifest.clone())
     }
