@@ -2,7 +2,8 @@
 //! `Image.open(f).convert("RGB")` gives them.
 //!
 //! - JPEG through zune-jpeg in strict mode (a truncated or corrupt stream is an error,
-//!   not a grey tail). Grey is replicated; CMYK and YCCK become RGB as `c * k / 255`,
+//!   not a grey tail; a sequential file cut short but ending in its end marker is filled
+//!   grey past its data, with a warning, as libjpeg fills it). Grey is replicated; CMYK and YCCK become RGB as `c * k / 255`,
 //!   which is what PIL computes after reading Adobe-inverted CMYK (`CMYK;I`) and
 //!   converting with `r = (255 - k') - c' * (255 - k') / 255` (the two are equal for
 //!   8-bit values: see docs/DATA.md).
