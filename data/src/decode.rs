@@ -125,10 +125,10 @@ fn check_dims(w: usize, h: usize, path: &Path) -> Result<()> {
 
 fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // A file that ends in its end-of-image marker is decoded without it, followed by
-    // zero bytes (see `cut_short`): one header parse and one decode for a whole file
+    // one-bits (see `cut_short`): one header parse and one decode for a whole file
     let padded = bytes.ends_with(&[0xFF, 0xD9]).then(|| {
         let mut v = bytes[..bytes.len() - 2].to_vec();
-        v.extend_from_slice(&[0; LOOKAHEAD_PAD]);
+        v.extend_from_slice(&LOOKAHEAD_PAD);
         v
     });
     let mut dec = jpeg_decoder(padded.as_deref().unwrap_or(bytes), true);
@@ -169,7 +169,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let data = match padded.as_deref() {
         Some(padded) if sequential => match dec.decode_into(&mut data) {
             Ok(()) => data,
-            Err(e) => cut_short(bytes, padded, n, e, path)?,
+            Err(_) => cut_short(bytes, padded, n, path)?,
         },
         // progressive (later scans refine earlier ones: no grey tail to fill) or no
         // final marker: as the file is
@@ -190,13 +190,16 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     })
 }
 
-/// Zero bytes after a sequential JPEG's data in place of its end marker: more than
-/// zune-jpeg's bit reader reads ahead (8 bytes), so a whole file's reader never meets
-/// the end of its input before the last row is decoded (it counts reading the last byte
-/// as running out, which failed small whole files whose last row takes a few bytes). A
-/// whole file decodes to the same pixels as with its marker: past a marker zune-jpeg
-/// reads zero bits too.
-const LOOKAHEAD_PAD: usize = 16;
+/// What follows a sequential JPEG's data in place of its end marker: stuffed `FF 00`
+/// pairs, one-bits to the decoder, which no Huffman code is made of (JPEG reserves the
+/// all-ones code). 16 bytes, more than zune-jpeg's bit reader reads ahead (8), so a
+/// whole file's reader never meets the end of its input before its last row is decoded
+/// (it counts reading the last byte as running out, which failed small whole files
+/// whose last row takes a few bytes) and never decodes these bits: the same pixels as
+/// with its marker. A file whose data ends early decodes them, and fails at once.
+const LOOKAHEAD_PAD: [u8; 16] = [
+    0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0,
+];
 
 fn jpeg_decoder(bytes: &[u8], strict: bool) -> JpegDecoder<ZCursor<&[u8]>> {
     let opts = DecoderOptions::default()
@@ -208,41 +211,28 @@ fn jpeg_decoder(bytes: &[u8], strict: bool) -> JpegDecoder<ZCursor<&[u8]>> {
 }
 
 /// A sequential JPEG with an end marker whose padded decode (`padded`, see
-/// [`LOOKAHEAD_PAD`]) failed with `e`. Where `e` says its data ran out before the last
-/// rows, the file was cut short and given a marker (a copy interrupted, a scrape): it is
-/// decoded again without the padding in zune-jpeg's lenient mode, which fills the rows
-/// from the one where the data ends with 128, as libjpeg fills the blocks it lacks
-/// ("Premature end of JPEG file", which PIL passes on), and a warning names it. With the
-/// marker, zune-jpeg decoded them from zero bits: noise PIL never gives. Any other
-/// error is the file's as it is (decoded with its marker, as before).
-fn cut_short(
-    bytes: &[u8],
-    padded: &[u8],
-    n: usize,
-    e: zune_jpeg::errors::DecodeErrors,
-    path: &Path,
-) -> Result<Vec<u8>> {
-    use zune_jpeg::errors::DecodeErrors;
-    let as_is = |e| DataError::decode(path, format!("JPEG: {e:?}"));
-    let ran_out = matches!(
-        e,
-        DecodeErrors::ExhaustedData | DecodeErrors::FormatStatic("Premature end of buffer")
-    );
+/// [`LOOKAHEAD_PAD`]) failed. Decoded with its marker as it is: where that fails too,
+/// the file is corrupt, the error it always gave. Where it decodes (past a marker
+/// zune-jpeg reads zero bits), its data ran out before its last blocks: cut short and
+/// given a marker (a copy interrupted, a scrape). It is then decoded padded again into a
+/// buffer of mid-grey, so the rows the decoder did not finish stay 128, as libjpeg
+/// fills the blocks it lacks ("Premature end of JPEG file", which PIL passes on), and a
+/// warning names it; with the marker, every block past the data was decoded from zero
+/// bits, noise PIL never gives.
+fn cut_short(bytes: &[u8], padded: &[u8], n: usize, path: &Path) -> Result<Vec<u8>> {
     let mut data = vec![0u8; n];
-    let body = &padded[..bytes.len() - 2];
-    if ran_out && jpeg_decoder(body, false).decode_into(&mut data).is_ok() {
-        tracing::warn!(
-            "{}: JPEG data ends before its last rows (cut short, then given an end \
-             marker); the rows from the one where it ends are filled grey, as libjpeg \
-             and PIL fill the blocks it lacks",
-            path.display()
-        );
-        return Ok(data);
-    }
     jpeg_decoder(bytes, true)
         .decode_into(&mut data)
-        .map_err(as_is)?;
-    Ok(data)
+        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+    let mut grey = vec![128u8; n];
+    // (leniently: it stops where it failed, keeping the rows decoded before)
+    let _ = jpeg_decoder(padded, false).decode_into(&mut grey);
+    crate::error::warn_once(format!(
+        "{}: JPEG data ends before its last rows (cut short, then given an end marker); \
+         the rows past it are filled grey, as libjpeg and PIL fill the blocks it lacks",
+        path.display()
+    ));
+    Ok(grey)
 }
 
 /// The `IEND` chunk that ends every PNG (length 0, type, CRC).

@@ -115,3 +115,18 @@ impl DataError {
 
 /// Result alias of `meal-data`.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// Log `text` as a warning the first time this process meets it, later as a debug line:
+/// what a file's reading warns of (unreadable, cut short) is met again each epoch.
+pub(crate) fn warn_once(text: String) {
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let first = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .map_or(true, |mut seen| seen.insert(text.clone()));
+    match first {
+        true => tracing::warn!("{text}"),
+        false => tracing::debug!("{text} (again)"),
+    }
+}

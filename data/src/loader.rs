@@ -426,7 +426,9 @@ fn fill<P: CropPixel>(
             match load_image(ds, s, cfg, slot) {
                 Ok(rows) => Ok(ImageOut::Rows(rows)),
                 Err(e) if cfg.policy == BadFilePolicy::Skip && is_bad_file(&e) => {
-                    warn_once(&e);
+                    // (a bad file is met again each epoch: 2,000 over 3 epochs logged 6,000
+                    // lines)
+                    crate::error::warn_once(format!("skipping {e}"));
                     // the reason without the path, which the record names already
                     let reason = match e {
                         DataError::Decode { reason, .. } => {
@@ -556,21 +558,5 @@ fn load_image<P: CropPixel>(
                 .map(|(crop_id, rec)| row(crop_id, rec))
                 .collect())
         }
-    }
-}
-
-/// "skipping FILE: why", once per file and process: a bad file is met again each epoch
-/// (2,000 bad files over 3 epochs logged 6,000 lines); later meetings are debug lines.
-fn warn_once(e: &DataError) {
-    use std::sync::{Mutex, OnceLock};
-    static WARNED: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
-    let text = e.to_string();
-    let first = WARNED
-        .get_or_init(Default::default)
-        .lock()
-        .map_or(true, |mut seen| seen.insert(text.clone()));
-    match first {
-        true => tracing::warn!("skipping {text}"),
-        false => tracing::debug!("skipping {text} (again)"),
     }
 }

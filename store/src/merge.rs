@@ -69,7 +69,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
         match renewal(p, &parts, &now, h) {
             Renewal::Yes => stale.push(name),
             r => {
-                if let Some(e) = r.refusal(&dir.join(name)) {
+                if let Some(e) = r.refusal(dir) {
                     return Err(e);
                 }
             }

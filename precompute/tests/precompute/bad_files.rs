@@ -235,3 +235,36 @@ fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
     go(&settings("reference", None));
     assert_eq!(files(&out), files(&f.root.join("reference")));
 }
+
+/// The rule counts the store's shards, written or not: with one worker's part not yet
+/// started, three fixed images in three of the other part's five shards are three of
+/// the store's ten (they were "3 of the store's 5", and both workers were refused).
+#[test]
+fn a_part_is_renewed_while_another_has_not_started() {
+    let f = fixture(2);
+    let settings = |out: &str, worker: Option<&str>| {
+        let mut a = args(&f, out);
+        a.samples_per_shard = Some(2);
+        a.worker = worker.map(Into::into);
+        a.resolve().unwrap()
+    };
+    assert!(go(&settings("parts", Some("0/2"))).complete);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    // samples 0, 4 and 8: shards 0, 2 and 4 of 10, all worker 0's
+    for i in [0, 4, 8] {
+        let p = ds.full_path(&ds.samples()[i]);
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend([0u8; 16]);
+        std::fs::write(&p, b).unwrap();
+    }
+    let r0 = go(&settings("parts", Some("0/2")));
+    assert!(r0.complete && r0.shards_written == 3, "{r0:?}");
+    assert!(go(&settings("parts", Some("1/2"))).complete);
+    let changed = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    meal_store::merge(&f.root.join("parts"), &changed).unwrap();
+    go(&settings("reference", None));
+    assert_eq!(
+        files(&f.root.join("parts")),
+        files(&f.root.join("reference"))
+    );
+}

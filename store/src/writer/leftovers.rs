@@ -24,6 +24,7 @@ pub(super) fn remove(
     dropped: &[String],
 ) {
     let listed: HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
+    let mut removed = Vec::new();
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().to_string();
         if owns_tmp(&file, worker, name) {
@@ -34,11 +35,20 @@ pub(super) fn remove(
             && fs::remove_file(e.path()).is_ok()
             && !dropped.contains(&file)
         {
-            tracing::warn!(
-                "{}: not in {name} (left by a crash or a failed write): removed",
-                e.path().display()
-            );
+            removed.push(file);
         }
+    }
+    // said once (a crash leaves up to a second's shards unlisted: 90 lines of one each)
+    if !removed.is_empty() {
+        removed.sort();
+        tracing::warn!(
+            "{}: {} shard files not in {name} (left by a crash or a failed write) removed, \
+             to be written again: {}{}",
+            dir.display(),
+            removed.len(),
+            removed[..removed.len().min(5)].join(", "),
+            if removed.len() > 5 { ", ..." } else { "" }
+        );
     }
 }
 

@@ -168,7 +168,7 @@ impl StoreWriter {
                     m.write(dir, &name)?;
                 }
                 r => {
-                    if let Some(e) = r.refusal(&path) {
+                    if let Some(e) = r.refusal(dir) {
                         return Err(e);
                     }
                 }

@@ -56,9 +56,10 @@ pub(crate) fn renewal(
     }
     // (parts of the store already renewed count as they are now: unchanged)
     let of_store = store.iter().filter(|p| listed(p) || p.config == *config);
-    let (changed, total) = of_store.fold((0, 0), |(c, t), p| {
-        (c + changed(p, hashes).len(), t + p.shards.len())
-    });
+    // (out of the store's shards, written or not: a worker not yet started holds none,
+    // and three fixed images of one part were "3 of the store's 5")
+    let changed = of_store.map(|p| changed(p, hashes).len()).sum::<usize>();
+    let total = hashes.len();
     match 2 * changed <= total {
         true => Renewal::Yes,
         false => Renewal::TooMany { changed, total },
@@ -72,8 +73,9 @@ pub(crate) enum Renewal {
     No,
     /// Yes: its shards of unchanged images are kept.
     Yes,
-    /// The same files listed, but `changed` of the store's `total` shards hold images of
-    /// another size: more than half, taken for another copy of the data.
+    /// The same files listed, but `changed` of the store's `total` shards (written or
+    /// not) hold images of another size: more than half, taken for another copy of the
+    /// data.
     TooMany {
         /// Shards holding a changed image.
         changed: usize,
@@ -83,14 +85,14 @@ pub(crate) enum Renewal {
 }
 
 impl Renewal {
-    /// The refusal of a store (its manifest at `path`) that [`Renewal::TooMany`] keeps
-    /// from going on, or `None`.
-    pub(crate) fn refusal(self, path: &Path) -> Option<StoreError> {
+    /// The refusal of the store in `dir` that [`Renewal::TooMany`] keeps from going on,
+    /// or `None` (named by the store, whichever part met it).
+    pub(crate) fn refusal(self, dir: &Path) -> Option<StoreError> {
         let Renewal::TooMany { changed, total } = self else {
             return None;
         };
         Some(StoreError::Mismatch {
-            path: path.to_path_buf(),
+            path: dir.to_path_buf(),
             reason: format!(
                 "the dataset lists the same files, but {changed} of the store's {total} \
                  shards hold images whose size changed since: more than half, so this is \

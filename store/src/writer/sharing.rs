@@ -238,7 +238,7 @@ pub(super) fn check_neighbours(
         match super::renew::renewal(part, &manifests, config, hashes) {
             super::renew::Renewal::Yes => continue,
             r => {
-                if let Some(e) = r.refusal(&path) {
+                if let Some(e) = r.refusal(dir) {
                     return Err(e);
                 }
             }
