@@ -81,6 +81,26 @@ fn break_sample_14(f: &Fixture) -> (Dataset, meal_data::Sample, Vec<u8>) {
     (ds, bad, good)
 }
 
+/// The images `ids` of `ds` another size, decoding the same (16 bytes after a JPEG's
+/// end): a dataset changed only in its files' sizes.
+fn grow(ds: &Dataset, ids: impl IntoIterator<Item = usize>) {
+    for i in ids {
+        let p = ds.full_path(&ds.samples()[i]);
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend([0u8; 16]);
+        std::fs::write(&p, b).unwrap();
+    }
+}
+
+/// The settings of `args` into `out` at `per_shard` images a shard, as `worker` (or
+/// a single run).
+fn split_args(f: &Fixture, out: &str, worker: Option<&str>, per_shard: u32) -> Settings {
+    let mut a = args(f, out);
+    a.samples_per_shard = Some(per_shard);
+    a.worker = worker.map(Into::into);
+    a.resolve().unwrap()
+}
+
 /// The image that stopped a `fail` run, fixed (another size: the dataset's fingerprint
 /// changed), resumes the store from its shards, which end as a clean run's; a skipped
 /// image fixed later has only its shard recomputed. Another dataset of the same size
@@ -122,12 +142,7 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
     // every file of another size (a re-encoded copy under the same names, given by
     // mistake) is another dataset: refused, the store left as it is
     let before = files(&s.out);
-    for smp in ds.samples() {
-        let p = ds.full_path(smp);
-        let mut b = std::fs::read(&p).unwrap();
-        b.extend([0u8; 16]);
-        std::fs::write(&p, b).unwrap();
-    }
+    grow(&ds, 0..ds.len());
     let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
     assert!(e.contains("shards hold images whose size changed"), "{e}");
     assert!(e.contains("more than half"), "{e}");
@@ -200,12 +215,7 @@ fn a_single_run_renewing_a_merged_store_brings_its_parts_along() {
 #[test]
 fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
     let f = fixture(2);
-    let settings = |out: &str, worker: Option<&str>| {
-        let mut a = args(&f, out);
-        a.samples_per_shard = Some(4);
-        a.worker = worker.map(Into::into);
-        a.resolve().unwrap()
-    };
+    let settings = |out: &str, worker: Option<&str>| split_args(&f, out, worker, 4);
     for w in ["0/2", "1/2"] {
         assert!(go(&settings("parts", Some(w))).complete);
     }
@@ -214,12 +224,7 @@ fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
     meal_store::merge(&out, &ds).unwrap();
     // samples 1 and 9: shards 0 and 2, both worker 0's (a JPEG with bytes after its end
     // decodes the same: only the sizes change)
-    for i in [1, 9] {
-        let p = ds.full_path(&ds.samples()[i]);
-        let mut b = std::fs::read(&p).unwrap();
-        b.extend([0u8; 16]);
-        std::fs::write(&p, b).unwrap();
-    }
+    grow(&ds, [1, 9]);
     let changed = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
     let e = meal_store::merge(&out, &changed).unwrap_err().to_string();
     assert!(
@@ -242,21 +247,11 @@ fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
 #[test]
 fn a_part_is_renewed_while_another_has_not_started() {
     let f = fixture(2);
-    let settings = |out: &str, worker: Option<&str>| {
-        let mut a = args(&f, out);
-        a.samples_per_shard = Some(2);
-        a.worker = worker.map(Into::into);
-        a.resolve().unwrap()
-    };
+    let settings = |out: &str, worker: Option<&str>| split_args(&f, out, worker, 2);
     assert!(go(&settings("parts", Some("0/2"))).complete);
     let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
     // samples 0, 4 and 8: shards 0, 2 and 4 of 10, all worker 0's
-    for i in [0, 4, 8] {
-        let p = ds.full_path(&ds.samples()[i]);
-        let mut b = std::fs::read(&p).unwrap();
-        b.extend([0u8; 16]);
-        std::fs::write(&p, b).unwrap();
-    }
+    grow(&ds, [0, 4, 8]);
     let r0 = go(&settings("parts", Some("0/2")));
     assert!(r0.complete && r0.shards_written == 3, "{r0:?}");
     assert!(go(&settings("parts", Some("1/2"))).complete);
