@@ -119,7 +119,7 @@ impl StoreWriter {
         let hashes = renew::shard_hashes(samples, config.samples_per_shard);
         // the lock creates `dir` (and removes it again if this run writes nothing)
         let (locks, mut opening) = lock_or_read_only(dir, worker)?;
-        check_neighbours(dir, &config, worker, &hashes)?;
+        let parts = check_neighbours(dir, &config, worker, &hashes)?;
         let name = manifest_name(worker);
         let path = dir.join(&name);
         let was_store = path.exists();
@@ -161,7 +161,7 @@ impl StoreWriter {
         // shards dropped as damaged: removed with the crash's leftovers, said once
         let mut dropped = Vec::new();
         let manifest = if let Some(mut m) = existing {
-            let store = renew::store_of(dir, &m, worker);
+            let store = renew::store_of(&m, parts, worker);
             match renew::renewal(&m, &store, &config, &hashes) {
                 renew::Renewal::Yes => {
                     dropped = renew::renew(&mut m, &config, &hashes, &path);

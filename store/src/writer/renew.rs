@@ -104,18 +104,18 @@ impl Renewal {
     }
 }
 
-/// The manifests of the store `dir` holds beside `m` (`worker`'s, or a single run's):
-/// every worker's part for a worker (unreadable ones left out), `m` alone otherwise.
-pub(crate) fn store_of(dir: &Path, m: &Manifest, worker: Option<[u32; 2]>) -> Vec<Manifest> {
+/// The manifests of the store `m` (`worker`'s part, or a single run's) belongs to:
+/// with the workers' `parts` the directory holds (as [`super::sharing::check_neighbours`]
+/// read them), `m` in place of its own, for a worker; `m` alone otherwise.
+pub(crate) fn store_of(
+    m: &Manifest,
+    parts: Vec<Manifest>,
+    worker: Option<[u32; 2]>,
+) -> Vec<Manifest> {
     if worker.is_none() {
         return vec![m.clone()];
     }
-    let names = super::sharing::worker_manifests(dir).unwrap_or_default();
-    let mut store: Vec<Manifest> = names
-        .iter()
-        .filter_map(|n| Manifest::read_file(&dir.join(n)).ok())
-        .filter(|p| p.worker != m.worker)
-        .collect();
+    let mut store: Vec<Manifest> = parts.into_iter().filter(|p| p.worker != m.worker).collect();
     store.push(m.clone());
     store
 }

@@ -127,13 +127,14 @@ pub(crate) fn worker_manifests(dir: &Path) -> Result<Vec<String>, StoreError> {
 /// already there. One directory holds one store: a single run's, or the parts of one
 /// split into workers (then their merge). A writer of one kind must not replace the
 /// shards another manifest lists (their checksums would no longer match), and every
-/// manifest there must have been made with the same config.
+/// manifest there must have been made with the same config. Returns the workers' parts
+/// it read (none for a single writer), for the renewal rule ([`super::renew::store_of`]).
 pub(super) fn check_neighbours(
     dir: &Path,
     config: &StoreConfig,
     worker: Option<[u32; 2]>,
     hashes: &[[String; 2]],
-) -> Result<(), StoreError> {
+) -> Result<Vec<Manifest>, StoreError> {
     let parts = worker_manifests(dir)?;
     let own = manifest_name(worker);
     let single = dir.join(MANIFEST).exists();
@@ -182,7 +183,7 @@ pub(super) fn check_neighbours(
         }
         // a single writer over a single or merged store: its manifest.json is compared
         // when it is opened (the parts of a merged store have its config)
-        None => return Ok(()),
+        None => return Ok(Vec::new()),
         Some([_, n]) => {
             if single && !parts.contains(&own) {
                 let made = if parts.is_empty() {
@@ -213,12 +214,11 @@ pub(super) fn check_neighbours(
         }
     }
     // (read once: each part's renewal counts the shards of all of them)
-    let store: Vec<(String, Manifest)> = parts
+    let manifests: Vec<Manifest> = parts
         .iter()
-        .map(|name| Manifest::read_file(&dir.join(name)).map(|m| (name.clone(), m)))
+        .map(|name| Manifest::read_file(&dir.join(name)))
         .collect::<Result<_, _>>()?;
-    let manifests: Vec<Manifest> = store.iter().map(|(_, m)| m.clone()).collect();
-    for (name, part) in store.iter().filter(|(n, _)| *n != own) {
+    for (name, part) in parts.iter().zip(&manifests).filter(|(n, _)| **n != own) {
         let path = dir.join(name);
         // a part that holds no shard has nothing to keep: its worker starts it over
         // (a split that failed on its first batch, rerun once its image is fixed); a
@@ -250,7 +250,7 @@ pub(super) fn check_neighbours(
             "another worker's part was made with another config",
         )?;
     }
-    Ok(())
+    Ok(manifests)
 }
 
 /// After a single run renewed a merged store `m` in `dir` (images changed size, the same
