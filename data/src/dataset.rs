@@ -165,11 +165,10 @@ impl Dataset {
         // folder shifts every label after it (torchvision's ImageFolder refuses them)
         if !empty.is_empty() {
             tracing::warn!(
-                "{}: {} class folders hold no image, yet count as classes: {}{}",
+                "{}: {} class folders hold no image, yet count as classes: {}",
                 root.display(),
                 empty.len(),
-                empty[..empty.len().min(5)].join(", "),
-                if empty.len() > 5 { ", ..." } else { "" }
+                crate::error::first_few(&empty, 5)
             );
         }
         if samples.is_empty() {

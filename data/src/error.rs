@@ -130,3 +130,31 @@ pub(crate) fn warn_once(text: String) {
         false => tracing::debug!("{text} (again)"),
     }
 }
+
+/// The first `shown` of `items` joined by ", ", with ", ..." when there are more: the
+/// one way messages name a few of many (empty classes, stray files, removed shards).
+pub fn first_few<S: AsRef<str>>(items: &[S], shown: usize) -> String {
+    let mut out = items
+        .iter()
+        .take(shown)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > shown {
+        out.push_str(", ...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_few;
+
+    #[test]
+    fn first_few_marks_what_it_leaves_out() {
+        assert_eq!(first_few(&["a", "b"], 5), "a, b");
+        assert_eq!(first_few(&["a", "b", "c"], 3), "a, b, c");
+        assert_eq!(first_few(&["a", "b", "c"], 2), "a, b, ...");
+        assert_eq!(first_few::<&str>(&[], 2), "");
+    }
+}

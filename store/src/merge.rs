@@ -147,11 +147,12 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             });
         }
     }
-    // (the first ten named)
-    let absent: Vec<u32> = (0..n).filter(|i| !seen.contains(i)).take(10).collect();
+    let absent: Vec<u32> = (0..n).filter(|i| !seen.contains(i)).collect();
     if !absent.is_empty() {
-        let list =
-            |f: &dyn Fn(u32) -> String| absent.iter().map(|&i| f(i)).collect::<Vec<_>>().join(", ");
+        // (the first ten named)
+        let list = |f: &dyn Fn(&u32) -> String| {
+            meal_data::error::first_few(&absent.iter().map(f).collect::<Vec<_>>(), 10)
+        };
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
             reason: format!(

@@ -119,11 +119,10 @@ impl Dataset {
                     .collect();
                 if !unused.is_empty() {
                     tracing::warn!(
-                        "{}: {} class indices have no sample, yet count as classes: {}{}{}",
+                        "{}: {} class indices have no sample, yet count as classes: {}{}",
                         list.display(),
                         unused.len(),
-                        unused[..unused.len().min(5)].join(", "),
-                        if unused.len() > 5 { ", ..." } else { "" },
+                        crate::error::first_few(&unused, 5),
                         if !seen[0] {
                             " (labels count from 0: a list numbered from 1 leaves class 0 empty)"
                         } else {

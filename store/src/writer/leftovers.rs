@@ -43,16 +43,15 @@ pub(super) fn remove(
         removed.sort();
         tracing::warn!(
             "{}: {} shard files not in {name} (left by a crash or a failed write) removed, \
-             to be written again: {}{}",
+             to be written again: {}",
             dir.display(),
             removed.len(),
-            removed[..removed.len().min(5)].join(", "),
-            if removed.len() > 5 { ", ..." } else { "" }
+            meal_data::error::first_few(&removed, 5)
         );
     }
 }
 
-/// The entries of `dir` (at most five, sorted) that neither a store nor a crash of its
+/// The entries of `dir` (sorted) that neither a store nor a crash of its
 /// writer left, when `dir` holds no manifest (its own or a worker's): a new store there
 /// would overwrite or remove them (a user's `report.json` was replaced and a
 /// `manifest.json.tmp` removed). Lock files and our `.NAME.tmp` temporaries are a
@@ -69,7 +68,6 @@ pub(super) fn foreign(dir: &Path) -> Vec<String> {
     }
     names.retain(|n| !(n.starts_with(".lock") || n.strip_suffix(".tmp").is_some_and(is_ours)));
     names.sort();
-    names.truncate(5);
     names
 }
 

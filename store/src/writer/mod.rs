@@ -129,10 +129,9 @@ impl StoreWriter {
                 return Err(StoreError::Mismatch {
                     path: dir.to_path_buf(),
                     reason: format!(
-                        "not empty, and no label store is there ({}{}): a new store needs an \
+                        "not empty, and no label store is there ({}): a new store needs an \
                          empty or new directory",
-                        other.join(", "),
-                        if other.len() == 5 { ", ..." } else { "" }
+                        meal_data::error::first_few(&other, 5)
                     ),
                 });
             }
