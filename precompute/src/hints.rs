@@ -1,21 +1,10 @@
-//! What the binary's errors add for the user: the flag of a dataset that failed to open
-//! (and the switch that follows links out of it), and why a run had to write to a
-//! read-only `--out`.
+//! What the binary's errors add for the user: why a run had to write to a read-only
+//! `--out`.
 
 use std::path::Path;
 
-use anyhow::Result;
 use meal_data::dirlock::LockError;
-use meal_data::{DataError, Dataset, LinkPolicy};
 use meal_store::StoreError;
-
-/// The dataset of `--data`, its errors named by the flag.
-pub fn open_data(data: &Path, links: LinkPolicy) -> Result<Dataset> {
-    Dataset::open(data, links).map_err(|e| {
-        let outside = matches!(e, DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context("--data", data, outside))
-    })
-}
 
 /// `e` with `--out DIR is read-only, and WHY` on top when the store failed to write
 /// because its file system is read-only; otherwise `e` as it is. The bare "Read-only

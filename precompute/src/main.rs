@@ -216,7 +216,7 @@ fn cli() -> Result<()> {
         }
         Cmd::Merge { data, out, links } => {
             let links = LinkPolicy::follow_if(links.follow_links);
-            let ds = hints::open_data(&data, links)?;
+            let ds = meal_data::cli::open(&data, "--data", links)?;
             let m = meal_store::merge(&out, &ds)
                 .with_context(|| format!("merge {}", out.display()))
                 .map_err(|e| {

@@ -20,7 +20,6 @@ use meal_models::ensemble::{default_dtype, dtype_name, Crops, Ensemble, Submitte
 use meal_store::{CropPool, Encoding, Manifest, StoreConfig, StoreWriter};
 
 use crate::config::{Settings, DENSE_DEFAULT_MAX_CLASSES};
-use crate::hints::open_data;
 use crate::report::{combine, compare_labels, store_report, RunReport};
 
 mod pending;
@@ -164,7 +163,7 @@ struct Plan {
 
 fn plan(s: &Settings) -> Result<Plan> {
     let device = meal_models::parse_device(&s.device).context("--device")?;
-    let ds = Arc::new(open_data(&s.data, s.links)?);
+    let ds = Arc::new(meal_data::cli::open(&s.data, "--data", s.links)?);
     if ds.is_empty() {
         bail!("--data {}: no images", s.data.display());
     }
@@ -575,7 +574,7 @@ fn run_devices(
         return Err(e);
     }
     let report = if parts.iter().all(|r| r.complete) {
-        let ds = open_data(&s.data, s.links)?;
+        let ds = meal_data::cli::open(&s.data, "--data", s.links)?;
         let m = meal_store::merge(&s.out, &ds)
             .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
         store_report(&m, true)

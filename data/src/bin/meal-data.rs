@@ -135,17 +135,12 @@ fn synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-/// The dataset at `data` (named `what` in errors, with the switch that follows links
-/// out of it where one was refused).
-fn open(data: &std::path::Path, what: &str, links: meal_cli::FollowLinks) -> Result<Dataset> {
-    Dataset::open(data, LinkPolicy::follow_if(links.follow_links)).map_err(|e| {
-        let outside = matches!(e, meal_data::DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context(what, data, outside))
-    })
-}
-
 fn index(a: IndexArgs) -> Result<()> {
-    let ds = open(&a.data, "dataset", a.links)?;
+    let ds = meal_data::cli::open(
+        &a.data,
+        "dataset",
+        LinkPolicy::follow_if(a.links.follow_links),
+    )?;
     let mut per_class = vec![0u64; ds.classes().len()];
     for s in ds.samples() {
         per_class[s.label as usize] += 1;
@@ -219,7 +214,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         ),
         "lower --crops, --batch or --res",
     )?;
-    let ds = Arc::new(open(&a.data, "--data", a.links)?);
+    let ds = Arc::new(meal_data::cli::open(
+        &a.data,
+        "--data",
+        LinkPolicy::follow_if(a.links.follow_links),
+    )?);
     if ds.is_empty() {
         bail!("--data {}: no images", a.data.display());
     }

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use meal_cli::memory::Room;
-use meal_data::{
-    epoch_order, Batch, CropMode, DataError, Dataset, LinkPolicy, Loader, LoaderConfig,
-};
+use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
 use meal_models::ensemble::{Crops, Ensemble, TeacherArg};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
 use meal_models::{Discriminator, LoadOptions, ResNet};
@@ -47,11 +45,7 @@ pub fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>
 
 /// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
 pub fn open_dataset(p: &Path, flag: &str, follow_links: bool) -> Result<Arc<Dataset>> {
-    let links = LinkPolicy::follow_if(follow_links);
-    let ds = Dataset::open(p, links).map_err(|e| {
-        let outside = matches!(e, DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context(flag, p, outside))
-    })?;
+    let ds = meal_data::cli::open(p, flag, LinkPolicy::follow_if(follow_links))?;
     if ds.is_empty() {
         bail!("{flag} {}: no images", p.display());
     }
