@@ -13,8 +13,11 @@ for f in "$RUNS/pretrain/student.safetensors" "$RUNS/baseline/student.safetensor
   [ -f "$f" ] || { echo "make eval: $f is missing: run make train first (it makes every run)" >&2; exit 1; }
 done
 [ -d "$VAL" ] || { echo "make eval: $VAL is missing: run make demo-data (or make train)" >&2; exit 1; }
-top() { # meal-student eval args -> the JSON line (its log to stderr; errors stay visible)
-  RUST_LOG=${RUST_LOG:-warn} "$BIN" eval --data "$VAL" --threads "$THREADS" --json "$@" | tail -1
+top() { # meal-student eval args -> its JSON (its summary line and log kept; shown on error)
+  local log rc=0; log=$(mktemp)
+  RUST_LOG=${RUST_LOG:-warn} "$BIN" eval --data "$VAL" --threads "$THREADS" --json "$@" 2>"$log" || rc=$?
+  [ $rc -eq 0 ] || cat "$log" >&2
+  rm -f "$log"; return $rc
 }
 row() { # name, json
   python3 -c "import json,sys; a=json.loads(sys.argv[2]); print(f'| {sys.argv[1]} | {a[\"top1\"]*100:.1f} | {a[\"top5\"]*100:.1f} |')" "$1" "$2"

@@ -84,6 +84,17 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
     )
 }
 
+/// The innermost cause of `e`: the client's errors each repeat their source's text
+/// ("request error: Bad URL: ...", "Bad URL: ...", ...), so the chain said one thing
+/// three times.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// `file` of model repository `repo`: from the cache, else downloaded into it.
 pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::new(cfg.cache.clone());
@@ -100,13 +111,22 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     }
     let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache);
     if let Some(e) = &cfg.endpoint {
+        // (else the client's URL parser's error, its enum variant's name included)
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            bail!(
+                "no local file {repo}, so it was read as a Hugging Face hub repository, but \
+                 HF_ENDPOINT={e} is not a URL (expected e.g. https://huggingface.co)"
+            );
+        }
         b = b.with_endpoint(e.clone());
     }
     let api = b
         .build()
         .context("setting up the Hugging Face hub client")?;
-    let where_ = cfg.endpoint.clone();
-    let where_ = where_.as_deref().unwrap_or("https://huggingface.co");
+    let where_ = match &cfg.endpoint {
+        Some(e) => format!("{e} (HF_ENDPOINT)"),
+        None => "https://huggingface.co".into(),
+    };
     let failed = || {
         format!(
             "no local file {repo}, so it was read as a Hugging Face hub repository: downloading \
@@ -134,7 +154,7 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(r) => {
                 seen.bar.finish_and_clear();
-                return r.with_context(failed);
+                return r.map_err(|e| anyhow::anyhow!("{}: {}", failed(), root_cause(&e)));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("{}: the download thread ended without a result", failed())

@@ -355,9 +355,20 @@ pub fn is_inside(path: &Path, dir: &Path) -> bool {
     cur.starts_with(&dir)
 }
 
+/// Whether `MEAL_NO_PROGRESS`'s value hides the bars: set, and not `0`, `false`, `no`,
+/// `off` or empty (`MEAL_NO_PROGRESS=0` hid them too).
+fn progress_off(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
+}
+
 /// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
-/// environment sets `MEAL_NO_PROGRESS` (CI logs, scripts) so every long loop of both
-/// binaries honours one switch.
+/// environment sets `MEAL_NO_PROGRESS` (to 1; CI logs, scripts) so every long loop of
+/// both binaries honours one switch.
 ///
 /// Where standard error is not a terminal (a log file, `nohup`, a SLURM job), indicatif
 /// draws nothing: the bar's line is logged instead every [`LOG_EVERY`] ([`LogLines`]),
@@ -371,7 +382,7 @@ pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    if std::env::var_os("MEAL_NO_PROGRESS").is_some() {
+    if progress_off(std::env::var("MEAL_NO_PROGRESS").ok().as_deref()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     } else if !std::io::stderr().is_terminal() {
         let lines = LogLines::new(LOG_EVERY, |line| tracing::info!("{line}"));
@@ -468,6 +479,23 @@ pub fn number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_progress_takes_its_value() {
+        for on in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("false"),
+            Some("No"),
+            Some(" off "),
+        ] {
+            assert!(!progress_off(on), "{on:?}");
+        }
+        for off in [Some("1"), Some("true"), Some("yes")] {
+            assert!(progress_off(off), "{off:?}");
+        }
+    }
 
     /// A bar's lines reach the log at most once per interval, the first only after it,
     /// each line whole (as drawn before a flush), blank ones never.

@@ -133,7 +133,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     });
     let mut dec = jpeg_decoder(padded.as_deref().unwrap_or(bytes), true);
     dec.decode_headers()
-        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+        .map_err(|e| DataError::decode(path, format!("JPEG: {}", jpeg_message(&e))))?;
     let (w, h) = dec
         .dimensions()
         .ok_or_else(|| DataError::decode(path, "JPEG: no frame header"))?;
@@ -164,7 +164,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         ));
     }
     let sequential = dec.info().is_some_and(|i| i.sof.is_sequential_dct());
-    let whole = |e| DataError::decode(path, format!("JPEG: {e:?}"));
+    let whole = |e| DataError::decode(path, format!("JPEG: {}", jpeg_message(&e)));
     let mut data = vec![0u8; n];
     let data = match padded.as_deref() {
         Some(padded) if sequential => match dec.decode_into(&mut data) {
@@ -223,7 +223,7 @@ fn cut_short(bytes: &[u8], padded: &[u8], n: usize, path: &Path) -> Result<Vec<u
     let mut data = vec![0u8; n];
     jpeg_decoder(bytes, true)
         .decode_into(&mut data)
-        .map_err(|e| DataError::decode(path, format!("JPEG: {e:?}")))?;
+        .map_err(|e| DataError::decode(path, format!("JPEG: {}", jpeg_message(&e))))?;
     let mut grey = vec![128u8; n];
     // (leniently: it stops where it failed, keeping the rows decoded before)
     let _ = jpeg_decoder(padded, false).decode_into(&mut grey);
@@ -248,6 +248,17 @@ fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             decode_png_once(&ended, path).map_err(|_| e)
         }
         r => r,
+    }
+}
+
+/// zune-jpeg's error for a message: a file that ends inside its headers is said to be
+/// cut short (its own text, "I/O errors Not enough bytes, expected 162 but found 69",
+/// reads as a disk fault); other errors as zune-jpeg words them.
+fn jpeg_message(e: &impl std::fmt::Debug) -> String {
+    let text = format!("{e:?}");
+    match text.contains("Not enough bytes") || text.contains("No more bytes") {
+        true => format!("cut short (the file ends inside its headers: {text})"),
+        false => text,
     }
 }
 

@@ -204,6 +204,11 @@ pub struct SynthSummary {
     pub train_images: u64,
     /// Files written under `val/`.
     pub val_images: u64,
+    /// What this run replaced of an earlier synth's output in the same directory (its
+    /// images beyond this one's counts removed, or other settings): a label store made
+    /// from that dataset no longer matches. Not recorded in `synth.json`.
+    #[serde(skip)]
+    pub replaced: Option<String>,
 }
 
 /// Write the dataset under `out` (`out/train/<class>/*.jpg`, `out/val/...`, and
@@ -235,7 +240,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
         ));
     }
     let classes = class_names();
-    clear_previous(out, cfg, &classes)?;
+    let replaced = clear_previous(out, cfg, &classes)?;
     let mut jobs: Vec<(u64, &str, usize, u32)> = Vec::new(); // (split id, split, class, index)
     for (split_id, split, n) in [
         (0u64, "train", cfg.train_per_class),
@@ -266,6 +271,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
         classes: classes.clone(),
         train_images: cfg.train_per_class as u64 * classes.len() as u64,
         val_images: cfg.val_per_class as u64 * classes.len() as u64,
+        replaced,
     };
     // atomically: it marks a finished dataset, so a full disk must not leave it empty
     let meta = out.join("synth.json");
@@ -280,11 +286,16 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
 /// not write (a user's files are never deleted or mixed in); an earlier synth's images
 /// beyond this one's counts are removed (a smaller dataset over a larger one would
 /// otherwise keep them), and so is its `synth.json`, which marks a finished dataset and
-/// is written again last.
-fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<()> {
+/// is written again last. Returns what of an earlier dataset changes, if anything.
+fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<Option<String>> {
     let Ok(top) = fs::read_dir(out) else {
-        return Ok(()); // not there yet (or unreadable: the first write will say so)
+        return Ok(None); // not there yet (or unreadable: the first write will say so)
     };
+    // the earlier dataset's settings (absent when it was interrupted)
+    let earlier: Option<SynthSummary> = fs::read(out.join("synth.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut removed_images = 0u64;
     let foreign = |p: &Path| {
         DataError::dataset(
             p,
@@ -324,7 +335,10 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<(
                     .filter(|i| i.len() == 5)
                     .and_then(|i| i.parse::<u32>().ok());
                 match index {
-                    Some(i) if i >= per_class || file.ends_with(".tmp") => stale.push(f.path()),
+                    Some(i) if i >= per_class || file.ends_with(".tmp") => {
+                        removed_images += u64::from(!file.ends_with(".tmp"));
+                        stale.push(f.path())
+                    }
                     Some(_) => {}
                     None => return Err(foreign(&f.path())),
                 }
@@ -334,7 +348,20 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<(
     for p in stale {
         fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
     }
-    Ok(())
+    let other_settings = earlier.is_some_and(|e| {
+        let (mut a, mut b) = (e.config, cfg.clone());
+        // (counts aside: fewer images are the removal said below, more are added)
+        (a.train_per_class, a.val_per_class) = (0, 0);
+        (b.train_per_class, b.val_per_class) = (0, 0);
+        a != b
+    });
+    Ok(match (other_settings, removed_images) {
+        (true, _) => Some("the earlier dataset there, made with other settings".into()),
+        (false, 0) => None,
+        (false, n) => Some(format!(
+            "the earlier dataset there: {n} of its images removed"
+        )),
+    })
 }
 
 /// Write an RGB8 image as a baseline JPEG, atomically (temp file then rename).

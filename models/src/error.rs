@@ -34,6 +34,15 @@ pub enum ModelError {
         /// Missing, unexpected and mis-shaped tensors, one per line.
         details: String,
     },
+    /// A weights file holds a NaN or an infinity (a run that diverged, a damaged file):
+    /// refused at load, not met as a non-finite output later.
+    #[error("{path}: tensor {tensor} holds non-finite values (NaN or inf)")]
+    NonFiniteWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// The first such tensor (timm's name).
+        tensor: String,
+    },
     /// A weights file could not be read or written.
     #[error("{path}: {reason}")]
     Io {

@@ -38,15 +38,33 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
             "not a regular file (a FIFO, socket or device?)".into(),
         ));
     }
-    let map: HashMap<String, Tensor> = if ext == "safetensors" {
-        candle_core::safetensors::load(path, device)
-            .map_err(|e| fail(format!("not a readable safetensors file ({e})")))?
+    // the format by content where it shows (a zip's `PK`; safetensors' header length
+    // then `{`), else by extension: a safetensors file renamed .pth was read as a zip
+    let mut head = [0u8; 9];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| fail(e.to_string()))?;
+    let safetensors = match &head[..n] {
+        [b'P', b'K', ..] => false,
+        [_, _, _, _, _, _, _, _, b'{'] => true,
+        _ => ext == "safetensors",
+    };
+    let map: HashMap<String, Tensor> = if safetensors {
+        candle_core::safetensors::load(path, device).map_err(|e| {
+            let why = match e.to_string() {
+                s if s.contains("incomplete metadata") || s.contains("header too small") => {
+                    "cut short".to_string()
+                }
+                s => s,
+            };
+            fail(format!("not a readable safetensors file ({why})"))
+        })?
     } else {
         // PyTorch's files since 1.6 are zip archives holding a pickle (crate::pth)
         let v = crate::pth::read(path).map_err(|e| {
             fail(format!(
-                "not a readable PyTorch weights file (a zip archive from torch.save, or \
-                 .safetensors by its extension): {e}"
+                "not a readable PyTorch weights file (a zip archive from torch.save) nor a \
+                 safetensors file: {e}"
             ))
         })?;
         if v.is_empty() {
@@ -75,6 +93,9 @@ pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(v.iter().all(|x| x.is_finite()))
 }
+
+/// How many names of each kind a mismatch names (of hundreds, for another architecture).
+const SHOWN: usize = 6;
 
 /// How strictly [`load_into`] matches a state dict to the model.
 #[derive(Clone, Copy, Debug, Default)]
@@ -144,12 +165,14 @@ pub fn load_into(
     missing.sort();
     if !(missing.is_empty() && unexpected.is_empty() && shape.is_empty()) {
         let mut details = String::new();
+        // (the first few of each: a file of another architecture misses hundreds, 20 KB
+        // of names on one line that buried the cause)
         let mut list = |title: &str, items: &[String]| {
             if !items.is_empty() {
                 details.push_str(&format!(
                     "\n  {title} ({}): {}",
                     items.len(),
-                    items.join(", ")
+                    meal_data::error::first_few(items, SHOWN)
                 ));
             }
         };
@@ -180,6 +203,19 @@ pub fn load_into(
             arch: arch.to_string(),
             details,
         });
+    }
+    // a NaN loaded is met much later: as a teacher's non-finite label blamed on an
+    // image, a student's loss after its first step
+    for e in entries {
+        match sd.get(&e.name) {
+            Some(t) if t.dtype().is_float() && !fresh.contains(&e.name) && !all_finite(t)? => {
+                return Err(ModelError::NonFiniteWeights {
+                    path: path.to_path_buf(),
+                    tensor: e.name.clone(),
+                })
+            }
+            _ => {}
+        }
     }
     for e in entries {
         if fresh.contains(&e.name) {

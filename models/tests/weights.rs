@@ -103,6 +103,55 @@ fn strict_loading_lists_every_problem_in_one_error() {
 }
 
 #[test]
+fn another_architecture_is_named_not_listed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r10.safetensors");
+    ResNet::from_preset("demo_resnet10", 7, &Device::Cpu, 1)
+        .unwrap()
+        .save(&p)
+        .unwrap();
+    // another preset: the names are cut short and the file's own preset is named
+    let e = ResNet::from_preset("demo_resnet14", 7, &Device::Cpu, 1)
+        .unwrap()
+        .load_weights(&p, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the file's architecture is demo_resnet10's, not demo_resnet14's"),
+        "{e}"
+    );
+    assert!(
+        e.contains(", ...") && e.len() < 1500,
+        "{} bytes: {e}",
+        e.len()
+    );
+    // the same preset with another class count: the class count is the cause, no preset
+    // is named
+    let e = ResNet::from_preset("demo_resnet10", 4, &Device::Cpu, 1)
+        .unwrap()
+        .load_weights(&p, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the weights classify 7 classes, the model is built for 4"),
+        "{e}"
+    );
+    assert!(!e.contains("architecture"), "{e}");
+    // a file of no preset's architecture is said to be none
+    let e = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 1)
+        .unwrap()
+        .load_weights(
+            &fixtures().join("basic_plain.safetensors"),
+            LoadOptions::default(),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("none of the presets' architectures"),
+        "{e}"
+    );
+}
+
+#[test]
 fn fresh_classifier_on_request_only() {
     let m = basic_plain(4);
     let p = fixtures().join("basic_plain.safetensors");
@@ -164,7 +213,14 @@ fn missing_and_corrupt_files_are_named() {
         .load_weights(&p, LoadOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("trunc.safetensors"), "{e}");
+    assert!(
+        e.contains("trunc.safetensors") && e.contains("cut short"),
+        "{e}"
+    );
+    // a safetensors file under a .pth name is read by its content
+    let p = dir.path().join("renamed.pth");
+    std::fs::write(&p, &bytes).unwrap();
+    m.load_weights(&p, LoadOptions::default()).unwrap();
     let p = dir.path().join("junk.pth");
     std::fs::write(&p, b"not a zip").unwrap();
     let e = m

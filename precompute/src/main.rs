@@ -41,7 +41,7 @@ enum Cmd {
         /// The store directory.
         store: PathBuf,
         /// Sample rows to print.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
         rows: usize,
         /// Write the histograms (entropy left, top-1 probability right) to this PNG.
         #[arg(long, value_name = "PNG")]
@@ -84,7 +84,14 @@ fn cli() -> Result<()> {
                 })
             })?;
             report::write_report(&s.out, s.worker, &r)?;
-            meal_cli::outln!(
+            if r.images_labelled == 0 && r.shards_written == 0 {
+                // (a rerun over a finished store: "0.0 img/s" read as a failure)
+                meal_cli::outln!(
+                    "this run: nothing to do, its {} shards were there already",
+                    r.shards_present
+                );
+            } else {
+                meal_cli::outln!(
                 "this run: {} images, {} crops in {:.1} s ({:.1} img/s, {:.0} crops/s); {} shards written ({} already present), {} bytes",
                 r.images_labelled,
                 r.crops_labelled,
@@ -95,6 +102,7 @@ fn cli() -> Result<()> {
                 r.shards_present,
                 r.bytes_written
             );
+            }
             if r.labelling_seconds > 0.0 {
                 meal_cli::outln!(
                     "labelling loop (without set-up and dtype check): {:.1} s, {:.1} crops/s",
@@ -113,22 +121,33 @@ fn cli() -> Result<()> {
                 r.crops,
                 r.shards
             );
-            for t in &r.teachers {
+            if r.crops > 0 {
+                meal_cli::outln!(
+                    "  (top-1 agreement: the share of crops whose argmax is the image's label)"
+                );
+            }
+            for (i, t) in r.teachers.iter().enumerate() {
+                // the weights as this run was given them (the store records the file's
+                // name only: two teachers' student.safetensors read alike), and a side
+                // that is not the preset's
+                let given = s.teachers.get(i).map_or(t.weights.clone(), |a| {
+                    let side = match meal_models::input_config(&a.arch) {
+                        Ok(c) if c.size != a.size => format!(", {} px", a.size),
+                        _ => String::new(),
+                    };
+                    format!("{}{side}", a.weights.display())
+                });
                 match t.top1_agreement {
                     Some(a) => meal_cli::outln!(
-                        "  teacher {:<16} top-1 agreement {a:.4}  ({})",
-                        t.arch,
-                        t.weights
+                        "  teacher {:<16} top-1 agreement {a:.4}  ({given})",
+                        t.arch
                     ),
-                    None if r.crops == 0 => meal_cli::outln!(
-                        "  teacher {:<16} no crops labelled  ({})",
-                        t.arch,
-                        t.weights
-                    ),
+                    None if r.crops == 0 => {
+                        meal_cli::outln!("  teacher {:<16} no crops labelled  ({given})", t.arch)
+                    }
                     None => meal_cli::outln!(
-                        "  teacher {:<16} top-1 agreement not recorded by older shards  ({})",
-                        t.arch,
-                        t.weights
+                        "  teacher {:<16} top-1 agreement not recorded by older shards  ({given})",
+                        t.arch
                     ),
                 }
             }
@@ -259,6 +278,9 @@ fn cli() -> Result<()> {
                         p.display(),
                         d.display()
                     );
+                }
+                if p.is_dir() {
+                    bail!("--histogram {}: a directory, not a file", p.display());
                 }
             }
             let ins = inspect::inspect(&store, rows)?;

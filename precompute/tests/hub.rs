@@ -171,3 +171,33 @@ fn a_silent_hub_is_given_up() {
         t.elapsed()
     );
 }
+
+/// A bad `HF_ENDPOINT` is named as that, and a failed connection said once (the
+/// client's errors each repeated their cause: one text three times, with an enum
+/// variant's name).
+#[test]
+fn a_bad_endpoint_is_named_and_a_failure_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |endpoint: &str| HubConfig {
+        cache: dir.path().join("hf/hub"),
+        endpoint: Some(endpoint.into()),
+        offline: false,
+        stall: std::time::Duration::from_secs(5),
+    };
+    let e = format!(
+        "{:#}",
+        fetch(&cfg("notaurl"), "timm/x", WEIGHTS_FILE).unwrap_err()
+    );
+    assert!(e.contains("HF_ENDPOINT=notaurl is not a URL"), "{e}");
+    // a port nobody listens on (bound, then let go)
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = format!(
+        "{:#}",
+        fetch(&cfg(&format!("http://{addr}")), "timm/x", WEIGHTS_FILE).unwrap_err()
+    );
+    assert!(e.contains("(HF_ENDPOINT)"), "{e}");
+    assert_eq!(e.to_lowercase().matches("refused").count(), 1, "{e}");
+}

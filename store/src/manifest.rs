@@ -263,6 +263,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// SHA-256 of what the store holds: the manifest less the teachers' file names and
+    /// the producer's version, so that a store rebuilt with a renamed copy of a teacher,
+    /// from the hub (`model.safetensors`), or by a newer meal-precompute, byte for byte
+    /// the same shards, is the same store (a student's resume compares this).
+    pub fn content_sha256(&self) -> String {
+        let mut m = self.clone();
+        m.producer.clear();
+        for t in &mut m.config.teachers {
+            t.weights.clear();
+        }
+        crate::sha256_hex(&serde_json::to_vec(&m).expect("manifest serialises"))
+    }
+
     /// Read and check the manifest of `dir`.
     pub fn read(dir: &Path) -> Result<Manifest, StoreError> {
         Self::read_file(&dir.join(MANIFEST))
@@ -370,7 +383,8 @@ pub(crate) fn write_atomic(
 }
 
 /// Refuse `found` (the config of the manifest at `path`) unless it equals `want`:
-/// `what` says whose config differs, and the error lists the differing keys.
+/// `what` says whose config differs, and the error lists the differing keys with both
+/// values ([`describe_diff`]).
 pub(crate) fn require_same_config(
     path: &Path,
     found: &StoreConfig,
@@ -394,8 +408,103 @@ pub(crate) fn require_same_config(
     };
     Err(StoreError::Mismatch {
         path: path.to_path_buf(),
-        reason: format!("{what}; differing keys: {}{hint}", diff.join(", ")),
+        reason: format!(
+            "{what}; differing keys: {}{hint}",
+            describe_diff(found, want, &diff).join("; ")
+        ),
     })
+}
+
+/// Each differing key of `diff` (from [`config_diff`]) with its value in the store
+/// (`found`) and now (`want`): `crop_pool.seed (store: 0, now: 3)`. Hashes are cut to
+/// 12 digits, long lists to their length; teachers listed in another order are said to
+/// be that.
+pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -> Vec<String> {
+    use serde_json::Value;
+    let teachers = |c: &StoreConfig| {
+        c.teachers
+            .iter()
+            .map(|t| t.arch.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // the same teachers (by content and input) in another order: one line, not one per
+    // field of each
+    let key = |t: &TeacherInfo| {
+        let mut t = t.clone();
+        t.weights.clear();
+        serde_json::to_string(&t).unwrap_or_default()
+    };
+    let (mut a, mut b): (Vec<String>, Vec<String>) = (
+        found.teachers.iter().map(key).collect(),
+        want.teachers.iter().map(key).collect(),
+    );
+    a.sort();
+    b.sort();
+    let reordered = a == b && diff.iter().any(|k| k.starts_with("teachers"));
+    let (fv, wv) = (
+        serde_json::to_value(found).unwrap_or(Value::Null),
+        serde_json::to_value(want).unwrap_or(Value::Null),
+    );
+    let mut out = Vec::new();
+    if reordered {
+        out.push(format!(
+            "teachers: the same teachers in another order (store: {}; now: {}): give them \
+             in the store's order",
+            teachers(found),
+            teachers(want)
+        ));
+    } else if found.teachers.len() != want.teachers.len() {
+        out.push(format!(
+            "teachers (store: {} teachers, {}; now: {}, {})",
+            found.teachers.len(),
+            teachers(found),
+            want.teachers.len(),
+            teachers(want)
+        ));
+    }
+    for k in diff {
+        if k.starts_with("teachers") && (reordered || found.teachers.len() != want.teachers.len()) {
+            continue;
+        }
+        out.push(format!(
+            "{k} (store: {}, now: {})",
+            show(pointer(&fv, k)),
+            show(pointer(&wv, k))
+        ));
+    }
+    out
+}
+
+/// The value at the dotted key `key` (`teachers[1].filter`) of `v`.
+fn pointer<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    key.split('.')
+        .try_fold(v, |v, part| match part.split_once('[') {
+            Some((name, i)) => v
+                .get(name)?
+                .get(i.trim_end_matches(']').parse::<usize>().ok()?),
+            None => v.get(part),
+        })
+}
+
+/// A config value for a message: numbers and lists as written in flags (`0.08,1`),
+/// hashes cut to 12 digits, lists of more than 4 values by their length.
+fn show(v: Option<&serde_json::Value>) -> String {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => "none".into(),
+        Some(Value::String(s)) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("{}...", &s[..12])
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.len() > 4 => format!("{} values", a.len()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| show(Some(x)))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(v) => v.to_string(),
+    }
 }
 
 /// The keys (dotted paths, `teachers[1].filter`) at which two configs differ. A teacher

@@ -78,6 +78,26 @@ impl LabelStore {
         if !mpath.exists() {
             // workers' parts, not merged yet: say so, not "manifest.json: not found"
             let parts = crate::writer::worker_manifests(dir).unwrap_or_default();
+            // the manifest itself, or a directory of something else (a dataset): said
+            // as that, not as the OS's "Not a directory" or "No such file"
+            if dir.is_file() {
+                let hint = match dir.file_name().is_some_and(|n| n == MANIFEST) {
+                    true => ": give the store's directory, the one that holds it",
+                    false => ", not a label store's directory",
+                };
+                return Err(StoreError::Mismatch {
+                    path: dir.to_path_buf(),
+                    reason: format!("a file{hint}"),
+                });
+            }
+            if dir.is_dir() && parts.is_empty() {
+                return Err(StoreError::Mismatch {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "not a label store (no {MANIFEST}): meal-precompute run writes one"
+                    ),
+                });
+            }
             if !parts.is_empty() {
                 // a run still writing them (its shared lock held) is waited for, not merged
                 let running = meal_data::dirlock::is_held(dir, meal_data::dirlock::LOCK_FILE);

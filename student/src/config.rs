@@ -49,17 +49,17 @@ pub struct TrainArgs {
     #[arg(long, value_name = "WEIGHTS")]
     pub init: Option<PathBuf>,
     /// Student input side [default: the preset's (224; demo presets 64)].
-    #[arg(long, value_name = "PX")]
+    #[arg(long, allow_negative_numbers = true, value_name = "PX")]
     pub res: Option<u32>,
     /// Epochs (passes over the images).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<u32>,
     /// Crops per step (images x crops per image) [default: 64].
-    #[arg(long, value_name = "ROWS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "ROWS")]
     pub batch: Option<usize>,
     /// Crops of each decoded image per pass [default: 2]; pass e takes the next C crops
     /// of each image's stored pool, cycling.
-    #[arg(long, value_name = "C")]
+    #[arg(long, allow_negative_numbers = true, value_name = "C")]
     pub crops_per_image: Option<u32>,
     /// RandomResizedCrop scale range of fresh crops (runs without a store; with one,
     /// the stored crops are replayed) [default: 0.08,1].
@@ -72,7 +72,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = ["step", "cosine", "constant"])]
     pub schedule: Option<String>,
     /// Epochs between decays of the step schedule [default: 100].
-    #[arg(long, value_name = "EPOCHS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "EPOCHS")]
     pub lr_steps: Option<u32>,
     /// Decay factor of the step schedule [default: 0.1].
     #[arg(long, allow_negative_numbers = true)]
@@ -122,7 +122,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub amp: Option<bool>,
     /// CPU threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Seed of the epoch order, fresh crops (ce) and initialisation [default: 0].
     #[arg(long, allow_negative_numbers = true)]
@@ -138,7 +138,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
     /// Stop after this many steps in total (a quick try; checkpoints as on Ctrl-C).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub max_steps: Option<u64>,
 }
 
@@ -313,7 +313,10 @@ impl TrainArgs {
         let crops_per_image = l
             .pick(|a| &a.crops_per_image)
             .unwrap_or(DEFAULT_CROPS_PER_IMAGE);
-        if batch == 0 || crops_per_image == 0 || !batch.is_multiple_of(crops_per_image as usize) {
+        if crops_per_image == 0 {
+            bail!("--crops-per-image must be at least 1");
+        }
+        if batch == 0 || !batch.is_multiple_of(crops_per_image as usize) {
             bail!("--batch {batch} must be a positive multiple of --crops-per-image {crops_per_image}");
         }
         // a ResNet's last stage is res/32 a side: one crop there gives its BatchNorms one
@@ -360,8 +363,8 @@ impl TrainArgs {
         }
         if loss == LossKind::Ce && !online_teacher.is_empty() {
             bail!(
-                "--online-teacher labels --loss kd; --loss ce trains on the hard labels and \
-                 would not run it: remove it, or use --loss kd"
+                "--online-teacher gives the soft labels of --loss kd; --loss ce trains on the \
+                 hard labels and would not run it: remove it, or use --loss kd"
             );
         }
         let disc = match l.pick(|a| &a.disc).as_deref() {

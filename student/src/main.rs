@@ -45,15 +45,16 @@ enum Cmd {
         #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"])]
         teacher: Vec<String>,
         /// Input side [default: the preset's].
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         res: Option<u32>,
         /// CPU threads [default: all cores].
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         threads: Option<usize>,
         /// cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Also print the result as one JSON object.
+        /// Print the result as one JSON object, alone on stdout (the summary line goes
+        /// to stderr), for `jq` or `json.load`.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -167,13 +168,6 @@ fn cli() -> Result<()> {
                 model
                     .load_weights(&weights, LoadOptions::default())
                     .with_context(|| format!("--weights {}", weights.display()))?;
-                // an infinite running mean can still give finite (wrong) scores
-                if let Some(name) = train::first_non_finite(model.entries())? {
-                    bail!(
-                        "--weights {}: tensor {name} holds non-finite values (NaN or inf)",
-                        weights.display()
-                    );
-                }
                 // the preset's eval transform (filter, crop_pct, mean/std), as timm's
                 // validate.py resolves it; --res changes only the side
                 let input = input_config(&arch).context("--arch")?;
@@ -225,14 +219,16 @@ fn cli() -> Result<()> {
                 0 => String::new(),
                 n => format!(" ({n} unreadable images skipped, not counted)"),
             };
-            meal_cli::outln!(
+            let line = format!(
                 "{what}: {} images, top-1 {:.4}, top-5 {:.4}{skipped}",
-                acc.images,
-                acc.top1,
-                acc.top5
+                acc.images, acc.top1, acc.top5
             );
-            if json {
-                meal_cli::outln!("{}", serde_json::to_string(&acc)?);
+            match json {
+                true => {
+                    eprintln!("{line}");
+                    meal_cli::outln!("{}", serde_json::to_string(&acc)?);
+                }
+                false => meal_cli::outln!("{line}"),
             }
         }
     }

@@ -40,22 +40,25 @@ struct SynthArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seed; the same seed gives byte-identical files.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     seed: u64,
     /// Training images per class (10 classes).
-    #[arg(long, default_value_t = SynthConfig::default().train_per_class)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().train_per_class)]
     train_per_class: u32,
     /// Validation images per class.
-    #[arg(long, default_value_t = SynthConfig::default().val_per_class)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().val_per_class)]
     val_per_class: u32,
-    /// Smallest image side.
-    #[arg(long, default_value_t = SynthConfig::default().min_side)]
+    /// Smallest image side (8 to 4096).
+    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().min_side,
+          value_parser = clap::value_parser!(u32).range(8..=4096))]
     min_side: u32,
-    /// Largest image side.
-    #[arg(long, default_value_t = SynthConfig::default().max_side)]
+    /// Largest image side (8 to 4096).
+    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().max_side,
+          value_parser = clap::value_parser!(u32).range(8..=4096))]
     max_side: u32,
-    /// JPEG quality.
-    #[arg(long, default_value_t = SynthConfig::default().quality)]
+    /// JPEG quality (1 to 100).
+    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().quality,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
 }
 
@@ -73,23 +76,23 @@ struct BenchArgs {
     #[arg(long)]
     data: PathBuf,
     /// Output side.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 224)]
     res: u32,
     /// Decode threads.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     threads: usize,
     /// Crops per decoded image.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     crops: u32,
     /// Images per batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     batch: usize,
     /// Resampling filter (bilinear, bicubic).
     #[arg(long, default_value = "bilinear")]
     filter: Filter,
     /// Passes over the data, at least 2 (the first warms the page cache and is not timed;
     /// the best of the others is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
     passes: u32,
     #[command(flatten)]
     links: meal_cli::FollowLinks,
@@ -105,6 +108,16 @@ fn main() -> Result<()> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
+    if a.min_side > a.max_side {
+        bail!(
+            "--min-side {} is above --max-side {}",
+            a.min_side,
+            a.max_side
+        );
+    }
+    if a.train_per_class == 0 && a.val_per_class == 0 {
+        bail!("--train-per-class and --val-per-class are both 0: no image to make");
+    }
     let cfg = SynthConfig {
         seed: a.seed,
         train_per_class: a.train_per_class,
@@ -124,6 +137,12 @@ fn synth(a: SynthArgs) -> Result<()> {
     let s = generate(&a.out, &cfg, || bar.inc(1))
         .with_context(|| format!("writing the demo dataset to {}", a.out.display()))?;
     bar.finish_and_clear();
+    if let Some(what) = &s.replaced {
+        tracing::warn!(
+            "{}: replaced {what}; a label store made from it no longer matches",
+            a.out.display()
+        );
+    }
     meal_cli::outln!(
         "wrote {} train + {} val images of {} classes to {} in {:.1} s",
         s.train_images,

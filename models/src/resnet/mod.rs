@@ -1,6 +1,7 @@
 //! timm's ResNet family (timm/models/resnet.py) in candle: one builder, named presets
 //! as data, timm's state-dict names, train and eval modes.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -190,7 +191,21 @@ impl ResNet {
         self.forget_fused();
         let device = self.entries[0].var.device().clone();
         let sd = read_state_dict(path, &device)?;
-        load_into(&self.entries, &sd, opts, path, &self.name)
+        load_into(&self.entries, &sd, opts, path, &self.name).map_err(|e| match e {
+            ModelError::Mismatch {
+                path,
+                arch,
+                mut details,
+            } => {
+                details.push_str(&fitting_hint(&sd, &arch));
+                ModelError::Mismatch {
+                    path,
+                    arch,
+                    details,
+                }
+            }
+            e => e,
+        })
     }
 
     /// Save the state dict in timm's names as safetensors (atomic write).
@@ -428,5 +443,45 @@ fn build_block(
 impl candle_core::ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         ResNet::forward_t(self, xs, train).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// The presets whose architecture `sd` is, whatever its class count: their state-dict
+/// names and shapes, the classifier's rows aside, are the file's.
+pub fn fitting_presets(sd: &HashMap<String, Tensor>) -> Vec<&'static str> {
+    let counter = |n: &str| n.ends_with("num_batches_tracked");
+    let classes = sd.get("fc.weight").and_then(|t| t.dims().first().copied());
+    presets()
+        .into_iter()
+        .filter(|p| {
+            let config = ResNetConfig {
+                num_classes: classes.unwrap_or(p.config.num_classes),
+                ..p.config.clone()
+            };
+            let Ok(layout) = ResNet::layout(&config) else {
+                return false;
+            };
+            let wanted = layout.iter().filter(|(n, _)| !counter(n)).count();
+            wanted == sd.keys().filter(|n| !counter(n)).count()
+                && layout.iter().all(|(n, shape)| {
+                    counter(n) || sd.get(n).is_some_and(|t| t.dims() == shape.as_slice())
+                })
+        })
+        .map(|p| p.name)
+        .collect()
+}
+
+/// What a mismatch adds: the presets the file is (`--arch` named another), or that it
+/// is none of them.
+fn fitting_hint(sd: &HashMap<String, Tensor>, arch: &str) -> String {
+    match fitting_presets(sd).as_slice() {
+        [] => "\n  the file is none of the presets' architectures (another model family, or \
+               a model changed by hand?)"
+            .to_string(),
+        fits if fits.contains(&arch) => String::new(),
+        fits => format!(
+            "\n  the file's architecture is {}'s, not {arch}'s",
+            fits.join("'s or ")
+        ),
     }
 }

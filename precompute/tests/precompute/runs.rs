@@ -105,8 +105,10 @@ fn changed_config_or_dataset_is_refused_on_resume() {
     b.crops_per_image = Some(4);
     let e = run::run(&b.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
+    // named with both values (the store's and this run's)
     assert!(
-        msg.contains("seed") && msg.contains("crops_per_image"),
+        msg.contains("crop_pool.seed (store: 7, now: 8)")
+            && msg.contains("crop_pool.crops_per_image (store: 3, now: 4)"),
         "{msg}"
     );
     // another teacher weights file: refused by its checksum
@@ -121,13 +123,28 @@ fn changed_config_or_dataset_is_refused_on_resume() {
         .unwrap();
     let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("differing keys: teachers[0].sha256"), "{msg}");
+    assert!(
+        msg.contains("differing keys: teachers[0].sha256 (store: "),
+        "{msg}"
+    );
     // another resize filter for the second teacher: named down to the field
     let mut c = args(&f, "labels");
     c.teacher[1] = c.teacher[1].replace("filter=bicubic", "filter=bilinear");
     let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("differing keys: teachers[1].filter"), "{msg}");
+    assert!(
+        msg.contains("differing keys: teachers[1].filter (store: bicubic, now: bilinear)"),
+        "{msg}"
+    );
+    // the same two teachers in the other order: said so, not field by field
+    let mut c = args(&f, "labels");
+    c.teacher.swap(0, 1);
+    let e = run::run(&c.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("the same teachers in another order") && !msg.contains("teachers[0]"),
+        "{msg}"
+    );
     // the same weights under another name: a teacher is its content, the store resumes
     let renamed = f.root.join("renamed.safetensors");
     std::fs::copy(&f.t1, &renamed).unwrap();

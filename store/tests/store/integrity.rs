@@ -541,3 +541,22 @@ fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
     let e = LabelStore::open(&dir).err().expect("refused").to_string();
     assert!(e.contains("its summary is not the sum"), "{e}");
 }
+
+/// A directory that is no store (a dataset) and a store's manifest given for its
+/// directory are named as that (they gave the OS's "No such file" and "Not a directory").
+#[test]
+fn what_is_not_a_store_is_said_to_be_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let e = LabelStore::open(ds.root()).err().unwrap().to_string();
+    assert!(e.contains("not a label store (no manifest.json)"), "{e}");
+    let m = tmp.path().join("manifest.json");
+    std::fs::write(&m, "{}").unwrap();
+    let e = LabelStore::open(&m).err().unwrap().to_string();
+    assert!(e.contains("give the store's directory"), "{e}");
+    let e = LabelStore::open(&tmp.path().join("absent"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("absent"), "{e}");
+}

@@ -46,7 +46,9 @@ pub struct Inputs {
     pub data: String,
     /// Fingerprint of the validation set.
     pub val: Option<String>,
-    /// SHA-256 of the label store's manifest (which lists every shard's checksum).
+    /// The label store by content ([`meal_store::Manifest::content_sha256`]: its
+    /// manifest, which lists every shard's checksum, less the teachers' file names; in
+    /// older checkpoints the manifest file's SHA-256, still accepted).
     pub labels: Option<String>,
     /// SHA-256 of the initial weights file (on a resume, where it can be read: a resume
     /// does not load it).
@@ -84,6 +86,27 @@ fn flag_of(field: &str) -> String {
     }
 }
 
+/// Settings as their flags hold them: the schedule's record (`{"kind": "step", "step":
+/// 2, "gamma": 0.5}`) as `--schedule`, `--lr-steps` and `--lr-gamma` (its `epochs` is
+/// `--epochs`'), so that a refusal names the flag changed, not the record.
+fn flags_of(mut settings: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(map) = settings.as_object_mut() else {
+        return settings;
+    };
+    if let Some(Value::Object(s)) = map.remove("schedule") {
+        if let Some(kind) = s.get("kind") {
+            map.insert("schedule".into(), kind.clone());
+        }
+        for (key, flag) in [("step", "lr_steps"), ("gamma", "lr_gamma")] {
+            if let Some(v) = s.get(key) {
+                map.insert(flag.into(), v.clone());
+            }
+        }
+    }
+    settings
+}
+
 /// SHA-256 of each `*.safetensors` file in the checkpoint directory `dir`, by name.
 fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     let mut files = std::collections::BTreeMap::new();
@@ -115,10 +138,11 @@ impl Run {
             data: self.ds.fingerprint().sha256.clone(),
             val: self.val.as_ref().map(|v| v.fingerprint().sha256.clone()),
             labels: match &self.s.labels {
-                Some(l) => Some(sha_file(
-                    &l.join(meal_store::manifest::MANIFEST),
-                    "--labels",
-                )?),
+                Some(l) => Some(
+                    meal_store::Manifest::read(l)
+                        .with_context(|| format!("--labels {}", l.display()))?
+                        .content_sha256(),
+                ),
                 None => None,
             },
             init: match &self.s.init {
@@ -247,36 +271,9 @@ impl Run {
         })?;
         let state: State =
             serde_json::from_str(&text).with_context(|| format!("--resume: {}", sp.display()))?;
-        // a state that no run writes (edited by hand, or damaged yet valid JSON) would
-        // resume into a wrong run: a finished one with mid-epoch weights, a short epoch
-        let per_epoch = self.batches_per_epoch();
-        let consistent = state.epoch <= state.settings.epochs
-            && state.history.len() == state.epoch as usize
-            && state.history.iter().zip(0..).all(|(m, e)| m.epoch == e)
-            && state.batch <= per_epoch
-            && (state.epoch < state.settings.epochs || state.batch == 0)
-            // the epoch's sums: at most a full batch per step (skipped images give
-            // fewer rows), and steps at most one per batch so far (an all-skipped batch
-            // is no step)
-            && state.acc.correct <= state.acc.rows
-            && (state.batch as u64).checked_mul(state.settings.batch as u64)
-                .is_some_and(|most| state.acc.rows <= most)
-            && state.step <= state.epoch as u64 * per_epoch as u64 + state.batch as u64;
-        if !consistent {
-            bail!(
-                "--resume: {} is inconsistent (epoch {} of {}, step {} of an epoch's {per_epoch}, \
-                 {} epochs logged): it was altered; restore it, or start a new run with --init {}",
-                sp.display(),
-                state.epoch,
-                state.settings.epochs,
-                state.batch,
-                state.history.len(),
-                dir.join(STUDENT_FILE).display()
-            );
-        }
         let (a, b) = (
-            serde_json::to_value(&state.settings)?,
-            serde_json::to_value(&self.s)?,
+            flags_of(serde_json::to_value(&state.settings)?),
+            flags_of(serde_json::to_value(&self.s)?),
         );
         // teachers recorded by content are compared as inputs, below
         let online_by_content = state.inputs.as_ref().is_some_and(|i| i.online.is_some());
@@ -341,7 +338,10 @@ impl Run {
             if was.val != now.val {
                 changed.push("--val (other images)");
             }
-            if was.labels != now.labels {
+            // (older checkpoints hold the manifest file's hash)
+            let same_file =
+                |l: &Path| file_sha256(&l.join(meal_store::manifest::MANIFEST)).ok() == was.labels;
+            if was.labels != now.labels && !self.s.labels.as_deref().is_some_and(same_file) {
                 changed.push("--labels (another label store)");
             }
             if was.online.is_some() && was.online != now.online {
@@ -364,6 +364,35 @@ impl Run {
                     }
                 );
             }
+        }
+        // a state that no run writes (edited by hand, or damaged yet valid JSON) would
+        // resume into a wrong run: a finished one with mid-epoch weights, a short epoch
+        // (checked after the settings and inputs, which size an epoch: a changed --batch
+        // made an intact state look altered)
+        let per_epoch = self.batches_per_epoch();
+        let consistent = state.epoch <= state.settings.epochs
+            && state.history.len() == state.epoch as usize
+            && state.history.iter().zip(0..).all(|(m, e)| m.epoch == e)
+            && state.batch <= per_epoch
+            && (state.epoch < state.settings.epochs || state.batch == 0)
+            // the epoch's sums: at most a full batch per step (skipped images give
+            // fewer rows), and steps at most one per batch so far (an all-skipped batch
+            // is no step)
+            && state.acc.correct <= state.acc.rows
+            && (state.batch as u64).checked_mul(state.settings.batch as u64)
+                .is_some_and(|most| state.acc.rows <= most)
+            && state.step <= state.epoch as u64 * per_epoch as u64 + state.batch as u64;
+        if !consistent {
+            bail!(
+                "--resume: {} is inconsistent (epoch {} of {}, step {} of an epoch's {per_epoch}, \
+                 {} epochs logged): it was altered; restore it, or start a new run with --init {}",
+                sp.display(),
+                state.epoch,
+                state.settings.epochs,
+                state.batch,
+                state.history.len(),
+                dir.join(STUDENT_FILE).display()
+            );
         }
         // the tensors' bytes as saved: a value changed in place loads and trains on
         let altered_file = |name: &str, why: &str| {

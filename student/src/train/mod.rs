@@ -28,8 +28,8 @@ use crate::logs::{
     plot_curves, write_tables, EpochMetrics, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
 };
 pub use checkpoint::{Inputs, State};
+pub use run::open_dataset;
 use run::Run;
-pub use run::{first_non_finite, open_dataset};
 
 /// Name of the checkpoint directory inside the run directory.
 pub const CHECKPOINT: &str = "checkpoint";

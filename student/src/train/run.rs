@@ -32,9 +32,9 @@ pub(super) struct Run {
     pub(super) usable: Vec<u32>,
 }
 
-/// The name of the first parameter or buffer holding a NaN or an infinity (`--init`
-/// and `eval --weights` refuse such weights, naming it).
-pub fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
+/// The name of the first parameter or buffer holding a NaN or an infinity (a checkpoint
+/// of such weights is refused; loading them is, by meal-models).
+pub(super) fn first_non_finite(entries: &[meal_models::Entry]) -> Result<Option<String>> {
     for e in entries {
         if !meal_models::weights::all_finite(e.var.as_tensor())? {
             return Ok(Some(e.name.clone()));
@@ -64,6 +64,13 @@ fn check_headers(ds: &Dataset) -> Result<()> {
         let n = std::fs::File::open(&path)
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("{}", path.display()))?;
+        if n == 0 {
+            bail!(
+                "{}: an empty file (--on-bad-file fail checks each file's first bytes before \
+                 training)",
+                path.display()
+            );
+        }
         if meal_data::decode::sniff(&head[..n]).is_none() {
             bail!(
                 "{}: not a JPEG or PNG file (--on-bad-file fail checks each file's first \
@@ -82,7 +89,34 @@ fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>)> {
         Some(v) => {
             let vd = open_dataset(v, "--val", s.follow_links)?;
             if vd.classes() != ds.classes() {
-                bail!("--val {}: its classes differ from --data's", v.display());
+                let only = |a: &Dataset, b: &Dataset| {
+                    let v: Vec<&String> = a
+                        .classes()
+                        .iter()
+                        .filter(|c| !b.classes().contains(c))
+                        .collect();
+                    meal_data::error::first_few(&v, 5)
+                };
+                let (lacks, extra) = (only(&ds, &vd), only(&vd, &ds));
+                bail!(
+                    "--val {}: its classes differ from --data's ({}{}{})",
+                    v.display(),
+                    if lacks.is_empty() {
+                        String::new()
+                    } else {
+                        format!("it lacks {lacks}")
+                    },
+                    if lacks.is_empty() || extra.is_empty() {
+                        ""
+                    } else {
+                        "; "
+                    },
+                    match (extra.is_empty(), lacks.is_empty()) {
+                        (false, _) => format!("it has {extra}, which --data has not"),
+                        (true, true) => "the same names in another order".into(),
+                        (true, false) => String::new(),
+                    }
+                );
             }
             if s.policy == meal_data::BadFilePolicy::Fail {
                 check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;
@@ -190,13 +224,6 @@ fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
             .with_context(|| format!("--init {}", init.display()))?;
         if !fresh.is_empty() {
             tracing::info!("--init: classifier re-initialised for {classes} classes");
-        }
-        // a NaN in the initial weights would only show as a non-finite loss later
-        if let Some(name) = first_non_finite(student.entries())? {
-            bail!(
-                "--init {}: tensor {name} holds non-finite values (NaN or inf)",
-                init.display()
-            );
         }
     }
     Ok(student)

@@ -43,17 +43,17 @@ fn the_bad_file_policy_applies_to_the_val_set() {
         .arg(&w)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (text, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
     );
+    assert!(out.status.success(), "{log}");
     assert!(
-        text.contains("(1 unreadable images skipped, not counted)"),
-        "{text}"
+        log.contains("(1 unreadable images skipped, not counted)"),
+        "{log}"
     );
-    let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // --json's stdout is the object alone (a pipe into jq failed on the summary line)
+    let json: serde_json::Value = serde_json::from_str(&text).expect(&text);
     let images = meal_data::Dataset::open(&val, meal_data::LinkPolicy::StayInside)
         .unwrap()
         .len() as u64;

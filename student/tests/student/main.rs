@@ -328,6 +328,56 @@ fn resume_checks_inputs_by_content_not_by_path() {
     );
 }
 
+/// A resume refused for a changed setting names its flag: one that sizes an epoch
+/// (`--batch`; an intact state.json was called altered) and the step schedule's
+/// (`--lr-steps`, not the schedule's record). A store rebuilt with renamed copies of its
+/// teachers is the same store.
+#[test]
+fn a_resume_names_the_flag_changed_and_takes_a_rebuilt_store() {
+    let f = fixture();
+    let mut a = args(&f, "r");
+    a.schedule = Some("step".into());
+    a.lr_steps = Some(2);
+    a.max_steps = Some(3);
+    assert!(go(a.clone()).unwrap().interrupted);
+    a.resume = Some(true);
+    let mut b = a.clone();
+    b.batch = Some(32); // an epoch of fewer steps than the 3 taken
+    let e = format!("{:#}", go(b).unwrap_err());
+    assert!(
+        e.contains("--batch (run: 8, now: 32)") && !e.contains("altered"),
+        "{e}"
+    );
+    let mut c = a.clone();
+    c.lr_steps = Some(3);
+    let e = format!("{:#}", go(c).unwrap_err());
+    assert!(
+        e.contains("--lr-steps (run: 2, now: 3)") && !e.contains("kind"),
+        "{e}"
+    );
+    let specs: Vec<String> = f
+        .teachers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (arch, rest) = t.split_once('=').unwrap();
+            let (path, opts) = rest.split_once(',').unwrap();
+            let copy = f.root.join(format!("copy-{i}.safetensors"));
+            std::fs::copy(path, &copy).unwrap();
+            format!("{arch}={},{opts}", copy.display())
+        })
+        .collect();
+    let rebuilt = f.root.join("rebuilt");
+    precompute(&f.data, &rebuilt, &specs);
+    let mut d = a.clone();
+    d.labels = Some(rebuilt);
+    d.max_steps = Some(4);
+    assert!(
+        go(d).unwrap().interrupted,
+        "the same store, its teachers renamed"
+    );
+}
+
 /// A resume reads its checkpoint's weights, not `--init`: a removed `--init` (or none)
 /// is accepted. Online teachers are inputs by content: other weights at the same path
 /// are refused, the same weights at another path accepted.
