@@ -260,13 +260,33 @@ pub fn hint_gpu_out_of_memory(e: anyhow::Error, hint: impl FnOnce() -> String) -
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    toml::from_str(&text).map_err(|e| e.to_string())
+    toml::from_str(&text).map_err(|e| plain_types(&e.to_string()))
+}
+
+/// serde's Rust type names in a message said in words (`expected u32` was all a wrong
+/// `crops_per_image = "two"` got).
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ] {
+        m = m.replace(rust, words);
+    }
+    m
 }
 
 /// `r`, whose error names a flag, with the `--config` file named too when there is
 /// one (the value at fault may have come from it).
 pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
     r.map_err(|e| match config {
+        // (the file itself could not be read: nothing came from it)
+        Some(_) if e.to_string().starts_with("--config ") => e,
         Some(p) => anyhow::anyhow!(
             "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
              names without --)",
@@ -479,6 +499,13 @@ pub fn number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn toml_errors_say_types_in_words() {
+        let m = plain_types("invalid type: string \"two\", expected u32");
+        assert_eq!(m, "invalid type: string \"two\", expected a whole number");
+        assert!(plain_types("expected f64").ends_with("a number"));
+    }
 
     #[test]
     fn no_progress_takes_its_value() {

@@ -80,7 +80,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     match r {
         Ok(Ok(d)) => {
             if let Device::Cuda(c) = &d {
-                if std::env::var("MEAL_CUDA_EVENT_TRACKING").map_or(true, |v| v.trim() == "0") {
+                if !crate::switches::switch("MEAL_CUDA_EVENT_TRACKING", false) {
                     // with event tracking cudarc makes two events per allocation, to order
                     // uses across several streams of one context. candle queues on the
                     // calling thread's per-thread stream (which cudarc does not count as a
@@ -102,7 +102,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
                     }
                 }
             }
-            if std::env::var("MEAL_CUDA_TF32").is_ok_and(|v| v.trim() == "1") {
+            if crate::switches::switch("MEAL_CUDA_TF32", false) {
                 tf32_on_cuda(&d, true).map_err(|e| format!("MEAL_CUDA_TF32: {e}"))?;
             }
             Ok(d)
@@ -119,7 +119,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
 /// Whether freed CUDA memory stays in the device's pool between steps (the default;
 /// `MEAL_CUDA_POOL_KEEP=0`: the driver's default, released at every synchronisation).
 pub fn pool_kept() -> bool {
-    std::env::var("MEAL_CUDA_POOL_KEEP").map_or(true, |v| v.trim() != "0")
+    crate::switches::switch("MEAL_CUDA_POOL_KEEP", true)
 }
 
 /// Keep freed device memory in the device's default pool, as PyTorch's caching allocator

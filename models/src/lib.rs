@@ -25,6 +25,7 @@ pub mod params;
 pub mod pretrained;
 mod pth;
 pub mod resnet;
+pub mod switches;
 #[cfg(test)]
 mod testing;
 pub mod weights;

@@ -90,10 +90,18 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         );
     }
     if let Some(s) = &m.summary {
+        // what top-k encoding dropped (nothing, for dense: its zeros meant nothing)
+        let kept = match m.config.encoding {
+            meal_store::Encoding::Dense => "dense, nothing dropped".to_string(),
+            _ => format!(
+                "kept mass {:.4}; mean KL(dense || decoded) {:.3e} nats",
+                s.mean_kept_mass, s.mean_kl
+            ),
+        };
         let _ = writeln!(
             t,
-            "summary      {} images, {} crops; ensemble top-1 agreement {:.4}; mean entropy {:.4} nats (the ensemble's, before encoding); kept mass {:.4}; mean KL {:.3e}",
-            s.images, s.rows, s.top1_agreement, s.mean_entropy, s.mean_kept_mass, s.mean_kl
+            "summary      {} images, {} crops; ensemble top-1 agreement with the labels {:.4}; mean entropy {:.4} nats (the ensemble's, before encoding); {kept}",
+            s.images, s.rows, s.top1_agreement, s.mean_entropy
         );
     }
     let skipped: Vec<_> = m.shards.iter().flat_map(|s| &s.skipped).collect();

@@ -213,7 +213,11 @@ fn cli() -> Result<()> {
                     "lower the teacher's size=",
                 )?;
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
-                (format!("ensemble of {}", teacher.len()), acc)
+                let names: Vec<&str> = args.iter().map(|t| t.arch.as_str()).collect();
+                (
+                    format!("ensemble of {} ({})", names.len(), names.join(", ")),
+                    acc,
+                )
             };
             let skipped = match acc.skipped {
                 0 => String::new(),

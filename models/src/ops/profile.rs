@@ -24,7 +24,7 @@ static TABLE: Mutex<Vec<OpTime>> = Mutex::new(Vec::new());
 /// Whether `MEAL_OP_PROFILE=1` (read once).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MEAL_OP_PROFILE").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| crate::switches::switch("MEAL_OP_PROFILE", false))
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

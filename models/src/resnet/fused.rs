@@ -271,7 +271,7 @@ const ACTIVATION_BOUND: usize = 16;
 /// fused forward has failed in this process.
 fn wanted() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("MEAL_CUDA_FUSED").is_ok_and(|v| v.trim() == "0"));
+    let off = *OFF.get_or_init(|| !crate::switches::switch("MEAL_CUDA_FUSED", true));
     !off && !FAILED.load(Ordering::Relaxed)
 }
 

@@ -415,18 +415,40 @@ fn the_histogram_must_be_named_png() {
     );
 }
 
-/// A teacher whose softmax is NaN (a NaN in its weights) stops the run naming the
-/// teacher and the image, not the store's generic "finite probabilities" check.
+/// A NaN in a teacher's weights is refused at load, naming the tensor, before any store
+/// is made; a teacher whose softmax is NaN from finite weights (an overflow) stops the
+/// run naming the teacher and the image, not the store's generic "finite
+/// probabilities" check.
 #[test]
 fn a_non_finite_teacher_is_named() {
     let f = fixture(1);
     let m = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 2).unwrap();
-    let fc = m.entries().iter().find(|e| e.name == "fc.bias").unwrap();
-    let mut v = fc.var.as_tensor().to_vec1::<f32>().unwrap();
-    v[0] = f32::NAN;
-    fc.var
-        .set(&Tensor::from_vec(v, fc.shape.as_slice(), &Device::Cpu).unwrap())
-        .unwrap();
+    let set = |name: &str, value: f32, count: usize| {
+        let e = m.entries().iter().find(|e| e.name == name).unwrap();
+        let mut v = e
+            .var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        v[..count].fill(value);
+        e.var
+            .set(&Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
+    };
+    set("fc.bias", f32::NAN, 1);
+    m.save(&f.t2).unwrap();
+    let e = run::run(&args(&f, "nan").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("t2.safetensors: tensor fc.bias holds non-finite values"),
+        "{msg}"
+    );
+    assert!(!f.root.join("nan").exists(), "a store was started: {msg}");
+    // finite weights whose logits overflow: the first class's row at f32's largest
+    set("fc.bias", 0.0, 1);
+    set("fc.weight", f32::MAX, 128);
     m.save(&f.t2).unwrap();
     let e = run::run(&args(&f, "nan").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
     let msg = format!("{e:#}");
@@ -506,7 +528,10 @@ fn a_rerun_of_a_complete_store_keeps_its_report() {
     run();
     let first = std::fs::read(out.join("report.json")).unwrap();
     let again = run();
-    assert!(again.contains("0 shards written"), "{again}");
+    assert!(
+        again.contains("this run: nothing to do, its 1 shards were there already"),
+        "{again}"
+    );
     assert_eq!(std::fs::read(out.join("report.json")).unwrap(), first);
     // a report of another state of the store (a partial one left by a failed finish)
     // is replaced

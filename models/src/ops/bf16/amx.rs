@@ -31,7 +31,7 @@ pub const KS: usize = 16;
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        let off = std::env::var("MEAL_AMX").is_ok_and(|v| v == "0");
+        let off = !crate::switches::switch("MEAL_AMX", true);
         let ok = !off && super::available() && detect();
         tracing::debug!(amx = ok, "bf16 GEMM kernel chosen");
         ok

@@ -140,7 +140,16 @@ pub(crate) fn enabled() -> bool {
 
 /// Whether `MEAL_CUDA_CONV=cudnn` asks for cuDNN's convolutions.
 pub(super) fn asked() -> bool {
-    std::env::var("MEAL_CUDA_CONV").is_ok_and(|v| v.trim() == "cudnn")
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| match std::env::var("MEAL_CUDA_CONV") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("cudnn") => true,
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("ours") => false,
+        Ok(v) => {
+            tracing::warn!("MEAL_CUDA_CONV={v}: expected cudnn or ours; ours are used");
+            false
+        }
+        Err(_) => false,
+    })
 }
 
 fn loaded() -> bool {

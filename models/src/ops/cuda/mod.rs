@@ -85,7 +85,7 @@ pub(crate) const REDUCE_THREADS: u32 = 256;
 /// Whether our CUDA ops run (default) or candle's generic ops (`MEAL_CUDA_OPS=0`).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MEAL_CUDA_OPS").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| crate::switches::switch("MEAL_CUDA_OPS", true))
 }
 
 /// Kernel `name` of meal_ops.cu on `dev` (the module is loaded on first use).

@@ -90,7 +90,7 @@ thread_local! {
 /// (`MEAL_CUDA_PINNED=0`, or after a pinned allocation failed).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MEAL_CUDA_PINNED").map_or(true, |v| v.trim() != "0"))
+    *ON.get_or_init(|| crate::switches::switch("MEAL_CUDA_PINNED", true))
         && !FAILED.load(Ordering::Relaxed)
 }
 
