@@ -265,9 +265,23 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
     let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     let nan = f.root.join("nan.safetensors");
     save_with(&model, &nan, "fc.bias", 3, f32::NAN);
+    // such a file is refused at load, naming the tensor
     let broken = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
-    broken
+    let e = broken
         .load_weights(&nan, meal_models::LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tensor fc.bias holds non-finite values"), "{e}");
+    // a model that holds one all the same (set in memory) scores NaN
+    let fc = broken
+        .entries()
+        .iter()
+        .find(|e| e.name == "fc.bias")
+        .unwrap();
+    let mut v = fc.var.as_tensor().to_vec1::<f32>().unwrap();
+    v[3] = f32::NAN;
+    fc.var
+        .set(&candle_core::Tensor::from_vec(v, 10, &Device::Cpu).unwrap())
         .unwrap();
     let read = meal_student::eval::EvalRead {
         threads: 1,
