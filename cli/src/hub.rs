@@ -112,7 +112,8 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache);
     if let Some(e) = &cfg.endpoint {
         // (else the client's URL parser's error, its enum variant's name included)
-        if !(e.starts_with("http://") || e.starts_with("https://")) {
+        let scheme = e.to_ascii_lowercase();
+        if !(scheme.starts_with("http://") || scheme.starts_with("https://")) {
             bail!(
                 "no local file {repo}, so it was read as a Hugging Face hub repository, but \
                  HF_ENDPOINT={e} is not a URL (expected e.g. https://huggingface.co)"

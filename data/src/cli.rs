@@ -18,13 +18,48 @@ pub fn open(path: &Path, flag: &str, links: LinkPolicy) -> anyhow::Result<Datase
     // weights of another class count
     const SPLITS: [&str; 5] = ["train", "val", "valid", "validation", "test"];
     let classes = ds.classes();
-    if classes.len() >= 2 && classes.iter().all(|c| SPLITS.contains(&c.as_str())) {
+    // (a list file's labels may be any names)
+    let splits = classes.len() >= 2 && classes.iter().all(|c| SPLITS.contains(&c.as_str()));
+    if splits && path.is_dir() {
+        // the split the flag most likely meant
+        let like = classes
+            .iter()
+            .find(|c| flag.contains(c.as_str()))
+            .unwrap_or(&classes[0]);
         anyhow::bail!(
             "{flag} {}: its folders are splits ({}), not classes: give one split, e.g. {}",
             path.display(),
             classes.join(", "),
-            path.join(&classes[0]).display()
+            path.join(like).display()
         );
     }
     Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parent of the splits is refused naming the split to give; a list file whose
+    /// labels happen to be split names is a dataset like any other.
+    #[test]
+    fn the_parent_of_the_splits_is_refused_a_list_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        for split in ["train", "val"] {
+            let d = dir.path().join(split);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("a.jpg"), b"").unwrap();
+        }
+        let e = open(dir.path(), "--val", LinkPolicy::StayInside)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("its folders are splits (train, val)") && e.ends_with("val"),
+            "{e}"
+        );
+        let list = dir.path().join("list.csv");
+        std::fs::write(&list, "train/a.jpg,train\nval/a.jpg,val\n").unwrap();
+        let ds = open(&list, "--data", LinkPolicy::StayInside).unwrap();
+        assert_eq!(ds.classes(), ["train", "val"]);
+    }
 }

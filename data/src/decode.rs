@@ -253,11 +253,11 @@ fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 
 /// zune-jpeg's error for a message: a file that ends inside its headers is said to be
 /// cut short (its own text, "I/O errors Not enough bytes, expected 162 but found 69",
-/// reads as a disk fault); other errors as zune-jpeg words them.
+/// reads as a disk fault); other errors as zune-jpeg words them, on one line.
 fn jpeg_message(e: &impl std::fmt::Debug) -> String {
-    let text = format!("{e:?}");
+    let text = format!("{e:?}").trim().replace('\n', " ");
     match text.contains("Not enough bytes") || text.contains("No more bytes") {
-        true => format!("cut short (the file ends inside its headers: {text})"),
+        true => "cut short (the file ends inside its headers)".into(),
         false => text,
     }
 }

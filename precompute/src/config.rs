@@ -76,7 +76,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
     /// Run part I of N (0-based) of the shards; join the parts with `merge`.
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     pub worker: Option<String>,
     /// Stop after the shards covering the first N images (a quick try; the store stays
     /// partial and a later run without --limit completes it).

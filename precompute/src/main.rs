@@ -103,7 +103,7 @@ fn cli() -> Result<()> {
                 r.bytes_written
             );
             }
-            if r.labelling_seconds > 0.0 {
+            if r.labelling_seconds > 0.0 && r.crops_labelled > 0 {
                 meal_cli::outln!(
                     "labelling loop (without set-up and dtype check): {:.1} s, {:.1} crops/s",
                     r.labelling_seconds,

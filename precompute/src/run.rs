@@ -173,10 +173,12 @@ fn plan(s: &Settings) -> Result<Plan> {
     // the same weights twice weigh twice in the mean: allowed (a weighted ensemble), but
     // more often a copy-paste slip
     for (j, b) in config.teachers.iter().enumerate() {
-        if let Some(i) = config.teachers[..j]
-            .iter()
-            .position(|a| a.sha256 == b.sha256)
-        {
+        if let Some(i) = config.teachers[..j].iter().position(|a| {
+            // (at another side or normalisation it is another view: test-time
+            // augmentation, not a slip)
+            (&a.sha256, a.input_size, &a.filter, a.mean, a.std)
+                == (&b.sha256, b.input_size, &b.filter, b.mean, b.std)
+        }) {
             tracing::warn!(
                 "--teacher {}={} and --teacher {}={} are the same weights (sha256 {}): \
                  the ensemble's mean counts them twice",

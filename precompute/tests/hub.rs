@@ -189,6 +189,12 @@ fn a_bad_endpoint_is_named_and_a_failure_said_once() {
         fetch(&cfg("notaurl"), "timm/x", WEIGHTS_FILE).unwrap_err()
     );
     assert!(e.contains("HF_ENDPOINT=notaurl is not a URL"), "{e}");
+    // a scheme in capitals is a URL (schemes are case-insensitive)
+    let e = format!(
+        "{:#}",
+        fetch(&cfg("HTTP://127.0.0.1:9"), "timm/x", WEIGHTS_FILE).unwrap_err()
+    );
+    assert!(!e.contains("is not a URL"), "{e}");
     // a port nobody listens on (bound, then let go)
     let addr = TcpListener::bind("127.0.0.1:0")
         .unwrap()

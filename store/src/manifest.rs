@@ -503,6 +503,11 @@ fn show(v: Option<&serde_json::Value>) -> String {
             .map(|x| show(Some(x)))
             .collect::<Vec<_>>()
             .join(","),
+        // f32 fields (mean, std) widened to f64: their shortest f32 text (0.485, not
+        // 0.48500001430511475)
+        Some(Value::Number(n)) if n.is_f64() => {
+            n.as_f64().map_or(n.to_string(), |f| (f as f32).to_string())
+        }
         Some(v) => v.to_string(),
     }
 }

@@ -90,6 +90,12 @@ impl LabelStore {
                     reason: format!("a file{hint}"),
                 });
             }
+            if !dir.exists() {
+                return Err(StoreError::Mismatch {
+                    path: dir.to_path_buf(),
+                    reason: "no such directory".into(),
+                });
+            }
             if dir.is_dir() && parts.is_empty() {
                 return Err(StoreError::Mismatch {
                     path: dir.to_path_buf(),

@@ -110,9 +110,10 @@ fn main() -> Result<()> {
 fn synth(a: SynthArgs) -> Result<()> {
     if a.min_side > a.max_side {
         bail!(
-            "--min-side {} is above --max-side {}",
+            "--min-side {} is above --max-side {} (--min-side is {} unless given)",
             a.min_side,
-            a.max_side
+            a.max_side,
+            SynthConfig::default().min_side
         );
     }
     if a.train_per_class == 0 && a.val_per_class == 0 {
