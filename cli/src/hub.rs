@@ -84,17 +84,6 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
     )
 }
 
-/// The innermost cause of `e`: the client's errors each repeat their source's text
-/// ("request error: Bad URL: ...", "Bad URL: ...", ...), so the chain said one thing
-/// three times.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
-}
-
 /// `file` of model repository `repo`: from the cache, else downloaded into it.
 pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::new(cfg.cache.clone());
@@ -155,7 +144,11 @@ pub fn fetch(cfg: &HubConfig, repo: &str, file: &str) -> Result<PathBuf> {
         match rx.recv_timeout(std::time::Duration::from_millis(200)) {
             Ok(r) => {
                 seen.bar.finish_and_clear();
-                return r.map_err(|e| anyhow::anyhow!("{}: {}", failed(), root_cause(&e)));
+                // the innermost cause alone: the client's errors each repeat their
+                // source's text ("request error: Bad URL: ...", "Bad URL: ...", ...)
+                return r.map_err(|e| {
+                    anyhow::anyhow!("{}: {}", failed(), anyhow::Error::from(e).root_cause())
+                });
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("{}: the download thread ended without a result", failed())

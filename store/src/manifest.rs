@@ -93,6 +93,17 @@ fn default_dtype() -> String {
     "f32".into()
 }
 
+impl TeacherInfo {
+    /// The teacher by content: its record as JSON less the weights' file name (arch,
+    /// weights' sha256, input config, dtype), so a renamed or moved copy is the same
+    /// teacher.
+    pub fn by_content(&self) -> String {
+        let mut t = self.clone();
+        t.weights.clear();
+        serde_json::to_string(&t).expect("teacher record serialises")
+    }
+}
+
 /// Everything that determines a store's contents: a resumed or merged store must have
 /// the same config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -430,14 +441,9 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
     };
     // the same teachers (by content and input) in another order: one line, not one per
     // field of each
-    let key = |t: &TeacherInfo| {
-        let mut t = t.clone();
-        t.weights.clear();
-        serde_json::to_string(&t).unwrap_or_default()
-    };
     let (mut a, mut b): (Vec<String>, Vec<String>) = (
-        found.teachers.iter().map(key).collect(),
-        want.teachers.iter().map(key).collect(),
+        found.teachers.iter().map(TeacherInfo::by_content).collect(),
+        want.teachers.iter().map(TeacherInfo::by_content).collect(),
     );
     a.sort();
     b.sort();

@@ -153,19 +153,10 @@ impl Run {
                 None => None,
             },
             // hashed when the teachers were loaded (`TeacherInfo`, as in a store)
-            online: match &self.online {
-                None => None,
-                Some(ens) => Some(
-                    ens.teachers()
-                        .iter()
-                        .map(|t| {
-                            let mut info = t.info.clone();
-                            info.weights.clear();
-                            serde_json::to_string(&info)
-                        })
-                        .collect::<std::result::Result<_, _>>()?,
-                ),
-            },
+            online: self
+                .online
+                .as_ref()
+                .map(|ens| ens.teachers().iter().map(|t| t.info.by_content()).collect()),
         })
     }
 
