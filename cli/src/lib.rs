@@ -1,13 +1,19 @@
-//! What the binaries share: logging, thread count, Ctrl-C, TOML configs, progress bars,
-//! plots ([`plot`]) and the check that a batch fits in memory ([`memory`]).
+//! What the binaries share: logging, thread count, signals ([`signals`]), TOML configs
+//! ([`config`]), progress bars ([`progress`]), plots ([`plot`]), the hub ([`hub`]) and
+//! the check that a batch fits in memory ([`memory`]).
 
+pub mod config;
 pub mod hub;
 pub mod memory;
 pub mod plot;
+pub mod progress;
+pub mod signals;
+
+pub use config::{naming_config, read_toml, Layers};
+pub use progress::{progress_bar, LogLines, LOG_EVERY};
+pub use signals::{exit_on_signal, interrupt_exit_code, interrupt_flag, interrupted};
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
 
 /// Log to stderr at `RUST_LOG` (default `info`), in colour only on a terminal that does
 /// not set `NO_COLOR` (no escape codes in a log redirected to a file).
@@ -141,78 +147,6 @@ pub fn dataset_context(flag: &str, path: &Path, outside_root: bool) -> String {
     format!("{flag} {}{hint}", path.display())
 }
 
-/// The signal that set the flag of [`interrupt_flag`] (0 before any).
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-/// The exit status of a run stopped by a signal: 128 + the signal's number, as a shell
-/// reports a process the signal killed (130 for Ctrl-C, 143 for SIGTERM, 129 for
-/// SIGHUP), so that SLURM, systemd and scripts can tell how the run ended.
-pub fn interrupt_exit_code() -> i32 {
-    128 + match SIGNAL.load(Ordering::SeqCst) {
-        0 => libc::SIGINT,
-        s => s,
-    }
-}
-
-/// `main`'s result, with a run ended by an error after a signal (a download or a
-/// wait given up when it came) exiting 128 + the signal's number, as a run stopped by
-/// it does, so that a scheduler sees the signal rather than a failure.
-pub fn exit_on_signal(r: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(e) = &r {
-        if interrupted() {
-            eprintln!("Error: {e:?}");
-            std::process::exit(interrupt_exit_code());
-        }
-    }
-    r
-}
-
-/// Whether a Ctrl-C, SIGTERM or SIGHUP has arrived since [`interrupt_flag`] (for a wait
-/// that holds no flag, such as a download during set-up).
-pub fn interrupted() -> bool {
-    SIGNAL.load(Ordering::SeqCst) != 0
-}
-
-/// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
-/// the program will do); a second one, a second or more after the first, exits at once
-/// with [`interrupt_exit_code`] (within that second it is the same request delivered
-/// twice). A process started under `nohup` keeps ignoring SIGHUP. SIGTERM is what
-/// SLURM's time limit, `docker stop` and systemd send first: a run stops as after
-/// Ctrl-C (a student's checkpoint mid-epoch) instead of losing the epoch.
-pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let mut signals = vec![libc::SIGINT, libc::SIGTERM];
-    // started under `nohup` (SIGHUP ignored): a closed terminal must not stop the run
-    if !sighup_ignored() {
-        signals.push(libc::SIGHUP);
-    }
-    // signal-hook's iterator runs this loop on its own thread, so printing and exiting
-    // are safe here (they are not in a signal handler)
-    let mut incoming = signal_hook::iterator::Signals::new(&signals)?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut first: Option<std::time::Instant> = None;
-            for signal in incoming.forever() {
-                if first.is_none() {
-                    // the signal first, so that a run seeing the flag exits with its code
-                    SIGNAL.store(signal, Ordering::SeqCst);
-                    flag.store(true, Ordering::SeqCst);
-                    first = Some(std::time::Instant::now());
-                    eprintln!("\ninterrupt: {message} (press again to quit now)");
-                } else if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-                    SIGNAL.store(signal, Ordering::SeqCst);
-                    std::process::exit(interrupt_exit_code());
-                }
-                // else: one request delivered twice (GNU timeout and SLURM signal the
-                // child and its process group) must not quit, only a second press a
-                // moment later does
-            }
-        })?;
-    Ok(stop)
-}
-
 /// Bytes free to this user on the file system holding `path` (`statvfs(3)`'s
 /// `f_bavail * f_frsize`), or None where it cannot be asked.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -224,16 +158,6 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
         let mut st: libc::statvfs = std::mem::zeroed();
         (libc::statvfs(c.as_ptr(), &mut st) == 0)
             .then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-    }
-}
-
-/// Whether SIGHUP is ignored in this process (as `nohup` leaves it).
-fn sighup_ignored() -> bool {
-    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
-            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -253,84 +177,6 @@ pub fn hint_gpu_out_of_memory(e: anyhow::Error, hint: impl FnOnce() -> String) -
         e.context(hint())
     } else {
         e
-    }
-}
-
-/// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
-/// the error text says what is wrong, the caller names the flag and file.
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    toml::from_str(&text).map_err(|e| plain_types(&e.to_string()))
-}
-
-/// serde's Rust type names in a message said in words (`expected u32` was all a wrong
-/// `crops_per_image = "two"` got).
-fn plain_types(message: &str) -> String {
-    let mut m = message.to_string();
-    for (rust, words) in [
-        ("expected usize", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u16", "expected a whole number"),
-        ("expected u8", "expected a whole number"),
-        ("expected f64", "expected a number"),
-        ("expected f32", "expected a number"),
-    ] {
-        m = m.replace(rust, words);
-    }
-    m
-}
-
-/// `r`, whose error names a flag, with the `--config` file named too when there is
-/// one (the value at fault may have come from it).
-pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
-    r.map_err(|e| match config {
-        // (the file itself could not be read: nothing came from it)
-        Some(_) if e.to_string().starts_with("--config ") => e,
-        Some(p) => anyhow::anyhow!(
-            "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
-             names without --)",
-            p.display()
-        ),
-        None => e,
-    })
-}
-
-/// Flags over a `--config` file: the two layers of a command's arguments (`T` is the
-/// clap struct, also deserialised from the TOML file), read field by field with the
-/// command line winning, as cargo's and ripgrep's config files work.
-pub struct Layers<T> {
-    /// What the command line gave.
-    pub cli: T,
-    /// What the config file gave (all `None` without one).
-    pub file: T,
-}
-
-impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
-    /// Read the config file at `config` (if any) under `cli`; the error names the file.
-    pub fn new(cli: T, config: Option<&Path>) -> Result<Self, String> {
-        let file = match config {
-            Some(p) => read_toml(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            None => T::default(),
-        };
-        Ok(Layers { cli, file })
-    }
-
-    /// An optional value: the command line's, else the file's.
-    pub fn pick<V: Clone>(&self, field: impl Fn(&T) -> &Option<V>) -> Option<V> {
-        field(&self.cli)
-            .clone()
-            .or_else(|| field(&self.file).clone())
-    }
-
-    /// A repeatable flag: the command line's values if it gave any, else the file's.
-    pub fn list<V: Clone>(&self, field: impl Fn(&T) -> &Vec<V>) -> Vec<V> {
-        let cli = field(&self.cli);
-        if cli.is_empty() {
-            field(&self.file).clone()
-        } else {
-            cli.clone()
-        }
     }
 }
 
@@ -375,117 +221,6 @@ pub fn is_inside(path: &Path, dir: &Path) -> bool {
     cur.starts_with(&dir)
 }
 
-/// Whether `MEAL_NO_PROGRESS`'s value hides the bars: set, and not `0`, `false`, `no`,
-/// `off` or empty (`MEAL_NO_PROGRESS=0` hid them too).
-fn progress_off(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "" | "0" | "false" | "no" | "off"
-        )
-    })
-}
-
-/// A progress bar of `len` steps drawn with indicatif's `template`, hidden when the
-/// environment sets `MEAL_NO_PROGRESS` (to 1; CI logs, scripts) so every long loop of
-/// both binaries honours one switch.
-///
-/// Where standard error is not a terminal (a log file, `nohup`, a SLURM job), indicatif
-/// draws nothing: the bar's line is logged instead every [`LOG_EVERY`] ([`LogLines`]),
-/// as timm's train loop logs every N steps, so a long batch job's log shows its rate
-/// and ETA without a redraw per step.
-pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    let bar = indicatif::ProgressBar::new(len);
-    // a bad template is a programming error in this crate's callers, caught by any run;
-    // fall back to the default style rather than panic
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    if progress_off(std::env::var("MEAL_NO_PROGRESS").ok().as_deref()) {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if !std::io::stderr().is_terminal() {
-        let lines = LogLines::new(LOG_EVERY, |line| tracing::info!("{line}"));
-        bar.set_draw_target(indicatif::ProgressDrawTarget::term_like_with_hz(
-            Box::new(lines),
-            1,
-        ));
-    }
-    bar
-}
-
-/// How often a progress bar's line is logged where standard error is not a terminal.
-pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A "terminal" for indicatif that passes a bar's line on (to the log) at most once
-/// every `every`, the first after `every` has passed (a short run logs none).
-pub struct LogLines {
-    every: std::time::Duration,
-    state: std::sync::Mutex<(std::time::Instant, String)>,
-    emit: Box<dyn Fn(&str) + Send + Sync>,
-}
-
-impl LogLines {
-    /// Lines drawn go to `emit`, at most once every `every`.
-    pub fn new(every: std::time::Duration, emit: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        LogLines {
-            every,
-            state: std::sync::Mutex::new((std::time::Instant::now(), String::new())),
-            emit: Box::new(emit),
-        }
-    }
-}
-
-impl std::fmt::Debug for LogLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogLines")
-            .field("every", &self.every)
-            .finish()
-    }
-}
-
-impl indicatif::TermLike for LogLines {
-    fn width(&self) -> u16 {
-        120
-    }
-    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn write_line(&self, s: &str) -> std::io::Result<()> {
-        self.write_str(s)
-    }
-    fn write_str(&self, s: &str) -> std::io::Result<()> {
-        if let Ok(mut state) = self.state.lock() {
-            state.1.push_str(s);
-        }
-        Ok(())
-    }
-    fn clear_line(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    /// A drawn line is complete: passed on when `every` has passed since the last.
-    fn flush(&self) -> std::io::Result<()> {
-        if let Ok(mut state) = self.state.lock() {
-            let line = std::mem::take(&mut state.1);
-            let line = line.trim();
-            if !line.is_empty() && state.0.elapsed() >= self.every {
-                (self.emit)(line);
-                state.0 = std::time::Instant::now();
-            }
-        }
-        Ok(())
-    }
-}
-
 /// `x` as a user would type it: plain for everyday magnitudes (`0.02`, `5`), in
 /// exponent notation outside them (`1e30`, `1e-8`), where Rust's `{}` writes every digit.
 pub fn number(x: f64) -> String {
@@ -499,59 +234,6 @@ pub fn number(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn toml_errors_say_types_in_words() {
-        let m = plain_types("invalid type: string \"two\", expected u32");
-        assert_eq!(m, "invalid type: string \"two\", expected a whole number");
-        assert!(plain_types("expected f64").ends_with("a number"));
-    }
-
-    #[test]
-    fn no_progress_takes_its_value() {
-        for on in [
-            None,
-            Some(""),
-            Some("0"),
-            Some("false"),
-            Some("No"),
-            Some(" off "),
-        ] {
-            assert!(!progress_off(on), "{on:?}");
-        }
-        for off in [Some("1"), Some("true"), Some("yes")] {
-            assert!(progress_off(off), "{off:?}");
-        }
-    }
-
-    /// A bar's lines reach the log at most once per interval, the first only after it,
-    /// each line whole (as drawn before a flush), blank ones never.
-    #[test]
-    fn a_bar_logs_a_line_per_interval() {
-        use indicatif::TermLike;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let sink = seen.clone();
-        let every = std::time::Duration::from_millis(200);
-        let lines = LogLines::new(every, move |l| sink.lock().unwrap().push(l.to_string()));
-        let draw = |text: &str| {
-            lines.clear_line().unwrap();
-            lines.write_str(text).unwrap();
-            lines.flush().unwrap();
-        };
-        draw("1/10 images");
-        assert!(
-            seen.lock().unwrap().is_empty(),
-            "logged before the interval"
-        );
-        std::thread::sleep(every);
-        draw("5/10 images");
-        draw("6/10 images");
-        draw("   ");
-        assert_eq!(*seen.lock().unwrap(), ["5/10 images"]);
-        std::thread::sleep(every);
-        draw("9/10 images");
-        assert_eq!(*seen.lock().unwrap(), ["5/10 images", "9/10 images"]);
-    }
 
     #[test]
     fn numbers_read_as_typed() {

@@ -1,0 +1,93 @@
+//! `--config` TOML files under the command line's flags.
+
+use std::path::Path;
+
+/// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
+/// the error text says what is wrong, the caller names the flag and file.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    toml::from_str(&text).map_err(|e| plain_types(&e.to_string()))
+}
+
+/// serde's Rust type names in a message said in words (`expected u32` was all a wrong
+/// `crops_per_image = "two"` got).
+fn plain_types(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ] {
+        m = m.replace(rust, words);
+    }
+    m
+}
+
+/// `r`, whose error names a flag, with the `--config` file named too when there is
+/// one (the value at fault may have come from it).
+pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
+    r.map_err(|e| match config {
+        // (the file itself could not be read: nothing came from it)
+        Some(_) if e.to_string().starts_with("--config ") => e,
+        Some(p) => anyhow::anyhow!(
+            "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
+             names without --)",
+            p.display()
+        ),
+        None => e,
+    })
+}
+
+/// Flags over a `--config` file: the two layers of a command's arguments (`T` is the
+/// clap struct, also deserialised from the TOML file), read field by field with the
+/// command line winning, as cargo's and ripgrep's config files work.
+pub struct Layers<T> {
+    /// What the command line gave.
+    pub cli: T,
+    /// What the config file gave (all `None` without one).
+    pub file: T,
+}
+
+impl<T: Default + serde::de::DeserializeOwned> Layers<T> {
+    /// Read the config file at `config` (if any) under `cli`; the error names the file.
+    pub fn new(cli: T, config: Option<&Path>) -> Result<Self, String> {
+        let file = match config {
+            Some(p) => read_toml(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            None => T::default(),
+        };
+        Ok(Layers { cli, file })
+    }
+
+    /// An optional value: the command line's, else the file's.
+    pub fn pick<V: Clone>(&self, field: impl Fn(&T) -> &Option<V>) -> Option<V> {
+        field(&self.cli)
+            .clone()
+            .or_else(|| field(&self.file).clone())
+    }
+
+    /// A repeatable flag: the command line's values if it gave any, else the file's.
+    pub fn list<V: Clone>(&self, field: impl Fn(&T) -> &Vec<V>) -> Vec<V> {
+        let cli = field(&self.cli);
+        if cli.is_empty() {
+            field(&self.file).clone()
+        } else {
+            cli.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_errors_say_types_in_words() {
+        let m = plain_types("invalid type: string \"two\", expected u32");
+        assert_eq!(m, "invalid type: string \"two\", expected a whole number");
+        assert!(plain_types("expected f64").ends_with("a number"));
+    }
+}

@@ -1,0 +1,87 @@
+//! Ctrl-C, SIGTERM and SIGHUP: a run stops where it can resume, and exits as the
+//! signal would have it.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+
+/// The signal that set the flag of [`interrupt_flag`] (0 before any).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The exit status of a run stopped by a signal: 128 + the signal's number, as a shell
+/// reports a process the signal killed (130 for Ctrl-C, 143 for SIGTERM, 129 for
+/// SIGHUP), so that SLURM, systemd and scripts can tell how the run ended.
+pub fn interrupt_exit_code() -> i32 {
+    128 + match SIGNAL.load(Ordering::SeqCst) {
+        0 => libc::SIGINT,
+        s => s,
+    }
+}
+
+/// `main`'s result, with a run ended by an error after a signal (a download or a
+/// wait given up when it came) exiting 128 + the signal's number, as a run stopped by
+/// it does, so that a scheduler sees the signal rather than a failure.
+pub fn exit_on_signal(r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &r {
+        if interrupted() {
+            eprintln!("Error: {e:?}");
+            std::process::exit(interrupt_exit_code());
+        }
+    }
+    r
+}
+
+/// Whether a Ctrl-C, SIGTERM or SIGHUP has arrived since [`interrupt_flag`] (for a wait
+/// that holds no flag, such as a download during set-up).
+pub fn interrupted() -> bool {
+    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// A flag set by the first Ctrl-C, SIGTERM or SIGHUP (after printing `message`, what
+/// the program will do); a second one, a second or more after the first, exits at once
+/// with [`interrupt_exit_code`] (within that second it is the same request delivered
+/// twice). A process started under `nohup` keeps ignoring SIGHUP. SIGTERM is what
+/// SLURM's time limit, `docker stop` and systemd send first: a run stops as after
+/// Ctrl-C (a student's checkpoint mid-epoch) instead of losing the epoch.
+pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let mut signals = vec![libc::SIGINT, libc::SIGTERM];
+    // started under `nohup` (SIGHUP ignored): a closed terminal must not stop the run
+    if !sighup_ignored() {
+        signals.push(libc::SIGHUP);
+    }
+    // signal-hook's iterator runs this loop on its own thread, so printing and exiting
+    // are safe here (they are not in a signal handler)
+    let mut incoming = signal_hook::iterator::Signals::new(&signals)?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut first: Option<std::time::Instant> = None;
+            for signal in incoming.forever() {
+                if first.is_none() {
+                    // the signal first, so that a run seeing the flag exits with its code
+                    SIGNAL.store(signal, Ordering::SeqCst);
+                    flag.store(true, Ordering::SeqCst);
+                    first = Some(std::time::Instant::now());
+                    eprintln!("\ninterrupt: {message} (press again to quit now)");
+                } else if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    SIGNAL.store(signal, Ordering::SeqCst);
+                    std::process::exit(interrupt_exit_code());
+                }
+                // else: one request delivered twice (GNU timeout and SLURM signal the
+                // child and its process group) must not quit, only a second press a
+                // moment later does
+            }
+        })?;
+    Ok(stop)
+}
+
+/// Whether SIGHUP is ignored in this process (as `nohup` leaves it).
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into `old`
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
