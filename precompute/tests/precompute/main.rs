@@ -18,6 +18,7 @@ use meal_precompute::{inspect, run};
 use meal_store::LabelStore;
 
 mod bad_files;
+mod refusals;
 mod runs;
 
 struct Fixture {

@@ -1,0 +1,208 @@
+//! Runs refused before they write anything wrong: an impossible encoding, no image
+//! labelled, a histogram not named .png, a teacher giving NaN, a batch that cannot fit.
+
+use super::runs::cli_run;
+use super::*;
+
+/// A store config no store can have (top-k above the class count, top-k in safetensors)
+/// or a store inside the dataset is refused before anything is written, naming the flag
+/// that asked for it.
+#[test]
+fn an_impossible_encoding_names_its_flag_and_writes_nothing() {
+    let f = fixture(1);
+    let cases = [
+        ("topk:11", "parquet", "--encoding", "top-11 of 10 classes"),
+        ("topk:2", "safetensors", "--format", "dense encoding only"),
+    ];
+    for (enc, format, flag, said) in cases {
+        let mut a = args(&f, "impossible");
+        a.encoding = Some(enc.into());
+        a.format = Some(format.into());
+        if format == "safetensors" {
+            // (row groups are Parquet's: refused with safetensors, below)
+            a.images_per_row_group = None;
+        }
+        let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with(flag) && msg.contains(said), "{msg}");
+        assert!(!msg.contains("--out"), "{msg}");
+        assert!(!f.root.join("impossible").exists(), "{enc} {format}");
+    }
+    let mut a = args(&f, "impossible");
+    a.format = Some("safetensors".into());
+    let e = format!("{:#}", a.resolve().unwrap_err());
+    assert!(
+        e.starts_with("--images-per-row-group with --format safetensors"),
+        "{e}"
+    );
+    // a store inside the ImageFolder root would be a class of the next run
+    let mut a = args(&f, "unused");
+    a.out = Some(f.data.join("labels"));
+    let e = format!("{:#}", a.resolve().unwrap_err());
+    assert!(e.contains("--out") && e.contains("inside --data"), "{e}");
+    // nor into a student's run directory
+    let run = f.root.join("a_run");
+    std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+    let mut a = args(&f, "a_run");
+    a.out = Some(run.clone());
+    let e = format!(
+        "{:#}",
+        run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(e.contains("a meal-student run is there"), "{e}");
+    assert!(!run.join("manifest.json").exists());
+}
+
+/// A dataset whose every file is unreadable makes an empty store: the run says so and
+/// fails (a script's `&&` must not go on to train on nothing), after writing it, and the
+/// report it prints neither calls the store complete nor gives an agreement of nothing.
+#[test]
+fn a_run_that_labels_no_image_fails() {
+    let f = fixture(1);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    for s in ds.samples() {
+        std::fs::write(ds.full_path(s), b"").unwrap();
+    }
+    let run = cli_run(&f, "empty");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("every one of the {} images", ds.samples().len()))
+            && err.contains("the store holds no labels"),
+        "{err}"
+    );
+    // the report above the error does not call it complete, nor give figures of nothing
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        !out.contains("store complete") && out.contains("ensemble         no crops labelled"),
+        "{out}"
+    );
+    // verify finds it intact but says it labels nothing, and fails
+    let e = inspect::verify(&f.root.join("empty"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label no image") && e.contains(&format!("the {} images", ds.samples().len())),
+        "{e}"
+    );
+    // inspect shows it (it is what inspect is for) and says so
+    let text = inspect::inspect(&f.root.join("empty"), 0).unwrap().text;
+    assert!(
+        text.contains("every image of the dataset was skipped"),
+        "{text}"
+    );
+}
+
+/// `inspect --histogram` writes a PNG: another extension is refused before the store is
+/// read, naming the flag.
+#[test]
+fn the_histogram_must_be_named_png() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+        .args(["inspect", "no-such-store", "--histogram", "plot.jpg"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--histogram plot.jpg") && err.contains("PNG"),
+        "{err}"
+    );
+}
+
+/// A NaN in a teacher's weights is refused at load, naming the tensor, before any store
+/// is made; a teacher whose softmax is NaN from finite weights (an overflow) stops the
+/// run naming the teacher and the image, not the store's generic "finite
+/// probabilities" check.
+#[test]
+fn a_non_finite_teacher_is_named() {
+    let f = fixture(1);
+    let m = ResNet::from_preset("demo_resnet10", 10, &Device::Cpu, 2).unwrap();
+    let set = |name: &str, value: f32, count: usize| {
+        let e = m.entries().iter().find(|e| e.name == name).unwrap();
+        let mut v = e
+            .var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        v[..count].fill(value);
+        e.var
+            .set(&Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
+    };
+    set("fc.bias", f32::NAN, 1);
+    m.save(&f.t2).unwrap();
+    let e = run::run(&args(&f, "nan").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("t2.safetensors: tensor fc.bias holds non-finite values"),
+        "{msg}"
+    );
+    assert!(!f.root.join("nan").exists(), "a store was started: {msg}");
+    // finite weights whose logits overflow: the first class's row at f32's largest
+    set("fc.bias", 0.0, 1);
+    set("fc.weight", f32::MAX, 128);
+    m.save(&f.t2).unwrap();
+    let e = run::run(&args(&f, "nan").resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("teacher demo_resnet10 (t2.safetensors)")
+            && msg.contains("non-finite")
+            && msg.contains(".jpg (crop "),
+        "{msg}"
+    );
+}
+
+/// A batch whose activations cannot fit in memory (a teacher at 4096 px: about 270 MB
+/// a crop for demo_tiny's stem alone, 8192 crops of one image a forward) is refused
+/// naming --batch and the teacher, before a crop is decoded or a file written.
+#[test]
+fn a_batch_that_cannot_fit_in_memory_is_refused() {
+    let f = fixture(1);
+    let mut a = args(&f, "huge");
+    a.teacher = vec![format!("demo_tiny={},size=4096", f.t1.display())];
+    a.batch = Some(8192);
+    a.crops_per_image = Some(8192);
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("--batch 8192 with --teacher demo_tiny=")
+            && msg.contains("at 4096 px")
+            && msg.contains("lower --batch or the teacher's size="),
+        "{msg}"
+    );
+    assert!(!f.root.join("huge").exists());
+
+    // --limit does not bound a forward (it labels whole shards): 4 of a shard's 7
+    // images, 512 crops each, a forward, with --limit 1 too
+    let mut a = args(&f, "huge-limit");
+    a.teacher = vec![format!("demo_tiny={},size=4096", f.t1.display())];
+    a.batch = Some(2048);
+    a.crops_per_image = Some(512);
+    a.limit = Some(1);
+    let e = run::run(&a.clone().resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("a forward over 2048 crops"), "{msg}");
+    // the CPU devices of a list each hold their forward at once (any spelling of cpu),
+    // as many as there are shards to share
+    a.device = Some("CPU,cpu".into());
+    a.limit = None;
+    a.batch = Some(512);
+    a.samples_per_shard = Some(4);
+    let e = run::run(&a.clone().resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("a forward over 512 crops")
+            && msg.contains("on each of the 2 CPU devices of --device at once"),
+        "{msg}"
+    );
+    a.samples_per_shard = Some(16);
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("a forward over 512 crops") && !msg.contains("CPU devices"),
+        "{msg}"
+    );
+    assert!(!f.root.join("huge-limit").exists());
+}
