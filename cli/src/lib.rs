@@ -11,7 +11,7 @@ pub mod signals;
 
 pub use config::{naming_config, read_toml, Layers};
 pub use progress::{progress_bar, LogLines, LOG_EVERY};
-pub use signals::{exit_on_signal, interrupt_exit_code, interrupt_flag, interrupted};
+pub use signals::{error_text, finish, interrupt_exit_code, interrupt_flag, interrupted};
 
 use std::path::Path;
 

@@ -17,17 +17,53 @@ pub fn interrupt_exit_code() -> i32 {
     }
 }
 
-/// `main`'s result, with a run ended by an error after a signal (a download or a
-/// wait given up when it came) exiting 128 + the signal's number, as a run stopped by
-/// it does, so that a scheduler sees the signal rather than a failure.
-pub fn exit_on_signal(r: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(e) = &r {
-        if interrupted() {
-            eprintln!("Error: {e:?}");
-            std::process::exit(interrupt_exit_code());
+/// `main`'s end: an error printed ([`error_text`]) and the exit status, 1, or 128 + the
+/// signal's number for a run ended by an error after a signal (a download or a wait
+/// given up when it came), as a run stopped by it exits, so that a scheduler sees the
+/// signal rather than a failure.
+pub fn finish(r: anyhow::Result<()>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // anyhow's own form where its backtrace was asked for (init_logging)
+            if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("Error: {e:?}");
+            } else {
+                eprintln!("{}", error_text(&e));
+            }
+            let code = if interrupted() {
+                interrupt_exit_code()
+            } else {
+                1
+            };
+            std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }
-    r
+}
+
+/// An error as `main` prints it: anyhow's "Error: ... / Caused by:" form, except that a
+/// context that is only a flag's name (`--res`) is joined with what it says of that
+/// flag, on one line: "Error: --res: invalid size: 0 (expected 1..=4096)", not the flag
+/// alone above a "Caused by:" list.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    let bare_flag = |s: &str| s.starts_with("--") && !s.contains(char::is_whitespace);
+    if chain.len() > 1 && bare_flag(&chain[0]) {
+        let said = chain.remove(1);
+        chain[0] = format!("{}: {said}", chain[0]);
+    }
+    let mut text = format!("Error: {}", chain[0]);
+    match &chain[1..] {
+        [] => {}
+        [one] => text.push_str(&format!("\n\nCaused by:\n    {one}")),
+        many => {
+            text.push_str("\n\nCaused by:");
+            for (i, c) in many.iter().enumerate() {
+                text.push_str(&format!("\n    {i}: {c}"));
+            }
+        }
+    }
+    text
 }
 
 /// Whether a Ctrl-C, SIGTERM or SIGHUP has arrived since [`interrupt_flag`] (for a wait
@@ -83,5 +119,36 @@ fn sighup_ignored() -> bool {
         let mut old: libc::sigaction = std::mem::zeroed();
         libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
             && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Printed as anyhow prints an error (its `{:?}` without a backtrace), except that a
+    /// bare flag is joined with what its cause says.
+    #[test]
+    fn a_flag_is_said_with_its_problem() {
+        let e = anyhow::anyhow!("invalid size: 0 (expected 1..=4096)").context("--res");
+        assert_eq!(
+            error_text(&e),
+            "Error: --res: invalid size: 0 (expected 1..=4096)"
+        );
+        // anything else as anyhow's `{:?}` says it
+        let cases = [
+            (anyhow::anyhow!("no images"), "Error: no images"),
+            (
+                anyhow::anyhow!("disk full").context("writing shard 3"),
+                "Error: writing shard 3\n\nCaused by:\n    disk full",
+            ),
+            (
+                anyhow::anyhow!("c").context("b").context("--data x"),
+                "Error: --data x\n\nCaused by:\n    0: b\n    1: c",
+            ),
+        ];
+        for (e, said) in cases {
+            assert_eq!(error_text(&e), said);
+        }
     }
 }

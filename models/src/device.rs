@@ -21,23 +21,32 @@ pub enum DeviceError {
     },
 }
 
+/// The CUDA ordinal a device spec names (`None` for `cpu`), opening nothing: the spec
+/// checked where the flags are read, before any work.
+pub fn device_ordinal(spec: &str) -> Result<Option<usize>, DeviceError> {
+    let s = spec.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(None);
+    }
+    match s.strip_prefix("cuda") {
+        Some("") => Ok(Some(0)),
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| DeviceError::Syntax(spec.to_string())),
+        None => Err(DeviceError::Syntax(spec.to_string())),
+    }
+}
+
 /// Parse `cpu`, `cuda` (= `cuda:0`) or `cuda:N` and open the device.
 ///
 /// A `cuda` build loads the NVIDIA libraries when a CUDA device is first opened (cudarc's
 /// dynamic loading, vendor/README.md), so the same binary runs on machines without a
 /// GPU; asking for `cuda:N` there is an error naming the library that is missing.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
-    let s = spec.trim().to_ascii_lowercase();
-    if s == "cpu" {
+    let Some(ordinal) = device_ordinal(spec)? else {
         return Ok(Device::Cpu);
-    }
-    let ordinal = match s.strip_prefix("cuda") {
-        Some("") => 0,
-        Some(rest) => rest
-            .strip_prefix(':')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| DeviceError::Syntax(spec.to_string()))?,
-        None => return Err(DeviceError::Syntax(spec.to_string())),
     };
     let unavailable = |reason: String| DeviceError::Unavailable {
         spec: spec.to_string(),

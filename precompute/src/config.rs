@@ -290,6 +290,9 @@ impl RunArgs {
         if devices.iter().any(|d| d.is_empty()) {
             bail!("--device {device:?}: an empty name in the list");
         }
+        for d in &devices {
+            meal_models::device_ordinal(d).context("--device")?;
+        }
         // each worker holds its own teachers: 2000 `cpu` entries aborted out of memory
         if devices.len() > MAX_DEVICES {
             bail!(
@@ -377,6 +380,23 @@ mod tests {
         let e = format!("{e:#}");
         assert!(
             e.contains("--scale") && e.contains("--config") && e.contains("c.toml"),
+            "{e}"
+        );
+        // a device the file names wrongly is refused when read, naming the file
+        std::fs::write(
+            &f,
+            "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\ndevice = \"gpu\"\n",
+        )
+        .unwrap();
+        let e = RunArgs {
+            config: Some(f.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("--device") && e.contains("\"gpu\" is not a device") && e.contains("c.toml"),
             "{e}"
         );
         // a range of three numbers is refused, not cut to two

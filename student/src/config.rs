@@ -440,6 +440,8 @@ impl TrainArgs {
             Some(p) => p.parse::<BadFilePolicy>().context("--on-bad-file")?,
             None => BadFilePolicy::Skip,
         };
+        let device = l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into());
+        meal_models::device_ordinal(&device).context("--device")?;
         Ok(Settings {
             data,
             val: l.pick(|a| &a.val),
@@ -461,7 +463,7 @@ impl TrainArgs {
             disc_lr: l.pick(|a| &a.disc_lr).unwrap_or(lr),
             loss,
             online_teacher,
-            device: l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into()),
+            device,
             tf32: l.pick(|a| &a.tf32).unwrap_or(true),
             amp: l.pick(|a| &a.amp).unwrap_or(false),
             threads,

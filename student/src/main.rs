@@ -65,8 +65,8 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    meal_cli::exit_on_signal(cli())
+fn main() -> std::process::ExitCode {
+    meal_cli::finish(cli())
 }
 
 fn cli() -> Result<()> {

@@ -98,13 +98,13 @@ struct BenchArgs {
     links: meal_cli::FollowLinks,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     meal_cli::init_logging();
-    match Cli::parse().cmd {
+    meal_cli::finish(match Cli::parse().cmd {
         Cmd::Synth(a) => synth(a),
         Cmd::Index(a) => index(a),
         Cmd::Bench(a) => bench(a),
-    }
+    })
 }
 
 fn synth(a: SynthArgs) -> Result<()> {

@@ -401,6 +401,15 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         Path::new("demo_tiny=w.safetensors"),
     );
     assert!(err.contains("--res 16 with --teacher"), "{err}");
+    // a flag's problem said with the flag, on the error's line (not the flag alone above a
+    // "Caused by:" list)
+    let good = f.root.join("good.safetensors");
+    save_with(&model, &good, "bn1.running_mean", 0, 0.0);
+    let err = eval(&["--arch", "demo_tiny", "--res", "0", "--weights"], &good);
+    assert!(
+        err.starts_with("Error: --res: invalid size: 0") && !err.contains("Caused by"),
+        "{err}"
+    );
 
     let mut a = args(&f, "torn");
     a.epochs = Some(1);
