@@ -144,6 +144,12 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let (mut entropies, mut confidences) = (Vec::new(), Vec::new());
     let mut sample_rows = String::new();
     let mut printed = 0;
+    // the classes a row shows: a top-k store's decoded rows spread the mass left over
+    // the other classes, which were never stored; its k kept classes only
+    let shown = match c.encoding {
+        meal_store::Encoding::TopK { k, .. } => usize::from(k).min(3),
+        meal_store::Encoding::Dense => 3,
+    };
     for im in &images {
         let row = classes
             .get_mut(im.label as usize)
@@ -174,7 +180,7 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
                 let r = cl.record;
                 let top: Vec<String> = order
                     .iter()
-                    .take(3)
+                    .take(shown)
                     .map(|&k| format!("{}:{:.3}", c.classes[k], d[k]))
                     .collect();
                 let _ = writeln!(
@@ -225,7 +231,10 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         );
     }
     if rows > 0 {
-        let _ = writeln!(t, "\nsample rows (sample, crop, path, box, flip, top-3)");
+        let _ = writeln!(
+            t,
+            "\nsample rows (sample, crop, path, box, flip, top-{shown})"
+        );
         t.push_str(&sample_rows);
     }
     Ok(Inspection {

@@ -294,6 +294,30 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     assert_eq!((img.width(), img.height()), (960, 400));
     let h = inspect::histogram(&ins.confidences, 0.0, 1.0, inspect::HIST_BINS);
     assert_eq!(h.iter().sum::<u64>(), 60);
+    assert!(ins.text.contains("top-3)"), "{}", ins.text);
+    // a top-2 store's rows show its two kept classes, not a third of the mass spread
+    // over the classes it never stored
+    let mut a = args(&f, "top2");
+    a.encoding = Some("topk:2".into());
+    let top2 = a.resolve().unwrap();
+    go(&top2);
+    let text = inspect::inspect(&top2.out, 3).unwrap().text;
+    let rows = text
+        .split_once("top-2)\n")
+        .unwrap_or_else(|| panic!("{text}"))
+        .1;
+    assert_eq!(rows.lines().count(), 3, "{text}");
+    for row in rows.lines() {
+        let names = meal_data::synth::class_names();
+        let shown = row
+            .split_whitespace()
+            .filter(|w| {
+                w.rsplit_once(':')
+                    .is_some_and(|(n, p)| names.iter().any(|c| c == n) && p.parse::<f32>().is_ok())
+            })
+            .count();
+        assert_eq!(shown, 2, "{row}");
+    }
     assert!(inspect::verify(&s.out).unwrap().starts_with("ok"));
     // flip one byte in the middle of a shard
     let shard = s.out.join("shard-000001.parquet");
