@@ -274,6 +274,9 @@ pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotErro
                 .configure_mesh()
                 .x_desc(&p.x_label)
                 .y_desc("crops")
+                // counts are whole: plotters' float ticks of a short axis (0.5, 1.5)
+                // are left unlabelled, the others written without ".0"
+                .y_label_formatter(&|v| count_label(*v))
                 .label_style((FONT, 12).into_font())
                 .axis_desc_style((FONT, 14).into_font())
                 .light_line_style(RGBColor(235, 235, 235))
@@ -289,6 +292,15 @@ pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotErro
         }
         Ok(())
     })
+}
+
+/// A count axis's tick label: whole numbers as such, any other tick unlabelled.
+fn count_label(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +373,13 @@ mod tests {
             .filter(|p| p.0 == [COLOURS[1].0, COLOURS[1].1, COLOURS[1].2])
             .count();
         assert!(coloured > 100, "second series not drawn ({coloured} px)");
+    }
+
+    #[test]
+    fn counts_are_labelled_whole() {
+        assert_eq!(count_label(12000.0), "12000");
+        assert_eq!(count_label(0.0), "0");
+        assert_eq!(count_label(1.5), "");
     }
 
     #[test]
