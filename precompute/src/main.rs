@@ -250,11 +250,19 @@ fn cli() -> Result<()> {
             // figures and the parts' runs together (not part of the store: a read-only
             // mount or a full disk only warns)
             let parts = report::worker_reports(&out);
-            let r = report::combine(report::store_report(&m, true), &parts);
+            let r = report::combine(report::store_report(&m.manifest, true), &parts);
             if let Err(e) = report::write_report(&out, None, &r) {
                 tracing::warn!("the store's report was not written: {e:#}");
             }
-            meal_cli::outln!("merged {} shards into {}", m.shards.len(), out.display());
+            let shards = m.manifest.shards.len();
+            if m.written {
+                meal_cli::outln!("merged {shards} shards into {}", out.display());
+            } else {
+                meal_cli::outln!(
+                    "{} was merged before ({shards} shards, the same parts): nothing to do",
+                    out.display()
+                );
+            }
         }
         Cmd::Inspect {
             store,

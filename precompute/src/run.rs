@@ -579,7 +579,7 @@ fn run_devices(
         let ds = meal_data::cli::open(&s.data, "--data", s.links)?;
         let m = meal_store::merge(&s.out, &ds)
             .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
-        store_report(&m, true)
+        store_report(&m.manifest, true)
     } else {
         // unfinished parts: the store so far is their shards together
         let mut m = manifests[0].clone();

@@ -13,9 +13,19 @@ use super::manifest::{require_same_config, Manifest, State, MANIFEST};
 use super::writer::summary;
 use super::StoreError;
 
+/// What [`merge`] made of a directory of worker parts.
+#[derive(Debug)]
+pub struct Merged {
+    /// The joined store's manifest.
+    pub manifest: Manifest,
+    /// Whether this call wrote it: false when the parts were merged before, and the
+    /// store was left as it was.
+    pub written: bool,
+}
+
 /// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
 /// their configs differ (naming the keys) or a shard is missing.
-pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
+pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     let samples = dataset.samples();
     if !dir.is_dir() {
         // checked before the lock, which would create the directory
@@ -223,12 +233,18 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Manifest, StoreError> {
             ..m.clone()
         };
         if done == same && images::intact(dir, &done) {
-            return Ok(done);
+            return Ok(Merged {
+                manifest: done,
+                written: false,
+            });
         }
     }
     let labels: Vec<u32> = samples.iter().map(|s| s.label).collect();
     let paths: Vec<String> = samples.iter().map(|s| s.path.clone()).collect();
     m.images_sha256 = Some(images::write(dir, &m, &paths, &labels)?);
     m.write(dir, MANIFEST)?;
-    Ok(m)
+    Ok(Merged {
+        manifest: m,
+        written: true,
+    })
 }

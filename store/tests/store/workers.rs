@@ -20,7 +20,7 @@ fn workers_and_merge_equal_a_single_run() {
         "no manifest.json before the merge"
     );
     write_all(&split, &ds, &cfg, Some([1, 2])).unwrap();
-    merge(&split, &ds).unwrap();
+    assert!(merge(&split, &ds).unwrap().written);
     let (a, b) = (files(&single), files(&split));
     for (name, bytes) in &a {
         assert_eq!(b.get(name), Some(bytes), "{name}");
@@ -35,14 +35,14 @@ fn workers_and_merge_equal_a_single_run() {
     use std::os::unix::fs::MetadataExt;
     let inode = |n: &str| std::fs::metadata(split.join(n)).unwrap().ino();
     let before = (inode("manifest.json"), inode("images.parquet"));
-    merge(&split, &ds).unwrap();
+    assert!(!merge(&split, &ds).unwrap().written, "said to be written");
     assert_eq!(
         (inode("manifest.json"), inode("images.parquet")),
         before,
         "a second merge rewrote the store"
     );
     std::fs::write(split.join("images.parquet"), b"damaged").unwrap();
-    merge(&split, &ds).unwrap();
+    assert!(merge(&split, &ds).unwrap().written, "a damaged table kept");
     assert_eq!(files(&split), b, "the merge restores the table");
     // a worker part with another config: refused when it starts, naming the part it
     // disagrees with, and by the merge when its files were put there by hand
