@@ -335,28 +335,33 @@ static void check_bn(int b, int c, int hw, float offset, int relu, int splits) {
     expect("bn backward" + tag, out, oref, 1e-4);
 }
 
+// The window's maximum in row-major order, the first of equal values; a NaN is above
+// every number and the last NaN of the window is the one taken (PyTorch's CPU max-pool,
+// aten/src/ATen/native/cpu/MaxPoolKernel.cpp: `(val > maxval) || std::isnan(val)`).
 static int first_max(const float* plane, int h, int w, int k, int s, int p, int oy, int ox) {
-    int at = -1;
+    int at = -1, last_nan = -1;
     float best = 0.f;
     for (int y = oy * s - p; y < oy * s - p + k; ++y)
         for (int x = ox * s - p; x < ox * s - p + k; ++x) {
             if (y < 0 || y >= h || x < 0 || x >= w) continue;
             float v = plane[y * w + x];
-            if (at < 0 || v > best || std::isnan(v)) {
-                if (at < 0 || !std::isnan(best)) {
-                    best = v;
-                    at = y * w + x;
-                }
+            if (std::isnan(v))
+                last_nan = y * w + x;
+            else if (at < 0 || v > best) {
+                best = v;
+                at = y * w + x;
             }
         }
-    return at;
+    return last_nan >= 0 ? last_nan : at;
 }
 
 static void check_pool(int planes, int h, int w, int k, int s, int p, bool nan) {
     int ho = (h + 2 * p - k) / s + 1, wo = (w + 2 * p - k) / s + 1;
     auto x = randn((size_t)planes * h * w, 2.f);
     for (auto& v : x) v = std::round(v);  // many ties: the first maximum wins
-    if (nan) x[17] = NAN;
+    // two NaNs in one window (row 1, columns 7 and 8 of a 10-wide plane): the last is
+    // the one taken, and the gradient goes to it
+    if (nan) x[17] = x[18] = NAN;
     std::vector<float> y((size_t)planes * ho * wo, -7.f), yref(y.size());
     std::vector<float> dx(x.size(), -7.f), dref(x.size(), 0.f);
     auto dy = randn(y.size());
