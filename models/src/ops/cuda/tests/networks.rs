@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{close, gpu, randn};
-use crate::testing::cosine;
+use crate::testing::{cosine, values};
 
 #[test]
 #[ignore = "needs a CUDA GPU: cargo test --features cuda -- --ignored --test-threads 1"]
@@ -70,6 +70,21 @@ fn resnet_mixed_precision_step_follows_the_f32_cpu_step() {
         assert!(
             c > 0.97,
             "gradient {i} {:?}: cosine {c} with the f32 step's",
+            a.dims()
+        );
+        // the cosine is blind to scale: a gradient off by a constant factor (a GEMM
+        // accumulating twice, a missing 1/m) must fail too
+        let norm = |t: &Tensor| {
+            values(t)
+                .iter()
+                .map(|v| (*v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let ratio = norm(a) / norm(b).max(1e-30);
+        assert!(
+            (ratio - 1.0).abs() < 0.1,
+            "gradient {i} {:?}: norm {ratio} x the f32 step's",
             a.dims()
         );
     }
