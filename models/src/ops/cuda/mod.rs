@@ -104,7 +104,12 @@ pub(crate) const MAX_ELEMS: usize = 1 << 31;
 /// An error unless `n` elements fit one launch ([`MAX_ELEMS`]).
 pub(crate) fn fits(n: usize) -> candle_core::Result<()> {
     if n > MAX_ELEMS {
-        candle_core::bail!("meal op: {n} elements in one launch, more than 2^31 (8 GB of f32)");
+        // only the convolutions split their work; an activation this large (SENet-154's
+        // stem at 1338 crops of 224 px) is refused as a batch too large for our kernels
+        candle_core::bail!(
+            "an activation of {n} elements, more than our CUDA kernels' 2^31 (32-bit \
+             indices): use a smaller batch"
+        );
     }
     Ok(())
 }
