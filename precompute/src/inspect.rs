@@ -348,10 +348,21 @@ pub fn verify(dir: &Path) -> Result<String> {
             r.shards
         );
     }
-    Ok(format!(
+    let mut text = format!(
         "ok: {} shards (checksums match), {} images, {} rows, max |sum(p) - 1| = {:.2e}",
         r.shards, images, r.rows, r.max_sum_error
-    ))
+    );
+    let extra = store.unlisted_shards();
+    if !extra.is_empty() {
+        let _ = write!(
+            text,
+            "\nnote: shard files the manifest does not list ({}): {} (not part of the store; \
+             a reader globbing shard-* would read them: take the manifest's list)",
+            extra.len(),
+            meal_data::error::first_few(&extra, 5)
+        );
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

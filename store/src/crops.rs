@@ -191,6 +191,64 @@ impl<'a> Crops<'a> {
         }
     }
 
+    /// What is wrong with row `i` beyond its probabilities' sum (which
+    /// [`crate::distribution_error`] checks), as a store of `classes` classes: a top-k
+    /// row's classes must be distinct and below `classes`, its probabilities in
+    /// descending order (readers take the first as the top class: docs/FORMAT.md), and a
+    /// stored flip byte 0 or 1. `None` when the row is well formed.
+    pub fn row_error(&self, i: usize, classes: usize) -> Option<String> {
+        let mut prev: Option<f32> = None;
+        let mut seen: Vec<u32> = Vec::new();
+        let mut err = None;
+        let mut check = |c: u32, p: f32| {
+            if err.is_some() {
+                return;
+            }
+            if c as usize >= classes {
+                err = Some(format!("top-k class {c} of a store of {classes} classes"));
+            } else if seen.contains(&c) {
+                err = Some(format!("top-k class {c} listed twice"));
+            } else if prev.is_some_and(|q| p > q) {
+                err = Some(format!(
+                    "top-k probabilities not in descending order ({p} after {})",
+                    prev.unwrap_or_default()
+                ));
+            }
+            seen.push(c);
+            prev = Some(p);
+        };
+        match &self.0 {
+            Inner::Mapped(m) => {
+                assert!(i < m.n, "crop {i} of {}", m.n);
+                if let FlipCol::Bytes(b) = m.flip {
+                    if b[i] > 1 {
+                        return Some(format!("flip {} (0 or 1)", b[i]));
+                    }
+                }
+                if let LabelCols::TopK { cls, p, k, f32 } = m.label {
+                    let (cls, w) = (&cls[4 * k * i..][..4 * k], if f32 { 4 } else { 2 });
+                    let p = &p[w * k * i..][..w * k];
+                    for j in 0..k {
+                        let v = if f32 {
+                            f32::from_bits(u32_at(p, j))
+                        } else {
+                            f16_at(p, j)
+                        };
+                        check(u32_at(cls, j), v);
+                    }
+                }
+            }
+            Inner::Decoded(v) => {
+                if let SoftLabel::TopK { classes, probs } = &v[i].label {
+                    for (&c, &p) in classes.iter().zip(probs) {
+                        check(c as u32, p);
+                    }
+                }
+            }
+        }
+        err
+    }
+
     /// Visit the stored probabilities of row `i` as `(class, p)`: every class in order
     /// for dense labels, the K kept ones (descending) for top-k.
     #[inline]

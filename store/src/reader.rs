@@ -203,6 +203,32 @@ impl LabelStore {
         images::read(&self.dir, self.manifest.images_sha256.as_deref())
     }
 
+    /// Files in the store's directory named as shards (`shard-*.parquet`,
+    /// `shard-*.safetensors`) that the manifest does not list, sorted: copied in, or
+    /// left by an interrupted run of another config. Readers take the manifest's list
+    /// (docs/FORMAT.md); a glob over `shard-*` would read these too.
+    pub fn unlisted_shards(&self) -> Vec<String> {
+        let listed: std::collections::HashSet<&str> = self
+            .manifest
+            .shards
+            .iter()
+            .map(|s| s.file.as_str())
+            .collect();
+        let mut extra: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| {
+                n.starts_with("shard-")
+                    && (n.ends_with(".parquet") || n.ends_with(".safetensors"))
+                    && !listed.contains(n.as_str())
+            })
+            .collect();
+        extra.sort();
+        extra
+    }
+
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.manifest.config.classes.len()
@@ -316,6 +342,12 @@ impl LabelStore {
                                 "sample {id} crop {}: the box {rec:?} is not inside the image",
                                 crops.crop_id(i)
                             ),
+                        ));
+                    }
+                    if let Some(why) = crops.row_error(i, self.num_classes()) {
+                        return Err(StoreError::corrupt(
+                            &path,
+                            format!("sample {id} crop {}: {why}", crops.crop_id(i)),
                         ));
                     }
                     crops.dense_into(i, &mut dense);

@@ -46,6 +46,16 @@ impl Runs {
                 false => format!("the rows of sample {id} are not contiguous"),
             });
         }
+        // samples in ascending order, as written (docs/FORMAT.md): a reader may take a
+        // shard's first and last rows as its range
+        if let Some((last, _)) = self.runs.last() {
+            if id < *last {
+                return Err(format!(
+                    "the rows of sample {id} come after sample {last}'s (a shard's samples \
+                     are in ascending order)"
+                ));
+            }
+        }
         let narrow = |v: usize| u32::try_from(v).map_err(|_| format!("row {v} beyond u32"));
         self.runs.push((
             id,

@@ -319,6 +319,18 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
         assert_eq!(shown, 2, "{row}");
     }
     assert!(inspect::verify(&s.out).unwrap().starts_with("ok"));
+    // a shard file copied in, unlisted: the store is intact, the copy is named
+    std::fs::copy(
+        s.out.join("shard-000000.parquet"),
+        s.out.join("shard-000009.parquet"),
+    )
+    .unwrap();
+    let text = inspect::verify(&s.out).unwrap();
+    assert!(
+        text.starts_with("ok") && text.contains("does not list (1): shard-000009.parquet"),
+        "{text}"
+    );
+    std::fs::remove_file(s.out.join("shard-000009.parquet")).unwrap();
     // flip one byte in the middle of a shard
     let shard = s.out.join("shard-000001.parquet");
     let mut b = std::fs::read(&shard).unwrap();

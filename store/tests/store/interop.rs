@@ -312,3 +312,97 @@ pq.write_table(load("/shard-000000.parquet"), d + "/shard-000000.gzip", compress
         "{e}"
     );
 }
+
+/// A shard that breaks a rule of docs/FORMAT.md that readers rely on, with its manifest
+/// checksum updated (so only the rule can catch it), is refused by `verify`, naming the
+/// shard, the row and the rule: top-k probabilities out of descending order (readers
+/// take the first as the top class), a class beyond the store's or listed twice,
+/// samples out of ascending order (refused at open), a flip byte not 0 or 1.
+#[test]
+fn rows_breaking_the_formats_rules_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cfg = config(
+        &ds,
+        Encoding::TopK { k: 3, f32: false },
+        ShardFormat::Parquet,
+    );
+    let cases = [
+        ("reversed", "top-k probabilities not in descending order"),
+        ("beyond", "top-k class 10 of a store of 10 classes"),
+        ("twice", "listed twice"),
+        ("samples", "come after sample"),
+    ];
+    for (case, want) in cases {
+        let dir = tmp.path().join(case);
+        write_all(&dir, &ds, &cfg, None).unwrap();
+        let script = format!(
+            r#"
+import sys
+try:
+    import pyarrow as pa, pyarrow.parquet as pq
+except ImportError as e:
+    sys.exit(f"missing {{e.name}}: pip install pyarrow (make test installs it)")
+p = {path:?}
+kv = pq.read_metadata(p).metadata
+t = pq.read_table(p)
+case = {case:?}
+rows = t.to_pylist()
+if case == "samples":
+    # each image's rows kept together and in crop order, the images last to first
+    rows.sort(key=lambda r: (-r["sample_id"], r["crop_id"]))
+else:
+    r = rows[1]
+    if case == "reversed":
+        r["topk_class"] = r["topk_class"][::-1]
+        r["topk_prob"] = r["topk_prob"][::-1]
+    elif case == "beyond":
+        r["topk_class"][2] = 10
+    else:
+        r["topk_class"][1] = r["topk_class"][0]
+t = pa.Table.from_pylist(rows, schema=t.schema)
+t = t.replace_schema_metadata({{k: v for k, v in kv.items() if k != b"ARROW:schema"}})
+pq.write_table(t, p, compression="none")
+"#,
+            path = dir.join("shard-000000.parquet").display().to_string(),
+        );
+        run_python(&script);
+        record_shard(&dir, "shard-000000.parquet");
+        let e = match LabelStore::open(&dir) {
+            Ok(st) => st.verify().map(|_| ()),
+            Err(e) => Err(e),
+        }
+        .expect_err(case)
+        .to_string();
+        assert!(
+            e.contains(want) && e.contains("shard-000000.parquet"),
+            "{case}: {e}"
+        );
+    }
+    // a safetensors store's flip byte
+    let dir = tmp.path().join("flip");
+    write_all(
+        &dir,
+        &ds,
+        &config(&ds, Encoding::Dense, ShardFormat::Safetensors),
+        None,
+    )
+    .unwrap();
+    let path = dir.join("shard-000000.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["flip"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[8 + n + start] = 2;
+    std::fs::write(&path, &bytes).unwrap();
+    record_shard(&dir, "shard-000000.safetensors");
+    let e = LabelStore::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("flip 2 (0 or 1)") && e.contains("shard-000000.safetensors"),
+        "{e}"
+    );
+}
