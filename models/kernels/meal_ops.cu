@@ -5,8 +5,8 @@
 // bf16 twins (`_bf16`) also serve mixed-precision training (bf16 activations, f32
 // weights and statistics). f32 unless a kernel's name says bf16.
 // Compiled to PTX at build time by models/build.rs (nvcc, as candle-kernels does) and
-// loaded once per device by models/src/ops/cuda.rs. Each kernel keeps the CPU op's
-// semantics (tie and NaN rules, f64 statistics); models/src/ops/cuda_tests.rs compares
+// loaded once per device by models/src/ops/cuda/mod.rs. Each kernel keeps the CPU op's
+// semantics (tie and NaN rules, f64 statistics); models/src/ops/cuda/tests/ compares
 // every one with its CPU twin on a GPU.
 #include <stddef.h>
 #ifdef __CUDACC__
@@ -148,7 +148,7 @@ extern "C" __global__ void meal_to_bf16(const float* x, __nv_bfloat16* y, size_t
 
 #define BN_THREADS 256
 
-// Sum of v over the block (blockDim.x == BN_THREADS); the result in thread 0.
+// Sum of v over the block (blockDim.x == BN_THREADS); every thread gets the result.
 __device__ double block_sum(double v, double* shared) {
     shared[threadIdx.x] = v;
     __syncthreads();

@@ -1,7 +1,7 @@
 //! A row-major GEMM as the column-major call cuBLAS takes: row-major `c[m, n] = op(a) *
 //! op(b)` is column-major `c^T = op(b)^T * op(a)^T`, so the call's first operand is `b`.
 //! Pure arithmetic on shapes, compiled everywhere so that its test (a column-major
-//! reference GEMM with cuBLAS's semantics) runs without a GPU; `ops::cuda::sgemm` uses it.
+//! reference GEMM with cuBLAS's semantics) runs without a GPU; `ops::cuda::gemm` and `gemm_batched` use it.
 
 /// One column-major `C = op(A) * op(B)` call (`A` = the row-major `b`, `B` = `a`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +199,7 @@ mod tests {
             let oa = |i: usize, l: usize| if a_t { a[l * m + i] } else { a[i * k + l] };
             let ob = |l: usize, j: usize| if b_t { b[j * k + l] } else { b[l * n + j] };
             let mut c = vec![f32::NAN; m * n];
-            // the first operand of the call is b, the second a (ops::cuda::sgemm)
+            // the first operand of the call is b, the second a (ops::cuda::gemm)
             col_major_gemm(row_major(m, n, k, a_t, b_t), &b, &a, &mut c);
             for i in 0..m {
                 for j in 0..n {

@@ -3,7 +3,7 @@
 // `__shared__` arrays are function statics (blocks run one after another), and
 // `__syncthreads()` is a std::barrier over the block. It checks the kernels' index
 // arithmetic, bounds and reductions (models/tests/kernels/check.cpp); the GPU run of
-// the same kernels is models/src/ops/cuda/tests.rs.
+// the same kernels is models/src/ops/cuda/tests/.
 #pragma once
 #include <barrier>
 #include <cmath>

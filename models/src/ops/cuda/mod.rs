@@ -19,6 +19,11 @@
 //! once per device. `MEAL_CUDA_OPS=0` turns them off (candle's generic ops then run, as
 //! without the feature): the escape hatch and the A/B switch of the device benchmark.
 //! tests/ compares every op with its CPU twin wherever a GPU is present.
+//!
+//! Ordering rests on one rule: a device's tensors are made, used and dropped on one
+//! thread. Every launch goes on candle's stream, the calling thread's per-thread
+//! stream, and cudarc orders nothing across threads here (device.rs says why its event
+//! tracking is off); a device list runs one worker thread per device.
 
 /// `$body` with the type `$T` standing for the element type (an [`Elem`]) that `$dt`
 /// names: f32 or bf16, the two our kernels are instantiated for. Another dtype is an
