@@ -133,6 +133,18 @@ fn conv2d_equals_the_cpu_op() {
             1e-4,
         );
     }
+    // the network's first convolution: its input is no variable, so the backward makes
+    // the weight gradient only (conv.rs `need_dx`)
+    let x = randn(&[2, 3, 23, 21]);
+    let f =
+        move |t: &[Tensor]| conv2d(&x.to_device(t[0].device()).unwrap(), &t[0], 2, 3, 1).unwrap();
+    twin(
+        &dev,
+        "stem conv, input not a variable",
+        &[randn(&[8, 3, 7, 7])],
+        &f,
+        1e-4,
+    );
     cudnn.check("conv2d_equals_the_cpu_op", true);
 }
 
