@@ -17,7 +17,7 @@ build:
 test: fmt-check clippy vendor-check pydeps unit
 
 pydeps:
-	@python3 -c "import pyarrow, duckdb, polars" 2>/dev/null || python3 -m pip install -q pyarrow duckdb polars
+	@python3 -c "import pyarrow, duckdb, polars, numpy" 2>/dev/null || python3 -m pip install -q pyarrow duckdb polars numpy
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -164,6 +164,11 @@ fn nullable_columns_and_images_across_row_groups_are_refused_by_name() {
     }
 }
 
+/// pyarrow, DuckDB and Polars read the shards, and docs/FORMAT.md's Python blocks run
+/// as written there against real stores (dense, top-k, safetensors): their DuckDB and
+/// Polars top-k decoders give the Rust reader's labels, the pixel boxes round back, the
+/// safetensors reader gives the Parquet store's values bit for bit, and the hash
+/// functions give the manifest's hashes. A recipe edited wrong in the docs fails here.
 #[test]
 fn arrow_tools_read_the_shards() {
     let tmp = tempfile::tempdir().unwrap();
@@ -188,15 +193,44 @@ fn arrow_tools_read_the_shards() {
         None,
     )
     .unwrap();
+    let sft = tmp.path().join("safetensors");
+    write_all(
+        &sft,
+        &ds,
+        &config(&ds, Encoding::Dense, ShardFormat::Safetensors),
+        None,
+    )
+    .unwrap();
+    // what the Python side compares with: the Rust reader's dense labels of the top-k
+    // store, in store order, and the dataset's (path, size, label) for the hashes
+    let want = tmp.path().join("want.json");
+    let st = LabelStore::open(&topk).unwrap();
+    let mut labels: Vec<Vec<f32>> = Vec::new();
+    for id in 0..ds.len() as u32 {
+        let crops = st.view(id).unwrap();
+        for i in 0..crops.len() {
+            let mut d = vec![0f32; 10];
+            crops.dense_into(i, &mut d);
+            labels.push(d);
+        }
+    }
+    std::fs::write(&want, serde_json::to_vec(&labels).unwrap()).unwrap();
+    let samples = tmp.path().join("samples.json");
+    let listed: Vec<(String, u64, u32)> = ds
+        .samples()
+        .iter()
+        .map(|s| (s.path.clone(), s.bytes, s.label))
+        .collect();
+    std::fs::write(&samples, serde_json::to_vec(&listed).unwrap()).unwrap();
     let script = format!(
-        r#"
+        r##"
 import sys
 try:
-    import pyarrow.parquet as pq, duckdb, polars as pl
+    import pyarrow.parquet as pq, duckdb, polars as pl, numpy
 except ImportError as e:
-    sys.exit(f"missing {{e.name}}: pip install pyarrow duckdb polars (make test installs them)")
-dense, topk, rows = {dense:?}, {topk:?}, {rows}
-import glob
+    sys.exit(f"missing {{e.name}}: pip install pyarrow duckdb polars numpy (make test installs them)")
+dense, topk, sft, rows = {dense:?}, {topk:?}, {sft:?}, {rows}
+import glob, json
 t = pq.read_table(sorted(glob.glob(dense + "/shard-*.parquet")))
 assert t.num_rows == rows, t.num_rows
 want = ["sample_id", "crop_id", "top", "left", "height", "width", "flip", "prob"]
@@ -212,37 +246,92 @@ assert df.height == rows and df.columns[-2:] == ["topk_class", "topk_prob"], df.
 sums = df.select(pl.col("topk_prob").arr.sum()).to_series()
 assert sums.max() <= 1.0 + 1e-2, sums.max()
 
-# docs/FORMAT.md, "Reading the labels from Python", as written there
-import json
+# docs/FORMAT.md's Python blocks, run as written there, statement by statement: each
+# expression's value is kept (a DuckDB relation fetched, so its query runs)
+import ast, re
+doc = open({doc:?}).read()
+blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+assert len(blocks) == 5, [b[:40] for b in blocks]
+B_READ, B_PY, B_TOPK, B_ST, B_HASH = blocks
+def run(block, ns, skip=None):
+    vals = []
+    tree = ast.parse("\n".join(l for l in block.splitlines() if not (skip and skip in l)))
+    for node in tree.body:
+        if isinstance(node, ast.Expr):
+            v = eval(compile(ast.Expression(node.value), "FORMAT.md", "eval"), ns)
+            vals.append(v.fetchall() if hasattr(v, "fetchall") else v)
+        else:
+            exec(compile(ast.Module([node], []), "FORMAT.md", "exec"), ns)
+    return vals
+want = json.load(open({want:?}))        # the Rust reader's dense labels of the top-k store
 for S in (dense, topk):
-    t = pq.read_table(sorted(glob.glob(f"{{S}}/shard-*.parquet")))      # one row per crop
-    images = pq.read_table(f"{{S}}/images.parquet")                     # sample_id, path, label, ...
-    sizes = json.loads(pq.read_metadata(f"{{S}}/shard-000000.parquet").metadata[b"meal.images"])
-    assert t.num_rows == rows and images.num_rows == rows // 4 and len(sizes[0]) == 3, sizes
-    kv = duckdb.sql(f"""SELECT decode(value) FROM parquet_kv_metadata('{{S}}/shard-000000.parquet')
-                   WHERE key = 'meal.images'""").fetchall()
-    assert json.loads(kv[0][0]) == sizes, kv
-    crops = (pl.scan_parquet(f"{{S}}/shard-*.parquet")
-               .join(pl.scan_parquet(f"{{S}}/images.parquet"), on="sample_id").collect())
-    assert crops.height == rows and "path" in crops.columns and "label" in crops.columns
-    assert json.loads(pl.read_parquet_metadata(f"{{S}}/shard-000000.parquet")["meal.images"]) == sizes
-    if S == dense:
-        j = duckdb.sql(f"""SELECT i.path, i.label, s.crop_id, s.top, s."left", s.flip,
-                          list_sum(s.prob::FLOAT[]) AS total
-                   FROM '{{S}}/shard-*.parquet' s JOIN '{{S}}/images.parquet' i USING (sample_id)""").fetchall()
-        assert len(j) == rows and all(abs(r[-1] - 1) < 1e-2 for r in j), len(j)
-        top = crops.select(pl.col("prob").arr.arg_max()).to_series()
-    else:
-        top = crops.select(pl.col("topk_class").arr.first()).to_series()
-    assert top.len() == rows and 0 <= top.min() and top.max() < 10, top
+    ns = {{"S": S}}
+    run(B_READ, ns)
+    assert ns["writer_running"](S) is False
+    is_dense = S == dense
+    other = "top-k:" if is_dense else "dense:"   # the other encoding's lines left out
+    vals = run(B_PY, ns, skip="# " + other)
+    t, crops, sizes = ns["t"], ns["crops"], ns["sizes"]
+    assert t.num_rows == rows and ns["images"].num_rows == rows // 4 and len(sizes[0]) == 3, sizes
+    # the join: store order, the image's size renamed, its path and label
+    assert crops["sample_id"].to_list() == t["sample_id"].to_pylist(), "join order"
+    assert crops["crop_id"].to_list() == t["crop_id"].to_pylist(), "join order"
+    assert {{"image_width", "image_height", "path", "label", "width"}} <= set(crops.columns), crops.columns
+    box = vals[0]                             # DuckDB: the boxes in pixels, in store order
+    assert [(r[0], r[1]) for r in box] == list(zip(t["sample_id"].to_pylist(), t["crop_id"].to_pylist()))
+    for r, top, left, h, w in zip(box, t["top"].to_pylist(), t["left"].to_pylist(), t["height"].to_pylist(), t["width"].to_pylist()):
+        iw, ih = r[4], r[5]
+        assert (r[6], r[7], r[8], r[9]) == (round(top * ih), round(left * iw), round(h * ih), round(w * iw)), r
+        assert abs(top * ih - r[6]) < 1e-3 and r[7] + r[9] <= iw and r[6] + r[8] <= ih, r
+    if is_dense:
+        assert all(abs(v[0] - 1) < 1e-2 for v in vals[1]), "dense sums"
+    assert json.loads(vals[-3][0][0]) == sizes, "meal.images through DuckDB"
+    assert json.loads(vals[-1]) == sizes, "meal.images through Polars"
+    top = vals[-2].to_series().to_list()
+    assert len(top) == rows and 0 <= min(top) and max(top) < 10, top
+    if not is_dense:
+        decoded = run(B_TOPK, ns)
+        duck = [r[2] for r in decoded[0]]
+        polar = decoded[1]["prob"].to_list()
+        for got in (duck, polar):
+            assert len(got) == rows
+            worst = max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g, w))
+            assert worst < 1e-6, worst          # ours decodes in f32, these in f64
+        assert top == [max(range(10), key=lambda c: w[c]) for w in want], "top-k's first = argmax"
+# the safetensors reader: the dense store's values, bit for bit
+ns = {{"S": sft}}
+run(B_READ, ns)
+run(B_ST, ns)
+m, files = ns["store_files"](sft)
+t = pq.read_table(ns["store_files"](dense)[1])
+import numpy as np
+got = [ns["read_shard"](f) for f in files]
+prob = np.concatenate([g[1]["prob"] for g in got])
+assert np.array_equal(prob.astype(np.float32), np.array(t["prob"].to_pylist(), np.float32))
+assert np.array_equal(np.concatenate([g[1]["flip"] for g in got]).astype(bool), np.array(t["flip"].to_pylist()))
+assert json.loads(got[0][0]["meal.images"]) == json.loads(pq.read_metadata(ns["store_files"](dense)[1][0]).metadata[b"meal.images"])
+# the hashes, from the dataset's files
+ns = {{}}
+run(B_HASH, ns)
+m = json.load(open(dense + "/manifest.json"))
+samples = json.load(open({samples:?}))
+assert ns["fingerprint"](m["config"]["classes"], samples) == m["config"]["dataset"]["sha256"]
+for sh in m["shards"]:
+    part = samples[sh["first_sample"]:sh["end_sample"]]
+    assert ns["listing_sha256"](part) == sh["listing_sha256"], sh["file"]
+    assert ns["sizes_sha256"](part) == sh["sizes_sha256"], sh["file"]
+
 # the two ways give one top class per crop
 d = pl.read_parquet(f"{{dense}}/shard-*.parquet").select("sample_id", "crop_id", pl.col("prob").arr.arg_max().alias("a"))
 k = pl.read_parquet(f"{{topk}}/shard-*.parquet").select("sample_id", "crop_id", pl.col("topk_class").arr.first().cast(pl.UInt32).alias("b"))
 both = d.join(k, on=["sample_id", "crop_id"])
 assert both.height == rows and (both["a"].cast(pl.UInt32) == both["b"]).mean() > 0.99, both
 print("ok", rows)
-"#,
-        rows = (ds.len() - 1) * POOL as usize
+"##,
+        rows = (ds.len() - 1) * POOL as usize,
+        doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/FORMAT.md"),
+        want = want.display().to_string(),
+        samples = samples.display().to_string(),
     );
     run_python(&script);
 }
