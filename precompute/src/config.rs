@@ -365,40 +365,26 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{e:#}").contains("c.toml"), "{e:#}");
-        // a value of the file refused under its flag's name names the file too
-        std::fs::write(
-            &f,
-            "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\nscale = [0.5, 0.1]\n",
-        )
-        .unwrap();
-        let e = RunArgs {
-            config: Some(f.clone()),
-            ..Default::default()
+        // a value of the file refused under its flag's name names the file too: a range,
+        // and a device (checked when the flags are read, before any work)
+        for (line, said) in [
+            ("scale = [0.5, 0.1]", "--scale"),
+            ("device = \"gpu\"", "--device: \"gpu\" is not a device"),
+        ] {
+            let head = "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\n";
+            std::fs::write(&f, format!("{head}{line}\n")).unwrap();
+            let e = RunArgs {
+                config: Some(f.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(
+                e.contains(said) && e.contains("--config") && e.contains("c.toml"),
+                "{e}"
+            );
         }
-        .resolve()
-        .unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("--scale") && e.contains("--config") && e.contains("c.toml"),
-            "{e}"
-        );
-        // a device the file names wrongly is refused when read, naming the file
-        std::fs::write(
-            &f,
-            "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\ndevice = \"gpu\"\n",
-        )
-        .unwrap();
-        let e = RunArgs {
-            config: Some(f.clone()),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("--device") && e.contains("\"gpu\" is not a device") && e.contains("c.toml"),
-            "{e}"
-        );
         // a range of three numbers is refused, not cut to two
         std::fs::write(&f, "scale = [0.1, 0.5, 1.0]\n").unwrap();
         let e = RunArgs {

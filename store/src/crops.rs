@@ -110,6 +110,22 @@ fn u32_at(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
 }
 
+/// Visit mapped top-k row `i` as `(class, p)`: its `k` classes (stored as 32 bits) and
+/// f16 or f32 probabilities, in stored order.
+#[inline]
+fn topk_row(cls: &[u8], p: &[u8], k: usize, f32: bool, i: usize, mut f: impl FnMut(u32, f32)) {
+    let (cls, w) = (&cls[4 * k * i..][..4 * k], if f32 { 4 } else { 2 });
+    let p = &p[w * k * i..][..w * k];
+    for j in 0..k {
+        let v = if f32 {
+            f32::from_bits(u32_at(p, j))
+        } else {
+            f16_at(p, j)
+        };
+        f(u32_at(cls, j), v);
+    }
+}
+
 impl<'a> Crops<'a> {
     pub(crate) fn mapped(m: Mapped<'a>) -> Self {
         Crops(Inner::Mapped(m))
@@ -226,16 +242,7 @@ impl<'a> Crops<'a> {
                     }
                 }
                 if let LabelCols::TopK { cls, p, k, f32 } = m.label {
-                    let (cls, w) = (&cls[4 * k * i..][..4 * k], if f32 { 4 } else { 2 });
-                    let p = &p[w * k * i..][..w * k];
-                    for j in 0..k {
-                        let v = if f32 {
-                            f32::from_bits(u32_at(p, j))
-                        } else {
-                            f16_at(p, j)
-                        };
-                        check(u32_at(cls, j), v);
-                    }
+                    topk_row(cls, p, k, f32, i, &mut check);
                 }
             }
             Inner::Decoded(v) => {
@@ -264,16 +271,7 @@ impl<'a> Crops<'a> {
                         }
                     }
                     LabelCols::TopK { cls, p, k, f32 } => {
-                        let (cls, w) = (&cls[4 * k * i..][..4 * k], if f32 { 4 } else { 2 });
-                        let p = &p[w * k * i..][..w * k];
-                        for j in 0..k {
-                            let v = if f32 {
-                                f32::from_bits(u32_at(p, j))
-                            } else {
-                                f16_at(p, j)
-                            };
-                            f(u32_at(cls, j) as u16, v);
-                        }
+                        topk_row(cls, p, k, f32, i, |c, v| f(c as u16, v));
                     }
                 }
             }
