@@ -42,13 +42,13 @@ pub fn finish(r: anyhow::Result<()>) -> std::process::ExitCode {
 }
 
 /// An error as `main` prints it: anyhow's "Error: ... / Caused by:" form, except that a
-/// context that is only a flag's name (`--res`) is joined with what it says of that
-/// flag, on one line: "Error: --res: invalid size: 0 (expected 1..=4096)", not the flag
-/// alone above a "Caused by:" list.
+/// context that only names a flag (`--res`, or `--res 0`: the flag and its value, no
+/// sentence) is joined with what its cause says of it, on one line: "Error: --res 0:
+/// invalid size: 0 (expected 1..=4096)", not the flag alone above a "Caused by:" list.
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    let bare_flag = |s: &str| s.starts_with("--") && !s.contains(char::is_whitespace);
-    if chain.len() > 1 && bare_flag(&chain[0]) {
+    let flag_only = |s: &str| s.starts_with("--") && !s.contains(": ") && !s.contains('\n');
+    if chain.len() > 1 && flag_only(&chain[0]) {
         let said = chain.remove(1);
         chain[0] = format!("{}: {said}", chain[0]);
     }
@@ -143,8 +143,13 @@ mod tests {
                 "Error: writing shard 3\n\nCaused by:\n    disk full",
             ),
             (
-                anyhow::anyhow!("c").context("b").context("--data x"),
-                "Error: --data x\n\nCaused by:\n    0: b\n    1: c",
+                anyhow::anyhow!("c").context("b: why").context("a: what"),
+                "Error: a: what\n\nCaused by:\n    0: b: why\n    1: c",
+            ),
+            // a flag with its value, then a chain below
+            (
+                anyhow::anyhow!("c").context("b").context("--data x y"),
+                "Error: --data x y: b\n\nCaused by:\n    c",
             ),
         ];
         for (e, said) in cases {

@@ -37,6 +37,21 @@ pub struct CropRecord {
     pub flip: bool,
 }
 
+/// As the store's columns name it: `top 0.1, left 0.2, height 0.5, width 0.4, flip`.
+impl std::fmt::Display for CropRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "top {}, left {}, height {}, width {}{}",
+            self.top,
+            self.left,
+            self.height,
+            self.width,
+            if self.flip { ", flipped" } else { "" }
+        )
+    }
+}
+
 /// A crop in integer pixels of a concrete image: rows `top..top+height`, columns
 /// `left..left+width`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

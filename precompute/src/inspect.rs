@@ -158,7 +158,12 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         for cl in store.crops(im.sample_id)? {
             let d = store.dense(&cl.label);
             // a damaged shard of the right size would print NaN figures as if measured
-            if let Err(why) = meal_store::distribution_error(&d) {
+            let broken = cl.label.rule_error(nc).or_else(|| {
+                meal_store::distribution_error(&d)
+                    .err()
+                    .map(|e| e.to_string())
+            });
+            if let Some(why) = broken {
                 anyhow::bail!(
                     "{}: sample {} crop {}: {why}: the label store is damaged (`meal-precompute \
                      verify` checks every shard)",
@@ -167,21 +172,35 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
                     cl.crop_id
                 );
             }
-            let mut order: Vec<usize> = (0..d.len()).collect();
-            order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
+            // the crop's classes by probability: a top-k store's as stored (its first is
+            // the top class, FORMAT.md; the decoded label's spread mass can equal a kept
+            // class's, and a class never stored would then be shown), a dense one's sorted
+            let ranked: Vec<(usize, f32)> = match &cl.label {
+                meal_store::SoftLabel::TopK { classes, probs } => classes
+                    .iter()
+                    .zip(probs)
+                    .map(|(&k, &p)| (k as usize, p))
+                    .collect(),
+                meal_store::SoftLabel::Dense(_) => {
+                    let mut order: Vec<usize> = (0..d.len()).collect();
+                    order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
+                    order.into_iter().take(shown).map(|k| (k, d[k])).collect()
+                }
+            };
+            let (top1, conf) = ranked[0];
             let ent = entropy(&d);
             row.crops += 1;
-            row.agree += (order[0] as u32 == im.label) as u64;
-            row.conf_sum += d[order[0]] as f64;
+            row.agree += (top1 as u32 == im.label) as u64;
+            row.conf_sum += conf as f64;
             row.ent_sum += ent;
             entropies.push(ent as f32);
-            confidences.push(d[order[0]]);
+            confidences.push(conf);
             if printed < rows {
                 let r = cl.record;
-                let top: Vec<String> = order
+                let top: Vec<String> = ranked
                     .iter()
                     .take(shown)
-                    .map(|&k| format!("{}:{:.3}", c.classes[k], d[k]))
+                    .map(|&(k, p)| format!("{}:{:.3}", c.classes[k], p))
                     .collect();
                 let _ = writeln!(
                     sample_rows,

@@ -5,7 +5,7 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use meal_data::CropRecord;
 
-use super::label::SoftLabel;
+use super::label::{SoftLabel, TopKRules};
 use super::shard::CropLabel;
 
 /// One sample's stored crops (in crop-id order, as written).
@@ -213,26 +213,8 @@ impl<'a> Crops<'a> {
     /// descending order (readers take the first as the top class: docs/FORMAT.md), and a
     /// stored flip byte 0 or 1. `None` when the row is well formed.
     pub fn row_error(&self, i: usize, classes: usize) -> Option<String> {
-        let mut prev: Option<f32> = None;
-        let mut seen: Vec<u32> = Vec::new();
-        let mut err = None;
-        let mut check = |c: u32, p: f32| {
-            if err.is_some() {
-                return;
-            }
-            if c as usize >= classes {
-                err = Some(format!("top-k class {c} of a store of {classes} classes"));
-            } else if seen.contains(&c) {
-                err = Some(format!("top-k class {c} listed twice"));
-            } else if prev.is_some_and(|q| p > q) {
-                err = Some(format!(
-                    "top-k probabilities not in descending order ({p} after {})",
-                    prev.unwrap_or_default()
-                ));
-            }
-            seen.push(c);
-            prev = Some(p);
-        };
+        let mut rules = TopKRules::new(classes);
+        let mut check = |c: u32, p: f32| rules.push(c, p);
         match &self.0 {
             Inner::Mapped(m) => {
                 assert!(i < m.n, "crop {i} of {}", m.n);
@@ -245,15 +227,9 @@ impl<'a> Crops<'a> {
                     topk_row(cls, p, k, f32, i, &mut check);
                 }
             }
-            Inner::Decoded(v) => {
-                if let SoftLabel::TopK { classes, probs } = &v[i].label {
-                    for (&c, &p) in classes.iter().zip(probs) {
-                        check(c as u32, p);
-                    }
-                }
-            }
+            Inner::Decoded(v) => return v[i].label.rule_error(classes),
         }
-        err
+        rules.error
     }
 
     /// Visit the stored probabilities of row `i` as `(class, p)`: every class in order

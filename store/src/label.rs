@@ -97,7 +97,67 @@ pub enum SoftLabel {
     },
 }
 
+/// The rules of a top-k row that readers rely on (docs/FORMAT.md): classes distinct and
+/// below the store's count, probabilities in descending order (the first is the top
+/// class). Fed the row's entries in stored order; the first broken rule is kept.
+pub(crate) struct TopKRules {
+    classes: usize,
+    seen: Vec<u32>,
+    prev: Option<f32>,
+    /// The first rule broken, said.
+    pub(crate) error: Option<String>,
+}
+
+impl TopKRules {
+    pub(crate) fn new(classes: usize) -> Self {
+        TopKRules {
+            classes,
+            seen: Vec::new(),
+            prev: None,
+            error: None,
+        }
+    }
+
+    /// The next entry, class `c` with probability `p`.
+    pub(crate) fn push(&mut self, c: u32, p: f32) {
+        if self.error.is_some() {
+            return;
+        }
+        let classes = self.classes;
+        if c as usize >= classes {
+            self.error = Some(format!("top-k class {c} of a store of {classes} classes"));
+        } else if self.seen.contains(&c) {
+            self.error = Some(format!("top-k class {c} listed twice"));
+        } else if let Some(q) = self.prev.filter(|&q| p > q) {
+            self.error = Some(format!(
+                "top-k probabilities not in descending order ({p} after {q})"
+            ));
+        }
+        self.seen.push(c);
+        self.prev = Some(p);
+    }
+}
+
 impl SoftLabel {
+    /// What breaks the format's rules in this label as a store of `classes` classes
+    /// ([`TopKRules`] for top-k; a dense label has none beyond its sum). `None` when it
+    /// is well formed.
+    pub fn rule_error(&self, classes: usize) -> Option<String> {
+        match self {
+            SoftLabel::Dense(_) => None,
+            SoftLabel::TopK {
+                classes: cls,
+                probs,
+            } => {
+                let mut rules = TopKRules::new(classes);
+                for (&c, &p) in cls.iter().zip(probs) {
+                    rules.push(c as u32, p);
+                }
+                rules.error
+            }
+        }
+    }
+
     /// Encode dense probabilities: the `k` largest (ties to the lower class id).
     pub fn encode(probs: &[f32], enc: Encoding) -> SoftLabel {
         match enc {

@@ -339,7 +339,7 @@ impl LabelStore {
                         return Err(StoreError::corrupt(
                             &path,
                             format!(
-                                "sample {id} crop {}: the box {rec:?} is not inside the image",
+                                "sample {id} crop {}: the box ({rec}) is not inside the image",
                                 crops.crop_id(i)
                             ),
                         ));

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use meal_cli::memory::Room;
+use meal_data::{CropSpec, Filter, Normalize};
 use meal_models::ensemble::{Ensemble, TeacherArg};
 use meal_models::{input_config, LoadOptions, ResNet};
 
@@ -139,10 +140,15 @@ fn cli() -> Result<()> {
                 (Some(arch), Some(weights)) => Some((arch, weights)),
                 _ if !teacher.is_empty() => {
                     if let Some(r) = res {
+                        // (a size no teacher takes is not offered as the way out)
+                        let or_size = match CropSpec::new(r, Filter::Bilinear, Normalize::default())
+                        {
+                            Ok(_) => format!(", or add ,size={r} to each --teacher"),
+                            Err(_) => String::new(),
+                        };
                         bail!(
                             "--res {r} with --teacher: each teacher's input side is its \
-                             spec's size= (the preset's by default); remove --res, or add \
-                             ,size={r} to each --teacher"
+                             spec's size= (the preset's by default); remove --res{or_size}"
                         );
                     }
                     None

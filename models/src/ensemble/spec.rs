@@ -103,12 +103,14 @@ impl std::str::FromStr for TeacherArg {
                 }
                 "mean" => t.normalize.mean = triple(v, k, spec)?,
                 "std" => t.normalize.std = triple(v, k, spec)?,
-                _ => return Err(ModelError::spec(
-                    spec,
-                    format!(
+                _ => {
+                    return Err(ModelError::spec(
+                        spec,
+                        format!(
                         "unknown key {k:?} (size, filter, mean, std; crop_pct for an evaluation)"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(t)

@@ -533,12 +533,14 @@ impl Run {
                         // as a NaN loss blamed on the learning rate (or a box clamped
                         // into the image: another crop than the label's)
                         let rec = crops.record(i);
-                        let why = match rec.is_valid() {
+                        // (and a row breaking the format's rules: a top-k class beyond
+                        // the store's would be dropped from the label unseen)
+                        let why = crops.row_error(i, c).or_else(|| match rec.is_valid() {
                             true => meal_store::distribution_error(out)
                                 .err()
                                 .map(|e| e.to_string()),
-                            false => Some(format!("the box {rec:?} is not inside the image")),
-                        };
+                            false => Some(format!("the box ({rec}) is not inside the image")),
+                        });
                         if let Some(why) = why {
                             let file = store.shard_path(id).unwrap_or_default();
                             bail!(

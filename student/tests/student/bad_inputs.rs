@@ -139,6 +139,30 @@ fn a_damaged_shard_of_the_right_size_is_named() {
         matches!(why, meal_store::NotADistribution::Value(x) if x.is_nan()),
         "{why}"
     );
+    drop(crops);
+    drop(st);
+    // a row breaking the format's rules, its checksum recorded (a third-party rewrite):
+    // the label is read as it is used, and refused, naming the shard and the rule
+    bytes[start..start + 2].copy_from_slice(&0x2c00u16.to_le_bytes()); // f16 1/16
+    let flip = header["flip"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    bytes[flip] = 2;
+    std::fs::write(&shard, &bytes).unwrap();
+    let mpath = labels.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    for s in m["shards"].as_array_mut().unwrap() {
+        if s["file"] == "shard-000000.safetensors" {
+            s["sha256"] = meal_store::sha256_hex(&bytes).into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let mut a = args(&f, "rule");
+    a.labels = Some(labels.clone());
+    a.epochs = Some(1);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("shard-000000.safetensors") && e.contains("flip 2 (0 or 1)"),
+        "{e}"
+    );
 }
 
 /// A checkpoint altered on disk is refused on resume, naming what: a weight changed in

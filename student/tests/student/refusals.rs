@@ -400,7 +400,19 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         &["--res", "16", "--teacher"],
         Path::new("demo_tiny=w.safetensors"),
     );
-    assert!(err.contains("--res 16 with --teacher"), "{err}");
+    assert!(
+        err.contains("--res 16 with --teacher") && err.contains(",size=16"),
+        "{err}"
+    );
+    // a size no teacher takes is not offered
+    let err = eval(
+        &["--res", "0", "--teacher"],
+        Path::new("demo_tiny=w.safetensors"),
+    );
+    assert!(
+        err.contains("remove --res") && !err.contains("size=0"),
+        "{err}"
+    );
     // a flag's problem said with the flag, on the error's line (not the flag alone above a
     // "Caused by:" list)
     let good = f.root.join("good.safetensors");
