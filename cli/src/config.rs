@@ -6,7 +6,8 @@ use std::path::Path;
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    toml::from_str(&text).map_err(|e| plain_types(&e.to_string()))
+    // (toml's parse errors end with a newline: a blank line before the next context)
+    toml::from_str(&text).map_err(|e| plain_types(e.to_string().trim_end()))
 }
 
 /// serde's Rust type names in a message said in words (`expected u32` was all a wrong

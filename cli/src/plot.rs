@@ -294,10 +294,12 @@ pub fn histograms(title: &str, panels: &[HistPanel]) -> Result<Vec<u8>, PlotErro
     })
 }
 
-/// A count axis's tick label: whole numbers as such, any other tick unlabelled.
+/// A count axis's tick label: whole numbers as such (within rounding: plotters steps
+/// its ticks in floats, 10 x 0.1 is not 1), any other tick unlabelled.
 fn count_label(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
+    let whole = v.round();
+    if (v - whole).abs() <= 1e-9 * whole.abs().max(1.0) {
+        format!("{whole:.0}")
     } else {
         String::new()
     }
@@ -380,6 +382,8 @@ mod tests {
         assert_eq!(count_label(12000.0), "12000");
         assert_eq!(count_label(0.0), "0");
         assert_eq!(count_label(1.5), "");
+        assert_eq!(count_label(0.1 * 10.0 + 1e-15), "1");
+        assert_eq!(count_label(0.30000000000000004), "");
     }
 
     #[test]

@@ -21,22 +21,31 @@ pub enum DeviceError {
     },
 }
 
-/// The CUDA ordinal a device spec names (`None` for `cpu`), opening nothing: the spec
-/// checked where the flags are read, before any work.
-pub fn device_ordinal(spec: &str) -> Result<Option<usize>, DeviceError> {
+/// The CUDA ordinal a device spec names (`None` for `cpu`), checked as far as it can be
+/// without opening the device: the spec's syntax, and CUDA support in this build. For
+/// the flags' reading, before any work.
+pub fn check_device(spec: &str) -> Result<Option<usize>, DeviceError> {
     let s = spec.trim().to_ascii_lowercase();
     if s == "cpu" {
         return Ok(None);
     }
-    match s.strip_prefix("cuda") {
-        Some("") => Ok(Some(0)),
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .map(Some)
-            .ok_or_else(|| DeviceError::Syntax(spec.to_string())),
-        None => Err(DeviceError::Syntax(spec.to_string())),
+            .ok_or_else(|| DeviceError::Syntax(spec.to_string()))?,
+        None => return Err(DeviceError::Syntax(spec.to_string())),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(DeviceError::Unavailable {
+            spec: spec.to_string(),
+            reason:
+                "this build has no CUDA support (rebuild with `--features cuda`: make build-cuda)"
+                    .into(),
+        });
     }
+    Ok(Some(ordinal))
 }
 
 /// Parse `cpu`, `cuda` (= `cuda:0`) or `cuda:N` and open the device.
@@ -45,19 +54,13 @@ pub fn device_ordinal(spec: &str) -> Result<Option<usize>, DeviceError> {
 /// dynamic loading, vendor/README.md), so the same binary runs on machines without a
 /// GPU; asking for `cuda:N` there is an error naming the library that is missing.
 pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
-    let Some(ordinal) = device_ordinal(spec)? else {
+    let Some(ordinal) = check_device(spec)? else {
         return Ok(Device::Cpu);
     };
     let unavailable = |reason: String| DeviceError::Unavailable {
         spec: spec.to_string(),
         reason,
     };
-    if !candle_core::utils::cuda_is_available() {
-        return Err(unavailable(
-            "this build has no CUDA support (rebuild with `--features cuda`: make build-cuda)"
-                .into(),
-        ));
-    }
     open_cuda(ordinal).map_err(unavailable)
 }
 

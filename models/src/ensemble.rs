@@ -66,9 +66,7 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        o => Err(ModelError::Config(format!(
-            "dtype {o:?}: expected f32, bf16 or f16"
-        ))),
+        _ => Err(ModelError::UnknownDtype(s.to_string())),
     }
 }
 

@@ -16,6 +16,9 @@ pub enum ModelError {
     /// An architecture configuration that timm would refuse.
     #[error("invalid architecture config: {0}")]
     Config(String),
+    /// A dtype name that is not one of the teachers' (`f32`, `bf16`, `f16`).
+    #[error("dtype {0:?}: expected f32, bf16 or f16")]
+    UnknownDtype(String),
     /// A teacher spec (`ARCH=WEIGHTS[,key=value...]`) that does not parse.
     #[error("invalid teacher spec {spec:?}: {reason}")]
     Spec {

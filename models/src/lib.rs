@@ -30,7 +30,7 @@ pub mod switches;
 mod testing;
 pub mod weights;
 
-pub use device::{device_ordinal, parse_device, set_tf32, tune_allocator, DeviceError};
+pub use device::{check_device, parse_device, set_tf32, tune_allocator, DeviceError};
 pub use discriminator::Discriminator;
 pub use error::ModelError;
 pub use params::{Entry, Kind};

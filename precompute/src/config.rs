@@ -291,7 +291,7 @@ impl RunArgs {
             bail!("--device {device:?}: an empty name in the list");
         }
         for d in &devices {
-            meal_models::device_ordinal(d).context("--device")?;
+            meal_models::check_device(d).context("--device")?;
         }
         // each worker holds its own teachers: 2000 `cpu` entries aborted out of memory
         if devices.len() > MAX_DEVICES {

@@ -311,7 +311,11 @@ pub fn write_histograms(ins: &Inspection, classes: usize, title: &str, path: &Pa
         title,
         &[
             HistPanel {
-                title: format!("label entropy ({} crops)", ins.entropies.len()),
+                title: format!(
+                    "label entropy ({} crop{})",
+                    ins.entropies.len(),
+                    if ins.entropies.len() == 1 { "" } else { "s" }
+                ),
                 x_label: format!("entropy, nats (uniform over {classes} classes = {max_ent:.2})"),
                 lo: 0.0,
                 hi: max_ent as f64,
@@ -375,8 +379,9 @@ pub fn verify(dir: &Path) -> Result<String> {
     if !extra.is_empty() {
         let _ = write!(
             text,
-            "\nnote: shard files the manifest does not list ({}): {} (not part of the store; \
-             a reader globbing shard-* would read them: take the manifest's list)",
+            "\nnote: shard files the manifest does not list ({}): {} (not part of the store: \
+             a reader globbing shard-* would read them, take the manifest's list; a rerun of \
+             `meal-precompute run` here removes them as a crash's leftovers)",
             extra.len(),
             meal_data::error::first_few(&extra, 5)
         );

@@ -47,7 +47,9 @@ enum Cmd {
         #[arg(long, value_name = "PNG")]
         histogram: Option<PathBuf>,
     },
-    /// Check checksums, row counts and that every label sums to 1.
+    /// Check checksums, row counts, that every label sums to 1 and the rows' rules (top-k
+    /// classes distinct and below the class count, in descending order; flip 0 or 1;
+    /// samples ascending); name shard files the manifest does not list.
     Verify {
         /// The store directory.
         store: PathBuf,
@@ -84,7 +86,9 @@ fn cli() -> Result<()> {
                 })
             })?;
             report::write_report(&s.out, s.worker, &r)?;
-            if r.images_labelled == 0 && r.shards_written == 0 {
+            if r.images_labelled == 0 && r.shards_written == 0 && stop.load(Ordering::SeqCst) {
+                meal_cli::outln!("this run: interrupted before its first shard was written");
+            } else if r.images_labelled == 0 && r.shards_written == 0 {
                 // (a rerun over a finished store: "0.0 img/s" read as a failure)
                 meal_cli::outln!(
                     "this run: nothing to do, its {} shards were there already",
@@ -259,7 +263,7 @@ fn cli() -> Result<()> {
                 meal_cli::outln!("merged {shards} shards into {}", out.display());
             } else {
                 meal_cli::outln!(
-                    "{} was merged before ({shards} shards, the same parts): nothing to do",
+                    "{} was merged before ({shards} shards, the same parts): the store is unchanged",
                     out.display()
                 );
             }

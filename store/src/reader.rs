@@ -218,6 +218,7 @@ impl LabelStore {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| {
                 n.starts_with("shard-")

@@ -441,7 +441,7 @@ impl TrainArgs {
             None => BadFilePolicy::Skip,
         };
         let device = l.pick(|a| &a.device).unwrap_or_else(|| "cpu".into());
-        meal_models::device_ordinal(&device).context("--device")?;
+        meal_models::check_device(&device).context("--device")?;
         Ok(Settings {
             data,
             val: l.pick(|a| &a.val),

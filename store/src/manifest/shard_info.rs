@@ -177,7 +177,11 @@ impl ShardInfo {
     pub(crate) fn check_contents(&self, dir: &Path, config: &StoreConfig) -> Result<(), String> {
         let path = dir.join(&self.file);
         let r = crate::shard_read::ShardReader::open(&path, config.encoding, config.classes.len())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                // (the caller says "corrupt label store file" once, of the store)
+                StoreError::Corrupt { path, reason } => format!("{}: {reason}", path.display()),
+                e => e.to_string(),
+            })?;
         match self.contents_error(&r, config.crop_pool.crops_per_image) {
             Some(why) => Err(format!("{}: {why}", path.display())),
             None => Ok(()),

@@ -42,8 +42,8 @@ pub(super) fn remove(
     if !removed.is_empty() {
         removed.sort();
         tracing::warn!(
-            "{}: {} shard files not in {name} (left by a crash or a failed write) removed, \
-             to be written again: {}",
+            "{}: {} shard files not in {name} (left by a crash or a failed write, or copied \
+             in) removed: {}",
             dir.display(),
             removed.len(),
             meal_data::error::first_few(&removed, 5)
