@@ -25,15 +25,20 @@ use crate::report::{combine, compare_labels, store_report, RunReport};
 mod pending;
 use pending::Pending;
 
-/// The store config `s` asks for on `ds` with `ens` (what a resume must match).
-pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
-    let encoding = s
-        .encoding
+/// The encoding `s` asks for on `ds`: `--encoding`, else dense up to
+/// [`DENSE_DEFAULT_MAX_CLASSES`] classes and top-10 above.
+fn encoding_of(s: &Settings, ds: &Dataset) -> Encoding {
+    s.encoding
         .unwrap_or(if ds.classes().len() <= DENSE_DEFAULT_MAX_CLASSES {
             Encoding::Dense
         } else {
             Encoding::TopK { k: 10, f32: false }
-        });
+        })
+}
+
+/// The store config `s` asks for on `ds` with `ens` (what a resume must match).
+pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
+    let encoding = encoding_of(s, ds);
     StoreConfig {
         dataset: ds.fingerprint().clone(),
         classes: ds.classes().to_vec(),
@@ -137,6 +142,50 @@ fn check_memory(
             )
         },
         "lower --batch or the teacher's size=",
+    )?;
+    // each worker of this process holds the shard it fills until the shard is written:
+    // its crops' labels as encoded (a dense label as f32, StoreWriter::encode_image),
+    // then the file's bytes too (f16), per crop with its record and statistics (190 B
+    // a crop measured for 10 classes, dense); and the loader's batches: an image's whole
+    // pool is one batch at least, whatever --batch (the forward takes --batch at a
+    // time), 8-bit pixels for each teacher's side, up to 4 batches in flight, and the
+    // f32 input of one
+    let classes = ds.classes().len() as u64;
+    let per_crop = match encoding_of(s, ds) {
+        Encoding::Dense => 6 * classes + 160,
+        Encoding::TopK { k, .. } => 12 * u64::from(k) + 200,
+    };
+    let p = u64::from(s.crops_per_image);
+    let shard_images = (s.samples_per_shard as u64).min(ds.len() as u64);
+    let batch_crops = (s.batch as u64 / p).clamp(1, shard_images.max(1)) * p;
+    let pixels: u64 = ens
+        .specs()
+        .iter()
+        .map(|c| 3 * u64::from(c.size) * u64::from(c.size))
+        .sum();
+    let widest = ens
+        .specs()
+        .iter()
+        .map(|c| 3 * u64::from(c.size).pow(2))
+        .max();
+    let loader = batch_crops * (4 * pixels + 4 * widest.unwrap_or(0));
+    let workers = s.devices().len() as u64;
+    let need = (per_crop * p * shard_images + loader) * workers;
+    meal_cli::memory::check(
+        need,
+        &format!(
+            "a shard of {shard_images} images (--samples-per-shard {}) x --crops-per-image {} \
+             crops of {classes} classes, held until it is written, and batches of {batch_crops} \
+             crops loaded{}",
+            s.samples_per_shard,
+            s.crops_per_image,
+            if workers > 1 {
+                format!(", in each of the {workers} workers of --device")
+            } else {
+                String::new()
+            }
+        ),
+        "lower --samples-per-shard or --crops-per-image",
     )
 }
 
@@ -427,7 +476,9 @@ fn run_part(
             dtype_check = Some(compare_labels(&out.probs, &reference.probs, classes));
             check_time += check_t0.elapsed();
         }
-        pending.add(&batch, &out, classes, s.samples_per_shard);
+        pending
+            .add(&batch, &out, classes, s.samples_per_shard, &writer)
+            .context("encoding the labels")?;
         crops_seen += rows as u64;
         bar.inc((rows / s.crops_per_image as usize + batch.skipped.len()) as u64);
         bar.set_message(format!(
@@ -438,11 +489,15 @@ fn run_part(
             // counted when written: an interrupted run's half-filled shard is dropped
             // (recomputed on resume), so the report counts only what the store keeps
             images += imgs.len() as u64;
-            crops += imgs.iter().map(|i| i.crops.len() as u64).sum::<u64>();
+            crops += imgs.iter().map(|i| i.crops() as u64).sum::<u64>();
             writer
-                .write_shard_with(sh, imgs, notes)
+                .write_encoded(sh, imgs, notes)
                 .with_context(|| format!("writing shard {sh} to {}", s.out.display()))?;
-            let info = writer.manifest().shards.iter().find(|x| x.index == sh);
+            let shards = &writer.manifest().shards;
+            let info = shards
+                .binary_search_by_key(&sh, |x| x.index)
+                .ok()
+                .map(|i| &shards[i]);
             bytes_written += info.map(|i| i.bytes).unwrap_or(0);
             shards_written += 1;
             on_shard(sh);

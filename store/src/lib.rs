@@ -29,7 +29,9 @@ pub use reader::{
 };
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
-pub use writer::{complete_without_lock, summary, CropProbs, ImageProbs, ShardNotes, StoreWriter};
+pub use writer::{
+    complete_without_lock, summary, CropProbs, EncodedImage, ImageProbs, ShardNotes, StoreWriter,
+};
 
 /// Errors of the label store; each names the file, flag or key at fault.
 #[derive(Debug, thiserror::Error)]

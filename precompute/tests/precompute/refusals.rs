@@ -205,4 +205,38 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
         "{msg}"
     );
     assert!(!f.root.join("huge-limit").exists());
+
+    // the shard being filled is held until written: its labels, past the memory there
+    // is (an address-space limit here), are refused before any labelling (a run aborted
+    // with "memory allocation failed" once the shard was labelled), the forward fitting
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 600000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_meal-precompute"))
+        .arg("run")
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--out")
+        .arg(f.root.join("big-shard"))
+        .args([
+            "--crops-per-image",
+            "65536",
+            "--batch",
+            "64",
+            "--threads",
+            "1",
+        ])
+        .arg("--teacher")
+        .arg(format!("demo_tiny={},size=16", f.t1.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("x --crops-per-image 65536 crops of 10 classes, held until it is written")
+            && err.contains("batches of 65536 crops loaded")
+            && err.contains("lower --samples-per-shard or --crops-per-image"),
+        "{err}"
+    );
+    assert!(!f.root.join("big-shard").exists());
 }

@@ -48,6 +48,31 @@ pub struct ImageProbs {
     pub crops: Vec<CropProbs>,
 }
 
+/// One image's crops encoded as the store keeps them ([`StoreWriter::encode_image`]),
+/// with what each crop adds to its shard's statistics: the form a shard's images wait in
+/// for the rest of the shard, instead of dense f32 probabilities (1000 classes, 64 crops
+/// and 1024 images a shard held 430 MB for a 5 MB top-10 shard).
+#[derive(Clone, Debug)]
+pub struct EncodedImage {
+    rows: ImageRows,
+    /// Per crop: its ensemble argmax is the hard label, its entropy, the mass its
+    /// encoding keeps and KL(dense || decoded), summed at write in sample order (the
+    /// order, and so the bits, of the sums over the dense rows).
+    stats: Vec<(bool, f64, f64, f64)>,
+}
+
+impl EncodedImage {
+    /// The image's sample id.
+    pub fn sample_id(&self) -> u32 {
+        self.rows.sample_id
+    }
+
+    /// Its crops.
+    pub fn crops(&self) -> usize {
+        self.rows.crops.len()
+    }
+}
+
 /// What the caller knows about a shard beyond its rows: the images it left out and
 /// each teacher's top-1 agreement with the hard labels over the shard's rows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -184,6 +209,10 @@ impl StoreWriter {
             // shards are deterministic: one that is missing, truncated or altered since
             // it was listed is dropped from the manifest and written again
             let before = m.shards.len();
+            // in index order, as written (an edited manifest's order is not relied on:
+            // the writer finds shards by binary search; a stable sort keeps a twice
+            // listed shard's first entry first)
+            m.shards.sort_by_key(|s| s.index);
             // an entry no writer makes (a shard listed twice, under another name, or
             // another worker's: an edited or damaged manifest) is dropped too, so the
             // store is not called complete while verify refuses it
@@ -294,8 +323,24 @@ impl StoreWriter {
     pub fn pending_shards(&self) -> Vec<u32> {
         let (i, n) = self.manifest.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
         (0..self.num_shards())
-            .filter(|s| s % n == i && !self.manifest.shards.iter().any(|x| x.index == *s))
+            .filter(|s| s % n == i && !self.is_written(*s))
             .collect()
+    }
+
+    /// Whether shard `s` is in the manifest (kept sorted by index: a binary search, so
+    /// that a store of 10 000 shards does not scan them all per shard written).
+    fn is_written(&self, s: u32) -> bool {
+        self.manifest
+            .shards
+            .binary_search_by_key(&s, |x| x.index)
+            .is_ok()
+    }
+
+    /// Whether shard `s` is this writer's and not written yet (one of
+    /// [`Self::pending_shards`], without listing them).
+    fn is_pending(&self, s: u32) -> bool {
+        let (i, n) = self.manifest.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
+        s < self.num_shards() && s % n == i && !self.is_written(s)
     }
 
     fn run_hook(&mut self) -> impl FnMut(u32) -> Result<(), StoreError> + '_ {
@@ -315,15 +360,77 @@ impl StoreWriter {
         self.write_shard_with(index, images, ShardNotes::default())
     }
 
+    /// One image's crops encoded as the store keeps them, with their statistics: a
+    /// caller collecting a shard holds these, not the dense probabilities
+    /// ([`Self::write_encoded`] writes them). Refused: a sample beyond the dataset, a
+    /// crop without its classes' finite probabilities.
+    pub fn encode_image(&self, im: ImageProbs) -> Result<EncodedImage, StoreError> {
+        let cfg = &self.manifest.config;
+        let classes = cfg.classes.len();
+        let Some(&hard) = self.labels.get(im.sample_id as usize) else {
+            return Err(StoreError::Param {
+                name: "sample_id",
+                reason: format!(
+                    "{} is beyond the dataset's {}",
+                    im.sample_id,
+                    self.labels.len()
+                ),
+            });
+        };
+        let mut crops = Vec::with_capacity(im.crops.len());
+        let mut stats = Vec::with_capacity(im.crops.len());
+        for c in im.crops {
+            if c.probs.len() != classes || c.probs.iter().any(|p| !p.is_finite()) {
+                return Err(StoreError::Param {
+                    name: "probs",
+                    reason: format!(
+                        "sample {} crop {}: need {classes} finite probabilities",
+                        im.sample_id, c.crop_id
+                    ),
+                });
+            }
+            let label = SoftLabel::encode(&c.probs, cfg.encoding);
+            stats.push(crop_stats(&c.probs, &label, hard, classes));
+            crops.push(CropLabel {
+                crop_id: c.crop_id,
+                record: c.record,
+                label,
+            });
+        }
+        Ok(EncodedImage {
+            rows: ImageRows {
+                sample_id: im.sample_id,
+                width: im.width,
+                height: im.height,
+                crops,
+            },
+            stats,
+        })
+    }
+
     /// [`Self::write_shard`], recording `notes` with the shard in the manifest, so the
     /// store's report covers every run that wrote it.
     pub fn write_shard_with(
         &mut self,
         index: u32,
-        mut images: Vec<ImageProbs>,
+        images: Vec<ImageProbs>,
         notes: ShardNotes,
     ) -> Result<(), StoreError> {
-        if index >= self.num_shards() || !self.pending_shards().contains(&index) {
+        let encoded = images
+            .into_iter()
+            .map(|im| self.encode_image(im))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write_encoded(index, encoded, notes)
+    }
+
+    /// [`Self::write_shard_with`] from images encoded by [`Self::encode_image`].
+    pub fn write_encoded(
+        &mut self,
+        index: u32,
+        mut images: Vec<EncodedImage>,
+        notes: ShardNotes,
+    ) -> Result<(), StoreError> {
+        if !self.is_pending(index) {
             return Err(StoreError::Param {
                 name: "shard",
                 reason: format!("shard {index} is not pending for this writer"),
@@ -331,7 +438,7 @@ impl StoreWriter {
         }
         // (after the check: a shard index past the store's overflowed its range)
         let range = self.shard_samples(index);
-        images.sort_by_key(|i| i.sample_id);
+        images.sort_by_key(|i| i.rows.sample_id);
         let cfg = &self.manifest.config;
         let classes = cfg.classes.len();
         if let Some(sk) = notes.skipped.iter().find(|s| !range.contains(&s.sample_id)) {
@@ -345,44 +452,21 @@ impl StoreWriter {
             ..ShardStats::default()
         };
         let mut rows = Vec::with_capacity(images.len());
-        for im in &images {
-            if !range.contains(&im.sample_id) {
+        for im in images {
+            if !range.contains(&im.rows.sample_id) {
                 return Err(StoreError::Param {
                     name: "sample_id",
-                    reason: format!("{} is outside shard {index} ({range:?})", im.sample_id),
+                    reason: format!("{} is outside shard {index} ({range:?})", im.rows.sample_id),
                 });
             }
-            let mut crops = Vec::with_capacity(im.crops.len());
-            for c in &im.crops {
-                if c.probs.len() != classes || c.probs.iter().any(|p| !p.is_finite()) {
-                    return Err(StoreError::Param {
-                        name: "probs",
-                        reason: format!(
-                            "sample {} crop {}: need {classes} finite probabilities",
-                            im.sample_id, c.crop_id
-                        ),
-                    });
-                }
-                let label = SoftLabel::encode(&c.probs, cfg.encoding);
-                row_stats(
-                    &mut stats,
-                    &c.probs,
-                    &label,
-                    self.labels[im.sample_id as usize],
-                    classes,
-                );
-                crops.push(CropLabel {
-                    crop_id: c.crop_id,
-                    record: c.record,
-                    label,
-                });
+            for (agree, entropy, kept, kl) in im.stats {
+                stats.rows += 1;
+                stats.top1_agree += agree as u64;
+                stats.entropy_sum += entropy;
+                stats.kept_mass_sum += kept;
+                stats.kl_sum += kl;
             }
-            rows.push(ImageRows {
-                sample_id: im.sample_id,
-                width: im.width,
-                height: im.height,
-                crops,
-            });
+            rows.push(im.rows);
         }
         let bytes = match cfg.format {
             ShardFormat::Parquet => encode_parquet(
@@ -436,8 +520,12 @@ impl StoreWriter {
         let written = write_atomic(&dir, &file, &bytes, &mut self.run_hook());
         self.failed |= written.is_err();
         written?;
-        self.manifest.shards.push(info);
-        self.manifest.shards.sort_by_key(|s| s.index);
+        // (sorted by index, inserted in place: is_written's binary search)
+        let at = self
+            .manifest
+            .shards
+            .partition_point(|s| s.index < info.index);
+        self.manifest.shards.insert(at, info);
         self.unlisted += 1;
         if self.listed_at.elapsed() >= self.list_every {
             self.flush()?;
@@ -537,21 +625,21 @@ fn shard_file(index: u32, format: ShardFormat) -> String {
     format!("shard-{index:06}.{}", format.extension())
 }
 
-fn row_stats(s: &mut ShardStats, p: &[f32], label: &SoftLabel, hard: u32, classes: usize) {
-    s.rows += 1;
-    s.top1_agree += (top1(p) as u32 == hard) as u64;
-    s.entropy_sum += entropy(p);
-    s.kept_mass_sum += match label {
+/// What one crop adds to its shard's statistics: whether the ensemble's argmax `p` is
+/// the hard label, its entropy, the mass `label` keeps, and KL(p || decoded label).
+fn crop_stats(p: &[f32], label: &SoftLabel, hard: u32, classes: usize) -> (bool, f64, f64, f64) {
+    let kept = match label {
         SoftLabel::Dense(_) => 1.0,
         SoftLabel::TopK { probs, .. } => probs.iter().map(|&v| v as f64).sum(),
     };
     let q = label.to_dense(classes);
-    s.kl_sum += p
+    let kl = p
         .iter()
         .zip(&q)
         .filter(|(&a, _)| a > 0.0)
         .map(|(&a, &b)| (a as f64) * ((a as f64) / (b as f64).max(1e-30)).ln())
         .sum::<f64>();
+    (top1(p) as u32 == hard, entropy(p), kept, kl)
 }
 
 /// The store's statistics, summed over the shards of `m`.
