@@ -382,6 +382,20 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         meal_data::atomic::recover(&p)
             .with_context(|| format!("--out: recovering {}", p.display()))?;
     }
+    // --resume of a run that left nothing to resume (killed before its first save, or
+    // requeued before it began) starts it, as Lightning's ckpt_path="last" does: a
+    // requeue script that always passes --resume must not fail for good. A run with
+    // results and no checkpoint is still refused (start)
+    let mut s = s;
+    let results = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE];
+    if s.resume && !out.join(CHECKPOINT).exists() && !results.iter().any(|f| out.join(f).exists()) {
+        tracing::warn!(
+            "--resume: no checkpoint in {} yet (a run stopped before its first save, or \
+             none began there): starting from the beginning",
+            out.display()
+        );
+        s.resume = false;
+    }
     let prepared = prepare(s);
     let (mut run, mut state) = match prepared {
         Ok(p) => p,

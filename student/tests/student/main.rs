@@ -161,6 +161,15 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     let whole = go(args(&f, "whole")).unwrap();
     assert_eq!(whole.history.len(), 2);
     assert!(!whole.interrupted);
+    // --resume where no run saved anything yet (a requeue after a kill before the first
+    // checkpoint): the run from the beginning, the same weights
+    let mut a = args(&f, "requeued");
+    a.resume = Some(true);
+    go(a).unwrap();
+    assert_eq!(
+        weights(&f.root.join("requeued/student.safetensors")),
+        weights(&f.root.join("whole/student.safetensors"))
+    );
     // stop in the middle of the first epoch (2 steps per epoch here), then resume
     let mut a = args(&f, "resumed");
     a.max_steps = Some(1);
