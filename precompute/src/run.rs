@@ -310,10 +310,16 @@ fn plan(s: &Settings) -> Result<Plan> {
         .map(|&sh| (sh, writer.shard_samples(sh).len()))
         .collect();
     tracing::info!(
-        "{} images, {} classes, {} teachers; {} shards to write ({} present)",
+        "{} images, {} classes, {} teachers; encoding {}{}; {} shards to write ({} present)",
         ds.len(),
         ds.classes().len(),
         ens.teachers().len(),
+        writer.manifest().config.encoding,
+        if s.encoding.is_none() && ds.classes().len() > DENSE_DEFAULT_MAX_CLASSES {
+            format!(" (the default above {DENSE_DEFAULT_MAX_CLASSES} classes; `inspect` gives the mass it keeps)")
+        } else {
+            String::new()
+        },
         pending.len(),
         present
     );
