@@ -40,8 +40,22 @@ pub struct Inspection {
 /// (`report.json` and `manifest.json` hold them all).
 pub const SKIPPED_SHOWN: usize = 20;
 
-/// Read the whole store (`rows` sample rows printed) and summarise it.
+/// The per-class table's rows where it is not asked for: every class up to this many,
+/// the [`HARDEST_SHOWN`] hardest above (ImageNet's table was 1000 lines of a 1019-line
+/// report).
+pub const CLASSES_SHOWN: usize = 50;
+/// The classes a long table shows by default: those of lowest top-1 agreement.
+pub const HARDEST_SHOWN: usize = 20;
+
+/// Read the whole store (`rows` sample rows printed) and summarise it, the per-class
+/// table as [`CLASSES_SHOWN`] says.
 pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
+    inspect_with(dir, rows, None)
+}
+
+/// [`inspect`], the per-class table holding `classes` rows (the classes of lowest top-1
+/// agreement first, when not all) or, with `None`, as [`CLASSES_SHOWN`] says.
+pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Result<Inspection> {
     let store = LabelStore::open(dir).with_context(|| format!("inspect {}", dir.display()))?;
     // figures of a shard changed in place would print as measured (training and
     // verify refuse it): its bytes are checked first (seconds per GB)
@@ -146,7 +160,7 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
     let mut printed = 0;
     // the classes a row shows: a top-k store's decoded rows spread the mass left over
     // the other classes, which were never stored; its k kept classes only
-    let shown = match c.encoding {
+    let top_shown = match c.encoding {
         meal_store::Encoding::TopK { k, .. } => usize::from(k).min(3),
         meal_store::Encoding::Dense => 3,
     };
@@ -184,7 +198,11 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
                 meal_store::SoftLabel::Dense(_) => {
                     let mut order: Vec<usize> = (0..d.len()).collect();
                     order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
-                    order.into_iter().take(shown).map(|k| (k, d[k])).collect()
+                    order
+                        .into_iter()
+                        .take(top_shown)
+                        .map(|k| (k, d[k]))
+                        .collect()
                 }
             };
             let (top1, conf) = ranked[0];
@@ -199,7 +217,7 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
                 let r = cl.record;
                 let top: Vec<String> = ranked
                     .iter()
-                    .take(shown)
+                    .take(top_shown)
                     .map(|&(k, p)| format!("{}:{:.3}", c.classes[k], p))
                     .collect();
                 let _ = writeln!(
@@ -236,7 +254,26 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
         "mean conf",
         "label entropy"
     );
-    for (name, r) in c.classes.iter().zip(&classes) {
+    let shown = classes_shown
+        .unwrap_or(if nc <= CLASSES_SHOWN {
+            nc
+        } else {
+            HARDEST_SHOWN
+        })
+        .min(nc);
+    let agree = |r: &ClassRow| r.agree as f64 / r.crops.max(1) as f64;
+    let mut order: Vec<usize> = (0..nc).collect();
+    if shown < nc {
+        // the hardest first (a class with no crops last: it has no agreement to rank)
+        order.sort_by(|&a, &b| {
+            let key = |i: usize| (classes[i].crops == 0, agree(&classes[i]));
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        order.truncate(shown);
+    }
+    for (name, r) in order.iter().map(|&i| (&c.classes[i], &classes[i])) {
         let n = r.crops.max(1) as f64;
         let _ = writeln!(
             t,
@@ -249,10 +286,18 @@ pub fn inspect(dir: &Path, rows: usize) -> Result<Inspection> {
             r.ent_sum / n
         );
     }
+    if shown < nc {
+        let _ = writeln!(
+            t,
+            "  ({shown} of {nc} classes, those of lowest top-1 agreement: `--classes all` \
+             lists every one)"
+        );
+    }
     if rows > 0 {
         let _ = writeln!(
             t,
-            "\nsample rows (sample, crop, path, box, flip, top-{shown})"
+            "\nsample rows (sample, crop, path, box, flip, top-{})",
+            top_shown
         );
         t.push_str(&sample_rows);
     }

@@ -46,6 +46,10 @@ enum Cmd {
         /// Write the histograms (entropy left, top-1 probability right) to this PNG.
         #[arg(long, value_name = "PNG")]
         histogram: Option<PathBuf>,
+        /// Rows of the per-class table: a number (the classes of lowest top-1 agreement
+        /// first) or `all` [default: all up to 50 classes, else the 20 hardest].
+        #[arg(long, value_name = "N|all", value_parser = parse_classes)]
+        classes: Option<usize>,
     },
     /// Check checksums, row counts, that every label sums to 1 and the rows' rules (top-k
     /// classes distinct and below the class count, in descending order; flip 0 or 1;
@@ -54,6 +58,16 @@ enum Cmd {
         /// The store directory.
         store: PathBuf,
     },
+}
+
+/// `--classes`: a count, or `all` (every class).
+fn parse_classes(v: &str) -> Result<usize, String> {
+    match v.trim() {
+        a if a.eq_ignore_ascii_case("all") => Ok(usize::MAX),
+        n => n
+            .parse::<usize>()
+            .map_err(|_| format!("{v:?}: a number of classes, or `all`")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -272,6 +286,7 @@ fn cli() -> Result<()> {
             store,
             rows,
             histogram,
+            classes,
         } => {
             if let Some(p) = &histogram {
                 // the plot is always a PNG: another extension would mislabel the file
@@ -295,7 +310,7 @@ fn cli() -> Result<()> {
                     bail!("--histogram {}: a directory, not a file", p.display());
                 }
             }
-            let ins = inspect::inspect(&store, rows)?;
+            let ins = inspect::inspect_with(&store, rows, classes)?;
             meal_cli::out!("{}", ins.text);
             if let Some(p) = histogram {
                 let title = format!("meal-precompute inspect: {}", store.display());

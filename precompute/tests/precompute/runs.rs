@@ -300,6 +300,33 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
     let h = inspect::histogram(&ins.confidences, 0.0, 1.0, inspect::HIST_BINS);
     assert_eq!(h.iter().sum::<u64>(), 60);
     assert!(ins.text.contains("top-3)"), "{}", ins.text);
+    assert!(!ins.text.contains("of 10 classes"), "{}", ins.text);
+    // a table of 3 classes: those of lowest top-1 agreement, in that order, said so
+    let short = inspect::inspect_with(&s.out, 0, Some(3)).unwrap().text;
+    let table: Vec<&str> = short
+        .lines()
+        .skip_while(|l| !l.contains("label entropy"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty() && !l.contains("of 10 classes"))
+        .collect();
+    assert_eq!(table.len(), 3, "{short}");
+    let agree: Vec<f64> = table
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    let mut all: Vec<f64> = ins
+        .classes
+        .iter()
+        .map(|r| r.agree as f64 / r.crops.max(1) as f64)
+        .collect();
+    all.sort_by(f64::total_cmp);
+    for (a, b) in agree.iter().zip(&all) {
+        assert!((a - b).abs() < 1e-4, "{short}");
+    }
+    assert!(
+        short.contains("(3 of 10 classes, those of lowest top-1 agreement"),
+        "{short}"
+    );
     // a top-2 store's rows show its two kept classes, not a third of the mass spread
     // over the classes it never stored
     let mut a = args(&f, "top2");
