@@ -37,5 +37,6 @@ pub use params::{Entry, Kind};
 pub use pretrained::{input_config, InputConfig};
 pub use resnet::{preset, presets, Block, ResNet, ResNetConfig, Stem};
 pub use weights::{
-    load_into, read_state_dict, save_safetensors, state_dict, trainable, LoadOptions,
+    load_into, read_state_dict, safetensors_metadata, save_safetensors, save_safetensors_with,
+    state_dict, trainable, LoadOptions, META_TRAINED_ON,
 };

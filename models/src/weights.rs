@@ -237,8 +237,25 @@ pub fn state_dict(entries: &[Entry]) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// The `__metadata__` key of what a student was trained on: a JSON object with
+/// `classes` (its class names in logit order) and `res` (the side, pixels). One key:
+/// the safetensors crate writes a metadata map in hash order, and two keys made the
+/// file's bytes differ from run to run.
+pub const META_TRAINED_ON: &str = "meal.trained_on";
+
 /// Save the state dict as safetensors, written to a temporary file and renamed.
 pub fn save_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
+    save_safetensors_with(entries, path, None)
+}
+
+/// [`save_safetensors`] with string `metadata` in the header's `__metadata__` (the
+/// safetensors format's place for it; `safetensors.torch.load_file`, and so timm,
+/// ignore it): what the weights were trained on, for `eval` to check.
+pub fn save_safetensors_with(
+    entries: &[Entry],
+    path: &Path,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let sd = state_dict(entries);
     let map: HashMap<String, Tensor> = sd
         .into_iter()
@@ -251,7 +268,30 @@ pub fn save_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
             Ok((k, t.to_device(&Device::Cpu)?))
         })
         .collect::<Result<_>>()?;
-    write_tensors(&map, path)
+    write_tensors_with(&map, path, metadata)
+}
+
+/// The `__metadata__` of a safetensors file (`None` for another format, a file without
+/// it, or one that cannot be read: the caller loads the weights and says why).
+pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    // (a header is small; a garbage length is not read)
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut head = vec![0u8; n as usize];
+    f.read_exact(&mut head).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&head).ok()?;
+    let meta = v.get("__metadata__")?.as_object()?;
+    Some(
+        meta.iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+    )
 }
 
 /// Write `tensors` to `path` as safetensors, atomically, as an ordinary file: its mode
@@ -259,11 +299,19 @@ pub fn save_safetensors(entries: &[Entry], path: &Path) -> Result<()> {
 /// crate's own file writer goes through a `tempfile` temporary, created 0600, which
 /// left trained weights unreadable to other users of a shared runs directory.
 pub(crate) fn write_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    write_tensors_with(tensors, path, None)
+}
+
+fn write_tensors_with(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let io = |reason: String| ModelError::Io {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = safetensors::serialize(tensors.iter(), None).map_err(|e| io(e.to_string()))?;
+    let bytes = safetensors::serialize(tensors.iter(), metadata).map_err(|e| io(e.to_string()))?;
     use meal_data::atomic::{tmp_path, write_stepped, AtomicError};
     let no_steps = &mut |_| Ok::<(), std::io::Error>(());
     write_stepped(path, &tmp_path(path), &bytes, no_steps).map_err(|e| match e {

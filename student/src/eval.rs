@@ -44,11 +44,12 @@ fn eval_loop(
     ds: &Arc<Dataset>,
     specs: &[CropSpec],
     classes: usize,
+    logit_of: Option<&[usize]>,
     read: EvalRead,
     stop: &AtomicBool,
     mut scores: impl FnMut(&Batch) -> Result<Vec<f32>>,
 ) -> Result<Option<Accuracy>> {
-    if ds.classes().len() != classes {
+    if logit_of.is_none() && ds.classes().len() != classes {
         bail!(
             "{}: {} classes, the model has {classes}",
             ds.root().display(),
@@ -91,7 +92,11 @@ fn eval_loop(
                     ds.samples()[r.sample_id as usize].path
                 );
             }
-            let label = r.label as usize;
+            // (the dataset's class, as the model's logit where they are numbered apart)
+            let label = match logit_of {
+                Some(m) => m[r.label as usize],
+                None => r.label as usize,
+            };
             let rank = rank_of(l, label);
             c1 += (rank == 0) as u64;
             c5 += (rank < k) as u64;
@@ -148,6 +153,41 @@ pub fn evaluate(
     )?)
 }
 
+/// [`evaluate`] with the dataset's class `i` scored as the model's logit `logit_of[i]`:
+/// a validation set of some of the classes the model was trained on, named as they
+/// were (the model's classes from its weights' metadata, [`meal_models::META_CLASSES`]).
+pub fn evaluate_mapped(
+    model: &ResNet,
+    ds: &Arc<Dataset>,
+    spec: CropSpec,
+    read: EvalRead,
+    device: &Device,
+    logit_of: &[usize],
+) -> Result<Accuracy> {
+    let never = AtomicBool::new(false);
+    let classes = model.config().num_classes;
+    if logit_of.len() != ds.classes().len() || logit_of.iter().any(|&l| l >= classes) {
+        bail!(
+            "a class map of {} entries into {classes} logits for {} classes",
+            logit_of.len(),
+            ds.classes().len()
+        );
+    }
+    finished(eval_loop(
+        ds,
+        &[spec],
+        classes,
+        Some(logit_of),
+        read,
+        &never,
+        |b| {
+            let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
+            let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+            Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        },
+    )?)
+}
+
 /// [`evaluate`], given up (None) once `stop` is set: a training's validation must not
 /// hold a stop signal for a whole pass (a scheduler's grace period is seconds).
 pub fn evaluate_until(
@@ -158,11 +198,89 @@ pub fn evaluate_until(
     device: &Device,
     stop: &AtomicBool,
 ) -> Result<Option<Accuracy>> {
-    eval_loop(ds, &[spec], model.config().num_classes, read, stop, |b| {
-        let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
-        let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-    })
+    eval_loop(
+        ds,
+        &[spec],
+        model.config().num_classes,
+        None,
+        read,
+        stop,
+        |b| {
+            let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
+            let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+            Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        },
+    )
+}
+
+/// What a student's weights file records of its training (`__metadata__`, written by
+/// `meal-student train`; weights from elsewhere record nothing).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrainedOn {
+    /// Its classes, in logit order.
+    pub classes: Option<Vec<String>>,
+    /// The side it was trained at.
+    pub res: Option<u32>,
+}
+
+impl TrainedOn {
+    /// Read from the weights at `path` (nothing for another format or no metadata).
+    pub fn of(path: &std::path::Path) -> Self {
+        meal_models::safetensors_metadata(path)
+            .and_then(|m| m.get(meal_models::META_TRAINED_ON).cloned())
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default()
+    }
+
+    /// The model's logit for each of `data`'s classes, where they are not the same list:
+    /// by name (a validation set of some of the classes), or by number for a list whose
+    /// labels are the logits' indices (`0`, `1`, ...). An error names the classes the
+    /// model was not trained on: their accuracy would be counted against other logits.
+    pub fn logit_of(&self, data: &[String]) -> Result<Option<Vec<usize>>> {
+        let Some(trained) = &self.classes else {
+            return Ok(None);
+        };
+        if trained.as_slice() == data {
+            return Ok(None);
+        }
+        let by_name: std::collections::HashMap<&str, usize> = trained
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        if let Some(m) = data
+            .iter()
+            .map(|c| by_name.get(c.as_str()).copied())
+            .collect::<Option<Vec<usize>>>()
+        {
+            tracing::info!(
+                "{} classes of the {} the weights were trained on: scored by name",
+                data.len(),
+                trained.len()
+            );
+            return Ok(Some(m));
+        }
+        if let Some(m) = data
+            .iter()
+            .map(|c| c.parse::<usize>().ok().filter(|&i| i < trained.len()))
+            .collect::<Option<Vec<usize>>>()
+        {
+            return Ok(Some(m));
+        }
+        let unknown: Vec<&str> = data
+            .iter()
+            .filter(|c| !by_name.contains_key(c.as_str()))
+            .map(String::as_str)
+            .collect();
+        bail!(
+            "{} of its {} classes are not among the {} the weights were trained on ({}): \
+             name them as the training set's folders were named (the weights record those)",
+            unknown.len(),
+            data.len(),
+            trained.len(),
+            meal_data::error::first_few(&unknown, 5)
+        )
+    }
 }
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
@@ -172,6 +290,7 @@ pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> R
         ds,
         ens.specs(),
         ens.num_classes(),
+        None,
         read,
         &never,
         |b| {

@@ -169,21 +169,39 @@ fn cli() -> Result<()> {
             let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data", links.follow_links)?;
             let (what, acc) = if let Some((arch, weights)) = single {
-                let model =
-                    ResNet::from_preset(&arch, ds.classes().len(), &dev, 0).context("--arch")?;
+                // what a student's weights record of its training: its classes (the
+                // dataset's are mapped to them by name) and side
+                let trained = eval::TrainedOn::of(&weights);
+                let logit_of = trained.logit_of(ds.classes()).with_context(|| {
+                    format!(
+                        "--data {} with --weights {}",
+                        data.display(),
+                        weights.display()
+                    )
+                })?;
+                let classes = trained
+                    .classes
+                    .as_ref()
+                    .map_or(ds.classes().len(), Vec::len);
+                let model = ResNet::from_preset(&arch, classes, &dev, 0).context("--arch")?;
                 model
                     .load_weights(&weights, LoadOptions::default())
                     .with_context(|| format!("--weights {}", weights.display()))?;
                 // the preset's eval transform (filter, crop_pct, mean/std), as timm's
                 // validate.py resolves it; --res changes only the side
                 let input = input_config(&arch).context("--arch")?;
-                let size = res.unwrap_or(input.size);
+                let size = res.or(trained.res).unwrap_or(input.size);
                 if res.is_none() {
-                    // the weights do not record the side they were trained at
-                    tracing::info!(
-                        "evaluating at {size} px, {arch}'s default: pass --res to evaluate \
-                         at the side the weights were trained at"
-                    );
+                    match trained.res {
+                        Some(r) => tracing::info!(
+                            "evaluating at {r} px, the side the weights were trained at"
+                        ),
+                        // weights from elsewhere do not record the side they were trained at
+                        None => tracing::info!(
+                            "evaluating at {size} px, {arch}'s default: pass --res to evaluate \
+                             at the side the weights were trained at"
+                        ),
+                    }
                 }
                 let spec = input.spec_at(size).context("--res")?;
                 let room =
@@ -198,7 +216,10 @@ fn cli() -> Result<()> {
                     ),
                     "lower --res",
                 )?;
-                let acc = eval::evaluate(&model, &ds, spec, read, &dev)?;
+                let acc = match &logit_of {
+                    Some(m) => eval::evaluate_mapped(&model, &ds, spec, read, &dev, m)?,
+                    None => eval::evaluate(&model, &ds, spec, read, &dev)?,
+                };
                 (weights.display().to_string(), acc)
             } else {
                 let mut args = TeacherArg::parse_all(&teacher).context("--teacher")?;

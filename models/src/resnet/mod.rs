@@ -213,6 +213,11 @@ impl ResNet {
         save_safetensors(&self.entries, path)
     }
 
+    /// [`Self::save`] with `metadata` in the file's header (the classes trained on).
+    pub fn save_with(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        crate::weights::save_safetensors_with(&self.entries, path, Some(metadata))
+    }
+
     fn build(config: &ResNetConfig, mut pb: ParamBuilder) -> Result<Self> {
         let c = config;
         if c.layers.len() != c.channels.len() || c.layers.is_empty() || c.layers.contains(&0) {

@@ -331,7 +331,7 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
     state.acc = EpochAcc::default();
     run.save_checkpoint(state)?;
     run.student
-        .save(&s.out.join(STUDENT_FILE))
+        .save_with(&s.out.join(STUDENT_FILE), run.trained_on())
         .map_err(|e| run.disk_hint(e.into()))?;
     write_tables(&s.out, &state.history).map_err(|e| run.disk_hint(e))?;
     Ok(true)
@@ -522,7 +522,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         // a resume of a finished run: a crash after the last checkpoint may have cut
         // the final weights or tables short, so they are written again from it
         run.student
-            .save(&s.out.join(STUDENT_FILE))
+            .save_with(&s.out.join(STUDENT_FILE), run.trained_on())
             .map_err(|e| run.disk_hint(e.into()))?;
         write_tables(&s.out, &state.history).map_err(|e| run.disk_hint(e))?;
     }

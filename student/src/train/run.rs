@@ -249,6 +249,21 @@ fn optimizer(s: &Settings, student: &ResNet, disc: Option<&Discriminator>) -> Re
 }
 
 impl Run {
+    /// What the student's weights file records of its training (its header's
+    /// `__metadata__`): the classes in logit order and the side, so that `eval` maps a
+    /// validation list's class names to the logits, or refuses names it does not know,
+    /// and evaluates at the trained side by default.
+    pub(super) fn trained_on(&self) -> std::collections::HashMap<String, String> {
+        let on = crate::eval::TrainedOn {
+            classes: Some(self.ds.classes().to_vec()),
+            res: Some(self.s.res),
+        };
+        std::collections::HashMap::from([(
+            meal_models::META_TRAINED_ON.to_string(),
+            serde_json::to_string(&on).unwrap_or_default(),
+        )])
+    }
+
     /// The error for a non-finite loss: where it happened, whether the labels of the
     /// batch or the weights held the bad value, what checkpoint exists and how to go on.
     pub(super) fn non_finite(

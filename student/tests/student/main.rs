@@ -476,3 +476,79 @@ fn a_hard_label_run_learns() {
         "top-1 {acc} on the training images (chance 0.1)"
     );
 }
+
+/// A student's weights record its classes and side (safetensors `__metadata__`, which
+/// timm ignores); `eval` takes the side by default and scores a validation list by
+/// class name: a list of some of the classes counts each image against its own logit
+/// (the same hits as the whole set's), and a name the student never saw is refused,
+/// naming it, rather than counted against another class's logit.
+#[test]
+fn eval_scores_classes_by_the_names_the_weights_record() {
+    let f = fixture();
+    let mut a = args(&f, "named");
+    a.epochs = Some(1);
+    go(a).unwrap();
+    let w = f.root.join("named/student.safetensors");
+    let meta = meal_models::safetensors_metadata(&w).expect("metadata");
+    let on: serde_json::Value = serde_json::from_str(&meta[meal_models::META_TRAINED_ON]).unwrap();
+    let classes: Vec<String> = serde_json::from_value(on["classes"].clone()).unwrap();
+    assert_eq!(classes, meal_data::synth::class_names());
+    assert_eq!(on["res"], 24);
+    let eval = |data: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+            .arg("eval")
+            .arg("--data")
+            .arg(data)
+            .args([
+                "--arch",
+                "demo_tiny",
+                "--threads",
+                "1",
+                "--json",
+                "--weights",
+            ])
+            .arg(&w)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            out.status.success(),
+        )
+    };
+    let (whole, err, ok) = eval(&f.root.join("data/val"));
+    assert!(ok && err.contains("evaluating at 24 px, the side"), "{err}");
+    let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
+    assert_eq!(whole["images"].as_u64(), Some(10), "{whole}");
+    // the val set's images of the last 4 classes, listed by name, and again by the
+    // logits' indices (6..9): each image scored against its own class's logit both ways
+    let val = f.root.join("data/val");
+    let (mut list, mut numbered) = (String::from("path,label\n"), String::from("path,label\n"));
+    for (i, c) in classes.iter().enumerate().skip(6) {
+        for e in std::fs::read_dir(val.join(c)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            list.push_str(&format!("{c}/{name},{c}\n"));
+            numbered.push_str(&format!("{c}/{name},{i}\n"));
+        }
+    }
+    std::fs::write(val.join("part.csv"), &list).unwrap();
+    std::fs::write(val.join("part_numbered.csv"), &numbered).unwrap();
+    let (part, err, ok) = eval(&val.join("part.csv"));
+    assert!(ok && err.contains("4 classes of the 10"), "{err}");
+    let (by_index, err, ok) = eval(&val.join("part_numbered.csv"));
+    assert!(ok, "{err}");
+    let part: serde_json::Value = serde_json::from_str(&part).unwrap();
+    let by_index: serde_json::Value = serde_json::from_str(&by_index).unwrap();
+    assert_eq!(part["images"].as_u64(), Some(4), "{part}");
+    assert_eq!(part, by_index);
+    std::fs::write(
+        val.join("other.csv"),
+        list.replacen(&format!(",{}\n", classes[6]), ",tench\n", 1),
+    )
+    .unwrap();
+    let (_, err, ok) = eval(&val.join("other.csv"));
+    assert!(
+        !ok && err.contains("are not among the 10 the weights were trained on (tench)"),
+        "{err}"
+    );
+}
