@@ -28,21 +28,7 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     let model = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 1).unwrap();
     let w = f.root.join("tiny.safetensors");
     save_with(&model, &w, "bn1.running_mean", 0, 0.0);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
-        .arg("eval")
-        .arg("--data")
-        .arg(&val)
-        .args([
-            "--arch",
-            "demo_tiny",
-            "--threads",
-            "1",
-            "--json",
-            "--weights",
-        ])
-        .arg(&w)
-        .output()
-        .unwrap();
+    let out = eval_json(&val, &w);
     let (text, log) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

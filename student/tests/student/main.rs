@@ -89,6 +89,25 @@ fn args(f: &Fx, out: &str) -> TrainArgs {
     }
 }
 
+/// `meal-student eval --json` of demo_tiny weights `w` on `data`.
+fn eval_json(data: &Path, w: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .arg("eval")
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--arch",
+            "demo_tiny",
+            "--threads",
+            "1",
+            "--json",
+            "--weights",
+        ])
+        .arg(w)
+        .output()
+        .unwrap()
+}
+
 fn go(a: TrainArgs) -> anyhow::Result<TrainReport> {
     train(a.resolve()?, &AtomicBool::new(false))
 }
@@ -495,21 +514,7 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     assert_eq!(classes, meal_data::synth::class_names());
     assert_eq!(on["res"], 24);
     let eval = |data: &Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
-            .arg("eval")
-            .arg("--data")
-            .arg(data)
-            .args([
-                "--arch",
-                "demo_tiny",
-                "--threads",
-                "1",
-                "--json",
-                "--weights",
-            ])
-            .arg(&w)
-            .output()
-            .unwrap();
+        let out = eval_json(data, &w);
         (
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
