@@ -66,7 +66,9 @@ fn parse_classes(v: &str) -> Result<usize, String> {
         a if a.eq_ignore_ascii_case("all") => Ok(usize::MAX),
         n => n
             .parse::<usize>()
-            .map_err(|_| format!("{v:?}: a number of classes, or `all`")),
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{v:?}: a number of classes (at least 1), or `all`")),
     }
 }
 

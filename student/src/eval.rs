@@ -262,9 +262,18 @@ impl TrainedOn {
         }
         if let Some(m) = data
             .iter()
-            .map(|c| c.parse::<usize>().ok().filter(|&i| i < trained.len()))
+            .map(|c| c.parse::<usize>().ok())
             .collect::<Option<Vec<usize>>>()
         {
+            // a numbered list: its labels are the logits' indices
+            if let Some(&big) = m.iter().filter(|&&i| i >= trained.len()).max() {
+                bail!(
+                    "its labels are numbers, up to {big}, and the weights have {} logits \
+                     (0 to {}): a numbered list counts from 0",
+                    trained.len(),
+                    trained.len().saturating_sub(1)
+                );
+            }
             return Ok(Some(m));
         }
         let unknown: Vec<&str> = data

@@ -45,7 +45,8 @@ enum Cmd {
         /// meal-precompute's --teacher).
         #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"])]
         teacher: Vec<String>,
-        /// Input side [default: the preset's].
+        /// Input side [default: the side the weights were trained at, where they record it
+        /// (meal-student's do), else the preset's].
         #[arg(long, allow_negative_numbers = true)]
         res: Option<u32>,
         /// CPU threads [default: all cores].

@@ -235,7 +235,8 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
     assert!(
         err.contains("x --crops-per-image 65536 crops of 10 classes, held until it is written")
             && err.contains("batches of 65536 crops loaded")
-            && err.contains("lower --samples-per-shard or --crops-per-image"),
+            && err
+                .contains("lower --samples-per-shard, --images-per-row-group or --crops-per-image"),
         "{err}"
     );
     assert!(!f.root.join("big-shard").exists());

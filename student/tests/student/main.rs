@@ -556,4 +556,11 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
         !ok && err.contains("are not among the 10 the weights were trained on (tench)"),
         "{err}"
     );
+    // a numbered list one past the logits (counted from 1) is said to be that
+    std::fs::write(val.join("from1.csv"), numbered.replacen(",9\n", ",10\n", 1)).unwrap();
+    let (_, err, ok) = eval(&val.join("from1.csv"));
+    assert!(
+        !ok && err.contains("up to 10, and the weights have 10 logits (0 to 9)"),
+        "{err}"
+    );
 }
