@@ -143,17 +143,16 @@ fn check_memory(
         },
         "lower --batch or the teacher's size=",
     )?;
-    // each worker of this process holds the shard it fills until the shard is written:
+    // Each worker of this process holds the shard it fills until the shard is written:
     // its crops' labels as encoded (a dense label as f32, StoreWriter::encode_image),
     // then the file's bytes too (f16), per crop with its record and statistics (190 B
-    // a crop measured for 10 classes, dense); and the loader's batches: an image's whole
-    // pool is one batch at least, whatever --batch (the forward takes --batch at a
-    // time), 8-bit pixels for each teacher's side, up to 4 batches in flight, and the
-    // f32 input of one
-    // Writing a Parquet shard then builds each row group's Arrow arrays and pages at
-    // once: about 40 bytes a class per crop of a row group for dense labels, measured
-    // (1000 classes, 1000 crops an image, 64 images a shard: 3.3 GB at its peak), where
-    // the estimate without it let the run start and abort at its first shard.
+    // a crop measured for 10 classes, dense). Writing a Parquet shard builds each row
+    // group's Arrow arrays and pages at once: about 40 bytes a class per crop of a row
+    // group for dense labels, measured (1000 classes, 1000 crops an image, 64 images a
+    // shard: 3.3 GB at its peak; without it the check let that run start and abort at
+    // its first shard). And the loader's batches: an image's whole pool is one batch at
+    // least, whatever --batch (the forward takes --batch at a time), 8-bit pixels for
+    // each teacher's side, up to 4 batches in flight, and the f32 input of one.
     let classes = ds.classes().len() as u64;
     let (per_crop, per_grouped_crop) = match encoding_of(s, ds) {
         Encoding::Dense => (6 * classes + 160, 40 * classes + 400),
@@ -166,17 +165,13 @@ fn check_memory(
         meal_store::ShardFormat::Safetensors => shard_images,
     };
     let batch_crops = (s.batch as u64 / p).clamp(1, shard_images.max(1)) * p;
-    let pixels: u64 = ens
-        .specs()
-        .iter()
-        .map(|c| 3 * u64::from(c.size) * u64::from(c.size))
-        .sum();
-    let widest = ens
+    let sides: Vec<u64> = ens
         .specs()
         .iter()
         .map(|c| 3 * u64::from(c.size).pow(2))
-        .max();
-    let loader = batch_crops * (4 * pixels + 4 * widest.unwrap_or(0));
+        .collect();
+    let widest = sides.iter().copied().max().unwrap_or(0);
+    let loader = batch_crops * (4 * sides.iter().sum::<u64>() + 4 * widest);
     let workers = s.devices().len() as u64;
     let need =
         (per_crop * p * shard_images + per_grouped_crop * p * group_images + loader) * workers;
@@ -508,12 +503,7 @@ fn run_part(
             writer
                 .write_encoded(sh, imgs, notes)
                 .with_context(|| format!("writing shard {sh} to {}", s.out.display()))?;
-            let shards = &writer.manifest().shards;
-            let info = shards
-                .binary_search_by_key(&sh, |x| x.index)
-                .ok()
-                .map(|i| &shards[i]);
-            bytes_written += info.map(|i| i.bytes).unwrap_or(0);
+            bytes_written += writer.shard(sh).map(|i| i.bytes).unwrap_or(0);
             shards_written += 1;
             on_shard(sh);
         }

@@ -214,7 +214,6 @@ impl<'a> Crops<'a> {
     /// stored flip byte 0 or 1. `None` when the row is well formed.
     pub fn row_error(&self, i: usize, classes: usize) -> Option<String> {
         let mut rules = TopKRules::new(classes);
-        let mut check = |c: u32, p: f32| rules.push(c, p);
         match &self.0 {
             Inner::Mapped(m) => {
                 assert!(i < m.n, "crop {i} of {}", m.n);
@@ -224,7 +223,7 @@ impl<'a> Crops<'a> {
                     }
                 }
                 if let LabelCols::TopK { cls, p, k, f32 } = m.label {
-                    topk_row(cls, p, k, f32, i, &mut check);
+                    topk_row(cls, p, k, f32, i, |c, p| rules.push(c, p));
                 }
             }
             Inner::Decoded(v) => return v[i].label.rule_error(classes),

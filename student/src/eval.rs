@@ -155,7 +155,7 @@ pub fn evaluate(
 
 /// [`evaluate`] with the dataset's class `i` scored as the model's logit `logit_of[i]`:
 /// a validation set of some of the classes the model was trained on, named as they
-/// were (the model's classes from its weights' metadata, [`meal_models::META_CLASSES`]).
+/// were (the model's classes from its weights' metadata, [`TrainedOn`]).
 pub fn evaluate_mapped(
     model: &ResNet,
     ds: &Arc<Dataset>,
@@ -164,7 +164,6 @@ pub fn evaluate_mapped(
     device: &Device,
     logit_of: &[usize],
 ) -> Result<Accuracy> {
-    let never = AtomicBool::new(false);
     let classes = model.config().num_classes;
     if logit_of.len() != ds.classes().len() || logit_of.iter().any(|&l| l >= classes) {
         bail!(
@@ -173,18 +172,15 @@ pub fn evaluate_mapped(
             ds.classes().len()
         );
     }
-    finished(eval_loop(
+    let never = AtomicBool::new(false);
+    finished(eval_model(
+        model,
         ds,
-        &[spec],
-        classes,
-        Some(logit_of),
+        spec,
         read,
+        device,
         &never,
-        |b| {
-            let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
-            let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
-            Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-        },
+        Some(logit_of),
     )?)
 }
 
@@ -198,19 +194,25 @@ pub fn evaluate_until(
     device: &Device,
     stop: &AtomicBool,
 ) -> Result<Option<Accuracy>> {
-    eval_loop(
-        ds,
-        &[spec],
-        model.config().num_classes,
-        None,
-        read,
-        stop,
-        |b| {
-            let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
-            let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
-            Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-        },
-    )
+    eval_model(model, ds, spec, read, device, stop, None)
+}
+
+/// `model`'s logits over `ds` at `spec`, counted by [`eval_loop`] (with `logit_of`).
+fn eval_model(
+    model: &ResNet,
+    ds: &Arc<Dataset>,
+    spec: CropSpec,
+    read: EvalRead,
+    device: &Device,
+    stop: &AtomicBool,
+    logit_of: Option<&[usize]>,
+) -> Result<Option<Accuracy>> {
+    let classes = model.config().num_classes;
+    eval_loop(ds, &[spec], classes, logit_of, read, stop, |b| {
+        let x = Crops::of_batch(b)[0].tensor(0..b.rows.len(), &spec, DType::F32, device)?;
+        let logits = model.forward_t(&x, false)?.to_device(&Device::Cpu)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    })
 }
 
 /// What a student's weights file records of its training (`__metadata__`, written by

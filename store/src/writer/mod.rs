@@ -62,11 +62,6 @@ pub struct EncodedImage {
 }
 
 impl EncodedImage {
-    /// The image's sample id.
-    pub fn sample_id(&self) -> u32 {
-        self.rows.sample_id
-    }
-
     /// Its crops.
     pub fn crops(&self) -> usize {
         self.rows.crops.len()
@@ -327,13 +322,20 @@ impl StoreWriter {
             .collect()
     }
 
-    /// Whether shard `s` is in the manifest (kept sorted by index: a binary search, so
-    /// that a store of 10 000 shards does not scan them all per shard written).
-    fn is_written(&self, s: u32) -> bool {
-        self.manifest
-            .shards
+    /// Shard `s`'s record in the manifest, if written (the records are kept sorted by
+    /// index: a binary search, so that a store of 10 000 shards is not scanned per
+    /// shard written).
+    pub fn shard(&self, s: u32) -> Option<&ShardInfo> {
+        let shards = &self.manifest.shards;
+        shards
             .binary_search_by_key(&s, |x| x.index)
-            .is_ok()
+            .ok()
+            .map(|i| &shards[i])
+    }
+
+    /// Whether shard `s` is in the manifest.
+    fn is_written(&self, s: u32) -> bool {
+        self.shard(s).is_some()
     }
 
     /// Whether shard `s` is this writer's and not written yet (one of
