@@ -180,7 +180,7 @@ $(DATA)/synth.json: | release
 	$(BIN)/meal-data synth --out $(DATA) --train-per-class $(DEMO_PER_CLASS)
 
 ## teachers: retrain the two shipped teachers (160 images per class, ~6 min on 2 cores)
-## into $(RUNS)/teachers and compare them with assets/demo-teachers (bytes, val top-1)
+## into $(RUNS)/teachers and compare them with assets/demo-teachers (every tensor's bytes, val top-1)
 teachers: | release
 	bash scripts/demo_teachers.sh $(BIN) $(DEMO)/teacher-data $(RUNS)/teachers $(TEACHERS_DIR)
 

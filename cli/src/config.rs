@@ -28,19 +28,40 @@ fn plain_types(message: &str) -> String {
     m
 }
 
-/// `r`, whose error names a flag, with the `--config` file named too when there is
-/// one (the value at fault may have come from it).
+/// `r`, whose error names a flag, with the `--config` file named too when the value at
+/// fault may have come from it: the file sets the flag the error begins with, or the
+/// error begins with no flag (a flag only the command line gave, `--batch 0` typed
+/// there, is not blamed on the file).
 pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
     r.map_err(|e| match config {
         // (the file itself could not be read: nothing came from it)
         Some(_) if e.to_string().starts_with("--config ") => e,
-        Some(p) => anyhow::anyhow!(
+        Some(p) if may_come_from(&e.to_string(), p) => anyhow::anyhow!(
             "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
              names without --)",
             p.display()
         ),
-        None => e,
+        _ => e,
     })
+}
+
+/// Whether the error `message` may be about a value of the config file at `path`: it
+/// does not begin with a flag, or the file has that flag's key (snake_case).
+fn may_come_from(message: &str, path: &Path) -> bool {
+    let Some(rest) = message.strip_prefix("--") else {
+        return true;
+    };
+    let flag: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let Some(keys) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+    else {
+        return true;
+    };
+    flag.is_empty() || keys.contains_key(&flag.replace('-', "_"))
 }
 
 /// Flags over a `--config` file: the two layers of a command's arguments (`T` is the

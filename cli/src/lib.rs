@@ -11,7 +11,9 @@ pub mod signals;
 
 pub use config::{naming_config, read_toml, Layers};
 pub use progress::{progress_bar, LogLines, LOG_EVERY};
-pub use signals::{error_text, finish, interrupt_exit_code, interrupt_flag, interrupted};
+pub use signals::{
+    error_text, finish, interrupt_exit_code, interrupt_flag, interrupted, report_bus_errors,
+};
 
 use std::path::Path;
 

@@ -163,9 +163,15 @@ fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
     Some((field("MemAvailable:")?, field("SwapFree:").unwrap_or(0)))
 }
 
-/// Bytes as GiB with one decimal.
+/// Bytes as GiB with one decimal, or as MiB below one GiB ("0.0 GiB needed, more than
+/// the 0.0 GiB" said nothing under a small limit).
 pub fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    match bytes {
+        b if b < 10 << 20 => format!("{mib:.1} MiB"),
+        b if b < 1 << 30 => format!("{mib:.0} MiB"),
+        _ => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
+    }
 }
 
 /// Where the bytes a check counts must fit.
@@ -283,6 +289,7 @@ mod tests {
         assert_eq!(parse_meminfo("MemAvailable: 1 kB\n"), Some((1024, 0)));
         assert_eq!(parse_meminfo("MemTotal: 1 kB\n"), None);
         assert_eq!(gib(3 << 29), "1.5 GiB");
+        assert_eq!(gib(300 << 20), "300 MiB");
         // a GPU's room is its free memory, without swap
         let e = check_in(Room::Gpu(1 << 30), 3 << 29, "a step", "lower --batch").unwrap_err();
         assert_eq!(

@@ -114,13 +114,14 @@ fn fit(points: impl Iterator<Item = f64>) -> (f64, f64) {
 /// covers the fewest of the series' points and of the points along their lines, first
 /// of upper right, upper left, lower right, lower left on a tie (matplotlib's
 /// `loc="best"`, which minimises the same overlap: matplotlib `legend.py`,
-/// `_find_best_position`). `x` and `y` are the axes' ranges.
+/// `_find_best_position`). `x` and `y` are the axes' ranges. Also how many points it
+/// covers.
 fn legend_corner(
     series: &[Series],
     (x0, x1): (f64, f64),
     (y0, y1): (f64, f64),
     (w, h): (f64, f64),
-) -> SeriesLabelPosition {
+) -> (SeriesLabelPosition, usize) {
     let unit = |v: f64, lo: f64, hi: f64| (v - lo) / (hi - lo).max(f64::MIN_POSITIVE);
     // the points and 8 more along each segment, as fractions of the area
     let mut pts = Vec::new();
@@ -156,8 +157,24 @@ fn legend_corner(
         (LowerLeft, false, false),
     ]
     .into_iter()
-    .min_by_key(|&(_, right, upper)| covered(right, upper))
-    .map_or(UpperRight, |(c, _, _)| c)
+    .map(|(c, right, upper)| (c, covered(right, upper)))
+    .min_by_key(|&(_, n)| n)
+    .unwrap_or((UpperRight, 0))
+}
+
+/// The value range `(y0, y1)` raised at the top, when the legend would cover a line in
+/// every corner, until the data stays below the legend's `h` (fraction of the area):
+/// a short run's lines span every corner (a 2-epoch loss hid under its legend).
+fn headroom(
+    series: &[Series],
+    x: (f64, f64),
+    (y0, y1): (f64, f64),
+    size: (f64, f64),
+) -> (f64, f64) {
+    match legend_corner(series, x, (y0, y1), size).1 {
+        0 => (y0, y1),
+        _ => (y0, y0 + (y1 - y0) / (1.0 - size.1.clamp(0.0, 0.7))),
+    }
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
@@ -192,7 +209,19 @@ pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
         for (p, area) in panels.iter().zip(areas) {
             let all = || p.series.iter().flat_map(|s| s.points.iter());
             let (x0, x1) = fit(all().map(|q| q.0));
-            let (y0, y1) = p.y_range.unwrap_or_else(|| fit(all().map(|q| q.1)));
+            // the legend's box as fractions of the plotting area: rows of 13 px text
+            // (~20 px each, plus its margins), a swatch and the longest name at ~7 px
+            // per character
+            let area_px = (f64::from(PANEL.0 - 58 - 20), f64::from(PANEL.1 - 38 - 40));
+            let longest = p.series.iter().map(|s| s.name.chars().count()).max();
+            let legend = (
+                (40.0 + 7.0 * longest.unwrap_or(0) as f64) / area_px.0,
+                (12.0 + 20.0 * p.series.len() as f64) / area_px.1,
+            );
+            // (a fixed range, accuracy's 0-100, is kept as asked)
+            let (y0, y1) = p
+                .y_range
+                .unwrap_or_else(|| headroom(&p.series, (x0, x1), fit(all().map(|q| q.1)), legend));
             let mut chart = ChartBuilder::on(area)
                 .caption(&p.title, (FONT, 17).into_font())
                 .margin(10)
@@ -235,18 +264,9 @@ pub fn lines(title: &str, panels: &[LinePanel]) -> Result<Vec<u8>, PlotError> {
                     .draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))
                     .map_err(err)?;
             }
-            // the legend's box as fractions of the plotting area: rows of 13 px text
-            // (~20 px each, plus its margins), a swatch and the longest name at ~7 px
-            // per character
-            let area_px = (f64::from(PANEL.0 - 58 - 20), f64::from(PANEL.1 - 38 - 40));
-            let longest = p.series.iter().map(|s| s.name.chars().count()).max();
-            let legend = (
-                (40.0 + 7.0 * longest.unwrap_or(0) as f64) / area_px.0,
-                (12.0 + 20.0 * p.series.len() as f64) / area_px.1,
-            );
             chart
                 .configure_series_labels()
-                .position(legend_corner(&p.series, (x0, x1), (y0, y1), legend))
+                .position(legend_corner(&p.series, (x0, x1), (y0, y1), legend).0)
                 .label_font((FONT, 13).into_font())
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
@@ -332,7 +352,7 @@ mod tests {
         let falling: Vec<_> = (1..=10).map(|e| (e as f64, 1.0 / e as f64)).collect();
         let rising: Vec<_> = (1..=10).map(|e| (e as f64, e as f64 / 10.0)).collect();
         let high: Vec<_> = (1..=10).map(|e| (e as f64, 0.95)).collect();
-        let best = |s: &[Series]| legend_corner(s, range.0, range.1, size);
+        let best = |s: &[Series]| legend_corner(s, range.0, range.1, size).0;
         assert!(matches!(
             best(&[series("loss", &falling)]),
             SeriesLabelPosition::UpperRight
@@ -345,6 +365,24 @@ mod tests {
             best(&[series("a", &falling), series("b", &high)]),
             SeriesLabelPosition::LowerLeft
         ));
+        // two epochs of three losses (a short run): a line in every corner; the range
+        // gains headroom at the top and the legend covers nothing there
+        let two = |a: f64, b: f64| vec![(1.0, a), (2.0, b)];
+        let s = [
+            series("total", &two(2.8, 2.75)),
+            series("KD part", &two(2.1, 2.05)),
+            series("discriminator part", &two(0.69, 0.69)),
+        ];
+        let (x, y) = ((0.9, 2.1), (0.6, 2.9));
+        assert!(legend_corner(&s, x, y, size).1 > 0);
+        let raised = headroom(&s, x, y, size);
+        assert!(raised.0 == y.0 && raised.1 > y.1, "{raised:?}");
+        assert_eq!(legend_corner(&s, x, raised, size).1, 0);
+        // a range the legend leaves free is kept
+        assert_eq!(
+            headroom(&[series("loss", &falling)], range.0, range.1, size),
+            range.1
+        );
     }
 
     #[test]

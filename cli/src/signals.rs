@@ -99,7 +99,13 @@ pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>>
                     SIGNAL.store(signal, Ordering::SeqCst);
                     flag.store(true, Ordering::SeqCst);
                     first = Some(std::time::Instant::now());
-                    eprintln!("\ninterrupt: {message} (press again to quit now)");
+                    // named: a SIGTERM from a scheduler's time limit is no keypress
+                    let (name, again) = match signal {
+                        libc::SIGINT => ("interrupt (Ctrl-C)", "press Ctrl-C again"),
+                        libc::SIGTERM => ("SIGTERM", "send another signal"),
+                        _ => ("SIGHUP", "send another signal"),
+                    };
+                    eprintln!("\n{name}: {message} ({again} to quit now)");
                 } else if first.is_some_and(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
                     SIGNAL.store(signal, Ordering::SeqCst);
                     std::process::exit(interrupt_exit_code());
@@ -110,6 +116,50 @@ pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>>
             }
         })?;
     Ok(stop)
+}
+
+/// What the SIGBUS report prints (set once by [`report_bus_errors`]).
+static BUS_MESSAGE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// A SIGBUS, which reading a memory-mapped file raises when the file was truncated
+/// under the process (a label shard rewritten in place while a run reads it: the store
+/// is read through its mapped pages), reported as `message` on stderr before the process
+/// dies of it as before (exit status 135), instead of a bare "Bus error".
+pub fn report_bus_errors(message: &'static str) {
+    if BUS_MESSAGE.set(message).is_err() {
+        return;
+    }
+    extern "C" fn on_bus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // only write(2) and raise(3) here (async-signal-safe). SA_RESETHAND has put the
+        // default action back: the raised SIGBUS, pending until this returns, ends the
+        // process (a fault's read would run again and fault anyway). A SIGBUS sent by
+        // kill(1) (si_code <= 0) is no cut file: nothing is said of one.
+        // SAFETY: the kernel passes a valid siginfo_t under SA_SIGINFO
+        let fault = !info.is_null() && unsafe { (*info).si_code } > 0;
+        if let Some(m) = BUS_MESSAGE.get().filter(|_| fault) {
+            let head = b"\nError: bus error (SIGBUS): ";
+            // SAFETY: writing valid buffers to fd 2
+            unsafe {
+                libc::write(2, head.as_ptr().cast(), head.len());
+                libc::write(2, m.as_ptr().cast(), m.len());
+                libc::write(2, b"\n".as_ptr().cast(), 1);
+            }
+        }
+        // SAFETY: raise(3) is async-signal-safe
+        unsafe {
+            libc::raise(libc::SIGBUS);
+        }
+    }
+    // SAFETY: a zeroed sigaction with a valid handler and an empty mask is installed
+    // for SIGBUS; the old action is not needed
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction =
+            on_bus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        sa.sa_flags = libc::SA_RESETHAND | libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
 }
 
 /// Whether SIGHUP is ignored in this process (as `nohup` leaves it).
@@ -125,6 +175,80 @@ fn sighup_ignored() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a child process (this test binary run again): a file mapped, cut short, then
+    /// read past its new end dies of SIGBUS, having said so in words.
+    #[test]
+    fn a_bus_error_is_reported() {
+        use std::os::unix::process::ExitStatusExt;
+        if std::env::var_os("MEAL_BUS_KILLED").is_some() {
+            // a SIGBUS sent, not a fault: nothing said, and the process dies of it
+            report_bus_errors("the test's words");
+            // SAFETY: raising a signal in this process
+            unsafe {
+                libc::raise(libc::SIGBUS);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            panic!("survived a SIGBUS");
+        }
+        if let Some(dir) = std::env::var_os("MEAL_BUS_CHILD") {
+            report_bus_errors("the test's words");
+            let p = std::path::Path::new(&dir).join("f");
+            std::fs::write(&p, vec![1u8; 1 << 16]).unwrap();
+            let f = std::fs::File::open(&p).unwrap();
+            // SAFETY: a read-only shared map of the file's 64 KiB, read once below
+            let m = unsafe {
+                use std::os::fd::AsRawFd;
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    1 << 16,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(m, libc::MAP_FAILED);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            // SAFETY: inside the mapping; the page past the file's end faults (SIGBUS)
+            let v = unsafe { std::ptr::read_volatile((m as *const u8).add(1 << 15)) };
+            panic!("read {v} past the end without a bus error");
+        }
+        // (the parent's directory: the child dies before it could remove one)
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "signals::tests::a_bus_error_is_reported",
+                "--nocapture",
+            ])
+            .env("MEAL_BUS_CHILD", dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{err}");
+        assert!(
+            err.contains("Error: bus error (SIGBUS): the test's words"),
+            "{err}"
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "signals::tests::a_bus_error_is_reported",
+                "--nocapture",
+            ])
+            .env("MEAL_BUS_KILLED", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{err}");
+        assert!(!err.contains("bus error"), "{err}");
+    }
 
     /// Printed as anyhow prints an error (its `{:?}` without a backtrace), except that a
     /// bare flag is joined with what its cause says.

@@ -95,18 +95,40 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    /// Build preset `arch` with `classes` outputs on `device` and load `weights`
-    /// strictly (safetensors or `.pth`); the file's sha256 goes to `info`.
+    /// Build preset `arch` with an output per class of `classes` (the dataset's) on
+    /// `device` and load `weights` strictly (safetensors or `.pth`); the file's sha256
+    /// goes to `info`. Weights that record their classes ([`crate::TrainedOn`]) give
+    /// their probabilities by name: the same classes in another order are reordered,
+    /// other classes refused.
     pub fn load(
         arch: &str,
         weights: &Path,
-        classes: usize,
+        classes: &[String],
         spec: CropSpec,
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let model = ResNet::from_preset_as(arch, classes, device, dtype)?;
-        model.load_weights(weights, LoadOptions::default())?;
+        let model = ResNet::from_preset_as(arch, classes.len(), device, dtype)?;
+        let (_, order) = model.load_weights_for(weights, LoadOptions::default(), classes)?;
+        match order {
+            crate::ClassOrder::Other(unknown) if !unknown.is_empty() => {
+                return Err(ModelError::OtherClasses {
+                    path: weights.to_path_buf(),
+                    reason: format!(
+                        "{} of the data's {} classes are not among those it records ({}): \
+                         its probabilities would be taken for other classes",
+                        unknown.len(),
+                        classes.len(),
+                        meal_data::error::first_few(&unknown, 5)
+                    ),
+                })
+            }
+            crate::ClassOrder::Permuted(_) => tracing::info!(
+                "{}: trained on the data's classes in another order: its outputs are taken by name",
+                weights.display()
+            ),
+            _ => {}
+        }
         // a teacher's weights never change: its BatchNorms' eval affine once, not per batch
         model.freeze_batch_norms()?;
         let bytes = std::fs::read(weights).map_err(|e| ModelError::Io {
@@ -235,12 +257,12 @@ pub struct Ensemble {
 }
 
 impl Ensemble {
-    /// Load the teachers `args` say (preset, weights, input config) with `classes`
-    /// outputs on `device`: the one way both binaries build an ensemble. An error names
+    /// Load the teachers `args` say (preset, weights, input config) with an output per
+    /// class of `classes` (the dataset's, by name: [`Teacher::load`]) on `device`: the one way both binaries build an ensemble. An error names
     /// the teacher (the caller adds its flag).
     pub fn load(
         args: &[TeacherArg],
-        classes: usize,
+        classes: &[String],
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {

@@ -54,6 +54,15 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// Weights that record other classes than the dataset's (a teacher's probabilities
+    /// would be taken for other classes).
+    #[error("{path}: trained on other classes than the data's: {reason}")]
+    OtherClasses {
+        /// The weights file.
+        path: PathBuf,
+        /// Which classes.
+        reason: String,
+    },
     /// What this machine cannot run (a CPU feature it lacks).
     #[error("not supported on this machine: {0}")]
     Unsupported(String),

@@ -3,6 +3,7 @@
 //! - [`resnet`], [`layers`], [`params`], [`weights`], [`pretrained`]: the timm-compatible
 //!   ResNet family (one builder, presets as a table with each model's input config,
 //!   timm state-dict names, train/eval modes through [`candle_core::ModuleT`]).
+//! - [`classes`]: the classes a weights file records, against a dataset's.
 //! - [`discriminator`]: MEAL V2's discriminator.
 //! - [`ensemble`]: teachers and their mean softmax.
 //! - [`loss`]: MEAL V2's losses; [`optim`]: SGD with PyTorch semantics and LR schedules.
@@ -12,6 +13,7 @@
 //!
 //! The soft-label store is the `meal-store` crate, which builds without candle.
 
+pub mod classes;
 pub mod device;
 pub mod discriminator;
 pub mod ensemble;
@@ -30,6 +32,7 @@ pub mod switches;
 mod testing;
 pub mod weights;
 
+pub use classes::{ClassOrder, TrainedOn};
 pub use device::{check_device, parse_device, set_tf32, tune_allocator, DeviceError};
 pub use discriminator::Discriminator;
 pub use error::ModelError;

@@ -28,6 +28,14 @@ pub struct Entry {
     pub shape: Vec<usize>,
 }
 
+/// The bytes `entries`' tensors hold (a model's weights and buffers, as saved).
+pub fn bytes_of(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| (e.var.elem_count() * e.var.dtype().size_in_bytes()) as u64)
+        .sum()
+}
+
 /// How a new tensor is initialised.
 #[derive(Clone, Copy, Debug)]
 pub enum Init {

@@ -356,3 +356,86 @@ fn saved_weights_have_an_ordinary_files_mode() {
     opt.save_state(&s).unwrap();
     assert_eq!(mode(&s), 0o644, "{:o}", mode(&s));
 }
+
+/// Weights that record their classes (`meal.trained_on`) in another order than the
+/// data's are loaded by name (a classifier taken by index scored 0 %); a teacher that
+/// records other classes is refused, naming them; weights that record nothing, or a
+/// dataset of numbered classes, are taken by index.
+#[test]
+fn recorded_classes_are_taken_by_name() {
+    use meal_models::ensemble::Teacher;
+    use meal_models::{ClassOrder, META_TRAINED_ON};
+    let dir = tempfile::tempdir().unwrap();
+    let names = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let tiny = |seed| ResNet::from_preset("demo_tiny", 3, &Device::Cpu, seed).unwrap();
+    let a = tiny(1);
+    // the same model with its classifier's rows reversed, recording classes c, b, a
+    let b = tiny(2);
+    let rev = Tensor::new(&[2u32, 1, 0], &Device::Cpu).unwrap();
+    for e in b.entries() {
+        let t = state_dict(a.entries())[&e.name].clone();
+        let t = match e.name.starts_with("fc.") {
+            true => t.index_select(&rev, 0).unwrap(),
+            false => t,
+        };
+        e.var.set(&t).unwrap();
+    }
+    let perm = dir.path().join("perm.safetensors");
+    let meta = [(
+        META_TRAINED_ON.to_string(),
+        r#"{"classes":["c","b","a"],"res":null}"#.to_string(),
+    )];
+    meal_models::save_safetensors_with(b.entries(), &perm, Some(meta.into_iter().collect()))
+        .unwrap();
+    let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+    let want = a.forward_t(&x, false).unwrap();
+    let c = tiny(3);
+    let (_, order) = c
+        .load_weights_for(&perm, LoadOptions::default(), &names(&["a", "b", "c"]))
+        .unwrap();
+    assert_eq!(order, ClassOrder::Permuted(vec![2, 1, 0]));
+    assert_eq!(
+        max_abs(&(c.forward_t(&x, false).unwrap() - &want).unwrap()),
+        0.0
+    );
+    // numbered classes: by index (the file's own order)
+    let (_, order) = c
+        .load_weights_for(&perm, LoadOptions::default(), &names(&["0", "1", "2"]))
+        .unwrap();
+    assert_eq!(order, ClassOrder::Same);
+    let got = c.forward_t(&x, false).unwrap();
+    assert_eq!(
+        max_abs(&(got - b.forward_t(&x, false).unwrap()).unwrap()),
+        0.0
+    );
+    // a teacher recording other classes is refused, naming them
+    let spec = meal_data::CropSpec::new(
+        32,
+        meal_data::Filter::Bilinear,
+        meal_data::Normalize::default(),
+    )
+    .unwrap();
+    let e = Teacher::load(
+        "demo_tiny",
+        &perm,
+        &names(&["a", "x", "c"]),
+        spec,
+        &Device::Cpu,
+        DType::F32,
+    );
+    let e = e.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        e.contains("trained on other classes") && e.contains("1 of the data's 3 classes"),
+        "{e}"
+    );
+    // the same classes in the data's order: taken as they are
+    Teacher::load(
+        "demo_tiny",
+        &perm,
+        &names(&["c", "b", "a"]),
+        spec,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+}

@@ -385,6 +385,19 @@ mod tests {
                 "{e}"
             );
         }
+        // a value typed on the command line, which the file does not set, is not blamed
+        // on the file
+        let head = "data = \"d\"\nout = \"o\"\nteacher = [\"demo_tiny=t.safetensors\"]\n";
+        std::fs::write(&f, head).unwrap();
+        let e = RunArgs {
+            config: Some(f.clone()),
+            batch: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.starts_with("--batch") && !e.contains("c.toml"), "{e}");
         // a range of three numbers is refused, not cut to two
         std::fs::write(&f, "scale = [0.1, 0.5, 1.0]\n").unwrap();
         let e = RunArgs {

@@ -79,6 +79,11 @@ fn main() -> std::process::ExitCode {
 fn cli() -> Result<()> {
     meal_models::tune_allocator();
     meal_cli::init_logging();
+    meal_cli::report_bus_errors(
+        "a memory-mapped file was cut short while it was read: a shard of the store \
+         rewritten or truncated in place meanwhile? Shards written are kept; check the \
+         store with meal-precompute verify",
+    );
     match Cli::parse().cmd {
         Cmd::Run(args) => {
             let s = args.resolve()?;
@@ -169,6 +174,28 @@ fn cli() -> Result<()> {
                         "  teacher {:<16} top-1 agreement not recorded by older shards  ({given})",
                         t.arch
                     ),
+                }
+            }
+            // a teacher near chance on enough crops: weights of other classes, or of these
+            // in another order taken by index (weights from elsewhere record no classes)
+            let classes = meal_store::manifest::Manifest::read(&s.out)
+                .map(|m| m.config.classes.len())
+                .unwrap_or(0);
+            // (from 10 classes: with fewer, twice chance is a fair teacher's agreement)
+            if classes >= 10 && r.crops >= 20 * classes as u64 {
+                for t in &r.teachers {
+                    if t.top1_agreement.is_some_and(|a| a < 2.0 / classes as f64) {
+                        tracing::warn!(
+                            "teacher {} ({}) agrees with --data's labels on {:.1} % of the crops, \
+                             near chance for {classes} classes ({:.1} %): were its weights \
+                             trained on these classes, in this order (a list file's numbered \
+                             labels follow the order of the teacher's logits)?",
+                            t.arch,
+                            t.weights,
+                            100.0 * t.top1_agreement.unwrap_or(0.0),
+                            100.0 / classes as f64
+                        );
+                    }
                 }
             }
             if r.crops == 0 {

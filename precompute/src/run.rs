@@ -57,10 +57,10 @@ pub fn store_config(s: &Settings, ds: &Dataset, ens: &Ensemble) -> StoreConfig {
     }
 }
 
-/// Load the teachers of `s` for a dataset of `classes` classes.
+/// Load the teachers of `s` for a dataset of `classes` (its class names).
 pub fn load_ensemble(
     s: &Settings,
-    classes: usize,
+    classes: &[String],
     device: &candle_core::Device,
 ) -> Result<Ensemble> {
     // hub names (ORG/NAME) become local files first
@@ -146,17 +146,18 @@ fn check_memory(
     // Each worker of this process holds the shard it fills until the shard is written:
     // its crops' labels as encoded (a dense label as f32, StoreWriter::encode_image),
     // then the file's bytes too (f16), per crop with its record and statistics (190 B
-    // a crop measured for 10 classes, dense). Writing a Parquet shard builds each row
-    // group's Arrow arrays and pages at once: about 40 bytes a class per crop of a row
-    // group for dense labels, measured (1000 classes, 1000 crops an image, 64 images a
-    // shard: 3.3 GB at its peak; without it the check let that run start and abort at
-    // its first shard). And the loader's batches: an image's whole pool is one batch at
+    // a crop measured for 10 classes, dense). Writing a Parquet shard holds each row
+    // group's column chunks until the group ends: about 4 bytes a class per crop of a
+    // row group for dense labels, 24 a kept class for top-k, measured (1000 classes, one
+    // row group of 4096 or 64 000 crops; the group is handed to the writer in pieces of
+    // 2^16 values, meal_store::shard, whose arrays took 40 bytes a class when a group
+    // was one piece). And the loader's batches: an image's whole pool is one batch at
     // least, whatever --batch (the forward takes --batch at a time), 8-bit pixels for
     // each teacher's side, up to 4 batches in flight, and the f32 input of one.
     let classes = ds.classes().len() as u64;
     let (per_crop, per_grouped_crop) = match encoding_of(s, ds) {
-        Encoding::Dense => (6 * classes + 160, 40 * classes + 400),
-        Encoding::TopK { k, .. } => (12 * u64::from(k) + 200, 120 * u64::from(k) + 400),
+        Encoding::Dense => (6 * classes + 160, 4 * classes + 200),
+        Encoding::TopK { k, .. } => (12 * u64::from(k) + 200, 24 * u64::from(k) + 200),
     };
     let p = u64::from(s.crops_per_image);
     let shard_images = (s.samples_per_shard as u64).min(ds.len() as u64);
@@ -173,8 +174,10 @@ fn check_memory(
     let widest = sides.iter().copied().max().unwrap_or(0);
     let loader = batch_crops * (4 * sides.iter().sum::<u64>() + 4 * widest);
     let workers = s.devices().len() as u64;
+    // (and 8 MiB for a piece of a row group being encoded, about 50 bytes a value)
     let need =
-        (per_crop * p * shard_images + per_grouped_crop * p * group_images + loader) * workers;
+        (per_crop * p * shard_images + per_grouped_crop * p * group_images + loader + (8 << 20))
+            * workers;
     meal_cli::memory::check(
         need,
         &format!(
@@ -220,7 +223,7 @@ fn plan(s: &Settings) -> Result<Plan> {
     if ds.is_empty() {
         bail!("--data {}: no images", s.data.display());
     }
-    let ens = load_ensemble(s, ds.classes().len(), &device)?;
+    let ens = load_ensemble(s, ds.classes(), &device)?;
     check_memory(s, &ds, &ens, &device)?;
     let config = store_config(s, &ds, &ens);
     // the same weights twice weigh twice in the mean: allowed (a weighted ensemble), but
@@ -480,7 +483,7 @@ fn run_part(
             let check_t0 = Instant::now();
             let mut f32_args = s.clone();
             f32_args.dtype = Some(DType::F32);
-            let reference = load_ensemble(&f32_args, ds.classes().len(), &device)?
+            let reference = load_ensemble(&f32_args, ds.classes(), &device)?
                 .soft_labels(&inputs, rows, s.batch)
                 .map_err(with_crop)?;
             dtype_check = Some(compare_labels(&out.probs, &reference.probs, classes));

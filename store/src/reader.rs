@@ -2,9 +2,10 @@
 //! recorded size and well-formed), checksums on [`LabelStore::verify`], random access to
 //! any sample's crops from memory-mapped shards.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use meal_data::Fingerprint;
+use meal_data::{Fingerprint, Sample};
 
 use super::crops::Crops;
 use super::images::{self, ImageInfo};
@@ -126,13 +127,17 @@ impl LabelStore {
         }
         let manifest = Manifest::read(dir)?;
         if manifest.state != State::Complete {
+            let running = meal_data::dirlock::is_held(dir, meal_data::dirlock::LOCK_FILE);
             return Err(StoreError::Mismatch {
                 path: mpath,
                 reason: format!(
-                    "the store is partial ({} shards written): resume meal-precompute, or \
-                     merge the workers' parts (its shards are Parquet files that pyarrow or \
-                     DuckDB read meanwhile, docs/FORMAT.md)",
-                    manifest.shards.len()
+                    "the store is partial ({} shards written): {} (its shards are Parquet \
+                     files that pyarrow or DuckDB read meanwhile, docs/FORMAT.md)",
+                    manifest.shards.len(),
+                    match running {
+                        true => "a meal-precompute run is writing it now: wait for it to end",
+                        false => "resume meal-precompute, or merge the workers' parts",
+                    }
                 ),
             });
         }
@@ -235,27 +240,25 @@ impl LabelStore {
         self.manifest.config.classes.len()
     }
 
-    /// Refuse a store made from another dataset (fingerprint or classes differ).
-    pub fn check_dataset(&self, fp: &Fingerprint, classes: &[String]) -> Result<(), StoreError> {
+    /// Refuse a store made from another dataset (fingerprint or classes differ), naming
+    /// the first difference between its image table and `samples` (the dataset's).
+    pub fn check_dataset(
+        &self,
+        fp: &Fingerprint,
+        classes: &[String],
+        samples: &[Sample],
+    ) -> Result<(), StoreError> {
         let c = &self.manifest.config;
         if &c.dataset == fp && c.classes != classes {
             // the same images, other class names (an edited manifest): the figures below
             // would read the same on both sides, so the first difference is named
-            let at = c
-                .classes
-                .iter()
-                .zip(classes)
-                .position(|(a, b)| a != b)
-                .unwrap_or(c.classes.len().min(classes.len()));
             return Err(StoreError::Mismatch {
                 path: self.dir.join(MANIFEST),
                 reason: format!(
-                    "label store names other classes than the dataset's ({} and {} names; \
-                     class {at}: store {:?}, data {:?})",
+                    "label store names other classes than the dataset's ({} and {} names; {})",
                     c.classes.len(),
                     classes.len(),
-                    c.classes.get(at).map_or("none", String::as_str),
-                    classes.get(at).map_or("none", String::as_str)
+                    first_other_class(&c.classes, classes)
                 ),
             });
         }
@@ -263,12 +266,110 @@ impl LabelStore {
             return Err(StoreError::Mismatch {
                 path: self.dir.join(MANIFEST),
                 reason: format!(
-                    "label store is for another dataset (store: {} samples, {} classes, fingerprint {}; data: {} samples, {} classes, fingerprint {})",
-                    c.dataset.samples, c.classes.len(), c.dataset.sha256, fp.samples, classes.len(), fp.sha256
+                    "label store is for another dataset (store: {} samples, {} classes, fingerprint {}; data: {} samples, {} classes, fingerprint {}){}",
+                    c.dataset.samples, c.classes.len(), c.dataset.sha256, fp.samples, classes.len(), fp.sha256,
+                    self.difference(classes, samples).map_or(String::new(), |d| format!(": {d}"))
                 ),
             });
         }
         Ok(())
+    }
+
+    /// The first difference between the store's images (`images.parquet`'s paths and
+    /// labels, and the images it skipped as unreadable, from the manifest) and the
+    /// dataset's `classes` and `samples`, in words; `None` when the table cannot be read.
+    /// The fingerprint also hashes file sizes, which the store does not keep: the same
+    /// paths and labels mean a file's bytes changed.
+    fn difference(&self, classes: &[String], samples: &[Sample]) -> Option<String> {
+        let c = &self.manifest.config;
+        if c.classes != classes {
+            return Some(format!(
+                "the class names differ ({} and {}; {})",
+                things(c.classes.len(), "class", "classes"),
+                things(classes.len(), "class", "classes"),
+                first_other_class(&c.classes, classes)
+            ));
+        }
+        let images = self.images().ok()?;
+        // (sample id, path, label; None for an image skipped as unreadable)
+        let mut stored: Vec<(u32, &str, Option<u32>)> = images
+            .iter()
+            .map(|i| (i.sample_id, i.path.as_str(), Some(i.label)))
+            .collect();
+        for k in self.manifest.shards.iter().flat_map(|s| &s.skipped) {
+            stored.push((k.sample_id, k.path.as_str(), None));
+        }
+        stored.sort_by_key(|e| e.0);
+        let data: HashMap<&str, &Sample> = samples.iter().map(|s| (s.path.as_str(), s)).collect();
+        let paths: std::collections::HashSet<&str> = stored.iter().map(|e| e.1).collect();
+        let first = |v: &[&str]| meal_data::error::first_few(v, 3);
+        let missing: Vec<&str> = stored
+            .iter()
+            .filter(|e| !data.contains_key(e.1))
+            .map(|e| e.1)
+            .collect();
+        if !missing.is_empty() {
+            let skipped = stored
+                .iter()
+                .filter(|e| e.2.is_none() && !data.contains_key(e.1))
+                .count();
+            return Some(format!(
+                "{} not in the data ({}){}",
+                things(
+                    missing.len(),
+                    "of the store's images is",
+                    "of the store's images are"
+                ),
+                first(&missing),
+                match skipped {
+                    0 => String::new(),
+                    n => format!(
+                        "; {} skipped as unreadable when the store was made",
+                        things(n, "was", "were")
+                    ),
+                }
+            ));
+        }
+        let extra: Vec<&str> = samples
+            .iter()
+            .map(|s| s.path.as_str())
+            .filter(|p| !paths.contains(p))
+            .collect();
+        if !extra.is_empty() {
+            return Some(format!(
+                "the data has {} the store has not ({})",
+                things(extra.len(), "image", "images"),
+                first(&extra)
+            ));
+        }
+        let name = |l: u32| c.classes.get(l as usize).map_or("?", String::as_str);
+        if let Some((_, p, Some(l))) = stored
+            .iter()
+            .find(|e| e.2.is_some_and(|l| data[e.1].label != l))
+        {
+            return Some(format!(
+                "{p} is of class {} in the store, {} in the data",
+                name(*l),
+                name(data[p].label)
+            ));
+        }
+        if let Some((id, p, _)) = stored
+            .iter()
+            .find(|e| samples.get(e.0 as usize).is_none_or(|s| s.path != e.1))
+        {
+            return Some(format!(
+                "the same files in another order (sample {id} is {p} in the store, {} in the \
+                 data: a list file reordered?)",
+                samples
+                    .get(*id as usize)
+                    .map_or("none", |s| s.path.as_str())
+            ));
+        }
+        Some(
+            "the same paths and labels: a file's size differs (an image re-encoded or \
+             replaced since the store was made)"
+                .to_string(),
+        )
     }
 
     /// The shard file that holds `sample`'s labels.
@@ -417,4 +518,24 @@ impl LabelStore {
         images::check_against_shards(&self.dir, &rows, stored, self.num_classes())?;
         Ok(rows)
     }
+}
+
+/// `n` and the noun for it: "1 image", "2 images".
+fn things(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The first class the store and the data name differently: `class 3: store "a", data
+/// "b"` (`none` past the shorter list's end).
+fn first_other_class(store: &[String], data: &[String]) -> String {
+    let at = store
+        .iter()
+        .zip(data)
+        .position(|(a, b)| a != b)
+        .unwrap_or(store.len().min(data.len()));
+    format!(
+        "class {at}: store {:?}, data {:?}",
+        store.get(at).map_or("none", String::as_str),
+        data.get(at).map_or("none", String::as_str)
+    )
 }

@@ -90,17 +90,14 @@ fn fsl(values: ArrayRef, field: &Field) -> Result<ArrayRef, StoreError> {
     ))
 }
 
+/// The rows `(sample_id, crop)` as one Arrow batch.
 fn batch(
-    images: &[ImageRows],
+    rows: &[(u32, &CropLabel)],
     enc: Encoding,
     classes: usize,
     schema: &Arc<Schema>,
 ) -> Result<RecordBatch, StoreError> {
-    let rows = || {
-        images
-            .iter()
-            .flat_map(|im| im.crops.iter().map(move |c| (im.sample_id, c)))
-    };
+    let rows = || rows.iter().copied();
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(rows().map(|(s, _)| s))),
         Arc::new(UInt16Array::from_iter_values(
@@ -169,6 +166,17 @@ fn images_json(images: &[ImageRows]) -> String {
     serde_json::to_string(&v).expect("serialises")
 }
 
+/// Label values (probabilities or classes) handed to the Parquet writer in one batch.
+const PIECE_VALUES: usize = 1 << 16;
+
+/// Values a row's label holds.
+fn label_width(enc: Encoding, classes: usize) -> usize {
+    match enc {
+        Encoding::Dense => classes.max(1),
+        Encoding::TopK { k, .. } => usize::from(k).max(1),
+    }
+}
+
 /// A Parquet shard: rows sample-major, each row group holding whole images.
 pub fn encode_parquet(
     images: &[ImageRows],
@@ -204,8 +212,18 @@ pub fn encode_parquet(
         if group.iter().all(|i| i.crops.is_empty()) {
             continue;
         }
-        w.write(&batch(group, enc, classes, &schema)?)
-            .map_err(StoreError::parquet)?;
+        // A row group goes to the writer a few rows at a time: each piece's Arrow
+        // arrays and level buffers (about 40 bytes a value when a whole dense row group
+        // was one batch) are freed before the next, while the column chunks, still one
+        // page each, grow in the writer. The file's bytes are the same either way.
+        let rows: Vec<(u32, &CropLabel)> = group
+            .iter()
+            .flat_map(|im| im.crops.iter().map(move |c| (im.sample_id, c)))
+            .collect();
+        for piece in rows.chunks((PIECE_VALUES / label_width(enc, classes)).max(1)) {
+            w.write(&batch(piece, enc, classes, &schema)?)
+                .map_err(StoreError::parquet)?;
+        }
         w.flush().map_err(StoreError::parquet)?; // row-group boundary between images
     }
     w.close().map_err(StoreError::parquet)?;

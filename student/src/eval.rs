@@ -150,6 +150,7 @@ pub fn evaluate(
         read,
         device,
         &AtomicBool::new(false),
+        None,
     )?)
 }
 
@@ -173,7 +174,7 @@ pub fn evaluate_mapped(
         );
     }
     let never = AtomicBool::new(false);
-    finished(eval_model(
+    finished(evaluate_until(
         model,
         ds,
         spec,
@@ -184,21 +185,10 @@ pub fn evaluate_mapped(
     )?)
 }
 
-/// [`evaluate`], given up (None) once `stop` is set: a training's validation must not
-/// hold a stop signal for a whole pass (a scheduler's grace period is seconds).
+/// [`evaluate`] (with `logit_of` as [`evaluate_mapped`]'s), given up (None) once `stop`
+/// is set: a training's validation must not hold a stop signal for a whole pass (a
+/// scheduler's grace period is seconds).
 pub fn evaluate_until(
-    model: &ResNet,
-    ds: &Arc<Dataset>,
-    spec: CropSpec,
-    read: EvalRead,
-    device: &Device,
-    stop: &AtomicBool,
-) -> Result<Option<Accuracy>> {
-    eval_model(model, ds, spec, read, device, stop, None)
-}
-
-/// `model`'s logits over `ds` at `spec`, counted by [`eval_loop`] (with `logit_of`).
-fn eval_model(
     model: &ResNet,
     ds: &Arc<Dataset>,
     spec: CropSpec,
@@ -215,93 +205,100 @@ fn eval_model(
     })
 }
 
-/// What a student's weights file records of its training (`__metadata__`, written by
-/// `meal-student train`; weights from elsewhere record nothing).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct TrainedOn {
-    /// Its classes, in logit order.
-    pub classes: Option<Vec<String>>,
-    /// The side it was trained at.
-    pub res: Option<u32>,
-}
+pub use meal_models::TrainedOn;
 
-impl TrainedOn {
-    /// Read from the weights at `path` (nothing for another format or no metadata).
-    pub fn of(path: &std::path::Path) -> Self {
-        meal_models::safetensors_metadata(path)
-            .and_then(|m| m.get(meal_models::META_TRAINED_ON).cloned())
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .unwrap_or_default()
+/// The model's logit for each of `data`'s classes, where they are not the same list:
+/// by name (a validation set of some of the classes), or by number for a list whose
+/// labels are the logits' indices (`0`, `1`, ...). An error names the classes the model
+/// was not trained on: their accuracy would be counted against other logits.
+pub fn logit_of(trained: &TrainedOn, data: &[String]) -> Result<Option<Vec<usize>>> {
+    let Some(trained) = &trained.classes else {
+        return Ok(None);
+    };
+    if trained.as_slice() == data {
+        return Ok(None);
     }
-
-    /// The model's logit for each of `data`'s classes, where they are not the same list:
-    /// by name (a validation set of some of the classes), or by number for a list whose
-    /// labels are the logits' indices (`0`, `1`, ...). An error names the classes the
-    /// model was not trained on: their accuracy would be counted against other logits.
-    pub fn logit_of(&self, data: &[String]) -> Result<Option<Vec<usize>>> {
-        let Some(trained) = &self.classes else {
-            return Ok(None);
-        };
-        if trained.as_slice() == data {
-            return Ok(None);
-        }
-        let by_name: std::collections::HashMap<&str, usize> = trained
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
-            .collect();
-        if let Some(m) = data
-            .iter()
-            .map(|c| by_name.get(c.as_str()).copied())
-            .collect::<Option<Vec<usize>>>()
-        {
-            tracing::info!(
-                "{} classes of the {} the weights were trained on: scored by name",
-                data.len(),
-                trained.len()
-            );
-            return Ok(Some(m));
-        }
-        if let Some(m) = data
-            .iter()
-            .map(|c| c.parse::<usize>().ok())
-            .collect::<Option<Vec<usize>>>()
-        {
-            // a numbered list: its labels are the logits' indices
-            if let Some(&big) = m.iter().filter(|&&i| i >= trained.len()).max() {
-                bail!(
-                    "its labels are numbers, up to {big}, and the weights have {} logits \
-                     (0 to {}): a numbered list counts from 0",
-                    trained.len(),
-                    trained.len().saturating_sub(1)
-                );
-            }
-            return Ok(Some(m));
-        }
-        let unknown: Vec<&str> = data
-            .iter()
-            .filter(|c| !by_name.contains_key(c.as_str()))
-            .map(String::as_str)
-            .collect();
-        bail!(
-            "{} of its {} classes are not among the {} the weights were trained on ({}): \
-             name them as the training set's folders were named (the weights record those)",
-            unknown.len(),
+    let by_name: std::collections::HashMap<&str, usize> = trained
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    if let Some(m) = data
+        .iter()
+        .map(|c| by_name.get(c.as_str()).copied())
+        .collect::<Option<Vec<usize>>>()
+    {
+        tracing::info!(
+            "{} classes of the {} the weights were trained on: scored by name",
             data.len(),
-            trained.len(),
-            meal_data::error::first_few(&unknown, 5)
-        )
+            trained.len()
+        );
+        return Ok(Some(m));
     }
+    if let Some(m) = data
+        .iter()
+        .map(|c| c.parse::<usize>().ok())
+        .collect::<Option<Vec<usize>>>()
+    {
+        // a numbered list: its labels are the logits' indices
+        if let Some(&big) = m.iter().filter(|&&i| i >= trained.len()).max() {
+            bail!(
+                "its labels are numbers, up to {big}, and the weights have {} logits \
+                     (0 to {}): a numbered list counts from 0",
+                trained.len(),
+                trained.len().saturating_sub(1)
+            );
+        }
+        return Ok(Some(m));
+    }
+    if trained.len() == data.len() && trained.iter().all(|c| c.parse::<usize>().is_ok()) {
+        // weights trained on a numbered list (0, 1, ...), met with named classes: the
+        // named class i is the logit named "i" (meal_models::ClassOrder, as the loaders)
+        tracing::info!(
+            "the weights record numbered classes (0 to {}): the data's class i is the \
+             logit numbered i",
+            trained.len() - 1
+        );
+        let record = TrainedOn {
+            classes: Some(trained.clone()),
+            res: None,
+        };
+        return Ok(match record.order_of(data) {
+            meal_models::ClassOrder::Permuted(rows) => Some(rows),
+            _ => None,
+        });
+    }
+    let unknown: Vec<&str> = data
+        .iter()
+        .filter(|c| !by_name.contains_key(c.as_str()))
+        .map(String::as_str)
+        .collect();
+    bail!(
+        "{} of its {} classes are not among the {} the weights were trained on ({}): \
+             name them as the training set's folders were named (the weights record those)",
+        unknown.len(),
+        data.len(),
+        trained.len(),
+        meal_data::error::first_few(&unknown, 5)
+    )
 }
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
-pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> Result<Accuracy> {
+/// With `logit_of`, the dataset's class `i` is scored as the ensemble's output
+/// `logit_of[i]` ([`evaluate_mapped`]'s rule: teachers that record more classes than a
+/// validation list holds).
+pub fn evaluate_ensemble(
+    ens: &Ensemble,
+    ds: &Arc<Dataset>,
+    read: EvalRead,
+    logit_of: Option<&[usize]>,
+) -> Result<Accuracy> {
     let never = AtomicBool::new(false);
     finished(eval_loop(
         ds,
         ens.specs(),
         ens.num_classes(),
-        None,
+        logit_of,
         read,
         &never,
         |b| {

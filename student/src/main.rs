@@ -74,12 +74,19 @@ fn main() -> std::process::ExitCode {
 fn cli() -> Result<()> {
     meal_models::tune_allocator();
     meal_cli::init_logging();
+    meal_cli::report_bus_errors(
+        "a memory-mapped file was cut short while it was read: a label shard rewritten or \
+         truncated in place meanwhile? Restore the store (meal-precompute verify checks \
+         it); a training run keeps its last checkpoint: rerun it with --resume",
+    );
     match Cli::parse().cmd {
         Cmd::Train(args) => {
             let s = args.resolve()?;
             meal_cli::use_threads(s.threads)?;
-            let stop = meal_cli::interrupt_flag("checkpointing after this step")
-                .context("installing the Ctrl-C handler")?;
+            let stop = meal_cli::interrupt_flag(
+                "checkpointing after this step (a validation stops at once)",
+            )
+            .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
             let (batch, amp) = (s.batch, s.amp);
             let r = train::train(s, &stop).map_err(|e| {
@@ -173,7 +180,7 @@ fn cli() -> Result<()> {
                 // what a student's weights record of its training: its classes (the
                 // dataset's are mapped to them by name) and side
                 let trained = eval::TrainedOn::of(&weights);
-                let logit_of = trained.logit_of(ds.classes()).with_context(|| {
+                let logit_of = eval::logit_of(&trained, ds.classes()).with_context(|| {
                     format!(
                         "--data {} with --weights {}",
                         data.display(),
@@ -228,8 +235,28 @@ fn cli() -> Result<()> {
                     meal_cli::hub::resolve_teacher("--teacher", &t.arch, &mut t.weights)?;
                 }
                 let dtype = meal_models::ensemble::default_dtype(&dev);
-                let ens =
-                    Ensemble::load(&args, ds.classes().len(), &dev, dtype).context("--teacher")?;
+                // teachers that all record the same classes score --data's by name, as
+                // --weights does (a list of some of them: part of ImageNet's val)
+                let records: Vec<Option<Vec<String>>> = args
+                    .iter()
+                    .map(|t| eval::TrainedOn::of(&t.weights).classes)
+                    .collect();
+                let (outputs, logit_of) = match records.first() {
+                    Some(Some(c)) if records.iter().all(|r| r.as_ref() == Some(c)) => {
+                        let on = eval::TrainedOn {
+                            classes: Some(c.clone()),
+                            res: None,
+                        };
+                        match eval::logit_of(&on, ds.classes())
+                            .with_context(|| format!("--data {} with --teacher", data.display()))?
+                        {
+                            Some(m) => (c.clone(), Some(m)),
+                            None => (ds.classes().to_vec(), None),
+                        }
+                    }
+                    _ => (ds.classes().to_vec(), None),
+                };
+                let ens = Ensemble::load(&args, &outputs, &dev, dtype).context("--teacher")?;
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
                 let rows = eval::EVAL_BATCH.min(ds.len());
@@ -240,7 +267,7 @@ fn cli() -> Result<()> {
                     |i| format!("--teacher {}", teacher[i]),
                     "lower the teacher's size=",
                 )?;
-                let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
+                let acc = eval::evaluate_ensemble(&ens, &ds, read, logit_of.as_deref())?;
                 let names: Vec<&str> = args.iter().map(|t| t.arch.as_str()).collect();
                 (
                     format!("ensemble of {} ({})", names.len(), names.join(", ")),

@@ -65,8 +65,14 @@ fn shipped_teachers_are_the_listed_files_and_reach_their_stated_accuracy() {
         );
         args.push(format!("{arch}={},size={size}", file.display()));
     }
-    let ens = Ensemble::load(&TeacherArg::parse_all(&args).unwrap(), 10, &dev, DType::F32).unwrap();
-    let acc = evaluate_ensemble(&ens, &val, READ).unwrap();
+    let ens = Ensemble::load(
+        &TeacherArg::parse_all(&args).unwrap(),
+        val.classes(),
+        &dev,
+        DType::F32,
+    )
+    .unwrap();
+    let acc = evaluate_ensemble(&ens, &val, READ, None).unwrap();
     let stated = meta["ensemble_val_top1"].as_f64().unwrap();
     assert!(
         (acc.top1 - stated).abs() <= TOLERANCE,

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::classes::{permute_classifier, ClassOrder, TrainedOn};
 use super::layers::{
     avg_pool_2x2_ceil, global_avg_pool, max_pool_3x3_s2_p1, BatchNorm2d, Conv2d, ConvConfig,
     Linear, SqueezeExcite,
@@ -187,10 +188,40 @@ impl ResNet {
     /// Load a timm state dict (safetensors or `.pth`) strictly; see [`LoadOptions`].
     /// Returns the names kept fresh (the classifier under `fresh_classifier`).
     pub fn load_weights(&self, path: &Path, opts: LoadOptions) -> Result<Vec<String>> {
+        self.load_weights_rows(path, opts, None)
+    }
+
+    /// [`ResNet::load_weights`] for a dataset of `classes`: a file that records the same
+    /// classes in another order ([`TrainedOn`], `meal-student train`'s weights) has its
+    /// classifier's rows put in the dataset's order. Also returns how the classes stood
+    /// ([`ClassOrder::Other`] is the caller's to refuse or warn about).
+    pub fn load_weights_for(
+        &self,
+        path: &Path,
+        opts: LoadOptions,
+        classes: &[String],
+    ) -> Result<(Vec<String>, ClassOrder)> {
+        let order = TrainedOn::of(path).order_of(classes);
+        let rows = match &order {
+            ClassOrder::Permuted(r) => Some(r.as_slice()),
+            _ => None,
+        };
+        Ok((self.load_weights_rows(path, opts, rows)?, order))
+    }
+
+    fn load_weights_rows(
+        &self,
+        path: &Path,
+        opts: LoadOptions,
+        rows: Option<&[usize]>,
+    ) -> Result<Vec<String>> {
         self.batch_norms().iter().for_each(|b| b.thaw());
         self.forget_fused();
         let device = self.entries[0].var.device().clone();
-        let sd = read_state_dict(path, &device)?;
+        let mut sd = read_state_dict(path, &device)?;
+        if let Some(rows) = rows {
+            permute_classifier(&mut sd, rows)?;
+        }
         load_into(&self.entries, &sd, opts, path, &self.name).map_err(|e| match e {
             ModelError::Mismatch {
                 path,

@@ -185,9 +185,10 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
     let f = fixture(1);
     let dev = Device::Cpu;
     let spec = CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap();
+    let classes: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
     let ens = Ensemble::new(vec![
-        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev, DType::F32).unwrap(),
-        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_tiny", &f.t1, &classes, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_resnet10", &f.t2, &classes, spec, &dev, DType::F32).unwrap(),
     ])
     .unwrap();
     assert_eq!(
@@ -225,9 +226,10 @@ fn eight_bit_crops_give_the_labels_of_their_normalized_floats() {
         std: [0.2, 0.3, 0.25],
     };
     let spec = CropSpec::new(16, Filter::Bilinear, norm).unwrap();
+    let classes: Vec<String> = (0..10).map(|c| format!("c{c}")).collect();
     let ens = Ensemble::new(vec![
-        Teacher::load("demo_tiny", &f.t1, 10, spec, &dev, DType::F32).unwrap(),
-        Teacher::load("demo_resnet10", &f.t2, 10, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_tiny", &f.t1, &classes, spec, &dev, DType::F32).unwrap(),
+        Teacher::load("demo_resnet10", &f.t2, &classes, spec, &dev, DType::F32).unwrap(),
     ])
     .unwrap();
     let rows = 5;

@@ -301,11 +301,56 @@ fn other_datasets_and_configs_are_refused() {
     meal_data::synth::generate(other_dir.path(), &other_cfg, || {}).unwrap();
     let other = Dataset::open(&other_dir.path().join("train"), LinkPolicy::StayInside).unwrap();
     let e = st
-        .check_dataset(other.fingerprint(), other.classes())
+        .check_dataset(other.fingerprint(), other.classes(), other.samples())
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("another dataset") && e.contains("manifest.json"),
+        "{e}"
+    );
+    // what differs is named from the store's image table: a file gone, a label
+    // changed, the same files in another order, or (same paths and labels) a file's
+    // bytes (the fingerprint hashes sizes)
+    let other_fp = meal_data::Fingerprint {
+        sha256: "0".repeat(64),
+        ..ds.fingerprint().clone()
+    };
+    let said = |samples: &[meal_data::Sample]| {
+        st.check_dataset(&other_fp, ds.classes(), samples)
+            .unwrap_err()
+            .to_string()
+    };
+    let all = ds.samples().to_vec();
+    let e = said(&all[1..]);
+    assert!(
+        e.contains("1 of the store's images is not in the data") && e.contains(&all[0].path),
+        "{e}"
+    );
+    let mut relabelled = all.clone();
+    relabelled[2].label = (relabelled[2].label + 1) % ds.classes().len() as u32;
+    let e = said(&relabelled);
+    assert!(
+        e.contains(&format!(
+            "{} is of class {} in the store",
+            all[2].path,
+            ds.classes()[all[2].label as usize]
+        )),
+        "{e}"
+    );
+    let mut reordered = all.clone();
+    reordered.swap(0, 1);
+    let e = said(&reordered);
+    assert!(e.contains("the same files in another order"), "{e}");
+    let e = said(&all);
+    assert!(e.contains("a file's size differs"), "{e}");
+    // the same files under numbered classes (a list file of indices): the names differ
+    let numbered: Vec<String> = (0..ds.classes().len()).map(|i| i.to_string()).collect();
+    let e = st
+        .check_dataset(&other_fp, &numbered, &all)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the class names differ") && e.contains("class 0: store"),
         "{e}"
     );
     // the same images under other class names: the first differing class is named
@@ -313,7 +358,7 @@ fn other_datasets_and_configs_are_refused() {
     let mut renamed = ds.classes().to_vec();
     renamed[1] = "renamed".into();
     let e = st
-        .check_dataset(ds.fingerprint(), &renamed)
+        .check_dataset(ds.fingerprint(), &renamed, ds.samples())
         .unwrap_err()
         .to_string();
     assert!(

@@ -158,7 +158,8 @@ fn round_trip_of_both_formats_and_encodings() {
             .join(format!("store-{enc}-{fmt:?}").replace(':', "_"));
         write_all(&dir, &ds, &config(&ds, enc, fmt), None).unwrap();
         let st = LabelStore::open(&dir).unwrap();
-        st.check_dataset(ds.fingerprint(), ds.classes()).unwrap();
+        st.check_dataset(ds.fingerprint(), ds.classes(), ds.samples())
+            .unwrap();
         assert!(
             st.is_mapped(),
             "{enc} {fmt:?}: our shards are read from the map"

@@ -5,11 +5,13 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use meal_models::optim::LrSchedule;
+use meal_models::params::bytes_of;
 use meal_models::{load_into, read_state_dict, save_safetensors, LoadOptions};
 use serde::{Deserialize, Serialize};
 
 use super::run::Run;
-use super::{EpochAcc, CHECKPOINT, STUDENT_FILE};
+use super::{EpochAcc, CHECKPOINT, RESULT_FILES, STUDENT_FILE};
 use crate::config::Settings;
 use crate::logs::EpochMetrics;
 
@@ -107,6 +109,24 @@ fn flags_of(mut settings: serde_json::Value) -> serde_json::Value {
     settings
 }
 
+/// Free space a run's saves need: a checkpoint of `ckpt` bytes and the student's
+/// `student` bytes of weights, each written beside its last copy until whole (one after
+/// the other: the peak is two of one and one of the other), less the copies a resumed
+/// run holds already (`held`).
+fn saves_need(ckpt: u64, student: u64, ckpt_held: bool, student_held: bool) -> u64 {
+    let held = |yes: bool, n: u64| if yes { n } else { 0 };
+    (2 * ckpt + student)
+        .max(ckpt + 2 * student)
+        .saturating_sub(held(ckpt_held, ckpt))
+        .saturating_sub(held(student_held, student))
+}
+
+/// Bytes as megabytes with one decimal, rounded by `round`: a need up and free space
+/// down (whole megabytes rounded both up read "takes 3 MB and 3 MB are free").
+fn mb(bytes: u64, round: fn(f64) -> f64) -> f64 {
+    round(bytes as f64 / 1e5) / 10.0
+}
+
 /// SHA-256 of each `*.safetensors` file in the checkpoint directory `dir`, by name.
 fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     let mut files = std::collections::BTreeMap::new();
@@ -177,7 +197,10 @@ impl Run {
         let dst = self.s.out.join(CHECKPOINT);
         meal_data::atomic::replace_with(&dst, |tmp| -> Result<()> {
             std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            self.student.save(&tmp.join(STUDENT_FILE))?;
+            // (with what it was trained on, as the run's own copy: eval and --init of
+            // a checkpoint read its classes and side)
+            self.student
+                .save_with(&tmp.join(STUDENT_FILE), self.trained_on())?;
             if let Some(d) = &self.disc {
                 save_safetensors(d.entries(), &tmp.join("disc.safetensors"))?;
             }
@@ -200,9 +223,6 @@ impl Run {
     /// what is free there when that is short (a full disk is the usual cause; the last
     /// checkpoint stays until the new one is written whole).
     pub(super) fn disk_hint(&self, e: anyhow::Error) -> anyhow::Error {
-        // one decimal, the need rounded up and the free space down (whole megabytes
-        // rounded both up read "takes 3 MB and 3 MB are free")
-        let mb = |b: u64, round: fn(f64) -> f64| round(b as f64 / 1e5) / 10.0;
         let need = self.checkpoint_bytes();
         // --resume only where there is a checkpoint to resume (a first one that failed
         // leaves none, and its run directory removed)
@@ -220,20 +240,50 @@ impl Run {
                 mb(free, f64::floor),
                 self.s.out.display()
             )),
+            // (another failure: what is kept and how to go on)
+            _ if then.ends_with("--resume") => {
+                e.context("the last checkpoint is kept: fix the cause, then rerun with --resume")
+            }
             _ => e,
+        }
+    }
+
+    /// Refuses a run whose saves cannot fit where `--out` is, before its first step
+    /// (a full disk was found at the first epoch's end, which was then lost): each
+    /// checkpoint is written beside the last until it is whole, and so are the
+    /// student's weights at the top; what a resumed run has written already is there.
+    pub(super) fn check_disk(&self) -> Result<()> {
+        let student = bytes_of(self.student.entries());
+        let (ckpt, out) = (self.checkpoint_bytes(), &self.s.out);
+        let need = saves_need(
+            ckpt,
+            student,
+            out.join(CHECKPOINT).exists(),
+            out.join(STUDENT_FILE).exists(),
+        );
+        match meal_cli::free_bytes(out) {
+            Some(free) if free < need => {
+                bail!(
+                    "--out {}: {} MB free, and the run's saves need {} MB there (a checkpoint \
+                     of about {} MB written beside the last until it is whole, then the \
+                     student's {} MB weights likewise): free some space or choose another \
+                     directory",
+                    out.display(),
+                    mb(free, f64::floor),
+                    mb(need, f64::ceil),
+                    mb(ckpt, f64::ceil),
+                    mb(student, f64::ceil)
+                )
+            }
+            _ => Ok(()),
         }
     }
 
     /// About what a checkpoint takes: the student's and the discriminator's tensors and
     /// a momentum buffer the size of each.
     fn checkpoint_bytes(&self) -> u64 {
-        let bytes = |es: &[meal_models::params::Entry]| -> u64 {
-            es.iter()
-                .map(|e| (e.var.elem_count() * e.var.dtype().size_in_bytes()) as u64)
-                .sum()
-        };
-        let disc = self.disc.as_ref().map_or(0, |d| bytes(d.entries()));
-        2 * (bytes(self.student.entries()) + disc)
+        let disc = self.disc.as_ref().map_or(0, |d| bytes_of(d.entries()));
+        2 * (bytes_of(self.student.entries()) + disc)
     }
 
     pub(super) fn load_checkpoint(&mut self) -> Result<State> {
@@ -253,6 +303,27 @@ impl Run {
                 dir.join(STUDENT_FILE).display()
             );
         }
+        if !dir.exists() {
+            // (train: a directory with neither results nor a checkpoint starts afresh)
+            let held = RESULT_FILES
+                .into_iter()
+                .filter(|f| out.join(f).exists())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let weights = out.join(STUDENT_FILE);
+            bail!(
+                "--resume: {} holds a run's results ({held}) but no checkpoint to resume \
+                 (its checkpoint/ was removed): start a new run in another directory{}",
+                out.display(),
+                match weights.exists() {
+                    true => format!(
+                        ", with --init {} to begin from its weights",
+                        weights.display()
+                    ),
+                    false => String::new(),
+                }
+            );
+        }
         let text = std::fs::read_to_string(&sp).with_context(|| {
             format!(
                 "--resume: no checkpoint in {} ({})",
@@ -260,18 +331,35 @@ impl Run {
                 sp.display()
             )
         })?;
-        let state: State =
-            serde_json::from_str(&text).with_context(|| format!("--resume: {}", sp.display()))?;
+        let mut state: State = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--resume: {} is not a checkpoint's state (damaged or cut short): restore \
+                     it, or start a new run with --init {}",
+                sp.display(),
+                dir.join(STUDENT_FILE).display()
+            )
+        })?;
         let (a, b) = (
             flags_of(serde_json::to_value(&state.settings)?),
             flags_of(serde_json::to_value(&self.s)?),
         );
         // teachers recorded by content are compared as inputs, below
         let online_by_content = state.inputs.as_ref().is_some_and(|i| i.online.is_some());
+        // --epochs may change where the rate of a step does not depend on it (step and
+        // constant schedules: the run so far is the same run), as Lightning's max_epochs
+        // may grow on a resume; under cosine every step's rate follows the total
+        let epochs_may_change = !matches!(self.s.schedule, LrSchedule::Cosine { .. })
+            && !matches!(state.settings.schedule, LrSchedule::Cosine { .. });
         let diff: Vec<String> = match (a, b) {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
                 .iter()
                 .filter(|(k, v)| !RESUME_MAY_CHANGE.contains(&k.as_str()) && y.get(*k) != Some(*v))
+                .filter(|(k, _)| !(k.as_str() == "epochs" && epochs_may_change))
+                // another --schedule: its own flags' defaults are no change of the user's
+                .filter(|(k, _)| {
+                    !(matches!(k.as_str(), "lr_steps" | "lr_gamma")
+                        && x.get("schedule") != y.get("schedule"))
+                })
                 // --scale draws the crops of a run without a store; with --labels the
                 // store's crops replay and it is unused (its help says so)
                 .filter(|(k, _)| !(k.as_str() == "scale" && self.s.labels.is_some()))
@@ -284,7 +372,13 @@ impl Run {
                 })
                 .map(|(k, v)| {
                     let short = |v: Option<&serde_json::Value>| {
-                        let t = v.map_or("none".to_string(), |v| v.to_string());
+                        let t = match (k.as_str(), v) {
+                            // a switch said as its flag takes it
+                            ("disc", Some(serde_json::Value::Bool(on))) => {
+                                if *on { "on" } else { "off" }.to_string()
+                            }
+                            (_, v) => v.map_or("none".to_string(), |v| v.to_string()),
+                        };
                         if t.chars().count() > 60 {
                             format!("{}...", t.chars().take(57).collect::<String>())
                         } else {
@@ -302,11 +396,35 @@ impl Run {
             _ => vec![],
         };
         if !diff.is_empty() {
+            let cosine_epochs = diff.iter().any(|d| d.starts_with("--epochs "))
+                && matches!(state.settings.schedule, LrSchedule::Cosine { .. });
+            // (another architecture cannot start from these weights)
+            let init = match diff.iter().any(|d| d.starts_with("--arch ")) {
+                true => "start a new run".to_string(),
+                false => format!(
+                    "start a new run with --init {}",
+                    dir.join(STUDENT_FILE).display()
+                ),
+            };
             bail!(
-                "--resume: {} was made with other settings: {} (to change them, start a new run with --init {})",
+                "--resume: {} was made with other settings: {} (to change them, {init}){}",
                 sp.display(),
                 diff.join("; "),
-                dir.join(STUDENT_FILE).display()
+                match cosine_epochs {
+                    true =>
+                        "; --epochs may change on a resume under the step and constant \
+                             schedules, not under cosine, whose every step's rate follows the \
+                             number of epochs",
+                    false => "",
+                }
+            );
+        }
+        let done = state.epoch + u32::from(state.batch > 0);
+        if self.s.epochs < done {
+            bail!(
+                "--resume: --epochs {}: the run has already begun {done} epochs (give at \
+                 least {done})",
+                self.s.epochs
             );
         }
         let now = self.inputs()?;
@@ -327,7 +445,17 @@ impl Run {
                 changed.push("--data (other images or labels)");
             }
             if was.val != now.val {
-                changed.push("--val (other images)");
+                // validation runs in eval mode and draws nothing: training is the same
+                // (Lightning's val loaders may change on a resume too); only the record
+                // of val figures changes from here
+                tracing::warn!(
+                    "--val: {}; the steps are unaffected",
+                    match (&was.val, &self.s.val) {
+                        (None, Some(_)) => "the run had no --val: epochs from here are validated",
+                        (Some(_), None) => "the run validated on a --val: epochs from here are not",
+                        _ => "other validation images than the run's: epochs from here are validated on these",
+                    }
+                );
             }
             // (older checkpoints hold the manifest file's hash)
             let same_file =
@@ -355,6 +483,10 @@ impl Run {
                     }
                 );
             }
+        }
+        // the validation set from here is this run's: the next resume compares with it
+        if let Some(i) = state.inputs.as_mut() {
+            i.val = now.val.clone();
         }
         // a state that no run writes (edited by hand, or damaged yet valid JSON) would
         // resume into a wrong run: a finished one with mid-epoch weights, a short epoch
@@ -451,6 +583,33 @@ impl Run {
                 "{file}: tensor {name} holds non-finite values (NaN or inf)"
             )));
         }
+        if state.settings.epochs != self.s.epochs {
+            tracing::info!(
+                "--epochs {}: the run had {}; it goes on to {}",
+                self.s.epochs,
+                state.settings.epochs,
+                self.s.epochs
+            );
+            // the record the next resume checks its state against
+            state.settings.epochs = self.s.epochs;
+        }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::saves_need;
+
+    #[test]
+    fn saves_need_room_for_two_copies_less_what_is_there() {
+        // a fresh run: its second checkpoint beside the first, then new weights beside
+        // old (the old checkpoint gone by then)
+        assert_eq!(saves_need(300, 100, false, false), 700);
+        // a resume: the copies on disk count
+        assert_eq!(saves_need(300, 100, true, true), 300);
+        assert_eq!(saves_need(300, 100, true, false), 400);
+        // weights larger than their checkpoint's share (no momentum): the other peak
+        assert_eq!(saves_need(100, 100, false, false), 300);
     }
 }

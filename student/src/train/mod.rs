@@ -22,7 +22,7 @@ use meal_models::loss::{bce_with_logits, soft_cross_entropy};
 use meal_models::{Discriminator, ResNet};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LossKind, Settings};
+use crate::config::{Every, LossKind, Settings};
 use crate::eval::{evaluate_until, Accuracy, EvalRead};
 use crate::logs::{
     plot_curves, write_tables, EpochMetrics, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
@@ -35,6 +35,9 @@ use run::Run;
 pub const CHECKPOINT: &str = "checkpoint";
 /// The latest student weights (timm names), refreshed every epoch.
 pub const STUDENT_FILE: &str = "student.safetensors";
+/// A run directory's results, besides its checkpoint: a run that finds any of them
+/// without a checkpoint would overwrite a finished run (or a user's own file).
+pub const RESULT_FILES: [&str; 4] = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE];
 
 /// Sums over the steps of the current epoch (saved with mid-epoch checkpoints).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -66,6 +69,8 @@ pub struct TrainReport {
     pub step_losses: Vec<f64>,
     /// The latest student weights.
     pub weights: PathBuf,
+    /// The epoch and step within it of each checkpoint `--checkpoint-every` saved.
+    pub periodic_saves: Vec<(u32, usize)>,
 }
 
 /// The parts of one step's loss.
@@ -137,10 +142,7 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
 fn start(run: &mut Run, s: &Settings) -> Result<State> {
     // a result that cannot be written (a directory of its name) fails now, not after
     // the epochs a resume has left
-    if let Some(f) = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE]
-        .iter()
-        .find(|f| s.out.join(f).is_dir())
-    {
+    if let Some(f) = RESULT_FILES.iter().find(|f| s.out.join(f).is_dir()) {
         bail!(
             "--out {}: {f} is a directory; the run writes a file of that name there: move it",
             s.out.display()
@@ -176,10 +178,7 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
     // a finished run whose checkpoint was deleted (to save space) still holds results
     // that a fresh run would overwrite, and so would a user's own file of one of those
     // names (a summary.csv of their own was replaced)
-    if let Some(f) = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE]
-        .iter()
-        .find(|f| s.out.join(f).exists())
-    {
+    if let Some(f) = RESULT_FILES.iter().find(|f| s.out.join(f).exists()) {
         bail!(
             "--out {} already holds a run's results ({f}, no checkpoint to resume): choose \
              another directory, or remove them to start over there",
@@ -285,7 +284,15 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
             // non-finite scores) is logged and left out of the epoch's figures (null,
             // not 0): failing here would lose the epoch, whose checkpoint comes below;
             // `fail` asked for the error
-            match evaluate_until(&run.student, v, s.spec(), read, &run.dev, stop) {
+            match evaluate_until(
+                &run.student,
+                v,
+                s.spec(),
+                read,
+                &run.dev,
+                stop,
+                run.val_logits.as_deref(),
+            ) {
                 Ok(Some(a)) => Some(a),
                 Ok(None) => return Ok(false),
                 Err(e) if s.policy == meal_data::BadFilePolicy::Fail => {
@@ -350,6 +357,7 @@ fn prepare(s: Settings) -> Result<(Run, State)> {
         );
     }
     let state = start(&mut run, &s)?;
+    run.check_disk()?;
     Ok((run, state))
 }
 
@@ -387,8 +395,10 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     // requeue script that always passes --resume must not fail for good. A run with
     // results and no checkpoint is still refused (start)
     let mut s = s;
-    let results = [STUDENT_FILE, METRICS_FILE, SUMMARY_FILE, CURVES_FILE];
-    if s.resume && !out.join(CHECKPOINT).exists() && !results.iter().any(|f| out.join(f).exists()) {
+    if s.resume
+        && !out.join(CHECKPOINT).exists()
+        && !RESULT_FILES.iter().any(|f| out.join(f).exists())
+    {
         tracing::warn!(
             "--resume: no checkpoint in {} yet (a run stopped before its first save, or \
              none began there): starting from the beginning",
@@ -409,6 +419,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     let mut step_losses = Vec::new();
     let mut interrupted = false;
     let mut epochs_ended = 0;
+    let mut periodic_saves = Vec::new();
     if let Some(m) = s
         .max_steps
         .filter(|&m| state.step >= m && state.epoch < s.epochs)
@@ -422,6 +433,9 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     }
     while state.epoch < s.epochs && !interrupted {
         let epoch = state.epoch;
+        // --checkpoint-every's time counts from the epoch's start (its last save, or the
+        // resume); its steps are the run's
+        let mut saved = std::time::Instant::now();
         if stop.load(Ordering::Relaxed) {
             // a signal during the last epoch's end (or before the first step)
             run.save_checkpoint(&state)?;
@@ -485,6 +499,22 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                     break;
                 }
             }
+            // (the epoch's last step is saved by its end)
+            let due = match s.checkpoint_every {
+                Some(Every::Steps(n)) => state.step % n == 0,
+                Some(Every::Time(t)) => saved.elapsed() >= t,
+                None => false,
+            };
+            if due && state.batch < per_epoch {
+                bar.suspend(|| run.save_checkpoint(&state))?;
+                tracing::debug!(
+                    "checkpoint saved at epoch {} step {} (--checkpoint-every)",
+                    epoch + 1,
+                    state.batch
+                );
+                saved = std::time::Instant::now();
+                periodic_saves.push((epoch, state.batch));
+            }
         }
         bar.finish_and_clear();
         if interrupted && state.batch < per_epoch {
@@ -542,5 +572,6 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         interrupted,
         step_losses,
         weights: s.out.join(STUDENT_FILE),
+        periodic_saves,
     })
 }

@@ -10,7 +10,7 @@ use meal_cli::memory::Room;
 use meal_data::{epoch_order, Batch, CropMode, Dataset, LinkPolicy, Loader, LoaderConfig};
 use meal_models::ensemble::{Crops, Ensemble, TeacherArg};
 use meal_models::optim::{split_decay, Sgd, SgdConfig};
-use meal_models::{Discriminator, LoadOptions, ResNet};
+use meal_models::{ClassOrder, Discriminator, LoadOptions, ResNet};
 use meal_store::LabelStore;
 
 use super::{State, CHECKPOINT, STUDENT_FILE};
@@ -23,6 +23,9 @@ pub(super) struct Run {
     pub(super) dev: Device,
     pub(super) ds: Arc<Dataset>,
     pub(super) val: Option<Arc<Dataset>>,
+    /// The student's logit for each of the validation set's classes (None: the same
+    /// classes as `ds`).
+    pub(super) val_logits: Option<Vec<usize>>,
     pub(super) store: Option<Arc<LabelStore>>,
     pub(super) online: Option<Ensemble>,
     pub(super) student: ResNet,
@@ -82,50 +85,53 @@ fn check_headers(ds: &Dataset) -> Result<()> {
     Ok(())
 }
 
-/// The training set and the validation set (same classes).
-fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>)> {
+/// The training set and the validation set, with the student's logit for each of the
+/// validation set's classes where they are not the same list (a validation set of some
+/// of the classes, scored by name as `eval` scores one).
+#[allow(clippy::type_complexity)]
+fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>, Option<Vec<usize>>)> {
     let ds = open_dataset(&s.data, "--data", s.follow_links)?;
-    let val = match &s.val {
-        Some(v) => {
-            let vd = open_dataset(v, "--val", s.follow_links)?;
-            if vd.classes() != ds.classes() {
-                let only = |a: &Dataset, b: &Dataset| {
-                    let v: Vec<&String> = a
-                        .classes()
-                        .iter()
-                        .filter(|c| !b.classes().contains(c))
-                        .collect();
-                    meal_data::error::first_few(&v, 5)
-                };
-                let (lacks, extra) = (only(&ds, &vd), only(&vd, &ds));
-                bail!(
-                    "--val {}: its classes differ from --data's ({}{}{})",
-                    v.display(),
-                    if lacks.is_empty() {
-                        String::new()
-                    } else {
-                        format!("it lacks {lacks}")
-                    },
-                    if lacks.is_empty() || extra.is_empty() {
-                        ""
-                    } else {
-                        "; "
-                    },
-                    match (extra.is_empty(), lacks.is_empty()) {
-                        (false, _) => format!("it has {extra}, which --data has not"),
-                        (true, true) => "the same names in another order".into(),
-                        (true, false) => String::new(),
-                    }
-                );
-            }
-            if s.policy == meal_data::BadFilePolicy::Fail {
-                check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;
-            }
-            Some(vd)
-        }
-        None => None,
+    let Some(v) = &s.val else {
+        return Ok((ds, None, None));
     };
-    Ok((ds, val))
+    let vd = open_dataset(v, "--val", s.follow_links)?;
+    let mut logits = None;
+    if vd.classes() != ds.classes() {
+        let index: std::collections::HashMap<&str, usize> = ds
+            .classes()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i))
+            .collect();
+        let extra: Vec<&String> = vd
+            .classes()
+            .iter()
+            .filter(|c| !index.contains_key(c.as_str()))
+            .collect();
+        if !extra.is_empty() {
+            bail!(
+                "--val {}: it has {} class{} that --data has not ({}): the student has no \
+                 logit for {}",
+                v.display(),
+                extra.len(),
+                if extra.len() == 1 { "" } else { "es" },
+                meal_data::error::first_few(&extra, 5),
+                if extra.len() == 1 { "it" } else { "them" }
+            );
+        }
+        tracing::info!(
+            "--val {}: {} of --data's {} classes: each image is scored against its own \
+             class's logit, by name",
+            v.display(),
+            vd.classes().len(),
+            ds.classes().len()
+        );
+        logits = Some(vd.classes().iter().map(|c| index[c.as_str()]).collect());
+    }
+    if s.policy == meal_data::BadFilePolicy::Fail {
+        check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;
+    }
+    Ok((ds, Some(vd), logits))
 }
 
 /// The label store of `--labels`, checked to label `ds`, with the ids of the samples it
@@ -135,7 +141,7 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec
         return Ok(None);
     };
     let st = LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
-    st.check_dataset(ds.fingerprint(), ds.classes())
+    st.check_dataset(ds.fingerprint(), ds.classes(), ds.samples())
         .with_context(|| format!("--labels {} with --data {}", l.display(), s.data.display()))?;
     let pool = st.manifest().config.crop_pool.crops_per_image;
     if s.crops_per_image > pool {
@@ -188,16 +194,26 @@ fn open_store(s: &Settings, ds: &Dataset) -> Result<Option<(Arc<LabelStore>, Vec
     Ok(Some((Arc::new(st), usable)))
 }
 
-/// Refuses a `--batch` at `--res` whose activations alone (the student's forward graph,
-/// kept for the backward) exceed the memory available in `room` (meal_cli::memory).
+/// Refuses a `--batch` at `--res` whose step cannot fit the memory available in `room`
+/// (meal_cli::memory): the activations (the student's forward graph, kept for the
+/// backward), three of the largest alive at once in the backward (a gradient, its
+/// input's and the residual's), and four copies of the weights (themselves, their
+/// gradients, the momentum and a gradient being summed). The activations alone were
+/// 0.82 of a ResNet-50 step's need at 224 px (batch 64: 6.7 GiB counted, the run
+/// aborted under an 8 GB `ulimit -v`); these add the rest of it there.
 fn check_memory(s: &Settings, student: &ResNet, room: Room) -> Result<()> {
     let act = meal_models::memory::activations(student, s.res as usize)?.times(s.batch);
+    let weights = meal_models::params::bytes_of(student.entries());
+    let need = act
+        .total
+        .saturating_add(act.largest.saturating_mul(3))
+        .saturating_add(weights.saturating_mul(4));
     meal_cli::memory::check_in(
         room,
-        act.total,
+        need,
         &format!(
             "--batch {} at --res {}: a training step's activations ({}'s forward graph, \
-             measured at {} px and scaled)",
+             measured at {} px and scaled), gradients and weights",
             s.batch,
             s.res,
             s.arch,
@@ -208,22 +224,45 @@ fn check_memory(s: &Settings, student: &ResNet, room: Room) -> Result<()> {
 }
 
 /// The student, from `--init` when given (a classifier of another class count is
-/// re-initialised; non-finite weights are refused).
-fn load_student(s: &Settings, classes: usize, dev: &Device) -> Result<ResNet> {
-    let mut student = ResNet::from_preset(&s.arch, classes, dev, s.seed)?;
+/// re-initialised; non-finite weights are refused; weights that record their classes
+/// have their classifier's rows taken by name).
+fn load_student(s: &Settings, classes: &[String], dev: &Device) -> Result<ResNet> {
+    let mut student = ResNet::from_preset(&s.arch, classes.len(), dev, s.seed)?;
     student.set_autocast(s.amp.then_some(candle_core::DType::BF16));
     // a resume loads its checkpoint's weights instead (checkpoint.rs)
     if let Some(init) = s.init.as_ref().filter(|_| !s.resume) {
-        let fresh = student
-            .load_weights(
+        let (fresh, order) = student
+            .load_weights_for(
                 init,
                 LoadOptions {
                     fresh_classifier: true,
                 },
+                classes,
             )
             .with_context(|| format!("--init {}", init.display()))?;
         if !fresh.is_empty() {
-            tracing::info!("--init: classifier re-initialised for {classes} classes");
+            tracing::info!(
+                "--init: classifier re-initialised for {} classes",
+                classes.len()
+            );
+        } else {
+            match order {
+                ClassOrder::Permuted(_) => tracing::info!(
+                    "--init {}: trained on --data's classes in another order: its classifier's \
+                     rows are taken by name",
+                    init.display()
+                ),
+                ClassOrder::Other(unknown) if !unknown.is_empty() => tracing::warn!(
+                    "--init {}: trained on other classes ({} of --data's {} are not among \
+                     those it records: {}): its classifier's rows are taken by index, as a \
+                     start for fine-tuning",
+                    init.display(),
+                    unknown.len(),
+                    classes.len(),
+                    meal_data::error::first_few(&unknown, 5)
+                ),
+                _ => {}
+            }
         }
     }
     Ok(student)
@@ -391,7 +430,7 @@ impl Run {
                 "--amp true: mixed precision (bf16) runs on a GPU (--device cuda:N); on the CPU the student trains in f32"
             );
         }
-        let (ds, val) = open_datasets(&s)?;
+        let (ds, val, val_logits) = open_datasets(&s)?;
         // a batch no epoch can fill is told as such, not as a batch too large for memory
         // (prepare() checks it again against the images the store labels)
         let per_step = s.batch / s.crops_per_image as usize;
@@ -402,7 +441,7 @@ impl Run {
                 ds.len()
             );
         }
-        let classes = ds.classes().len();
+        let classes = ds.classes();
         // before the store's checksums (seconds per GB): a batch that cannot fit is told
         // at once
         let student = load_student(&s, classes, &dev)?;
@@ -436,7 +475,7 @@ impl Run {
         let store = open_store(&s, &ds)?;
         let disc = if s.disc {
             Some(Discriminator::new(
-                classes,
+                classes.len(),
                 true,
                 &dev,
                 s.seed.wrapping_add(1),
@@ -450,9 +489,26 @@ impl Run {
             None => (None, (0..ds.len() as u32).collect()),
         };
         if usable.len() < ds.len() {
+            let kept: std::collections::HashSet<u32> = usable.iter().copied().collect();
+            let left: Vec<&str> = ds
+                .samples()
+                .iter()
+                .filter(|x| !kept.contains(&x.id))
+                .map(|x| x.path.as_str())
+                .collect();
             tracing::warn!(
-                "{} images have no stored labels (skipped at precompute time) and are left out",
-                ds.len() - usable.len()
+                "{} {} no stored labels (skipped at precompute time: the store's report.json \
+                 says why) and {} left out: {}",
+                left.len(),
+                match left.len() {
+                    1 => "image has",
+                    _ => "images have",
+                },
+                match left.len() {
+                    1 => "is",
+                    _ => "are",
+                },
+                meal_data::error::first_few(&left, 5)
             );
         }
         Ok(Run {
@@ -460,6 +516,7 @@ impl Run {
             dev,
             ds,
             val,
+            val_logits,
             store,
             online,
             student,

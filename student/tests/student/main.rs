@@ -189,7 +189,7 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
         weights(&f.root.join("requeued/student.safetensors")),
         weights(&f.root.join("whole/student.safetensors"))
     );
-    // stop in the middle of the first epoch (2 steps per epoch here), then resume
+    // stop in the middle of the first epoch (5 steps an epoch here), then resume
     let mut a = args(&f, "resumed");
     a.max_steps = Some(1);
     let r = go(a).unwrap();
@@ -235,9 +235,53 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert!(csv.starts_with("epoch,lr,loss"));
     let curves = image::open(f.root.join("resumed/curves.png")).unwrap();
     assert_eq!((curves.width(), curves.height()), (1440, 400));
+    // checkpoints within an epoch (--checkpoint-every 1: after each step but the
+    // epoch's last, which its end saves) leave the run as it was: the same weights
+    let mut every = args(&f, "every");
+    every.checkpoint_every = Some("1".into());
+    let r = go(every).unwrap();
+    let per = whole.steps as usize / 2;
+    let want: Vec<(u32, usize)> = (0..2).flat_map(|e| (1..per).map(move |b| (e, b))).collect();
+    assert_eq!(r.periodic_saves, want);
+    assert!(std::fs::read(f.root.join("every/student.safetensors")).unwrap() == x);
+    let mut off = args(&f, "off");
+    off.checkpoint_every = Some("off".into());
+    assert!(go(off).unwrap().periodic_saves.is_empty());
     // a fresh run into a used directory is refused
     let e = go(args(&f, "whole")).unwrap_err();
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
+    // a finished run goes on to more epochs (the step schedule's rates do not depend on
+    // them): the weights of a run of that many from the start, the history extended
+    let mut more = args(&f, "whole");
+    more.resume = Some(true);
+    more.epochs = Some(3);
+    assert_eq!(go(more).unwrap().history.len(), 3);
+    let mut three = args(&f, "three");
+    three.epochs = Some(3);
+    go(three).unwrap();
+    let (x, y) = (
+        std::fs::read(f.root.join("whole/student.safetensors")).unwrap(),
+        std::fs::read(f.root.join("three/student.safetensors")).unwrap(),
+    );
+    assert!(x == y, "3 epochs by a resume differ from 3 from the start");
+    // not fewer than it has run
+    let mut fewer = args(&f, "whole");
+    fewer.resume = Some(true);
+    fewer.epochs = Some(2);
+    let e = format!("{:#}", go(fewer).unwrap_err());
+    assert!(e.contains("already begun 3 epochs"), "{e}");
+    // under cosine every step's rate follows --epochs: refused, saying why
+    let mut cos = args(&f, "cos");
+    cos.schedule = Some("cosine".into());
+    cos.max_steps = Some(1);
+    go(cos.clone()).unwrap();
+    cos.resume = Some(true);
+    cos.epochs = Some(3);
+    let e = format!("{:#}", go(cos).unwrap_err());
+    assert!(
+        e.contains("--epochs (run: 2, now: 3)") && e.contains("not under cosine"),
+        "{e}"
+    );
 }
 
 /// A crash after the last checkpoint, in the middle of writing the final weights and
@@ -343,17 +387,20 @@ fn resume_checks_inputs_by_content_not_by_path() {
     std::fs::rename(&labels2, &other).unwrap();
     std::fs::rename(f.root.join("labels-aside"), &f.labels).unwrap();
     std::fs::rename(&data2, &f.data).unwrap();
-    // the rest of the run, back on the original paths: the uninterrupted run's bytes
+    // the rest of the run, back on the original paths, with a --val the run did not
+    // have (validation trains nothing): the uninterrupted run's bytes
     let mut d = args(&f, "moved");
     d.resume = Some(true);
+    d.val = Some(f.data.clone());
     let r = go(d).unwrap();
     assert!(!r.interrupted);
     assert_eq!(r.steps, whole.steps);
     assert!(
         std::fs::read(f.root.join("whole/student.safetensors")).unwrap()
             == std::fs::read(f.root.join("moved/student.safetensors")).unwrap(),
-        "a resume across moves and thread counts changed the result"
+        "a resume across moves, thread counts and an added --val changed the result"
     );
+    assert!(r.history.last().is_some_and(|m| m.val_top1.is_some()));
 }
 
 /// A resume refused for a changed setting names its flag: one that sizes an epoch
@@ -513,14 +560,7 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     let classes: Vec<String> = serde_json::from_value(on["classes"].clone()).unwrap();
     assert_eq!(classes, meal_data::synth::class_names());
     assert_eq!(on["res"], 24);
-    let eval = |data: &Path| {
-        let out = eval_json(data, &w);
-        (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-            out.status.success(),
-        )
-    };
+    let eval = |data: &Path| eval_weights(data, &w);
     let (whole, err, ok) = eval(&f.root.join("data/val"));
     assert!(ok && err.contains("evaluating at 24 px, the side"), "{err}");
     let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
@@ -546,6 +586,18 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     let by_index: serde_json::Value = serde_json::from_str(&by_index).unwrap();
     assert_eq!(part["images"].as_u64(), Some(4), "{part}");
     assert_eq!(part, by_index);
+    // the same weights as a --teacher: scored by name the same way
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .args(["eval", "--threads", "1", "--json", "--data"])
+        .arg(val.join("part.csv"))
+        .arg("--teacher")
+        .arg(format!("demo_tiny={},size=24", w.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let as_teacher: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(as_teacher, part, "{err}");
     std::fs::write(
         val.join("other.csv"),
         list.replacen(&format!(",{}\n", classes[6]), ",tench\n", 1),
@@ -563,4 +615,31 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
         !ok && err.contains("up to 10, and the weights have 10 logits (0 to 9)"),
         "{err}"
     );
+    // train --val with the same subset: scored by name as eval scores it (the epoch's
+    // val figures equal eval's of the run's weights); a class --data has not is refused
+    let mut t = args(&f, "part_val");
+    t.epochs = Some(1);
+    t.val = Some(val.join("part.csv"));
+    let r = go(t).unwrap();
+    let (ev, _, ok) = eval_weights(
+        &val.join("part.csv"),
+        &f.root.join("part_val/student.safetensors"),
+    );
+    assert!(ok);
+    let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    assert_eq!(r.history[0].val_top1, ev["top1"].as_f64(), "{ev}");
+    let mut t = args(&f, "other_val");
+    t.val = Some(val.join("other.csv"));
+    let e = format!("{:#}", go(t).unwrap_err());
+    assert!(e.contains("1 class that --data has not (tench)"), "{e}");
+}
+
+/// `meal-student eval --json` of `w` on `data`: stdout, stderr, success.
+fn eval_weights(data: &Path, w: &Path) -> (String, String, bool) {
+    let out = eval_json(data, w);
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        out.status.success(),
+    )
 }

@@ -190,6 +190,19 @@ fn a_store_of_another_dataset_is_refused() {
     a.resume = Some(true);
     go(a).unwrap();
     assert!(f.root.join("never/student.safetensors").exists());
+    // --resume of a run whose checkpoint was removed (results kept): refused, saying so
+    // and offering its weights as --init (it was a raw "No such file" error)
+    std::fs::remove_dir_all(f.root.join("never/checkpoint")).unwrap();
+    let mut a = args(&f, "never");
+    a.resume = Some(true);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("no checkpoint to resume")
+            && e.contains("student.safetensors")
+            && e.contains("--init")
+            && !e.contains("os error"),
+        "{e}"
+    );
 }
 
 #[test]
