@@ -27,8 +27,16 @@ pub enum ClassOrder {
     Same,
     /// The same classes in another order: the dataset's class `i` is logit `rows[i]`.
     Permuted(Vec<usize>),
-    /// The dataset's classes that the weights were not trained on (a subset of the
-    /// recorded classes is not `Permuted`: its rows are fewer).
+    /// Some of the recorded classes, by name (a 100-class subset of ImageNet met with
+    /// weights trained on all 1000): the dataset's class `i` is logit `rows[i]` of the
+    /// `of` the weights record.
+    Subset {
+        /// The logit of each of the dataset's classes.
+        rows: Vec<usize>,
+        /// How many classes the weights record.
+        of: usize,
+    },
+    /// The dataset's classes that the weights were not trained on.
     Other(Vec<String>),
 }
 
@@ -59,8 +67,15 @@ impl TrainedOn {
             .filter(|c| !by_name.contains_key(c.as_str()))
             .cloned()
             .collect();
-        if unknown.is_empty() && data.len() == trained.len() {
-            return ClassOrder::Permuted(data.iter().map(|c| by_name[c.as_str()]).collect());
+        if unknown.is_empty() {
+            let rows = data.iter().map(|c| by_name[c.as_str()]).collect();
+            return match data.len() == trained.len() {
+                true => ClassOrder::Permuted(rows),
+                false => ClassOrder::Subset {
+                    rows,
+                    of: trained.len(),
+                },
+            };
         }
         // numbers on either side are the logits' indices, as eval counts them: a
         // numbered list file of the same images (ImageNet's 0..999 lists; class "10" is
@@ -96,16 +111,29 @@ impl TrainedOn {
     }
 }
 
+impl ClassOrder {
+    /// The classifier rows to take from weights of this order, and how many rows such
+    /// weights have (`None`: take them as they are).
+    pub(crate) fn rows(&self) -> Option<(&[usize], usize)> {
+        match self {
+            ClassOrder::Permuted(r) => Some((r, r.len())),
+            ClassOrder::Subset { rows, of } => Some((rows, *of)),
+            _ => None,
+        }
+    }
+}
+
 /// A classifier's rows of `sd` (`fc.weight`, `fc.bias`: every model of ours) put in
-/// the dataset's order: row `i` becomes the file's row `rows[i]`. A classifier of
-/// another row count is left as it is (the loader refuses or replaces it).
+/// the dataset's order: row `i` becomes the file's row `rows[i]` of its `of`. A
+/// classifier of another row count is left as it is (the loader refuses or replaces it).
 pub(crate) fn permute_classifier(
     sd: &mut HashMap<String, candle_core::Tensor>,
     rows: &[usize],
+    of: usize,
 ) -> candle_core::Result<()> {
     for name in ["fc.weight", "fc.bias"] {
         let Some(t) = sd.get(name) else { continue };
-        if t.dims().first() != Some(&rows.len()) {
+        if t.dims().first() != Some(&of) {
             continue;
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
@@ -154,8 +182,14 @@ mod tests {
             t.order_of(&v(&["cat", "owl", "fox"])),
             ClassOrder::Other(v(&["owl"]))
         );
-        // a subset: no unknown class, but not a reordering of all of them
-        assert_eq!(t.order_of(&v(&["cat", "dog"])), ClassOrder::Other(vec![]));
+        // a subset: its logits by name
+        assert_eq!(
+            t.order_of(&v(&["fox", "cat"])),
+            ClassOrder::Subset {
+                rows: vec![2, 0],
+                of: 3
+            }
+        );
         // numbers are the logits' indices wherever a string sort put them: weights
         // trained on a numbered list (logit 2 named "10") met with named classes, and
         // named weights met with a numbered list
@@ -186,8 +220,15 @@ mod tests {
         let mut sd: HashMap<_, _> = [("fc.weight".to_string(), w), ("fc.bias".to_string(), b)]
             .into_iter()
             .collect();
-        permute_classifier(&mut sd, &[2, 0, 1]).unwrap();
+        let mut sub = sd.clone();
+        permute_classifier(&mut sd, &[2, 0, 1], 3).unwrap();
         assert_eq!(sd["fc.bias"].to_vec1::<f32>().unwrap(), [3., 1., 2.]);
+        permute_classifier(&mut sub, &[2, 1], 3).unwrap();
+        assert_eq!(sub["fc.bias"].to_vec1::<f32>().unwrap(), [3., 2.]);
+        assert_eq!(
+            sub["fc.weight"].to_vec2::<f32>().unwrap(),
+            [[3., 3.], [2., 2.]]
+        );
         assert_eq!(
             sd["fc.weight"].to_vec2::<f32>().unwrap(),
             [[3., 3.], [1., 1.], [2., 2.]]

@@ -99,7 +99,8 @@ impl Teacher {
     /// `device` and load `weights` strictly (safetensors or `.pth`); the file's sha256
     /// goes to `info`. Weights that record their classes ([`crate::TrainedOn`]) give
     /// their probabilities by name: the same classes in another order are reordered,
-    /// other classes refused.
+    /// more classes restricted to the data's (the softmax over those logits), other
+    /// classes refused.
     pub fn load(
         arch: &str,
         weights: &Path,
@@ -108,8 +109,37 @@ impl Teacher {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::load_named(arch, weights, None, classes, spec, device, dtype)
+    }
+
+    /// [`Teacher::load`] with the weights' classes in logit order as `logits` names them
+    /// (a teacher spec's `classes=` file), for weights that record none; weights that
+    /// record other classes than the list are refused.
+    pub fn load_named(
+        arch: &str,
+        weights: &Path,
+        logits: Option<Vec<String>>,
+        classes: &[String],
+        spec: CropSpec,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let model = ResNet::from_preset_as(arch, classes.len(), device, dtype)?;
-        let (_, order) = model.load_weights_for(weights, LoadOptions::default(), classes)?;
+        let mut record = crate::TrainedOn::of(weights);
+        if let Some(logits) = logits {
+            if record.classes.as_ref().is_some_and(|r| *r != logits) {
+                return Err(ModelError::ClassList {
+                    path: weights.to_path_buf(),
+                    reason: "the weights record their classes, other than its classes= \
+                             list names: leave classes= out"
+                        .into(),
+                });
+            }
+            record.classes = Some(logits);
+        }
+        let (_, order) =
+            model.load_weights_recorded(weights, LoadOptions::default(), classes, &record)?;
+        let logits = order.rows().map(|(rows, _)| rows.to_vec());
         match order {
             crate::ClassOrder::Other(unknown) if !unknown.is_empty() => {
                 return Err(ModelError::OtherClasses {
@@ -126,6 +156,15 @@ impl Teacher {
             crate::ClassOrder::Permuted(_) => tracing::info!(
                 "{}: trained on the data's classes in another order: its outputs are taken by name",
                 weights.display()
+            ),
+            // FKD/MEAL V2 subsets of ImageNet (ImageNet-100) taught by 1000-class
+            // teachers: the softmax over the data's logits is the teacher's distribution
+            // given that the image is one of the data's classes
+            crate::ClassOrder::Subset { rows, of } => tracing::info!(
+                "{}: trained on {of} classes, the data's {} among them: its probabilities \
+                 are over the data's classes (its other logits left out)",
+                weights.display(),
+                rows.len()
             ),
             _ => {}
         }
@@ -147,6 +186,7 @@ impl Teacher {
             mean: spec.normalize.mean,
             std: spec.normalize.std,
             dtype: dtype_name(dtype).to_string(),
+            logits,
         };
         Ok(Teacher { model, spec, info })
     }
@@ -273,8 +313,10 @@ impl Ensemble {
                 error: Box::new(e),
             };
             let spec = t.spec().map_err(named)?;
+            let logits = t.class_list().map_err(named)?;
             teachers.push(
-                Teacher::load(&t.arch, &t.weights, classes, spec, device, dtype).map_err(named)?,
+                Teacher::load_named(&t.arch, &t.weights, logits, classes, spec, device, dtype)
+                    .map_err(named)?,
             );
         }
         Self::new(teachers)

@@ -63,6 +63,14 @@ pub enum ModelError {
         /// Which classes.
         reason: String,
     },
+    /// A teacher's class list (`classes=`) that does not fit its weights.
+    #[error("{path}: {reason}")]
+    ClassList {
+        /// The weights file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
     /// What this machine cannot run (a CPU feature it lacks).
     #[error("not supported on this machine: {0}")]
     Unsupported(String),

@@ -358,9 +358,10 @@ fn saved_weights_have_an_ordinary_files_mode() {
 }
 
 /// Weights that record their classes (`meal.trained_on`) in another order than the
-/// data's are loaded by name (a classifier taken by index scored 0 %); a teacher that
-/// records other classes is refused, naming them; weights that record nothing, or a
-/// dataset of numbered classes, are taken by index.
+/// data's are loaded by name (a classifier taken by index scored 0 %), as are weights
+/// that record more classes than the data's; a teacher that records other classes is
+/// refused, naming them; weights that record nothing, or a dataset of numbered classes,
+/// are taken by index.
 #[test]
 fn recorded_classes_are_taken_by_name() {
     use meal_models::ensemble::Teacher;
@@ -438,4 +439,74 @@ fn recorded_classes_are_taken_by_name() {
         DType::F32,
     )
     .unwrap();
+    // some of its classes (an ImageNet subset taught by 1000-class weights): the
+    // logits of the data's classes, by name
+    let sub = ResNet::from_preset("demo_tiny", 2, &Device::Cpu, 4).unwrap();
+    let (_, order) = sub
+        .load_weights_for(&perm, LoadOptions::default(), &names(&["c", "a"]))
+        .unwrap();
+    assert_eq!(
+        order,
+        ClassOrder::Subset {
+            rows: vec![0, 2],
+            of: 3
+        }
+    );
+    let idx = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+    let want_sub = want.index_select(&idx, 1).unwrap();
+    assert_eq!(
+        max_abs(&(sub.forward_t(&x, false).unwrap() - &want_sub).unwrap()),
+        0.0
+    );
+    let t = Teacher::load(
+        "demo_tiny",
+        &perm,
+        &names(&["c", "a"]),
+        spec,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(t.model.forward_t(&x, false).unwrap().dims(), [2, 2]);
+    // weights that record nothing (timm's), with a class list (classes=): by name too
+    let plain = dir.path().join("plain.safetensors");
+    meal_models::save_safetensors_with(b.entries(), &plain, None).unwrap();
+    let list = |c: &[&str]| Some(names(c));
+    let t = Teacher::load_named(
+        "demo_tiny",
+        &plain,
+        list(&["c", "b", "a"]),
+        &names(&["c", "a"]),
+        spec,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(
+        max_abs(&(t.model.forward_t(&x, false).unwrap() - &want_sub).unwrap()),
+        0.0
+    );
+    let load = |path: &std::path::Path, logits| {
+        Teacher::load_named(
+            "demo_tiny",
+            path,
+            logits,
+            &names(&["c", "a"]),
+            spec,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    // a list of another length than the classifier's rows; a list that contradicts
+    // the weights' own record
+    let e = load(&plain, list(&["c", "b", "a", "d"]));
+    assert!(e.contains("has 3 rows and its class list names 4"), "{e}");
+    let e = load(&perm, list(&["a", "b", "c"]));
+    assert!(
+        e.contains("perm.safetensors") && e.contains("leave classes= out"),
+        "{e}"
+    );
 }

@@ -33,9 +33,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// A teacher, repeatable:
-    /// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B]`.
+    /// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,classes=FILE]`.
     /// WEIGHTS is a timm state dict (.safetensors or .pth); the input config defaults to
-    /// the preset's timm pretrained config.
+    /// the preset's timm pretrained config. `classes=` names the weights' classes in
+    /// logit order, one per line (timm's imagenet_synsets.txt): the data's classes are
+    /// then taken by name, a subset of them included.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default)]
     pub teacher: Vec<String>,

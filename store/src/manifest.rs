@@ -87,6 +87,11 @@ pub struct TeacherInfo {
     /// always f32). Stores written before this field ran f32.
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// The teacher's logit that gave each of the dataset's classes, where that is not
+    /// logit `i` for class `i`: weights that name their classes in another order or
+    /// more classes, taken by name. Absent otherwise (and in older stores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<usize>>,
 }
 
 fn default_dtype() -> String {

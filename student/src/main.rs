@@ -235,12 +235,16 @@ fn cli() -> Result<()> {
                     meal_cli::hub::resolve_teacher("--teacher", &t.arch, &mut t.weights)?;
                 }
                 let dtype = meal_models::ensemble::default_dtype(&dev);
-                // teachers that all record the same classes score --data's by name, as
-                // --weights does (a list of some of them: part of ImageNet's val)
+                // teachers that all record (or name, classes=) the same classes score
+                // --data's by name, as --weights does (a list of some of them: part of
+                // ImageNet's val)
                 let records: Vec<Option<Vec<String>>> = args
                     .iter()
-                    .map(|t| eval::TrainedOn::of(&t.weights).classes)
-                    .collect();
+                    .map(|t| {
+                        let named = t.class_list().context("--teacher")?;
+                        anyhow::Ok(named.or(eval::TrainedOn::of(&t.weights).classes))
+                    })
+                    .collect::<Result<_>>()?;
                 let (outputs, logit_of) = match records.first() {
                     Some(Some(c)) if records.iter().all(|r| r.as_ref() == Some(c)) => {
                         let on = eval::TrainedOn {

@@ -1,5 +1,5 @@
 //! A teacher as a command line or config names it:
-//! `ARCH=WEIGHTS[,size=N][,filter=...][,mean=R:G:B][,std=R:G:B][,crop_pct=F]`.
+//! `ARCH=WEIGHTS[,size=N][,filter=...][,mean=R:G:B][,std=R:G:B][,crop_pct=F][,classes=FILE]`.
 
 use std::path::PathBuf;
 
@@ -9,9 +9,10 @@ use crate::error::{ModelError, Result};
 use crate::input_config;
 
 /// One teacher as asked for on a command line:
-/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,crop_pct=F]`,
+/// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,crop_pct=F][,classes=FILE]`,
 /// the input config defaulting to the preset's timm pretrained config (`crop_pct`: the
-/// eval transform's, for `meal-student eval --teacher`).
+/// eval transform's, for `meal-student eval --teacher`; `classes`: the weights' classes
+/// in logit order, one per line, for weights that record none, as timm's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TeacherArg {
     /// Preset name.
@@ -27,6 +28,9 @@ pub struct TeacherArg {
     /// Eval centre-crop fraction (used when the ensemble is evaluated), when the spec
     /// gives one; else the preset's (timm's `pretrained_cfg`).
     pub crop_pct: Option<f64>,
+    /// A file naming the weights' classes in logit order (timm's
+    /// `imagenet_synsets.txt`), for weights that record none.
+    pub classes: Option<PathBuf>,
 }
 
 fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
@@ -65,6 +69,7 @@ impl std::str::FromStr for TeacherArg {
             filter: d.filter,
             normalize: d.normalize,
             crop_pct: None,
+            classes: None,
         };
         let mut given: Vec<&str> = Vec::new();
         for kv in parts {
@@ -101,14 +106,16 @@ impl std::str::FromStr for TeacherArg {
                             })?,
                     )
                 }
+                "classes" if !v.is_empty() => t.classes = Some(PathBuf::from(v)),
                 "mean" => t.normalize.mean = triple(v, k, spec)?,
                 "std" => t.normalize.std = triple(v, k, spec)?,
                 _ => {
                     return Err(ModelError::spec(
                         spec,
                         format!(
-                        "unknown key {k:?} (size, filter, mean, std; crop_pct for an evaluation)"
-                    ),
+                            "unknown key {k:?} (size, filter, mean, std, classes; crop_pct for an \
+                         evaluation)"
+                        ),
                     ))
                 }
             }
@@ -121,6 +128,36 @@ impl TeacherArg {
     /// Parse every spec of a repeated flag; the first bad one is the error.
     pub fn parse_all(specs: &[String]) -> Result<Vec<TeacherArg>> {
         specs.iter().map(|s| s.parse()).collect()
+    }
+
+    /// The classes its `classes=` file names, in logit order: one per line, blank lines
+    /// and surrounding spaces left out (timm's `imagenet_synsets.txt`).
+    pub fn class_list(&self) -> Result<Option<Vec<String>>> {
+        let Some(path) = &self.classes else {
+            return Ok(None);
+        };
+        let io = |reason: String| ModelError::ClassList {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.clone(),
+            reason: format!("classes=: {e}"),
+        })?;
+        let names: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if names.is_empty() {
+            return Err(io("classes=: names no class (one per line)".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(io(format!("classes=: {d:?} is named twice")));
+        }
+        Ok(Some(names))
     }
 
     /// The crop spec of its inputs.
@@ -170,5 +207,22 @@ mod tests {
             "demo_tiny=a.pth".parse::<TeacherArg>().unwrap().crop_pct,
             None
         );
+        // classes=: a file of names, one per line; empty or repeated names refused
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("synsets.txt");
+        std::fs::write(&list, "n01\n  n02 \n\nn03\n").unwrap();
+        let t: TeacherArg = format!("demo_tiny=a.pth,classes={}", list.display())
+            .parse()
+            .unwrap();
+        assert_eq!(t.class_list().unwrap().unwrap(), ["n01", "n02", "n03"]);
+        std::fs::write(&list, "n01\nn02\nn01\n").unwrap();
+        let e = t.class_list().unwrap_err().to_string();
+        assert!(
+            e.contains("synsets.txt") && e.contains("\"n01\" is named twice"),
+            "{e}"
+        );
+        std::fs::write(&list, "\n").unwrap();
+        assert!(t.class_list().is_err());
+        assert!("demo_tiny=a.pth,classes=".parse::<TeacherArg>().is_err());
     }
 }

@@ -192,35 +192,56 @@ impl ResNet {
     }
 
     /// [`ResNet::load_weights`] for a dataset of `classes`: a file that records the same
-    /// classes in another order ([`TrainedOn`], `meal-student train`'s weights) has its
-    /// classifier's rows put in the dataset's order. Also returns how the classes stood
-    /// ([`ClassOrder::Other`] is the caller's to refuse or warn about).
+    /// classes in another order, or more classes ([`TrainedOn`], `meal-student train`'s
+    /// weights), has its classifier's rows for the dataset's classes taken by name. Also
+    /// returns how the classes stood ([`ClassOrder::Other`] is the caller's to refuse or
+    /// warn about).
     pub fn load_weights_for(
         &self,
         path: &Path,
         opts: LoadOptions,
         classes: &[String],
     ) -> Result<(Vec<String>, ClassOrder)> {
-        let order = TrainedOn::of(path).order_of(classes);
-        let rows = match &order {
-            ClassOrder::Permuted(r) => Some(r.as_slice()),
-            _ => None,
-        };
-        Ok((self.load_weights_rows(path, opts, rows)?, order))
+        self.load_weights_recorded(path, opts, classes, &TrainedOn::of(path))
+    }
+
+    /// [`ResNet::load_weights_for`] with the weights' classes as `record` says (a class
+    /// list given for weights that record none, as timm's).
+    pub fn load_weights_recorded(
+        &self,
+        path: &Path,
+        opts: LoadOptions,
+        classes: &[String],
+        record: &TrainedOn,
+    ) -> Result<(Vec<String>, ClassOrder)> {
+        let order = record.order_of(classes);
+        Ok((self.load_weights_rows(path, opts, order.rows())?, order))
     }
 
     fn load_weights_rows(
         &self,
         path: &Path,
         opts: LoadOptions,
-        rows: Option<&[usize]>,
+        rows: Option<(&[usize], usize)>,
     ) -> Result<Vec<String>> {
         self.batch_norms().iter().for_each(|b| b.thaw());
         self.forget_fused();
         let device = self.entries[0].var.device().clone();
         let mut sd = read_state_dict(path, &device)?;
-        if let Some(rows) = rows {
-            permute_classifier(&mut sd, rows)?;
+        if let Some((rows, of)) = rows {
+            // a class list of another length than the classifier's rows names other logits
+            if let Some(n) = sd.get("fc.weight").and_then(|w| w.dims().first().copied()) {
+                if n != of {
+                    return Err(ModelError::Mismatch {
+                        path: path.to_path_buf(),
+                        arch: self.name.clone(),
+                        details: format!(
+                            " its classifier (fc.weight) has {n} rows and its class list names {of}"
+                        ),
+                    });
+                }
+            }
+            permute_classifier(&mut sd, rows, of)?;
         }
         load_into(&self.entries, &sd, opts, path, &self.name).map_err(|e| match e {
             ModelError::Mismatch {

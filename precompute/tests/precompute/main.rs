@@ -332,3 +332,77 @@ fn lower_precision_teachers_label_close_to_f32_and_report_the_error() {
         );
     }
 }
+
+/// A teacher trained on more classes than the data's, in another order (a 1000-class
+/// ImageNet teacher labelling a subset), named by a `classes=` list: each class's
+/// probability is the softmax over the data's logits, taken by name; the manifest
+/// records the logits taken, and a resume with another list is another teacher.
+#[test]
+fn a_teacher_of_more_classes_labels_a_subset_by_name() {
+    let f = fixture(1);
+    let dev = Device::Cpu;
+    // the teacher's logit order: the data's classes reversed, two others among them
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let data_classes = ds.classes().to_vec();
+    let mut logits: Vec<String> = data_classes.iter().rev().cloned().collect();
+    logits.insert(3, "other_a".into());
+    logits.push("other_b".into());
+    let t = f.root.join("wide.safetensors");
+    let wide = ResNet::from_preset("demo_tiny", 12, &dev, 5).unwrap();
+    wide.save(&t).unwrap();
+    let list = f.root.join("synsets.txt");
+    std::fs::write(&list, logits.join("\n")).unwrap();
+    let mut a = args(&f, "labels");
+    a.teacher = vec![format!(
+        "demo_tiny={},size=16,classes={}",
+        t.display(),
+        list.display()
+    )];
+    let s = a.clone().resolve().unwrap();
+    assert!(go(&s).complete);
+    let store = LabelStore::open(&s.out).unwrap();
+    let rows: Vec<usize> = data_classes
+        .iter()
+        .map(|c| logits.iter().position(|l| l == c).unwrap())
+        .collect();
+    assert_eq!(
+        store.manifest().config.teachers[0].logits.as_ref(),
+        Some(&rows)
+    );
+    let spec = CropSpec::new(16, Filter::Bilinear, Normalize::default()).unwrap();
+    let idx = Tensor::new(
+        rows.iter()
+            .map(|&r| r as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &dev,
+    )
+    .unwrap();
+    let mut rep = Replayer::default();
+    for smp in ds.samples() {
+        let img = decode_file(&ds.full_path(smp)).unwrap();
+        for c in store.crops(smp.id).unwrap().iter() {
+            let mut x = vec![0f32; spec.len()];
+            rep.replay(&img, &c.record, &spec, &mut x, Path::new(&smp.path))
+                .unwrap();
+            let x = Tensor::from_vec(x, (1, 3, 16, 16), &dev).unwrap();
+            let z = wide.forward_t(&x, false).unwrap().index_select(&idx, 1);
+            let want = candle_nn::ops::softmax(&z.unwrap(), D::Minus1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got = store.dense(&c.label);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= w * 1e-3 + 1e-6, "{g} vs {w}");
+            }
+        }
+    }
+    // another list for the same weights: another teacher
+    logits.swap(0, 1);
+    std::fs::write(&list, logits.join("\n")).unwrap();
+    let e = run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("teachers[0].logits"), "{msg}");
+}

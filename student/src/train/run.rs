@@ -252,6 +252,12 @@ fn load_student(s: &Settings, classes: &[String], dev: &Device) -> Result<ResNet
                      rows are taken by name",
                     init.display()
                 ),
+                ClassOrder::Subset { rows, of } => tracing::info!(
+                    "--init {}: trained on {of} classes, --data's {} among them: its \
+                     classifier's rows for those are taken by name",
+                    init.display(),
+                    rows.len()
+                ),
                 ClassOrder::Other(unknown) if !unknown.is_empty() => tracing::warn!(
                     "--init {}: trained on other classes ({} of --data's {} are not among \
                      those it records: {}): its classifier's rows are taken by index, as a \
