@@ -126,6 +126,7 @@ impl Teacher {
     ) -> Result<Self> {
         let model = ResNet::from_preset_as(arch, classes.len(), device, dtype)?;
         let mut record = crate::TrainedOn::of(weights);
+        let listed = logits.is_some();
         if let Some(logits) = logits {
             if record.classes.as_ref().is_some_and(|r| *r != logits) {
                 return Err(ModelError::ClassList {
@@ -137,22 +138,63 @@ impl Teacher {
             }
             record.classes = Some(logits);
         }
-        let (_, order) =
-            model.load_weights_recorded(weights, LoadOptions::default(), classes, &record)?;
+        // other classes are refused before the weights' shapes are compared: a list or
+        // record of 1000 classes met with 100 would fail on the classifier's shape
+        if let crate::ClassOrder::Other(unknown) = record.order_of(classes) {
+            let mut reason = format!(
+                "{} of the data's {} classes are not among those {} ({}): its \
+                 probabilities would be taken for other classes",
+                unknown.len(),
+                classes.len(),
+                if listed {
+                    "its classes= list names"
+                } else {
+                    "it records"
+                },
+                meal_data::error::first_few(&unknown, 5)
+            );
+            let firsts: std::collections::HashSet<&str> = record
+                .classes
+                .iter()
+                .flatten()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            if listed && unknown.iter().all(|c| firsts.contains(c.as_str())) {
+                reason.push_str(
+                    "; its lines hold more than a name (as LOC_synset_mapping.txt's \
+                     \"n01440764 tench, Tinca tinca\"): give one class name per line",
+                );
+            }
+            return Err(ModelError::OtherClasses {
+                path: weights.to_path_buf(),
+                reason,
+            });
+        }
+        let named = record.classes.is_some();
+        let (_, order) = model
+            .load_weights_recorded(weights, LoadOptions::default(), classes, &record)
+            .map_err(|e| match e {
+                // weights of more classes that name none of them: the way to a subset
+                ModelError::Mismatch {
+                    path,
+                    arch,
+                    mut details,
+                } if !named && details.contains("the weights classify") => {
+                    details.push_str(
+                        "\n  for a teacher trained on more classes than the data's (ImageNet's \
+                         1000 for a subset), name its classes in logit order with classes=FILE \
+                         in its spec: the data's are then taken by name",
+                    );
+                    ModelError::Mismatch {
+                        path,
+                        arch,
+                        details,
+                    }
+                }
+                e => e,
+            })?;
         let logits = order.rows().map(|(rows, _)| rows.to_vec());
         match order {
-            crate::ClassOrder::Other(unknown) if !unknown.is_empty() => {
-                return Err(ModelError::OtherClasses {
-                    path: weights.to_path_buf(),
-                    reason: format!(
-                        "{} of the data's {} classes are not among those it records ({}): \
-                         its probabilities would be taken for other classes",
-                        unknown.len(),
-                        classes.len(),
-                        meal_data::error::first_few(&unknown, 5)
-                    ),
-                })
-            }
             crate::ClassOrder::Permuted(_) => tracing::info!(
                 "{}: trained on the data's classes in another order: its outputs are taken by name",
                 weights.display()

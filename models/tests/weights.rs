@@ -504,6 +504,21 @@ fn recorded_classes_are_taken_by_name() {
     // the weights' own record
     let e = load(&plain, list(&["c", "b", "a", "d"]));
     assert!(e.contains("has 3 rows and its class list names 4"), "{e}");
+    // a list that does not name the data's classes: refused by name, before the
+    // classifier's shape is compared; a list of "name description" lines said so
+    let e = load(&plain, list(&["c", "b", "x", "y"]));
+    assert!(
+        e.contains("1 of the data's 2 classes are not among those its classes= list names (a)"),
+        "{e}"
+    );
+    let e = load(&plain, list(&["c big cat", "b bird", "a ant"]));
+    assert!(e.contains("one class name per line"), "{e}");
+    // no list: the classifier's shape, and the way to name its classes
+    let e = load(&plain, None);
+    assert!(
+        e.contains("the weights classify 3 classes") && e.contains("classes=FILE"),
+        "{e}"
+    );
     let e = load(&perm, list(&["a", "b", "c"]));
     assert!(
         e.contains("perm.safetensors") && e.contains("leave classes= out"),

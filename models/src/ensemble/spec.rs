@@ -144,7 +144,9 @@ impl TeacherArg {
             path: path.clone(),
             reason: format!("classes=: {e}"),
         })?;
+        // (a byte-order mark, as some editors write, is not part of the first name)
         let names: Vec<String> = text
+            .trim_start_matches('\u{feff}')
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
@@ -210,7 +212,7 @@ mod tests {
         // classes=: a file of names, one per line; empty or repeated names refused
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("synsets.txt");
-        std::fs::write(&list, "n01\n  n02 \n\nn03\n").unwrap();
+        std::fs::write(&list, "\u{feff}n01\r\n  n02 \n\nn03\n").unwrap();
         let t: TeacherArg = format!("demo_tiny=a.pth,classes={}", list.display())
             .parse()
             .unwrap();
