@@ -108,7 +108,27 @@ fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>, Op
             .iter()
             .filter(|c| !index.contains_key(c.as_str()))
             .collect();
-        if !extra.is_empty() {
+        // a numbered list (ImageNet's val as `path,65` beside wnid folders): its labels
+        // are the student's logits, --data's classes in order, as eval takes them
+        let numbers: Option<Vec<usize>> = vd.classes().iter().map(|c| c.parse().ok()).collect();
+        if let Some(numbers) = numbers.filter(|_| !extra.is_empty()) {
+            let n = ds.classes().len();
+            if let Some(big) = numbers.iter().filter(|&&i| i >= n).max() {
+                bail!(
+                    "--val {}: its labels are numbers, up to {big}, and --data has {n} classes \
+                     (logits 0 to {}): a numbered list counts from 0",
+                    v.display(),
+                    n.saturating_sub(1)
+                );
+            }
+            tracing::info!(
+                "--val {}: labels numbered 0 to {}: each is the student's logit of that \
+                 number (--data's classes in order)",
+                v.display(),
+                n - 1
+            );
+            logits = Some(numbers);
+        } else if !extra.is_empty() {
             bail!(
                 "--val {}: it has {} class{} that --data has not ({}): the student has no \
                  logit for {}",
@@ -119,14 +139,16 @@ fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>, Op
                 if extra.len() == 1 { "it" } else { "them" }
             );
         }
-        tracing::info!(
-            "--val {}: {} of --data's {} classes: each image is scored against its own \
-             class's logit, by name",
-            v.display(),
-            vd.classes().len(),
-            ds.classes().len()
-        );
-        logits = Some(vd.classes().iter().map(|c| index[c.as_str()]).collect());
+        if logits.is_none() {
+            tracing::info!(
+                "--val {}: {} of --data's {} classes: each image is scored against its own \
+                 class's logit, by name",
+                v.display(),
+                vd.classes().len(),
+                ds.classes().len()
+            );
+            logits = Some(vd.classes().iter().map(|c| index[c.as_str()]).collect());
+        }
     }
     if s.policy == meal_data::BadFilePolicy::Fail {
         check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;

@@ -632,6 +632,23 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     t.val = Some(val.join("other.csv"));
     let e = format!("{:#}", go(t).unwrap_err());
     assert!(e.contains("1 class that --data has not (tench)"), "{e}");
+    // a numbered --val list (ImageNet's val as `path,65`): its labels are the student's
+    // logits, as eval takes them; one past them is said to count from 0
+    let mut t = args(&f, "numbered_val");
+    t.epochs = Some(1);
+    t.val = Some(val.join("part_numbered.csv"));
+    let r = go(t).unwrap();
+    let (ev, _, ok) = eval_weights(
+        &val.join("part_numbered.csv"),
+        &f.root.join("numbered_val/student.safetensors"),
+    );
+    assert!(ok);
+    let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    assert_eq!(r.history[0].val_top1, ev["top1"].as_f64(), "{ev}");
+    let mut t = args(&f, "from1_val");
+    t.val = Some(val.join("from1.csv"));
+    let e = format!("{:#}", go(t).unwrap_err());
+    assert!(e.contains("up to 10, and --data has 10 classes"), "{e}");
 }
 
 /// `meal-student eval --json` of `w` on `data`: stdout, stderr, success.
