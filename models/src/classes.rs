@@ -36,7 +36,8 @@ pub enum ClassOrder {
         /// How many classes the weights record.
         of: usize,
     },
-    /// The dataset's classes that the weights were not trained on.
+    /// The dataset's classes that the weights were not trained on (numbered ones: past
+    /// the logits, or a logit named twice).
     Other(Vec<String>),
 }
 
@@ -67,15 +68,15 @@ impl TrainedOn {
             .filter(|c| !by_name.contains_key(c.as_str()))
             .cloned()
             .collect();
+        let identity = |r: &[usize]| r.iter().enumerate().all(|(i, &j)| i == j);
+        let of = trained.len();
+        let rows_of = |rows: Vec<usize>| match rows.len() == of {
+            true if identity(&rows) => ClassOrder::Same,
+            true => ClassOrder::Permuted(rows),
+            false => ClassOrder::Subset { rows, of },
+        };
         if unknown.is_empty() {
-            let rows = data.iter().map(|c| by_name[c.as_str()]).collect();
-            return match data.len() == trained.len() {
-                true => ClassOrder::Permuted(rows),
-                false => ClassOrder::Subset {
-                    rows,
-                    of: trained.len(),
-                },
-            };
+            return rows_of(data.iter().map(|c| by_name[c.as_str()]).collect());
         }
         // numbers on either side are the logits' indices, as eval counts them: a
         // numbered list file of the same images (ImageNet's 0..999 lists; class "10" is
@@ -84,27 +85,32 @@ impl TrainedOn {
         let numbers = |c: &[String]| -> Option<Vec<usize>> {
             c.iter().map(|c| c.parse::<usize>().ok()).collect()
         };
-        let identity = |r: &[usize]| r.iter().enumerate().all(|(i, &j)| i == j);
-        if !unknown.is_empty() {
-            if let Some(rows) = numbers(data) {
-                return match rows.len() == trained.len() && rows.iter().all(|&r| r < trained.len())
-                {
-                    true if !identity(&rows) => ClassOrder::Permuted(rows),
-                    // (a list of some of the logits: the loader's shapes decide)
-                    _ => ClassOrder::Same,
-                };
-            }
-            if let Some(named) = numbers(trained).filter(|_| trained.len() == data.len()) {
-                let mut rows = vec![usize::MAX; named.len()];
-                for (logit, &n) in named.iter().enumerate() {
-                    if let Some(r) = rows.get_mut(n) {
-                        *r = logit;
-                    }
+        if let Some(rows) = numbers(data) {
+            // a number past the logits, or one logit under two names ("1", "01"), has
+            // no logit of its own: named, not taken by index
+            let mut seen = vec![false; of];
+            let bad: Vec<String> = data
+                .iter()
+                .zip(&rows)
+                .filter(|(_, &r)| r >= of || std::mem::replace(&mut seen[r], true))
+                .map(|(c, _)| c.clone())
+                .collect();
+            return match bad.is_empty() {
+                true => rows_of(rows),
+                false => ClassOrder::Other(bad),
+            };
+        }
+        if let Some(named) = numbers(trained).filter(|_| of == data.len()) {
+            // the weights' numbers must be 0..N-1 (a list counted from 1 names no
+            // logit 0): else neither by name nor by index is known to be right
+            let mut rows = vec![usize::MAX; of];
+            for (logit, &n) in named.iter().enumerate() {
+                if let Some(r) = rows.get_mut(n) {
+                    *r = logit;
                 }
-                return match rows.contains(&usize::MAX) || identity(&rows) {
-                    true => ClassOrder::Same,
-                    false => ClassOrder::Permuted(rows),
-                };
+            }
+            if !rows.contains(&usize::MAX) {
+                return rows_of(rows);
             }
         }
         ClassOrder::Other(unknown)
@@ -168,6 +174,27 @@ mod tests {
             ClassOrder::Permuted(vec![2, 0, 1])
         );
         assert_eq!(t.order_of(&v(&["0", "1", "2"])), ClassOrder::Same);
+        // numbered data: some of the logits, or past them / twice (refused by name)
+        assert_eq!(
+            t.order_of(&v(&["2", "0"])),
+            ClassOrder::Subset {
+                rows: vec![2, 0],
+                of: 3
+            }
+        );
+        assert_eq!(
+            t.order_of(&v(&["1", "2", "3"])),
+            ClassOrder::Other(v(&["3"]))
+        );
+        assert_eq!(
+            t.order_of(&v(&["01", "1", "2"])),
+            ClassOrder::Other(v(&["1"]))
+        );
+        // weights numbered from 1: neither by name nor by index
+        assert_eq!(
+            on(&["1", "2", "3"]).order_of(&v(&["cat", "dog", "fox"])),
+            ClassOrder::Other(v(&["cat", "dog", "fox"]))
+        );
         // weights trained on a numbered list, met with named classes: by index
         let numbered = on(&["0", "1", "2"]);
         assert_eq!(

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use meal_data::{BadFilePolicy, Batch, CropMode, CropSpec, Dataset, Loader, LoaderConfig};
 use meal_models::ensemble::{Crops, Ensemble};
-use meal_models::ResNet;
+use meal_models::{ClassOrder, ResNet};
 use serde::{Deserialize, Serialize};
 
 /// Images per eval batch.
@@ -55,6 +55,9 @@ fn eval_loop(
             ds.root().display(),
             ds.classes().len()
         );
+    }
+    if let Some(m) = logit_of {
+        check_map(m, classes, ds)?;
     }
     let loader = Loader::new(
         Arc::clone(ds),
@@ -165,14 +168,6 @@ pub fn evaluate_mapped(
     device: &Device,
     logit_of: &[usize],
 ) -> Result<Accuracy> {
-    let classes = model.config().num_classes;
-    if logit_of.len() != ds.classes().len() || logit_of.iter().any(|&l| l >= classes) {
-        bail!(
-            "a class map of {} entries into {classes} logits for {} classes",
-            logit_of.len(),
-            ds.classes().len()
-        );
-    }
     let never = AtomicBool::new(false);
     finished(evaluate_until(
         model,
@@ -205,82 +200,114 @@ pub fn evaluate_until(
     })
 }
 
+/// Refuse a class map that does not give each of `ds`'s classes one of `classes` logits
+/// (a caller's error: the loop would index past the logits).
+fn check_map(logit_of: &[usize], classes: usize, ds: &Dataset) -> Result<()> {
+    if logit_of.len() != ds.classes().len() || logit_of.iter().any(|&l| l >= classes) {
+        bail!(
+            "a class map of {} entries into {classes} logits for {} classes",
+            logit_of.len(),
+            ds.classes().len()
+        );
+    }
+    Ok(())
+}
+
 pub use meal_models::TrainedOn;
 
-/// The model's logit for each of `data`'s classes, where they are not the same list:
-/// by name (a validation set of some of the classes), or by number for a list whose
-/// labels are the logits' indices (`0`, `1`, ...). An error names the classes the model
-/// was not trained on: their accuracy would be counted against other logits.
-pub fn logit_of(trained: &TrainedOn, data: &[String]) -> Result<Option<Vec<usize>>> {
-    let Some(trained) = &trained.classes else {
+/// Whose logits a class map goes into, for its messages.
+#[derive(Clone, Copy, Debug)]
+pub enum Logits {
+    /// A weights file's (eval's `--weights`, `--teacher`).
+    Weights,
+    /// The student's being trained: the training set's classes, in order (its `--val`).
+    TrainingSet,
+}
+
+impl Logits {
+    fn among(self) -> &'static str {
+        match self {
+            Logits::Weights => "the weights were trained on",
+            Logits::TrainingSet => "--data has",
+        }
+    }
+    fn short(self) -> &'static str {
+        match self {
+            Logits::Weights => "the model",
+            Logits::TrainingSet => "--data",
+        }
+    }
+    fn count(self, n: usize) -> String {
+        match self {
+            Logits::Weights => format!("the weights have {n} logits"),
+            Logits::TrainingSet => format!("--data has {n} classes"),
+        }
+    }
+}
+
+/// The model's logit for each of `data`'s classes, where they are not the same list
+/// ([`meal_models::ClassOrder`], the rule every loader follows): by name (a validation
+/// set of some of the classes), or by number for a list whose labels are the logits'
+/// indices (`0`, `1`, ...). An error names the classes the model was not trained on:
+/// their accuracy would be counted against other logits.
+pub fn logit_of(trained: &TrainedOn, data: &[String], whose: Logits) -> Result<Option<Vec<usize>>> {
+    let Some(names) = &trained.classes else {
         return Ok(None);
     };
-    if trained.as_slice() == data {
-        return Ok(None);
-    }
-    let by_name: std::collections::HashMap<&str, usize> = trained
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
-    if let Some(m) = data
-        .iter()
-        .map(|c| by_name.get(c.as_str()).copied())
-        .collect::<Option<Vec<usize>>>()
-    {
-        tracing::info!(
-            "{} classes of the {} the weights were trained on: scored by name",
-            data.len(),
-            trained.len()
-        );
-        return Ok(Some(m));
-    }
-    if let Some(m) = data
-        .iter()
-        .map(|c| c.parse::<usize>().ok())
-        .collect::<Option<Vec<usize>>>()
-    {
-        // a numbered list: its labels are the logits' indices
-        if let Some(&big) = m.iter().filter(|&&i| i >= trained.len()).max() {
-            bail!(
-                "its labels are numbers, up to {big}, and the weights have {} logits \
-                     (0 to {}): a numbered list counts from 0",
-                trained.len(),
-                trained.len().saturating_sub(1)
-            );
+    let numbered = |c: &[String]| c.iter().all(|c| c.parse::<usize>().is_ok());
+    match trained.order_of(data) {
+        ClassOrder::Same => Ok(None),
+        ClassOrder::Permuted(rows) | ClassOrder::Subset { rows, .. } => {
+            // (a numbered list against named logits: its labels are their indices)
+            if numbered(names) && !numbered(data) {
+                tracing::info!(
+                    "the logits' classes are numbered (0 to {}): the data's class i is the \
+                     logit numbered i",
+                    names.len() - 1
+                );
+            } else if !numbered(data) || numbered(names) {
+                tracing::info!(
+                    "{} classes of the {} {}: scored by name",
+                    data.len(),
+                    names.len(),
+                    whose.among()
+                );
+            }
+            Ok(Some(rows))
         }
-        return Ok(Some(m));
+        ClassOrder::Other(unknown) if numbered(data) => {
+            let labels: Vec<usize> = data.iter().filter_map(|c| c.parse().ok()).collect();
+            let high = labels.iter().copied().max().unwrap_or(0);
+            let n = names.len();
+            if high < n {
+                bail!(
+                    "its labels are numbers, and {} name the same logit ({}): one label a class",
+                    unknown.len(),
+                    meal_data::error::first_few(&unknown, 5)
+                );
+            }
+            // (one past the last logit: a list counted from 1, whose loader left class
+            // 0 empty)
+            let why = match high == n {
+                true => "a numbered list counts from 0".to_string(),
+                false => format!("the list numbers more classes than {} has", whose.short()),
+            };
+            bail!(
+                "its labels are numbers, up to {high}, and {} (0 to {}): {why}",
+                whose.count(n),
+                n.saturating_sub(1)
+            )
+        }
+        ClassOrder::Other(unknown) => bail!(
+            "{} of its {} classes are not among the {} {} ({}): name them as the training \
+             set's folders were named",
+            unknown.len(),
+            data.len(),
+            names.len(),
+            whose.among(),
+            meal_data::error::first_few(&unknown, 5)
+        ),
     }
-    if trained.len() == data.len() && trained.iter().all(|c| c.parse::<usize>().is_ok()) {
-        // weights trained on a numbered list (0, 1, ...), met with named classes: the
-        // named class i is the logit named "i" (meal_models::ClassOrder, as the loaders)
-        tracing::info!(
-            "the weights record numbered classes (0 to {}): the data's class i is the \
-             logit numbered i",
-            trained.len() - 1
-        );
-        let record = TrainedOn {
-            classes: Some(trained.clone()),
-            res: None,
-        };
-        return Ok(match record.order_of(data) {
-            meal_models::ClassOrder::Permuted(rows) => Some(rows),
-            _ => None,
-        });
-    }
-    let unknown: Vec<&str> = data
-        .iter()
-        .filter(|c| !by_name.contains_key(c.as_str()))
-        .map(String::as_str)
-        .collect();
-    bail!(
-        "{} of its {} classes are not among the {} the weights were trained on ({}): \
-             name them as the training set's folders were named (the weights record those)",
-        unknown.len(),
-        data.len(),
-        trained.len(),
-        meal_data::error::first_few(&unknown, 5)
-    )
 }
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.

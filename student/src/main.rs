@@ -180,13 +180,14 @@ fn cli() -> Result<()> {
                 // what a student's weights record of its training: its classes (the
                 // dataset's are mapped to them by name) and side
                 let trained = eval::TrainedOn::of(&weights);
-                let logit_of = eval::logit_of(&trained, ds.classes()).with_context(|| {
-                    format!(
-                        "--data {} with --weights {}",
-                        data.display(),
-                        weights.display()
-                    )
-                })?;
+                let logit_of = eval::logit_of(&trained, ds.classes(), eval::Logits::Weights)
+                    .with_context(|| {
+                        format!(
+                            "--data {} with --weights {}",
+                            data.display(),
+                            weights.display()
+                        )
+                    })?;
                 let classes = trained
                     .classes
                     .as_ref()
@@ -245,13 +246,24 @@ fn cli() -> Result<()> {
                         anyhow::Ok(named.or(eval::TrainedOn::of(&t.weights).classes))
                     })
                     .collect::<Result<_>>()?;
+                // (the same classes in other orders: each teacher is reordered to the
+                // first's on load)
+                let sorted = |c: &[String]| {
+                    let mut c = c.to_vec();
+                    c.sort();
+                    c
+                };
                 let (outputs, logit_of) = match records.first() {
-                    Some(Some(c)) if records.iter().all(|r| r.as_ref() == Some(c)) => {
+                    Some(Some(c))
+                        if records
+                            .iter()
+                            .all(|r| r.as_deref().is_some_and(|r| sorted(r) == sorted(c))) =>
+                    {
                         let on = eval::TrainedOn {
                             classes: Some(c.clone()),
                             res: None,
                         };
-                        match eval::logit_of(&on, ds.classes())
+                        match eval::logit_of(&on, ds.classes(), eval::Logits::Weights)
                             .with_context(|| format!("--data {} with --teacher", data.display()))?
                         {
                             Some(m) => (c.clone(), Some(m)),

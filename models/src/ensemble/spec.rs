@@ -106,7 +106,13 @@ impl std::str::FromStr for TeacherArg {
                             })?,
                     )
                 }
-                "classes" if !v.is_empty() => t.classes = Some(PathBuf::from(v)),
+                "classes" if v.is_empty() => {
+                    return Err(ModelError::spec(
+                        spec,
+                        "classes= needs a file naming the weights' classes, one per line".into(),
+                    ))
+                }
+                "classes" => t.classes = Some(PathBuf::from(v)),
                 "mean" => t.normalize.mean = triple(v, k, spec)?,
                 "std" => t.normalize.std = triple(v, k, spec)?,
                 _ => {
@@ -225,6 +231,9 @@ mod tests {
         );
         std::fs::write(&list, "\n").unwrap();
         assert!(t.class_list().is_err());
-        assert!("demo_tiny=a.pth,classes=".parse::<TeacherArg>().is_err());
+        let e = "demo_tiny=a.pth,classes="
+            .parse::<TeacherArg>()
+            .unwrap_err();
+        assert!(e.to_string().contains("classes= needs a file"), "{e}");
     }
 }

@@ -231,7 +231,9 @@ impl Run {
             false => "then rerun",
         };
         match meal_cli::free_bytes(&self.s.out) {
-            Some(free) if free < 2 * need => e.context(format!(
+            // (a failed write's partial copy is removed: what is free now is what the
+            // next one may take, and it needs one checkpoint's worth, the last one kept)
+            Some(free) if free < need + need / 8 => e.context(format!(
                 "a checkpoint takes about {} MB, written beside the last one until it is \
                  whole ({} MB in all), and {} MB are free where --out {} is: free some space, \
                  {then}",
@@ -419,7 +421,7 @@ impl Run {
                 }
             );
         }
-        let done = state.epoch + u32::from(state.batch > 0);
+        let done = state.epoch.saturating_add(u32::from(state.batch > 0));
         if self.s.epochs < done {
             bail!(
                 "--resume: --epochs {}: the run has already begun {done} epochs (give at \

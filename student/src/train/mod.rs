@@ -506,14 +506,27 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                 None => false,
             };
             if due && state.batch < per_epoch {
-                bar.suspend(|| run.save_checkpoint(&state))?;
-                tracing::debug!(
-                    "checkpoint saved at epoch {} step {} (--checkpoint-every)",
-                    epoch + 1,
-                    state.batch
-                );
+                match bar.suspend(|| run.save_checkpoint(&state)) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            "checkpoint saved at epoch {} step {} (--checkpoint-every)",
+                            epoch + 1,
+                            state.batch
+                        );
+                        periodic_saves.push((epoch, state.batch));
+                    }
+                    // weights gone non-finite end the run; a write that failed (a disk
+                    // full for a while) does not: the last checkpoint is whole, and the
+                    // epoch's end saves again (and stops the run if it fails too)
+                    Err(e) if run.first_non_finite_weight()?.is_some() => return Err(e),
+                    Err(e) => bar.suspend(|| {
+                        tracing::warn!(
+                            "{e:#}: this periodic checkpoint was not saved; the run goes on \
+                             and saves again at the next"
+                        )
+                    }),
+                }
                 saved = std::time::Instant::now();
-                periodic_saves.push((epoch, state.batch));
             }
         }
         bar.finish_and_clear();

@@ -95,61 +95,15 @@ fn open_datasets(s: &Settings) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>, Op
         return Ok((ds, None, None));
     };
     let vd = open_dataset(v, "--val", s.follow_links)?;
-    let mut logits = None;
-    if vd.classes() != ds.classes() {
-        let index: std::collections::HashMap<&str, usize> = ds
-            .classes()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
-        let extra: Vec<&String> = vd
-            .classes()
-            .iter()
-            .filter(|c| !index.contains_key(c.as_str()))
-            .collect();
-        // a numbered list (ImageNet's val as `path,65` beside wnid folders): its labels
-        // are the student's logits, --data's classes in order, as eval takes them
-        let numbers: Option<Vec<usize>> = vd.classes().iter().map(|c| c.parse().ok()).collect();
-        if let Some(numbers) = numbers.filter(|_| !extra.is_empty()) {
-            let n = ds.classes().len();
-            if let Some(big) = numbers.iter().filter(|&&i| i >= n).max() {
-                bail!(
-                    "--val {}: its labels are numbers, up to {big}, and --data has {n} classes \
-                     (logits 0 to {}): a numbered list counts from 0",
-                    v.display(),
-                    n.saturating_sub(1)
-                );
-            }
-            tracing::info!(
-                "--val {}: labels numbered 0 to {}: each is the student's logit of that \
-                 number (--data's classes in order)",
-                v.display(),
-                n - 1
-            );
-            logits = Some(numbers);
-        } else if !extra.is_empty() {
-            bail!(
-                "--val {}: it has {} class{} that --data has not ({}): the student has no \
-                 logit for {}",
-                v.display(),
-                extra.len(),
-                if extra.len() == 1 { "" } else { "es" },
-                meal_data::error::first_few(&extra, 5),
-                if extra.len() == 1 { "it" } else { "them" }
-            );
-        }
-        if logits.is_none() {
-            tracing::info!(
-                "--val {}: {} of --data's {} classes: each image is scored against its own \
-                 class's logit, by name",
-                v.display(),
-                vd.classes().len(),
-                ds.classes().len()
-            );
-            logits = Some(vd.classes().iter().map(|c| index[c.as_str()]).collect());
-        }
-    }
+    // the student's logits are --data's classes in order: a --val of some of them, or
+    // numbered (ImageNet's val as `path,65` beside wnid folders), is mapped as eval maps
+    // a list to a student's weights
+    let student = crate::eval::TrainedOn {
+        classes: Some(ds.classes().to_vec()),
+        res: None,
+    };
+    let logits = crate::eval::logit_of(&student, vd.classes(), crate::eval::Logits::TrainingSet)
+        .with_context(|| format!("--val {}", v.display()))?;
     if s.policy == meal_data::BadFilePolicy::Fail {
         check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;
     }

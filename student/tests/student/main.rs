@@ -612,7 +612,20 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     std::fs::write(val.join("from1.csv"), numbered.replacen(",9\n", ",10\n", 1)).unwrap();
     let (_, err, ok) = eval(&val.join("from1.csv"));
     assert!(
-        !ok && err.contains("up to 10, and the weights have 10 logits (0 to 9)"),
+        !ok && err.contains(
+            "up to 10, and the weights have 10 logits (0 to 9): a numbered list counts from 0"
+        ),
+        "{err}"
+    );
+    // numbers well past the logits: a list of more classes (ImageNet's 1000 against
+    // a 100-class student)
+    std::fs::write(val.join("wide.csv"), numbered.replacen(",9\n", ",27\n", 1)).unwrap();
+    let (_, err, ok) = eval(&val.join("wide.csv"));
+    assert!(
+        !ok && err.contains(
+            "up to 27, and the weights have 10 logits (0 to 9): the list numbers more classes \
+             than the model has"
+        ),
         "{err}"
     );
     // train --val with the same subset: scored by name as eval scores it (the epoch's
@@ -631,7 +644,10 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     let mut t = args(&f, "other_val");
     t.val = Some(val.join("other.csv"));
     let e = format!("{:#}", go(t).unwrap_err());
-    assert!(e.contains("1 class that --data has not (tench)"), "{e}");
+    assert!(
+        e.contains("1 of its 4 classes are not among the 10 --data has (tench)"),
+        "{e}"
+    );
     // a numbered --val list (ImageNet's val as `path,65`): its labels are the student's
     // logits, as eval takes them; one past them is said to count from 0
     let mut t = args(&f, "numbered_val");
@@ -648,7 +664,10 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     let mut t = args(&f, "from1_val");
     t.val = Some(val.join("from1.csv"));
     let e = format!("{:#}", go(t).unwrap_err());
-    assert!(e.contains("up to 10, and --data has 10 classes"), "{e}");
+    assert!(
+        e.contains("up to 10, and --data has 10 classes (0 to 9): a numbered list counts from 0"),
+        "{e}"
+    );
 }
 
 /// `meal-student eval --json` of `w` on `data`: stdout, stderr, success.
