@@ -179,12 +179,18 @@ impl Teacher {
                     path,
                     arch,
                     mut details,
-                } if !named && details.contains("the weights classify") => {
-                    details.push_str(
-                        "\n  for a teacher trained on more classes than the data's (ImageNet's \
-                         1000 for a subset), name its classes in logit order with classes=FILE \
-                         in its spec: the data's are then taken by name",
-                    );
+                } if details.contains("the weights classify") && (listed || !named) => {
+                    details.push_str(&match listed {
+                        true => format!(
+                            "\n  its classes= list names {} classes: one per logit, in order",
+                            record.classes.as_ref().map_or(0, Vec::len)
+                        ),
+                        false => "\n  for a teacher trained on more classes than the data's \
+                                  (ImageNet's 1000 for a subset), name its classes in logit \
+                                  order with classes=FILE in its spec: the data's are then \
+                                  taken by name"
+                            .to_string(),
+                    });
                     ModelError::Mismatch {
                         path,
                         arch,

@@ -504,6 +504,12 @@ fn recorded_classes_are_taken_by_name() {
     // the weights' own record
     let e = load(&plain, list(&["c", "b", "a", "d"]));
     assert!(e.contains("has 3 rows and its class list names 4"), "{e}");
+    // a list of the data's classes alone, for weights of more: the list is named
+    let e = load(&plain, list(&["c", "a"]));
+    assert!(
+        e.contains("the weights classify 3 classes") && e.contains("its classes= list names 2"),
+        "{e}"
+    );
     // a list that does not name the data's classes: refused by name, before the
     // classifier's shape is compared; a list of "name description" lines said so
     let e = load(&plain, list(&["c", "b", "x", "y"]));

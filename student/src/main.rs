@@ -263,14 +263,31 @@ fn cli() -> Result<()> {
                             classes: Some(c.clone()),
                             res: None,
                         };
-                        match eval::logit_of(&on, ds.classes(), eval::Logits::Weights)
-                            .with_context(|| format!("--data {} with --teacher", data.display()))?
-                        {
-                            Some(m) => (c.clone(), Some(m)),
-                            None => (ds.classes().to_vec(), None),
+                        match eval::logit_of(&on, ds.classes(), eval::Logits::Weights) {
+                            Ok(Some(m)) => (c.clone(), Some(m)),
+                            Ok(None) => (ds.classes().to_vec(), None),
+                            Err(e) => {
+                                // a teacher's own error names its classes= list and
+                                // what is wrong with it, where it has one
+                                Ensemble::load(&args, ds.classes(), &dev, dtype)
+                                    .context("--teacher")?;
+                                return Err(e).with_context(|| {
+                                    format!("--data {} with --teacher", data.display())
+                                });
+                            }
                         }
                     }
-                    _ => (ds.classes().to_vec(), None),
+                    _ => {
+                        if records.iter().any(Option::is_some) {
+                            tracing::warn!(
+                                "the teachers name different classes (or some none): each \
+                                 teacher's probabilities are its softmax over --data's classes, \
+                                 taken by name where it names them (precompute's labels), not \
+                                 over all its logits"
+                            );
+                        }
+                        (ds.classes().to_vec(), None)
+                    }
                 };
                 let ens = Ensemble::load(&args, &outputs, &dev, dtype).context("--teacher")?;
                 let room =

@@ -217,10 +217,22 @@ fn load_student(s: &Settings, classes: &[String], dev: &Device) -> Result<ResNet
             )
             .with_context(|| format!("--init {}", init.display()))?;
         if !fresh.is_empty() {
-            tracing::info!(
-                "--init: classifier re-initialised for {} classes",
-                classes.len()
-            );
+            match order {
+                // (weights that record classes, some of which --data has: those rows
+                // could not all be taken by name)
+                ClassOrder::Other(unknown) => tracing::warn!(
+                    "--init {}: its classifier re-initialised for --data's {} classes: {} of \
+                     them are not among those it records ({})",
+                    init.display(),
+                    classes.len(),
+                    unknown.len(),
+                    meal_data::error::first_few(&unknown, 5)
+                ),
+                _ => tracing::info!(
+                    "--init: classifier re-initialised for {} classes",
+                    classes.len()
+                ),
+            }
         } else {
             match order {
                 ClassOrder::Permuted(_) => tracing::info!(
