@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::error::ModelError;
 use crate::weights::{safetensors_metadata, META_TRAINED_ON};
 
 /// What a student's weights file records of its training (`__metadata__`, written by
@@ -42,12 +43,30 @@ pub enum ClassOrder {
 }
 
 impl TrainedOn {
-    /// Read from the weights at `path` (nothing for another format or no metadata).
-    pub fn of(path: &Path) -> Self {
-        safetensors_metadata(path)
-            .and_then(|m| m.get(META_TRAINED_ON).cloned())
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .unwrap_or_default()
+    /// Read from the weights at `path` (nothing for another format or no metadata). A
+    /// record that does not parse, or names a class twice, is an error naming the file:
+    /// taken as recording nothing, its classifier would be read by index unseen.
+    pub fn of(path: &Path) -> Result<Self, ModelError> {
+        let Some(json) = safetensors_metadata(path).and_then(|m| m.get(META_TRAINED_ON).cloned())
+        else {
+            return Ok(Self::default());
+        };
+        let bad = |reason: String| ModelError::ClassList {
+            path: path.to_path_buf(),
+            reason: format!("its {META_TRAINED_ON} record {reason}"),
+        };
+        let record: Self =
+            serde_json::from_str(&json).map_err(|e| bad(format!("does not parse: {e}")))?;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = record
+            .classes
+            .iter()
+            .flatten()
+            .find(|c| !seen.insert(c.as_str()))
+        {
+            return Err(bad(format!("names class {d:?} twice")));
+        }
+        Ok(record)
     }
 
     /// How `data`'s classes stand to the recorded ones (see [`ClassOrder`]).

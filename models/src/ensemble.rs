@@ -125,7 +125,7 @@ impl Teacher {
         dtype: DType,
     ) -> Result<Self> {
         let model = ResNet::from_preset_as(arch, classes.len(), device, dtype)?;
-        let mut record = crate::TrainedOn::of(weights);
+        let mut record = crate::TrainedOn::of(weights)?;
         let listed = logits.is_some();
         if let Some(logits) = logits {
             if record.classes.as_ref().is_some_and(|r| *r != logits) {

@@ -519,6 +519,22 @@ fn recorded_classes_are_taken_by_name() {
     );
     let e = load(&plain, list(&["c big cat", "b bird", "a ant"]));
     assert!(e.contains("one class name per line"), "{e}");
+    // a record that names a class twice, or does not parse: refused, naming the file
+    for (name, record) in [
+        ("twice", r#"{"classes":["c","a","c"],"res":null}"#),
+        ("garbled", r#"{"classes":"oops"}"#),
+    ] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        let meta = [(META_TRAINED_ON.to_string(), record.to_string())];
+        meal_models::save_safetensors_with(b.entries(), &path, Some(meta.into_iter().collect()))
+            .unwrap();
+        let e = load(&path, None);
+        assert!(
+            e.contains(&format!("{name}.safetensors: its meal.trained_on record")),
+            "{e}"
+        );
+    }
+    assert!(load(&dir.path().join("twice.safetensors"), None).contains("names class \"c\" twice"));
     // no list: the classifier's shape, and the way to name its classes
     let e = load(&plain, None);
     assert!(

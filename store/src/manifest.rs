@@ -478,11 +478,21 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
         if k.starts_with("teachers") && (reordered || found.teachers.len() != want.teachers.len()) {
             continue;
         }
-        out.push(format!(
-            "{k} (store: {}, now: {})",
-            show(pointer(&fv, k)),
-            show(pointer(&wv, k))
-        ));
+        let (a, b) = (pointer(&fv, k), pointer(&wv, k));
+        // a teacher's logits, taken by class name: the first class whose logit differs
+        // (both lists hold as many values, one a class)
+        if let (true, Some(Value::Array(x)), Some(Value::Array(y))) = (k.ends_with(".logits"), a, b)
+        {
+            if let Some((i, (u, v))) = x.iter().zip(y).enumerate().find(|(_, (u, v))| u != v) {
+                let class = found.classes.get(i).map_or("?", String::as_str);
+                out.push(format!(
+                    "{k} (class {class} is the teacher's logit {u} in the store, {v} now: \
+                     another class list or record)"
+                ));
+                continue;
+            }
+        }
+        out.push(format!("{k} (store: {}, now: {})", show(a), show(b)));
     }
     out
 }

@@ -179,7 +179,7 @@ fn cli() -> Result<()> {
             let (what, acc) = if let Some((arch, weights)) = single {
                 // what a student's weights record of its training: its classes (the
                 // dataset's are mapped to them by name) and side
-                let trained = eval::TrainedOn::of(&weights);
+                let trained = eval::TrainedOn::of(&weights).context("--weights")?;
                 let logit_of = eval::logit_of(&trained, ds.classes(), eval::Logits::Weights)
                     .with_context(|| {
                         format!(
@@ -243,7 +243,8 @@ fn cli() -> Result<()> {
                     .iter()
                     .map(|t| {
                         let named = t.class_list().context("--teacher")?;
-                        anyhow::Ok(named.or(eval::TrainedOn::of(&t.weights).classes))
+                        let recorded = eval::TrainedOn::of(&t.weights).context("--teacher")?;
+                        anyhow::Ok(named.or(recorded.classes))
                     })
                     .collect::<Result<_>>()?;
                 // (the same classes in other orders: each teacher is reordered to the

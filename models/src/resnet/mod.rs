@@ -202,7 +202,7 @@ impl ResNet {
         opts: LoadOptions,
         classes: &[String],
     ) -> Result<(Vec<String>, ClassOrder)> {
-        self.load_weights_recorded(path, opts, classes, &TrainedOn::of(path))
+        self.load_weights_recorded(path, opts, classes, &TrainedOn::of(path)?)
     }
 
     /// [`ResNet::load_weights_for`] with the weights' classes as `record` says (a class
