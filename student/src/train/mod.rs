@@ -8,6 +8,8 @@
 //! over student and discriminator together. `--loss ce`: cross-entropy to hard labels.
 
 mod checkpoint;
+mod disk;
+mod inputs;
 mod run;
 
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use crate::logs::{
     plot_curves, write_tables, EpochMetrics, CURVES_FILE, METRICS_FILE, SUMMARY_FILE,
 };
 pub use checkpoint::{Inputs, State};
-pub use run::open_dataset;
+pub use inputs::open_dataset;
 use run::Run;
 
 /// Name of the checkpoint directory inside the run directory.
