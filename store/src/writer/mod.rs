@@ -2,27 +2,24 @@
 //! each, so a crash at any instant leaves a store that resumes with no row lost or
 //! duplicated. Workers `i of n` write the shards `s` with `s % n == i`; [`crate::merge`] joins.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use meal_data::dirlock::DirLock;
-use meal_data::{CropRecord, Sample, Skipped};
+use meal_data::{CropRecord, Skipped};
 
 use super::images;
 use super::label::{entropy, top1, SoftLabel};
-use super::manifest::{
-    require_same_config, write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State,
-    StoreConfig, Summary, FORMAT_NAME, FORMAT_VERSION,
-};
+use super::manifest::{write_atomic, Manifest, ShardFormat, ShardInfo, ShardStats, State, Summary};
 use super::shard::{encode_parquet, encode_safetensors, CropLabel, ImageRows};
 use super::{sha256_hex, StoreError};
 
 mod leftovers;
+mod open;
 pub(crate) mod renew;
 mod sharing;
 
 pub use sharing::complete_without_lock;
 pub(crate) use sharing::worker_manifests;
-use sharing::{check_neighbours, lock_or_read_only, manifest_name};
 
 /// One crop's ensemble probabilities, before encoding.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,181 +105,6 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Create the store in `dir`, or resume the partial one there. A store there with
-    /// another config is refused, naming the keys that differ. `samples` are the
-    /// dataset's samples (their count and hard labels); `worker` is `[i, n]` or `None`.
-    pub fn open(
-        dir: &Path,
-        config: StoreConfig,
-        samples: &[Sample],
-        worker: Option<[u32; 2]>,
-    ) -> Result<Self, StoreError> {
-        if let Some([i, n]) = worker {
-            if n == 0 || i >= n {
-                return Err(StoreError::Param {
-                    name: "worker",
-                    reason: format!("{i}/{n} (expected I/N with I < N)"),
-                });
-            }
-        }
-        // refused before any file is written: a manifest with an impossible config
-        // would block the corrected command
-        config
-            .check()
-            .map_err(|(name, reason)| StoreError::Param { name, reason })?;
-        if config.dataset.samples != samples.len() as u64 {
-            return Err(StoreError::Param {
-                name: "dataset",
-                reason: "config fingerprint and samples disagree".into(),
-            });
-        }
-        let hashes = renew::shard_hashes(samples, config.samples_per_shard);
-        // the lock creates `dir` (and removes it again if this run writes nothing)
-        let (locks, mut opening) = lock_or_read_only(dir, worker)?;
-        let parts = check_neighbours(dir, &config, worker, &hashes)?;
-        let name = manifest_name(worker);
-        let path = dir.join(&name);
-        let was_store = path.exists();
-        if !was_store {
-            let other = leftovers::foreign(dir);
-            if !other.is_empty() {
-                return Err(StoreError::Mismatch {
-                    path: dir.to_path_buf(),
-                    reason: format!(
-                        "not empty, and no label store is there ({}): a new store needs an \
-                         empty or new directory",
-                        meal_data::error::first_few(&other, 5)
-                    ),
-                });
-            }
-        }
-        let existing = match was_store {
-            true => Some(Manifest::read_file(&path)?),
-            false => None,
-        };
-        // a store (or a worker's part) that holds no shard yet (a run that failed on its
-        // first batch, say on a bad image since fixed: the dataset's fingerprint changed)
-        // has nothing to keep: a run of another config starts it over instead of being
-        // refused with nothing to resume
-        let existing = existing.filter(|m| {
-            let diff = super::manifest::config_diff(&m.config, &config);
-            let fresh = m.shards.is_empty() && !diff.is_empty();
-            if fresh {
-                tracing::warn!(
-                    "{}: no shard was written under its config; starting it over with this \
-                     run's (differing keys: {})",
-                    path.display(),
-                    diff.join(", ")
-                );
-            }
-            !fresh
-        });
-        // shards dropped as damaged: removed with the crash's leftovers, said once
-        let mut dropped = Vec::new();
-        let manifest = if let Some(mut m) = existing {
-            let store = renew::store_of(&m, parts, worker);
-            match renew::renewal(&m, &store, &config, &hashes) {
-                renew::Renewal::Yes => {
-                    dropped = renew::renew(&mut m, &config, &hashes, &path);
-                    m.write(dir, &name)?;
-                }
-                r => {
-                    if let Some(e) = r.refusal(dir) {
-                        return Err(e);
-                    }
-                }
-            }
-            require_same_config(
-                &path,
-                &m.config,
-                &config,
-                "the store there was made with another config",
-            )?;
-            // its config is this run's: other workers may open theirs while the shards
-            // are checked
-            opening.take();
-            // shards are deterministic: one that is missing, truncated or altered since
-            // it was listed is dropped from the manifest and written again
-            let before = m.shards.len();
-            // in index order, as written (an edited manifest's order is not relied on:
-            // the writer finds shards by binary search; a stable sort keeps a twice
-            // listed shard's first entry first)
-            m.shards.sort_by_key(|s| s.index);
-            // an entry no writer makes (a shard listed twice, under another name, or
-            // another worker's: an edited or damaged manifest) is dropped too, so the
-            // store is not called complete while verify refuses it
-            let format = m.config.format;
-            let count = shard_count(samples.len(), m.config.samples_per_shard);
-            let (i, n) = worker.map_or((0, 1), |[i, n]| (i, n));
-            let mut seen = std::collections::HashSet::new();
-            m.shards.retain(|s| {
-                let ours = s.file == shard_file(s.index, format)
-                    && s.index < count
-                    && s.index % n == i
-                    && seen.insert(s.index);
-                if !ours {
-                    tracing::warn!(
-                        "{}: its entry for {} (shard {}) is not one this writer makes \
-                         (listed twice, misnamed or another worker's); it will be recomputed",
-                        path.display(),
-                        s.file,
-                        s.index
-                    );
-                    return false;
-                }
-                match s.check_written(dir, &m.config) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!("{e}; it will be recomputed");
-                        dropped.push(s.file.clone());
-                        false
-                    }
-                }
-            });
-            if m.shards.len() != before {
-                m.state = State::Partial;
-                m.summary = None;
-                m.images_sha256 = None;
-                m.write(dir, &name)?;
-            }
-            m
-        } else {
-            let m = Manifest {
-                format: FORMAT_NAME.into(),
-                format_version: FORMAT_VERSION,
-                producer: format!("meal-v2-rs {}", env!("CARGO_PKG_VERSION")),
-                config,
-                worker,
-                shards: Vec::new(),
-                state: State::Partial,
-                summary: None,
-                images_sha256: None,
-            };
-            m.write(dir, &name)?;
-            m
-        };
-        drop(opening);
-        leftovers::remove(dir, worker, &name, was_store, &manifest, &dropped);
-        // a complete store kept whole: finish() then has nothing to rewrite
-        let complete = manifest.state == State::Complete;
-        Ok(StoreWriter {
-            complete,
-            unlisted: 0,
-            listed_at: std::time::Instant::now(),
-            list_every: MANIFEST_EVERY,
-            failed: false,
-            dir: dir.to_path_buf(),
-            manifest,
-            manifest_name: name,
-            labels: samples.iter().map(|s| s.label).collect(),
-            paths: samples.iter().map(|s| s.path.clone()).collect(),
-            hashes,
-            hook: None,
-            step: 0,
-            _locks: locks,
-        })
-    }
-
     /// For tests: `hook(step)` runs before every file-system step of the writer (four
     /// per atomic file) and may fail to simulate a crash there.
     #[doc(hidden)]
