@@ -91,16 +91,26 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
         p.crops_per_image, p.scale, p.ratio, p.seed
     );
     for tc in &c.teachers {
+        // (classes taken by name: reordered, or a subset of the teacher's)
+        let by_name = tc.logits.as_ref().map_or(String::new(), |l| {
+            let shown: Vec<String> = l.iter().take(5).map(usize::to_string).collect();
+            format!(
+                "; classes taken by name, the data's class i its logit [{}{}]",
+                shown.join(", "),
+                if l.len() > 5 { ", ..." } else { "" }
+            )
+        });
         let _ = writeln!(
             t,
-            "teacher      {} ({}, sha256 {}), {} px {} mean {:?} std {:?}",
+            "teacher      {} ({}, sha256 {}), {} px {} mean {:?} std {:?}, {}{by_name}",
             tc.arch,
             tc.weights,
             &tc.sha256[..12.min(tc.sha256.len())],
             tc.input_size,
             tc.filter,
             tc.mean,
-            tc.std
+            tc.std,
+            tc.dtype
         );
     }
     if let Some(s) = &m.summary {

@@ -399,6 +399,19 @@ fn a_teacher_of_more_classes_labels_a_subset_by_name() {
             }
         }
     }
+    // inspect says the teacher's classes were taken by name
+    let text = inspect::inspect(&s.out, 0).unwrap().text;
+    assert!(
+        text.contains(&format!(
+            "classes taken by name, the data's class i its logit [{}, ...]",
+            rows[..5]
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        "{text}"
+    );
     // another list for the same weights: another teacher
     logits.swap(0, 1);
     std::fs::write(&list, logits.join("\n")).unwrap();

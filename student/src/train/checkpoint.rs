@@ -378,7 +378,28 @@ impl Run {
                 changed.push("--labels (another label store)");
             }
             if was.online.is_some() && was.online != now.online {
-                changed.push("--online-teacher (other teachers or weights)");
+                // the same teachers but for the logits they give the classes (another
+                // classes= list), or other teachers
+                let less_logits = |v: &Option<Vec<String>>| -> Vec<serde_json::Value> {
+                    v.iter()
+                        .flatten()
+                        .map(|j| {
+                            let mut t: serde_json::Value =
+                                serde_json::from_str(j).unwrap_or_default();
+                            if let Some(o) = t.as_object_mut() {
+                                o.remove("logits");
+                            }
+                            t
+                        })
+                        .collect()
+                };
+                changed.push(match less_logits(&was.online) == less_logits(&now.online) {
+                    true => {
+                        "--online-teacher (the same teachers, their classes taken from other \
+                             logits: another classes= list)"
+                    }
+                    false => "--online-teacher (other teachers or weights)",
+                });
             }
             if !changed.is_empty() {
                 bail!(

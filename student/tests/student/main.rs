@@ -499,7 +499,22 @@ fn a_resume_needs_no_init_and_compares_online_teachers_by_content() {
     );
     // the same weights at another path
     o.online_teacher = vec![spec(&moved)];
-    assert!(go(o).unwrap().interrupted, "the same teacher, moved");
+    assert!(
+        go(o.clone()).unwrap().interrupted,
+        "the same teacher, moved"
+    );
+    // the same weights, their classes named in another order (classes=): said so
+    let list = f.root.join("reversed.txt");
+    let mut names = meal_data::synth::class_names();
+    names.reverse();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    o.online_teacher = vec![format!("{},classes={}", spec(&moved), list.display())];
+    o.max_steps = Some(3);
+    let e = format!("{:#}", go(o).unwrap_err());
+    assert!(
+        e.contains("the same teachers, their classes taken from other logits"),
+        "{e}"
+    );
 }
 
 #[test]
