@@ -176,27 +176,18 @@ fn cli() -> Result<()> {
                     ),
                 }
             }
-            // a teacher near chance on enough crops: weights of other classes, or of these
-            // in another order taken by index (weights from elsewhere record no classes)
-            let classes = meal_store::manifest::Manifest::read(&s.out)
-                .map(|m| m.config.classes.len())
-                .unwrap_or(0);
-            // (from 10 classes: with fewer, twice chance is a fair teacher's agreement)
-            if classes >= 10 && r.crops >= 20 * classes as u64 {
-                for t in &r.teachers {
-                    if t.top1_agreement.is_some_and(|a| a < 2.0 / classes as f64) {
-                        tracing::warn!(
-                            "teacher {} ({}) agrees with --data's labels on {:.1} % of the crops, \
-                             near chance for {classes} classes ({:.1} %): were its weights \
-                             trained on these classes, in this order (a list file's numbered \
-                             labels follow the order of the teacher's logits)?",
-                            t.arch,
-                            t.weights,
-                            100.0 * t.top1_agreement.unwrap_or(0.0),
-                            100.0 / classes as f64
-                        );
-                    }
-                }
+            for t in r.near_chance() {
+                tracing::warn!(
+                    "teacher {} ({}) agrees with --data's labels on {:.1} % of the crops, near \
+                     chance for {} classes ({:.1} %): were its weights trained on these \
+                     classes, in this order (a list file's numbered labels follow the order \
+                     of the teacher's logits)?",
+                    t.arch,
+                    t.weights,
+                    100.0 * t.top1_agreement.unwrap_or(0.0),
+                    r.classes,
+                    100.0 / r.classes as f64
+                );
             }
             if r.crops == 0 {
                 meal_cli::outln!("  ensemble         no crops labelled");

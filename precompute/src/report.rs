@@ -32,6 +32,9 @@ pub struct RunReport {
     pub crops: u64,
     /// Shards in the store.
     pub shards: u32,
+    /// The store's classes (absent in older reports: 0).
+    #[serde(default)]
+    pub classes: usize,
     /// Images left out of the store as unreadable, with reasons.
     pub skipped: Vec<Skipped>,
     /// Per teacher, over the store.
@@ -65,6 +68,20 @@ pub struct RunReport {
     pub dtype: String,
     /// With a dtype other than f32: this run's first batch labelled again in f32, compared.
     pub dtype_check: Option<DtypeCheck>,
+}
+
+impl RunReport {
+    /// The teachers whose top-1 agrees with the hard labels near chance, under twice
+    /// 1/C, over enough crops (20 a class, from 10 classes: with fewer, twice chance is
+    /// a fair teacher's agreement): weights of other classes, or of these in another
+    /// order taken by index (weights from elsewhere record no classes).
+    pub fn near_chance(&self) -> impl Iterator<Item = &TeacherReport> {
+        let c = self.classes;
+        let enough = c >= 10 && self.crops >= 20 * c as u64;
+        self.teachers
+            .iter()
+            .filter(move |t| enough && t.top1_agreement.is_some_and(|a| a < 2.0 / c as f64))
+    }
 }
 
 /// How far labels made in a lower precision are from f32 labels of the same crops.
@@ -116,6 +133,7 @@ pub fn store_report(m: &Manifest, complete: bool) -> RunReport {
         images: totals.images,
         crops: totals.rows,
         shards: m.shards.len() as u32,
+        classes: m.config.classes.len(),
         skipped: m.shards.iter().flat_map(|s| s.skipped.clone()).collect(),
         teachers: teachers
             .iter()
