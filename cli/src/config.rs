@@ -46,22 +46,39 @@ pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::
 }
 
 /// Whether the error `message` may be about a value of the config file at `path`: it
-/// does not begin with a flag, or the file has that flag's key (snake_case).
+/// does not begin with a flag, or the file has the key (snake_case) of a flag its head
+/// names (before its first `: `: `--labels L with --loss ce: ...` names two, either of
+/// which the file may have set).
 fn may_come_from(message: &str, path: &Path) -> bool {
-    let Some(rest) = message.strip_prefix("--") else {
+    if !message.starts_with("--") {
         return true;
-    };
-    let flag: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
+    }
+    let flags = head_flags(message);
     let Some(keys) = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
     else {
         return true;
     };
-    flag.is_empty() || keys.contains_key(&flag.replace('-', "_"))
+    flags.is_empty()
+        || flags
+            .iter()
+            .any(|f| keys.contains_key(&f.replace('-', "_")))
+}
+
+/// The flags (without `--`) an error's head names: the words starting with `--` before
+/// its first `: `.
+fn head_flags(message: &str) -> Vec<String> {
+    let head = message.split(": ").next().unwrap_or(message);
+    head.split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| {
+            w.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|f| !f.is_empty())
+        .collect()
 }
 
 /// Flags over a `--config` file: the two layers of a command's arguments (`T` is the
@@ -111,5 +128,30 @@ mod tests {
         let m = plain_types("invalid type: string \"two\", expected u32");
         assert_eq!(m, "invalid type: string \"two\", expected a whole number");
         assert!(plain_types("expected f64").ends_with("a number"));
+    }
+
+    /// An error naming two flags is blamed on the file when it set either; one naming
+    /// a flag only the command line gave is not.
+    #[test]
+    fn a_config_is_named_when_it_set_a_flag_the_error_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "loss = \"ce\"\nlr_schedule = \"step\"\n").unwrap();
+        assert!(may_come_from("--labels L with --loss ce: ce trains on", &p));
+        assert!(may_come_from("--lr-schedule: bad", &p));
+        assert!(may_come_from("no flag named", &p));
+        assert!(!may_come_from("--batch 0: expected 1 or more", &p));
+        // a flag named after the head (in the reason) is not the value at fault
+        assert!(!may_come_from(
+            "--batch 0: too big; lower --batch or --loss",
+            &p
+        ));
+        assert_eq!(head_flags("--a 1,2 with --b-c x: --d"), ["a", "b-c"]);
+        let e = naming_config::<()>(
+            Err(anyhow::anyhow!("--labels L with --loss ce: no")),
+            Some(&p),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--config"), "{e}");
     }
 }

@@ -121,14 +121,24 @@ pub fn interrupt_flag(message: &'static str) -> std::io::Result<Arc<AtomicBool>>
 /// What the SIGBUS report prints (set once by [`report_bus_errors`]).
 static BUS_MESSAGE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
+/// Names the file mapped at an address into a buffer, returning the name's length (0:
+/// none known); called from the signal handler, so it must be async-signal-safe (the
+/// label store's table: `meal_data::mapped::name_at`).
+pub type FileAt = fn(usize, &mut [u8]) -> usize;
+
+/// The SIGBUS report's [`FileAt`] (set once by [`report_bus_errors`]).
+static BUS_FILE_AT: std::sync::OnceLock<FileAt> = std::sync::OnceLock::new();
+
 /// A SIGBUS, which reading a memory-mapped file raises when the file was truncated
 /// under the process (a label shard rewritten in place while a run reads it: the store
 /// is read through its mapped pages), reported as `message` on stderr before the process
-/// dies of it as before (exit status 135), instead of a bare "Bus error".
-pub fn report_bus_errors(message: &'static str) {
+/// dies of it as before (exit status 135), instead of a bare "Bus error"; `file_at`
+/// names the file whose read faulted, where it knows the address.
+pub fn report_bus_errors(message: &'static str, file_at: FileAt) {
     if BUS_MESSAGE.set(message).is_err() {
         return;
     }
+    let _ = BUS_FILE_AT.set(file_at);
     extern "C" fn on_bus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         // only write(2) and raise(3) here (async-signal-safe). SA_RESETHAND has put the
         // default action back: the raised SIGBUS, pending until this returns, ends the
@@ -137,10 +147,22 @@ pub fn report_bus_errors(message: &'static str) {
         // SAFETY: the kernel passes a valid siginfo_t under SA_SIGINFO
         let fault = !info.is_null() && unsafe { (*info).si_code } > 0;
         if let Some(m) = BUS_MESSAGE.get().filter(|_| fault) {
-            let head = b"\nError: bus error (SIGBUS): ";
+            // the file mapped at the faulting address, where it was registered (the
+            // label store's shards): a lookup of atomics, no allocation
+            let mut name = [0u8; 512];
+            // SAFETY: a fault's siginfo_t carries the faulting address
+            let addr = unsafe { (*info).si_addr() } as usize;
+            let n = BUS_FILE_AT.get().map_or(0, |f| f(addr, &mut name));
+            let head = b"\nError: bus error (SIGBUS)";
+            let reading = b" reading ";
             // SAFETY: writing valid buffers to fd 2
             unsafe {
                 libc::write(2, head.as_ptr().cast(), head.len());
+                if n > 0 {
+                    libc::write(2, reading.as_ptr().cast(), reading.len());
+                    libc::write(2, name.as_ptr().cast(), n);
+                }
+                libc::write(2, b": ".as_ptr().cast(), 2);
                 libc::write(2, m.as_ptr().cast(), m.len());
                 libc::write(2, b"\n".as_ptr().cast(), 1);
             }
@@ -176,14 +198,29 @@ fn sighup_ignored() -> bool {
 mod tests {
     use super::*;
 
+    /// Where the test's file is mapped (0: not yet).
+    static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// The test's [`FileAt`]: its mapping's 64 KiB are "/the/shard.parquet".
+    fn the_shard_at(addr: usize, out: &mut [u8]) -> usize {
+        let start = MAPPED.load(Ordering::SeqCst);
+        let name = b"/the/shard.parquet";
+        if start == 0 || !(start..start + (1 << 16)).contains(&addr) || out.len() < name.len() {
+            return 0;
+        }
+        out[..name.len()].copy_from_slice(name);
+        name.len()
+    }
+
     /// In a child process (this test binary run again): a file mapped, cut short, then
-    /// read past its new end dies of SIGBUS, having said so in words.
+    /// read past its new end dies of SIGBUS, having said so in words, naming the file
+    /// its [`FileAt`] gives for the faulting address.
     #[test]
     fn a_bus_error_is_reported() {
         use std::os::unix::process::ExitStatusExt;
         if std::env::var_os("MEAL_BUS_KILLED").is_some() {
             // a SIGBUS sent, not a fault: nothing said, and the process dies of it
-            report_bus_errors("the test's words");
+            report_bus_errors("the test's words", the_shard_at);
             // SAFETY: raising a signal in this process
             unsafe {
                 libc::raise(libc::SIGBUS);
@@ -192,7 +229,7 @@ mod tests {
             panic!("survived a SIGBUS");
         }
         if let Some(dir) = std::env::var_os("MEAL_BUS_CHILD") {
-            report_bus_errors("the test's words");
+            report_bus_errors("the test's words", the_shard_at);
             let p = std::path::Path::new(&dir).join("f");
             std::fs::write(&p, vec![1u8; 1 << 16]).unwrap();
             let f = std::fs::File::open(&p).unwrap();
@@ -209,6 +246,7 @@ mod tests {
                 )
             };
             assert_ne!(m, libc::MAP_FAILED);
+            MAPPED.store(m as usize, Ordering::SeqCst);
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&p)
@@ -233,7 +271,7 @@ mod tests {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{err}");
         assert!(
-            err.contains("Error: bus error (SIGBUS): the test's words"),
+            err.contains("Error: bus error (SIGBUS) reading /the/shard.parquet: the test's words"),
             "{err}"
         );
         let out = std::process::Command::new(std::env::current_exe().unwrap())

@@ -7,17 +7,18 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The temporary sibling used for `path`: `NAME.tmp` in the same directory.
+/// The temporary sibling used for `path`: `.NAME.meal-tmp` in the same directory.
+/// Hidden, and named so no user file is taken for one: [`replace_with`] and
+/// [`recover`] remove these (plain `NAME.tmp` / `NAME.old` are the names people give
+/// their own backups, which an earlier version removed or renamed).
 pub fn tmp_path(path: &Path) -> PathBuf {
-    sibling(path, ".tmp")
+    sibling(path, ".meal-tmp")
 }
 
-/// `path`'s name with `suffix` appended, in the same directory.
+/// `.NAME` + `suffix` for `path`'s name `NAME`, in the same directory.
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
     name.push(suffix);
     path.with_file_name(name)
 }
@@ -82,28 +83,54 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Where [`replace_with`] moves the directory it replaces, between its two renames.
+/// Where [`replace_with`] moves the directory it replaces, between its two renames:
+/// `.NAME.meal-old`.
 fn old_path(path: &Path) -> PathBuf {
-    sibling(path, ".old")
+    sibling(path, ".meal-old")
 }
 
 /// Finish or undo a [`replace_with`] of `path` that a crash interrupted, so that `path`
-/// is a whole version and no `.tmp` or `.old` sibling is left. Call it, holding the
-/// writer's lock, before reading `path`:
-/// - `path` missing, `.old` there: the crash fell between the directory swap's two
-///   renames, after the new version was written and synced whole: `.tmp` becomes `path`
-///   (or, without one, `.old` goes back);
-/// - otherwise a `.tmp` is an unfinished or uncommitted write (removed: `path` is the
-///   version before it) and an `.old` the previous version not yet deleted (removed).
-pub fn recover(path: &Path) -> io::Result<()> {
+/// is a whole version and no temporary (`.NAME.meal-tmp`) or old (`.NAME.meal-old`)
+/// sibling is left. Call it, holding the writer's lock, before reading `path`:
+/// - `path` missing, the old one there: the crash fell between the directory swap's two
+///   renames, after the new version was written and synced whole: the temporary becomes
+///   `path` (or, without one, the old one goes back);
+/// - otherwise a temporary is an unfinished or uncommitted write (removed: `path` is the
+///   version before it) and an old one the previous version not yet deleted (removed).
+///
+/// Files named `NAME.tmp` or `NAME.old` (a user's backups) are not touched.
+///
+/// Returns what it did, for the caller to say.
+pub fn recover(path: &Path) -> io::Result<Recovered> {
     let (tmp, old) = (tmp_path(path), old_path(path));
+    let mut done = Recovered::Nothing;
     if !path.exists() && old.exists() {
         let from = if tmp.exists() { &tmp } else { &old };
         fs::rename(from, path).map_err(|e| io_at(path, e))?;
+        done = match from == &tmp {
+            true => Recovered::Finished,
+            false => Recovered::RolledBack,
+        };
+    } else if tmp.exists() {
+        done = Recovered::DroppedUnfinished;
     }
     remove_any(&tmp);
     remove_any(&old);
-    Ok(())
+    Ok(done)
+}
+
+/// What [`recover`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// No interrupted replacement (at most an `.old` left after it was done, removed).
+    Nothing,
+    /// The crash fell between the swap's renames: the new version was put in place.
+    Finished,
+    /// The crash fell between the renames and the new version was lost: the previous
+    /// version was put back.
+    RolledBack,
+    /// A write cut short (`.tmp`) was removed: `path` is the version before it.
+    DroppedUnfinished,
 }
 
 /// Replace `path` by `bytes`, atomically.
@@ -233,27 +260,53 @@ mod tests {
         // between the two renames: the new version (whole in .tmp) wins
         make(&old_path(&p), "1");
         make(&tmp_path(&p), "2");
-        recover(&p).unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::Finished);
         assert_eq!(file(&p), "2");
         assert!(!old_path(&p).exists() && !tmp_path(&p).exists());
         // after both renames, before .old was deleted: the new version stays
         make(&old_path(&p), "1");
-        recover(&p).unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::Nothing);
         assert_eq!(file(&p), "2");
         assert!(!old_path(&p).exists());
         // a write cut short: the version before it stays, the torn .tmp goes
         make(&tmp_path(&p), "torn");
-        recover(&p).unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::DroppedUnfinished);
         assert_eq!(file(&p), "2");
         assert!(!tmp_path(&p).exists());
         // only .old (its .tmp lost): the old version comes back
         fs::rename(&p, old_path(&p)).unwrap();
-        recover(&p).unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::RolledBack);
         assert_eq!(file(&p), "2");
         // nothing to do
-        recover(&p).unwrap();
-        recover(&d.path().join("never")).unwrap();
-        assert_eq!(file(&p), "2");
+        assert_eq!(recover(&p).unwrap(), Recovered::Nothing);
+        assert_eq!(
+            recover(&d.path().join("never")).unwrap(),
+            Recovered::Nothing
+        );
+        // a user's own backups named `ckpt.old` / `ckpt.tmp` are not ours: neither put
+        // back in place of a removed `ckpt` nor removed by a recovery or a replacement
+        let (mine_old, mine_tmp) = (d.path().join("ckpt.old"), d.path().join("ckpt.tmp"));
+        make(&mine_old, "mine");
+        make(&mine_tmp, "mine too");
+        fs::remove_dir_all(&p).unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::Nothing);
+        assert!(!p.exists());
+        replace_with(&p, |tmp| {
+            make(tmp, "3");
+            Ok::<(), io::Error>(())
+        })
+        .unwrap();
+        replace_with(&p, |tmp| {
+            make(tmp, "4");
+            Ok::<(), io::Error>(())
+        })
+        .unwrap();
+        assert_eq!(recover(&p).unwrap(), Recovered::Nothing);
+        assert_eq!(file(&p), "4");
+        assert_eq!(
+            (file(&mine_old), file(&mine_tmp)),
+            ("mine".into(), "mine too".into())
+        );
     }
 
     #[test]

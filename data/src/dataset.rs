@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 
+mod diff;
 mod list;
+
+pub use diff::first_difference;
 
 /// The most classes a dataset may have: the label store keeps class ids as 16-bit
 /// integers (docs/FORMAT.md), far above ImageNet-21k's 21,841.

@@ -26,6 +26,7 @@ pub mod dirlock;
 pub mod error;
 pub mod files;
 pub mod loader;
+pub mod mapped;
 pub mod resample;
 pub mod synth;
 pub mod transform;

@@ -328,15 +328,20 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
             {
                 let file = f.file_name().to_string_lossy().to_string();
                 // `{class}_{index:05}.jpg`, or the temporary file of an interrupted write
-                let index = file
-                    .trim_end_matches(".tmp")
+                // (`.NAME.meal-tmp`, crate::atomic; `NAME.tmp` from earlier versions)
+                let tmp = file
+                    .strip_prefix('.')
+                    .and_then(|f| f.strip_suffix(".meal-tmp"))
+                    .or_else(|| file.strip_suffix(".tmp"));
+                let index = tmp
+                    .unwrap_or(&file)
                     .strip_prefix(&format!("{class}_"))
                     .and_then(|r| r.strip_suffix(".jpg"))
                     .filter(|i| i.len() == 5)
                     .and_then(|i| i.parse::<u32>().ok());
                 match index {
-                    Some(i) if i >= per_class || file.ends_with(".tmp") => {
-                        removed_images += u64::from(!file.ends_with(".tmp"));
+                    Some(i) if i >= per_class || tmp.is_some() => {
+                        removed_images += u64::from(tmp.is_none());
                         stale.push(f.path())
                     }
                     Some(_) => {}

@@ -140,7 +140,8 @@ impl Teacher {
         }
         // other classes are refused before the weights' shapes are compared: a list or
         // record of 1000 classes met with 100 would fail on the classifier's shape
-        if let crate::ClassOrder::Other(unknown) = record.order_of(classes) {
+        let order = record.order_of(classes);
+        if let crate::ClassOrder::Other(unknown) = &order {
             let mut reason = format!(
                 "{} of the data's {} classes are not among those {} ({}): its \
                  probabilities would be taken for other classes",
@@ -151,7 +152,7 @@ impl Teacher {
                 } else {
                     "it records"
                 },
-                meal_data::error::first_few(&unknown, 5)
+                meal_data::error::first_few(unknown, 5)
             );
             let firsts: std::collections::HashSet<&str> = record
                 .classes
@@ -171,8 +172,8 @@ impl Teacher {
             });
         }
         let named = record.classes.is_some();
-        let (_, order) = model
-            .load_weights_recorded(weights, LoadOptions::default(), classes, &record)
+        model
+            .load_weights_ordered(weights, LoadOptions::default(), &order)
             .map_err(|e| match e {
                 // weights of more classes that name none of them: the way to a subset
                 ModelError::Mismatch {

@@ -83,6 +83,7 @@ fn cli() -> Result<()> {
         "a memory-mapped file was cut short while it was read: a shard of the store \
          rewritten or truncated in place meanwhile? Shards written are kept; check the \
          store with meal-precompute verify",
+        meal_data::mapped::name_at,
     );
     match Cli::parse().cmd {
         Cmd::Run(args) => {

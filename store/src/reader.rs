@@ -365,11 +365,23 @@ impl LabelStore {
                     .map_or("none", |s| s.path.as_str())
             ));
         }
-        Some(
+        // (an image skipped as unreadable has no label in the store: a list file that
+        // relabels one changes the fingerprint as a size does)
+        let skipped = stored.iter().filter(|e| e.2.is_none()).count();
+        Some(format!(
             "the same paths and labels: a file's size differs (an image re-encoded or \
-             replaced since the store was made)"
-                .to_string(),
-        )
+             replaced since the store was made){}",
+            match skipped {
+                0 => String::new(),
+                1 => ", or the image skipped as unreadable (whose label the store does \
+                      not keep) was relabelled"
+                    .to_string(),
+                n => format!(
+                    ", or one of the {n} images skipped as unreadable (whose labels the \
+                     store does not keep) was relabelled"
+                ),
+            }
+        ))
     }
 
     /// The shard file that holds `sample`'s labels.

@@ -99,7 +99,7 @@ impl ShardReader {
         // SAFETY: the store's files are written once (temporary name, then rename) and
         // never modified in place; a concurrent writer would replace, not mutate, them.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| StoreError::io(path, e))?;
-        let bytes = Bytes::from_owner(map);
+        let bytes = Bytes::from_owner(MappedFile::new(map, path));
         if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
             Self::open_safetensors(path, bytes, classes)
         } else {
@@ -543,5 +543,28 @@ impl ShardReader {
             }
         }
         Ok(out)
+    }
+}
+
+/// A shard's mapped bytes, named for the SIGBUS report while mapped: a shard truncated
+/// under a run faults on read, and the report names it ([`meal_data::mapped`]).
+struct MappedFile {
+    // (dropped first: the name goes before the pages are unmapped)
+    _name: Option<meal_data::mapped::Registration>,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    fn new(map: memmap2::Mmap, path: &Path) -> Self {
+        MappedFile {
+            _name: meal_data::mapped::register(&map, path),
+            map,
+        }
+    }
+}
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
     }
 }

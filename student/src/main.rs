@@ -78,6 +78,7 @@ fn cli() -> Result<()> {
         "a memory-mapped file was cut short while it was read: a label shard rewritten or \
          truncated in place meanwhile? Restore the store (meal-precompute verify checks \
          it); a training run keeps its last checkpoint: rerun it with --resume",
+        meal_data::mapped::name_at,
     );
     match Cli::parse().cmd {
         Cmd::Train(args) => {

@@ -202,20 +202,20 @@ impl ResNet {
         opts: LoadOptions,
         classes: &[String],
     ) -> Result<(Vec<String>, ClassOrder)> {
-        self.load_weights_recorded(path, opts, classes, &TrainedOn::of(path)?)
+        let order = TrainedOn::of(path)?.order_of(classes);
+        Ok((self.load_weights_rows(path, opts, order.rows())?, order))
     }
 
-    /// [`ResNet::load_weights_for`] with the weights' classes as `record` says (a class
-    /// list given for weights that record none, as timm's).
-    pub fn load_weights_recorded(
+    /// [`ResNet::load_weights_for`] with the classes already placed: `order` is the
+    /// weights' [`TrainedOn::order_of`] the data's classes (from a class list given for
+    /// weights that record none, as timm's).
+    pub fn load_weights_ordered(
         &self,
         path: &Path,
         opts: LoadOptions,
-        classes: &[String],
-        record: &TrainedOn,
-    ) -> Result<(Vec<String>, ClassOrder)> {
-        let order = record.order_of(classes);
-        Ok((self.load_weights_rows(path, opts, order.rows())?, order))
+        order: &ClassOrder,
+    ) -> Result<Vec<String>> {
+        self.load_weights_rows(path, opts, order.rows())
     }
 
     fn load_weights_rows(

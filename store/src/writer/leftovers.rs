@@ -66,9 +66,16 @@ pub(super) fn foreign(dir: &Path) -> Vec<String> {
     if names.iter().any(|n| is_manifest(n)) {
         return Vec::new();
     }
-    names.retain(|n| !(n.starts_with(".lock") || n.strip_suffix(".tmp").is_some_and(is_ours)));
+    names.retain(|n| !(n.starts_with(".lock") || tmp_of(n).is_some_and(is_ours)));
     names.sort();
     names
+}
+
+/// `name` less a temporary's suffix: `.tmp` (the store's own writes) or `.meal-tmp`
+/// (`meal_data::atomic::write`'s, as the run report's); `None` for other names.
+fn tmp_of(name: &str) -> Option<&str> {
+    name.strip_suffix(".tmp")
+        .or_else(|| name.strip_suffix(".meal-tmp"))
 }
 
 /// Whether `name` is a store's manifest or a worker's (`manifest.json`,
@@ -98,7 +105,7 @@ fn is_ours(name: &str) -> bool {
 /// single writer anything.
 fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
     // our writes use `.NAME.tmp`; a bare `NAME.tmp` (other tools, older versions) counts
-    let Some(inner) = file.strip_suffix(".tmp") else {
+    let Some(inner) = tmp_of(file) else {
         return false;
     };
     let inner = inner.strip_prefix('.').unwrap_or(inner);
@@ -159,6 +166,9 @@ mod tests {
         assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
         // a single writer owns every temporary file
         assert!(owns_tmp(".images.parquet.tmp", None, MANIFEST));
+        // the run report's temporary (meal_data::atomic::write)
+        assert!(owns_tmp(".report.json.meal-tmp", None, MANIFEST));
+        assert!(!owns_tmp("notes.txt.meal-tmp", None, MANIFEST));
         assert!(owns_tmp(".shard-000002.parquet.tmp", None, MANIFEST));
     }
 }

@@ -14,6 +14,7 @@ use meal_store::{
 
 mod integrity;
 mod interop;
+mod mismatch;
 mod workers;
 
 const POOL: u32 = 4;

@@ -141,7 +141,7 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
 
 /// The state to start from: the checkpoint of `--resume`, or a fresh one (refusing a
 /// run directory that already holds a run).
-fn start(run: &mut Run, s: &Settings) -> Result<State> {
+fn start(run: &mut Run, s: &Settings, saved: Option<State>) -> Result<State> {
     // a result that cannot be written (a directory of its name) fails now, not after
     // the epochs a resume has left
     if let Some(f) = RESULT_FILES.iter().find(|f| s.out.join(f).is_dir()) {
@@ -150,8 +150,8 @@ fn start(run: &mut Run, s: &Settings) -> Result<State> {
             s.out.display()
         );
     }
-    if s.resume {
-        let st = run.load_checkpoint()?;
+    if let Some(st) = saved {
+        let st = run.load_checkpoint(st)?;
         if st.epoch >= s.epochs {
             tracing::info!(
                 "the run is finished ({} epochs, {} steps): its results are written again \
@@ -299,8 +299,9 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
                 Ok(None) => return Ok(false),
                 Err(e) if s.policy == meal_data::BadFilePolicy::Fail => {
                     return Err(e.context(format!(
-                        "validating epoch {} (its steps are saved: restore the file, then \
-                         rerun with --resume, which validates the epoch first)",
+                        "validating epoch {} (its steps are saved: restore the file, or \
+                         leave it out with --on-bad-file skip, then rerun with --resume, which \
+                         validates the epoch first)",
                         state.epoch + 1
                     )))
                 }
@@ -348,6 +349,12 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
 
 /// The run's inputs opened and checked, and where it starts (fresh, or its checkpoint).
 fn prepare(s: Settings) -> Result<(Run, State)> {
+    // a resume's settings are compared before what they size is checked (a step's
+    // memory, an epoch's batches)
+    let saved = match s.resume {
+        true => Some(checkpoint::read_resumable(&s)?),
+        false => None,
+    };
     let mut run = Run::new(s)?;
     let s = run.s.clone();
     if run.batches_per_epoch() == 0 {
@@ -358,7 +365,7 @@ fn prepare(s: Settings) -> Result<(Run, State)> {
             run.usable.len()
         );
     }
-    let state = start(&mut run, &s)?;
+    let state = start(&mut run, &s, saved)?;
     run.check_disk()?;
     Ok((run, state))
 }
@@ -379,19 +386,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     // nothing) leaves no empty directory behind: the lock removes what it created.
     let lock = meal_data::dirlock::DirLock::acquire(&out)
         .with_context(|| format!("--out {}", out.display()))?;
-    // a save that a crash interrupted is finished or undone before anything is read:
-    // the checkpoint directory's swap, the weights and the tables
-    for name in [
-        CHECKPOINT,
-        STUDENT_FILE,
-        METRICS_FILE,
-        SUMMARY_FILE,
-        CURVES_FILE,
-    ] {
-        let p = out.join(name);
-        meal_data::atomic::recover(&p)
-            .with_context(|| format!("--out: recovering {}", p.display()))?;
-    }
+    checkpoint::recover_saves(&out)?;
     // --resume of a run that left nothing to resume (killed before its first save, or
     // requeued before it began) starts it, as Lightning's ckpt_path="last" does: a
     // requeue script that always passes --resume must not fail for good. A run with
@@ -475,8 +470,9 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                     }
                     bail!(
                         "{e}\n(epoch {} stopped after {} of its {per_epoch} steps, saved in the \
-                         checkpoint: restore the file, then rerun with --resume; a changed file \
-                         is another dataset: start a new run with --init {})",
+                         checkpoint: restore the file, or leave it out with --on-bad-file skip, \
+                         then rerun with --resume; a file replaced by another of another size \
+                         is another dataset: start a new run in another --out with --init {})",
                         epoch + 1,
                         state.batch,
                         s.out.join(CHECKPOINT).join(STUDENT_FILE).display()
@@ -520,7 +516,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                     // weights gone non-finite end the run; a write that failed (a disk
                     // full for a while) does not: the last checkpoint is whole, and the
                     // epoch's end saves again (and stops the run if it fails too)
-                    Err(e) if run.first_non_finite_weight()?.is_some() => return Err(e),
+                    Err(e) if e.is::<checkpoint::NotFinite>() => return Err(e),
                     Err(e) => bar.suspend(|| {
                         tracing::warn!(
                             "{e:#}: this periodic checkpoint was not saved; the run goes on \

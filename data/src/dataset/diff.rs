@@ -1,0 +1,141 @@
+//! The first difference between two listings of a dataset, in words: what a refusal
+//! over a changed fingerprint names, so a user sees which image changed.
+
+use std::collections::{HashMap, HashSet};
+
+use super::Sample;
+use crate::error::first_few;
+
+/// The first difference between the listing `was` (classes and samples, as recorded)
+/// and `now`, in words: other class names, images only in one of them (the first few),
+/// an image of another class, another file size (the fingerprint hashes sizes), the
+/// same files in another order; `None` when they are the same.
+pub fn first_difference(
+    was: (&[String], &[Sample]),
+    now: (&[String], &[Sample]),
+) -> Option<String> {
+    let ((wc, ws), (nc, ns)) = (was, now);
+    if wc != nc {
+        let at = wc.iter().zip(nc).position(|(a, b)| a != b);
+        return Some(match at {
+            Some(i) => format!(
+                "other class names ({} and {}; class {i}: \"{}\" then, \"{}\" now)",
+                wc.len(),
+                nc.len(),
+                wc[i],
+                nc[i]
+            ),
+            None => format!("{} classes then, {} now", wc.len(), nc.len()),
+        });
+    }
+    let by_path: HashMap<&str, &Sample> = ns.iter().map(|s| (s.path.as_str(), s)).collect();
+    let then: HashSet<&str> = ws.iter().map(|s| s.path.as_str()).collect();
+    let gone: Vec<&str> = ws
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| !by_path.contains_key(p))
+        .collect();
+    if !gone.is_empty() {
+        return Some(format!(
+            "{} of its images {} gone ({})",
+            gone.len(),
+            if gone.len() == 1 { "is" } else { "are" },
+            first_few(&gone, 3)
+        ));
+    }
+    let added: Vec<&str> = ns
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| !then.contains(p))
+        .collect();
+    if !added.is_empty() {
+        return Some(format!(
+            "{} {} added ({})",
+            added.len(),
+            if added.len() == 1 {
+                "image was"
+            } else {
+                "images were"
+            },
+            first_few(&added, 3)
+        ));
+    }
+    let class = |l: u32| wc.get(l as usize).map_or("?", String::as_str);
+    if let Some((w, n)) = ws
+        .iter()
+        .map(|w| (w, by_path[w.path.as_str()]))
+        .find(|(w, n)| w.label != n.label)
+    {
+        return Some(format!(
+            "{} is of class {} now, {} then",
+            w.path,
+            class(n.label),
+            class(w.label)
+        ));
+    }
+    if let Some((w, n)) = ws
+        .iter()
+        .map(|w| (w, by_path[w.path.as_str()]))
+        .find(|(w, n)| w.bytes != n.bytes)
+    {
+        return Some(format!(
+            "{} changed ({} bytes then, {} now)",
+            w.path, w.bytes, n.bytes
+        ));
+    }
+    ws.iter()
+        .zip(ns)
+        .find(|(w, n)| w.path != n.path)
+        .map(|(w, n)| {
+            format!(
+                "the same files in another order (sample {} is {} then, {} now: a list file \
+                 reordered?)",
+                w.id, w.path, n.path
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(id: u32, path: &str, label: u32, bytes: u64) -> Sample {
+        Sample {
+            id,
+            path: path.into(),
+            label,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn the_first_difference_is_named() {
+        let c: Vec<String> = vec!["a".into(), "b".into()];
+        let base = vec![s(0, "a/1.png", 0, 10), s(1, "b/2.png", 1, 20)];
+        let same = first_difference((&c, &base), (&c, &base));
+        assert_eq!(same, None);
+        let other: Vec<String> = vec!["a".into(), "c".into()];
+        let d = first_difference((&c, &base), (&other, &base)).unwrap();
+        assert!(d.contains("class 1: \"b\" then, \"c\" now"), "{d}");
+        let d = first_difference((&c, &base), (&c, &base[..1])).unwrap();
+        assert_eq!(d, "1 of its images is gone (b/2.png)");
+        let mut more = base.clone();
+        more.push(s(2, "b/3.png", 1, 5));
+        let d = first_difference((&c, &base), (&c, &more)).unwrap();
+        assert_eq!(d, "1 image was added (b/3.png)");
+        let mut relabelled = base.clone();
+        relabelled[0].label = 1;
+        let d = first_difference((&c, &base), (&c, &relabelled)).unwrap();
+        assert_eq!(d, "a/1.png is of class b now, a then");
+        let mut resized = base.clone();
+        resized[1].bytes = 21;
+        let d = first_difference((&c, &base), (&c, &resized)).unwrap();
+        assert_eq!(d, "b/2.png changed (20 bytes then, 21 now)");
+        let reordered = vec![s(0, "b/2.png", 1, 20), s(1, "a/1.png", 0, 10)];
+        let d = first_difference((&c, &base), (&c, &reordered)).unwrap();
+        assert!(
+            d.starts_with("the same files in another order (sample 0 is a/1.png then, b/2.png now"),
+            "{d}"
+        );
+    }
+}
