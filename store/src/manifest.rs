@@ -333,6 +333,27 @@ impl Manifest {
         let m: Manifest = serde_json::from_value(v).map_err(|e| StoreError::corrupt(&path, e))?;
         m.validate()
             .map_err(|reason| StoreError::corrupt(&path, reason))?;
+        // a part's worker is its file name's (a part copied or edited under another
+        // worker's name mixed two workers' shards on a rerun; a complete store's
+        // manifest.json with a worker passed verify)
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let own = match m.worker {
+            None => MANIFEST.to_string(),
+            Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
+        };
+        if (name == MANIFEST || name.starts_with("manifest.worker-")) && name != own {
+            return Err(StoreError::corrupt(
+                &path,
+                format!(
+                    "its worker field ({}) is not its file name's (that of {own}): copied or \
+                     edited from another part",
+                    match m.worker {
+                        None => "none: a whole store's".to_string(),
+                        Some([i, n]) => format!("worker {i} of {n}"),
+                    }
+                ),
+            ));
+        }
         Ok(m)
     }
 
@@ -416,8 +437,8 @@ pub(crate) fn require_same_config(
     // fingerprint covers them all, so it cannot go on: say what can
     let hint = match diff.iter().all(|k| k.starts_with("dataset.")) {
         true => {
-            "; the dataset changed since this store was started (an image fixed, added, \
-             removed or relabelled, or another dataset): write the store in another \
+            "; the dataset changed since this store was started (an image added, removed, \
+             renamed or relabelled, or another dataset): write the store in another \
              directory, or remove this one to start over"
         }
         false => "",
@@ -491,6 +512,22 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
                 ));
                 continue;
             }
+        }
+        // the class names: the first that differs ("10 values" both sides said nothing)
+        if k == "classes" {
+            let (x, y) = (&found.classes, &want.classes);
+            let at = x.iter().zip(y).position(|(u, v)| u != v);
+            out.push(match at {
+                Some(i) => format!(
+                    "classes (class {i} is \"{}\" in the store, \"{}\" now; {} and {} classes)",
+                    x[i],
+                    y[i],
+                    x.len(),
+                    y.len()
+                ),
+                None => format!("classes (store: {}, now: {})", x.len(), y.len()),
+            });
+            continue;
         }
         out.push(format!("{k} (store: {}, now: {})", show(a), show(b)));
     }

@@ -105,7 +105,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
         return Err(StoreError::Mismatch {
             path: dir.join(&names[0]),
             reason: format!(
-                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {})",
+                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {}): give merge the --data the workers labelled, as they read it",
                 c.dataset.samples,
                 c.dataset.sha256,
                 dataset.root().display(),
@@ -146,6 +146,10 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
                 })
             }
         }
+    }
+    // (after every part is known to be of this split: a stray unfinished part of
+    // another split was to be "rerun", which its split's count refused)
+    for (p, name) in parts.iter().zip(&names) {
         if p.state != State::Complete {
             return Err(StoreError::Mismatch {
                 path: dir.join(name),
@@ -157,9 +161,10 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
             });
         }
     }
-    let absent: Vec<u32> = (0..n).filter(|i| !seen.contains(i)).collect();
-    if !absent.is_empty() {
-        // (the first ten named)
+    if (seen.len() as u64) < u64::from(n) {
+        // the first ten named, found without listing every absent index (a split into
+        // 2^32 - 1 workers, most of which hold no shard, ran out of memory)
+        let absent: Vec<u32> = (0..n).filter(|i| !seen.contains(i)).take(11).collect();
         let list = |f: &dyn Fn(&u32) -> String| {
             meal_data::error::first_few(&absent.iter().map(f).collect::<Vec<_>>(), 10)
         };

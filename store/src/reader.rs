@@ -268,120 +268,11 @@ impl LabelStore {
                 reason: format!(
                     "label store is for another dataset (store: {} samples, {} classes, fingerprint {}; data: {} samples, {} classes, fingerprint {}){}",
                     c.dataset.samples, c.classes.len(), c.dataset.sha256, fp.samples, classes.len(), fp.sha256,
-                    self.difference(classes, samples).map_or(String::new(), |d| format!(": {d}"))
+                    difference(&self.dir, &self.manifest, classes, samples).map_or(String::new(), |d| format!(": {d}"))
                 ),
             });
         }
         Ok(())
-    }
-
-    /// The first difference between the store's images (`images.parquet`'s paths and
-    /// labels, and the images it skipped as unreadable, from the manifest) and the
-    /// dataset's `classes` and `samples`, in words; `None` when the table cannot be read.
-    /// The fingerprint also hashes file sizes, which the store does not keep: the same
-    /// paths and labels mean a file's bytes changed.
-    fn difference(&self, classes: &[String], samples: &[Sample]) -> Option<String> {
-        let c = &self.manifest.config;
-        if c.classes != classes {
-            return Some(format!(
-                "the class names differ ({} and {}; {})",
-                things(c.classes.len(), "class", "classes"),
-                things(classes.len(), "class", "classes"),
-                first_other_class(&c.classes, classes)
-            ));
-        }
-        let images = self.images().ok()?;
-        // (sample id, path, label; None for an image skipped as unreadable)
-        let mut stored: Vec<(u32, &str, Option<u32>)> = images
-            .iter()
-            .map(|i| (i.sample_id, i.path.as_str(), Some(i.label)))
-            .collect();
-        for k in self.manifest.shards.iter().flat_map(|s| &s.skipped) {
-            stored.push((k.sample_id, k.path.as_str(), None));
-        }
-        stored.sort_by_key(|e| e.0);
-        let data: HashMap<&str, &Sample> = samples.iter().map(|s| (s.path.as_str(), s)).collect();
-        let paths: std::collections::HashSet<&str> = stored.iter().map(|e| e.1).collect();
-        let first = |v: &[&str]| meal_data::error::first_few(v, 3);
-        let missing: Vec<&str> = stored
-            .iter()
-            .filter(|e| !data.contains_key(e.1))
-            .map(|e| e.1)
-            .collect();
-        if !missing.is_empty() {
-            let skipped = stored
-                .iter()
-                .filter(|e| e.2.is_none() && !data.contains_key(e.1))
-                .count();
-            return Some(format!(
-                "{} not in the data ({}){}",
-                things(
-                    missing.len(),
-                    "of the store's images is",
-                    "of the store's images are"
-                ),
-                first(&missing),
-                match skipped {
-                    0 => String::new(),
-                    n => format!(
-                        "; {} skipped as unreadable when the store was made",
-                        things(n, "was", "were")
-                    ),
-                }
-            ));
-        }
-        let extra: Vec<&str> = samples
-            .iter()
-            .map(|s| s.path.as_str())
-            .filter(|p| !paths.contains(p))
-            .collect();
-        if !extra.is_empty() {
-            return Some(format!(
-                "the data has {} the store has not ({})",
-                things(extra.len(), "image", "images"),
-                first(&extra)
-            ));
-        }
-        let name = |l: u32| c.classes.get(l as usize).map_or("?", String::as_str);
-        if let Some((_, p, Some(l))) = stored
-            .iter()
-            .find(|e| e.2.is_some_and(|l| data[e.1].label != l))
-        {
-            return Some(format!(
-                "{p} is of class {} in the store, {} in the data",
-                name(*l),
-                name(data[p].label)
-            ));
-        }
-        if let Some((id, p, _)) = stored
-            .iter()
-            .find(|e| samples.get(e.0 as usize).is_none_or(|s| s.path != e.1))
-        {
-            return Some(format!(
-                "the same files in another order (sample {id} is {p} in the store, {} in the \
-                 data: a list file reordered?)",
-                samples
-                    .get(*id as usize)
-                    .map_or("none", |s| s.path.as_str())
-            ));
-        }
-        // (an image skipped as unreadable has no label in the store: a list file that
-        // relabels one changes the fingerprint as a size does)
-        let skipped = stored.iter().filter(|e| e.2.is_none()).count();
-        Some(format!(
-            "the same paths and labels: a file's size differs (an image re-encoded or \
-             replaced since the store was made){}",
-            match skipped {
-                0 => String::new(),
-                1 => ", or the image skipped as unreadable (whose label the store does \
-                      not keep) was relabelled"
-                    .to_string(),
-                n => format!(
-                    ", or one of the {n} images skipped as unreadable (whose labels the \
-                     store does not keep) was relabelled"
-                ),
-            }
-        ))
     }
 
     /// The shard file that holds `sample`'s labels.
@@ -530,6 +421,120 @@ impl LabelStore {
         images::check_against_shards(&self.dir, &rows, stored, self.num_classes())?;
         Ok(rows)
     }
+}
+
+/// The first difference between the store's images (`images.parquet`'s paths and
+/// labels, and the images it skipped as unreadable, from the manifest) and the
+/// dataset's `classes` and `samples`, in words; `None` when the table cannot be read.
+/// The fingerprint also hashes file sizes, which the store does not keep: the same
+/// paths and labels mean a file's bytes changed.
+pub(crate) fn difference(
+    dir: &Path,
+    manifest: &Manifest,
+    classes: &[String],
+    samples: &[Sample],
+) -> Option<String> {
+    let c = &manifest.config;
+    if c.classes != classes {
+        return Some(format!(
+            "the class names differ ({} and {}; {})",
+            things(c.classes.len(), "class", "classes"),
+            things(classes.len(), "class", "classes"),
+            first_other_class(&c.classes, classes)
+        ));
+    }
+    let images = images::read(dir, manifest.images_sha256.as_deref()).ok()?;
+    // (sample id, path, label; None for an image skipped as unreadable)
+    let mut stored: Vec<(u32, &str, Option<u32>)> = images
+        .iter()
+        .map(|i| (i.sample_id, i.path.as_str(), Some(i.label)))
+        .collect();
+    for k in manifest.shards.iter().flat_map(|s| &s.skipped) {
+        stored.push((k.sample_id, k.path.as_str(), None));
+    }
+    stored.sort_by_key(|e| e.0);
+    let data: HashMap<&str, &Sample> = samples.iter().map(|s| (s.path.as_str(), s)).collect();
+    let paths: std::collections::HashSet<&str> = stored.iter().map(|e| e.1).collect();
+    let first = |v: &[&str]| meal_data::error::first_few(v, 3);
+    let missing: Vec<&str> = stored
+        .iter()
+        .filter(|e| !data.contains_key(e.1))
+        .map(|e| e.1)
+        .collect();
+    if !missing.is_empty() {
+        let skipped = stored
+            .iter()
+            .filter(|e| e.2.is_none() && !data.contains_key(e.1))
+            .count();
+        return Some(format!(
+            "{} not in the data ({}){}",
+            things(
+                missing.len(),
+                "of the store's images is",
+                "of the store's images are"
+            ),
+            first(&missing),
+            match skipped {
+                0 => String::new(),
+                n => format!(
+                    "; {} skipped as unreadable when the store was made",
+                    things(n, "was", "were")
+                ),
+            }
+        ));
+    }
+    let extra: Vec<&str> = samples
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| !paths.contains(p))
+        .collect();
+    if !extra.is_empty() {
+        return Some(format!(
+            "the data has {} the store has not ({})",
+            things(extra.len(), "image", "images"),
+            first(&extra)
+        ));
+    }
+    let name = |l: u32| c.classes.get(l as usize).map_or("?", String::as_str);
+    if let Some((_, p, Some(l))) = stored
+        .iter()
+        .find(|e| e.2.is_some_and(|l| data[e.1].label != l))
+    {
+        return Some(format!(
+            "{p} is of class {} in the store, {} in the data",
+            name(*l),
+            name(data[p].label)
+        ));
+    }
+    if let Some((id, p, _)) = stored
+        .iter()
+        .find(|e| samples.get(e.0 as usize).is_none_or(|s| s.path != e.1))
+    {
+        return Some(format!(
+            "the same files in another order (sample {id} is {p} in the store, {} in the \
+             data: a list file reordered?)",
+            samples
+                .get(*id as usize)
+                .map_or("none", |s| s.path.as_str())
+        ));
+    }
+    // (an image skipped as unreadable has no label in the store: a list file that
+    // relabels one changes the fingerprint as a size does)
+    let skipped = stored.iter().filter(|e| e.2.is_none()).count();
+    Some(format!(
+        "the same paths and labels: a file's size differs (an image re-encoded or \
+         replaced since the store was made){}",
+        match skipped {
+            0 => String::new(),
+            1 => ", or the image skipped as unreadable (whose label the store does \
+                  not keep) was relabelled"
+                .to_string(),
+            n => format!(
+                ", or one of the {n} images skipped as unreadable (whose labels the \
+                 store does not keep) was relabelled"
+            ),
+        }
+    ))
 }
 
 /// `n` and the noun for it: "1 image", "2 images".

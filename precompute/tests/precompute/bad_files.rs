@@ -153,6 +153,28 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
     std::fs::rename(&from, from.with_file_name("renamed.jpg")).unwrap();
     let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
     assert!(e.contains("dataset.sha256"), "{e}");
+    // named from the store's image table
+    assert!(
+        e.contains(&format!(
+            "First difference: 1 of the store's images is not in the data ({})",
+            ds.samples()[3].path
+        )),
+        "{e}"
+    );
+}
+
+/// A store of one shard takes a fixed image too: "1 of its 1 shards" changed is more
+/// than half, but a store of one or two shards recomputes little either way.
+#[test]
+fn a_store_of_one_shard_takes_a_fixed_image() {
+    let f = fixture(2);
+    let s = split_args(&f, "one", None, 1000);
+    let (ds, bad, good) = break_sample_14(&f);
+    assert_eq!(go(&s).skipped.len(), 1);
+    std::fs::write(ds.full_path(&bad), &good).unwrap();
+    let r = go(&s);
+    assert!(r.complete && r.skipped.is_empty());
+    assert_eq!(r.shards_written, 1);
 }
 
 /// A merged store renewed by a single run once a skipped image was fixed: the workers'
@@ -234,6 +256,9 @@ fn a_part_with_most_of_its_shards_changed_is_renewed_when_the_store_has_few() {
     );
     let r0 = go(&settings("parts", Some("0/2")));
     assert!(r0.complete && r0.shards_written == 2, "{r0:?}");
+    // the merged store listed the shards written again with their old checksums: it is
+    // gone until the next merge (every reader called it damaged)
+    assert!(!out.join(meal_store::MANIFEST).exists());
     let r1 = go(&settings("parts", Some("1/2")));
     assert!(r1.complete && r1.shards_written == 0, "{r1:?}");
     meal_store::merge(&out, &changed).unwrap();

@@ -90,6 +90,9 @@ impl StoreWriter {
                 renew::Renewal::Yes => {
                     dropped = renew::renew(&mut m, &config, &hashes, &path);
                     m.write(dir, &name)?;
+                    if worker.is_some() && !dropped.is_empty() {
+                        unmerge(dir)?;
+                    }
                 }
                 r => {
                     if let Some(e) = r.refusal(dir) {
@@ -102,7 +105,8 @@ impl StoreWriter {
                 &m.config,
                 &config,
                 "the store there was made with another config",
-            )?;
+            )
+            .map_err(|e| with_first_difference(e, dir, &m, &config, samples, &hashes))?;
             // its config is this run's: other workers may open theirs while the shards
             // are checked
             opening.take();
@@ -187,4 +191,74 @@ impl StoreWriter {
             _locks: locks,
         })
     }
+}
+
+/// `e` (a refusal of the store `m` in `dir` for `config`), with the first difference
+/// between its images and the dataset's (`samples`, whose shard hashes are `hashes`)
+/// named when only the dataset differs: from `images.parquet` for a complete store,
+/// else the first written shard whose files or labels differ.
+fn with_first_difference(
+    e: StoreError,
+    dir: &Path,
+    m: &Manifest,
+    config: &StoreConfig,
+    samples: &[Sample],
+    hashes: &[[String; 2]],
+) -> StoreError {
+    let StoreError::Mismatch { path, reason } = e else {
+        return e;
+    };
+    let dataset_only = crate::manifest::config_diff(&m.config, config)
+        .iter()
+        .all(|k| k.starts_with("dataset.") || k == "classes");
+    let detail = match (dataset_only, m.images_sha256.is_some()) {
+        (false, _) => None,
+        (true, true) => crate::reader::difference(dir, m, &config.classes, samples),
+        (true, false) => m
+            .shards
+            .iter()
+            .find(|s| {
+                hashes
+                    .get(s.index as usize)
+                    .is_none_or(|h| s.listing_sha256.as_deref() != Some(h[0].as_str()))
+            })
+            .map(|s| {
+                let now = |i: u32| samples.get(i as usize).map_or("none", |x| x.path.as_str());
+                format!(
+                    "the first shard written whose files or labels differ is {} (samples \
+                     {}..{}: now {} to {})",
+                    s.file,
+                    s.first_sample,
+                    s.end_sample,
+                    now(s.first_sample),
+                    now(s.end_sample.saturating_sub(1))
+                )
+            }),
+    };
+    StoreError::Mismatch {
+        path,
+        reason: match detail {
+            Some(d) => format!("{reason}. First difference: {d}"),
+            None => reason,
+        },
+    }
+}
+
+/// Remove the store merged from the workers' parts in `dir` (its `manifest.json`), if
+/// any, when a worker's rerun is to write some of its shards again: that manifest
+/// lists their old checksums, so every reader would call the store damaged. The parts
+/// stay; `merge` makes it again once every worker is done. Said in a warning.
+fn unmerge(dir: &Path) -> Result<(), StoreError> {
+    let merged = dir.join(crate::manifest::MANIFEST);
+    if !merged.exists() {
+        return Ok(());
+    }
+    std::fs::remove_file(&merged).map_err(|e| StoreError::io(&merged, e))?;
+    meal_data::atomic::sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    tracing::warn!(
+        "{}: removed (the store merged from the workers' parts): this worker writes some \
+         of its shards again; run merge once every worker's part is complete",
+        merged.display()
+    );
+    Ok(())
 }

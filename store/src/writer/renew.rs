@@ -60,11 +60,17 @@ pub(crate) fn renewal(
     // and three fixed images of one part were "3 of the store's 5")
     let changed = of_store.map(|p| changed(p, hashes).len()).sum::<usize>();
     let total = hashes.len();
-    match 2 * changed <= total {
+    // (a store of one or two shards, the demo's or a small one's, recomputes little
+    // either way: one fixed image there was "1 of the store's 1 shards")
+    match 2 * changed <= total || changed <= SMALL {
         true => Renewal::Yes,
         false => Renewal::TooMany { changed, total },
     }
 }
+
+/// Shards that may always be recomputed for images of another size, whatever the
+/// store's size.
+const SMALL: usize = 2;
 
 /// Whether a store may be renewed ([`renewal`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,14 +150,25 @@ pub(super) fn renew(
 ) -> Vec<String> {
     let dropped = changed(m, hashes);
     m.shards.retain(|s| !dropped.contains(&s.file));
-    tracing::warn!(
-        "{}: images of the dataset changed size since it was written (fixed or replaced; \
-         the same files listed): {} of its shards hold changed images and will be \
-         recomputed, {} are kept",
-        path.display(),
-        dropped.len(),
-        m.shards.len()
-    );
+    match dropped.is_empty() {
+        // (the shards written list and size their images as now: the change is in the
+        // images of shards not written yet, labelled as they are now)
+        true => tracing::warn!(
+            "{}: the dataset changed since it was written, in images of shards not written \
+             yet (the same count and classes): its {} shards are kept, the others are \
+             labelled as the images are now",
+            path.display(),
+            m.shards.len()
+        ),
+        false => tracing::warn!(
+            "{}: images of the dataset changed size since it was written (fixed or \
+             replaced; the same files listed): {} of its shards hold changed images and \
+             will be recomputed, {} are kept",
+            path.display(),
+            dropped.len(),
+            m.shards.len()
+        ),
+    }
     m.config = config.clone();
     m.state = State::Partial;
     m.summary = None;

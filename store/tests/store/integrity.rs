@@ -257,6 +257,12 @@ fn corruption_is_detected_and_named() {
             "expected 7..14",
         ),
         ("0.08,", "-1.0,", "config.crop_pool: invalid scale"),
+        // a whole store's manifest that says a worker wrote it (a part copied over it)
+        (
+            "\"worker\": null",
+            "\"worker\": [0, 2]",
+            "its worker field (worker 0 of 2) is not its file name's",
+        ),
     ];
     for (from, to, said) in edits {
         assert!(m.contains(from), "the fixture's manifest has {from}");
