@@ -6,8 +6,43 @@ use std::path::Path;
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    // an empty value is refused as the command line refuses `--out ""` (`out = ""` ran
+    // in the current directory, `data = ""` said "--data : : No such file")
+    if let Ok(table) = text.parse::<toml::Table>() {
+        let empty: Vec<&str> = table
+            .iter()
+            .filter(|(_, v)| v.as_str().is_some_and(str::is_empty))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !empty.is_empty() {
+            return Err(format!(
+                "{} empty (\"\"): give a value or leave the key out",
+                empty.join(", ")
+            ));
+        }
+    }
     // (toml's parse errors end with a newline: a blank line before the next context)
     toml::from_str(&text).map_err(|e| plain_types(e.to_string().trim_end()))
+}
+
+/// A config file's repeatable flag given as a list or as one value (`teacher =
+/// "resnet50=w.safetensors"` was refused with "expected a sequence"); for
+/// `#[serde(default, deserialize_with = "meal_cli::config::one_or_many")]`.
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    use serde::Deserialize;
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a string or a list of strings",
+        )),
+    }
 }
 
 /// serde's Rust type names in a message said in words (`expected u32` was all a wrong
@@ -128,6 +163,42 @@ mod tests {
         let m = plain_types("invalid type: string \"two\", expected u32");
         assert_eq!(m, "invalid type: string \"two\", expected a whole number");
         assert!(plain_types("expected f64").ends_with("a number"));
+    }
+
+    /// A repeatable key takes one value or a list; anything else says what it takes.
+    #[test]
+    fn a_repeatable_key_takes_one_value_or_a_list() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "one_or_many")]
+            teacher: Vec<String>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        for (text, want) in [
+            ("teacher = \"a=w\"", vec!["a=w"]),
+            ("teacher = [\"a=w\", \"b=v\"]", vec!["a=w", "b=v"]),
+            ("", vec![]),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            assert_eq!(read_toml::<T>(&p).unwrap().teacher, want);
+        }
+        std::fs::write(&p, "teacher = 3").unwrap();
+        let e = read_toml::<T>(&p).err().unwrap();
+        assert!(e.contains("expected a string or a list of strings"), "{e}");
+    }
+
+    /// A key given as "" is refused, naming it, as the command line refuses an empty
+    /// flag value.
+    #[test]
+    fn an_empty_value_is_refused_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "out = \"\"\nepochs = 2\n").unwrap();
+        let e = read_toml::<toml::Table>(&p).unwrap_err();
+        assert_eq!(e, "out empty (\"\"): give a value or leave the key out");
+        std::fs::write(&p, "out = \"r\"\n").unwrap();
+        assert!(read_toml::<toml::Table>(&p).is_ok());
     }
 
     /// An error naming two flags is blamed on the file when it set either; one naming

@@ -39,7 +39,7 @@ pub struct RunArgs {
     /// logit order, one per line (timm's imagenet_synsets.txt): the data's classes are
     /// then taken by name, a subset of them included.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub teacher: Vec<String>,
     /// Where the label store goes (resumed when it holds a partial store of this config).
     #[arg(long, value_name = "DIR")]

@@ -33,6 +33,32 @@ pub fn read_only(e: anyhow::Error, out: &Path, why: &str) -> anyhow::Error {
     }
 }
 
+/// `e` with what to do on top when a file of the store in `dir` is missing or damaged
+/// (a shard or `images.parquet`: gone, truncated, altered, unreadable): rerunning the
+/// precompute that wrote the store writes it again; otherwise `e` as it is. A bare
+/// "No such file or directory" of a shard said neither.
+pub fn damaged_store(e: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let ours = |p: &Path| {
+        p.parent() == Some(dir)
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("shard-") || n == meal_store::images::IMAGES)
+    };
+    let damaged = e.chain().any(|c| match c.downcast_ref::<StoreError>() {
+        Some(StoreError::Io { path, .. }) | Some(StoreError::Corrupt { path, .. }) => ours(path),
+        _ => false,
+    });
+    // (the checksum's own message already says so)
+    if !damaged || format!("{e:#}").contains("writes it again") {
+        return e;
+    }
+    e.context(format!(
+        "{}: a file of the store is missing or damaged; rerunning the precompute that wrote \
+         it, unchanged, writes it again (for a store of workers: that worker, then merge)",
+        dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +69,36 @@ mod tests {
             error: std::io::Error::from_raw_os_error(code),
         };
         anyhow::Error::from(e).context("--out s")
+    }
+
+    /// A missing or damaged shard or image table says what writes it again; a
+    /// message that says so already, or another file's error, is left as it is.
+    #[test]
+    fn a_damaged_store_file_says_what_writes_it_again() {
+        let dir = Path::new("s");
+        let io = |name: &str| {
+            anyhow::Error::from(StoreError::Io {
+                path: dir.join(name),
+                error: std::io::Error::from_raw_os_error(2),
+            })
+            .context("verify s")
+        };
+        for name in ["shard-000004.parquet", "images.parquet"] {
+            let text = format!("{:#}", damaged_store(io(name), dir));
+            assert!(
+                text.starts_with("s: a file of the store is missing or damaged; rerunning")
+                    && text.contains(name),
+                "{text}"
+            );
+        }
+        let text = format!("{:#}", damaged_store(io("manifest.json"), dir));
+        assert!(text.starts_with("verify s: "), "{text}");
+        let said = anyhow::Error::from(StoreError::Corrupt {
+            path: dir.join("shard-000001.parquet"),
+            reason: "checksum mismatch (rerunning it writes it again)".into(),
+        });
+        let text = format!("{:#}", damaged_store(said, dir));
+        assert!(text.starts_with("s/shard-000001.parquet"), "{text}");
     }
 
     #[test]

@@ -331,7 +331,8 @@ fn cli() -> Result<()> {
                     bail!("--histogram {}: a directory, not a file", p.display());
                 }
             }
-            let ins = inspect::inspect_with(&store, rows, classes)?;
+            let ins = inspect::inspect_with(&store, rows, classes)
+                .map_err(|e| hints::damaged_store(e, &store))?;
             meal_cli::out!("{}", ins.text);
             if let Some(p) = histogram {
                 let title = format!("meal-precompute inspect: {}", store.display());
@@ -340,7 +341,10 @@ fn cli() -> Result<()> {
                 meal_cli::outln!("\nhistograms written to {}", p.display());
             }
         }
-        Cmd::Verify { store } => meal_cli::outln!("{}", inspect::verify(&store)?),
+        Cmd::Verify { store } => meal_cli::outln!(
+            "{}",
+            inspect::verify(&store).map_err(|e| hints::damaged_store(e, &store))?
+        ),
     }
     Ok(())
 }

@@ -101,6 +101,15 @@ pub(crate) fn intact(dir: &Path, m: &Manifest) -> bool {
 
 /// The rows of `dir`'s `images.parquet`, the file checked against `sha256` when given.
 pub(crate) fn read(dir: &Path, sha256: Option<&str>) -> Result<Vec<ImageInfo>, StoreError> {
+    Ok(read_with_classes(dir, sha256)?.0)
+}
+
+/// [`read`], with the class names the file records (`meal.classes`; `None` where it
+/// records none or not as a list of names).
+pub(crate) fn read_with_classes(
+    dir: &Path,
+    sha256: Option<&str>,
+) -> Result<(Vec<ImageInfo>, Option<Vec<String>>), StoreError> {
     let path = dir.join(IMAGES);
     let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
     if let Some(want) = sha256 {
@@ -109,10 +118,16 @@ pub(crate) fn read(dir: &Path, sha256: Option<&str>) -> Result<Vec<ImageInfo>, S
         }
     }
     let bad = |e: &dyn std::fmt::Display| StoreError::corrupt(&path, e.to_string());
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .map_err(|e| bad(&e))?
-        .build()
-        .map_err(|e| bad(&e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).map_err(|e| bad(&e))?;
+    let classes = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "meal.classes"))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok());
+    let reader = builder.build().map_err(|e| bad(&e))?;
     let mut out = Vec::new();
     for b in reader {
         let b = b.map_err(|e| bad(&e))?;
@@ -141,7 +156,7 @@ pub(crate) fn read(dir: &Path, sha256: Option<&str>) -> Result<Vec<ImageInfo>, S
             });
         }
     }
-    Ok(out)
+    Ok((out, classes))
 }
 
 /// Checks the table's `rows` against the images the shards hold (`stored`: sample,

@@ -412,7 +412,30 @@ impl LabelStore {
     /// trainer checks it at start too, for stores written before the checksum. Returns
     /// the table's rows, checked.
     pub fn verify_images(&self) -> Result<Vec<ImageInfo>, StoreError> {
-        let rows = self.images()?;
+        let (rows, classes) =
+            images::read_with_classes(&self.dir, self.manifest.images_sha256.as_deref())?;
+        // the class names decide which class each probability is: the manifest's (not
+        // under a checksum) against those the checked table recorded
+        let own = &self.manifest.config.classes;
+        if let Some(c) = classes.filter(|c| c != own) {
+            let at = own
+                .iter()
+                .zip(&c)
+                .position(|(a, b)| a != b)
+                .unwrap_or(own.len().min(c.len()));
+            let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+            return Err(StoreError::Mismatch {
+                path: self.dir.join(MANIFEST),
+                reason: format!(
+                    "config.classes is not the class list {} records (class {at}: {} in \
+                     the manifest, {} there): the manifest was edited; restore it, or run \
+                     the precompute again",
+                    images::IMAGES,
+                    name(own),
+                    name(&c)
+                ),
+            });
+        }
         let stored: Vec<[u32; 3]> = self
             .shards
             .iter()

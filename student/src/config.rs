@@ -95,6 +95,7 @@ pub struct TrainArgs {
     pub wd: Option<f64>,
     /// The discriminator [default: on for kd, off for ce].
     #[arg(long, value_parser = ["on", "off"])]
+    #[serde(default, deserialize_with = "switch")]
     pub disc: Option<String>,
     /// The discriminator's own learning rate [default: --lr, which is what upstream
     /// ends up using: its separate rate is overwritten every epoch].
@@ -107,7 +108,7 @@ pub struct TrainArgs {
     /// Run these teachers every step instead of reading the store (comparisons and
     /// checks); same syntax as meal-precompute's --teacher. Repeatable.
     #[arg(long = "online-teacher", value_name = "ARCH=WEIGHTS")]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub online_teacher: Vec<String>,
     /// cpu or cuda:N [default: cpu].
     #[arg(long)]
@@ -155,16 +156,30 @@ pub struct TrainArgs {
 /// A config file's value given as text or as a whole number (`checkpoint_every = 500`
 /// and `= "30m"` alike).
 fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Value {
-        Text(String),
-        Number(u64),
+    use serde_json::Value;
+    // (an untagged enum said "data did not match any variant of untagged enum Value"
+    // to `checkpoint_every = -5`)
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) if n.is_u64() => Ok(Some(n.to_string())),
+        Some(v) => Err(serde::de::Error::custom(format!(
+            "{v}: expected a time (\"30m\"), a number of steps (500) or \"off\""
+        ))),
     }
-    Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
-        Value::Text(s) => s,
-        Value::Number(n) => n.to_string(),
-    }))
+}
+
+/// A config file's switch given as `"on"`/`"off"` or as a boolean (`disc = true`).
+fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde_json::Value;
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Bool(b)) => Ok(Some(if b { "on" } else { "off" }.to_string())),
+        Some(v) => Err(serde::de::Error::custom(format!(
+            "{v}: expected \"on\" or \"off\" (or true, false)"
+        ))),
+    }
 }
 
 /// Which loss.
@@ -546,5 +561,25 @@ mod tests {
             let a: TrainArgs = meal_cli::read_toml(&f).unwrap();
             assert_eq!(a.checkpoint_every.as_deref(), Some(want));
         }
+        // another type says what it takes, not serde's enum
+        std::fs::write(&f, "checkpoint_every = -5").unwrap();
+        let e = meal_cli::read_toml::<TrainArgs>(&f).unwrap_err();
+        assert!(
+            e.contains("-5: expected a time (\"30m\"), a number of steps (500) or \"off\""),
+            "{e}"
+        );
+        // the discriminator's switch as a boolean too
+        for (line, want) in [
+            ("disc = true", "on"),
+            ("disc = false", "off"),
+            ("disc = \"off\"", "off"),
+        ] {
+            std::fs::write(&f, line).unwrap();
+            let a: TrainArgs = meal_cli::read_toml(&f).unwrap();
+            assert_eq!(a.disc.as_deref(), Some(want));
+        }
+        std::fs::write(&f, "disc = 1").unwrap();
+        let e = meal_cli::read_toml::<TrainArgs>(&f).unwrap_err();
+        assert!(e.contains("expected \"on\" or \"off\""), "{e}");
     }
 }

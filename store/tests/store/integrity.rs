@@ -285,6 +285,25 @@ fn corruption_is_detected_and_named() {
         e.contains("config.classes: class name") && e.contains("listed twice"),
         "{e}"
     );
+    // two class names swapped: a valid manifest, which verify finds against the class
+    // list images.parquet records (under its checksum)
+    let mut w = v.clone();
+    let (c0, c1) = (
+        w["config"]["classes"][0].clone(),
+        w["config"]["classes"][1].clone(),
+    );
+    w["config"]["classes"][0] = c1;
+    w["config"]["classes"][1] = c0;
+    std::fs::write(&mpath, w.to_string()).unwrap();
+    let e = LabelStore::open(&dir)
+        .unwrap()
+        .verify()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config.classes is not the class list images.parquet records (class 0:"),
+        "{e}"
+    );
     std::fs::write(&mpath, "{ not json").unwrap();
     let e = LabelStore::open(&dir).err().unwrap().to_string();
     assert!(e.contains("manifest.json"), "{e}");
