@@ -39,7 +39,16 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     }
     let none = || StoreError::Mismatch {
         path: dir.to_path_buf(),
-        reason: "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
+        reason: match Manifest::read(dir).map(|m| m.state) {
+            // a single run's store: nothing to merge, said as such
+            Ok(State::Complete) => "a single run's complete store (manifest.json): it needs \
+                                    no merge"
+                .into(),
+            Ok(_) => "a single run's partial store (manifest.json): rerun the meal-precompute \
+                      run that wrote it to finish it; only `run --worker I/N` parts are merged"
+                .into(),
+            Err(_) => "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
+        },
     };
     // also checked before the lock: a directory that holds no store (a class folder
     // named by mistake) is refused without being locked

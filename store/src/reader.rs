@@ -136,7 +136,8 @@ impl LabelStore {
                     manifest.shards.len(),
                     match running {
                         true => "a meal-precompute run is writing it now: wait for it to end",
-                        false => "resume meal-precompute, or merge the workers' parts",
+                        // (a split's parts were met above: this is a single run's)
+                        false => "rerun the meal-precompute run that wrote it to finish it",
                     }
                 ),
             });

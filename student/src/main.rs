@@ -89,7 +89,7 @@ fn cli() -> Result<()> {
             )
             .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
-            let (batch, amp) = (s.batch, s.amp);
+            let (batch, amp, max_steps) = (s.batch, s.amp, s.max_steps);
             let r = train::train(s, &stop).map_err(|e| {
                 meal_cli::hint_gpu_out_of_memory(e, || {
                     format!(
@@ -117,8 +117,15 @@ fn cli() -> Result<()> {
                 );
             }
             if r.interrupted {
+                // (a resume under the same --max-steps has nothing to do)
+                let limit = match max_steps {
+                    Some(m) if !stop.load(Ordering::SeqCst) && r.steps >= m => {
+                        ", with --max-steps raised or left out"
+                    }
+                    _ => "",
+                };
                 meal_cli::outln!(
-                    "stopped after step {}; continue with --resume (checkpoint in {})",
+                    "stopped after step {}; continue with --resume{limit} (checkpoint in {})",
                     r.steps,
                     out.display()
                 );

@@ -179,6 +179,14 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     let before = files(&class_dir);
     let e = merge(&class_dir, &ds).unwrap_err().to_string();
     assert!(e.contains("no worker manifests"), "{e}");
+    // a single run's store needs none, said as such
+    let (single_ds, _, single) = written(
+        &tmp.path().join("single"),
+        Encoding::Dense,
+        ShardFormat::Parquet,
+    );
+    let e = merge(&single, &single_ds).unwrap_err().to_string();
+    assert!(e.contains("a single run's complete store"), "{e}");
     assert_eq!(
         files(&class_dir),
         before,
