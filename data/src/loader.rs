@@ -33,6 +33,16 @@ pub enum BadFilePolicy {
     Fail,
 }
 
+impl BadFilePolicy {
+    /// The name [`FromStr`](std::str::FromStr) takes (`skip`, `fail`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BadFilePolicy::Skip => "skip",
+            BadFilePolicy::Fail => "fail",
+        }
+    }
+}
+
 impl std::str::FromStr for BadFilePolicy {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self> {

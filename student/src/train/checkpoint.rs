@@ -106,14 +106,6 @@ fn same_path(a: &Path, b: &Path) -> bool {
         )
 }
 
-/// `policy` as `--on-bad-file` takes it (`skip`, `fail`).
-fn flag_value(p: meal_data::BadFilePolicy) -> &'static str {
-    match p {
-        meal_data::BadFilePolicy::Skip => "skip",
-        meal_data::BadFilePolicy::Fail => "fail",
-    }
-}
-
 /// The command-line flag of a setting's field (the names differ for a few).
 fn flag_of(field: &str) -> String {
     match field {
@@ -643,8 +635,8 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
         tracing::warn!(
             "--on-bad-file {}: the run read its files under {}; from here an unreadable \
              file {}",
-            flag_value(s.policy),
-            flag_value(state.settings.policy),
+            s.policy.name(),
+            state.settings.policy.name(),
             match s.policy {
                 meal_data::BadFilePolicy::Skip => "is left out of its batch (and of --val)",
                 meal_data::BadFilePolicy::Fail => "stops the run",
