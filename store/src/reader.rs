@@ -485,6 +485,14 @@ pub(crate) fn difference(
         .filter(|e| !data.contains_key(e.1))
         .map(|e| e.1)
         .collect();
+    let extra: Vec<&str> = samples
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| !paths.contains(p))
+        .collect();
+    if let Some(moved) = meal_data::dataset::other_root(&missing, &extra) {
+        return Some(moved);
+    }
     if !missing.is_empty() {
         let skipped = stored
             .iter()
@@ -507,11 +515,6 @@ pub(crate) fn difference(
             }
         ));
     }
-    let extra: Vec<&str> = samples
-        .iter()
-        .map(|s| s.path.as_str())
-        .filter(|p| !paths.contains(p))
-        .collect();
     if !extra.is_empty() {
         return Some(format!(
             "the data has {} the store has not ({})",

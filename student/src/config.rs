@@ -2,7 +2,7 @@
 //! (snake_case of the flag) over the defaults, which follow MEAL V2 (szq0214/MEAL-V2 `train.py`:
 //! SGD lr 0.01, momentum 0.9, weight decay 0, lr x0.1 at epoch 100).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use meal_data::{BadFilePolicy, Filter, Normalize};
@@ -269,6 +269,20 @@ impl Settings {
     pub fn spec(&self) -> meal_data::CropSpec {
         meal_data::CropSpec::new(self.res, Filter::Bilinear, Normalize::default())
             .expect("side checked at resolve")
+    }
+
+    /// These settings as a checkpoint records them: the inputs' paths made absolute
+    /// (a resume from another working directory names what differs from the run's
+    /// `--data`, which a relative path no longer finds).
+    pub fn recorded(&self) -> Settings {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        Settings {
+            data: abs(&self.data),
+            val: self.val.as_deref().map(abs),
+            labels: self.labels.as_deref().map(abs),
+            init: self.init.as_deref().map(abs),
+            ..self.clone()
+        }
     }
 }
 

@@ -35,6 +35,14 @@ pub fn first_difference(
         .map(|s| s.path.as_str())
         .filter(|p| !by_path.contains_key(p))
         .collect();
+    let added: Vec<&str> = ns
+        .iter()
+        .map(|s| s.path.as_str())
+        .filter(|p| !then.contains(p))
+        .collect();
+    if let Some(moved) = other_root(&gone, &added) {
+        return Some(moved);
+    }
     if !gone.is_empty() {
         return Some(format!(
             "{} of its images {} gone ({})",
@@ -43,11 +51,6 @@ pub fn first_difference(
             first_few(&gone, 3)
         ));
     }
-    let added: Vec<&str> = ns
-        .iter()
-        .map(|s| s.path.as_str())
-        .filter(|p| !then.contains(p))
-        .collect();
     if !added.is_empty() {
         return Some(format!(
             "{} {} added ({})",
@@ -95,6 +98,56 @@ pub fn first_difference(
         })
 }
 
+/// When the paths only in the earlier listing (`gone`) and those only in the later one
+/// (`added`) are the same files under another root (each `P` then is `d/P` now, or the
+/// other way: a list file written in a parent folder, or the data given one folder
+/// deeper), that in words; `None` otherwise. Images are keyed by their path relative to
+/// the data's root (docs/DATA.md), so such listings are other datasets to a fingerprint,
+/// and "40 images gone" named the symptom, not the cause.
+pub fn other_root(gone: &[&str], added: &[&str]) -> Option<String> {
+    let (&g, &a) = (gone.first()?, added.first()?);
+    if gone.len() != added.len() {
+        return None;
+    }
+    // (the longer path of the pair is the shorter under a prefix ending in `/`)
+    let under = |long: &str, short: &str| {
+        long.strip_suffix(short)
+            .filter(|p| p.ends_with('/'))
+            .map(str::to_string)
+    };
+    let (prefix, now_longer) = match added.iter().find_map(|a| under(a, g)) {
+        Some(p) => (p, true),
+        None => (gone.iter().find_map(|g| under(g, a))?, false),
+    };
+    let (short, long): (&[&str], HashSet<&str>) = match now_longer {
+        true => (gone, added.iter().copied().collect()),
+        false => (added, gone.iter().copied().collect()),
+    };
+    if !short
+        .iter()
+        .all(|p| long.contains(format!("{prefix}{p}").as_str()))
+    {
+        return None;
+    }
+    let (then, now) = match now_longer {
+        true => (g.to_string(), format!("{prefix}{g}")),
+        false => (format!("{prefix}{a}"), a.to_string()),
+    };
+    Some(format!(
+        "the same {} under other paths: {} ({then} then, {now} now); images are named by \
+         their path relative to the data's root (a list file's folder), so give them from \
+         the same root as before",
+        match gone.len() {
+            1 => "image".to_string(),
+            n => format!("{n} images"),
+        },
+        match now_longer {
+            true => format!("each path now begins with \"{prefix}\""),
+            false => format!("each path then began with \"{prefix}\""),
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +184,33 @@ mod tests {
         resized[1].bytes = 21;
         let d = first_difference((&c, &base), (&c, &resized)).unwrap();
         assert_eq!(d, "b/2.png changed (20 bytes then, 21 now)");
+        // the same files listed from a parent folder, and back
+        let deeper: Vec<Sample> = base
+            .iter()
+            .map(|x| Sample {
+                path: format!("d/{}", x.path),
+                ..x.clone()
+            })
+            .collect();
+        let d = first_difference((&c, &base), (&c, &deeper)).unwrap();
+        assert!(
+            d.starts_with(
+                "the same 2 images under other paths: each path now begins with \"d/\" \
+                 (a/1.png then, d/a/1.png now)"
+            ),
+            "{d}"
+        );
+        let d = first_difference((&c, &deeper), (&c, &base)).unwrap();
+        assert!(
+            d.contains("each path then began with \"d/\" (d/a/1.png then, a/1.png now)"),
+            "{d}"
+        );
+        // (another file under the prefix is no such move)
+        let mut half = deeper.clone();
+        half[0].path = "d/a/9.png".into();
+        half[1].path = "b/2.png".into();
+        let d = first_difference((&c, &base), (&c, &half)).unwrap();
+        assert_eq!(d, "1 of its images is gone (a/1.png)");
         let reordered = vec![s(0, "b/2.png", 1, 20), s(1, "a/1.png", 0, 10)];
         let d = first_difference((&c, &base), (&c, &reordered)).unwrap();
         assert!(

@@ -29,10 +29,13 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     assert_eq!((r.images_labelled, r.crops_labelled), (r.images, r.crops));
     assert_eq!(r.images, 14);
     std::fs::write(
-        part.out.join("shard-000002.parquet.tmp"),
+        part.out.join(".shard-000002.parquet.tmp"),
         b"PAR1 half a shard",
     )
     .unwrap();
+    // a user's backup under a plain `.tmp` name is not the writer's to remove
+    let backup = part.out.join("manifest.json.tmp");
+    std::fs::write(&backup, b"mine").unwrap();
     assert!(
         LabelStore::open(&part.out).is_err(),
         "a partial store is not readable"
@@ -40,6 +43,9 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
     let r = go(&part);
     assert!(r.complete);
     assert_eq!((r.shards_present, r.shards_written), (2, 3));
+    assert!(!part.out.join(".shard-000002.parquet.tmp").exists());
+    assert_eq!(std::fs::read(&backup).unwrap(), b"mine");
+    std::fs::remove_file(&backup).unwrap();
     assert_eq!(
         files(&part.out),
         reference,

@@ -55,7 +55,7 @@ pub(super) fn remove(
 /// writer left, when `dir` holds no manifest (its own or a worker's): a new store there
 /// would overwrite or remove them (a user's `report.json` was replaced and a
 /// `manifest.json.tmp` removed). Lock files and our `.NAME.tmp` temporaries are a
-/// writer's.
+/// writer's; a bare `NAME.tmp` is not.
 pub(super) fn foreign(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .into_iter()
@@ -71,9 +71,13 @@ pub(super) fn foreign(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `name` less a temporary's suffix: `.tmp` (the store's own writes) or `.meal-tmp`
-/// (`meal_data::atomic::write`'s, as the run report's); `None` for other names.
+/// The file a hidden temporary stands for: `.NAME.tmp` (the store's own writes,
+/// manifest::write_atomic) or `.NAME.meal-tmp` (`meal_data::atomic::write`'s, as the run
+/// report's) give `NAME`; `None` for other names. A bare `NAME.tmp` is a user's (a
+/// backup `manifest.json.tmp` was removed), never ours: only versions before the hidden
+/// names wrote it, and the crash that left one lost nothing a resume does not write again.
 fn tmp_of(name: &str) -> Option<&str> {
+    let name = name.strip_prefix('.')?;
     name.strip_suffix(".tmp")
         .or_else(|| name.strip_suffix(".meal-tmp"))
 }
@@ -89,26 +93,23 @@ fn is_manifest(name: &str) -> bool {
             .is_some_and(|(i, n)| i.parse::<u32>().is_ok() && n.parse::<u32>().is_ok())
 }
 
-/// Whether `name` (less a temporary's `.tmp`, with or without its leading dot) is a
-/// file a store's writers make: a manifest, a shard, the image table, a report. Only
-/// such temporaries are a writer's to remove (a user's `.draft.tmp` was removed).
+/// Whether `name` (a temporary's, less its dot and suffix) is a file a store's writers
+/// make: a manifest, a shard, the image table, a report. Only such temporaries are a
+/// writer's to remove (a user's `.draft.tmp` was removed).
 fn is_ours(name: &str) -> bool {
-    let name = name.strip_prefix('.').unwrap_or(name);
     is_manifest(name)
         || owned_shard(name, None).is_some()
         || name == "images.parquet"
         || (name.starts_with("report") && name.ends_with(".json"))
 }
 
-/// Whether `file` is a temporary file (`[.]NAME.tmp`, manifest::write_atomic) of the writer
+/// Whether `file` is a temporary file (`.NAME.tmp`, manifest::write_atomic) of the writer
 /// `worker` whose manifest is `manifest`: its manifest, one of its shards, or for a
-/// single writer anything.
+/// single writer any file a store's writers make.
 fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
-    // our writes use `.NAME.tmp`; a bare `NAME.tmp` (other tools, older versions) counts
     let Some(inner) = tmp_of(file) else {
         return false;
     };
-    let inner = inner.strip_prefix('.').unwrap_or(inner);
     let Some([i, n]) = worker else {
         return is_ours(inner);
     };
@@ -160,8 +161,12 @@ mod tests {
             &m1
         ));
         assert!(!owns_tmp(".images.parquet.tmp", w1, &m1));
-        assert!(owns_tmp("shard-000003.parquet.tmp", w1, &m1));
+        // a bare `NAME.tmp` is a user's backup, whoever's shard it names
+        assert!(!owns_tmp("shard-000003.parquet.tmp", w1, &m1));
         assert!(!owns_tmp("shard-000002.parquet.tmp", w1, &m1));
+        assert!(!owns_tmp("manifest.json.tmp", None, MANIFEST));
+        assert!(!owns_tmp("images.parquet.tmp", None, MANIFEST));
+        assert!(!owns_tmp("report.json.tmp", None, MANIFEST));
         // not temporary files at all
         assert!(!owns_tmp("shard-000003.parquet", w1, &m1));
         // a single writer owns every temporary file

@@ -45,6 +45,22 @@ fn other_datasets_and_configs_are_refused() {
         e.contains("1 of the store's images is not in the data") && e.contains(&all[0].path),
         "{e}"
     );
+    // the same files listed from a parent folder: said as such, not as all gone
+    let deeper: Vec<meal_data::Sample> = all
+        .iter()
+        .map(|x| meal_data::Sample {
+            path: format!("train/{}", x.path),
+            ..x.clone()
+        })
+        .collect();
+    let e = said(&deeper);
+    assert!(
+        e.contains(&format!(
+            "the same {} images under other paths: each path now begins with \"train/\"",
+            all.len()
+        )),
+        "{e}"
+    );
     let mut relabelled = all.clone();
     relabelled[2].label = (relabelled[2].label + 1) % ds.classes().len() as u32;
     let e = said(&relabelled);

@@ -10,6 +10,7 @@
 mod checkpoint;
 mod disk;
 mod inputs;
+mod resume;
 mod run;
 
 use std::path::PathBuf;
@@ -188,7 +189,7 @@ fn start(run: &mut Run, s: &Settings, saved: Option<State>) -> Result<State> {
         );
     }
     Ok(State {
-        settings: s.clone(),
+        settings: s.recorded(),
         epoch: 0,
         batch: 0,
         step: 0,
@@ -352,7 +353,7 @@ fn prepare(s: Settings) -> Result<(Run, State)> {
     // a resume's settings are compared before what they size is checked (a step's
     // memory, an epoch's batches)
     let saved = match s.resume {
-        true => Some(checkpoint::read_resumable(&s)?),
+        true => Some(resume::read_resumable(&s)?),
         false => None,
     };
     let mut run = Run::new(s)?;

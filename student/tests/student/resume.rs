@@ -36,9 +36,24 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     let mut b = args(&f, "resumed");
     b.resume = Some(true);
     b.on_bad_file = Some("fail".into());
+    // (and --data given relative to the working directory)
+    let cwd = std::env::current_dir().unwrap();
+    let up: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+    b.data = Some(up.join(f.data.strip_prefix("/").unwrap()));
+    assert!(b.data.as_ref().unwrap().is_relative());
     let r = go(b).unwrap();
     assert!(!r.interrupted);
     assert_eq!(r.steps, whole.steps);
+    // the checkpoint records the resumed run's settings (the change is warned of once,
+    // not again on each later resume) and its --data as an absolute path (a resume from
+    // another working directory still finds the run's data to compare with)
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.root.join("resumed/checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["settings"]["policy"], "fail");
+    let data = state["settings"]["data"].as_str().unwrap();
+    assert!(Path::new(data).is_absolute(), "{data}");
     let (x, y) = (
         std::fs::read(f.root.join("whole/student.safetensors")).unwrap(),
         std::fs::read(f.root.join("resumed/student.safetensors")).unwrap(),
