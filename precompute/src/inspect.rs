@@ -162,7 +162,9 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
         }
     );
 
-    let images = store.images()?;
+    // (checked against the shards and the class names it records: an edited manifest's
+    // names would print each class's figures under another's name)
+    let images = store.verify_images()?;
     let nc = c.classes.len();
     let mut classes = vec![ClassRow::default(); nc];
     let (mut entropies, mut confidences) = (Vec::new(), Vec::new());

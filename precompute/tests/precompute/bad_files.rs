@@ -29,6 +29,16 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     assert_eq!(store.crops(5).unwrap().len(), 3);
     let v = inspect::verify(&s.out).unwrap();
     assert!(v.contains("19 images"), "{v}");
+    // class names swapped in the manifest by hand: inspect would print each class's
+    // figures under another's name; it names the edit, as verify does
+    let mpath = s.out.join("manifest.json");
+    let kept = std::fs::read(&mpath).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    m["config"]["classes"].as_array_mut().unwrap().swap(0, 1);
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let e = format!("{:#}", inspect::inspect(&s.out, 0).err().unwrap());
+    assert!(e.contains("the manifest was edited"), "{e}");
+    std::fs::write(&mpath, kept).unwrap();
 
     let mut a = args(&f, "strict");
     a.on_bad_file = Some("fail".into());

@@ -87,6 +87,15 @@ pub(super) fn open_store(
         return Ok(None);
     };
     let st = LabelStore::open(l).with_context(|| format!("--labels {}", l.display()))?;
+    // the image table the usable images come from, checked first (cheap): an edited
+    // manifest's class names are named as such, not as another dataset's (a store
+    // written before its checksum was recorded is cross-checked with the shards)
+    let usable: Vec<u32> = st
+        .verify_images()
+        .with_context(|| format!("--labels {}", l.display()))?
+        .iter()
+        .map(|i| i.sample_id)
+        .collect();
     st.check_dataset(ds.fingerprint(), ds.classes(), ds.samples())
         .with_context(|| format!("--labels {} with --data {}", l.display(), s.data.display()))?;
     let pool = st.manifest().config.crop_pool.crops_per_image;
@@ -103,14 +112,6 @@ pub(super) fn open_store(
     let t0 = std::time::Instant::now();
     st.verify_checksums(s.threads)
         .with_context(|| format!("--labels {}", l.display()))?;
-    // the image table the usable images come from (a store written before its checksum
-    // was recorded is cross-checked with the shards)
-    let usable: Vec<u32> = st
-        .verify_images()
-        .with_context(|| format!("--labels {}", l.display()))?
-        .iter()
-        .map(|i| i.sample_id)
-        .collect();
     // the images precompute could not read are bad files too: `fail` stops here, as it
     // stops at one found while training (they were warned of and left out)
     if s.policy == meal_data::BadFilePolicy::Fail && usable.len() < ds.len() {

@@ -184,6 +184,28 @@ fn a_store_of_another_dataset_is_refused() {
     a.data = Some(f.root.join("other/train"));
     go(a).unwrap_err();
     assert!(f.root.join("mine").is_dir());
+    // a store whose manifest names its classes in another order (edited by hand) is
+    // named as edited, not as a store of another dataset's classes
+    let edited = f.root.join("edited");
+    std::fs::create_dir(&edited).unwrap();
+    for e in std::fs::read_dir(&f.labels).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), edited.join(e.file_name())).unwrap();
+        }
+    }
+    let mpath = edited.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let names = m["config"]["classes"].as_array_mut().unwrap();
+    names.swap(0, 1);
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let mut a = args(&f, "on-edited");
+    a.labels = Some(edited);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.contains("config.classes is not the class list images.parquet records")
+            && e.contains("the manifest was edited"),
+        "{e}"
+    );
     // --resume of a run that never was (a requeued job): it starts from the beginning
     // (main.rs's resume_equals_an_uninterrupted_run... checks its weights)
     let mut a = args(&f, "never");
