@@ -77,7 +77,8 @@ fn cli() -> Result<()> {
     meal_cli::report_bus_errors(
         "a memory-mapped file was cut short while it was read: a label shard rewritten or \
          truncated in place meanwhile? Restore the store (meal-precompute verify checks \
-         it); a training run keeps its last checkpoint: rerun it with --resume",
+         it); a training run keeps its last checkpoint, if it saved one: rerun it with \
+         --resume (it starts from the beginning if it had not)",
         meal_data::mapped::name_at,
     );
     match Cli::parse().cmd {

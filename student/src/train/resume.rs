@@ -350,9 +350,15 @@ impl Run {
             );
         }
         if !changed.is_empty() {
+            // (a store given to a run that had none is left out, not "the run's own")
+            let own = match (was.labels != now.labels, &state.settings.labels) {
+                (true, None) if changed.len() == 1 => "leave out --labels".to_string(),
+                (true, None) => "give the run's own (and leave out --labels)".to_string(),
+                _ => "give the run's own".to_string(),
+            };
             bail!(
                 "--resume: the inputs differ by content from the checkpointed run's: {}; \
-                 give the run's own, or start a new run in another --out with --init {}",
+                 {own}, or start a new run in another --out with --init {}",
                 changed.join(", "),
                 dir.join(STUDENT_FILE).display()
             );

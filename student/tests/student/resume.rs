@@ -231,13 +231,26 @@ fn resume_checks_inputs_by_content_not_by_path() {
     c.labels = Some(labels2.clone());
     c.resume = Some(true);
     let e = format!("{:#}", go(c).unwrap_err());
+    // (the run's store is where its last resume read it)
     assert!(
-        e.contains("--labels (another label store than the run's")
-            && e.contains("start a new run in another --out with --init"),
+        e.contains(&format!(
+            "--labels (the label store {} changed since the run",
+            labels2.display()
+        )) && e.contains("start a new run in another --out with --init"),
         "{e}"
     );
     std::fs::rename(&labels2, &other).unwrap();
     std::fs::rename(f.root.join("labels-aside"), &f.labels).unwrap();
+    // another store at another path: named as another than the run's
+    let mut c = args(&f, "moved");
+    c.data = Some(data2.clone());
+    c.labels = Some(other.clone());
+    c.resume = Some(true);
+    let e = format!("{:#}", go(c).unwrap_err());
+    assert!(
+        e.contains("--labels (another label store than the run's"),
+        "{e}"
+    );
     std::fs::rename(&data2, &f.data).unwrap();
     // the rest of the run, back on the original paths, with a --val the run did not
     // have (validation trains nothing): the uninterrupted run's bytes
@@ -371,6 +384,19 @@ fn a_resume_needs_no_init_and_compares_online_teachers_by_content() {
     let e = format!("{:#}", go(o).unwrap_err());
     assert!(
         e.contains("the same teachers, their classes taken from other logits"),
+        "{e}"
+    );
+    // a store given to the resume of a run that had none: to be left out
+    let mut n = args(&f, "online-only");
+    n.labels = None;
+    n.online_teacher = vec![spec(&moved)];
+    n.max_steps = Some(1);
+    assert!(go(n.clone()).unwrap().interrupted);
+    n.labels = Some(f.labels.clone());
+    n.resume = Some(true);
+    let e = format!("{:#}", go(n).unwrap_err());
+    assert!(
+        e.contains("--labels (the run had no label store); leave out --labels, or start"),
         "{e}"
     );
 }
