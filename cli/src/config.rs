@@ -57,6 +57,8 @@ fn plain_types(message: &str) -> String {
         ("expected u8", "expected a whole number"),
         ("expected f64", "expected a number"),
         ("expected f32", "expected a number"),
+        // (a switch's flag takes the same words)
+        ("expected a boolean", "expected true or false"),
     ] {
         m = m.replace(rust, words);
     }
@@ -68,14 +70,37 @@ fn plain_types(message: &str) -> String {
 /// error begins with no flag (a flag only the command line gave, `--batch 0` typed
 /// there, is not blamed on the file).
 pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
+    name_config(r, config, true)
+}
+
+/// As [`naming_config`], for an error met while running on the resolved settings: the
+/// file is named only where it sets a flag the error begins with (`--data D: no such
+/// directory`, a path the file gave relative to another directory); an error that
+/// begins with no flag (a disk full, a diverged loss) is not the file's.
+pub fn naming_config_of_flags<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::Result<T> {
+    name_config(r, config, false)
+}
+
+/// [`naming_config`]'s work; `unflagged`: whether an error that begins with no flag may
+/// be the file's.
+fn name_config<T>(
+    r: anyhow::Result<T>,
+    config: Option<&Path>,
+    unflagged: bool,
+) -> anyhow::Result<T> {
     r.map_err(|e| match config {
         // (the file itself could not be read: nothing came from it)
         Some(_) if e.to_string().starts_with("--config ") => e,
-        Some(p) if may_come_from(&e.to_string(), p) => anyhow::anyhow!(
-            "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
+        Some(p)
+            if (unflagged || e.to_string().starts_with("--"))
+                && may_come_from(&e.to_string(), p) =>
+        {
+            anyhow::anyhow!(
+                "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
              names without --)",
-            p.display()
-        ),
+                p.display()
+            )
+        }
         _ => e,
     })
 }
@@ -83,7 +108,7 @@ pub fn naming_config<T>(r: anyhow::Result<T>, config: Option<&Path>) -> anyhow::
 /// Whether the error `message` may be about a value of the config file at `path`: it
 /// does not begin with a flag, or the file has the key (snake_case) of a flag its head
 /// names (before its first `: `: `--labels L with --loss ce: ...` names two, either of
-/// which the file may have set).
+/// which the file may have set) and the command line did not give that flag.
 fn may_come_from(message: &str, path: &Path) -> bool {
     if !message.starts_with("--") {
         return true;
@@ -95,10 +120,14 @@ fn may_come_from(message: &str, path: &Path) -> bool {
     else {
         return true;
     };
+    // (a flag the command line gave wins over the file's key: its value is not the file's)
+    let typed = |f: &str| {
+        std::env::args().any(|a| a == format!("--{f}") || a.starts_with(&format!("--{f}=")))
+    };
     flags.is_empty()
         || flags
             .iter()
-            .any(|f| keys.contains_key(&f.replace('-', "_")))
+            .any(|f| keys.contains_key(&f.replace('-', "_")) && !typed(f))
 }
 
 /// The flags (without `--`) an error's head names: the words starting with `--` before
@@ -224,5 +253,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("--config"), "{e}");
+        // while running: a flag the file set is named, an error of no flag is not
+        let e = naming_config_of_flags::<()>(Err(anyhow::anyhow!("--loss x: no")), Some(&p));
+        assert!(e.unwrap_err().to_string().contains("--config"));
+        let e = naming_config_of_flags::<()>(Err(anyhow::anyhow!("disk full")), Some(&p));
+        assert_eq!(e.unwrap_err().to_string(), "disk full");
+        let e = naming_config_of_flags::<()>(Err(anyhow::anyhow!("--batch 9: no")), Some(&p));
+        assert!(!e.unwrap_err().to_string().contains("--config"));
     }
 }

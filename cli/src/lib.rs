@@ -9,7 +9,7 @@ pub mod plot;
 pub mod progress;
 pub mod signals;
 
-pub use config::{naming_config, read_toml, Layers};
+pub use config::{naming_config, naming_config_of_flags, read_toml, Layers};
 pub use progress::{progress_bar, LogLines, LOG_EVERY};
 pub use signals::{
     error_text, finish, interrupt_exit_code, interrupt_flag, interrupted, report_bus_errors,

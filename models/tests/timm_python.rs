@@ -10,8 +10,8 @@ use candle_core::{Device, Tensor};
 use common::rel_err;
 use meal_models::{read_state_dict, LoadOptions, ResNet};
 
-/// Save a resnet18 (10 classes) from Rust, load it strictly in timm with
-/// `pretrained_cfg_overlay=dict(file=...)`, and compare timm's eval logits with ours.
+/// Save a resnet18 (10 classes) from Rust, load it strictly in timm as the README says
+/// (`create_model` then `load_state_dict`), and compare timm's eval logits with ours.
 #[test]
 #[ignore = "needs python3 with torch and timm (make test-full)"]
 fn saved_weights_load_strictly_in_timm() {
@@ -29,10 +29,9 @@ fn saved_weights_load_strictly_in_timm() {
         r#"
 import timm, torch
 from safetensors.torch import load_file, save_file
-m = timm.create_model("resnet18", pretrained=True, num_classes=10,
-                      pretrained_cfg_overlay=dict(file={w:?}))
-sd = load_file({w:?})
-m.load_state_dict(sd, strict=True)
+# README's recipe, as written
+m = timm.create_model("resnet18", num_classes=10)
+m.load_state_dict(load_file({w:?}))
 m.eval()
 with torch.no_grad():
     y = m(load_file({io:?})["x"])

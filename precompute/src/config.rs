@@ -34,8 +34,10 @@ pub struct RunArgs {
     pub data: Option<PathBuf>,
     /// A teacher, repeatable:
     /// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,classes=FILE]`.
-    /// WEIGHTS is a timm state dict (.safetensors or .pth); the input config defaults to
-    /// the preset's timm pretrained config. `classes=` names the weights' classes in
+    /// WEIGHTS is a timm state dict (.safetensors or .pth), or a Hugging Face hub id
+    /// ORG/NAME (no such local file: its model.safetensors, cached in $HF_HOME/hub;
+    /// HF_HUB_OFFLINE=1 reads the cache only, HF_ENDPOINT names a mirror); the input
+    /// config defaults to the preset's timm pretrained config. `classes=` names the weights' classes in
     /// logit order, one per line (timm's imagenet_synsets.txt): the data's classes are
     /// then taken by name, a subset of them included.
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
@@ -74,7 +76,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DEV[,DEV...]")]
     pub device: Option<String>,
     /// The teachers' dtype; softmax and the ensemble mean are f32 whatever it is
-    /// [default: f32; bf16 on CUDA is slower today, see BENCHMARKS.md "GPU"].
+    /// [default: f32; bf16 on CUDA was slower when last measured, before its own ops:
+    /// docs/PIPELINE.md "Teacher dtype"].
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
     /// Run part I of N (0-based) of the shards; join the parts with `merge`.

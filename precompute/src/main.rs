@@ -87,11 +87,13 @@ fn cli() -> Result<()> {
     );
     match Cli::parse().cmd {
         Cmd::Run(args) => {
+            let config = args.config.clone();
             let s = args.resolve()?;
             meal_cli::use_threads(s.threads)?;
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
-            let r = run::run(&s, &stop).map_err(|e| {
+            let r = meal_cli::naming_config_of_flags(run::run(&s, &stop), config.as_deref());
+            let r = r.map_err(|e| {
                 let e = hints::read_only(
                     e,
                     &s.out,
@@ -110,6 +112,9 @@ fn cli() -> Result<()> {
             report::write_report(&s.out, s.worker, &r)?;
             if r.images_labelled == 0 && r.shards_written == 0 && stop.load(Ordering::SeqCst) {
                 meal_cli::outln!("this run: interrupted before its first shard was written");
+            } else if r.images_labelled == 0 && r.shards_written == 0 && r.shards_present == 0 {
+                // (a worker whose shards all start past --limit, or that has none)
+                meal_cli::outln!("this run: nothing to write (see above)");
             } else if r.images_labelled == 0 && r.shards_written == 0 {
                 // (a rerun over a finished store: "0.0 img/s" read as a failure)
                 meal_cli::outln!(

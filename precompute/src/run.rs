@@ -122,6 +122,16 @@ fn plan(s: &Settings) -> Result<Plan> {
             None => true,
         })
         .collect();
+    if owned == 0 {
+        // (its part is still written, empty, so that merge finds all N)
+        tracing::warn!(
+            "--worker {wi}/{wn}: the store has {} shards (of --samples-per-shard {}), none \
+             of them this worker's; nothing to write (up to {} workers have work)",
+            writer.num_shards(),
+            s.samples_per_shard,
+            writer.num_shards()
+        );
+    }
     if let (Some(l), true, false) = (s.limit, pending.is_empty(), all_pending.is_empty()) {
         // every shard this worker has left starts past the limit: say so, not just "0"
         tracing::warn!(
@@ -148,10 +158,13 @@ fn plan(s: &Settings) -> Result<Plan> {
         .map(|&sh| (sh, writer.shard_samples(sh).len()))
         .collect();
     tracing::info!(
-        "{} images, {} classes, {} teachers; encoding {}{}; {} shards to write ({} present)",
+        "{} images, {} classes, {}; encoding {}{}; {} shards to write ({} present)",
         ds.len(),
         ds.classes().len(),
-        ens.teachers().len(),
+        match ens.teachers().len() {
+            1 => "1 teacher".to_string(),
+            n => format!("{n} teachers"),
+        },
         writer.manifest().config.encoding,
         if s.encoding.is_none() && ds.classes().len() > DENSE_DEFAULT_MAX_CLASSES {
             format!(" (the default above {DENSE_DEFAULT_MAX_CLASSES} classes; `inspect` gives the mass it keeps)")

@@ -106,7 +106,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = ["kd", "ce"])]
     pub loss: Option<String>,
     /// Run these teachers every step instead of reading the store (comparisons and
-    /// checks); same syntax as meal-precompute's --teacher. Repeatable.
+    /// checks); same syntax as meal-precompute's --teacher (a local file or a Hugging
+    /// Face hub id ORG/NAME). Repeatable.
     #[arg(long = "online-teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub online_teacher: Vec<String>,

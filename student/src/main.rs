@@ -42,7 +42,8 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
         /// Evaluate the mean softmax of these models instead (repeatable; the syntax of
-        /// meal-precompute's --teacher).
+        /// meal-precompute's --teacher, hub ids included, plus `crop_pct=F`, the centre
+        /// crop's share of the resized side [default: the preset's timm config]).
         #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"])]
         teacher: Vec<String>,
         /// Input side [default: the side the weights were trained at, where they record it
@@ -83,6 +84,7 @@ fn cli() -> Result<()> {
     );
     match Cli::parse().cmd {
         Cmd::Train(args) => {
+            let config = args.config.clone();
             let s = args.resolve()?;
             meal_cli::use_threads(s.threads)?;
             let stop = meal_cli::interrupt_flag(
@@ -91,7 +93,8 @@ fn cli() -> Result<()> {
             .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
             let (batch, amp, max_steps) = (s.batch, s.amp, s.max_steps);
-            let r = train::train(s, &stop).map_err(|e| {
+            let r = meal_cli::naming_config_of_flags(train::train(s, &stop), config.as_deref());
+            let r = r.map_err(|e| {
                 meal_cli::hint_gpu_out_of_memory(e, || {
                     format!(
                         "the GPU ran out of memory with --batch {batch}: use a smaller --batch{}",
@@ -204,7 +207,21 @@ fn cli() -> Result<()> {
                 let model = ResNet::from_preset(&arch, classes, &dev, 0).context("--arch")?;
                 model
                     .load_weights(&weights, LoadOptions::default())
-                    .with_context(|| format!("--weights {}", weights.display()))?;
+                    .map_err(|e| {
+                        // weights of more classes that record none (timm's): the way to
+                        // score a subset is to name their classes
+                        let hint = match &trained.classes {
+                            None if e.to_string().contains("the weights classify") => format!(
+                                "; weights of more classes than --data's score its classes by \
+                                 name with --teacher {arch}={},classes=FILE (the weights' \
+                                 classes in logit order, one per line)",
+                                weights.display()
+                            ),
+                            _ => String::new(),
+                        };
+                        let e = anyhow::Error::from(e);
+                        anyhow::anyhow!("--weights {}: {e:#}{hint}", weights.display())
+                    })?;
                 // the preset's eval transform (filter, crop_pct, mean/std), as timm's
                 // validate.py resolves it; --res changes only the side
                 let input = input_config(&arch).context("--arch")?;

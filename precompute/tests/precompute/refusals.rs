@@ -109,6 +109,80 @@ fn the_histogram_must_be_named_png() {
     );
 }
 
+/// An error met while running over a value the `--config` file set (a relative --data
+/// read from another directory) names the file; one over a flag given on the command
+/// line does not.
+#[test]
+fn a_config_value_that_fails_while_running_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pre.toml");
+    std::fs::write(
+        &cfg,
+        "data = \"no-such/train\"\nteacher = \"demo_resnet10=t.safetensors\"\nout = \"labels\"\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+            .current_dir(dir.path())
+            .args(["run", "--config", "pre.toml", "--threads", "1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("--data no-such/train") && err.contains("over --config pre.toml"),
+        "{err}"
+    );
+    let err = run(&["--data", "gone/train"]);
+    assert!(
+        err.contains("--data gone/train") && !err.contains("--config pre.toml"),
+        "{err}"
+    );
+}
+
+/// A worker that owns no shard (more workers than the store has shards) says so and
+/// what it did, not "its 0 shards were there already".
+#[test]
+fn a_worker_without_shards_says_so() {
+    let f = fixture(1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+        .args([
+            "run",
+            "--threads",
+            "1",
+            "--worker",
+            "3/4",
+            "--samples-per-shard",
+            "4",
+        ])
+        .arg("--data")
+        .arg(&f.data)
+        .arg("--teacher")
+        .arg(format!("demo_tiny={},size=16", f.t1.display()))
+        .arg("--out")
+        .arg(f.root.join("w"))
+        .env("MEAL_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{se}");
+    // 10 images, 4 a shard: shards 0..3, none of them worker 3's
+    assert!(
+        se.contains("--worker 3/4: the store has 3 shards (of --samples-per-shard 4), none of them this worker's"),
+        "{se}"
+    );
+    assert!(
+        so.contains("this run: nothing to write (see above)"),
+        "{so}"
+    );
+}
+
 /// A NaN in a teacher's weights is refused at load, naming the tensor, before any store
 /// is made; a teacher whose softmax is NaN from finite weights (an overflow) stops the
 /// run naming the teacher and the image, not the store's generic "finite

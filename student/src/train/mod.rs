@@ -532,9 +532,10 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         if interrupted && state.batch < per_epoch {
             run.save_checkpoint(&state)?;
             tracing::warn!(
-                "stopped at epoch {} step {}; checkpoint saved, continue with --resume",
-                epoch + 1,
-                state.batch
+                "stopped at step {} of epoch {} (of its {per_epoch}); checkpoint saved, \
+                 continue with --resume",
+                state.batch,
+                epoch + 1
             );
             break;
         }

@@ -285,7 +285,7 @@ impl Run {
         let dir = self.s.out.join(CHECKPOINT);
         let mut changed: Vec<String> = Vec::new();
         if was.data != now.data {
-            changed.push(format!("--data ({})", self.data_change(&state, &was.data)));
+            changed.push(format!("--data ({})", self.data_change(state, &was.data)));
         }
         if was.val != now.val {
             // validation runs in eval mode and draws nothing: training is the same

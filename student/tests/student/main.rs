@@ -253,6 +253,17 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     std::fs::write(val.join("part_numbered.csv"), &numbered).unwrap();
     let (part, err, ok) = eval(&val.join("part.csv"));
     assert!(ok && err.contains("4 classes of the 10"), "{err}");
+    // weights of 10 classes that record none (timm's): the refusal names classes=
+    let t0 = f.root.join("t0.safetensors");
+    let (_, err, ok) = eval_weights(&val.join("part.csv"), &t0);
+    assert!(
+        !ok && err.contains("the weights classify 10 classes")
+            && err.contains(&format!(
+                "--teacher demo_tiny={},classes=FILE",
+                t0.display()
+            )),
+        "{err}"
+    );
     let (by_index, err, ok) = eval(&val.join("part_numbered.csv"));
     assert!(ok, "{err}");
     let part: serde_json::Value = serde_json::from_str(&part).unwrap();
