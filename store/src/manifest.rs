@@ -427,6 +427,7 @@ pub(crate) fn require_same_config(
     found: &StoreConfig,
     want: &StoreConfig,
     what: &str,
+    sides: [&str; 2],
 ) -> Result<(), StoreError> {
     let diff = config_diff(found, want);
     if diff.is_empty() {
@@ -447,16 +448,22 @@ pub(crate) fn require_same_config(
         path: path.to_path_buf(),
         reason: format!(
             "{what}; differing keys: {}{hint}",
-            describe_diff(found, want, &diff).join("; ")
+            describe_diff(found, want, &diff, sides).join("; ")
         ),
     })
 }
 
-/// Each differing key of `diff` (from [`config_diff`]) with its value in the store
-/// (`found`) and now (`want`): `crop_pool.seed (store: 0, now: 3)`. Hashes are cut to
-/// 12 digits, long lists to their length; teachers listed in another order are said to
-/// be that.
-pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -> Vec<String> {
+/// Each differing key of `diff` (from [`config_diff`]) with its value in `found` and in
+/// `want`, each side named by `sides` (["store", "now"]: `crop_pool.seed (store: 0,
+/// now: 3)`; two workers' parts by their files). Hashes are cut to 12 digits, long lists
+/// to their length; teachers listed in another order are said to be that.
+pub fn describe_diff(
+    found: &StoreConfig,
+    want: &StoreConfig,
+    diff: &[String],
+    sides: [&str; 2],
+) -> Vec<String> {
+    let [fs, ws] = sides;
     use serde_json::Value;
     let teachers = |c: &StoreConfig| {
         c.teachers
@@ -481,14 +488,14 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
     let mut out = Vec::new();
     if reordered {
         out.push(format!(
-            "teachers: the same teachers in another order (store: {}; now: {}): give them \
+            "teachers: the same teachers in another order ({fs}: {}; {ws}: {}): give them \
              in the store's order",
             teachers(found),
             teachers(want)
         ));
     } else if found.teachers.len() != want.teachers.len() {
         out.push(format!(
-            "teachers (store: {} teachers, {}; now: {}, {})",
+            "teachers ({fs}: {} teachers, {}; {ws}: {}, {})",
             found.teachers.len(),
             teachers(found),
             want.teachers.len(),
@@ -507,7 +514,7 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
             if let Some((i, (u, v))) = x.iter().zip(y).enumerate().find(|(_, (u, v))| u != v) {
                 let class = found.classes.get(i).map_or("?", String::as_str);
                 out.push(format!(
-                    "{k} (class {class} is the teacher's logit {u} in the store, {v} now: \
+                    "{k} (class {class} is the teacher's logit {u} ({fs}), {v} ({ws}): \
                      another class list or record)"
                 ));
                 continue;
@@ -519,17 +526,17 @@ pub fn describe_diff(found: &StoreConfig, want: &StoreConfig, diff: &[String]) -
             let at = x.iter().zip(y).position(|(u, v)| u != v);
             out.push(match at {
                 Some(i) => format!(
-                    "classes (class {i} is \"{}\" in the store, \"{}\" now; {} and {} classes)",
+                    "classes (class {i} is \"{}\" ({fs}), \"{}\" ({ws}); {} and {} classes)",
                     x[i],
                     y[i],
                     x.len(),
                     y.len()
                 ),
-                None => format!("classes (store: {}, now: {})", x.len(), y.len()),
+                None => format!("classes ({fs}: {}, {ws}: {})", x.len(), y.len()),
             });
             continue;
         }
-        out.push(format!("{k} (store: {}, now: {})", show(a), show(b)));
+        out.push(format!("{k} ({fs}: {}, {ws}: {})", show(a), show(b)));
     }
     out
 }

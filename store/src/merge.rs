@@ -133,6 +133,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
             &p.config,
             &first.config,
             &format!("config differs from {}", names[0]),
+            [name.as_str(), names[0].as_str()],
         )?;
         match p.worker {
             Some([i, m]) if m == n && i < n => {
@@ -142,7 +143,10 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
                 return Err(StoreError::Mismatch {
                     path: dir.join(name),
                     reason: format!(
-                        "written by worker {i} of {m}, but {} is worker {} of {n}",
+                        "written by worker {i} of {m}, but {} is worker {} of {n}: the parts \
+                         of two splits are here; remove the manifest.worker-*-of-N.json of \
+                         the split not to merge (the shards, the same bytes either way, \
+                         stay), then merge",
                         names[0],
                         first.worker.map(|w| w[0]).unwrap_or(0)
                     ),

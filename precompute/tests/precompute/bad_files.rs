@@ -171,6 +171,18 @@ fn a_fixed_image_resumes_the_store_from_its_shards() {
         )),
         "{e}"
     );
+    // a class folder renamed: the class named once (the config's difference), not again
+    // as the first difference
+    std::fs::rename(from.with_file_name("renamed.jpg"), &from).unwrap();
+    let class = ds
+        .full_path(&ds.samples()[3])
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let name = class.file_name().unwrap().to_string_lossy().to_string();
+    std::fs::rename(&class, class.with_file_name(format!("{name}-renamed"))).unwrap();
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert_eq!(e.matches(&format!("{name}-renamed")).count(), 1, "{e}");
 }
 
 /// A store of one shard takes a fixed image too: "1 of its 1 shards" changed is more

@@ -105,6 +105,7 @@ impl StoreWriter {
                 &m.config,
                 &config,
                 "the store there was made with another config",
+                ["store", "now"],
             )
             .map_err(|e| with_first_difference(e, dir, &m, &config, samples, &hashes))?;
             // its config is this run's: other workers may open theirs while the shards
@@ -211,8 +212,11 @@ fn with_first_difference(
     let dataset_only = crate::manifest::config_diff(&m.config, config)
         .iter()
         .all(|k| k.starts_with("dataset.") || k == "classes");
+    // (other class names are the first difference, which the reason names already)
+    let renamed = m.config.classes != config.classes;
     let detail = match (dataset_only, m.images_sha256.is_some()) {
         (false, _) => None,
+        _ if renamed => None,
         (true, true) => crate::reader::difference(dir, m, &config.classes, samples),
         (true, false) => m
             .shards

@@ -248,6 +248,7 @@ pub(super) fn check_neighbours(
             &part.config,
             config,
             "another worker's part was made with another config",
+            ["that part", "now"],
         )?;
     }
     Ok(manifests)

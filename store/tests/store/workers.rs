@@ -232,6 +232,32 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     );
     b[mid] ^= 1;
     std::fs::write(&shard, &b).unwrap();
+
+    // parts of two splits: what to remove is said
+    let part1 = split.join("manifest.worker-1-of-2.json");
+    let kept = std::fs::read(&part1).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    m["worker"] = serde_json::json!([1, 3]);
+    let stray = split.join("manifest.worker-1-of-3.json");
+    std::fs::write(&stray, m.to_string()).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains("the parts of two splits are here; remove the manifest.worker-*-of-N.json"),
+        "{e}"
+    );
+    std::fs::remove_file(&stray).unwrap();
+    // a part of another config: each side named by its file, not "store" and "now"
+    let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    m["config"]["crop_pool"]["seed"] = serde_json::json!(99);
+    std::fs::write(&part1, m.to_string()).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "crop_pool.seed (manifest.worker-1-of-2.json: 99, manifest.worker-0-of-2.json: "
+        ),
+        "{e}"
+    );
+    std::fs::write(&part1, &kept).unwrap();
     merge(&split, &ds).unwrap();
     LabelStore::open(&split).unwrap().verify().unwrap();
 }

@@ -388,6 +388,18 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     let lock = meal_data::dirlock::DirLock::acquire(&out)
         .with_context(|| format!("--out {}", out.display()))?;
     checkpoint::recover_saves(&out)?;
+    // a file of that name is no run's (a plain run said "pass --resume", a resume "no
+    // checkpoint")
+    let ck = out.join(CHECKPOINT);
+    if ck.exists() && !ck.is_dir() {
+        drop(lock);
+        bail!(
+            "--out {}: {} is a file, not a run's checkpoint directory: move it away, or \
+             choose another --out",
+            out.display(),
+            ck.display()
+        );
+    }
     // --resume of a run that left nothing to resume (killed before its first save, or
     // requeued before it began) starts it, as Lightning's ckpt_path="last" does: a
     // requeue script that always passes --resume must not fail for good. A run with

@@ -37,6 +37,20 @@ fn a_finished_run_without_its_checkpoint_is_not_overwritten() {
         std::fs::read(out.join("student.safetensors")).unwrap(),
         before
     );
+    // a plain file named `checkpoint`: one message, with or without --resume, and kept
+    let mine = f.root.join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("checkpoint"), b"notes").unwrap();
+    for resume in [false, true] {
+        let mut a = args(&f, "mine");
+        a.resume = Some(resume);
+        let e = format!("{:#}", go(a).unwrap_err());
+        assert!(
+            e.contains("checkpoint is a file, not a run's checkpoint directory"),
+            "{e}"
+        );
+    }
+    assert_eq!(std::fs::read(mine.join("checkpoint")).unwrap(), b"notes");
 }
 
 /// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
