@@ -444,6 +444,22 @@ impl Ensemble {
     /// one ([`Ensemble::finish`]) and the GPU never waits for the host between batches;
     /// on the CPU the work is done here.
     pub fn submit(&self, inputs: &[Crops<'_>], rows: usize, batch: usize) -> Result<Submitted> {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        Ok(self
+            .submit_until(inputs, rows, batch, &never)?
+            .expect("never stopped"))
+    }
+
+    /// [`Ensemble::submit`], given up between two chunks once `stop` is set (`None`):
+    /// the rows of one image's crops (`--crops-per-image` above `batch`) are many
+    /// chunks, and a Ctrl-C waited for all of them (60 s and more at 65,536 crops).
+    pub fn submit_until(
+        &self,
+        inputs: &[Crops<'_>],
+        rows: usize,
+        batch: usize,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<Submitted>> {
         if inputs.len() != self.specs.len() {
             return Err(ModelError::Config(format!(
                 "{} input buffers for {} crop specs",
@@ -465,6 +481,9 @@ impl Ensemble {
             .map(|_| Vec::with_capacity(rows.div_ceil(batch)))
             .collect();
         for start in (0..rows).step_by(batch) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
             let n = batch.min(rows - start);
             // each spec's crops reach a device once per chunk, in the dtype its teachers
             // run in, and are shared by those teachers
@@ -490,7 +509,7 @@ impl Ensemble {
                 probs[ti].push(crate::ops::readback_f32(&p)?);
             }
         }
-        Ok(Submitted { rows, probs })
+        Ok(Some(Submitted { rows, probs }))
     }
 
     /// The second half of [`Ensemble::soft_labels`]: the submitted probabilities read

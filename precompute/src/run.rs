@@ -275,9 +275,11 @@ fn run_part(
     // Ahead of the dtype check (first batch, not f32) nothing more is queued, so the
     // check's time is its own.
     let mut batches = loader;
-    let submit = |b: Batch| -> Result<(Batch, Submitted)> {
-        let sub = ens.submit(&Crops::of_batch(&b), b.rows.len(), s.batch)?;
-        Ok((b, sub))
+    // (None: given up between two chunks of its forward by a Ctrl-C; the batch is
+    // labelled again on resume, as the shard it is part of)
+    let submit = |b: Batch| -> Result<Option<(Batch, Submitted)>> {
+        let sub = ens.submit_until(&Crops::of_batch(&b), b.rows.len(), s.batch, stop)?;
+        Ok(sub.map(|sub| (b, sub)))
     };
     let mut inflight: Option<(Batch, Submitted)> = None;
     loop {
@@ -285,9 +287,15 @@ fn run_part(
             Some(f) => f,
             None => match batches.next() {
                 None => break,
-                Some(b) => {
-                    submit(b.map_err(|e| at_bad_file(e.into(), s, present + shards_written))?)?
-                }
+                Some(b) => match submit(
+                    b.map_err(|e| at_bad_file(e.into(), s, present + shards_written))?,
+                )? {
+                    Some(f) => f,
+                    None => {
+                        tracing::warn!("interrupted: the store is left partial; rerun to resume");
+                        break;
+                    }
+                },
             },
         };
         // the next batch: an error there (loading or queuing it) is returned once this
@@ -298,7 +306,7 @@ fn run_part(
                 .next()
                 .map(|b| b.map_err(anyhow::Error::from).and_then(submit))
             {
-                Some(Ok(next)) => inflight = Some(next),
+                Some(Ok(next)) => inflight = next,
                 Some(Err(e)) => failed = Some(e),
                 None => {}
             }

@@ -213,6 +213,13 @@ fn a_crop_label_does_not_depend_on_its_batch_neighbours() {
             .fold(0f32, f32::max);
         assert!(d <= 1e-5, "batch composition moved a label by {d}");
     }
+    // a stop between chunks gives the rows up (a Ctrl-C does not wait for every chunk of
+    // one image's crops); unset, the same labels as soft_labels
+    let stop = AtomicBool::new(true);
+    assert!(ens.submit_until(&x, rows, 3, &stop).unwrap().is_none());
+    stop.store(false, std::sync::atomic::Ordering::SeqCst);
+    let sub = ens.submit_until(&x, rows, 3, &stop).unwrap().unwrap();
+    assert_eq!(ens.finish(sub).unwrap().probs, threes.probs);
 }
 
 #[test]
