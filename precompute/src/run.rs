@@ -473,21 +473,35 @@ fn run_devices(
     drop(lock);
     let mut parts = Vec::new();
     let mut manifests = Vec::new();
-    let mut failed = None;
+    let mut failed: Option<(anyhow::Error, String)> = None;
+    let mut same = Vec::new();
     for (i, (r, d)) in results.into_iter().zip(devices).enumerate() {
         // each worker by its index too (a list may name one device twice), and every
-        // failure said, not only the first
+        // failure said, not only the first; the same words once (a resume with another
+        // count of devices was refused alike by every worker: n copies)
         let who = format!("worker {i} of {n} (--device {d})");
         match r {
             Ok((report, manifest)) => {
                 parts.push(report);
                 manifests.push(manifest);
             }
-            Err(e) if failed.is_none() => failed = Some(e.context(who)),
-            Err(e) => tracing::error!("{who}: {e:#}"),
+            Err(e) => match &failed {
+                None => {
+                    let text = format!("{e:#}");
+                    failed = Some((e.context(who), text));
+                }
+                Some((_, text)) if *text == format!("{e:#}") => same.push(i.to_string()),
+                Some(_) => tracing::error!("{who}: {e:#}"),
+            },
         }
     }
-    if let Some(e) = failed {
+    if let Some((e, _)) = failed {
+        if !same.is_empty() {
+            tracing::error!(
+                "worker {} of {n} failed the same way as the one below",
+                same.join(", ")
+            );
+        }
         return Err(e);
     }
     let report = if parts.iter().all(|r| r.complete) {

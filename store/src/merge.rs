@@ -44,8 +44,8 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
             Ok(State::Complete) => "a single run's complete store (manifest.json): it needs \
                                     no merge"
                 .into(),
-            Ok(_) => "a single run's partial store (manifest.json): rerun the meal-precompute \
-                      run that wrote it to finish it; only `run --worker I/N` parts are merged"
+            Ok(_) => "a single run's partial store (manifest.json): rerun the run that wrote \
+                      it to finish it; only the parts of workers are merged"
                 .into(),
             Err(_) => "no worker manifests (manifest.worker-I-of-N.json) to merge".into(),
         },
@@ -114,7 +114,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
         return Err(StoreError::Mismatch {
             path: dir.join(&names[0]),
             reason: format!(
-                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {}): give merge the --data the workers labelled, as they read it",
+                "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {}): give merge the dataset the workers labelled, as they read it",
                 c.dataset.samples,
                 c.dataset.sha256,
                 dataset.root().display(),

@@ -183,6 +183,53 @@ fn a_worker_without_shards_says_so() {
     );
 }
 
+/// A device list rerun with another count of devices is refused once, not once per
+/// device with the same words.
+#[test]
+fn a_device_list_of_another_count_is_refused_once() {
+    let f = fixture(1);
+    let run = |devices: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+            .args([
+                "run",
+                "--threads",
+                "1",
+                "--samples-per-shard",
+                "4",
+                "--limit",
+                "4",
+            ])
+            .args(["--device", devices])
+            .arg("--data")
+            .arg(&f.data)
+            .arg("--teacher")
+            .arg(format!("demo_tiny={},size=16", f.t1.display()))
+            .arg("--out")
+            .arg(f.root.join("d"))
+            .env("MEAL_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, err) = run("cpu,cpu");
+    assert!(ok, "{err}");
+    let (ok, err) = run("cpu,cpu,cpu");
+    assert!(!ok);
+    assert_eq!(
+        err.matches("written by a split into another number of workers than 3")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("worker 1, 2 of 3 failed the same way"),
+        "{err}"
+    );
+}
+
 /// A NaN in a teacher's weights is refused at load, naming the tensor, before any store
 /// is made; a teacher whose softmax is NaN from finite weights (an overflow) stops the
 /// run naming the teacher and the image, not the store's generic "finite

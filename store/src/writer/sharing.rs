@@ -185,6 +185,24 @@ pub(super) fn check_neighbours(
         // when it is opened (the parts of a merged store have its config)
         None => return Ok(Vec::new()),
         Some([_, n]) => {
+            let of_n = format!("-of-{n}.json");
+            if single
+                && !parts.is_empty()
+                && !parts.contains(&own)
+                && parts.iter().all(|p| p.ends_with(&of_n))
+            {
+                // the parts of this very split, this worker's own gone (removed by hand):
+                // not another writer's store
+                return Err(StoreError::Mismatch {
+                    path: dir.join(&own),
+                    reason: format!(
+                        "missing from a store merged from this split's parts ({}): removed? \
+                         Restore it, or rerun as a single run (not a worker) to check or \
+                         renew the merged store as one",
+                        parts.join(", ")
+                    ),
+                });
+            }
             if single && !parts.contains(&own) {
                 let made = if parts.is_empty() {
                     "a store written by a single run".to_string()

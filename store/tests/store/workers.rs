@@ -148,6 +148,20 @@ fn single_runs_and_workers_do_not_share_a_directory() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("merged from the parts of workers"), "{e}");
+    // a worker whose own part was removed from the merged store: said so, with the way on
+    let part = split.join("manifest.worker-1-of-2.json");
+    let kept = std::fs::read(&part).unwrap();
+    std::fs::remove_file(&part).unwrap();
+    let e = write_all(&split, &ds, &cfg, Some([1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "manifest.worker-1-of-2.json: missing from a store merged from this split's parts"
+        ) && e.contains("rerun as a single run (not a worker)"),
+        "{e}"
+    );
+    std::fs::write(&part, kept).unwrap();
     let e = write_all(&split, &ds, &seeded, None)
         .unwrap_err()
         .to_string();
