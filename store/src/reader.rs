@@ -164,7 +164,16 @@ impl LabelStore {
                     ),
                 ));
             }
-            let r = ShardReader::open_with(&path, manifest.config.encoding, classes, map_pages)?;
+            let r = ShardReader::open_with(&path, manifest.config.encoding, classes, map_pages)
+                .map_err(|e| {
+                    // a file that no longer reads whose bytes changed since it was written
+                    // (a flipped footer byte read as a Parquet error): said as the damage
+                    // it is, with what writes it again
+                    match std::fs::read(&path).map(|b| sha256_hex(&b) != s.sha256) {
+                        Ok(true) => StoreError::corrupt(&path, format!("{CHANGED} ({e})")),
+                        _ => e,
+                    }
+                })?;
             if let Some(why) = s.contents_error(&r, manifest.config.crop_pool.crops_per_image) {
                 return Err(StoreError::corrupt(&path, why));
             }
@@ -401,8 +410,7 @@ impl LabelStore {
         match bad.into_iter().flatten().min() {
             Some(i) => Err(StoreError::corrupt(
                 &self.dir.join(&self.manifest.shards[i].file),
-                "checksum mismatch (changed since it was written; rerunning the \
-                 precompute that wrote the store, unchanged, writes it again)",
+                CHANGED,
             )),
             None => Ok(()),
         }
@@ -446,6 +454,10 @@ impl LabelStore {
         Ok(rows)
     }
 }
+
+/// What a shard whose bytes are not those its manifest records is said to be.
+const CHANGED: &str = "checksum mismatch (changed since it was written; rerunning the \
+                       precompute that wrote the store, unchanged, writes it again)";
 
 /// The first difference between the store's images (`images.parquet`'s paths and
 /// labels, and the images it skipped as unreadable, from the manifest) and the

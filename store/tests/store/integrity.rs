@@ -203,6 +203,17 @@ fn corruption_is_detected_and_named() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("shard-000001.parquet"), "{e}");
+    // a flipped byte in the footer (Parquet's metadata length, before the closing
+    // `PAR1`): the file no longer reads, and is said to have changed, not only as a
+    // Parquet error
+    let mut bad = good.clone();
+    bad[good.len() - 6] ^= 0x40;
+    std::fs::write(&shard, &bad).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("shard-000001.parquet") && e.contains("checksum mismatch (changed since"),
+        "{e}"
+    );
     std::fs::write(&shard, &good).unwrap();
     LabelStore::open(&dir).unwrap().verify().unwrap();
     // missing shard
