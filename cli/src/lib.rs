@@ -10,6 +10,21 @@ pub mod progress;
 pub mod signals;
 
 pub use config::{naming_config, naming_config_of_flags, read_toml, Layers};
+
+/// A command-line count (`--batch`, `--epochs`, ...): a whole number, 0 or more, said as
+/// such when it is not one (clap's own words were "invalid digit found in string" for
+/// `--batch=-1`, and "-2 is not in 0..=4294967295" for `--epochs=-2`); for
+/// `#[arg(value_parser = meal_cli::whole::<usize>)]`.
+pub fn whole<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    match s.strip_prefix('-') {
+        Some(r) if digits(r) => {
+            Err("expected a whole number, 0 or more: not a negative one".into())
+        }
+        _ if digits(s) => s.parse().map_err(|_| "too large a number".to_string()),
+        _ => Err("expected a whole number (0, 1, 2, ...)".into()),
+    }
+}
 pub use progress::{progress_bar, LogLines, LOG_EVERY};
 pub use signals::{
     error_text, finish, interrupt_exit_code, interrupt_flag, interrupted, report_bus_errors,
@@ -235,6 +250,23 @@ pub fn number(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_count_says_what_it_takes() {
+        assert_eq!(super::whole::<usize>("12"), Ok(12));
+        assert!(super::whole::<usize>("-1")
+            .unwrap_err()
+            .contains("not a negative one"));
+        assert!(super::whole::<u32>("99999999999")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(super::whole::<u32>("2.5")
+            .unwrap_err()
+            .contains("a whole number"));
+        assert!(super::whole::<u32>("")
+            .unwrap_err()
+            .contains("a whole number"));
+    }
+
     use super::*;
 
     #[test]

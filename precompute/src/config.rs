@@ -47,7 +47,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Pool size P: crops drawn and labelled per image [default: 8].
-    #[arg(long, allow_negative_numbers = true, value_name = "P")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "P")]
     pub crops_per_image: Option<u32>,
     /// RandomResizedCrop scale range [default: 0.08,1].
     #[arg(long, allow_hyphen_values = true, value_name = "MIN,MAX")]
@@ -56,7 +56,7 @@ pub struct RunArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "MIN,MAX")]
     pub ratio: Option<Pair>,
     /// Seed of the crop pool [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = meal_cli::whole::<u64>, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Label encoding: dense | topk:K | topk:K:f32 [default: dense up to 32 classes,
     /// else topk:10].
@@ -66,10 +66,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = ["parquet", "safetensors"])]
     pub format: Option<String>,
     /// Crops per teacher forward [default: 64].
-    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true, value_name = "N")]
     pub batch: Option<usize>,
     /// CPU threads for decoding and for the teachers [default: all cores].
-    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true, value_name = "N")]
     pub threads: Option<usize>,
     /// cpu or cuda:N [default: cpu]; a list (cuda:0,cuda:1) runs one worker per device
     /// in this process and merges their parts when all are done.
@@ -85,7 +85,7 @@ pub struct RunArgs {
     pub worker: Option<String>,
     /// Stop after the shards covering the first N images (a quick try; the store stays
     /// partial and a later run without --limit completes it).
-    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true, value_name = "N")]
     pub limit: Option<usize>,
     /// What to do with an unreadable image: skip it (listed in the report) or fail
     /// [default: skip].
@@ -98,10 +98,10 @@ pub struct RunArgs {
     /// Images per shard [default: 1024]. Each shard costs ~2 KB of Parquet metadata, and
     /// ~17 KB and one memory map in every reader (Linux allows 65,530 maps a process):
     /// keep shards large.
-    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "N")]
     pub samples_per_shard: Option<u32>,
     /// Images per Parquet row group [default: 64].
-    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "N")]
     pub images_per_row_group: Option<u32>,
 }
 

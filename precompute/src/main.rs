@@ -41,7 +41,7 @@ enum Cmd {
         /// The store directory.
         store: PathBuf,
         /// Sample rows to print.
-        #[arg(long, allow_negative_numbers = true, default_value_t = 8)]
+        #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true, default_value_t = 8)]
         rows: usize,
         /// Write the histograms (entropy left, top-1 probability right) to this PNG.
         #[arg(long, value_name = "PNG")]

@@ -52,17 +52,17 @@ pub struct TrainArgs {
     #[arg(long, value_name = "WEIGHTS")]
     pub init: Option<PathBuf>,
     /// Student input side [default: the preset's (224; demo presets 64)].
-    #[arg(long, allow_negative_numbers = true, value_name = "PX")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "PX")]
     pub res: Option<u32>,
     /// Epochs (passes over the images).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true)]
     pub epochs: Option<u32>,
     /// Crops per step (images x crops per image) [default: 64].
-    #[arg(long, allow_negative_numbers = true, value_name = "ROWS")]
+    #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true, value_name = "ROWS")]
     pub batch: Option<usize>,
     /// Crops of each decoded image per pass [default: 2]; pass e takes the next C crops
     /// of each image's stored pool, cycling.
-    #[arg(long, allow_negative_numbers = true, value_name = "C")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "C")]
     pub crops_per_image: Option<u32>,
     /// RandomResizedCrop scale range of fresh crops (runs without a store; with one,
     /// the stored crops are replayed) [default: 0.08,1].
@@ -75,7 +75,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = ["step", "cosine", "constant"])]
     pub schedule: Option<String>,
     /// Epochs between decays of the step schedule [default: 100].
-    #[arg(long, allow_negative_numbers = true, value_name = "EPOCHS")]
+    #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "EPOCHS")]
     pub lr_steps: Option<u32>,
     /// Decay factor of the step schedule [default: 0.1].
     #[arg(long, allow_negative_numbers = true)]
@@ -127,10 +127,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub amp: Option<bool>,
     /// CPU threads [default: all cores].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Seed of the epoch order, fresh crops (ce) and initialisation [default: 0].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = meal_cli::whole::<u64>, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Run directory: checkpoints, metrics.jsonl, summary.csv, curves.png.
     #[arg(long, value_name = "RUN_DIR")]
@@ -143,7 +143,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = ["skip", "fail"])]
     pub on_bad_file: Option<String>,
     /// Stop after this many steps in total (a quick try; checkpoints as on Ctrl-C).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = meal_cli::whole::<u64>, allow_negative_numbers = true)]
     pub max_steps: Option<u64>,
     /// Also save the checkpoint within an epoch this often: a time (`30m`, `2h`, `90s`)
     /// or a number of steps (`500`); `off`: at each epoch's end and on a stop only. A

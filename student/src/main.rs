@@ -48,10 +48,10 @@ enum Cmd {
         teacher: Vec<String>,
         /// Input side [default: the side the weights were trained at, where they record it
         /// (meal-student's do), else the preset's].
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true)]
         res: Option<u32>,
         /// CPU threads [default: all cores].
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true)]
         threads: Option<usize>,
         /// cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
