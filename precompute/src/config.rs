@@ -29,10 +29,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// The images: an ImageFolder directory (class per sub-folder) or a CSV list file.
+    /// The images: an ImageFolder directory (class per sub-folder) or a CSV list file
+    /// (required: here or in --config).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// A teacher, repeatable:
+    /// A teacher (one or more required: here or in --config), repeatable:
     /// `ARCH=WEIGHTS[,size=N][,filter=bilinear|bicubic][,mean=R:G:B][,std=R:G:B][,classes=FILE]`.
     /// WEIGHTS is a timm state dict (.safetensors or .pth), or a Hugging Face hub id
     /// ORG/NAME (no such local file: its model.safetensors, cached in $HF_HOME/hub;
@@ -43,7 +44,8 @@ pub struct RunArgs {
     #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
     #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub teacher: Vec<String>,
-    /// Where the label store goes (resumed when it holds a partial store of this config).
+    /// Where the label store goes (resumed when it holds a partial store of this config;
+    /// required: here or in --config).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Pool size P: crops drawn and labelled per image [default: 8].

@@ -35,7 +35,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Training images: ImageFolder directory or CSV list file.
+    /// Training images: ImageFolder directory or CSV list file (required: here or in
+    /// --config).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Validation images, evaluated after every epoch (optional).
@@ -54,7 +55,7 @@ pub struct TrainArgs {
     /// Student input side [default: the preset's (224; demo presets 64)].
     #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "PX")]
     pub res: Option<u32>,
-    /// Epochs (passes over the images).
+    /// Epochs (passes over the images; required: here or in --config).
     #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true)]
     pub epochs: Option<u32>,
     /// Crops per step (images x crops per image) [default: 64].
@@ -132,7 +133,8 @@ pub struct TrainArgs {
     /// Seed of the epoch order, fresh crops (ce) and initialisation [default: 0].
     #[arg(long, value_parser = meal_cli::whole::<u64>, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// Run directory: checkpoints, metrics.jsonl, summary.csv, curves.png.
+    /// Run directory: checkpoints, metrics.jsonl, summary.csv, curves.png (required:
+    /// here or in --config).
     #[arg(long, value_name = "RUN_DIR")]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (`--resume false` turns off a
