@@ -12,6 +12,7 @@ mod disk;
 mod inputs;
 mod resume;
 mod run;
+mod start;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,66 +139,6 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
         crops: acc.rows,
         crops_per_s: acc.rows as f64 / acc.seconds.max(1e-9),
     }
-}
-
-/// The state to start from: the checkpoint of `--resume`, or a fresh one (refusing a
-/// run directory that already holds a run).
-fn start(run: &mut Run, s: &Settings, saved: Option<State>) -> Result<State> {
-    // a result that cannot be written (a directory of its name) fails now, not after
-    // the epochs a resume has left
-    if let Some(f) = RESULT_FILES.iter().find(|f| s.out.join(f).is_dir()) {
-        bail!(
-            "--out {}: {f} is a directory; the run writes a file of that name there: move it",
-            s.out.display()
-        );
-    }
-    if let Some(st) = saved {
-        let st = run.load_checkpoint(st)?;
-        if st.epoch >= s.epochs {
-            tracing::info!(
-                "the run is finished ({} epochs, {} steps): its results are written again \
-                 from its last checkpoint",
-                st.epoch,
-                st.step
-            );
-            return Ok(st);
-        }
-        // epochs counted from 1, as the progress bar and the "stopped at" line
-        tracing::info!(
-            "resuming at epoch {}/{} after its step {} (step {} of the run)",
-            st.epoch + 1,
-            s.epochs,
-            st.batch,
-            st.step
-        );
-        return Ok(st);
-    }
-    if s.out.join(CHECKPOINT).exists() {
-        bail!(
-            "--out {} already holds a run; pass --resume to continue it or choose another directory",
-            s.out.display()
-        );
-    }
-    // a finished run whose checkpoint was deleted (to save space) still holds results
-    // that a fresh run would overwrite, and so would a user's own file of one of those
-    // names (a summary.csv of their own was replaced)
-    if let Some(f) = RESULT_FILES.iter().find(|f| s.out.join(f).exists()) {
-        bail!(
-            "--out {} already holds a run's results ({f}, no checkpoint to resume): choose \
-             another directory, or remove them to start over there",
-            s.out.display()
-        );
-    }
-    Ok(State {
-        settings: s.recorded(),
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        acc: EpochAcc::default(),
-        history: Vec::new(),
-        inputs: Some(run.inputs()?),
-        files: Default::default(),
-    })
 }
 
 /// One optimisation step on batch `b` at `lr_factor` of the base rate; adds to the
@@ -348,29 +289,6 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
     Ok(true)
 }
 
-/// The run's inputs opened and checked, and where it starts (fresh, or its checkpoint).
-fn prepare(s: Settings) -> Result<(Run, State)> {
-    // a resume's settings are compared before what they size is checked (a step's
-    // memory, an epoch's batches)
-    let saved = match s.resume {
-        true => Some(resume::read_resumable(&s)?),
-        false => None,
-    };
-    let mut run = Run::new(s)?;
-    let s = run.s.clone();
-    if run.batches_per_epoch() == 0 {
-        bail!(
-            "--batch {}: more images per step ({}) than the {} usable images",
-            s.batch,
-            run.images_per_batch(),
-            run.usable.len()
-        );
-    }
-    let state = start(&mut run, &s, saved)?;
-    run.check_disk()?;
-    Ok((run, state))
-}
-
 /// Train as `s` says; `stop` (Ctrl-C) ends the run after the current step with a
 /// checkpoint to resume from.
 pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
@@ -416,7 +334,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
         );
         s.resume = false;
     }
-    let prepared = prepare(s);
+    let prepared = start::prepare(s);
     let (mut run, mut state) = match prepared {
         Ok(p) => p,
         Err(e) => {
