@@ -17,7 +17,7 @@ use crate::error::{DataError, Result};
 mod diff;
 mod list;
 
-pub use diff::{first_difference, other_root};
+pub use diff::{first_difference, other_root, Moved};
 
 /// The most classes a dataset may have: the label store keeps class ids as 16-bit
 /// integers (docs/FORMAT.md), far above ImageNet-21k's 21,841.

@@ -470,6 +470,19 @@ pub(crate) fn difference(
     classes: &[String],
     samples: &[Sample],
 ) -> Option<String> {
+    difference_of(dir, manifest, classes, samples, true)
+}
+
+/// [`difference`]; `last_resort`: whether the same paths and labels in the same order
+/// are said to be a size change (the fingerprint differs); not for images moved back
+/// to the store's paths, whose fingerprint is not known to differ beyond the move.
+fn difference_of(
+    dir: &Path,
+    manifest: &Manifest,
+    classes: &[String],
+    samples: &[Sample],
+    last_resort: bool,
+) -> Option<String> {
     let c = &manifest.config;
     if c.classes != classes {
         return Some(format!(
@@ -503,7 +516,23 @@ pub(crate) fn difference(
         .filter(|p| !paths.contains(p))
         .collect();
     if let Some(moved) = meal_data::dataset::other_root(&missing, &extra) {
-        return Some(moved);
+        // the moved images under the store's paths: what differs beyond the paths is
+        // said too (a label, the order, an image truly absent)
+        let missing: std::collections::HashSet<&str> = missing.iter().copied().collect();
+        let back: Vec<Sample> = samples
+            .iter()
+            .map(|x| match moved.then_of(&x.path) {
+                Some(p) if missing.contains(p.as_str()) => Sample {
+                    path: p,
+                    ..x.clone()
+                },
+                _ => x.clone(),
+            })
+            .collect();
+        return Some(match difference_of(dir, manifest, classes, &back, false) {
+            Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
+            None => moved.words(),
+        });
     }
     if !missing.is_empty() {
         let skipped = stored
@@ -556,6 +585,9 @@ pub(crate) fn difference(
                 .get(*id as usize)
                 .map_or("none", |s| s.path.as_str())
         ));
+    }
+    if !last_resort {
+        return None;
     }
     // (an image skipped as unreadable has no label in the store: a list file that
     // relabels one changes the fingerprint as a size does)

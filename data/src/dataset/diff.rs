@@ -41,7 +41,24 @@ pub fn first_difference(
         .filter(|p| !then.contains(p))
         .collect();
     if let Some(moved) = other_root(&gone, &added) {
-        return Some(moved);
+        // the moved images under their earlier paths: what differs beyond the paths
+        // (a label, the order, an image truly gone) is said too, or following the
+        // advice met a second refusal
+        let gone_set: HashSet<&str> = gone.iter().copied().collect();
+        let back: Vec<Sample> = ns
+            .iter()
+            .map(|x| match moved.then_of(&x.path) {
+                Some(p) if gone_set.contains(p.as_str()) => Sample {
+                    path: p,
+                    ..x.clone()
+                },
+                _ => x.clone(),
+            })
+            .collect();
+        return Some(match first_difference((wc, ws), (nc, &back)) {
+            Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
+            None => moved.words(),
+        });
     }
     if !gone.is_empty() {
         return Some(format!(
@@ -98,54 +115,96 @@ pub fn first_difference(
         })
 }
 
-/// When the paths only in the earlier listing (`gone`) and those only in the later one
-/// (`added`) are the same files under another root (each `P` then is `d/P` now, or the
-/// other way: a list file written in a parent folder, or the data given one folder
-/// deeper), that in words; `None` otherwise. Images are keyed by their path relative to
-/// the data's root (docs/DATA.md), so such listings are other datasets to a fingerprint,
-/// and "40 images gone" named the symptom, not the cause.
-pub fn other_root(gone: &[&str], added: &[&str]) -> Option<String> {
-    let (&g, &a) = (gone.first()?, added.first()?);
-    if gone.len() != added.len() {
-        return None;
+/// Images of a later listing found under another root than in an earlier one (each
+/// `P` then is `d/P` now, or the other way: a list file written in a parent folder, or
+/// the data given one folder deeper): [`other_root`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// The root's difference, ending in `/`.
+    prefix: String,
+    /// Whether the later paths are the longer ones (they begin with `prefix`).
+    now_longer: bool,
+    /// How many of the earlier listing's missing paths are found so.
+    count: usize,
+    /// One of them, then and now.
+    example: (String, String),
+}
+
+impl Moved {
+    /// The earlier path of the later listing's `now`, where it moved with the rest (a
+    /// path of neither listing is left out by the caller).
+    pub fn then_of(&self, now: &str) -> Option<String> {
+        match self.now_longer {
+            true => now.strip_prefix(&self.prefix).map(str::to_string),
+            false => Some(format!("{}{now}", self.prefix)),
+        }
     }
-    // (the longer path of the pair is the shorter under a prefix ending in `/`)
+
+    /// The move in words, with what to do.
+    pub fn words(&self) -> String {
+        let (then, now) = &self.example;
+        format!(
+            "the same {} under other paths: {} ({then} then, {now} now); images are named \
+             by their path relative to the data's root (a list file's folder), so give them \
+             from the same root as before",
+            match self.count {
+                1 => "image".to_string(),
+                n => format!("{n} images"),
+            },
+            match self.now_longer {
+                true => format!("each path now begins with \"{}\"", self.prefix),
+                false => format!("each path then began with \"{}\"", self.prefix),
+            },
+        )
+    }
+}
+
+/// When some of the paths only in the earlier listing (`gone`) are among those only in
+/// the later one (`added`) under another root, that move ([`Moved`]); `None` otherwise.
+/// Images are keyed by their path relative to the data's root (docs/DATA.md), so such
+/// listings are other datasets to a fingerprint, and "40 images gone" named the
+/// symptom, not the cause. The caller says what differs beyond the paths.
+pub fn other_root(gone: &[&str], added: &[&str]) -> Option<Moved> {
+    // (the longer path of a pair is the shorter under a prefix ending in `/`; the first
+    // few of each side are tried, as some may be truly gone or added)
     let under = |long: &str, short: &str| {
         long.strip_suffix(short)
             .filter(|p| p.ends_with('/'))
             .map(str::to_string)
     };
-    let (prefix, now_longer) = match added.iter().find_map(|a| under(a, g)) {
-        Some(p) => (p, true),
-        None => (gone.iter().find_map(|g| under(g, a))?, false),
-    };
+    const TRIED: usize = 16;
+    let (prefix, now_longer) = gone
+        .iter()
+        .take(TRIED)
+        .find_map(|g| added.iter().find_map(|a| under(a, g)))
+        .map(|p| (p, true))
+        .or_else(|| {
+            added
+                .iter()
+                .take(TRIED)
+                .find_map(|a| gone.iter().find_map(|g| under(g, a)))
+                .map(|p| (p, false))
+        })?;
     let (short, long): (&[&str], HashSet<&str>) = match now_longer {
         true => (gone, added.iter().copied().collect()),
         false => (added, gone.iter().copied().collect()),
     };
-    if !short
+    let found: Vec<&str> = short
         .iter()
-        .all(|p| long.contains(format!("{prefix}{p}").as_str()))
-    {
-        return None;
-    }
-    let (then, now) = match now_longer {
-        true => (g.to_string(), format!("{prefix}{g}")),
-        false => (format!("{prefix}{a}"), a.to_string()),
+        .copied()
+        .filter(|p| long.contains(format!("{prefix}{p}").as_str()))
+        .collect();
+    let first = *found.first()?;
+    let example = match now_longer {
+        true => (first.to_string(), format!("{prefix}{first}")),
+        false => (format!("{prefix}{first}"), first.to_string()),
     };
-    Some(format!(
-        "the same {} under other paths: {} ({then} then, {now} now); images are named by \
-         their path relative to the data's root (a list file's folder), so give them from \
-         the same root as before",
-        match gone.len() {
-            1 => "image".to_string(),
-            n => format!("{n} images"),
-        },
-        match now_longer {
-            true => format!("each path now begins with \"{prefix}\""),
-            false => format!("each path then began with \"{prefix}\""),
-        },
-    ))
+    Some(Moved {
+        prefix,
+        now_longer,
+        count: found.len(),
+        example,
+    })
 }
 
 #[cfg(test)]
@@ -211,6 +270,20 @@ mod tests {
         half[1].path = "b/2.png".into();
         let d = first_difference((&c, &base), (&c, &half)).unwrap();
         assert_eq!(d, "1 of its images is gone (a/1.png)");
+        // what differs beyond the paths is said too: a label, an image truly gone
+        let mut relabelled = deeper.clone();
+        relabelled[1].label = 0;
+        let d = first_difference((&c, &base), (&c, &relabelled)).unwrap();
+        assert!(
+            d.ends_with("; beyond the paths, b/2.png is of class a now, b then"),
+            "{d}"
+        );
+        let d = first_difference((&c, &base), (&c, &deeper[..1])).unwrap();
+        assert!(
+            d.starts_with("the same image under other paths")
+                && d.ends_with("; beyond the paths, 1 of its images is gone (b/2.png)"),
+            "{d}"
+        );
         let reordered = vec![s(0, "b/2.png", 1, 20), s(1, "a/1.png", 0, 10)];
         let d = first_difference((&c, &base), (&c, &reordered)).unwrap();
         assert!(

@@ -58,7 +58,23 @@ fn other_datasets_and_configs_are_refused() {
         e.contains(&format!(
             "the same {} images under other paths: each path now begins with \"train/\"",
             all.len()
-        )),
+        )) && !e.contains("beyond the paths"),
+        "{e}"
+    );
+    // ... with one of them relabelled and another truly absent: said beyond the paths
+    let mut relabelled = deeper.clone();
+    relabelled[2].label = (relabelled[2].label + 1) % ds.classes().len() as u32;
+    let e = said(&relabelled);
+    assert!(
+        e.contains(&format!("; beyond the paths, {} is of class", all[2].path)),
+        "{e}"
+    );
+    let e = said(&deeper[1..]);
+    assert!(
+        e.contains(&format!(
+            "the same {} images under other paths",
+            all.len() - 1
+        )) && e.contains("; beyond the paths, 1 of the store's images is not in the data"),
         "{e}"
     );
     let mut relabelled = all.clone();

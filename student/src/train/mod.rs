@@ -309,13 +309,18 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
     // a file of that name is no run's (a plain run said "pass --resume", a resume "no
     // checkpoint")
     let ck = out.join(CHECKPOINT);
-    if ck.exists() && !ck.is_dir() {
+    if ck.symlink_metadata().is_ok() && !ck.is_dir() {
         drop(lock);
         bail!(
-            "--out {}: {} is a file, not a run's checkpoint directory: move it away, or \
+            "--out {}: {} is {}, not a run's checkpoint directory: move it away, or \
              choose another --out",
             out.display(),
-            ck.display()
+            ck.display(),
+            // (a broken link trained a whole run, then failed to save it)
+            match ck.exists() {
+                true => "a file",
+                false => "a link to nothing",
+            }
         );
     }
     // --resume of a run that left nothing to resume (killed before its first save, or

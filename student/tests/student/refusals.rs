@@ -51,6 +51,16 @@ fn a_finished_run_without_its_checkpoint_is_not_overwritten() {
         );
     }
     assert_eq!(std::fs::read(mine.join("checkpoint")).unwrap(), b"notes");
+    // a broken link of that name: refused before training, not when saving
+    let linked = f.root.join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(f.root.join("nowhere"), linked.join("checkpoint")).unwrap();
+    let e = format!("{:#}", go(args(&f, "linked")).unwrap_err());
+    assert!(
+        e.contains("checkpoint is a link to nothing, not a run's checkpoint directory"),
+        "{e}"
+    );
+    assert!(!linked.join("metrics.jsonl").exists());
 }
 
 /// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
