@@ -91,15 +91,28 @@ fn name_config<T>(
     r.map_err(|e| match config {
         // (the file itself could not be read: nothing came from it)
         Some(_) if e.to_string().starts_with("--config ") => e,
-        Some(p)
-            if (unflagged || e.to_string().starts_with("--"))
-                && may_come_from(&e.to_string(), p) =>
-        {
-            anyhow::anyhow!(
-                "{e:#} (the command line's flags over --config {}, whose keys are the flags' \
-             names without --)",
-                p.display()
-            )
+        Some(p) if unflagged || e.to_string().starts_with("--") => {
+            match from_file(&e.to_string(), p) {
+                None => e,
+                // (what the error is about may be any value of the file)
+                Some(flags) if flags.is_empty() => anyhow::anyhow!(
+                    "{e:#} (the command line's flags over --config {}, whose keys are the \
+                     flags' names without --)",
+                    p.display()
+                ),
+                // the values the error names came from the file: said so, with the rule
+                // a path there most often trips on
+                Some(flags) => anyhow::anyhow!(
+                    "{e:#} ({} as --config {} sets; its relative paths are read from the \
+                     current directory, not the file's)",
+                    flags
+                        .iter()
+                        .map(|f| format!("--{f}"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    p.display()
+                ),
+            }
         }
         _ => e,
     })
@@ -109,25 +122,37 @@ fn name_config<T>(
 /// does not begin with a flag, or the file has the key (snake_case) of a flag its head
 /// names (before its first `: `: `--labels L with --loss ce: ...` names two, either of
 /// which the file may have set) and the command line did not give that flag.
+#[cfg(test)]
 fn may_come_from(message: &str, path: &Path) -> bool {
+    from_file(message, path).is_some()
+}
+
+/// [`may_come_from`]'s answer with the flags whose values the file gave: `None` when the
+/// error is not the file's, an empty list when any value may be (no flag named, or the
+/// file unreadable).
+fn from_file(message: &str, path: &Path) -> Option<Vec<String>> {
     if !message.starts_with("--") {
-        return true;
+        return Some(Vec::new());
     }
     let flags = head_flags(message);
     let Some(keys) = std::fs::read_to_string(path)
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
     else {
-        return true;
+        return Some(Vec::new());
     };
+    if flags.is_empty() {
+        return Some(Vec::new());
+    }
     // (a flag the command line gave wins over the file's key: its value is not the file's)
     let typed = |f: &str| {
         std::env::args().any(|a| a == format!("--{f}") || a.starts_with(&format!("--{f}=")))
     };
-    flags.is_empty()
-        || flags
-            .iter()
-            .any(|f| keys.contains_key(&f.replace('-', "_")) && !typed(f))
+    let set: Vec<String> = flags
+        .into_iter()
+        .filter(|f| keys.contains_key(&f.replace('-', "_")) && !typed(f))
+        .collect();
+    (!set.is_empty()).then_some(set)
 }
 
 /// The flags (without `--`) an error's head names: the words starting with `--` before

@@ -81,6 +81,8 @@ fn plan(s: &Settings) -> Result<Plan> {
         // the flag that set the key, not --out: the store itself is fine
         let flag = match key {
             "encoding" => "--encoding",
+            // (both flags of the pair: either may be the one a --config set)
+            "format" if s.encoding.is_some() => "--format safetensors with --encoding",
             "format" => "--format",
             "classes" => "--data",
             "samples_per_shard" => "--samples-per-shard",
@@ -402,15 +404,16 @@ fn at_bad_file(e: anyhow::Error, s: &Settings, kept: u32) -> anyhow::Error {
         return e;
     }
     // the file first, then what to do (a worker counts its own part's shards only)
-    let kept = match s.worker {
-        None => format!("the {kept} shards"),
-        Some(_) => "the shards".to_string(),
+    let kept = match (s.worker, kept) {
+        (None, 0) => format!("no shard was written to --out {} yet", s.out.display()),
+        (None, 1) => format!("the 1 shard in --out {} is kept", s.out.display()),
+        (None, n) => format!("the {n} shards in --out {} are kept", s.out.display()),
+        (Some(_), _) => format!("the shards in --out {} are kept", s.out.display()),
     };
     anyhow::anyhow!(
-        "{e:#}\n(--on-bad-file fail: {kept} in --out {} are kept: fix or replace the file, \
-         then rerun the same command to go on; or rerun with --on-bad-file skip to leave it \
-         out, listed in the report)",
-        s.out.display()
+        "{e:#}\n(--on-bad-file fail: {kept}: fix or replace the file, then rerun the same \
+         command to go on; or rerun with --on-bad-file skip to leave it out, listed in the \
+         report)"
     )
 }
 

@@ -110,6 +110,28 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     // the images.parquet written below comes from `dataset`: it must be the dataset the
     // workers labelled, or paths and labels would shift against the shards
     let c = &first.config;
+    if &c.dataset == dataset.fingerprint() && c.classes != dataset.classes() {
+        // the same images under other class names: an edited part (the fingerprints
+        // below would read the same)
+        let at = c
+            .classes
+            .iter()
+            .zip(dataset.classes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(c.classes.len().min(dataset.classes().len()));
+        let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+        return Err(StoreError::Mismatch {
+            path: dir.join(&names[0]),
+            reason: format!(
+                "config.classes is not the class list of {} (class {at}: {} there, {} in \
+                 the data), whose images it labelled: the part was edited; restore it, or \
+                 rerun its worker",
+                dataset.root().display(),
+                name(&c.classes),
+                name(dataset.classes())
+            ),
+        });
+    }
     if &c.dataset != dataset.fingerprint() || c.classes != dataset.classes() {
         return Err(StoreError::Mismatch {
             path: dir.join(&names[0]),
@@ -132,7 +154,12 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
             &dir.join(name),
             &p.config,
             &first.config,
-            &format!("config differs from {}", names[0]),
+            &format!(
+                "config differs from {}: remove the odd part's manifest and rerun its \
+                 worker with the others' settings (its shards are written again), then \
+                 merge",
+                names[0]
+            ),
             [name.as_str(), names[0].as_str()],
         )?;
         match p.worker {
@@ -144,9 +171,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
                     path: dir.join(name),
                     reason: format!(
                         "written by worker {i} of {m}, but {} is worker {} of {n}: the parts \
-                         of two splits are here; remove the manifest.worker-*-of-N.json of \
-                         the split not to merge (the shards, the same bytes either way, \
-                         stay), then merge",
+                         of two splits are here; remove those of the split not to merge \
+                         (manifest.worker-*-of-{m}.json, or the -of-{n}.json ones; the \
+                         shards, the same bytes either way, stay), then merge",
                         names[0],
                         first.worker.map(|w| w[0]).unwrap_or(0)
                     ),
@@ -162,17 +189,41 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     }
     // (after every part is known to be of this split: a stray unfinished part of
     // another split was to be "rerun", which its split's count refused)
-    for (p, name) in parts.iter().zip(&names) {
-        if p.state != State::Complete {
-            return Err(StoreError::Mismatch {
-                path: dir.join(name),
-                reason: format!(
-                    "worker {} of {n} has not finished ({} shards written): rerun it, then merge",
-                    p.worker.map(|w| w[0]).unwrap_or(0),
-                    p.shards.len()
+    // (every unfinished worker named: the first alone was rerun, then the next met)
+    let unfinished: Vec<(&String, &Manifest)> = names
+        .iter()
+        .zip(&parts)
+        .filter(|(_, p)| p.state != State::Complete)
+        .collect();
+    if let Some((name, _)) = unfinished.first() {
+        let who: Vec<String> = unfinished
+            .iter()
+            .map(|(_, p)| p.worker.map_or(0, |w| w[0]).to_string())
+            .collect();
+        let written: Vec<String> = unfinished
+            .iter()
+            .map(|(_, p)| p.shards.len().to_string())
+            .collect();
+        return Err(StoreError::Mismatch {
+            path: dir.join(name),
+            reason: match unfinished.len() {
+                1 => format!(
+                    "worker {} of {n} has not finished ({}): rerun it, then merge",
+                    who[0],
+                    crate::reader::things(
+                        unfinished[0].1.shards.len(),
+                        "shard written",
+                        "shards written"
+                    )
                 ),
-            });
-        }
+                _ => format!(
+                    "workers {} of {n} have not finished ({} shards written): rerun them, \
+                     then merge",
+                    meal_data::error::first_few(&who, 10),
+                    meal_data::error::first_few(&written, 10)
+                ),
+            },
+        });
     }
     if (seen.len() as u64) < u64::from(n) {
         // the first ten named, found without listing every absent index (a split into
@@ -183,11 +234,18 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
         };
         return Err(StoreError::Mismatch {
             path: dir.to_path_buf(),
-            reason: format!(
-                "worker {} of {n} is missing (no {}): run it, then merge",
-                list(&|i| i.to_string()),
-                list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
-            ),
+            reason: match absent.len() {
+                1 => format!(
+                    "worker {} of {n} is missing (no {}): run it, then merge",
+                    list(&|i| i.to_string()),
+                    list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
+                ),
+                _ => format!(
+                    "workers {} of {n} are missing (no {}): run them, then merge",
+                    list(&|i| i.to_string()),
+                    list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
+                ),
+            },
         });
     }
     let mut m = first.clone();

@@ -423,27 +423,8 @@ impl LabelStore {
     pub fn verify_images(&self) -> Result<Vec<ImageInfo>, StoreError> {
         let (rows, classes) =
             images::read_with_classes(&self.dir, self.manifest.images_sha256.as_deref())?;
-        // the class names decide which class each probability is: the manifest's (not
-        // under a checksum) against those the checked table recorded
-        let own = &self.manifest.config.classes;
-        if let Some(c) = classes.filter(|c| c != own) {
-            let at = own
-                .iter()
-                .zip(&c)
-                .position(|(a, b)| a != b)
-                .unwrap_or(own.len().min(c.len()));
-            let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
-            return Err(StoreError::Mismatch {
-                path: self.dir.join(MANIFEST),
-                reason: format!(
-                    "config.classes is not the class list {} records (class {at}: {} in \
-                     the manifest, {} there): the manifest was edited; restore it, or run \
-                     the precompute again",
-                    images::IMAGES,
-                    name(own),
-                    name(&c)
-                ),
-            });
+        if let Some(e) = edited_classes(&self.dir, &self.manifest, classes.as_deref()) {
+            return Err(e);
         }
         let stored: Vec<[u32; 3]> = self
             .shards
@@ -453,6 +434,35 @@ impl LabelStore {
         images::check_against_shards(&self.dir, &rows, stored, self.num_classes())?;
         Ok(rows)
     }
+}
+
+/// The refusal of a manifest whose class names are not those its image table records
+/// (`recorded`, under the table's checksum): the names decide which class each
+/// probability is, and the manifest is under no checksum (edited by hand).
+pub(crate) fn edited_classes(
+    dir: &Path,
+    manifest: &Manifest,
+    recorded: Option<&[String]>,
+) -> Option<StoreError> {
+    let own = &manifest.config.classes;
+    let c = recorded.filter(|c| c != own)?;
+    let at = own
+        .iter()
+        .zip(c)
+        .position(|(a, b)| a != b)
+        .unwrap_or(own.len().min(c.len()));
+    let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+    Some(StoreError::Mismatch {
+        path: dir.join(MANIFEST),
+        reason: format!(
+            "config.classes is not the class list {} records (class {at}: {} in the \
+             manifest, {} there): the manifest was edited; restore it, or run the \
+             precompute again",
+            images::IMAGES,
+            name(own),
+            name(c)
+        ),
+    })
 }
 
 /// What a shard whose bytes are not those its manifest records is said to be.
@@ -609,7 +619,7 @@ fn difference_of(
 }
 
 /// `n` and the noun for it: "1 image", "2 images".
-fn things(n: usize, one: &str, many: &str) -> String {
+pub(crate) fn things(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

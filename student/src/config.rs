@@ -276,9 +276,14 @@ impl Settings {
 
     /// These settings as a checkpoint records them: the inputs' paths made absolute
     /// (a resume from another working directory names what differs from the run's
-    /// `--data`, which a relative path no longer finds).
+    /// `--data`, which a relative path no longer finds), resolved where they exist
+    /// (`sub/../d/val` as `d/val`).
     pub fn recorded(&self) -> Settings {
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let abs = |p: &Path| {
+            p.canonicalize()
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
         Settings {
             data: abs(&self.data),
             val: self.val.as_deref().map(abs),

@@ -211,12 +211,18 @@ fn cli() -> Result<()> {
                         // weights of more classes that record none (timm's): the way to
                         // score a subset is to name their classes
                         let hint = match &trained.classes {
-                            None if e.to_string().contains("the weights classify") => format!(
-                                "; weights of more classes than --data's score its classes by \
+                            // (not for weights of another architecture, whose error
+                            // says so: the hint would name the wrong one)
+                            None if e.to_string().contains("the weights classify")
+                                && !e.to_string().contains("architecture is") =>
+                            {
+                                format!(
+                                    "; weights of more classes than --data's score its classes by \
                                  name with --teacher {arch}={},classes=FILE (the weights' \
                                  classes in logit order, one per line)",
-                                weights.display()
-                            ),
+                                    weights.display()
+                                )
+                            }
                             _ => String::new(),
                         };
                         let e = anyhow::Error::from(e);

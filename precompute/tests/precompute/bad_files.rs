@@ -38,6 +38,9 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     std::fs::write(&mpath, m.to_string()).unwrap();
     let e = format!("{:#}", inspect::inspect(&s.out, 0).err().unwrap());
     assert!(e.contains("the manifest was edited"), "{e}");
+    // and so does a rerun over it (it had read as the data's classes renamed)
+    let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
+    assert!(e.contains("the manifest was edited"), "{e}");
     std::fs::write(&mpath, kept).unwrap();
 
     let mut a = args(&f, "strict");

@@ -133,7 +133,7 @@ fn a_config_value_that_fails_while_running_names_the_file() {
     };
     let err = run(&[]);
     assert!(
-        err.contains("--data no-such/train") && err.contains("over --config pre.toml"),
+        err.contains("--data no-such/train") && err.contains("(--data as --config pre.toml sets; its relative paths are read from the current directory"),
         "{err}"
     );
     let err = run(&["--data", "gone/train"]);

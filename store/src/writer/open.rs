@@ -209,6 +209,16 @@ fn with_first_difference(
     let StoreError::Mismatch { path, reason } = e else {
         return e;
     };
+    // other class names where the store's image table records the run's: the manifest
+    // was edited, not the data's classes renamed
+    if m.config.classes != config.classes {
+        let recorded = crate::images::read_with_classes(dir, m.images_sha256.as_deref())
+            .ok()
+            .and_then(|(_, c)| c);
+        if let Some(e) = crate::reader::edited_classes(dir, m, recorded.as_deref()) {
+            return e;
+        }
+    }
     let dataset_only = crate::manifest::config_diff(&m.config, config)
         .iter()
         .all(|k| k.starts_with("dataset.") || k == "classes");

@@ -256,7 +256,7 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     std::fs::write(&stray, m.to_string()).unwrap();
     let e = merge(&split, &ds).unwrap_err().to_string();
     assert!(
-        e.contains("the parts of two splits are here; remove the manifest.worker-*-of-N.json"),
+        e.contains("the parts of two splits are here; remove those of the split not to merge (manifest.worker-*-of-3.json, or the -of-2.json ones"),
         "{e}"
     );
     std::fs::remove_file(&stray).unwrap();
@@ -268,10 +268,22 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     assert!(
         e.contains(
             "crop_pool.seed (manifest.worker-1-of-2.json: 99, manifest.worker-0-of-2.json: "
-        ),
+        ) && e.contains("remove the odd part's manifest and rerun its worker"),
         "{e}"
     );
     std::fs::write(&part1, &kept).unwrap();
+    // the first part's class names edited: said as such, not as another dataset
+    let part0 = split.join("manifest.worker-0-of-2.json");
+    let kept0 = std::fs::read(&part0).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&kept0).unwrap();
+    m["config"]["classes"].as_array_mut().unwrap().swap(0, 1);
+    std::fs::write(&part0, m.to_string()).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains("config.classes is not the class list of") && e.contains("the part was edited"),
+        "{e}"
+    );
+    std::fs::write(&part0, &kept0).unwrap();
     merge(&split, &ds).unwrap();
     LabelStore::open(&split).unwrap().verify().unwrap();
 }
