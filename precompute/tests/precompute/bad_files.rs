@@ -313,3 +313,36 @@ fn a_part_is_renewed_while_another_has_not_started() {
         files(&f.root.join("reference"))
     );
 }
+
+/// A partial store (no image table to compare paths with) resumed on the same files
+/// listed from a parent folder: its shards' sizes match, so the refusal says to give
+/// them from the same root, rather than only that the data changed.
+#[test]
+fn a_partial_store_on_the_same_files_from_another_root_says_so() {
+    let f = fixture(2);
+    let mut a = args(&f, "part");
+    a.limit = Some(8);
+    assert!(!go(&a.resolve().unwrap()).complete);
+    let ds = Dataset::open(&f.data, LinkPolicy::default()).unwrap();
+    let mut csv = String::from("path,label\n");
+    for s in ds.samples() {
+        csv.push_str(&format!(
+            "train/{},{}\n",
+            s.path,
+            ds.classes()[s.label as usize]
+        ));
+    }
+    let list = f.data.parent().unwrap().join("all.csv");
+    std::fs::write(&list, csv).unwrap();
+    let mut b = args(&f, "part");
+    b.data = Some(list);
+    let e = format!(
+        "{:#}",
+        run::run(&b.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(
+        e.contains("the written shards' images have the sizes they had, in order")
+            && e.contains("give them from the same root as before"),
+        "{e}"
+    );
+}

@@ -238,14 +238,30 @@ fn with_first_difference(
             })
             .map(|s| {
                 let now = |i: u32| samples.get(i as usize).map_or("none", |x| x.path.as_str());
+                // every written shard's images of the sizes they had (in order), their
+                // paths or labels other: most often the same files from another root (a
+                // partial store keeps no paths to compare)
+                let same_sizes = m.shards.iter().all(|s| {
+                    hashes
+                        .get(s.index as usize)
+                        .is_some_and(|h| s.sizes_sha256.as_deref() == Some(h[1].as_str()))
+                });
                 format!(
                     "the first shard written whose files or labels differ is {} (samples \
-                     {}..{}: now {} to {})",
+                     {}..{}: now {} to {}){}",
                     s.file,
                     s.first_sample,
                     s.end_sample,
                     now(s.first_sample),
-                    now(s.end_sample.saturating_sub(1))
+                    now(s.end_sample.saturating_sub(1)),
+                    match same_sizes {
+                        true =>
+                            "; the written shards' images have the sizes they had, in \
+                                 order: if these are the same files under another root (a \
+                                 list file in a parent folder), give them from the same \
+                                 root as before to keep the shards",
+                        false => "",
+                    }
                 )
             }),
     };
