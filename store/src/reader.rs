@@ -528,17 +528,7 @@ fn difference_of(
     if let Some(moved) = meal_data::dataset::other_root(&missing, &extra) {
         // the moved images under the store's paths: what differs beyond the paths is
         // said too (a label, the order, an image truly absent)
-        let missing: std::collections::HashSet<&str> = missing.iter().copied().collect();
-        let back: Vec<Sample> = samples
-            .iter()
-            .map(|x| match moved.then_of(&x.path) {
-                Some(p) if missing.contains(p.as_str()) => Sample {
-                    path: p,
-                    ..x.clone()
-                },
-                _ => x.clone(),
-            })
-            .collect();
+        let back = moved.back(samples, &missing);
         return Some(match difference_of(dir, manifest, classes, &back, false) {
             Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
             None => moved.words(),

@@ -44,17 +44,7 @@ pub fn first_difference(
         // the moved images under their earlier paths: what differs beyond the paths
         // (a label, the order, an image truly gone) is said too, or following the
         // advice met a second refusal
-        let gone_set: HashSet<&str> = gone.iter().copied().collect();
-        let back: Vec<Sample> = ns
-            .iter()
-            .map(|x| match moved.then_of(&x.path) {
-                Some(p) if gone_set.contains(p.as_str()) => Sample {
-                    path: p,
-                    ..x.clone()
-                },
-                _ => x.clone(),
-            })
-            .collect();
+        let back = moved.back(ns, &gone);
         return Some(match first_difference((wc, ws), (nc, &back)) {
             Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
             None => moved.words(),
@@ -138,6 +128,23 @@ impl Moved {
             true => now.strip_prefix(&self.prefix).map(str::to_string),
             false => Some(format!("{}{now}", self.prefix)),
         }
+    }
+
+    /// The later listing's `samples` with the moved ones under their earlier paths
+    /// (those among `gone`, the paths only the earlier listing has): what differs
+    /// beyond the paths is then their difference.
+    pub fn back(&self, samples: &[Sample], gone: &[&str]) -> Vec<Sample> {
+        let gone: HashSet<&str> = gone.iter().copied().collect();
+        samples
+            .iter()
+            .map(|x| match self.then_of(&x.path) {
+                Some(p) if gone.contains(p.as_str()) => Sample {
+                    path: p,
+                    ..x.clone()
+                },
+                _ => x.clone(),
+            })
+            .collect()
     }
 
     /// The move in words, with what to do.
