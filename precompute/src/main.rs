@@ -239,6 +239,14 @@ fn cli() -> Result<()> {
                 // (the error below says what happened instead)
                 (true, _) if nothing => {}
                 (true, None) => meal_cli::outln!("store complete: {}", s.out.display()),
+                // (a worker that wrote shards of a merged store removed its manifest.json:
+                // one still there is current)
+                (true, Some([i, n])) if s.out.join(meal_store::MANIFEST).exists() => {
+                    meal_cli::outln!(
+                        "worker {i} of {n}: its part is complete, and the store is merged: {}",
+                        s.out.display()
+                    )
+                }
                 (true, Some([i, n])) => meal_cli::outln!(
                     "worker {i} of {n}: its part is complete; when every worker's part is, run `meal-precompute merge --data {} --out {}`",
                     s.data.display(),

@@ -148,30 +148,37 @@ fn a_config_value_that_fails_while_running_names_the_file() {
 #[test]
 fn a_worker_without_shards_says_so() {
     let f = fixture(1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
-        .args([
-            "run",
-            "--threads",
-            "1",
-            "--worker",
-            "3/4",
-            "--samples-per-shard",
-            "4",
-        ])
-        .arg("--data")
-        .arg(&f.data)
-        .arg("--teacher")
-        .arg(format!("demo_tiny={},size=16", f.t1.display()))
-        .arg("--out")
-        .arg(f.root.join("w"))
-        .env("MEAL_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{se}");
+    let worker = |w: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+            .args([
+                "run",
+                "--threads",
+                "1",
+                "--worker",
+                w,
+                "--samples-per-shard",
+                "4",
+            ])
+            .arg("--data")
+            .arg(&f.data)
+            .arg("--teacher")
+            .arg(format!("demo_tiny={},size=16", f.t1.display()))
+            .arg("--out")
+            .arg(f.root.join("w"))
+            .env("MEAL_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (so, se) = worker("3/4");
     // 10 images, 4 a shard: shards 0..3, none of them worker 3's
     assert!(
         se.contains("--worker 3/4: the store has 3 shards (of --samples-per-shard 4), none of them this worker's"),
@@ -179,6 +186,27 @@ fn a_worker_without_shards_says_so() {
     );
     assert!(
         so.contains("this run: nothing to write (see above)"),
+        "{so}"
+    );
+    // its part is merged with the others', and a rerun after the merge says so
+    for w in ["0/4", "1/4", "2/4"] {
+        worker(w);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
+        .args(["merge", "--data"])
+        .arg(&f.data)
+        .arg("--out")
+        .arg(f.root.join("w"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (so, _) = worker("3/4");
+    assert!(
+        so.contains("its part is complete, and the store is merged"),
         "{so}"
     );
 }

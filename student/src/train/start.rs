@@ -15,7 +15,20 @@ pub(super) fn prepare(s: Settings) -> Result<(Run, State)> {
         true => Some(resume::read_resumable(&s)?),
         false => None,
     };
-    let mut run = Run::new(s)?;
+    // (a resume given a --data that is not there, from another directory: where the
+    // run read it is the likely answer)
+    let was = saved
+        .as_ref()
+        .map(|st| st.settings.data.clone())
+        .filter(|d| !s.data.exists() && d.exists());
+    let mut run = Run::new(s).map_err(|e| match &was {
+        Some(d) if e.to_string().starts_with("--data ") => e.context(format!(
+            "--data: not found; the run read its data at {} (resume with that --data, or \
+             the same images elsewhere)",
+            d.display()
+        )),
+        _ => e,
+    })?;
     let s = run.s.clone();
     if run.batches_per_epoch() == 0 {
         bail!(

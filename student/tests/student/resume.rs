@@ -442,6 +442,19 @@ fn a_resume_on_other_data_names_the_first_difference() {
         )),
         "{e}"
     );
+    // a --data that is not there (a relative path from another directory): where the
+    // run read its data is said
+    let mut g = a.clone();
+    g.resume = Some(true);
+    g.data = Some(PathBuf::from("no-such/train"));
+    let e = format!("{:#}", go(g).unwrap_err());
+    assert!(
+        e.contains(&format!(
+            "--data: not found; the run read its data at {}",
+            f.data.canonicalize().unwrap().display()
+        )),
+        "{e}"
+    );
     // the run's own data changed in place: named as such
     std::fs::copy(copy.join(&first.path), ds.full_path(first)).unwrap();
     let mut c = a.clone();
