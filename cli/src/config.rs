@@ -102,16 +102,27 @@ fn name_config<T>(
                 ),
                 // the values the error names came from the file: said so, with the rule
                 // a path there most often trips on
-                Some(flags) => anyhow::anyhow!(
-                    "{e:#} ({} as --config {} sets; its relative paths are read from the \
-                     current directory, not the file's)",
-                    flags
-                        .iter()
-                        .map(|f| format!("--{f}"))
-                        .collect::<Vec<_>>()
-                        .join(" and "),
-                    p.display()
-                ),
+                Some(flags) => {
+                    // (the rule said only where a path was not found: a lock or a
+                    // number has nothing to do with it)
+                    let text = format!("{e:#}");
+                    let missing = text.contains("No such file") || text.contains("not found");
+                    anyhow::anyhow!(
+                        "{text} ({} as --config {} sets{})",
+                        flags
+                            .iter()
+                            .map(|f| format!("--{f}"))
+                            .collect::<Vec<_>>()
+                            .join(" and "),
+                        p.display(),
+                        match missing {
+                            true =>
+                                "; its relative paths are read from the current \
+                                     directory, not the file's",
+                            false => "",
+                        }
+                    )
+                }
             }
         }
         _ => e,

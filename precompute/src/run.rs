@@ -160,7 +160,7 @@ fn plan(s: &Settings) -> Result<Plan> {
         .map(|&sh| (sh, writer.shard_samples(sh).len()))
         .collect();
     tracing::info!(
-        "{} images, {} classes, {}; encoding {}{}; {} shards to write ({} present)",
+        "{} images, {} classes, {}; encoding {}{}; {} to write ({} present)",
         ds.len(),
         ds.classes().len(),
         match ens.teachers().len() {
@@ -173,7 +173,10 @@ fn plan(s: &Settings) -> Result<Plan> {
         } else {
             String::new()
         },
-        pending.len(),
+        match pending.len() {
+            1 => "1 shard".to_string(),
+            n => format!("{n} shards"),
+        },
         present
     );
     Ok(Plan {

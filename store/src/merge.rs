@@ -217,7 +217,7 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
                     )
                 ),
                 _ => format!(
-                    "workers {} of {n} have not finished ({} shards written): rerun them, \
+                    "workers {} of {n} have not finished (shards written: {}): rerun them, \
                      then merge",
                     meal_data::error::first_few(&who, 10),
                     meal_data::error::first_few(&written, 10)

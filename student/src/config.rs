@@ -279,16 +279,29 @@ impl Settings {
     /// `--data`, which a relative path no longer finds), resolved where they exist
     /// (`sub/../d/val` as `d/val`).
     pub fn recorded(&self) -> Settings {
+        // (a path not there, a missing --init on a resume: `..` folded by name)
         let abs = |p: &Path| {
-            p.canonicalize()
-                .or_else(|_| std::path::absolute(p))
-                .unwrap_or_else(|_| p.to_path_buf())
+            p.canonicalize().unwrap_or_else(|_| {
+                let a = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+                let mut out = PathBuf::new();
+                for c in a.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            out.pop();
+                        }
+                        std::path::Component::CurDir => {}
+                        c => out.push(c),
+                    }
+                }
+                out
+            })
         };
         Settings {
             data: abs(&self.data),
             val: self.val.as_deref().map(abs),
             labels: self.labels.as_deref().map(abs),
             init: self.init.as_deref().map(abs),
+            out: abs(&self.out),
             ..self.clone()
         }
     }

@@ -106,14 +106,15 @@ pub fn first_difference(
 }
 
 /// Images of a later listing found under another root than in an earlier one (each
-/// `P` then is `d/P` now, or the other way: a list file written in a parent folder, or
-/// the data given one folder deeper): [`other_root`].
+/// `P` then is `d/P` now, or the other way, or `a/P` then is `b/P` now: a list file
+/// written in a parent folder, the data given one folder deeper, part of it moved to
+/// another folder): [`other_root`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Moved {
-    /// The root's difference, ending in `/`.
-    prefix: String,
-    /// Whether the later paths are the longer ones (they begin with `prefix`).
-    now_longer: bool,
+    /// What the earlier paths began with (empty, or ending in `/`).
+    then_prefix: String,
+    /// What the later paths begin with instead (empty, or ending in `/`).
+    now_prefix: String,
     /// How many of the earlier listing's missing paths are found so.
     count: usize,
     /// One of them, then and now.
@@ -124,10 +125,8 @@ impl Moved {
     /// The earlier path of the later listing's `now`, where it moved with the rest (a
     /// path of neither listing is left out by the caller).
     pub fn then_of(&self, now: &str) -> Option<String> {
-        match self.now_longer {
-            true => now.strip_prefix(&self.prefix).map(str::to_string),
-            false => Some(format!("{}{now}", self.prefix)),
-        }
+        now.strip_prefix(&self.now_prefix)
+            .map(|rest| format!("{}{rest}", self.then_prefix))
     }
 
     /// The later listing's `samples` with the moved ones under their earlier paths
@@ -150,6 +149,7 @@ impl Moved {
     /// The move in words, with what to do.
     pub fn words(&self) -> String {
         let (then, now) = &self.example;
+        let (tp, np) = (&self.then_prefix, &self.now_prefix);
         format!(
             "the same {} under other paths: {} ({then} then, {now} now); images are named \
              by their path relative to the data's root (a list file's folder), so give them \
@@ -158,9 +158,13 @@ impl Moved {
                 1 => "image".to_string(),
                 n => format!("{n} images"),
             },
-            match self.now_longer {
-                true => format!("each path now begins with \"{}\"", self.prefix),
-                false => format!("each path then began with \"{}\"", self.prefix),
+            match (tp.is_empty(), self.count) {
+                (true, 1) => format!("its path now begins with \"{np}\""),
+                (true, _) => format!("each path now begins with \"{np}\""),
+                (false, 1) if np.is_empty() => format!("its path then began with \"{tp}\""),
+                (false, _) if np.is_empty() => format!("each path then began with \"{tp}\""),
+                (false, 1) => format!("its path began with \"{tp}\" then, \"{np}\" now"),
+                (false, _) => format!("each path began with \"{tp}\" then, \"{np}\" now"),
             },
         )
     }
@@ -172,43 +176,48 @@ impl Moved {
 /// listings are other datasets to a fingerprint, and "40 images gone" named the
 /// symptom, not the cause. The caller says what differs beyond the paths.
 pub fn other_root(gone: &[&str], added: &[&str]) -> Option<Moved> {
-    // (the longer path of a pair is the shorter under a prefix ending in `/`; the first
-    // few of each side are tried, as some may be truly gone or added)
-    let under = |long: &str, short: &str| {
-        long.strip_suffix(short)
-            .filter(|p| p.ends_with('/'))
-            .map(str::to_string)
+    // the prefixes of a pair whose ends agree past a `/` in both, that end holding a
+    // folder and a file at least (`c/x.jpg`): a file moved from class `c` to `d`
+    // (`c/x.jpg`, `d/x.jpg`) is a relabel, not a move of the root. The first few of
+    // each side are tried, as some may be truly gone or added
+    let split = |then: &str, now: &str| -> Option<(String, String)> {
+        let common = then
+            .bytes()
+            .rev()
+            .zip(now.bytes().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        // the longest common end that starts a path component on both sides
+        (1..=common).rev().find_map(|n| {
+            let (tp, rest) = then.split_at(then.len() - n);
+            let np = &now[..now.len() - n];
+            let starts = |p: &str| p.is_empty() || p.ends_with('/');
+            (starts(tp) && starts(np) && tp != np && rest.contains('/'))
+                .then(|| (tp.to_string(), np.to_string()))
+        })
     };
     const TRIED: usize = 16;
-    let (prefix, now_longer) = gone
+    let (then_prefix, now_prefix) = gone
         .iter()
         .take(TRIED)
-        .find_map(|g| added.iter().find_map(|a| under(a, g)))
-        .map(|p| (p, true))
-        .or_else(|| {
-            added
-                .iter()
-                .take(TRIED)
-                .find_map(|a| gone.iter().find_map(|g| under(g, a)))
-                .map(|p| (p, false))
-        })?;
-    let (short, long): (&[&str], HashSet<&str>) = match now_longer {
-        true => (gone, added.iter().copied().collect()),
-        false => (added, gone.iter().copied().collect()),
-    };
-    let found: Vec<&str> = short
+        .find_map(|g| added.iter().find_map(|a| split(g, a)))?;
+    let added: HashSet<&str> = added.iter().copied().collect();
+    let found: Vec<&str> = gone
         .iter()
         .copied()
-        .filter(|p| long.contains(format!("{prefix}{p}").as_str()))
+        .filter(|g| {
+            g.strip_prefix(then_prefix.as_str())
+                .is_some_and(|rest| added.contains(format!("{now_prefix}{rest}").as_str()))
+        })
         .collect();
     let first = *found.first()?;
-    let example = match now_longer {
-        true => (first.to_string(), format!("{prefix}{first}")),
-        false => (format!("{prefix}{first}"), first.to_string()),
-    };
+    let example = (
+        first.to_string(),
+        format!("{now_prefix}{}", &first[then_prefix.len()..]),
+    );
     Some(Moved {
-        prefix,
-        now_longer,
+        then_prefix,
+        now_prefix,
         count: found.len(),
         example,
     })
@@ -291,6 +300,25 @@ mod tests {
                 && d.ends_with("; beyond the paths, 1 of its images is gone (b/2.png)"),
             "{d}"
         );
+        // one root for another (part of the data moved to another folder)
+        let other: Vec<Sample> = deeper
+            .iter()
+            .map(|x| Sample {
+                path: x.path.replacen("d/", "e/", 1),
+                ..x.clone()
+            })
+            .collect();
+        let d = first_difference((&c, &deeper), (&c, &other)).unwrap();
+        assert!(
+            d.contains(
+                "each path began with \"d/\" then, \"e/\" now (d/a/1.png then, e/a/1.png now)"
+            ) && !d.contains("beyond"),
+            "{d}"
+        );
+        // a file moved from one class folder to another is no move of the root
+        let refiled = vec![s(0, "a/1.png", 0, 10), s(1, "a/2.png", 1, 20)];
+        let d = first_difference((&c, &base), (&c, &refiled)).unwrap();
+        assert_eq!(d, "1 of its images is gone (b/2.png)");
         let reordered = vec![s(0, "b/2.png", 1, 20), s(1, "a/1.png", 0, 10)];
         let d = first_difference((&c, &base), (&c, &reordered)).unwrap();
         assert!(

@@ -370,6 +370,7 @@ impl Run {
                 init.display(),
                 match now.init {
                     Some(_) => "not",
+                    None if !init.exists() => "not found, so not checked against",
                     None => "unreadable, so not checked against",
                 }
             );
