@@ -81,6 +81,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
         }
         let mut now = p.config.clone();
         now.dataset = dataset.fingerprint().clone();
+        // (a class folder renamed is no size change: the names take part in the
+        // comparison, and a part whose own shards are unchanged is not called stale)
+        now.classes = dataset.classes().to_vec();
         let per_shard = p.config.samples_per_shard;
         let h = hashes
             .entry(per_shard)

@@ -224,6 +224,17 @@ fn merge_checks_the_dataset_the_workers_and_their_shards() {
     let e = merge(&split, &ds2).unwrap_err().to_string();
     assert!(e.contains("another dataset"), "{e}");
     assert!(!split.join("manifest.json").exists());
+    // a class folder renamed: other classes, not images that "changed size"
+    let class = train.join(&ds.classes()[0]);
+    let renamed = train.join(format!("{}-renamed", ds.classes()[0]));
+    std::fs::rename(&class, &renamed).unwrap();
+    let ds3 = Dataset::open(&train, LinkPolicy::StayInside).unwrap();
+    std::fs::rename(&renamed, &class).unwrap();
+    let e = merge(&split, &ds3).unwrap_err().to_string();
+    assert!(
+        e.contains("another dataset") && !e.contains("changed size"),
+        "{e}"
+    );
 
     // a worker's shard replaced after its manifest was written
     let shard = std::fs::read_dir(&split)
