@@ -189,8 +189,14 @@ pub fn other_root(gone: &[&str], added: &[&str]) -> Option<Moved> {
             .count();
         // the longest common end that starts a path component on both sides
         (1..=common).rev().find_map(|n| {
-            let (tp, rest) = then.split_at(then.len() - n);
-            let np = &now[..now.len() - n];
+            // (bytes agree from the end, so a cut may fall inside a character that
+            // differs in its first byte: `é` and `©` share their last)
+            let (t, w) = (then.len() - n, now.len() - n);
+            if !then.is_char_boundary(t) || !now.is_char_boundary(w) {
+                return None;
+            }
+            let (tp, rest) = then.split_at(t);
+            let np = &now[..w];
             let starts = |p: &str| p.is_empty() || p.ends_with('/');
             (starts(tp) && starts(np) && tp != np && rest.contains('/'))
                 .then(|| (tp.to_string(), np.to_string()))
@@ -313,6 +319,17 @@ mod tests {
             d.contains(
                 "each path began with \"d/\" then, \"e/\" now (d/a/1.png then, e/a/1.png now)"
             ) && !d.contains("beyond"),
+            "{d}"
+        );
+        // names whose last bytes agree inside a character (`é`, `©`): no panic
+        let accents = vec![s(0, "x/café/1.png", 0, 10), s(1, "b/2.png", 1, 20)];
+        let copy = vec![s(0, "y/caf©/1.png", 0, 10), s(1, "b/2.png", 1, 20)];
+        let d = first_difference((&c, &accents), (&c, &copy)).unwrap();
+        assert_eq!(d, "1 of its images is gone (x/café/1.png)");
+        let moved = vec![s(0, "y/café/1.png", 0, 10), s(1, "b/2.png", 1, 20)];
+        let d = first_difference((&c, &accents), (&c, &moved)).unwrap();
+        assert!(
+            d.contains("its path began with \"x/\" then, \"y/\" now"),
             "{d}"
         );
         // a file moved from one class folder to another is no move of the root
