@@ -157,7 +157,11 @@ fn from_file(message: &str, path: &Path) -> Option<Vec<String>> {
     }
     // (a flag the command line gave wins over the file's key: its value is not the file's)
     let typed = |f: &str| {
-        std::env::args().any(|a| a == format!("--{f}") || a.starts_with(&format!("--{f}=")))
+        // (args_os: an argument that is not UTF-8, a path, made args() panic)
+        std::env::args_os().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == format!("--{f}") || a.starts_with(&format!("--{f}=")))
+        })
     };
     let set: Vec<String> = flags
         .into_iter()

@@ -92,8 +92,8 @@ fn cli() -> Result<()> {
             meal_cli::use_threads(s.threads)?;
             let stop = meal_cli::interrupt_flag("stopping after this batch")
                 .context("installing the Ctrl-C handler")?;
-            let r = meal_cli::naming_config_of_flags(run::run(&s, &stop), config.as_deref());
-            let r = r.map_err(|e| {
+            // (the hints read the error's chain, which naming the config file flattens)
+            let r = run::run(&s, &stop).map_err(|e| {
                 let e = hints::read_only(
                     e,
                     &s.out,
@@ -108,7 +108,8 @@ fn cli() -> Result<()> {
                         s.batch
                     )
                 })
-            })?;
+            });
+            let r = meal_cli::naming_config_of_flags(r, config.as_deref())?;
             report::write_report(&s.out, s.worker, &r)?;
             if r.images_labelled == 0 && r.shards_written == 0 && stop.load(Ordering::SeqCst) {
                 meal_cli::outln!("this run: interrupted before its first shard was written");

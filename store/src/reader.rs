@@ -528,7 +528,7 @@ fn difference_of(
     if let Some(moved) = meal_data::dataset::other_root(&missing, &extra) {
         // the moved images under the store's paths: what differs beyond the paths is
         // said too (a label, the order, an image truly absent)
-        let back = moved.back(samples, &missing);
+        let back = moved.back(samples, &missing, &extra);
         return Some(match difference_of(dir, manifest, classes, &back, false) {
             Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
             None => moved.words(),

@@ -93,8 +93,8 @@ fn cli() -> Result<()> {
             .context("installing the Ctrl-C handler")?;
             let out = s.out.clone();
             let (batch, amp, max_steps) = (s.batch, s.amp, s.max_steps);
-            let r = meal_cli::naming_config_of_flags(train::train(s, &stop), config.as_deref());
-            let r = r.map_err(|e| {
+            // (the hint reads the error's chain, which naming the config file flattens)
+            let r = train::train(s, &stop).map_err(|e| {
                 meal_cli::hint_gpu_out_of_memory(e, || {
                     format!(
                         "the GPU ran out of memory with --batch {batch}: use a smaller --batch{}",
@@ -105,7 +105,8 @@ fn cli() -> Result<()> {
                         }
                     )
                 })
-            })?;
+            });
+            let r = meal_cli::naming_config_of_flags(r, config.as_deref())?;
             if let Some(m) = r.history.last() {
                 meal_cli::outln!(
                     "epoch {}: loss {:.4}, train top-1 {:.4}{}",

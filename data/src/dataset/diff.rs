@@ -44,7 +44,7 @@ pub fn first_difference(
         // the moved images under their earlier paths: what differs beyond the paths
         // (a label, the order, an image truly gone) is said too, or following the
         // advice met a second refusal
-        let back = moved.back(ns, &gone);
+        let back = moved.back(ns, &gone, &added);
         return Some(match first_difference((wc, ws), (nc, &back)) {
             Some(rest) => format!("{}; beyond the paths, {rest}", moved.words()),
             None => moved.words(),
@@ -130,14 +130,16 @@ impl Moved {
     }
 
     /// The later listing's `samples` with the moved ones under their earlier paths
-    /// (those among `gone`, the paths only the earlier listing has): what differs
-    /// beyond the paths is then their difference.
-    pub fn back(&self, samples: &[Sample], gone: &[&str]) -> Vec<Sample> {
+    /// (those of `added`, the paths only the later listing has, whose earlier path is
+    /// among `gone`, those only the earlier one has): what differs beyond the paths is
+    /// then their difference. An image of both listings keeps its path.
+    pub fn back(&self, samples: &[Sample], gone: &[&str], added: &[&str]) -> Vec<Sample> {
         let gone: HashSet<&str> = gone.iter().copied().collect();
+        let added: HashSet<&str> = added.iter().copied().collect();
         samples
             .iter()
             .map(|x| match self.then_of(&x.path) {
-                Some(p) if gone.contains(p.as_str()) => Sample {
+                Some(p) if added.contains(x.path.as_str()) && gone.contains(p.as_str()) => Sample {
                     path: p,
                     ..x.clone()
                 },
@@ -330,6 +332,18 @@ mod tests {
         let d = first_difference((&c, &accents), (&c, &moved)).unwrap();
         assert!(
             d.contains("its path began with \"x/\" then, \"y/\" now"),
+            "{d}"
+        );
+        // an image of both listings keeps its path (d/a/1.png was there before too)
+        let was = vec![
+            s(0, "a/1.png", 0, 10),
+            s(1, "b/2.png", 1, 20),
+            s(2, "d/a/1.png", 0, 10),
+        ];
+        let now = vec![s(0, "d/a/1.png", 0, 10), s(1, "d/b/2.png", 1, 20)];
+        let d = first_difference((&c, &was), (&c, &now)).unwrap();
+        assert!(
+            d.ends_with("beyond the paths, 1 of its images is gone (a/1.png)"),
             "{d}"
         );
         // a file moved from one class folder to another is no move of the root
