@@ -491,14 +491,14 @@ fn run_devices(
                 parts.push(report);
                 manifests.push(manifest);
             }
-            Err(e) => match &failed {
-                None => {
-                    let text = format!("{e:#}");
-                    failed = Some((e.context(who), text));
+            Err(e) => {
+                let text = format!("{e:#}");
+                match &failed {
+                    None => failed = Some((e.context(who), text)),
+                    Some((_, first)) if *first == text => same.push(i.to_string()),
+                    Some(_) => tracing::error!("{who}: {text}"),
                 }
-                Some((_, text)) if *text == format!("{e:#}") => same.push(i.to_string()),
-                Some(_) => tracing::error!("{who}: {e:#}"),
-            },
+            }
         }
     }
     if let Some((e, _)) = failed {

@@ -116,22 +116,14 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     if &c.dataset == dataset.fingerprint() && c.classes != dataset.classes() {
         // the same images under other class names: an edited part (the fingerprints
         // below would read the same)
-        let at = c
-            .classes
-            .iter()
-            .zip(dataset.classes())
-            .position(|(a, b)| a != b)
-            .unwrap_or(c.classes.len().min(dataset.classes().len()));
-        let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+        let (at, part, data) = crate::reader::first_other_names(&c.classes, dataset.classes());
         return Err(StoreError::Mismatch {
             path: dir.join(&names[0]),
             reason: format!(
-                "config.classes is not the class list of {} (class {at}: {} there, {} in \
-                 the data), whose images it labelled: the part was edited; restore it, or \
-                 rerun its worker",
+                "config.classes is not the class list of {} (class {at}: {part} there, \
+                 {data} in the data), whose images it labelled: the part was edited; \
+                 restore it, or rerun its worker",
                 dataset.root().display(),
-                name(&c.classes),
-                name(dataset.classes())
             ),
         });
     }

@@ -446,23 +446,28 @@ pub(crate) fn edited_classes(
 ) -> Option<StoreError> {
     let own = &manifest.config.classes;
     let c = recorded.filter(|c| c != own)?;
-    let at = own
-        .iter()
-        .zip(c)
-        .position(|(a, b)| a != b)
-        .unwrap_or(own.len().min(c.len()));
-    let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+    let (at, mine, theirs) = first_other_names(own, c);
     Some(StoreError::Mismatch {
         path: dir.join(MANIFEST),
         reason: format!(
-            "config.classes is not the class list {} records (class {at}: {} in the \
-             manifest, {} there): the manifest was edited; restore it, or run the \
+            "config.classes is not the class list {} records (class {at}: {mine} in the \
+             manifest, {theirs} there): the manifest was edited; restore it, or run the \
              precompute again",
             images::IMAGES,
-            name(own),
-            name(c)
         ),
     })
+}
+
+/// The first index at which two class lists differ (the shorter's length when one
+/// extends the other), with each list's name there, quoted (`none` past its end).
+pub(crate) fn first_other_names(a: &[String], b: &[String]) -> (usize, String, String) {
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let name = |v: &[String]| v.get(at).map_or("none".to_string(), |n| format!("{n:?}"));
+    (at, name(a), name(b))
 }
 
 /// What a shard whose bytes are not those its manifest records is said to be.

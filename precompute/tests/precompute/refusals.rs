@@ -1,7 +1,7 @@
 //! Runs refused before they write anything wrong: an impossible encoding, no image
 //! labelled, a histogram not named .png, a teacher giving NaN, a batch that cannot fit.
 
-use super::runs::cli_run;
+use super::runs::{cli_run, cli_run_with};
 use super::*;
 
 /// A store config no store can have (top-k above the class count, top-k in safetensors)
@@ -149,25 +149,7 @@ fn a_config_value_that_fails_while_running_names_the_file() {
 fn a_worker_without_shards_says_so() {
     let f = fixture(1);
     let worker = |w: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
-            .args([
-                "run",
-                "--threads",
-                "1",
-                "--worker",
-                w,
-                "--samples-per-shard",
-                "4",
-            ])
-            .arg("--data")
-            .arg(&f.data)
-            .arg("--teacher")
-            .arg(format!("demo_tiny={},size=16", f.t1.display()))
-            .arg("--out")
-            .arg(f.root.join("w"))
-            .env("MEAL_NO_PROGRESS", "1")
-            .output()
-            .unwrap();
+        let out = cli_run_with(&f, "w", &["--worker", w, "--samples-per-shard", "4"]);
         assert!(
             out.status.success(),
             "{}",
@@ -217,26 +199,18 @@ fn a_worker_without_shards_says_so() {
 fn a_device_list_of_another_count_is_refused_once() {
     let f = fixture(1);
     let run = |devices: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"))
-            .args([
-                "run",
-                "--threads",
-                "1",
+        let out = cli_run_with(
+            &f,
+            "d",
+            &[
                 "--samples-per-shard",
                 "4",
                 "--limit",
                 "4",
-            ])
-            .args(["--device", devices])
-            .arg("--data")
-            .arg(&f.data)
-            .arg("--teacher")
-            .arg(format!("demo_tiny={},size=16", f.t1.display()))
-            .arg("--out")
-            .arg(f.root.join("d"))
-            .env("MEAL_NO_PROGRESS", "1")
-            .output()
-            .unwrap();
+                "--device",
+                devices,
+            ],
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).to_string(),

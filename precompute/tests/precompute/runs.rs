@@ -420,7 +420,7 @@ pub(super) fn cli_run(f: &Fixture, out: &str) -> std::process::Output {
 }
 
 /// [`cli_run`] with `extra` flags.
-fn cli_run_with(f: &Fixture, out: &str, extra: &[&str]) -> std::process::Output {
+pub(super) fn cli_run_with(f: &Fixture, out: &str, extra: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meal-precompute"));
     cmd.arg("run")
         .arg("--data")
