@@ -74,7 +74,23 @@ impl std::str::FromStr for TeacherArg {
         let mut given: Vec<&str> = Vec::new();
         for kv in parts {
             let Some((k, v)) = kv.split_once('=') else {
-                return Err(ModelError::spec(spec, format!("{kv:?} is not key=value")));
+                // a path with a comma in it (`runs/a,b/w.safetensors`): what follows the
+                // comma is no key=value, so it goes on the path before it
+                match given.last() {
+                    _ if kv.is_empty() => {
+                        return Err(ModelError::spec(spec, "nothing after a comma".into()))
+                    }
+                    None => t.weights.as_mut_os_string().push(format!(",{kv}")),
+                    Some(&"classes") => {
+                        if let Some(c) = t.classes.as_mut() {
+                            c.as_mut_os_string().push(format!(",{kv}"))
+                        }
+                    }
+                    Some(_) => {
+                        return Err(ModelError::spec(spec, format!("{kv:?} is not key=value")))
+                    }
+                }
+                continue;
             };
             // a repeated key would have the last one win silently
             if given.contains(&k) {
@@ -235,5 +251,15 @@ mod tests {
             .parse::<TeacherArg>()
             .unwrap_err();
         assert!(e.to_string().contains("classes= needs a file"), "{e}");
+        // a comma inside a path: what follows it is no key=value, so it is the path's
+        let t: TeacherArg = "demo_tiny=runs/a,b/w.pth,size=32,classes=x,y.txt"
+            .parse()
+            .unwrap();
+        assert_eq!(t.weights, PathBuf::from("runs/a,b/w.pth"));
+        assert_eq!(t.classes, Some(PathBuf::from("x,y.txt")));
+        assert_eq!(t.size, 32);
+        for bad in ["demo_tiny=a.pth,", "demo_tiny=a.pth,size=32,b"] {
+            assert!(bad.parse::<TeacherArg>().is_err(), "{bad}");
+        }
     }
 }

@@ -222,10 +222,25 @@ pub(super) fn check_neighbours(
             }
             let suffix = format!("-of-{n}.json");
             if let Some(other) = parts.iter().find(|p| !p.ends_with(&suffix)) {
+                // the way on: the split the directory holds, by its part's name
+                let theirs = other
+                    .strip_suffix(".json")
+                    .and_then(|r| r.rsplit_once("-of-"))
+                    .and_then(|(_, m)| m.parse::<usize>().ok())
+                    .filter(|&m| m > 0);
+                let way = match theirs {
+                    Some(m) => format!(
+                        "this directory holds a split into {m}: run its parts 0/{m} to {}/{m}, \
+                         or write a split into {n} in another directory",
+                        m - 1
+                    ),
+                    None => "write this split in another directory".to_string(),
+                };
                 return Err(StoreError::Mismatch {
                     path: dir.join(other),
                     reason: format!(
-                        "written by a split into another number of workers than {n}: the two splits would write the same shards"
+                        "written by a split into another number of workers than {n}: the two \
+                         splits would write the same shards; {way}"
                     ),
                 });
             }

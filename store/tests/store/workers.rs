@@ -120,7 +120,9 @@ fn single_runs_and_workers_do_not_share_a_directory() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("-of-2.json") && e.contains("another number of workers"),
+        e.contains("-of-2.json")
+            && e.contains("another number of workers")
+            && e.contains("holds a split into 2: run its parts 0/2 to 1/2"),
         "{e}"
     );
 

@@ -75,7 +75,18 @@ fn start(run: &mut Run, s: &Settings, saved: Option<State>) -> Result<State> {
         );
         return Ok(st);
     }
-    if s.out.join(CHECKPOINT).exists() {
+    let ckpt = s.out.join(CHECKPOINT);
+    // a checkpoint directory without its state (empty, or emptied by hand) saves no
+    // run to continue: saying "already holds a run" sent the user to a --resume that fails
+    if ckpt.is_dir() && !ckpt.join("state.json").exists() {
+        bail!(
+            "--out {}: {} holds no saved run (no state.json): remove it to start a run \
+             there, or choose another directory",
+            s.out.display(),
+            ckpt.display()
+        );
+    }
+    if ckpt.exists() {
         bail!(
             "--out {} already holds a run; pass --resume to continue it or choose another directory",
             s.out.display()

@@ -61,6 +61,17 @@ fn a_finished_run_without_its_checkpoint_is_not_overwritten() {
         "{e}"
     );
     assert!(!linked.join("metrics.jsonl").exists());
+    // an empty checkpoint directory (or a link to one) saves no run: not "holds a run"
+    let empty = f.root.join("empty");
+    std::fs::create_dir_all(f.root.join("empty-target")).unwrap();
+    std::fs::create_dir(&empty).unwrap();
+    std::os::unix::fs::symlink(f.root.join("empty-target"), empty.join("checkpoint")).unwrap();
+    let e = format!("{:#}", go(args(&f, "empty")).unwrap_err());
+    assert!(
+        e.contains("checkpoint holds no saved run (no state.json): remove it"),
+        "{e}"
+    );
+    assert!(!empty.join("metrics.jsonl").exists());
 }
 
 /// Mixed precision is a GPU mode: asked for on the CPU it is refused with the flag
