@@ -444,16 +444,26 @@ pub(crate) fn edited_classes(
     manifest: &Manifest,
     recorded: Option<&[String]>,
 ) -> Option<StoreError> {
+    edited_classes_by(dir, manifest, recorded, images::IMAGES)
+}
+
+/// [`edited_classes`], the recorded list held by `by` (the image table, or the
+/// dataset's fingerprint, which hashes the class names: a partial store has no table).
+pub(crate) fn edited_classes_by(
+    dir: &Path,
+    manifest: &Manifest,
+    recorded: Option<&[String]>,
+    by: &str,
+) -> Option<StoreError> {
     let own = &manifest.config.classes;
     let c = recorded.filter(|c| c != own)?;
     let (at, mine, theirs) = first_other_names(own, c);
     Some(StoreError::Mismatch {
         path: dir.join(MANIFEST),
         reason: format!(
-            "config.classes is not the class list {} records (class {at}: {mine} in the \
+            "config.classes is not the class list {by} records (class {at}: {mine} in the \
              manifest, {theirs} there): the manifest was edited; restore it, or run the \
              precompute again",
-            images::IMAGES,
         ),
     })
 }

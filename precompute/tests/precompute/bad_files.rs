@@ -42,6 +42,24 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     let e = format!("{:#}", run::run(&s, &AtomicBool::new(false)).unwrap_err());
     assert!(e.contains("the manifest was edited"), "{e}");
     std::fs::write(&mpath, kept).unwrap();
+    // a partial store has no image table: its dataset fingerprint, which hashes the
+    // class names, says the edit (it read as "another config")
+    let mut a = args(&f, "partial");
+    a.limit = Some(8);
+    let p = a.resolve().unwrap();
+    assert!(!go(&p).complete);
+    let mpath = p.out.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["config"]["classes"][1] = "kitten".into();
+    std::fs::write(&mpath, m.to_string()).unwrap();
+    let e = format!("{:#}", run::run(&p, &AtomicBool::new(false)).unwrap_err());
+    assert!(
+        e.contains(
+            "the class list its dataset fingerprint (config.dataset.sha256) records \
+             (class 1: \"kitten\" in the manifest"
+        ) && e.contains("the manifest was edited"),
+        "{e}"
+    );
 
     let mut a = args(&f, "strict");
     a.on_bad_file = Some("fail".into());

@@ -218,6 +218,18 @@ fn with_first_difference(
         if let Some(e) = crate::reader::edited_classes(dir, m, recorded.as_deref()) {
             return e;
         }
+        // a partial store has no table, but its dataset fingerprint hashes the class
+        // names it was made with: the same fingerprint now, the names are the data's
+        if recorded.is_none() && m.config.dataset == config.dataset {
+            if let Some(e) = crate::reader::edited_classes_by(
+                dir,
+                m,
+                Some(&config.classes),
+                "its dataset fingerprint (config.dataset.sha256)",
+            ) {
+                return e;
+            }
+        }
     }
     let dataset_only = crate::manifest::config_diff(&m.config, config)
         .iter()
