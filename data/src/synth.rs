@@ -241,6 +241,14 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     }
     let classes = class_names();
     let replaced = clear_previous(out, cfg, &classes)?;
+    // what is being written, until synth.json says it is finished: a rerun after an
+    // interruption knows the images there as this run's (and checks them against it)
+    fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    let writing = out.join(WRITING);
+    let json = serde_json::to_string(cfg).expect("plain data serialises");
+    crate::atomic::replace_with(&writing, |tmp| {
+        fs::write(tmp, json + "\n").map_err(|e| DataError::io(tmp, e))
+    })?;
     let mut jobs: Vec<(u64, &str, usize, u32)> = Vec::new(); // (split id, split, class, index)
     for (split_id, split, n) in [
         (0u64, "train", cfg.train_per_class),
@@ -255,14 +263,14 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
         }
     }
     jobs.par_iter().try_for_each(|&(split_id, split, c, i)| {
-        let mut rng = ChaCha8Rng::from_seed(expand_seed(cfg.seed, DOMAIN_SYNTH));
-        rng.set_stream((split_id << 48) | ((c as u64) << 32) | i as u64);
-        let (w, h, data) = render(&classes[c], &mut Draw(rng), cfg);
         let path: PathBuf = out
             .join(split)
             .join(&classes[c])
             .join(format!("{}_{i:05}.jpg", classes[c]));
-        write_jpeg(&path, w, h, &data, cfg.quality)?;
+        let bytes = image_bytes(cfg, &classes[c], split_id, c, i, &path)?;
+        crate::atomic::replace_with(&path, |tmp| {
+            fs::write(tmp, &bytes).map_err(|e| DataError::io(tmp, e))
+        })?;
         progress();
         Ok::<_, DataError>(())
     })?;
@@ -279,7 +287,38 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     crate::atomic::replace_with(&meta, |tmp| {
         fs::write(tmp, json + "\n").map_err(|e| DataError::io(tmp, e))
     })?;
+    fs::remove_file(&writing).map_err(|e| DataError::io(&writing, e))?;
     Ok(summary)
+}
+
+/// The hidden record of a synth under way (its settings), removed once `synth.json`
+/// is written.
+const WRITING: &str = ".synth-writing.json";
+
+/// The JPEG bytes of image `i` of class `c` (`class`) in split `split_id` (0 train,
+/// 1 val): a pure function of the settings (`path` only names it in an error).
+fn image_bytes(
+    cfg: &SynthConfig,
+    class: &str,
+    split_id: u64,
+    c: usize,
+    i: u32,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let mut rng = ChaCha8Rng::from_seed(expand_seed(cfg.seed, DOMAIN_SYNTH));
+    rng.set_stream((split_id << 48) | ((c as u64) << 32) | i as u64);
+    let (w, h, rgb) = render(class, &mut Draw(rng), cfg);
+    // encoded in memory, then written with its errors checked: a BufWriter dropped
+    // unflushed loses the write error of its last buffer (a full disk left empty and
+    // truncated JPEGs under their final names, and synth exited 0)
+    let mut bytes = Vec::new();
+    JpegEncoder::new_with_quality(&mut bytes, cfg.quality)
+        .encode(&rgb, w, h, image::ExtendedColorType::Rgb8)
+        .map_err(|e| DataError::Dataset {
+            path: path.to_path_buf(),
+            reason: format!("encoding it as JPEG: {e}"),
+        })?;
+    Ok(bytes)
 }
 
 /// Make `out` ready for a new dataset: refused when it holds anything [`generate`] does
@@ -291,10 +330,16 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
     let Ok(top) = fs::read_dir(out) else {
         return Ok(None); // not there yet (or unreadable: the first write will say so)
     };
-    // the earlier dataset's settings (absent when it was interrupted)
+    // the earlier dataset's settings: a finished one's, or those of one interrupted
     let earlier: Option<SynthSummary> = fs::read(out.join("synth.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    let earlier_cfg: Option<SynthConfig> =
+        earlier.as_ref().map(|e| e.config.clone()).or_else(|| {
+            fs::read(out.join(WRITING))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        });
     let mut removed_images = 0u64;
     let foreign = |p: &Path| {
         DataError::dataset(
@@ -303,15 +348,17 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
         )
     };
     let mut stale = Vec::new();
+    // the earlier images this run removes or replaces: (path, split, class, index)
+    let mut theirs: Vec<(PathBuf, u64, usize, u32)> = Vec::new();
     for e in top.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let per_class = match name.as_str() {
-            "synth.json" => {
+        let (split_id, per_class) = match name.as_str() {
+            "synth.json" | WRITING => {
                 stale.push(e.path());
                 continue;
             }
-            "train" => cfg.train_per_class,
-            "val" => cfg.val_per_class,
+            "train" => (0, cfg.train_per_class),
+            "val" => (1, cfg.val_per_class),
             _ => return Err(foreign(&e.path())),
         };
         for c in fs::read_dir(e.path())
@@ -319,7 +366,10 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
             .flatten()
         {
             let class = c.file_name().to_string_lossy().to_string();
-            if !classes.contains(&class) || !c.path().is_dir() {
+            let Some(ci) = classes.iter().position(|k| *k == class) else {
+                return Err(foreign(&c.path()));
+            };
+            if !c.path().is_dir() {
                 return Err(foreign(&c.path()));
             }
             for f in fs::read_dir(c.path())
@@ -340,15 +390,42 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
                     .filter(|i| i.len() == 5)
                     .and_then(|i| i.parse::<u32>().ok());
                 match index {
-                    Some(i) if i >= per_class || tmp.is_some() => {
-                        removed_images += u64::from(tmp.is_none());
-                        stale.push(f.path())
+                    Some(_) if tmp.is_some() => stale.push(f.path()),
+                    Some(i) => {
+                        // an image of synth's name is synth's only where its bytes are
+                        // those the earlier settings give it (checked below): a user's
+                        // file of that name is neither removed nor replaced
+                        theirs.push((f.path(), split_id, ci, i));
+                        if i >= per_class {
+                            removed_images += 1;
+                            stale.push(f.path())
+                        }
                     }
-                    Some(_) => {}
                     None => return Err(foreign(&f.path())),
                 }
             }
         }
+    }
+    if let Some((p, ..)) = theirs.first().filter(|_| earlier_cfg.is_none()) {
+        return Err(DataError::dataset(
+            p,
+            "not written by synth (no synth.json beside it says what was): synth writes \
+             into an empty directory or over its own output",
+        ));
+    }
+    if let Some(then) = &earlier_cfg {
+        theirs.par_iter().try_for_each(|(p, split_id, c, i)| {
+            let want = image_bytes(then, &classes[*c], *split_id, *c, *i, p)?;
+            match fs::read(p) {
+                Ok(have) if have == want => Ok(()),
+                Ok(_) => Err(DataError::dataset(
+                    p,
+                    "not the image synth wrote under this name (edited or replaced?): synth \
+                     writes into an empty directory or over its own output; move it",
+                )),
+                Err(e) => Err(DataError::io(p, e)),
+            }
+        })?;
     }
     for p in stale {
         fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
@@ -367,24 +444,6 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
             "the earlier dataset there: {n} of its images removed"
         )),
     })
-}
-
-/// Write an RGB8 image as a baseline JPEG, atomically (temp file then rename).
-pub fn write_jpeg(path: &Path, w: u32, h: u32, rgb: &[u8], quality: u8) -> Result<()> {
-    crate::atomic::replace_with(path, |tmp| {
-        // encoded in memory, then written with its errors checked: a BufWriter dropped
-        // unflushed loses the write error of its last buffer (a full disk left empty and
-        // truncated JPEGs under their final names, and synth exited 0)
-        let mut bytes = Vec::new();
-        JpegEncoder::new_with_quality(&mut bytes, quality)
-            .encode(rgb, w, h, image::ExtendedColorType::Rgb8)
-            .map_err(|e| DataError::Dataset {
-                path: path.to_path_buf(),
-                reason: format!("encoding it as JPEG: {e}"),
-            })?;
-        fs::write(tmp, &bytes).map_err(|e| DataError::io(tmp, e))
-    })
-    .map_err(DataError::from)
 }
 
 #[cfg(test)]

@@ -346,6 +346,45 @@ fn synth_over_its_own_output_equals_a_fresh_one_and_refuses_other_files() {
         "{e}"
     );
     assert!(mine.exists() && over.path().join("synth.json").exists());
+    std::fs::remove_file(&mine).unwrap();
+
+    // a file of synth's name is synth's only where its bytes are those synth wrote: an
+    // image replaced by the user is neither removed (beyond the new count) nor replaced
+    let img = over.path().join("train/cross_dots/cross_dots_00000.jpg");
+    let theirs = std::fs::read(&img).unwrap();
+    let other = std::fs::read(over.path().join("val/cross_dots/cross_dots_00000.jpg")).unwrap();
+    std::fs::write(&img, &other).unwrap();
+    for per_class in [0, 1] {
+        let e = generate(over.path(), &cfg(per_class, 2), || {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cross_dots_00000.jpg") && e.contains("not the image synth wrote"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&img).unwrap(), other);
+    }
+    std::fs::write(&img, &theirs).unwrap();
+    // an interrupted synth (its record of what it was writing, no synth.json) is taken
+    // over; a directory of synth-named files with neither record is a user's
+    std::fs::remove_file(over.path().join("synth.json")).unwrap();
+    let record = serde_json::to_string(&cfg(1, 2)).unwrap();
+    std::fs::write(over.path().join(".synth-writing.json"), &record).unwrap();
+    generate(over.path(), &cfg(2, 2), || {}).unwrap();
+    assert!(!over.path().join(".synth-writing.json").exists());
+    assert_eq!(open(over.path()).len(), 20);
+    let bare = tempfile::tempdir().unwrap();
+    let precious = bare.path().join("train/cross_dots/cross_dots_00099.jpg");
+    std::fs::create_dir_all(precious.parent().unwrap()).unwrap();
+    std::fs::write(&precious, b"precious").unwrap();
+    let e = generate(bare.path(), &cfg(1, 2), || {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cross_dots_00099.jpg") && e.contains("no synth.json beside it"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&precious).unwrap(), b"precious");
 }
 
 /// A plan that panics on one sample, as a bug in a plan (or a store behind it) would.
