@@ -50,6 +50,22 @@ pub(crate) fn write(
             m.config.encoding,
             m.config.classes.len(),
         )?;
+        // (ids checked against the rows when a shard is opened: contents_error; here
+        // against the lists they index, so that no id is out of them)
+        if let Some(im) = r
+            .images()
+            .iter()
+            .find(|im| im[0] as usize >= paths.len().min(labels.len()))
+        {
+            return Err(StoreError::corrupt(
+                &dir.join(&s.file),
+                format!(
+                    "meal.images lists sample {} of a dataset of {}",
+                    im[0],
+                    paths.len()
+                ),
+            ));
+        }
         imgs.extend_from_slice(r.images());
     }
     imgs.sort();

@@ -213,6 +213,9 @@ impl ShardInfo {
             .find(|id| !(self.first_sample..self.end_sample).contains(id))
         {
             Some(format!("sample {bad} outside the shard's range"))
+        } else if !r.images().iter().map(|im| im[0]).eq(r.samples()) {
+            // (the image table takes each image's path and label by these ids)
+            Some("its meal.images metadata lists other samples than its rows".into())
         } else if let Some(k) = self.skipped.iter().find(|k| r.has_rows(k.sample_id)) {
             Some(format!(
                 "sample {} is listed as skipped but has rows",

@@ -437,6 +437,24 @@ fn a_manifest_listing_a_shard_twice_is_repaired_and_a_wrong_count_named() {
     );
     edit(&|m| m["shards"][0]["images"] = 6.into());
     LabelStore::open(&dir).unwrap();
+    // a sample count edited past the shards, their last one full: each shard's own
+    // range still checks, but the store lacks the shards of the samples added
+    let full = tmp.path().join("full");
+    let samples = ds.len() as u32;
+    let mut whole = cfg.clone();
+    whole.samples_per_shard = samples / 3;
+    write_all(&full, &ds, &whole, None).unwrap();
+    let fpath = full.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&fpath).unwrap()).unwrap();
+    m["config"]["dataset"]["samples"] = (samples + 1).into();
+    std::fs::write(&fpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let e = LabelStore::open(&full).err().unwrap().to_string();
+    assert!(
+        e.contains("manifest.json")
+            && e.contains(&format!("store of {} samples", samples + 1))
+            && e.contains("has 4 shards; the manifest lists 3"),
+        "{e}"
+    );
     // statistics and counts the checksum does not cover: refused at open, and a rerun
     // recomputes the shard (it kept them, and called the store complete)
     for (what, edit_it) in [

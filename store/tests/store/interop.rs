@@ -421,6 +421,7 @@ fn rows_breaking_the_formats_rules_are_refused() {
         ("beyond", "top-k class 10 of a store of 10 classes"),
         ("twice", "listed twice"),
         ("samples", "come after sample"),
+        ("images", "meal.images metadata lists other samples than its rows"),
     ];
     for (case, want) in cases {
         let dir = tmp.path().join(case);
@@ -440,6 +441,12 @@ rows = t.to_pylist()
 if case == "samples":
     # each image's rows kept together and in crop order, the images last to first
     rows.sort(key=lambda r: (-r["sample_id"], r["crop_id"]))
+elif case == "images":
+    # an id the rows do not have, far past the dataset (merge indexed paths by it)
+    import json
+    imgs = json.loads(kv[b"meal.images"])
+    imgs[-1][0] = 99999999
+    kv[b"meal.images"] = json.dumps(imgs).encode()
 else:
     r = rows[1]
     if case == "reversed":
@@ -467,6 +474,19 @@ pq.write_table(t, p, compression="none")
             e.contains(want) && e.contains("shard-000000.parquet"),
             "{case}: {e}"
         );
+        // and a reader's owned crops check each row's rules (inspect printed such a
+        // row, a class id past 16 bits as another class)
+        if !["samples", "images"].contains(&case) {
+            let st = LabelStore::open(&dir).unwrap();
+            let e = (0..ds.len() as u32)
+                .find_map(|id| st.crops(id).err())
+                .expect(case)
+                .to_string();
+            assert!(
+                e.contains(want) && e.contains("shard-000000.parquet"),
+                "{case}: {e}"
+            );
+        }
     }
     // a safetensors store's flip byte
     let dir = tmp.path().join("flip");
