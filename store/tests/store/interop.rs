@@ -421,7 +421,10 @@ fn rows_breaking_the_formats_rules_are_refused() {
         ("beyond", "top-k class 10 of a store of 10 classes"),
         ("twice", "listed twice"),
         ("samples", "come after sample"),
-        ("images", "meal.images metadata lists other samples than its rows"),
+        (
+            "images",
+            "meal.images metadata lists other samples than its rows",
+        ),
     ];
     for (case, want) in cases {
         let dir = tmp.path().join(case);

@@ -465,6 +465,27 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         err.contains("bn1.running_var: a negative running variance"),
         "{err}"
     );
+    // a negative real in exponent form (or -inf) reaches the flag's own check: clap
+    // had called it an unexpected argument '-1'
+    for v in ["-1e-3", "-inf", "-0.1"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+            .args([
+                "train", "--loss", "ce", "--epochs", "1", "--lr", v, "--data",
+            ])
+            .arg(f.root.join("data/train"))
+            .arg("--out")
+            .arg(f.root.join("neg-lr"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("must be a positive number")
+                && err.contains("--lr -"),
+            "{v}: {err}"
+        );
+    }
+    assert!(!f.root.join("neg-lr").exists());
     // --res does nothing to teachers (each has its size=): refused
     let err = eval(
         &["--res", "16", "--teacher"],
