@@ -66,6 +66,23 @@ impl TrainedOn {
         {
             return Err(bad(format!("names class {d:?} twice")));
         }
+        // what the record says decides the model's classes and eval's side: a record
+        // that cannot be true is said as such (it read as a bad --res, or as the
+        // dataset's class count)
+        if let Some(r) = record.res.filter(|r| !(1..=4096).contains(r)) {
+            return Err(bad(format!("gives a side of {r} px (expected 1..=4096)")));
+        }
+        if let Some(c) = &record.classes {
+            if c.is_empty() {
+                return Err(bad("names no class".into()));
+            }
+            if let Some(n) = crate::weights::classifier_rows(path).filter(|&n| n != c.len()) {
+                return Err(bad(format!(
+                    "names {} classes for a classifier of {n} logits",
+                    c.len()
+                )));
+            }
+        }
         Ok(record)
     }
 

@@ -271,9 +271,9 @@ pub fn save_safetensors_with(
     write_tensors_with(&map, path, metadata)
 }
 
-/// The `__metadata__` of a safetensors file (`None` for another format, a file without
-/// it, or one that cannot be read: the caller loads the weights and says why).
-pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
+/// The JSON header of a safetensors file (`None` for another format or one that
+/// cannot be read: the caller loads the weights and says why).
+fn safetensors_header(path: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
@@ -285,7 +285,21 @@ pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
     }
     let mut head = vec![0u8; n as usize];
     f.read_exact(&mut head).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&head).ok()?;
+    serde_json::from_slice(&head).ok()
+}
+
+/// The number of classes a safetensors file's classifier (`fc.weight`) scores, from
+/// its header (`None` for another format or a file without one).
+pub fn classifier_rows(path: &Path) -> Option<usize> {
+    let v = safetensors_header(path)?;
+    let rows = v.get("fc.weight")?.get("shape")?.get(0)?.as_u64()?;
+    usize::try_from(rows).ok()
+}
+
+/// The `__metadata__` of a safetensors file (`None` for another format, a file without
+/// it, or one that cannot be read: the caller loads the weights and says why).
+pub fn safetensors_metadata(path: &Path) -> Option<HashMap<String, String>> {
+    let v = safetensors_header(path)?;
     let meta = v.get("__metadata__")?.as_object()?;
     Some(
         meta.iter()

@@ -523,6 +523,9 @@ fn recorded_classes_are_taken_by_name() {
     for (name, record) in [
         ("twice", r#"{"classes":["c","a","c"],"res":null}"#),
         ("garbled", r#"{"classes":"oops"}"#),
+        ("side", r#"{"classes":null,"res":0}"#),
+        ("more", r#"{"classes":["a","b","c","d"],"res":null}"#),
+        ("empty", r#"{"classes":[],"res":null}"#),
     ] {
         let path = dir.path().join(format!("{name}.safetensors"));
         let meta = [(META_TRAINED_ON.to_string(), record.to_string())];
@@ -535,6 +538,15 @@ fn recorded_classes_are_taken_by_name() {
         );
     }
     assert!(load(&dir.path().join("twice.safetensors"), None).contains("names class \"c\" twice"));
+    // a record that cannot be true (it read as a bad --res, or as the data's count)
+    for (name, said) in [
+        ("side", "gives a side of 0 px"),
+        ("more", "names 4 classes for a classifier of 3 logits"),
+        ("empty", "names no class"),
+    ] {
+        let e = load(&dir.path().join(format!("{name}.safetensors")), None);
+        assert!(e.contains(said), "{name}: {e}");
+    }
     // no list: the classifier's shape, and the way to name its classes
     let e = load(&plain, None);
     assert!(

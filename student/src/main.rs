@@ -211,10 +211,14 @@ fn cli() -> Result<()> {
                     .map_err(|e| {
                         // weights of more classes that record none (timm's): the way to
                         // score a subset is to name their classes
+                        // (only where the weights score more classes than the data's)
+                        let more = meal_models::weights::classifier_rows(&weights)
+                            .is_none_or(|n| n > classes);
                         let hint = match &trained.classes {
                             // (not for weights of another architecture, whose error
                             // says so: the hint would name the wrong one)
-                            None if e.to_string().contains("the weights classify")
+                            None if more
+                                && e.to_string().contains("the weights classify")
                                 && !e.to_string().contains("architecture is") =>
                             {
                                 format!(

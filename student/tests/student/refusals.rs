@@ -465,6 +465,21 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         err.contains("bn1.running_var: a negative running variance"),
         "{err}"
     );
+    // the hint to score a subset by name only for weights of more classes than the
+    // data's (10): it was given for weights of fewer
+    for (n, hinted) in [(3, false), (12, true)] {
+        let w = f.root.join(format!("classes-{n}.safetensors"));
+        ResNet::from_preset("demo_tiny", n, &Device::Cpu, 1)
+            .unwrap()
+            .save(&w)
+            .unwrap();
+        let err = eval(&["--arch", "demo_tiny", "--weights"], &w);
+        assert!(
+            err.contains(&format!("the weights classify {n} classes"))
+                && err.contains("weights of more classes than --data's") == hinted,
+            "{n}: {err}"
+        );
+    }
     // a negative real in exponent form (or -inf) reaches the flag's own check: clap
     // had called it an unexpected argument '-1'
     for v in ["-1e-3", "-inf", "-0.1"] {
