@@ -361,6 +361,23 @@ impl Ensemble {
                 teacher: format!("{}={}", t.arch, t.weights.display()),
                 error: Box::new(e),
             };
+            // weights that record the side they were trained at (meal-student's) run at
+            // it unless the spec gives size=, as `eval --weights` does and as timm's
+            // pretrained config gives each model its own input size
+            let mut t = t.clone();
+            if !t.size_given {
+                if let Some(r) = crate::TrainedOn::of(&t.weights).map_err(named)?.res {
+                    if r != t.size {
+                        tracing::info!(
+                            "teacher {}={}: at {r} px, the side its weights were trained at \
+                             (size= in its spec sets another)",
+                            t.arch,
+                            t.weights.display()
+                        );
+                        t.size = r;
+                    }
+                }
+            }
             let spec = t.spec().map_err(named)?;
             let logits = t.class_list().map_err(named)?;
             teachers.push(

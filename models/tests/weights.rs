@@ -559,3 +559,37 @@ fn recorded_classes_are_taken_by_name() {
         "{e}"
     );
 }
+
+/// A teacher whose weights record the side they were trained at (meal-student's) runs
+/// at that side unless its spec gives `size=`, as `eval --weights` does: a student
+/// trained at 32 px reused as a teacher ran at the preset's 64 px.
+#[test]
+fn a_teacher_runs_at_its_recorded_side_unless_the_spec_gives_one() {
+    use meal_models::ensemble::{Ensemble, TeacherArg};
+    use meal_models::META_TRAINED_ON;
+    let dir = tempfile::tempdir().unwrap();
+    let m = ResNet::from_preset("demo_tiny", 3, &Device::Cpu, 1).unwrap();
+    let recorded = dir.path().join("at32.safetensors");
+    let meta = [(
+        META_TRAINED_ON.to_string(),
+        r#"{"classes":null,"res":32}"#.to_string(),
+    )];
+    meal_models::save_safetensors_with(m.entries(), &recorded, Some(meta.into_iter().collect()))
+        .unwrap();
+    let plain = dir.path().join("plain.safetensors");
+    m.save(&plain).unwrap();
+    let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let side = |spec: String| {
+        let t: TeacherArg = spec.parse().unwrap();
+        let e = Ensemble::load(&[t], &classes, &Device::Cpu, DType::F32).unwrap();
+        e.specs()[0].size
+    };
+    let preset = meal_models::input_config("demo_tiny").unwrap().size;
+    assert_ne!(preset, 32);
+    assert_eq!(side(format!("demo_tiny={}", recorded.display())), 32);
+    assert_eq!(
+        side(format!("demo_tiny={},size=48", recorded.display())),
+        48
+    );
+    assert_eq!(side(format!("demo_tiny={}", plain.display())), preset);
+}

@@ -21,6 +21,9 @@ pub struct TeacherArg {
     pub weights: PathBuf,
     /// Input side.
     pub size: u32,
+    /// Whether the spec gave `size=` (else `size` is the preset's, and weights that
+    /// record the side they were trained at run at that side).
+    pub size_given: bool,
     /// Resize filter.
     pub filter: Filter,
     /// Normalisation.
@@ -66,6 +69,7 @@ impl std::str::FromStr for TeacherArg {
             arch: arch.to_string(),
             weights: PathBuf::from(weights),
             size: d.size,
+            size_given: false,
             filter: d.filter,
             normalize: d.normalize,
             crop_pct: None,
@@ -99,6 +103,7 @@ impl std::str::FromStr for TeacherArg {
             given.push(k);
             match k {
                 "size" => {
+                    t.size_given = true;
                     t.size =
                         v.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
                             ModelError::spec(spec, format!("size={v} is not a side"))
