@@ -130,6 +130,12 @@ fn list_files_numeric_and_named_labels() {
     let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
     assert_eq!(ds.classes().len(), 11);
     assert_eq!((ds.samples()[0].label, ds.samples()[1].label), (2, 10));
+    // and so are labels with a plus sign (Python's int() reads `+2`): as names `+10`
+    // sorted before `+2`
+    fs::write(&list, "imgs/b.jpg,+2\nimgs/a.jpg,+10\n").unwrap();
+    let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
+    assert_eq!(ds.classes().len(), 11);
+    assert_eq!((ds.samples()[0].label, ds.samples()[1].label), (2, 10));
     // a real fraction is no index: among indices it is the typo named
     fs::write(&list, "imgs/b.jpg,2\nimgs/a.jpg,1\n./c.png,2.5\n").unwrap();
     let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err();

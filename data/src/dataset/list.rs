@@ -82,6 +82,9 @@ impl Dataset {
         // pandas writes an integer column holding a missing value as floats), which as
         // a name sorted `10.0` before `2.0` and renumbered the classes without a word
         let index = |s: &str| {
+            // (`+2` too, as Python's int() and pandas read it: as a name `+10` sorted
+            // before `+2`)
+            let s = s.strip_prefix('+').unwrap_or(s);
             let int = match s.split_once('.') {
                 Some((int, frac)) if !frac.is_empty() && frac.bytes().all(|b| b == b'0') => int,
                 Some(_) => return None,
