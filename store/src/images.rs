@@ -187,6 +187,22 @@ pub(crate) fn check_against_shards(
     let path = dir.join(IMAGES);
     let mut listed: Vec<[u32; 3]> = Vec::with_capacity(rows.len());
     for i in rows {
+        // docs/FORMAT.md: relative, `/`-separated, no empty, `.` or `..` component (a
+        // reader joins it to the dataset's root)
+        if i.path.starts_with('/')
+            || i.path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StoreError::corrupt(
+                &path,
+                format!(
+                    "sample {}: path {:?} is not relative to the dataset's root (no empty, \
+                     `.` or `..` part)",
+                    i.sample_id, i.path
+                ),
+            ));
+        }
         if i.label as usize >= classes {
             return Err(StoreError::corrupt(
                 &path,

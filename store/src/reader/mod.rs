@@ -464,7 +464,44 @@ impl LabelStore {
             .flat_map(|r| r.images().iter().copied())
             .collect();
         images::check_against_shards(&self.dir, &rows, stored, self.num_classes())?;
+        self.check_listings(&rows)?;
         Ok(rows)
+    }
+
+    /// The image table's paths and labels against the listing hash each shard recorded
+    /// of its images ([`crate::ShardInfo::listing_sha256`]): a table rewritten with other
+    /// paths or labels (its checksum updated) is refused. Shards with skipped images are
+    /// left out: the table has no label for those.
+    fn check_listings(&self, rows: &[ImageInfo]) -> Result<(), StoreError> {
+        let mut by_id: Vec<&ImageInfo> = rows.iter().collect();
+        by_id.sort_unstable_by_key(|r| r.sample_id);
+        for s in &self.manifest.shards {
+            let Some(want) = s.listing_sha256.as_deref().filter(|_| s.skipped.is_empty()) else {
+                continue;
+            };
+            let from = by_id.partition_point(|r| r.sample_id < s.first_sample);
+            let to = by_id.partition_point(|r| r.sample_id < s.end_sample);
+            let listed: Vec<Sample> = by_id[from..to]
+                .iter()
+                .map(|r| Sample {
+                    id: r.sample_id,
+                    path: r.path.clone(),
+                    label: r.label,
+                    bytes: 0,
+                })
+                .collect();
+            if meal_data::dataset::listing_sha256(&listed) != want {
+                return Err(StoreError::corrupt(
+                    &self.dir.join(images::IMAGES),
+                    format!(
+                        "the paths or labels of samples {}..{} are not those {} was written \
+                         for (its listing_sha256 in the manifest): edited?",
+                        s.first_sample, s.end_sample, s.file
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
