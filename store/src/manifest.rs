@@ -186,16 +186,45 @@ impl StoreConfig {
         let p = &self.crop_pool;
         meal_data::RrcParams::new((p.scale[0], p.scale[1]), (p.ratio[0], p.ratio[1]))
             .map_err(|e| ("crop_pool", e.to_string()))?;
+        // (the one rule a store is written with: docs/FORMAT.md, "Ensemble")
+        if self.ensemble != "mean_softmax" {
+            return Err((
+                "ensemble",
+                format!(
+                    "{:?} (a store's labels are its teachers' mean softmax: \"mean_softmax\")",
+                    self.ensemble
+                ),
+            ));
+        }
         for (i, t) in self.teachers.iter().enumerate() {
-            // the checks of a teacher's input spec (side 1..=4096, means and deviations
-            // on the [0, 1] pixel scale)
-            meal_data::CropSpec::new(t.input_size, meal_data::Filter::Bilinear, {
+            let bad = |e: String| ("teachers", format!("teacher {i} ({}): {e}", t.arch));
+            // the checks of a teacher's input spec (side 1..=4096, a filter by name,
+            // means and deviations on the [0, 1] pixel scale)
+            let filter: meal_data::Filter = t.filter.parse().map_err(|e| bad(format!("{e}")))?;
+            meal_data::CropSpec::new(t.input_size, filter, {
                 meal_data::Normalize {
                     mean: t.mean,
                     std: t.std,
                 }
             })
-            .map_err(|e| ("teachers", format!("teacher {i} ({}): {e}", t.arch)))?;
+            .map_err(|e| bad(e.to_string()))?;
+            if !["f32", "bf16", "f16"].contains(&t.dtype.as_str()) {
+                return Err(bad(format!(
+                    "dtype {:?} (expected f32, bf16 or f16)",
+                    t.dtype
+                )));
+            }
+            // the logit of each of the data's classes: one per class, none twice
+            if let Some(l) = &t.logits {
+                let mut seen = std::collections::HashSet::new();
+                if l.len() != classes || !l.iter().all(|x| seen.insert(x)) {
+                    return Err(bad(format!(
+                        "logits lists {} logits for {classes} classes, or one twice (one \
+                         logit per class of the data)",
+                        l.len()
+                    )));
+                }
+            }
         }
         if classes > meal_data::MAX_CLASSES as usize {
             return Err((

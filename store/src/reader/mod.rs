@@ -170,6 +170,19 @@ impl LabelStore {
                     format!("shard list has a gap or duplicate at {i}"),
                 ));
             }
+            // (the shard's format is its name's: a config.format edited away from the
+            // shards' would describe them wrongly to every other reader)
+            let named = crate::writer::shard_file(s.index, manifest.config.format);
+            if s.file != named {
+                return Err(StoreError::corrupt(
+                    &mpath,
+                    format!(
+                        "shard {} is listed as {}, not {named} (config.format or the shard \
+                         list edited?)",
+                        s.index, s.file
+                    ),
+                ));
+            }
             let path = dir.join(&s.file);
             let len = std::fs::metadata(&path)
                 .map_err(|e| StoreError::io(&path, e))?

@@ -445,7 +445,7 @@ fn shard_count(samples: usize, per_shard: u32) -> u32 {
 }
 
 /// The file name of shard `index` (`shard-NNNNNN.parquet` or `.safetensors`).
-fn shard_file(index: u32, format: ShardFormat) -> String {
+pub(crate) fn shard_file(index: u32, format: ShardFormat) -> String {
     format!("shard-{index:06}.{}", format.extension())
 }
 

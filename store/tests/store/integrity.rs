@@ -284,7 +284,22 @@ fn corruption_is_detected_and_named() {
     );
     // hand-edited fields every reader relies on: refused when the manifest is read,
     // naming it and the field, never a panic later
-    let edits = [
+    let teacher = |rest: &str| {
+        let t = format!(
+            "\"teachers\": [{{\"arch\": \"demo_tiny\", \"weights\": \"w.safetensors\", \
+             \"sha256\": \"00\", \"input_size\": 32, \"filter\": \"bilinear\", \
+             \"mean\": [0.5, 0.5, 0.5], \"std\": [0.5, 0.5, 0.5], {rest}}}]"
+        );
+        // (a teacher of its own is read as written: the fixture's has none)
+        if !rest.contains("filter") {
+            return t;
+        }
+        t.replacen("\"filter\": \"bilinear\", ", "", 1)
+    };
+    let t_dtype = teacher("\"dtype\": \"f64\"");
+    let t_filter = teacher("\"dtype\": \"f32\", \"filter\": \"lanczos\"");
+    let t_logits = teacher("\"dtype\": \"f32\", \"logits\": [99, 0]");
+    let edits: Vec<(&str, &str, &str)> = vec![
         (
             "\"samples_per_shard\": 7",
             "\"samples_per_shard\": 0",
@@ -316,6 +331,28 @@ fn corruption_is_detected_and_named() {
             "expected 7..14",
         ),
         ("0.08,", "-1.0,", "config.crop_pool: invalid scale"),
+        // what the labels mean, refused as on the command line (verify passed them)
+        (
+            "\"ensemble\": \"mean_softmax\"",
+            "\"ensemble\": \"max\"",
+            "config.ensemble: \"max\"",
+        ),
+        (
+            "\"teachers\": []",
+            &t_dtype,
+            "dtype \"f64\" (expected f32, bf16 or f16)",
+        ),
+        (
+            "\"teachers\": []",
+            &t_filter,
+            "\"lanczos\" (expected bilinear or bicubic)",
+        ),
+        ("\"teachers\": []", &t_logits, "logits lists 2 logits for"),
+        (
+            "\"encoding\": \"dense\",\n    \"format\": \"parquet\"",
+            "\"encoding\": \"dense\",\n    \"format\": \"safetensors\"",
+            "is listed as shard-000000.parquet, not shard-000000.safetensors",
+        ),
         // a whole store's manifest that says a worker wrote it (a part copied over it)
         (
             "\"worker\": null",

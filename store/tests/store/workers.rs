@@ -49,11 +49,14 @@ fn workers_and_merge_equal_a_single_run() {
     let bad = tmp.path().join("bad");
     write_all(&bad, &ds, &cfg, Some([0, 2])).unwrap();
     let mut cfg2 = cfg.clone();
-    cfg2.ensemble = "mean_logits".into();
+    cfg2.crop_pool.seed += 1;
     let e = write_all(&bad, &ds, &cfg2, Some([1, 2]))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("ensemble") && e.contains("worker-0-of-2"), "{e}");
+    assert!(
+        e.contains("crop_pool.seed") && e.contains("worker-0-of-2"),
+        "{e}"
+    );
     let elsewhere = tmp.path().join("elsewhere");
     write_all(&elsewhere, &ds, &cfg2, Some([1, 2])).unwrap();
     for f in std::fs::read_dir(&elsewhere).unwrap().flatten() {
@@ -63,7 +66,10 @@ fn workers_and_merge_equal_a_single_run() {
         }
     }
     let e = merge(&bad, &ds).unwrap_err().to_string();
-    assert!(e.contains("ensemble") && e.contains("worker-1-of-2"), "{e}");
+    assert!(
+        e.contains("crop_pool.seed") && e.contains("worker-1-of-2"),
+        "{e}"
+    );
 }
 
 /// One directory holds one store: a single run's, or one split's parts and their merge.
