@@ -59,8 +59,11 @@ pub fn is_hub_id(spec: &Path) -> bool {
         && !s.starts_with('/')
         && !s.starts_with('.')
         && s.split('/').all(|p| !p.is_empty())
-        && !s.ends_with(".safetensors")
-        && !s.ends_with(".pth")
+        // (a mistyped local file of a weights suffix is no repository: hub ids carry
+        // none)
+        && ![".safetensors", ".pth", ".pt", ".bin", ".ckpt"]
+            .iter()
+            .any(|x| s.ends_with(x))
 }
 
 /// [`resolve`] a teacher's weights in place; the error names `flag` and the spec

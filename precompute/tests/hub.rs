@@ -86,6 +86,10 @@ fn hub_teachers_download_cache_and_offline() {
     };
     assert!(is_hub_id(std::path::Path::new("timm/demo_tiny.test")));
     assert!(!is_hub_id(&weights));
+    // a mistyped local file of a weights suffix is not fetched as a repository
+    for typo in ["ckpt/model.pt", "x/model.bin", "runs/last.ckpt", "a/b.pth"] {
+        assert!(!is_hub_id(std::path::Path::new(typo)), "{typo}");
+    }
 
     // offline with an empty cache: refused, no request
     let off = HubConfig {

@@ -233,6 +233,11 @@ impl Run {
         };
         // (the files state.json lists, no other: one of an earlier version lists none)
         for (name, sha) in &state.files {
+            // a plain file name of the checkpoint's (an edited state.json naming
+            // `../x` or an absolute path would have a file outside it read)
+            if Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
+                return Err(altered_file(name, "not a file name of the checkpoint's"));
+            }
             let p = dir.join(name);
             if !p.exists() {
                 return Err(altered_file(name, "missing"));

@@ -178,7 +178,7 @@ fn an_altered_checkpoint_is_refused_on_resume() {
         *t = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
         candle_core::safetensors::save(&sd, p).unwrap();
     };
-    let cases: [(&str, Edit, &str); 5] = [
+    let cases: [(&str, Edit, &str); 6] = [
         (
             "student.safetensors",
             Box::new(move |p: &Path| set_first(p, "fc.bias", 50.0)),
@@ -212,6 +212,16 @@ fn an_altered_checkpoint_is_refused_on_resume() {
                 std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
             }),
             "records no inputs",
+        ),
+        (
+            "state.json",
+            Box::new(|p: &Path| {
+                let mut st: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                st["files"]["../../outside.bin"] = "00".into();
+                std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
+            }),
+            "../../outside.bin: not a file name of the checkpoint's",
         ),
     ];
     let state = ck.join("state.json");
