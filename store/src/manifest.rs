@@ -414,6 +414,12 @@ impl Manifest {
                 ));
             }
             let first = s.index as u64 * per;
+            if first >= c.dataset.samples {
+                return Err(format!(
+                    "shard {} is past the store's {} samples ({per} per shard)",
+                    s.index, c.dataset.samples
+                ));
+            }
             let end = (first + per).min(c.dataset.samples);
             if s.first_sample as u64 != first || s.end_sample as u64 != end {
                 return Err(format!(

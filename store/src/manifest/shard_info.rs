@@ -131,12 +131,12 @@ impl ShardInfo {
             && st.entropy_sum >= -slack
             && st.entropy_sum <= rows * ln_c + slack)
         {
-            format!("an entropy sum of {} over {} rows", st.entropy_sum, st.rows)
+            format!("an entropy sum of {} over {} rows", figure(st.entropy_sum), st.rows)
         } else if !(st.kept_mass_sum.is_finite()
             && st.kept_mass_sum >= -slack
             && st.kept_mass_sum <= rows + slack)
         {
-            format!("a kept mass of {} over {} rows", st.kept_mass_sum, st.rows)
+            format!("a kept mass of {} over {} rows", figure(st.kept_mass_sum), st.rows)
         } else if !(st.kl_sum.is_finite() && st.kl_sum >= -slack) {
             format!("a KL sum of {}", st.kl_sum)
         } else if let Some(k) = self
@@ -249,5 +249,14 @@ impl ShardInfo {
             ));
         }
         Ok(())
+    }
+}
+
+/// A statistic as a refusal shows it: in scientific notation where plain digits would
+/// run long (an edited 1e308 printed 309 digits).
+fn figure(x: f64) -> String {
+    match x.is_finite() && (x.abs() >= 1e9 || (x != 0.0 && x.abs() < 1e-4)) {
+        true => format!("{x:.4e}"),
+        false => format!("{x}"),
     }
 }

@@ -184,9 +184,14 @@ impl LabelStore {
                 ));
             }
             let path = dir.join(&s.file);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| StoreError::io(&path, e))?
-                .len();
+            let meta = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?;
+            if !meta.is_file() {
+                return Err(StoreError::corrupt(
+                    &path,
+                    "not a regular file (a directory, FIFO, socket or device?)",
+                ));
+            }
+            let len = meta.len();
             if len != s.bytes {
                 return Err(StoreError::corrupt(
                     &path,

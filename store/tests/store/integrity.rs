@@ -269,6 +269,16 @@ fn corruption_is_detected_and_named() {
     let e = LabelStore::open(&dir).err().unwrap().to_string();
     assert!(e.contains("shard-000001.parquet"), "{e}");
     std::fs::write(&shard, &good).unwrap();
+    // a directory in a shard's place: said as what it is, not as its size
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    let e = LabelStore::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("shard-000001.parquet") && e.contains("not a regular file"),
+        "{e}"
+    );
+    std::fs::remove_dir(&shard).unwrap();
+    std::fs::write(&shard, &good).unwrap();
     // unknown version
     let mpath = dir.join("manifest.json");
     let m = std::fs::read_to_string(&mpath).unwrap();
@@ -331,6 +341,11 @@ fn corruption_is_detected_and_named() {
             "expected 7..14",
         ),
         ("0.08,", "-1.0,", "config.crop_pool: invalid scale"),
+        (
+            "\"index\": 4",
+            "\"index\": 9",
+            "shard 9 is past the store's 30 samples (7 per shard)",
+        ),
         // what the labels mean, refused as on the command line (verify passed them)
         (
             "\"ensemble\": \"mean_softmax\"",
