@@ -592,4 +592,21 @@ fn a_teacher_runs_at_its_recorded_side_unless_the_spec_gives_one() {
         48
     );
     assert_eq!(side(format!("demo_tiny={}", plain.display())), preset);
+    // the same weights seen the same way twice are named (the mean counts them twice);
+    // at another side they are another view
+    let specs: Vec<TeacherArg> = [
+        format!("demo_tiny={}", plain.display()),
+        format!("demo_tiny={},size=48", plain.display()),
+        format!("demo_tiny={}", plain.display()),
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let e = Ensemble::load(&specs, &classes, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(e.repeated(), [(0, 2)]);
+    let said = e.repeated_said(&["A".into(), "B".into(), "C".into()]);
+    assert!(
+        said.len() == 1 && said[0].starts_with("A and C are the same weights (sha256 "),
+        "{said:?}"
+    );
 }

@@ -57,25 +57,14 @@ fn plan(s: &Settings) -> Result<Plan> {
     let ens = load_ensemble(s, ds.classes(), &device)?;
     check_memory(s, &ds, &ens, &device)?;
     let config = store_config(s, &ds, &ens);
-    // the same weights twice weigh twice in the mean: allowed (a weighted ensemble), but
-    // more often a copy-paste slip
-    for (j, b) in config.teachers.iter().enumerate() {
-        if let Some(i) = config.teachers[..j].iter().position(|a| {
-            // (at another side or normalisation it is another view: test-time
-            // augmentation, not a slip)
-            (&a.sha256, a.input_size, &a.filter, a.mean, a.std)
-                == (&b.sha256, b.input_size, &b.filter, b.mean, b.std)
-        }) {
-            tracing::warn!(
-                "--teacher {}={} and --teacher {}={} are the same weights (sha256 {}): \
-                 the ensemble's mean counts them twice",
-                s.teachers[i].arch,
-                s.teachers[i].weights.display(),
-                s.teachers[j].arch,
-                s.teachers[j].weights.display(),
-                &b.sha256[..12.min(b.sha256.len())]
-            );
-        }
+    // the same weights twice: allowed (a weighted ensemble), more often a slip
+    let names: Vec<String> = s
+        .teachers
+        .iter()
+        .map(|t| format!("--teacher {}={}", t.arch, t.weights.display()))
+        .collect();
+    for w in ens.repeated_said(&names) {
+        tracing::warn!("{w}");
     }
     config.check().map_err(|(key, reason)| {
         // the flag that set the key, not --out: the store itself is fine

@@ -328,6 +328,10 @@ fn cli() -> Result<()> {
                     }
                 };
                 let ens = Ensemble::load(&args, &outputs, &dev, dtype).context("--teacher")?;
+                let said: Vec<String> = teacher.iter().map(|t| format!("--teacher {t}")).collect();
+                for w in ens.repeated_said(&said) {
+                    tracing::warn!("{w}");
+                }
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
                 let rows = eval::EVAL_BATCH.min(ds.len());
@@ -345,13 +349,20 @@ fn cli() -> Result<()> {
                     acc,
                 )
             };
+            let images = |n: u64| match n {
+                1 => "1 image".to_string(),
+                n => format!("{n} images"),
+            };
             let skipped = match acc.skipped {
                 0 => String::new(),
+                1 => " (1 unreadable image skipped, not counted)".to_string(),
                 n => format!(" ({n} unreadable images skipped, not counted)"),
             };
             let line = format!(
-                "{what}: {} images, top-1 {:.4}, top-5 {:.4}{skipped}",
-                acc.images, acc.top1, acc.top5
+                "{what}: {}, top-1 {:.4}, top-5 {:.4}{skipped}",
+                images(acc.images),
+                acc.top1,
+                acc.top5
             );
             match json {
                 true => {

@@ -131,12 +131,20 @@ impl ShardInfo {
             && st.entropy_sum >= -slack
             && st.entropy_sum <= rows * ln_c + slack)
         {
-            format!("an entropy sum of {} over {} rows", figure(st.entropy_sum), st.rows)
+            format!(
+                "an entropy sum of {} over {} rows",
+                figure(st.entropy_sum),
+                st.rows
+            )
         } else if !(st.kept_mass_sum.is_finite()
             && st.kept_mass_sum >= -slack
             && st.kept_mass_sum <= rows + slack)
         {
-            format!("a kept mass of {} over {} rows", figure(st.kept_mass_sum), st.rows)
+            format!(
+                "a kept mass of {} over {} rows",
+                figure(st.kept_mass_sum),
+                st.rows
+            )
         } else if !(st.kl_sum.is_finite() && st.kl_sum >= -slack) {
             format!("a KL sum of {}", st.kl_sum)
         } else if let Some(k) = self

@@ -324,7 +324,16 @@ impl Run {
                 meal_cli::hub::resolve_teacher("--online-teacher", &t.arch, &mut t.weights)?;
             }
             let dtype = meal_models::ensemble::default_dtype(&dev);
-            Some(Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?)
+            let ens = Ensemble::load(&args, classes, &dev, dtype).context("--online-teacher")?;
+            let said: Vec<String> = s
+                .online_teacher
+                .iter()
+                .map(|t| format!("--online-teacher {t}"))
+                .collect();
+            for w in ens.repeated_said(&said) {
+                tracing::warn!("{w}");
+            }
+            Some(ens)
         };
         // on a GPU, against its free memory (the student's weights are on it already)
         let room = Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);

@@ -35,7 +35,7 @@ fn the_bad_file_policy_applies_to_the_val_set() {
     );
     assert!(out.status.success(), "{log}");
     assert!(
-        log.contains("(1 unreadable images skipped, not counted)"),
+        log.contains("(1 unreadable image skipped, not counted)"),
         "{log}"
     );
     // --json's stdout is the object alone (a pipe into jq failed on the summary line)
