@@ -369,10 +369,7 @@ impl Manifest {
         // worker's name mixed two workers' shards on a rerun; a complete store's
         // manifest.json with a worker passed verify)
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let own = match m.worker {
-            None => MANIFEST.to_string(),
-            Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
-        };
+        let own = manifest_name(m.worker);
         if (name == MANIFEST || name.starts_with("manifest.worker-")) && name != own {
             return Err(StoreError::corrupt(
                 &path,
@@ -455,4 +452,13 @@ pub(crate) fn write_atomic(
         AtomicError::Write(e) => e,
         AtomicError::Io(path, e) => StoreError::io(&path, e),
     })
+}
+
+/// The manifest a writer (`worker`, or a single one) keeps: `manifest.json`, or a
+/// part's `manifest.worker-I-of-N.json`.
+pub(crate) fn manifest_name(worker: Option<[u32; 2]>) -> String {
+    match worker {
+        None => MANIFEST.to_string(),
+        Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
+    }
 }

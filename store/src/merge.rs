@@ -233,12 +233,12 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
                 1 => format!(
                     "worker {} of {n} is missing (no {}): run it, then merge",
                     list(&|i| i.to_string()),
-                    list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
+                    list(&|i| crate::manifest::manifest_name(Some([*i, n])))
                 ),
                 _ => format!(
                     "workers {} of {n} are missing (no {}): run them, then merge",
                     list(&|i| i.to_string()),
-                    list(&|i| format!("manifest.worker-{i}-of-{n}.json"))
+                    list(&|i| crate::manifest::manifest_name(Some([*i, n])))
                 ),
             },
         });

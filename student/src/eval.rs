@@ -138,49 +138,25 @@ fn rank_of(scores: &[f32], label: usize) -> usize {
         .count()
 }
 
-/// Evaluate `model` on `ds` at `spec`.
+/// Evaluate `model` on `ds` at `spec`; with `logit_of`, the dataset's class `i` is
+/// scored as the model's logit `logit_of[i]`: a validation set of some of the classes
+/// the model was trained on, named as they were (the model's classes from its
+/// weights' metadata, [`TrainedOn`]).
 pub fn evaluate(
     model: &ResNet,
     ds: &Arc<Dataset>,
     spec: CropSpec,
     read: EvalRead,
     device: &Device,
-) -> Result<Accuracy> {
-    finished(evaluate_until(
-        model,
-        ds,
-        spec,
-        read,
-        device,
-        &AtomicBool::new(false),
-        None,
-    )?)
-}
-
-/// [`evaluate`] with the dataset's class `i` scored as the model's logit `logit_of[i]`:
-/// a validation set of some of the classes the model was trained on, named as they
-/// were (the model's classes from its weights' metadata, [`TrainedOn`]).
-pub fn evaluate_mapped(
-    model: &ResNet,
-    ds: &Arc<Dataset>,
-    spec: CropSpec,
-    read: EvalRead,
-    device: &Device,
-    logit_of: &[usize],
+    logit_of: Option<&[usize]>,
 ) -> Result<Accuracy> {
     let never = AtomicBool::new(false);
     finished(evaluate_until(
-        model,
-        ds,
-        spec,
-        read,
-        device,
-        &never,
-        Some(logit_of),
+        model, ds, spec, read, device, &never, logit_of,
     )?)
 }
 
-/// [`evaluate`] (with `logit_of` as [`evaluate_mapped`]'s), given up (None) once `stop`
+/// [`evaluate`], given up (None) once `stop`
 /// is set: a training's validation must not hold a stop signal for a whole pass (a
 /// scheduler's grace period is seconds).
 pub fn evaluate_until(
@@ -312,7 +288,7 @@ pub fn logit_of(trained: &TrainedOn, data: &[String], whose: Logits) -> Result<O
 
 /// Evaluate the mean softmax of an ensemble, each member at its own spec.
 /// With `logit_of`, the dataset's class `i` is scored as the ensemble's output
-/// `logit_of[i]` ([`evaluate_mapped`]'s rule: teachers that record more classes than a
+/// `logit_of[i]` ([`evaluate`]'s rule: teachers that record more classes than a
 /// validation list holds).
 pub fn evaluate_ensemble(
     ens: &Ensemble,

@@ -262,10 +262,7 @@ fn cli() -> Result<()> {
                     ),
                     "lower --res",
                 )?;
-                let acc = match &logit_of {
-                    Some(m) => eval::evaluate_mapped(&model, &ds, spec, read, &dev, m)?,
-                    None => eval::evaluate(&model, &ds, spec, read, &dev)?,
-                };
+                let acc = eval::evaluate(&model, &ds, spec, read, &dev, logit_of.as_deref())?;
                 (weights.display().to_string(), acc)
             } else {
                 let mut args = TeacherArg::parse_all(&teacher).context("--teacher")?;

@@ -104,7 +104,7 @@ fn teachers_precompute_distil_evaluate() {
     m.load_weights(&r.weights, LoadOptions::default()).unwrap();
     let val = Arc::new(Dataset::open(&root.join("data/val"), LinkPolicy::StayInside).unwrap());
     let spec = CropSpec::new(24, Filter::Bilinear, Normalize::default()).unwrap();
-    let acc = meal_student::eval::evaluate(&m, &val, spec, READ, &dev).unwrap();
+    let acc = meal_student::eval::evaluate(&m, &val, spec, READ, &dev, None).unwrap();
     assert_eq!(acc.images, 10);
     assert!(
         (acc.top1 - last.val_top1.unwrap()).abs() < 1e-9,

@@ -56,7 +56,7 @@ fn shipped_teachers_are_the_listed_files_and_reach_their_stated_accuracy() {
         let model = ResNet::from_preset(arch, 10, &dev, 0).unwrap();
         model.load_weights(&file, LoadOptions::default()).unwrap();
         let spec = input_config(arch).unwrap().spec_at(size).unwrap();
-        let acc = evaluate(&model, &val, spec, READ, &dev).unwrap();
+        let acc = evaluate(&model, &val, spec, READ, &dev, None).unwrap();
         let stated = t["val_top1"].as_f64().unwrap();
         assert!(
             (acc.top1 - stated).abs() <= TOLERANCE,

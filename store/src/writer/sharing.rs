@@ -329,10 +329,4 @@ pub(super) fn follow_parts(dir: &Path, m: &Manifest) {
     }
 }
 
-/// The manifest a writer (`worker`, or a single one) keeps.
-pub(super) fn manifest_name(worker: Option<[u32; 2]>) -> String {
-    match worker {
-        None => MANIFEST.to_string(),
-        Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),
-    }
-}
+pub(super) use crate::manifest::manifest_name;

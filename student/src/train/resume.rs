@@ -83,14 +83,14 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
     let out = &s.out;
     let dir = out.join(CHECKPOINT);
     let sp = dir.join("state.json");
+    // the run's results there (a fresh run is refused over them)
+    let held: Vec<&str> = RESULT_FILES
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
     if dir.is_dir() && !sp.exists() {
         // without this, a plain run says "pass --resume" and --resume "no checkpoint".
-        // Starting over there needs the results gone too (a fresh run is refused over
-        // them)
-        let held: Vec<&str> = RESULT_FILES
-            .into_iter()
-            .filter(|f| out.join(f).exists())
-            .collect();
+        // Starting over there needs the results gone too
         bail!(
             "--resume: {} is incomplete (no state.json; removed by hand?): remove it{} to \
              start over in {}, or start a new run in another --out with --init {} if that \
@@ -106,11 +106,7 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
     }
     if !dir.exists() {
         // (train: a directory with neither results nor a checkpoint starts afresh)
-        let held = RESULT_FILES
-            .into_iter()
-            .filter(|f| out.join(f).exists())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let held = held.join(", ");
         let weights = out.join(STUDENT_FILE);
         bail!(
             "--resume: {} holds a run's results ({held}) but no checkpoint to resume \

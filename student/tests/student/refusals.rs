@@ -363,9 +363,9 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
         meal_data::Normalize::IMAGENET,
     )
     .unwrap();
-    let ok = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu).unwrap();
+    let ok = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu, None).unwrap();
     assert_eq!(ok.images, 10);
-    let e = meal_student::eval::evaluate(&broken, &val, spec, read, &Device::Cpu)
+    let e = meal_student::eval::evaluate(&broken, &val, spec, read, &Device::Cpu, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not finite"), "{e}");
@@ -373,7 +373,7 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
     for s in val.samples() {
         std::fs::write(val.full_path(s), b"").unwrap();
     }
-    let e = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu)
+    let e = meal_student::eval::evaluate(&model, &val, spec, read, &Device::Cpu, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("no image could be read"), "{e}");
