@@ -176,7 +176,13 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
         meal_store::Encoding::TopK { k, .. } => usize::from(k).min(3),
         meal_store::Encoding::Dense => 3,
     };
+    // (every crop of the store is read: minutes for ImageNet's)
+    let bar = meal_cli::progress_bar(
+        images.len() as u64,
+        "inspect [{bar:30}] {pos}/{len} images  {elapsed} (eta {eta})",
+    );
     for im in &images {
+        bar.inc(1);
         let row = classes
             .get_mut(im.label as usize)
             .with_context(|| format!("images.parquet: label {} out of range", im.label))?;
@@ -249,6 +255,7 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
             }
         }
     }
+    bar.finish_and_clear();
     let w = c
         .classes
         .iter()
@@ -393,9 +400,15 @@ pub fn write_histograms(ins: &Inspection, classes: usize, title: &str, path: &Pa
 /// Verify checksums, row counts and probability sums; returns the text report.
 pub fn verify(dir: &Path) -> Result<String> {
     let store = LabelStore::open(dir).with_context(|| format!("verify {}", dir.display()))?;
+    // (every shard hashed, then its rows read: minutes for ImageNet's ~30 GB)
+    let bar = meal_cli::progress_bar(
+        2 * store.manifest().shards.len() as u64,
+        "verify [{bar:30}] {pos}/{len} shard checks  {elapsed} (eta {eta})",
+    );
     let r = store
-        .verify()
+        .verify_with(&|| bar.inc(1))
         .with_context(|| format!("verify {}", dir.display()))?;
+    bar.finish_and_clear();
     let want = store.manifest().summary.as_ref().map(|s| s.rows);
     if let Some(w) = want {
         if w != r.rows {

@@ -289,7 +289,17 @@ fn cli() -> Result<()> {
         Cmd::Merge { data, out, links } => {
             let links = LinkPolicy::follow_if(links.follow_links);
             let ds = meal_data::cli::open(&data, "--data", links)?;
-            let m = meal_store::merge(&out, &ds)
+            // (every part's shard is hashed: minutes for ImageNet's)
+            let bar = meal_cli::progress_bar(
+                0,
+                "merge [{bar:30}] {pos}/{len} shards checked  {elapsed} (eta {eta})",
+            );
+            let m = meal_store::merge_with(&out, &ds, &|done, of| {
+                bar.set_length(of);
+                bar.set_position(done);
+            });
+            bar.finish_and_clear();
+            let m = m
                 .with_context(|| format!("merge {}", out.display()))
                 .map_err(|e| {
                     hints::read_only(

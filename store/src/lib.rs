@@ -23,7 +23,7 @@ pub use manifest::{
     config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
     MANIFEST,
 };
-pub use merge::{merge, Merged};
+pub use merge::{merge, merge_with, Merged};
 pub use reader::{
     distribution_error, LabelStore, NotADistribution, VerifyReport, PROB_SUM_TOLERANCE,
 };

@@ -26,6 +26,16 @@ pub struct Merged {
 /// Join the manifests of workers `0..n` in `dir` into `manifest.json`: refused when
 /// their configs differ (naming the keys) or a shard is missing.
 pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
+    merge_with(dir, dataset, &|_, _| {})
+}
+
+/// [`merge`], calling `progress(done, of)` as each shard is checked (hashed: the
+/// merge's long part).
+pub fn merge_with(
+    dir: &Path,
+    dataset: &Dataset,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Merged, StoreError> {
     let samples = dataset.samples();
     if !dir.is_dir() {
         // checked before the lock, which would create the directory
@@ -283,7 +293,9 @@ pub fn merge(dir: &Path, dataset: &Dataset) -> Result<Merged, StoreError> {
     }
     // every worker shard is checked against its manifest while merging: a damaged or
     // replaced file fails here, not at training time
-    for s in &m.shards {
+    let of = m.shards.len() as u64;
+    for (done, s) in m.shards.iter().enumerate() {
+        progress(done as u64, of);
         // the worker that wrote it (shard s % n), whose rerun writes it again
         let who = format!("rerun worker {} of {n}, then merge", s.index % n);
         s.check_written(dir, &m.config).map_err(|e| match e {

@@ -36,6 +36,9 @@ pub struct EvalRead {
     pub threads: usize,
     /// Unreadable images: skipped (not counted) or an error naming the file.
     pub policy: BadFilePolicy,
+    /// A progress bar over the images (the `eval` command's; a training's validation
+    /// runs under its own epoch's line).
+    pub bar: bool,
 }
 
 /// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits; None
@@ -76,11 +79,20 @@ fn eval_loop(
     )?;
     let k = 5.min(classes);
     let (mut n, mut c1, mut c5) = (0u64, 0u64, 0u64);
+    let bar = read.bar.then(|| {
+        meal_cli::progress_bar(
+            ds.len() as u64,
+            "eval [{bar:30}] {pos}/{len} images  {per_sec}  {elapsed} (eta {eta})",
+        )
+    });
     for b in loader {
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let b = b.with_context(|| format!("evaluating on {}", ds.root().display()))?;
+        if let Some(bar) = &bar {
+            bar.inc(b.rows.len() as u64);
+        }
         if b.is_empty() {
             continue;
         }

@@ -186,6 +186,7 @@ fn cli() -> Result<()> {
             let read = eval::EvalRead {
                 threads,
                 policy: on_bad_file.parse().context("--on-bad-file")?,
+                bar: true,
             };
             let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data", links.follow_links)?;

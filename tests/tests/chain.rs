@@ -16,6 +16,7 @@ use meal_student::eval::EvalRead;
 const READ: EvalRead = EvalRead {
     threads: 2,
     policy: meal_data::BadFilePolicy::Fail,
+    bar: false,
 };
 
 #[test]

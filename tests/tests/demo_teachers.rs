@@ -17,6 +17,7 @@ use meal_student::eval::{evaluate, evaluate_ensemble, EvalRead};
 const READ: EvalRead = EvalRead {
     threads: 2,
     policy: meal_data::BadFilePolicy::Fail,
+    bar: false,
 };
 
 /// Accuracies may move by a few images across CPUs (AVX2 vs AVX-512 rounding).

@@ -388,8 +388,14 @@ impl LabelStore {
     /// its images from it: a repeated or missing id would train one image twice and
     /// another never).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with(&|| {})
+    }
+
+    /// [`Self::verify`], calling `progress` once per shard hashed and once per shard
+    /// whose rows are checked (twice the shard count in all: a progress bar's steps).
+    pub fn verify_with(&self, progress: &(dyn Fn() + Sync)) -> Result<VerifyReport, StoreError> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.verify_checksums(threads)?;
+        self.verify_checksums_with(threads, progress)?;
         let mut rows = 0u64;
         let mut max_err = 0f64;
         for (info, r) in self.manifest.shards.iter().zip(&self.shards) {
@@ -426,6 +432,7 @@ impl LabelStore {
                     rows += 1;
                 }
             }
+            progress();
         }
         self.verify_images()?;
         Ok(VerifyReport {
@@ -441,13 +448,25 @@ impl LabelStore {
     /// brings them into the page cache). The error is the first damaged shard's in
     /// shard order.
     pub fn verify_checksums(&self, threads: usize) -> Result<(), StoreError> {
+        self.verify_checksums_with(threads, &|| {})
+    }
+
+    /// [`Self::verify_checksums`], calling `progress` once per shard hashed.
+    pub fn verify_checksums_with(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<(), StoreError> {
         let n = threads.clamp(1, self.shards.len().max(1));
         let bad: Vec<Option<usize>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
                 .map(|t| {
                     scope.spawn(move || {
                         (t..self.shards.len()).step_by(n).find(|&i| {
-                            sha256_hex(self.shards[i].bytes()) != self.manifest.shards[i].sha256
+                            let bad = sha256_hex(self.shards[i].bytes())
+                                != self.manifest.shards[i].sha256;
+                            progress();
+                            bad
                         })
                     })
                 })

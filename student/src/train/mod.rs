@@ -223,6 +223,7 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
             let read = EvalRead {
                 threads: s.threads,
                 policy: s.policy,
+                bar: false,
             };
             // under `--on-bad-file skip` a validation that fails (no readable image,
             // non-finite scores) is logged and left out of the epoch's figures (null,

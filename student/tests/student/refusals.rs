@@ -356,6 +356,7 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
     let read = meal_student::eval::EvalRead {
         threads: 1,
         policy: meal_data::BadFilePolicy::Skip,
+        bar: false,
     };
     let spec = meal_data::CropSpec::new(
         24,
