@@ -103,8 +103,8 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
         let _ = writeln!(
             t,
             "teacher      {} ({}, sha256 {}), {} px {} mean {:?} std {:?}, {}{by_name}",
-            tc.arch,
-            tc.weights,
+            shown(&tc.arch),
+            shown(&tc.weights),
             &tc.sha256[..12.min(tc.sha256.len())],
             tc.input_size,
             tc.filter,
@@ -140,7 +140,7 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
             }
         );
         for k in skipped.iter().take(SKIPPED_SHOWN) {
-            let _ = writeln!(t, "               {}: {}", k.path, k.reason);
+            let _ = writeln!(t, "               {}: {}", shown(&k.path), shown(&k.reason));
         }
         // intact, but nothing to train on (`verify` fails on it)
         if m.shards.iter().all(|s| s.images == 0) {
@@ -236,7 +236,7 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
                 let top: Vec<String> = ranked
                     .iter()
                     .take(top_shown)
-                    .map(|&(k, p)| format!("{}:{:.3}", c.classes[k], p))
+                    .map(|&(k, p)| format!("{}:{:.3}", shown(&c.classes[k]), p))
                     .collect();
                 let _ = writeln!(
                     sample_rows,
@@ -259,7 +259,7 @@ pub fn inspect_with(dir: &Path, rows: usize, classes_shown: Option<usize>) -> Re
     let w = c
         .classes
         .iter()
-        .map(|n| unicode_width::UnicodeWidthStr::width(n.as_str()))
+        .map(|n| unicode_width::UnicodeWidthStr::width(shown(n).as_str()))
         .max()
         .unwrap_or(5)
         .clamp(5, 40);
@@ -336,6 +336,8 @@ fn fit(s: &str, n: usize) -> String {
     // one measure throughout, the string's (an emoji sequence joined by ZWJ is one
     // glyph: its characters' widths summed are more)
     use unicode_width::UnicodeWidthStr;
+    let shown = shown(s);
+    let s = shown.as_str();
     let mut out = if s.width() <= n {
         s.to_string()
     } else {
@@ -352,6 +354,18 @@ fn fit(s: &str, n: usize) -> String {
     let used = out.width();
     out.extend(std::iter::repeat_n(' ', n.saturating_sub(used)));
     out
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): a class, path or file
+/// name from a store or a dataset is printed as text, never as a line break or a
+/// terminal's escape sequence.
+fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// Counts of `v` in `bins` equal bins over `[lo, hi]`.
@@ -483,5 +497,12 @@ mod tests {
         // a ZWJ sequence measured as the string is, in sizing and in fitting alike
         let coder = "👩\u{200d}💻coder";
         assert_eq!(fit(coder, coder.width()), coder);
+        // control characters are shown escaped, never a line break or an escape
+        // sequence reaching the terminal
+        let odd = fit("new\nline\u{1b}[2J", 24);
+        assert!(
+            odd.starts_with("new\\nline\\u{1b}[2J") && !odd.chars().any(char::is_control),
+            "{odd:?}"
+        );
     }
 }
