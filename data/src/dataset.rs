@@ -80,6 +80,8 @@ pub struct Fingerprint {
 #[derive(Clone, Debug)]
 pub struct Dataset {
     root: PathBuf,
+    /// What was opened: the root, or the list file.
+    source: PathBuf,
     classes: Vec<String>,
     samples: Vec<Sample>,
     fingerprint: Fingerprint,
@@ -180,13 +182,19 @@ impl Dataset {
                 "no image files in any class directory",
             ));
         }
-        Ok(Self::build(root.to_path_buf(), classes, samples))
+        Ok(Self::build(
+            root.to_path_buf(),
+            root.to_path_buf(),
+            classes,
+            samples,
+        ))
     }
 
-    fn build(root: PathBuf, classes: Vec<String>, samples: Vec<Sample>) -> Self {
+    fn build(root: PathBuf, source: PathBuf, classes: Vec<String>, samples: Vec<Sample>) -> Self {
         let fingerprint = fingerprint(&classes, &samples);
         Dataset {
             root,
+            source,
             classes,
             samples,
             fingerprint,
@@ -196,6 +204,12 @@ impl Dataset {
     /// The dataset root; sample paths are relative to it.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What was opened: the ImageFolder root, or the list file (whose directory is
+    /// [`Dataset::root`]): the name to give the dataset by in a message.
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     /// Class names; the label is the index.

@@ -115,7 +115,7 @@ pub fn merge_with(
                  listed): rerun those workers on it (each keeps its unchanged shards), then \
                  merge",
                 stale.join(", "),
-                dataset.root().display()
+                dataset.source().display()
             ),
         });
     }
@@ -133,7 +133,7 @@ pub fn merge_with(
                 "config.classes is not the class list of {} (class {at}: {part} there, \
                  {data} in the data), whose images it labelled: the part was edited; \
                  restore it, or rerun its worker",
-                dataset.root().display(),
+                dataset.source().display(),
             ),
         });
     }
@@ -144,7 +144,7 @@ pub fn merge_with(
                 "the workers labelled another dataset ({} samples, fingerprint {}) than {} ({} samples, fingerprint {}): give merge the dataset the workers labelled, as they read it",
                 c.dataset.samples,
                 c.dataset.sha256,
-                dataset.root().display(),
+                dataset.source().display(),
                 dataset.fingerprint().samples,
                 dataset.fingerprint().sha256
             ),

@@ -55,7 +55,7 @@ fn eval_loop(
     if logit_of.is_none() && ds.classes().len() != classes {
         bail!(
             "{}: {} classes, the model has {classes}",
-            ds.root().display(),
+            ds.source().display(),
             ds.classes().len()
         );
     }
@@ -89,7 +89,7 @@ fn eval_loop(
         if stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let b = b.with_context(|| format!("evaluating on {}", ds.root().display()))?;
+        let b = b.with_context(|| format!("evaluating on {}", ds.source().display()))?;
         if let Some(bar) = &bar {
             bar.inc(b.rows.len() as u64);
         }
@@ -121,7 +121,7 @@ fn eval_loop(
     if n == 0 {
         bail!(
             "{}: no image could be read (every file was skipped as unreadable)",
-            ds.root().display()
+            ds.source().display()
         );
     }
     let d = n as f64;

@@ -243,7 +243,7 @@ impl Dataset {
                 bytes,
             });
         }
-        Ok(Self::build(root, classes, samples))
+        Ok(Self::build(root, list.to_path_buf(), classes, samples))
     }
 }
 

@@ -378,6 +378,21 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no image could be read"), "{e}");
+    // a list file's dataset is named by the list, not its directory
+    let list = f.root.join("data/val-list.csv");
+    let rows: String = val
+        .samples()
+        .iter()
+        .map(|s| format!("val/{},{}\n", s.path, s.label))
+        .collect();
+    std::fs::write(&list, rows).unwrap();
+    let listed = std::sync::Arc::new(
+        meal_data::Dataset::open(&list, meal_data::LinkPolicy::FollowAnywhere).unwrap(),
+    );
+    let e = meal_student::eval::evaluate(&model, &listed, spec, read, &Device::Cpu, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("val-list.csv: no image could be read"), "{e}");
 }
 
 /// An epoch in which every image was unreadable fails naming --data (it reported a loss
