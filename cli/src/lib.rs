@@ -5,11 +5,13 @@
 pub mod config;
 pub mod hub;
 pub mod memory;
+pub mod pair;
 pub mod plot;
 pub mod progress;
 pub mod signals;
 
 pub use config::{naming_config, naming_config_of_flags, read_toml, Layers};
+pub use pair::Pair;
 
 /// A command-line count (`--batch`, `--epochs`, ...): a whole number, 0 or more, said as
 /// such when it is not one (clap's own words were "invalid digit found in string" for

@@ -107,7 +107,8 @@ pub struct RunArgs {
     pub images_per_row_group: Option<u32>,
 }
 
-pub use meal_models::ensemble::{Pair, TeacherArg};
+pub use meal_cli::Pair;
+pub use meal_models::ensemble::TeacherArg;
 
 /// Resolved settings of a run.
 #[derive(Clone, Debug)]

@@ -470,6 +470,46 @@ pub fn verify(dir: &Path) -> Result<String> {
             meal_data::error::first_few(&extra, 5)
         );
     }
+    // a merged store's worker parts stay beside it (a worker rerun or a merge reads
+    // them): one that does not read, or of another split, would fail those later
+    let mut odd = Vec::new();
+    let mut splits = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut parts: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
+            .collect();
+        parts.sort();
+        for name in parts {
+            match meal_store::Manifest::read_file(&dir.join(&name)) {
+                Ok(m) => {
+                    splits.insert(m.worker.map_or(0, |[_, n]| n));
+                }
+                Err(e) => odd.push(format!("{name} ({e})")),
+            }
+        }
+    }
+    if !odd.is_empty() || splits.len() > 1 {
+        let _ = write!(
+            text,
+            "\nnote: worker parts beside the store that a worker rerun or a merge here would \
+             refuse: {}{}",
+            meal_data::error::first_few(&odd, 3),
+            match splits.len() > 1 {
+                true => format!(
+                    "{}parts of splits into {} workers",
+                    if odd.is_empty() { "" } else { "; " },
+                    splits
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+                false => String::new(),
+            }
+        );
+    }
     Ok(text)
 }
 

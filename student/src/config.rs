@@ -68,7 +68,7 @@ pub struct TrainArgs {
     /// RandomResizedCrop scale range of fresh crops (runs without a store; with one,
     /// the stored crops are replayed) [default: 0.08,1].
     #[arg(long, value_name = "MIN,MAX")]
-    pub scale: Option<meal_models::ensemble::Pair>,
+    pub scale: Option<meal_cli::Pair>,
     /// Base learning rate [default: 0.01].
     #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f64>,

@@ -42,7 +42,7 @@ fn teachers_precompute_distil_evaluate() {
         batch: Some(10),
         crops_per_image: Some(2),
         lr: Some(0.02),
-        scale: Some(meal_models::ensemble::Pair([0.35, 1.0])),
+        scale: Some(meal_precompute::config::Pair([0.35, 1.0])),
         threads: Some(2),
         out: Some(root.join(out)),
         ..Default::default()
@@ -71,7 +71,7 @@ fn teachers_precompute_distil_evaluate() {
             ),
         ],
         crops_per_image: Some(4),
-        scale: Some(meal_models::ensemble::Pair([0.35, 1.0])),
+        scale: Some(meal_precompute::config::Pair([0.35, 1.0])),
         threads: Some(2),
         ..Default::default()
     }

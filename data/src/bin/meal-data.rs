@@ -40,13 +40,13 @@ struct SynthArgs {
     #[arg(long)]
     out: PathBuf,
     /// Seed; the same seed gives byte-identical files.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u64>, default_value_t = 0)]
     seed: u64,
     /// Training images per class (10 classes).
-    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().train_per_class)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u32>, default_value_t = SynthConfig::default().train_per_class)]
     train_per_class: u32,
     /// Validation images per class.
-    #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().val_per_class)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u32>, default_value_t = SynthConfig::default().val_per_class)]
     val_per_class: u32,
     /// Smallest image side (8 to 4096).
     #[arg(long, allow_negative_numbers = true, default_value_t = SynthConfig::default().min_side,
@@ -76,23 +76,23 @@ struct BenchArgs {
     #[arg(long)]
     data: PathBuf,
     /// Output side.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 224)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u32>, default_value_t = 224)]
     res: u32,
     /// Decode threads.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<usize>, default_value_t = 1)]
     threads: usize,
     /// Crops per decoded image.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u32>, default_value_t = 1)]
     crops: u32,
     /// Images per batch.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<usize>, default_value_t = 32)]
     batch: usize,
     /// Resampling filter (bilinear, bicubic).
     #[arg(long, default_value = "bilinear")]
     filter: Filter,
     /// Passes over the data, at least 2 (the first warms the page cache and is not timed;
     /// the best of the others is reported).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, value_parser = meal_cli::whole::<u32>, default_value_t = 3)]
     passes: u32,
     #[command(flatten)]
     links: meal_cli::FollowLinks,

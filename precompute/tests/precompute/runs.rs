@@ -98,6 +98,21 @@ fn interrupted_then_resumed_equals_one_run_and_workers_merge_to_it() {
         reference,
         "merged store differs"
     );
+    // verify is silent on intact parts and notes a damaged one beside the merged store
+    // (a later worker rerun or merge would fail on it)
+    let merged = f.root.join("workers");
+    let v = inspect::verify(&merged).unwrap();
+    assert!(v.starts_with("ok") && !v.contains("worker parts"), "{v}");
+    let part = merged.join("manifest.worker-1-of-2.json");
+    let kept = std::fs::read(&part).unwrap();
+    std::fs::write(&part, b"{").unwrap();
+    let v = inspect::verify(&merged).unwrap();
+    assert!(
+        v.contains("note: worker parts beside the store")
+            && v.contains("manifest.worker-1-of-2.json ("),
+        "{v}"
+    );
+    std::fs::write(&part, kept).unwrap();
 }
 
 #[test]

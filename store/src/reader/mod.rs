@@ -105,7 +105,7 @@ impl LabelStore {
                 return Err(StoreError::Mismatch {
                     path: dir.to_path_buf(),
                     reason: format!(
-                        "not a label store (no {MANIFEST}): meal-precompute run writes one"
+                        "not a label store (no {MANIFEST}): the precompute that labels a dataset writes one"
                     ),
                 });
             }
@@ -139,9 +139,9 @@ impl LabelStore {
                      files that pyarrow or DuckDB read meanwhile, docs/FORMAT.md)",
                     manifest.shards.len(),
                     match running {
-                        true => "a meal-precompute run is writing it now: wait for it to end",
+                        true => "a precompute is writing it now: wait for it to end",
                         // (a split's parts were met above: this is a single run's)
-                        false => "rerun the meal-precompute run that wrote it to finish it",
+                        false => "rerun the precompute that wrote it to finish it",
                     }
                 ),
             });

@@ -148,7 +148,7 @@ fn settings_out_of_range_are_errors_naming_the_flag() {
     // --scale draws fresh crops: with a store, whose crops are replayed, it would
     // do nothing
     let mut a = args(&f, "scale");
-    a.scale = Some(meal_models::ensemble::Pair([0.5, 1.0]));
+    a.scale = Some(meal_cli::Pair([0.5, 1.0]));
     let e = format!("{:#}", go(a).unwrap_err());
     assert!(
         e.contains("--scale 0.5,1") && e.contains("--labels") && e.contains("replayed"),
