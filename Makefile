@@ -124,7 +124,7 @@ resume  = $(if $(wildcard $(1)/checkpoint),--resume)
 
 .PHONY: release baseline replicate recipe-check clean-runs
 release:
-	$(CARGO) build --release -p meal-data -p meal-precompute -p meal-student
+	$(CARGO) build --release -p meal-data-cli -p meal-precompute -p meal-student
 
 ## the recipe each stage was made with (its recipe.txt, written when it finishes): a
 ## changed variable is refused by name, naming the stages to redo, where the finished

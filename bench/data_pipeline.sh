@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 per_class=${1:-30}
 res=${2:-224}
 out=bench/out/jpegs_${per_class}
-cargo build --release -p meal-data --bin meal-data >&2
+cargo build --release -p meal-data-cli >&2
 bin=target/release/meal-data
 if [ ! -f "$out/synth.json" ]; then
     # ImageNet-like: sides 375..500, JPEG quality 90, noisy content.

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/cuda-toolchain.sh)"
 export CARGO_TARGET_DIR=${CUDA_TARGET:-target/cuda}
-cargo build --release --features cuda -p meal-data -p meal-precompute -p meal-student
+cargo build --release --features cuda -p meal-data-cli -p meal-precompute -p meal-student
 exe() { sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
 bench=$(cargo bench --features cuda -p meal-models --bench models --no-run 2>&1 | exe)
 # each op alone at ResNet-50's shapes (models/benches/ops.rs)

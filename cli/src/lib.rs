@@ -3,6 +3,7 @@
 //! the check that a batch fits in memory ([`memory`]).
 
 pub mod config;
+pub mod dataset;
 pub mod hub;
 pub mod memory;
 pub mod pair;
@@ -11,6 +12,7 @@ pub mod progress;
 pub mod signals;
 
 pub use config::{naming_config, naming_config_of_flags, read_toml, Layers};
+pub use dataset::open_dataset;
 pub use pair::Pair;
 
 /// A command-line count (`--batch`, `--epochs`, ...): a whole number, 0 or more, said as

@@ -12,13 +12,10 @@
 //! - [`resample`]: PIL's antialiased bilinear/bicubic resize, bit for bit.
 //! - [`loader`]: the parallel, bounded, deterministic batch loader.
 //! - [`synth`]: the synthetic demo dataset.
-//! - `cli` (feature `cli`): opening the dataset a command-line flag names.
 //!
 //! docs/DATA.md describes the behaviour and the choices made.
 
 pub mod atomic;
-#[cfg(feature = "cli")]
-pub mod cli;
 pub mod crop;
 pub mod dataset;
 pub mod decode;

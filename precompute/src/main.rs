@@ -288,7 +288,7 @@ fn cli() -> Result<()> {
         }
         Cmd::Merge { data, out, links } => {
             let links = LinkPolicy::follow_if(links.follow_links);
-            let ds = meal_data::cli::open(&data, "--data", links)?;
+            let ds = meal_cli::open_dataset(&data, "--data", links)?;
             // (every part's shard is hashed: minutes for ImageNet's)
             let bar = meal_cli::progress_bar(
                 0,

@@ -50,7 +50,7 @@ struct Plan {
 
 fn plan(s: &Settings) -> Result<Plan> {
     let device = meal_models::parse_device(&s.device).context("--device")?;
-    let ds = Arc::new(meal_data::cli::open(&s.data, "--data", s.links)?);
+    let ds = Arc::new(meal_cli::open_dataset(&s.data, "--data", s.links)?);
     if ds.is_empty() {
         bail!("--data {}: no images", s.data.display());
     }
@@ -500,7 +500,7 @@ fn run_devices(
         return Err(e);
     }
     let report = if parts.iter().all(|r| r.complete) {
-        let ds = meal_data::cli::open(&s.data, "--data", s.links)?;
+        let ds = meal_cli::open_dataset(&s.data, "--data", s.links)?;
         let m = meal_store::merge(&s.out, &ds)
             .with_context(|| format!("merging the devices' parts in {}", s.out.display()))?;
         store_report(&m.manifest, true)

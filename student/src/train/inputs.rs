@@ -13,7 +13,7 @@ use crate::config::Settings;
 
 /// Open the dataset at `p` (named by `flag` in errors), refusing an empty one.
 pub fn open_dataset(p: &Path, flag: &str, follow_links: bool) -> Result<Arc<Dataset>> {
-    let ds = meal_data::cli::open(p, flag, LinkPolicy::follow_if(follow_links))?;
+    let ds = meal_cli::open_dataset(p, flag, LinkPolicy::follow_if(follow_links))?;
     if ds.is_empty() {
         bail!("{flag} {}: no images", p.display());
     }

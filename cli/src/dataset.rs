@@ -1,18 +1,18 @@
-//! The command line's face of the data library (feature `cli`): opening the dataset a
-//! flag names, with the flag and the switch that lifts a refusal in the error. The
-//! library's own errors name no flag; the three binaries open datasets through this.
+//! Opening the dataset a flag names, with the flag and the switch that lifts a refusal
+//! in the error. The data library's own errors name no flag; the three binaries open
+//! datasets through this.
 
 use std::path::Path;
 
-use crate::{DataError, Dataset, LinkPolicy};
+use meal_data::{DataError, Dataset, LinkPolicy};
 
 /// The dataset at `path`, given by `flag` (`--data`, `--val`): an error opening it says
 /// the flag and path, and where a symlink leaving the root was refused, the switch that
 /// follows it.
-pub fn open(path: &Path, flag: &str, links: LinkPolicy) -> anyhow::Result<Dataset> {
+pub fn open_dataset(path: &Path, flag: &str, links: LinkPolicy) -> anyhow::Result<Dataset> {
     let ds = Dataset::open(path, links).map_err(|e| {
         let outside = matches!(e, DataError::LinkOutsideRoot { .. });
-        anyhow::Error::from(e).context(meal_cli::dataset_context(flag, path, outside))
+        anyhow::Error::from(e).context(crate::dataset_context(flag, path, outside))
     })?;
     // the parent of the splits, its "classes" train and val: refused here, not later as
     // weights of another class count
@@ -50,7 +50,7 @@ mod tests {
             std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join("a.jpg"), b"").unwrap();
         }
-        let e = open(dir.path(), "--val", LinkPolicy::StayInside)
+        let e = open_dataset(dir.path(), "--val", LinkPolicy::StayInside)
             .unwrap_err()
             .to_string();
         assert!(
@@ -59,7 +59,7 @@ mod tests {
         );
         let list = dir.path().join("list.csv");
         std::fs::write(&list, "train/a.jpg,train\nval/a.jpg,val\n").unwrap();
-        let ds = open(&list, "--data", LinkPolicy::StayInside).unwrap();
+        let ds = open_dataset(&list, "--data", LinkPolicy::StayInside).unwrap();
         assert_eq!(ds.classes(), ["train", "val"]);
     }
 }

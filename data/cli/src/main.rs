@@ -156,7 +156,7 @@ fn synth(a: SynthArgs) -> Result<()> {
 }
 
 fn index(a: IndexArgs) -> Result<()> {
-    let ds = meal_data::cli::open(
+    let ds = meal_cli::open_dataset(
         &a.data,
         "dataset",
         LinkPolicy::follow_if(a.links.follow_links),
@@ -234,7 +234,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         ),
         "lower --crops, --batch or --res",
     )?;
-    let ds = Arc::new(meal_data::cli::open(
+    let ds = Arc::new(meal_cli::open_dataset(
         &a.data,
         "--data",
         LinkPolicy::follow_if(a.links.follow_links),

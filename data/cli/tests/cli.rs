@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+// the data crate's test fixtures (a tiny synthetic dataset)
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 #[test]
