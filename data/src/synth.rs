@@ -211,44 +211,47 @@ pub struct SynthSummary {
     pub replaced: Option<String>,
 }
 
+impl SynthConfig {
+    /// Whether these settings make a dataset: sides 8 to 4096 (min at most max), some
+    /// images, a JPEG quality 1 to 100. Settings read back from a directory's record
+    /// are checked too (an edited `synth.json` asked for 100,000-pixel sides).
+    pub fn check(&self) -> Result<()> {
+        if self.min_side < 8 || self.min_side > self.max_side || self.max_side > 4096 {
+            return Err(DataError::param(
+                "min/max side",
+                format!(
+                    "need 8 <= min <= max <= 4096, got {}..{}",
+                    self.min_side, self.max_side
+                ),
+            ));
+        }
+        if self.train_per_class == 0 && self.val_per_class == 0 {
+            // (every tool refused the empty dataset it made; a val split alone is a use)
+            return Err(DataError::param(
+                "train_per_class/val_per_class",
+                "both 0: no image to make",
+            ));
+        }
+        if !(1..=100).contains(&self.quality) {
+            return Err(DataError::param(
+                "quality",
+                format!("{} (expected 1..=100)", self.quality),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Write the dataset under `out` (`out/train/<class>/*.jpg`, `out/val/...`, and
 /// `out/synth.json`) into an empty directory or over an earlier synth's output (whose
 /// images this one does not write are removed; anything else there is refused, naming
 /// it). The output is byte-identical for the same settings. Files are written to a
 /// temporary name and renamed, so an interrupted run leaves no half-written image.
 pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Result<SynthSummary> {
-    if cfg.min_side < 8 || cfg.min_side > cfg.max_side || cfg.max_side > 4096 {
-        return Err(DataError::param(
-            "min/max side",
-            format!(
-                "need 8 <= min <= max <= 4096, got {}..{}",
-                cfg.min_side, cfg.max_side
-            ),
-        ));
-    }
-    if cfg.train_per_class == 0 && cfg.val_per_class == 0 {
-        // (every tool refused the empty dataset it made; a val split alone is a use)
-        return Err(DataError::param(
-            "train_per_class/val_per_class",
-            "both 0: no image to make",
-        ));
-    }
-    if !(1..=100).contains(&cfg.quality) {
-        return Err(DataError::param(
-            "quality",
-            format!("{} (expected 1..=100)", cfg.quality),
-        ));
-    }
+    cfg.check()?;
     let classes = class_names();
     let replaced = clear_previous(out, cfg, &classes)?;
-    // what is being written, until synth.json says it is finished: a rerun after an
-    // interruption knows the images there as this run's (and checks them against it)
-    fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let writing = out.join(WRITING);
-    let json = serde_json::to_string(cfg).expect("plain data serialises");
-    crate::atomic::replace_with(&writing, |tmp| {
-        fs::write(tmp, json + "\n").map_err(|e| DataError::io(tmp, e))
-    })?;
     let mut jobs: Vec<(u64, &str, usize, u32)> = Vec::new(); // (split id, split, class, index)
     for (split_id, split, n) in [
         (0u64, "train", cfg.train_per_class),
@@ -291,9 +294,19 @@ pub fn generate(out: &Path, cfg: &SynthConfig, progress: impl Fn() + Sync) -> Re
     Ok(summary)
 }
 
-/// The hidden record of a synth under way (its settings), removed once `synth.json`
-/// is written.
+/// The hidden record of a synth under way: the settings whose images the directory
+/// may hold (this run's first, then those of the output it replaces), removed once
+/// `synth.json` is written.
 const WRITING: &str = ".synth-writing.json";
+
+/// Write the record of a synth under way ([`WRITING`]) in `out`, atomically.
+fn write_record(out: &Path, cfgs: &[SynthConfig]) -> Result<()> {
+    let json = serde_json::to_string(cfgs).expect("plain data serialises");
+    crate::atomic::replace_with(&out.join(WRITING), |tmp| {
+        fs::write(tmp, json + "\n").map_err(|e| DataError::io(tmp, e))
+    })
+    .map_err(DataError::from)
+}
 
 /// The JPEG bytes of image `i` of class `c` (`class`) in split `split_id` (0 train,
 /// 1 val): a pure function of the settings (`path` only names it in an error).
@@ -328,18 +341,28 @@ fn image_bytes(
 /// is written again last. Returns what of an earlier dataset changes, if anything.
 fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<Option<String>> {
     let Ok(top) = fs::read_dir(out) else {
-        return Ok(None); // not there yet (or unreadable: the first write will say so)
+        // not there yet (or unreadable: the first write will say so)
+        fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+        write_record(out, &[cfg.clone()])?;
+        return Ok(None);
     };
-    // the earlier dataset's settings: a finished one's, or those of one interrupted
+    // the earlier dataset's settings: a finished one's, and those of an interrupted
+    // synth (its record lists every setting whose images may be there: an interrupted
+    // rewrite leaves the old settings' images beside the new ones'). A record that
+    // could not have made a dataset is no record
     let earlier: Option<SynthSummary> = fs::read(out.join("synth.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let earlier_cfg: Option<SynthConfig> =
-        earlier.as_ref().map(|e| e.config.clone()).or_else(|| {
-            fs::read(out.join(WRITING))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        });
+    let recorded: Vec<SynthConfig> = fs::read(out.join(WRITING))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut earlier_cfgs: Vec<SynthConfig> = Vec::new();
+    for c in earlier.iter().map(|e| e.config.clone()).chain(recorded) {
+        if c.check().is_ok() && !earlier_cfgs.contains(&c) {
+            earlier_cfgs.push(c);
+        }
+    }
     let mut removed_images = 0u64;
     let foreign = |p: &Path| {
         DataError::dataset(
@@ -353,14 +376,22 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
     for e in top.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let (split_id, per_class) = match name.as_str() {
-            "synth.json" | WRITING => {
+            "synth.json" => {
                 stale.push(e.path());
                 continue;
             }
+            // (rewritten below, before anything is removed)
+            WRITING => continue,
             "train" => (0, cfg.train_per_class),
             "val" => (1, cfg.val_per_class),
             _ => return Err(foreign(&e.path())),
         };
+        // (a link is never synth's: a linked folder would have files outside `out`
+        // removed or replaced)
+        let is_dir = |t: std::io::Result<fs::FileType>| t.is_ok_and(|t| t.is_dir());
+        if !is_dir(e.file_type()) {
+            return Err(foreign(&e.path()));
+        }
         for c in fs::read_dir(e.path())
             .map_err(|err| DataError::io(e.path(), err))?
             .flatten()
@@ -369,7 +400,7 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
             let Some(ci) = classes.iter().position(|k| *k == class) else {
                 return Err(foreign(&c.path()));
             };
-            if !c.path().is_dir() {
+            if !is_dir(c.file_type()) {
                 return Err(foreign(&c.path()));
             }
             for f in fs::read_dir(c.path())
@@ -389,7 +420,9 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
                     .and_then(|r| r.strip_suffix(".jpg"))
                     .filter(|i| i.len() == 5)
                     .and_then(|i| i.parse::<u32>().ok());
+                let file_type = f.file_type();
                 match index {
+                    _ if !file_type.is_ok_and(|t| t.is_file()) => return Err(foreign(&f.path())),
                     Some(_) if tmp.is_some() => stale.push(f.path()),
                     Some(i) => {
                         // an image of synth's name is synth's only where its bytes are
@@ -406,27 +439,31 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
             }
         }
     }
-    if let Some((p, ..)) = theirs.first().filter(|_| earlier_cfg.is_none()) {
+    if let Some((p, ..)) = theirs.first().filter(|_| earlier_cfgs.is_empty()) {
         return Err(DataError::dataset(
             p,
             "not written by synth (no synth.json beside it says what was): synth writes \
              into an empty directory or over its own output",
         ));
     }
-    if let Some(then) = &earlier_cfg {
-        theirs.par_iter().try_for_each(|(p, split_id, c, i)| {
-            let want = image_bytes(then, &classes[*c], *split_id, *c, *i, p)?;
-            match fs::read(p) {
-                Ok(have) if have == want => Ok(()),
-                Ok(_) => Err(DataError::dataset(
-                    p,
-                    "not the image synth wrote under this name (edited or replaced?): synth \
-                     writes into an empty directory or over its own output; move it",
-                )),
-                Err(e) => Err(DataError::io(p, e)),
+    theirs.par_iter().try_for_each(|(p, split_id, c, i)| {
+        let have = fs::read(p).map_err(|e| DataError::io(p, e))?;
+        for then in &earlier_cfgs {
+            if image_bytes(then, &classes[*c], *split_id, *c, *i, p)? == have {
+                return Ok(());
             }
-        })?;
-    }
+        }
+        Err(DataError::dataset(
+            p,
+            "not the image synth wrote under this name (edited or replaced?): synth writes \
+             into an empty directory or over its own output; move it",
+        ))
+    })?;
+    // recorded before anything is removed or replaced: an interruption from here on
+    // leaves images of these settings, and the record that says so
+    let mut now = vec![cfg.clone()];
+    now.extend(earlier_cfgs.into_iter().filter(|c| c != cfg));
+    write_record(out, &now)?;
     for p in stale {
         fs::remove_file(&p).map_err(|e| DataError::io(&p, e))?;
     }

@@ -368,11 +368,48 @@ fn synth_over_its_own_output_equals_a_fresh_one_and_refuses_other_files() {
     // an interrupted synth (its record of what it was writing, no synth.json) is taken
     // over; a directory of synth-named files with neither record is a user's
     std::fs::remove_file(over.path().join("synth.json")).unwrap();
-    let record = serde_json::to_string(&cfg(1, 2)).unwrap();
+    let record = serde_json::to_string(&[cfg(1, 2)]).unwrap();
     std::fs::write(over.path().join(".synth-writing.json"), &record).unwrap();
     generate(over.path(), &cfg(2, 2), || {}).unwrap();
     assert!(!over.path().join(".synth-writing.json").exists());
     assert_eq!(open(over.path()).len(), 20);
+    // a rewrite with other settings interrupted halfway (some images the new
+    // settings', the rest the old's, the record naming both): finished by a rerun with
+    // either settings, each equal to a fresh synth of them
+    for (then, now) in [(cfg(2, 2), cfg(2, 5)), (cfg(2, 2), cfg(2, 2))] {
+        let (half, fresh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        generate(half.path(), &then, || {}).unwrap();
+        generate(fresh.path(), &cfg(2, 5), || {}).unwrap();
+        std::fs::remove_file(half.path().join("synth.json")).unwrap();
+        let record = serde_json::to_string(&[cfg(2, 5), then.clone()]).unwrap();
+        std::fs::write(half.path().join(".synth-writing.json"), &record).unwrap();
+        for c in ["cross_dots", "disc_dots", "ring_dots"] {
+            let f = format!("train/{c}/{c}_00000.jpg");
+            std::fs::copy(fresh.path().join(&f), half.path().join(&f)).unwrap();
+        }
+        generate(half.path(), &now, || {}).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        generate(again.path(), &now, || {}).unwrap();
+        assert_eq!(
+            open(half.path()).fingerprint(),
+            open(again.path()).fingerprint()
+        );
+    }
+    // a record whose settings could not have made a dataset (an edited side of 40000)
+    // is no record: the images are refused, not re-rendered at that size
+    std::fs::remove_file(over.path().join("synth.json")).unwrap();
+    let mut huge = cfg(2, 2);
+    huge.max_side = 40000;
+    huge.min_side = 40000;
+    std::fs::write(
+        over.path().join(".synth-writing.json"),
+        serde_json::to_string(&[huge]).unwrap(),
+    )
+    .unwrap();
+    let e = generate(over.path(), &cfg(2, 2), || {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no synth.json beside it"), "{e}");
     let bare = tempfile::tempdir().unwrap();
     let precious = bare.path().join("train/cross_dots/cross_dots_00099.jpg");
     std::fs::create_dir_all(precious.parent().unwrap()).unwrap();
