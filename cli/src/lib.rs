@@ -30,6 +30,36 @@ pub fn whole<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     }
 }
 pub use progress::{progress_bar, LogLines, LOG_EVERY};
+
+/// The command line `args` with each of `flags` given as `--flag VALUE`, where VALUE
+/// begins with `-` (`--lr -1e-3`, `--scale -1,1`, `--lr -inf`), joined into
+/// `--flag=VALUE`: clap takes only plain negative numbers as values, and a flag that
+/// took any value beginning with `-` swallowed the next flag when its own value was
+/// missing (`--lr --epochs 3`). A value that is a long flag (`--x`) or `-h`/`-V` is
+/// left alone, so clap says the value is missing.
+pub fn join_hyphen_values(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    flags: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(a) = args.next() {
+        let ours = a.to_str().is_some_and(|a| flags.contains(&a));
+        let value = args
+            .peek()
+            .and_then(|v| v.to_str())
+            .filter(|v| v.starts_with('-') && !v.starts_with("--") && !matches!(*v, "-h" | "-V"));
+        match (ours, value) {
+            (true, Some(v)) => {
+                let joined = format!("{}={v}", a.to_string_lossy());
+                args.next();
+                out.push(joined.into());
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
 pub use signals::{
     error_text, finish, interrupt_exit_code, interrupt_flag, interrupted, report_bus_errors,
 };
@@ -254,6 +284,25 @@ pub fn number(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A value beginning with `-` is joined to its flag; a flag in its place, or a
+    /// flag not listed, is left alone.
+    #[test]
+    fn hyphen_values_are_joined_to_their_flags() {
+        let join = |a: &[&str]| {
+            super::join_hyphen_values(a.iter().map(|s| s.into()), &["--lr", "--scale"])
+                .into_iter()
+                .map(|s| s.into_string().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            join(&["x", "--lr", "-1e-3", "--scale", "-1,1", "--seed", "-2"]),
+            ["x", "--lr=-1e-3", "--scale=-1,1", "--seed", "-2"]
+        );
+        assert_eq!(join(&["--lr", "--epochs", "3"]), ["--lr", "--epochs", "3"]);
+        assert_eq!(join(&["--lr", "-h"]), ["--lr", "-h"]);
+        assert_eq!(join(&["--lr", "0.1", "--lr"]), ["--lr", "0.1", "--lr"]);
+    }
+
     #[test]
     fn a_count_says_what_it_takes() {
         assert_eq!(super::whole::<usize>("12"), Ok(12));

@@ -52,10 +52,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "P")]
     pub crops_per_image: Option<u32>,
     /// RandomResizedCrop scale range [default: 0.08,1].
-    #[arg(long, allow_hyphen_values = true, value_name = "MIN,MAX")]
+    #[arg(long, value_name = "MIN,MAX")]
     pub scale: Option<Pair>,
     /// RandomResizedCrop aspect-ratio range [default: 0.75,1.3333333333333333].
-    #[arg(long, allow_hyphen_values = true, value_name = "MIN,MAX")]
+    #[arg(long, value_name = "MIN,MAX")]
     pub ratio: Option<Pair>,
     /// Seed of the crop pool [default: 0].
     #[arg(long, value_parser = meal_cli::whole::<u64>, allow_negative_numbers = true)]
@@ -83,7 +83,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     pub dtype: Option<String>,
     /// Run part I of N (0-based) of the shards; join the parts with `merge`.
-    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
+    #[arg(long, value_name = "I/N")]
     pub worker: Option<String>,
     /// Stop after the shards covering the first N images (a quick try; the store stays
     /// partial and a later run without --limit completes it).

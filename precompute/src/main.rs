@@ -85,7 +85,10 @@ fn cli() -> Result<()> {
          store with meal-precompute verify",
         meal_data::mapped::name_at,
     );
-    match Cli::parse().cmd {
+    // (values beginning with `-`: see join_hyphen_values)
+    let args =
+        meal_cli::join_hyphen_values(std::env::args_os(), &["--scale", "--ratio", "--worker"]);
+    match Cli::parse_from(args).cmd {
         Cmd::Run(args) => {
             let config = args.config.clone();
             let s = args.resolve()?;

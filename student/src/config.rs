@@ -70,7 +70,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "MIN,MAX")]
     pub scale: Option<meal_cli::Pair>,
     /// Base learning rate [default: 0.01].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub lr: Option<f64>,
     /// Learning-rate schedule [default: step].
     #[arg(long, value_parser = ["step", "cosine", "constant"])]
@@ -79,10 +79,10 @@ pub struct TrainArgs {
     #[arg(long, value_parser = meal_cli::whole::<u32>, allow_negative_numbers = true, value_name = "EPOCHS")]
     pub lr_steps: Option<u32>,
     /// Decay factor of the step schedule [default: 0.1].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub lr_gamma: Option<f64>,
     /// SGD momentum [default: 0.9].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub momentum: Option<f64>,
     /// Nesterov momentum [default: false].
     #[arg(long)]
@@ -92,7 +92,7 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub follow_links: Option<bool>,
     /// Weight decay (not applied to BatchNorm and bias parameters) [default: 0].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub wd: Option<f64>,
     /// The discriminator [default: on for kd, off for ce].
     #[arg(long, value_parser = ["on", "off"])]
@@ -100,7 +100,7 @@ pub struct TrainArgs {
     pub disc: Option<String>,
     /// The discriminator's own learning rate [default: --lr, which is what upstream
     /// ends up using: its separate rate is overwritten every epoch].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub disc_lr: Option<f64>,
     /// kd: the soft labels of the store or the online teachers; ce: hard labels
     /// [default: kd].

@@ -82,7 +82,19 @@ fn cli() -> Result<()> {
          --resume (it starts from the beginning if it had not)",
         meal_data::mapped::name_at,
     );
-    match Cli::parse().cmd {
+    // (values beginning with `-`: see join_hyphen_values)
+    let args = meal_cli::join_hyphen_values(
+        std::env::args_os(),
+        &[
+            "--lr",
+            "--lr-gamma",
+            "--momentum",
+            "--wd",
+            "--disc-lr",
+            "--scale",
+        ],
+    );
+    match Cli::parse_from(args).cmd {
         Cmd::Train(args) => {
             let config = args.config.clone();
             let s = args.resolve()?;

@@ -517,6 +517,13 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         );
     }
     assert!(!f.root.join("neg-lr").exists());
+    // a missing value is said as such, not taken from the next flag
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .args(["train", "--lr", "--epochs", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a value is required for '--lr"), "{err}");
     // --res does nothing to teachers (each has its size=): refused
     let err = eval(
         &["--res", "16", "--teacher"],
