@@ -130,6 +130,20 @@ fn list_files_numeric_and_named_labels() {
     let ds = Dataset::open(&list, LinkPolicy::StayInside).unwrap();
     assert_eq!(ds.classes().len(), 11);
     assert_eq!((ds.samples()[0].label, ds.samples()[1].label), (2, 10));
+    // numbers that are no index throughout are refused, not sorted as names as text
+    for labels in [["-1", "-10"], ["0.5", "1.5"], ["1e1", "2e1"]] {
+        fs::write(
+            &list,
+            format!("imgs/b.jpg,{}\nimgs/a.jpg,{}\n", labels[0], labels[1]),
+        )
+        .unwrap();
+        let e = Dataset::open(&list, LinkPolicy::StayInside).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the labels are numbers but not class indices"),
+            "{labels:?}: {e}"
+        );
+    }
     // and so are labels with a plus sign (Python's int() reads `+2`): as names `+10`
     // sorted before `+2`
     fs::write(&list, "imgs/b.jpg,+2\nimgs/a.jpg,+10\n").unwrap();

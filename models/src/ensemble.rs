@@ -144,7 +144,13 @@ impl Teacher {
                     path,
                     arch,
                     mut details,
-                } if details.contains("the weights classify") && (listed || !named) => {
+                } if details.contains("the weights classify")
+                    && (listed
+                        // (the way to a subset: for weights of more classes than the data's)
+                        || (!named
+                            && crate::weights::classifier_rows(weights)
+                                .is_none_or(|n| n > classes.len()))) =>
+                {
                     details.push_str(&match listed {
                         true => format!(
                             "\n  its classes= list names {} classes: one per logit, in order",

@@ -553,6 +553,17 @@ fn recorded_classes_are_taken_by_name() {
         e.contains("the weights classify 3 classes") && e.contains("classes=FILE"),
         "{e}"
     );
+    // weights of fewer classes than the data's: no way to a subset is offered
+    let one = dir.path().join("one.safetensors");
+    ResNet::from_preset("demo_tiny", 1, &Device::Cpu, 4)
+        .unwrap()
+        .save(&one)
+        .unwrap();
+    let e = load(&one, None);
+    assert!(
+        e.contains("the weights classify 1 classes") && !e.contains("classes=FILE"),
+        "{e}"
+    );
     let e = load(&perm, list(&["a", "b", "c"]));
     assert!(
         e.contains("perm.safetensors") && e.contains("leave classes= out"),

@@ -168,6 +168,22 @@ impl Dataset {
                         ));
                     }
                 }
+                // numbers that are no class index (`-1`, `0.5`, `1e1`) throughout: read as
+                // names they would be classes sorted as text (`-10` before `-2`), which
+                // is no one's meaning
+                if rows.iter().all(|r| r.1.parse::<f64>().is_ok()) {
+                    if let Some((_, label, line)) = rows.first() {
+                        return Err(DataError::dataset(
+                            list,
+                            format!(
+                                "line {line}: label {label:?}: the labels are numbers but not \
+                                 class indices (whole numbers 0, 1, ...): write them as indices, \
+                                 or as class names{}",
+                                header(*line)
+                            ),
+                        ));
+                    }
+                }
                 let names: BTreeSet<&str> = rows.iter().map(|r| r.1.as_str()).collect();
                 // (70,000 names were accepted)
                 check_class_count(list, names.len(), "class names")?;
