@@ -52,8 +52,21 @@ fn triple(s: &str, key: &str, spec: &str) -> Result<[f32; 3]> {
 impl std::str::FromStr for TeacherArg {
     type Err = ModelError;
     fn from_str(spec: &str) -> Result<Self> {
-        let mut parts = spec.split(',');
-        let head = parts.next().unwrap_or_default();
+        // the weights: the longest run of comma-separated parts that names a file that
+        // is there (a path with `,size=` in it), else the first part
+        let all: Vec<&str> = spec.split(',').collect();
+        let taken = (2..=all.len())
+            .rev()
+            .find(|&k| {
+                all[..k]
+                    .join(",")
+                    .split_once('=')
+                    .is_some_and(|(_, w)| std::path::Path::new(w).is_file())
+            })
+            .unwrap_or(1);
+        let head_owned = all[..taken].join(",");
+        let head = head_owned.as_str();
+        let parts = all[taken..].iter().copied();
         let Some((arch, weights)) = head
             .split_once('=')
             .filter(|(a, w)| !a.is_empty() && !w.is_empty())
@@ -256,6 +269,14 @@ mod tests {
             .parse::<TeacherArg>()
             .unwrap_err();
         assert!(e.to_string().contains("classes= needs a file"), "{e}");
+        // a path whose comma is followed by key=value is taken whole where it is a file
+        let odd = dir.path().join("d,size=32");
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::write(odd.join("w.pth"), b"").unwrap();
+        let t: TeacherArg = format!("demo_tiny={}/w.pth,size=48", odd.display())
+            .parse()
+            .unwrap();
+        assert_eq!((t.weights, t.size), (odd.join("w.pth"), 48));
         // a comma inside a path: what follows it is no key=value, so it is the path's
         let t: TeacherArg = "demo_tiny=runs/a,b/w.pth,size=32,classes=x,y.txt"
             .parse()
