@@ -99,8 +99,10 @@ fn plan(s: &Settings) -> Result<Plan> {
             s.out.display()
         );
     }
+    let sizes: Vec<u32> = config.teachers.iter().map(|t| t.input_size).collect();
     let writer = StoreWriter::open(&s.out, config, ds.samples(), s.worker)
-        .with_context(|| format!("--out {}", s.out.display()))?;
+        .with_context(|| format!("--out {}", s.out.display()))
+        .map_err(|e| recorded_side_hint(e, s, &sizes))?;
     let all_pending = writer.pending_shards();
     let (wi, wn) = s.worker.map(|[i, n]| (i, n)).unwrap_or((0, 1));
     let owned = (0..writer.num_shards()).filter(|x| x % wn == wi).count() as u32;
@@ -515,4 +517,38 @@ fn run_devices(
     // this process's wall time, set-up and merge included
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// `e` (a refusal of the store in `--out`), with the way on where a teacher runs at
+/// the side its weights record while the store was made at another (stores made before
+/// teachers ran at their recorded side ran at the preset's): `size=` in its spec.
+fn recorded_side_hint(e: anyhow::Error, s: &Settings, sizes: &[u32]) -> anyhow::Error {
+    if !format!("{e:#}").contains("input_size") {
+        return e;
+    }
+    let Ok(m) = meal_store::Manifest::read_file(&s.out.join(meal_store::manifest_name(s.worker)))
+    else {
+        return e;
+    };
+    let ways: Vec<String> = s
+        .teachers
+        .iter()
+        .zip(sizes)
+        .zip(&m.config.teachers)
+        .filter(|((t, &now), then)| !t.size_given && now != then.input_size)
+        .map(|((t, now), then)| {
+            format!(
+                "--teacher {}={} runs at {now} px, the side its weights record; the store's \
+                 was made at {} px: add ,size={} to its spec to continue it",
+                t.arch,
+                t.weights.display(),
+                then.input_size,
+                then.input_size
+            )
+        })
+        .collect();
+    match ways.is_empty() {
+        true => e,
+        false => anyhow::anyhow!("{e:#}; {}", ways.join("; ")),
+    }
 }

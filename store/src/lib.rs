@@ -20,8 +20,8 @@ pub use crops::Crops;
 pub use images::ImageInfo;
 pub use label::{entropy, top1, Encoding, SoftLabel};
 pub use manifest::{
-    config_diff, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary, TeacherInfo,
-    MANIFEST,
+    config_diff, manifest_name, CropPool, Manifest, ShardFormat, State, StoreConfig, Summary,
+    TeacherInfo, MANIFEST,
 };
 pub use merge::{merge, merge_with, Merged};
 pub use reader::{

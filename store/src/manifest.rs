@@ -456,7 +456,7 @@ pub(crate) fn write_atomic(
 
 /// The manifest a writer (`worker`, or a single one) keeps: `manifest.json`, or a
 /// part's `manifest.worker-I-of-N.json`.
-pub(crate) fn manifest_name(worker: Option<[u32; 2]>) -> String {
+pub fn manifest_name(worker: Option<[u32; 2]>) -> String {
     match worker {
         None => MANIFEST.to_string(),
         Some([i, n]) => format!("manifest.worker-{i}-of-{n}.json"),

@@ -364,3 +364,33 @@ fn a_batch_that_cannot_fit_in_memory_is_refused() {
     );
     assert!(!f.root.join("big-shard").exists());
 }
+
+/// A teacher whose weights record the side they were trained at runs at it; a store
+/// made at another side (before teachers did, or with size=) is refused on a rerun
+/// without size=, with the spec that continues it.
+#[test]
+fn a_store_made_at_another_side_than_the_recorded_one_names_size() {
+    let f = fixture(1);
+    let w = f.root.join("recorded.safetensors");
+    let m = ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 5).unwrap();
+    let meta = [(
+        meal_models::META_TRAINED_ON.to_string(),
+        r#"{"classes":null,"res":12}"#.to_string(),
+    )];
+    meal_models::save_safetensors_with(m.entries(), &w, Some(meta.into_iter().collect())).unwrap();
+    let mut a = args(&f, "sided");
+    a.teacher = vec![format!("demo_tiny={},size=16", w.display())];
+    a.limit = Some(7);
+    assert!(!go(&a.clone().resolve().unwrap()).complete);
+    a.teacher = vec![format!("demo_tiny={}", w.display())];
+    let e = format!(
+        "{:#}",
+        run::run(&a.resolve().unwrap(), &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(
+        e.contains("input_size")
+            && e.contains("runs at 12 px, the side its weights record")
+            && e.contains("add ,size=16 to its spec"),
+        "{e}"
+    );
+}
