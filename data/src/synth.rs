@@ -343,7 +343,7 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
     let Ok(top) = fs::read_dir(out) else {
         // not there yet (or unreadable: the first write will say so)
         fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
-        write_record(out, &[cfg.clone()])?;
+        write_record(out, std::slice::from_ref(cfg))?;
         return Ok(None);
     };
     // the earlier dataset's settings: a finished one's, and those of an interrupted
