@@ -309,6 +309,22 @@ pub fn merge_with(
             },
             e => e,
         })?;
+        // the images it records (paths and labels) are the dataset's, which the
+        // fingerprint checked above: another listing is a part's manifest edited, which
+        // the merged store's readers would refuse
+        let range = samples.get(s.first_sample as usize..s.end_sample as usize);
+        if let (Some(l), Some(r)) = (&s.listing_sha256, range) {
+            if *l != meal_data::dataset::listing_sha256(r) {
+                return Err(StoreError::corrupt(
+                    &dir.join(crate::manifest::manifest_name(Some([s.index % n, n]))),
+                    format!(
+                        "its entry for {} records another listing of its images than the \
+                         dataset's (listing_sha256 edited?): {who}",
+                        s.file
+                    ),
+                ));
+            }
+        }
     }
     m.summary = Some(summary(&m));
     m.state = State::Complete;

@@ -70,6 +70,19 @@ fn workers_and_merge_equal_a_single_run() {
         e.contains("crop_pool.seed") && e.contains("worker-1-of-2"),
         "{e}"
     );
+    // a part whose record of a shard's images was edited: refused by the merge, naming
+    // the part and its worker (verify and training refused the merged store)
+    let part = split.join("manifest.worker-0-of-2.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
+    m["shards"][0]["listing_sha256"] = "00".into();
+    std::fs::write(&part, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-0-of-2.json")
+            && e.contains("another listing of its images")
+            && e.contains("rerun worker 0 of 2"),
+        "{e}"
+    );
 }
 
 /// One directory holds one store: a single run's, or one split's parts and their merge.
