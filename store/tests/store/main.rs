@@ -12,6 +12,7 @@ use meal_store::{
     StoreConfig, StoreError, StoreWriter,
 };
 
+mod images;
 mod integrity;
 mod interop;
 mod mismatch;
