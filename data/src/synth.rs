@@ -440,10 +440,20 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
         }
     }
     if let Some((p, ..)) = theirs.first().filter(|_| earlier_cfgs.is_empty()) {
+        // (a record there that reads as no settings synth could have used: said so)
+        let why = match out.join("synth.json").exists() || out.join(WRITING).exists() {
+            true => {
+                "its directory's synth.json (or record of a synth under way) holds no \
+                     settings synth could have used (edited?)"
+            }
+            false => "no synth.json beside it says what was",
+        };
         return Err(DataError::dataset(
             p,
-            "not written by synth (no synth.json beside it says what was): synth writes \
-             into an empty directory or over its own output",
+            format!(
+                "not written by synth ({why}): synth writes into an empty directory or over \
+                 its own output"
+            ),
         ));
     }
     theirs.par_iter().try_for_each(|(p, split_id, c, i)| {

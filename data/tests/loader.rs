@@ -415,7 +415,7 @@ fn synth_over_its_own_output_equals_a_fresh_one_and_refuses_other_files() {
     let e = generate(over.path(), &cfg(2, 2), || {})
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no synth.json beside it"), "{e}");
+    assert!(e.contains("holds no settings synth could have used"), "{e}");
     let bare = tempfile::tempdir().unwrap();
     let precious = bare.path().join("train/cross_dots/cross_dots_00099.jpg");
     std::fs::create_dir_all(precious.parent().unwrap()).unwrap();
