@@ -474,13 +474,7 @@ pub fn verify(dir: &Path) -> Result<String> {
     // them): one that does not read, or of another split, would fail those later
     let mut odd = Vec::new();
     let mut splits = std::collections::BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut parts: Vec<String> = entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .filter(|n| n.starts_with("manifest.worker-") && n.ends_with(".json"))
-            .collect();
-        parts.sort();
+    if let Ok(parts) = meal_store::worker_manifests(dir) {
         for name in parts {
             match meal_store::Manifest::read_file(&dir.join(&name)) {
                 Ok(m) => {

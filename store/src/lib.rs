@@ -29,6 +29,7 @@ pub use reader::{
 };
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;
+pub use writer::worker_manifests;
 pub use writer::{
     complete_without_lock, summary, CropProbs, EncodedImage, ImageProbs, ShardNotes, StoreWriter,
 };

@@ -118,6 +118,9 @@ fn eval_loop(
             n += 1;
         }
     }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
     if n == 0 {
         bail!(
             "{}: no image could be read (every file was skipped as unreadable)",

@@ -19,7 +19,7 @@ pub(crate) mod renew;
 mod sharing;
 
 pub use sharing::complete_without_lock;
-pub(crate) use sharing::worker_manifests;
+pub use sharing::worker_manifests;
 
 /// One crop's ensemble probabilities, before encoding.
 #[derive(Clone, Debug, PartialEq)]

@@ -112,7 +112,7 @@ fn opening_lock(dir: &Path) -> Result<DirLock, StoreError> {
 }
 
 /// The worker manifests in `dir` (`manifest.worker-I-of-N.json`), sorted.
-pub(crate) fn worker_manifests(dir: &Path) -> Result<Vec<String>, StoreError> {
+pub fn worker_manifests(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| StoreError::io(dir, e))?
         .flatten()
