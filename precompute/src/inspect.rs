@@ -459,6 +459,31 @@ pub fn verify(dir: &Path) -> Result<String> {
         "ok: {} shards (checksums match), {} images, {} rows, max |sum(p) - 1| = {:.2e}",
         r.shards, images, r.rows, r.max_sum_error
     );
+    let u = r.unchecked_listings;
+    if u.skipped + u.unrecorded > 0 {
+        let mut why = Vec::new();
+        if u.skipped > 0 {
+            why.push(format!(
+                "{} skipped an unreadable image (the store keeps no label for it)",
+                u.skipped
+            ));
+        }
+        if u.unrecorded > 0 {
+            why.push(format!(
+                "{} record no listing_sha256 (a store written before it, or an edited \
+                 manifest)",
+                u.unrecorded
+            ));
+        }
+        let _ = write!(
+            text,
+            "\nnote: the image paths and labels of {} of the {} shards were not checked \
+             against those they were written for: {}",
+            u.skipped + u.unrecorded,
+            r.shards,
+            why.join("; ")
+        );
+    }
     let extra = store.unlisted_shards();
     if !extra.is_empty() {
         let _ = write!(

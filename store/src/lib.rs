@@ -25,7 +25,8 @@ pub use manifest::{
 };
 pub use merge::{merge, merge_with, Merged};
 pub use reader::{
-    distribution_error, LabelStore, NotADistribution, VerifyReport, PROB_SUM_TOLERANCE,
+    distribution_error, LabelStore, NotADistribution, UncheckedListings, VerifyReport,
+    PROB_SUM_TOLERANCE,
 };
 pub use shard::{CropLabel, ImageRows};
 pub use shard_read::ShardReader;

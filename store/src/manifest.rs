@@ -208,6 +208,14 @@ impl StoreConfig {
                 }
             })
             .map_err(|e| bad(e.to_string()))?;
+            // (a teacher is matched to its weights by this hash on resume and merge: a
+            // damaged one would read as other weights)
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "sha256 {:?} is not a SHA-256 (64 hex digits)",
+                    t.sha256
+                )));
+            }
             if !["f32", "bf16", "f16"].contains(&t.dtype.as_str()) {
                 return Err(bad(format!(
                     "dtype {:?} (expected f32, bf16 or f16)",

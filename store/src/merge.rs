@@ -86,7 +86,13 @@ pub fn merge_with(
     let mut hashes = std::collections::BTreeMap::new();
     let mut stale: Vec<&str> = Vec::new();
     for (p, name) in parts.iter().zip(&names) {
-        if &p.config.dataset == dataset.fingerprint() {
+        let fingerprint = dataset.fingerprint();
+        if let Some(e) =
+            crate::reader::edited_fingerprint(&dir.join(name), &p.config.dataset, fingerprint)
+        {
+            return Err(e);
+        }
+        if &p.config.dataset == fingerprint {
             continue;
         }
         let mut now = p.config.clone();

@@ -29,6 +29,11 @@ fn a_corrupt_image_is_skipped_and_reported_or_fails_naming_it() {
     assert_eq!(store.crops(5).unwrap().len(), 3);
     let v = inspect::verify(&s.out).unwrap();
     assert!(v.contains("19 images"), "{v}");
+    // the shard with the skipped image is said to be left unchecked against its listing
+    assert!(
+        v.contains("were not checked") && v.contains("1 skipped an unreadable image"),
+        "{v}"
+    );
     // class names swapped in the manifest by hand: inspect would print each class's
     // figures under another's name; it names the edit, as verify does
     let mpath = s.out.join("manifest.json");

@@ -43,6 +43,26 @@ pub(crate) fn edited_classes_by(
     })
 }
 
+/// The refusal of a manifest (or worker part) at `path` whose dataset fingerprint is
+/// the data's own (`now`) by its hash, but not by its counts: the hash covers every
+/// sample and class name, so other counts under it were edited by hand, not made by
+/// another dataset (which the refusal would otherwise blame).
+pub(crate) fn edited_fingerprint(
+    path: &Path,
+    recorded: &meal_data::Fingerprint,
+    now: &meal_data::Fingerprint,
+) -> Option<StoreError> {
+    (recorded.sha256 == now.sha256 && recorded != now).then(|| StoreError::Mismatch {
+        path: path.to_path_buf(),
+        reason: format!(
+            "config.dataset says {} samples and {} classes, but its fingerprint \
+             (config.dataset.sha256) is that of the data's {} samples and {} classes, which \
+             it hashes: the manifest was edited; restore it, or run the precompute again",
+            recorded.samples, recorded.classes, now.samples, now.classes
+        ),
+    })
+}
+
 /// The first index at which two class lists differ (the shorter's length when one
 /// extends the other), with each list's name there, quoted (`none` past its end).
 pub(crate) fn first_other_names(a: &[String], b: &[String]) -> (usize, String, String) {

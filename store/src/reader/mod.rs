@@ -9,7 +9,9 @@ use meal_data::{Fingerprint, Sample};
 mod diff;
 
 use diff::first_other_class;
-pub(crate) use diff::{difference, edited_classes, edited_classes_by, first_other_names, things};
+pub(crate) use diff::{
+    difference, edited_classes, edited_classes_by, edited_fingerprint, first_other_names, things,
+};
 
 use super::crops::Crops;
 use super::images::{self, ImageInfo};
@@ -63,6 +65,20 @@ pub struct VerifyReport {
     pub rows: u64,
     /// Largest |sum of decoded probabilities - 1| over all rows.
     pub max_sum_error: f64,
+    /// Shards labelling images whose paths and labels could not be checked against the
+    /// listing they were written for: those that skipped an unreadable image (the store
+    /// keeps no label for it), and those that record no listing hash (stores written
+    /// before it, or a manifest edited to drop it).
+    pub unchecked_listings: UncheckedListings,
+}
+
+/// Shards whose image listing [`LabelStore::verify`] could not check, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UncheckedListings {
+    /// Shards that skipped an unreadable image.
+    pub skipped: usize,
+    /// Shards with no `listing_sha256` (and no skipped image).
+    pub unrecorded: usize,
 }
 
 /// Largest |sum - 1| a valid row may show: float16 rounds each of up to 65536
@@ -439,7 +455,22 @@ impl LabelStore {
             shards: self.shards.len(),
             rows,
             max_sum_error: max_err,
+            unchecked_listings: self.unchecked_listings(),
         })
+    }
+
+    /// The shards labelling images whose listing [`Self::verify_images`] leaves
+    /// unchecked, by reason.
+    pub fn unchecked_listings(&self) -> UncheckedListings {
+        let mut u = UncheckedListings::default();
+        for s in self.manifest.shards.iter().filter(|s| s.images > 0) {
+            if !s.skipped.is_empty() {
+                u.skipped += 1;
+            } else if s.listing_sha256.is_none() {
+                u.unrecorded += 1;
+            }
+        }
+        u
     }
 
     /// Every shard's SHA-256 against the manifest's, on up to `threads` threads: a shard

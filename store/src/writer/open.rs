@@ -82,6 +82,11 @@ impl StoreWriter {
             }
             !fresh
         });
+        if let Some(e) = existing.as_ref().and_then(|m| {
+            crate::reader::edited_fingerprint(&path, &m.config.dataset, &config.dataset)
+        }) {
+            return Err(e);
+        }
         // shards dropped as damaged: removed with the crash's leftovers, said once
         let mut dropped = Vec::new();
         let manifest = if let Some(mut m) = existing {

@@ -25,7 +25,22 @@ fn a_damaged_images_table_is_detected() {
         "{e}"
     );
     std::fs::write(&table, &good).unwrap();
-    LabelStore::open(&dir).unwrap().verify().unwrap();
+    let rep = LabelStore::open(&dir).unwrap().verify().unwrap();
+    // (the fixture skips an image: the table has no label to check its shard's by)
+    let with_skipped = |st: &LabelStore| {
+        st.manifest()
+            .shards
+            .iter()
+            .filter(|s| s.images > 0 && !s.skipped.is_empty())
+            .count()
+    };
+    let st = LabelStore::open(&dir).unwrap();
+    assert_eq!(with_skipped(&st), 1);
+    assert_eq!(rep.unchecked_listings.skipped, 1);
+    assert_eq!(
+        rep.unchecked_listings.unrecorded, 0,
+        "every other listing checked"
+    );
 
     // an older store (no recorded checksum) whose table lists sample 1 where sample 2
     // was: sample 1 twice, sample 2 never
@@ -108,4 +123,27 @@ fn a_damaged_images_table_is_detected() {
         e.contains("images.parquet") && e.contains("\"../../etc/passwd\" is not relative"),
         "{e}"
     );
+
+    // a shard's listing hash dropped from the manifest (as stores before it lack it):
+    // its rotated labels pass, and the report counts the shard as unchecked
+    std::fs::write(&table, &kept).unwrap();
+    rewrite(2, &|a| {
+        let l = a.as_any().downcast_ref::<UInt32Array>().unwrap();
+        Arc::new(
+            (0..l.len())
+                .map(|i| (l.value(i) + 1) % 10)
+                .collect::<UInt32Array>(),
+        )
+    });
+    for s in m["shards"].as_array_mut().unwrap() {
+        s.as_object_mut().unwrap().remove("listing_sha256");
+    }
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let st = LabelStore::open(&dir).unwrap();
+    let rep = st.verify().unwrap();
+    assert_eq!(
+        rep.unchecked_listings.unrecorded,
+        st.manifest().shards.len() - with_skipped(&st)
+    );
+    assert_eq!(rep.unchecked_listings.skipped, 1);
 }

@@ -189,9 +189,10 @@ fn corruption_is_detected_and_named() {
     // hand-edited fields every reader relies on: refused when the manifest is read,
     // naming it and the field, never a panic later
     let teacher = |rest: &str| {
+        let zeros = "0".repeat(64);
         let t = format!(
             "\"teachers\": [{{\"arch\": \"demo_tiny\", \"weights\": \"w.safetensors\", \
-             \"sha256\": \"00\", \"input_size\": 32, \"filter\": \"bilinear\", \
+             \"sha256\": \"{zeros}\", \"input_size\": 32, \"filter\": \"bilinear\", \
              \"mean\": [0.5, 0.5, 0.5], \"std\": [0.5, 0.5, 0.5], {rest}}}]"
         );
         // (a teacher of its own is read as written: the fixture's has none)
@@ -203,6 +204,7 @@ fn corruption_is_detected_and_named() {
     let t_dtype = teacher("\"dtype\": \"f64\"");
     let t_filter = teacher("\"dtype\": \"f32\", \"filter\": \"lanczos\"");
     let t_logits = teacher("\"dtype\": \"f32\", \"logits\": [99, 0]");
+    let t_sha = teacher("\"dtype\": \"f32\"").replace(&"0".repeat(64), "00");
     let edits: Vec<(&str, &str, &str)> = vec![
         (
             "\"samples_per_shard\": 7",
@@ -257,6 +259,11 @@ fn corruption_is_detected_and_named() {
             "\"lanczos\" (expected bilinear or bicubic)",
         ),
         ("\"teachers\": []", &t_logits, "logits lists 2 logits for"),
+        (
+            "\"teachers\": []",
+            &t_sha,
+            "sha256 \"00\" is not a SHA-256 (64 hex digits)",
+        ),
         (
             "\"encoding\": \"dense\",\n    \"format\": \"parquet\"",
             "\"encoding\": \"dense\",\n    \"format\": \"safetensors\"",

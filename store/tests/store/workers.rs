@@ -72,6 +72,31 @@ fn workers_and_merge_equal_a_single_run() {
     );
     // a part whose record of a shard's images was edited: refused by the merge, naming
     // the part and its worker (verify and training refused the merged store)
+    // its sample count edited (under the data's own fingerprint hash; in the part
+    // without the last shard, whose range would give it away): said as an edit by the
+    // merge and by the worker's rerun, not as another dataset
+    let part1 = split.join("manifest.worker-1-of-2.json");
+    let kept = std::fs::read(&part1).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+    let n = m["config"]["dataset"]["samples"].as_u64().unwrap();
+    m["config"]["dataset"]["samples"] = (n + 1).into();
+    std::fs::write(&part1, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let said = format!("config.dataset says {} samples", n + 1);
+    let e = merge(&split, &ds).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest.worker-1-of-2.json")
+            && e.contains(&said)
+            && e.contains("the manifest was edited"),
+        "{e}"
+    );
+    let e = write_all(&split, &ds, &cfg, Some([1, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&said) && e.contains("the manifest was edited"),
+        "{e}"
+    );
+    std::fs::write(&part1, &kept).unwrap();
     let part = split.join("manifest.worker-0-of-2.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
     m["shards"][0]["listing_sha256"] = "00".into();
