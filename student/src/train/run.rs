@@ -277,7 +277,7 @@ impl Run {
         }
         match saved {
             Some(st) => format!(
-                "the training diverged. The last checkpoint ({}, step {} of the run) is kept in {}: start a new run in another --out from its weights with {lower}: --init {}",
+                "the training diverged. The last checkpoint ({}, step {} of the run) is kept in {}: start a new run in another --out from its weights with {lower}: --init {} (should that run fail at its first step too, the steps before this checkpoint had already taken its weights far off, though finite: start from the run's initial weights instead)",
                 match (st.epoch, st.batch) {
                     (0, 0) => "before epoch 1".to_string(),
                     (e, 0) => format!("after epoch {e}"),

@@ -293,6 +293,27 @@ fn a_non_finite_loss_stops_the_run() {
         "{msg}"
     );
     assert!(!f.root.join("diverged/checkpoint").exists(), "{msg}");
+    // with a checkpoint at every step: the one before the non-finite loss is offered as
+    // a start, and so is the run's initial weights, for a checkpoint its steps had
+    // already taken far off (its weights finite, its first step's loss not)
+    let mut a = args(&f, "diverged_saved");
+    a.lr = Some(1e12);
+    a.checkpoint_every = Some("1".into());
+    let msg = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        msg.contains("the training diverged")
+            && msg.contains("The last checkpoint (epoch 1 after its step 1, step 1 of the run)")
+            && msg.contains("start from the run's initial weights instead"),
+        "{msg}"
+    );
+    let mut a = args(&f, "from_saved");
+    a.init = Some(f.root.join("diverged_saved/checkpoint/student.safetensors"));
+    a.lr = Some(1e-3);
+    let msg = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        msg.contains("at epoch 1 batch 1") || msg.contains("after step 1 of the run"),
+        "{msg}"
+    );
 }
 
 /// A running variance that overflows while the loss stays finite (a train step
