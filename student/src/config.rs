@@ -528,7 +528,7 @@ impl TrainArgs {
                     .map_err(|e| anyhow::anyhow!("--checkpoint-every {e}"))?,
             ),
         };
-        Ok(Settings {
+        let s = Settings {
             data,
             val: l.pick(|a| &a.val),
             labels,
@@ -559,7 +559,40 @@ impl TrainArgs {
             policy,
             max_steps: l.pick(|a| &a.max_steps),
             checkpoint_every,
-        })
+        };
+        s.check_recordable()?;
+        Ok(s)
+    }
+}
+
+impl Settings {
+    /// Refuses, naming the flag, an input or run path that a checkpoint could not
+    /// record: `state.json` holds them as JSON text, which has no room for a path that
+    /// is not UTF-8 (serde refused it with a message naming nothing). Checked as the
+    /// checkpoint records it ([`Settings::recorded`]: resolved, so a UTF-8 link to it
+    /// is no way round where the target's own path is not).
+    fn check_recordable(&self) -> Result<()> {
+        let r = self.recorded();
+        for (flag, given, kept) in [
+            ("--data", Some(&self.data), Some(&r.data)),
+            ("--val", self.val.as_ref(), r.val.as_ref()),
+            ("--labels", self.labels.as_ref(), r.labels.as_ref()),
+            ("--init", self.init.as_ref(), r.init.as_ref()),
+            ("--out", Some(&self.out), Some(&r.out)),
+        ] {
+            if let (Some(given), Some(kept)) = (given, kept) {
+                if kept.to_str().is_none() {
+                    bail!(
+                        "{flag} {}: its path ({}) is not UTF-8, and a run's checkpoint \
+                         records its inputs' and its own paths as UTF-8 text (state.json): \
+                         give it from a folder whose path is UTF-8 (rename or move it)",
+                        given.display(),
+                        kept.display()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -166,7 +166,8 @@ fn index(a: IndexArgs) -> Result<()> {
         per_class[s.label as usize] += 1;
     }
     let summary = serde_json::json!({
-        "root": ds.root(),
+        // (lossy: JSON text has no room for a path that is not UTF-8)
+        "root": ds.root().to_string_lossy(),
         "samples": ds.len(),
         "bytes": ds.samples().iter().map(|s| s.bytes).sum::<u64>(),
         "classes": ds.classes().iter().zip(&per_class)

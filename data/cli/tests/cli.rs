@@ -136,3 +136,24 @@ fn a_link_leaving_the_root_names_the_switch() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A dataset whose root's path is not UTF-8 is indexed (its root written lossily into
+/// the JSON summary: JSON text cannot hold it), not a panic in the JSON writer.
+#[test]
+fn a_root_that_is_not_utf8_is_indexed() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"nu\xff"));
+    std::fs::create_dir(&odd).unwrap();
+    common::tiny_dataset(&odd, 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .arg("index")
+        .arg(odd.join("train"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["root"].as_str().unwrap().contains("nu\u{fffd}"), "{v}");
+    assert!(v["samples"].as_u64().unwrap() > 0, "{v}");
+}
