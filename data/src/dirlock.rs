@@ -14,6 +14,7 @@
 use std::fs;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the locked directory.
@@ -144,10 +145,16 @@ impl DirLock {
                 }
                 Err(e) => return Err(not_a_lock_file(&path).unwrap_or_else(|| io(e))),
             };
-            if !file.metadata().map_err(io)?.is_file() {
+            // (the id is written over the file's bytes: a file of other names, a hard
+            // link to a user's file, would lose them as a symbolic link's target did)
+            let meta = file.metadata().map_err(io)?;
+            if !meta.is_file() || meta.nlink() > 1 {
                 return Err(not_a_lock_file(&path).unwrap_or(LockError::NotALockFile {
                     path: path.clone(),
-                    what: "not a regular file",
+                    what: match meta.is_file() {
+                        true => "a file of other names too (a hard link)",
+                        false => "not a regular file",
+                    },
                 }));
             }
             // SAFETY: flock on a descriptor this function owns.

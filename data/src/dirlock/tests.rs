@@ -56,6 +56,22 @@ fn what_is_no_lock_file_at_its_name_is_refused_untouched() {
         e.contains("not a regular file, where the lock file belongs"),
         "{e}"
     );
+    assert!(
+        run4.join(LOCK_FILE).exists(),
+        "the pipe is left where it was"
+    );
+    // a hard link to a user's file (no link to follow, but its bytes would be written)
+    let run5 = d.path().join("run5");
+    fs::create_dir(&run5).unwrap();
+    fs::hard_link(&victim, run5.join(LOCK_FILE)).unwrap();
+    let e = DirLock::acquire(&run5).unwrap_err().to_string();
+    assert!(e.contains("a file of other names too (a hard link)"), "{e}");
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    // a lock file left by a crash (one name) is taken as ever
+    let run6 = d.path().join("run6");
+    fs::create_dir(&run6).unwrap();
+    fs::write(run6.join(LOCK_FILE), b"12345").unwrap();
+    drop(DirLock::acquire(&run6).unwrap());
 }
 
 #[test]
