@@ -301,22 +301,16 @@ pub fn logit_of(trained: &TrainedOn, data: &[String], whose: Logits) -> Result<O
     }
 }
 
-/// Evaluate the mean softmax of an ensemble, each member at its own spec.
-/// With `logit_of`, the dataset's class `i` is scored as the ensemble's output
-/// `logit_of[i]` ([`evaluate`]'s rule: teachers that record more classes than a
-/// validation list holds).
-pub fn evaluate_ensemble(
-    ens: &Ensemble,
-    ds: &Arc<Dataset>,
-    read: EvalRead,
-    logit_of: Option<&[usize]>,
-) -> Result<Accuracy> {
+/// Evaluate the mean softmax of an ensemble, each member at its own spec, its outputs
+/// the dataset's classes in order (teachers of more classes loaded for the dataset's:
+/// each one's softmax over those logits, as the labels of a store).
+pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> Result<Accuracy> {
     let never = AtomicBool::new(false);
     finished(eval_loop(
         ds,
         ens.specs(),
         ens.num_classes(),
-        logit_of,
+        None,
         read,
         &never,
         |b| {

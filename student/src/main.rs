@@ -301,7 +301,10 @@ fn cli() -> Result<()> {
                     c.sort();
                     c
                 };
-                let (outputs, logit_of) = match records.first() {
+                // the teachers' outputs, by name in the data's class order: each
+                // teacher's softmax over the data's logits (precompute's labels; over all
+                // of them, a subset's images ranked against classes not in the data)
+                let outputs = match records.first() {
                     Some(Some(c))
                         if records
                             .iter()
@@ -312,8 +315,9 @@ fn cli() -> Result<()> {
                             res: None,
                         };
                         match eval::logit_of(&on, ds.classes(), eval::Logits::Weights) {
-                            Ok(Some(m)) => (c.clone(), Some(m)),
-                            Ok(None) => (ds.classes().to_vec(), None),
+                            // (a numbered list's class i is logit m[i]: named as it)
+                            Ok(Some(m)) => m.iter().map(|&i| c[i].clone()).collect(),
+                            Ok(None) => ds.classes().to_vec(),
                             Err(e) => {
                                 // a teacher's own error names its classes= list and
                                 // what is wrong with it, where it has one
@@ -334,7 +338,7 @@ fn cli() -> Result<()> {
                                  over all its logits"
                             );
                         }
-                        (ds.classes().to_vec(), None)
+                        ds.classes().to_vec()
                     }
                 };
                 let ens = Ensemble::load(&args, &outputs, &dev, dtype).context("--teacher")?;
@@ -352,7 +356,7 @@ fn cli() -> Result<()> {
                     |i| format!("--teacher {}", teacher[i]),
                     "lower the teacher's size=",
                 )?;
-                let acc = eval::evaluate_ensemble(&ens, &ds, read, logit_of.as_deref())?;
+                let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 let names: Vec<&str> = args.iter().map(|t| t.arch.as_str()).collect();
                 (
                     format!("ensemble of {} ({})", names.len(), names.join(", ")),

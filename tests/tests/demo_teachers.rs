@@ -73,7 +73,7 @@ fn shipped_teachers_are_the_listed_files_and_reach_their_stated_accuracy() {
         DType::F32,
     )
     .unwrap();
-    let acc = evaluate_ensemble(&ens, &val, READ, None).unwrap();
+    let acc = evaluate_ensemble(&ens, &val, READ).unwrap();
     let stated = meta["ensemble_val_top1"].as_f64().unwrap();
     assert!(
         (acc.top1 - stated).abs() <= TOLERANCE,

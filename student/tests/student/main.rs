@@ -270,18 +270,47 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     let by_index: serde_json::Value = serde_json::from_str(&by_index).unwrap();
     assert_eq!(part["images"].as_u64(), Some(4), "{part}");
     assert_eq!(part, by_index);
-    // the same weights as a --teacher: scored by name the same way
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
-        .args(["eval", "--threads", "1", "--json", "--data"])
-        .arg(val.join("part.csv"))
-        .arg("--teacher")
-        .arg(format!("demo_tiny={},size=24", w.display()))
-        .output()
+    // the same weights as a --teacher: its probabilities are its softmax over the
+    // data's 4 logits (a store's labels), so each image is ranked among those 4 only:
+    // the figures of the classifier cut down to those rows (an independent 4-class
+    // model). A numbered list's classes are all 10 numbers (6 of them empty): ranked
+    // among all 10, as the weights are
+    let mut sd = read_state_dict(&w, &Device::Cpu).unwrap();
+    for k in ["fc.weight", "fc.bias"] {
+        let t = sd[k].narrow(0, 6, 4).unwrap();
+        sd.insert(k.to_string(), t);
+    }
+    let cut = f.root.join("cut.safetensors");
+    candle_core::safetensors::save(&sd, &cut).unwrap();
+    let four = ResNet::from_preset("demo_tiny", 4, &Device::Cpu, 0).unwrap();
+    four.load_weights(&cut, meal_models::LoadOptions::default())
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let as_teacher: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(as_teacher, part, "{err}");
+    let on = serde_json::json!({"classes": &classes[6..], "res": 24});
+    four.save_with(
+        &cut,
+        [(meal_models::META_TRAINED_ON.to_string(), on.to_string())].into(),
+    )
+    .unwrap();
+    let (four_classes, err, ok) = eval_weights(&val.join("part.csv"), &cut);
+    assert!(ok, "{err}");
+    let four_classes: serde_json::Value = serde_json::from_str(&four_classes).unwrap();
+    assert_eq!(four_classes["top5"].as_f64(), Some(1.0), "{four_classes}");
+    for (list, want) in [
+        ("part.csv", &four_classes),
+        ("part_numbered.csv", &by_index),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+            .args(["eval", "--threads", "1", "--json", "--data"])
+            .arg(val.join(list))
+            .arg("--teacher")
+            .arg(format!("demo_tiny={},size=24", w.display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let as_teacher: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(&as_teacher, want, "{list}: {err}");
+    }
     std::fs::write(
         val.join("other.csv"),
         list.replacen(&format!(",{}\n", classes[6]), ",tench\n", 1),
