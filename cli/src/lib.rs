@@ -231,6 +231,26 @@ pub fn hint_gpu_out_of_memory(e: anyhow::Error, hint: impl FnOnce() -> String) -
     }
 }
 
+/// Refuses an output directory flag's `out` (`--out`) that cannot be one: a file, or a
+/// symbolic link whose target is missing (its lock file's "No such file or directory"
+/// named neither the link nor its target).
+pub fn check_out_dir(flag: &str, out: &Path) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("{flag} {}: a file, not a directory", out.display());
+    }
+    if !out.exists() {
+        if let Ok(target) = std::fs::read_link(out) {
+            anyhow::bail!(
+                "{flag} {}: a symbolic link to {}, which does not exist: make that \
+                 directory, or give another",
+                out.display(),
+                target.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` is, or would be created, inside the existing directory `dir` (both
 /// resolved through symlinks; the part of `path` not made yet, `..` included, walked as
 /// `create_dir_all` would make it). An output directory inside an ImageFolder root
@@ -284,6 +304,38 @@ pub fn number(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// An output directory that is a file, or a link to nothing, is refused naming the
+    /// flag and (for the link) its target; a directory, a link to one, or a path not
+    /// made yet is taken.
+    #[test]
+    fn out_dirs_that_cannot_be_one_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(p.join("gone"), p.join("dangling")).unwrap();
+        std::fs::create_dir(p.join("dir")).unwrap();
+        std::os::unix::fs::symlink(p.join("dir"), p.join("link")).unwrap();
+        let e = super::check_out_dir("--out", &p.join("file")).unwrap_err();
+        assert!(
+            e.to_string().ends_with("file: a file, not a directory"),
+            "{e}"
+        );
+        let e = super::check_out_dir("--out", &p.join("dangling"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--out ")
+                && e.contains(&format!(
+                    "a symbolic link to {}, which does not exist",
+                    p.join("gone").display()
+                )),
+            "{e}"
+        );
+        for ok in ["dir", "link", "new/sub"] {
+            super::check_out_dir("--out", &p.join(ok)).unwrap();
+        }
+    }
+
     /// A value beginning with `-` is joined to its flag; a flag in its place, or a
     /// flag not listed, is left alone.
     #[test]

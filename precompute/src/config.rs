@@ -200,9 +200,7 @@ impl RunArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the label store directory)")?;
-        if out.exists() && !out.is_dir() {
-            bail!("--out {}: a file, not a directory", out.display());
-        }
+        meal_cli::check_out_dir("--out", &out)?;
         if meal_cli::is_inside(&out, &data) {
             bail!(
                 "--out {} is inside --data {}: the next run would read it as a class; put the store elsewhere",

@@ -324,9 +324,7 @@ impl TrainArgs {
         let out = l
             .pick(|a| &a.out)
             .context("--out is required (the run directory)")?;
-        if out.exists() && !out.is_dir() {
-            bail!("--out {}: a file, not a directory", out.display());
-        }
+        meal_cli::check_out_dir("--out", &out)?;
         for (flag, root) in [
             ("--data", Some(&data)),
             ("--val", l.pick(|a| &a.val).as_ref()),

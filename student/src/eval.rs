@@ -228,6 +228,13 @@ impl Logits {
             Logits::TrainingSet => "--data",
         }
     }
+    /// Who names the classes by number (the weights' record, or `--data`'s list).
+    fn short_record(self) -> &'static str {
+        match self {
+            Logits::Weights => "the weights record",
+            Logits::TrainingSet => "--data names",
+        }
+    }
     fn count(self, n: usize) -> String {
         match self {
             Logits::Weights => format!("the weights have {n} logits"),
@@ -241,10 +248,11 @@ impl Logits {
 /// set of some of the classes), or by number for a list whose labels are the logits'
 /// indices (`0`, `1`, ...). An error names the classes the model was not trained on:
 /// their accuracy would be counted against other logits.
-pub fn logit_of(trained: &TrainedOn, data: &[String], whose: Logits) -> Result<Option<Vec<usize>>> {
+pub fn logit_of(trained: &TrainedOn, ds: &Dataset, whose: Logits) -> Result<Option<Vec<usize>>> {
     let Some(names) = &trained.classes else {
         return Ok(None);
     };
+    let data = ds.classes();
     let numbered = |c: &[String]| c.iter().all(|c| c.parse::<usize>().is_ok());
     match trained.order_of(data) {
         ClassOrder::Same => Ok(None),
@@ -289,15 +297,50 @@ pub fn logit_of(trained: &TrainedOn, data: &[String], whose: Logits) -> Result<O
                 n.saturating_sub(1)
             )
         }
-        ClassOrder::Other(unknown) => bail!(
-            "{} of its {} classes are not among the {} {} ({}): name them as the training \
-             set's folders were named",
-            unknown.len(),
-            data.len(),
-            names.len(),
-            whose.among(),
-            meal_data::error::first_few(&unknown, 5)
-        ),
+        ClassOrder::Other(unknown) => {
+            // a folder of no image (a stray `.ipynb_checkpoints`) is a class all the
+            // same, and not one to rename
+            let mut has_images = vec![false; data.len()];
+            for s in ds.samples() {
+                has_images[s.label as usize] = true;
+            }
+            let empty: Vec<&String> = unknown
+                .iter()
+                .filter(|u| {
+                    data.iter()
+                        .position(|c| c == *u)
+                        .is_some_and(|i| !has_images[i])
+                })
+                .collect();
+            let advice = match empty.len() {
+                // (named classes against numbered logits are taken by index only when
+                // they are as many: a subset has no index to take)
+                0 if numbered(names) => format!(
+                    "{} its classes by number (0 to {}): give the data as a list file \
+                     labelled by those numbers",
+                    whose.short_record(),
+                    names.len() - 1
+                ),
+                0 => "name them as the training set's folders were named".to_string(),
+                n if n == unknown.len() => {
+                    "they hold no image (a stray folder, as .ipynb_checkpoints): remove them"
+                        .to_string()
+                }
+                _ => format!(
+                    "name them as the training set's folders were named; {} hold no image \
+                     (a stray folder, as .ipynb_checkpoints): remove those",
+                    meal_data::error::first_few(&empty, 5)
+                ),
+            };
+            bail!(
+                "{} of its {} classes are not among the {} {} ({}): {advice}",
+                unknown.len(),
+                data.len(),
+                names.len(),
+                whose.among(),
+                meal_data::error::first_few(&unknown, 5)
+            )
+        }
     }
 }
 

@@ -206,8 +206,8 @@ fn cli() -> Result<()> {
                 // what a student's weights record of its training: its classes (the
                 // dataset's are mapped to them by name) and side
                 let trained = eval::TrainedOn::of(&weights).context("--weights")?;
-                let logit_of = eval::logit_of(&trained, ds.classes(), eval::Logits::Weights)
-                    .with_context(|| {
+                let logit_of =
+                    eval::logit_of(&trained, &ds, eval::Logits::Weights).with_context(|| {
                         format!(
                             "--data {} with --weights {}",
                             data.display(),
@@ -314,7 +314,7 @@ fn cli() -> Result<()> {
                             classes: Some(c.clone()),
                             res: None,
                         };
-                        match eval::logit_of(&on, ds.classes(), eval::Logits::Weights) {
+                        match eval::logit_of(&on, &ds, eval::Logits::Weights) {
                             // (a numbered list's class i is logit m[i]: named as it)
                             Ok(Some(m)) => m.iter().map(|&i| c[i].clone()).collect(),
                             Ok(None) => ds.classes().to_vec(),

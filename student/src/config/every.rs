@@ -19,6 +19,11 @@ impl std::str::FromStr for Every {
     /// `500` (steps), `90s`, `30m`, `2h`, `0.5h` (time).
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        if t.starts_with('-') {
+            return Err(format!(
+                "{s:?}: not a negative one (a number of steps, a time as 90s, 30m, 2h, or off)"
+            ));
+        }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
@@ -73,6 +78,10 @@ mod tests {
         assert_eq!(p("0.5h"), Ok(Every::Time(Duration::from_secs(1800))));
         for bad in ["0", "5d", "m", "", "1.5", "0s", "99999999999999999999"] {
             assert!(p(bad).is_err(), "{bad}");
+        }
+        // (it read as a number of no digits and the unit "-1")
+        for neg in ["-1", "-30m"] {
+            assert!(p(neg).unwrap_err().contains("not a negative one"), "{neg}");
         }
     }
 }

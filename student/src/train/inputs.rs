@@ -69,7 +69,7 @@ pub(super) fn open_datasets(
         classes: Some(ds.classes().to_vec()),
         res: None,
     };
-    let logits = crate::eval::logit_of(&student, vd.classes(), crate::eval::Logits::TrainingSet)
+    let logits = crate::eval::logit_of(&student, &vd, crate::eval::Logits::TrainingSet)
         .with_context(|| format!("--val {}", v.display()))?;
     if s.policy == meal_data::BadFilePolicy::Fail {
         check_headers(&vd).with_context(|| format!("--val {}", v.display()))?;

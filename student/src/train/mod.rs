@@ -513,7 +513,8 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
             s.loss == LossKind::Ce,
             &state.history,
             &s.out.join(CURVES_FILE),
-        )?;
+        )
+        .map_err(|e| run.disk_hint(e))?;
     }
     Ok(TrainReport {
         history: state.history,

@@ -318,7 +318,37 @@ fn eval_scores_classes_by_the_names_the_weights_record() {
     .unwrap();
     let (_, err, ok) = eval(&val.join("other.csv"));
     assert!(
-        !ok && err.contains("are not among the 10 the weights were trained on (tench)"),
+        !ok && err.contains("are not among the 10 the weights were trained on (tench)")
+            && err.contains("name them as the training set's folders were named"),
+        "{err}"
+    );
+    // weights trained on a numbered list, against a named part of the classes: no
+    // index to take, and the advice is a list numbered as theirs was
+    let numbered_w = f.root.join("numbered.safetensors");
+    let on = serde_json::json!({"classes": (0..10).map(|i| i.to_string()).collect::<Vec<_>>(), "res": 24});
+    ResNet::from_preset("demo_tiny", 10, &Device::Cpu, 0)
+        .unwrap()
+        .save_with(
+            &numbered_w,
+            [(meal_models::META_TRAINED_ON.to_string(), on.to_string())].into(),
+        )
+        .unwrap();
+    let (_, err, ok) = eval_weights(&val.join("part.csv"), &numbered_w);
+    assert!(
+        !ok && err.contains(
+            "the weights record its classes by number (0 to 9): give the data as a list file \
+             labelled by those numbers"
+        ),
+        "{err}"
+    );
+    // a stray folder of no image is not one to rename: said to be removed
+    let stray = val.join(".ipynb_checkpoints");
+    std::fs::create_dir(&stray).unwrap();
+    let (_, err, ok) = eval(&val);
+    std::fs::remove_dir(&stray).unwrap();
+    assert!(
+        !ok && err.contains("(.ipynb_checkpoints): they hold no image")
+            && err.contains("remove them"),
         "{err}"
     );
     // a numbered list one past the logits (counted from 1) is said to be that
