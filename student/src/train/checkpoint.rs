@@ -143,7 +143,7 @@ impl Run {
         }
         // the directory is swapped whole (old -> .old, tmp -> checkpoint, drop .old);
         // train() recovers a crash between the two renames before it reads it
-        let dst = self.s.out.join(CHECKPOINT);
+        let dst = checkpoint_dir(&self.s.out);
         meal_data::atomic::replace_with(&dst, |tmp| -> Result<()> {
             std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
             // (with what it was trained on, as the run's own copy: eval and --init of
@@ -309,6 +309,20 @@ impl Run {
     }
 }
 
+/// Where the run's checkpoint is saved: `out/checkpoint`, or, where that is a symbolic
+/// link (a checkpoint moved to a larger disk and linked back), the directory it leads
+/// to: each save replaces that directory beside itself, and the link stays (a save
+/// replaced the link with a directory on the run's own disk). A link whose target is
+/// gone (a crash between a save's two renames) still names it, for the recovery.
+pub(super) fn checkpoint_dir(out: &Path) -> std::path::PathBuf {
+    let ck = out.join(CHECKPOINT);
+    match std::fs::read_link(&ck) {
+        // (a relative target is relative to the link's directory)
+        Ok(target) => ck.canonicalize().unwrap_or_else(|_| out.join(target)),
+        Err(_) => ck,
+    }
+}
+
 /// Finish or undo each save of the run directory `out` that a crash interrupted, before
 /// anything is read: the checkpoint directory's swap, the weights and the tables; what
 /// was done is said.
@@ -320,7 +334,10 @@ pub(super) fn recover_saves(out: &Path) -> Result<()> {
         SUMMARY_FILE,
         CURVES_FILE,
     ] {
-        let p = out.join(name);
+        let p = match name {
+            CHECKPOINT => checkpoint_dir(out),
+            _ => out.join(name),
+        };
         use meal_data::atomic::Recovered;
         let done = meal_data::atomic::recover(&p)
             .with_context(|| format!("--out: recovering {}", p.display()))?;

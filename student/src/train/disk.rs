@@ -19,6 +19,17 @@ fn saves_need(ckpt: u64, student: u64, ckpt_held: bool, student_held: bool) -> u
         .saturating_sub(held(student_held, student))
 }
 
+/// Whether `a` and `b` lie on one file system (a device's free space is both's); where
+/// either cannot be read, taken as one (the check is then the run directory's, as
+/// before).
+fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => true,
+    }
+}
+
 /// Bytes as megabytes with one decimal, rounded by `round`: a need up and free space
 /// down (whole megabytes rounded both up read "takes 3 MB and 3 MB are free").
 fn mb(bytes: u64, round: fn(f64) -> f64) -> f64 {
@@ -64,12 +75,28 @@ impl Run {
     pub(super) fn check_disk(&self) -> Result<()> {
         let student = bytes_of(self.student.entries());
         let (ckpt, out) = (self.checkpoint_bytes(), &self.s.out);
-        let need = saves_need(
-            ckpt,
-            student,
-            out.join(CHECKPOINT).exists(),
-            out.join(STUDENT_FILE).exists(),
-        );
+        let ck = super::checkpoint::checkpoint_dir(out);
+        let (ck_held, student_held) = (ck.exists(), out.join(STUDENT_FILE).exists());
+        // a checkpoint linked to another disk is saved there: each disk needs room for
+        // its own saves only
+        if let Some(disk) = ck.parent().filter(|d| !same_device(d, out)) {
+            let need = saves_need(ckpt, 0, ck_held, false);
+            if let Some(free) = meal_cli::free_bytes(disk).filter(|&f| f < need) {
+                bail!(
+                    "{}: {} MB free where --out's {CHECKPOINT} link leads, and the run's \
+                     checkpoints need {} MB there (about {} MB each, written beside the last \
+                     until it is whole): free some space, or link it elsewhere",
+                    disk.display(),
+                    mb(free, f64::floor),
+                    mb(need, f64::ceil),
+                    mb(ckpt, f64::ceil),
+                );
+            }
+        }
+        let need = match ck.parent().is_some_and(|d| !same_device(d, out)) {
+            true => saves_need(0, student, false, student_held),
+            false => saves_need(ckpt, student, ck_held, student_held),
+        };
         match meal_cli::free_bytes(out) {
             Some(free) if free < need => {
                 bail!(

@@ -89,10 +89,26 @@ fn resume_equals_an_uninterrupted_run_and_settings_must_match() {
     assert!(format!("{e:#}").contains("--resume"), "{e:#}");
     // a finished run goes on to more epochs (the step schedule's rates do not depend on
     // them): the weights of a run of that many from the start, the history extended
+    // (its checkpoint moved to another disk and linked back: saved there, the link kept)
+    let moved = f.root.join("bigger_disk/ckpt");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(f.root.join("whole/checkpoint"), &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, f.root.join("whole/checkpoint")).unwrap();
     let mut more = args(&f, "whole");
     more.resume = Some(true);
     more.epochs = Some(3);
     assert_eq!(go(more).unwrap().history.len(), 3);
+    let link = std::fs::symlink_metadata(f.root.join("whole/checkpoint")).unwrap();
+    assert!(
+        link.is_symlink(),
+        "the link to the moved checkpoint was replaced"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(moved.join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        state["epoch"], 3,
+        "the moved checkpoint holds the last save"
+    );
     let mut three = args(&f, "three");
     three.epochs = Some(3);
     go(three).unwrap();
