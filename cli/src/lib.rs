@@ -238,6 +238,14 @@ pub fn check_out_dir(flag: &str, out: &Path) -> anyhow::Result<()> {
     if out.exists() && !out.is_dir() {
         anyhow::bail!("{flag} {}: a file, not a directory", out.display());
     }
+    if let Err(e) = std::fs::metadata(out) {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            anyhow::bail!(
+                "{flag} {}: a loop of symbolic links, which leads to no directory",
+                out.display()
+            );
+        }
+    }
     if !out.exists() {
         if let Ok(target) = std::fs::read_link(out) {
             anyhow::bail!(
@@ -329,6 +337,13 @@ mod tests {
                     "a symbolic link to {}, which does not exist",
                     p.join("gone").display()
                 )),
+            "{e}"
+        );
+        std::os::unix::fs::symlink(p.join("loop"), p.join("loop")).unwrap();
+        let e = super::check_out_dir("--out", &p.join("loop")).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("loop: a loop of symbolic links, which leads to no directory"),
             "{e}"
         );
         for ok in ["dir", "link", "new/sub"] {

@@ -92,6 +92,7 @@ fn cli() -> Result<()> {
             "--wd",
             "--disc-lr",
             "--scale",
+            "--checkpoint-every",
         ],
     );
     match Cli::parse_from(args).cmd {

@@ -127,6 +127,7 @@ fn synth(a: SynthArgs) -> Result<()> {
         max_side: a.max_side,
         quality: a.quality,
     };
+    meal_cli::check_out_dir("--out", &a.out)?;
     let classes = meal_data::synth::class_names().len() as u64;
     let total = (a.train_per_class as u64 + a.val_per_class as u64) * classes;
     let bar = meal_cli::progress_bar(

@@ -21,7 +21,8 @@ impl std::str::FromStr for Every {
         let t = s.trim();
         if t.starts_with('-') {
             return Err(format!(
-                "{s:?}: not a negative one (a number of steps, a time as 90s, 30m, 2h, or off)"
+                "{s:?}: expected a number of steps, a time as 90s, 30m, 2h, or off, not a \
+                 negative one"
             ));
         }
         let split = t

@@ -538,6 +538,27 @@ fn eval_refuses_non_finite_weights_and_an_incomplete_checkpoint_is_named() {
         );
     }
     assert!(!f.root.join("neg-lr").exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
+        .args([
+            "train",
+            "--loss",
+            "ce",
+            "--epochs",
+            "1",
+            "--checkpoint-every",
+            "-1",
+        ])
+        .arg("--data")
+        .arg(f.root.join("data/train"))
+        .arg("--out")
+        .arg(f.root.join("neg-lr"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--checkpoint-every \"-1\"") && err.contains("not a negative one"),
+        "{err}"
+    );
     // a missing value is said as such, not taken from the next flag
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meal-student"))
         .args(["train", "--lr", "--epochs", "1"])
