@@ -159,7 +159,29 @@ pub fn write_stepped<E>(
         let _ = fs::remove_file(tmp);
         AtomicError::Io(at.to_path_buf(), e)
     };
-    let mut f = fs::File::create(tmp).map_err(|e| failed(tmp, e))?;
+    // the temporary's name is the writer's own: whatever a crash (or anyone) left there
+    // goes first, and the file is made new (`O_EXCL`, which opens no symbolic link):
+    // opened as it was, a link there had its target overwritten, a hard link its
+    // other names' bytes, and a pipe blocked the writer for good (a directory is
+    // refused by the open, kept)
+    match fs::symlink_metadata(tmp) {
+        Ok(m) if m.is_dir() => {
+            return Err(AtomicError::Io(
+                tmp.to_path_buf(),
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a directory, where this write's temporary file belongs: remove it",
+                ),
+            ))
+        }
+        Ok(_) => fs::remove_file(tmp).map_err(|e| AtomicError::Io(tmp.to_path_buf(), e))?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| AtomicError::Io(tmp.to_path_buf(), e))?;
     if let Err(e) = before(0) {
         let _ = f.write_all(&bytes[..bytes.len() / 2]);
         return Err(AtomicError::Write(e));
@@ -224,7 +246,8 @@ impl<E: std::fmt::Display> std::fmt::Display for AtomicError<E> {
 impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for AtomicError<E> {}
 
 fn remove_any(p: &Path) {
-    if p.is_dir() {
+    // (a link is removed as itself, never followed into what it names)
+    if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
         let _ = fs::remove_dir_all(p);
     } else {
         let _ = fs::remove_file(p);
@@ -246,6 +269,45 @@ fn sync_tree(p: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// Whatever stands at a write's temporary name is not written through: a link's
+    /// target and a hard link's other name keep their bytes, a pipe does not block the
+    /// write, a directory is refused naming it.
+    #[test]
+    fn a_write_goes_through_nothing_left_at_its_temporary_name() {
+        use super::*;
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim.txt");
+        fs::write(&victim, b"precious").unwrap();
+        let path = d.path().join("manifest.json");
+        let tmp = tmp_path(&path);
+        let plant: [(&str, &dyn Fn()); 3] = [
+            ("symlink", &|| {
+                std::os::unix::fs::symlink(&victim, &tmp).unwrap()
+            }),
+            ("hard link", &|| fs::hard_link(&victim, &tmp).unwrap()),
+            ("pipe", &|| {
+                let c = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            }),
+        ];
+        for (what, plant) in plant {
+            plant();
+            write(&path, what.as_bytes()).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), what.as_bytes(), "{what}");
+            assert_eq!(fs::read(&victim).unwrap(), b"precious", "{what}");
+            assert!(fs::symlink_metadata(&tmp).is_err(), "{what}");
+        }
+        fs::create_dir(&tmp).unwrap();
+        fs::write(tmp.join("keep"), b"k").unwrap();
+        let e = write(&path, b"x").unwrap_err().to_string();
+        assert!(
+            e.contains("a directory, where this write's temporary file belongs"),
+            "{e}"
+        );
+        assert_eq!(fs::read(tmp.join("keep")).unwrap(), b"k");
+    }
+
     use super::*;
 
     #[test]
