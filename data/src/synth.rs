@@ -334,6 +334,34 @@ fn image_bytes(
     Ok(bytes)
 }
 
+/// One of synth's own records in its output directory (`synth.json`, the record of a
+/// synth under way), `None` where there is none. Anything else at its name is refused as
+/// no file of synth's, before it is read (a pipe blocked the read) or replaced (a
+/// user's `synth.json` of notes was overwritten): a link, no regular file, or a file
+/// that holds no record (both are written whole, by rename).
+fn read_own<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(None);
+    };
+    let foreign = |why: &str| {
+        DataError::dataset(
+            path,
+            format!(
+                "{why}, not a record synth wrote: synth writes into an empty directory or \
+                 over its own output"
+            ),
+        )
+    };
+    if !meta.is_file() {
+        return Err(foreign("no regular file (a link, a pipe, a directory)"));
+    }
+    let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(_) => Err(foreign("a file of other contents")),
+    }
+}
+
 /// Make `out` ready for a new dataset: refused when it holds anything [`generate`] does
 /// not write (a user's files are never deleted or mixed in); an earlier synth's images
 /// beyond this one's counts are removed (a smaller dataset over a larger one would
@@ -350,13 +378,8 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
     // synth (its record lists every setting whose images may be there: an interrupted
     // rewrite leaves the old settings' images beside the new ones'). A record that
     // could not have made a dataset is no record
-    let earlier: Option<SynthSummary> = fs::read(out.join("synth.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let recorded: Vec<SynthConfig> = fs::read(out.join(WRITING))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let earlier: Option<SynthSummary> = read_own(&out.join("synth.json"))?;
+    let recorded: Vec<SynthConfig> = read_own(&out.join(WRITING))?.unwrap_or_default();
     let mut earlier_cfgs: Vec<SynthConfig> = Vec::new();
     for c in earlier.iter().map(|e| e.config.clone()).chain(recorded) {
         if c.check().is_ok() && !earlier_cfgs.contains(&c) {

@@ -347,6 +347,36 @@ fn synth_over_its_own_output_equals_a_fresh_one_and_refuses_other_files() {
     );
     assert!(mine.exists() && over.path().join("synth.json").exists());
     std::fs::remove_file(&mine).unwrap();
+    // a synth.json of the user's (no record synth wrote), or a pipe at a record's name
+    // (its read blocked), is refused untouched
+    let notes = tempfile::tempdir().unwrap();
+    std::fs::write(notes.path().join("synth.json"), b"my own notes").unwrap();
+    let e = generate(notes.path(), &cfg(1, 2), || {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("synth.json") && e.contains("a file of other contents"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(notes.path().join("synth.json")).unwrap(),
+        b"my own notes"
+    );
+    let piped = tempfile::tempdir().unwrap();
+    let fifo = std::ffi::CString::new(
+        piped
+            .path()
+            .join(".synth-writing.json")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let e = generate(piped.path(), &cfg(1, 2), || {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no regular file"), "{e}");
 
     // a file of synth's name is synth's only where its bytes are those synth wrote: an
     // image replaced by the user is neither removed (beyond the new count) nor replaced

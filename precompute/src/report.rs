@@ -196,7 +196,7 @@ pub fn worker_reports(out: &Path) -> Vec<RunReport> {
         .iter()
         .filter_map(|n| {
             let p = out.join(n);
-            let r = std::fs::read(&p)
+            let r = meal_data::files::read(&p)
                 .map_err(anyhow::Error::from)
                 .and_then(|b| Ok(serde_json::from_slice::<RunReport>(&b)?));
             r.map_err(|e| tracing::warn!("{}: not read ({e:#})", p.display()))
@@ -221,7 +221,7 @@ pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) ->
     }
     let bytes = serde_json::to_vec_pretty(report)?;
     // (a second merge of the same parts: the same report, left as it is)
-    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+    if meal_data::files::read(&path).is_ok_and(|old| old == bytes) {
         return Ok(());
     }
     match meal_data::atomic::write(&path, &bytes) {
@@ -247,7 +247,7 @@ pub fn write_report(out: &Path, worker: Option<[u32; 2]>, report: &RunReport) ->
 /// or older one does not).
 fn describes_the_same_store(path: &Path, report: &RunReport) -> bool {
     let (Ok(old), Ok(new)) = (
-        std::fs::read(path)
+        meal_data::files::read(path)
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(serde_json::from_slice::<serde_json::Value>(&b)?)),
         serde_json::to_value(report),

@@ -127,7 +127,7 @@ pub(crate) fn read_with_classes(
     sha256: Option<&str>,
 ) -> Result<(Vec<ImageInfo>, Option<Vec<String>>), StoreError> {
     let path = dir.join(IMAGES);
-    let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+    let bytes = meal_data::files::read(&path).map_err(|e| StoreError::io(&path, e))?;
     if let Some(want) = sha256 {
         if sha256_hex(&bytes) != want {
             return Err(StoreError::corrupt(&path, "checksum mismatch"));

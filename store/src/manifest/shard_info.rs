@@ -1,7 +1,6 @@
 //! A finished shard's record in the manifest (`shards[]`), and the checks that the
 //! record, its file and the file's contents agree.
 
-use std::fs;
 use std::path::Path;
 
 use meal_data::Skipped;
@@ -243,7 +242,7 @@ impl ShardInfo {
     /// the file). A missing file is an I/O error, another file a corrupt-file error.
     pub fn check(&self, dir: &Path) -> Result<(), StoreError> {
         let path = dir.join(&self.file);
-        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let bytes = meal_data::files::read(&path).map_err(|e| StoreError::io(&path, e))?;
         let same_sum = crate::sha256_hex(&bytes) == self.sha256;
         if bytes.len() as u64 != self.bytes || !same_sum {
             return Err(StoreError::corrupt(

@@ -146,4 +146,16 @@ fn a_damaged_images_table_is_detected() {
         st.manifest().shards.len() - with_skipped(&st)
     );
     assert_eq!(rep.unchecked_listings.skipped, 1);
+    // a pipe at the table's name is refused, not read (the read waited for a writer)
+    std::fs::remove_file(&table).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&table)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let e = verify_err();
+    assert!(
+        e.contains("images.parquet") && e.contains("not a regular file"),
+        "{e}"
+    );
 }

@@ -121,13 +121,19 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
             }
         );
     }
-    let text = std::fs::read_to_string(&sp).with_context(|| {
-        format!(
-            "--resume: no checkpoint in {} ({})",
-            out.display(),
-            sp.display()
-        )
-    })?;
+    // (a pipe at its name would block the read: refused as no regular file)
+    let text = meal_data::files::read(&sp)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+        .with_context(|| {
+            format!(
+                "--resume: no checkpoint in {} ({})",
+                out.display(),
+                sp.display()
+            )
+        })?;
     let state: State = serde_json::from_str(&text).with_context(|| {
         format!(
             "--resume: {} is not a checkpoint's state (damaged or cut short): restore \

@@ -263,9 +263,9 @@ impl Run {
     /// load as `--init`), or a rerun.
     pub(super) fn diverged(&self) -> String {
         let ckpt = self.s.out.join(CHECKPOINT).join("state.json");
-        let saved = std::fs::read_to_string(&ckpt)
+        let saved = meal_data::files::read(&ckpt)
             .ok()
-            .and_then(|t| serde_json::from_str::<State>(&t).ok());
+            .and_then(|t| serde_json::from_slice::<State>(&t).ok());
         // the rates that set a step's size: --lr, and --wd and --disc-lr when set above
         // their usual range (a --wd of 1e30 diverged as surely)
         let mut lower = format!("a lower --lr (now {})", meal_cli::number(self.s.lr));
