@@ -46,6 +46,19 @@ pub fn replace_with<E>(
         // rename(2) will not replace a non-empty directory: move the old one aside first
         let old = old_path(path);
         remove_any(&old);
+        // (one that cannot be removed failed the rename below as "directory not empty",
+        // said of `path`)
+        if fs::symlink_metadata(&old).is_ok() {
+            remove_any(&tmp);
+            return Err(io_err(
+                &old,
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "an earlier version left here could not be removed (its permissions?): \
+                     remove it, then save again",
+                ),
+            ));
+        }
         if let Err(e) = fs::rename(path, &old) {
             remove_any(&tmp);
             return Err(io_err(path, e));

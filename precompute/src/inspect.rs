@@ -484,16 +484,31 @@ pub fn verify(dir: &Path) -> Result<String> {
             why.join("; ")
         );
     }
-    let extra = store.unlisted_shards();
-    if !extra.is_empty() {
-        let _ = write!(
-            text,
-            "\nnote: shard files the manifest does not list ({}): {} (not part of the store: \
-             a reader globbing shard-* would read them, take the manifest's list; a rerun of \
-             `meal-precompute run` here removes them as a crash's leftovers)",
-            extra.len(),
-            meal_data::error::first_few(&extra, 5)
-        );
+    // (a rerun removes the unlisted files of a writer's shard names only)
+    let (removed, kept): (Vec<String>, Vec<String>) = store
+        .unlisted_shards()
+        .into_iter()
+        .partition(|n| meal_store::writer::is_shard_name(n));
+    for (extra, then) in [
+        (
+            removed,
+            "a rerun of `meal-precompute run` here removes them as a crash's leftovers",
+        ),
+        (
+            kept,
+            "no name a shard is written under: a rerun leaves them",
+        ),
+    ] {
+        if !extra.is_empty() {
+            let _ = write!(
+                text,
+                "\nnote: shard files the manifest does not list ({}): {} (not part of the \
+                 store: a reader globbing shard-* would read them, take the manifest's list; \
+                 {then})",
+                extra.len(),
+                meal_data::error::first_few(&extra, 5)
+            );
+        }
     }
     // a merged store's worker parts stay beside it (a worker rerun or a merge reads
     // them): one that does not read, or of another split, would fail those later

@@ -381,12 +381,22 @@ fn inspect_and_verify_read_the_store_and_catch_corruption() {
         s.out.join("shard-000009.parquet"),
     )
     .unwrap();
+    // (and one of no name a writer gives, which a rerun leaves: said apart)
+    std::fs::copy(
+        s.out.join("shard-000000.parquet"),
+        s.out.join("shard-99.parquet"),
+    )
+    .unwrap();
     let text = inspect::verify(&s.out).unwrap();
     assert!(
-        text.starts_with("ok") && text.contains("does not list (1): shard-000009.parquet"),
+        text.starts_with("ok")
+            && text.contains("does not list (1): shard-000009.parquet")
+            && text.contains("shard-000009.parquet (not part of the store: a reader globbing shard-* would read them, take the manifest's list; a rerun of `meal-precompute run` here removes them")
+            && text.contains("does not list (1): shard-99.parquet (not part of the store: a reader globbing shard-* would read them, take the manifest's list; no name a shard is written under: a rerun leaves them)"),
         "{text}"
     );
     std::fs::remove_file(s.out.join("shard-000009.parquet")).unwrap();
+    std::fs::remove_file(s.out.join("shard-99.parquet")).unwrap();
     // flip one byte in the middle of a shard
     let shard = s.out.join("shard-000001.parquet");
     let mut b = std::fs::read(&shard).unwrap();

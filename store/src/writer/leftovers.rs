@@ -123,6 +123,13 @@ fn owns_tmp(file: &str, worker: Option<[u32; 2]>, manifest: &str) -> bool {
         .is_some_and(|idx| idx % n == i)
 }
 
+/// Whether `file` is a name a store's writer gives a shard (`shard-NNNNNN.parquet` or
+/// `.safetensors`, six digits): an unlisted one in a store is removed by a rerun as a
+/// crash's leftover; other `shard-*` names are left alone.
+pub fn is_shard_name(file: &str) -> bool {
+    owned_shard(file, None).is_some()
+}
+
 /// The index of a shard file's name (`shard-NNNNNN.parquet` or `.safetensors`) that
 /// `worker` writes (all for a single writer); None for any other name.
 fn owned_shard(file: &str, worker: Option<[u32; 2]>) -> Option<u32> {

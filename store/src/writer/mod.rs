@@ -18,6 +18,7 @@ mod open;
 pub(crate) mod renew;
 mod sharing;
 
+pub use leftovers::is_shard_name;
 pub use sharing::complete_without_lock;
 pub use sharing::worker_manifests;
 

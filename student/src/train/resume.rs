@@ -88,6 +88,14 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
         .into_iter()
         .filter(|f| out.join(f).exists())
         .collect();
+    // (a checkpoint that cannot be read is no incomplete one: removing it lost a run)
+    if let Err(e) = sp.try_exists() {
+        bail!(
+            "--resume: {}: {e}: the checkpoint cannot be read (its permissions?); make it \
+             readable, then resume",
+            sp.display()
+        );
+    }
     if dir.is_dir() && !sp.exists() {
         // without this, a plain run says "pass --resume" and --resume "no checkpoint".
         // Starting over there needs the results gone too

@@ -78,6 +78,13 @@ fn start(run: &mut Run, s: &Settings, saved: Option<State>) -> Result<State> {
     let ckpt = s.out.join(CHECKPOINT);
     // a checkpoint directory without its state (empty, or emptied by hand) saves no
     // run to continue: saying "already holds a run" sent the user to a --resume that fails
+    if let Err(e) = ckpt.join("state.json").try_exists() {
+        bail!(
+            "--out {}: {}: {e}: its checkpoint cannot be read (its permissions?)",
+            s.out.display(),
+            ckpt.display()
+        );
+    }
     if ckpt.is_dir() && !ckpt.join("state.json").exists() {
         bail!(
             "--out {}: {} holds no saved run (no state.json): remove it to start a run \
