@@ -235,28 +235,27 @@ pub fn hint_gpu_out_of_memory(e: anyhow::Error, hint: impl FnOnce() -> String) -
 /// symbolic link whose target is missing (its lock file's "No such file or directory"
 /// named neither the link nor its target).
 pub fn check_out_dir(flag: &str, out: &Path) -> anyhow::Result<()> {
-    if out.exists() && !out.is_dir() {
-        anyhow::bail!("{flag} {}: a file, not a directory", out.display());
-    }
-    if let Err(e) = std::fs::metadata(out) {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            anyhow::bail!(
-                "{flag} {}: a loop of symbolic links, which leads to no directory",
-                out.display()
-            );
+    // (one look through any link: what the run's own first write would meet)
+    match std::fs::metadata(out) {
+        Ok(m) if !m.is_dir() => {
+            anyhow::bail!("{flag} {}: a file, not a directory", out.display())
         }
-    }
-    if !out.exists() {
-        if let Ok(target) = std::fs::read_link(out) {
-            anyhow::bail!(
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => anyhow::bail!(
+            "{flag} {}: a loop of symbolic links, which leads to no directory",
+            out.display()
+        ),
+        Err(_) => match std::fs::read_link(out) {
+            Ok(target) => anyhow::bail!(
                 "{flag} {}: a symbolic link to {}, which does not exist: make that \
                  directory, or give another",
                 out.display(),
                 target.display()
-            );
-        }
+            ),
+            // not there yet: the run makes it
+            Err(_) => Ok(()),
+        },
     }
-    Ok(())
 }
 
 /// Whether `path` is, or would be created, inside the existing directory `dir` (both

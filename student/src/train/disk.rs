@@ -79,7 +79,8 @@ impl Run {
         let (ck_held, student_held) = (ck.exists(), out.join(STUDENT_FILE).exists());
         // a checkpoint linked to another disk is saved there: each disk needs room for
         // its own saves only
-        if let Some(disk) = ck.parent().filter(|d| !same_device(d, out)) {
+        let apart = ck.parent().filter(|d| !same_device(d, out));
+        if let Some(disk) = apart {
             let need = saves_need(ckpt, 0, ck_held, false);
             if let Some(free) = meal_cli::free_bytes(disk).filter(|&f| f < need) {
                 bail!(
@@ -93,9 +94,9 @@ impl Run {
                 );
             }
         }
-        let need = match ck.parent().is_some_and(|d| !same_device(d, out)) {
-            true => saves_need(0, student, false, student_held),
-            false => saves_need(ckpt, student, ck_held, student_held),
+        let need = match apart {
+            Some(_) => saves_need(0, student, false, student_held),
+            None => saves_need(ckpt, student, ck_held, student_held),
         };
         match meal_cli::free_bytes(out) {
             Some(free) if free < need => {
