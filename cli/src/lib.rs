@@ -10,10 +10,12 @@ pub mod pair;
 pub mod plot;
 pub mod progress;
 pub mod signals;
+pub mod text;
 
 pub use config::{naming_config, naming_config_of_flags, read_toml, Layers};
 pub use dataset::open_dataset;
 pub use pair::Pair;
+pub use text::Utf8Text;
 
 /// A command-line count (`--batch`, `--epochs`, ...): a whole number, 0 or more, said as
 /// such when it is not one (clap's own words were "invalid digit found in string" for

@@ -282,12 +282,13 @@ fn sync_tree(p: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Whatever stands at a write's temporary name is not written through: a link's
     /// target and a hard link's other name keep their bytes, a pipe does not block the
     /// write, a directory is refused naming it.
     #[test]
     fn a_write_goes_through_nothing_left_at_its_temporary_name() {
-        use super::*;
         let d = tempfile::tempdir().unwrap();
         let victim = d.path().join("victim.txt");
         fs::write(&victim, b"precious").unwrap();
@@ -320,8 +321,6 @@ mod tests {
         );
         assert_eq!(fs::read(tmp.join("keep")).unwrap(), b"k");
     }
-
-    use super::*;
 
     #[test]
     fn recover_finishes_or_undoes_an_interrupted_replacement() {

@@ -222,6 +222,15 @@ impl Dataset {
         &self.samples
     }
 
+    /// Images per class, indexed by label (a class folder of no image counts 0).
+    pub fn class_counts(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.classes.len()];
+        for s in &self.samples {
+            counts[s.label as usize] += 1;
+        }
+        counts
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.samples.len()

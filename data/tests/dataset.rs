@@ -51,6 +51,24 @@ fn image_folder_order_equals_torchvision() {
         assert_eq!(s.id as usize, i);
         assert_eq!(s.bytes, s.path.len() as u64, "{}: size recorded", s.path);
     }
+    // images per class, counted from torchvision's own (path, label) list
+    let mut counts = vec![0u64; classes.len()];
+    for (_, label) in &want {
+        counts[*label as usize] += 1;
+    }
+    assert_eq!(ds.class_counts(), counts);
+}
+
+#[test]
+fn a_class_folder_of_no_image_counts_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a/1.jpg", b"x");
+    write(dir.path(), "a/2.jpg", b"x");
+    write(dir.path(), "c/1.png", b"x");
+    fs::create_dir_all(dir.path().join("b")).unwrap();
+    let ds = Dataset::open(dir.path(), LinkPolicy::StayInside).unwrap();
+    assert_eq!(ds.classes(), ["a", "b", "c"]);
+    assert_eq!(ds.class_counts(), [2, 0, 1]);
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub struct RunArgs {
     /// config defaults to the preset's timm pretrained config. `classes=` names the weights' classes in
     /// logit order, one per line (timm's imagenet_synsets.txt): the data's classes are
     /// then taken by name, a subset of them included.
-    #[arg(long = "teacher", value_name = "ARCH=WEIGHTS")]
+    #[arg(long = "teacher", value_name = "ARCH=WEIGHTS", value_parser = meal_cli::Utf8Text)]
     #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub teacher: Vec<String>,
     /// Where the label store goes (resumed when it holds a partial store of this config;

@@ -109,7 +109,7 @@ pub struct TrainArgs {
     /// Run these teachers every step instead of reading the store (comparisons and
     /// checks); same syntax as meal-precompute's --teacher (a local file or a Hugging
     /// Face hub id ORG/NAME). Repeatable.
-    #[arg(long = "online-teacher", value_name = "ARCH=WEIGHTS")]
+    #[arg(long = "online-teacher", value_name = "ARCH=WEIGHTS", value_parser = meal_cli::Utf8Text)]
     #[serde(default, deserialize_with = "meal_cli::config::one_or_many")]
     pub online_teacher: Vec<String>,
     /// cpu or cuda:N [default: cpu].

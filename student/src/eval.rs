@@ -300,16 +300,13 @@ pub fn logit_of(trained: &TrainedOn, ds: &Dataset, whose: Logits) -> Result<Opti
         ClassOrder::Other(unknown) => {
             // a folder of no image (a stray `.ipynb_checkpoints`) is a class all the
             // same, and not one to rename
-            let mut has_images = vec![false; data.len()];
-            for s in ds.samples() {
-                has_images[s.label as usize] = true;
-            }
+            let counts = ds.class_counts();
             let empty: Vec<&String> = unknown
                 .iter()
                 .filter(|u| {
                     data.iter()
                         .position(|c| c == *u)
-                        .is_some_and(|i| !has_images[i])
+                        .is_some_and(|i| counts[i] == 0)
                 })
                 .collect();
             let advice = match empty.len() {

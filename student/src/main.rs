@@ -44,7 +44,7 @@ enum Cmd {
         /// Evaluate the mean softmax of these models instead (repeatable; the syntax of
         /// meal-precompute's --teacher, hub ids included, plus `crop_pct=F`, the centre
         /// crop's share of the resized side [default: the preset's timm config]).
-        #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"])]
+        #[arg(long, value_name = "ARCH=WEIGHTS", conflicts_with_all = ["arch", "weights"], value_parser = meal_cli::Utf8Text)]
         teacher: Vec<String>,
         /// Input side [default: the side the weights were trained at, where they record it
         /// (meal-student's do), else the preset's].

@@ -162,10 +162,7 @@ fn index(a: IndexArgs) -> Result<()> {
         "dataset",
         LinkPolicy::follow_if(a.links.follow_links),
     )?;
-    let mut per_class = vec![0u64; ds.classes().len()];
-    for s in ds.samples() {
-        per_class[s.label as usize] += 1;
-    }
+    let per_class = ds.class_counts();
     let summary = serde_json::json!({
         // (lossy: JSON text has no room for a path that is not UTF-8)
         "root": ds.root().to_string_lossy(),
