@@ -1,6 +1,6 @@
 //! meal-student on a tiny dataset: one offline KD step equals one online KD step on the
 //! same crops; a hard-label run learns; eval scores classes by name. Resume is in
-//! `resume`, what it refuses in `refusals`.
+//! `resume`, what it refuses in `refusals`, what stops it midway in `stops`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -13,6 +13,7 @@ use meal_student::train::{train, TrainReport};
 mod bad_inputs;
 mod refusals;
 mod resume;
+mod stops;
 
 struct Fx {
     _dir: tempfile::TempDir,
