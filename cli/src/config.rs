@@ -175,7 +175,11 @@ fn from_file(message: &str, path: &Path) -> Option<Vec<String>> {
 fn head_flags(message: &str) -> Vec<String> {
     let head = message.split(": ").next().unwrap_or(message);
     head.split_whitespace()
-        .filter_map(|w| w.strip_prefix("--"))
+        // (a flag in brackets or quotes: `(--loss ce or --disc off)`)
+        .filter_map(|w| {
+            w.trim_start_matches(['(', '[', '"', '\'', '`'])
+                .strip_prefix("--")
+        })
         .map(|w| {
             w.chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -287,6 +291,15 @@ mod tests {
             &p
         ));
         assert_eq!(head_flags("--a 1,2 with --b-c x: --d"), ["a", "b-c"]);
+        // (flags in brackets count: the file's `loss = "ce"` turned the discriminator off)
+        assert_eq!(
+            head_flags("--disc-lr sets its rate; it is off (--loss ce or --disc off): remove it"),
+            ["disc-lr", "loss", "disc"]
+        );
+        assert!(may_come_from(
+            "--disc-lr is off (--loss ce or --disc off): no",
+            &p
+        ));
         let e = naming_config::<()>(
             Err(anyhow::anyhow!("--labels L with --loss ce: no")),
             Some(&p),

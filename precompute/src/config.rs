@@ -307,8 +307,11 @@ impl RunArgs {
                 devices.len()
             );
         }
-        if devices.len() > 1 && worker.is_some() {
-            bail!("--device {device}: a list of devices runs one worker per device itself; use it without --worker");
+        if let (true, Some(w)) = (devices.len() > 1, l.pick(|a| &a.worker)) {
+            bail!(
+                "--device {device} with --worker {w}: a list of devices runs one worker per \
+                 device itself; give one of the two"
+            );
         }
         Ok(Settings {
             data,

@@ -366,7 +366,7 @@ impl TrainArgs {
         // a --scale here would be silently ignored
         if let (Some(store), Some(scale)) = (&labels, l.pick(|a| &a.scale)) {
             bail!(
-                "--scale {},{}: with --labels {} the stored crops are replayed as \
+                "--scale {},{} with --labels {}: the stored crops are replayed as \
                  meal-precompute drew them (its --scale); remove --scale, or draw a new \
                  pool with meal-precompute run --scale",
                 scale.0[0],

@@ -258,7 +258,10 @@ fn a_device_list_runs_one_worker_per_device_and_merges() {
     a.device = Some("cpu,cpu".into());
     a.worker = Some("0/2".into());
     let e = a.resolve().unwrap_err();
-    assert!(format!("{e:#}").contains("--worker"), "{e:#}");
+    assert!(
+        format!("{e:#}").starts_with("--device cpu,cpu with --worker 0/2"),
+        "{e:#}"
+    );
 }
 
 /// The report is built from the whole store, not the last invocation: after an

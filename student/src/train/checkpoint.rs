@@ -211,16 +211,17 @@ impl Run {
                 .is_some_and(|most| state.acc.rows <= most)
             && state.step <= state.epoch as u64 * per_epoch as u64 + state.batch as u64;
         if !consistent {
-            bail!(
-                "--resume: {} is inconsistent (epoch {} of {}, step {} of an epoch's {per_epoch}, \
-                 {} epochs logged): it was altered; restore it, or start a new run in another --out with --init {}",
-                sp.display(),
-                state.epoch,
-                state.settings.epochs,
-                state.batch,
-                state.history.len(),
-                dir.join(STUDENT_FILE).display()
-            );
+            return Err(super::resume::inconsistent(
+                &sp,
+                format!(
+                    "epoch {} of the run's {}, step {} of an epoch's {per_epoch}, {} epochs \
+                     logged",
+                    state.epoch,
+                    state.settings.epochs,
+                    state.batch,
+                    state.history.len()
+                ),
+            ));
         }
         // the tensors' bytes as saved: a value changed in place loads and trains on
         let altered_file = |name: &str, why: &str| {

@@ -150,6 +150,19 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
             dir.join(STUDENT_FILE).display()
         )
     })?;
+    // (an epoch past the run's own total is no run's: said as altered here, before
+    // --epochs is compared with it, whose advice to give more epochs led nowhere)
+    if state.epoch > state.settings.epochs
+        || (state.epoch == state.settings.epochs && state.batch > 0)
+    {
+        return Err(inconsistent(
+            &sp,
+            format!(
+                "epoch {} of the run's {}, step {}",
+                state.epoch, state.settings.epochs, state.batch
+            ),
+        ));
+    }
     let (a, b) = (
         flags_of(serde_json::to_value(&state.settings)?),
         flags_of(serde_json::to_value(s)?),
@@ -251,6 +264,18 @@ pub(super) fn read_resumable(s: &Settings) -> Result<State> {
         );
     }
     Ok(state)
+}
+
+/// A checkpoint's `state.json` at `sp` that no run writes (`what`: the figures that
+/// cannot go together), said as altered.
+pub(super) fn inconsistent(sp: &Path, what: String) -> anyhow::Error {
+    let dir = sp.parent().unwrap_or(sp);
+    anyhow::anyhow!(
+        "--resume: {} is inconsistent ({what}): it was altered; restore it, or start a new \
+         run in another --out with --init {}",
+        sp.display(),
+        dir.join(STUDENT_FILE).display()
+    )
 }
 
 impl Run {

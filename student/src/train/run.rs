@@ -298,7 +298,9 @@ impl Run {
         meal_models::set_tf32(&dev, s.tf32).context("--tf32")?;
         if s.amp && !dev.is_cuda() {
             bail!(
-                "--amp true: mixed precision (bf16) runs on a GPU (--device cuda:N); on the CPU the student trains in f32"
+                "--amp true with --device {}: mixed precision (bf16) runs on a GPU \
+                 (--device cuda:N); on the CPU the student trains in f32",
+                s.device
             );
         }
         let (ds, val, val_logits) = open_datasets(&s)?;

@@ -178,7 +178,7 @@ fn an_altered_checkpoint_is_refused_on_resume() {
         *t = candle_core::Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap();
         candle_core::safetensors::save(&sd, p).unwrap();
     };
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 8] = [
         (
             "student.safetensors",
             Box::new(move |p: &Path| set_first(p, "fc.bias", 50.0)),
@@ -222,6 +222,29 @@ fn an_altered_checkpoint_is_refused_on_resume() {
                 std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
             }),
             "../../outside.bin: not a file name of the checkpoint's",
+        ),
+        // an epoch past the run's total: altered, not advice to give more --epochs
+        // (which led to this refusal next)
+        (
+            "state.json",
+            Box::new(|p: &Path| {
+                let mut st: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                st["epoch"] = 5.into();
+                std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
+            }),
+            "state.json is inconsistent (epoch 5 of the run's 2, step 1): it was altered",
+        ),
+        // an epoch within it, its log's epochs missing
+        (
+            "state.json",
+            Box::new(|p: &Path| {
+                let mut st: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                st["epoch"] = 1.into();
+                std::fs::write(p, serde_json::to_vec(&st).unwrap()).unwrap();
+            }),
+            "state.json is inconsistent (epoch 1 of the run's 2, step 1 of an epoch's",
         ),
     ];
     let state = ck.join("state.json");

@@ -260,3 +260,39 @@ fn a_store_of_another_dataset_is_refused() {
         "{e}"
     );
 }
+
+/// A two-flag refusal whose other flag the `--config` file set names the file: its
+/// `loss = "ce"` turned off the discriminator `--disc-lr` tunes, its `labels` store fixed
+/// the crops `--scale` would draw (neither named the file).
+#[test]
+fn a_refusal_over_a_flag_the_config_file_set_names_the_file() {
+    let f = fixture();
+    let file = f.root.join("run.toml");
+    std::fs::write(&file, "loss = \"ce\"\n").unwrap();
+    let mut a = args(&f, "cfg-disc");
+    a.config = Some(file.clone());
+    a.labels = None;
+    a.disc_lr = Some(0.1);
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.starts_with("--disc-lr")
+            && e.contains(&format!("(--loss as --config {} sets)", file.display())),
+        "{e}"
+    );
+    std::fs::write(
+        &file,
+        format!("labels = {:?}\n", f.labels.display().to_string()),
+    )
+    .unwrap();
+    let mut a = args(&f, "cfg-scale");
+    a.config = Some(file.clone());
+    a.labels = None;
+    a.scale = Some(meal_cli::Pair([0.3, 1.0]));
+    let e = format!("{:#}", go(a).unwrap_err());
+    assert!(
+        e.starts_with("--scale 0.3,1 with --labels")
+            && e.contains(&format!("(--labels as --config {} sets)", file.display())),
+        "{e}"
+    );
+    assert!(!f.root.join("cfg-disc").exists() && !f.root.join("cfg-scale").exists());
+}
