@@ -27,13 +27,15 @@ use crate::error::{DataError, Result};
 
 /// Largest side we decode: 2^16 - 1 (JPEG's own limit), to bound memory on hostile files.
 const MAX_SIDE: usize = 65_535;
-/// Largest pixel count we decode (~ 268 MP, 805 MB of RGB): PIL's decompression-bomb
-/// error threshold is 2x its 89.5 MP warning; we allow a little more.
-const MAX_PIXELS: usize = 1 << 28;
+/// Largest pixel count we decode: PIL's, which refuses an image of more than twice its
+/// `Image.MAX_IMAGE_PIXELS` (89,478,485) as a decompression bomb (Pillow
+/// `src/PIL/Image.py`, `_decompression_bomb_check`): ~179 MP, 537 MB of RGB. (We allowed
+/// 2^28 once: a 4 KB JPEG claiming 16384x16384 then took 1.6 GB to decode.)
+const MAX_PIXELS: usize = 2 * 89_478_485;
 /// Largest decoded PNG, in bytes before the conversion to RGB8: 4 bytes a pixel at the
 /// pixel limit (RGBA8), so 16-bit images are refused at a fraction of it (RGBA16, 8
 /// bytes a pixel, at half; RGB16 at two thirds; grey16, 2 bytes, at the pixel limit
-/// alone): 1 GiB per decoding thread at most.
+/// alone): 716 MB per decoding thread at most.
 const MAX_DECODE_BYTES: u64 = (MAX_PIXELS as u64) * 4;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved `R G B`.
@@ -176,6 +178,16 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         Some(_) => {
             let mut dec = jpeg_decoder(bytes, true);
             dec.decode_into(&mut data).map_err(whole)?;
+            // (libjpeg, and so PIL, decode it without a word: its coefficients that no
+            // scan reached are zero, a blurred image labelled as the whole one)
+            if let Some(missing) = progressive_scans_missing(bytes) {
+                crate::error::warn_once(format!(
+                    "{}: progressive JPEG whose scans end before its last ({missing}; cut \
+                     short, then given an end marker?): decoded from the scans it has, \
+                     blurred, as libjpeg and PIL decode it",
+                    path.display()
+                ));
+            }
             data
         }
         None => {
@@ -188,6 +200,84 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         height: h as u32,
         data,
     })
+}
+
+/// What a progressive JPEG's scans leave uncoded, in words, or `None` when every
+/// coefficient of every component is coded to its last bit. Each scan (JPEG, ITU T.81
+/// G.1.1.1) codes coefficients `Ss..=Se` of its components down to bit `Al`, refinement
+/// scans lowering `Al` to 0; a file cut short at a scan's end and given an end marker
+/// decodes, with the later scans' coefficients zero. Markers are walked from the start,
+/// each scan's entropy-coded data skipped to the next marker; `None` too where the
+/// header cannot be walked (the decoder judged the file).
+fn progressive_scans_missing(bytes: &[u8]) -> Option<String> {
+    // per frame component (its id): the lowest bit coded of each coefficient (9: none)
+    let mut comps: Vec<(u8, [u8; 64])> = Vec::new();
+    let mut i = 2;
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        if marker == 0xD9 {
+            break;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        let seg = bytes.get(i + 4..i + 2 + len)?;
+        i += 2 + len;
+        match marker {
+            // progressive Huffman frame: Nf components of 3 bytes from the 6th
+            0xC2 => {
+                let n = *seg.get(5)? as usize;
+                comps = (0..n)
+                    .map(|c| seg.get(6 + 3 * c).map(|&id| (id, [9u8; 64])))
+                    .collect::<Option<_>>()?;
+            }
+            0xDA => {
+                let n = *seg.first()? as usize;
+                let (ss, se, al) = (
+                    *seg.get(1 + 2 * n)? as usize,
+                    *seg.get(2 + 2 * n)? as usize,
+                    seg.get(3 + 2 * n)? & 0x0F,
+                );
+                for c in 0..n {
+                    let id = *seg.get(1 + 2 * c)?;
+                    let (_, bits) = comps.iter_mut().find(|(cid, _)| *cid == id)?;
+                    for b in bits.get_mut(ss..=se.min(63))? {
+                        *b = (*b).min(al);
+                    }
+                }
+                // the scan's data: up to the next marker that is no stuffed byte
+                // (FF 00) or restart (FF D0-D7)
+                while i + 1 < bytes.len()
+                    && !(bytes[i] == 0xFF
+                        && bytes[i + 1] != 0
+                        && !(0xD0..=0xD7).contains(&bytes[i + 1]))
+                {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let uncoded: Vec<String> = comps
+        .iter()
+        .enumerate()
+        .filter_map(|(c, (_, bits))| {
+            let ac = bits[1..].iter().filter(|&&b| b != 0).count();
+            match (bits[0] != 0, ac) {
+                (false, 0) => None,
+                (dc, ac) => Some(format!(
+                    "component {c}: {}{ac} of 63 AC coefficients",
+                    if dc { "DC and " } else { "" }
+                )),
+            }
+        })
+        .collect();
+    (!uncoded.is_empty()).then(|| format!("not fully coded: {}", uncoded.join(", ")))
 }
 
 /// What follows a sequential JPEG's data in place of its end marker: stuffed `FF 00`
@@ -238,9 +328,76 @@ fn cut_short(bytes: &[u8], padded: &[u8], n: usize, path: &Path) -> Result<Vec<u
 /// The `IEND` chunk that ends every PNG (length 0, type, CRC).
 const PNG_IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
 
+/// The most a PNG's colour profile (`iCCP`) may inflate to: PIL's `MAX_TEXT_CHUNK`
+/// (`ImageFile.SAFEBLOCK`, 1 MiB), past which it refuses the file ("Decompressed data too
+/// large"; Pillow `src/PIL/PngImagePlugin.py`, `chunk_iCCP`). The png crate inflates it up
+/// to the whole decode's byte limit: a 2 MB file took 1.1 GB.
+const MAX_ICC_BYTES: u64 = 1 << 20;
+
+/// `bytes` without their `iCCP` chunks (the colour profile, which converting to RGB
+/// does not use, as PIL's `convert("RGB")` does not), each checked as PIL checks it
+/// first: one whose profile inflates past [`MAX_ICC_BYTES`] or is compressed by another
+/// method is refused; one that does not inflate is dropped, as PIL drops it. `None`: no
+/// such chunk (the bytes go to the decoder as they are). Chunks are walked from the
+/// signature while whole; the decoder reports what lies past a broken one.
+fn without_iccp(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut kept: Option<Vec<u8>> = None;
+    let mut at = 8;
+    while let Some(head) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let Some(end) = at.checked_add(12).and_then(|e| e.checked_add(len)) else {
+            break;
+        };
+        let Some(chunk) = bytes.get(at..end) else {
+            break;
+        };
+        if &head[4..8] == b"iCCP" {
+            let body = &chunk[8..8 + len];
+            // name (1-79 bytes), NUL, compression method (0: zlib), the profile
+            let name = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+            match body.get(name + 1) {
+                Some(0) => {}
+                m => {
+                    return Err(DataError::decode(
+                        path,
+                        format!(
+                            "PNG: its colour profile (iCCP) is compressed by unknown method \
+                             {m:?} (PIL refuses it too)"
+                        ),
+                    ))
+                }
+            }
+            let mut inflated = Vec::new();
+            let read = flate2::read::ZlibDecoder::new(&body[name + 2..])
+                .take(MAX_ICC_BYTES + 1)
+                .read_to_end(&mut inflated);
+            if read.is_ok() && inflated.len() as u64 > MAX_ICC_BYTES {
+                return Err(DataError::decode(
+                    path,
+                    format!(
+                        "PNG: its colour profile (iCCP) inflates past {MAX_ICC_BYTES} bytes \
+                         (a decompression bomb; PIL refuses it too)"
+                    ),
+                ));
+            }
+            kept.get_or_insert_with(|| bytes[..at].to_vec());
+        } else if let Some(k) = kept.as_mut() {
+            k.extend_from_slice(chunk);
+        }
+        at = end;
+    }
+    if let Some(k) = kept.as_mut() {
+        k.extend_from_slice(&bytes[at.min(bytes.len())..]);
+    }
+    Ok(kept)
+}
+
 /// A PNG; one whose image data is whole but whose `IEND` chunk is missing (cut at its
 /// very end) decodes as PIL decodes it, which does not require the chunk.
 fn decode_png(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let stripped = without_iccp(bytes, path)?;
+    let bytes = stripped.as_deref().unwrap_or(bytes);
     match decode_png_once(bytes, path) {
         Err(e) if !bytes.ends_with(&PNG_IEND) => {
             let mut ended = bytes.to_vec();
@@ -289,7 +446,7 @@ fn decode_png_once(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let png = |e: image::ImageError| DataError::decode(path, format!("PNG: {}", png_message(&e)));
     // the header's size is checked before any pixel is decoded: a 190 KB 1-bit PNG of
     // 40000x40000 decoded 1.6 GB before it was refused (an adversarial run), and 16-bit
-    // RGBA takes 8 bytes a pixel (2 GB under the pixel limit, per decoding thread)
+    // RGBA takes 8 bytes a pixel (1.4 GB under the pixel limit, per decoding thread)
     let decoder = reader.into_decoder().map_err(png)?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     check_dims(w as usize, h as usize, path)?;
@@ -310,4 +467,46 @@ fn decode_png_once(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         height: rgb.height(),
         data: rgb.into_raw(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libjpeg's progression (10 scans: DC first, then AC bands and refinements): the
+    /// whole file is fully coded; cut after any scan and given an end marker, what the
+    /// scans left is named.
+    #[test]
+    fn a_progressive_jpeg_cut_at_a_scan_is_told() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/src_progressive.jpg");
+        let jpg = std::fs::read(path).unwrap();
+        assert_eq!(progressive_scans_missing(&jpg), None);
+        let scans: Vec<usize> = (0..jpg.len() - 1)
+            .filter(|&i| jpg[i] == 0xFF && jpg[i + 1] == 0xDA)
+            .collect();
+        assert_eq!(scans.len(), 10);
+        for (k, &at) in scans.iter().enumerate().skip(1) {
+            let mut cut = jpg[..at].to_vec();
+            cut.extend([0xFF, 0xD9]);
+            let missing = progressive_scans_missing(&cut);
+            assert!(missing.is_some(), "cut before scan {k}");
+            // and it decodes (as libjpeg decodes it)
+            assert!(decode_bytes(&cut, Path::new("p.jpg")).is_ok(), "scan {k}");
+        }
+        // after the first (DC) scan alone: every AC coefficient of the 3 components
+        let mut cut = jpg[..scans[1]].to_vec();
+        cut.extend([0xFF, 0xD9]);
+        let missing = progressive_scans_missing(&cut).unwrap();
+        assert!(
+            missing.contains("component 0: DC and 63 of 63 AC")
+                && missing.contains("component 2: DC and 63 of 63 AC"),
+            "{missing}"
+        );
+        // a sequential file is no progressive one
+        let seq = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/src_baseline.jpg"),
+        )
+        .unwrap();
+        assert_eq!(progressive_scans_missing(&seq), None);
+    }
 }

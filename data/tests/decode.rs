@@ -234,42 +234,41 @@ fn missing_file_is_an_io_error_naming_it() {
     assert!(e.to_string().contains("/nonexistent/dir/x.jpg"), "{e}");
 }
 
+/// A PNG chunk: length, type, data and CRC-32 (ISO-HDLC, as PNG's chunks carry it: PNG
+/// spec, "CRC algorithm").
+fn png_chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut body = kind.to_vec();
+    body.extend(data);
+    let mut c = !0u32;
+    for &b in &body {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend(&body);
+    out.extend((!c).to_be_bytes());
+    out
+}
+
 /// A PNG's header (signature, IHDR of `w`x`h` at `depth` bits, colour `colour`) and a
 /// tiny IDAT: enough for a decoder to learn the size, not to decode a pixel.
 fn png_header(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
-    // CRC-32 (ISO-HDLC), as PNG's chunks carry it (PNG spec, "CRC algorithm")
-    fn crc(bytes: &[u8]) -> u32 {
-        let mut c = !0u32;
-        for &b in bytes {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-        }
-        !c
-    }
-    let chunk = |kind: &[u8], data: &[u8]| {
-        let mut body = kind.to_vec();
-        body.extend(data);
-        let mut out = (data.len() as u32).to_be_bytes().to_vec();
-        out.extend(&body);
-        out.extend(crc(&body).to_be_bytes());
-        out
-    };
     let mut ihdr = w.to_be_bytes().to_vec();
     ihdr.extend(h.to_be_bytes());
     ihdr.extend([depth, colour, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(chunk(b"IHDR", &ihdr));
-    png.extend(chunk(
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(
         b"IDAT",
         &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
     ));
-    png.extend(chunk(b"IEND", &[]));
+    png.extend(png_chunk(b"IEND", &[]));
     png
 }
 
@@ -280,6 +279,8 @@ fn png_header(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
 fn png_bombs_are_refused_from_their_header() {
     for (w, h, depth, colour, want) in [
         (40_000, 40_000, 1, 0, "pixel limit"),
+        // PIL's own limit, twice its MAX_IMAGE_PIXELS (89,478,485): 179,024,400 pixels
+        (13_380, 13_380, 8, 2, "178956970-pixel limit"),
         // one side past JPEG's 65535: named as such, not "Image size exceeds limit"
         (70_000, 1, 8, 2, "65535 px a side"),
         (12_000, 12_000, 16, 6, "byte limit"),
@@ -289,9 +290,81 @@ fn png_bombs_are_refused_from_their_header() {
             .to_string();
         assert!(e.contains(want) && e.contains("bomb.png"), "{w}x{h}: {e}");
     }
-    // an ordinary size gets past the header (then fails on the tiny IDAT)
-    let e = decode_bytes(&png_header(64, 64, 8, 2), Path::new("small.png"))
-        .unwrap_err()
-        .to_string();
-    assert!(!e.contains("limit"), "{e}");
+    // an ordinary size, and one just inside PIL's limit (178,944,129 pixels), get past
+    // the header (then fail on the tiny IDAT)
+    for (w, h) in [(64, 64), (13_377, 13_377)] {
+        let e = decode_bytes(&png_header(w, h, 8, 2), Path::new("small.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("limit"), "{w}x{h}: {e}");
+    }
+}
+
+/// zlib of `bytes` (a PNG's compressed data).
+fn zlib(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(bytes).unwrap();
+    z.finish().unwrap()
+}
+
+/// A whole 4x3 RGB PNG with `extra` chunks after its header.
+fn small_png(extra: &[Vec<u8>]) -> Vec<u8> {
+    let mut ihdr = 4u32.to_be_bytes().to_vec();
+    ihdr.extend(3u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut rows = Vec::new();
+    for y in 0..3u8 {
+        rows.push(0); // filter: none
+        rows.extend((0..12u8).map(|i| i * 20 + y));
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    for c in extra {
+        png.extend(c);
+    }
+    png.extend(png_chunk(b"IDAT", &zlib(&rows)));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+/// A PNG's colour profile (`iCCP`) is checked as PIL checks it (Pillow
+/// `PngImagePlugin.py`, `chunk_iCCP`), then unused: one that inflates past PIL's 1 MiB
+/// (a 2 KB chunk of 2 MiB: the png crate inflated up to 1 GiB) or is compressed by an
+/// unknown method is refused naming the file; a small one, or one that does not inflate
+/// (PIL drops it), leaves the pixels as they are without it.
+#[test]
+fn a_png_colour_profile_is_checked_as_pil_and_unused() {
+    let plain = decode_bytes(&small_png(&[]), Path::new("plain.png")).unwrap();
+    assert_eq!(plain.pixel(1, 2), [62, 82, 102]);
+    let iccp = |method: u8, data: &[u8]| {
+        let mut body = b"profile\0".to_vec();
+        body.push(method);
+        body.extend(data);
+        png_chunk(b"iCCP", &body)
+    };
+    for (name, chunk) in [
+        ("small.png", iccp(0, &zlib(&[7u8; 3000]))),
+        ("broken.png", iccp(0, b"\x78\x9c not zlib at all")),
+        (
+            "just-under.png",
+            iccp(0, &zlib(&vec![0u8; (1 << 20) - 4096])),
+        ),
+    ] {
+        let got = decode_bytes(&small_png(&[chunk]), Path::new(name)).unwrap();
+        assert_eq!(got, plain, "{name}");
+    }
+    for (name, chunk, want) in [
+        (
+            "bomb.png",
+            iccp(0, &zlib(&vec![0u8; 2 << 20])),
+            "inflates past 1048576 bytes",
+        ),
+        ("method.png", iccp(1, &zlib(b"x")), "unknown method Some(1)"),
+    ] {
+        let e = decode_bytes(&small_png(&[chunk]), Path::new(name))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name) && e.contains(want), "{e}");
+    }
 }
