@@ -25,6 +25,9 @@ use zune_jpeg::JpegDecoder;
 
 use crate::error::{DataError, Result};
 
+mod markers;
+use markers::{progressive_scans_missing, unsupported_process};
+
 /// Largest side we decode: 2^16 - 1 (JPEG's own limit), to bound memory on hostile files.
 const MAX_SIDE: usize = 65_535;
 /// Largest pixel count we decode: PIL's, which refuses an image of more than twice its
@@ -134,8 +137,16 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         v
     });
     let mut dec = jpeg_decoder(padded.as_deref().unwrap_or(bytes), true);
-    dec.decode_headers()
-        .map_err(|e| DataError::decode(path, format!("JPEG: {}", jpeg_message(&e))))?;
+    dec.decode_headers().map_err(|e| {
+        let why = match unsupported_process(bytes) {
+            Some(process) => format!(
+                "{process} JPEG, which zune-jpeg does not decode (baseline, extended and \
+                 progressive Huffman JPEGs are decoded): re-encode it"
+            ),
+            None => jpeg_message(&e),
+        };
+        DataError::decode(path, format!("JPEG: {why}"))
+    })?;
     let (w, h) = dec
         .dimensions()
         .ok_or_else(|| DataError::decode(path, "JPEG: no frame header"))?;
@@ -200,84 +211,6 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         height: h as u32,
         data,
     })
-}
-
-/// What a progressive JPEG's scans leave uncoded, in words, or `None` when every
-/// coefficient of every component is coded to its last bit. Each scan (JPEG, ITU T.81
-/// G.1.1.1) codes coefficients `Ss..=Se` of its components down to bit `Al`, refinement
-/// scans lowering `Al` to 0; a file cut short at a scan's end and given an end marker
-/// decodes, with the later scans' coefficients zero. Markers are walked from the start,
-/// each scan's entropy-coded data skipped to the next marker; `None` too where the
-/// header cannot be walked (the decoder judged the file).
-fn progressive_scans_missing(bytes: &[u8]) -> Option<String> {
-    // per frame component (its id): the lowest bit coded of each coefficient (9: none)
-    let mut comps: Vec<(u8, [u8; 64])> = Vec::new();
-    let mut i = 2;
-    while i + 4 <= bytes.len() {
-        if bytes[i] != 0xFF {
-            return None;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1; // fill byte
-            continue;
-        }
-        if marker == 0xD9 {
-            break;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        let seg = bytes.get(i + 4..i + 2 + len)?;
-        i += 2 + len;
-        match marker {
-            // progressive Huffman frame: Nf components of 3 bytes from the 6th
-            0xC2 => {
-                let n = *seg.get(5)? as usize;
-                comps = (0..n)
-                    .map(|c| seg.get(6 + 3 * c).map(|&id| (id, [9u8; 64])))
-                    .collect::<Option<_>>()?;
-            }
-            0xDA => {
-                let n = *seg.first()? as usize;
-                let (ss, se, al) = (
-                    *seg.get(1 + 2 * n)? as usize,
-                    *seg.get(2 + 2 * n)? as usize,
-                    seg.get(3 + 2 * n)? & 0x0F,
-                );
-                for c in 0..n {
-                    let id = *seg.get(1 + 2 * c)?;
-                    let (_, bits) = comps.iter_mut().find(|(cid, _)| *cid == id)?;
-                    for b in bits.get_mut(ss..=se.min(63))? {
-                        *b = (*b).min(al);
-                    }
-                }
-                // the scan's data: up to the next marker that is no stuffed byte
-                // (FF 00) or restart (FF D0-D7)
-                while i + 1 < bytes.len()
-                    && !(bytes[i] == 0xFF
-                        && bytes[i + 1] != 0
-                        && !(0xD0..=0xD7).contains(&bytes[i + 1]))
-                {
-                    i += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    let uncoded: Vec<String> = comps
-        .iter()
-        .enumerate()
-        .filter_map(|(c, (_, bits))| {
-            let ac = bits[1..].iter().filter(|&&b| b != 0).count();
-            match (bits[0] != 0, ac) {
-                (false, 0) => None,
-                (dc, ac) => Some(format!(
-                    "component {c}: {}{ac} of 63 AC coefficients",
-                    if dc { "DC and " } else { "" }
-                )),
-            }
-        })
-        .collect();
-    (!uncoded.is_empty()).then(|| format!("not fully coded: {}", uncoded.join(", ")))
 }
 
 /// What follows a sequential JPEG's data in place of its end marker: stuffed `FF 00`
@@ -467,46 +400,4 @@ fn decode_png_once(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         height: rgb.height(),
         data: rgb.into_raw(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// libjpeg's progression (10 scans: DC first, then AC bands and refinements): the
-    /// whole file is fully coded; cut after any scan and given an end marker, what the
-    /// scans left is named.
-    #[test]
-    fn a_progressive_jpeg_cut_at_a_scan_is_told() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/src_progressive.jpg");
-        let jpg = std::fs::read(path).unwrap();
-        assert_eq!(progressive_scans_missing(&jpg), None);
-        let scans: Vec<usize> = (0..jpg.len() - 1)
-            .filter(|&i| jpg[i] == 0xFF && jpg[i + 1] == 0xDA)
-            .collect();
-        assert_eq!(scans.len(), 10);
-        for (k, &at) in scans.iter().enumerate().skip(1) {
-            let mut cut = jpg[..at].to_vec();
-            cut.extend([0xFF, 0xD9]);
-            let missing = progressive_scans_missing(&cut);
-            assert!(missing.is_some(), "cut before scan {k}");
-            // and it decodes (as libjpeg decodes it)
-            assert!(decode_bytes(&cut, Path::new("p.jpg")).is_ok(), "scan {k}");
-        }
-        // after the first (DC) scan alone: every AC coefficient of the 3 components
-        let mut cut = jpg[..scans[1]].to_vec();
-        cut.extend([0xFF, 0xD9]);
-        let missing = progressive_scans_missing(&cut).unwrap();
-        assert!(
-            missing.contains("component 0: DC and 63 of 63 AC")
-                && missing.contains("component 2: DC and 63 of 63 AC"),
-            "{missing}"
-        );
-        // a sequential file is no progressive one
-        let seq = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/src_baseline.jpg"),
-        )
-        .unwrap();
-        assert_eq!(progressive_scans_missing(&seq), None);
-    }
 }
