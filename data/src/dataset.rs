@@ -127,6 +127,7 @@ impl Dataset {
             ));
         }
         check_class_count(root, classes.len(), "class directories")?;
+        warn_same_directories(root, &classes);
         let mut samples = Vec::new();
         let mut empty = Vec::new();
         for (label, class) in classes.iter().enumerate() {
@@ -406,6 +407,31 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
         });
     }
     Ok(())
+}
+
+/// Warn of class folders that are one directory (a link to another class's folder):
+/// each of its images is indexed under both labels, as torchvision's ImageFolder does,
+/// which is more often a mistake than a wish.
+fn warn_same_directories(root: &Path, classes: &[String]) {
+    let mut seen: std::collections::HashMap<PathBuf, &str> = Default::default();
+    let mut same = Vec::new();
+    for class in classes {
+        let Ok(dir) = root.join(class).canonicalize() else {
+            continue;
+        };
+        if let Some(first) = seen.insert(dir, class) {
+            same.push(format!("{class} and {first}"));
+        }
+    }
+    if !same.is_empty() {
+        tracing::warn!(
+            "{}: {} class folders are the same directory as another (a link?), and their \
+             images count under each label: {}",
+            root.display(),
+            same.len(),
+            crate::error::first_few(&same, 5)
+        );
+    }
 }
 
 #[cfg(test)]

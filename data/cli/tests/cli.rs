@@ -157,3 +157,38 @@ fn a_root_that_is_not_utf8_is_indexed() {
     assert!(v["root"].as_str().unwrap().contains("nu\u{fffd}"), "{v}");
     assert!(v["samples"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// A class folder that links to another class's folder is indexed as torchvision
+/// indexes it (each image under both labels), with a warning naming both.
+#[test]
+fn a_class_folder_linking_to_another_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_dataset(dir.path(), 1);
+    let train = dir.path().join("train");
+    let mut classes: Vec<String> = std::fs::read_dir(&train)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    classes.sort();
+    std::os::unix::fs::symlink(train.join(&classes[0]), train.join("zz-link")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .arg("index")
+        .arg(&train)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("zz-link and {}", classes[0])) && err.contains("same directory"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts: Vec<u64> = v["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["samples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.first(), counts.last(), "{v}");
+}
