@@ -219,6 +219,11 @@ fn list_file_errors_name_the_file_and_entry() {
         ),
         // past u32 too: still an index (it became a class name)
         ("a.jpg,0\nb.jpg,4294967296\n", "line 2: label 4294967296"),
+        // a quote left open: the rest of the file as one label (Python's csv reads it so)
+        (
+            "a.jpg,\"cat\nb.jpg,dog\n",
+            "line 1: \"a.jpg\" has a label of several lines (\"cat, b.jpg,dog\")",
+        ),
         // one image listed twice (with two labels it was two samples of two classes)
         (
             "a.jpg,0\nb.jpg,1\na.jpg,2\n",

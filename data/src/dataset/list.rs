@@ -77,6 +77,18 @@ impl Dataset {
                 format!("line {line}: {path:?} has an empty label"),
             ));
         }
+        // a quote left open takes in the lines after it as one label (Python's csv reads
+        // it so too): a class name of several lines, which no class list can hold
+        if let Some((path, label, line)) = rows.iter().find(|r| r.1.contains(['\n', '\r'])) {
+            return Err(DataError::dataset(
+                list,
+                format!(
+                    "line {line}: {path:?} has a label of several lines ({:?}): a quote left \
+                     open there takes in the lines after it",
+                    crate::error::first_few(&label.lines().collect::<Vec<_>>(), 2)
+                ),
+            ));
+        }
         // a label of digits is a class index, however large (`4294967296` became a class
         // name when it did not parse as a u32); so is one with a zero fraction (`2.0`:
         // pandas writes an integer column holding a missing value as floats), which as
