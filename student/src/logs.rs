@@ -31,6 +31,10 @@ pub struct EpochMetrics {
     pub crops: u64,
     /// Crops per second over the epoch's steps (resumes: over this process's part).
     pub crops_per_s: f64,
+    /// Images of `--data` skipped as unreadable in the epoch (under `--on-bad-file
+    /// skip`; 0 in runs from before it was counted).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// The per-epoch table, one JSON object per line.
@@ -48,15 +52,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// resumed run never duplicates or loses a line).
 pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
     let mut jsonl = String::new();
-    let mut csv =
-        String::from("epoch,lr,loss,kd,disc,train_top1,val_top1,val_top5,crops,crops_per_s\n");
+    let mut csv = String::from(
+        "epoch,lr,loss,kd,disc,train_top1,val_top1,val_top5,crops,crops_per_s,skipped\n",
+    );
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     for m in history {
         jsonl.push_str(&serde_json::to_string(m)?);
         jsonl.push('\n');
         let _ = writeln!(
             csv,
-            "{},{:.6e},{:.6},{:.6},{},{:.6},{},{},{},{:.2}",
+            "{},{:.6e},{:.6},{:.6},{},{:.6},{},{},{},{:.2},{}",
             m.epoch,
             m.lr,
             m.loss,
@@ -66,7 +71,8 @@ pub fn write_tables(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
             opt(m.val_top1),
             opt(m.val_top5),
             m.crops,
-            m.crops_per_s
+            m.crops_per_s,
+            m.skipped
         );
     }
     write_atomic(&dir.join(METRICS_FILE), jsonl.as_bytes())?;

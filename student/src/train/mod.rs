@@ -58,6 +58,9 @@ pub struct EpochAcc {
     pub rows: u64,
     /// Seconds spent in steps.
     pub seconds: f64,
+    /// Images skipped as unreadable (0 in checkpoints from before it was counted).
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// What a `train` call did.
@@ -138,6 +141,7 @@ fn metrics(epoch: u32, lr: f64, acc: &EpochAcc, disc: bool, val: Option<Accuracy
         val_top5: val.map(|v| v.top5),
         crops: acc.rows,
         crops_per_s: acc.rows as f64 / acc.seconds.max(1e-9),
+        skipped: acc.skipped,
     }
 }
 
@@ -266,7 +270,7 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
         LossKind::Ce => "ce",
     };
     tracing::info!(
-        "epoch {}/{}: loss {:.4} ({term} {:.4}{}), train top-1 {:.3}{}, {:.1} crops/s",
+        "epoch {}/{}: loss {:.4} ({term} {:.4}{}), train top-1 {:.3}{}, {:.1} crops/s{}",
         state.epoch + 1,
         s.epochs,
         m.loss,
@@ -276,7 +280,11 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
         m.val_top1
             .map(|v| format!(", val top-1 {v:.3} top-5 {:.3}", m.val_top5.unwrap_or(0.0)))
             .unwrap_or_default(),
-        m.crops_per_s
+        m.crops_per_s,
+        match m.skipped {
+            0 => String::new(),
+            n => format!(", {n} unreadable images of --data skipped (named in the warnings)"),
+        }
     );
     state.history.push(m);
     state.epoch += 1;
@@ -416,6 +424,7 @@ pub fn train(s: Settings, stop: &AtomicBool) -> Result<TrainReport> {
                     );
                 }
             };
+            state.acc.skipped += b.skipped.len() as u64;
             if b.is_empty() {
                 state.batch += 1;
                 continue;

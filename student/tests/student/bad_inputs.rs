@@ -320,8 +320,14 @@ fn an_image_of_another_size_than_the_stores_is_refused() {
     let mut bytes = std::fs::read(donor).unwrap();
     bytes.resize(std::fs::metadata(&victim).unwrap().len() as usize, 0);
     std::fs::write(&victim, bytes).unwrap();
-    // under the default `skip` it is left out, as a file that does not decode
-    go(args(&f, "swapped-skip")).unwrap();
+    // under the default `skip` it is left out, as a file that does not decode, and
+    // counted in each epoch's figures (metrics.jsonl, summary.csv's last column)
+    let r = go(args(&f, "swapped-skip")).unwrap();
+    assert_eq!(r.history.len(), 2);
+    assert!(r.history.iter().all(|m| m.skipped == 1), "{:?}", r.history);
+    let csv = std::fs::read_to_string(f.root.join("swapped-skip/summary.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",skipped"), "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.ends_with(",1")), "{csv}");
     let mut a = args(&f, "swapped");
     a.on_bad_file = Some("fail".into());
     let e = format!("{:#}", go(a).unwrap_err());
