@@ -279,8 +279,10 @@ fn safetensors_header(path: &Path) -> Option<serde_json::Value> {
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;
     let n = u64::from_le_bytes(len);
-    // (a header is small; a garbage length is not read)
-    if n > 100 << 20 {
+    // (a header is small; a garbage length is not read, nor one past the file's end,
+    // whose buffer was allocated before the read failed)
+    let size = f.metadata().ok()?.len();
+    if n > 100 << 20 || n.saturating_add(8) > size {
         return None;
     }
     let mut head = vec![0u8; n as usize];
