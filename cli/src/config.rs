@@ -5,7 +5,7 @@ use std::path::Path;
 /// Parse the TOML file at `path` into `T` (unknown keys are refused when `T` says so);
 /// the error text says what is wrong, the caller names the flag and file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = meal_data::files::read_text(path).map_err(|e| e.to_string())?;
     // an empty value is refused as the command line refuses `--out ""` (`out = ""` ran
     // in the current directory, `data = ""` said "--data : : No such file")
     if let Ok(table) = text.parse::<toml::Table>() {

@@ -480,7 +480,7 @@ fn clear_previous(out: &Path, cfg: &SynthConfig, classes: &[String]) -> Result<O
         ));
     }
     theirs.par_iter().try_for_each(|(p, split_id, c, i)| {
-        let have = fs::read(p).map_err(|e| DataError::io(p, e))?;
+        let have = crate::files::read(p).map_err(|e| DataError::io(p, e))?;
         for then in &earlier_cfgs {
             if image_bytes(then, &classes[*c], *split_id, *c, *i, p)? == have {
                 return Ok(());

@@ -190,7 +190,7 @@ impl Teacher {
         }
         // a teacher's weights never change: its BatchNorms' eval affine once, not per batch
         model.freeze_batch_norms()?;
-        let bytes = std::fs::read(weights).map_err(|e| ModelError::Io {
+        let bytes = meal_data::files::read(weights).map_err(|e| ModelError::Io {
             path: weights.to_path_buf(),
             reason: e.to_string(),
         })?;

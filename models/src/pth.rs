@@ -262,7 +262,7 @@ fn tensors_of(top: &V) -> Result<Vec<Info>, String> {
 /// `state_dict`, `model` or `state_dict_ema`), on the CPU. The error is the reason,
 /// the caller names the file.
 pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = meal_data::files::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .map_err(|e| format!("not a zip archive as torch.save writes ({e})"))?;

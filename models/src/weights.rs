@@ -41,7 +41,7 @@ pub fn read_state_dict(path: &Path, device: &Device) -> Result<HashMap<String, T
     // the format by content where it shows (a zip's `PK`; safetensors' header length
     // then `{`), else by extension: a safetensors file renamed .pth was read as a zip
     let mut head = [0u8; 9];
-    let n = std::fs::File::open(path)
+    let n = meal_data::files::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .map_err(|e| fail(e.to_string()))?;
     let safetensors = match &head[..n] {
@@ -275,7 +275,7 @@ pub fn save_safetensors_with(
 /// cannot be read: the caller loads the weights and says why).
 fn safetensors_header(path: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = meal_data::files::open(path).ok()?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).ok()?;
     let n = u64::from_le_bytes(len);

@@ -272,3 +272,55 @@ fn a_teacher_runs_at_its_recorded_side_unless_the_spec_gives_one() {
         "{said:?}"
     );
 }
+
+/// A named pipe given as a teacher's weights or its `classes=` file is refused at once,
+/// naming it: opened for reading, one waits for a writer inside `open(2)`, where the
+/// stop handler's first signal did not end the run (an adversarial run's hang).
+#[test]
+fn a_named_pipe_as_a_teachers_file_is_refused_not_waited_on() {
+    use meal_models::ensemble::{Ensemble, TeacherArg};
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    if !std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("no mkfifo here: the named-pipe cases are not checked");
+        return;
+    }
+    let m = ResNet::from_preset("demo_tiny", 3, &Device::Cpu, 1).unwrap();
+    let weights = dir.path().join("w.safetensors");
+    m.save(&weights).unwrap();
+    let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    for (spec, want) in [
+        (
+            format!("demo_tiny={}", fifo.display()),
+            "not a regular file",
+        ),
+        (
+            format!("demo_tiny={},classes={}", weights.display(), fifo.display()),
+            "a named pipe no program writes to",
+        ),
+    ] {
+        // (in a thread: a load that waited would hang the test, not fail it)
+        let (tx, rx) = std::sync::mpsc::channel();
+        let classes = classes.clone();
+        std::thread::spawn(move || {
+            let r = spec
+                .parse::<TeacherArg>()
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    Ensemble::load(&[t], &classes, &Device::Cpu, DType::F32)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                });
+            let _ = tx.send(r);
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the load waited on the named pipe");
+        let e = r.unwrap_err();
+        assert!(e.contains("pipe") && e.contains(want), "{e}");
+    }
+}

@@ -95,7 +95,8 @@ impl ShardReader {
         classes: usize,
         map_pages: bool,
     ) -> Result<Self, StoreError> {
-        let f = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+        // (a pipe at a shard's name would block the open: refused as no regular file)
+        let f = meal_data::files::open(path).map_err(|e| StoreError::io(path, e))?;
         // SAFETY: the store's files are written once (temporary name, then rename) and
         // never modified in place; a concurrent writer would replace, not mutate, them.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| StoreError::io(path, e))?;

@@ -180,7 +180,7 @@ impl TeacherArg {
             path: path.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+        let text = meal_data::files::read_text(path).map_err(|e| ModelError::Io {
             path: path.clone(),
             reason: format!("classes=: {e}"),
         })?;

@@ -29,7 +29,7 @@ fn check_headers(ds: &Dataset) -> Result<()> {
     for sample in ds.samples() {
         let path = ds.full_path(sample);
         let mut head = [0u8; 8];
-        let n = std::fs::File::open(&path)
+        let n = meal_data::files::open(&path)
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("{}", path.display()))?;
         if n == 0 {
