@@ -115,9 +115,12 @@ impl Dataset {
     pub fn image_folder(root: &Path, links: LinkPolicy) -> Result<Self> {
         let canon_root = root.canonicalize().map_err(|e| DataError::io(root, e))?;
         let mut classes = Vec::new();
-        for (name, meta) in read_dir_sorted(root)? {
+        // (whether each class directory is a symbolic link)
+        let mut class_links = Vec::new();
+        for (name, meta, link) in read_dir_sorted(root)? {
             if meta.is_some_and(|m| m.is_dir()) {
                 classes.push(name);
+                class_links.push(link);
             }
         }
         if classes.is_empty() {
@@ -130,30 +133,44 @@ impl Dataset {
         warn_same_directories(root, &classes);
         let mut samples = Vec::new();
         let mut empty = Vec::new();
+        // directories a class reached again through a link (its images indexed once a
+        // path, as torchvision's followlinks walk indexes them)
+        let mut again: Vec<String> = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let before = samples.len();
-            let mut files: Vec<(String, String)> = Vec::new(); // (dir rel, file name)
-            walk(
-                &root.join(class),
-                class,
-                &mut vec![canon_root.clone()],
-                &mut files,
-            )?;
-            files.sort();
-            for (dir, name) in files {
-                if !has_image_extension(&name) {
+            let mut files: Vec<Found> = Vec::new();
+            let mut walk = Walk {
+                above: vec![canon_root.clone()],
+                walked: Default::default(),
+                again: Vec::new(),
+                out: &mut files,
+            };
+            let dir = root.join(class);
+            let linked = class_links[label];
+            let canon = match linked {
+                true => dir.canonicalize().map_err(|e| DataError::io(&dir, e))?,
+                false => canon_root.join(class),
+            };
+            walk.dir(&dir, canon, class, linked)?;
+            again.extend(walk.again);
+            files.sort_by(|a, b| (&a.dir, &a.name).cmp(&(&b.dir, &b.name)));
+            for f in files {
+                if !has_image_extension(&f.name) {
                     continue;
                 }
-                let rel = format!("{dir}/{name}");
+                let rel = format!("{}/{}", f.dir, f.name);
                 let full = root.join(&rel);
-                let bytes = match fs::metadata(&full) {
-                    Ok(m) => {
-                        check_inside(&full, &canon_root, links)?;
-                        m.len()
+                // (a path through no link lies inside the root: only a linked one is
+                // resolved, which costs a lookup per component)
+                let bytes = match f.bytes {
+                    Some(n) => {
+                        if f.linked {
+                            check_inside(&full, &canon_root, links)?;
+                        }
+                        n
                     }
                     // a dangling symlink: kept, so the loader reports it as unreadable
-                    Err(_) if fs::symlink_metadata(&full).is_ok() => 0,
-                    Err(e) => return Err(DataError::io(&full, e)),
+                    None => 0,
                 };
                 samples.push(Sample {
                     id: sample_id(samples.len(), root)?,
@@ -175,6 +192,15 @@ impl Dataset {
                 root.display(),
                 empty.len(),
                 crate::error::first_few(&empty, 5)
+            );
+        }
+        if !again.is_empty() {
+            tracing::warn!(
+                "{}: {} directories are reached again through links within their class, \
+                 and their images are indexed once per path, as torchvision indexes them: {}",
+                root.display(),
+                again.len(),
+                crate::error::first_few(&again, 5)
             );
         }
         if samples.is_empty() {
@@ -316,11 +342,9 @@ fn has_image_extension(name: &str) -> bool {
     }
 }
 
-/// The entries of `dir` sorted by name, with their metadata (symlinks followed); names
-/// that are not valid UTF-8 are refused (they could not be stored portably); `None` for
-/// a dangling symlink, which is still listed (as a sample it is reported unreadable by the
-/// loader, like any other bad file, instead of vanishing from the index).
-fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>)>> {
+/// The entries of `dir` sorted by name: each with its metadata (links followed; `None`
+/// for a dangling link) and whether the entry itself is a symbolic link.
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>, bool)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
@@ -337,48 +361,96 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>)>> {
                 return Err(DataError::dataset(&path, "file name is not valid UTF-8"));
             }
         };
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
         let meta = match fs::metadata(&path) {
             Ok(m) => Some(m),
             Err(_) if fs::symlink_metadata(&path).is_ok() => None,
             Err(e) => return Err(DataError::io(&path, e)),
         };
-        out.push((name, meta));
+        out.push((name, meta, link));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
-/// Collect `(dir relative to root, file name)` of all files under `dir` (and dangling
-/// symlinks). `above` holds the canonical directories from the root down to `dir`: a
-/// symlinked directory that leads back to one of them is a loop, refused (it would
-/// list the same files again and again).
-fn walk(
-    dir: &Path,
-    rel: &str,
-    above: &mut Vec<PathBuf>,
-    out: &mut Vec<(String, String)>,
-) -> Result<()> {
-    let canon = dir.canonicalize().map_err(|e| DataError::io(dir, e))?;
-    if let Some(a) = above.iter().find(|a| **a == canon) {
-        return Err(DataError::dataset(
-            dir,
-            format!(
-                "symlink loop: this directory is {}, which contains it",
-                a.display()
-            ),
-        ));
-    }
-    above.push(canon);
-    for (name, meta) in read_dir_sorted(dir)? {
-        match meta {
-            Some(m) if m.is_dir() => walk(&dir.join(&name), &format!("{rel}/{name}"), above, out)?,
-            Some(m) if m.is_file() => out.push((rel.to_string(), name)),
-            Some(_) => {}
-            None => out.push((rel.to_string(), name)),
+/// A file found under a class directory.
+struct Found {
+    /// Its directory, relative to the root.
+    dir: String,
+    /// Its file name.
+    name: String,
+    /// Its size (`None`: a dangling symlink).
+    bytes: Option<u64>,
+    /// Whether its path passes through a symbolic link (itself one, or a directory above):
+    /// only such a path may lead outside the root.
+    linked: bool,
+}
+
+/// A class directory's walk: all files under it (and dangling symlinks), as
+/// `sorted(os.walk(dir, followlinks=True))` lists them.
+struct Walk<'a> {
+    /// The canonical directories from the root down to the one walked: a symlinked
+    /// directory that leads back to one of them is a loop, refused (it would list the
+    /// same files again and again).
+    above: Vec<PathBuf>,
+    /// The canonical directories walked so far.
+    walked: std::collections::HashSet<PathBuf>,
+    /// Directories reached again through a link, relative to the root.
+    again: Vec<String>,
+    out: &'a mut Vec<Found>,
+}
+
+impl Walk<'_> {
+    /// Walk `dir` (canonical path `canon`, `rel` from the root); `linked`: whether its
+    /// path passes through a link. A directory reached through a link is resolved; one
+    /// that is not is its parent's canonical path and its name (a lookup per component
+    /// for every directory made deep trees cubic in their depth).
+    fn dir(&mut self, dir: &Path, canon: PathBuf, rel: &str, linked: bool) -> Result<()> {
+        if linked {
+            if let Some(a) = self.above.iter().find(|a| **a == canon) {
+                return Err(DataError::dataset(
+                    dir,
+                    format!(
+                        "symlink loop: this directory is {}, which contains it",
+                        a.display()
+                    ),
+                ));
+            }
         }
+        self.walked.insert(canon.clone());
+        self.above.push(canon);
+        for (name, meta, link) in read_dir_sorted(dir)? {
+            let path = dir.join(&name);
+            match meta {
+                Some(m) if m.is_dir() => {
+                    let canon = match link {
+                        true => path.canonicalize().map_err(|e| DataError::io(&path, e))?,
+                        false => self.above[self.above.len() - 1].join(&name),
+                    };
+                    // (said once, at the link: the directories under it follow)
+                    if link && self.walked.contains(&canon) {
+                        self.again.push(format!("{rel}/{name}"));
+                    }
+                    self.dir(&path, canon, &format!("{rel}/{name}"), linked || link)?
+                }
+                Some(m) if m.is_file() => self.out.push(Found {
+                    dir: rel.to_string(),
+                    name,
+                    bytes: Some(m.len()),
+                    linked: linked || link,
+                }),
+                Some(_) => {}
+                None => self.out.push(Found {
+                    dir: rel.to_string(),
+                    name,
+                    bytes: None,
+                    linked: true,
+                }),
+            }
+        }
+        self.above.pop();
+        Ok(())
     }
-    above.pop();
-    Ok(())
 }
 
 /// Refuses more than [`MAX_CLASSES`] classes (`count` of them, as `what` at `path`):

@@ -192,3 +192,30 @@ fn a_class_folder_linking_to_another_is_warned_of() {
         .collect();
     assert_eq!(counts.first(), counts.last(), "{v}");
 }
+
+/// A directory a class reaches twice (through a link) is indexed once a path, as
+/// torchvision's followlinks walk indexes it, with a warning naming the second path;
+/// a deep tree of no link is walked without resolving each directory.
+#[test]
+fn a_directory_reached_again_through_a_link_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    let deep = (0..300).fold(train.join("c/d"), |p, _| p.join("a"));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("x.jpg"), b"x").unwrap();
+    std::os::unix::fs::symlink("d", train.join("c/l")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .arg("index")
+        .arg(&train)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(": 1 directories are reached again through links") && err.contains("c/l"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["samples"], 2, "{v}");
+}
