@@ -39,6 +39,8 @@ pub struct EvalRead {
     /// A progress bar over the images (the `eval` command's; a training's validation
     /// runs under its own epoch's line).
     pub bar: bool,
+    /// Images a forward pass takes ([`EVAL_BATCH`] unless the command asks otherwise).
+    pub batch: usize,
 }
 
 /// Run `scores` (rows x classes, row-major) over `ds` at `specs` and count hits; None
@@ -66,7 +68,7 @@ fn eval_loop(
         Arc::clone(ds),
         (0..ds.len() as u32).collect(),
         LoaderConfig {
-            images_per_batch: EVAL_BATCH,
+            images_per_batch: read.batch.max(1),
             spec: specs[0],
             extra_specs: specs[1..].to_vec(),
             crops: CropMode::Eval,
@@ -346,6 +348,7 @@ pub fn logit_of(trained: &TrainedOn, ds: &Dataset, whose: Logits) -> Result<Opti
 /// each one's softmax over those logits, as the labels of a store).
 pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> Result<Accuracy> {
     let never = AtomicBool::new(false);
+    let batch = read.batch.max(1);
     finished(eval_loop(
         ds,
         ens.specs(),
@@ -355,7 +358,7 @@ pub fn evaluate_ensemble(ens: &Ensemble, ds: &Arc<Dataset>, read: EvalRead) -> R
         &never,
         |b| {
             let inputs = Crops::of_batch(b);
-            Ok(ens.soft_labels(&inputs, b.rows.len(), EVAL_BATCH)?.probs)
+            Ok(ens.soft_labels(&inputs, b.rows.len(), batch)?.probs)
         },
     )?)
 }

@@ -65,6 +65,10 @@ enum Cmd {
         /// Unreadable images: skip them (not counted; listed in the log) or fail.
         #[arg(long, value_parser = ["skip", "fail"], default_value = "skip")]
         on_bad_file: String,
+        /// Images per forward pass (the figures do not depend on it; lower it where a
+        /// batch does not fit in memory).
+        #[arg(long, default_value_t = eval::EVAL_BATCH, value_parser = meal_cli::whole::<usize>, allow_negative_numbers = true)]
+        batch: usize,
     },
 }
 
@@ -168,6 +172,7 @@ fn cli() -> Result<()> {
             json,
             links,
             on_bad_file,
+            batch,
         } => {
             // one model, or else the --teacher ensemble (clap refuses both)
             let single = match (arch, weights) {
@@ -196,10 +201,14 @@ fn cli() -> Result<()> {
                 bail!("--threads must be at least 1");
             }
             meal_cli::use_threads(threads)?;
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
             let read = eval::EvalRead {
                 threads,
                 policy: on_bad_file.parse().context("--on-bad-file")?,
                 bar: true,
+                batch,
             };
             let dev = meal_models::parse_device(&device).context("--device")?;
             let ds = train::open_dataset(&data, "--data", links.follow_links)?;
@@ -266,15 +275,15 @@ fn cli() -> Result<()> {
                 let spec = input.spec_at(size).context("--res")?;
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
-                let rows = eval::EVAL_BATCH.min(ds.len());
+                let rows = batch.min(ds.len());
                 meal_cli::memory::check_in(
                     room,
                     meal_models::memory::inference_floor(&model, size as usize, rows)?,
                     &format!(
-                        "--arch {arch} at --res {size}: a forward over {rows} images (its \
-                         input and activations)"
+                        "--arch {arch} at --res {size}: a forward over {rows} images (--batch; \
+                         its input and activations)"
                     ),
-                    "lower --res",
+                    "lower --batch (the figures do not depend on it) or --res",
                 )?;
                 let acc = eval::evaluate(&model, &ds, spec, read, &dev, logit_of.as_deref())?;
                 (weights.display().to_string(), acc)
@@ -349,13 +358,13 @@ fn cli() -> Result<()> {
                 }
                 let room =
                     Room::of(meal_models::device::gpu_free_memory(&dev).context("--device")?);
-                let rows = eval::EVAL_BATCH.min(ds.len());
+                let rows = batch.min(ds.len());
                 meal_cli::memory::check_forwards(
                     room,
                     &meal_models::memory::ensemble_floors(&ens, rows)?,
                     rows,
                     |i| format!("--teacher {}", teacher[i]),
-                    "lower the teacher's size=",
+                    "lower --batch (the figures do not depend on it) or the teacher's size=",
                 )?;
                 let acc = eval::evaluate_ensemble(&ens, &ds, read)?;
                 let names: Vec<&str> = args.iter().map(|t| t.arch.as_str()).collect();

@@ -17,6 +17,7 @@ const READ: EvalRead = EvalRead {
     threads: 2,
     policy: meal_data::BadFilePolicy::Fail,
     bar: false,
+    batch: meal_student::eval::EVAL_BATCH,
 };
 
 #[test]

@@ -228,6 +228,7 @@ fn end_epoch(run: &Run, state: &mut State, lr: f64, stop: &AtomicBool) -> Result
                 threads: s.threads,
                 policy: s.policy,
                 bar: false,
+                batch: crate::eval::EVAL_BATCH,
             };
             // under `--on-bad-file skip` a validation that fails (no readable image,
             // non-finite scores) is logged and left out of the epoch's figures (null,

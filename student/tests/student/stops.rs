@@ -119,6 +119,7 @@ fn eval_refuses_non_finite_scores_and_empty_data() {
         threads: 1,
         policy: meal_data::BadFilePolicy::Skip,
         bar: false,
+        batch: meal_student::eval::EVAL_BATCH,
     };
     let spec = meal_data::CropSpec::new(
         24,
