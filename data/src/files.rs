@@ -30,6 +30,28 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The SHA-256 (hex) and byte count of the regular file at `path` (see [`open`]), read
+/// in pieces: a teacher's weights (hundreds of MB) were read whole to be hashed.
+pub fn sha256(path: &Path) -> io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut f = open(path)?;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                hash.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((hex::encode(hash.finalize()), n))
+}
+
 /// The text of the regular file or pipe at `path`, for small inputs a shell may give
 /// as a pipe (`--config <(...)`): a pipe is read to its end as `cat` reads it, a named
 /// pipe that no program holds open for writing is an `InvalidInput` error (its open no
@@ -81,6 +103,15 @@ mod tests {
         std::fs::write(&f, b"bytes").unwrap();
         assert_eq!(super::read(&f).unwrap(), b"bytes");
         assert_eq!(super::read_text(&f).unwrap(), "bytes");
+        // (sha256sum of "bytes")
+        let (sum, n) = super::sha256(&f).unwrap();
+        assert_eq!(
+            (sum.as_str(), n),
+            (
+                "277089d91c0bdf4f2e6862ba7e4a07605119431f5d13f726dd352b06f1b206a9",
+                5
+            )
+        );
         std::fs::write(&f, b"\xff").unwrap();
         let e = super::read_text(&f).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);

@@ -190,7 +190,7 @@ impl Teacher {
         }
         // a teacher's weights never change: its BatchNorms' eval affine once, not per batch
         model.freeze_batch_norms()?;
-        let bytes = meal_data::files::read(weights).map_err(|e| ModelError::Io {
+        let (sha256, _) = meal_data::files::sha256(weights).map_err(|e| ModelError::Io {
             path: weights.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -200,7 +200,7 @@ impl Teacher {
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default(),
-            sha256: meal_store::sha256_hex(&bytes),
+            sha256,
             input_size: spec.size,
             filter: format!("{:?}", spec.filter).to_lowercase(),
             mean: spec.normalize.mean,

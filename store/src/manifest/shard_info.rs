@@ -239,17 +239,17 @@ impl ShardInfo {
     }
 
     /// Whether the file in `dir` is the one listed: its size and SHA-256 (one read of
-    /// the file). A missing file is an I/O error, another file a corrupt-file error.
+    /// the file, in pieces). A missing file is an I/O error, another file a corrupt-file error.
     pub fn check(&self, dir: &Path) -> Result<(), StoreError> {
         let path = dir.join(&self.file);
-        let bytes = meal_data::files::read(&path).map_err(|e| StoreError::io(&path, e))?;
-        let same_sum = crate::sha256_hex(&bytes) == self.sha256;
-        if bytes.len() as u64 != self.bytes || !same_sum {
+        let (sum, bytes) = meal_data::files::sha256(&path).map_err(|e| StoreError::io(&path, e))?;
+        let same_sum = sum == self.sha256;
+        if bytes != self.bytes || !same_sum {
             return Err(StoreError::corrupt(
                 &path,
                 format!(
                     "does not match its manifest ({} bytes, listed {}; checksum {})",
-                    bytes.len(),
+                    bytes,
                     self.bytes,
                     if same_sum { "ok" } else { "differs" }
                 ),

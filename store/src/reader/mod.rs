@@ -222,7 +222,7 @@ impl LabelStore {
                     // a file that no longer reads whose bytes changed since it was written
                     // (a flipped footer byte read as a Parquet error): said as the damage
                     // it is, with what writes it again
-                    match meal_data::files::read(&path).map(|b| sha256_hex(&b) != s.sha256) {
+                    match meal_data::files::sha256(&path).map(|(sum, _)| sum != s.sha256) {
                         Ok(true) => StoreError::corrupt(&path, format!("{CHANGED} ({e})")),
                         _ => e,
                     }

@@ -88,17 +88,18 @@ fn checkpoint_files(dir: &Path) -> Result<std::collections::BTreeMap<String, Str
 
 /// SHA-256 of the regular file at `p`, hex.
 pub(super) fn file_sha256(p: &Path) -> Result<String> {
-    let bytes = meal_data::files::read(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(meal_store::sha256_hex(&bytes))
+    let (sum, _) =
+        meal_data::files::sha256(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(sum)
 }
 
 impl Run {
     /// The inputs' identities by content.
     pub(super) fn inputs(&self) -> Result<Inputs> {
         let sha_file = |p: &Path, flag: &str| -> Result<String> {
-            let bytes =
-                meal_data::files::read(p).with_context(|| format!("{flag} {}", p.display()))?;
-            Ok(meal_store::sha256_hex(&bytes))
+            let (sum, _) =
+                meal_data::files::sha256(p).with_context(|| format!("{flag} {}", p.display()))?;
+            Ok(sum)
         };
         Ok(Inputs {
             data: self.ds.fingerprint().sha256.clone(),
