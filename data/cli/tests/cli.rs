@@ -158,6 +158,19 @@ fn a_root_that_is_not_utf8_is_indexed() {
     assert!(v["samples"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// `meal-data index ROOT`'s summary and its warnings (it must succeed).
+fn index_warned(root: &std::path::Path) -> (serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
+        .arg("index")
+        .arg(root)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
 /// A class folder that links to another class's folder is indexed as torchvision
 /// indexes it (each image under both labels), with a warning naming both.
 #[test]
@@ -171,19 +184,11 @@ fn a_class_folder_linking_to_another_is_warned_of() {
         .collect();
     classes.sort();
     std::os::unix::fs::symlink(train.join(&classes[0]), train.join("zz-link")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
-        .arg("index")
-        .arg(&train)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (v, err) = index_warned(&train);
     assert!(
         err.contains(&format!("zz-link and {}", classes[0])) && err.contains("same directory"),
         "{err}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let counts: Vec<u64> = v["classes"]
         .as_array()
         .unwrap()
@@ -204,18 +209,10 @@ fn a_directory_reached_again_through_a_link_is_warned_of() {
     std::fs::create_dir_all(&deep).unwrap();
     std::fs::write(deep.join("x.jpg"), b"x").unwrap();
     std::os::unix::fs::symlink("d", train.join("c/l")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meal-data"))
-        .arg("index")
-        .arg(&train)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (v, err) = index_warned(&train);
     assert!(
         err.contains(": 1 directories are reached again through links") && err.contains("c/l"),
         "{err}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["samples"], 2, "{v}");
 }
