@@ -342,8 +342,11 @@ fn has_image_extension(name: &str) -> bool {
     }
 }
 
-/// The entries of `dir` sorted by name: each with its metadata (links followed; `None`
-/// for a dangling link) and whether the entry itself is a symbolic link.
+/// The entries of `dir` sorted by name: each with its metadata (symlinks followed) and
+/// whether the entry itself is a symbolic link. Names that are not valid UTF-8 are
+/// refused (they could not be stored portably); the metadata is `None` for a dangling
+/// symlink, which is still listed (as a sample it is reported unreadable by the loader,
+/// like any other bad file, instead of vanishing from the index).
 fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, Option<fs::Metadata>, bool)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
