@@ -146,7 +146,8 @@ fn from_file(message: &str, path: &Path) -> Option<Vec<String>> {
         return Some(Vec::new());
     }
     let flags = head_flags(message);
-    let Some(keys) = std::fs::read_to_string(path)
+    // (a pipe's text as read before: read again, it gave nothing, or waited)
+    let Some(keys) = meal_data::files::read_text(path)
         .ok()
         .and_then(|t| t.parse::<toml::Table>().ok())
     else {
@@ -163,10 +164,13 @@ fn from_file(message: &str, path: &Path) -> Option<Vec<String>> {
                 .is_some_and(|a| a == format!("--{f}") || a.starts_with(&format!("--{f}=")))
         })
     };
-    let set: Vec<String> = flags
+    let mut set: Vec<String> = flags
         .into_iter()
         .filter(|f| keys.contains_key(&f.replace('-', "_")) && !typed(f))
         .collect();
+    // (a flag the head names twice is said once: "--loss and --loss")
+    let mut seen = std::collections::HashSet::new();
+    set.retain(|f| seen.insert(f.clone()));
     (!set.is_empty()).then_some(set)
 }
 
@@ -300,6 +304,11 @@ mod tests {
             "--disc-lr is off (--loss ce or --disc off): no",
             &p
         ));
+        // a flag named twice in the head is said once
+        assert_eq!(
+            from_file("--online-teacher with --loss ce (--loss kd needs): no", &p),
+            Some(vec!["loss".to_string()])
+        );
         let e = naming_config::<()>(
             Err(anyhow::anyhow!("--labels L with --loss ce: no")),
             Some(&p),

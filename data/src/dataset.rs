@@ -151,7 +151,7 @@ impl Dataset {
                 true => dir.canonicalize().map_err(|e| DataError::io(&dir, e))?,
                 false => canon_root.join(class),
             };
-            walk.dir(&dir, canon, class, linked)?;
+            walk.dir(&dir, canon, class, linked, linked)?;
             again.extend(walk.again);
             files.sort_by(|a, b| (&a.dir, &a.name).cmp(&(&b.dir, &b.name)));
             for f in files {
@@ -405,11 +405,19 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// Walk `dir` (canonical path `canon`, `rel` from the root); `linked`: whether its
-    /// path passes through a link. A directory reached through a link is resolved; one
-    /// that is not is its parent's canonical path and its name (a lookup per component
-    /// for every directory made deep trees cubic in their depth).
-    fn dir(&mut self, dir: &Path, canon: PathBuf, rel: &str, linked: bool) -> Result<()> {
-        if linked {
+    /// path passes through a link; `link`: whether `dir` itself is one. A directory that
+    /// is a link is resolved, and checked for a loop; one that is not is its parent's
+    /// canonical path and its name (a lookup per component, or a loop check, for every
+    /// directory made deep trees cubic in their depth).
+    fn dir(
+        &mut self,
+        dir: &Path,
+        canon: PathBuf,
+        rel: &str,
+        linked: bool,
+        link: bool,
+    ) -> Result<()> {
+        if link {
             if let Some(a) = self.above.iter().find(|a| **a == canon) {
                 return Err(DataError::dataset(
                     dir,
@@ -434,7 +442,7 @@ impl Walk<'_> {
                     if link && self.walked.contains(&canon) {
                         self.again.push(format!("{rel}/{name}"));
                     }
-                    self.dir(&path, canon, &format!("{rel}/{name}"), linked || link)?
+                    self.dir(&path, canon, &format!("{rel}/{name}"), linked || link, link)?
                 }
                 Some(m) if m.is_file() => self.out.push(Found {
                     dir: rel.to_string(),

@@ -276,6 +276,7 @@ const MAX_ICC_BYTES: u64 = 1 << 20;
 fn without_iccp(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
     let mut kept: Option<Vec<u8>> = None;
+    let mut idat = false;
     let mut at = 8;
     while let Some(head) = bytes.get(at..at + 8) {
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -285,20 +286,28 @@ fn without_iccp(bytes: &[u8], path: &Path) -> Result<Option<Vec<u8>>> {
         let Some(chunk) = bytes.get(at..end) else {
             break;
         };
-        if &head[4..8] == b"iCCP" {
+        // (PNG's chunk order puts iCCP before the image data: one after it is left to the
+        // decoder, which refuses it as PIL does; nothing after IEND is a chunk)
+        match &head[4..8] {
+            b"IDAT" => idat = true,
+            b"IEND" => break,
+            _ => {}
+        }
+        if &head[4..8] == b"iCCP" && !idat {
             let body = &chunk[8..8 + len];
             // name (1-79 bytes), NUL, compression method (0: zlib), the profile
             let name = body.iter().position(|&b| b == 0).unwrap_or(body.len());
             match body.get(name + 1) {
                 Some(0) => {}
                 m => {
+                    let method = m.map_or("none given".to_string(), |m| m.to_string());
                     return Err(DataError::decode(
                         path,
                         format!(
                             "PNG: its colour profile (iCCP) is compressed by unknown method \
-                             {m:?} (PIL refuses it too)"
+                             ({method}; PIL refuses it too)"
                         ),
-                    ))
+                    ));
                 }
             }
             let mut inflated = Vec::new();

@@ -57,7 +57,30 @@ pub fn sha256(path: &Path) -> io::Result<(String, u64)> {
 /// pipe that no program holds open for writing is an `InvalidInput` error (its open no
 /// longer waits for one: it is made without blocking); a socket, device or directory
 /// is refused as by [`open`]. Bytes that are not UTF-8 are an `InvalidData` error.
+///
+/// A pipe's text is kept for the process and given again to a later read of the same
+/// path: a pipe gives its bytes once, and a config read to parse, then again to name it
+/// in an error, came back empty the second time (or waited for a writer). A regular file
+/// is read each time.
 pub fn read_text(path: &Path) -> io::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static PIPES: OnceLock<Mutex<HashMap<std::path::PathBuf, String>>> = OnceLock::new();
+    let pipes = PIPES.get_or_init(Default::default);
+    if let Some(text) = pipes.lock().ok().and_then(|m| m.get(path).cloned()) {
+        return Ok(text);
+    }
+    let (text, pipe) = read_text_now(path)?;
+    if pipe {
+        if let Ok(mut m) = pipes.lock() {
+            m.insert(path.to_path_buf(), text.clone());
+        }
+    }
+    Ok(text)
+}
+
+/// [`read_text`]'s read, with whether `path` is a pipe.
+fn read_text_now(path: &Path) -> io::Result<(String, bool)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     use std::os::unix::io::AsRawFd;
     let mut f = std::fs::OpenOptions::new()
@@ -91,7 +114,9 @@ pub fn read_text(path: &Path) -> io::Result<String> {
             "a named pipe no program writes to (nothing to read)",
         ));
     }
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let text =
+        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((text, fifo))
 }
 
 #[cfg(test)]
@@ -154,6 +179,8 @@ mod tests {
                 }
             }
             assert_eq!(text, "a = 1");
+            // read again (no writer now): the first read's text
+            assert_eq!(super::read_text(&fifo).unwrap(), "a = 1");
             let _ = writer.wait_with_output();
         } else {
             println!("no mkfifo here: the FIFO case is not checked");

@@ -360,11 +360,27 @@ fn a_png_colour_profile_is_checked_as_pil_and_unused() {
             iccp(0, &zlib(&vec![0u8; 2 << 20])),
             "inflates past 1048576 bytes",
         ),
-        ("method.png", iccp(1, &zlib(b"x")), "unknown method Some(1)"),
+        ("method.png", iccp(1, &zlib(b"x")), "unknown method (1;"),
     ] {
         let e = decode_bytes(&small_png(&[chunk]), Path::new(name))
             .unwrap_err()
             .to_string();
         assert!(e.contains(name) && e.contains(want), "{e}");
     }
+    // what follows IEND is no chunk: bytes of an iCCP there leave the image as it is
+    let mut trailing = small_png(&[]);
+    trailing.extend(iccp(0, &zlib(&vec![0u8; 2 << 20])));
+    assert_eq!(decode_bytes(&trailing, Path::new("t.png")).unwrap(), plain);
+    // an iCCP between two IDAT chunks is out of PNG's order: refused, as PIL refuses
+    // it (its image data ends at the first other chunk), not mended by taking it out
+    let whole = small_png(&[]);
+    let idat = whole.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+    let len = u32::from_be_bytes(whole[idat..idat + 4].try_into().unwrap()) as usize;
+    let data = &whole[idat + 8..idat + 8 + len];
+    let mut split = whole[..idat].to_vec();
+    split.extend(png_chunk(b"IDAT", &data[..len / 2]));
+    split.extend(iccp(0, &zlib(b"profile")));
+    split.extend(png_chunk(b"IDAT", &data[len / 2..]));
+    split.extend(png_chunk(b"IEND", &[]));
+    assert!(decode_bytes(&split, Path::new("s.png")).is_err());
 }
