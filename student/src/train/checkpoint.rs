@@ -198,12 +198,12 @@ impl Run {
         // resume into a wrong run: a finished one with mid-epoch weights, a short epoch
         // (checked after the settings and inputs, which size an epoch: a changed --batch
         // made an intact state look altered)
+        // (its epoch within the run's total was checked by read_resumable, before the
+        // settings were compared)
         let per_epoch = self.batches_per_epoch();
-        let consistent = state.epoch <= state.settings.epochs
-            && state.history.len() == state.epoch as usize
+        let consistent = state.history.len() == state.epoch as usize
             && state.history.iter().zip(0..).all(|(m, e)| m.epoch == e)
             && state.batch <= per_epoch
-            && (state.epoch < state.settings.epochs || state.batch == 0)
             // the epoch's sums: at most a full batch per step (skipped images give
             // fewer rows), and steps at most one per batch so far (an all-skipped batch
             // is no step)
