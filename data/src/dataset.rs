@@ -130,12 +130,16 @@ impl Dataset {
             ));
         }
         check_class_count(root, classes.len(), "class directories")?;
-        warn_same_directories(root, &classes);
         let mut samples = Vec::new();
         let mut empty = Vec::new();
         // directories a class reached again through a link (its images indexed once a
         // path, as torchvision's followlinks walk indexes them)
         let mut again: Vec<String> = Vec::new();
+        // class folders that are one directory (a link to another class's folder): each
+        // of its images is indexed under both labels, as torchvision's ImageFolder does,
+        // which is more often a mistake than a wish
+        let mut class_dirs: std::collections::HashMap<PathBuf, &str> = Default::default();
+        let mut same = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let before = samples.len();
             let mut files: Vec<Found> = Vec::new();
@@ -151,6 +155,9 @@ impl Dataset {
                 true => dir.canonicalize().map_err(|e| DataError::io(&dir, e))?,
                 false => canon_root.join(class),
             };
+            if let Some(first) = class_dirs.insert(canon.clone(), class) {
+                same.push(format!("{class} and {first}"));
+            }
             walk.dir(&dir, canon, class, linked, linked)?;
             again.extend(walk.again);
             files.sort_by(|a, b| (&a.dir, &a.name).cmp(&(&b.dir, &b.name)));
@@ -192,6 +199,15 @@ impl Dataset {
                 root.display(),
                 empty.len(),
                 crate::error::first_few(&empty, 5)
+            );
+        }
+        if !same.is_empty() {
+            tracing::warn!(
+                "{}: {} class folders are the same directory as another (a link?), and their \
+                 images count under each label: {}",
+                root.display(),
+                same.len(),
+                crate::error::first_few(&same, 5)
             );
         }
         if !again.is_empty() {
@@ -490,31 +506,6 @@ fn check_inside(full: &Path, canon_root: &Path, links: LinkPolicy) -> Result<()>
         });
     }
     Ok(())
-}
-
-/// Warn of class folders that are one directory (a link to another class's folder):
-/// each of its images is indexed under both labels, as torchvision's ImageFolder does,
-/// which is more often a mistake than a wish.
-fn warn_same_directories(root: &Path, classes: &[String]) {
-    let mut seen: std::collections::HashMap<PathBuf, &str> = Default::default();
-    let mut same = Vec::new();
-    for class in classes {
-        let Ok(dir) = root.join(class).canonicalize() else {
-            continue;
-        };
-        if let Some(first) = seen.insert(dir, class) {
-            same.push(format!("{class} and {first}"));
-        }
-    }
-    if !same.is_empty() {
-        tracing::warn!(
-            "{}: {} class folders are the same directory as another (a link?), and their \
-             images count under each label: {}",
-            root.display(),
-            same.len(),
-            crate::error::first_few(&same, 5)
-        );
-    }
 }
 
 #[cfg(test)]
